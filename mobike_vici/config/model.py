@@ -1,0 +1,163 @@
+"""The typed, validated configuration: swanctl's connections, secrets and pools, plus ``mobike``.
+
+Key names and defaults are swanctl's (swanctl.conf(5)); times are seconds.
+STUB: fields are the contract; the loader in ``loader.py`` fills them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ..ikev2.proposals import ProposalSpec
+
+
+class ConfigError(ValueError):
+    """A config problem, located as ``FILE:LINE: message``."""
+
+    def __init__(self, file: str, line: int, message: str) -> None:
+        super().__init__(f"{file}:{line}: {message}")
+        self.file = file
+        self.line = line
+        self.message = message
+
+
+class StartAction(Enum):
+    NONE = "none"
+    TRAP = "trap"
+    START = "start"
+
+
+class DpdAction(Enum):
+    CLEAR = "clear"
+    TRAP = "trap"
+    RESTART = "restart"
+
+
+class CloseAction(Enum):
+    NONE = "none"
+    TRAP = "trap"
+    START = "start"
+
+
+class Unique(Enum):
+    NO = "no"
+    NEVER = "never"
+    KEEP = "keep"
+    REPLACE = "replace"
+
+
+class AuthClass(Enum):
+    PSK = "psk"
+    PUBKEY = "pubkey"
+    EAP = "eap"
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficSelectorSpec:
+    """One swanctl traffic selector: ``net[proto/port]`` or ``dynamic``."""
+
+    network: Network | None  # None for "dynamic" (our own / the peer's address)
+    protocol: int = 0
+    port_start: int = 0
+    port_end: int = 65535
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    auth: AuthClass = AuthClass.PUBKEY
+    id: str | None = None  # None means: the IP address in use
+
+
+@dataclass(frozen=True, slots=True)
+class ChildConfig:
+    name: str
+    local_ts: tuple[TrafficSelectorSpec, ...] = (TrafficSelectorSpec(None),)
+    remote_ts: tuple[TrafficSelectorSpec, ...] = (TrafficSelectorSpec(None),)
+    esp_proposals: tuple[ProposalSpec, ...] = ()  # default set when the key is absent
+    mode: str = "tunnel"
+    start_action: StartAction = StartAction.NONE
+    dpd_action: DpdAction = DpdAction.CLEAR
+    close_action: CloseAction = CloseAction.NONE
+    rekey_time: float = 3600.0
+    life_time: float = 3960.0  # default: rekey_time * 1.1
+    rand_time: float = 360.0  # default: life_time - rekey_time
+    rekey_bytes: int = 0
+    life_bytes: int = 0
+    rekey_packets: int = 0
+    life_packets: int = 0
+    replay_window: int = 32
+    file: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionConfig:
+    name: str
+    version: int = 0  # 0: any, 1, 2
+    local_addrs: tuple[str, ...] = ("%any",)
+    remote_addrs: tuple[str, ...] = ("%any",)
+    local_port: int = 500
+    remote_port: int = 500
+    proposals: tuple[ProposalSpec, ...] = ()  # default set when the key is absent
+    vips: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+    pools: tuple[str, ...] = ()
+    dpd_delay: float = 0.0
+    dpd_timeout: float = 0.0
+    rekey_time: float = 14400.0
+    reauth_time: float = 0.0
+    over_time: float = 1440.0  # default: 10% of the larger of rekey/reauth time
+    rand_time: float = 1440.0  # default: over_time
+    keyingtries: int = 1
+    unique: Unique = Unique.NO
+    mobike: bool = True
+    encap: bool = False
+    local: tuple[AuthConfig, ...] = (AuthConfig(),)
+    remote: tuple[AuthConfig, ...] = (AuthConfig(),)
+    children: tuple[ChildConfig, ...] = ()
+    file: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SharedSecret:
+    """A ``secrets { ike-* { id-* = ..., secret = ... } }`` entry."""
+
+    name: str
+    ids: tuple[str, ...]
+    secret: bytes = field(repr=False)
+    file: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    name: str
+    first: ipaddress.IPv4Address | ipaddress.IPv6Address  # inclusive range of leases
+    last: ipaddress.IPv4Address | ipaddress.IPv6Address
+    file: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MobikeConfig:
+    """The ``mobike { }`` section: the controller's policy (filled by later issues)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    connections: tuple[ConnectionConfig, ...] = ()
+    secrets: tuple[SharedSecret, ...] = ()
+    pools: tuple[PoolConfig, ...] = ()
+    mobike: MobikeConfig = MobikeConfig()
+
+    def connection(self, name: str) -> ConnectionConfig:
+        for conn in self.connections:
+            if conn.name == name:
+                return conn
+        raise KeyError(name)
+

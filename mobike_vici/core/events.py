@@ -1,0 +1,115 @@
+"""Events the native core hands to its caller (the daemon turns them into the JSON stream).
+
+Frozen, keyword-only dataclasses, one base class. Events that carry key material
+(for the data plane) mark those fields ``repr=False``; the event log never prints them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..ikev2.crypto import ChildKeys, EspSuite
+from ..types import IPAddress, Path
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CoreEvent:
+    conn: str
+    """Connection name from the config."""
+    ike_spi: str
+    """``<spi_i>_<spi_r>`` in hex."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IkeSaEstablished(CoreEvent):
+    path: Path
+    """Where the IKE_SA lives now."""
+    initiator: bool
+    """True when we are the original initiator."""
+    local_id: str
+    remote_id: str
+    proposal: str
+    """The negotiated IKE proposal in strongSwan's syntax, e.g. aes128-sha256-x25519."""
+    nat_local: bool = False
+    nat_remote: bool = False
+    virtual_ips: tuple[IPAddress, ...] = ()
+    """Virtual IPs assigned to us (initiator) or to the peer (responder)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IkeSaDeleted(CoreEvent):
+    path: Path
+    reason: str
+    """deleted_by_peer, deleted_locally, dpd_timeout, retransmits_exceeded, rekeyed, ..."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IkeSaRekeyed(CoreEvent):
+    new_ike_spi: str
+    """The IKE SPI pair of the new IKE_SA; ``ike_spi`` is the old one."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChildSaInstalled(CoreEvent):
+    child: str
+    """CHILD_SA config name."""
+    unique_id: int
+    """Our handle for this CHILD_SA, stable across moves, new for a rekeyed SA."""
+    spi_in: int
+    spi_out: int
+    path: Path
+    """Outer endpoints of the ESP SA (IKE endpoints)."""
+    encap: bool
+    """UDP encapsulation (NAT-T or forced)."""
+    local_ts: tuple[str, ...]
+    remote_ts: tuple[str, ...]
+    """Negotiated traffic selectors as CIDR strings (with [proto/port] when narrowed)."""
+    suite: EspSuite
+    proposal: str
+    keys: ChildKeys = field(repr=False)
+    """Key material for the data plane: never logged."""
+    initiator: bool
+    """True when we were the initiator of the IKE_SA (decides which keys are ours)."""
+    rekey_of: int | None = None
+    """unique_id of the CHILD_SA this one replaces."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChildSaDeleted(CoreEvent):
+    child: str
+    unique_id: int
+    spi_in: int
+    spi_out: int
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChildSaRekeyed(CoreEvent):
+    child: str
+    old_unique_id: int
+    new_unique_id: int
+    old_spi_in: int
+    new_spi_in: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PacketDropped:
+    """Not tied to an SA we trust: garbage, unknown SPI, failed integrity, replay."""
+
+    path: Path
+    reason: str
+    ike_spi: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExchangeFailed(CoreEvent):
+    """A request we sent failed or timed out, or the peer answered with an error notify."""
+
+    exchange: str
+    reason: str
+
+
+Event = (
+    IkeSaEstablished | IkeSaDeleted | IkeSaRekeyed | ChildSaInstalled | ChildSaDeleted
+    | ChildSaRekeyed | PacketDropped | ExchangeFailed
+)

@@ -1,0 +1,220 @@
+"""IANA numbers for IKEv2 (RFC 7296), MOBIKE (RFC 4555) and NAT-T (RFC 3948)."""
+
+from __future__ import annotations
+
+from enum import IntEnum, IntFlag
+
+IKE_VERSION = 0x20
+HEADER_LENGTH = 28
+NON_ESP_MARKER = b"\x00\x00\x00\x00"
+NATT_KEEPALIVE = b"\xff"
+
+
+class ExchangeType(IntEnum):
+    IKE_SA_INIT = 34
+    IKE_AUTH = 35
+    CREATE_CHILD_SA = 36
+    INFORMATIONAL = 37
+
+
+class HeaderFlag(IntFlag):
+    NONE = 0
+    INITIATOR = 0x08
+    VERSION = 0x10
+    RESPONSE = 0x20
+
+
+class PayloadType(IntEnum):
+    NONE = 0
+    SA = 33
+    KE = 34
+    IDi = 35
+    IDr = 36
+    CERT = 37
+    CERTREQ = 38
+    AUTH = 39
+    NONCE = 40
+    NOTIFY = 41
+    DELETE = 42
+    VENDOR_ID = 43
+    TSi = 44
+    TSr = 45
+    SK = 46
+    CP = 47
+    EAP = 48
+    SKF = 53
+
+
+class ProtocolId(IntEnum):
+    NONE = 0
+    IKE = 1
+    AH = 2
+    ESP = 3
+
+
+class TransformType(IntEnum):
+    ENCR = 1
+    PRF = 2
+    INTEG = 3
+    DH = 4
+    ESN = 5
+
+
+class EncrId(IntEnum):
+    AES_CBC = 12
+    AES_CTR = 13
+    AES_GCM_8 = 18
+    AES_GCM_12 = 19
+    AES_GCM_16 = 20
+    CHACHA20_POLY1305 = 28
+
+
+class PrfId(IntEnum):
+    HMAC_MD5 = 1
+    HMAC_SHA1 = 2
+    AES128_XCBC = 4
+    HMAC_SHA2_256 = 5
+    HMAC_SHA2_384 = 6
+    HMAC_SHA2_512 = 7
+
+
+class IntegId(IntEnum):
+    NONE = 0
+    HMAC_MD5_96 = 1
+    HMAC_SHA1_96 = 2
+    AES_XCBC_96 = 5
+    HMAC_SHA2_256_128 = 12
+    HMAC_SHA2_384_192 = 13
+    HMAC_SHA2_512_256 = 14
+
+
+class DhId(IntEnum):
+    NONE = 0
+    MODP_1024 = 2
+    MODP_1536 = 5
+    MODP_2048 = 14
+    MODP_3072 = 15
+    MODP_4096 = 16
+    ECP_256 = 19
+    ECP_384 = 20
+    ECP_521 = 21
+    CURVE_25519 = 31
+    CURVE_448 = 32
+
+
+class EsnId(IntEnum):
+    NO_ESN = 0
+    ESN = 1
+
+
+class TransformAttr(IntEnum):
+    KEY_LENGTH = 14
+
+
+class IdType(IntEnum):
+    ID_IPV4_ADDR = 1
+    ID_FQDN = 2
+    ID_RFC822_ADDR = 3
+    ID_IPV6_ADDR = 5
+    ID_DER_ASN1_DN = 9
+    ID_DER_ASN1_GN = 10
+    ID_KEY_ID = 11
+
+
+class AuthMethod(IntEnum):
+    RSA_SIG = 1
+    SHARED_KEY_MIC = 2
+    DSS_SIG = 3
+    ECDSA_256 = 9
+    ECDSA_384 = 10
+    ECDSA_521 = 11
+    GENERIC_SIG = 14
+
+
+class TsType(IntEnum):
+    TS_IPV4_ADDR_RANGE = 7
+    TS_IPV6_ADDR_RANGE = 8
+
+
+class CfgType(IntEnum):
+    CFG_REQUEST = 1
+    CFG_REPLY = 2
+    CFG_SET = 3
+    CFG_ACK = 4
+
+
+class CfgAttr(IntEnum):
+    INTERNAL_IP4_ADDRESS = 1
+    INTERNAL_IP4_NETMASK = 2
+    INTERNAL_IP4_DNS = 3
+    INTERNAL_IP4_NBNS = 4
+    INTERNAL_IP4_DHCP = 6
+    APPLICATION_VERSION = 7
+    INTERNAL_IP6_ADDRESS = 8
+    INTERNAL_IP6_DNS = 10
+    INTERNAL_IP6_DHCP = 12
+    INTERNAL_IP4_SUBNET = 13
+    SUPPORTED_ATTRIBUTES = 14
+    INTERNAL_IP6_SUBNET = 15
+
+
+class NotifyType(IntEnum):
+    # Errors (< 16384)
+    UNSUPPORTED_CRITICAL_PAYLOAD = 1
+    INVALID_IKE_SPI = 4
+    INVALID_MAJOR_VERSION = 5
+    INVALID_SYNTAX = 7
+    INVALID_MESSAGE_ID = 9
+    INVALID_SPI = 11
+    NO_PROPOSAL_CHOSEN = 14
+    INVALID_KE_PAYLOAD = 17
+    AUTHENTICATION_FAILED = 24
+    SINGLE_PAIR_REQUIRED = 34
+    NO_ADDITIONAL_SAS = 35
+    INTERNAL_ADDRESS_FAILURE = 36
+    FAILED_CP_REQUIRED = 37
+    TS_UNACCEPTABLE = 38
+    INVALID_SELECTORS = 39
+    UNACCEPTABLE_ADDRESSES = 40
+    UNEXPECTED_NAT_DETECTED = 41
+    TEMPORARY_FAILURE = 43
+    CHILD_SA_NOT_FOUND = 44
+    # Status (>= 16384)
+    INITIAL_CONTACT = 16384
+    SET_WINDOW_SIZE = 16385
+    ADDITIONAL_TS_POSSIBLE = 16386
+    IPCOMP_SUPPORTED = 16387
+    NAT_DETECTION_SOURCE_IP = 16388
+    NAT_DETECTION_DESTINATION_IP = 16389
+    COOKIE = 16390
+    USE_TRANSPORT_MODE = 16391
+    HTTP_CERT_LOOKUP_SUPPORTED = 16392
+    REKEY_SA = 16393
+    ESP_TFC_PADDING_NOT_SUPPORTED = 16394
+    NON_FIRST_FRAGMENTS_ALSO = 16395
+    MOBIKE_SUPPORTED = 16396
+    ADDITIONAL_IP4_ADDRESS = 16397
+    ADDITIONAL_IP6_ADDRESS = 16398
+    NO_ADDITIONAL_ADDRESSES = 16399
+    UPDATE_SA_ADDRESSES = 16400
+    COOKIE2 = 16401
+    NO_NATS_ALLOWED = 16402
+    AUTH_LIFETIME = 16403
+    MULTIPLE_AUTH_SUPPORTED = 16404
+    ANOTHER_AUTH_FOLLOWS = 16405
+    REDIRECT_SUPPORTED = 16406
+    REDIRECT = 16407
+    REDIRECTED_FROM = 16408
+    EAP_ONLY_AUTHENTICATION = 16417
+    IKEV2_FRAGMENTATION_SUPPORTED = 16430
+    SIGNATURE_HASH_ALGORITHMS = 16431
+    CHILDLESS_IKEV2_SUPPORTED = 16438
+
+    @property
+    def is_error(self) -> bool:
+        return int(self) < 16384
+
+
+def notify_is_error(value: int) -> bool:
+    """Notify types below 16384 are errors, whether or not we know their names."""
+    return value < 16384
