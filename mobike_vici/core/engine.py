@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config.model import Config
-from ..types import Endpoint, Path
+from ..types import IPAddress, Path
 from .events import Event
 
 RandomBytes = Callable[[int], bytes]
@@ -59,8 +59,11 @@ class Engine:
         self,
         config: Config,
         random_bytes: RandomBytes,
-        local_addresses: Callable[[], list[Endpoint]] | None = None,
+        source_address: Callable[[IPAddress], IPAddress | None],
     ) -> None:
+        """``source_address(remote)`` is the route lookup the daemon does for us
+        (the kernel's choice of source address toward ``remote``), used when a
+        connection's local_addrs is %any."""
         raise NotImplementedError
 
     def initiate(self, conn: str, child: str | None, now: float) -> None:
