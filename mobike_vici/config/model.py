@@ -1,7 +1,9 @@
 """The typed, validated configuration: swanctl's connections, secrets and pools, plus ``mobike``.
 
 Key names and defaults are swanctl's (swanctl.conf(5)); times are seconds.
-STUB: fields are the contract; the loader in ``loader.py`` fills them.
+``parser.py`` reads the syntax, ``loader.py`` fills these. Keys that swanctl
+knows but this project does not model are kept verbatim in ``extra`` so the
+VICI backend can hand them to charon unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ class StartAction(Enum):
     NONE = "none"
     TRAP = "trap"
     START = "start"
+    TRAP_START = "trap|start"  # trap policies installed and initiated at once
+
+    @property
+    def starts(self) -> bool:
+        """Whether the child is initiated when the config is loaded."""
+        return self in (StartAction.START, StartAction.TRAP_START)
 
 
 class DpdAction(Enum):
@@ -67,10 +75,20 @@ class TrafficSelectorSpec:
     port_end: int = 65535
 
 
+Extra = tuple[tuple[str, str], ...]  # (key, value) pairs in definition order
+
+
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
+    """One authentication round: a ``local*`` or ``remote*`` section."""
+
     auth: AuthClass = AuthClass.PUBKEY
-    id: str | None = None  # None means: the IP address in use
+    # None: locally the IP address in use; for the remote side any identity (%any)
+    id: str | None = None
+    name: str = ""  # section name, e.g. "local" or "remote-eap"
+    method: str = "pubkey"  # swanctl's auth value as written, e.g. "eap-mschapv2"
+    round: int = 0
+    extra: Extra = ()  # e.g. certs, eap_id, revocation; nested sections as "cert1.file"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +111,7 @@ class ChildConfig:
     replay_window: int = 32
     file: str = ""
     line: int = 0
+    extra: Extra = ()  # e.g. updown, mark_in, if_id_out
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +140,7 @@ class ConnectionConfig:
     children: tuple[ChildConfig, ...] = ()
     file: str = ""
     line: int = 0
+    extra: Extra = ()  # e.g. aggressive, fragmentation, send_cert, if_id_in
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +161,17 @@ class PoolConfig:
     last: ipaddress.IPv4Address | ipaddress.IPv6Address
     file: str = ""
     line: int = 0
+    attributes: Extra = ()  # e.g. ("dns", "10.0.0.53"), handed out with the lease
 
 
 @dataclass(frozen=True, slots=True)
 class MobikeConfig:
-    """The ``mobike { }`` section: the controller's policy (filled by later issues)."""
+    """The ``mobike { }`` section: the controller's policy (typed fields come with later issues).
+
+    Until then every key is kept as written; keys of nested sections as ``sub.key``.
+    """
+
+    raw: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +179,7 @@ class Config:
     connections: tuple[ConnectionConfig, ...] = ()
     secrets: tuple[SharedSecret, ...] = ()
     pools: tuple[PoolConfig, ...] = ()
-    mobike: MobikeConfig = MobikeConfig()
+    mobike: MobikeConfig = field(default_factory=MobikeConfig)
 
     def connection(self, name: str) -> ConnectionConfig:
         for conn in self.connections:
