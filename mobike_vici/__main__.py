@@ -1,0 +1,10 @@
+"""``python -m mobike_vici``: the same as the ``mobike-vici`` console script."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

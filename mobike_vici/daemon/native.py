@@ -1,0 +1,418 @@
+"""The native daemon: the sans-I/O engine wired to UDP sockets, one timer, signals,
+the control socket and the event log.
+
+The adapter stays thin (STYLE.md 1): receive, feed, flush, re-arm one timer. The
+engine's clock is the loop's clock (``loop.time()``, i.e. ``time.monotonic``), so
+its deadlines go straight into ``loop.call_at``.
+
+Nothing the engine raises may take the daemon down: a failure while feeding a
+datagram is logged as ``packet_dropped`` with reason ``internal_error``, any other
+as ``engine_error``; only the exception type is logged (its text could hold
+anything).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import ParamSpec, Protocol, TextIO
+
+from ..config.model import Config, StartAction
+from ..core.engine import Datagram, Engine, IkeStatus
+from ..core.events import Event
+from ..eventlog import EventLog, configure, make_logger
+from ..types import IKE_PORT, NATT_PORT, Endpoint, Path
+from . import udp
+from .control import ControlError, ControlServer, JsonObject
+from .framing import NattKind, classify_natt, frame_natt
+from .status import status_json
+
+
+class EngineApi(Protocol):
+    """What the daemon uses of ``core.engine.Engine`` (tests pass a fake)."""
+
+    def initiate(self, conn: str, child: str | None, now: float) -> None: ...
+    def receive_datagram(self, data: bytes, path: Path, now: float) -> None: ...
+    def datagrams_to_send(self, now: float) -> list[Datagram]: ...
+    def get_timer(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def next_event(self) -> Event | None: ...
+    def delete_ike(self, ike_spi: str, now: float) -> None: ...
+    def status(self) -> list[IkeStatus]: ...
+
+
+EspHandler = Callable[[bytes, Path, float], None]
+"""Takes one ESP-in-UDP datagram received on ``path`` (the data plane's hook)."""
+
+EventHook = Callable[[Event], None]
+
+_P = ParamSpec("_P")
+
+WILDCARDS: tuple[tuple[socket.AddressFamily, str], ...] = (
+    (socket.AF_INET, "0.0.0.0"),
+    (socket.AF_INET6, "::"),
+)
+
+MAX_BATCH = 64
+"""Datagrams read per wakeup of one socket, so one busy socket cannot starve the rest."""
+
+ESP_DROP_LOG_INTERVAL = 1.0
+"""At most one ``esp_not_supported`` event per this many seconds."""
+
+ENGINE_ERROR_BACKOFF = 1.0
+"""After the engine's timer handler raised, wait at least this long before calling it again."""
+
+# IPv6 may be disabled on the host; the daemon then runs on IPv4 alone.
+_V6_UNAVAILABLE = frozenset({errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT})
+
+
+def _starts(action: StartAction) -> bool:
+    """``start`` and ``trap|start`` both initiate at load time."""
+    return "start" in action.value.split("|")
+
+
+class Daemon:
+    """One engine behind UDP ``ike_port``/``natt_port`` on every family in ``bind``."""
+
+    def __init__(
+        self,
+        config: Config,
+        engine: EngineApi,
+        log: EventLog,
+        *,
+        ike_port: int = IKE_PORT,
+        natt_port: int = NATT_PORT,
+        bind: Sequence[tuple[socket.AddressFamily, str]] = WILDCARDS,
+        control_path: str | None = None,
+        esp_handler: EspHandler | None = None,
+        shutdown_grace: float = 2.0,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.log = log
+        self.ike_port = ike_port
+        self.natt_port = natt_port
+        self.esp_handler = esp_handler
+        self.event_hooks: list[EventHook] = []
+        self.shutdown_grace = shutdown_grace
+        self.esp_dropped = 0
+        """ESP datagrams dropped for want of a data plane (a counter for status and tests)."""
+        self._bind = tuple(bind)
+        self._control = ControlServer(control_path, self._control_request) if control_path else None
+        self._sockets: dict[tuple[socket.AddressFamily, int], socket.socket] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._changed = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._stopping = False
+        self._impatient = False
+        self._esp_dropped_unlogged = 0
+        self._esp_logged_at: float | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("daemon not started")
+        return self._loop
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    @property
+    def next_deadline(self) -> float | None:
+        """When the engine's timer fires next (loop time), None when not armed."""
+        return self._timer.when() if self._timer is not None else None
+
+    async def start(self) -> None:
+        """Bind sockets and the control socket, then initiate ``start_action = start``."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            self._open_sockets()
+            if self._control is not None:
+                await self._control.start()
+        except BaseException:
+            await self.close()
+            raise
+        self.log.emit(
+            "daemon_started",
+            backend="native",
+            ike_port=self.ike_port,
+            natt_port=self.natt_port,
+            control=self._control.path if self._control else None,
+        )
+        now = self.now()
+        for conn in self.config.connections:
+            for child in conn.children:
+                if _starts(child.start_action):
+                    self._guarded("initiate", self.engine.initiate, conn.name, child.name, now)
+        self._after_engine()
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or ``request_stop``), then delete SAs and return 0."""
+        loop = asyncio.get_running_loop()
+        handled: list[signal.Signals] = []
+        # Handlers first: a SIGTERM during start-up must still end in a graceful stop.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+                handled.append(sig)
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+            handled.append(signal.SIGHUP)
+        try:
+            await self.start()
+            await self._stop.wait()
+            await self.shutdown()
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+            await self.close()
+        return 0
+
+    def request_stop(self) -> None:
+        """First call: shut down gracefully. Second call: stop waiting for the peers."""
+        if self._stopping:
+            self._impatient = True
+            self._changed.set()
+        self._stopping = True
+        self._stop.set()
+
+    def _on_sighup(self) -> None:
+        self.log.emit("reload_skipped", reason="reload not implemented")
+
+    async def shutdown(self) -> None:
+        """Delete every IKE_SA and wait up to ``shutdown_grace`` seconds for the peers."""
+        self._stopping = True
+        now = self.now()
+        pending = {ike.ike_spi for ike in self._status()}
+        for spi in sorted(pending):
+            self._guarded("delete_ike", self.engine.delete_ike, spi, now)
+        self._after_engine()
+        deadline = now + self.shutdown_grace
+        while pending:
+            pending &= {ike.ike_spi for ike in self._status()}
+            remaining = deadline - self.now()
+            if not pending or remaining <= 0 or self._impatient:
+                break
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        if pending:
+            self.log.emit("shutdown_incomplete", ike_sas=sorted(pending))
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for sock in self._sockets.values():
+            if self._loop is not None:
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+        was_open = bool(self._sockets)
+        self._sockets.clear()
+        if self._control is not None:
+            await self._control.close()
+        if was_open:
+            self.log.emit("daemon_stopped")
+
+    def _open_sockets(self) -> None:
+        for family, addr in self._bind:
+            for port in (self.ike_port, self.natt_port):
+                try:
+                    sock = udp.open_udp(family, addr, port)
+                except OSError as exc:
+                    if family == socket.AF_INET6 and exc.errno in _V6_UNAVAILABLE:
+                        self.log.emit("socket_unavailable", family="ipv6", port=port,
+                                      error=errno.errorcode.get(exc.errno or 0, str(exc)))
+                        break
+                    raise OSError(exc.errno, f"cannot bind UDP {addr} port {port}: "
+                                  f"{exc.strerror}") from exc
+                self._sockets[(family, port)] = sock
+                self.loop.add_reader(sock.fileno(), self._on_readable, sock, port)
+
+    # --- the engine loop ----------------------------------------------------------
+
+    def _guarded(
+        self, what: str, call: Callable[_P, object], *args: _P.args, **kwargs: _P.kwargs
+    ) -> bool:
+        """Call into the engine; log and survive whatever it raises. True on success."""
+        try:
+            call(*args, **kwargs)
+        except Exception as exc:
+            self.log.emit("engine_error", call=what, error=type(exc).__name__)
+            return False
+        return True
+
+    def _on_readable(self, sock: socket.socket, port: int) -> None:
+        now = self.now()
+        for _ in range(MAX_BATCH):
+            try:
+                data, local, remote = udp.receive(sock)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.log.emit("receive_failed", port=port,
+                              error=errno.errorcode.get(exc.errno or 0, str(exc)))
+                break
+            self._dispatch(data, Path(local, remote), port, now)
+        self._after_engine()
+
+    def _dispatch(self, data: bytes, path: Path, port: int, now: float) -> None:
+        if port == self.natt_port:
+            kind, payload = classify_natt(data)
+            if kind is NattKind.KEEPALIVE:
+                return
+            if kind is NattKind.ESP:
+                self._esp(payload, path, now)
+                return
+            data = payload
+        try:
+            self.engine.receive_datagram(data, path, now)
+        except Exception as exc:
+            self.log.emit("packet_dropped", local=str(path.local), remote=str(path.remote),
+                          reason="internal_error", error=type(exc).__name__)
+
+    def _esp(self, data: bytes, path: Path, now: float) -> None:
+        if self.esp_handler is not None:
+            try:
+                self.esp_handler(data, path, now)
+            except Exception as exc:
+                self.log.emit("packet_dropped", local=str(path.local), remote=str(path.remote),
+                              reason="internal_error", error=type(exc).__name__)
+            return
+        self.esp_dropped += 1
+        self._esp_dropped_unlogged += 1
+        if self._esp_logged_at is None or now - self._esp_logged_at >= ESP_DROP_LOG_INTERVAL:
+            self.log.emit("packet_dropped", local=str(path.local), remote=str(path.remote),
+                          reason="esp_not_supported", count=self._esp_dropped_unlogged)
+            self._esp_logged_at = now
+            self._esp_dropped_unlogged = 0
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self.now()
+        ok = self._guarded("handle_timer", self.engine.handle_timer, now)
+        self._after_engine(not_before=None if ok else now + ENGINE_ERROR_BACKOFF)
+
+    def _after_engine(self, not_before: float | None = None) -> None:
+        """After any call into the engine: send, log events, re-arm the one timer."""
+        now = self.now()
+        self._flush(now)
+        self._drain_events()
+        self._rearm(not_before)
+        self._changed.set()
+
+    def _flush(self, now: float) -> None:
+        try:
+            datagrams = self.engine.datagrams_to_send(now)
+        except Exception as exc:
+            self.log.emit("engine_error", call="datagrams_to_send", error=type(exc).__name__)
+            return
+        for datagram in datagrams:
+            self._send(datagram)
+
+    def _send(self, datagram: Datagram) -> None:
+        local, remote = datagram.path.local, datagram.path.remote
+        v6 = isinstance(local.addr, ipaddress.IPv6Address)
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        sock = self._sockets.get((family, local.port))
+        if sock is None:
+            self.log.emit("send_failed", local=str(local), remote=str(remote),
+                          error="no_socket")
+            return
+        data = datagram.data
+        if local.port == self.natt_port:
+            data = frame_natt(data, datagram.keepalive)
+        try:
+            udp.send(sock, data, local.addr, remote)
+        except OSError as exc:
+            # A path that just went away (address removed, no route): MOBIKE's business.
+            self.log.emit("send_failed", local=str(local), remote=str(remote),
+                          error=errno.errorcode.get(exc.errno or 0, str(exc)))
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                event = self.engine.next_event()
+            except Exception as exc:
+                self.log.emit("engine_error", call="next_event", error=type(exc).__name__)
+                return
+            if event is None:
+                return
+            self.log.core_event(event)
+            for hook in self.event_hooks:
+                try:
+                    hook(event)
+                except Exception as exc:
+                    self.log.emit("engine_error", call="event_hook", error=type(exc).__name__)
+
+    def _rearm(self, not_before: float | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        try:
+            deadline = self.engine.get_timer()
+        except Exception as exc:
+            self.log.emit("engine_error", call="get_timer", error=type(exc).__name__)
+            deadline = None
+            if not_before is None:
+                not_before = self.now() + ENGINE_ERROR_BACKOFF
+        if deadline is None and not_before is None:
+            return
+        when = max(d for d in (deadline, not_before) if d is not None)
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    # --- control ----------------------------------------------------------------
+
+    def _status(self) -> list[IkeStatus]:
+        try:
+            return list(self.engine.status())
+        except Exception as exc:
+            self.log.emit("engine_error", call="status", error=type(exc).__name__)
+            return []
+
+    def _control_request(self, req: JsonObject) -> JsonObject:
+        cmd = req.get("cmd")
+        if cmd == "status":
+            answer = status_json(self.engine.status(), backend="native")
+            answer["pid"] = os.getpid()
+            answer["esp_dropped"] = self.esp_dropped
+            return answer
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def local_endpoints(self) -> list[Endpoint]:
+        """Where the daemon listens (for tests and diagnostics)."""
+        out = []
+        for sock in self._sockets.values():
+            host, port = sock.getsockname()[:2]
+            out.append(Endpoint(ipaddress.ip_address(host), port))
+        return out
+
+
+def run_native(config: Config, events: TextIO, control_path: str | None) -> int:
+    """``mobike-vici native``: build the real engine and run until told to stop.
+
+    Returns the process exit code: 0 after a clean stop, 1 when start-up failed.
+    """
+    configure(events)
+    log = EventLog(make_logger(events))
+    try:
+        engine = Engine(config, os.urandom, udp.source_address)
+    except Exception as exc:  # a config the engine cannot run is a start-up failure
+        print(f"mobike-vici: cannot start the native engine: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return 1
+    try:
+        daemon = Daemon(config, engine, log, control_path=control_path)
+        return asyncio.run(daemon.run())
+    except (OSError, ControlError) as exc:
+        print(f"mobike-vici: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,86 @@
+"""The ``status`` answer: the engine's SA table as JSON, and that JSON as text for people.
+
+The JSON is what ``mobike-vici status --json`` prints and what scripts read; the
+text follows ``swanctl --list-sas`` closely enough that an operator reads it at a glance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..core.engine import ChildStatus, IkeStatus
+from ..eventlog import spi_hex
+
+JsonObject = dict[str, object]
+
+
+def child_json(child: ChildStatus) -> JsonObject:
+    return {
+        "name": child.name,
+        "unique_id": child.unique_id,
+        "state": child.state,
+        "spi_in": spi_hex(child.spi_in),
+        "spi_out": spi_hex(child.spi_out),
+        "local_ts": list(child.local_ts),
+        "remote_ts": list(child.remote_ts),
+        "proposal": child.proposal,
+    }
+
+
+def ike_json(ike: IkeStatus) -> JsonObject:
+    return {
+        "conn": ike.conn,
+        "ike_spi": ike.ike_spi,
+        "state": ike.state,
+        "initiator": ike.initiator,
+        "local": str(ike.path.local),
+        "remote": str(ike.path.remote),
+        "local_id": ike.local_id,
+        "remote_id": ike.remote_id,
+        "proposal": ike.proposal,
+        "virtual_ips": [str(ip) for ip in ike.virtual_ips],
+        "children": [child_json(c) for c in ike.children],
+    }
+
+
+def status_json(sas: Iterable[IkeStatus], backend: str) -> JsonObject:
+    return {"ok": True, "backend": backend, "ike_sas": [ike_json(ike) for ike in sas]}
+
+
+def _s(obj: JsonObject, key: str) -> str:
+    value = obj.get(key, "")
+    return str(value) if value is not None else ""
+
+
+def _list(obj: JsonObject, key: str) -> list[object]:
+    value = obj.get(key)
+    return list(value) if isinstance(value, list) else []
+
+
+def format_status(answer: JsonObject) -> str:
+    """The human view of a status answer (tolerant of missing fields: it is for display)."""
+    sas = [sa for sa in _list(answer, "ike_sas") if isinstance(sa, dict)]
+    backend = _s(answer, "backend") or "unknown"
+    lines = [f"backend {backend}, {len(sas)} IKE_SA{'' if len(sas) == 1 else 's'}"]
+    for sa in sas:
+        role = "initiator" if sa.get("initiator") else "responder"
+        lines.append(f"{_s(sa, 'conn')}: {_s(sa, 'state')}, {role}, IKE SPIs {_s(sa, 'ike_spi')}")
+        lines.append(f"  path     {_s(sa, 'local')} - {_s(sa, 'remote')}")
+        lines.append(f"  ids      {_s(sa, 'local_id')} - {_s(sa, 'remote_id')}")
+        lines.append(f"  proposal {_s(sa, 'proposal')}")
+        vips = _list(sa, "virtual_ips")
+        if vips:
+            lines.append(f"  vips     {' '.join(str(v) for v in vips)}")
+        for child in _list(sa, "children"):
+            if not isinstance(child, dict):
+                continue
+            lines.append(
+                f"  {_s(child, 'name')}: #{_s(child, 'unique_id')} {_s(child, 'state')},"
+                f" SPIs {_s(child, 'spi_in')}_i {_s(child, 'spi_out')}_o,"
+                f" {_s(child, 'proposal')}"
+            )
+            local_ts = " ".join(str(t) for t in _list(child, "local_ts"))
+            remote_ts = " ".join(str(t) for t in _list(child, "remote_ts"))
+            lines.append(f"    local  {local_ts}")
+            lines.append(f"    remote {remote_ts}")
+    return "\n".join(lines)

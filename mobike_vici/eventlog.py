@@ -1,0 +1,306 @@
+"""The event stream: structlog set up to write JSON lines, the schema of core events, redaction.
+
+Every line is one object with ``timestamp`` (RFC 3339, UTC, microseconds), ``event`` and
+``level`` first, then ``conn``, ``ike_spi``, ``local`` and ``remote`` where known. Event
+names are an outward contract (DESIGN.md): add new ones, never rename.
+
+Key material never reaches the output: the redaction processor replaces any field whose
+name looks like a key or secret, any raw bytes and any key container (``ChildKeys``,
+``IkeKeys``) with ``"<redacted>"``, however deeply nested. ``core_event_fields`` also
+never copies keys out of ``ChildSaInstalled`` in the first place; redaction is the
+second line of defence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import sys
+from collections.abc import Callable, Mapping, MutableMapping
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import structlog
+
+from .core.events import (
+    ChildSaDeleted,
+    ChildSaInstalled,
+    ChildSaRekeyed,
+    Event,
+    ExchangeFailed,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaRekeyed,
+    PacketDropped,
+)
+from .ikev2.crypto import ChildKeys, IkeKeys
+from .types import Endpoint, Path
+
+REDACTED = "<redacted>"
+
+# Field names that carry secrets: "key", "keys", "secret", "psk", "password" as a whole
+# word of a snake/kebab name (so "ike_spi" and "keyingtries" stay), or IKE's SK_* keys.
+_SECRET_NAME = re.compile(
+    r"(^|[_-])(keys?|secrets?|psks?|passwords?|keymat)([_-]|$)|^sk_", re.IGNORECASE
+)
+
+# Front of every line, in this order; the rest follows in insertion order.
+_LEADING_KEYS = ("timestamp", "event", "level", "conn", "ike_spi", "local", "remote")
+
+EventDict = MutableMapping[str, Any]
+Fields = dict[str, object]
+
+
+def is_secret_name(name: str) -> bool:
+    """True for a field name that may hold key material."""
+    return _SECRET_NAME.search(name) is not None
+
+
+def format_timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC with microseconds always present (isoformat drops a zero fraction)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def spi_hex(spi: int) -> str:
+    """A 32-bit ESP SPI as charon prints it: eight hex digits."""
+    return f"{spi:08x}"
+
+
+# --- processors ---------------------------------------------------------------------
+
+
+def _redact_value(value: object) -> object:
+    if isinstance(value, ChildKeys | IkeKeys | bytes | bytearray | memoryview):
+        return REDACTED
+    if isinstance(value, Mapping):
+        return {
+            str(k): (REDACTED if is_secret_name(str(k)) else _redact_value(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact_value(v) for v in value]
+    return value
+
+
+def redact_key_material(_logger: object, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: replace secrets by ``"<redacted>"`` (see module docstring)."""
+    for name in list(event_dict):
+        if is_secret_name(name):
+            event_dict[name] = REDACTED
+        else:
+            event_dict[name] = _redact_value(event_dict[name])
+    return event_dict
+
+
+def _plain(value: object) -> object:
+    """Turn the project's value types into JSON-ready ones."""
+    if isinstance(value, Endpoint | Path | ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return str(value)
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # Unknown dataclasses are summarised by type only: their fields may hold keys.
+        return f"<{type(value).__name__}>"
+    return str(value)
+
+
+def plain_values(_logger: object, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: endpoints, paths and addresses as strings, tuples as lists."""
+    for name, value in list(event_dict.items()):
+        event_dict[name] = _plain(value)
+    return event_dict
+
+
+def order_keys(_logger: object, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: the fixed leading keys first, for people reading the stream."""
+    ordered: dict[str, Any] = {k: event_dict[k] for k in _LEADING_KEYS if k in event_dict}
+    ordered.update((k, v) for k, v in event_dict.items() if k not in ordered)
+    return ordered
+
+
+def timestamper(clock: Callable[[], datetime]) -> Callable[[object, str, EventDict], EventDict]:
+    def add_timestamp(_logger: object, _method: str, event_dict: EventDict) -> EventDict:
+        event_dict["timestamp"] = format_timestamp(clock())
+        return event_dict
+
+    return add_timestamp
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def processors(clock: Callable[[], datetime] = _utc_now) -> list[Any]:
+    """The processor chain, ending in the JSON renderer."""
+    return [
+        structlog.processors.add_log_level,
+        timestamper(clock),
+        redact_key_material,
+        plain_values,
+        order_keys,
+        structlog.processors.JSONRenderer(),
+    ]
+
+
+def make_logger(
+    stream: TextIO | None = None, clock: Callable[[], datetime] = _utc_now
+) -> structlog.typing.FilteringBoundLogger:
+    """A logger writing one flushed JSON line per event to ``stream`` (stdout by default).
+
+    Not global: tests and several daemons in one process each get their own.
+    """
+    return structlog.wrap_logger(  # type: ignore[no-any-return]
+        structlog.PrintLogger(stream if stream is not None else sys.stdout),
+        processors=processors(clock),
+        wrapper_class=structlog.make_filtering_bound_logger(0),
+        cache_logger_on_first_use=False,
+    )
+
+
+def configure(stream: TextIO | None = None) -> None:
+    """Route every ``structlog.get_logger()`` in the process to the same JSON stream.
+
+    Only the daemon calls this; libraries receive an injected logger.
+    """
+    structlog.configure(
+        processors=processors(),
+        wrapper_class=structlog.make_filtering_bound_logger(0),
+        logger_factory=structlog.PrintLoggerFactory(
+            stream if stream is not None else sys.stdout
+        ),
+        cache_logger_on_first_use=False,
+    )
+
+
+# --- schema of core events ----------------------------------------------------------
+
+# Events that point at trouble; everything else is informational.
+_WARNING_EVENTS = frozenset({
+    "packet_dropped", "exchange_failed", "path_down", "update_rejected", "send_failed",
+    "receive_failed", "shutdown_incomplete", "reload_skipped", "socket_unavailable",
+    "vici_disconnected",
+})
+# A bug in our own code, caught by a safety net.
+_ERROR_EVENTS = frozenset({"engine_error"})
+
+
+def level_of(event_name: str) -> str:
+    if event_name in _ERROR_EVENTS:
+        return "error"
+    return "warning" if event_name in _WARNING_EVENTS else "info"
+
+
+def _path_fields(path: Path) -> Fields:
+    return {"local": str(path.local), "remote": str(path.remote)}
+
+
+def core_event_fields(event: Event) -> tuple[str, Fields]:
+    """Map a core event to its stream name and fields. Pure; never copies key material."""
+    match event:
+        case IkeSaEstablished():
+            return "ike_sa_established", {
+                "conn": event.conn,
+                "ike_spi": event.ike_spi,
+                **_path_fields(event.path),
+                "initiator": event.initiator,
+                "local_id": event.local_id,
+                "remote_id": event.remote_id,
+                "proposal": event.proposal,
+                "nat_local": event.nat_local,
+                "nat_remote": event.nat_remote,
+                "virtual_ips": [str(ip) for ip in event.virtual_ips],
+            }
+        case IkeSaDeleted():
+            return "ike_sa_deleted", {
+                "conn": event.conn,
+                "ike_spi": event.ike_spi,
+                **_path_fields(event.path),
+                "reason": event.reason,
+            }
+        case IkeSaRekeyed():
+            return "ike_sa_rekeyed", {
+                "conn": event.conn,
+                "ike_spi": event.ike_spi,
+                "new_ike_spi": event.new_ike_spi,
+            }
+        case ChildSaInstalled():
+            fields: Fields = {
+                "conn": event.conn,
+                "ike_spi": event.ike_spi,
+                **_path_fields(event.path),
+                "child": event.child,
+                "unique_id": event.unique_id,
+                "spi_in": spi_hex(event.spi_in),
+                "spi_out": spi_hex(event.spi_out),
+                "local_ts": list(event.local_ts),
+                "remote_ts": list(event.remote_ts),
+                "proposal": event.proposal,
+                "encap": event.encap,
+                "initiator": event.initiator,
+            }
+            if event.rekey_of is not None:
+                fields["rekey_of"] = event.rekey_of
+            return "child_sa_installed", fields
+        case ChildSaDeleted():
+            return "child_sa_deleted", {
+                "conn": event.conn,
+                "ike_spi": event.ike_spi,
+                "child": event.child,
+                "unique_id": event.unique_id,
+                "spi_in": spi_hex(event.spi_in),
+                "spi_out": spi_hex(event.spi_out),
+                "reason": event.reason,
+            }
+        case ChildSaRekeyed():
+            return "child_sa_rekeyed", {
+                "conn": event.conn,
+                "ike_spi": event.ike_spi,
+                "child": event.child,
+                "old_unique_id": event.old_unique_id,
+                "new_unique_id": event.new_unique_id,
+                "old_spi_in": spi_hex(event.old_spi_in),
+                "new_spi_in": spi_hex(event.new_spi_in),
+            }
+        case PacketDropped():
+            dropped: Fields = {**_path_fields(event.path), "reason": event.reason}
+            if event.ike_spi is not None:
+                dropped["ike_spi"] = event.ike_spi
+            return "packet_dropped", dropped
+        case ExchangeFailed():
+            return "exchange_failed", {
+                "conn": event.conn,
+                "ike_spi": event.ike_spi,
+                "exchange": event.exchange,
+                "reason": event.reason,
+            }
+    # An event class newer than this table: say so instead of guessing its fields,
+    # which may include keys.
+    return "core_event", {"type": type(event).__name__}
+
+
+class EventLog:
+    """What the daemon writes to: named events with fields, and core events."""
+
+    def __init__(self, logger: structlog.typing.FilteringBoundLogger) -> None:
+        self._logger = logger
+
+    def emit(self, event_name: str, /, **fields: object) -> None:
+        """Log ``event_name`` at its usual level (see ``level_of``)."""
+        self.write(level_of(event_name), event_name, fields)
+
+    def write(self, level: str, event_name: str, fields: Mapping[str, object]) -> None:
+        self._logger.log(_LEVELS.get(level, _LEVELS["info"]), event_name, **fields)
+
+    def core_event(self, event: Event) -> None:
+        name, fields = core_event_fields(event)
+        self.write(level_of(name), name, fields)
+
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}

@@ -1,0 +1,403 @@
+"""The native daemon's I/O loop, with a fake engine over real loopback sockets.
+
+Addresses 127.0.0.2/127.0.0.3 are loopback too (all of 127/8 is on ``lo``): they
+show that the daemon learns the local address of each datagram (IP_PKTINFO) and
+sends from the local address the engine asks for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path as FsPath
+
+import pytest
+
+from mobike_vici.config.model import ChildConfig, Config, ConnectionConfig, StartAction
+from mobike_vici.daemon.control import request
+from mobike_vici.daemon.framing import KEEPALIVE, NON_ESP_MARKER
+from mobike_vici.daemon.native import ENGINE_ERROR_BACKOFF, Daemon
+from mobike_vici.daemon.status import format_status
+from mobike_vici.types import Endpoint, Path
+
+from .fakes import SPI, FakeEngine, RecordingLog, free_port
+
+V4 = ((socket.AF_INET, "0.0.0.0"),)
+EMPTY = Config()
+TIMEOUT = 5.0
+
+CONFIG = Config(connections=(
+    ConnectionConfig(name="home", children=(
+        ChildConfig(name="net", start_action=StartAction.START),
+        ChildConfig(name="idle"),
+    )),
+    ConnectionConfig(name="passive", children=(ChildConfig(name="other"),)),
+))
+
+
+class Peer:
+    """The far end: a plain UDP socket on 127.0.0.1."""
+
+    def __init__(self, family: socket.AddressFamily = socket.AF_INET, addr: str = "127.0.0.1"):
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.sock.bind((addr, 0))
+        host, port = self.sock.getsockname()[:2]
+        self.endpoint = Endpoint.parse(host, port)
+
+    def send(self, data: bytes, addr: str, port: int) -> None:
+        self.sock.sendto(data, (addr, port))
+
+    async def recv(self) -> tuple[bytes, Endpoint]:
+        loop = asyncio.get_running_loop()
+        data, addr = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 65535), TIMEOUT)
+        return data, Endpoint.parse(addr[0], addr[1])
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Rig:
+    def __init__(self, daemon: Daemon, engine: FakeEngine, log: RecordingLog, peer: Peer):
+        self.daemon, self.engine, self.log, self.peer = daemon, engine, log, peer
+
+    async def received(self, count: int) -> list[bytes]:
+        async with asyncio.timeout(TIMEOUT):
+            while len(self.engine.received) < count:
+                self.engine.arrived.clear()
+                await self.engine.arrived.wait()
+        return [data for data, _, _ in self.engine.received]
+
+
+Scenario = Callable[[Rig], Awaitable[None]]
+
+
+def run_rig(
+    scenario: Scenario,
+    *,
+    config: Config = EMPTY,
+    bind: tuple[tuple[socket.AddressFamily, str], ...] = V4,
+    peer_family: socket.AddressFamily = socket.AF_INET,
+    peer_addr: str = "127.0.0.1",
+    local_addr: str = "127.0.0.1",
+    control_path: str | None = None,
+    prepare: Callable[[FakeEngine], None] | None = None,
+) -> Rig:
+    async def main() -> Rig:
+        ike_port, natt_port = free_port(), free_port()
+        peer = Peer(peer_family, peer_addr)
+        engine = FakeEngine(Endpoint.parse(local_addr, ike_port), peer.endpoint)
+        if prepare is not None:
+            prepare(engine)
+        log = RecordingLog()
+        daemon = Daemon(config, engine, log, ike_port=ike_port, natt_port=natt_port,
+                        bind=bind, control_path=control_path)
+        rig = Rig(daemon, engine, log, peer)
+        await daemon.start()
+        try:
+            await scenario(rig)
+        finally:
+            await daemon.close()
+            peer.close()
+        return rig
+
+    return asyncio.run(main())
+
+
+def test_ike_datagram_reaches_engine_with_its_local_address() -> None:
+    async def scenario(rig: Rig) -> None:
+        rig.peer.send(b"hello", "127.0.0.2", rig.daemon.ike_port)
+        assert await rig.received(1) == [b"hello"]
+        _, path, _ = rig.engine.received[0]
+        # Bound to 0.0.0.0, yet the path says which address the peer talked to.
+        assert path == Path(Endpoint.parse("127.0.0.2", rig.daemon.ike_port), rig.peer.endpoint)
+
+    run_rig(scenario)
+
+
+def test_reply_leaves_from_the_local_address_of_the_path() -> None:
+    async def scenario(rig: Rig) -> None:
+        rig.peer.send(b"PING1", "127.0.0.3", rig.daemon.ike_port)
+        data, source = await rig.peer.recv()
+        assert data == b"PONG1"  # no marker on the IKE port
+        assert source == Endpoint.parse("127.0.0.3", rig.daemon.ike_port)
+
+    run_rig(scenario)
+
+
+def test_natt_marker_stripped_on_receive_and_added_on_send() -> None:
+    async def scenario(rig: Rig) -> None:
+        rig.peer.send(NON_ESP_MARKER + b"PING2", "127.0.0.2", rig.daemon.natt_port)
+        assert await rig.received(1) == [b"PING2"]
+        _, path, _ = rig.engine.received[0]
+        assert path.local == Endpoint.parse("127.0.0.2", rig.daemon.natt_port)
+        data, source = await rig.peer.recv()
+        assert data == NON_ESP_MARKER + b"PONG2"
+        assert source == Endpoint.parse("127.0.0.2", rig.daemon.natt_port)
+
+    run_rig(scenario)
+
+
+def test_keepalive_is_sent_without_marker() -> None:
+    async def scenario(rig: Rig) -> None:
+        rig.peer.send(NON_ESP_MARKER + b"KA", "127.0.0.1", rig.daemon.natt_port)
+        data, _ = await rig.peer.recv()
+        assert data == KEEPALIVE
+
+    run_rig(scenario)
+
+
+def test_keepalives_ignored_esp_counted_and_logged_once() -> None:
+    async def scenario(rig: Rig) -> None:
+        port = rig.daemon.natt_port
+        rig.peer.send(KEEPALIVE, "127.0.0.1", port)
+        for spi in (1, 2, 3):
+            rig.peer.send(spi.to_bytes(4, "big") + b"\x00" * 12, "127.0.0.1", port)
+        rig.peer.send(NON_ESP_MARKER + b"sync", "127.0.0.1", port)
+        # Loopback keeps order: once "sync" is in, everything before it was handled.
+        assert await rig.received(1) == [b"sync"]
+        assert rig.daemon.esp_dropped == 3
+        drops = rig.log.named("packet_dropped")
+        assert [d["reason"] for d in drops] == ["esp_not_supported"]
+
+    run_rig(scenario)
+
+
+def test_esp_goes_to_the_handler_when_there_is_one() -> None:
+    got: list[tuple[bytes, Path]] = []
+
+    async def scenario(rig: Rig) -> None:
+        rig.daemon.esp_handler = lambda data, path, now: got.append((data, path))
+        esp = b"\x00\x00\x10\x01" + b"payload"
+        rig.peer.send(esp, "127.0.0.1", rig.daemon.natt_port)
+        rig.peer.send(NON_ESP_MARKER + b"sync", "127.0.0.1", rig.daemon.natt_port)
+        await rig.received(1)
+        assert got == [(esp, Path(Endpoint.parse("127.0.0.1", rig.daemon.natt_port),
+                                  rig.peer.endpoint))]
+        assert rig.daemon.esp_dropped == 0
+
+    run_rig(scenario)
+
+
+def test_engine_exception_is_logged_and_daemon_keeps_running() -> None:
+    async def scenario(rig: Rig) -> None:
+        rig.peer.send(b"boom", "127.0.0.1", rig.daemon.ike_port)
+        rig.peer.send(b"PING3", "127.0.0.1", rig.daemon.ike_port)
+        data, _ = await rig.peer.recv()
+        assert data == b"PONG3"
+        [drop] = rig.log.named("packet_dropped")
+        assert drop["reason"] == "internal_error"
+        assert drop["error"] == "ValueError"
+        assert "malformed" not in rig.log.stream.getvalue()  # type only, not the text
+
+    run_rig(scenario)
+
+
+def test_start_action_start_children_are_initiated() -> None:
+    async def scenario(rig: Rig) -> None:
+        data, source = await rig.peer.recv()
+        assert data == b"INIT home"
+        assert source.port == rig.daemon.ike_port
+        assert [(c, ch) for c, ch, _ in rig.engine.initiated] == [("home", "net")]
+
+    run_rig(scenario, config=CONFIG)
+
+
+def test_timer_fires_and_events_are_logged() -> None:
+    armed: list[float] = []
+
+    def prepare(engine: FakeEngine) -> None:
+        engine.timer = asyncio.get_running_loop().time() + 0.01
+        armed.append(engine.timer)
+
+    async def scenario(rig: Rig) -> None:
+        failed = await rig.log.wait_for("exchange_failed")
+        assert failed["reason"] == "retransmits_exceeded"
+        assert failed["conn"] == "home"
+        [fired_at] = rig.engine.timer_calls
+        assert rig.engine.timer is None
+        assert fired_at >= armed[0]  # the engine's deadline, on the engine's clock
+        assert rig.daemon.next_deadline is None  # engine said no more timer
+
+    run_rig(scenario, prepare=prepare)
+
+
+def test_timer_handler_failure_backs_off() -> None:
+    def prepare(engine: FakeEngine) -> None:
+        engine.timer = asyncio.get_running_loop().time()  # due at once
+        engine.timer_raises = True
+
+    async def scenario(rig: Rig) -> None:
+        error = await rig.log.wait_for("engine_error")
+        assert error == {"call": "handle_timer", "error": "RuntimeError"}
+        [called_at] = rig.engine.timer_calls
+        deadline = rig.daemon.next_deadline
+        # The engine still reports an overdue timer; the daemon does not spin on it.
+        assert deadline is not None and deadline >= called_at + ENGINE_ERROR_BACKOFF
+
+    run_rig(scenario, prepare=prepare)
+
+
+def test_control_status_round_trip(tmp_path: FsPath) -> None:
+    ctl = str(tmp_path / "ctl")
+
+    async def scenario(rig: Rig) -> None:
+        rig.engine.add_sa()
+        answer = await asyncio.to_thread(request, ctl, "status")
+        assert answer["ok"] is True
+        assert answer["backend"] == "native"
+        assert answer["pid"] == os.getpid()
+        sas = answer["ike_sas"]
+        assert isinstance(sas, list)
+        [sa] = sas
+        assert sa["ike_spi"] == SPI
+        assert sa["state"] == "ESTABLISHED"
+        assert sa["local"] == f"127.0.0.1[{rig.daemon.ike_port}]"
+        assert sa["remote"] == str(rig.peer.endpoint)
+        [child] = sa["children"]
+        assert (child["spi_in"], child["spi_out"]) == ("00c1a2b3", "deadbeef")
+        assert child["remote_ts"] == ["10.2.0.0/16"]
+        text = format_status(answer)
+        assert "home: ESTABLISHED, initiator" in text
+        assert f"127.0.0.1[{rig.daemon.ike_port}] - {rig.peer.endpoint}" in text
+        assert "00c1a2b3_i deadbeef_o" in text
+        assert "remote 10.2.0.0/16" in text
+        unknown = await asyncio.to_thread(request, ctl, "frobnicate")
+        assert unknown["ok"] is False
+
+    run_rig(scenario, control_path=ctl)
+    assert not os.path.exists(ctl)
+
+
+def test_sigterm_deletes_sas_and_waits_for_the_answer() -> None:
+    async def main() -> tuple[int, FakeEngine, RecordingLog]:
+        peer = Peer()
+        ike_port, natt_port = free_port(), free_port()
+        engine = FakeEngine(Endpoint.parse("127.0.0.1", ike_port), peer.endpoint)
+        engine.add_sa()
+        log = RecordingLog()
+        daemon = Daemon(Config(), engine, log, ike_port=ike_port, natt_port=natt_port,
+                        bind=V4, shutdown_grace=TIMEOUT)
+        running = asyncio.create_task(daemon.run())
+        try:
+            await log.wait_for("daemon_started")
+            os.kill(os.getpid(), signal.SIGTERM)
+            data, source = await peer.recv()
+            assert data == b"DELETE " + SPI.encode()
+            peer.send(b"DELETE-ACK", str(source.addr), source.port)
+            code = await asyncio.wait_for(running, TIMEOUT)
+        finally:
+            peer.close()
+        return code, engine, log
+
+    code, engine, log = asyncio.run(main())
+    assert code == 0
+    assert engine.deleted == [SPI]
+    assert log.named("ike_sa_deleted")[0]["ike_spi"] == SPI
+    assert not log.named("shutdown_incomplete")
+    assert log.named("daemon_stopped")
+
+
+def test_silent_peer_shutdown_gives_up_after_grace() -> None:
+    async def main() -> tuple[int, RecordingLog]:
+        peer = Peer()
+        ike_port, natt_port = free_port(), free_port()
+        engine = FakeEngine(Endpoint.parse("127.0.0.1", ike_port), peer.endpoint)
+        engine.add_sa()
+        log = RecordingLog()
+        daemon = Daemon(Config(), engine, log, ike_port=ike_port, natt_port=natt_port,
+                        bind=V4, shutdown_grace=0.05)
+        running = asyncio.create_task(daemon.run())
+        try:
+            await log.wait_for("daemon_started")
+            daemon.request_stop()
+            code = await asyncio.wait_for(running, TIMEOUT)
+        finally:
+            peer.close()
+        return code, log
+
+    code, log = asyncio.run(main())
+    assert code == 0
+    assert log.named("shutdown_incomplete") == [{"ike_sas": [SPI]}]
+
+
+def test_sighup_is_logged_not_fatal() -> None:
+    async def main() -> RecordingLog:
+        ike_port, natt_port = free_port(), free_port()
+        engine = FakeEngine(Endpoint.parse("127.0.0.1", ike_port), Endpoint.parse("127.0.0.1", 9))
+        log = RecordingLog()
+        daemon = Daemon(Config(), engine, log, ike_port=ike_port, natt_port=natt_port, bind=V4)
+        running = asyncio.create_task(daemon.run())
+        await log.wait_for("daemon_started")
+        os.kill(os.getpid(), signal.SIGHUP)
+        await log.wait_for("reload_skipped")
+        assert not running.done()
+        daemon.request_stop()
+        assert await asyncio.wait_for(running, TIMEOUT) == 0
+        return log
+
+    log = asyncio.run(main())
+    assert log.named("reload_skipped")[0]["reason"] == "reload not implemented"
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this host")
+def test_ipv6_receive_and_reply() -> None:
+    async def scenario(rig: Rig) -> None:
+        rig.peer.send(b"PING6", "::1", rig.daemon.ike_port)
+        data, source = await rig.peer.recv()
+        assert data == b"PONG6"
+        assert source == Endpoint.parse("::1", rig.daemon.ike_port)
+        _, path, _ = rig.engine.received[0]
+        assert path.local == Endpoint.parse("::1", rig.daemon.ike_port)
+
+    run_rig(scenario, bind=((socket.AF_INET6, "::"),), peer_family=socket.AF_INET6,
+            peer_addr="::1", local_addr="::1")
+
+
+def test_both_families_bound_by_default_shape() -> None:
+    async def scenario(rig: Rig) -> None:
+        ports = sorted((str(e.addr), e.port) for e in rig.daemon.local_endpoints())
+        assert ports == sorted([("0.0.0.0", rig.daemon.ike_port),
+                                ("0.0.0.0", rig.daemon.natt_port),
+                                ("::", rig.daemon.ike_port), ("::", rig.daemon.natt_port)])
+
+    if not _ipv6_loopback():
+        pytest.skip("no IPv6 on this host")
+    run_rig(scenario, bind=((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")))
+
+
+def test_second_stop_request_ends_the_wait_for_peers() -> None:
+    async def main() -> RecordingLog:
+        peer = Peer()
+        ike_port, natt_port = free_port(), free_port()
+        engine = FakeEngine(Endpoint.parse("127.0.0.1", ike_port), peer.endpoint)
+        engine.add_sa()
+        log = RecordingLog()
+        # A grace far beyond the test's timeout: only the second request can end it.
+        daemon = Daemon(Config(), engine, log, ike_port=ike_port, natt_port=natt_port,
+                        bind=V4, shutdown_grace=1000.0)
+        running = asyncio.create_task(daemon.run())
+        try:
+            await log.wait_for("daemon_started")
+            daemon.request_stop()
+            await peer.recv()  # the DELETE went out: the daemon is waiting for the answer
+            daemon.request_stop()
+            assert await asyncio.wait_for(running, TIMEOUT) == 0
+        finally:
+            peer.close()
+        return log
+
+    log = asyncio.run(main())
+    assert log.named("shutdown_incomplete") == [{"ike_sas": [SPI]}]

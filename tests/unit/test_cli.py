@@ -1,0 +1,183 @@
+"""The command line: exit codes, config errors, status over the control socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+import pytest
+
+from mobike_vici import cli
+from mobike_vici.config.model import Config, ConfigError
+from mobike_vici.daemon import native
+from mobike_vici.daemon.control import ControlServer, JsonObject
+
+REPO = Path(__file__).resolve().parents[2]
+
+STATUS: JsonObject = {
+    "ok": True,
+    "backend": "native",
+    "ike_sas": [{
+        "conn": "home", "ike_spi": "0123456789abcdef_fedcba9876543210",
+        "state": "ESTABLISHED", "initiator": True, "local": "10.1.0.2[4500]",
+        "remote": "192.0.2.2[4500]", "local_id": "moon", "remote_id": "sun",
+        "proposal": "aes128-sha256-x25519", "virtual_ips": ["10.3.0.1"],
+        "children": [{"name": "net", "unique_id": 1, "state": "INSTALLED",
+                      "spi_in": "c1a2b3c4", "spi_out": "d5e6f708",
+                      "local_ts": ["10.3.0.1/32"], "remote_ts": ["10.2.0.0/16"],
+                      "proposal": "aes128gcm16"}],
+    }],
+}
+
+
+class Started(Exception):
+    """Raised by the stand-in daemon: reaching it means the CLI started something."""
+
+
+def refuse_to_start(config: Config, events: TextIO, control: str | None) -> int:
+    raise Started
+
+
+def test_bad_config_exits_2_with_file_and_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text("connections {\n  home {\n    remote_addrs = 192.0.2.2\n"
+                    "    rekey_time = banana\n  }\n}\n")
+    monkeypatch.setattr(native, "run_native", refuse_to_start)
+    assert cli.main(["native", "--config", str(conf)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{conf}:4: ")
+    assert "rekey_time" in err
+
+
+def test_config_error_from_loader_is_printed_verbatim(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def failing_loader(path: str) -> Config:
+        raise ConfigError(path, 17, "unknown key 'bogus'")
+
+    monkeypatch.setattr(cli, "_load_config", failing_loader)
+    monkeypatch.setattr(native, "run_native", refuse_to_start)
+    assert cli.main(["native", "--config", "x.conf"]) == 2
+    assert capsys.readouterr().err == "x.conf:17: unknown key 'bogus'\n"
+
+
+def test_missing_config_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(native, "run_native", refuse_to_start)
+    missing = tmp_path / "nope.conf"
+    assert cli.main(["native", "--config", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_good_config_starts_daemon_with_events_file_and_control(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text("connections {\n  home {\n    remote_addrs = 192.0.2.2\n  }\n}\n")
+    events = tmp_path / "events.jsonl"
+    seen: dict[str, object] = {}
+
+    def fake_run(config: Config, stream: TextIO, control: str | None) -> int:
+        seen["conns"] = [c.name for c in config.connections]
+        seen["control"] = control
+        stream.write("line\n")
+        # Line-buffered: a reader tailing the file sees the line before close.
+        seen["visible"] = events.read_text()
+        return 0
+
+    monkeypatch.setattr(native, "run_native", fake_run)
+    code = cli.main(["native", "--config", str(conf), "--events", str(events),
+                     "--control", str(tmp_path / "ctl")])
+    assert code == 0
+    assert seen == {"conns": ["home"], "control": str(tmp_path / "ctl"), "visible": "line\n"}
+
+
+def test_default_control_path_follows_runtime_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
+    assert cli.main(["status"]) == 1
+    err = capsys.readouterr().err
+    assert str(tmp_path / "mobike-vici.ctl") in err
+    assert "is the daemon running" in err
+
+
+@pytest.fixture
+def control_socket(tmp_path: Path) -> Iterator[str]:
+    """A control server answering STATUS, on its own loop in a thread."""
+    path = str(tmp_path / "ctl")
+    loop = asyncio.new_event_loop()
+    server = ControlServer(path, lambda req: STATUS if req["cmd"] == "status" else {"ok": False})
+    loop.run_until_complete(server.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def test_status_json_prints_the_answer(
+    control_socket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["status", "--json", "--control", control_socket]) == 0
+    assert json.loads(capsys.readouterr().out) == STATUS
+
+
+def test_status_table(control_socket: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["status", "--control", control_socket]) == 0
+    out = capsys.readouterr().out
+    assert "home: ESTABLISHED, initiator, IKE SPIs 0123456789abcdef_fedcba9876543210" in out
+    assert "10.1.0.2[4500] - 192.0.2.2[4500]" in out
+    assert "net: #1 INSTALLED, SPIs c1a2b3c4_i d5e6f708_o, aes128gcm16" in out
+    assert "local  10.3.0.1/32" in out
+
+
+def test_status_dead_daemon_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["status", "--control", str(tmp_path / "none")]) == 1
+    assert "cannot connect to control socket" in capsys.readouterr().err
+
+
+def test_demo_calls_run_demo(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mobike_vici.demo as demo
+
+    calls: list[int] = []
+
+    def fake_demo() -> int:
+        calls.append(1)
+        return 3
+
+    monkeypatch.setattr(demo, "run_demo", fake_demo)
+    assert cli.main(["demo"]) == 3
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("argv", [[], ["run", "--config", "x"], ["native"], ["bogus"]])
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mobike_vici", "status", "--control", str(tmp_path / "none")],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )
+    assert proc.returncode == 1
+    assert "cannot connect to control socket" in proc.stderr
