@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from ..ikev2.constants import ProtocolId
 from ..ikev2.proposals import ProposalError, ProposalSpec, parse_proposals
 from . import values as val
+from .mobike import from_section as mobike_policy
 from .model import (
     AuthClass,
     AuthConfig,
@@ -453,7 +454,9 @@ def _check_authorities(sec: Section) -> None:
 
 
 def _mobike(sec: Section | None) -> MobikeConfig:
-    return MobikeConfig(raw=dict(_flatten(sec)) if sec is not None else {})
+    if sec is None:
+        return MobikeConfig()
+    return MobikeConfig(raw=dict(_flatten(sec)), policy=mobike_policy(sec))
 
 
 # -- whole-config checks ------------------------------------------------------------

@@ -13,16 +13,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ..ikev2.proposals import ProposalSpec
-
-
-class ConfigError(ValueError):
-    """A config problem, located as ``FILE:LINE: message``."""
-
-    def __init__(self, file: str, line: int, message: str) -> None:
-        super().__init__(f"{file}:{line}: {message}")
-        self.file = file
-        self.line = line
-        self.message = message
+from .errors import ConfigError as ConfigError  # re-exported: part of this module's API
+from .mobike import MobikePolicy
 
 
 class StartAction(Enum):
@@ -166,12 +158,13 @@ class PoolConfig:
 
 @dataclass(frozen=True, slots=True)
 class MobikeConfig:
-    """The ``mobike { }`` section: the controller's policy (typed fields come with later issues).
+    """The ``mobike { }`` section: the controller's path policy.
 
-    Until then every key is kept as written; keys of nested sections as ``sub.key``.
+    ``raw`` keeps every key as written (nested sections as ``sub.key``).
     """
 
     raw: dict[str, str] = field(default_factory=dict)
+    policy: MobikePolicy = field(default_factory=MobikePolicy)
 
 
 @dataclass(frozen=True, slots=True)

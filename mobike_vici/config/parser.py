@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .model import ConfigError
+from .errors import ConfigError
 
 # Bounds: a config is written by a person; anything deeper is a mistake or an attack.
 MAX_SECTION_DEPTH = 64

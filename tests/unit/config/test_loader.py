@@ -263,9 +263,13 @@ def test_pool_leases(addrs: str, first: str, last: str) -> None:
 
 
 def test_mobike_section_keeps_raw_keys() -> None:
-    text = "mobike {\n probe_interval = 1s\n prefer { eth0 = 10 }\n}\nfoo { bar = baz }\n"
+    text = ("mobike {\n probe_interval = 1s\n prefer { wwan { interface = wwan*\n cost = 100 }"
+            " }\n}\nfoo { bar = baz }\n")
     config = load_string(text)
-    assert config.mobike.raw == {"probe_interval": "1s", "prefer.eth0": "10"}
+    assert config.mobike.raw == {"probe_interval": "1s", "prefer.wwan.interface": "wwan*",
+                                 "prefer.wwan.cost": "100"}
+    assert config.mobike.policy.probe_interval == 1.0
+    assert [(rule.interface, rule.cost) for rule in config.mobike.policy.prefer] == [("wwan*", 100)]
 
 
 def test_unknown_top_level_sections_are_ignored() -> None:

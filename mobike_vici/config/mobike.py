@@ -1,0 +1,322 @@
+"""The typed ``mobike { }`` policy: probe timing, path preferences, hold-down, routability.
+
+The config loader keeps the section's keys flat in ``MobikeConfig.raw`` (``key`` and
+``sub.key`` strings); ``from_raw`` turns them into a validated ``MobikePolicy`` and
+``from_section`` does the same from the parsed tree with each key's own file and line.
+Only ``ConfigError`` escapes either.
+
+Keys (times take ``ms``, ``s``, ``m``, ``h``; a bare number is seconds, fractions allowed):
+
+=========================  ===========  =================================================
+key                        default      meaning
+=========================  ===========  =================================================
+probe_interval             200ms        probe cadence on the active path (and on every
+                                        path while the active one is not up)
+probe_timeout              300ms        a probe unanswered this long is a miss (the floor;
+                                        slow paths get SRTT + 4 RTTVAR, at most 3 s)
+probe_misses               2            consecutive misses that make a path down
+standby_probe_interval     2s           probe cadence on idle standby paths
+max_probes_in_flight       4            per IKE_SA, all paths together
+hold_down                  10s          a better path must be healthy this long, without a
+                                        single miss, before we return to it
+max_moves_per_minute       6            discretionary moves per sliding minute; leaving a
+                                        failed path is never damped (0: only failovers)
+handover_timeout           10s          a move the backend never reports on has failed
+return_routability         always       always | nat-only | never (RFC 4555 §3.7)
+family                     any          any | ipv4 | ipv6: which family wins a cost tie
+exclude                    (none)       comma list of interface globs and local prefixes
+                                        never used
+allowed_peer_prefixes      (any)        comma list of prefixes a peer address must be in
+                                        (gateway side: refuse to move elsewhere)
+announce                   all          all | preferred-only | comma list of prefixes:
+                                        which local addresses go to the peer as
+                                        ADDITIONAL_*_ADDRESS (RFC 4555 §5.5, disclosure)
+prefer.NAME.interface      (any)        interface glob this rule matches
+prefer.NAME.prefix         (any)        local prefix this rule matches
+prefer.NAME.remote_prefix  (any)        peer prefix this rule matches
+prefer.NAME.family         (any)        ipv4 | ipv6
+prefer.NAME.cost           0            added to the cost of every path the rule matches
+=========================  ===========  =================================================
+
+A rule matches a path when all of its selectors match; a path's cost is the sum of
+the costs of the rules it matches, so ``wwan* cost 100`` and ``ipv6 cost 5``
+compose without caring about order. Lower cost wins, then ``family``, then RTT.
+
+With the defaults a silently dead active path is down at most
+``probe_interval * probe_misses + probe_timeout`` = 0.7 s after it died (the first
+unanswered probe leaves at most one interval after the death, the second one
+interval later, and the second times out 300 ms after that), and the move to the
+best standby is requested at that instant.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from .errors import ConfigError
+from .parser import Section
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class RoutabilityMode(Enum):
+    """When a new peer address must answer a COOKIE2 check before IPsec SAs move."""
+
+    ALWAYS = "always"
+    NAT_ONLY = "nat-only"
+    NEVER = "never"
+
+
+class AnnounceMode(Enum):
+    ALL = "all"
+    PREFERRED_ONLY = "preferred-only"
+    PREFIXES = "prefixes"  # only addresses inside ``announce_prefixes``
+
+
+@dataclass(frozen=True, slots=True)
+class PreferRule:
+    """One ``prefer.NAME`` section: selectors (all must match) and the cost they add."""
+
+    name: str
+    interface: str | None = None  # fnmatch glob
+    prefix: Network | None = None  # local address
+    remote_prefix: Network | None = None
+    family: int | None = None  # 4 or 6
+    cost: int = 0
+
+    def matches(self, local: ipaddress.IPv4Address | ipaddress.IPv6Address, ifname: str,
+                remote: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        if self.interface is not None and not fnmatch.fnmatchcase(ifname, self.interface):
+            return False
+        if self.prefix is not None and not _inside(local, self.prefix):
+            return False
+        if self.remote_prefix is not None and not _inside(remote, self.remote_prefix):
+            return False
+        return self.family is None or local.version == self.family
+
+
+@dataclass(frozen=True, slots=True)
+class MobikePolicy:
+    """The controller's path policy; see the module docstring for every key."""
+
+    probe_interval: float = 0.2
+    probe_timeout: float = 0.3
+    probe_misses: int = 2
+    standby_probe_interval: float = 2.0
+    max_probes_in_flight: int = 4
+    hold_down: float = 10.0
+    max_moves_per_minute: int = 6
+    handover_timeout: float = 10.0
+    return_routability: RoutabilityMode = RoutabilityMode.ALWAYS
+    family: int | None = None  # preferred family on a cost tie; None: no preference
+    prefer: tuple[PreferRule, ...] = ()
+    exclude_interfaces: tuple[str, ...] = ()
+    exclude_prefixes: tuple[Network, ...] = ()
+    allowed_peer_prefixes: tuple[Network, ...] = ()  # empty: any peer address
+    announce: AnnounceMode = AnnounceMode.ALL
+    announce_prefixes: tuple[Network, ...] = ()
+
+    def excludes_local(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                       ifname: str) -> bool:
+        """Whether policy forbids ever using this local address."""
+        if any(fnmatch.fnmatchcase(ifname, glob) for glob in self.exclude_interfaces):
+            return True
+        return any(_inside(addr, net) for net in self.exclude_prefixes)
+
+    def allows_peer(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        if not self.allowed_peer_prefixes:
+            return True
+        return any(_inside(addr, net) for net in self.allowed_peer_prefixes)
+
+    def cost(self, local: ipaddress.IPv4Address | ipaddress.IPv6Address, ifname: str,
+             remote: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+        return sum(r.cost for r in self.prefer if r.matches(local, ifname, remote))
+
+
+def _inside(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, net: Network) -> bool:
+    return addr.version == net.version and addr in net
+
+
+# -- parsing --------------------------------------------------------------------------
+
+_TIME = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*")
+_TIME_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
+_MAX_TIME = 86400.0
+_TOP_KEYS = frozenset({
+    "probe_interval", "probe_timeout", "probe_misses", "standby_probe_interval",
+    "max_probes_in_flight", "hold_down", "max_moves_per_minute", "handover_timeout",
+    "return_routability", "family", "exclude", "allowed_peer_prefixes", "announce",
+})
+_RULE_KEYS = frozenset({"interface", "prefix", "remote_prefix", "family", "cost"})
+_FAMILIES = {"ipv4": 4, "ipv6": 6, "4": 4, "6": 6, "any": None}
+_ROUTABILITY = {"always": RoutabilityMode.ALWAYS, "yes": RoutabilityMode.ALWAYS,
+                "nat-only": RoutabilityMode.NAT_ONLY, "nat_only": RoutabilityMode.NAT_ONLY,
+                "never": RoutabilityMode.NEVER, "no": RoutabilityMode.NEVER}
+# The bound on rule costs keeps sums far from anything surprising.
+_MAX_COST = 1_000_000
+_MAX_IN_FLIGHT = 64
+
+
+Locate = Callable[[str], tuple[str, int]]
+
+
+def from_raw(raw: Mapping[str, str], file: str,
+             line_of: Callable[[str], int] | Mapping[str, int]) -> MobikePolicy:
+    """Validate ``MobikeConfig.raw``; errors name ``file`` and the key's line."""
+
+    def locate(key: str) -> tuple[str, int]:
+        line = line_of(key) if callable(line_of) else line_of.get(key, 0)
+        return file, line
+
+    return _build(raw, locate)
+
+
+def from_section(sec: Section | None) -> MobikePolicy:
+    """Validate the parsed ``mobike { }`` section; errors name each key's own file:line."""
+    if sec is None:
+        return MobikePolicy()
+    raw: dict[str, str] = {}
+    where: dict[str, tuple[str, int]] = {}
+    for key, value, file, line in _walk(sec, ""):
+        raw[key] = value
+        where[key] = (file, line)
+    return _build(raw, lambda key: where.get(key, (sec.file, sec.line)))
+
+
+def _walk(sec: Section, prefix: str) -> Iterable[tuple[str, str, str, int]]:
+    for key, v in sec.keys.items():
+        yield prefix + key, v.value, v.file, v.line
+    for sub in sec.sections.values():
+        yield from _walk(sub, f"{prefix}{sub.name}.")
+
+
+def _build(raw: Mapping[str, str], locate: Locate) -> MobikePolicy:
+
+    def err(key: str, message: str) -> ConfigError:
+        file, line = locate(key)
+        return ConfigError(file, line, f"mobike: {key}: {message}")
+
+    kw: dict[str, object] = {}
+    rules: dict[str, dict[str, str]] = {}
+    for key, value in raw.items():
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "prefer" and parts[2] in _RULE_KEYS:
+            rules.setdefault(parts[1], {})[parts[2]] = value
+        elif key not in _TOP_KEYS:
+            raise err(key, "unknown key")
+
+    def text(key: str) -> str | None:
+        # An empty value restores the default, as everywhere in swanctl.conf.
+        v = raw.get(key)
+        return v.strip() if v is not None and v.strip() else None
+
+    for key in ("probe_interval", "probe_timeout", "standby_probe_interval",
+                "hold_down", "handover_timeout"):
+        if (t := text(key)) is not None:
+            kw[key] = _time(t, key, err, zero_ok=key == "hold_down")
+    for key, lo, hi in (("probe_misses", 1, 100), ("max_probes_in_flight", 1, _MAX_IN_FLIGHT),
+                        ("max_moves_per_minute", 0, 10_000)):
+        if (t := text(key)) is not None:
+            kw[key] = _uint(t, key, lo, hi, err)
+    if (t := text("return_routability")) is not None:
+        if t.lower() not in _ROUTABILITY:
+            raise err("return_routability", f"'{t}' is not always, nat-only or never")
+        kw["return_routability"] = _ROUTABILITY[t.lower()]
+    if (t := text("family")) is not None:
+        kw["family"] = _family(t, "family", err)
+    if (t := text("exclude")) is not None:
+        globs: list[str] = []
+        nets: list[Network] = []
+        for item in _items(t):
+            net = _maybe_net(item)
+            if net is not None:
+                nets.append(net)
+            elif re.fullmatch(r"[A-Za-z0-9_.:@*?\[\]!-]{1,64}", item):
+                globs.append(item)
+            else:
+                raise err("exclude", f"'{item}' is neither a prefix nor an interface glob")
+        kw["exclude_interfaces"], kw["exclude_prefixes"] = tuple(globs), tuple(nets)
+    if (t := text("allowed_peer_prefixes")) is not None:
+        kw["allowed_peer_prefixes"] = _nets(t, "allowed_peer_prefixes", err)
+    if (t := text("announce")) is not None:
+        if t.lower() in ("all", "preferred-only", "preferred_only"):
+            kw["announce"] = AnnounceMode.ALL if t.lower() == "all" else AnnounceMode.PREFERRED_ONLY
+        else:
+            kw["announce"] = AnnounceMode.PREFIXES
+            kw["announce_prefixes"] = _nets(t, "announce", err)
+    kw["prefer"] = tuple(_rule(name, keys, err) for name, keys in rules.items())
+
+    return MobikePolicy(**kw)  # type: ignore[arg-type]
+
+
+def _rule(name: str, keys: Mapping[str, str], err: Callable[[str, str], ConfigError]
+          ) -> PreferRule:
+    def key(k: str) -> str:
+        return f"prefer.{name}.{k}"
+
+    kw: dict[str, object] = {}
+    if (t := keys.get("interface", "").strip()):
+        kw["interface"] = t
+    for sel in ("prefix", "remote_prefix"):
+        if (t := keys.get(sel, "").strip()):
+            net = _maybe_net(t)
+            if net is None:
+                raise err(key(sel), f"'{t}' is not a prefix")
+            kw[sel] = net
+    if (t := keys.get("family", "").strip()):
+        kw["family"] = _family(t, key("family"), err)
+    if (t := keys.get("cost", "").strip()):
+        kw["cost"] = _uint(t, key("cost"), 0, _MAX_COST, err)
+    return PreferRule(name=name, **kw)  # type: ignore[arg-type]
+
+
+def _items(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _maybe_net(item: str) -> Network | None:
+    try:
+        return ipaddress.ip_network(item, strict=False)
+    except ValueError:
+        return None
+
+
+def _nets(text: str, key: str, err: Callable[[str, str], ConfigError]) -> tuple[Network, ...]:
+    out: list[Network] = []
+    for item in _items(text):
+        net = _maybe_net(item)
+        if net is None:
+            raise err(key, f"'{item}' is not a prefix")
+        out.append(net)
+    return tuple(out)
+
+
+def _family(text: str, key: str, err: Callable[[str, str], ConfigError]) -> int | None:
+    if text.lower() not in _FAMILIES:
+        raise err(key, f"'{text}' is not ipv4, ipv6 or any")
+    return _FAMILIES[text.lower()]
+
+
+def _uint(text: str, key: str, lo: int, hi: int, err: Callable[[str, str], ConfigError]) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise err(key, f"'{text}' is not a number")
+    n = int(text)
+    if not lo <= n <= hi:
+        raise err(key, f"{n} is out of range ({lo}..{hi})")
+    return n
+
+
+def _time(text: str, key: str, err: Callable[[str, str], ConfigError], *,
+          zero_ok: bool) -> float:
+    m = _TIME.fullmatch(text)
+    if m is None:
+        raise err(key, f"'{text}' is not a time (a number with ms, s, m or h)")
+    seconds = float(m.group(1)) * _TIME_UNITS[m.group(2)]
+    if seconds > _MAX_TIME or (seconds <= 0 and not zero_ok):
+        raise err(key, f"'{text}' is out of range (more than 0, at most 24h)")
+    return seconds

@@ -1,0 +1,76 @@
+"""Events the path manager hands to its backend: path health, choices and handovers.
+
+Frozen, keyword-only dataclasses with one base class. All but ``MoveRequested`` map
+one-to-one onto the event stream (``path_up``, ``path_down``, ``path_selected``,
+``handover_started``, ``handover_completed``, ``handover_failed``);
+``MoveRequested`` is the instruction the backend carries out (UPDATE_SA_ADDRESSES
+natively, steering for charon) and is not logged by itself: ``HandoverStarted``
+precedes it with the same data. ``update_rejected`` is the backend's own event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..types import Path
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PathEvent:
+    path: Path
+    """The path the event is about (for handovers: the new one)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PathUp(PathEvent):
+    rtt_ms: float
+    """The round-trip time of the probe that brought the path up."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PathDown(PathEvent):
+    reason: str
+    """probe_timeout, link_down, address_removed, peer_address_removed, excluded,
+    ike_retransmit, move_failed, unacceptable_addresses, probe_send_failed."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PathSelected(PathEvent):
+    reason: str
+    """initial, failover, preferred, peer (the peer moved us), backend."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HandoverStarted(PathEvent):
+    old_path: Path
+    reason: str
+    """Same vocabulary as ``PathSelected.reason``."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MoveRequested(PathEvent):
+    """Move the IKE_SA (and its CHILD_SAs) from ``old_path`` to ``path``; report back
+    with ``on_move_completed`` or ``on_move_failed``."""
+
+    old_path: Path
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HandoverCompleted(PathEvent):
+    old_path: Path
+    duration_ms: float
+    """From the move request to the backend's report."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HandoverFailed(PathEvent):
+    old_path: Path
+    reason: str
+    """The backend's reason (e.g. unacceptable_addresses, timeout) or handover_timeout."""
+
+
+Event = (
+    PathUp | PathDown | PathSelected | HandoverStarted | MoveRequested | HandoverCompleted
+    | HandoverFailed
+)

@@ -1,0 +1,425 @@
+"""The path manager of one IKE_SA: probes, health verdicts and move decisions, sans I/O.
+
+Modelled on aioquic's connection: after every input (``on_*`` with ``now``, or
+``handle_timer(now)`` when the timer from ``get_timer()`` fires) the backend drains
+``probes_to_send(now)`` and ``next_event()`` and re-arms that one timer.
+
+A probe is an empty protected INFORMATIONAL request on that path (RFC 4555 §3.5;
+by §3.8 it changes nothing at the peer); the backend sends it and reports the
+reply by probe id. On a ``MoveRequested`` event the backend moves the SA and reports back with
+``on_move_completed`` or ``on_move_failed``.
+
+Probing (bounded: at most ``max_probes_in_flight`` probes per IKE_SA in flight):
+the active path every ``probe_interval``; a new or unresolved path at the same
+pace until it has a verdict, one probe at a time; idle standby paths every
+``standby_probe_interval``; all paths at the fast pace while the active path is
+not healthy. A responder (``initiator=False``) does not probe: RFC 4555 lets only
+the initiator choose paths, and a responder moves only when its own address goes.
+
+No exception escapes a public method for any input; unknown probe ids, paths or
+interfaces are ignored.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..config.mobike import MobikePolicy
+from ..types import Endpoint, IPAddress, Path
+from .events import (
+    Event,
+    HandoverCompleted,
+    HandoverFailed,
+    HandoverStarted,
+    MoveRequested,
+    PathDown,
+    PathSelected,
+    PathUp,
+)
+from .paths import Key, LocalAddress, PathState, PathTable
+from .policy import PathInfo, Selector, addresses_to_announce, rank
+
+# A path the peer refused (UNACCEPTABLE_ADDRESSES) is neither probed nor tried for this
+# long; its policy rarely changes, but a restart of the peer's daemon may change it.
+UNACCEPTABLE_RETRY = 60.0
+# The backend drains events after every call; the bound only guards against one that
+# does not (oldest events are dropped first).
+MAX_EVENTS = 256
+
+UNACCEPTABLE = "unacceptable_addresses"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRequest:
+    path: Path
+    probe_id: int
+
+
+@dataclass(slots=True)
+class _Probe:
+    key: Key
+    sent: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    target: Key
+    old: Path
+    started: float
+    reason: str
+
+
+class PathManager:
+    """Path health and choice for one IKE_SA; see the module docstring for the protocol."""
+
+    def __init__(
+        self,
+        policy: MobikePolicy,
+        active: Path,
+        local_addresses: Iterable[LocalAddress],
+        peer_addresses: Iterable[IPAddress] = (),
+        *,
+        now: float,
+        initiator: bool = True,
+    ) -> None:
+        self.policy = policy
+        self.initiator = initiator
+        self._last_now = now
+        self.table = PathTable(policy, active.local.port, active.remote.port)
+        self.table.set_local_addresses(local_addresses)
+        self.table.set_peer_addresses(peer_addresses, active.remote.addr)
+        self.selector = Selector(policy)
+        self._active: Key = PathTable.key_of(active)
+        self._active_path = active
+        self._probes: dict[int, _Probe] = {}
+        self._ids = itertools.count(1)
+        self._pending: _Pending | None = None
+        self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
+        self._emit(PathSelected(path=active, reason="initial"))
+        self._decide(now)
+
+    # -- state ------------------------------------------------------------------------
+
+    @property
+    def active_path(self) -> Path:
+        return self._active_path
+
+    @property
+    def wanted_path(self) -> Path | None:
+        """The target of the move in progress, if any."""
+        return self.table.path(self._pending.target) if self._pending is not None else None
+
+    def paths(self) -> list[PathInfo]:
+        """Every candidate, best first (for status output)."""
+        return rank((self._info(k) for k in self.table.candidate_keys()), self.policy)
+
+    def announced_addresses(self) -> list[IPAddress]:
+        """What to send the peer as ADDITIONAL_*_ADDRESS now (see ``addresses_to_announce``)."""
+        return addresses_to_announce(self.policy, self.table.local_addresses(),
+                                     self._active[0], self._active[1])
+
+    def in_flight(self) -> int:
+        return len(self._probes)
+
+    # -- outputs ----------------------------------------------------------------------
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def probes_to_send(self, now: float) -> list[ProbeRequest]:
+        """Probes due now; each is in flight from ``now`` (see ``on_probe_sent``)."""
+        out: list[ProbeRequest] = []
+        if not self.initiator:
+            return out
+        for key in self._probe_order():
+            if len(self._probes) >= self.policy.max_probes_in_flight:
+                break
+            due = self._probe_due(key, now)
+            if due is None or due > now:
+                continue
+            probe_id = next(self._ids)
+            self._probes[probe_id] = _Probe(key, now)
+            h = self.table.health(key)
+            h.last_probe, h.in_flight = now, h.in_flight + 1
+            if h.state == PathState.UNKNOWN:
+                h.state = PathState.PROBING
+            out.append(ProbeRequest(self.table.path(key), probe_id))
+        return out
+
+    def get_timer(self) -> float | None:
+        """The next instant ``handle_timer`` has work; None when there is none."""
+        times: list[float] = []
+        for probe in self._probes.values():
+            times.append(probe.sent + self._timeout(probe.key))
+        if self.initiator:
+            for key in self.table.candidate_keys():
+                h = self.table.health(key)
+                if h.unusable_until is not None:
+                    times.append(h.unusable_until)
+            if len(self._probes) < self.policy.max_probes_in_flight:
+                for key in self.table.candidate_keys():
+                    due = self._probe_due(key, None)
+                    if due is not None:
+                        times.append(due)
+        if self._pending is not None:
+            times.append(self._pending.started + self.policy.handover_timeout)
+        else:
+            ranked, active, ok = self._view(None)
+            t = self.selector.next_deadline(
+                ranked, active, ok, self._last_now, discretionary=self.initiator
+            )
+            if t is not None:
+                times.append(t)
+        return min(times) if times else None
+
+    # -- inputs: time and probes --------------------------------------------------------
+
+    def handle_timer(self, now: float) -> None:
+        self._last_now = max(self._last_now, now)
+        for probe_id, probe in list(self._probes.items()):
+            if now >= probe.sent + self._timeout(probe.key):
+                del self._probes[probe_id]
+                self._missed(probe.key, now)
+        for key in self.table.candidate_keys():
+            h = self.table.health(key)
+            if h.unusable_until is not None and now >= h.unusable_until:
+                h.unusable_until = None
+        pending = self._pending
+        if pending is not None and now >= pending.started + self.policy.handover_timeout:
+            self._move_failed(pending.target, "handover_timeout", now)
+        self._decide(now)
+
+    def on_probe_sent(self, probe_id: int, now: float) -> None:
+        """The probe left later than ``probes_to_send`` said (the backend queued it)."""
+        probe = self._probes.get(probe_id)
+        if probe is not None:
+            probe.sent = now
+            if probe.key in self.table:
+                self.table.health(probe.key).last_probe = now
+
+    def on_probe_reply(self, probe_id: int, now: float) -> None:
+        """A valid protected reply to the probe; late or unknown ids are ignored."""
+        probe = self._probes.pop(probe_id, None)
+        if probe is None or probe.key not in self.table:
+            return
+        h = self.table.health(probe.key)
+        h.in_flight = max(0, h.in_flight - 1)
+        rtt = now - probe.sent
+        if h.success(rtt, now):
+            self._emit(PathUp(path=self.table.path(probe.key), rtt_ms=rtt * 1000.0))
+        self._decide(now)
+
+    def on_probe_failed(self, probe_id: int, now: float) -> None:
+        """The probe could not be sent (e.g. no route): a miss, without waiting."""
+        probe = self._probes.pop(probe_id, None)
+        if probe is not None:
+            self._missed(probe.key, now)
+            self._decide(now)
+
+    # -- inputs: the network ------------------------------------------------------------
+
+    def set_local_addresses(self, addrs: Iterable[LocalAddress], now: float) -> None:
+        self._removed(self.table.set_local_addresses(addrs), "address_removed", now)
+
+    def on_address_added(self, addr: LocalAddress, now: float) -> None:
+        self._removed(self.table.add_local_address(addr), "address_removed", now)
+
+    def on_address_removed(self, addr: IPAddress, now: float) -> None:
+        self._removed(self.table.remove_local_address(addr), "address_removed", now)
+
+    def on_peer_addresses(self, addrs: Iterable[IPAddress], now: float,
+                          current: IPAddress | None = None) -> None:
+        """The peer's ADDITIONAL_*_ADDRESS list (empty for NO_ADDITIONAL_ADDRESSES)."""
+        cur = current if current is not None else self._active[1]
+        self._removed(self.table.set_peer_addresses(addrs, cur), "peer_address_removed", now)
+
+    def on_link_down(self, ifname: str, now: float) -> None:
+        for key in self.table.set_link(ifname, up=False):
+            self._drop_probes(key)
+            self._fail(key, "link_down")
+        self._decide(now)
+
+    def on_link_up(self, ifname: str, now: float) -> None:
+        for key in self.table.set_link(ifname, up=True):
+            h = self.table.health(key)
+            h.last_probe = None  # find out at once
+            if h.state != PathState.UP:
+                h.state = PathState.UNKNOWN
+        self._decide(now)
+
+    def on_route_changed(self, now: float) -> None:
+        """Routes changed: a hint only (RFC 4555 §3.5), so probe everything soon."""
+        for key in self.table.candidate_keys():
+            h = self.table.health(key)
+            if h.in_flight == 0:
+                h.last_probe = None
+        self._decide(now)
+
+    # -- inputs: the IKE_SA ---------------------------------------------------------------
+
+    def on_active_path_failed(self, now: float) -> None:
+        """IKE retransmissions on the active path went unanswered."""
+        if self._active in self.table:
+            self._fail(self._active, "ike_retransmit")
+        self._decide(now)
+
+    def on_active_path_changed(self, path: Path, now: float) -> None:
+        """The peer moved us (we are responder), or the backend moved on its own."""
+        key = PathTable.key_of(path)
+        if key == self._active and path == self._active_path:
+            return
+        self._set_active(path)
+        self._emit(PathSelected(path=path, reason="peer"))
+        self._decide(now)
+
+    def on_move_completed(self, path: Path, now: float) -> None:
+        """The backend finished moving to ``path``; the exchange proved the path works."""
+        key = PathTable.key_of(path)
+        old = self._active_path
+        pending = self._pending
+        started = pending.started if pending is not None else now
+        self._pending = None
+        self._set_active(path)
+        if key in self.table:
+            h = self.table.health(key)
+            if h.success(None, now):
+                self._emit(PathUp(path=path, rtt_ms=(now - started) * 1000.0))
+        self._emit(HandoverCompleted(path=path, old_path=old,
+                                     duration_ms=max(0.0, now - started) * 1000.0))
+        self._decide(now)
+
+    def on_move_failed(self, path: Path, reason: str, now: float) -> None:
+        """The move to ``path`` failed; ``unacceptable_addresses`` shelves the path."""
+        self._move_failed(PathTable.key_of(path), reason, now)
+        self._decide(now)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        self._events.append(event)
+
+    def _set_active(self, path: Path) -> None:
+        self._active, self._active_path = PathTable.key_of(path), path
+        if (path.local.port, path.remote.port) != (self.table.local_port,
+                                                   self.table.remote_port):
+            self.table.set_ports(path.local.port, path.remote.port)
+
+    def _path_of(self, key: Key) -> Path:
+        # Also for keys no longer in the table (removed paths keep the current ports).
+        return Path(Endpoint(key[0], self.table.local_port),
+                    Endpoint(key[1], self.table.remote_port))
+
+    def _timeout(self, key: Key) -> float:
+        if key not in self.table:
+            return self.policy.probe_timeout
+        return self.table.health(key).rtt.timeout(self.policy.probe_timeout)
+
+    def _probe_order(self) -> list[Key]:
+        others = [PathTable.key_of(p.path) for p in self.paths()]
+        return [self._active, *[k for k in others if k != self._active]]
+
+    def _probe_due(self, key: Key, now: float | None) -> float | None:
+        """When the next probe on ``key`` is due; None: not to be probed now."""
+        if key not in self.table:
+            return None
+        h = self.table.health(key)
+        if not h.usable(now if now is not None else self._last_now):
+            return None
+        if h.last_probe is None:
+            return self._last_now if now is None else now
+        if key == self._active:
+            return h.last_probe + self.policy.probe_interval
+        if h.in_flight > 0:
+            return None  # one at a time on paths we do not use
+        fast = h.state in (PathState.UNKNOWN, PathState.PROBING) or not self._active_ok()
+        interval = self.policy.probe_interval if fast else self.policy.standby_probe_interval
+        return h.last_probe + interval
+
+    def _active_ok(self) -> bool:
+        if self._active not in self.table:
+            return False
+        h = self.table.health(self._active)
+        return h.state != PathState.DOWN and h.usable(self._last_now)
+
+    def _info(self, key: Key) -> PathInfo:
+        h = self.table.health(key)
+        return PathInfo(self.table.path(key), self.table.ifname(key), h.state,
+                        h.rtt.srtt, h.healthy_since)
+
+    def _view(self, now: float | None) -> tuple[list[PathInfo], PathInfo | None, bool]:
+        t = self._last_now if now is None else now
+        usable = [k for k in self.table.candidate_keys() if self.table.health(k).usable(t)]
+        ranked = rank((self._info(k) for k in usable), self.policy)
+        active = self._info(self._active) if self._active in self.table else None
+        return ranked, active, self._active_ok()
+
+    def _missed(self, key: Key, now: float) -> None:
+        if key not in self.table:
+            return
+        h = self.table.health(key)
+        h.in_flight = max(0, h.in_flight - 1)
+        if h.miss(self.policy.probe_misses):
+            self._emit(PathDown(path=self.table.path(key), reason="probe_timeout"))
+
+    def _fail(self, key: Key, reason: str) -> None:
+        if self.table.health(key).fail(reason):
+            self._emit(PathDown(path=self.table.path(key), reason=reason))
+
+    def _drop_probes(self, key: Key) -> None:
+        for probe_id in [i for i, p in self._probes.items() if p.key == key]:
+            del self._probes[probe_id]
+        if key in self.table:
+            self.table.health(key).in_flight = 0
+
+    def _removed(self, keys: list[Key], reason: str, now: float) -> None:
+        for key in keys:
+            self._drop_probes(key)
+            self._emit(PathDown(path=self._path_of(key), reason=reason))
+        self._decide(now)
+
+    def _move_failed(self, key: Key, reason: str, now: float) -> None:
+        pending = self._pending
+        if pending is not None and pending.target == key:
+            self._pending = None
+            self._emit(HandoverFailed(path=self._path_of(key), old_path=pending.old,
+                                      reason=reason))
+        if key not in self.table:
+            return
+        h = self.table.health(key)
+        self._drop_probes(key)
+        if reason == UNACCEPTABLE:
+            h.unusable_until = now + UNACCEPTABLE_RETRY
+            if h.state != PathState.DOWN:
+                h.state, h.down_reason = PathState.DOWN, UNACCEPTABLE
+                self._emit(PathDown(path=self.table.path(key), reason=UNACCEPTABLE))
+            h.healthy_since = None
+        else:
+            self._fail(key, "move_failed")
+
+    def _decide(self, now: float) -> None:
+        self._last_now = max(self._last_now, now)
+        pending = self._pending
+        if pending is not None:
+            target = pending.target
+            if target in self.table and self.table.health(target).usable(now) and (
+                self.table.health(target).state != PathState.DOWN
+            ):
+                return  # wait for the backend's report
+            # The target died under the move: give up on it (a late report of the
+            # backend still counts) and choose again, as RFC 4555 §3.5 restarts.
+            self._pending = None
+            self._emit(HandoverFailed(path=self._path_of(target), old_path=pending.old,
+                                      reason="target_down"))
+        ranked, active, ok = self._view(now)
+        choice = self.selector.choose(ranked, active, ok, now, discretionary=self.initiator)
+        if choice is None:
+            return
+        old = self._active_path
+        self._pending = _Pending(PathTable.key_of(choice.path), old, now, choice.reason)
+        self.selector.record_move(now)
+        self._emit(PathSelected(path=choice.path, reason=choice.reason))
+        self._emit(HandoverStarted(path=choice.path, old_path=old, reason=choice.reason))
+        self._emit(MoveRequested(path=choice.path, old_path=old, reason=choice.reason))
