@@ -4,19 +4,84 @@ Model: aioquic's QuicConnection. The caller feeds datagrams and the clock in and
 takes datagrams, one timer deadline and events out. No sockets, asyncio, clock
 or OS randomness in here.
 
-STUB: the API below is the contract; the bodies are being written.
+The engine demultiplexes by our SPI (and IKE_SA_INIT requests by (SPIi, remote)),
+keeps the message-ID windows and retransmissions, and hands each exchange to
+its module under ``exchanges/``: a task object when we initiate it, a
+``respond_*`` function when the peer does.
+
+Errors come in two tiers (STYLE.md §4). Anything unauthenticated that does not
+fit (garbage, unknown SPI, failed integrity, wrong message ID, unexpected
+exchange) becomes a :class:`PacketDropped` event and changes nothing.
+Authenticated but invalid requests are answered with an error notify and
+reported as :class:`ExchangeFailed`.
+
+Exceptions: ``receive_datagram``, ``handle_timer``, ``datagrams_to_send``,
+``get_timer``, ``next_event`` and ``status`` raise nothing for any input (an
+exception escaping them is a bug). ``initiate`` raises KeyError for an unknown
+connection or child name and ValueError when no address to use is known;
+``rekey_*``/``delete_*`` raise KeyError for an unknown SA.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..config.model import Config
-from ..types import IPAddress, Path
-from .events import Event
+from ..config.model import ChildConfig, Config, ConnectionConfig, Unique
+from ..ikev2.constants import NATT_KEEPALIVE, ExchangeType, HeaderFlag, NotifyType
+from ..ikev2.crypto import IntegrityError
+from ..ikev2.message import (
+    DecodeError,
+    Header,
+    Message,
+    decode_header,
+    decode_message,
+    decrypt_message,
+    encode_encrypted,
+    encode_message,
+)
+from ..ikev2.payloads import Encrypted, Notify, Payload
+from ..types import Endpoint, IPAddress, Path
+from .child_sa import ChildState
+from .context import Context, candidates
+from .errors import ProtocolError
+from .events import (
+    ChildSaDeleted,
+    Event,
+    ExchangeFailed,
+    IkeSaDeleted,
+    PacketDropped,
+)
+from .exchanges.base import (
+    DropPacket,
+    ExchangeAborted,
+    Outcome,
+    Task,
+    notify_name,
+    unsupported_critical,
+)
+from .exchanges.create_child import (
+    ChildRekeyTask,
+    IkeRekeyTask,
+    respond_create_child,
+)
+from .exchanges.handover import migrate_tasks
+from .exchanges.ike_auth import AuthFailed, IkeAuthTask, respond_auth
+from .exchanges.ike_init import ZERO_SPI, IkeInitTask, respond_init
+from .exchanges.informational import (
+    DeleteChildTask,
+    DeleteIkeTask,
+    LivenessTask,
+    respond_informational,
+)
+from .ike_sa import CachedResponse, IkeSa, IkeState, PendingRequest
+from .settings import EngineSettings
+from .ts import no_service_names, ts_to_str
 
 RandomBytes = Callable[[int], bytes]
+
+__all__ = ["ChildStatus", "Datagram", "Engine", "EngineSettings", "IkeStatus"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,43 +125,539 @@ class Engine:
         config: Config,
         random_bytes: RandomBytes,
         source_address: Callable[[IPAddress], IPAddress | None],
+        settings: EngineSettings | None = None,
     ) -> None:
         """``source_address(remote)`` is the route lookup the daemon does for us
         (the kernel's choice of source address toward ``remote``), used when a
         connection's local_addrs is %any."""
-        raise NotImplementedError
+        self._settings = settings or EngineSettings()
+        self._ctx = Context(config, self._settings, random_bytes, source_address)
+        self._sas: dict[bytes, IkeSa] = {}
+        """Every IKE_SA by the SPI we chose (SPIi as initiator, SPIr as responder)."""
+        self._half_open: dict[tuple[bytes, Endpoint], IkeSa] = {}
+        """Responder SAs before IKE_AUTH, by (SPIi, remote): bounded by half_open_limit."""
+        self._by_init: dict[tuple[bytes, Endpoint], IkeSa] = {}
+        """Every responder SA by (SPIi, remote): IKE_SA_INIT retransmits get the cached answer."""
+        self._ctx.sas = self._sas
+        self._outbox: list[Datagram] = []
+
+    # ------------------------------------------------------------------ API
 
     def initiate(self, conn: str, child: str | None, now: float) -> None:
-        """Start an IKE_SA for ``conn`` (and its CHILD_SA ``child``)."""
-        raise NotImplementedError
+        """Start an IKE_SA for ``conn`` (and its CHILD_SA ``child``; the first one when None)."""
+        cfg = self._ctx.config.connection(conn)
+        child_cfg: ChildConfig | None = None
+        if child is not None:
+            matches = [c for c in cfg.children if c.name == child]
+            if not matches:
+                raise KeyError(child)
+            child_cfg = matches[0]
+        elif cfg.children:
+            child_cfg = cfg.children[0]
+        path = self._initial_path(cfg)
+        sa = IkeSa(conn=cfg, initiator=True, spi_i=self._ctx.new_ike_spi(), spi_r=ZERO_SPI,
+                   path=path, created=now, last_received=now, last_sent=now)
+        self._sas[sa.spi_i] = sa
+        sa.tasks.append(IkeInitTask())
+        sa.tasks.append(IkeAuthTask(child_cfg))
+        self._kick(sa, now)
 
     def receive_datagram(self, data: bytes, path: Path, now: float) -> None:
         """Feed one IKE message (non-ESP marker already stripped) received on ``path``."""
-        raise NotImplementedError
+        try:
+            header = decode_header(data)
+        except DecodeError as exc:
+            self._drop(path, f"malformed header: {exc}")
+            return
+        if header.exchange == ExchangeType.IKE_SA_INIT and not header.is_response:
+            self._init_request(header, data, path, now)
+            return
+        our_spi = header.spi_r if header.from_initiator else header.spi_i
+        sa = self._sas.get(our_spi)
+        if sa is None or sa.initiator == header.from_initiator:
+            self._drop(path, "unknown SPI", header)
+            return
+        new_init_response = (sa.initiator and header.is_response
+                             and header.exchange == ExchangeType.IKE_SA_INIT
+                             and sa.spi_r == ZERO_SPI)
+        if not new_init_response and (header.spi_i, header.spi_r) != (sa.spi_i, sa.spi_r):
+            self._drop(path, "SPI pair mismatch", header)
+            return
+        if header.is_response:
+            self._on_response(sa, header, data, path, now)
+        else:
+            self._on_request(sa, header, data, path, now)
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
-        raise NotImplementedError
+        out, self._outbox = self._outbox, []
+        return out
 
     def get_timer(self) -> float | None:
-        raise NotImplementedError
+        deadlines = [
+            d for sa in self._sas.values()
+            if (d := sa.deadline(self._settings.keepalive_interval,
+                                 self._settings.half_open_timeout)) is not None
+        ]
+        return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
-        raise NotImplementedError
+        for sa in list(self._sas.values()):
+            self._sa_timer(sa, now)
 
     def next_event(self) -> Event | None:
-        raise NotImplementedError
+        return self._ctx.events.popleft() if self._ctx.events else None
 
     def rekey_ike(self, ike_spi: str, now: float) -> None:
-        raise NotImplementedError
+        sa = self._by_name(ike_spi)
+        if sa.state == IkeState.ESTABLISHED:
+            sa.tasks.append(IkeRekeyTask())
+            self._kick(sa, now)
 
     def rekey_child(self, unique_id: int, now: float) -> None:
-        raise NotImplementedError
+        sa = self._by_child(unique_id)
+        sa.tasks.append(ChildRekeyTask(unique_id))
+        self._kick(sa, now)
 
     def delete_ike(self, ike_spi: str, now: float) -> None:
-        raise NotImplementedError
+        sa = self._by_name(ike_spi)
+        if sa.state != IkeState.ESTABLISHED and sa.state != IkeState.REKEYING:
+            self._destroy(sa, "deleted_locally", now)
+            return
+        sa.tasks.clear()
+        sa.tasks.append(DeleteIkeTask())
+        self._kick(sa, now)
 
     def delete_child(self, unique_id: int, now: float) -> None:
-        raise NotImplementedError
+        sa = self._by_child(unique_id)
+        sa.tasks.append(DeleteChildTask([unique_id]))
+        self._kick(sa, now)
 
     def status(self) -> list[IkeStatus]:
-        raise NotImplementedError
+        out: list[IkeStatus] = []
+        for sa in self._sas.values():
+            children = tuple(
+                ChildStatus(
+                    name=c.name, unique_id=c.unique_id, state=c.state.value,
+                    spi_in=c.spi_in_int, spi_out=c.spi_out_int,
+                    local_ts=tuple(ts_to_str(t, no_service_names) for t in c.local_ts),
+                    remote_ts=tuple(ts_to_str(t, no_service_names) for t in c.remote_ts),
+                    proposal=c.proposal,
+                )
+                for c in sa.children.values()
+            )
+            out.append(IkeStatus(
+                conn=sa.conn.name, ike_spi=sa.spi_str, state=sa.state.value,
+                initiator=sa.initiator, path=sa.path, local_id=sa.local_id,
+                remote_id=sa.remote_id, proposal=sa.proposal,
+                virtual_ips=tuple(str(v) for v in sa.virtual_ips), children=children,
+            ))
+        return out
+
+    # ------------------------------------------------------------------ lookups
+
+    def _initial_path(self, conn: ConnectionConfig) -> Path:
+        remote = _first_address(conn.remote_addrs)
+        if remote is None:
+            raise ValueError(f"connection {conn.name}: no remote address to initiate to")
+        local = _first_address(conn.local_addrs) or self._ctx.source_address(remote)
+        if local is None:
+            raise ValueError(f"connection {conn.name}: no route to {remote}")
+        return Path(Endpoint(local, conn.local_port), Endpoint(remote, conn.remote_port))
+
+    def _by_name(self, ike_spi: str) -> IkeSa:
+        for sa in self._sas.values():
+            if sa.spi_str == ike_spi:
+                return sa
+        raise KeyError(ike_spi)
+
+    def _by_child(self, unique_id: int) -> IkeSa:
+        for sa in self._sas.values():
+            if unique_id in sa.children:
+                return sa
+        raise KeyError(unique_id)
+
+    # ------------------------------------------------------------------ output
+
+    def _send(self, data: bytes, path: Path, sa: IkeSa | None, now: float) -> None:
+        self._outbox.append(Datagram(data, path))
+        if sa is not None:
+            sa.last_sent = now
+
+    def _drop(self, path: Path, reason: str, header: Header | None = None) -> None:
+        spi = f"{header.spi_i.hex()}_{header.spi_r.hex()}" if header is not None else None
+        self._ctx.emit(PacketDropped(path=path, reason=reason, ike_spi=spi))
+
+    def _encode(self, sa: IkeSa, exchange: ExchangeType, message_id: int, response: bool,
+                payloads: list[Payload]) -> bytes:
+        header = sa.header(exchange, message_id, response)
+        if exchange == ExchangeType.IKE_SA_INIT:
+            return encode_message(header, payloads)
+        assert sa.cipher_out is not None
+        iv = self._ctx.random_bytes(sa.cipher_out.iv_length)
+        return encode_encrypted(header, payloads, sa.cipher_out, iv)
+
+    # ------------------------------------------------------------------ our requests
+
+    def _kick(self, sa: IkeSa, now: float) -> None:
+        """Send the next queued request when none is outstanding (window size 1)."""
+        while sa.pending is None and sa.tasks and sa.state != IkeState.DELETED:
+            task = sa.tasks.popleft()
+            if self._send_request(sa, task, now):
+                return
+
+    def _send_request(self, sa: IkeSa, task: Task, now: float) -> bool:
+        """Build and send ``task``'s request; False when there was nothing to send."""
+        try:
+            payloads = task.build(self._ctx, sa, now)
+        except ExchangeAborted as exc:
+            self._failed(sa, task.exchange, exc, now)
+            return False
+        if task.exchange == ExchangeType.INFORMATIONAL and not payloads and not getattr(
+                task, "liveness", False):
+            return False  # e.g. deleting CHILD_SAs that are gone already
+        mid = sa.next_request_id
+        data = self._encode(sa, task.exchange, mid, False, payloads)
+        if task.exchange == ExchangeType.IKE_SA_INIT:
+            sa.init_request = data
+        wait = self._settings.retransmit.wait(0)
+        sa.pending = PendingRequest(mid, task.exchange, data, sa.path, task, now, now + wait)
+        self._send(data, sa.path, sa, now)
+        return True
+
+    def _on_response(self, sa: IkeSa, header: Header, data: bytes, path: Path,
+                     now: float) -> None:
+        pending = sa.pending
+        if (pending is None or header.message_id != pending.message_id
+                or header.exchange != pending.exchange):
+            self._drop(path, "unexpected response", header)
+            return
+        msg = self._open(sa, header, data, path)
+        if msg is None:
+            return
+        if unsupported_critical(msg.payloads) is not None:
+            self._drop(path, "unsupported critical payload in response", header)
+            return
+        task = pending.task
+        if header.exchange == ExchangeType.IKE_SA_INIT:
+            sa.init_response = data
+        try:
+            outcome = task.process(self._ctx, sa, msg, now)
+        except DropPacket as exc:
+            self._drop(path, exc.reason, header)
+            return
+        except ExchangeAborted as exc:
+            sa.pending = None
+            sa.next_request_id += 1
+            sa.last_received = now
+            self._failed(sa, task.exchange, exc, now)
+            return
+        sa.last_received = now
+        sa.pending = None
+        self._adopt(now)
+        if outcome == Outcome.RETRY:
+            # Same message ID (0): the peer asked for a COOKIE or another DH group.
+            self._send_request(sa, task, now)
+            return
+        sa.next_request_id += 1
+        successors = sa.lineage()[1:]
+        if sa.state == IkeState.DELETED:
+            self._destroy(sa, getattr(task, "reason", "deleted_locally"), now)
+        else:
+            self._kick(sa, now)
+        for other in successors:
+            self._kick(other, now)
+
+    def _failed(self, sa: IkeSa, exchange: ExchangeType, exc: ExchangeAborted,
+                now: float) -> None:
+        self._ctx.emit(ExchangeFailed(conn=sa.conn.name, ike_spi=sa.spi_str,
+                                      exchange=exchange.name, reason=exc.reason))
+        if exc.keep_sa and sa.state in (IkeState.ESTABLISHED, IkeState.REKEYING,
+                                        IkeState.REKEYED):
+            self._kick(sa, now)
+        else:
+            # Event reasons are snake_case; a notify name becomes e.g. no_proposal_chosen.
+            reason = exc.reason.lower() if exc.reason.isupper() else exc.reason
+            self._destroy(sa, reason, now)
+
+    # ------------------------------------------------------------------ peer requests
+
+    def _open(self, sa: IkeSa, header: Header, data: bytes, path: Path) -> Message | None:
+        """Decode and, past IKE_SA_INIT, decrypt; None (and packet_dropped) on failure."""
+        try:
+            msg = decode_message(data)
+            if header.exchange == ExchangeType.IKE_SA_INIT:
+                if any(isinstance(p, Encrypted) for p in msg.payloads):
+                    raise DecodeError("SK payload in IKE_SA_INIT")
+                return msg
+            if sa.cipher_in is None:
+                raise DecodeError("no keys yet")
+            if not msg.payloads or not isinstance(msg.payloads[-1], Encrypted):
+                raise DecodeError("unprotected message")
+            return decrypt_message(data, msg, sa.cipher_in)
+        except IntegrityError:
+            self._drop(path, "integrity check failed", header)
+        except (DecodeError, ValueError) as exc:
+            self._drop(path, f"malformed message: {exc}", header)
+        return None
+
+    def _on_request(self, sa: IkeSa, header: Header, data: bytes, path: Path,
+                    now: float) -> None:
+        mid = header.message_id
+        cached = sa.cached
+        if cached is not None and mid == cached.message_id:
+            if data == cached.request:
+                # A retransmission: the same answer again, never processed twice.
+                self._send(cached.response, path, sa, now)
+            else:
+                self._drop(path, "retransmission differs from the original request", header)
+            return
+        if mid != sa.peer_next_id:
+            self._drop(path, f"message ID {mid} outside the window", header)
+            return
+        exchange = header.exchange
+        if not isinstance(exchange, ExchangeType):
+            self._drop(path, f"unknown exchange {exchange}", header)
+            return
+        allowed = {
+            IkeState.CONNECTING: (ExchangeType.IKE_AUTH,) if not sa.initiator else (),
+            IkeState.ESTABLISHED: (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA),
+            IkeState.REKEYING: (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA),
+            IkeState.DELETING: (ExchangeType.INFORMATIONAL,),
+            IkeState.REKEYED: (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA),
+        }.get(sa.state, ())
+        if exchange not in allowed:
+            self._drop(path, f"unexpected {_exchange_name(exchange)} request", header)
+            return
+        msg = self._open(sa, header, data, path)
+        if msg is None:
+            return
+        # Authenticated from here on.
+        sa.last_received = now
+        if path != sa.path and path.natt and not sa.path.natt:
+            # The initiator floated to port 4500 (NAT-T or MOBIKE): follow it.
+            sa.path = path
+        destroy_reason: str | None = None
+        critical = unsupported_critical(msg.payloads)
+        if critical is not None:
+            reply: list[Payload] = [Notify(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD,
+                                           bytes([critical.type & 0xFF]))]
+            self._report(sa, exchange, "UNSUPPORTED_CRITICAL_PAYLOAD")
+        else:
+            try:
+                reply = self._respond(sa, exchange, msg, now)
+                if exchange == ExchangeType.CREATE_CHILD_SA:
+                    for p in reply:
+                        if isinstance(p, Notify) and int(p.type) < 16384:
+                            self._report(sa, exchange, notify_name(p.type))
+            except AuthFailed as exc:
+                reply = [Notify(NotifyType.AUTHENTICATION_FAILED)]
+                self._report(sa, exchange, f"authentication_failed: {exc}")
+                destroy_reason = "authentication_failed"
+            except ProtocolError as exc:
+                reply = [Notify(exc.notify, exc.data)]
+                self._report(sa, exchange, f"{exc.notify.name}: {exc.reason}")
+            except DropPacket as exc:
+                # Authenticated, so not garbage: a malformed request gets INVALID_SYNTAX.
+                reply = [Notify(NotifyType.INVALID_SYNTAX)]
+                self._report(sa, exchange, f"INVALID_SYNTAX: {exc.reason}")
+        self._adopt(now)
+        response = self._encode(sa, exchange, mid, True, reply)
+        sa.cached = CachedResponse(mid, data, response, path)
+        sa.peer_next_id = mid + 1
+        self._send(response, path, sa, now)
+        if sa.state != IkeState.CONNECTING:
+            self._forget_half_open(sa)
+        if sa.initial_contact and sa.state == IkeState.ESTABLISHED:
+            sa.initial_contact = False
+            self._initial_contact(sa, now)
+        if destroy_reason is not None:
+            self._destroy(sa, destroy_reason, now)
+        elif sa.state == IkeState.DELETED:
+            reason = sa.delete_reason or ("rekeyed" if sa.rekeyed else "deleted_by_peer")
+            self._destroy(sa, reason, now)
+        else:
+            self._kick(sa, now)
+        for other in sa.lineage()[1:]:
+            self._kick(other, now)
+
+    def _respond(self, sa: IkeSa, exchange: ExchangeType, msg: Message,
+                 now: float) -> list[Payload]:
+        if exchange == ExchangeType.IKE_AUTH:
+            return respond_auth(self._ctx, sa, msg, now)
+        if exchange == ExchangeType.INFORMATIONAL:
+            return respond_informational(self._ctx, sa, msg, now)
+        return respond_create_child(self._ctx, sa, msg, now)
+
+    def _adopt(self, now: float) -> None:
+        """Register IKE_SAs created by a rekey (CREATE_CHILD_SA) and start their tasks."""
+        while self._ctx.new_sas:
+            new = self._ctx.new_sas.pop()
+            self._sas[new.our_spi] = new
+            self._kick(new, now)
+
+    def _report(self, sa: IkeSa, exchange: int, reason: str) -> None:
+        self._ctx.emit(ExchangeFailed(conn=sa.conn.name, ike_spi=sa.spi_str,
+                                      exchange=_exchange_name(exchange), reason=reason))
+
+    def _forget_half_open(self, sa: IkeSa) -> None:
+        if sa.init_key is not None and self._half_open.get(sa.init_key) is sa:
+            del self._half_open[sa.init_key]
+
+    def _initial_contact(self, sa: IkeSa, now: float) -> None:
+        """Drop (silently: the peer lost them) older SAs with the same identities."""
+        if sa.conn.unique == Unique.NEVER:
+            return
+        for other in list(self._sas.values()):
+            if (other is not sa and other.conn.name == sa.conn.name
+                    and other.state != IkeState.CONNECTING
+                    and (other.local_id, other.remote_id) == (sa.local_id, sa.remote_id)):
+                self._destroy(other, "initial_contact", now)
+
+    def _init_request(self, header: Header, data: bytes, path: Path, now: float) -> None:
+        if header.spi_r != ZERO_SPI or header.message_id != 0:
+            self._drop(path, "IKE_SA_INIT request with responder SPI or message ID", header)
+            return
+        key = (header.spi_i, path.remote)
+        existing = self._by_init.get(key)
+        if existing is not None:
+            if data == existing.init_request:
+                self._send(existing.init_response, path, existing, now)
+            else:
+                self._drop(path, "IKE_SA_INIT for an SA being set up", header)
+            return
+        if len(self._half_open) >= self._settings.half_open_limit:
+            self._drop(path, "too many half-open IKE_SAs", header)
+            return
+        try:
+            msg = decode_message(data)
+        except DecodeError as exc:
+            self._drop(path, f"malformed message: {exc}", header)
+            return
+        if any(isinstance(p, Encrypted) for p in msg.payloads):
+            self._drop(path, "SK payload in IKE_SA_INIT", header)
+            return
+        need_cookie = len(self._half_open) >= self._settings.cookie_threshold
+        try:
+            reply = respond_init(self._ctx, msg, path, candidates(self._ctx.config, path),
+                                 need_cookie, now)
+        except DropPacket as exc:
+            self._drop(path, exc.reason, header)
+            return
+        if reply.sa is None:
+            # Stateless answer (COOKIE, INVALID_KE_PAYLOAD, NO_PROPOSAL_CHOSEN).
+            flags = HeaderFlag.RESPONSE
+            answer = Header(header.spi_i, ZERO_SPI, 0, ExchangeType.IKE_SA_INIT, flags, 0)
+            self._send(encode_message(answer, reply.payloads), path, None, now)
+            if reply.reason not in ("cookie_required", "invalid_ke_payload"):
+                self._drop(path, reply.reason, header)
+            return
+        sa = reply.sa
+        sa.init_request = data
+        response = self._encode(sa, ExchangeType.IKE_SA_INIT, 0, True, reply.payloads)
+        sa.init_response = response
+        sa.cached = CachedResponse(0, data, response, path)
+        sa.peer_next_id = 1
+        sa.last_received = now
+        self._sas[sa.spi_r] = sa
+        self._half_open[key] = sa
+        self._by_init[key] = sa
+        sa.init_key = key
+        self._send(response, path, sa, now)
+
+    # ------------------------------------------------------------------ timers
+
+    def _sa_timer(self, sa: IkeSa, now: float) -> None:
+        pending = sa.pending
+        settings = self._settings
+        if pending is not None and now >= pending.deadline:
+            if pending.retransmitted >= settings.retransmit.tries:
+                if isinstance(pending.task, DeleteIkeTask):
+                    reason = pending.task.reason  # it was going away anyway
+                elif getattr(pending.task, "liveness", False):
+                    reason = "dpd_timeout"
+                else:
+                    reason = "retransmits_exceeded"
+                self._destroy(sa, reason, now)
+                return
+            pending.retransmitted += 1
+            pending.deadline = now + settings.retransmit.wait(pending.retransmitted)
+            self._send(pending.data, pending.path, sa, now)
+        if sa.state == IkeState.CONNECTING:
+            if not sa.initiator and now >= sa.created + settings.half_open_timeout:
+                self._destroy(sa, "half_open_timeout", now)
+            return
+        if sa.retire_at is not None and now >= sa.retire_at:
+            self._destroy(sa, "rekeyed", now)
+            return
+        if sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYING):
+            return
+        for child in list(sa.children.values()):
+            if child.expire_at is not None and now >= child.expire_at:
+                child.expire_at = None
+                child.rekey_at = None
+                sa.tasks.append(DeleteChildTask([child.unique_id], "expired"))
+            elif (child.rekey_at is not None and now >= child.rekey_at
+                  and child.state == ChildState.INSTALLED):
+                child.rekey_at = None
+                sa.tasks.append(ChildRekeyTask(child.unique_id))
+        if sa.rekey_at is not None and now >= sa.rekey_at:
+            sa.rekey_at = None
+            sa.tasks.append(IkeRekeyTask())
+        if (sa.conn.dpd_delay > 0 and sa.pending is None and not sa.tasks
+                and now >= sa.last_received + sa.conn.dpd_delay):
+            sa.tasks.append(LivenessTask())
+        self._kick(sa, now)
+        if sa.nat_local and sa.path.natt and now >= sa.last_sent + settings.keepalive_interval:
+            self._outbox.append(Datagram(NATT_KEEPALIVE, sa.path, keepalive=True))
+            sa.last_sent = now
+
+    # ------------------------------------------------------------------ teardown
+
+    def _destroy(self, sa: IkeSa, reason: str, now: float) -> None:
+        """Remove ``sa`` and its CHILD_SAs, releasing SPIs and virtual IP leases."""
+        # CHILD_SA work still open here continues on the successor of a rekey.
+        open_tasks = ([sa.pending.task] if sa.pending is not None else []) + list(sa.tasks)
+        migrate_tasks(sa, open_tasks)
+        successor = sa.lineage()[-1]
+        if self._sas.get(sa.our_spi) is sa:
+            del self._sas[sa.our_spi]
+        self._forget_half_open(sa)
+        if sa.init_key is not None and self._by_init.get(sa.init_key) is sa:
+            del self._by_init[sa.init_key]
+        self._ctx.release_ike_spi(sa.our_spi)
+        for child in list(sa.children.values()):
+            self._ctx.release_child_spi(child.spi_in)
+            self._ctx.emit(ChildSaDeleted(
+                conn=sa.conn.name, ike_spi=sa.spi_str, child=child.name,
+                unique_id=child.unique_id, spi_in=child.spi_in_int,
+                spi_out=child.spi_out_int, reason=reason,
+            ))
+        sa.children.clear()
+        for pool_name, address in sa.leases:
+            pool = self._ctx.pools.get(pool_name)
+            if pool is not None:
+                pool.release(sa.remote_id, address)
+        sa.leases = ()
+        sa.pending = None
+        sa.tasks.clear()
+        sa.state = IkeState.DELETED
+        self._ctx.emit(IkeSaDeleted(conn=sa.conn.name, ike_spi=sa.spi_str, path=sa.path,
+                                    reason=reason))
+        if successor is not sa and self._sas.get(successor.our_spi) is successor:
+            self._kick(successor, now)
+
+
+def _first_address(specs: tuple[str, ...]) -> IPAddress | None:
+    for spec in specs:
+        try:
+            return ipaddress.ip_address(spec.strip())
+        except ValueError:
+            continue
+    return None
+
+
+def _exchange_name(exchange: int) -> str:
+    try:
+        return ExchangeType(exchange).name
+    except ValueError:
+        return f"exchange {exchange}"

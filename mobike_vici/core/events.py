@@ -69,7 +69,9 @@ class ChildSaInstalled(CoreEvent):
     keys: ChildKeys = field(repr=False)
     """Key material for the data plane: never logged."""
     initiator: bool
-    """True when we were the initiator of the IKE_SA (decides which keys are ours)."""
+    """True when we initiated the exchange that created this CHILD_SA (IKE_AUTH: the
+    IKE_SA's initiator; a rekey: its initiator). Decides which keys are ours: the
+    initiator's keys (encr_i/integ_i) protect traffic from that side (RFC 7296 §2.17)."""
     rekey_of: int | None = None
     """unique_id of the CHILD_SA this one replaces."""
 

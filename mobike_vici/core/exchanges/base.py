@@ -1,0 +1,84 @@
+"""The task contract (strongSwan's task-per-exchange design) and the outcomes of handlers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol
+
+from ...ikev2.constants import ExchangeType, NotifyType, PayloadType
+from ...ikev2.message import Message
+from ...ikev2.payloads import Notify, Payload, UnknownPayload
+
+if TYPE_CHECKING:
+    from ..context import Context
+    from ..ike_sa import IkeSa
+
+
+class Outcome(Enum):
+    DONE = "done"
+    RETRY = "retry"
+    """Send the request again, rebuilt, with the same message ID (COOKIE, INVALID_KE)."""
+
+
+class DropPacket(Exception):
+    """The message is not acceptable: drop it, emit packet_dropped, change nothing."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ExchangeAborted(Exception):
+    """Our exchange failed for good (error notify, bad AUTH); the IKE_SA goes unless
+    ``keep_sa`` says it survives (a failed CHILD_SA exchange)."""
+
+    def __init__(self, reason: str, keep_sa: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.keep_sa = keep_sa
+
+
+class Task(Protocol):
+    """One exchange we initiate: build the request, process the response."""
+
+    exchange: ExchangeType
+
+    def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
+        ...
+
+    def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
+        ...
+
+
+def notifies(payloads: Sequence[Payload]) -> list[Notify]:
+    return [p for p in payloads if isinstance(p, Notify)]
+
+
+def find_notify(payloads: Sequence[Payload], ntype: NotifyType) -> Notify | None:
+    for p in payloads:
+        if isinstance(p, Notify) and p.type == ntype:
+            return p
+    return None
+
+
+def first_error(payloads: Sequence[Payload]) -> Notify | None:
+    for p in payloads:
+        if isinstance(p, Notify) and int(p.type) < 16384:
+            return p
+    return None
+
+
+def notify_name(ntype: NotifyType | int) -> str:
+    return ntype.name if isinstance(ntype, NotifyType) else str(int(ntype))
+
+
+def unsupported_critical(payloads: Sequence[Payload]) -> UnknownPayload | None:
+    for p in payloads:
+        if isinstance(p, UnknownPayload) and p.critical:
+            return p
+    return None
+
+
+def payload_types(payloads: Sequence[Payload]) -> set[int]:
+    return {int(p.payload_type) for p in payloads} - {PayloadType.NONE}

@@ -1,0 +1,382 @@
+"""IKE_AUTH with pre-shared keys (RFC 7296 §1.2, §2.15), the first CHILD_SA and CP (§2.19).
+
+The AUTH payload signs the exact bytes of our IKE_SA_INIT message, the peer's
+nonce and prf(SK_p, RestOfIDPayload).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from collections.abc import Sequence
+
+from ...config.model import ChildConfig, ConnectionConfig
+from ...ikev2.constants import (
+    AuthMethod,
+    CfgAttr,
+    CfgType,
+    ExchangeType,
+    NotifyType,
+    ProtocolId,
+)
+from ...ikev2.crypto import psk_auth, signed_octets
+from ...ikev2.message import Message
+from ...ikev2.payloads import (
+    CP,
+    SA,
+    Auth,
+    CfgAttribute,
+    IDi,
+    IDr,
+    Notify,
+    Payload,
+    Proposal,
+    TrafficSelector,
+    TSi,
+    TSr,
+    id_body,
+)
+from ...ikev2.proposals import select
+from ...types import IPAddress
+from ..child_sa import ChildSa
+from ..context import Context, candidates
+from ..events import ExchangeFailed, IkeSaEstablished
+from ..identity import (
+    default_identity,
+    find_psk,
+    identity_matches,
+    identity_to_str,
+    is_any_identity,
+    parse_identity,
+)
+from ..ike_sa import IkeSa, IkeState
+from ..pool import acquire_from
+from ..ts import narrow, resolve
+from .base import DropPacket, ExchangeAborted, Outcome, find_notify, first_error, notify_name
+from .child import child_proposals, install, make_child, proposal_payloads, schedule
+
+CHILD_ERRORS = frozenset({
+    NotifyType.NO_PROPOSAL_CHOSEN, NotifyType.TS_UNACCEPTABLE, NotifyType.SINGLE_PAIR_REQUIRED,
+    NotifyType.INTERNAL_ADDRESS_FAILURE, NotifyType.FAILED_CP_REQUIRED,
+    NotifyType.INVALID_SELECTORS, NotifyType.NO_ADDITIONAL_SAS,
+})
+"""Errors about the CHILD_SA only: the IKE_SA still comes up (RFC 7296 §1.2)."""
+
+
+def local_identity(sa: IkeSa, conn: ConnectionConfig) -> tuple[int, bytes]:
+    configured = conn.local[0].id if conn.local else None
+    if is_any_identity(configured):
+        return default_identity(sa.path.local.addr)
+    assert configured is not None
+    return parse_identity(configured)
+
+
+def _remote_pattern(conn: ConnectionConfig) -> str | None:
+    return conn.remote[0].id if conn.remote else None
+
+
+def _get(payloads: Sequence[Payload], cls: type) -> Payload | None:
+    for p in payloads:
+        if isinstance(p, cls):
+            return p
+    return None
+
+
+def _prf_keys(sa: IkeSa) -> None:
+    if sa.suite is None or sa.keys is None:
+        raise DropPacket("IKE_AUTH before keys exist")
+
+
+def _auth_data(sa: IkeSa, psk: bytes, of_initiator: bool, body: bytes) -> bytes:
+    """AUTH over the initiator's or the responder's signed octets."""
+    assert sa.suite is not None and sa.keys is not None
+    if of_initiator:
+        octets = signed_octets(sa.suite.prf, sa.init_request, sa.nonce_r, sa.keys.sk_pi, body)
+    else:
+        octets = signed_octets(sa.suite.prf, sa.init_response, sa.nonce_i, sa.keys.sk_pr, body)
+    return psk_auth(sa.suite.prf, psk, octets)
+
+
+def _cp_addresses(cp: CP) -> list[IPAddress]:
+    out: list[IPAddress] = []
+    for attr in cp.attributes:
+        if attr.type == CfgAttr.INTERNAL_IP4_ADDRESS and len(attr.value) == 4:
+            out.append(ipaddress.IPv4Address(attr.value))
+        elif attr.type == CfgAttr.INTERNAL_IP6_ADDRESS and len(attr.value) == 17:
+            out.append(ipaddress.IPv6Address(attr.value[:16]))
+    return out
+
+
+def _cp_attribute(addr: IPAddress, request: bool) -> CfgAttribute:
+    if addr.version == 4:
+        value = b"" if request and addr.is_unspecified else addr.packed
+        return CfgAttribute(CfgAttr.INTERNAL_IP4_ADDRESS, value)
+    value = b"" if request and addr.is_unspecified else addr.packed + b"\x80"
+    return CfgAttribute(CfgAttr.INTERNAL_IP6_ADDRESS, value)
+
+
+class IkeAuthTask:
+    """The initiator's IKE_AUTH, carrying the first CHILD_SA when one is configured."""
+
+    exchange = ExchangeType.IKE_AUTH
+
+    def __init__(self, child: ChildConfig | None) -> None:
+        self.child = child
+        self.spi_in = b""
+        self.tsi: list[TrafficSelector] = []
+        self.tsr: list[TrafficSelector] = []
+        self.psk = b""
+
+    def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
+        conn = sa.conn
+        id_type, id_data = local_identity(sa, conn)
+        idi = IDi(id_type, id_data)
+        remote_pattern = _remote_pattern(conn)
+        remote_for_psk: str | tuple[int, bytes] | None = remote_pattern
+        if is_any_identity(remote_pattern):
+            remote_for_psk = default_identity(sa.path.remote.addr)
+        psk = find_psk(ctx.config.secrets, (id_type, id_data), remote_for_psk)
+        if psk is None:
+            raise ExchangeAborted("no shared key found")
+        self.psk = psk
+        sa.local_id = identity_to_str(id_type, id_data)
+        payloads: list[Payload] = [idi]
+        others = [o for o in ctx.sas.values() if o is not sa and o.conn.name == conn.name
+                  and o.path.remote.addr == sa.path.remote.addr]
+        if not others:
+            # As charon: only when we hold no other IKE_SA with this peer, since the
+            # peer drops every older SA with our identities on INITIAL_CONTACT.
+            payloads.append(Notify(NotifyType.INITIAL_CONTACT))
+        if not is_any_identity(remote_pattern):
+            assert remote_pattern is not None
+            # A wildcard pattern (*@example.com) is not sent.
+            with contextlib.suppress(ValueError):
+                payloads.append(IDr(*parse_identity(remote_pattern)))
+        payloads.append(Auth(AuthMethod.SHARED_KEY_MIC,
+                             _auth_data(sa, psk, True, id_body(idi))))
+        if conn.vips:
+            payloads.append(CP(CfgType.CFG_REQUEST,
+                               tuple(_cp_attribute(v, True) for v in conn.vips)))
+        if conn.mobike:
+            payloads.append(Notify(NotifyType.MOBIKE_SUPPORTED))
+        if self.child is not None:
+            self.spi_in = ctx.new_child_spi()
+            specs = child_proposals(self.child, pfs=False)
+            self.tsi = resolve(self.child.local_ts, sa.path.local.addr, conn.vips)
+            self.tsr = resolve(self.child.remote_ts, sa.path.remote.addr)
+            payloads += [SA(proposal_payloads(specs, self.spi_in)), TSi(tuple(self.tsi)),
+                         TSr(tuple(self.tsr))]
+        return payloads
+
+    def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
+        payloads = msg.payloads
+        error = first_error(payloads)
+        if error is not None and error.type not in CHILD_ERRORS:
+            raise ExchangeAborted(notify_name(error.type))
+        idr = _get(payloads, IDr)
+        auth = _get(payloads, Auth)
+        if not isinstance(idr, IDr) or not isinstance(auth, Auth):
+            raise ExchangeAborted("IKE_AUTH response without IDr or AUTH")
+        conn = sa.conn
+        if not identity_matches(_remote_pattern(conn), idr.id_type, idr.data):
+            raise ExchangeAborted("peer identity does not match remote id")
+        # The key to verify with is looked up for the identity the peer claims.
+        psk = find_psk(ctx.config.secrets, local_identity(sa, conn), (idr.id_type, idr.data))
+        if psk is None or auth.method != AuthMethod.SHARED_KEY_MIC:
+            raise ExchangeAborted("authentication_failed")
+        if auth.data != _auth_data(sa, psk, False, id_body(idr)):
+            raise ExchangeAborted("authentication_failed")
+        sa.remote_id = identity_to_str(idr.id_type, idr.data)
+        sa.peer_mobike = find_notify(payloads, NotifyType.MOBIKE_SUPPORTED) is not None
+        cp = _get(payloads, CP)
+        if isinstance(cp, CP) and cp.cfg_type == CfgType.CFG_REPLY:
+            sa.virtual_ips = tuple(_cp_addresses(cp))
+        establish(ctx, sa, now)
+        if self.child is not None:
+            self._child(ctx, sa, payloads, error, now)
+        return Outcome.DONE
+
+    def _child(self, ctx: Context, sa: IkeSa, payloads: Sequence[Payload],
+               error: Notify | None, now: float) -> None:
+        assert self.child is not None
+        fail = notify_name(error.type) if error is not None else ""
+        sa_p, tsi, tsr = _get(payloads, SA), _get(payloads, TSi), _get(payloads, TSr)
+        if not fail and not (isinstance(sa_p, SA) and isinstance(tsi, TSi)
+                             and isinstance(tsr, TSr)):
+            fail = "no CHILD_SA in IKE_AUTH response"
+        if not fail:
+            assert isinstance(sa_p, SA) and isinstance(tsi, TSi) and isinstance(tsr, TSr)
+            ours = child_proposals(self.child, pfs=False)
+            chosen = (select(ours, sa_p.proposals, ProtocolId.ESP, skip_dh=True)
+                      if len(sa_p.proposals) == 1 else None)
+            # With a virtual IP the selectors we proposed were the whole family.
+            local_ok = resolve(self.child.local_ts, sa.path.local.addr,
+                               sa.virtual_ips or sa.conn.vips)
+            local_ts = narrow(tsi.selectors, self.tsi) if self.tsi else []
+            if sa.virtual_ips:
+                local_ts = narrow(local_ts, local_ok)
+            remote_ts = narrow(tsr.selectors, self.tsr)
+            if chosen is None or len(chosen.spi) != 4:
+                fail = "peer chose an ESP proposal we did not offer"
+            elif not local_ts or not remote_ts:
+                fail = "TS_UNACCEPTABLE"
+            else:
+                child = make_child(ctx, sa, self.child, chosen, self.spi_in, chosen.spi,
+                                   local_ts, remote_ts, sa.nonce_i, sa.nonce_r, now)
+                install(ctx, sa, child)
+                return
+        ctx.release_child_spi(self.spi_in)
+        ctx.emit(ExchangeFailed(conn=sa.conn.name, ike_spi=sa.spi_str,
+                                exchange="IKE_AUTH", reason=f"child {self.child.name}: {fail}"))
+
+
+def establish(ctx: Context, sa: IkeSa, now: float) -> None:
+    sa.state = IkeState.ESTABLISHED
+    sa.established_at = now
+    sa.rekey_at = schedule(ctx, sa.conn.rekey_time, sa.conn.rand_time, now)
+    ctx.emit(IkeSaEstablished(
+        conn=sa.conn.name, ike_spi=sa.spi_str, path=sa.path, initiator=sa.initiator,
+        local_id=sa.local_id, remote_id=sa.remote_id, proposal=sa.proposal,
+        nat_local=sa.nat_local, nat_remote=sa.nat_remote,
+        virtual_ips=sa.virtual_ips,
+    ))
+
+
+# ---------------------------------------------------------------------------
+# Responder
+# ---------------------------------------------------------------------------
+
+
+class AuthFailed(Exception):
+    """Answer AUTHENTICATION_FAILED and drop the IKE_SA."""
+
+
+def _pick_connection(
+    ctx: Context, sa: IkeSa, idi: IDi, idr: IDr | None
+) -> tuple[ConnectionConfig, bytes] | None:
+    for conn in candidates(ctx.config, sa.path) or [sa.conn]:
+        if sa.suite is not None and conn is not sa.conn and conn.proposals != sa.conn.proposals:
+            continue  # the IKE proposal was chosen from sa.conn's set
+        if not identity_matches(_remote_pattern(conn), idi.id_type, idi.data):
+            continue
+        ours = local_identity(sa, conn)
+        pinned = not is_any_identity(conn.local[0].id if conn.local else None)
+        if idr is not None and pinned and (int(idr.id_type), idr.data) != (int(ours[0]), ours[1]):
+            continue
+        psk = find_psk(ctx.config.secrets, ours, (idi.id_type, idi.data))
+        if psk is not None:
+            return conn, psk
+    return None
+
+
+def respond_auth(ctx: Context, sa: IkeSa, msg: Message, now: float) -> list[Payload]:
+    """Verify the initiator, answer with our AUTH and the first CHILD_SA.
+
+    Raises AuthFailed (the engine answers AUTHENTICATION_FAILED and drops the SA).
+    """
+    _prf_keys(sa)
+    payloads = msg.payloads
+    idi = _get(payloads, IDi)
+    auth = _get(payloads, Auth)
+    idr = _get(payloads, IDr)
+    if not isinstance(idi, IDi) or not isinstance(auth, Auth):
+        raise AuthFailed("IKE_AUTH request without IDi or AUTH")
+    picked = _pick_connection(ctx, sa, idi, idr if isinstance(idr, IDr) else None)
+    if picked is None:
+        raise AuthFailed("no matching peer config")
+    conn, psk = picked
+    if auth.method != AuthMethod.SHARED_KEY_MIC or auth.data != _auth_data(
+            sa, psk, True, id_body(idi)):
+        raise AuthFailed("AUTH payload does not verify")
+    sa.conn = conn
+    sa.remote_id = identity_to_str(idi.id_type, idi.data)
+    id_type, id_data = local_identity(sa, conn)
+    sa.local_id = identity_to_str(id_type, id_data)
+    our_idr = IDr(id_type, id_data)
+    sa.peer_mobike = find_notify(payloads, NotifyType.MOBIKE_SUPPORTED) is not None
+    sa.initial_contact = find_notify(payloads, NotifyType.INITIAL_CONTACT) is not None
+    reply: list[Payload] = [our_idr, Auth(AuthMethod.SHARED_KEY_MIC,
+                                          _auth_data(sa, psk, False, id_body(our_idr)))]
+    cp = _get(payloads, CP)
+    cp_failed = False
+    if isinstance(cp, CP) and cp.cfg_type == CfgType.CFG_REQUEST and conn.pools:
+        attrs = _assign(ctx, sa, conn, cp)
+        if attrs:
+            reply.append(CP(CfgType.CFG_REPLY, tuple(attrs)))
+        else:
+            cp_failed = True
+    if conn.mobike and sa.peer_mobike:
+        reply.append(Notify(NotifyType.MOBIKE_SUPPORTED))
+    establish(ctx, sa, now)
+    child_reply, child = _respond_child(ctx, sa, conn, payloads, cp_failed, now)
+    reply += child_reply
+    if child is not None:
+        install(ctx, sa, child)
+    return reply
+
+
+def _assign(ctx: Context, sa: IkeSa, conn: ConnectionConfig, cp: CP) -> list[CfgAttribute]:
+    pools = [ctx.pools[name] for name in conn.pools if name in ctx.pools]
+    attrs: list[CfgAttribute] = []
+    for attr in cp.attributes:
+        if attr.type == CfgAttr.INTERNAL_IP4_ADDRESS:
+            requested: IPAddress = (ipaddress.IPv4Address(attr.value) if len(attr.value) == 4
+                                    else ipaddress.IPv4Address(0))
+        elif attr.type == CfgAttr.INTERNAL_IP6_ADDRESS:
+            requested = (ipaddress.IPv6Address(attr.value[:16]) if len(attr.value) == 17
+                         else ipaddress.IPv6Address(0))
+        else:
+            continue
+        family = [p for p in pools if p.first.version == requested.version]
+        got = acquire_from(family, sa.remote_id, peer=sa.path.remote.addr,
+                           requested=requested) if family else None
+        if got is not None:
+            pool, address = got
+            sa.leases += ((pool.name, address),)
+            sa.virtual_ips += (address,)
+            attrs.append(_cp_attribute(address, False))
+    return attrs
+
+
+def _respond_child(
+    ctx: Context, sa: IkeSa, conn: ConnectionConfig, payloads: Sequence[Payload],
+    cp_failed: bool, now: float,
+) -> tuple[list[Payload], ChildSa | None]:
+    sa_p, tsi, tsr = _get(payloads, SA), _get(payloads, TSi), _get(payloads, TSr)
+    if not (isinstance(sa_p, SA) and isinstance(tsi, TSi) and isinstance(tsr, TSr)):
+        return [], None  # childless (RFC 6023) or nothing asked for
+    if cp_failed:
+        return [Notify(NotifyType.INTERNAL_ADDRESS_FAILURE)], None
+    return respond_child_sa(ctx, sa, conn.children, sa_p.proposals, tsi.selectors,
+                            tsr.selectors, sa.nonce_i, sa.nonce_r, now, pfs=False)
+
+
+def respond_child_sa(
+    ctx: Context, sa: IkeSa, configs: Sequence[ChildConfig], proposals: Sequence[Proposal],
+    tsi: Sequence[TrafficSelector], tsr: Sequence[TrafficSelector], nonce_i: bytes,
+    nonce_r: bytes,
+    now: float, pfs: bool, shared: bytes | None = None,
+) -> tuple[list[Payload], ChildSa | None]:
+    """Pick a child config by selectors, then a proposal; answer errors as notifies."""
+    ts_failed = True
+    for config in configs:
+        ours_local = resolve(config.local_ts, sa.path.local.addr)
+        ours_remote = resolve(config.remote_ts, sa.path.remote.addr, sa.virtual_ips)
+        narrowed_i = narrow(tsi, ours_remote)
+        narrowed_r = narrow(tsr, ours_local)
+        if not narrowed_i or not narrowed_r:
+            continue
+        ts_failed = False
+        chosen = select(child_proposals(config, pfs), proposals, ProtocolId.ESP,
+                        skip_dh=not pfs)
+        if chosen is None or len(chosen.spi) != 4:
+            continue
+        spi_in = ctx.new_child_spi()
+        child = make_child(ctx, sa, config, chosen, spi_in, chosen.spi, narrowed_r,
+                           narrowed_i, nonce_i, nonce_r, now, shared, initiator=False)
+        ours = Proposal(chosen.num, chosen.protocol, spi_in, chosen.transforms)
+        return [SA((ours,)), TSi(tuple(narrowed_i)), TSr(tuple(narrowed_r))], child
+    notify = NotifyType.TS_UNACCEPTABLE if ts_failed else NotifyType.NO_PROPOSAL_CHOSEN
+    ctx.emit(ExchangeFailed(conn=sa.conn.name, ike_spi=sa.spi_str, exchange="CHILD_SA",
+                            reason=notify.name))
+    return [Notify(notify)], None

@@ -1,0 +1,258 @@
+"""IKE_SA_INIT (RFC 7296 §1.2, §2.6 COOKIE, §1.3... INVALID_KE, §2.23 NAT detection)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ...config.model import ConnectionConfig
+from ...ikev2.constants import DhId, ExchangeType, NotifyType, ProtocolId
+from ...ikev2.crypto import derive_ike_keys, dh_generate, sk_ciphers
+from ...ikev2.message import Message
+from ...ikev2.payloads import KE, SA, Nonce, Notify, Payload, Proposal
+from ...ikev2.proposals import ProposalSpec, ike_suite, select, to_payload
+from ...types import IKE_PORT, NATT_PORT, Endpoint, Path
+from ..context import Context, ike_proposals
+from ..ike_sa import IkeSa
+from ..naming import ike_suite_name
+from ..nat import nat_hash
+from .base import DropPacket, ExchangeAborted, Outcome, find_notify, first_error, notify_name
+
+ZERO_SPI = bytes(8)
+MAX_RETRIES = 5
+"""Bound on COOKIE / INVALID_KE round trips before we give up (charon uses 5 too)."""
+MIN_NONCE = 16
+MAX_NONCE = 256
+
+
+def _payload(payloads: Sequence[Payload], cls: type[SA] | type[KE] | type[Nonce]) -> Payload:
+    for p in payloads:
+        if isinstance(p, cls):
+            return p
+    raise DropPacket(f"IKE_SA_INIT without {cls.__name__}")
+
+
+def _nat_detection(ctx: Context, conn: ConnectionConfig, spi_i: bytes, spi_r: bytes,
+                   path: Path) -> list[Payload]:
+    source = nat_hash(spi_i, spi_r, path.local)
+    if conn.encap:
+        # As charon with encap=yes: a source hash that cannot match makes the peer
+        # believe we are behind a NAT, so both ends UDP-encapsulate ESP.
+        source = ctx.random_bytes(len(source))
+    return [
+        Notify(NotifyType.NAT_DETECTION_SOURCE_IP, source),
+        Notify(NotifyType.NAT_DETECTION_DESTINATION_IP, nat_hash(spi_i, spi_r, path.remote)),
+    ]
+
+
+def _detect_nat(sa: IkeSa, payloads: Sequence[Payload], spi_r: bytes, path: Path) -> None:
+    """Record which side is behind a NAT, as seen from the peer's hashes."""
+    src = [p.data for p in payloads
+           if isinstance(p, Notify) and p.type == NotifyType.NAT_DETECTION_SOURCE_IP]
+    dst = [p.data for p in payloads
+           if isinstance(p, Notify) and p.type == NotifyType.NAT_DETECTION_DESTINATION_IP]
+    if not src or not dst:
+        return
+    sa.nat_remote = nat_hash(sa.spi_i, spi_r, path.remote) not in src
+    sa.nat_local = nat_hash(sa.spi_i, spi_r, path.local) not in dst
+
+
+def _finish_keys(sa: IkeSa, shared: bytes) -> None:
+    assert sa.suite is not None
+    sa.keys = derive_ike_keys(sa.suite, sa.nonce_i, sa.nonce_r, shared, sa.spi_i, sa.spi_r)
+    sa.cipher_out, sa.cipher_in = sk_ciphers(sa.suite, sa.keys, sa.initiator)
+    sa.proposal = ike_suite_name(sa.suite)
+
+
+def _groups(specs: Sequence[ProposalSpec]) -> list[DhId]:
+    return [g for spec in specs for g in spec.dh]
+
+
+def float_to_natt(path: Path) -> Path:
+    """The path with both ports moved from 500 to 4500 (RFC 7296 §2.23)."""
+    local = path.local
+    remote = path.remote
+    if local.port == IKE_PORT:
+        local = Endpoint(local.addr, NATT_PORT)
+    if remote.port == IKE_PORT:
+        remote = Endpoint(remote.addr, NATT_PORT)
+    return Path(local, remote)
+
+
+class IkeInitTask:
+    """The initiator's IKE_SA_INIT, repeated with a COOKIE or another DH group on demand."""
+
+    exchange = ExchangeType.IKE_SA_INIT
+
+    def __init__(self) -> None:
+        self.cookie = b""
+        self.group: DhId | None = None
+        self.retries = 0
+
+    def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
+        specs = ike_proposals(sa.conn)
+        if self.group is None:
+            groups = _groups(specs)
+            if not groups:
+                raise ExchangeAborted("no DH group configured")
+            self.group = groups[0]
+        # A COOKIE covers Ni, so a retry keeps the nonce (§2.6); the DH value is
+        # regenerated only when the peer asked for another group.
+        if sa.dh is None or sa.dh.group != self.group:
+            sa.dh = dh_generate(self.group, ctx.random_bytes)
+        if not sa.nonce_i:
+            sa.nonce_i = ctx.random_bytes(ctx.settings.nonce_size)
+        proposals = tuple(to_payload(spec, i + 1, b"") for i, spec in enumerate(specs))
+        payloads: list[Payload] = []
+        if self.cookie:
+            # §2.6: the COOKIE notify comes first.
+            payloads.append(Notify(NotifyType.COOKIE, self.cookie))
+        payloads += [SA(proposals), KE(self.group, sa.dh.public), Nonce(sa.nonce_i)]
+        payloads += _nat_detection(ctx, sa.conn, sa.spi_i, ZERO_SPI, sa.path)
+        return payloads
+
+    def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
+        payloads = msg.payloads
+        cookie = find_notify(payloads, NotifyType.COOKIE)
+        if cookie is not None:
+            if self.retries >= MAX_RETRIES or not 1 <= len(cookie.data) <= 64:
+                raise ExchangeAborted("too many COOKIE requests")
+            self.retries += 1
+            self.cookie = cookie.data
+            return Outcome.RETRY
+        invalid_ke = find_notify(payloads, NotifyType.INVALID_KE_PAYLOAD)
+        if invalid_ke is not None:
+            if len(invalid_ke.data) != 2:
+                raise DropPacket("malformed INVALID_KE_PAYLOAD")
+            wanted = int.from_bytes(invalid_ke.data, "big")
+            acceptable = _groups(ike_proposals(sa.conn))
+            if wanted not in acceptable or wanted == self.group or self.retries >= MAX_RETRIES:
+                raise ExchangeAborted(f"peer wants DH group {wanted}")
+            self.retries += 1
+            self.group = DhId(wanted)
+            return Outcome.RETRY
+        error = first_error(payloads)
+        if error is not None:
+            raise ExchangeAborted(notify_name(error.type))
+        sa_payload = _payload(payloads, SA)
+        ke = _payload(payloads, KE)
+        nonce = _payload(payloads, Nonce)
+        assert isinstance(sa_payload, SA) and isinstance(ke, KE) and isinstance(nonce, Nonce)
+        if msg.header.spi_r == ZERO_SPI:
+            raise DropPacket("IKE_SA_INIT response without responder SPI")
+        if len(sa_payload.proposals) != 1:
+            raise DropPacket("IKE_SA_INIT response must hold one proposal")
+        chosen = sa_payload.proposals[0]
+        # The peer must pick something we offered, with one transform per type.
+        if select(ike_proposals(sa.conn), [chosen], ProtocolId.IKE) is None:
+            raise ExchangeAborted("peer chose a proposal we did not offer")
+        suite = ike_suite(chosen)
+        if ke.group != suite.dh or sa.dh is None or ke.group != sa.dh.group:
+            raise ExchangeAborted("KE group differs from the chosen proposal")
+        if not MIN_NONCE <= len(nonce.data) <= MAX_NONCE:
+            raise DropPacket("nonce size out of range")
+        try:
+            shared = sa.dh.shared_secret(ke.data)
+        except ValueError as exc:
+            raise ExchangeAborted("invalid DH public value") from exc
+        sa.spi_r = msg.header.spi_r
+        sa.suite = suite
+        sa.nonce_r = nonce.data
+        _finish_keys(sa, shared)
+        _detect_nat(sa, payloads, sa.spi_r, sa.path)
+        # charon floats to 4500 for IKE_AUTH when behind NAT or MOBIKE is wanted.
+        if sa.nat_any or sa.conn.mobike or sa.conn.encap:
+            sa.path = float_to_natt(sa.path)
+        return Outcome.DONE
+
+
+# ---------------------------------------------------------------------------
+# Responder
+# ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class InitReply:
+    """The answer to an IKE_SA_INIT request: with ``sa`` set, a new half-open SA."""
+
+    payloads: list[Payload]
+    sa: IkeSa | None = None
+    reason: str = ""
+
+
+def _promote(spec: ProposalSpec, group: int) -> ProposalSpec:
+    """Put the group the peer already sent first, as charon does, to avoid a round trip."""
+    if group not in spec.dh:
+        return spec
+    dh = (DhId(group), *[g for g in spec.dh if g != group])
+    return dataclasses.replace(spec, dh=dh)
+
+
+def _choose(
+    candidates: Sequence[ConnectionConfig], theirs: Sequence[Proposal], ke_group: int
+) -> tuple[ConnectionConfig, Proposal] | None:
+    for conn in candidates:
+        ours = [_promote(spec, ke_group) for spec in ike_proposals(conn)]
+        chosen = select(ours, theirs, ProtocolId.IKE)
+        if chosen is not None:
+            return conn, chosen
+    return None
+
+
+def _error(ntype: NotifyType, reason: str, data: bytes = b"") -> InitReply:
+    return InitReply([Notify(ntype, data)], None, reason)
+
+
+def respond_init(
+    ctx: Context,
+    msg: Message,
+    path: Path,
+    candidates: Sequence[ConnectionConfig],
+    need_cookie: bool,
+    now: float,
+) -> InitReply:
+    """Answer an IKE_SA_INIT request; raise DropPacket for malformed ones."""
+    payloads = msg.payloads
+    sa_payload = _payload(payloads, SA)
+    ke = _payload(payloads, KE)
+    nonce = _payload(payloads, Nonce)
+    assert isinstance(sa_payload, SA) and isinstance(ke, KE) and isinstance(nonce, Nonce)
+    if not MIN_NONCE <= len(nonce.data) <= MAX_NONCE:
+        raise DropPacket("nonce size out of range")
+    spi_i = msg.header.spi_i
+    if spi_i == ZERO_SPI:
+        raise DropPacket("IKE_SA_INIT with zero initiator SPI")
+    if need_cookie:
+        cookie = find_notify(payloads, NotifyType.COOKIE)
+        valid = (cookie is not None and payloads[0] is cookie and ctx.cookies.verify(
+            cookie.data, nonce.data, path.remote.addr, spi_i, now))
+        if not valid:
+            token = ctx.cookies.make(nonce.data, path.remote.addr, spi_i, now)
+            return _error(NotifyType.COOKIE, "cookie_required", token)
+    if not candidates:
+        return _error(NotifyType.NO_PROPOSAL_CHOSEN, "no_matching_connection")
+    choice = _choose(candidates, sa_payload.proposals, ke.group)
+    if choice is None:
+        return _error(NotifyType.NO_PROPOSAL_CHOSEN, "no_proposal_chosen")
+    conn, chosen = choice
+    suite = ike_suite(chosen)
+    if ke.group != suite.dh:
+        return _error(NotifyType.INVALID_KE_PAYLOAD, "invalid_ke_payload",
+                      int(suite.dh).to_bytes(2, "big"))
+    dh = dh_generate(suite.dh, ctx.random_bytes)
+    try:
+        shared = dh.shared_secret(ke.data)
+    except ValueError as exc:
+        raise DropPacket("invalid DH public value") from exc
+    sa = IkeSa(conn=conn, initiator=False, spi_i=spi_i, spi_r=ctx.new_ike_spi(), path=path,
+               created=now)
+    sa.suite = suite
+    sa.dh = dh
+    sa.nonce_i = nonce.data
+    sa.nonce_r = ctx.random_bytes(ctx.settings.nonce_size)
+    _finish_keys(sa, shared)
+    _detect_nat(sa, payloads, ZERO_SPI, path)
+    reply: list[Payload] = [SA((chosen,)), KE(suite.dh, dh.public), Nonce(sa.nonce_r)]
+    reply += _nat_detection(ctx, conn, sa.spi_i, sa.spi_r, path)
+    return InitReply(reply, sa)

@@ -1,0 +1,131 @@
+"""INFORMATIONAL (RFC 7296 §1.4): liveness checks, deleting CHILD_SAs and the IKE_SA."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ...ikev2.constants import ExchangeType, NotifyType, ProtocolId
+from ...ikev2.message import Message
+from ...ikev2.payloads import Delete, Notify, Payload
+from ..child_sa import ChildSa, ChildState
+from ..context import Context
+from ..events import ChildSaDeleted
+from ..ike_sa import IkeSa, IkeState
+from .base import Outcome
+from .handover import hand_over
+
+
+def child_deleted(ctx: Context, sa: IkeSa, child: ChildSa, reason: str) -> None:
+    sa.children.pop(child.unique_id, None)
+    ctx.release_child_spi(child.spi_in)
+    ctx.emit(ChildSaDeleted(
+        conn=sa.conn.name, ike_spi=sa.spi_str, child=child.name, unique_id=child.unique_id,
+        spi_in=child.spi_in_int, spi_out=child.spi_out_int, reason=reason,
+    ))
+
+
+class LivenessTask:
+    """An empty INFORMATIONAL request: DPD, or a check the caller asked for."""
+
+    exchange = ExchangeType.INFORMATIONAL
+    liveness = True
+
+    def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
+        return []
+
+    def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
+        return Outcome.DONE
+
+
+class DeleteIkeTask:
+    """Delete(IKE); the engine removes the SA when answered (or when retransmits give up)."""
+
+    exchange = ExchangeType.INFORMATIONAL
+    liveness = False
+
+    def __init__(self, reason: str = "deleted_locally") -> None:
+        self.reason = reason
+
+    def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
+        sa.state = IkeState.DELETING
+        return [Delete(ProtocolId.IKE)]
+
+    def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
+        sa.state = IkeState.DELETED
+        return Outcome.DONE
+
+
+class DeleteChildTask:
+    """Delete(ESP) with our inbound SPIs; the peer answers with its inbound SPIs."""
+
+    exchange = ExchangeType.INFORMATIONAL
+    liveness = False
+
+    def __init__(self, unique_ids: Sequence[int], reason: str = "deleted_locally") -> None:
+        self.unique_ids = tuple(unique_ids)
+        self.reason = reason
+
+    def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
+        spis = tuple(sa.children[u].spi_in for u in self.unique_ids if u in sa.children)
+        for uid in self.unique_ids:
+            child = sa.children.get(uid)
+            if child is not None:
+                child.state = ChildState.DELETING
+        if not spis:
+            return []
+        return [Delete(ProtocolId.ESP, spis)]
+
+    def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
+        # Whatever the peer answers, our side of these SAs is gone (RFC 7296 §1.4.1).
+        for uid in self.unique_ids:
+            # An IKE_SA rekey may have moved the CHILD_SA on meanwhile.
+            owner = sa.holder_of(uid)
+            if owner is not None:
+                child_deleted(ctx, owner, owner.children[uid], self.reason)
+        return Outcome.DONE
+
+
+def respond_informational(ctx: Context, sa: IkeSa, msg: Message, now: float) -> list[Payload]:
+    """Answer deletes and liveness checks. A Delete(IKE) marks the SA DELETED; the
+    engine sends the answer and then removes it."""
+    reply: list[Payload] = []
+    for p in msg.payloads:
+        if isinstance(p, Notify) and p.type == NotifyType.AUTHENTICATION_FAILED:
+            # The initiator rejected our AUTH after we established (RFC 7296 §2.21.2).
+            sa.state = IkeState.DELETED
+            sa.delete_reason = "authentication_failed"
+            return []
+        if not isinstance(p, Delete):
+            continue
+        if p.protocol == ProtocolId.IKE:
+            if sa.ike_collision is not None:
+                # §2.25.2: the peer closes the SA we are rekeying; forget our rekey, and
+                # the SA its own rekey created takes the CHILD_SAs.
+                hand_over(ctx, sa, sa.ike_collision.new_sa, now)
+                sa.ike_collision = None
+            sa.rekeyed = sa.rekeyed or sa.state == IkeState.REKEYED
+            sa.state = IkeState.DELETED
+            return []
+        if p.protocol != ProtocolId.ESP:
+            continue
+        ours: list[bytes] = []
+        # The SPIs are the peer's: they may sit on another IKE_SA with this peer too,
+        # e.g. one whose rekey collided and has not handed its CHILD_SAs over yet.
+        holders = sa.lineage() + [
+            o for o in ctx.sas.values()
+            if o.conn.name == sa.conn.name and o.remote_id == sa.remote_id
+            and o not in sa.lineage()
+        ]
+        for spi in p.spis:
+            if not any(c.spi_out == spi for o in holders for c in o.children.values()):
+                ctx.orphan_spis.append(spi)
+            for owner in holders:
+                for child in list(owner.children.values()):
+                    if child.spi_out == spi:
+                        ours.append(child.spi_in)
+                        reason = ("rekeyed" if child.state == ChildState.REKEYED
+                                  else "deleted_by_peer")
+                        child_deleted(ctx, owner, child, reason)
+        if ours:
+            reply.append(Delete(ProtocolId.ESP, tuple(ours)))
+    return reply

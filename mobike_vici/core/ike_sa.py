@@ -1,0 +1,189 @@
+"""One IKE_SA: state, keys, its current path, message IDs and retransmission bookkeeping.
+
+Window size 1 both ways (RFC 7296 §2.3): at most one request of ours outstanding
+(``pending``), and for the peer's requests the next expected ID plus the cached
+answer to the last one, resent verbatim when that request arrives again.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from ..config.model import ConnectionConfig
+from ..ikev2.constants import ExchangeType, HeaderFlag
+from ..ikev2.crypto import DhExchange, IkeKeys, IkeSuite, SkCipher
+from ..ikev2.message import Header
+from ..types import Endpoint, IPAddress, Path
+from .child_sa import ChildSa
+
+if TYPE_CHECKING:
+    from .exchanges.base import Task
+
+
+class IkeState(Enum):
+    CONNECTING = "CONNECTING"
+    ESTABLISHED = "ESTABLISHED"
+    REKEYING = "REKEYING"
+    REKEYED = "REKEYED"
+    """Replaced by a new IKE_SA; waits for the Delete (ours or the peer's)."""
+    DELETING = "DELETING"
+    DELETED = "DELETED"
+
+
+@dataclass(slots=True)
+class PendingRequest:
+    """Our one outstanding request: resent verbatim until answered or given up."""
+
+    message_id: int
+    exchange: ExchangeType
+    data: bytes
+    path: Path
+    task: Task
+    first_sent: float
+    deadline: float
+    retransmitted: int = 0
+
+
+@dataclass(slots=True)
+class CachedResponse:
+    message_id: int
+    request: bytes
+    """The raw request, to recognise a retransmission without decrypting it."""
+    response: bytes
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class IkeRekeyCollision:
+    """The peer rekeyed this IKE_SA while our rekey of it was outstanding."""
+
+    nonces: tuple[bytes, bytes]
+    new_sa: IkeSa
+    """The IKE_SA the peer's exchange created."""
+
+
+@dataclass(slots=True)
+class IkeSa:
+    conn: ConnectionConfig
+    initiator: bool
+    """True when we are the original initiator (the I flag we send)."""
+    spi_i: bytes
+    spi_r: bytes
+    path: Path
+    created: float
+    state: IkeState = IkeState.CONNECTING
+    # Negotiated in IKE_SA_INIT.
+    suite: IkeSuite | None = None
+    proposal: str = ""
+    keys: IkeKeys | None = field(default=None, repr=False)
+    cipher_out: SkCipher | None = field(default=None, repr=False)
+    cipher_in: SkCipher | None = field(default=None, repr=False)
+    dh: DhExchange | None = field(default=None, repr=False)
+    nonce_i: bytes = b""
+    nonce_r: bytes = b""
+    init_request: bytes = b""
+    init_response: bytes = b""
+    nat_local: bool = False
+    nat_remote: bool = False
+    # Learned in IKE_AUTH.
+    local_id: str = ""
+    remote_id: str = ""
+    peer_mobike: bool = False
+    virtual_ips: tuple[IPAddress, ...] = ()
+    leases: tuple[tuple[str, IPAddress], ...] = ()
+    """(pool name, address) handed to the peer, released when the SA goes."""
+    children: dict[int, ChildSa] = field(default_factory=dict)
+    # Message IDs and retransmission.
+    next_request_id: int = 0
+    pending: PendingRequest | None = None
+    tasks: deque[Task] = field(default_factory=deque)
+    peer_next_id: int = 0
+    cached: CachedResponse | None = None
+    # Liveness and timers.
+    last_received: float = 0.0
+    last_sent: float = 0.0
+    rekey_at: float | None = None
+    rekeyed: bool = False
+    ike_collision: IkeRekeyCollision | None = None
+    successor: IkeSa | None = None
+    """The IKE_SA that took over our CHILD_SAs in a rekey: exchanges still running here
+    find their CHILD_SAs there."""
+    initial_contact: bool = False
+    """The peer sent INITIAL_CONTACT: its older IKE_SAs with the same identities are stale."""
+    init_key: tuple[bytes, Endpoint] | None = None
+    """(SPIi, remote) of the IKE_SA_INIT that created us as responder."""
+    delete_reason: str = ""
+    """Why the peer's request ended this SA, when it was not a plain Delete."""
+    retire_at: float | None = None
+    """A replaced (REKEYED) SA is dropped silently here if the peer never deletes it."""
+    """Set once a rekey replaced this SA: its deletion then reads "rekeyed"."""
+    established_at: float | None = None
+
+    def lineage(self) -> list[IkeSa]:
+        """This SA and the chain of its successors (bounded: each rekey adds one)."""
+        out: list[IkeSa] = [self]
+        while out[-1].successor is not None and len(out) < 16:
+            out.append(out[-1].successor)
+        return out
+
+    def holder_of(self, unique_id: int) -> IkeSa | None:
+        """The SA in our lineage that holds CHILD_SA ``unique_id`` now."""
+        for sa in self.lineage():
+            if unique_id in sa.children:
+                return sa
+        return None
+
+    @property
+    def our_spi(self) -> bytes:
+        return self.spi_i if self.initiator else self.spi_r
+
+    @property
+    def spi_str(self) -> str:
+        return f"{self.spi_i.hex()}_{self.spi_r.hex()}"
+
+    @property
+    def behind_nat(self) -> bool:
+        return self.nat_local
+
+    @property
+    def nat_any(self) -> bool:
+        return self.nat_local or self.nat_remote
+
+    def header(self, exchange: ExchangeType, message_id: int, response: bool) -> Header:
+        flags = HeaderFlag.NONE
+        if self.initiator:
+            flags |= HeaderFlag.INITIATOR
+        if response:
+            flags |= HeaderFlag.RESPONSE
+        return Header(self.spi_i, self.spi_r, 0, exchange, flags, message_id)
+
+    def deadline(self, keepalive_interval: float, half_open_timeout: float) -> float | None:
+        """The earliest moment anything about this SA must happen."""
+        times: list[float] = []
+        if self.pending is not None:
+            times.append(self.pending.deadline)
+        if self.state == IkeState.CONNECTING:
+            # Only a responder's half-open SA times out; an initiator gives up
+            # through its retransmissions, as charon does.
+            if not self.initiator:
+                times.append(self.created + half_open_timeout)
+            return min(times) if times else None
+        if self.retire_at is not None and self.state not in (IkeState.DELETED,
+                                                             IkeState.CONNECTING):
+            times.append(self.retire_at)
+        if self.state in (IkeState.ESTABLISHED, IkeState.REKEYING):
+            if self.conn.dpd_delay > 0 and self.pending is None:
+                times.append(self.last_received + self.conn.dpd_delay)
+            if self.nat_local and self.path.natt:
+                times.append(self.last_sent + keepalive_interval)
+            if self.rekey_at is not None:
+                times.append(self.rekey_at)
+            for child in self.children.values():
+                if child.rekey_at is not None:
+                    times.append(child.rekey_at)
+                if child.expire_at is not None:
+                    times.append(child.expire_at)
+        return min(times) if times else None

@@ -1,0 +1,40 @@
+"""Tunables of the native core, with charon 5.9.8's defaults (strongswan.conf(5))."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class RetransmitSettings:
+    """charon.retransmit_*: resend after timeout * base**n, give up after ``tries`` resends."""
+
+    timeout: float = 4.0
+    base: float = 1.8
+    tries: int = 5
+
+    def wait(self, retransmitted: int) -> float:
+        """Seconds to wait after the (``retransmitted``)th resend before the next step."""
+        return self.timeout * self.base**retransmitted
+
+    def give_up_after(self) -> float:
+        """Seconds from the first send until a request is abandoned (165.06 by default)."""
+        return sum(self.wait(n) for n in range(self.tries + 1))
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    retransmit: RetransmitSettings = field(default_factory=RetransmitSettings)
+    half_open_timeout: float = 30.0
+    """charon.half_open_timeout: a responder SA that never authenticates is dropped."""
+    half_open_limit: int = 1000
+    """Bound on half-open responder SAs; further IKE_SA_INIT requests are dropped."""
+    cookie_threshold: int = 10
+    """charon.cookie_threshold: half-open SAs above which we demand a COOKIE."""
+    cookie_secret_lifetime: float = 120.0
+    """The COOKIE secret rotates this often; the previous one stays valid."""
+    keepalive_interval: float = 20.0
+    """charon.keep_alive: NAT-T keepalives when we are behind a NAT and idle."""
+    nonce_size: int = 32
+    max_events: int = 10000
+    """Bound on queued events; the oldest are dropped beyond it."""

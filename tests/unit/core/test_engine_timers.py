@@ -1,0 +1,190 @@
+"""Retransmissions (charon's timing), the response cache, DPD, deletes and half-open timeouts."""
+
+from __future__ import annotations
+
+import pytest
+
+from mobike_vici.core.engine import Datagram, Engine
+from mobike_vici.core.events import (
+    ChildSaDeleted,
+    ChildSaInstalled,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    PacketDropped,
+)
+from mobike_vici.core.settings import RetransmitSettings
+from mobike_vici.ikev2.constants import ExchangeType
+from mobike_vici.ikev2.message import decode_header
+from mobike_vici.types import Path
+
+from .harness import ALICE, Net, config_pair, make_pair, of_type, seeded
+
+_of = of_type
+
+
+def _established(**kw: str) -> Net:
+    net = make_pair(1, None, **kw)
+    net.a.initiate("home", None, 0.0)
+    net.pump()
+    assert _of(net.events_a, IkeSaEstablished) and _of(net.events_b, IkeSaEstablished)
+    return net
+
+
+def test_charon_retransmit_schedule() -> None:
+    s = RetransmitSettings()
+    sends, t = [0.0], 0.0
+    for n in range(s.tries):
+        t += s.wait(n)
+        sends.append(t)
+    give_up = t + s.wait(s.tries)
+    assert sends[1:] == pytest.approx([4.0, 11.2, 24.16, 47.488, 89.4784])
+    assert give_up == pytest.approx(165.06112)
+
+
+def test_lost_packets_retransmitted_on_charons_schedule() -> None:
+    net = make_pair()
+    net.drop = lambda d: True  # the responder never hears anything
+    net.a.initiate("home", None, 0.0)
+    send_times: list[float] = []
+    seen = 0
+    while (t := net.a.get_timer()) is not None and t < 1000:
+        net.now = t
+        net.a.handle_timer(t)
+        net.pump()
+        while seen < len(net.log):
+            send_times.append(net.now if seen else 0.0)
+            seen += 1
+        net.collect()
+    s = RetransmitSettings()
+    expected, t = [0.0], 0.0
+    for n in range(s.tries):
+        t += s.wait(n)
+        expected.append(t)
+    assert send_times[1:] == pytest.approx(expected[1:])
+    assert len({d.data for d in net.log}) == 1  # resent verbatim
+    (deleted,) = _of(net.events_a, IkeSaDeleted)
+    assert deleted.reason == "retransmits_exceeded"
+    assert net.now == pytest.approx(t + s.wait(s.tries))
+    assert net.a.status() == [] and net.a.get_timer() is None
+
+
+def test_retransmitted_request_answered_from_cache() -> None:
+    net = make_pair()
+    # Lose bob's IKE_AUTH response once: alice resends, bob answers from its cache.
+    lost = {"n": 0}
+
+    def drop(d: Datagram) -> bool:
+        h = decode_header(d.data)
+        if h.exchange == ExchangeType.IKE_AUTH and h.is_response and lost["n"] == 0:
+            lost["n"] += 1
+            return True
+        return False
+
+    net.drop = drop
+    net.a.initiate("home", None, 0.0)
+    net.pump()
+    assert not _of(net.events_a, IkeSaEstablished)
+    assert len(_of(net.events_b, ChildSaInstalled)) == 1
+    net.advance_to(4.0)
+    assert len(_of(net.events_a, IkeSaEstablished)) == 1
+    # Bob did not process the request twice: still one CHILD_SA, one establishment.
+    assert len(_of(net.events_b, ChildSaInstalled)) == 1
+    assert len(_of(net.events_b, IkeSaEstablished)) == 1
+    auth_responses = [d for d in net.log if decode_header(d.data).exchange == 35
+                      and decode_header(d.data).is_response]
+    assert len(auth_responses) == 2 and auth_responses[0].data == auth_responses[1].data
+
+
+def test_old_and_future_message_ids_dropped() -> None:
+    net = _established()
+    (sa,) = net.a.status()
+    auth_request = next(d for d in net.log if decode_header(d.data).exchange == 35)
+    # A request with a message ID from the future: dropped, SA unchanged.
+    data = bytearray(auth_request.data)
+    data[20:24] = (7).to_bytes(4, "big")
+    net.b.receive_datagram(bytes(data), Path(auth_request.path.remote, auth_request.path.local),
+                           1.0)
+    net.collect()
+    assert "outside the window" in _of(net.events_b, PacketDropped)[-1].reason
+    assert net.b.datagrams_to_send(1.0) == []
+    assert net.a.status() == [sa]
+
+
+def test_dpd_liveness_check() -> None:
+    net = _established(initiator_extra="dpd_delay = 30s")
+    assert net.a.get_timer() == pytest.approx(30.0)
+    net.advance_to(30.0)
+    infos = [d for d in net.log if decode_header(d.data).exchange == ExchangeType.INFORMATIONAL]
+    assert len(infos) == 2  # an empty request and its answer
+    assert [s.state for s in net.a.status()] == ["ESTABLISHED"]
+    # Peer gone: DPD retransmits on charon's schedule and then deletes the IKE_SA.
+    net.drop = lambda d: True
+    net.advance_to(60.0 + 170.0)
+    (deleted,) = _of(net.events_a, IkeSaDeleted)
+    assert deleted.reason == "dpd_timeout"
+    assert net.a.status() == []
+    assert [e.reason for e in _of(net.events_a, ChildSaDeleted)] == ["dpd_timeout"]
+
+
+def test_delete_child_then_ike() -> None:
+    net = _established()
+    (ca,) = _of(net.events_a, ChildSaInstalled)
+    net.a.delete_child(ca.unique_id, 1.0)
+    net.pump()
+    (da,) = _of(net.events_a, ChildSaDeleted)
+    (db,) = _of(net.events_b, ChildSaDeleted)
+    assert (da.spi_in, db.spi_in) == (db.spi_out, da.spi_out)
+    assert db.reason == "deleted_by_peer"
+    assert net.b.status()[0].children == ()
+    net.b.delete_ike(net.b.status()[0].ike_spi, 2.0)
+    net.pump()
+    assert [e.reason for e in _of(net.events_a, IkeSaDeleted)] == ["deleted_by_peer"]
+    assert [e.reason for e in _of(net.events_b, IkeSaDeleted)] == ["deleted_locally"]
+    assert net.a.status() == [] and net.b.status() == []
+    assert net.a.get_timer() is None and net.b.get_timer() is None
+
+
+def test_half_open_sa_times_out() -> None:
+    net = make_pair()
+    net.drop = lambda d: decode_header(d.data).exchange == ExchangeType.IKE_AUTH
+    net.a.initiate("home", None, 0.0)
+    net.pump()
+    assert [s.state for s in net.b.status()] == ["CONNECTING"]
+    assert net.b.get_timer() == pytest.approx(30.0)
+    net.b.handle_timer(30.0)
+    net.collect()
+    assert [e.reason for e in _of(net.events_b, IkeSaDeleted)] == ["half_open_timeout"]
+    assert net.b.status() == []
+
+
+def test_late_init_retransmit_answered_from_cache_after_establishment() -> None:
+    net = _established()
+    first = net.log[0]
+    assert decode_header(first.data).exchange == ExchangeType.IKE_SA_INIT
+    before = net.b.status()
+    net.b.receive_datagram(first.data, Path(first.path.remote, first.path.local), 2.0)
+    (again,) = net.b.datagrams_to_send(2.0)
+    assert again.data == net.log[1].data
+    assert net.b.status() == before
+
+
+def test_initial_contact_replaces_stale_sa() -> None:
+    net = _established()
+    (old,) = net.b.status()
+    # Alice restarts (a fresh engine, same config) and connects again.
+    ca, _ = config_pair()
+    net.a = Engine(ca, seeded(77), lambda r: ALICE)
+    net.a.initiate("home", None, 5.0)
+    net.now = 5.0
+    net.pump()
+    (new,) = net.b.status()
+    assert new.ike_spi != old.ike_spi and new.state == "ESTABLISHED"
+    assert [e.reason for e in _of(net.events_b, IkeSaDeleted)] == ["initial_contact"]
+
+
+def test_second_sa_to_same_peer_sends_no_initial_contact() -> None:
+    net = _established()
+    net.a.initiate("home", None, 1.0)
+    net.pump()
+    assert len(net.a.status()) == 2 and len(net.b.status()) == 2
+    assert not _of(net.events_b, IkeSaDeleted)
