@@ -25,6 +25,7 @@ connection or child name and ValueError when no address to use is known;
 from __future__ import annotations
 
 import ipaddress
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,6 +63,7 @@ from .exchanges.base import (
     unsupported_critical,
 )
 from .exchanges.create_child import (
+    ChildCreateTask,
     ChildRekeyTask,
     IkeRekeyTask,
     respond_create_child,
@@ -154,6 +156,14 @@ class Engine:
             child_cfg = matches[0]
         elif cfg.children:
             child_cfg = cfg.children[0]
+        if child_cfg is not None:
+            # Like charon: an established IKE_SA of this connection carries the new
+            # CHILD_SA (CREATE_CHILD_SA) instead of a second IKE_SA.
+            for existing in self._sas.values():
+                if existing.conn.name == cfg.name and existing.state == IkeState.ESTABLISHED:
+                    existing.tasks.append(ChildCreateTask(child_cfg))
+                    self._kick(existing, now)
+                    return
         path = self._initial_path(cfg)
         sa = IkeSa(conn=cfg, initiator=True, spi_i=self._ctx.new_ike_spi(), spi_r=ZERO_SPI,
                    path=path, created=now, last_received=now, last_sent=now)
@@ -300,6 +310,13 @@ class Engine:
 
     def _kick(self, sa: IkeSa, now: float) -> None:
         """Send the next queued request when none is outstanding (window size 1)."""
+        if sa.state == IkeState.REKEYED and sa.successor is not None:
+            # CHILD_SA work queued here belongs to the IKE_SA that took the CHILD_SAs.
+            moved = [t for t in sa.tasks if not isinstance(t, DeleteIkeTask)]
+            if moved:
+                migrate_tasks(sa, moved)
+                sa.tasks = deque(t for t in sa.tasks if isinstance(t, DeleteIkeTask))
+                self._kick(sa.lineage()[-1], now)
         while sa.pending is None and sa.tasks and sa.state != IkeState.DELETED:
             task = sa.tasks.popleft()
             if self._send_request(sa, task, now):
@@ -311,6 +328,11 @@ class Engine:
             payloads = task.build(self._ctx, sa, now)
         except ExchangeAborted as exc:
             self._failed(sa, task.exchange, exc, now)
+            return False
+        except ValueError as exc:
+            # A config value the wire cannot carry (e.g. an identity we cannot encode).
+            self._failed(sa, task.exchange, ExchangeAborted(f"cannot build request: {exc}"),
+                         now)
             return False
         if task.exchange == ExchangeType.INFORMATIONAL and not payloads and not getattr(
                 task, "liveness", False):
@@ -456,6 +478,14 @@ class Engine:
             except ProtocolError as exc:
                 reply = [Notify(exc.notify, exc.data)]
                 self._report(sa, exchange, f"{exc.notify.name}: {exc.reason}")
+            except ValueError as exc:
+                # Our config cannot answer it (e.g. an identity we cannot encode).
+                failed = (NotifyType.AUTHENTICATION_FAILED if exchange == ExchangeType.IKE_AUTH
+                          else NotifyType.NO_PROPOSAL_CHOSEN)
+                reply = [Notify(failed)]
+                self._report(sa, exchange, f"{failed.name}: {exc}")
+                if exchange == ExchangeType.IKE_AUTH:
+                    destroy_reason = "authentication_failed"
             except DropPacket as exc:
                 # Authenticated, so not garbage: a malformed request gets INVALID_SYNTAX.
                 reply = [Notify(NotifyType.INVALID_SYNTAX)]

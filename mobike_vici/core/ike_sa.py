@@ -17,7 +17,7 @@ from ..ikev2.constants import ExchangeType, HeaderFlag
 from ..ikev2.crypto import DhExchange, IkeKeys, IkeSuite, SkCipher
 from ..ikev2.message import Header
 from ..types import Endpoint, IPAddress, Path
-from .child_sa import ChildSa
+from .child_sa import ChildSa, ChildState
 
 if TYPE_CHECKING:
     from .exchanges.base import Task
@@ -182,7 +182,7 @@ class IkeSa:
             if self.rekey_at is not None:
                 times.append(self.rekey_at)
             for child in self.children.values():
-                if child.rekey_at is not None:
+                if child.rekey_at is not None and child.state == ChildState.INSTALLED:
                     times.append(child.rekey_at)
                 if child.expire_at is not None:
                     times.append(child.expire_at)

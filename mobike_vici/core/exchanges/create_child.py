@@ -1,4 +1,7 @@
-"""CREATE_CHILD_SA (RFC 7296 §1.3, §2.8, §2.18): rekeying CHILD_SAs and the IKE_SA.
+"""CREATE_CHILD_SA (RFC 7296 §1.3, §2.8, §2.18): more CHILD_SAs, rekeying them and the IKE_SA.
+
+Additional CHILD_SA: SA, Ni, [KE for PFS], TSi, TSr; the responder picks the
+first child config whose selectors fit.
 
 CHILD_SA rekey: N(REKEY_SA) naming the old SA by the sender's inbound SPI, SA,
 Ni, [KE for PFS], TSi, TSr; the rekey initiator deletes the old SA afterwards.
@@ -17,17 +20,28 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from ...config.model import ChildConfig
 from ...ikev2.constants import DhId, ExchangeType, NotifyType, ProtocolId
 from ...ikev2.crypto import DhExchange, derive_ike_keys, dh_generate, sk_ciphers
 from ...ikev2.message import Message
-from ...ikev2.payloads import KE, SA, Nonce, Notify, Payload, Proposal, TSi, TSr
+from ...ikev2.payloads import (
+    KE,
+    SA,
+    Nonce,
+    Notify,
+    Payload,
+    Proposal,
+    TrafficSelector,
+    TSi,
+    TSr,
+)
 from ...ikev2.proposals import ProposalSpec, ike_suite, select
 from ..child_sa import ChildSa, ChildState, RekeyCollision
 from ..context import Context, ike_proposals
 from ..events import ChildSaRekeyed
 from ..ike_sa import IkeRekeyCollision, IkeSa, IkeState
 from ..naming import ike_suite_name
-from ..ts import narrow
+from ..ts import narrow, resolve
 from .base import DropPacket, ExchangeAborted, Outcome, find_notify, first_error, notify_name
 from .child import child_proposals, install, make_child, proposal_payloads, schedule
 from .handover import hand_over, migrate_tasks
@@ -106,6 +120,7 @@ class ChildRekeyTask:
         if old is None or old.state != ChildState.INSTALLED:
             raise ExchangeAborted("CHILD_SA to rekey is gone", keep_sa=True)
         old.state = ChildState.REKEYING
+        old.rekey_at = None  # this exchange is the rekey; a failure schedules a retry
         old.collision = None
         self.replaced = old
         specs = child_proposals(old.config, pfs=True)
@@ -203,6 +218,77 @@ class ChildRekeyTask:
         new = make_child(ctx, sa, old.config, chosen, self.spi_in, chosen.spi, local_ts,
                          remote_ts, self.nonce, nonce_r, now, shared, initiator=True)
         return new, nonce_r
+
+
+class ChildCreateTask:
+    """An additional CHILD_SA on an established IKE_SA (no REKEY_SA notify)."""
+
+    exchange = ExchangeType.CREATE_CHILD_SA
+
+    def __init__(self, config: ChildConfig, group: DhId | None = None) -> None:
+        self.config = config
+        self.group = group
+        self.spi_in = b""
+        self.nonce = b""
+        self.dh: DhExchange | None = None
+        self.tsi: list[TrafficSelector] = []
+        self.tsr: list[TrafficSelector] = []
+
+    def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
+        specs = child_proposals(self.config, pfs=True)
+        group = self.group or _first_group(specs)
+        if group is not None:
+            specs = tuple(_promote(specs, group))
+            self.dh = dh_generate(group, ctx.random_bytes)
+        self.spi_in = ctx.new_child_spi()
+        self.nonce = ctx.random_bytes(ctx.settings.nonce_size)
+        self.tsi = resolve(self.config.local_ts, sa.path.local.addr, sa.virtual_ips)
+        self.tsr = resolve(self.config.remote_ts, sa.path.remote.addr)
+        payloads: list[Payload] = [SA(proposal_payloads(specs, self.spi_in)), Nonce(self.nonce)]
+        if self.dh is not None:
+            payloads.append(KE(self.dh.group, self.dh.public))
+        return [*payloads, TSi(tuple(self.tsi)), TSr(tuple(self.tsr))]
+
+    def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
+        try:
+            return self._process(ctx, sa, msg, now)
+        except ExchangeAborted:
+            ctx.release_child_spi(self.spi_in)
+            raise
+
+    def _process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
+        payloads = msg.payloads
+        owner = sa.lineage()[-1]
+        invalid_ke = find_notify(payloads, NotifyType.INVALID_KE_PAYLOAD)
+        if invalid_ke is not None and len(invalid_ke.data) == 2:
+            wanted = int.from_bytes(invalid_ke.data, "big")
+            groups = [g for s in child_proposals(self.config, True) for g in s.dh]
+            if wanted in groups and wanted != self.group:
+                ctx.release_child_spi(self.spi_in)
+                owner.tasks.appendleft(ChildCreateTask(self.config, DhId(wanted)))
+                return Outcome.DONE
+        error = first_error(payloads)
+        if error is not None:
+            raise ExchangeAborted(f"CHILD_SA {self.config.name}: {notify_name(error.type)}",
+                                  keep_sa=True)
+        sa_p, tsi, tsr = _get(payloads, SA), _get(payloads, TSi), _get(payloads, TSr)
+        if not (isinstance(sa_p, SA) and isinstance(tsi, TSi) and isinstance(tsr, TSr)):
+            raise ExchangeAborted("CREATE_CHILD_SA response incomplete", keep_sa=True)
+        nonce_r = _nonce(payloads)
+        ours = child_proposals(self.config, pfs=True)
+        chosen = select(ours, sa_p.proposals, ProtocolId.ESP) if len(sa_p.proposals) == 1 else None
+        if chosen is None or len(chosen.spi) != 4:
+            raise ExchangeAborted("peer chose an ESP proposal we did not offer", keep_sa=True)
+        ke = _get(payloads, KE)
+        shared = _shared(self.dh, ke if isinstance(ke, KE) else None)
+        local_ts = narrow(tsi.selectors, self.tsi)
+        remote_ts = narrow(tsr.selectors, self.tsr)
+        if not local_ts or not remote_ts:
+            raise ExchangeAborted("TS_UNACCEPTABLE", keep_sa=True)
+        new = make_child(ctx, sa, self.config, chosen, self.spi_in, chosen.spi, local_ts,
+                         remote_ts, self.nonce, nonce_r, now, shared, initiator=True)
+        install(ctx, owner, new)
+        return Outcome.DONE
 
 
 # ---------------------------------------------------------------------------
@@ -337,45 +423,24 @@ def respond_create_child(ctx: Context, sa: IkeSa, msg: Message, now: float) -> l
     if sa.state == IkeState.REKEYING:
         return [Notify(NotifyType.TEMPORARY_FAILURE)]  # §2.25.2
     rekey = find_notify(payloads, NotifyType.REKEY_SA)
+    tsi, tsr = _get(payloads, TSi), _get(payloads, TSr)
+    if not isinstance(tsi, TSi) or not isinstance(tsr, TSr):
+        return [Notify(NotifyType.INVALID_SYNTAX)]
     if rekey is None:
-        return [Notify(NotifyType.NO_ADDITIONAL_SAS)]
+        return _respond_new_child(ctx, sa, sa_p, nonce, ke, tsi, tsr, now)
     old = next((c for c in sa.children.values() if c.spi_out == rekey.spi), None)
     if old is None or old.state == ChildState.REKEYED:
         return [Notify(NotifyType.CHILD_SA_NOT_FOUND, b"", ProtocolId.ESP, rekey.spi)]
     if old.state == ChildState.DELETING:
         return [Notify(NotifyType.TEMPORARY_FAILURE)]  # §2.25.1
-    tsi, tsr = _get(payloads, TSi), _get(payloads, TSr)
-    if not isinstance(tsi, TSi) or not isinstance(tsr, TSr):
-        return [Notify(NotifyType.INVALID_SYNTAX)]
-    specs = child_proposals(old.config, pfs=True)
-    if ke is not None:
-        specs = tuple(_promote(specs, ke.group))
-    chosen = select(specs, sa_p.proposals, ProtocolId.ESP)
-    if chosen is None or len(chosen.spi) != 4:
-        return [Notify(NotifyType.NO_PROPOSAL_CHOSEN)]
-    group = next((t.id for t in chosen.transforms if t.type == 4 and t.id != 0), None)
-    shared: bytes | None = None
-    reply_ke: list[Payload] = []
-    if group is not None:
-        if ke is None or ke.group != group:
-            return [Notify(NotifyType.INVALID_KE_PAYLOAD, int(group).to_bytes(2, "big"))]
-        dh = dh_generate(DhId(group), ctx.random_bytes)
-        try:
-            shared = dh.shared_secret(ke.data)
-        except ValueError:
-            return [Notify(NotifyType.INVALID_SYNTAX)]
-        reply_ke = [KE(dh.group, dh.public)]
-    remote_ts = narrow(tsi.selectors, old.remote_ts)
-    local_ts = narrow(tsr.selectors, old.local_ts)
-    if not local_ts or not remote_ts:
-        return [Notify(NotifyType.TS_UNACCEPTABLE)]
-    nonce_r = ctx.random_bytes(ctx.settings.nonce_size)
-    spi_in = ctx.new_child_spi()
-    new = make_child(ctx, sa, old.config, chosen, spi_in, chosen.spi, local_ts, remote_ts,
-                     nonce, nonce_r, now, shared, initiator=False)
+    reply, new = _negotiate(ctx, sa, old.config, sa_p.proposals, ke, nonce, tsi, tsr,
+                            old.local_ts, old.remote_ts, now)
+    if new is None:
+        return reply
     install(ctx, sa, new, rekey_of=old.unique_id)
     if old.state == ChildState.REKEYING:
         # Collision: remember the peer's exchange; our response decides who lost.
+        nonce_r = next(p.data for p in reply if isinstance(p, Nonce))
         old.collision = RekeyCollision((nonce, nonce_r), new.unique_id)
     else:
         old.state = ChildState.REKEYED
@@ -384,9 +449,62 @@ def respond_create_child(ctx: Context, sa: IkeSa, msg: Message, now: float) -> l
         conn=sa.conn.name, ike_spi=sa.spi_str, child=old.name, old_unique_id=old.unique_id,
         new_unique_id=new.unique_id, old_spi_in=old.spi_in_int, new_spi_in=new.spi_in_int,
     ))
+    return reply
+
+
+def _respond_new_child(ctx: Context, sa: IkeSa, sa_p: SA, nonce: bytes, ke: KE | None,
+                       tsi: TSi, tsr: TSr, now: float) -> list[Payload]:
+    """An additional CHILD_SA: the first child config whose selectors fit is used."""
+    failure: list[Payload] = [Notify(NotifyType.TS_UNACCEPTABLE)]
+    for config in sa.conn.children:
+        ours_local = resolve(config.local_ts, sa.path.local.addr)
+        ours_remote = resolve(config.remote_ts, sa.path.remote.addr, sa.virtual_ips)
+        if not narrow(tsi.selectors, ours_remote) or not narrow(tsr.selectors, ours_local):
+            continue
+        reply, new = _negotiate(ctx, sa, config, sa_p.proposals, ke, nonce, tsi, tsr,
+                                ours_local, ours_remote, now)
+        if new is not None:
+            install(ctx, sa, new)
+            return reply
+        failure = reply
+    return failure
+
+
+def _negotiate(
+    ctx: Context, sa: IkeSa, config: ChildConfig, proposals: Sequence[Proposal],
+    ke: KE | None, nonce_i: bytes, tsi: TSi, tsr: TSr,
+    ours_local: Sequence[TrafficSelector], ours_remote: Sequence[TrafficSelector], now: float,
+) -> tuple[list[Payload], ChildSa | None]:
+    """The responder's half of a CHILD_SA in CREATE_CHILD_SA: proposal, PFS, selectors."""
+    specs = child_proposals(config, pfs=True)
+    if ke is not None:
+        specs = tuple(_promote(specs, ke.group))
+    chosen = select(specs, proposals, ProtocolId.ESP)
+    if chosen is None or len(chosen.spi) != 4:
+        return [Notify(NotifyType.NO_PROPOSAL_CHOSEN)], None
+    group = next((t.id for t in chosen.transforms if t.type == 4 and t.id != 0), None)
+    shared: bytes | None = None
+    reply_ke: list[Payload] = []
+    if group is not None:
+        if ke is None or ke.group != group:
+            return [Notify(NotifyType.INVALID_KE_PAYLOAD, int(group).to_bytes(2, "big"))], None
+        dh = dh_generate(DhId(group), ctx.random_bytes)
+        try:
+            shared = dh.shared_secret(ke.data)
+        except ValueError:
+            return [Notify(NotifyType.INVALID_SYNTAX)], None
+        reply_ke = [KE(dh.group, dh.public)]
+    remote_ts = narrow(tsi.selectors, ours_remote)
+    local_ts = narrow(tsr.selectors, ours_local)
+    if not local_ts or not remote_ts:
+        return [Notify(NotifyType.TS_UNACCEPTABLE)], None
+    nonce_r = ctx.random_bytes(ctx.settings.nonce_size)
+    spi_in = ctx.new_child_spi()
+    new = make_child(ctx, sa, config, chosen, spi_in, chosen.spi, local_ts, remote_ts,
+                     nonce_i, nonce_r, now, shared, initiator=False)
     ours = Proposal(chosen.num, chosen.protocol, spi_in, chosen.transforms)
     return [SA((ours,)), Nonce(nonce_r), *reply_ke, TSi(tuple(remote_ts)),
-            TSr(tuple(local_ts))]
+            TSr(tuple(local_ts))], new
 
 
 def _respond_ike_rekey(ctx: Context, sa: IkeSa, sa_p: SA, nonce_i: bytes, ke: KE | None,

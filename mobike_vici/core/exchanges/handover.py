@@ -36,14 +36,16 @@ def migrate_tasks(old: IkeSa, tasks: list[Task]) -> None:
     A Delete is simply sent again there (the peer answers it even for SPIs it
     already dropped); a CHILD_SA rekey starts over.
     """
-    from .create_child import ChildRekeyTask  # here: create_child imports this module
+    from .create_child import ChildCreateTask, ChildRekeyTask  # create_child imports us
     from .informational import DeleteChildTask
 
     target = old.lineage()[-1]
     if target is old or target.state in (IkeState.DELETED, IkeState.DELETING):
         return
     for task in tasks:
-        if isinstance(task, DeleteChildTask):
+        if isinstance(task, ChildCreateTask):
+            target.tasks.append(ChildCreateTask(task.config))
+        elif isinstance(task, DeleteChildTask):
             target.tasks.append(DeleteChildTask(task.unique_ids, task.reason))
         elif isinstance(task, ChildRekeyTask):
             holder = target.holder_of(task.unique_id)

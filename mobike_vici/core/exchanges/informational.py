@@ -66,11 +66,10 @@ class DeleteChildTask:
         self.reason = reason
 
     def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
-        spis = tuple(sa.children[u].spi_in for u in self.unique_ids if u in sa.children)
-        for uid in self.unique_ids:
-            child = sa.children.get(uid)
-            if child is not None:
-                child.state = ChildState.DELETING
+        children = [h.children[u] for u in self.unique_ids if (h := sa.holder_of(u))]
+        spis = tuple(child.spi_in for child in children)
+        for child in children:
+            child.state = ChildState.DELETING
         if not spis:
             return []
         return [Delete(ProtocolId.ESP, spis)]

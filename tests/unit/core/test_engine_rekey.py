@@ -159,3 +159,20 @@ def test_ike_rekey_collision_leaves_one_sa(seed: int) -> None:
     assert [e.new_ike_spi for e in _of(net.events_a, IkeSaRekeyed)] == [sa.ike_spi]
     assert [e.new_ike_spi for e in _of(net.events_b, IkeSaRekeyed)] == [sb.ike_spi]
     assert not _of(net.events_a, ChildSaDeleted)
+
+
+@pytest.mark.parametrize("esp", ["aes128-sha256", "aes128-sha256-modp2048"])
+def test_additional_child_sa_on_established_ike_sa(esp: str) -> None:
+    net = _established(esp=esp)
+    (ike,) = net.a.status()
+    net.a.initiate("home", "net", 1.0)
+    net.pump()
+    (ike_a,) = net.a.status()
+    (ike_b,) = net.b.status()
+    assert ike_a.ike_spi == ike.ike_spi  # no second IKE_SA
+    assert len(ike_a.children) == len(ike_b.children) == 2
+    assert sorted(_child_ids(net.a)) == sorted((o, i) for i, o in _child_ids(net.b))
+    (ins_a,) = _of(net.events_a, ChildSaInstalled)
+    (ins_b,) = _of(net.events_b, ChildSaInstalled)
+    assert ins_a.keys == ins_b.keys and ins_a.proposal == esp
+    assert ins_a.rekey_of is None

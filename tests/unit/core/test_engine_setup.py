@@ -210,3 +210,20 @@ def test_encap_fakes_nat_so_both_ends_encapsulate() -> None:
     assert ib.nat_remote and not ib.nat_local  # bob believes alice is behind a NAT
     assert _of(net.events_a, ChildSaInstalled)[0].encap
     assert _of(net.events_b, ChildSaInstalled)[0].encap
+
+
+def test_unencodable_config_identity_fails_cleanly_in_both_roles() -> None:
+    # A DN identity passes the config loader but the native core cannot encode it.
+    ca, cb = config_pair()
+    dn_local = replace(cb.connections[0].local[0], id="C=CH, O=example, CN=bob")
+    cb = replace(cb, connections=(replace(cb.connections[0], local=(dn_local,)),))
+    net = Net(Engine(ca, seeded(11), lambda r: ALICE), Engine(cb, seeded(12), lambda r: BOB))
+    net.a.initiate("home", None, 0.0)
+    net.pump()  # must not raise
+    assert "authentication_failed" in [e.reason for e in _of(net.events_a, IkeSaDeleted)]
+    assert net.b.status() == []
+    ca = replace(ca, connections=(replace(ca.connections[0], local=(dn_local,)),))
+    net = Net(Engine(ca, seeded(13), lambda r: ALICE), Engine(cb, seeded(14), lambda r: BOB))
+    net.a.initiate("home", None, 0.0)
+    net.pump()
+    assert _of(net.events_a, IkeSaDeleted) and net.a.status() == []

@@ -183,8 +183,11 @@ def test_initial_contact_replaces_stale_sa() -> None:
 
 
 def test_second_sa_to_same_peer_sends_no_initial_contact() -> None:
-    net = _established()
-    net.a.initiate("home", None, 1.0)
+    net = make_pair()
+    # Two IKE_SAs to the same peer, started before either is up.
+    net.a.initiate("home", None, 0.0)
+    net.a.initiate("home", None, 0.0)
     net.pump()
-    assert len(net.a.status()) == 2 and len(net.b.status()) == 2
+    assert [s.state for s in net.b.status()] == ["ESTABLISHED", "ESTABLISHED"]
+    assert len(net.a.status()) == 2
     assert not _of(net.events_b, IkeSaDeleted)
