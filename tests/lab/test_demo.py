@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -44,7 +45,9 @@ def test_demo_without_root_exits_2_with_reason(monkeypatch: pytest.MonkeyPatch,
 
 @pytest.mark.netns
 def test_demo_brings_up_tunnel_and_cleans_up(tmp_path: Path) -> None:
-    before = set(list_namespaces())
+    # Only this process's namespaces: a parallel run's come and go on their own.
+    ours = f"mv-{os.getpid()}-"
+    before = {ns for ns in list_namespaces() if ns.startswith(ours)}
     out = io.StringIO()
     code = demo.run_demo(out=out)
     text = out.getvalue()
@@ -57,7 +60,7 @@ def test_demo_brings_up_tunnel_and_cleans_up(tmp_path: Path) -> None:
     for side, names in seen.items():
         assert set(demo.REQUIRED_EVENTS) <= names, (side, names)
     assert "demo: OK" in text
-    assert set(list_namespaces()) <= before
+    assert {ns for ns in list_namespaces() if ns.startswith(ours)} <= before
 
 
 @pytest.mark.netns
