@@ -14,6 +14,7 @@ anything).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import ipaddress
@@ -21,17 +22,19 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
-from typing import ParamSpec, Protocol, TextIO
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
 
 from ..config.model import Config, StartAction
 from ..core.engine import Datagram, Engine, IkeStatus
 from ..core.events import Event
-from ..eventlog import EventLog, configure, make_logger
+from ..esp.xfrm import select_data_plane
+from ..eventlog import EventLog, configure, core_event_fields, level_of, make_logger
 from ..types import IKE_PORT, NATT_PORT, Endpoint, Path
 from . import udp
 from .control import ControlError, ControlServer, JsonObject
-from .framing import NattKind, classify_natt, frame_natt
+from .esp_io import UserspaceEsp
+from .framing import NON_ESP_MARKER, NattKind, classify_natt, frame_natt
 from .status import status_json
 
 
@@ -52,6 +55,19 @@ EspHandler = Callable[[bytes, Path, float], None]
 """Takes one ESP-in-UDP datagram received on ``path`` (the data plane's hook)."""
 
 EventHook = Callable[[Event], None]
+
+
+class DataPlaneApi(Protocol):
+    """What the daemon uses of a userspace data plane (``daemon.esp_io.UserspaceEsp``)."""
+
+    def open(self, host: Any) -> None: ...
+    def close(self) -> None: ...
+    def receive_udp(self, data: bytes, path: Path, now: float) -> None: ...
+    def receive_esp(self, data: bytes, now: float) -> None: ...
+    def on_event(self, event: Event) -> Mapping[str, object]: ...
+    def sync(self, sas: list[IkeStatus]) -> None: ...
+    def counters(self) -> Mapping[int, Mapping[str, int]]: ...
+    def totals(self) -> JsonObject: ...
 
 _P = ParamSpec("_P")
 
@@ -92,6 +108,8 @@ class Daemon:
         bind: Sequence[tuple[socket.AddressFamily, str]] = WILDCARDS,
         control_path: str | None = None,
         esp_handler: EspHandler | None = None,
+        data_plane: DataPlaneApi | None = None,
+        probe_kernel: bool = False,
         shutdown_grace: float = 2.0,
     ) -> None:
         self.config = config
@@ -100,6 +118,10 @@ class Daemon:
         self.ike_port = ike_port
         self.natt_port = natt_port
         self.esp_handler = esp_handler
+        self.data_plane = data_plane
+        """Userspace ESP: opened after the sockets, fed core events, asked for counters."""
+        self.probe_kernel = probe_kernel
+        """Probe the kernel for ESP at start (``data_plane_selected``) before opening the TUN."""
         self.event_hooks: list[EventHook] = []
         self.shutdown_grace = shutdown_grace
         self.esp_dropped = 0
@@ -149,12 +171,29 @@ class Daemon:
             natt_port=self.natt_port,
             control=self._control.path if self._control else None,
         )
+        if self.data_plane is not None:
+            try:
+                self._open_data_plane()
+            except BaseException:
+                await self.close()
+                raise
         now = self.now()
         for conn in self.config.connections:
             for child in conn.children:
                 if _starts(child.start_action):
                     self._guarded("initiate", self.engine.initiate, conn.name, child.name, now)
         self._after_engine()
+
+    def _open_data_plane(self) -> None:
+        assert self.data_plane is not None
+        # The kernel XFRM path is wired elsewhere; here: say which one, and run
+        # userspace ESP only when the kernel cannot carry ESP.
+        if self.probe_kernel and _in_thread(select_data_plane, self.log).available:
+            self.data_plane = None
+            return
+        self.data_plane.open(self)
+        if self.esp_handler is None:
+            self.esp_handler = self.data_plane.receive_udp
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT (or ``request_stop``), then delete SAs and return 0."""
@@ -209,6 +248,8 @@ class Daemon:
             self.log.emit("shutdown_incomplete", ike_sas=sorted(pending))
 
     async def close(self) -> None:
+        if self.data_plane is not None:
+            self.data_plane.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -251,34 +292,66 @@ class Daemon:
             return False
         return True
 
+    def natt_socket(self, family: socket.AddressFamily) -> socket.socket | None:
+        """The NAT-T port's socket of ``family``: ESP-in-UDP leaves through it."""
+        return self._sockets.get((family, self.natt_port))
+
+    def child_request(self, kind: int, unique_id: int) -> None:
+        """The data plane's lifetimes ask for a CHILD_SA rekey (1) or delete (2)."""
+        name = "rekey_child" if kind == 1 else "delete_child"
+        call = getattr(self.engine, name, None)
+        if call is None:
+            return
+        self.log.emit("child_sa_limit_reached", unique_id=unique_id,
+                      action="rekey" if kind == 1 else "delete")
+        self._guarded(name, call, unique_id, self.now())
+        self._after_engine()
+
     def _on_readable(self, sock: socket.socket, port: int) -> None:
         now = self.now()
+        ike = False
+        # ESP on the NAT-T port goes straight to the data plane: its outer addresses do
+        # not matter (the SPI finds the SA), so they are not parsed per packet.
+        esp_fast = self.data_plane.receive_esp if (
+            self.data_plane is not None and port == self.natt_port) else None
         for _ in range(MAX_BATCH):
             try:
-                data, local, remote = udp.receive(sock)
+                data, ancdata, peer = udp.receive_raw(sock)
             except BlockingIOError:
                 break
             except OSError as exc:
                 self.log.emit("receive_failed", port=port,
                               error=errno.errorcode.get(exc.errno or 0, str(exc)))
                 break
-            self._dispatch(data, Path(local, remote), port, now)
-        self._after_engine()
+            if esp_fast is not None and len(data) > 1 and data[:4] != NON_ESP_MARKER:
+                try:
+                    esp_fast(data, now)
+                except Exception as exc:
+                    self.log.emit("packet_dropped", reason="internal_error",
+                                  error=type(exc).__name__)
+                continue
+            local, remote = udp.endpoints(sock, ancdata, peer)
+            ike |= self._dispatch(data, Path(local, remote), port, now)
+        if ike:
+            # A batch of ESP alone changed nothing in the engine: no flush, no re-arm.
+            self._after_engine()
 
-    def _dispatch(self, data: bytes, path: Path, port: int, now: float) -> None:
+    def _dispatch(self, data: bytes, path: Path, port: int, now: float) -> bool:
+        """Hand one datagram on; True if it went to the engine."""
         if port == self.natt_port:
             kind, payload = classify_natt(data)
             if kind is NattKind.KEEPALIVE:
-                return
+                return False
             if kind is NattKind.ESP:
                 self._esp(payload, path, now)
-                return
+                return False
             data = payload
         try:
             self.engine.receive_datagram(data, path, now)
         except Exception as exc:
             self.log.emit("packet_dropped", local=str(path.local), remote=str(path.remote),
                           reason="internal_error", error=type(exc).__name__)
+        return True
 
     def _esp(self, data: bytes, path: Path, now: float) -> None:
         if self.esp_handler is not None:
@@ -307,6 +380,11 @@ class Daemon:
         now = self.now()
         self._flush(now)
         self._drain_events()
+        if self.data_plane is not None:
+            try:
+                self.data_plane.sync(self._status())
+            except Exception as exc:
+                self.log.emit("engine_error", call="data_plane_sync", error=type(exc).__name__)
         self._rearm(not_before)
         self._changed.set()
 
@@ -347,7 +425,17 @@ class Daemon:
                 return
             if event is None:
                 return
-            self.log.core_event(event)
+            extra: Mapping[str, object] = {}
+            if self.data_plane is not None:
+                try:
+                    extra = self.data_plane.on_event(event)
+                except Exception as exc:
+                    self.log.emit("engine_error", call="data_plane", error=type(exc).__name__)
+            if extra:
+                name, fields = core_event_fields(event)
+                self.log.write(level_of(name), name, {**fields, **extra})
+            else:
+                self.log.core_event(event)
             for hook in self.event_hooks:
                 try:
                     hook(event)
@@ -382,9 +470,12 @@ class Daemon:
     def _control_request(self, req: JsonObject) -> JsonObject:
         cmd = req.get("cmd")
         if cmd == "status":
-            answer = status_json(self.engine.status(), backend="native")
+            counters = self.data_plane.counters() if self.data_plane is not None else None
+            answer = status_json(self.engine.status(), backend="native", counters=counters)
             answer["pid"] = os.getpid()
             answer["esp_dropped"] = self.esp_dropped
+            if self.data_plane is not None:
+                answer["esp"] = self.data_plane.totals()
             return answer
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
@@ -395,6 +486,15 @@ class Daemon:
             host, port = sock.getsockname()[:2]
             out.append(Endpoint(ipaddress.ip_address(host), port))
         return out
+
+
+_T = TypeVar("_T")
+
+
+def _in_thread(call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """Run a short blocking call that must not see the running loop (pyroute2 starts its own)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(call, *args, **kwargs).result()
 
 
 def run_native(config: Config, events: TextIO, control_path: str | None) -> int:
@@ -411,7 +511,8 @@ def run_native(config: Config, events: TextIO, control_path: str | None) -> int:
               file=sys.stderr)
         return 1
     try:
-        daemon = Daemon(config, engine, log, control_path=control_path)
+        daemon = Daemon(config, engine, log, control_path=control_path,
+                        data_plane=UserspaceEsp(config), probe_kernel=True)
         return asyncio.run(daemon.run())
     except (OSError, ControlError) as exc:
         print(f"mobike-vici: {exc}", file=sys.stderr)

@@ -6,7 +6,7 @@ text follows ``swanctl --list-sas`` closely enough that an operator reads it at 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from ..core.engine import ChildStatus, IkeStatus
 from ..eventlog import spi_hex
@@ -14,8 +14,8 @@ from ..eventlog import spi_hex
 JsonObject = dict[str, object]
 
 
-def child_json(child: ChildStatus) -> JsonObject:
-    return {
+def child_json(child: ChildStatus, counters: Mapping[str, int] | None = None) -> JsonObject:
+    out: JsonObject = {
         "name": child.name,
         "unique_id": child.unique_id,
         "state": child.state,
@@ -25,9 +25,13 @@ def child_json(child: ChildStatus) -> JsonObject:
         "remote_ts": list(child.remote_ts),
         "proposal": child.proposal,
     }
+    if counters is not None:
+        out["counters"] = dict(counters)
+    return out
 
 
-def ike_json(ike: IkeStatus) -> JsonObject:
+def ike_json(ike: IkeStatus,
+             counters: Mapping[int, Mapping[str, int]] | None = None) -> JsonObject:
     return {
         "conn": ike.conn,
         "ike_spi": ike.ike_spi,
@@ -39,12 +43,16 @@ def ike_json(ike: IkeStatus) -> JsonObject:
         "remote_id": ike.remote_id,
         "proposal": ike.proposal,
         "virtual_ips": [str(ip) for ip in ike.virtual_ips],
-        "children": [child_json(c) for c in ike.children],
+        "children": [child_json(c, counters.get(c.unique_id) if counters is not None else None)
+                     for c in ike.children],
     }
 
 
-def status_json(sas: Iterable[IkeStatus], backend: str) -> JsonObject:
-    return {"ok": True, "backend": backend, "ike_sas": [ike_json(ike) for ike in sas]}
+def status_json(sas: Iterable[IkeStatus], backend: str,
+                counters: Mapping[int, Mapping[str, int]] | None = None) -> JsonObject:
+    """``counters``: the data plane's per-CHILD_SA counters by unique_id, when there is one."""
+    return {"ok": True, "backend": backend,
+            "ike_sas": [ike_json(ike, counters) for ike in sas]}
 
 
 def _s(obj: JsonObject, key: str) -> str:
@@ -83,4 +91,16 @@ def format_status(answer: JsonObject) -> str:
             remote_ts = " ".join(str(t) for t in _list(child, "remote_ts"))
             lines.append(f"    local  {local_ts}")
             lines.append(f"    remote {remote_ts}")
+            counters = child.get("counters")
+            if isinstance(counters, dict):
+                c = {k: counters.get(k, 0) for k in (
+                    "bytes_in", "packets_in", "bytes_out", "packets_out", "replay_failures",
+                    "integrity_failures", "decode_failures", "ts_failures")}
+                lines.append(
+                    f"    esp    in {c['bytes_in']} bytes ({c['packets_in']} packets),"
+                    f" out {c['bytes_out']} bytes ({c['packets_out']} packets),"
+                    f" dropped: replay {c['replay_failures']}, integrity"
+                    f" {c['integrity_failures']}, malformed {c['decode_failures']},"
+                    f" selectors {c['ts_failures']}"
+                )
     return "\n".join(lines)

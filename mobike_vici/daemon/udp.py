@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import socket
 import struct
+from typing import Any
 
 from ..types import Endpoint, IPAddress
 
@@ -60,6 +61,21 @@ def _local_from_ancillary(
             dst6, _ifindex6 = _IN6_PKTINFO.unpack_from(data)
             return ipaddress.IPv6Address(dst6)
     return fallback
+
+
+def receive_raw(sock: socket.socket) -> tuple[bytes, list[tuple[int, int, bytes]], Any]:
+    """One datagram with its ancillary data and sender, nothing parsed yet (the ESP fast
+    path looks at the first bytes before paying for addresses). Raises BlockingIOError."""
+    data, ancdata, _flags, peer = sock.recvmsg(MAX_DATAGRAM, _ANCILLARY_SPACE)
+    return data, ancdata, peer
+
+
+def endpoints(sock: socket.socket, ancdata: list[tuple[int, int, bytes]],
+              peer: Any) -> tuple[Endpoint, Endpoint]:
+    """(local, remote) of a datagram from :func:`receive_raw`."""
+    bound_addr, bound_port = sock.getsockname()[:2]
+    local_addr = _local_from_ancillary(ancdata, ipaddress.ip_address(bound_addr))
+    return Endpoint(local_addr, bound_port), Endpoint(ipaddress.ip_address(peer[0]), peer[1])
 
 
 def receive(sock: socket.socket) -> tuple[bytes, Endpoint, Endpoint]:

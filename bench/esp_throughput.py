@@ -1,0 +1,100 @@
+"""Benchmark: TCP throughput through the tunnel, native <-> native, native <-> charon and
+charon <-> charon (kernel-libipsec), in the same run. Prints one JSON object.
+
+Each pair gets a fresh two-host lab (``tests/data/support.py``): host_a initiates
+with a virtual IP, host_b answers and has 10.88.0.1 on its loopback. One TCP
+connection (``tests/data/transfer.py``, kernel TCP, Python only at the ends)
+carries ``--megabytes`` from host_a to host_b; the receiver times first byte
+to EOF. ``--rounds`` transfers per pair after one small warm-up; the median
+counts. Never judges the numbers. Needs root (network namespaces) and strongSwan.
+
+Both ends of the tunnel share the machine's CPUs with the TCP endpoints, so
+on a small machine this measures CPU cost per byte more than anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mobike_vici.lab.charon import charon_available
+from mobike_vici.lab.netns import Lab, is_root
+from tests.data.support import INNER_ADDR, build, transfer
+
+EXIT_NO_ROOT = 2
+PAIRS = {
+    "native_native": (True, True),
+    "native_charon": (True, False),
+    "charon_native": (False, True),
+    "charon_charon": (False, False),
+}
+
+
+def measure(pair: str, esp: str, nbytes: int, rounds: int, encap: bool) -> dict[str, Any]:
+    a_native, b_native = PAIRS[pair]
+    with Lab() as lab:
+        tunnel = build(lab, a_native=a_native, b_native=b_native, esp=esp, encap=encap)
+        topo = tunnel.topo
+        transfer(topo.host_a, topo.host_b, INNER_ADDR, 2 << 20, seed=99)  # warm-up
+        rates: list[float] = []
+        intact = True
+        for i in range(rounds):
+            sent, received = transfer(topo.host_a, topo.host_b, INNER_ADDR, nbytes, seed=i)
+            intact = intact and sent["sha256"] == received["sha256"]
+            seconds = max(float(received["seconds"]), 1e-9)
+            rates.append(round(received["bytes"] * 8 / seconds / 1e6, 1))
+    return {"mbit_s": rates, "median_mbit_s": round(statistics.median(rates), 1), "intact": intact}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megabytes", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--esp-proposal", default="aes128gcm16")
+    parser.add_argument("--encap", action="store_true",
+                        help="force UDP encapsulation (charon's libipsec always uses it)")
+    parser.add_argument("--pairs", default="native_native,native_charon,charon_charon",
+                        help=f"comma-separated, from {', '.join(PAIRS)}")
+    args = parser.parse_args(argv)
+    if not is_root():
+        print("esp_throughput: needs root (network namespaces)", file=sys.stderr)
+        return EXIT_NO_ROOT
+    pairs = [p for p in args.pairs.split(",") if p]
+    if any("charon" in p for p in pairs) and not charon_available():
+        print("esp_throughput: strongSwan charon/swanctl not installed", file=sys.stderr)
+        return EXIT_NO_ROOT
+    started = time.time()
+    results = {pair: measure(pair, args.esp_proposal, args.megabytes << 20, args.rounds,
+                             args.encap) for pair in pairs}
+    out: dict[str, Any] = {
+        "benchmark": "esp_throughput",
+        "esp_proposal": args.esp_proposal,
+        "encap_forced": args.encap,
+        "megabytes": args.megabytes,
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "results": results,
+        "seconds": round(time.time() - started, 1),
+    }
+    charon = results.get("charon_charon", {}).get("median_mbit_s")
+    if charon:
+        out["native_vs_charon"] = {
+            pair: round(r["median_mbit_s"] / charon, 2)
+            for pair, r in results.items() if pair != "charon_charon"
+        }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,587 @@
+"""The userspace data plane's SA database: CHILD_SAs by inbound SPI and by traffic selector,
+their outer endpoints, per-SA counters, and the byte/packet lifetimes.
+
+No I/O and no clock: the daemon's ESP adapter (``daemon/esp_io.py``) feeds TUN
+packets to :meth:`DataPlane.protect` and ESP packets to :meth:`DataPlane.unprotect`
+and sends or writes what comes back. The SA state (sequence numbers, replay
+window, counters) lives in :class:`~mobike_vici.esp.sa.EspSaPair` and is never
+rebuilt after installation: a MOBIKE move (:meth:`DataPlane.move`) only swaps
+the outer endpoints, so nothing restarts and no packet leaves on the old path
+once the move is recorded (packets are protected and addressed in one step).
+
+Rekeying: a new CHILD_SA with ``rekey_of`` becomes the outbound SA at once when
+we initiated the rekey; as the responder we keep sending on the old one until
+the peer shows it has the new one (a packet arrives on it) or the old one is
+deleted, because the initiator installs its new inbound SA only when our
+CREATE_CHILD_SA response arrives. Inbound, both SAs work until the old one
+is deleted, so nothing in flight is lost.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Protocol
+
+from ..core.ts import PROTOCOL_NAMES
+from ..types import Path
+from .errors import EspError, SequenceExhausted
+from .packet import NEXT_HEADER_NONE, decapsulate, encapsulate, read_spi
+from .replay import DEFAULT_WINDOW
+from .sa import ChildSaLike, EspSaPair
+
+__all__ = [
+    "ChildEntry",
+    "DataPlane",
+    "Limits",
+    "Request",
+    "RequestKind",
+    "Selector",
+    "parse_selector",
+]
+
+_PROTO_BY_NAME = {name: number for number, name in PROTOCOL_NAMES.items()}
+_PORT_PROTOCOLS = frozenset({6, 17, 132, 136})  # TCP, UDP, SCTP, UDP-Lite
+_ICMP = frozenset({1, 58})
+_PORT_VALUE = re.compile(r"(\d+)(?:\((\d+)\))?")
+_INF = float("inf")
+
+LINGER = 5.0
+"""Seconds a deleted CHILD_SA's inbound SA still decrypts: the peer may have sent on it
+until it learned of the delete (a rekey collision's loser is deleted by one side while
+the other still sends on it). Inbound only: nothing is sent on it any more."""
+
+CACHE_LIMIT = 4096
+"""Outbound selector lookups remembered per flow key; the cache is dropped when full."""
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """One traffic selector as integers: an address range, a protocol (0: any), a port range."""
+
+    version: int
+    lo: int
+    hi: int
+    proto: int = 0
+    port_lo: int = 0
+    port_hi: int = 65535
+
+    @property
+    def any_port(self) -> bool:
+        return self.port_lo == 0 and self.port_hi == 65535
+
+    @property
+    def addr_only(self) -> bool:
+        return self.proto == 0 and self.any_port
+
+    def matches(self, version: int, addr: int, proto: int, port: int | None) -> bool:
+        if version != self.version or not self.lo <= addr <= self.hi:
+            return False
+        if self.proto and self.proto != proto:
+            return False
+        if self.any_port:
+            return True
+        return port is not None and self.port_lo <= port <= self.port_hi
+
+
+def parse_selector(text: str) -> Selector:
+    """A selector as the core prints it (``10.1.0.0/24``, ``a..b[tcp/80-90]``, ``[icmp/8(0)]``).
+
+    Raises ValueError for anything else.
+    """
+    addr_part, bracket, rest = text.partition("[")
+    if ".." in addr_part:
+        first, last = (ipaddress.ip_address(a) for a in addr_part.split("..", 1))
+        if first.version != last.version:
+            raise ValueError(f"mixed address families in {text!r}")
+        version, lo, hi = first.version, int(first), int(last)
+    else:
+        net = ipaddress.ip_network(addr_part, strict=False)
+        version, lo, hi = net.version, int(net.network_address), int(net.broadcast_address)
+    if not bracket:
+        return Selector(version, lo, hi)
+    if not rest.endswith("]"):
+        raise ValueError(f"unterminated selector {text!r}")
+    proto_text, _, ports = rest[:-1].partition("/")
+    proto = int(proto_text) if proto_text.isdigit() else _PROTO_BY_NAME.get(proto_text, -1)
+    if not 0 <= proto <= 255:
+        raise ValueError(f"unknown protocol in selector {text!r}")
+    if not ports:
+        return Selector(version, lo, hi, proto)
+    if ports == "OPAQUE":
+        return Selector(version, lo, hi, proto, 65535, 0)
+    bounds = ports.split("-", 1)
+    values = [_port_value(b, proto in _ICMP, text) for b in bounds]
+    return Selector(version, lo, hi, proto, values[0], values[-1])
+
+
+def _port_value(value: str, icmp: bool, text: str) -> int:
+    match = _PORT_VALUE.fullmatch(value)
+    if match is None:
+        raise ValueError(f"bad port in selector {text!r}")
+    number = int(match.group(1))
+    if icmp:
+        return (number << 8) | int(match.group(2) or 0)
+    return number
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """swanctl's byte and packet lifetimes of a CHILD_SA; 0 means no limit."""
+
+    rekey_bytes: int = 0
+    life_bytes: int = 0
+    rekey_packets: int = 0
+    life_packets: int = 0
+
+
+class LimitsConfig(Protocol):
+    """The fields of a ``ChildConfig`` that :meth:`Limits.of` reads."""
+
+    @property
+    def rekey_bytes(self) -> int: ...
+    @property
+    def life_bytes(self) -> int: ...
+    @property
+    def rekey_packets(self) -> int: ...
+    @property
+    def life_packets(self) -> int: ...
+
+
+def limits_of(config: LimitsConfig) -> Limits:
+    return Limits(config.rekey_bytes, config.life_bytes, config.rekey_packets,
+                  config.life_packets)
+
+
+class RequestKind(IntEnum):
+    REKEY = 1
+    """A soft limit (or the sequence number space) ran out: rekey the CHILD_SA."""
+    DELETE = 2
+    """A hard limit ran out: the SA carries nothing more; delete the CHILD_SA."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    kind: RequestKind
+    unique_id: int
+
+
+class ChildInstalledLike(ChildSaLike, Protocol):
+    """The fields of ``core.events.ChildSaInstalled`` the data plane reads."""
+
+    @property
+    def ike_spi(self) -> str: ...
+    @property
+    def conn(self) -> str: ...
+    @property
+    def child(self) -> str: ...
+    @property
+    def unique_id(self) -> int: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def encap(self) -> bool: ...
+    @property
+    def local_ts(self) -> tuple[str, ...]: ...
+    @property
+    def remote_ts(self) -> tuple[str, ...]: ...
+    @property
+    def rekey_of(self) -> int | None: ...
+
+
+class ChildEntry:
+    """One installed CHILD_SA: its SAs, selectors, outer path and lifetime state."""
+
+    __slots__ = (
+        "_in_cache",
+        "active",
+        "addr_only",
+        "child",
+        "conn",
+        "encap",
+        "expired",
+        "hard_bytes",
+        "hard_packets",
+        "ike_spi",
+        "limits",
+        "local_ts",
+        "pair",
+        "path",
+        "rekey_of",
+        "remote_ts",
+        "replaced",
+        "soft_bytes",
+        "soft_packets",
+        "ts_failures",
+        "unique_id",
+    )
+
+    def __init__(self, event: ChildInstalledLike, limits: Limits, replay_window: int) -> None:
+        self.unique_id = event.unique_id
+        self.ike_spi = event.ike_spi
+        self.conn = event.conn
+        self.child = event.child
+        self.rekey_of = event.rekey_of
+        self.pair = EspSaPair.from_child(event, replay_window)
+        self.path = event.path
+        self.encap = event.encap
+        self.local_ts = tuple(parse_selector(t) for t in event.local_ts)
+        self.remote_ts = tuple(parse_selector(t) for t in event.remote_ts)
+        self.addr_only = all(s.addr_only for s in self.local_ts + self.remote_ts)
+        self.limits = limits
+        self.active = True
+        """Used for outbound traffic (False: a rekey responder's SA the peer may not have yet)."""
+        self.replaced = False
+        """A newer CHILD_SA replaces this one: no more rekey requests for it."""
+        self.expired = False
+        self.ts_failures = 0
+        """Inbound packets that decrypted but did not match the selectors."""
+        self.soft_bytes: float = limits.rekey_bytes or _INF
+        self.soft_packets: float = limits.rekey_packets or _INF
+        self.hard_bytes: float = limits.life_bytes or _INF
+        self.hard_packets: float = limits.life_packets or _INF
+        self._in_cache: dict[bytes, bool] = {}
+
+    def inbound_allowed(self, inner: bytes) -> bool:
+        """Does a decrypted packet fit (source in remote TS, destination in local TS)?"""
+        if self.addr_only:
+            cached = self._in_cache.get(_address_key(inner))
+            if cached is not None:
+                return cached
+        flow = _flow(inner)
+        if flow is None:
+            return False
+        version, src, dst, proto, sport, dport, key = flow
+        ok = (any(s.matches(version, src, proto, sport) for s in self.remote_ts)
+              and any(s.matches(version, dst, proto, dport) for s in self.local_ts))
+        if self.addr_only:
+            if len(self._in_cache) >= CACHE_LIMIT:
+                self._in_cache.clear()
+            self._in_cache[key] = ok
+        return ok
+
+    def outbound_matches(self, version: int, src: int, dst: int, proto: int,
+                         sport: int | None, dport: int | None) -> bool:
+        return (any(s.matches(version, src, proto, sport) for s in self.local_ts)
+                and any(s.matches(version, dst, proto, dport) for s in self.remote_ts))
+
+    def counters(self) -> dict[str, int]:
+        inbound, outbound = self.pair.inbound.counters, self.pair.outbound.counters
+        return {
+            "bytes_in": inbound.bytes,
+            "packets_in": inbound.packets,
+            "bytes_out": outbound.bytes,
+            "packets_out": outbound.packets,
+            "replay_failures": inbound.replay_failures,
+            "integrity_failures": inbound.integrity_failures,
+            "decode_failures": inbound.decode_failures,
+            "ts_failures": self.ts_failures,
+        }
+
+
+_FlowKey = bytes
+
+
+def _address_key(packet: bytes) -> _FlowKey:
+    """Source and destination address bytes: the cache key when selectors have no ports.
+
+    Garbage gives some key that :func:`_flow` never produces, so it is never a hit.
+    """
+    version = packet[0] >> 4 if packet else 0
+    if version == 4:
+        return packet[12:20]
+    if version == 6:
+        return packet[8:40]
+    return b""
+_Flow = tuple[int, int, int, int, int | None, int | None, _FlowKey]
+
+
+def _flow(packet: bytes) -> _Flow | None:
+    """(version, src, dst, proto, sport, dport, address key) of an IP packet, None if not IP.
+
+    Ports are None where the packet has none we can see (other protocols, a
+    non-first fragment); for ICMP both are type << 8 | code as in selectors.
+    """
+    if len(packet) < 20:
+        return None
+    version = packet[0] >> 4
+    if version == 4:
+        ihl = (packet[0] & 0x0F) * 4
+        proto = packet[9]
+        key = packet[12:20]
+        src = int.from_bytes(key[:4], "big")
+        dst = int.from_bytes(key[4:], "big")
+        first_fragment = not (int.from_bytes(packet[6:8], "big") & 0x1FFF)
+        offset = ihl
+    elif version == 6:
+        if len(packet) < 40:
+            return None
+        # Extension headers are not walked: selectors with ports then see proto as is.
+        proto = packet[6]
+        key = packet[8:40]
+        src = int.from_bytes(key[:16], "big")
+        dst = int.from_bytes(key[16:], "big")
+        first_fragment = True
+        offset = 40
+    else:
+        return None
+    sport = dport = None
+    if first_fragment and len(packet) >= offset + 4:
+        if proto in _PORT_PROTOCOLS:
+            sport = int.from_bytes(packet[offset:offset + 2], "big")
+            dport = int.from_bytes(packet[offset + 2:offset + 4], "big")
+        elif proto in _ICMP:
+            sport = dport = (packet[offset] << 8) | packet[offset + 1]
+    return version, src, dst, proto, sport, dport, key
+
+
+class DataPlane:
+    """Every CHILD_SA of one daemon as the data plane sees it.
+
+    ``random_bytes`` supplies CBC IVs (unpredictable, RFC 3602); AES-GCM uses
+    the sequence number as its IV (unique per key).
+    """
+
+    def __init__(self, random_bytes: Callable[[int], bytes]) -> None:
+        self._random = random_bytes
+        self._by_spi: dict[int, ChildEntry] = {}
+        self._by_id: dict[int, ChildEntry] = {}
+        self._outbound: list[ChildEntry] = []
+        """Active entries, newest first: the first match wins."""
+        self._cache: dict[bytes, ChildEntry | None] = {}
+        self._addr_only = True
+        self._requests: list[Request] = []
+        self._lingering: dict[int, tuple[ChildEntry, float]] = {}
+        """Deleted CHILD_SAs by inbound SPI, with the time their inbound SA goes away."""
+        self.unknown_spi = 0
+        """Inbound ESP packets for no SA we have."""
+        self.no_policy = 0
+        """Outbound packets no CHILD_SA's selectors cover (dropped, never sent in clear)."""
+        self.dropped_out = 0
+        """Outbound packets a matching SA could not protect (expired, sequence exhausted)."""
+        self.drops: dict[str, int] = {}
+        """Inbound drops since start by ``packet_dropped`` reason (survives SA deletion)."""
+
+    # --- the SA database ---------------------------------------------------------
+
+    def install(self, event: ChildInstalledLike, limits: Limits = Limits(),
+                replay_window: int = DEFAULT_WINDOW) -> ChildEntry:
+        """Add a new CHILD_SA; an event for a unique_id we have is a move (see :meth:`move`)."""
+        known = self._by_id.get(event.unique_id)
+        if known is not None:
+            self.move_child(event.unique_id, event.path, event.encap)
+            return known
+        entry = ChildEntry(event, limits, replay_window)
+        old = self._by_id.get(event.rekey_of) if event.rekey_of is not None else None
+        if old is not None:
+            old.replaced = True
+            # Responder of the rekey: the peer learns of the new SA from our answer.
+            entry.active = event.initiator
+            if entry.active:
+                old.active = False
+        self._by_id[entry.unique_id] = entry
+        self._by_spi[entry.pair.inbound.spi] = entry
+        self._rebuild()
+        return entry
+
+    def remove(self, unique_id: int, now: float | None = None,
+               linger: float = LINGER) -> ChildEntry | None:
+        """Forget a deleted CHILD_SA; activates a rekey successor still waiting for this.
+
+        With ``now``, its inbound SA keeps decrypting until ``now + linger``.
+        """
+        entry = self._by_id.pop(unique_id, None)
+        if entry is None:
+            return None
+        spi = entry.pair.inbound.spi
+        if self._by_spi.get(spi) is entry:
+            del self._by_spi[spi]
+            if now is not None and linger > 0:
+                self._expire_lingering(now)
+                self._lingering[spi] = (entry, now + linger)
+        for other in self._by_id.values():
+            if other.rekey_of == unique_id:
+                other.active = True
+        self._rebuild()
+        return entry
+
+    def _expire_lingering(self, now: float) -> None:
+        for spi, (_entry, until) in list(self._lingering.items()):
+            if until <= now:
+                del self._lingering[spi]
+
+    def get(self, unique_id: int) -> ChildEntry | None:
+        return self._by_id.get(unique_id)
+
+    def entries(self) -> list[ChildEntry]:
+        return list(self._by_id.values())
+
+    def move_child(self, unique_id: int, path: Path, encap: bool | None = None) -> bool:
+        """New outer endpoints (and encapsulation) for one CHILD_SA; True if anything changed.
+
+        Sequence numbers, replay window and counters stay as they are.
+        """
+        entry = self._by_id.get(unique_id)
+        if entry is None:
+            return False
+        changed = entry.path != path or (encap is not None and encap != entry.encap)
+        entry.path = path
+        if encap is not None:
+            entry.encap = encap
+        return changed
+
+    def move(self, ike_spi: str, path: Path, encap: bool | None = None) -> int:
+        """Move every CHILD_SA of one IKE_SA; returns how many changed."""
+        return sum(self.move_child(e.unique_id, path, encap)
+                   for e in list(self._by_id.values()) if e.ike_spi == ike_spi)
+
+    def reparent(self, old_ike_spi: str, new_ike_spi: str) -> None:
+        """An IKE_SA rekey hands its CHILD_SAs to the new IKE_SA."""
+        for entry in self._by_id.values():
+            if entry.ike_spi == old_ike_spi:
+                entry.ike_spi = new_ike_spi
+
+    @property
+    def has_requests(self) -> bool:
+        return bool(self._requests)
+
+    def take_requests(self) -> list[Request]:
+        """Rekeys and deletes the lifetimes asked for since the last call."""
+        out, self._requests = self._requests, []
+        return out
+
+    def _rebuild(self) -> None:
+        self._outbound = sorted((e for e in self._by_id.values() if e.active and not e.expired),
+                                key=lambda e: -e.unique_id)
+        self._addr_only = all(e.addr_only for e in self._outbound)
+        self._cache.clear()
+
+    # --- packets -------------------------------------------------------------------
+
+    def lookup(self, inner: bytes) -> ChildEntry | None:
+        """The CHILD_SA whose selectors cover an outbound packet, or None."""
+        if self._addr_only:
+            try:
+                return self._cache[_address_key(inner)]
+            except KeyError:
+                pass
+        flow = _flow(inner)
+        if flow is None:
+            return None
+        version, src, dst, proto, sport, dport, key = flow
+        found = None
+        for entry in self._outbound:
+            if entry.outbound_matches(version, src, dst, proto, sport, dport):
+                found = entry
+                break
+        if self._addr_only:
+            if len(self._cache) >= CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = found
+        return found
+
+    def protect(self, inner: bytes) -> tuple[ChildEntry, bytes] | None:
+        """Encrypt an outbound packet: (entry to send it on, ESP packet), or None to drop it."""
+        entry = self.lookup(inner)
+        if entry is None:
+            self.no_policy += 1
+            return None
+        sa = entry.pair.outbound
+        try:
+            esp = encapsulate(sa, inner, None if sa.transform.sequence_iv else self._random)
+        except SequenceExhausted:
+            self._request(entry, RequestKind.REKEY)
+            self._expire(entry)
+            self.dropped_out += 1
+            return None
+        except EspError:
+            self.dropped_out += 1
+            return None
+        counters = sa.counters
+        if counters.bytes >= entry.soft_bytes or counters.packets >= entry.soft_packets:
+            self._limit_reached(entry)
+        return entry, esp
+
+    def unprotect(self, packet: bytes,
+                  now: float | None = None) -> tuple[ChildEntry | None, bytes | None]:
+        """Check and decrypt an inbound ESP packet: (its entry, inner IP packet).
+
+        ``inner`` is None when the packet is dropped (counted on the entry, or
+        in ``unknown_spi`` when there is no entry) or when it was a dummy.
+        """
+        try:
+            spi = read_spi(packet)
+        except EspError:
+            self.unknown_spi += 1
+            self._dropped("malformed")
+            return None, None
+        entry = self._by_spi.get(spi)
+        if entry is None:
+            lingering = self._lingering.get(spi)
+            if lingering is None or now is None or lingering[1] <= now:
+                self.unknown_spi += 1
+                self._dropped("unknown_spi")
+                return None, None
+            entry = lingering[0]
+        if entry.expired:
+            self._dropped("sa_expired")
+            return entry, None
+        sa = entry.pair.inbound
+        try:
+            next_header, inner = decapsulate(sa, packet)
+        except EspError as exc:
+            self._dropped(exc.reason)
+            return entry, None
+        if not entry.active and entry.unique_id in self._by_id:
+            # The peer sends on the new SA, so it has installed it: we may too.
+            entry.active = True
+            self._rebuild()
+        counters = sa.counters
+        if counters.bytes >= entry.soft_bytes or counters.packets >= entry.soft_packets:
+            self._limit_reached(entry)
+        if next_header == NEXT_HEADER_NONE:
+            return entry, None
+        if not entry.inbound_allowed(inner):
+            entry.ts_failures += 1
+            self._dropped("ts_mismatch")
+            return entry, None
+        return entry, inner
+
+    def _dropped(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    # --- lifetimes -------------------------------------------------------------------
+
+    def _limit_reached(self, entry: ChildEntry) -> None:
+        inbound, outbound = entry.pair.inbound.counters, entry.pair.outbound.counters
+        used_bytes = max(inbound.bytes, outbound.bytes)
+        used_packets = max(inbound.packets, outbound.packets)
+        if used_bytes >= entry.hard_bytes or used_packets >= entry.hard_packets:
+            self._request(entry, RequestKind.DELETE)
+            self._expire(entry)
+            return
+        if not entry.replaced:
+            self._request(entry, RequestKind.REKEY)
+        # Next stop: the hard limits (and each soft limit fires once).
+        entry.soft_bytes = entry.hard_bytes
+        entry.soft_packets = entry.hard_packets
+
+    def _expire(self, entry: ChildEntry) -> None:
+        if not entry.expired:
+            entry.expired = True
+            self._rebuild()
+
+    def _request(self, entry: ChildEntry, kind: RequestKind) -> None:
+        request = Request(kind, entry.unique_id)
+        if request not in self._requests:
+            self._requests.append(request)
+        if kind == RequestKind.REKEY:
+            entry.replaced = True
+
+
+def selectors(texts: Iterable[str]) -> list[Selector]:
+    """Parse several selectors, skipping none: a bad one raises ValueError."""
+    return [parse_selector(t) for t in texts]
