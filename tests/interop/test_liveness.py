@@ -1,0 +1,105 @@
+"""Dead peer detection both ways, deletes from either side, and charon clearing an SA
+whose peer (our daemon) was SIGKILLed."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from .configs import CONN
+from .support import CHANGE_TIMEOUT, Interop, Tunnel, charon_ike_sas, count_log, wait_until
+
+pytestmark = [pytest.mark.netns, pytest.mark.charon]
+
+ROLES = pytest.mark.parametrize("native_initiates", [True, False],
+                                ids=["native-initiator", "charon-initiator"])
+DPD_ROUNDS = 3
+# charon's log lines (ike/enc level 1) for an empty INFORMATIONAL exchange.
+EMPTY_REQUEST_IN = r"parsed INFORMATIONAL request \d+ \[ \]"
+EMPTY_RESPONSE_OUT = r"generating INFORMATIONAL response \d+ \[ \]"
+EMPTY_RESPONSE_IN = r"parsed INFORMATIONAL response \d+ \[ \]"
+# Short retransmissions so a dead peer is declared dead in seconds (1 + 1.4 + 1.96).
+QUICK_RETRANSMIT = "retransmit_timeout = 1\n    retransmit_tries = 2\n    retransmit_base = 1.4"
+
+
+def _unchanged(tunnel: Tunnel) -> bool:
+    child = tunnel.child_event
+    return tunnel.both_show_only(tunnel.ike_spi, child["spi_in"], child["spi_out"])
+
+
+def _no_deletes(tunnel: Tunnel) -> None:
+    tunnel.daemon.events.poll()
+    deleted = [ev for ev in tunnel.daemon.events.events
+               if ev.get("event") in ("ike_sa_deleted", "child_sa_deleted")]
+    assert deleted == []
+
+
+@ROLES
+def test_our_dpd_is_answered_by_charon(interop: Interop, native_initiates: bool) -> None:
+    tunnel = interop.establish(*interop.sides(native_initiates=native_initiates,
+                                              native={"dpd_delay": "2s"}))
+    wait_until(lambda: count_log(tunnel.charon, EMPTY_RESPONSE_OUT) >= DPD_ROUNDS,
+               CHANGE_TIMEOUT, f"charon to answer {DPD_ROUNDS} of our DPD requests")
+    assert count_log(tunnel.charon, EMPTY_REQUEST_IN) >= DPD_ROUNDS
+    # The answers arrived: we never had to resend a request.
+    assert count_log(tunnel.charon, r"received retransmit of request") == 0
+    assert _unchanged(tunnel)
+    _no_deletes(tunnel)
+
+
+@ROLES
+def test_charons_dpd_is_answered_by_us(interop: Interop, native_initiates: bool) -> None:
+    tunnel = interop.establish(*interop.sides(native_initiates=native_initiates,
+                                              charon={"dpd_delay": "2s"}),
+                               extra_charon=QUICK_RETRANSMIT)
+    wait_until(lambda: count_log(tunnel.charon, EMPTY_RESPONSE_IN) >= DPD_ROUNDS,
+               CHANGE_TIMEOUT, f"{DPD_ROUNDS} answers from us to charon's DPD")
+    assert count_log(tunnel.charon, r"sending DPD request") >= DPD_ROUNDS
+    # With quick retransmits a missed answer would have killed the SA by now.
+    assert count_log(tunnel.charon, r"retransmit \d+ of request") == 0
+    assert _unchanged(tunnel)
+    _no_deletes(tunnel)
+
+
+@ROLES
+def test_charon_deletes_ike_sa(interop: Interop, native_initiates: bool) -> None:
+    tunnel = interop.establish(*interop.sides(native_initiates=native_initiates))
+    tunnel.charon.terminate(CONN)
+    deleted = tunnel.daemon.wait_event(
+        lambda ev: ev.get("event") == "ike_sa_deleted" and ev.get("ike_spi") == tunnel.ike_spi,
+        CHANGE_TIMEOUT)
+    assert deleted.get("reason")
+    tunnel.daemon.wait_event(
+        lambda ev: ev.get("event") == "child_sa_deleted"
+        and ev.get("spi_in") == tunnel.child_event["spi_in"], CHANGE_TIMEOUT)
+    wait_until(lambda: tunnel.native_status() == [], CHANGE_TIMEOUT, "our status to be empty")
+    assert charon_ike_sas(tunnel.charon) == []
+    assert tunnel.daemon.alive()
+
+
+@ROLES
+def test_sigterm_deletes_ike_sa_at_charon(interop: Interop, native_initiates: bool) -> None:
+    tunnel = interop.establish(*interop.sides(native_initiates=native_initiates))
+    # Graceful stop: SIGTERM, and a long grace so SIGKILL never stands in for it.
+    assert tunnel.daemon.stop(grace=20.0) == 0
+    assert tunnel.daemon.proc.returncode == 0
+    tunnel.daemon.events.poll()
+    assert any(ev.get("event") == "ike_sa_deleted" and ev.get("ike_spi") == tunnel.ike_spi
+               for ev in tunnel.daemon.events.events)
+    # charon has no DPD here: only our Delete can have removed the SA.
+    wait_until(lambda: charon_ike_sas(tunnel.charon) == [], CHANGE_TIMEOUT,
+               "charon's list-sas to be empty")
+    assert count_log(tunnel.charon, r"received DELETE for IKE_SA") >= 1
+
+
+def test_sigkill_is_cleared_by_charons_dpd(interop: Interop) -> None:
+    tunnel = interop.establish(*interop.sides(native_initiates=True,
+                                              charon={"dpd_delay": "2s"}),
+                               extra_charon=QUICK_RETRANSMIT)
+    tunnel.daemon.proc.send_signal(signal.SIGKILL)
+    tunnel.daemon.proc.wait(timeout=10)
+    assert tunnel.charon_sa(tunnel.ike_spi) is not None  # charon does not know yet
+    wait_until(lambda: charon_ike_sas(tunnel.charon) == [], 60.0,
+               "charon's DPD to clear the SA of the killed daemon")
+    assert count_log(tunnel.charon, r"giving up after \d+ retransmits") >= 1
