@@ -50,6 +50,8 @@ class Context:
         self.used_ike_spis: set[bytes] = set()
         self.pools = {p.name: AddressPool.from_config(p) for p in config.pools}
         self.cookies = CookieJar(random_bytes, settings.cookie_secret_lifetime)
+        self.local_addresses: tuple[IPAddress, ...] = ()
+        """Our usable addresses (Engine.set_local_addresses), announced per MOBIKE policy."""
 
     def emit(self, event: Event) -> None:
         self.events.append(event)

@@ -20,13 +20,20 @@ Exceptions: ``receive_datagram``, ``handle_timer``, ``datagrams_to_send``,
 exception escaping them is a bug). ``initiate`` raises KeyError for an unknown
 connection or child name and ValueError when no address to use is known;
 ``rekey_*``/``delete_*`` raise KeyError for an unknown SA.
+
+MOBIKE (RFC 4555, ``exchanges/mobike.py``): ``set_local_addresses``,
+``peer_addresses``, ``probe`` and ``move`` (see each; ``peer_addresses``, ``probe``
+and ``move`` raise KeyError for an unknown SA, ``probe`` ValueError for one not
+established). Results come as events: ProbeResult, IkeSaMoved / MoveFailed,
+PeerMoved / UpdateRejected, ChildSaUpdated (one per CHILD_SA that moved),
+PeerAddressesUpdated and NatMappingChanged.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..config.model import ChildConfig, Config, ConnectionConfig, Unique
@@ -52,7 +59,10 @@ from .events import (
     Event,
     ExchangeFailed,
     IkeSaDeleted,
+    MoveFailed,
     PacketDropped,
+    ProbeResult,
+    UpdateRejected,
 )
 from .exchanges.base import (
     DropPacket,
@@ -77,7 +87,15 @@ from .exchanges.informational import (
     LivenessTask,
     respond_informational,
 )
-from .ike_sa import CachedResponse, IkeSa, IkeState, PendingRequest
+from .exchanges.mobike import (
+    AddressListTask,
+    MoveTask,
+    ProbeTask,
+    announced,
+    check_mapping,
+    respond_mobike,
+)
+from .ike_sa import CachedResponse, IkeSa, IkeState, PendingRequest, Probe
 from .settings import EngineSettings
 from .ts import no_service_names, ts_to_str
 
@@ -142,6 +160,7 @@ class Engine:
         """Every responder SA by (SPIi, remote): IKE_SA_INIT retransmits get the cached answer."""
         self._ctx.sas = self._sas
         self._outbox: list[Datagram] = []
+        self._next_probe_id = 1
 
     # ------------------------------------------------------------------ API
 
@@ -242,6 +261,118 @@ class Engine:
         sa.tasks.append(DeleteChildTask([unique_id]))
         self._kick(sa, now)
 
+    # ------------------------------------------------------------------ MOBIKE API
+    #
+    # Message IDs: charon keeps a window of 1, so every request of ours (probes,
+    # updates, DPD, rekeys) shares one slot per IKE_SA. A probe on a path while a
+    # request is outstanding resends that very request (same bytes, same message
+    # ID) on the probed path, which RFC 4555 §3.5 allows; the peer answers it from
+    # its response cache on that path. So probes never wait for the slot, a dead
+    # active path is seen after probe_timeout whatever is outstanding, and moving
+    # resends the outstanding request on the new path at once.
+
+    def set_local_addresses(self, addrs: Sequence[IPAddress], now: float) -> None:
+        """Our usable addresses changed: tell the peer of every MOBIKE IKE_SA.
+
+        The list sent is filtered by ``mobike { announce }``. A responder whose
+        current address is gone sends it from one of the new addresses (RFC 4555
+        §3.6), so the initiator learns where to move.
+        """
+        self._ctx.local_addresses = tuple(dict.fromkeys(addrs))
+        policy = self._ctx.config.mobike.policy
+        for sa in list(self._sas.values()):
+            if not sa.mobike or sa.state != IkeState.ESTABLISHED:
+                continue
+            local = sa.path.local.addr
+            path: Path | None = None
+            if local not in self._ctx.local_addresses:
+                if sa.initiator:
+                    continue  # the controller moves us; the update carries the news
+                path = self._responder_path(sa)
+                if path is None:
+                    continue
+                local = path.local.addr
+            listed = announced(policy, self._ctx.local_addresses, local)
+            if path is None and listed == sa.announced:
+                continue
+            sa.tasks = deque(t for t in sa.tasks if not isinstance(t, AddressListTask))
+            sa.tasks.append(AddressListTask(listed, path))
+            self._kick(sa, now)
+
+    def peer_addresses(self, ike_spi: str) -> tuple[IPAddress, ...]:
+        """The peer's current address, then the additional ones it announced."""
+        sa = self._by_name(ike_spi)
+        return tuple(dict.fromkeys((sa.path.remote.addr, *sa.peer_addrs)))
+
+    def probe(self, ike_spi: str, path: Path, now: float) -> int:
+        """Test ``path`` with a protected request; the answer is a ProbeResult event.
+
+        ok when a response arrives on ``path``, not ok ``probe_timeout`` later. A
+        failed probe changes nothing else (the IKE_SA lives on). Raises KeyError
+        for an unknown SA and ValueError when it is not established.
+        """
+        sa = self._by_name(ike_spi)
+        if sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYING):
+            raise ValueError(f"IKE_SA {ike_spi} is not established")
+        probe_id = self._next_probe_id
+        self._next_probe_id += 1
+        deadline = now + self._settings.probe_timeout
+        pending = sa.pending
+        if pending is not None and isinstance(pending.task, MoveTask) and path != pending.path:
+            # An update resent elsewhere would move the peer there: the probe waits
+            # for the slot (and fails if the update takes longer than probe_timeout).
+            sa.tasks.appendleft(ProbeTask(path))
+            sa.probes.append(Probe(probe_id, path, pending.message_id + 1, now, deadline))
+            return probe_id
+        if pending is None:
+            sa.tasks.appendleft(ProbeTask(path))
+            self._kick(sa, now)
+        else:
+            self._send(pending.data, path, sa, now)
+        pending = sa.pending
+        if pending is None:  # nothing could be sent
+            self._ctx.emit(ProbeResult(conn=sa.conn.name, ike_spi=sa.spi_str, path=path,
+                                       probe_id=probe_id, ok=False, rtt=None))
+            return probe_id
+        sa.probes.append(Probe(probe_id, path, pending.message_id, now, deadline))
+        return probe_id
+
+    def move(self, ike_spi: str, path: Path, now: float) -> None:
+        """As original initiator, move the IKE_SA and all its CHILD_SAs to ``path``
+        (UPDATE_SA_ADDRESSES). Outcome: IkeSaMoved + ChildSaUpdated, or MoveFailed."""
+        sa = self._by_name(ike_spi)
+        reason = ("not_mobike" if not sa.mobike else "not_initiator" if not sa.initiator
+                  else "not_established"
+                  if sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYING) else None)
+        if reason is not None:
+            self._ctx.emit(MoveFailed(conn=sa.conn.name, ike_spi=sa.spi_str, path=path,
+                                      reason=reason))
+            return
+        # §3.5: a newer decision replaces an update not yet answered.
+        for task in sa.tasks:
+            if isinstance(task, MoveTask):
+                task.fail(self._ctx, sa, "superseded")
+        sa.tasks = deque(t for t in sa.tasks if not isinstance(t, MoveTask))
+        pending = sa.pending
+        if pending is not None:
+            if isinstance(pending.task, MoveTask):
+                pending.task.fail(self._ctx, sa, "superseded")
+            # Whatever is outstanding continues on the new path (§3.5).
+            pending.path = path
+            self._send(pending.data, path, sa, now)
+        sa.tasks.appendleft(MoveTask(sa.path, path, now))
+        self._kick(sa, now)
+
+    def _responder_path(self, sa: IkeSa) -> Path | None:
+        """A path from one of our remaining addresses to one of the peer's."""
+        peers = self.peer_addresses(sa.spi_str)
+        for local in self._ctx.local_addresses:
+            for remote in peers:
+                if local.version == remote.version:
+                    return Path(Endpoint(local, sa.path.local.port),
+                                Endpoint(remote, sa.path.remote.port))
+        return None
+
     def status(self) -> list[IkeStatus]:
         out: list[IkeStatus] = []
         for sa in self._sas.values():
@@ -341,9 +472,11 @@ class Engine:
         data = self._encode(sa, task.exchange, mid, False, payloads)
         if task.exchange == ExchangeType.IKE_SA_INIT:
             sa.init_request = data
-        wait = self._settings.retransmit.wait(0)
-        sa.pending = PendingRequest(mid, task.exchange, data, sa.path, task, now, now + wait)
-        self._send(data, sa.path, sa, now)
+        wait = (self._settings.move_retransmit if isinstance(task, MoveTask)
+                else self._settings.retransmit.wait(0))
+        path: Path = getattr(task, "path", None) or sa.path
+        sa.pending = PendingRequest(mid, task.exchange, data, path, task, now, now + wait)
+        self._send(data, path, sa, now)
         return True
 
     def _on_response(self, sa: IkeSa, header: Header, data: bytes, path: Path,
@@ -362,6 +495,9 @@ class Engine:
         task = pending.task
         if header.exchange == ExchangeType.IKE_SA_INIT:
             sa.init_response = data
+        self._probes_answered(sa, header.message_id, path, now)
+        if getattr(task, "liveness", False):
+            check_mapping(self._ctx, sa, msg, path)
         try:
             outcome = task.process(self._ctx, sa, msg, now)
         except DropPacket as exc:
@@ -429,11 +565,18 @@ class Engine:
         if cached is not None and mid == cached.message_id:
             if data == cached.request:
                 # A retransmission: the same answer again, never processed twice.
+                if cached.update and path != cached.path:
+                    # An update replayed from elsewhere: answered, never followed.
+                    self._ctx.emit(UpdateRejected(conn=sa.conn.name, ike_spi=sa.spi_str,
+                                                  path=path, reason="stale"))
                 self._send(cached.response, path, sa, now)
             else:
                 self._drop(path, "retransmission differs from the original request", header)
             return
         if mid != sa.peer_next_id:
+            if mid < sa.peer_next_id and header.exchange == ExchangeType.INFORMATIONAL:
+                self._stale_request(sa, header, data, path)
+                return
             self._drop(path, f"message ID {mid} outside the window", header)
             return
         exchange = header.exchange
@@ -467,6 +610,8 @@ class Engine:
         else:
             try:
                 reply = self._respond(sa, exchange, msg, now)
+                if exchange == ExchangeType.INFORMATIONAL and sa.state != IkeState.DELETED:
+                    reply += respond_mobike(self._ctx, sa, msg, path, mid, now)
                 if exchange == ExchangeType.CREATE_CHILD_SA:
                     for p in reply:
                         if isinstance(p, Notify) and int(p.type) < 16384:
@@ -492,7 +637,9 @@ class Engine:
                 self._report(sa, exchange, f"INVALID_SYNTAX: {exc.reason}")
         self._adopt(now)
         response = self._encode(sa, exchange, mid, True, reply)
-        sa.cached = CachedResponse(mid, data, response, path)
+        update = any(isinstance(p, Notify) and p.type == NotifyType.UPDATE_SA_ADDRESSES
+                     for p in msg.payloads)
+        sa.cached = CachedResponse(mid, data, response, path, update)
         sa.peer_next_id = mid + 1
         self._send(response, path, sa, now)
         if sa.state != IkeState.CONNECTING:
@@ -517,6 +664,52 @@ class Engine:
         if exchange == ExchangeType.INFORMATIONAL:
             return respond_informational(self._ctx, sa, msg, now)
         return respond_create_child(self._ctx, sa, msg, now)
+
+    def _stale_request(self, sa: IkeSa, header: Header, data: bytes, path: Path) -> None:
+        """An authentic request older than the window: an old UPDATE_SA_ADDRESSES
+        replayed (or reordered) is reported and never followed (RFC 4555 §3.5)."""
+        msg = self._open(sa, header, data, path)
+        if msg is None:
+            return
+        if any(isinstance(p, Notify) and p.type == NotifyType.UPDATE_SA_ADDRESSES
+               for p in msg.payloads):
+            self._ctx.emit(UpdateRejected(conn=sa.conn.name, ike_spi=sa.spi_str, path=path,
+                                          reason="stale"))
+        else:
+            self._drop(path, f"message ID {header.message_id} outside the window", header)
+
+    def _probes_answered(self, sa: IkeSa, message_id: int, path: Path, now: float) -> None:
+        """A response on ``path`` proves that path for the probes waiting on it."""
+        for probe in list(sa.probes):
+            if probe.message_id == message_id and probe.path == path:
+                sa.probes.remove(probe)
+                self._ctx.emit(ProbeResult(conn=sa.conn.name, ike_spi=sa.spi_str, path=path,
+                                           probe_id=probe.probe_id, ok=True,
+                                           rtt=now - probe.sent))
+
+    def _probe_timer(self, sa: IkeSa, now: float) -> None:
+        for probe in list(sa.probes):
+            if now >= probe.deadline:
+                sa.probes.remove(probe)
+                self._ctx.emit(ProbeResult(conn=sa.conn.name, ike_spi=sa.spi_str,
+                                           path=probe.path, probe_id=probe.probe_id,
+                                           ok=False, rtt=None))
+
+    def _move_timer(self, sa: IkeSa, pending: PendingRequest, task: MoveTask,
+                    now: float) -> None:
+        """An unanswered update is resent every move_retransmit until move_timeout;
+        then it has failed, and the request (its message ID is spent) carries on
+        back on the SA's path, like a liveness check."""
+        settings = self._settings
+        started = task.sent_at if task.sent_at is not None else pending.first_sent
+        if now >= started + settings.move_timeout:
+            task.fail(self._ctx, sa, "timeout")
+            pending.path = sa.path
+            pending.first_sent = now
+            pending.deadline = now + settings.retransmit.wait(0)
+        else:
+            pending.deadline = now + settings.move_retransmit
+        self._send(pending.data, pending.path, sa, now)
 
     def _adopt(self, now: float) -> None:
         """Register IKE_SAs created by a rekey (CREATE_CHILD_SA) and start their tasks."""
@@ -597,9 +790,13 @@ class Engine:
     # ------------------------------------------------------------------ timers
 
     def _sa_timer(self, sa: IkeSa, now: float) -> None:
+        self._probe_timer(sa, now)
         pending = sa.pending
         settings = self._settings
-        if pending is not None and now >= pending.deadline:
+        if (pending is not None and now >= pending.deadline
+                and isinstance(pending.task, MoveTask) and pending.task.failed is None):
+            self._move_timer(sa, pending, pending.task, now)
+        elif pending is not None and now >= pending.deadline:
             if pending.retransmitted >= settings.retransmit.tries:
                 if isinstance(pending.task, DeleteIkeTask):
                     reason = pending.task.reason  # it was going away anyway
@@ -611,6 +808,9 @@ class Engine:
                 return
             pending.retransmitted += 1
             pending.deadline = now + settings.retransmit.wait(pending.retransmitted)
+            if isinstance(pending.task, ProbeTask):
+                # A probe's own path had probe_timeout; the request lives on the SA's.
+                pending.path = sa.path
             self._send(pending.data, pending.path, sa, now)
         if sa.state == IkeState.CONNECTING:
             if not sa.initiator and now >= sa.created + settings.half_open_timeout:

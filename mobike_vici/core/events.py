@@ -111,7 +111,92 @@ class ExchangeFailed(CoreEvent):
     reason: str
 
 
+# ---------------------------------------------------------------- MOBIKE (RFC 4555)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IkeSaMoved(CoreEvent):
+    """Our UPDATE_SA_ADDRESSES was answered: the IKE_SA now lives on ``new_path``."""
+
+    old_path: Path
+    new_path: Path
+    duration: float
+    """Seconds from ``Engine.move`` to the answer."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PeerMoved(CoreEvent):
+    """The peer's UPDATE_SA_ADDRESSES was accepted (after the return-routability check
+    where the policy wants one): IKE_SA and CHILD_SAs now use ``new_path``."""
+
+    old_path: Path
+    new_path: Path
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChildSaUpdated(CoreEvent):
+    """A CHILD_SA keeps its SPIs and keys but its outer endpoints changed: the data
+    plane moves it in place."""
+
+    child: str
+    unique_id: int
+    spi_in: int
+    spi_out: int
+    path: Path
+    encap: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MoveFailed(CoreEvent):
+    """``Engine.move`` did not happen; the SA stays on its old path.
+
+    reason: unacceptable_addresses, unexpected_nat_detected, timeout, superseded,
+    not_mobike."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UpdateRejected(CoreEvent):
+    """An authenticated UPDATE_SA_ADDRESSES from the peer that we did not act on.
+
+    reason: stale (replayed or older than one already seen), unacceptable_addresses,
+    unexpected_nat_detected, not_mobike."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PeerAddressesUpdated(CoreEvent):
+    """The peer announced its additional addresses (full replacement)."""
+
+    addresses: tuple[IPAddress, ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NatMappingChanged(CoreEvent):
+    """NAT detection in a liveness check shows the NAT in front of us rebound (§3.8);
+    as original initiator we send UPDATE_SA_ADDRESSES on the current path."""
+
+    path: Path
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ProbeResult(CoreEvent):
+    """The answer to ``Engine.probe``: ok on a response received on ``path``, not ok
+    ``probe_timeout`` seconds after sending; ``rtt`` is None when not ok."""
+
+    path: Path
+    probe_id: int
+    ok: bool
+    rtt: float | None
+
+
 Event = (
     IkeSaEstablished | IkeSaDeleted | IkeSaRekeyed | ChildSaInstalled | ChildSaDeleted
-    | ChildSaRekeyed | PacketDropped | ExchangeFailed
+    | ChildSaRekeyed | PacketDropped | ExchangeFailed | IkeSaMoved | PeerMoved
+    | ChildSaUpdated | MoveFailed | UpdateRejected | PeerAddressesUpdated
+    | NatMappingChanged | ProbeResult
 )

@@ -48,12 +48,25 @@ class PendingRequest:
 
 
 @dataclass(slots=True)
+class Probe:
+    """One ``Engine.probe`` waiting for an answer on ``path`` (MOBIKE path test)."""
+
+    probe_id: int
+    path: Path
+    message_id: int
+    sent: float
+    deadline: float
+
+
+@dataclass(slots=True)
 class CachedResponse:
     message_id: int
     request: bytes
     """The raw request, to recognise a retransmission without decrypting it."""
     response: bytes
     path: Path
+    update: bool = False
+    """The request was an UPDATE_SA_ADDRESSES: a replay from elsewhere is reported."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +134,23 @@ class IkeSa:
     """A replaced (REKEYED) SA is dropped silently here if the peer never deletes it."""
     """Set once a rekey replaced this SA: its deletion then reads "rekeyed"."""
     established_at: float | None = None
+    # MOBIKE (RFC 4555).
+    natt_supported: bool = False
+    """The peer sent NAT detection payloads in IKE_SA_INIT (NAT-T in use)."""
+    peer_addrs: tuple[IPAddress, ...] = ()
+    """The peer's announced additional addresses (ADDITIONAL_IP*_ADDRESS)."""
+    last_update_id: int = -1
+    """Message ID of the newest UPDATE_SA_ADDRESSES accepted from the peer (§3.5)."""
+    natd_seen: bytes | None = None
+    """The peer's last NAT_DETECTION_DESTINATION_IP hash of us (§3.8 rebinding)."""
+    probes: list[Probe] = field(default_factory=list)
+    announced: tuple[IPAddress, ...] | None = None
+    """Our address list as last sent to the peer (None: never sent)."""
+
+    @property
+    def mobike(self) -> bool:
+        """MOBIKE negotiated on this IKE_SA (both sent MOBIKE_SUPPORTED)."""
+        return self.conn.mobike and self.peer_mobike
 
     def lineage(self) -> list[IkeSa]:
         """This SA and the chain of its successors (bounded: each rekey adds one)."""
@@ -165,6 +195,7 @@ class IkeSa:
         times: list[float] = []
         if self.pending is not None:
             times.append(self.pending.deadline)
+        times.extend(p.deadline for p in self.probes)
         if self.state == IkeState.CONNECTING:
             # Only a responder's half-open SA times out; an initiator gives up
             # through its retransmissions, as charon does.

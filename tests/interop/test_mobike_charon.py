@@ -1,9 +1,10 @@
 """MOBIKE against charon 5.9.8 in the mobile topology (mob -- two uplinks -- rtr -- gw).
 
 (1) Our engine initiates from mob and moves to the second uplink by
-``Engine.move``; charon (responder in gw) must show the new endpoints with the
-same SPIs. The daemon has no move command yet, so the engine runs here under a
-small driver (this file run as a script inside mob: UDP sockets, select loop).
+``Engine.move`` (IPv4, and across families to IPv6); charon (responder in gw)
+must show the new endpoints with the same IKE SPIs. The daemon has no move
+command yet, so the engine runs here under a small driver (this file run as a
+script inside mob: UDP sockets, select loop).
 (2) charon initiates from mob, our daemon answers in gw; the first uplink goes
 down, charon moves on its own, our responder checks return routability and
 follows.
@@ -26,8 +27,9 @@ from typing import Any
 import pytest
 
 NON_ESP = b"\0\0\0\0"
-DRIVER_ADDRS = ("10.1.0.2", "10.2.0.2")
+DRIVER_ADDRS = ("10.1.0.2", "10.2.0.2", "2001:db8:1::2", "2001:db8:2::2")
 GW = "192.0.2.2"
+GW6 = "2001:db8:ff::2"
 
 
 # ---------------------------------------------------------------- the driver (in mob)
@@ -55,7 +57,8 @@ def drive(conf: str, events_path: str, commands_path: str) -> None:
     by_local: dict[Endpoint, socket.socket] = {}
     for addr in DRIVER_ADDRS:
         for port in (500, 4500):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((addr, port))
             local = Endpoint(ipaddress.ip_address(addr), port)
@@ -96,7 +99,8 @@ def drive(conf: str, events_path: str, commands_path: str) -> None:
             ready, _, _ = select.select(list(socks), [], [], wait)
             now = time.monotonic()
             for sock in ready:
-                data, (addr, port) = sock.recvfrom(65535)
+                data, source = sock.recvfrom(65535)
+                addr, port = source[0], source[1]
                 local = socks[sock]
                 if local.port == 4500:
                     if data[:4] != NON_ESP:
@@ -159,7 +163,9 @@ def _topology(lab: Lab) -> Mobile:
     return topo
 
 
-def test_native_initiator_moves_charon_follows(lab: Lab) -> None:
+@pytest.mark.parametrize(("target", "gw"), [(DRIVER_ADDRS[1], GW), (DRIVER_ADDRS[3], GW6)],
+                         ids=["ipv4-uplink2", "ipv6-uplink2"])
+def test_native_initiator_moves_charon_follows(lab: Lab, target: str, gw: str) -> None:
     topo = _topology(lab)
     charon = start_charon(lab, topo.gw, name="gw")
     conf = lab.workdir / "charon.conf"
@@ -187,25 +193,25 @@ def test_native_initiator_moves_charon_follows(lab: Lab) -> None:
     children = wait_until(lambda: _child_spis(_charon_sa(charon) or {}), ESTABLISH_TIMEOUT,
                           "charon's CHILD_SA")
 
-    commands.write_text(f"move {DRIVER_ADDRS[1]} {GW}\n")
+    commands.write_text(f"move {target} {gw}\n")
     moved = wait_until(lambda: next((e for e in _events(events) if e["type"] in (
         "IkeSaMoved", "MoveFailed", "IkeSaDeleted")), None), CHANGE_TIMEOUT, "the move")
     assert moved["type"] == "IkeSaMoved", moved
-    assert DRIVER_ADDRS[1] in moved["new_path"]
+    assert target in moved["new_path"]
     # Every CHILD_SA we held moved with the IKE_SA.
     installed = {e["unique_id"] for e in _events(events) if e["type"] == "ChildSaInstalled"}
     updated = {e["unique_id"] for e in _events(events) if e["type"] == "ChildSaUpdated"
-               and DRIVER_ADDRS[1] in e["path"]}
+               and target in e["path"]}
     assert updated and updated <= installed
 
     def charon_moved() -> dict[str, Any] | None:
         now_sa = _charon_sa(charon)
-        return now_sa if now_sa and now_sa.get("remote-host") == DRIVER_ADDRS[1] else None
+        return now_sa if now_sa and now_sa.get("remote-host") == target else None
 
     after = wait_until(charon_moved, CHANGE_TIMEOUT, "charon to show our new address")
     assert (after["initiator-spi"], after["responder-spi"]) == (sa["initiator-spi"],
                                                                 sa["responder-spi"])
-    assert after["local-host"] == GW
+    assert after["local-host"] == gw
     # charon with kernel-libipsec cannot move an ESP SA in place and rekeys it after
     # an address update (charon's choice, same IKE_SA): its CHILD_SA must be one of ours.
     ours_now = wait_until(lambda: _live_children(events) or None, CHANGE_TIMEOUT,

@@ -313,6 +313,8 @@ def _successor(ctx: Context, old: IkeSa, initiator: bool, spi_i: bytes, spi_r: b
     new.nat_local, new.nat_remote = old.nat_local, old.nat_remote
     new.local_id, new.remote_id = old.local_id, old.remote_id
     new.peer_mobike = old.peer_mobike
+    new.natt_supported = old.natt_supported
+    new.peer_addrs = old.peer_addrs
     new.state = IkeState.ESTABLISHED
     new.established_at = now
     new.rekey_at = schedule(ctx, old.conn.rekey_time, old.conn.rand_time, now)

@@ -54,6 +54,7 @@ from ..pool import acquire_from
 from ..ts import narrow, resolve
 from .base import DropPacket, ExchangeAborted, Outcome, find_notify, first_error, notify_name
 from .child import child_proposals, install, make_child, proposal_payloads, schedule
+from .mobike import address_notifies, announced, parse_addresses
 
 CHILD_ERRORS = frozenset({
     NotifyType.NO_PROPOSAL_CHOSEN, NotifyType.TS_UNACCEPTABLE, NotifyType.SINGLE_PAIR_REQUIRED,
@@ -157,8 +158,10 @@ class IkeAuthTask:
         if conn.vips:
             payloads.append(CP(CfgType.CFG_REQUEST,
                                tuple(_cp_attribute(v, True) for v in conn.vips)))
-        if conn.mobike:
+        if conn.mobike and (self.child is None or self.child.mode == "tunnel"):
+            # RFC 4555 §3.2; like charon, only for tunnel mode.
             payloads.append(Notify(NotifyType.MOBIKE_SUPPORTED))
+            payloads += _our_addresses(ctx, sa)
         if self.child is not None:
             self.spi_in = ctx.new_child_spi()
             specs = child_proposals(self.child, pfs=False)
@@ -188,6 +191,7 @@ class IkeAuthTask:
             raise ExchangeAborted("authentication_failed")
         sa.remote_id = identity_to_str(idr.id_type, idr.data)
         sa.peer_mobike = find_notify(payloads, NotifyType.MOBIKE_SUPPORTED) is not None
+        sa.peer_addrs = parse_addresses(payloads) or ()
         cp = _get(payloads, CP)
         if isinstance(cp, CP) and cp.cfg_type == CfgType.CFG_REPLY:
             sa.virtual_ips = tuple(_cp_addresses(cp))
@@ -305,14 +309,25 @@ def respond_auth(ctx: Context, sa: IkeSa, msg: Message, now: float) -> list[Payl
             reply.append(CP(CfgType.CFG_REPLY, tuple(attrs)))
         else:
             cp_failed = True
-    if conn.mobike and sa.peer_mobike:
+    sa.peer_addrs = parse_addresses(payloads) or ()
+    if conn.mobike and sa.peer_mobike and all(c.mode == "tunnel" for c in conn.children):
         reply.append(Notify(NotifyType.MOBIKE_SUPPORTED))
+        reply += _our_addresses(ctx, sa)
+    else:
+        sa.peer_mobike = False
     establish(ctx, sa, now)
     child_reply, child = _respond_child(ctx, sa, conn, payloads, cp_failed, now)
     reply += child_reply
     if child is not None:
         install(ctx, sa, child)
     return reply
+
+
+def _our_addresses(ctx: Context, sa: IkeSa) -> list[Payload]:
+    """Our additional addresses for IKE_AUTH, as the announce policy allows."""
+    listed = announced(ctx.config.mobike.policy, ctx.local_addresses, sa.path.local.addr)
+    sa.announced = listed
+    return address_notifies(listed, False)
 
 
 def _assign(ctx: Context, sa: IkeSa, conn: ConnectionConfig, cp: CP) -> list[CfgAttribute]:

@@ -54,6 +54,7 @@ def _detect_nat(sa: IkeSa, payloads: Sequence[Payload], spi_r: bytes, path: Path
            if isinstance(p, Notify) and p.type == NotifyType.NAT_DETECTION_DESTINATION_IP]
     if not src or not dst:
         return
+    sa.natt_supported = True
     sa.nat_remote = nat_hash(sa.spi_i, spi_r, path.remote) not in src
     sa.nat_local = nat_hash(sa.spi_i, spi_r, path.local) not in dst
 

@@ -13,6 +13,7 @@ from ..events import ChildSaDeleted
 from ..ike_sa import IkeSa, IkeState
 from .base import Outcome
 from .handover import hand_over
+from .mobike import natd_payloads
 
 
 def child_deleted(ctx: Context, sa: IkeSa, child: ChildSa, reason: str) -> None:
@@ -31,6 +32,10 @@ class LivenessTask:
     liveness = True
 
     def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
+        if sa.mobike and sa.initiator and sa.natt_supported and sa.nat_local:
+            # RFC 4555 §3.8: behind a NAT the answer tells whether it rebound (as
+            # charon does: only then its DPD carries NAT detection).
+            return natd_payloads(sa, sa.path)
         return []
 
     def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:

@@ -12,7 +12,7 @@ from mobike_vici.config import Config, load_string
 from mobike_vici.core.engine import Datagram, Engine
 from mobike_vici.core.events import Event
 from mobike_vici.core.settings import EngineSettings
-from mobike_vici.types import IPAddress, Path
+from mobike_vici.types import Endpoint, IPAddress, Path
 
 ALICE = ipaddress.ip_address("192.0.2.1")
 BOB = ipaddress.ip_address("192.0.2.2")
@@ -88,9 +88,31 @@ class Net:
     log: list[Datagram] = field(default_factory=list)
     events_a: list[Event] = field(default_factory=list)
     events_b: list[Event] = field(default_factory=list)
+    addrs_a: set[IPAddress] = field(default_factory=lambda: {ALICE})
+    """Every address of engine ``a`` (MOBIKE tests add more); the rest is ``b``'s."""
+    down: set[IPAddress] = field(default_factory=set)
+    """Addresses whose link is down: datagrams from or to them are lost."""
+    nat: dict[Endpoint, Endpoint] = field(default_factory=dict)
+    """Source NAT for ``a``: its private endpoint -> the public one ``b`` sees."""
 
     def engine_for(self, addr: IPAddress) -> Engine:
-        return self.a if addr == ALICE else self.b
+        return self.a if addr in self.addrs_a else self.b
+
+    def _translate(self, d: Datagram) -> Path | None:
+        """The path as the receiver sees it (after NAT), or None when lost."""
+        if d.path.local.addr in self.down or d.path.remote.addr in self.down:
+            return None
+        local, remote = d.path.local, d.path.remote
+        if local.addr in self.addrs_a:
+            local = self.nat.get(local, local)
+            if remote.addr in self.addrs_a:
+                return None
+        else:
+            back = {pub: priv for priv, pub in self.nat.items()}
+            remote = back.get(remote, remote)
+            if remote.addr not in self.addrs_a:
+                return None  # e.g. a NAT mapping that no longer exists
+        return Path(remote, local)
 
     def pump(self, rounds: int = 50) -> None:
         """Deliver until quiet (no datagram in flight)."""
@@ -103,8 +125,10 @@ class Net:
                     if d.keepalive or self.drop(d):
                         continue
                     # The receiver sees the path from its side.
-                    self.engine_for(d.path.remote.addr).receive_datagram(
-                        d.data, Path(d.path.remote, d.path.local), self.now)
+                    seen = self._translate(d)
+                    if seen is None:
+                        continue
+                    self.engine_for(seen.local.addr).receive_datagram(d.data, seen, self.now)
             self.collect()
             if not moved:
                 return

@@ -1,0 +1,359 @@
+"""MOBIKE (RFC 4555): address lists, UPDATE_SA_ADDRESSES, COOKIE2, NAT prohibition, probes.
+
+Both roles. As original initiator we move the IKE_SA (:class:`MoveTask`), announce
+our addresses (:class:`AddressListTask`) and test paths (:class:`ProbeTask`); as
+responder :func:`respond_mobike` answers those requests, follows an accepted
+update and, when the policy asks for it, first checks that the peer answers at
+its new address (:class:`RoutabilityTask`, §3.7).
+
+COOKIE2 bookkeeping lives here, not in ``mobike/routability.py``: core/ must
+not import the layer above it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+from collections.abc import Sequence
+
+from ...config.mobike import AnnounceMode, MobikePolicy, RoutabilityMode
+from ...ikev2.constants import ExchangeType, NotifyType
+from ...ikev2.message import Message
+from ...ikev2.payloads import Notify, Payload
+from ...types import IPAddress, Path
+from ..context import Context
+from ..events import (
+    ChildSaUpdated,
+    IkeSaMoved,
+    MoveFailed,
+    NatMappingChanged,
+    PeerAddressesUpdated,
+    PeerMoved,
+    UpdateRejected,
+)
+from ..ike_sa import IkeSa
+from ..nat import nat_hash
+from .base import ExchangeAborted, Outcome, find_notify, first_error, notify_name
+
+COOKIE2_SIZE = 16
+"""RFC 4555 §4.2.5 allows 8..64 octets."""
+
+ADDRESS_NOTIFIES = (NotifyType.ADDITIONAL_IP4_ADDRESS, NotifyType.ADDITIONAL_IP6_ADDRESS,
+                    NotifyType.NO_ADDITIONAL_ADDRESSES)
+
+
+# ---------------------------------------------------------------- payload helpers
+
+
+def natd_payloads(sa: IkeSa, path: Path) -> list[Payload]:
+    """NAT_DETECTION_SOURCE_IP / _DESTINATION_IP for ``path`` as seen from our side."""
+    return [Notify(NotifyType.NAT_DETECTION_SOURCE_IP, nat_hash(sa.spi_i, sa.spi_r, path.local)),
+            Notify(NotifyType.NAT_DETECTION_DESTINATION_IP,
+                   nat_hash(sa.spi_i, sa.spi_r, path.remote))]
+
+
+def no_nats_data(path: Path) -> bytes:
+    """§4.2.6: source address, destination address, source port, destination port."""
+    return (path.local.addr.packed + path.remote.addr.packed
+            + path.local.port.to_bytes(2, "big") + path.remote.port.to_bytes(2, "big"))
+
+
+def nat_guard(sa: IkeSa, path: Path) -> list[Payload]:
+    """NAT detection when NAT-T is in use, else NO_NATS_ALLOWED (§3.9)."""
+    if sa.natt_supported:
+        return natd_payloads(sa, path)
+    return [Notify(NotifyType.NO_NATS_ALLOWED, no_nats_data(path))]
+
+
+def announced(policy: MobikePolicy, addrs: Sequence[IPAddress],
+              current: IPAddress) -> tuple[IPAddress, ...]:
+    """Our addresses to disclose besides ``current`` (§5.5: the announce policy)."""
+    if policy.announce == AnnounceMode.PREFERRED_ONLY:
+        return ()
+    out: list[IPAddress] = []
+    for addr in addrs:
+        if addr == current or addr in out:
+            continue
+        if policy.announce == AnnounceMode.PREFIXES and not any(
+                addr.version == net.version and addr in net
+                for net in policy.announce_prefixes):
+            continue
+        out.append(addr)
+    return tuple(out)
+
+
+def address_notifies(addrs: Sequence[IPAddress], informational: bool) -> list[Payload]:
+    """ADDITIONAL_IP*_ADDRESS per address; NO_ADDITIONAL_ADDRESSES for an empty list in
+    an INFORMATIONAL (in IKE_AUTH no notify already means none)."""
+    out: list[Payload] = []
+    for addr in addrs:
+        ntype = (NotifyType.ADDITIONAL_IP4_ADDRESS if addr.version == 4
+                 else NotifyType.ADDITIONAL_IP6_ADDRESS)
+        out.append(Notify(ntype, addr.packed))
+    if not out and informational:
+        out.append(Notify(NotifyType.NO_ADDITIONAL_ADDRESSES))
+    return out
+
+
+def parse_addresses(payloads: Sequence[Payload]) -> tuple[IPAddress, ...] | None:
+    """The peer's announced list, or None when the message carries no address notify."""
+    found = False
+    out: list[IPAddress] = []
+    for p in payloads:
+        if not isinstance(p, Notify) or p.type not in ADDRESS_NOTIFIES:
+            continue
+        found = True
+        try:
+            if p.type == NotifyType.ADDITIONAL_IP4_ADDRESS and len(p.data) == 4:
+                out.append(ipaddress.IPv4Address(p.data))
+            elif p.type == NotifyType.ADDITIONAL_IP6_ADDRESS and len(p.data) == 16:
+                out.append(ipaddress.IPv6Address(p.data))
+        except ValueError:
+            continue
+    return tuple(dict.fromkeys(out)) if found else None
+
+
+def _detect(sa: IkeSa, payloads: Sequence[Payload], path: Path) -> bytes | None:
+    """Update the NAT flags from the peer's NAT detection hashes for ``path`` (our view);
+    the peer's hash of us, or None without NAT detection payloads."""
+    src = [p.data for p in payloads
+           if isinstance(p, Notify) and p.type == NotifyType.NAT_DETECTION_SOURCE_IP]
+    dst = [p.data for p in payloads
+           if isinstance(p, Notify) and p.type == NotifyType.NAT_DETECTION_DESTINATION_IP]
+    if not src or not dst:
+        return None
+    sa.nat_remote = nat_hash(sa.spi_i, sa.spi_r, path.remote) not in src
+    sa.nat_local = nat_hash(sa.spi_i, sa.spi_r, path.local) not in dst
+    return dst[0]
+
+
+def moved(ctx: Context, sa: IkeSa, old: Path, new: Path, started: float | None,
+          now: float) -> None:
+    """The IKE_SA and every CHILD_SA now use ``new`` (same SPIs, keys untouched)."""
+    sa.path = new
+    if started is not None:
+        ctx.emit(IkeSaMoved(conn=sa.conn.name, ike_spi=sa.spi_str, old_path=old,
+                            new_path=new, duration=now - started))
+    else:
+        ctx.emit(PeerMoved(conn=sa.conn.name, ike_spi=sa.spi_str, old_path=old, new_path=new))
+    for child in sa.children.values():
+        ctx.emit(ChildSaUpdated(conn=sa.conn.name, ike_spi=sa.spi_str, child=child.name,
+                                unique_id=child.unique_id, spi_in=child.spi_in_int,
+                                spi_out=child.spi_out_int, path=new,
+                                encap=sa.nat_any or sa.conn.encap))
+
+
+def check_mapping(ctx: Context, sa: IkeSa, msg: Message, path: Path) -> None:
+    """§3.8: NAT detection in the answer to a liveness check on the active path shows
+    whether the NAT in front of us rebound; as initiator we then update the SA."""
+    if path != sa.path or not sa.mobike:
+        return
+    dst = [p.data for p in msg.payloads
+           if isinstance(p, Notify) and p.type == NotifyType.NAT_DETECTION_DESTINATION_IP]
+    if not dst:
+        return
+    previous, sa.natd_seen = sa.natd_seen, dst[0]
+    if previous is None or previous == dst[0]:
+        return
+    ctx.emit(NatMappingChanged(conn=sa.conn.name, ike_spi=sa.spi_str, path=path))
+    if sa.initiator and not any(isinstance(t, MoveTask) for t in sa.tasks):
+        sa.tasks.appendleft(MoveTask(sa.path, sa.path, None))
+
+
+# ---------------------------------------------------------------- our requests
+
+
+class ProbeTask:
+    """An empty INFORMATIONAL on ``path`` (§3.10 path test), with NAT detection."""
+
+    exchange = ExchangeType.INFORMATIONAL
+    liveness = True
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
+        return natd_payloads(sa, self.path) if sa.natt_supported else []
+
+    def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
+        return Outcome.DONE
+
+
+class AddressListTask:
+    """Our additional addresses (full list) in an INFORMATIONAL, optionally on another
+    path than the SA's (a responder whose own address vanished)."""
+
+    exchange = ExchangeType.INFORMATIONAL
+    liveness = True  # an empty list is still a message (NO_ADDITIONAL_ADDRESSES)
+
+    def __init__(self, addrs: tuple[IPAddress, ...], path: Path | None = None) -> None:
+        self.addrs = addrs
+        self.path = path
+
+    def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
+        payloads = address_notifies(self.addrs, True)
+        if not sa.natt_supported:
+            payloads.append(Notify(NotifyType.NO_NATS_ALLOWED,
+                                   no_nats_data(self.path or sa.path)))
+        sa.announced = self.addrs
+        return payloads
+
+    def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
+        return Outcome.DONE
+
+
+class MoveTask:
+    """UPDATE_SA_ADDRESSES on ``new`` (§3.5), with COOKIE2 and NAT detection.
+
+    ``started`` is None for an update the core decided itself (NAT rebinding).
+    ``failed`` set (timeout, superseded) means the answer is ignored: the request
+    stays outstanding only to keep the message-ID window in step with the peer.
+    """
+
+    exchange = ExchangeType.INFORMATIONAL
+    liveness = False
+
+    def __init__(self, old: Path, new: Path, started: float | None) -> None:
+        self.old = old
+        self.new = new
+        self.path = new
+        self.started = started
+        self.cookie2 = b""
+        self.failed: str | None = None
+        self.sent_at: float | None = None
+
+    def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
+        self.cookie2 = ctx.random_bytes(COOKIE2_SIZE)
+        self.sent_at = now
+        if self.started is None:
+            self.started = now
+            self.old = sa.path
+        payloads: list[Payload] = [Notify(NotifyType.UPDATE_SA_ADDRESSES)]
+        payloads += nat_guard(sa, self.new)
+        payloads.append(Notify(NotifyType.COOKIE2, self.cookie2))
+        if ctx.local_addresses:
+            # §3.6 allows the list in the update itself, as charon sends it.
+            listed = announced(ctx.config.mobike.policy, ctx.local_addresses,
+                               self.new.local.addr)
+            payloads += address_notifies(listed, True)
+            sa.announced = listed
+        return payloads
+
+    def fail(self, ctx: Context, sa: IkeSa, reason: str) -> None:
+        if self.failed is None:
+            self.failed = reason
+            ctx.emit(MoveFailed(conn=sa.conn.name, ike_spi=sa.spi_str, path=self.new,
+                                reason=reason))
+
+    def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
+        cookie = find_notify(msg.payloads, NotifyType.COOKIE2)
+        if cookie is None or cookie.data != self.cookie2:
+            # §3.5: the answer does not belong to our request: someone interferes.
+            raise ExchangeAborted("cookie2_mismatch")
+        if self.failed is not None:
+            return Outcome.DONE
+        error = first_error(msg.payloads)
+        if error is not None:
+            self.fail(ctx, sa, notify_name(error.type).lower())
+            return Outcome.DONE
+        _detect(sa, msg.payloads, self.new)
+        moved(ctx, sa, self.old, self.new, self.started, now)
+        return Outcome.DONE
+
+
+class RoutabilityTask:
+    """The responder's return-routability check (§3.7): COOKIE2 to the peer's new
+    address; the CHILD_SAs move when it comes back."""
+
+    exchange = ExchangeType.INFORMATIONAL
+    liveness = False
+
+    def __init__(self, old: Path, new: Path) -> None:
+        self.old = old
+        self.new = new
+        self.path = new
+        self.cookie2 = b""
+        self.superseded = False
+
+    def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
+        self.cookie2 = ctx.random_bytes(COOKIE2_SIZE)
+        return [Notify(NotifyType.COOKIE2, self.cookie2)]
+
+    def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
+        cookie = find_notify(msg.payloads, NotifyType.COOKIE2)
+        if cookie is None or cookie.data != self.cookie2:
+            raise ExchangeAborted("cookie2_mismatch")
+        if not self.superseded and sa.path == self.new:
+            moved(ctx, sa, self.old, self.new, None, now)
+        return Outcome.DONE
+
+
+# ---------------------------------------------------------------- peer requests
+
+
+def _allowed(policy: MobikePolicy, addr: IPAddress) -> bool:
+    nets = policy.allowed_peer_prefixes
+    return not nets or any(addr.version == n.version and addr in n for n in nets)
+
+
+def respond_mobike(ctx: Context, sa: IkeSa, msg: Message, path: Path, message_id: int,
+                   now: float) -> list[Payload]:
+    """The MOBIKE part of our answer to an authenticated INFORMATIONAL request that
+    arrived on ``path`` (our view); updates the SA's peer addresses and path."""
+    payloads = msg.payloads
+    update = find_notify(payloads, NotifyType.UPDATE_SA_ADDRESSES) is not None
+    reply: list[Payload] = []
+    has_natd = find_notify(payloads, NotifyType.NAT_DETECTION_SOURCE_IP) is not None
+    if has_natd:
+        # Liveness checks and updates both learn how we see them (§3.8).
+        reply += natd_payloads(sa, path)
+    cookie2 = find_notify(payloads, NotifyType.COOKIE2)
+    if cookie2 is not None:
+        reply.append(Notify(NotifyType.COOKIE2, cookie2.data))
+
+    def reject(reason: str) -> list[Payload]:
+        if update:
+            ctx.emit(UpdateRejected(conn=sa.conn.name, ike_spi=sa.spi_str, path=path,
+                                    reason=reason))
+        return reply
+
+    if not sa.mobike:
+        return reject("not_mobike")
+    no_nats = find_notify(payloads, NotifyType.NO_NATS_ALLOWED)
+    if no_nats is not None and no_nats.data != no_nats_data(Path(path.remote, path.local)):
+        reply.append(Notify(NotifyType.UNEXPECTED_NAT_DETECTED))
+        return reject("unexpected_nat_detected")
+    addrs = parse_addresses(payloads)
+    if addrs is not None:
+        # §3.6: the set is the request's source address plus the list (replaced whole).
+        addrs = tuple(dict.fromkeys((path.remote.addr, *addrs)))
+        sa.peer_addrs = addrs
+        ctx.emit(PeerAddressesUpdated(conn=sa.conn.name, ike_spi=sa.spi_str, addresses=addrs))
+    if not update:
+        return reply
+    if sa.initiator:
+        return reject("not_initiator")  # only the original initiator decides (§3.1)
+    if message_id <= sa.last_update_id:
+        return reject("stale")
+    sa.last_update_id = message_id
+    policy = ctx.config.mobike.policy
+    if not _allowed(policy, path.remote.addr):
+        reply.append(Notify(NotifyType.UNACCEPTABLE_ADDRESSES))
+        return reject("unacceptable_addresses")
+    if has_natd:
+        _detect(sa, payloads, path)
+    old = sa.path
+    # The IKE_SA follows the IP header at once (§3.5); the CHILD_SAs maybe after RR.
+    sa.path = path
+    # A newer update replaces a check not yet sent, and voids one in flight.
+    sa.tasks = deque(t for t in sa.tasks if not isinstance(t, RoutabilityTask))
+    if sa.pending is not None and isinstance(sa.pending.task, RoutabilityTask):
+        sa.pending.task.superseded = True
+    mode = policy.return_routability
+    if path == old:
+        return reply
+    if mode == RoutabilityMode.ALWAYS or (mode == RoutabilityMode.NAT_ONLY and sa.nat_any):
+        sa.tasks.appendleft(RoutabilityTask(old, path))
+    else:
+        moved(ctx, sa, old, path, None, now)
+    return reply

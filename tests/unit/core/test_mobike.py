@@ -1,0 +1,419 @@
+"""MOBIKE (RFC 4555) between two native engines: moves, COOKIE2, NAT prohibition,
+return routability, stale updates, address lists, probes and NAT rebinding."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from mobike_vici.core.engine import Datagram, Engine
+from mobike_vici.core.events import (
+    ChildSaUpdated,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaMoved,
+    MoveFailed,
+    NatMappingChanged,
+    PacketDropped,
+    PeerAddressesUpdated,
+    PeerMoved,
+    ProbeResult,
+    UpdateRejected,
+)
+from mobike_vici.core.exchanges import mobike as mobike_mod
+from mobike_vici.core.exchanges.mobike import no_nats_data, parse_addresses
+from mobike_vici.ikev2.constants import ExchangeType, NotifyType
+from mobike_vici.ikev2.message import decode_header
+from mobike_vici.ikev2.payloads import Notify, Payload
+from mobike_vici.types import Endpoint, IPAddress, Path
+
+from .harness import ALICE, BOB, Net, config_pair, of_type, seeded
+
+ALICE2 = ipaddress.ip_address("198.51.100.7")
+ALICE6 = ipaddress.ip_address("2001:db8:a::1")
+BOB6 = ipaddress.ip_address("2001:db8:b::2")
+EVE = ipaddress.ip_address("203.0.113.66")
+
+
+def ep(addr: IPAddress, port: int = 4500) -> Endpoint:
+    return Endpoint(addr, port)
+
+
+def path(local: IPAddress, remote: IPAddress) -> Path:
+    return Path(ep(local), ep(remote))
+
+
+def setup(mobike_section: str = "", initiator_extra: str = "", responder_extra: str = "",
+          alice_addrs: tuple[IPAddress, ...] = (ALICE, ALICE2, ALICE6),
+          nat: dict[Endpoint, Endpoint] | None = None) -> Net:
+    ca, cb = config_pair(initiator_extra=initiator_extra, responder_extra=responder_extra)
+    if mobike_section:
+        from mobike_vici.config import load_string  # the policy comes with the config
+        text_b = _resp_text(mobike_section)
+        cb = load_string(text_b)
+    a = Engine(ca, seeded(1), lambda r: ALICE)
+    b = Engine(cb, seeded(1001), lambda r: BOB)
+    net = Net(a, b)
+    net.addrs_a = set(alice_addrs) | {EVE}
+    if nat:
+        net.nat = dict(nat)
+    a.set_local_addresses(alice_addrs, 0.0)
+    b.set_local_addresses((BOB, BOB6), 0.0)
+    a.initiate("home", None, 0.0)
+    net.pump()
+    assert of_type(net.events_a, IkeSaEstablished) and of_type(net.events_b, IkeSaEstablished)
+    return net
+
+
+def _resp_text(mobike_section: str) -> str:
+    return f"""
+connections {{
+  gw {{
+    local_addrs = {BOB}
+    local {{ auth = psk
+            id = bob.example.com }}
+    remote {{ auth = psk
+             id = alice@example.com }}
+    children {{ net {{ local_ts = 10.2.0.0/24
+                      remote_ts = 10.1.0.0/24 }} }}
+  }}
+}}
+secrets {{ ike-a {{ id-a = alice@example.com
+                  id-b = bob.example.com
+                  secret = "topsecret-psk" }} }}
+mobike {{
+{mobike_section}
+}}
+"""
+
+
+def spi(net: Net) -> str:
+    return net.a.status()[0].ike_spi
+
+
+def moved_to(net: Net, new: Path) -> None:
+    net.a.move(spi(net), new, net.now)
+    net.pump()
+
+
+def child_spis(eng: Engine) -> list[tuple[int, int]]:
+    return [(c.spi_in, c.spi_out) for s in eng.status() for c in s.children]
+
+
+def test_mobike_negotiated_on_4500_with_address_lists() -> None:
+    net = setup()
+    sa_a, sa_b = net.a.status()[0], net.b.status()[0]
+    assert sa_a.path.natt and sa_b.path.natt
+    assert net.b.peer_addresses(sa_b.ike_spi) == (ALICE, ALICE2, ALICE6)
+    assert net.a.peer_addresses(sa_a.ike_spi) == (BOB, BOB6)
+
+
+@pytest.mark.parametrize("target", [ALICE2, ALICE6])
+def test_initiator_move_moves_ike_and_child_sas_both_sides(target: IPAddress) -> None:
+    net = setup()
+    before = child_spis(net.a)
+    remote = BOB if target.version == 4 else BOB6
+    new = path(target, remote)
+    moved_to(net, new)
+    (m,) = of_type(net.events_a, IkeSaMoved)
+    assert m.new_path == new and m.old_path == path(ALICE, BOB)
+    (upd_a,) = of_type(net.events_a, ChildSaUpdated)
+    assert (upd_a.spi_in, upd_a.spi_out) == before[0] and upd_a.path == new
+    (pm,) = of_type(net.events_b, PeerMoved)
+    assert pm.new_path == Path(new.remote, new.local)
+    (upd_b,) = of_type(net.events_b, ChildSaUpdated)
+    assert upd_b.path == pm.new_path
+    assert net.a.status()[0].path == new and net.b.status()[0].path == pm.new_path
+    assert child_spis(net.a) == before  # same SPIs: moved in place
+    # And back across the family.
+    moved_to(net, path(ALICE, BOB))
+    assert net.a.status()[0].path == path(ALICE, BOB)
+    assert net.b.status()[0].path == path(BOB, ALICE)
+    assert len(of_type(net.events_b, PeerMoved)) == 2
+
+
+def test_return_routability_check_precedes_child_move() -> None:
+    net = setup()
+    new = path(ALICE2, BOB)
+    # Lose every request bob sends: its COOKIE2 check cannot come back.
+    net.drop = lambda d: d.path.local.addr == BOB and not decode_header(d.data).is_response
+    moved_to(net, new)
+    assert of_type(net.events_a, IkeSaMoved)  # bob answered the update itself
+    assert not of_type(net.events_b, PeerMoved) and not of_type(net.events_b, ChildSaUpdated)
+    assert net.b.status()[0].path == Path(new.remote, new.local)  # the IKE_SA follows at once
+    net.drop = lambda d: False
+    net.advance_to(5.0)  # bob retransmits its check
+    (pm,) = of_type(net.events_b, PeerMoved)
+    assert pm.new_path == Path(new.remote, new.local)
+    assert of_type(net.events_b, ChildSaUpdated)
+
+
+def test_return_routability_never_moves_at_once() -> None:
+    net = setup("return_routability = never")
+    moved_to(net, path(ALICE2, BOB))
+    sent_by_bob = [d for d in net.log if d.path.local.addr == BOB
+                   and not decode_header(d.data).is_response
+                   and decode_header(d.data).exchange == ExchangeType.INFORMATIONAL]
+    assert not sent_by_bob
+    assert of_type(net.events_b, PeerMoved)
+
+
+def test_cookie2_mismatch_closes_ike_sa(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = setup()
+    real = mobike_mod.respond_mobike
+
+    def bad_cookie(*args: object, **kw: object) -> list[Payload]:
+        reply = real(*args, **kw)  # type: ignore[arg-type]
+        return [Notify(NotifyType.COOKIE2, b"\0" * 16) if isinstance(p, Notify)
+                and p.type == NotifyType.COOKIE2 else p for p in reply]
+
+    monkeypatch.setattr("mobike_vici.core.engine.respond_mobike", bad_cookie)
+    moved_to(net, path(ALICE2, BOB))
+    (gone,) = of_type(net.events_a, IkeSaDeleted)
+    assert gone.reason == "cookie2_mismatch"
+    assert not of_type(net.events_a, IkeSaMoved)
+
+
+def test_unacceptable_addresses_keeps_sa_and_next_path_works() -> None:
+    net = setup("allowed_peer_prefixes = 192.0.2.0/24, 2001:db8::/32")
+    moved_to(net, path(ALICE2, BOB))
+    (fail,) = of_type(net.events_a, MoveFailed)
+    assert fail.reason == "unacceptable_addresses"
+    (rej,) = of_type(net.events_b, UpdateRejected)
+    assert rej.reason == "unacceptable_addresses"
+    assert net.a.status()[0].path == path(ALICE, BOB)
+    assert not of_type(net.events_b, PeerMoved)
+    moved_to(net, path(ALICE6, BOB6))
+    assert net.a.status()[0].path == path(ALICE6, BOB6)
+    assert of_type(net.events_b, PeerMoved)
+
+
+def _no_natt(net: Net) -> None:
+    for eng in (net.a, net.b):
+        for sa in eng._sas.values():
+            sa.natt_supported = False
+
+
+def test_no_nats_allowed_passes_without_nat() -> None:
+    net = setup()
+    _no_natt(net)
+    moved_to(net, path(ALICE2, BOB))
+    assert of_type(net.events_a, IkeSaMoved)
+    assert of_type(net.events_b, PeerMoved)
+
+
+def test_no_nats_allowed_with_nat_answers_unexpected_nat_detected() -> None:
+    net = setup()
+    _no_natt(net)
+    net.nat = {ep(ALICE2): ep(EVE, 31000)}
+    moved_to(net, path(ALICE2, BOB))
+    (fail,) = of_type(net.events_a, MoveFailed)
+    assert fail.reason == "unexpected_nat_detected"
+    (rej,) = of_type(net.events_b, UpdateRejected)
+    assert rej.reason == "unexpected_nat_detected"
+    assert net.b.status()[0].path == path(BOB, ALICE)
+    assert not of_type(net.events_b, ChildSaUpdated)
+
+
+def _capture_updates(net: Net) -> list[Datagram]:
+    return [d for d in net.log if d.path.local.addr in net.addrs_a
+            and decode_header(d.data).exchange == ExchangeType.INFORMATIONAL
+            and not decode_header(d.data).is_response]
+
+
+def test_forged_update_is_dropped_and_moves_nothing() -> None:
+    net = setup()
+    moved_to(net, path(ALICE2, BOB))
+    update = _capture_updates(net)[-1]
+    forged = bytearray(update.data)
+    forged[-1] ^= 1
+    net.b.receive_datagram(bytes(forged), path(BOB, EVE), net.now)
+    net.pump()
+    drops = of_type(net.events_b, PacketDropped)
+    assert drops and drops[-1].path == path(BOB, EVE)
+    assert net.b.status()[0].path == path(BOB, ALICE2)
+    assert len(of_type(net.events_b, PeerMoved)) == 1
+
+
+def test_replayed_and_out_of_order_updates_never_move() -> None:
+    net = setup()
+    moved_to(net, path(ALICE2, BOB))
+    first = _capture_updates(net)[-1]
+    # The last request replayed from elsewhere: answered from the cache, not followed.
+    net.b.receive_datagram(first.data, path(BOB, EVE), net.now)
+    net.pump()
+    assert of_type(net.events_b, UpdateRejected)[-1].reason == "stale"
+    assert net.b.status()[0].path == path(BOB, ALICE2)
+    moved_to(net, path(ALICE6, BOB6))
+    assert net.b.status()[0].path == path(BOB6, ALICE6)
+    # The older update arrives late from its original path: never moves back.
+    net.b.receive_datagram(first.data, path(BOB, ALICE2), net.now)
+    net.pump()
+    assert [r.reason for r in of_type(net.events_b, UpdateRejected)] == ["stale", "stale"]
+    assert net.b.status()[0].path == path(BOB6, ALICE6)
+    assert len(of_type(net.events_b, PeerMoved)) == 2
+
+
+def test_address_list_replaced_whole_and_announce_policy() -> None:
+    net = setup()
+    sb = net.b.status()[0].ike_spi
+    net.a.set_local_addresses((ALICE, ALICE6), net.now)
+    net.pump()
+    assert net.b.peer_addresses(sb) == (ALICE, ALICE6)
+    net.a.set_local_addresses((ALICE,), net.now)
+    net.pump()
+    assert net.b.peer_addresses(sb) == (ALICE,)
+    assert of_type(net.events_b, PeerAddressesUpdated)[-1].addresses == (ALICE,)
+    # announce = preferred-only: bob discloses none of its other addresses.
+    net2 = setup("announce = preferred-only")
+    assert net2.a.peer_addresses(spi(net2)) == (BOB,)
+
+
+def test_responder_losing_its_address_announces_from_a_new_one() -> None:
+    net = setup()
+    net.b.set_local_addresses((BOB6,), net.now)
+    net.down.add(BOB)
+    net.pump()
+    (upd,) = of_type(net.events_a, PeerAddressesUpdated)
+    assert upd.addresses == (BOB6,)
+    assert net.a.peer_addresses(spi(net)) == (BOB, BOB6)
+    moved_to(net, path(ALICE6, BOB6))
+    assert of_type(net.events_b, PeerMoved)[-1].new_path == path(BOB6, ALICE6)
+
+
+def test_probe_ok_and_timeout_without_killing_sa() -> None:
+    net = setup()
+    s = spi(net)
+    pid = net.a.probe(s, path(ALICE2, BOB), net.now)
+    net.pump()
+    (ok,) = of_type(net.events_a, ProbeResult)
+    assert ok.ok and ok.probe_id == pid and ok.rtt == 0.0
+    net.down.add(ALICE6)
+    bad = net.a.probe(s, path(ALICE6, BOB6), net.now)
+    # A second probe while the first request is outstanding shares its message ID.
+    good = net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    results = {r.probe_id: r for r in of_type(net.events_a, ProbeResult)}
+    assert results[good].ok and bad not in results
+    net.advance_to(net.now + 0.31)
+    results = {r.probe_id: r for r in of_type(net.events_a, ProbeResult)}
+    assert not results[bad].ok and results[bad].rtt is None
+    net.advance_to(net.now + 200)
+    assert not of_type(net.events_a, IkeSaDeleted)
+    assert net.a.status()[0].state == "ESTABLISHED"
+
+
+def test_dead_active_path_pending_request_resent_on_move() -> None:
+    net = setup(initiator_extra="dpd_delay = 10s")
+    net.down.add(ALICE)
+    net.advance_to(40.0)  # DPD outstanding, retransmitting into the void
+    assert not of_type(net.events_a, IkeSaDeleted)
+    moved_to(net, path(ALICE2, BOB))
+    assert of_type(net.events_a, IkeSaMoved)
+    net.advance_to(400.0)
+    assert not of_type(net.events_a, IkeSaDeleted)
+
+
+def test_move_timeout_fails_and_sa_stays() -> None:
+    net = setup()
+    net.down.add(ALICE6)
+    net.a.move(spi(net), path(ALICE6, BOB6), net.now)
+    net.advance_to(10.5)
+    (fail,) = of_type(net.events_a, MoveFailed)
+    assert fail.reason == "timeout"
+    assert net.a.status()[0].path == path(ALICE, BOB)
+    net.advance_to(20.0)
+    assert not of_type(net.events_a, IkeSaDeleted)
+    moved_to(net, path(ALICE2, BOB))
+    assert of_type(net.events_a, IkeSaMoved)
+
+
+def test_nat_rebinding_detected_in_liveness_check() -> None:
+    private = ep(ALICE)
+    net = setup(nat={Endpoint(ALICE, 500): ep(EVE, 500), private: ep(EVE, 40000)})
+    s = spi(net)
+    net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    assert not of_type(net.events_a, NatMappingChanged)
+    net.nat[private] = ep(EVE, 40001)  # the NAT rebinds
+    net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    assert of_type(net.events_a, NatMappingChanged)
+    (pm,) = of_type(net.events_b, PeerMoved)
+    assert pm.new_path == Path(ep(BOB), ep(EVE, 40001))
+    (upd,) = of_type(net.events_b, ChildSaUpdated)
+    assert upd.encap
+
+
+def test_mobike_no_is_respected() -> None:
+    net = setup(initiator_extra="mobike = no")
+    net.a.move(spi(net), path(ALICE2, BOB), net.now)
+    net.pump()
+    (fail,) = of_type(net.events_a, MoveFailed)
+    assert fail.reason == "not_mobike"
+    assert net.a.status()[0].path.local.port == 500  # no float without NAT or MOBIKE
+
+
+def test_parse_addresses_and_no_nats_data() -> None:
+    payloads: list[Payload] = [Notify(NotifyType.ADDITIONAL_IP4_ADDRESS, ALICE.packed),
+                               Notify(NotifyType.ADDITIONAL_IP6_ADDRESS, ALICE6.packed),
+                               Notify(NotifyType.ADDITIONAL_IP4_ADDRESS, b"\1")]
+    assert parse_addresses(payloads) == (ALICE, ALICE6)
+    assert parse_addresses([Notify(NotifyType.NO_ADDITIONAL_ADDRESSES)]) == ()
+    assert parse_addresses([]) is None
+    data = no_nats_data(Path(Endpoint(ALICE, 4500), Endpoint(BOB, 500)))
+    assert data == ALICE.packed + BOB.packed + bytes([0x11, 0x94, 0x01, 0xF4])
+
+
+def test_probe_never_resends_an_outstanding_update_elsewhere() -> None:
+    net = setup()
+    net.down.add(ALICE6)
+    net.a.move(spi(net), path(ALICE6, BOB6), net.now)
+    pid = net.a.probe(spi(net), path(ALICE2, BOB), net.now)
+    net.pump()
+    assert net.b.status()[0].path == path(BOB, ALICE)  # bob never saw the update
+    assert not of_type(net.events_b, PeerMoved)
+    net.advance_to(net.now + 0.31)
+    (res,) = of_type(net.events_a, ProbeResult)
+    assert res.probe_id == pid and not res.ok
+    net.advance_to(net.now + 11.0)  # the move fails; the queued probe goes out then
+    assert of_type(net.events_a, MoveFailed)[0].reason == "timeout"
+    assert net.b.status()[0].path == path(BOB, ALICE)
+
+
+def test_update_carries_our_address_list() -> None:
+    net = setup()
+    sb = net.b.status()[0].ike_spi
+    net.a.set_local_addresses((ALICE2, ALICE6), net.now)  # ALICE is gone
+    net.pump()
+    assert net.b.peer_addresses(sb) == (ALICE, ALICE2, ALICE6)  # nothing sent yet
+    moved_to(net, path(ALICE2, BOB))
+    assert net.b.peer_addresses(sb) == (ALICE2, ALICE6)
+
+
+def test_transport_mode_does_not_offer_mobike() -> None:
+    ca, cb = config_pair(child_initiator="mode = transport", child_responder="mode = transport")
+    net = Net(Engine(ca, seeded(1), lambda r: ALICE), Engine(cb, seeded(2), lambda r: BOB))
+    net.a.initiate("home", None, 0.0)
+    net.pump()
+    if not of_type(net.events_a, IkeSaEstablished):
+        pytest.skip("transport mode not negotiated by this core")
+    net.a.move(spi(net), path(ALICE2, BOB), net.now)
+    net.pump()
+    (fail,) = of_type(net.events_a, MoveFailed)
+    assert fail.reason == "not_mobike"
+
+
+def test_newer_update_replaces_pending_routability_check() -> None:
+    net = setup()
+    # Bob's checks are lost until the second move: only the newest path counts.
+    net.drop = lambda d: d.path.local.addr == BOB and not decode_header(d.data).is_response
+    moved_to(net, path(ALICE2, BOB))
+    net.drop = lambda d: False
+    moved_to(net, path(ALICE6, BOB6))
+    net.advance_to(net.now + 30.0)
+    moves = of_type(net.events_b, PeerMoved)
+    assert [m.new_path for m in moves] == [path(BOB6, ALICE6)]
+    assert net.b.status()[0].path == path(BOB6, ALICE6)
+    assert not of_type(net.events_b, IkeSaDeleted)
