@@ -201,23 +201,10 @@ class ChildRekeyTask:
 
     def _new_child(self, ctx: Context, sa: IkeSa, old: ChildSa, payloads: Sequence[Payload],
                    now: float) -> tuple[ChildSa, bytes]:
-        sa_p, tsi, tsr = _get(payloads, SA), _get(payloads, TSi), _get(payloads, TSr)
-        if not (isinstance(sa_p, SA) and isinstance(tsi, TSi) and isinstance(tsr, TSr)):
-            raise ExchangeAborted("CHILD_SA rekey response incomplete", keep_sa=True)
-        nonce_r = _nonce(payloads)
-        ours = child_proposals(old.config, pfs=True)
-        chosen = select(ours, sa_p.proposals, ProtocolId.ESP) if len(sa_p.proposals) == 1 else None
-        if chosen is None or len(chosen.spi) != 4:
-            raise ExchangeAborted("peer chose an ESP proposal we did not offer", keep_sa=True)
-        ke = _get(payloads, KE)
-        shared = _shared(self.dh, ke if isinstance(ke, KE) else None)
-        local_ts = narrow(tsi.selectors, old.local_ts)
-        remote_ts = narrow(tsr.selectors, old.remote_ts)
-        if not local_ts or not remote_ts:
-            raise ExchangeAborted("TS_UNACCEPTABLE", keep_sa=True)
-        new = make_child(ctx, sa, old.config, chosen, self.spi_in, chosen.spi, local_ts,
-                         remote_ts, self.nonce, nonce_r, now, shared, initiator=True)
-        return new, nonce_r
+        new = _child_from_response(ctx, sa, old.config, payloads, self.spi_in, self.nonce,
+                                   self.dh, (old.local_ts, old.remote_ts), now,
+                                   "CHILD_SA rekey response incomplete")
+        return new, _nonce(payloads)
 
 
 class ChildCreateTask:
@@ -271,24 +258,35 @@ class ChildCreateTask:
         if error is not None:
             raise ExchangeAborted(f"CHILD_SA {self.config.name}: {notify_name(error.type)}",
                                   keep_sa=True)
-        sa_p, tsi, tsr = _get(payloads, SA), _get(payloads, TSi), _get(payloads, TSr)
-        if not (isinstance(sa_p, SA) and isinstance(tsi, TSi) and isinstance(tsr, TSr)):
-            raise ExchangeAborted("CREATE_CHILD_SA response incomplete", keep_sa=True)
-        nonce_r = _nonce(payloads)
-        ours = child_proposals(self.config, pfs=True)
-        chosen = select(ours, sa_p.proposals, ProtocolId.ESP) if len(sa_p.proposals) == 1 else None
-        if chosen is None or len(chosen.spi) != 4:
-            raise ExchangeAborted("peer chose an ESP proposal we did not offer", keep_sa=True)
-        ke = _get(payloads, KE)
-        shared = _shared(self.dh, ke if isinstance(ke, KE) else None)
-        local_ts = narrow(tsi.selectors, self.tsi)
-        remote_ts = narrow(tsr.selectors, self.tsr)
-        if not local_ts or not remote_ts:
-            raise ExchangeAborted("TS_UNACCEPTABLE", keep_sa=True)
-        new = make_child(ctx, sa, self.config, chosen, self.spi_in, chosen.spi, local_ts,
-                         remote_ts, self.nonce, nonce_r, now, shared, initiator=True)
+        new = _child_from_response(ctx, sa, self.config, payloads, self.spi_in, self.nonce,
+                                   self.dh, (self.tsi, self.tsr), now,
+                                   "CREATE_CHILD_SA response incomplete")
         install(ctx, owner, new)
         return Outcome.DONE
+
+
+def _child_from_response(
+    ctx: Context, sa: IkeSa, config: ChildConfig, payloads: Sequence[Payload], spi_in: bytes,
+    nonce_i: bytes, dh: DhExchange | None,
+    proposed: tuple[Sequence[TrafficSelector], Sequence[TrafficSelector]], now: float,
+    incomplete: str,
+) -> ChildSa:
+    """The CHILD_SA a CREATE_CHILD_SA response (new or rekeyed) gives us as its initiator."""
+    sa_p, tsi, tsr = _get(payloads, SA), _get(payloads, TSi), _get(payloads, TSr)
+    if not (isinstance(sa_p, SA) and isinstance(tsi, TSi) and isinstance(tsr, TSr)):
+        raise ExchangeAborted(incomplete, keep_sa=True)
+    ours = child_proposals(config, pfs=True)
+    chosen = select(ours, sa_p.proposals, ProtocolId.ESP) if len(sa_p.proposals) == 1 else None
+    if chosen is None or len(chosen.spi) != 4:
+        raise ExchangeAborted("peer chose an ESP proposal we did not offer", keep_sa=True)
+    ke = _get(payloads, KE)
+    shared = _shared(dh, ke if isinstance(ke, KE) else None)
+    local_ts = narrow(tsi.selectors, proposed[0])
+    remote_ts = narrow(tsr.selectors, proposed[1])
+    if not local_ts or not remote_ts:
+        raise ExchangeAborted("TS_UNACCEPTABLE", keep_sa=True)
+    return make_child(ctx, sa, config, chosen, spi_in, chosen.spi, local_ts, remote_ts,
+                      nonce_i, _nonce(payloads), now, shared, initiator=True)
 
 
 # ---------------------------------------------------------------------------
