@@ -12,11 +12,11 @@ import shlex
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mobike_vici.backends.vici.table import decode as decode  # re-exported for the tests
 from mobike_vici.lab.netns import Lab, LabError, Netns
 
 CHARON = Path("/usr/lib/ipsec/charon")
@@ -58,17 +58,6 @@ def strongswan_conf(rundir: Path, extra_charon: str = "") -> str:
     }}
 }}
 """
-
-
-def decode(value: Any) -> Any:
-    """VICI answers as plain Python data: bytes to str, nested sections to dicts."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, Mapping):
-        return {decode(k): decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [decode(v) for v in value]
-    return value
 
 
 @dataclass
