@@ -1,0 +1,104 @@
+"""What keeps a probe out of the tunnel and on its uplink: socket options and one rule.
+
+Three independent mechanisms, because the two data planes catch packets differently:
+
+* ``SO_BINDTODEVICE`` + ``bind(local)``: the probe leaves through the uplink it tests,
+  whatever the main table's default route says.
+* ``SO_MARK`` with ``PROBE_FWMARK`` and the rule ``fwmark PROBE_FWMARK lookup main`` at
+  priority ``PROBE_RULE_PRIORITY`` (before charon's table 220): with kernel-libipsec,
+  charon routes the remote traffic selectors through ``ipsec0`` in table 220 (a
+  full tunnel ``0.0.0.0/0`` there would swallow a probe to the peer's outer address);
+  the marked probe never consults table 220.
+* A per-socket XFRM policy with action ALLOW in both directions (``IP_XFRM_POLICY`` /
+  ``IPV6_XFRM_POLICY``, the way charon exempts its IKE sockets): with the kernel XFRM
+  data plane, the SPD would otherwise encrypt a probe whose addresses match a TS.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+SO_MARK = getattr(socket, "SO_MARK", 36)
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+IP_XFRM_POLICY = 17
+IPV6_XFRM_POLICY = 35
+XFRM_POLICY_IN = 0
+XFRM_POLICY_OUT = 1
+XFRM_POLICY_ALLOW = 0
+_XFRM_INF = (1 << 64) - 1
+
+PROBE_FWMARK = 0x4D56
+"""The fwmark of every probe ("MV"); configurable per prober."""
+PROBE_RULE_PRIORITY = 210
+"""Before charon's table 220 (priority 220) and the steering rules of net/steering."""
+MAIN_TABLE = 254
+
+
+def xfrm_bypass_policy(direction: int, family: int = socket.AF_INET) -> bytes:
+    """A ``struct xfrm_userpolicy_info`` (168 bytes) that lets everything pass.
+
+    Layout: selector (56: addresses and ports zero with prefix length 0 = any, but the
+    kernel insists on the family, u16 at offset 40), lifetime cfg (8 x u64, no limit), lifetime
+    cur (4 x u64), priority u32, index u32, dir u8, action u8, flags u8, share u8, pad 4.
+    """
+    selector = bytes(40) + struct.pack("=H", family) + bytes(14)
+    lft = struct.pack("=8Q", *([_XFRM_INF] * 8))
+    cur = bytes(32)
+    tail = struct.pack("=IIBBBB4x", 0, 0, direction, XFRM_POLICY_ALLOW, 0, 0)
+    return selector + lft + cur + tail
+
+
+def apply_socket_bypass(sock: socket.socket, *, family: int, ifname: str | None,
+                        fwmark: int | None, xfrm_bypass: bool = True) -> None:
+    """Pin `sock` to `ifname`, mark it and exempt it from IPsec policies (needs root)."""
+    if ifname is not None:
+        sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, ifname.encode())
+    if fwmark is not None:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+    if xfrm_bypass:
+        level, opt = ((socket.IPPROTO_IP, IP_XFRM_POLICY) if family == socket.AF_INET
+                      else (socket.IPPROTO_IPV6, IPV6_XFRM_POLICY))
+        for direction in (XFRM_POLICY_IN, XFRM_POLICY_OUT):
+            sock.setsockopt(level, opt, xfrm_bypass_policy(direction, family))
+
+
+class ProbeRule:
+    """Installs and removes ``fwmark X lookup main`` (IPv4 and IPv6), idempotently."""
+
+    def __init__(self, fwmark: int = PROBE_FWMARK, priority: int = PROBE_RULE_PRIORITY,
+                 *, netns: str | None = None) -> None:
+        self.fwmark = fwmark
+        self.priority = priority
+        self.netns = netns
+
+    def _ipr(self) -> Any:
+        from pyroute2 import IPRoute, NetNS
+
+        return NetNS(self.netns) if self.netns else IPRoute()
+
+    def _rules(self, ipr: Any, family: int) -> list[Any]:
+        found = []
+        for rule in ipr.get_rules(family=family):
+            if (rule.get_attr("FRA_FWMARK") == self.fwmark
+                    and rule.get_attr("FRA_PRIORITY") == self.priority):
+                found.append(rule)
+        return found
+
+    def install(self) -> None:
+        with self._ipr() as ipr:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                if not self._rules(ipr, family):
+                    ipr.rule("add", family=family, fwmark=self.fwmark, table=MAIN_TABLE,
+                             priority=self.priority)
+
+    def remove(self) -> int:
+        removed = 0
+        with self._ipr() as ipr:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for _ in self._rules(ipr, family):
+                    ipr.rule("del", family=family, fwmark=self.fwmark, table=MAIN_TABLE,
+                             priority=self.priority)
+                    removed += 1
+        return removed
