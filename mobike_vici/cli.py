@@ -45,6 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     native.add_argument("--control", metavar="PATH", default=None,
                         help=f"control socket (default: {default_path()})")
 
+    run = sub.add_parser("run", help="steer charon: probe paths, move IKE_SAs by routes")
+    run.add_argument("--config", required=True, metavar="FILE",
+                     help="swanctl.conf (plus a mobike { } section), loaded into charon")
+    run.add_argument("--vici", metavar="URI", default="unix:///var/run/charon.vici",
+                     help="charon's VICI socket (default: %(default)s)")
+    run.add_argument("--events", metavar="FILE",
+                     help="append JSON-lines events to FILE (default: stdout)")
+    run.add_argument("--control", metavar="PATH", default=None,
+                     help=f"control socket (default: {default_path()})")
+    run.add_argument("--strongswan-conf", metavar="FILE", default=None,
+                     help="charon's strongswan.conf, to check prefer_best_path"
+                     " (default: $STRONGSWAN_CONF or /etc/strongswan.conf)")
+
     status = sub.add_parser("status", help="show the running daemon's SAs")
     status.add_argument("--json", action="store_true", help="print the raw JSON answer")
     status.add_argument("--control", metavar="PATH", default=None,
@@ -83,6 +96,26 @@ def _cmd_native(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = _load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"{args.config}:0: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from .daemon.controller import run_controller
+
+    try:
+        with _events_stream(args.events) as events:
+            return run_controller(config, events, args.vici, args.control or default_path(),
+                                  args.strongswan_conf)
+    except OSError as exc:
+        print(f"mobike-vici: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from .daemon.control import request
     from .daemon.status import format_status
@@ -116,7 +149,7 @@ def _cmd_demo(_args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"native": _cmd_native, "status": _cmd_status, "demo": _cmd_demo}
+    handlers = {"native": _cmd_native, "run": _cmd_run, "status": _cmd_status, "demo": _cmd_demo}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

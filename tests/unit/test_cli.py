@@ -165,7 +165,7 @@ def test_demo_calls_run_demo(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == [1]
 
 
-@pytest.mark.parametrize("argv", [[], ["run", "--config", "x"], ["native"], ["bogus"]])
+@pytest.mark.parametrize("argv", [[], ["run"], ["native"], ["bogus"]])
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)

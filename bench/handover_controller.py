@@ -1,0 +1,125 @@
+"""Benchmark: outage of a charon IKE_SA on uplink failures, charon alone vs charon + controller.
+
+Per scenario and mode, several repetitions in fresh namespaces (``lab.topology.mobile``,
+charon at both ends, kernel-libipsec): establish on m0, inject the fault, and measure
+until charon's SA has moved (same IKE SPIs) and a ping through the tunnel answers.
+
+- ``link_down``: m0 goes down in mob.
+- ``silent``: rtr drops everything from and to m0 (the link stays up).
+- ``return``: after a silent failure and the move to m1, m0 comes back; time until
+  the SA is on m0 again (the controller waits out ``hold_down`` first, 2 s here).
+
+charon alone never leaves a silently dead path before its retransmissions give up
+(165 s), so each measurement is capped (``--cap``, default 20 s) and reported as
+``recovered: false``. Prints one JSON object (median and p95 per scenario and mode);
+never judges the numbers. Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mobike_vici.lab.netns import Lab
+from tests.controller.support import build
+
+M0: tuple[str, ...] = ("10.1.0.2", "2001:db8:1::2")
+M1: tuple[str, ...] = ("10.2.0.2", "2001:db8:2::2")
+
+
+def _wait(cond: Any, cap: float) -> float | None:
+    start = time.monotonic()
+    while time.monotonic() - start < cap:
+        if cond():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    return None
+
+
+def _one(scenario: str, controller: bool, cap: float) -> dict[str, Any]:
+    with Lab() as lab:
+        gen = build(lab, prefer_best_path=controller)
+        setup = next(gen)
+        try:
+            if controller:
+                setup.start_controller()
+                setup.wait_event("ike_sa_tracked")
+            else:
+                setup.mob.load_all(setup.conf)
+            setup.wait_local("10.1.0.2")
+            spi = setup.spi()
+            setup.tunnel_ping()
+            target = M1
+            if scenario == "return":
+                setup.topo.kill_silently(0)
+                if setup.wait_local(M1, timeout=cap) is None:
+                    return {"recovered": False, "outage_s": None}
+                setup.topo.revive(0)
+                target = M0
+            elif scenario == "silent":
+                setup.topo.kill_silently(0)
+            else:
+                setup.topo.link_down(0)
+            t0 = time.monotonic()
+
+            def moved() -> bool:
+                sa = setup.sa()
+                return sa.get("local-host") in target and setup.spi() == spi
+
+            took = _wait(moved, cap)
+            if took is None:
+                return {"recovered": False, "outage_s": None}
+            vip = setup.vip()
+            left = max(1.0, cap - (time.monotonic() - t0))
+            pinged = _wait(lambda: setup.topo.mob.ping("10.88.0.1", source=vip, wait=1.0),
+                           left)
+            total = time.monotonic() - t0
+            return {"recovered": pinged is not None, "moved_s": round(took, 4),
+                    "outage_s": round(total, 4) if pinged is not None else None}
+        except AssertionError:
+            return {"recovered": False, "outage_s": None}
+        finally:
+            gen.close()
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    outages = sorted(r["outage_s"] for r in runs if r["outage_s"] is not None)
+    out: dict[str, Any] = {"runs": runs, "recovered": f"{len(outages)}/{len(runs)}"}
+    if outages:
+        out["median_s"] = round(statistics.median(outages), 4)
+        out["p95_s"] = round(outages[min(len(outages) - 1,
+                                         round(0.95 * (len(outages) - 1)))], 4)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--cap", type=float, default=20.0)
+    ap.add_argument("--scenarios", default="link_down,silent,return")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/handover_controller.py needs root (network namespaces)", file=sys.stderr)
+        return 2
+    result: dict[str, Any] = {"bench": "handover_controller", "cap_s": args.cap,
+                              "reps": args.reps, "scenarios": {}}
+    for scenario in args.scenarios.split(","):
+        result["scenarios"][scenario] = {
+            mode: _summary([_one(scenario, mode == "charon+controller", args.cap)
+                            for _ in range(args.reps)])
+            for mode in ("charon_alone", "charon+controller")
+        }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,670 @@
+"""The asyncio wiring of ``mobike-vici run``: charon over VICI, the kernel over netlink, one
+path manager per IKE_SA charon initiated, ICMP probes, and steering by policy routes.
+
+charon does the IKE/ESP work; this process decides which uplink an IKE_SA should
+use (in the pure ``PathManager``), installs a host route to the peer with that
+source in its own table (``PolicyRouting``), and waits for charon, which follows
+route changes with ``charon.prefer_best_path = yes``, to report the move
+(``ike-update``: same IKE SPIs, new endpoints). A move charon does not make in
+time is escalated (``mobike.steer_plan``): reauthentication, then terminate and
+initiate. Every step is an event on the stream.
+
+Responder side (gateway): every peer move is ``addresses_updated``; a peer that
+moves outside ``mobike { allowed_peer_prefixes }`` is terminated (``update_rejected``).
+
+On start-up the routing leftovers of a crashed run are removed; on a clean stop
+everything the controller installed is removed. SAs are never torn down by a
+restart of either charon or this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from ..backends.vici import (
+    IkeSaInfo,
+    SaAdded,
+    SaRekeyed,
+    SaRemoved,
+    SaUpdated,
+    ViciClient,
+    ViciConnected,
+    ViciDisconnected,
+    ViciError,
+    ViciEvent,
+    load,
+)
+from ..backends.vici.steer import egress
+from ..config.model import Config
+from ..eventlog import EventLog, make_logger
+from ..mobike import steer_plan
+from ..mobike.events import (
+    Event as PathEvent,
+)
+from ..mobike.events import (
+    HandoverCompleted,
+    HandoverFailed,
+    HandoverStarted,
+    MoveRequested,
+    PathDown,
+    PathSelected,
+    PathUp,
+)
+from ..mobike.manager import PathManager
+from ..mobike.paths import LocalAddress
+from ..net.events import AddressAdded, AddressRemoved, LinkDown, LinkUp, NetEvent, RouteChanged
+from ..net.monitor import NetlinkMonitor
+from ..net.probes.icmp import IcmpProber
+from ..net.state import usable_addresses
+from ..net.steering import PolicyRouting, SteeredRoute
+from ..types import Path
+from .control import ControlServer
+
+JsonObject = dict[str, Any]
+MAX_WIRE_IDS = 4096  # bound on probe ids awaiting a reply, all SAs together
+RECONCILE_WAIT = 10.0  # seconds to wait for charon's SA list before judging leftovers
+DEFAULT_STRONGSWAN_CONF = "/etc/strongswan.conf"
+_YES = frozenset({"yes", "true", "1", "enabled"})
+
+
+def prefer_best_path(strongswan_conf: str) -> bool | None:
+    """``charon.prefer_best_path`` as charon reads it from ``strongswan_conf`` (includes
+    followed); None when the file cannot be read or parsed."""
+    from ..config.errors import ConfigError
+    from ..config.parser import parse_file
+
+    try:
+        root = parse_file(strongswan_conf)
+    except (OSError, ConfigError):
+        return None
+    charon = root.sections.get("charon")
+    value = charon.keys.get("prefer_best_path") if charon is not None else None
+    return value is not None and value.value.strip().lower() in _YES
+
+
+@dataclass
+class _Sa:
+    """The controller's view of one IKE_SA charon initiated."""
+
+    info: IkeSaInfo
+    manager: PathManager
+    timer: asyncio.TimerHandle | None = None
+    probes: set[int] = field(default_factory=set)
+
+
+def _ep(path: Path) -> dict[str, str]:
+    return {"local": str(path.local), "remote": str(path.remote)}
+
+
+def path_event_fields(event: PathEvent) -> tuple[str, JsonObject]:
+    """The stream name and fields of a path manager event (MoveRequested is not logged)."""
+    match event:
+        case PathUp():
+            return "path_up", {**_ep(event.path), "rtt_ms": round(event.rtt_ms, 3)}
+        case PathDown():
+            return "path_down", {**_ep(event.path), "reason": event.reason}
+        case PathSelected():
+            return "path_selected", {**_ep(event.path), "reason": event.reason}
+        case HandoverStarted():
+            return "handover_started", {**_ep(event.path), "old_local": str(event.old_path.local),
+                                        "old_remote": str(event.old_path.remote),
+                                        "reason": event.reason}
+        case HandoverCompleted():
+            return "handover_completed", {
+                **_ep(event.path), "old_local": str(event.old_path.local),
+                "old_remote": str(event.old_path.remote),
+                "duration_ms": round(event.duration_ms, 3)}
+        case HandoverFailed():
+            return "handover_failed", {**_ep(event.path), "old_local": str(event.old_path.local),
+                                       "old_remote": str(event.old_path.remote),
+                                       "reason": event.reason}
+        case MoveRequested():
+            return "move_requested", {**_ep(event.path), "reason": event.reason}
+    return "path_event", {"type": type(event).__name__}
+
+
+class Controller:
+    """One charon, steered. ``run()`` until ``request_stop()``; see the module docstring."""
+
+    def __init__(self, config: Config, log: EventLog, *, uri: str,
+                 control_path: str | None = None, netns: str | None = None,
+                 table: int | None = None, deadlines: steer_plan.Deadlines | None = None,
+                 strongswan_conf: str | None = None) -> None:
+        self.strongswan_conf = strongswan_conf
+        self.config = config
+        self.policy = config.mobike.policy
+        self.log = log
+        self.uri = uri
+        self.control_path = control_path
+        self.deadlines = deadlines or steer_plan.Deadlines()
+        self._routing_kw: dict[str, Any] = {"netns": netns}
+        if table is not None:
+            self._routing_kw["table"] = table
+            self._routing_kw["priority"] = table
+        # pyroute2's synchronous IPRoute runs its own event loop: it lives on one thread
+        # of its own, created there too (not on the running loop).
+        self._route_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="steering")
+        self._routing: PolicyRouting | None = None
+        self._routes: list[SteeredRoute] = []  # our table as last read back (for status)
+        self._leftovers: list[SteeredRoute] = []
+        self._adopted: list[SteeredRoute] = []
+        self._rejected: set[str] = set()  # IKE_SAs already being terminated for policy
+        self._wire_ids: dict[int, tuple[str, int]] = {}  # prober id -> (IKE_SA, manager's id)
+        self._wire_seq = 0
+        self.monitor = NetlinkMonitor(netns=netns, on_event=self._on_net)
+        self.client = ViciClient(uri, on_connect=self._on_connect)
+        self.prober: IcmpProber | None = None
+        self.sas: dict[str, _Sa] = {}
+        self.plans: dict[str, steer_plan.SteerPlan] = {}  # by connection name
+        self._plan_timers: dict[str, asyncio.TimerHandle] = {}
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._control: ControlServer | None = None
+        self._loaded_once = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def routing(self) -> PolicyRouting:
+        assert self._routing is not None, "routing used before run()"
+        return self._routing
+
+    async def _executor(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._route_thread, lambda: fn(*args, **kwargs))
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        self._check_charon_settings()
+        self._routing = await self._executor(lambda: PolicyRouting(**self._routing_kw))
+        # A crashed run may have left routes charon now follows: keep those that match
+        # where an SA is (adopted once charon lists it), remove the rest after the first sync.
+        self._leftovers = await self._executor(self.routing.routes)
+        # SO_BINDTODEVICE keeps probes on their uplink and out of charon's table 220;
+        # no fwmark rule to install (and clean up) beside our own table.
+        self.prober = IcmpProber(self._on_probe_reply, random_bytes=os.urandom, fwmark=None)
+        await self.monitor.start()
+        if self.control_path:
+            self._control = ControlServer(self.control_path, self._control_request)
+            await self._control.start()
+        client_task = asyncio.ensure_future(self.client.run())
+        events_task = asyncio.ensure_future(self._consume())
+        try:
+            await self._reconcile_after_sync()
+            await self._stop.wait()
+        finally:
+            events_task.cancel()
+            await self.client.close()
+            client_task.cancel()
+            with contextlib.suppress(BaseException):
+                await client_task
+            with contextlib.suppress(BaseException):
+                await events_task
+            await self._shutdown()
+        return 0
+
+    async def _reconcile_after_sync(self) -> None:
+        stop = asyncio.ensure_future(self._stop.wait())
+        synced = asyncio.ensure_future(self.client.wait_connected())
+        try:
+            await asyncio.wait({stop, synced}, timeout=RECONCILE_WAIT,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            synced.cancel()
+        while not self.client.events.empty():  # let the resync's SA events be seen
+            await asyncio.sleep(0.01)
+        adopted = {str(r.peer) for r in self._adopted}
+        stale = [r for r in self._leftovers if str(r.peer) not in adopted]
+        removed = 0
+        for route in stale:
+            if await self._executor(self.routing.unsteer, route.peer):
+                removed += 1
+        if not self._adopted:
+            removed += await self._executor(self.routing.reconcile_leftovers)
+        self._leftovers = []
+        self._routes = await self._executor(self.routing.routes)
+        self.log.emit("steering_reconciled", removed=removed, adopted=sorted(adopted),
+                      table=self.routing.table)
+
+    def _check_charon_settings(self) -> None:
+        # Without prefer_best_path charon ignores our routes while its path "works".
+        conf = self.strongswan_conf or os.environ.get("STRONGSWAN_CONF") or \
+            DEFAULT_STRONGSWAN_CONF
+        on = prefer_best_path(conf)
+        if on is None:
+            self.log.emit("charon_settings_unknown", file=conf,
+                          hint="cannot read it; make sure charon.prefer_best_path = yes")
+        elif on:
+            self.log.emit("charon_settings_checked", file=conf, prefer_best_path=True)
+        else:
+            self.log.write("warning", "prefer_best_path_off", {
+                "file": conf, "hint": "install swanctl/strongswan.d/mobike-vici.conf; "
+                "charon will not follow the controller's routes"})
+
+    async def _shutdown(self) -> None:
+        for sa in self.sas.values():
+            if sa.timer is not None:
+                sa.timer.cancel()
+        for handle in self._plan_timers.values():
+            handle.cancel()
+        if self.prober is not None:
+            self.prober.close()
+        self.monitor.close()
+        if self._control is not None:
+            await self._control.close()
+        removed = await self._executor(self.routing.clear)
+        await self._executor(self.routing.close)
+        self._route_thread.shutdown(wait=False)
+        self.log.emit("steering_cleared", removed=removed, table=self.routing.table)
+
+    async def _on_connect(self, client: ViciClient) -> None:
+        # charon initiates start_action=start children itself when load-conn adds or
+        # changes a connection; loading an unchanged config again changes nothing.
+        result = await load(client, self.config)
+        self.log.emit("config_loaded", conns=list(result.conns), pools=list(result.pools))
+
+    # -- VICI events --------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        while True:
+            event = await self.client.events.get()
+            try:
+                self._on_vici(event)
+            except Exception as exc:  # one bad event must not end the controller
+                self.log.emit("controller_error", error=f"{type(exc).__name__}: {exc}")
+
+    def _on_vici(self, event: ViciEvent) -> None:
+        match event:
+            case ViciConnected():
+                self.log.emit("vici_connected", uri=event.uri, daemon=event.daemon)
+            case ViciDisconnected():
+                self.log.emit("vici_disconnected", uri=event.uri, reason=event.reason)
+            case SaAdded():
+                self._sa_seen(event.sa)
+            case SaUpdated():
+                if event.moved:
+                    self.log.emit("addresses_updated", conn=event.conn, ike_spi=event.ike_spi,
+                                  old_local=str(event.old.path.local),
+                                  old_remote=str(event.old.path.remote),
+                                  **_ep(event.new.path))
+                self._sa_seen(event.new)
+                if event.moved:
+                    self._moved(event.new)
+            case SaRekeyed():
+                old = self.sas.pop(event.ike_spi, None)
+                if old is not None and old.timer is not None:
+                    old.timer.cancel()
+                self.log.emit("ike_sa_rekeyed", conn=event.conn, ike_spi=event.ike_spi,
+                              new_ike_spi=event.new_ike_spi)
+                self._sa_seen(event.new)
+            case SaRemoved():
+                gone = self.sas.pop(event.ike_spi, None)
+                if gone is not None and gone.timer is not None:
+                    gone.timer.cancel()
+                if event.reason != "rekeyed":
+                    self.log.emit("ike_sa_deleted", conn=event.conn, ike_spi=event.ike_spi,
+                                  reason=event.reason, **_ep(event.sa.path))
+
+    def _sa_seen(self, info: IkeSaInfo) -> None:
+        """Track an established IKE_SA charon initiated; check a responder's peer address."""
+        if info.state != "ESTABLISHED":
+            return
+        if not info.initiator:
+            return  # the gateway side: only peer moves are judged (see _moved)
+        known = self.sas.get(info.ike_spi)
+        if known is not None:
+            known.info = info
+            return
+        now = self.now
+        manager = PathManager(self.policy, info.path, self._local_addresses(),
+                              [info.path.remote.addr], now=now, initiator=True)
+        sa = _Sa(info, manager)
+        self.sas[info.ike_spi] = sa
+        self.log.emit("ike_sa_tracked", conn=info.conn, ike_spi=info.ike_spi, **_ep(info.path))
+        for route in self._leftovers:
+            if route.peer == info.path.remote.addr and route.src == info.path.local.addr:
+                self._adopted.append(route)
+                self.log.emit("steering_adopted", conn=info.conn, ike_spi=info.ike_spi,
+                              **_ep(info.path))
+        plan = self.plans.get(info.conn)
+        if plan is not None and self._reached(plan, info.path):
+            self._plan_done(info, plan)
+        self._pump(sa)
+
+    def _moved(self, info: IkeSaInfo) -> None:
+        if not info.initiator:
+            self._check_peer(info)
+            return
+        sa = self.sas.get(info.ike_spi)
+        if sa is None:
+            return
+        plan = self.plans.get(info.conn)
+        if plan is not None and self._reached(plan, info.path):
+            self._plan_done(info, plan)
+        else:
+            sa.manager.on_active_path_changed(self._known_path(sa, info.path), self.now)
+        self._pump(sa)
+
+    def _known_path(self, sa: _Sa, current: Path) -> Path:
+        """The manager's candidate for where charon is now.
+
+        charon may land on a path the manager does not know (the other address family
+        of the same uplink, to an address the gateway announced): that uplink's
+        candidate stands in for it, or the manager would keep "failing over" to it.
+        """
+        candidates = [p.path for p in sa.manager.paths()]
+        if current in candidates or not candidates:
+            return current
+        have = egress(self.monitor.state, current.local.addr)
+        for path in candidates:
+            if path.local.addr == current.local.addr and path.remote.addr == current.remote.addr:
+                return path
+        for path in candidates:
+            want = egress(self.monitor.state, path.local.addr)
+            if have is not None and want is not None and want[0] == have[0]:
+                return path
+        return current
+
+    def _reached(self, plan: steer_plan.SteerPlan, current: Path) -> bool:
+        """On the target, or on another path of the target's uplink (charon may pick the
+        other address family of the same link, e.g. after the gateway announced it)."""
+        if steer_plan.reached(plan, current):
+            return True
+        want = egress(self.monitor.state, plan.target.local.addr)
+        have = egress(self.monitor.state, current.local.addr)
+        return want is not None and have is not None and want[0] == have[0]
+
+    def _plan_done(self, info: IkeSaInfo, plan: steer_plan.SteerPlan) -> None:
+        self.plans.pop(info.conn, None)
+        handle = self._plan_timers.pop(info.conn, None)
+        if handle is not None:
+            handle.cancel()
+        sa = self.sas.get(info.ike_spi)
+        if plan.stage != steer_plan.Stage.ROUTE:
+            self.log.emit("handover_escalation_succeeded", conn=info.conn,
+                          ike_spi=info.ike_spi, stage=plan.stage.name.lower(),
+                          old_ike_spi=plan.ike_spi, **_ep(info.path))
+        if sa is not None:
+            landed = info.path if steer_plan.reached(plan, info.path) else plan.target
+            sa.manager.on_move_completed(landed, self.now)
+            # Where charon really is: the same uplink may carry the other address family.
+            self._pump(sa, conn=info.conn, ike_spi=info.ike_spi,
+                       extra={"escalation": plan.stage.name.lower(),
+                              "charon_local": str(info.path.local),
+                              "charon_remote": str(info.path.remote)})
+
+    def _check_peer(self, info: IkeSaInfo) -> None:
+        """A peer moved: outside ``allowed_peer_prefixes`` its IKE_SA is terminated."""
+        if self.policy.allows_peer(info.path.remote.addr) or info.ike_spi in self._rejected:
+            return
+        self._rejected.add(info.ike_spi)
+        self.log.emit("update_rejected", conn=info.conn, ike_spi=info.ike_spi,
+                      reason="peer_address_not_allowed", **_ep(info.path))
+        self._spawn(self._terminate(info, "peer_address_not_allowed"))
+
+    async def _terminate(self, info: IkeSaInfo, reason: str) -> None:
+        try:
+            await self.client.call("terminate", {"ike-id": str(info.unique_id), "timeout": "-1"})
+            self.log.emit("ike_sa_terminated", conn=info.conn, ike_spi=info.ike_spi,
+                          reason=reason)
+        except ViciError as exc:
+            self.log.emit("terminate_failed", conn=info.conn, ike_spi=info.ike_spi,
+                          error=str(exc))
+
+    # -- the network --------------------------------------------------------------------
+
+    def _local_addresses(self) -> list[LocalAddress]:
+        # Virtual IPs live inside the tunnel: never a path's outer address.
+        vips = {vip for sa in self.client.table.sas() for vip in sa.virtual_ips}
+        return [LocalAddress(addr, ifname)
+                for ifname, addr in usable_addresses(self.monitor.state)
+                if str(addr) not in vips]
+
+    def _on_net(self, event: NetEvent) -> None:
+        now = self.now
+        for sa in list(self.sas.values()):
+            match event:
+                case LinkDown():
+                    sa.manager.on_link_down(event.ifname, now)
+                case LinkUp():
+                    sa.manager.on_link_up(event.ifname, now)
+                case AddressAdded() | AddressRemoved():
+                    sa.manager.set_local_addresses(self._local_addresses(), now)
+                case RouteChanged():
+                    sa.manager.on_route_changed(now)
+                case _:
+                    continue
+            self._pump(sa)
+
+    # -- probes -------------------------------------------------------------------------
+
+    def _on_probe_reply(self, wire_id: int, _rtt: float) -> None:
+        # Probe ids are per path manager; the prober sees one id space for all SAs.
+        ike_spi, probe_id = self._wire_ids.pop(wire_id, ("", 0))
+        sa = self.sas.get(ike_spi)
+        if sa is None:
+            return
+        sa.probes.discard(probe_id)
+        sa.manager.on_probe_reply(probe_id, self.now)
+        self._pump(sa)
+
+    # -- the path manager ---------------------------------------------------------------
+
+    def _pump(self, sa: _Sa, *, conn: str | None = None, ike_spi: str | None = None,
+              extra: JsonObject | None = None) -> None:
+        """Send due probes, log and act on the manager's events, re-arm its one timer."""
+        now = self.now
+        manager = sa.manager
+        for _ in range(8):  # a failed send is a miss, which may make more probes due
+            requests = manager.probes_to_send(now)
+            if not requests:
+                break
+            for req in requests:
+                out = egress(self.monitor.state, req.path.local.addr)
+                wire_id = self._next_wire_id()
+                self._wire_ids[wire_id] = (sa.info.ike_spi, req.probe_id)
+                ok = (out is not None and self.prober is not None
+                      and self.prober.send(req.path, wire_id, out[0]))
+                if not ok:
+                    self._wire_ids.pop(wire_id, None)
+                if ok:
+                    sa.probes.add(req.probe_id)
+                else:
+                    manager.on_probe_failed(req.probe_id, now)
+        while (event := manager.next_event()) is not None:
+            if isinstance(event, MoveRequested):
+                self._start_move(sa, event)
+                continue
+            name, fields = path_event_fields(event)
+            if isinstance(event, HandoverCompleted) and extra:
+                fields.update(extra)
+            self.log.emit(name, conn=conn or sa.info.conn, ike_spi=ike_spi or sa.info.ike_spi,
+                          **fields)
+        if sa.timer is not None:
+            sa.timer.cancel()
+            sa.timer = None
+        when = manager.get_timer()
+        if when is not None:
+            loop = asyncio.get_running_loop()
+            sa.timer = loop.call_at(max(when, now + 0.001), self._on_timer, sa.info.ike_spi)
+
+    def _next_wire_id(self) -> int:
+        self._wire_seq += 1
+        while len(self._wire_ids) >= MAX_WIRE_IDS:  # oldest first: long since timed out
+            self._wire_ids.pop(next(iter(self._wire_ids)))
+        return self._wire_seq
+
+    def _on_timer(self, ike_spi: str) -> None:
+        sa = self.sas.get(ike_spi)
+        if sa is None:
+            return
+        sa.timer = None
+        sa.manager.handle_timer(self.now)
+        self._pump(sa)
+
+    # -- steering -----------------------------------------------------------------------
+
+    def _start_move(self, sa: _Sa, event: MoveRequested) -> None:
+        info = sa.info
+        plan = steer_plan.start(info.ike_spi, event.path, event.old_path, self.now,
+                                self.deadlines)
+        self.plans[info.conn] = plan
+        self._arm_plan(info.conn, plan)
+        self._spawn(self._steer(info, event.path))
+
+    async def _steer(self, info: IkeSaInfo, target: Path) -> None:
+        out = egress(self.monitor.state, target.local.addr)
+        if out is None:
+            self._move_failed(info.conn, target, "no_local_address")
+            return
+        dev, via = out
+        try:
+            await self._executor(self.routing.steer, target.remote.addr, via=via, dev=dev,
+                                 src=target.local.addr)
+        except (OSError, LookupError, ValueError) as exc:
+            self.log.emit("steer_failed", conn=info.conn, ike_spi=info.ike_spi,
+                          error=str(exc), **_ep(target))
+            self._move_failed(info.conn, target, "route_refused")
+            return
+        self._routes = await self._executor(self.routing.routes)
+        self.log.emit("route_steered", conn=info.conn, ike_spi=info.ike_spi, dev=dev,
+                      via=str(via) if via is not None else None, **_ep(target))
+        cur_info = self.client.table.get(info.ike_spi)
+        plan = self.plans.get(info.conn)
+        if plan is not None and cur_info is not None and self._reached(plan, cur_info.path):
+            self._plan_done(cur_info, plan)  # charon was there already (e.g. link down)
+
+    def _move_failed(self, conn: str, target: Path, reason: str) -> None:
+        self.plans.pop(conn, None)
+        handle = self._plan_timers.pop(conn, None)
+        if handle is not None:
+            handle.cancel()
+        for sa in self.sas.values():
+            if sa.info.conn == conn:
+                sa.manager.on_move_failed(target, reason, self.now)
+                self._pump(sa)
+
+    def _arm_plan(self, conn: str, plan: steer_plan.SteerPlan) -> None:
+        old = self._plan_timers.pop(conn, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._plan_timers[conn] = loop.call_at(plan.deadline, self._on_plan_timer, conn)
+
+    def _on_plan_timer(self, conn: str) -> None:
+        self._plan_timers.pop(conn, None)
+        plan = self.plans.get(conn)
+        if plan is None:
+            return
+        plan, action = steer_plan.on_timer(plan, self.now, self.deadlines)
+        if action is None:
+            self._arm_plan(conn, plan)
+            return
+        # charon did not follow the routes in time: say so, then push harder.
+        self.log.write("warning", "handover_escalated", {
+            "conn": conn, "ike_spi": plan.ike_spi, "stage": plan.stage.name.lower(),
+            **_ep(plan.target)})
+        if action == steer_plan.Action.GIVE_UP:
+            self._move_failed(conn, plan.target, "charon_did_not_move")
+            return
+        self.plans[conn] = plan
+        self._arm_plan(conn, plan)
+        sa = next((s for s in self.sas.values() if s.info.conn == conn), None)
+        if sa is None:
+            return
+        if action == steer_plan.Action.REAUTH:
+            self._spawn(self._reauth(sa.info))
+        else:
+            self._spawn(self._reinitiate(sa.info))
+
+    async def _reauth(self, info: IkeSaInfo) -> None:
+        try:
+            await self.client.call("rekey", {"ike-id": str(info.unique_id), "reauth": "yes"})
+        except ViciError as exc:
+            self.log.emit("escalation_failed", conn=info.conn, ike_spi=info.ike_spi,
+                          stage="reauth", error=str(exc))
+
+    async def _reinitiate(self, info: IkeSaInfo) -> None:
+        try:
+            await self.client.call("terminate", {"ike-id": str(info.unique_id), "timeout": "-1"})
+        except ViciError as exc:
+            self.log.emit("escalation_failed", conn=info.conn, ike_spi=info.ike_spi,
+                          stage="terminate", error=str(exc))
+        conn = next((c for c in self.config.connections if c.name == info.conn), None)
+        children = [c.name for c in conn.children] if conn is not None else []
+        for child in children[:1]:
+            try:
+                await self.client.initiate(child, info.conn, timeout_ms=0)
+            except ViciError as exc:
+                self.log.emit("escalation_failed", conn=info.conn, ike_spi=info.ike_spi,
+                              stage="initiate", error=str(exc))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- status -------------------------------------------------------------------------
+
+    def _control_request(self, req: JsonObject) -> JsonObject:
+        if req.get("cmd") != "status":
+            return {"ok": False, "error": f"unknown command {req.get('cmd')!r}"}
+        return self.status()
+
+    def status(self) -> JsonObject:
+        sas: list[JsonObject] = []
+        for info in self.client.table.sas():
+            tracked = self.sas.get(info.ike_spi)
+            paths: list[JsonObject] = []
+            if tracked is not None:
+                for p in tracked.manager.paths():
+                    paths.append({**_ep(p.path), "ifname": p.ifname, "state": p.state.name.lower(),
+                                  "srtt_ms": None if p.srtt is None else round(p.srtt * 1000, 3),
+                                  "active": p.path == tracked.manager.active_path})
+            sas.append({
+                "conn": info.conn, "ike_spi": info.ike_spi, "state": info.state,
+                "initiator": info.initiator, **_ep(info.path), "local_id": info.local_id,
+                "remote_id": info.remote_id, "virtual_ips": list(info.virtual_ips),
+                "children": [{"name": c.name, "unique_id": c.unique_id, "state": c.state,
+                              "spi_in": c.spi_in, "spi_out": c.spi_out,
+                              "local_ts": list(c.local_ts), "remote_ts": list(c.remote_ts)}
+                             for c in info.children],
+                "paths": paths,
+            })
+        routes = [{"peer": str(r.peer), "via": str(r.via) if r.via else None,
+                   "src": str(r.src) if r.src else None} for r in self._routes]
+        return {"ok": True, "backend": "vici", "vici": self.uri,
+                "vici_connected": self.client.connected, "ike_sas": sas,
+                "steering": {"table": self.routing.table, "routes": routes}}
+
+
+def run_controller(config: Config, events: TextIO, uri: str, control_path: str | None,
+                   strongswan_conf: str | None = None) -> int:
+    """The ``run`` subcommand's body: until SIGTERM/SIGINT; 0 after a clean stop."""
+    log = EventLog(make_logger(events))
+
+    async def main() -> int:
+        controller = Controller(config, log, uri=uri, control_path=control_path,
+                                strongswan_conf=strongswan_conf)
+        return await controller.run()
+
+    log.emit("controller_started", pid=os.getpid(), vici=uri)
+    return asyncio.run(main())

@@ -1,0 +1,41 @@
+"""The controller's pure edges: path events as stream fields, the prefer_best_path check."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path as FsPath
+
+from mobike_vici.daemon.controller import path_event_fields, prefer_best_path
+from mobike_vici.mobike.events import HandoverCompleted, PathDown
+from mobike_vici.types import Endpoint, Path
+
+REPO = FsPath(__file__).resolve().parents[3]
+
+
+def _path(local: str) -> Path:
+    return Path(Endpoint(ipaddress.ip_address(local), 4500),
+                Endpoint(ipaddress.ip_address("192.0.2.2"), 4500))
+
+
+def test_handover_completed_carries_old_endpoints_and_duration() -> None:
+    name, fields = path_event_fields(HandoverCompleted(
+        path=_path("10.2.0.2"), old_path=_path("10.1.0.2"), duration_ms=12.3456))
+    assert name == "handover_completed"
+    assert fields == {"local": "10.2.0.2[4500]", "remote": "192.0.2.2[4500]",
+                      "old_local": "10.1.0.2[4500]", "old_remote": "192.0.2.2[4500]",
+                      "duration_ms": 12.346}
+
+
+def test_path_down_has_its_reason() -> None:
+    name, fields = path_event_fields(PathDown(path=_path("10.1.0.2"), reason="probe_timeout"))
+    assert (name, fields["reason"]) == ("path_down", "probe_timeout")
+
+
+def test_the_shipped_snippet_turns_prefer_best_path_on(tmp_path: FsPath) -> None:
+    snippet = REPO / "swanctl" / "strongswan.d" / "mobike-vici.conf"
+    conf = tmp_path / "strongswan.conf"
+    conf.write_text(f"charon {{ load_modular = no }}\ninclude {snippet}\n")
+    assert prefer_best_path(str(conf)) is True
+    conf.write_text("charon { load_modular = no }\n")
+    assert prefer_best_path(str(conf)) is False
+    assert prefer_best_path(str(tmp_path / "missing.conf")) is None
