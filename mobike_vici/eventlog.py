@@ -27,12 +27,20 @@ from .core.events import (
     ChildSaDeleted,
     ChildSaInstalled,
     ChildSaRekeyed,
+    ChildSaUpdated,
     Event,
     ExchangeFailed,
     IkeSaDeleted,
     IkeSaEstablished,
+    IkeSaMoved,
     IkeSaRekeyed,
+    MoveFailed,
+    NatMappingChanged,
     PacketDropped,
+    PeerAddressesUpdated,
+    PeerMoved,
+    ProbeResult,
+    UpdateRejected,
 )
 from .ikev2.crypto import ChildKeys, IkeKeys
 from .types import Endpoint, Path
@@ -189,11 +197,15 @@ _WARNING_EVENTS = frozenset({
 })
 # A bug in our own code, caught by a safety net.
 _ERROR_EVENTS = frozenset({"engine_error"})
+# Several a second per IKE_SA: only for debugging.
+_DEBUG_EVENTS = frozenset({"probe_result"})
 
 
 def level_of(event_name: str) -> str:
     if event_name in _ERROR_EVENTS:
         return "error"
+    if event_name in _DEBUG_EVENTS:
+        return "debug"
     return "warning" if event_name in _WARNING_EVENTS else "info"
 
 
@@ -279,6 +291,71 @@ def core_event_fields(event: Event) -> tuple[str, Fields]:
                 "ike_spi": event.ike_spi,
                 "exchange": event.exchange,
                 "reason": event.reason,
+            }
+        case IkeSaMoved():
+            # Our UPDATE_SA_ADDRESSES was answered (the path manager's handover_completed
+            # follows when one asked for the move).
+            return "ike_sa_moved", {
+                "conn": event.conn,
+                "ike_spi": event.ike_spi,
+                **_path_fields(event.new_path),
+                "old_local": str(event.old_path.local),
+                "old_remote": str(event.old_path.remote),
+                "duration_ms": round(event.duration * 1000.0, 3),
+            }
+        case PeerMoved():
+            return "peer_moved", {
+                "conn": event.conn,
+                "ike_spi": event.ike_spi,
+                **_path_fields(event.new_path),
+                "old_local": str(event.old_path.local),
+                "old_remote": str(event.old_path.remote),
+            }
+        case ChildSaUpdated():
+            return "child_sa_updated", {
+                "conn": event.conn,
+                "ike_spi": event.ike_spi,
+                **_path_fields(event.path),
+                "child": event.child,
+                "unique_id": event.unique_id,
+                "spi_in": spi_hex(event.spi_in),
+                "spi_out": spi_hex(event.spi_out),
+                "encap": event.encap,
+            }
+        case MoveFailed():
+            return "move_failed", {
+                "conn": event.conn,
+                "ike_spi": event.ike_spi,
+                **_path_fields(event.path),
+                "reason": event.reason,
+            }
+        case UpdateRejected():
+            return "update_rejected", {
+                "conn": event.conn,
+                "ike_spi": event.ike_spi,
+                **_path_fields(event.path),
+                "reason": event.reason,
+            }
+        case PeerAddressesUpdated():
+            return "addresses_updated", {
+                "conn": event.conn,
+                "ike_spi": event.ike_spi,
+                "addresses": [str(a) for a in event.addresses],
+            }
+        case NatMappingChanged():
+            return "nat_mapping_changed", {
+                "conn": event.conn,
+                "ike_spi": event.ike_spi,
+                **_path_fields(event.path),
+            }
+        case ProbeResult():
+            return "probe_result", {
+                "conn": event.conn,
+                "ike_spi": event.ike_spi,
+                **_path_fields(event.path),
+                "probe_id": event.probe_id,
+                "ok": event.ok,
+                "rtt_ms": None if event.rtt is None else round(event.rtt * 1000.0, 3),
             }
     # An event class newer than this table: say so instead of guessing its fields,
     # which may include keys.

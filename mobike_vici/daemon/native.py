@@ -25,11 +25,15 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
 
+from ..backends.native import Mobility
 from ..config.model import Config, StartAction
 from ..core.engine import Datagram, Engine, IkeStatus
-from ..core.events import Event
+from ..core.events import Event, ProbeResult
 from ..esp.xfrm import select_data_plane
 from ..eventlog import EventLog, configure, core_event_fields, level_of, make_logger
+from ..net.events import LinkDown, LinkRemoved, LinkUp, NetEvent, RouteChanged
+from ..net.monitor import NetlinkMonitor
+from ..net.state import usable_addresses
 from ..types import IKE_PORT, NATT_PORT, Endpoint, Path
 from . import udp
 from .control import ControlError, ControlServer, JsonObject
@@ -111,6 +115,8 @@ class Daemon:
         data_plane: DataPlaneApi | None = None,
         probe_kernel: bool = False,
         shutdown_grace: float = 2.0,
+        mobility: Mobility | None = None,
+        net_monitor: bool = True,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -123,6 +129,10 @@ class Daemon:
         self.probe_kernel = probe_kernel
         """Probe the kernel for ESP at start (``data_plane_selected``) before opening the TUN."""
         self.event_hooks: list[EventHook] = []
+        self.mobility = mobility
+        """MOBIKE path selection: fed core events and netlink, asked for probes and moves."""
+        self._want_monitor = net_monitor and mobility is not None
+        self._monitor: NetlinkMonitor | None = None
         self.shutdown_grace = shutdown_grace
         self.esp_dropped = 0
         """ESP datagrams dropped for want of a data plane (a counter for status and tests)."""
@@ -177,12 +187,45 @@ class Daemon:
             except BaseException:
                 await self.close()
                 raise
+        if self._want_monitor:
+            await self._start_monitor()
         now = self.now()
         for conn in self.config.connections:
             for child in conn.children:
                 if _starts(child.start_action):
                     self._guarded("initiate", self.engine.initiate, conn.name, child.name, now)
         self._after_engine()
+
+    async def _start_monitor(self) -> None:
+        # Set before start(): the initial dump's events arrive during start().
+        self._monitor = NetlinkMonitor(on_event=self._on_net_event)
+        try:
+            await self._monitor.start()
+        except OSError as exc:
+            self._monitor = None
+            self.log.emit("net_monitor_unavailable",
+                          error=errno.errorcode.get(exc.errno or 0, str(exc)))
+
+    def _on_net_event(self, event: NetEvent) -> None:
+        """A kernel change: the link hint first, then the whole usable address set."""
+        mobility, monitor = self.mobility, self._monitor
+        if mobility is None:
+            return
+        now = self.now()
+        try:
+            if isinstance(event, LinkDown | LinkRemoved):
+                mobility.on_link(event.ifname, False, now)
+            elif isinstance(event, LinkUp):
+                mobility.on_link(event.ifname, True, now)
+            elif isinstance(event, RouteChanged):
+                mobility.on_route_changed(now)
+            state = monitor.state if monitor is not None else None
+            if state is not None:
+                mobility.on_addresses(usable_addresses(state), now)
+        except Exception as exc:
+            self.log.emit("engine_error", call="mobility_net", error=type(exc).__name__)
+        if self._loop is not None and self._sockets:
+            self._after_engine()
 
     def _open_data_plane(self) -> None:
         assert self.data_plane is not None
@@ -248,6 +291,9 @@ class Daemon:
             self.log.emit("shutdown_incomplete", ike_sas=sorted(pending))
 
     async def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.close()
+            self._monitor = None
         if self.data_plane is not None:
             self.data_plane.close()
         if self._timer is not None:
@@ -373,6 +419,8 @@ class Daemon:
         self._timer = None
         now = self.now()
         ok = self._guarded("handle_timer", self.engine.handle_timer, now)
+        if self.mobility is not None:
+            ok &= self._guarded("mobility_timer", self.mobility.handle_timer, now)
         self._after_engine(not_before=None if ok else now + ENGINE_ERROR_BACKOFF)
 
     def _after_engine(self, not_before: float | None = None) -> None:
@@ -380,6 +428,13 @@ class Daemon:
         now = self.now()
         self._flush(now)
         self._drain_events()
+        # The path managers may call the engine (probe, move), whose answers may feed
+        # them again: a few rounds settle it (the rest waits for the timer).
+        for _ in range(4):
+            if self.mobility is None or not self._pump_mobility(now):
+                break
+            self._flush(now)
+            self._drain_events()
         if self.data_plane is not None:
             try:
                 self.data_plane.sync(self._status())
@@ -387,6 +442,19 @@ class Daemon:
                 self.log.emit("engine_error", call="data_plane_sync", error=type(exc).__name__)
         self._rearm(not_before)
         self._changed.set()
+
+    def _pump_mobility(self, now: float) -> bool:
+        """Run the path managers; True when they called the engine."""
+        assert self.mobility is not None
+        before = self.mobility.calls
+        try:
+            out = self.mobility.pump(now)
+        except Exception as exc:
+            self.log.emit("engine_error", call="mobility", error=type(exc).__name__)
+            return False
+        for name, fields in out:
+            self.log.emit(name, **fields)
+        return self.mobility.calls != before
 
     def _flush(self, now: float) -> None:
         try:
@@ -431,6 +499,14 @@ class Daemon:
                     extra = self.data_plane.on_event(event)
                 except Exception as exc:
                     self.log.emit("engine_error", call="data_plane", error=type(exc).__name__)
+            if self.mobility is not None:
+                try:
+                    self.mobility.on_core_event(event, self.now())
+                except Exception as exc:
+                    self.log.emit("engine_error", call="mobility_event",
+                                  error=type(exc).__name__)
+                if isinstance(event, ProbeResult):
+                    continue  # several a second per SA; path_up/path_down tell the story
             if extra:
                 name, fields = core_event_fields(event)
                 self.log.write(level_of(name), name, {**fields, **extra})
@@ -448,6 +524,10 @@ class Daemon:
             self._timer = None
         try:
             deadline = self.engine.get_timer()
+            if self.mobility is not None:
+                extra = self.mobility.get_timer()
+                if extra is not None:
+                    deadline = extra if deadline is None else min(deadline, extra)
         except Exception as exc:
             self.log.emit("engine_error", call="get_timer", error=type(exc).__name__)
             deadline = None
@@ -497,6 +577,15 @@ def _in_thread(call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _
         return pool.submit(call, *args, **kwargs).result()
 
 
+def _mobike_conn(config: Config) -> Callable[[str], bool]:
+    def mobike(conn: str) -> bool:
+        try:
+            return config.connection(conn).mobike
+        except KeyError:
+            return False
+    return mobike
+
+
 def run_native(config: Config, events: TextIO, control_path: str | None) -> int:
     """``mobike-vici native``: build the real engine and run until told to stop.
 
@@ -511,8 +600,10 @@ def run_native(config: Config, events: TextIO, control_path: str | None) -> int:
               file=sys.stderr)
         return 1
     try:
+        mobility = Mobility(engine, config.mobike.policy, _mobike_conn(config))
         daemon = Daemon(config, engine, log, control_path=control_path,
-                        data_plane=UserspaceEsp(config), probe_kernel=True)
+                        data_plane=UserspaceEsp(config), probe_kernel=True,
+                        mobility=mobility)
         return asyncio.run(daemon.run())
     except (OSError, ControlError) as exc:
         print(f"mobike-vici: {exc}", file=sys.stderr)

@@ -59,6 +59,13 @@ def test_demo_brings_up_tunnel_and_cleans_up(tmp_path: Path) -> None:
             seen[label.lstrip("[")].add(json.loads(rest)["event"])
     for side, names in seen.items():
         assert set(demo.REQUIRED_EVENTS) <= names, (side, names)
+    # Two handovers on the native core, each with its measured outage.
+    assert {"handover_started", "handover_completed", "path_down"} <= seen["initiator"]
+    outages = [line for line in text.splitlines()
+               if line.startswith("demo: ") and " outage " in line and " moved " in line]
+    assert len(outages) == 2, text
+    assert "10.1.0.2[4500] -> 10.2.0.2[4500]" in outages[0]
+    assert "10.2.0.2[4500] -> 10.1.0.2[4500]" in outages[1]
     assert "demo: OK" in text
     assert {ns for ns in list_namespaces() if ns.startswith(ours)} <= before
 

@@ -1,0 +1,166 @@
+"""Handover outage: charon <-> charon, native <-> charon and native <-> native in one run.
+
+The mobile topology (mob with uplinks m0/m1 through rtr to gw, see
+tests/mobility/harness.py): mob initiates, gw responds, a UDP datagram every 10 ms
+goes from mob through the tunnel to gw. Cases, each repeated ``--reps`` times:
+
+  a  link down: the active uplink's link goes down in mob
+  b  silent: rtr drops everything of the active uplink (its link stays up)
+  c  return: the preferred uplink m0 comes back while mob runs on m1
+
+Outage (a, b) = arrival of the first datagram sent after the fault minus the
+fault time, capped at ``--cap`` seconds ("lost" beyond). For (c): how long after
+m0 came back the SA returned to it, and the longest gap in the stream around the
+return (a make-before-break return has none beyond the 10 ms pacing).
+
+Needs root and strongSwan. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mobike_vici.lab.charon import charon_available
+from mobike_vici.lab.netns import Lab, is_root
+from tests.mobility.harness import Handover, build, max_gap
+
+PAIRS = {
+    "charon-charon": (False, False),
+    "native-charon": (True, False),
+    "native-native": (True, True),
+}
+UPLINKS = ("10.1.0.2", "10.2.0.2")
+SETTLE = 3.0  # after healing: standby probes (every 2 s) find the healed uplink up again
+TARGETS_MS = {"a_link_down": 50.0, "b_silent": 1000.0}
+
+
+def p95(values: list[float]) -> float:
+    """Nearest-rank 95th percentile (the max for fewer than 20 values)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def summary(samples: list[float | None]) -> dict[str, Any]:
+    got = [s * 1000.0 for s in samples if s is not None]
+    out: dict[str, Any] = {
+        "reps": len(samples),
+        "lost": sum(1 for s in samples if s is None),
+        "samples_ms": [round(s * 1000.0, 1) if s is not None else "lost" for s in samples],
+    }
+    if got:
+        out["median_ms"] = round(statistics.median(got), 1)
+        out["p95_ms"] = round(p95(got), 1) if len(got) == len(samples) else "lost"
+    else:
+        out["median_ms"] = out["p95_ms"] = "lost"
+    return out
+
+
+def active_index(h: Handover) -> int:
+    local = h.mob_local()
+    return UPLINKS.index(local) if local in UPLINKS else 0
+
+
+def case_a(h: Handover, cap: float) -> float | None:
+    idx = active_index(h)
+    fault = h.link_down(idx)
+    outage = h.wait_resumed(fault, cap)
+    h.link_up(idx)
+    time.sleep(SETTLE)
+    return outage
+
+
+def case_b(h: Handover, cap: float) -> float | None:
+    idx = active_index(h)
+    fault = h.kill_silently(idx)
+    outage = h.wait_resumed(fault, cap)
+    healed = h.revive(idx)
+    if outage is None and h.wait_resumed(healed, 30.0) is None:
+        raise RuntimeError("tunnel did not recover after healing")
+    time.sleep(SETTLE)
+    return outage
+
+
+def case_c(h: Handover, cap: float) -> dict[str, float | None]:
+    if active_index(h) != 0:
+        h.wait_local(UPLINKS[0], 30.0)
+    fault = h.link_down(0)
+    h.wait_resumed(fault, cap)
+    h.wait_local(UPLINKS[1], cap)
+    time.sleep(SETTLE)
+    up = h.link_up(0)
+    back = h.wait_local(UPLINKS[0], 40.0)
+    returned = time.monotonic() if back else None
+    time.sleep(0.5)
+    gap = max_gap(h.arrivals(), up, time.monotonic()) if back else None
+    return {"return_s": None if returned is None else returned - up, "gap": gap}
+
+
+def run_pair(name: str, reps: int, cases: str, cap: float) -> dict[str, Any]:
+    mob_native, gw_native = PAIRS[name]
+    out: dict[str, Any] = {}
+    for case in cases:
+        if case == "c":
+            # A fresh lab per repetition: two moves per run, and back-to-back runs
+            # would soon meet max_moves_per_minute (flap damping), not the hold-down.
+            runs = []
+            for _ in range(reps):
+                with Lab() as lab:
+                    h = build(lab, mob_native=mob_native, gw_native=gw_native)
+                    try:
+                        runs.append(case_c(h, cap))
+                    finally:
+                        h.close()
+            out["c_return"] = {"return_after_ms": summary([r["return_s"] for r in runs]),
+                               "max_gap_ms": summary([r["gap"] for r in runs])}
+            continue
+        with Lab() as lab:
+            h = build(lab, mob_native=mob_native, gw_native=gw_native)
+            try:
+                if case == "a":
+                    out["a_link_down"] = summary([case_a(h, cap) for _ in range(reps)])
+                elif case == "b":
+                    out["b_silent"] = summary([case_b(h, cap) for _ in range(reps)])
+            finally:
+                h.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--cases", default="abc")
+    parser.add_argument("--pairs", default=",".join(PAIRS))
+    parser.add_argument("--cap", type=float, default=20.0,
+                        help="seconds after which an outage counts as lost")
+    args = parser.parse_args(argv)
+    if not is_root() or not charon_available():
+        print(json.dumps({"error": "needs root and strongSwan (charon)"}))
+        return 2
+    started = time.monotonic()
+    results = {name: run_pair(name, args.reps, args.cases, args.cap)
+               for name in args.pairs.split(",")}
+    print(json.dumps({
+        "benchmark": "handover",
+        "reps": args.reps,
+        "cap_s": args.cap,
+        "stream_interval_ms": 10,
+        "targets_ms": TARGETS_MS,
+        "python": platform.python_version(),
+        "results": results,
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""The native backend's mobility glue: one PathManager per MOBIKE IKE_SA, fed by core
+events and the network, driving ``Engine.probe``/``move``/``set_local_addresses``.
+
+Sans I/O like both sides it joins: the daemon calls ``on_core_event`` for every
+engine event, ``on_net`` after every netlink event (with the usable addresses it
+computed), ``handle_timer`` when ``get_timer`` fires, and ``pump(now)`` after any of
+these; ``pump`` sends due probes, carries out moves and returns the path events to
+log as ``(name, fields)`` pairs. The engine's own events (ProbeResult, IkeSaMoved, ...)
+come back through ``on_core_event`` on the daemon's next drain.
+
+Three choices of this glue, all about the peer or the engine rather than policy:
+- The other family is a last resort (``CROSS_FAMILY_COST``) unless the policy
+  speaks about families itself: charon rekeys a CHILD_SA it cannot move across
+  families (new SPIs), and an uplink that silently died for one family has
+  usually died for the other as well.
+- One probe in flight per IKE_SA: the engine resends an outstanding request on a
+  second probed path, and the answer that comes second is dropped as unexpected,
+  so concurrent probes would fail paths that work.
+- Our own virtual IPs and the tunnel devices are never path ends.
+
+Probe ids: the manager and the engine number probes independently; ``_probes`` maps
+the engine's id to the (IKE_SA, manager id) it answers.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Protocol
+
+from ..config.mobike import MobikePolicy, PreferRule
+from ..core.events import (
+    Event,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaMoved,
+    IkeSaRekeyed,
+    MoveFailed,
+    PacketDropped,
+    PeerAddressesUpdated,
+    PeerMoved,
+    ProbeResult,
+)
+from ..mobike import events as pe
+from ..mobike.manager import PathManager
+from ..mobike.paths import LocalAddress
+from ..types import IPAddress, Path
+
+Fields = dict[str, object]
+
+CROSS_FAMILY_COST = 1_000_000
+"""Added to paths of the family the IKE_SA was not set up on: above any sane rule."""
+
+TUNNEL_INTERFACES = ("mvici*", "ipsec*", "lo")
+"""Our TUN device and charon's: addresses there are inside the tunnel; and loopback,
+where a gateway keeps addresses it protects, never an outer endpoint."""
+
+
+class MobikeEngine(Protocol):
+    """What the glue uses of ``core.engine.Engine`` (unit tests pass a fake)."""
+
+    def set_local_addresses(self, addrs: Sequence[IPAddress], now: float) -> None: ...
+    def peer_addresses(self, ike_spi: str) -> tuple[IPAddress, ...]: ...
+    def probe(self, ike_spi: str, path: Path, now: float) -> int: ...
+    def move(self, ike_spi: str, path: Path, now: float) -> None: ...
+
+
+@dataclass(slots=True)
+class _Sa:
+    conn: str
+    manager: PathManager
+
+
+def _path_fields(path: Path) -> Fields:
+    return {"local": str(path.local), "remote": str(path.remote)}
+
+
+def path_event_fields(conn: str, ike_spi: str, event: pe.Event) -> tuple[str, Fields] | None:
+    """The stream name and fields of a path manager event; None for MoveRequested
+    (an instruction, logged as its HandoverStarted)."""
+    base: Fields = {"conn": conn, "ike_spi": ike_spi, **_path_fields(event.path)}
+    match event:
+        case pe.PathUp():
+            return "path_up", {**base, "rtt_ms": round(event.rtt_ms, 3)}
+        case pe.PathDown():
+            return "path_down", {**base, "reason": event.reason}
+        case pe.PathSelected():
+            return "path_selected", {**base, "reason": event.reason}
+        case pe.HandoverStarted():
+            return "handover_started", {**base, "old_local": str(event.old_path.local),
+                                        "old_remote": str(event.old_path.remote),
+                                        "reason": event.reason}
+        case pe.HandoverCompleted():
+            return "handover_completed", {**base, "old_local": str(event.old_path.local),
+                                          "old_remote": str(event.old_path.remote),
+                                          "duration_ms": round(event.duration_ms, 3)}
+        case pe.HandoverFailed():
+            return "handover_failed", {**base, "old_local": str(event.old_path.local),
+                                       "old_remote": str(event.old_path.remote),
+                                       "reason": event.reason}
+    return None
+
+
+class Mobility:
+    """Every MOBIKE IKE_SA's path manager, and the calls into the engine they ask for."""
+
+    def __init__(self, engine: MobikeEngine, policy: MobikePolicy,
+                 mobike_conns: Callable[[str], bool] = lambda _conn: True,
+                 tunnel_interfaces: Sequence[str] = TUNNEL_INTERFACES) -> None:
+        self.engine = engine
+        self.policy = policy
+        self._mobike_conns = mobike_conns
+        self._sas: dict[str, _Sa] = {}
+        self._probes: dict[int, tuple[str, int]] = {}
+        self._local: tuple[LocalAddress, ...] = ()
+        self._seen: tuple[tuple[str, IPAddress], ...] = ()
+        self._virtual: set[IPAddress] = set()
+        self._tunnel_ifs = tuple(tunnel_interfaces)
+        self._log: list[tuple[str, Fields]] = []
+        self.errors = 0
+        """Engine calls that raised (an SA vanished under us): counted, never fatal."""
+        self.calls = 0
+        """Calls into the engine so far: the daemon flushes again when this grew."""
+
+    # -- state ------------------------------------------------------------------------
+
+    def manager(self, ike_spi: str) -> PathManager | None:
+        sa = self._sas.get(ike_spi)
+        return sa.manager if sa is not None else None
+
+    @property
+    def ike_spis(self) -> list[str]:
+        return list(self._sas)
+
+    @property
+    def local_addresses(self) -> tuple[LocalAddress, ...]:
+        return self._local
+
+    # -- inputs -----------------------------------------------------------------------
+
+    def on_core_event(self, event: Event, now: float) -> None:
+        match event:
+            case IkeSaEstablished():
+                if event.initiator and event.virtual_ips:
+                    self._virtual.update(event.virtual_ips)
+                    self.on_addresses(self._seen, now)
+                if self._mobike_conns(event.conn) and event.ike_spi not in self._sas:
+                    self._sas[event.ike_spi] = _Sa(event.conn, self._new_manager(event, now))
+            case IkeSaDeleted():
+                self._forget(event.ike_spi)
+            case IkeSaRekeyed():
+                sa = self._sas.pop(event.ike_spi, None)
+                if sa is not None:
+                    self._sas[event.new_ike_spi] = sa
+                    for eid, (spi, mid) in list(self._probes.items()):
+                        if spi == event.ike_spi:
+                            self._probes[eid] = (event.new_ike_spi, mid)
+            case _:
+                self._to_manager(event, now)
+
+    def _to_manager(self, event: Event, now: float) -> None:
+        mgr = self.manager(event.ike_spi) if not isinstance(event, PacketDropped) else None
+        if mgr is None:
+            return
+        match event:
+            case ProbeResult():
+                ref = self._probes.pop(event.probe_id, None)
+                if ref is None:
+                    return
+                if event.ok:
+                    mgr.on_probe_reply(ref[1], now)
+                else:
+                    mgr.on_probe_failed(ref[1], now)
+            case IkeSaMoved():
+                if mgr.wanted_path is not None:
+                    mgr.on_move_completed(event.new_path, now)
+                elif event.new_path != mgr.active_path:
+                    mgr.on_active_path_changed(event.new_path, now)
+                # else: the engine's own update on the same path (a NAT rebinding,
+                # RFC 4555 §3.8), not a handover.
+            case MoveFailed():
+                mgr.on_move_failed(event.path, event.reason, now)
+            case PeerMoved():
+                mgr.on_active_path_changed(event.new_path, now)
+            case PeerAddressesUpdated():
+                mgr.on_peer_addresses(event.addresses, now, mgr.active_path.remote.addr)
+            case _:
+                pass
+
+    def on_addresses(self, addrs: Iterable[tuple[str, IPAddress]], now: float) -> None:
+        """The usable local addresses as (ifname, address): the whole new set."""
+        self._seen = tuple(addrs)
+        new = tuple(LocalAddress(addr, ifname) for ifname, addr in self._seen
+                    if addr not in self._virtual
+                    and not any(fnmatch.fnmatchcase(ifname, g) for g in self._tunnel_ifs))
+        if new == self._local:
+            return
+        self._local = new
+        self._log.append(("local_addresses", {"addresses": [
+            f"{a.addr}%{a.ifname}" for a in new]}))
+        for sa in self._sas.values():
+            sa.manager.set_local_addresses(new, now)
+        self._call("set_local_addresses",
+                   partial(self.engine.set_local_addresses, [a.addr for a in new], now))
+
+    def on_link(self, ifname: str, up: bool, now: float) -> None:
+        for sa in self._sas.values():
+            if up:
+                sa.manager.on_link_up(ifname, now)
+            else:
+                sa.manager.on_link_down(ifname, now)
+
+    def on_route_changed(self, now: float) -> None:
+        for sa in self._sas.values():
+            sa.manager.on_route_changed(now)
+
+    def handle_timer(self, now: float) -> None:
+        for sa in self._sas.values():
+            sa.manager.handle_timer(now)
+
+    def get_timer(self) -> float | None:
+        times = [t for sa in self._sas.values() if (t := sa.manager.get_timer()) is not None]
+        return min(times) if times else None
+
+    # -- outputs ----------------------------------------------------------------------
+
+    def pump(self, now: float) -> list[tuple[str, Fields]]:
+        """Send due probes, carry out requested moves; the path events to log."""
+        for spi, sa in list(self._sas.items()):
+            mgr = sa.manager
+            for req in mgr.probes_to_send(now):
+                eid = self._call("probe", partial(self.engine.probe, spi, req.path, now))
+                if isinstance(eid, int):
+                    self._probes[eid] = (spi, req.probe_id)
+                else:
+                    mgr.on_probe_failed(req.probe_id, now)
+            while (event := mgr.next_event()) is not None:
+                if isinstance(event, pe.MoveRequested):
+                    self._call("move", partial(self.engine.move, spi, event.path, now))
+                    continue
+                mapped = path_event_fields(sa.conn, spi, event)
+                if mapped is not None:
+                    self._log.append(mapped)
+        out, self._log = self._log, []
+        return out
+
+    # -- internals --------------------------------------------------------------------
+
+    def _new_manager(self, event: IkeSaEstablished, now: float) -> PathManager:
+        try:
+            peers = self.engine.peer_addresses(event.ike_spi)
+        except KeyError:
+            peers = (event.path.remote.addr,)
+        policy = replace(self.policy, max_probes_in_flight=1)
+        if policy.family is None and not any(r.family is not None for r in policy.prefer):
+            own = event.path.remote.addr.version
+            other = PreferRule(name="_other_family", family=10 - own, cost=CROSS_FAMILY_COST)
+            policy = replace(policy, family=own, prefer=(*policy.prefer, other))
+        return PathManager(policy, event.path, self._local, peers, now=now,
+                           initiator=event.initiator)
+
+    def _forget(self, ike_spi: str) -> None:
+        self._sas.pop(ike_spi, None)
+        for eid in [e for e, (spi, _) in self._probes.items() if spi == ike_spi]:
+            del self._probes[eid]
+
+    def _call(self, what: str, call: Callable[[], object]) -> object:
+        self.calls += 1
+        try:
+            return call()
+        except (KeyError, ValueError) as exc:
+            # The SA went away or is not established (yet): not a bug, a race.
+            self.errors += 1
+            self._log.append(("mobility_call_failed", {"call": what,
+                                                       "error": type(exc).__name__}))
+            return None

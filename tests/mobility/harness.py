@@ -1,0 +1,249 @@
+"""The handover lab: the mobile topology with our daemon or charon at each end, a
+sequence-numbered UDP stream through the tunnel, faults, and outage arithmetic.
+
+mob (two uplinks m0/m1, m0 preferred) initiates and gets a virtual IP; gw responds
+and protects INNER_NET with INNER_ADDR on its loopback. The stream goes from mob to
+INNER_ADDR, one datagram per ``INTERVAL``; gw's receiver logs each arrival.
+
+mob routes by source address (one table per uplink, as a multihomed host must): a
+packet from m1's address leaves through m1 even while m0's default route is up, so
+a path really is its uplink. Outage = arrival of the first datagram sent after the
+fault minus the fault time (both CLOCK_MONOTONIC, one kernel). The fault time is
+taken when the command that injects it returned, so it errs short by that command's
+own latency (a few ms).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mobike_vici.lab.charon import Charon, start_charon
+from mobike_vici.lab.native import NativeDaemon, named, start_native
+from mobike_vici.lab.netns import Lab, LabError
+from mobike_vici.lab.topology import Mobile, mobile
+from tests.data.support import CHILD, CONN, INNER_ADDR, swanctl_conf, wait_ping
+
+HERE = Path(__file__).resolve().parent
+STREAM = HERE / "stream.py"
+STREAM_PORT = 5301
+INTERVAL = 0.01
+GW4 = "192.0.2.2"
+TABLE_BASE = 100
+
+End = NativeDaemon | Charon
+
+MOB_POLICY = """mobike {
+  prefer {
+    backup {
+      interface = m1
+      cost = 10
+    }
+  }
+}
+"""
+"""Our daemon's path policy in mob: m1 is the backup uplink (charon has the route
+metrics and ``prefer_best_path`` instead)."""
+
+
+def source_routes(topo: Mobile, index: int) -> None:
+    """Policy routing in mob for uplink ``index``: from its addresses, via it."""
+    up = topo.uplinks[index]
+    table = str(TABLE_BASE + index)
+    for family, addr, via in (("-4", up.addr4, up.gw4), ("-6", up.addr6, up.gw6)):
+        topo.mob.ip(family, "route", "replace", "default", "via", via, "dev", up.ifname,
+                    "table", table)
+        topo.mob.ip(family, "rule", "del", "from", addr, "table", table, check=False)
+        topo.mob.ip(family, "rule", "add", "from", addr, "table", table, "pref",
+                    str(1000 + index))
+
+
+@dataclass
+class Handover:
+    """One running scenario; ``mob`` initiates, ``gw`` responds."""
+
+    lab: Lab
+    topo: Mobile
+    mob: End
+    gw: End
+    arrivals_path: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        side = {True: "native", False: "charon"}
+        return (f"{side[isinstance(self.mob, NativeDaemon)]}-"
+                f"{side[isinstance(self.gw, NativeDaemon)]}")
+
+    def close(self) -> None:
+        """Stop the stream (the Lab stops the daemons and removes the namespaces)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+    # -- faults (each returns the CLOCK_MONOTONIC time it took effect) ------------------
+
+    def link_down(self, index: int) -> float:
+        self.topo.link_down(index)
+        return time.monotonic()
+
+    def link_up(self, index: int) -> float:
+        self.topo.link_up(index)
+        source_routes(self.topo, index)
+        return time.monotonic()
+
+    def kill_silently(self, index: int) -> float:
+        self.topo.kill_silently(index)
+        return time.monotonic()
+
+    def revive(self, index: int) -> float:
+        self.topo.revive(index)
+        return time.monotonic()
+
+    # -- the stream -------------------------------------------------------------------
+
+    def arrivals(self) -> list[tuple[int, float, float]]:
+        out = []
+        for line in self.arrivals_path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                out.append((int(parts[0]), float(parts[1]), float(parts[2])))
+        return out
+
+    def wait_resumed(self, after: float, timeout: float) -> float | None:
+        """Outage in seconds: first arrival of a datagram sent at or after ``after``,
+        minus ``after``; None when nothing came within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = outage(self.arrivals(), after)
+            if got is not None:
+                return got
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.02)
+
+    # -- where the SA lives -------------------------------------------------------------
+
+    def mob_local(self) -> str | None:
+        """The mobile side's current IKE local address (no port)."""
+        local = sa_view(self.mob)["local"]
+        return str(local) if local is not None else None
+
+    def views(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return sa_view(self.mob), sa_view(self.gw)
+
+    def wait_local(self, addr: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.mob_local() == addr:
+                    return True
+            except (LabError, KeyError, IndexError, ValueError):
+                pass
+            time.sleep(0.1)
+        return False
+
+
+def outage(arrivals: list[tuple[int, float, float]], fault: float) -> float | None:
+    after = [recv for _, sent, recv in arrivals if sent >= fault]
+    return min(after) - fault if after else None
+
+
+def max_gap(arrivals: list[tuple[int, float, float]], start: float, end: float) -> float:
+    """The longest silence between arrivals within [start, end]."""
+    times = sorted(r for _, _, r in arrivals if start <= r <= end)
+    points = [start, *times, end]
+    return max(b - a for a, b in itertools.pairwise(points))
+
+
+def _hostport(text: str) -> str:
+    return text.rsplit("[", 1)[0]
+
+
+def sa_view(end: End) -> dict[str, Any]:
+    """{local, remote, ike_spi, child_spis} of the one IKE_SA, from either kind of end.
+
+    ike_spi is ``<spi_i>_<spi_r>`` (hex, no 0x), child_spis a sorted pair of hex SPIs."""
+    if isinstance(end, NativeDaemon):
+        proc = end.status(as_json=True)
+        if proc.returncode != 0:
+            raise LabError(f"status failed: {proc.stderr}")
+        sas = json.loads(proc.stdout)["ike_sas"]
+        sa = sas[0]
+        children = sa["children"]
+        return {"local": _hostport(sa["local"]), "remote": _hostport(sa["remote"]),
+                "ike_spi": sa["ike_spi"].lower(),
+                "child_spis": sorted(s.lower().removeprefix("0x") for c in children
+                                     for s in (c["spi_in"], c["spi_out"]))}
+    sas = end.list_sas()
+    sa = next(iter(sas.values()))
+    spi = f"{int(sa['initiator-spi'], 16):016x}_{int(sa['responder-spi'], 16):016x}"
+    kids = list(sa.get("child-sas", {}).values())
+    return {"local": sa.get("local-host"), "remote": sa.get("remote-host"), "ike_spi": spi,
+            "child_spis": sorted(f"{int(c[k], 16):08x}" for c in kids
+                                 for k in ("spi-in", "spi-out"))}
+
+
+def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
+          encap: bool = False, timeout: float = 30.0) -> Handover:
+    """Topology, both ends, the tunnel up, and the stream flowing.
+
+    Seen in this lab: charon 5.9.8 (kernel-libipsec) as responder rekeys every
+    CHILD_SA after accepting UPDATE_SA_ADDRESSES, with or without ``encap``; so
+    against charon the CHILD SPIs change on a move, the IKE SPIs do not."""
+    topo = mobile(lab, nat=nat)
+    for index in (0, 1):
+        source_routes(topo, index)
+    # Strict reverse-path filtering in rtr, as an access network does (BCP 38): a
+    # packet from m0's address that leaks out through m1 is dropped, so an SA that
+    # has not moved yet really is cut off, in both directions.
+    topo.rtr.sysctl("net.ipv4.conf.all.rp_filter", "1")
+    topo.gw.add_address("lo", f"{INNER_ADDR}/32")
+    conf_gw = lab.workdir / "gw.conf"
+    conf_gw.write_text(swanctl_conf(initiator=False, local=GW4, remote="%any", encap=encap))
+    conf_mob = lab.workdir / "mob.conf"
+    conf_mob.write_text(swanctl_conf(initiator=True, local="%any", remote=GW4,
+                                     start=mob_native, encap=encap)
+                        + (MOB_POLICY if mob_native else ""))
+    gw: End
+    if gw_native:
+        gw = start_native(lab, topo.gw, conf_gw, name="gw")
+    else:
+        gw = start_charon(lab, topo.gw, name="gw")
+        gw.load_all(conf_gw)
+    mob: End
+    if mob_native:
+        mob = start_native(lab, topo.mob, conf_mob, name="mob")
+        mob.wait_event(named("child_sa_installed"), timeout)
+    else:
+        # prefer_best_path: charon follows route changes back to the better uplink.
+        mob = start_charon(lab, topo.mob, name="mob", extra_charon="prefer_best_path = yes")
+        mob.load_all(conf_mob)
+        mob.initiate(CHILD, ike=CONN)
+    wait_ping(topo.mob, INNER_ADDR, timeout)
+    arrivals = lab.workdir / "arrivals.txt"
+    arrivals.write_text("")
+    recv = subprocess.Popen(
+        topo.gw.argv([sys.executable, str(STREAM), "recv", INNER_ADDR, str(STREAM_PORT),
+                      str(arrivals)]),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert recv.stdout is not None
+    if recv.stdout.readline().strip() != b"listening":
+        recv.kill()
+        raise LabError("stream receiver did not start")
+    send = lab.spawn(topo.mob, [sys.executable, str(STREAM), "send", INNER_ADDR,
+                                str(STREAM_PORT), str(INTERVAL)], lab.workdir / "send.log")
+    h = Handover(lab, topo, mob, gw, arrivals, [recv, send])
+    if h.wait_resumed(time.monotonic(), timeout) is None:
+        h.close()
+        raise LabError("no stream through the tunnel")
+    return h
+
