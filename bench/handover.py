@@ -142,13 +142,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", default=",".join(PAIRS))
     parser.add_argument("--cap", type=float, default=20.0,
                         help="seconds after which an outage counts as lost")
+    parser.add_argument("--controller", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run charon alone vs charon+controller (mobike-vici run)")
     args = parser.parse_args(argv)
     if not is_root() or not charon_available():
         print(json.dumps({"error": "needs root and strongSwan (charon)"}))
         return 2
     started = time.monotonic()
-    results = {name: run_pair(name, args.reps, args.cases, args.cap)
-               for name in args.pairs.split(",")}
+    results: dict[str, Any] = {name: run_pair(name, args.reps, args.cases, args.cap)
+                               for name in args.pairs.split(",")}
+    if args.controller:
+        # Same scenarios for the controller beside charon (its own harness, same lab).
+        from handover_controller import run_scenarios
+
+        results["charon+controller-charon"] = run_scenarios(
+            ["link_down", "silent", "return"], args.reps, args.cap)
     print(json.dumps({
         "benchmark": "handover",
         "reps": args.reps,

@@ -100,6 +100,18 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def run_scenarios(scenarios: list[str], reps: int, cap: float) -> dict[str, Any]:
+    """charon alone and charon+controller, side by side, per scenario (also used by handover.py)."""
+    return {
+        scenario: {
+            mode: _summary([_one(scenario, mode == "charon+controller", cap)
+                            for _ in range(reps)])
+            for mode in ("charon_alone", "charon+controller")
+        }
+        for scenario in scenarios
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
@@ -110,13 +122,9 @@ def main() -> int:
         print("bench/handover_controller.py needs root (network namespaces)", file=sys.stderr)
         return 2
     result: dict[str, Any] = {"bench": "handover_controller", "cap_s": args.cap,
-                              "reps": args.reps, "scenarios": {}}
-    for scenario in args.scenarios.split(","):
-        result["scenarios"][scenario] = {
-            mode: _summary([_one(scenario, mode == "charon+controller", args.cap)
-                            for _ in range(args.reps)])
-            for mode in ("charon_alone", "charon+controller")
-        }
+                              "reps": args.reps,
+                              "scenarios": run_scenarios(args.scenarios.split(","),
+                                                         args.reps, args.cap)}
     print(json.dumps(result, indent=2))
     return 0
 
