@@ -40,6 +40,8 @@ class Side:
     pool: str | None = None
     """Address range of a pool handed out to the peer (responders)."""
     dpd_delay: str | None = None
+    mobike: bool = True
+    """With MOBIKE our path manager probes the active path every 200 ms."""
     ike_rekey_time: str | None = None
     ike_rand_time: str | None = None
     child_rekey_time: str | None = None
@@ -67,7 +69,7 @@ def _child(side: Side) -> str:
 def swanctl_conf(side: Side) -> str:
     """connections { interop { ... } }, its secret and (for a pool) pools { ... }."""
     conn = ["version = 2", f"local_addrs = {side.local_addr}",
-            f"proposals = {side.proposals}", "mobike = yes"]
+            f"proposals = {side.proposals}", f"mobike = {'yes' if side.mobike else 'no'}"]
     if side.remote_addr is not None:
         conn.append(f"remote_addrs = {side.remote_addr}")
     if side.vips is not None:
