@@ -134,7 +134,7 @@ def initiator_conf(opts: Options, sources: Sequence[str], remote: str) -> str:
 
 
 def charon_conf(rundir: Path) -> str:
-    """The lab's strongswan.conf (see LAB.md) with quiet logging: charon's default
+    """The lab's strongswan.conf (mobike_vici.lab.charon) with quiet logging: charon's default
     ike=2 would write dozens of flushed lines per setup and slow it down."""
     return f"""charon {{
     load_modular = no

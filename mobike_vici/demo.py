@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TextIO
 
 from mobike_vici.lab.native import Event, EventFile, NativeDaemon, start_native
-from mobike_vici.lab.netns import Lab, LabError, is_root, missing_tools
+from mobike_vici.lab.netns import Lab, LabError, is_root
+from mobike_vici.lab.prereq import describe, missing_tools
 from mobike_vici.lab.topology import Mobile, TwoHosts, mobile
 
 TIMEOUT = 30.0
@@ -197,10 +198,9 @@ def run_demo(out: TextIO | None = None, timeout: float = TIMEOUT,
         print("mobike-vici demo: needs root to create network namespaces; "
               "run it as root, e.g. `sudo scripts/demo.sh`.", file=err)
         return EXIT_NEED_ROOT
-    missing = missing_tools(("ip",))
+    missing = missing_tools()
     if missing:
-        print(f"mobike-vici demo: missing tools: {', '.join(missing)} "
-              "(install iproute2, or run scripts/bootstrap.sh)", file=err)
+        print(f"mobike-vici demo: missing tools: {describe(missing)}", file=err)
         return EXIT_NEED_ROOT
     try:
         with Lab() as lab:

@@ -2,7 +2,7 @@
 
 Every line is one object with ``timestamp`` (RFC 3339, UTC, microseconds), ``event`` and
 ``level`` first, then ``conn``, ``ike_spi``, ``local`` and ``remote`` where known. Event
-names are an outward contract (DESIGN.md): add new ones, never rename.
+names are an outward contract (README, "Event stream"): add new ones, never rename.
 
 Key material never reaches the output: the redaction processor replaces any field whose
 name looks like a key or secret, any raw bytes and any key container (``ChildKeys``,

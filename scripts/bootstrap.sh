@@ -2,8 +2,8 @@
 # Prepare this checkout: system packages (if missing) and .venv with the project installed.
 # Idempotent: a second run installs nothing new. Runs unattended (CI, no stdin).
 #
-#   scripts/bootstrap.sh                     # python3 + venv + iproute2, then .venv
-#   scripts/bootstrap.sh --with-strongswan   # also strongSwan 5.9.8 and the lab tools
+#   scripts/bootstrap.sh                     # what the demo needs (python3, venv, lab tools)
+#   scripts/bootstrap.sh --with-strongswan   # also strongSwan 5.9.8 with every lab plugin
 set -euo pipefail
 
 usage() { sed -n '2,6s/^# \{0,1\}//p' "$0"; }
@@ -21,13 +21,17 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(python3 python3-venv iproute2)
+# The demo's namespace lab shells out to ip, nft, ping and unshare
+# (mobike_vici/lab/prereq.py names the same packages).
+packages=(python3 python3-venv iproute2 nftables iputils-ping procps util-linux)
 if [ "$with_strongswan" = 1 ]; then
-    # What LAB.md lists: charon 5.9.8, swanctl, kernel-libipsec (userspace ESP), and
-    # the tools the namespace lab shells out to.
-    packages+=(charon-systemd strongswan-swanctl strongswan-charon
-               libcharon-extra-plugins libstrongswan-extra-plugins
-               nftables tcpdump procps iputils-ping)
+    # charon 5.9.8 and swanctl, plus every package that ships a plugin of the lab's
+    # `load` list (mobike_vici/lab/prereq.py, PLUGIN_PACKAGES): gcm, openssl and aesni
+    # live in libstrongswan-standard-plugins, only a Recommends of charon, so
+    # --no-install-recommends would leave them out. tcpdump counts packets in tests.
+    packages+=(charon-systemd strongswan-charon strongswan-swanctl strongswan-libcharon
+               libstrongswan libstrongswan-standard-plugins libstrongswan-extra-plugins
+               libcharon-extra-plugins tcpdump)
 fi
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
@@ -54,8 +58,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
     cleanup_policy() { if [ "$made_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi; }
     trap cleanup_policy EXIT
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+    log=$(mktemp)
+    if ! { apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; } \
+            </dev/null >"$log" 2>&1; then
+        cat "$log" >&2; rm -f "$log"
+        echo "bootstrap: apt-get failed (output above)" >&2
+        exit 1
+    fi
+    rm -f "$log"
     cleanup_policy
     trap - EXIT
 else
@@ -73,8 +83,15 @@ stamp=.venv/.mobike-vici-bootstrap
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ] || [ ! -x .venv/bin/mobike-vici ]; then
     echo "bootstrap: installing mobike-vici into .venv"
-    .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+    # pip and the build backend are chatty even with -q; their output is shown only on failure.
+    log=$(mktemp)
+    pip=(.venv/bin/python -m pip install -q --disable-pip-version-check --root-user-action=ignore)
+    if ! { "${pip[@]}" --upgrade pip && "${pip[@]}" -e '.[test]'; } >"$log" 2>&1; then
+        cat "$log" >&2; rm -f "$log"
+        echo "bootstrap: pip install failed (output above)" >&2
+        exit 1
+    fi
+    rm -f "$log"
     echo "$want" > "$stamp"
 else
     echo "bootstrap: .venv up to date"

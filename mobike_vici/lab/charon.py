@@ -18,6 +18,7 @@ from typing import Any
 
 from mobike_vici.backends.vici.table import decode as decode  # re-exported for the tests
 from mobike_vici.lab.netns import Lab, LabError, Netns
+from mobike_vici.lab.prereq import PLUGIN_DIR, describe, missing_plugins
 
 CHARON = Path("/usr/lib/ipsec/charon")
 SWANCTL = "swanctl"
@@ -34,8 +35,22 @@ def charon_available() -> bool:
     return CHARON.exists() and shutil.which(SWANCTL) is not None
 
 
+def check_plugins(plugin_dir: Path = PLUGIN_DIR) -> None:
+    """Raise LabError naming every plugin of the lab's `load` list that is not installed.
+
+    charon itself would start anyway and fail later, deep in a test, with
+    "unsupported AEAD algorithm" or a failed key exchange.
+    """
+    missing = missing_plugins(PLUGINS.split(), plugin_dir)
+    if missing:
+        raise LabError(
+            f"charon plugins missing from {plugin_dir}: "
+            f"{describe(missing, 'scripts/bootstrap.sh --with-strongswan')}"
+        )
+
+
 def strongswan_conf(rundir: Path, extra_charon: str = "") -> str:
-    """A strongswan.conf that loads exactly what the lab needs (see LAB.md)."""
+    """A strongswan.conf that loads exactly what the lab needs (charon 5.9.8, kernel-libipsec)."""
     return f"""charon {{
     load_modular = no
     load = {PLUGINS}
@@ -190,6 +205,7 @@ def start_charon(lab: Lab, ns: Netns, *, extra_charon: str = "", name: str | Non
     """Start charon in `ns` with a private /run and its own config; wait for VICI."""
     if not charon_available():
         raise LabError(f"strongSwan charon not installed ({CHARON}, {SWANCTL})")
+    check_plugins()
     rundir = lab.workdir / f"charon-{name or ns.short}"
     rundir.mkdir(parents=True, exist_ok=True)
     conf = rundir / "strongswan.conf"

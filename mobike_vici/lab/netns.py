@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from mobike_vici.lab.prereq import describe, missing_tools
+
 NAME_PREFIX = "mv-"
 _lab_counter = itertools.count(1)
 _STALE_RE = re.compile(r"^mv-(\d+)-\d+-")
@@ -39,11 +41,6 @@ class LabError(RuntimeError):
 
 def is_root() -> bool:
     return os.geteuid() == 0
-
-
-def missing_tools(tools: Sequence[str] = ("ip", "nft")) -> list[str]:
-    """Names of required executables that are not on PATH."""
-    return [tool for tool in tools if shutil.which(tool) is None]
 
 
 def _run(argv: Sequence[str], *, check: bool = True, timeout: float = 30.0,
@@ -193,7 +190,7 @@ class Lab:
             raise LabError("the network-namespace lab needs root (run as root or with sudo)")
         missing = missing_tools()
         if missing:
-            raise LabError(f"the lab needs these tools on PATH: {', '.join(missing)}")
+            raise LabError(f"the lab needs these tools on PATH: {describe(missing)}")
         self.prefix = f"{NAME_PREFIX}{os.getpid()}-{next(_lab_counter)}-"
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix=self.prefix)) if workdir is None else workdir

@@ -52,7 +52,7 @@ class Uplink:
 
 @dataclass(frozen=True)
 class Mobile:
-    """Topology (b)/(c): `mob` with two uplinks through `rtr` to `gw` (see LAB.md).
+    """Topology (b)/(c): `mob` with two uplinks through `rtr` to `gw`.
 
     ```
     mob m0 10.1.0.2/24 ---- r0 10.1.0.1  rtr  g0 192.0.2.1/24 ---- eth0 192.0.2.2 gw

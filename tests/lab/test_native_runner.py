@@ -1,4 +1,4 @@
-"""The native-daemon runner against a stub that keeps the CLI contract (DESIGN.md)."""
+"""The native-daemon runner against a stub that keeps the CLI contract (README, "Command line")."""
 
 from __future__ import annotations
 
