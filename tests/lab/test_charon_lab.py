@@ -191,4 +191,9 @@ def test_mobile_topology_tunnel_and_loud_handover(lab: Lab, tmp_path: Path, nat:
     # MOBIKE may pick either family on the second uplink (the gw also has IPv6).
     assert sa["local-host"] in moved_to, mob.log_text()[-3000:]
     assert sa["state"] == "ESTABLISHED"
+    # kernel-libipsec rekeys the CHILD_SA after every move, from both ends at once;
+    # when the rekeys collide, charon may only recover on its retry (up to ~15 s).
+    deadline = time.monotonic() + 30
+    while not topo.mob.ping(INNER, source=vip) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert topo.mob.ping(INNER, source=vip, count=2), mob.log_text()[-3000:]
