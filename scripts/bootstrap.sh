@@ -28,10 +28,11 @@ if [ "$with_strongswan" = 1 ]; then
     # charon 5.9.8 and swanctl, plus every package that ships a plugin of the lab's
     # `load` list (mobike_vici/lab/prereq.py, PLUGIN_PACKAGES): gcm, openssl and aesni
     # live in libstrongswan-standard-plugins, only a Recommends of charon, so
-    # --no-install-recommends would leave them out. tcpdump counts packets in tests.
+    # --no-install-recommends would leave them out. strongswan-pki makes test
+    # certificates; tcpdump counts packets in tests.
     packages+=(charon-systemd strongswan-charon strongswan-swanctl strongswan-libcharon
                libstrongswan libstrongswan-standard-plugins libstrongswan-extra-plugins
-               libcharon-extra-plugins tcpdump)
+               libcharon-extra-plugins strongswan-pki tcpdump)
 fi
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
