@@ -24,6 +24,7 @@ import concurrent.futures
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -38,11 +39,13 @@ from ..backends.vici import (
     ViciDisconnected,
     ViciError,
     ViciEvent,
-    load,
 )
+from ..backends.vici.errors import LoadError
 from ..backends.vici.steer import egress
-from ..config.model import Config
-from ..eventlog import EventLog, make_logger
+from ..backends.vici.tree import Loaded, load_tree
+from ..config.attach import AttachConfig
+from ..config.errors import ConfigError
+from ..eventlog import EventLog, configure, make_logger
 from ..mobike import steer_plan
 from ..mobike.events import (
     Event as PathEvent,
@@ -65,6 +68,7 @@ from ..net.state import usable_addresses
 from ..net.steering import PolicyRouting, SteeredRoute
 from ..types import Path
 from .control import ControlServer
+from .sdnotify import SystemdNotifier
 
 JsonObject = dict[str, Any]
 MAX_WIRE_IDS = 4096  # bound on probe ids awaiting a reply, all SAs together
@@ -73,9 +77,10 @@ DEFAULT_STRONGSWAN_CONF = "/etc/strongswan.conf"
 _YES = frozenset({"yes", "true", "1", "enabled"})
 
 
-def prefer_best_path(strongswan_conf: str) -> bool | None:
-    """``charon.prefer_best_path`` as charon reads it from ``strongswan_conf`` (includes
-    followed); None when the file cannot be read or parsed."""
+def prefer_best_path(strongswan_conf: str, daemon: str = "charon") -> bool | None:
+    """``prefer_best_path`` as ``daemon`` reads it from ``strongswan_conf`` (includes
+    followed): its own section first, then ``charon``'s, the fallback charon-systemd and
+    the other charon front ends register. None when the file cannot be read or parsed."""
     from ..config.errors import ConfigError
     from ..config.parser import parse_file
 
@@ -83,9 +88,12 @@ def prefer_best_path(strongswan_conf: str) -> bool | None:
         root = parse_file(strongswan_conf)
     except (OSError, ConfigError):
         return None
-    charon = root.sections.get("charon")
-    value = charon.keys.get("prefer_best_path") if charon is not None else None
-    return value is not None and value.value.strip().lower() in _YES
+    for name in dict.fromkeys((daemon, "charon")):
+        section = root.sections.get(name)
+        value = section.keys.get("prefer_best_path") if section is not None else None
+        if value is not None:
+            return value.value.strip().lower() in _YES
+    return False
 
 
 @dataclass
@@ -132,13 +140,22 @@ def path_event_fields(event: PathEvent) -> tuple[str, JsonObject]:
 class Controller:
     """One charon, steered. ``run()`` until ``request_stop()``; see the module docstring."""
 
-    def __init__(self, config: Config, log: EventLog, *, uri: str,
+    def __init__(self, config: AttachConfig, log: EventLog, *, uri: str,
                  control_path: str | None = None, netns: str | None = None,
                  table: int | None = None, deadlines: steer_plan.Deadlines | None = None,
-                 strongswan_conf: str | None = None) -> None:
+                 strongswan_conf: str | None = None, load: bool = False,
+                 reload_config: Callable[[], AttachConfig] | None = None,
+                 reopen_events: Callable[[], None] | None = None,
+                 on_ready: Callable[[], None] | None = None) -> None:
         self.strongswan_conf = strongswan_conf
         self.config = config
-        self.policy = config.mobike.policy
+        self.policy = config.policy
+        self.load = load  # --load: put the file into charon (else swanctl did)
+        self._reload_config = reload_config
+        self._reopen_events = reopen_events
+        self._on_ready = on_ready
+        self._loaded: Loaded | None = None  # what this process loaded into charon
+        self._reconciled = False
         self.log = log
         self.uri = uri
         self.control_path = control_path
@@ -192,7 +209,8 @@ class Controller:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
-        self._check_charon_settings()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self._routing = await self._executor(lambda: PolicyRouting(**self._routing_kw))
         # A crashed run may have left routes charon now follows: keep those that match
         # where an SA is (adopted once charon lists it), remove the rest after the first sync.
@@ -208,6 +226,8 @@ class Controller:
         events_task = asyncio.ensure_future(self._consume())
         try:
             await self._reconcile_after_sync()
+            self._reconciled = True
+            self._maybe_ready()
             await self._stop.wait()
         finally:
             events_task.cancel()
@@ -218,7 +238,67 @@ class Controller:
             with contextlib.suppress(BaseException):
                 await events_task
             await self._shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
         return 0
+
+    def _maybe_ready(self) -> None:
+        """systemd's READY=1: VICI attached and charon's SAs (so the path table) read."""
+        if self._on_ready is not None and self.client.connected:
+            self._on_ready()
+            self._on_ready = None
+
+    # -- SIGHUP -------------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """SIGHUP: reopen the events file, re-read the config, apply what changed."""
+        self._spawn(self.reload())
+
+    async def reload(self) -> bool:
+        """Reopen the events file (logrotate), then apply a re-read config without touching
+        a live SA: the mobike policy to every path manager, connections with ``--load``.
+        A bad file keeps the running config (``config_rejected``). True when applied."""
+        if self._reopen_events is not None:
+            try:
+                self._reopen_events()
+            except OSError as exc:
+                self.log.emit("events_reopen_failed", error=exc.strerror or str(exc))
+        if self._reload_config is None:
+            return False
+        try:
+            new = self._reload_config()
+        except ConfigError as exc:
+            self.log.emit("config_rejected", file=exc.file, line=exc.line, error=str(exc))
+            return False
+        except OSError as exc:
+            self.log.emit("config_rejected", file=self.config.file, line=0,
+                          error=f"{self.config.file}:0: {exc.strerror or exc}")
+            return False
+        policy_changed = new.policy != self.policy
+        self.config, self.policy = new, new.policy
+        if policy_changed:
+            now = self.now
+            for sa in self.sas.values():
+                sa.manager.set_policy(new.policy, now)
+                self._pump(sa)
+        fields: JsonObject = {"file": new.file, "policy_changed": policy_changed,
+                              "conns": sorted(new.connections)}
+        if self.load and self.client.connected:
+            try:
+                self._loaded = await self._load_into_charon()
+            except (LoadError, ViciError) as exc:
+                self.log.emit("config_rejected", file=new.file, line=0,
+                              error=f"charon refused the config: {exc}")
+                return False
+            fields["unloaded"] = list(self._loaded.unloaded)
+        self.log.emit("config_reloaded", **fields)
+        return True
+
+    async def _load_into_charon(self) -> Loaded:
+        assert self.config.tree is not None
+        return await load_tree(self.client, self.config.tree, self.config.swanctl_dir,
+                               self._loaded)
 
     async def _reconcile_after_sync(self) -> None:
         stop = asyncio.ensure_future(self._stop.wait())
@@ -244,20 +324,23 @@ class Controller:
         self.log.emit("steering_reconciled", removed=removed, adopted=sorted(adopted),
                       table=self.routing.table)
 
-    def _check_charon_settings(self) -> None:
+    def _check_charon_settings(self, daemon: str) -> None:
         # Without prefer_best_path charon ignores our routes while its path "works".
         conf = self.strongswan_conf or os.environ.get("STRONGSWAN_CONF") or \
             DEFAULT_STRONGSWAN_CONF
-        on = prefer_best_path(conf)
+        on = prefer_best_path(conf, daemon or "charon")
         if on is None:
             self.log.emit("charon_settings_unknown", file=conf,
                           hint="cannot read it; make sure charon.prefer_best_path = yes")
         elif on:
-            self.log.emit("charon_settings_checked", file=conf, prefer_best_path=True)
+            self.log.emit("charon_settings_checked", file=conf, daemon=daemon,
+                          prefer_best_path=True)
         else:
             self.log.write("warning", "prefer_best_path_off", {
-                "file": conf, "hint": "install swanctl/strongswan.d/mobike-vici.conf; "
-                "charon will not follow the controller's routes"})
+                "file": conf, "daemon": daemon,
+                "hint": "install swanctl/strongswan.d/mobike-vici.conf as "
+                "/etc/strongswan.d/mobike-vici.conf; charon will not follow the "
+                "controller's routes"})
 
     async def _shutdown(self) -> None:
         for sa in self.sas.values():
@@ -276,10 +359,15 @@ class Controller:
         self.log.emit("steering_cleared", removed=removed, table=self.routing.table)
 
     async def _on_connect(self, client: ViciClient) -> None:
-        # charon initiates start_action=start children itself when load-conn adds or
-        # changes a connection; loading an unchanged config again changes nothing.
-        result = await load(client, self.config)
-        self.log.emit("config_loaded", conns=list(result.conns), pools=list(result.pools))
+        # Attached (the default): swanctl loaded charon; nothing is loaded or unloaded.
+        # --load: charon initiates start_action=start children itself when load-conn adds
+        # or changes a connection; loading an unchanged config again changes nothing.
+        if not self.load:
+            return
+        self._loaded = await self._load_into_charon()
+        self.log.emit("config_loaded", conns=list(self._loaded.conns),
+                      pools=list(self._loaded.pools), shared=list(self._loaded.shared),
+                      unloaded=list(self._loaded.unloaded))
 
     # -- VICI events --------------------------------------------------------------------
 
@@ -294,9 +382,12 @@ class Controller:
     def _on_vici(self, event: ViciEvent) -> None:
         match event:
             case ViciConnected():
-                self.log.emit("vici_connected", uri=event.uri, daemon=event.daemon)
+                # The VICI client itself logs vici_connected/vici_disconnected on the stream.
+                self._check_charon_settings(event.daemon.split(" ", 1)[0])
+                if self._reconciled:
+                    self._maybe_ready()
             case ViciDisconnected():
-                self.log.emit("vici_disconnected", uri=event.uri, reason=event.reason)
+                pass
             case SaAdded():
                 self._sa_seen(event.sa)
             case SaUpdated():
@@ -608,8 +699,7 @@ class Controller:
         except ViciError as exc:
             self.log.emit("escalation_failed", conn=info.conn, ike_spi=info.ike_spi,
                           stage="terminate", error=str(exc))
-        conn = next((c for c in self.config.connections if c.name == info.conn), None)
-        children = [c.name for c in conn.children] if conn is not None else []
+        children = self.config.connections.get(info.conn, ())
         for child in children[:1]:
             try:
                 await self.client.initiate(child, info.conn, timeout_ms=0)
@@ -656,15 +746,33 @@ class Controller:
                 "steering": {"table": self.routing.table, "routes": routes}}
 
 
-def run_controller(config: Config, events: TextIO, uri: str, control_path: str | None,
-                   strongswan_conf: str | None = None) -> int:
-    """The ``run`` subcommand's body: until SIGTERM/SIGINT; 0 after a clean stop."""
-    log = EventLog(make_logger(events))
+def run_controller(config: AttachConfig, events: TextIO, uri: str, control_path: str | None,
+                   strongswan_conf: str | None = None, *, load: bool = False,
+                   level: str = "info",
+                   reload_config: Callable[[], AttachConfig] | None = None,
+                   reopen_events: Callable[[], None] | None = None) -> int:
+    """The ``run`` subcommand's body: until SIGTERM/SIGINT; 0 after a clean stop.
+
+    Every logger in the process (VICI client, netlink, steering) writes to ``events``
+    as one JSON stream, filtered by ``level``.
+    """
+    configure(events, level)
+    log = EventLog(make_logger(events, level=level))
+    notifier = SystemdNotifier.from_env()
 
     async def main() -> int:
         controller = Controller(config, log, uri=uri, control_path=control_path,
-                                strongswan_conf=strongswan_conf)
-        return await controller.run()
+                                strongswan_conf=strongswan_conf, load=load,
+                                reload_config=reload_config, reopen_events=reopen_events,
+                                on_ready=notifier.ready)
+        notifier.start_watchdog()
+        try:
+            return await controller.run()
+        finally:
+            notifier.stopping()
 
-    log.emit("controller_started", pid=os.getpid(), vici=uri)
-    return asyncio.run(main())
+    log.emit("controller_started", pid=os.getpid(), vici=uri, config=config.file,
+             mode="load" if load else "attach")
+    code = asyncio.run(main())
+    log.emit("controller_stopped", code=code)
+    return code

@@ -41,7 +41,8 @@ class Started(Exception):
     """Raised by the stand-in daemon: reaching it means the CLI started something."""
 
 
-def refuse_to_start(config: Config, events: TextIO, control: str | None) -> int:
+def refuse_to_start(config: Config, events: TextIO, control: str | None,
+                    **_kw: object) -> int:
     raise Started
 
 
@@ -87,7 +88,7 @@ def test_good_config_starts_daemon_with_events_file_and_control(
     events = tmp_path / "events.jsonl"
     seen: dict[str, object] = {}
 
-    def fake_run(config: Config, stream: TextIO, control: str | None) -> int:
+    def fake_run(config: Config, stream: TextIO, control: str | None, **_kw: object) -> int:
         seen["conns"] = [c.name for c in config.connections]
         seen["control"] = control
         stream.write("line\n")
@@ -165,7 +166,8 @@ def test_demo_calls_run_demo(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == [1]
 
 
-@pytest.mark.parametrize("argv", [[], ["run"], ["native"], ["bogus"]])
+@pytest.mark.parametrize("argv", [[], ["run", "--config"], ["run", "--log-level", "loud"],
+                                  ["native"], ["bogus"]])
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)

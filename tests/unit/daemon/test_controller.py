@@ -39,3 +39,46 @@ def test_the_shipped_snippet_turns_prefer_best_path_on(tmp_path: FsPath) -> None
     conf.write_text("charon { load_modular = no }\n")
     assert prefer_best_path(str(conf)) is False
     assert prefer_best_path(str(tmp_path / "missing.conf")) is None
+
+
+def _stock_tree(dest: FsPath) -> FsPath:
+    """A copy of the stock /etc/strongswan.conf and strongswan.d/ (Debian's packages)."""
+    import shutil
+
+    import pytest
+
+    if not FsPath("/etc/strongswan.conf").exists() or not FsPath("/etc/strongswan.d").is_dir():
+        pytest.skip("no stock /etc/strongswan.conf (strongSwan is not installed)")
+    shutil.copy("/etc/strongswan.conf", dest / "strongswan.conf")
+    shutil.copytree("/etc/strongswan.d", dest / "strongswan.d")
+    return dest / "strongswan.conf"
+
+
+def test_the_drop_in_where_the_docs_put_it_turns_it_on_for_both_daemons(
+        tmp_path: FsPath) -> None:
+    conf = _stock_tree(tmp_path)
+    assert prefer_best_path(str(conf), "charon") is False
+    snippet = REPO / "swanctl" / "strongswan.d" / "mobike-vici.conf"
+    (tmp_path / "strongswan.d" / "mobike-vici.conf").write_text(snippet.read_text())
+    assert prefer_best_path(str(conf), "charon") is True
+    assert prefer_best_path(str(conf), "charon-systemd") is True
+
+
+def test_the_drop_in_among_the_plugin_files_lands_in_the_wrong_section(
+        tmp_path: FsPath) -> None:
+    conf = _stock_tree(tmp_path)
+    snippet = REPO / "swanctl" / "strongswan.d" / "mobike-vici.conf"
+    (tmp_path / "strongswan.d" / "charon" / "mobike-vici.conf").write_text(snippet.read_text())
+    assert prefer_best_path(str(conf), "charon") is False
+
+
+def test_charon_systemd_reads_its_own_section_first_then_charon(tmp_path: FsPath) -> None:
+    conf = _stock_tree(tmp_path)
+    own = tmp_path / "strongswan.d" / "zz-local.conf"
+    own.write_text("charon-systemd {\n  prefer_best_path = yes\n}\n")
+    assert prefer_best_path(str(conf), "charon-systemd") is True
+    assert prefer_best_path(str(conf), "charon") is False  # the starter's charon: not for it
+    own.write_text("charon {\n  prefer_best_path = yes\n}\n"
+                   "charon-systemd {\n  prefer_best_path = no\n}\n")
+    assert prefer_best_path(str(conf), "charon-systemd") is False
+    assert prefer_best_path(str(conf), "charon") is True
