@@ -176,6 +176,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"mobike-vici: {answer.get('error', 'the daemon reported an error')}",
               file=sys.stderr)
         return EXIT_FAILURE
+    if answer.get("backend") == "vici" and answer.get("vici_connected") is not True:
+        print(f"mobike-vici: charon is not reachable at {answer.get('vici', '?')}",
+              file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

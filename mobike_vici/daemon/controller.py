@@ -26,6 +26,7 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from ..backends.vici import (
@@ -45,7 +46,7 @@ from ..backends.vici.steer import egress
 from ..backends.vici.tree import Loaded, load_tree
 from ..config.attach import AttachConfig
 from ..config.errors import ConfigError
-from ..eventlog import EventLog, configure, make_logger
+from ..eventlog import EventLog, configure, format_timestamp, make_logger
 from ..mobike import steer_plan
 from ..mobike.events import (
     Event as PathEvent,
@@ -72,6 +73,7 @@ from .sdnotify import SystemdNotifier
 
 JsonObject = dict[str, Any]
 MAX_WIRE_IDS = 4096  # bound on probe ids awaiting a reply, all SAs together
+LOSS_WINDOW = 20  # probes per path that status' loss figure covers
 RECONCILE_WAIT = 10.0  # seconds to wait for charon's SA list before judging leftovers
 DEFAULT_STRONGSWAN_CONF = "/etc/strongswan.conf"
 _YES = frozenset({"yes", "true", "1", "enabled"})
@@ -104,6 +106,27 @@ class _Sa:
     manager: PathManager
     timer: asyncio.TimerHandle | None = None
     probes: set[int] = field(default_factory=set)
+    # The last LOSS_WINDOW probes per path ("local remote"): probe id -> answered yet.
+    outcomes: dict[str, dict[int, bool]] = field(default_factory=dict)
+    last_handover: JsonObject | None = None
+
+    def sent(self, path: Path, probe_id: int) -> None:
+        window = self.outcomes.setdefault(f"{path.local.addr} {path.remote.addr}", {})
+        window[probe_id] = False
+        while len(window) > LOSS_WINDOW:
+            window.pop(next(iter(window)))
+
+    def answered(self, probe_id: int) -> None:
+        for window in self.outcomes.values():
+            if probe_id in window:
+                window[probe_id] = True
+                return
+
+    def loss(self, path: Path) -> float | None:
+        """Unanswered share of the path's recent probes, the newest (maybe in flight) aside."""
+        window = list(self.outcomes.get(f"{path.local.addr} {path.remote.addr}", {}).values())
+        done = window[:-1]
+        return round(100.0 * done.count(False) / len(done), 1) if done else None
 
 
 def _ep(path: Path) -> dict[str, str]:
@@ -554,6 +577,7 @@ class Controller:
         if sa is None:
             return
         sa.probes.discard(probe_id)
+        sa.answered(probe_id)
         sa.manager.on_probe_reply(probe_id, self.now)
         self._pump(sa)
 
@@ -578,6 +602,7 @@ class Controller:
                     self._wire_ids.pop(wire_id, None)
                 if ok:
                     sa.probes.add(req.probe_id)
+                    sa.sent(req.path, req.probe_id)
                 else:
                     manager.on_probe_failed(req.probe_id, now)
         while (event := manager.next_event()) is not None:
@@ -585,8 +610,13 @@ class Controller:
                 self._start_move(sa, event)
                 continue
             name, fields = path_event_fields(event)
-            if isinstance(event, HandoverCompleted) and extra:
-                fields.update(extra)
+            if isinstance(event, HandoverCompleted):
+                if extra:
+                    fields.update(extra)
+                sa.last_handover = {"at": format_timestamp(datetime.now(UTC)),
+                                    "from": fields["old_local"], "to": fields["local"],
+                                    "remote": fields["remote"],
+                                    "duration_ms": fields["duration_ms"]}
             self.log.emit(name, conn=conn or sa.info.conn, ike_spi=ike_spi or sa.info.ike_spi,
                           **fields)
         if sa.timer is not None:
@@ -728,6 +758,7 @@ class Controller:
                 for p in tracked.manager.paths():
                     paths.append({**_ep(p.path), "ifname": p.ifname, "state": p.state.name.lower(),
                                   "srtt_ms": None if p.srtt is None else round(p.srtt * 1000, 3),
+                                  "loss_pct": tracked.loss(p.path),
                                   "active": p.path == tracked.manager.active_path})
             sas.append({
                 "conn": info.conn, "ike_spi": info.ike_spi, "state": info.state,
@@ -738,11 +769,19 @@ class Controller:
                               "local_ts": list(c.local_ts), "remote_ts": list(c.remote_ts)}
                              for c in info.children],
                 "paths": paths,
+                "last_handover": tracked.last_handover if tracked is not None else None,
             })
         routes = [{"peer": str(r.peer), "via": str(r.via) if r.via else None,
                    "src": str(r.src) if r.src else None} for r in self._routes]
+        policy = self.policy
         return {"ok": True, "backend": "vici", "vici": self.uri,
-                "vici_connected": self.client.connected, "ike_sas": sas,
+                "vici_connected": self.client.connected, "mode": "load" if self.load else "attach",
+                "config": self.config.file, "conns": sorted(self.config.connections),
+                "policy": {"probe_interval_ms": round(policy.probe_interval * 1000),
+                           "probe_timeout_ms": round(policy.probe_timeout * 1000),
+                           "probe_misses": policy.probe_misses,
+                           "hold_down_ms": round(policy.hold_down * 1000)},
+                "ike_sas": sas,
                 "steering": {"table": self.routing.table, "routes": routes}}
 
 
