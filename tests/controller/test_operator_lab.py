@@ -9,10 +9,12 @@ here); then the controller attaches and must leave charon's configuration alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -210,8 +212,21 @@ class Operator:
                 "--config", str(self.conf_dir / "swanctl.conf"), "--vici", self.mob.uri,
                 "--events", str(self.events), "--control", str(self.control),
                 "--strongswan-conf", str(self.strongswan_conf)]
+        # systemd's notify socket, as Type=notify gives it.
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.lab.workdir / "notify"))
         self.proc = self.lab.spawn(self.topo.mob, argv, self.out,
-                                   env={"PYTHONPATH": str(REPO)})
+                                   env={"PYTHONPATH": str(REPO),
+                                        "NOTIFY_SOCKET": str(self.lab.workdir / "notify")})
+
+    def notified(self, timeout: float = 10.0) -> list[str]:
+        self.notify.settimeout(timeout)
+        got = [self.notify.recv(256).decode()]
+        self.notify.settimeout(0.2)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                got.append(self.notify.recv(256).decode())
+        return got
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -278,6 +293,7 @@ def operator(lab: Lab) -> Iterator[Operator]:
     finally:
         if op.proc is not None:
             lab.stop(op.proc, grace=10.0)
+            op.notify.close()
         mob.stop()
         gw.stop()
 
@@ -295,6 +311,7 @@ def test_attached_controller_beside_a_debian_charon(operator: Operator) -> None:
     assert tracked["ike_spi"] == spi and tracked["local"].startswith(M0)
     checked = op.wait("charon_settings_checked")
     assert checked["prefer_best_path"] is True
+    assert "READY=1" in op.notified()
     assert op.swanctl("--list-conns") == conns_before
     assert not any(e["event"] == "config_loaded" for e in op.event_list())
 
