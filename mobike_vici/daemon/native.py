@@ -1,7 +1,7 @@
 """The native daemon: the sans-I/O engine wired to UDP sockets, one timer, signals,
 the control socket and the event log.
 
-The adapter stays thin (STYLE.md 1): receive, feed, flush, re-arm one timer. The
+The adapter stays thin: receive, feed, flush, re-arm one timer. The
 engine's clock is the loop's clock (``loop.time()``, i.e. ``time.monotonic``), so
 its deadlines go straight into ``loop.call_at``.
 
