@@ -181,6 +181,10 @@ def _entry(root: Path, files: dict[str, str], creds: dict[str, bytes]) -> Path:
     return root
 
 
+def _names(items: list[bytes | str]) -> list[str]:
+    return sorted(i.decode() if isinstance(i, bytes) else str(i) for i in items)
+
+
 def _view(charon: Charon, swanctl_dir: Path) -> dict[str, object]:
     env = {**os.environ, "SWANCTL_DIR": str(swanctl_dir)}
 
@@ -194,8 +198,8 @@ def _view(charon: Charon, swanctl_dir: Path) -> dict[str, object]:
         # The remaining validity is printed relative to now: not part of what was loaded.
         "certs": re.sub(r"expires in \d+ \w+", "expires in ...", swanctl("--list-certs")),
         "pools": swanctl("--list-pools"),
-        "shared": sorted(str(k) for k in session.get_shared().get("keys", [])),
-        "keys": sorted(str(k) for k in session.get_keys().get("keys", [])),
+        "shared": _names(session.get_shared().get("keys", [])),
+        "keys": _names(session.get_keys().get("keys", [])),
     }
 
 
@@ -246,3 +250,54 @@ def test_load_equals_swanctl_load_all(lab: Lab, creds: dict[str, bytes], entry: 
     finally:
         for charon in started:
             charon.stop()
+
+
+def test_load_mode_reload_unloads_only_its_own(lab: Lab) -> None:
+    """swanctl loaded `theirs`; the controller loads `a` and `b`, then on SIGHUP the file
+    says `a` and `c`: `b` goes, `c` comes, `theirs` stays."""
+    ns = lab.netns("load")
+    charon = start_charon(lab, ns, name="load",
+                          conf=debian_layout(lab.workdir / "etc", lab.workdir / "charon-load"))
+    try:
+        theirs = lab.workdir / "theirs"
+        theirs.mkdir()
+        (theirs / "swanctl.conf").write_text(
+            "connections { theirs { remote_addrs = 198.51.100.1 } }\n"
+            "secrets { ike-theirs { id = x@lab\n secret = theirs } }\n")
+        subprocess.run(["swanctl", "--load-all", "--file", str(theirs / "swanctl.conf"),
+                        "--uri", charon.uri], env={**os.environ, "SWANCTL_DIR": str(theirs)},
+                       check=True, capture_output=True, timeout=60)
+        ours = lab.workdir / "ours"
+        ours.mkdir()
+        conf = ours / "swanctl.conf"
+        conf.write_text("connections { a { remote_addrs = 198.51.100.2 }\n"
+                        " b { remote_addrs = 198.51.100.3 } }\n"
+                        "secrets { ike-b { id = b@lab\n secret = b } }\n")
+        events = lab.workdir / "events.jsonl"
+        proc = lab.spawn(ns, [sys.executable, "-m", "mobike_vici", "run", "--load",
+                              "--config", str(conf), "--vici", charon.uri,
+                              "--events", str(events),
+                              "--control", str(lab.workdir / "ctl.sock")],
+                         lab.workdir / "controller.out", env={"PYTHONPATH": str(REPO)})
+
+        def wait_for(name: str) -> None:
+            deadline = time.monotonic() + 30
+            while f'"{name}"' not in (events.read_text() if events.exists() else ""):
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    (lab.workdir / "controller.out").read_text())
+                time.sleep(0.1)
+
+        wait_for("config_loaded")
+        session = charon.session()
+        assert _names(session.get_conns()["conns"]) == ["a", "b", "theirs"]
+        conf.write_text("connections { a { remote_addrs = 198.51.100.2 }\n"
+                        " c { remote_addrs = 198.51.100.4 } }\n")
+        os.kill(proc.pid, 1)  # SIGHUP
+        wait_for("config_reloaded")
+        assert _names(charon.session().get_conns()["conns"]) == ["a", "c", "theirs"]
+        assert _names(charon.session().get_shared()["keys"]) == ["ike-theirs"]
+        assert lab.stop(proc, grace=10.0) == 0
+        # Stopping unloads nothing.
+        assert _names(charon.session().get_conns()["conns"]) == ["a", "c", "theirs"]
+    finally:
+        charon.stop()
