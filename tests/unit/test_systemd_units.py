@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import os
 import shutil
 import subprocess
 import sys
@@ -22,9 +23,12 @@ def _unit(name: str) -> configparser.ConfigParser:
     return parser
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                    reason="NOT RUN: systemd-analyze missing (Debian package systemd)")
 def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        reason = "NOT RUN, missing prerequisite: systemd-analyze (Debian package systemd)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI=true and {reason}", pytrace=False)
+        pytest.skip(reason)
     # verify insists that ExecStart exists: point it at this checkout's entry point.
     exe = Path(sys.executable).with_name("mobike-vici")
     assert exe.exists(), "the project is not installed in this interpreter's environment"
