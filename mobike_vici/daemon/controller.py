@@ -43,7 +43,7 @@ from ..backends.vici import (
 )
 from ..backends.vici.errors import LoadError
 from ..backends.vici.steer import egress
-from ..backends.vici.tree import Loaded, load_tree
+from ..backends.vici.tree import Loaded, PartialLoad, load_tree
 from ..config.attach import AttachConfig
 from ..config.errors import ConfigError
 from ..eventlog import EventLog, configure, format_timestamp, make_logger
@@ -298,6 +298,20 @@ class Controller:
             self.log.emit("config_rejected", file=self.config.file, line=0,
                           error=f"{self.config.file}:0: {exc.strerror or exc}")
             return False
+        fields: JsonObject = {"file": new.file}
+        if self.load and self.client.connected:
+            # charon first: when it refuses the file, the running policy stays too.
+            assert new.tree is not None
+            try:
+                self._loaded = await load_tree(self.client, new.tree, new.swanctl_dir,
+                                               self._loaded)
+            except (LoadError, ViciError) as exc:
+                if isinstance(exc, PartialLoad):
+                    self._loaded = exc.loaded
+                self.log.emit("config_rejected", file=new.file, line=0,
+                              error=f"{new.file}:0: charon refused it: {exc}")
+                return False
+            fields["unloaded"] = list(self._loaded.unloaded)
         policy_changed = new.policy != self.policy
         self.config, self.policy = new, new.policy
         if policy_changed:
@@ -305,17 +319,8 @@ class Controller:
             for sa in self.sas.values():
                 sa.manager.set_policy(new.policy, now)
                 self._pump(sa)
-        fields: JsonObject = {"file": new.file, "policy_changed": policy_changed,
-                              "conns": sorted(new.connections)}
-        if self.load and self.client.connected:
-            try:
-                self._loaded = await self._load_into_charon()
-            except (LoadError, ViciError) as exc:
-                self.log.emit("config_rejected", file=new.file, line=0,
-                              error=f"charon refused the config: {exc}")
-                return False
-            fields["unloaded"] = list(self._loaded.unloaded)
-        self.log.emit("config_reloaded", **fields)
+        self.log.emit("config_reloaded", **fields, policy_changed=policy_changed,
+                      conns=sorted(new.connections))
         return True
 
     async def _load_into_charon(self) -> Loaded:
@@ -387,7 +392,11 @@ class Controller:
         # or changes a connection; loading an unchanged config again changes nothing.
         if not self.load:
             return
-        self._loaded = await self._load_into_charon()
+        try:
+            self._loaded = await self._load_into_charon()
+        except PartialLoad as exc:
+            self._loaded = exc.loaded
+            raise
         self.log.emit("config_loaded", conns=list(self._loaded.conns),
                       pools=list(self._loaded.pools), shared=list(self._loaded.shared),
                       unloaded=list(self._loaded.unloaded))

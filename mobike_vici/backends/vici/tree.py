@@ -174,7 +174,10 @@ async def load_tree(client: Commands, root: Section, swanctl_dir: str,
             await _call(client, "load-conn", message, f"connection '{name}'")
             done.conns.append(name)
     except OSError as exc:
-        raise LoadError(f"cannot read {exc.filename or ''}: {exc.strerror or exc}") from exc
+        raise PartialLoad(f"cannot read {exc.filename or ''}: {exc.strerror or exc}",
+                          _merged(previous, done)) from exc
+    except LoadError as exc:
+        raise PartialLoad(str(exc), _merged(previous, done)) from exc
     if previous is not None:
         for command, key, old, new in (("unload-conn", "name", previous.conns, done.conns),
                                        ("unload-shared", "id", previous.shared, done.shared),
@@ -188,6 +191,23 @@ async def load_tree(client: Commands, root: Section, swanctl_dir: str,
                     continue
                 done.unloaded.append(name)
     return done
+
+
+class PartialLoad(LoadError):
+    """charon refused an item (or a file could not be read) part way: ``loaded`` is what
+    this process has in charon now (loaded before, plus what this attempt loaded), so
+    that a later load still unloads only its own."""
+
+    def __init__(self, message: str, loaded: Loaded) -> None:
+        super().__init__(message)
+        self.loaded = loaded
+
+
+def _merged(previous: Loaded | None, done: Loaded) -> Loaded:
+    prev = previous or Loaded()
+    return Loaded(conns=list(dict.fromkeys(prev.conns + done.conns)),
+                  shared=list(dict.fromkeys(prev.shared + done.shared)),
+                  pools=list(dict.fromkeys(prev.pools + done.pools)))
 
 
 async def _call(client: Commands, command: str, message: Message, what: str) -> None:

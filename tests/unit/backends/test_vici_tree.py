@@ -6,8 +6,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mobike_vici.backends.vici.errors import CommandFailed
 from mobike_vici.backends.vici.tree import (
+    PartialLoad,
     conn_messages,
     cred_messages,
     load_tree,
@@ -116,3 +119,29 @@ def test_a_name_charon_no_longer_has_is_skipped(tmp_path: Path) -> None:
     loaded = asyncio.run(load_tree(client, parse_file(str(conf)), str(tmp_path)))
     again = asyncio.run(load_tree(client, parse_file(str(empty)), str(tmp_path), loaded))
     assert again.unloaded == []
+
+
+class Refusing(Recorder):
+    async def call(self, command: str, message: dict[str, Any] | None = None) -> dict[str, Any]:
+        if command == "load-conn" and message is not None and "bad" in message:
+            raise CommandFailed("invalid proposal")
+        return await super().call(command, message)
+
+
+def test_a_refusal_part_way_still_knows_what_it_loaded(tmp_path: Path) -> None:
+    first = tmp_path / "a.conf"
+    first.write_text("connections { old { } }\n")
+    second = tmp_path / "b.conf"
+    second.write_text("connections { good { } bad { } }\n")
+    third = tmp_path / "c.conf"
+    third.write_text("connections { other { } }\n")
+    client = Refusing()
+    loaded = asyncio.run(load_tree(client, parse_file(str(first)), str(tmp_path)))
+    with pytest.raises(PartialLoad) as exc:
+        asyncio.run(load_tree(client, parse_file(str(second)), str(tmp_path), loaded))
+    assert "load-conn connection 'bad': invalid proposal" in str(exc.value)
+    assert exc.value.loaded.conns == ["old", "good"]
+    client.calls.clear()
+    asyncio.run(load_tree(client, parse_file(str(third)), str(tmp_path), exc.value.loaded))
+    assert [c for c in client.calls if c[0] == "unload-conn"] == [
+        ("unload-conn", {"name": "old"}), ("unload-conn", {"name": "good"})]
