@@ -12,6 +12,11 @@ initiate. Every step is an event on the stream.
 Responder side (gateway): every peer move is ``addresses_updated``; a peer that
 moves outside ``mobike { allowed_peer_prefixes }`` is terminated (``update_rejected``).
 
+Attached (the default) it loads and unloads nothing in charon: swanctl did that, and the
+controller follows whatever IKE_SAs charon reports. With ``--load`` it puts its file into
+charon as ``swanctl --load-all`` would (``backends.vici.tree``) and unloads only what it
+loaded itself. SIGHUP re-reads the file (``reload``).
+
 On start-up the routing leftovers of a crashed run are removed; on a clean stop
 everything the controller installed is removed. SAs are never torn down by a
 restart of either charon or this process.
@@ -179,6 +184,7 @@ class Controller:
         self._on_ready = on_ready
         self._loaded: Loaded | None = None  # what this process loaded into charon
         self._reconciled = False
+        self._reload_lock = asyncio.Lock()
         self.log = log
         self.uri = uri
         self.control_path = control_path
@@ -282,6 +288,10 @@ class Controller:
         """Reopen the events file (logrotate), then apply a re-read config without touching
         a live SA: the mobike policy to every path manager, connections with ``--load``.
         A bad file keeps the running config (``config_rejected``). True when applied."""
+        async with self._reload_lock:  # SIGHUPs in a row: one reload after the other
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         if self._reopen_events is not None:
             try:
                 self._reopen_events()
