@@ -376,3 +376,32 @@ def test_attached_controller_beside_a_debian_charon(operator: Operator) -> None:
         for line in op.lines(path):
             assert isinstance(json.loads(line), dict), line
     assert op.out.read_text() == ""
+
+
+def test_without_events_file_stdout_is_the_one_json_stream(lab: Lab) -> None:
+    """As under systemd (stdout to the journal): every logger's lines, each one JSON."""
+    ns = lab.netns("jrnl")
+    rundir = lab.workdir / "charon-jrnl"
+    conf = debian_layout(lab.workdir / "etc", rundir)
+    charon = start_charon(lab, ns, name="jrnl", conf=conf)
+    swanctl = lab.workdir / "swanctl"
+    swanctl.mkdir()
+    (swanctl / "swanctl.conf").write_text(mobike_section("2s"))
+    out = lab.workdir / "controller.out"
+    try:
+        proc = lab.spawn(ns, [sys.executable, "-m", "mobike_vici", "run",
+                              "--config", str(swanctl / "swanctl.conf"), "--vici", charon.uri,
+                              "--control", str(lab.workdir / "ctl.sock"),
+                              "--strongswan-conf", str(conf), "--log-level", "debug"],
+                         out, env={"PYTHONPATH": str(REPO)})
+        deadline = time.monotonic() + 30
+        while '"steering_reconciled"' not in out.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+            time.sleep(0.1)
+        assert lab.stop(proc, grace=10.0) == 0
+    finally:
+        charon.stop()
+    lines = out.read_text().splitlines()
+    events = [json.loads(line)["event"] for line in lines]
+    assert {"controller_started", "vici_connected", "net_resynced", "prefer_best_path_off",
+            "controller_stopped"} <= set(events), events
