@@ -748,13 +748,20 @@ class Controller:
         except ViciError as exc:
             self.log.emit("escalation_failed", conn=info.conn, ike_spi=info.ike_spi,
                           stage="terminate", error=str(exc))
-        children = self.config.connections.get(info.conn, ())
+        children = self.config.connections.get(info.conn) or self._charon_children(info.conn)
         for child in children[:1]:
             try:
                 await self.client.initiate(child, info.conn, timeout_ms=0)
             except ViciError as exc:
                 self.log.emit("escalation_failed", conn=info.conn, ike_spi=info.ike_spi,
                               stage="initiate", error=str(exc))
+
+    def _charon_children(self, conn: str) -> tuple[str, ...]:
+        """The children charon has for ``conn`` (list-conns at the last resync): attached,
+        the file may not name every connection swanctl loaded."""
+        body = self.client.conns.get(conn)
+        children = body.get("children") if isinstance(body, dict) else None
+        return tuple(str(name) for name in children) if isinstance(children, dict) else ()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -82,3 +82,18 @@ def test_charon_systemd_reads_its_own_section_first_then_charon(tmp_path: FsPath
                    "charon-systemd {\n  prefer_best_path = no\n}\n")
     assert prefer_best_path(str(conf), "charon-systemd") is False
     assert prefer_best_path(str(conf), "charon") is True
+
+
+def test_escalation_finds_children_in_charon_when_the_file_does_not_name_them() -> None:
+    import io
+
+    from mobike_vici.config.attach import AttachConfig
+    from mobike_vici.daemon.controller import Controller
+    from mobike_vici.eventlog import EventLog, make_logger
+
+    controller = Controller(AttachConfig("swanctl.conf", {"known": ("a",)}),
+                            EventLog(make_logger(io.StringIO())), uri="unix:///nonexistent")
+    controller.client.conns = {"loaded-by-swanctl": {"children": {"net": {}, "dmz": {}}}}
+    assert controller._charon_children("loaded-by-swanctl") == ("net", "dmz")
+    assert controller._charon_children("unknown") == ()
+    controller.monitor.close()
