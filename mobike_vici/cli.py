@@ -11,11 +11,13 @@ import contextlib
 import importlib
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
+from .config.attach import DEFAULT_SWANCTL_CONF, AttachConfig
 from .config.model import Config, ConfigError
 from .daemon.control import ControlError, default_path
+from .eventlog import LOG_LEVELS, EventStream
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -30,11 +32,28 @@ def _load_config(path: str) -> Config:
     return config
 
 
+def _load_attach(path: str) -> AttachConfig:
+    from .config.attach import load_attach
+
+    return load_attach(path)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("mobike-vici")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mobike-vici",
         description="MOBIKE (RFC 4555) controller for strongSwan, with a native IKEv2 core.",
     )
+    parser.add_argument("--version", action="version", version=f"mobike-vici {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     native = sub.add_parser("native", help="run the native IKEv2 daemon (UDP 500/4500)")
@@ -44,10 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="append JSON-lines events to FILE (default: stdout)")
     native.add_argument("--control", metavar="PATH", default=None,
                         help=f"control socket (default: {default_path()})")
+    native.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                        help="least severe event written (default: %(default)s)")
 
     run = sub.add_parser("run", help="steer charon: probe paths, move IKE_SAs by routes")
-    run.add_argument("--config", required=True, metavar="FILE",
-                     help="swanctl.conf (plus a mobike { } section), loaded into charon")
+    run.add_argument("--config", metavar="FILE", default=DEFAULT_SWANCTL_CONF,
+                     help="the swanctl.conf swanctl loads, with its mobike { } section"
+                     " (default: %(default)s)")
+    run.add_argument("--load", action="store_true",
+                     help="load the file's connections, secrets, pools and the credentials"
+                     " beside it into charon (for hosts without swanctl); unload only"
+                     " what this process loaded")
+    run.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                     help="least severe event written (default: %(default)s)")
     run.add_argument("--vici", metavar="URI", default="unix:///var/run/charon.vici",
                      help="charon's VICI socket (default: %(default)s)")
     run.add_argument("--events", metavar="FILE",
@@ -72,9 +100,15 @@ def _events_stream(path: str | None) -> Iterator[TextIO]:
     if path is None:
         yield sys.stdout
         return
-    # Line-buffered so a reader tailing the file sees each event as it happens.
-    with open(path, "a", buffering=1, encoding="utf-8") as stream:
-        yield stream
+    stream = EventStream(path)
+    try:
+        yield stream  # type: ignore[misc]  # file-like: write and flush
+    finally:
+        stream.close()
+
+
+def _reopener(stream: TextIO) -> Callable[[], None] | None:
+    return stream.reopen if isinstance(stream, EventStream) else None
 
 
 def _cmd_native(args: argparse.Namespace) -> int:
@@ -88,9 +122,14 @@ def _cmd_native(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from .daemon.native import run_native
 
+    def reload_config() -> Config:
+        return _load_config(args.config)
+
     try:
         with _events_stream(args.events) as events:
-            return run_native(config, events, args.control or default_path())
+            return run_native(config, events, args.control or default_path(),
+                              level=args.log_level, reload_config=reload_config,
+                              reopen_events=_reopener(events))
     except OSError as exc:
         print(f"mobike-vici: {args.events}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -98,7 +137,7 @@ def _cmd_native(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     try:
-        config = _load_config(args.config)
+        config = _load_attach(args.config)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
@@ -110,7 +149,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         with _events_stream(args.events) as events:
             return run_controller(config, events, args.vici, args.control or default_path(),
-                                  args.strongswan_conf)
+                                  args.strongswan_conf, load=args.load,
+                                  level=args.log_level,
+                                  reload_config=lambda: _load_attach(args.config),
+                                  reopen_events=_reopener(events))
     except OSError as exc:
         print(f"mobike-vici: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -132,6 +174,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(format_status(answer))
     if answer.get("ok") is not True:
         print(f"mobike-vici: {answer.get('error', 'the daemon reported an error')}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    if answer.get("backend") == "vici" and answer.get("vici_connected") is not True:
+        print(f"mobike-vici: charon is not reachable at {answer.get('vici', '?')}",
               file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK

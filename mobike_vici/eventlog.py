@@ -157,34 +157,85 @@ def processors(clock: Callable[[], datetime] = _utc_now) -> list[Any]:
     ]
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def level_number(level: str) -> int:
+    """``--log-level`` as structlog's number; unknown names mean everything (0)."""
+    return _LEVELS.get(level, 0)
+
+
 def make_logger(
-    stream: TextIO | None = None, clock: Callable[[], datetime] = _utc_now
+    stream: TextIO | None = None, clock: Callable[[], datetime] = _utc_now,
+    level: str = "debug",
 ) -> structlog.typing.FilteringBoundLogger:
-    """A logger writing one flushed JSON line per event to ``stream`` (stdout by default).
+    """A logger writing one flushed JSON line per event at ``level`` or above to ``stream``
+    (stdout by default).
 
     Not global: tests and several daemons in one process each get their own.
     """
     return structlog.wrap_logger(  # type: ignore[no-any-return]
         structlog.PrintLogger(stream if stream is not None else sys.stdout),
         processors=processors(clock),
-        wrapper_class=structlog.make_filtering_bound_logger(0),
+        wrapper_class=structlog.make_filtering_bound_logger(level_number(level)),
         cache_logger_on_first_use=False,
     )
 
 
-def configure(stream: TextIO | None = None) -> None:
-    """Route every ``structlog.get_logger()`` in the process to the same JSON stream.
+def configure(stream: TextIO | None = None, level: str = "debug") -> None:
+    """Route every ``structlog.get_logger()`` in the process to the same JSON stream, so
+    the daemon's stream is one: the VICI client, the netlink monitor and the steering write
+    to it in the same format and under the same ``--log-level`` as the daemon's own events.
 
-    Only the daemon calls this; libraries receive an injected logger.
+    Only the daemon calls this; libraries receive an injected logger or use the global one.
     """
     structlog.configure(
         processors=processors(),
-        wrapper_class=structlog.make_filtering_bound_logger(0),
+        wrapper_class=structlog.make_filtering_bound_logger(level_number(level)),
         logger_factory=structlog.PrintLoggerFactory(
             stream if stream is not None else sys.stdout
         ),
         cache_logger_on_first_use=False,
     )
+
+
+def open_events_file(path: str) -> TextIO:
+    """The one place the events file is opened (append, line-buffered so a reader tailing
+    it sees each event as it happens)."""
+    return open(path, "a", buffering=1, encoding="utf-8")
+
+
+class EventStream:
+    """The events file, reopened on request (SIGHUP after logrotate renamed it).
+
+    Loggers hold this object, not the file: after ``reopen()`` every logger writes to
+    the new file. Writes after ``close()`` are dropped.
+    """
+
+    def __init__(self, path: str, opener: Callable[[str], TextIO] = open_events_file) -> None:
+        self.path = path
+        self._opener = opener
+        self._file: TextIO | None = opener(path)
+
+    def write(self, text: str) -> int:
+        return self._file.write(text) if self._file is not None else len(text)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def reopen(self) -> None:
+        """Open ``path`` again (a new file if it was renamed); the old one is closed after.
+        Raises ``OSError`` and keeps writing to the old file when the open fails."""
+        new = self._opener(self.path)
+        old, self._file = self._file, new
+        if old is not None:
+            old.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 # --- schema of core events ----------------------------------------------------------
@@ -193,7 +244,7 @@ def configure(stream: TextIO | None = None) -> None:
 _WARNING_EVENTS = frozenset({
     "packet_dropped", "exchange_failed", "path_down", "update_rejected", "send_failed",
     "receive_failed", "shutdown_incomplete", "reload_skipped", "socket_unavailable",
-    "vici_disconnected",
+    "vici_disconnected", "config_rejected", "events_reopen_failed", "charon_unreachable",
 })
 # A bug in our own code, caught by a safety net.
 _ERROR_EVENTS = frozenset({"engine_error"})

@@ -5,38 +5,50 @@ The config loader keeps the section's keys flat in ``MobikeConfig.raw`` (``key``
 ``from_section`` does the same from the parsed tree with each key's own file and line.
 Only ``ConfigError`` escapes either.
 
-Keys (times take ``ms``, ``s``, ``m``, ``h``; a bare number is seconds, fractions allowed):
+Keys (a time is a number with ``ms``, ``s``, ``m`` or ``h``; bare: seconds, fractions
+allowed). This table is the reference; docs/config.md carries a copy a test keeps equal.
 
-=========================  ===========  =================================================
-key                        default      meaning
-=========================  ===========  =================================================
-probe_interval             200ms        probe cadence on the active path (and on every
-                                        path while the active one is not up)
-probe_timeout              300ms        a probe unanswered this long is a miss (the floor;
-                                        slow paths get SRTT + 4 RTTVAR, at most 3 s)
-probe_misses               2            consecutive misses that make a path down
-standby_probe_interval     2s           probe cadence on idle standby paths
-max_probes_in_flight       4            per IKE_SA, all paths together
-hold_down                  10s          a better path must be healthy this long, without a
-                                        single miss, before we return to it
-max_moves_per_minute       6            discretionary moves per sliding minute; leaving a
-                                        failed path is never damped (0: only failovers)
-handover_timeout           10s          a move the backend never reports on has failed
-return_routability         always       always | nat-only | never (RFC 4555 §3.7)
-family                     any          any | ipv4 | ipv6: which family wins a cost tie
-exclude                    (none)       comma list of interface globs and local prefixes
-                                        never used
-allowed_peer_prefixes      (any)        comma list of prefixes a peer address must be in
-                                        (gateway side: refuse to move elsewhere)
-announce                   all          all | preferred-only | comma list of prefixes:
-                                        which local addresses go to the peer as
-                                        ADDITIONAL_*_ADDRESS (RFC 4555 §5.5, disclosure)
-prefer.NAME.interface      (any)        interface glob this rule matches
-prefer.NAME.prefix         (any)        local prefix this rule matches
-prefer.NAME.remote_prefix  (any)        peer prefix this rule matches
-prefer.NAME.family         (any)        ipv4 | ipv6
-prefer.NAME.cost           0            added to the cost of every path the rule matches
-=========================  ===========  =================================================
+.. mobike-keys-begin
+
+=========================  ==========  ===============  ====================================
+key                        default     range            meaning
+=========================  ==========  ===============  ====================================
+probe_interval             200ms       >0 .. 24h        probe cadence on the active path
+                                                        (and on every path while the active
+                                                        one is not up)
+probe_timeout              300ms       >0 .. 24h        a probe unanswered this long is a
+                                                        miss (the floor; slow paths get
+                                                        SRTT + 4 RTTVAR, at most 3 s)
+probe_misses               2           1 .. 100         consecutive misses that make a path
+                                                        down
+standby_probe_interval     2s          >0 .. 24h        probe cadence on idle standby paths
+max_probes_in_flight       4           1 .. 64          per IKE_SA, all paths together
+hold_down                  10s         0 .. 24h         a better path must be healthy this
+                                                        long, without a single miss, before
+                                                        we return to it
+max_moves_per_minute       6           0 .. 10000       discretionary moves per sliding
+                                                        minute; leaving a failed path is
+                                                        never damped (0: only failovers)
+handover_timeout           10s         >0 .. 24h        a move the backend never reports on
+                                                        has failed
+return_routability         always      always,          RFC 4555 3.7: when a new peer
+                                       nat-only, never  address must answer a COOKIE2 check
+family                     any         any, ipv4, ipv6  which family wins a cost tie
+exclude                    (none)      list             interface globs and local prefixes
+                                                        never used
+allowed_peer_prefixes      (any)       list of          a peer address must be in one
+                                       prefixes         (gateway side: refuse other moves)
+announce                   all         all, preferred-  which local addresses go to the
+                                       only, prefixes   peer as ADDITIONAL_*_ADDRESS
+prefer.NAME.interface      (any)       glob             interface this rule matches
+prefer.NAME.prefix         (any)       prefix           local prefix this rule matches
+prefer.NAME.remote_prefix  (any)       prefix           peer prefix this rule matches
+prefer.NAME.family         (any)       ipv4, ipv6       address family this rule matches
+prefer.NAME.cost           0           0 .. 1000000     added to the cost of every path the
+                                                        rule matches
+=========================  ==========  ===============  ====================================
+
+.. mobike-keys-end
 
 A rule matches a path when all of its selectors match; a path's cost is the sum of
 the costs of the rules it matches, so ``wwan* cost 100`` and ``ipv6 cost 5``

@@ -9,7 +9,7 @@ keeps the message-ID windows and retransmissions, and hands each exchange to
 its module under ``exchanges/``: a task object when we initiate it, a
 ``respond_*`` function when the peer does.
 
-Errors come in two tiers (STYLE.md §4). Anything unauthenticated that does not
+Errors come in two tiers. Anything unauthenticated that does not
 fit (garbage, unknown SPI, failed integrity, wrong message ID, unexpected
 exchange) becomes a :class:`PacketDropped` event and changes nothing.
 Authenticated but invalid requests are answered with an error notify and

@@ -12,6 +12,11 @@ initiate. Every step is an event on the stream.
 Responder side (gateway): every peer move is ``addresses_updated``; a peer that
 moves outside ``mobike { allowed_peer_prefixes }`` is terminated (``update_rejected``).
 
+Attached (the default) it loads and unloads nothing in charon: swanctl did that, and the
+controller follows whatever IKE_SAs charon reports. With ``--load`` it puts its file into
+charon as ``swanctl --load-all`` would (``backends.vici.tree``) and unloads only what it
+loaded itself. SIGHUP re-reads the file (``reload``).
+
 On start-up the routing leftovers of a crashed run are removed; on a clean stop
 everything the controller installed is removed. SAs are never torn down by a
 restart of either charon or this process.
@@ -24,7 +29,9 @@ import concurrent.futures
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from ..backends.vici import (
@@ -38,11 +45,13 @@ from ..backends.vici import (
     ViciDisconnected,
     ViciError,
     ViciEvent,
-    load,
 )
+from ..backends.vici.errors import LoadError
 from ..backends.vici.steer import egress
-from ..config.model import Config
-from ..eventlog import EventLog, make_logger
+from ..backends.vici.tree import Loaded, PartialLoad, load_tree
+from ..config.attach import AttachConfig
+from ..config.errors import ConfigError
+from ..eventlog import EventLog, configure, format_timestamp, make_logger
 from ..mobike import steer_plan
 from ..mobike.events import (
     Event as PathEvent,
@@ -65,17 +74,20 @@ from ..net.state import usable_addresses
 from ..net.steering import PolicyRouting, SteeredRoute
 from ..types import Path
 from .control import ControlServer
+from .sdnotify import SystemdNotifier
 
 JsonObject = dict[str, Any]
 MAX_WIRE_IDS = 4096  # bound on probe ids awaiting a reply, all SAs together
+LOSS_WINDOW = 20  # probes per path that status' loss figure covers
 RECONCILE_WAIT = 10.0  # seconds to wait for charon's SA list before judging leftovers
 DEFAULT_STRONGSWAN_CONF = "/etc/strongswan.conf"
 _YES = frozenset({"yes", "true", "1", "enabled"})
 
 
-def prefer_best_path(strongswan_conf: str) -> bool | None:
-    """``charon.prefer_best_path`` as charon reads it from ``strongswan_conf`` (includes
-    followed); None when the file cannot be read or parsed."""
+def prefer_best_path(strongswan_conf: str, daemon: str = "charon") -> bool | None:
+    """``prefer_best_path`` as ``daemon`` reads it from ``strongswan_conf`` (includes
+    followed): its own section first, then ``charon``'s, the fallback charon-systemd and
+    the other charon front ends register. None when the file cannot be read or parsed."""
     from ..config.errors import ConfigError
     from ..config.parser import parse_file
 
@@ -83,9 +95,12 @@ def prefer_best_path(strongswan_conf: str) -> bool | None:
         root = parse_file(strongswan_conf)
     except (OSError, ConfigError):
         return None
-    charon = root.sections.get("charon")
-    value = charon.keys.get("prefer_best_path") if charon is not None else None
-    return value is not None and value.value.strip().lower() in _YES
+    for name in dict.fromkeys((daemon, "charon")):
+        section = root.sections.get(name)
+        value = section.keys.get("prefer_best_path") if section is not None else None
+        if value is not None:
+            return value.value.strip().lower() in _YES
+    return False
 
 
 @dataclass
@@ -96,6 +111,27 @@ class _Sa:
     manager: PathManager
     timer: asyncio.TimerHandle | None = None
     probes: set[int] = field(default_factory=set)
+    # The last LOSS_WINDOW probes per path ("local remote"): probe id -> answered yet.
+    outcomes: dict[str, dict[int, bool]] = field(default_factory=dict)
+    last_handover: JsonObject | None = None
+
+    def sent(self, path: Path, probe_id: int) -> None:
+        window = self.outcomes.setdefault(f"{path.local.addr} {path.remote.addr}", {})
+        window[probe_id] = False
+        while len(window) > LOSS_WINDOW:
+            window.pop(next(iter(window)))
+
+    def answered(self, probe_id: int) -> None:
+        for window in self.outcomes.values():
+            if probe_id in window:
+                window[probe_id] = True
+                return
+
+    def loss(self, path: Path) -> float | None:
+        """Unanswered share of the path's recent probes, the newest (maybe in flight) aside."""
+        window = list(self.outcomes.get(f"{path.local.addr} {path.remote.addr}", {}).values())
+        done = window[:-1]
+        return round(100.0 * done.count(False) / len(done), 1) if done else None
 
 
 def _ep(path: Path) -> dict[str, str]:
@@ -132,13 +168,23 @@ def path_event_fields(event: PathEvent) -> tuple[str, JsonObject]:
 class Controller:
     """One charon, steered. ``run()`` until ``request_stop()``; see the module docstring."""
 
-    def __init__(self, config: Config, log: EventLog, *, uri: str,
+    def __init__(self, config: AttachConfig, log: EventLog, *, uri: str,
                  control_path: str | None = None, netns: str | None = None,
                  table: int | None = None, deadlines: steer_plan.Deadlines | None = None,
-                 strongswan_conf: str | None = None) -> None:
+                 strongswan_conf: str | None = None, load: bool = False,
+                 reload_config: Callable[[], AttachConfig] | None = None,
+                 reopen_events: Callable[[], None] | None = None,
+                 on_ready: Callable[[], None] | None = None) -> None:
         self.strongswan_conf = strongswan_conf
         self.config = config
-        self.policy = config.mobike.policy
+        self.policy = config.policy
+        self.load = load  # --load: put the file into charon (else swanctl did)
+        self._reload_config = reload_config
+        self._reopen_events = reopen_events
+        self._on_ready = on_ready
+        self._loaded: Loaded | None = None  # what this process loaded into charon
+        self._reconciled = False
+        self._reload_lock = asyncio.Lock()
         self.log = log
         self.uri = uri
         self.control_path = control_path
@@ -192,7 +238,8 @@ class Controller:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
-        self._check_charon_settings()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self._routing = await self._executor(lambda: PolicyRouting(**self._routing_kw))
         # A crashed run may have left routes charon now follows: keep those that match
         # where an SA is (adopted once charon lists it), remove the rest after the first sync.
@@ -208,6 +255,8 @@ class Controller:
         events_task = asyncio.ensure_future(self._consume())
         try:
             await self._reconcile_after_sync()
+            self._reconciled = True
+            self._maybe_ready()
             await self._stop.wait()
         finally:
             events_task.cancel()
@@ -218,7 +267,76 @@ class Controller:
             with contextlib.suppress(BaseException):
                 await events_task
             await self._shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
         return 0
+
+    def _maybe_ready(self) -> None:
+        """systemd's READY=1: VICI attached and charon's SAs (so the path table) read."""
+        if self._on_ready is not None and self.client.connected:
+            self._on_ready()
+            self._on_ready = None
+
+    # -- SIGHUP -------------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """SIGHUP: reopen the events file, re-read the config, apply what changed."""
+        self._spawn(self.reload())
+
+    async def reload(self) -> bool:
+        """Reopen the events file (logrotate), then apply a re-read config without touching
+        a live SA: the mobike policy to every path manager, connections with ``--load``.
+        A bad file keeps the running config (``config_rejected``). True when applied."""
+        async with self._reload_lock:  # SIGHUPs in a row: one reload after the other
+            return await self._reload()
+
+    async def _reload(self) -> bool:
+        if self._reopen_events is not None:
+            try:
+                self._reopen_events()
+            except OSError as exc:
+                self.log.emit("events_reopen_failed", error=exc.strerror or str(exc))
+        if self._reload_config is None:
+            return False
+        try:
+            new = self._reload_config()
+        except ConfigError as exc:
+            self.log.emit("config_rejected", file=exc.file, line=exc.line, error=str(exc))
+            return False
+        except OSError as exc:
+            self.log.emit("config_rejected", file=self.config.file, line=0,
+                          error=f"{self.config.file}:0: {exc.strerror or exc}")
+            return False
+        fields: JsonObject = {"file": new.file}
+        if self.load and self.client.connected:
+            # charon first: when it refuses the file, the running policy stays too.
+            assert new.tree is not None
+            try:
+                self._loaded = await load_tree(self.client, new.tree, new.swanctl_dir,
+                                               self._loaded)
+            except (LoadError, ViciError) as exc:
+                if isinstance(exc, PartialLoad):
+                    self._loaded = exc.loaded
+                self.log.emit("config_rejected", file=new.file, line=0,
+                              error=f"{new.file}:0: charon refused it: {exc}")
+                return False
+            fields["unloaded"] = list(self._loaded.unloaded)
+        policy_changed = new.policy != self.policy
+        self.config, self.policy = new, new.policy
+        if policy_changed:
+            now = self.now
+            for sa in self.sas.values():
+                sa.manager.set_policy(new.policy, now)
+                self._pump(sa)
+        self.log.emit("config_reloaded", **fields, policy_changed=policy_changed,
+                      conns=sorted(new.connections))
+        return True
+
+    async def _load_into_charon(self) -> Loaded:
+        assert self.config.tree is not None
+        return await load_tree(self.client, self.config.tree, self.config.swanctl_dir,
+                               self._loaded)
 
     async def _reconcile_after_sync(self) -> None:
         stop = asyncio.ensure_future(self._stop.wait())
@@ -244,20 +362,23 @@ class Controller:
         self.log.emit("steering_reconciled", removed=removed, adopted=sorted(adopted),
                       table=self.routing.table)
 
-    def _check_charon_settings(self) -> None:
+    def _check_charon_settings(self, daemon: str) -> None:
         # Without prefer_best_path charon ignores our routes while its path "works".
         conf = self.strongswan_conf or os.environ.get("STRONGSWAN_CONF") or \
             DEFAULT_STRONGSWAN_CONF
-        on = prefer_best_path(conf)
+        on = prefer_best_path(conf, daemon or "charon")
         if on is None:
             self.log.emit("charon_settings_unknown", file=conf,
                           hint="cannot read it; make sure charon.prefer_best_path = yes")
         elif on:
-            self.log.emit("charon_settings_checked", file=conf, prefer_best_path=True)
+            self.log.emit("charon_settings_checked", file=conf, daemon=daemon,
+                          prefer_best_path=True)
         else:
             self.log.write("warning", "prefer_best_path_off", {
-                "file": conf, "hint": "install swanctl/strongswan.d/mobike-vici.conf; "
-                "charon will not follow the controller's routes"})
+                "file": conf, "daemon": daemon,
+                "hint": "install swanctl/strongswan.d/mobike-vici.conf as "
+                "/etc/strongswan.d/mobike-vici.conf; charon will not follow the "
+                "controller's routes"})
 
     async def _shutdown(self) -> None:
         for sa in self.sas.values():
@@ -276,10 +397,19 @@ class Controller:
         self.log.emit("steering_cleared", removed=removed, table=self.routing.table)
 
     async def _on_connect(self, client: ViciClient) -> None:
-        # charon initiates start_action=start children itself when load-conn adds or
-        # changes a connection; loading an unchanged config again changes nothing.
-        result = await load(client, self.config)
-        self.log.emit("config_loaded", conns=list(result.conns), pools=list(result.pools))
+        # Attached (the default): swanctl loaded charon; nothing is loaded or unloaded.
+        # --load: charon initiates start_action=start children itself when load-conn adds
+        # or changes a connection; loading an unchanged config again changes nothing.
+        if not self.load:
+            return
+        try:
+            self._loaded = await self._load_into_charon()
+        except PartialLoad as exc:
+            self._loaded = exc.loaded
+            raise
+        self.log.emit("config_loaded", conns=list(self._loaded.conns),
+                      pools=list(self._loaded.pools), shared=list(self._loaded.shared),
+                      unloaded=list(self._loaded.unloaded))
 
     # -- VICI events --------------------------------------------------------------------
 
@@ -294,9 +424,12 @@ class Controller:
     def _on_vici(self, event: ViciEvent) -> None:
         match event:
             case ViciConnected():
-                self.log.emit("vici_connected", uri=event.uri, daemon=event.daemon)
+                # The VICI client itself logs vici_connected/vici_disconnected on the stream.
+                self._check_charon_settings(event.daemon.split(" ", 1)[0])
+                if self._reconciled:
+                    self._maybe_ready()
             case ViciDisconnected():
-                self.log.emit("vici_disconnected", uri=event.uri, reason=event.reason)
+                pass
             case SaAdded():
                 self._sa_seen(event.sa)
             case SaUpdated():
@@ -463,6 +596,7 @@ class Controller:
         if sa is None:
             return
         sa.probes.discard(probe_id)
+        sa.answered(probe_id)
         sa.manager.on_probe_reply(probe_id, self.now)
         self._pump(sa)
 
@@ -487,6 +621,7 @@ class Controller:
                     self._wire_ids.pop(wire_id, None)
                 if ok:
                     sa.probes.add(req.probe_id)
+                    sa.sent(req.path, req.probe_id)
                 else:
                     manager.on_probe_failed(req.probe_id, now)
         while (event := manager.next_event()) is not None:
@@ -494,8 +629,13 @@ class Controller:
                 self._start_move(sa, event)
                 continue
             name, fields = path_event_fields(event)
-            if isinstance(event, HandoverCompleted) and extra:
-                fields.update(extra)
+            if isinstance(event, HandoverCompleted):
+                if extra:
+                    fields.update(extra)
+                sa.last_handover = {"at": format_timestamp(datetime.now(UTC)),
+                                    "from": fields["old_local"], "to": fields["local"],
+                                    "remote": fields["remote"],
+                                    "duration_ms": fields["duration_ms"]}
             self.log.emit(name, conn=conn or sa.info.conn, ike_spi=ike_spi or sa.info.ike_spi,
                           **fields)
         if sa.timer is not None:
@@ -608,14 +748,20 @@ class Controller:
         except ViciError as exc:
             self.log.emit("escalation_failed", conn=info.conn, ike_spi=info.ike_spi,
                           stage="terminate", error=str(exc))
-        conn = next((c for c in self.config.connections if c.name == info.conn), None)
-        children = [c.name for c in conn.children] if conn is not None else []
+        children = self.config.connections.get(info.conn) or self._charon_children(info.conn)
         for child in children[:1]:
             try:
                 await self.client.initiate(child, info.conn, timeout_ms=0)
             except ViciError as exc:
                 self.log.emit("escalation_failed", conn=info.conn, ike_spi=info.ike_spi,
                               stage="initiate", error=str(exc))
+
+    def _charon_children(self, conn: str) -> tuple[str, ...]:
+        """The children charon has for ``conn`` (list-conns at the last resync): attached,
+        the file may not name every connection swanctl loaded."""
+        body = self.client.conns.get(conn)
+        children = body.get("children") if isinstance(body, dict) else None
+        return tuple(str(name) for name in children) if isinstance(children, dict) else ()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -638,6 +784,7 @@ class Controller:
                 for p in tracked.manager.paths():
                     paths.append({**_ep(p.path), "ifname": p.ifname, "state": p.state.name.lower(),
                                   "srtt_ms": None if p.srtt is None else round(p.srtt * 1000, 3),
+                                  "loss_pct": tracked.loss(p.path),
                                   "active": p.path == tracked.manager.active_path})
             sas.append({
                 "conn": info.conn, "ike_spi": info.ike_spi, "state": info.state,
@@ -648,23 +795,49 @@ class Controller:
                               "local_ts": list(c.local_ts), "remote_ts": list(c.remote_ts)}
                              for c in info.children],
                 "paths": paths,
+                "last_handover": tracked.last_handover if tracked is not None else None,
             })
         routes = [{"peer": str(r.peer), "via": str(r.via) if r.via else None,
                    "src": str(r.src) if r.src else None} for r in self._routes]
+        policy = self.policy
         return {"ok": True, "backend": "vici", "vici": self.uri,
-                "vici_connected": self.client.connected, "ike_sas": sas,
+                "vici_connected": self.client.connected, "mode": "load" if self.load else "attach",
+                "config": self.config.file, "conns": sorted(self.config.connections),
+                "policy": {"probe_interval_ms": round(policy.probe_interval * 1000),
+                           "probe_timeout_ms": round(policy.probe_timeout * 1000),
+                           "probe_misses": policy.probe_misses,
+                           "hold_down_ms": round(policy.hold_down * 1000)},
+                "ike_sas": sas,
                 "steering": {"table": self.routing.table, "routes": routes}}
 
 
-def run_controller(config: Config, events: TextIO, uri: str, control_path: str | None,
-                   strongswan_conf: str | None = None) -> int:
-    """The ``run`` subcommand's body: until SIGTERM/SIGINT; 0 after a clean stop."""
-    log = EventLog(make_logger(events))
+def run_controller(config: AttachConfig, events: TextIO, uri: str, control_path: str | None,
+                   strongswan_conf: str | None = None, *, load: bool = False,
+                   level: str = "info",
+                   reload_config: Callable[[], AttachConfig] | None = None,
+                   reopen_events: Callable[[], None] | None = None) -> int:
+    """The ``run`` subcommand's body: until SIGTERM/SIGINT; 0 after a clean stop.
+
+    Every logger in the process (VICI client, netlink, steering) writes to ``events``
+    as one JSON stream, filtered by ``level``.
+    """
+    configure(events, level)
+    log = EventLog(make_logger(events, level=level))
+    notifier = SystemdNotifier.from_env()
 
     async def main() -> int:
         controller = Controller(config, log, uri=uri, control_path=control_path,
-                                strongswan_conf=strongswan_conf)
-        return await controller.run()
+                                strongswan_conf=strongswan_conf, load=load,
+                                reload_config=reload_config, reopen_events=reopen_events,
+                                on_ready=notifier.ready)
+        notifier.start_watchdog()
+        try:
+            return await controller.run()
+        finally:
+            notifier.stopping()
 
-    log.emit("controller_started", pid=os.getpid(), vici=uri)
-    return asyncio.run(main())
+    log.emit("controller_started", pid=os.getpid(), vici=uri, config=config.file,
+             mode="load" if load else "attach")
+    code = asyncio.run(main())
+    log.emit("controller_stopped", code=code)
+    return code

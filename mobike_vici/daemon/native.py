@@ -1,7 +1,7 @@
 """The native daemon: the sans-I/O engine wired to UDP sockets, one timer, signals,
 the control socket and the event log.
 
-The adapter stays thin (STYLE.md 1): receive, feed, flush, re-arm one timer. The
+The adapter stays thin: receive, feed, flush, re-arm one timer. The
 engine's clock is the loop's clock (``loop.time()``, i.e. ``time.monotonic``), so
 its deadlines go straight into ``loop.call_at``.
 
@@ -23,10 +23,11 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
 
 from ..backends.native import Mobility
-from ..config.model import Config, StartAction
+from ..config.model import Config, ConfigError, StartAction
 from ..core.engine import Datagram, Engine, IkeStatus
 from ..core.events import Event, ProbeResult
 from ..esp.xfrm import select_data_plane
@@ -130,6 +131,9 @@ class Daemon:
         """Probe the kernel for ESP at start (``data_plane_selected``) before opening the TUN."""
         self.event_hooks: list[EventHook] = []
         self.mobility = mobility
+        self.reload_config: Callable[[], Config] | None = None
+        """SIGHUP re-reads the config with this (set by ``run_native``)."""
+        self.reopen_events: Callable[[], None] | None = None
         """MOBIKE path selection: fed core events and netlink, asked for probes and moves."""
         self._want_monitor = net_monitor and mobility is not None
         self._monitor: NetlinkMonitor | None = None
@@ -268,7 +272,36 @@ class Daemon:
         self._stop.set()
 
     def _on_sighup(self) -> None:
-        self.log.emit("reload_skipped", reason="reload not implemented")
+        """Reopen the events file (logrotate), re-read the config, apply the mobike policy
+        to IKE_SAs established from now on; connections and live SAs are left as they are
+        (``connections_unchanged`` says when the file changed them). A bad file keeps the
+        running config (``config_rejected``)."""
+        if self.reopen_events is not None:
+            try:
+                self.reopen_events()
+            except OSError as exc:
+                self.log.emit("events_reopen_failed", error=exc.strerror or str(exc))
+        if self.reload_config is None:
+            self.log.emit("reload_skipped", reason="no config file to re-read")
+            return
+        try:
+            new = self.reload_config()
+        except ConfigError as exc:
+            self.log.emit("config_rejected", file=exc.file, line=exc.line, error=str(exc))
+            return
+        except OSError as exc:
+            self.log.emit("config_rejected", file=exc.filename or "", line=0,
+                          error=f"{exc.filename or ''}:0: {exc.strerror or exc}")
+            return
+        policy_changed = new.mobike.policy != self.config.mobike.policy
+        if policy_changed and self.mobility is not None:
+            self.mobility.policy = new.mobike.policy
+        same_conns = new.connections == self.config.connections and \
+            new.secrets == self.config.secrets and new.pools == self.config.pools
+        self.config = replace(self.config, mobike=new.mobike)
+        self.log.emit("config_reloaded", policy_changed=policy_changed,
+                      conns=sorted(c.name for c in self.config.connections),
+                      connections_unchanged=not same_conns)
 
     async def shutdown(self) -> None:
         """Delete every IKE_SA and wait up to ``shutdown_grace`` seconds for the peers."""
@@ -586,13 +619,15 @@ def _mobike_conn(config: Config) -> Callable[[str], bool]:
     return mobike
 
 
-def run_native(config: Config, events: TextIO, control_path: str | None) -> int:
+def run_native(config: Config, events: TextIO, control_path: str | None, *,
+               level: str = "info", reload_config: Callable[[], Config] | None = None,
+               reopen_events: Callable[[], None] | None = None) -> int:
     """``mobike-vici native``: build the real engine and run until told to stop.
 
     Returns the process exit code: 0 after a clean stop, 1 when start-up failed.
     """
-    configure(events)
-    log = EventLog(make_logger(events))
+    configure(events, level)
+    log = EventLog(make_logger(events, level=level))
     try:
         engine = Engine(config, os.urandom, udp.source_address)
     except Exception as exc:  # a config the engine cannot run is a start-up failure
@@ -604,6 +639,7 @@ def run_native(config: Config, events: TextIO, control_path: str | None) -> int:
         daemon = Daemon(config, engine, log, control_path=control_path,
                         data_plane=UserspaceEsp(config), probe_kernel=True,
                         mobility=mobility)
+        daemon.reload_config, daemon.reopen_events = reload_config, reopen_events
         return asyncio.run(daemon.run())
     except (OSError, ControlError) as exc:
         print(f"mobike-vici: {exc}", file=sys.stderr)

@@ -70,6 +70,10 @@ def format_status(answer: JsonObject) -> str:
     sas = [sa for sa in _list(answer, "ike_sas") if isinstance(sa, dict)]
     backend = _s(answer, "backend") or "unknown"
     lines = [f"backend {backend}, {len(sas)} IKE_SA{'' if len(sas) == 1 else 's'}"]
+    if backend == "vici":
+        state = "connected" if answer.get("vici_connected") else "UNREACHABLE"
+        lines.append(f"charon   {state} ({_s(answer, 'vici')}), {_s(answer, 'mode')} mode,"
+                     f" config {_s(answer, 'config')}")
     for sa in sas:
         role = "initiator" if sa.get("initiator") else "responder"
         lines.append(f"{_s(sa, 'conn')}: {_s(sa, 'state')}, {role}, IKE SPIs {_s(sa, 'ike_spi')}")
@@ -79,6 +83,7 @@ def format_status(answer: JsonObject) -> str:
         vips = _list(sa, "virtual_ips")
         if vips:
             lines.append(f"  vips     {' '.join(str(v) for v in vips)}")
+        lines.extend(_path_lines(sa))
         for child in _list(sa, "children"):
             if not isinstance(child, dict):
                 continue
@@ -104,3 +109,27 @@ def format_status(answer: JsonObject) -> str:
                     f" selectors {c['ts_failures']}"
                 )
     return "\n".join(lines)
+
+
+def _ms(value: object) -> str:
+    return f"{value} ms" if isinstance(value, int | float) else "-"
+
+
+def _path_lines(sa: JsonObject) -> list[str]:
+    """The controller's path table: one line per local -> remote pair, the active one marked."""
+    lines: list[str] = []
+    paths = [p for p in _list(sa, "paths") if isinstance(p, dict)]
+    if paths:
+        lines.append("  paths")
+    for p in paths:
+        mark = "*" if p.get("active") else " "
+        loss = p.get("loss_pct")
+        loss_text = f"{loss}%" if isinstance(loss, int | float) else "-"
+        lines.append(f"   {mark} {_s(p, 'local')} -> {_s(p, 'remote')} ({_s(p, 'ifname')})"
+                     f" {_s(p, 'state')}, srtt {_ms(p.get('srtt_ms'))}, loss {loss_text}"
+                     f"{', active' if p.get('active') else ''}")
+    last = sa.get("last_handover")
+    if isinstance(last, dict):
+        lines.append(f"  last handover {_s(last, 'at')}: {_s(last, 'from')} -> {_s(last, 'to')}"
+                     f" in {_ms(last.get('duration_ms'))}")
+    return lines

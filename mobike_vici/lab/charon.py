@@ -75,6 +75,48 @@ def strongswan_conf(rundir: Path, extra_charon: str = "") -> str:
 """
 
 
+STOCK_CONF = Path("/etc/strongswan.conf")
+STOCK_DIR = Path("/etc/strongswan.d")
+
+
+def debian_layout(etc: Path, rundir: Path) -> Path:
+    """A copy of the stock ``/etc/strongswan.conf`` and ``strongswan.d/`` tree that Debian's
+    packages installed, in ``etc``, changed only as the lab needs: one extra file,
+    ``strongswan.d/zz-lab.conf``, with this instance's VICI socket, userspace ESP
+    (kernel-libipsec, loaded before kernel-netlink so it handles IPsec) and a file log.
+    Returns the copy's strongswan.conf."""
+    import shutil
+
+    if not STOCK_CONF.exists() or not STOCK_DIR.is_dir():
+        raise LabError(f"no stock {STOCK_CONF} and {STOCK_DIR}/ (strongSwan's Debian packages:"
+                       " scripts/bootstrap.sh --with-strongswan)")
+    etc.mkdir(parents=True, exist_ok=True)
+    shutil.copy(STOCK_CONF, etc / "strongswan.conf")
+    shutil.copytree(STOCK_DIR, etc / "strongswan.d", dirs_exist_ok=True)
+    (etc / "strongswan.d" / "zz-lab.conf").write_text(f"""charon {{
+    plugins {{
+        vici {{
+            socket = unix://{rundir}/charon.vici
+        }}
+        kernel-libipsec {{
+            load = 20
+        }}
+    }}
+    filelog {{
+        lab {{
+            path = {rundir}/charon.log
+            time_format = %H:%M:%S
+            default = 1
+            ike = 2
+            knl = 2
+            flush_line = yes
+        }}
+    }}
+}}
+""")
+    return etc / "strongswan.conf"
+
+
 @dataclass
 class Charon:
     """One running charon; `stop()` ends it (the owning Lab does too, regardless)."""
@@ -201,15 +243,19 @@ class Charon:
 
 
 def start_charon(lab: Lab, ns: Netns, *, extra_charon: str = "", name: str | None = None,
-                 timeout: float = 15.0) -> Charon:
-    """Start charon in `ns` with a private /run and its own config; wait for VICI."""
+                 timeout: float = 15.0, conf: Path | None = None) -> Charon:
+    """Start charon in `ns` with a private /run and its own config; wait for VICI.
+
+    ``conf``: a strongswan.conf prepared by the caller (``debian_layout``) instead of the
+    lab's own; it must put the VICI socket and the log where ``Charon`` expects them."""
     if not charon_available():
         raise LabError(f"strongSwan charon not installed ({CHARON}, {SWANCTL})")
     check_plugins()
     rundir = lab.workdir / f"charon-{name or ns.short}"
     rundir.mkdir(parents=True, exist_ok=True)
-    conf = rundir / "strongswan.conf"
-    conf.write_text(strongswan_conf(rundir, extra_charon))
+    if conf is None:
+        conf = rundir / "strongswan.conf"
+        conf.write_text(strongswan_conf(rundir, extra_charon))
     script = (
         "mount -t tmpfs none /run && "
         f"STRONGSWAN_CONF={shlex.quote(str(conf))} exec {shlex.quote(str(CHARON))}"

@@ -250,6 +250,16 @@ class PathManager:
                 h.state = PathState.UNKNOWN
         self._decide(now)
 
+    def set_policy(self, policy: MobikePolicy, now: float) -> None:
+        """A reloaded ``mobike { }`` policy: applies from now on, paths and their health kept."""
+        self.policy = policy
+        self.table.policy = policy
+        moves = list(self.selector._moves)  # the damping history survives
+        self.selector = Selector(policy)
+        for t in moves[-max(1, policy.max_moves_per_minute):]:
+            self.selector.record_move(t)
+        self._decide(now)
+
     def on_route_changed(self, now: float) -> None:
         """Routes changed: a hint only (RFC 4555 §3.5), so probe everything soon."""
         for key in self.table.candidate_keys():

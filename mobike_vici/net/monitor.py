@@ -1,6 +1,6 @@
 """NetlinkMonitor: the asyncio watcher of links, addresses and routes that feeds the path manager.
 
-Protocol (STYLE.md rule 9): subscribe first, then dump, then reconcile. The event
+Protocol: subscribe first, then dump, then reconcile. The event
 socket joins the multicast groups before any dump starts, so a change that races
 the dump is either in the dump or queued on the socket; queued messages are applied
 on top of the dump (apply is idempotent, the last word per object wins) and the

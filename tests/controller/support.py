@@ -96,7 +96,7 @@ class Setup:
     # -- the controller -------------------------------------------------------------
 
     def start_controller(self) -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "-m", "mobike_vici", "run", "--config", str(self.conf),
+        argv = [sys.executable, "-m", "mobike_vici", "run", "--load", "--config", str(self.conf),
                 "--vici", self.mob.uri, "--events", str(self.events),
                 "--control", str(self.control),
                 "--strongswan-conf", str(self.mob.rundir / "strongswan.conf")]
@@ -107,7 +107,7 @@ class Setup:
 
     def start_gw_controller(self, conf: Path) -> subprocess.Popen[bytes]:
         """A controller beside the gateway's charon (responder side: address policy)."""
-        argv = [sys.executable, "-m", "mobike_vici", "run", "--config", str(conf),
+        argv = [sys.executable, "-m", "mobike_vici", "run", "--load", "--config", str(conf),
                 "--vici", self.gw.uri, "--events", str(self.gw_events),
                 "--control", str(self.lab.workdir / "gw-ctl.sock"),
                 "--strongswan-conf", str(self.gw.rundir / "strongswan.conf")]

@@ -41,7 +41,8 @@ class Started(Exception):
     """Raised by the stand-in daemon: reaching it means the CLI started something."""
 
 
-def refuse_to_start(config: Config, events: TextIO, control: str | None) -> int:
+def refuse_to_start(config: Config, events: TextIO, control: str | None,
+                    **_kw: object) -> int:
     raise Started
 
 
@@ -87,7 +88,7 @@ def test_good_config_starts_daemon_with_events_file_and_control(
     events = tmp_path / "events.jsonl"
     seen: dict[str, object] = {}
 
-    def fake_run(config: Config, stream: TextIO, control: str | None) -> int:
+    def fake_run(config: Config, stream: TextIO, control: str | None, **_kw: object) -> int:
         seen["conns"] = [c.name for c in config.connections]
         seen["control"] = control
         stream.write("line\n")
@@ -165,7 +166,8 @@ def test_demo_calls_run_demo(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == [1]
 
 
-@pytest.mark.parametrize("argv", [[], ["run"], ["native"], ["bogus"]])
+@pytest.mark.parametrize("argv", [[], ["run", "--config"], ["run", "--log-level", "loud"],
+                                  ["native"], ["bogus"]])
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
@@ -181,3 +183,66 @@ def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert "cannot connect to control socket" in proc.stderr
+
+
+VICI_STATUS: JsonObject = {
+    "ok": True, "backend": "vici", "vici": "unix:///run/charon.vici", "vici_connected": True,
+    "mode": "attach", "config": "/etc/swanctl/swanctl.conf",
+    "ike_sas": [{
+        "conn": "home", "ike_spi": "aa_bb", "state": "ESTABLISHED", "initiator": True,
+        "local": "10.2.0.2[4500]", "remote": "192.0.2.2[4500]", "children": [],
+        "paths": [
+            {"local": "10.2.0.2[4500]", "remote": "192.0.2.2[4500]", "ifname": "m1",
+             "state": "up", "srtt_ms": 1.25, "loss_pct": 0.0, "active": True},
+            {"local": "10.1.0.2[4500]", "remote": "192.0.2.2[4500]", "ifname": "m0",
+             "state": "down", "srtt_ms": None, "loss_pct": 100.0, "active": False}],
+        "last_handover": {"at": "2026-11-27T17:00:00.000000Z", "from": "10.1.0.2[4500]",
+                          "to": "10.2.0.2[4500]", "remote": "192.0.2.2[4500]",
+                          "duration_ms": 812.5}}],
+}
+
+
+def _serve(tmp_path: Path, answer: JsonObject) -> Iterator[str]:
+    path = str(tmp_path / "vctl")
+    loop = asyncio.new_event_loop()
+    server = ControlServer(path, lambda req: answer)
+    loop.run_until_complete(server.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def test_status_text_shows_every_path_and_the_last_handover(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for path in _serve(tmp_path, VICI_STATUS):
+        assert cli.main(["status", "--control", path]) == 0
+    out = capsys.readouterr().out
+    assert "charon   connected (unix:///run/charon.vici), attach mode" in out
+    assert ("   * 10.2.0.2[4500] -> 192.0.2.2[4500] (m1) up, srtt 1.25 ms, loss 0.0%, active"
+            in out)
+    assert "     10.1.0.2[4500] -> 192.0.2.2[4500] (m0) down, srtt -, loss 100.0%" in out
+    assert ("last handover 2026-11-27T17:00:00.000000Z: 10.1.0.2[4500] -> 10.2.0.2[4500]"
+            " in 812.5 ms") in out
+
+
+def test_status_exits_1_when_charon_is_unreachable(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for path in _serve(tmp_path, {**VICI_STATUS, "vici_connected": False, "ike_sas": []}):
+        assert cli.main(["status", "--control", path]) == 1
+    captured = capsys.readouterr()
+    assert "charon   UNREACHABLE" in captured.out
+    assert "charon is not reachable at unix:///run/charon.vici" in captured.err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mobike-vici ") and out.strip() != "mobike-vici unknown"

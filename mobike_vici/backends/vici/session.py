@@ -321,7 +321,7 @@ class ViciClient:
             self.events.put_nowait(event)
         except asyncio.QueueFull:
             self.dropped_events += 1
-            self._log.warning("vici_event_dropped", event=type(event).__name__,
+            self._log.warning("vici_event_dropped", vici_event=type(event).__name__,
                               dropped=self.dropped_events)
 
     def _on_raw_event(self, gen: int, name: str, message: Msg) -> None:

@@ -23,7 +23,11 @@ def test_client_example() -> None:
     assert child.life_time == child.rekey_time * 1.1
     (secret,) = config.secrets
     assert set(secret.ids) == {home.local[0].id, home.remote[0].id}
-    assert config.mobike.raw == {}
+    policy = config.mobike.policy
+    assert (policy.probe_interval, policy.probe_misses, policy.hold_down) == (0.2, 2, 30.0)
+    assert policy.exclude_interfaces == ("docker*",)
+    assert [(r.name, r.interface, r.cost) for r in policy.prefer] == [
+        ("wired", "eth*", 0), ("lte", "wwan*", 100)]
 
 
 def test_gateway_example_with_reference_include_and_pool() -> None:
@@ -39,3 +43,15 @@ def test_gateway_example_with_reference_include_and_pool() -> None:
     assert (str(pool.first), str(pool.last)) == ("10.10.8.1", "10.10.8.254")
     (secret,) = config.secrets
     assert Path(secret.file).parent.name == "gateway.d"  # came in through the include
+
+
+def test_run_reads_the_same_examples() -> None:
+    from mobike_vici.config.attach import load_attach
+
+    client = load_attach(str(EXAMPLES / "client.conf"))
+    assert client.connections == {"home": ("home-net",)}
+    assert client.policy == load_config(str(EXAMPLES / "client.conf")).mobike.policy
+    gateway = load_attach(str(EXAMPLES / "gateway.conf"))
+    assert "rw-psk" in gateway.connections
+    assert [str(n) for n in gateway.policy.allowed_peer_prefixes] == [
+        "198.51.100.0/24", "203.0.113.0/24", "2001:db8:100::/48"]

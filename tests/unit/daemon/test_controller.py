@@ -39,3 +39,61 @@ def test_the_shipped_snippet_turns_prefer_best_path_on(tmp_path: FsPath) -> None
     conf.write_text("charon { load_modular = no }\n")
     assert prefer_best_path(str(conf)) is False
     assert prefer_best_path(str(tmp_path / "missing.conf")) is None
+
+
+def _stock_tree(dest: FsPath) -> FsPath:
+    """A copy of the stock /etc/strongswan.conf and strongswan.d/ (Debian's packages)."""
+    import shutil
+
+    import pytest
+
+    if not FsPath("/etc/strongswan.conf").exists() or not FsPath("/etc/strongswan.d").is_dir():
+        pytest.skip("no stock /etc/strongswan.conf (strongSwan is not installed)")
+    shutil.copy("/etc/strongswan.conf", dest / "strongswan.conf")
+    shutil.copytree("/etc/strongswan.d", dest / "strongswan.d")
+    return dest / "strongswan.conf"
+
+
+def test_the_drop_in_where_the_docs_put_it_turns_it_on_for_both_daemons(
+        tmp_path: FsPath) -> None:
+    conf = _stock_tree(tmp_path)
+    assert prefer_best_path(str(conf), "charon") is False
+    snippet = REPO / "swanctl" / "strongswan.d" / "mobike-vici.conf"
+    (tmp_path / "strongswan.d" / "mobike-vici.conf").write_text(snippet.read_text())
+    assert prefer_best_path(str(conf), "charon") is True
+    assert prefer_best_path(str(conf), "charon-systemd") is True
+
+
+def test_the_drop_in_among_the_plugin_files_lands_in_the_wrong_section(
+        tmp_path: FsPath) -> None:
+    conf = _stock_tree(tmp_path)
+    snippet = REPO / "swanctl" / "strongswan.d" / "mobike-vici.conf"
+    (tmp_path / "strongswan.d" / "charon" / "mobike-vici.conf").write_text(snippet.read_text())
+    assert prefer_best_path(str(conf), "charon") is False
+
+
+def test_charon_systemd_reads_its_own_section_first_then_charon(tmp_path: FsPath) -> None:
+    conf = _stock_tree(tmp_path)
+    own = tmp_path / "strongswan.d" / "zz-local.conf"
+    own.write_text("charon-systemd {\n  prefer_best_path = yes\n}\n")
+    assert prefer_best_path(str(conf), "charon-systemd") is True
+    assert prefer_best_path(str(conf), "charon") is False  # the starter's charon: not for it
+    own.write_text("charon {\n  prefer_best_path = yes\n}\n"
+                   "charon-systemd {\n  prefer_best_path = no\n}\n")
+    assert prefer_best_path(str(conf), "charon-systemd") is False
+    assert prefer_best_path(str(conf), "charon") is True
+
+
+def test_escalation_finds_children_in_charon_when_the_file_does_not_name_them() -> None:
+    import io
+
+    from mobike_vici.config.attach import AttachConfig
+    from mobike_vici.daemon.controller import Controller
+    from mobike_vici.eventlog import EventLog, make_logger
+
+    controller = Controller(AttachConfig("swanctl.conf", {"known": ("a",)}),
+                            EventLog(make_logger(io.StringIO())), uri="unix:///nonexistent")
+    controller.client.conns = {"loaded-by-swanctl": {"children": {"net": {}, "dmz": {}}}}
+    assert controller._charon_children("loaded-by-swanctl") == ("net", "dmz")
+    assert controller._charon_children("unknown") == ()
+    controller.monitor.close()

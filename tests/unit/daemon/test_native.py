@@ -324,7 +324,46 @@ def test_silent_peer_shutdown_gives_up_after_grace() -> None:
     assert log.named("shutdown_incomplete") == [{"ike_sas": [SPI]}]
 
 
-def test_sighup_is_logged_not_fatal() -> None:
+def test_sighup_reloads_the_policy_and_rejects_a_bad_file() -> None:
+    from mobike_vici.config import load_string
+    from mobike_vici.config.errors import ConfigError
+
+    files = iter([load_string("mobike { hold_down = 4s }\n", "a.conf"),
+                  ConfigError("a.conf", 3, "mobike: hold_down: 'soon' is not a time")])
+    reopened: list[int] = []
+
+    def reload_config() -> Config:
+        item = next(files)
+        if isinstance(item, ConfigError):
+            raise item
+        return item
+
+    async def main() -> tuple[RecordingLog, Daemon]:
+        ike_port, natt_port = free_port(), free_port()
+        engine = FakeEngine(Endpoint.parse("127.0.0.1", ike_port), Endpoint.parse("127.0.0.1", 9))
+        log = RecordingLog()
+        daemon = Daemon(Config(), engine, log, ike_port=ike_port, natt_port=natt_port, bind=V4)
+        daemon.reload_config = reload_config
+        daemon.reopen_events = lambda: reopened.append(1)
+        running = asyncio.create_task(daemon.run())
+        await log.wait_for("daemon_started")
+        os.kill(os.getpid(), signal.SIGHUP)
+        await log.wait_for("config_reloaded")
+        os.kill(os.getpid(), signal.SIGHUP)
+        await log.wait_for("config_rejected")
+        assert not running.done()
+        daemon.request_stop()
+        assert await asyncio.wait_for(running, TIMEOUT) == 0
+        return log, daemon
+
+    log, daemon = asyncio.run(main())
+    assert log.named("config_reloaded")[0]["policy_changed"] is True
+    assert daemon.config.mobike.policy.hold_down == 4.0  # the bad file changed nothing
+    assert log.named("config_rejected")[0]["error"].startswith("a.conf:3: ")
+    assert reopened == [1, 1]
+
+
+def test_sighup_without_a_file_is_logged_not_fatal() -> None:
     async def main() -> RecordingLog:
         ike_port, natt_port = free_port(), free_port()
         engine = FakeEngine(Endpoint.parse("127.0.0.1", ike_port), Endpoint.parse("127.0.0.1", 9))
@@ -340,7 +379,7 @@ def test_sighup_is_logged_not_fatal() -> None:
         return log
 
     log = asyncio.run(main())
-    assert log.named("reload_skipped")[0]["reason"] == "reload not implemented"
+    assert log.named("reload_skipped")[0]["reason"] == "no config file to re-read"
 
 
 def _ipv6_loopback() -> bool:

@@ -71,3 +71,37 @@ def test_native_daemon_process(lab: Lab, tmp_path: Path) -> None:
     names = [json.loads(line)["event"] for line in events.read_text().splitlines()]
     assert names[0] == "daemon_started" and names[-1] == "daemon_stopped"
     assert not ctl.exists()
+
+
+@pytest.mark.netns
+def test_native_sighup_reload_and_logrotate(lab: Lab, tmp_path: Path) -> None:
+    ns = lab.netns("h")
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text("connections {\n  home {\n    remote_addrs = 127.0.0.1\n  }\n}\n"
+                    "mobike {\n  hold_down = 2s\n}\n")
+    events, ctl, out = tmp_path / "events.jsonl", tmp_path / "ctl", tmp_path / "daemon.log"
+    proc = lab.spawn(ns, [sys.executable, "-m", "tests.unit.daemon.fake_native", "native",
+                          "--config", str(conf), "--events", str(events),
+                          "--control", str(ctl), "--log-level", "info"], out,
+                     env={"PYTHONPATH": str(REPO)})
+    _wait_for_event(events, "daemon_started", proc)
+    conf.write_text(conf.read_text().replace("2s", "5s"))
+    proc.send_signal(1)  # SIGHUP
+    _wait_for_event(events, "config_reloaded", proc)
+    conf.write_text("mobike {\n  hold_down = soon\n}\n")
+    proc.send_signal(1)
+    _wait_for_event(events, "config_rejected", proc)
+    rotated = events.with_name("events.jsonl.1")
+    events.rename(rotated)
+    proc.send_signal(1)
+    _wait_for_event(events, "config_rejected", proc)  # the new file, opened by the SIGHUP
+    assert lab.stop(proc) == 0
+
+    old = [json.loads(line) for line in rotated.read_text().splitlines()]
+    new = [json.loads(line) for line in events.read_text().splitlines()]
+    reloaded = next(e for e in old if e["event"] == "config_reloaded")
+    assert reloaded["policy_changed"] is True
+    rejected = next(e for e in old if e["event"] == "config_rejected")
+    assert rejected["error"].startswith(f"{conf}:2: ")
+    assert [e["event"] for e in new] == ["config_rejected", "daemon_stopped"]
+    assert out.read_text() == ""  # everything went to the events file
