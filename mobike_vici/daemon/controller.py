@@ -42,7 +42,7 @@ from ..backends.vici import (
 )
 from ..backends.vici.steer import egress
 from ..config.model import Config
-from ..eventlog import EventLog, make_logger
+from ..eventlog import EventLog
 from ..mobike import steer_plan
 from ..mobike.events import (
     Event as PathEvent,
@@ -55,6 +55,7 @@ from ..mobike.events import (
     PathDown,
     PathSelected,
     PathUp,
+    PreferenceChanged,
 )
 from ..mobike.manager import PathManager
 from ..mobike.paths import LocalAddress
@@ -63,8 +64,12 @@ from ..net.monitor import NetlinkMonitor
 from ..net.probes.icmp import IcmpProber
 from ..net.state import usable_addresses
 from ..net.steering import PolicyRouting, SteeredRoute
-from ..types import Path
+from ..types import IPAddress, Path
 from .control import ControlServer
+from .feed import EventFeed
+from .metrics import MetricsServer, snapshot_on_loop
+from .operator import operator_request
+from .status import paths_json, preferred_json
 
 JsonObject = dict[str, Any]
 MAX_WIRE_IDS = 4096  # bound on probe ids awaiting a reply, all SAs together
@@ -126,6 +131,10 @@ def path_event_fields(event: PathEvent) -> tuple[str, JsonObject]:
                                        "reason": event.reason}
         case MoveRequested():
             return "move_requested", {**_ep(event.path), "reason": event.reason}
+        case PreferenceChanged():
+            pref = event.preferred_local
+            return "preference_changed", {**_ep(event.path), "source": event.source,
+                                          "preferred_local": None if pref is None else str(pref)}
     return "path_event", {"type": type(event).__name__}
 
 
@@ -135,8 +144,11 @@ class Controller:
     def __init__(self, config: Config, log: EventLog, *, uri: str,
                  control_path: str | None = None, netns: str | None = None,
                  table: int | None = None, deadlines: steer_plan.Deadlines | None = None,
-                 strongswan_conf: str | None = None) -> None:
+                 strongswan_conf: str | None = None,
+                 metrics: MetricsServer | None = None) -> None:
         self.strongswan_conf = strongswan_conf
+        self.metrics = metrics
+        self._preferred: dict[str, IPAddress] = {}  # operator's choice, by conn
         self.config = config
         self.policy = config.mobike.policy
         self.log = log
@@ -203,7 +215,16 @@ class Controller:
         await self.monitor.start()
         if self.control_path:
             self._control = ControlServer(self.control_path, self._control_request)
+            if self.log.tap is not None:
+                self._control.feed = EventFeed(loop)
+                self.log.tap.subscribe(self._control.feed.publish)
             await self._control.start()
+        if self.metrics is not None:
+            if self.log.tap is not None:
+                self.log.tap.subscribe(self.metrics.events.on_event)
+            self.metrics.start(snapshot_on_loop(loop, self.status))
+            self.log.emit("metrics_listening",
+                          address=f"{self.metrics.host}:{self.metrics.port}")
         client_task = asyncio.ensure_future(self.client.run())
         events_task = asyncio.ensure_future(self._consume())
         try:
@@ -270,6 +291,8 @@ class Controller:
         self.monitor.close()
         if self._control is not None:
             await self._control.close()
+        if self.metrics is not None:
+            self.metrics.close()
         removed = await self._executor(self.routing.clear)
         await self._executor(self.routing.close)
         self._route_thread.shutdown(wait=False)
@@ -336,6 +359,9 @@ class Controller:
         now = self.now
         manager = PathManager(self.policy, info.path, self._local_addresses(),
                               [info.path.remote.addr], now=now, initiator=True)
+        preferred = self._preferred.get(info.conn)
+        if preferred is not None:
+            manager.set_preferred_local(preferred, now)
         sa = _Sa(info, manager)
         self.sas[info.ike_spi] = sa
         self.log.emit("ike_sa_tracked", conn=info.conn, ike_spi=info.ike_spi, **_ep(info.path))
@@ -625,9 +651,45 @@ class Controller:
     # -- status -------------------------------------------------------------------------
 
     def _control_request(self, req: JsonObject) -> JsonObject:
-        if req.get("cmd") != "status":
-            return {"ok": False, "error": f"unknown command {req.get('cmd')!r}"}
+        cmd = req.get("cmd")
+        if cmd in ("prefer", "move"):
+            return operator_request(self, req, self.now)
+        if cmd != "status":
+            return {"ok": False, "error": f"unknown command {cmd!r}"}
         return self.status()
+
+    # -- the operator (``mobike-vici prefer`` / ``move``) ---------------------------------
+
+    def conn_spis(self, conn: str) -> list[str]:
+        return [spi for spi, sa in self.sas.items() if sa.info.conn == conn]
+
+    def prefer(self, conn: str, local: IPAddress | None, now: float) -> str | None:
+        for spi in self.conn_spis(conn):
+            sa = self.sas[spi]
+            refused = sa.manager.set_preferred_local(local, now)
+            if refused is not None:
+                return refused
+            self._pump(sa)
+        if local is None:
+            self._preferred.pop(conn, None)
+        else:
+            self._preferred[conn] = local
+        return None
+
+    def move(self, conn: str, local: IPAddress, now: float) -> str | None:
+        spis = self.conn_spis(conn)
+        if not spis:
+            return "no_ike_sa"
+        if conn in self.plans:
+            return "move_in_progress"
+        for spi in spis:
+            sa = self.sas[spi]
+            refused = sa.manager.request_move(local, now)
+            if refused is not None:
+                return refused
+            self._pump(sa)
+        self._preferred[conn] = local
+        return None
 
     def status(self) -> JsonObject:
         sas: list[JsonObject] = []
@@ -635,10 +697,7 @@ class Controller:
             tracked = self.sas.get(info.ike_spi)
             paths: list[JsonObject] = []
             if tracked is not None:
-                for p in tracked.manager.paths():
-                    paths.append({**_ep(p.path), "ifname": p.ifname, "state": p.state.name.lower(),
-                                  "srtt_ms": None if p.srtt is None else round(p.srtt * 1000, 3),
-                                  "active": p.path == tracked.manager.active_path})
+                paths = paths_json(tracked.manager)
             sas.append({
                 "conn": info.conn, "ike_spi": info.ike_spi, "state": info.state,
                 "initiator": info.initiator, **_ep(info.path), "local_id": info.local_id,
@@ -648,6 +707,7 @@ class Controller:
                               "local_ts": list(c.local_ts), "remote_ts": list(c.remote_ts)}
                              for c in info.children],
                 "paths": paths,
+                "preferred_local": preferred_json(tracked.manager) if tracked else None,
             })
         routes = [{"peer": str(r.peer), "via": str(r.via) if r.via else None,
                    "src": str(r.src) if r.src else None} for r in self._routes]
@@ -657,13 +717,15 @@ class Controller:
 
 
 def run_controller(config: Config, events: TextIO, uri: str, control_path: str | None,
-                   strongswan_conf: str | None = None) -> int:
+                   strongswan_conf: str | None = None,
+                   metrics: tuple[str, int] | None = None) -> int:
     """The ``run`` subcommand's body: until SIGTERM/SIGINT; 0 after a clean stop."""
-    log = EventLog(make_logger(events))
+    log = EventLog.to_stream(events)
 
     async def main() -> int:
         controller = Controller(config, log, uri=uri, control_path=control_path,
-                                strongswan_conf=strongswan_conf)
+                                strongswan_conf=strongswan_conf,
+                                metrics=MetricsServer(metrics) if metrics is not None else None)
         return await controller.run()
 
     log.emit("controller_started", pid=os.getpid(), vici=uri)

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 
 from ..core.engine import ChildStatus, IkeStatus
 from ..eventlog import spi_hex
+from ..mobike.manager import PathManager
 
 JsonObject = dict[str, object]
 
@@ -104,3 +105,19 @@ def format_status(answer: JsonObject) -> str:
                     f" selectors {c['ts_failures']}"
                 )
     return "\n".join(lines)
+
+
+def paths_json(manager: PathManager) -> list[JsonObject]:
+    """One IKE_SA's candidate paths, best first, with health (for status and metrics)."""
+    active = manager.active_path
+    return [{"local": str(p.path.local), "remote": str(p.path.remote), "ifname": p.ifname,
+             "state": p.state.name.lower(),
+             "srtt_ms": None if p.srtt is None else round(p.srtt * 1000, 3),
+             "probe_loss": None if p.loss is None else round(p.loss, 3),
+             "active": p.path == active}
+            for p in manager.paths()]
+
+
+def preferred_json(manager: PathManager) -> str | None:
+    pref = manager.preferred_local
+    return None if pref is None else str(pref)
