@@ -297,7 +297,7 @@ class Mobility:
                           initiator=event.initiator)
         preferred = self._preferred.get(event.conn)
         if preferred is not None:
-            mgr.set_preferred_local(preferred, now)
+            mgr.set_preferred_local(preferred, now, source="inherited")
         return mgr
 
     def _forget(self, ike_spi: str) -> None:

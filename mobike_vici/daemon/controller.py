@@ -361,7 +361,7 @@ class Controller:
                               [info.path.remote.addr], now=now, initiator=True)
         preferred = self._preferred.get(info.conn)
         if preferred is not None:
-            manager.set_preferred_local(preferred, now)
+            manager.set_preferred_local(preferred, now, source="inherited")
         sa = _Sa(info, manager)
         self.sas[info.ike_spi] = sa
         self.log.emit("ike_sa_tracked", conn=info.conn, ike_spi=info.ike_spi, **_ep(info.path))

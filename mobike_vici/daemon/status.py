@@ -80,6 +80,17 @@ def format_status(answer: JsonObject) -> str:
         vips = _list(sa, "virtual_ips")
         if vips:
             lines.append(f"  vips     {' '.join(str(v) for v in vips)}")
+        if sa.get("preferred_local"):
+            lines.append(f"  prefer   {_s(sa, 'preferred_local')} (operator)")
+        for p in _list(sa, "paths"):
+            if isinstance(p, dict):
+                mark = "*" if p.get("active") else " "
+                rtt = f", rtt {p['srtt_ms']} ms" if p.get("srtt_ms") is not None else ""
+                loss = p.get("probe_loss")
+                lost = f", loss {round(100 * float(loss))}%" if isinstance(loss, int | float) \
+                    else ""
+                lines.append(f"  {mark} path   {_s(p, 'local')} - {_s(p, 'remote')}"
+                             f" {_s(p, 'state')}{rtt}{lost}")
         for child in _list(sa, "children"):
             if not isinstance(child, dict):
                 continue

@@ -80,7 +80,7 @@ class PreferenceChanged(PathEvent):
     preferred_local: IPAddress | None
     """The local address now preferred above any policy rule; None: policy alone."""
     source: str
-    """prefer, clear or move."""
+    """prefer, clear, move, or inherited (a new IKE_SA of the connection took it over)."""
 
 
 Event = (

@@ -153,3 +153,12 @@ def test_server_serves_over_http() -> None:
         server.close()
     names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     assert {"mobike_handovers_total", "mobike_path_up", "mobike_ike_sas"} <= names
+
+
+def test_status_text_shows_paths_and_preference() -> None:
+    from mobike_vici.daemon.status import format_status
+
+    text = format_status(STATUS)
+    assert "  prefer   10.2.0.2 (operator)" in text
+    assert "  * path   10.1.0.2[4500] - 192.0.2.2[4500] down, rtt 1.5 ms, loss 25%" in text
+    assert "    path   10.2.0.2[4500] - 192.0.2.2[4500] up" in text
