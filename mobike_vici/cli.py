@@ -219,7 +219,8 @@ def _cmd_operator(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     what = "preference cleared" if local is None else (
         f"preferring {local}" if args.command == "prefer" else f"moving to {local}")
-    print(f"{args.conn}: {what}")
+    later = "" if answer.get("ike_sas") else " (no IKE_SA yet: applies to the next one)"
+    print(f"{args.conn}: {what}{later}")
     return EXIT_OK
 
 

@@ -151,6 +151,8 @@ class Mobility:
     def prefer(self, conn: str, local: IPAddress | None, now: float) -> str | None:
         """Prefer ``local`` for every IKE_SA of ``conn`` (None: clear), also for its
         later IKE_SAs; returns why it was refused, else None."""
+        if not self._mobike_conns(conn):
+            return "unknown_conn"  # also keeps ``_preferred`` to configured names
         for spi in self.conn_spis(conn):
             refused = self._sas[spi].manager.set_preferred_local(local, now)
             if refused is not None:

@@ -205,6 +205,12 @@ class Controller:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
         self._check_charon_settings()
+        if self.metrics is not None:  # first: a port in use stops us before anything changed
+            if self.log.tap is not None:
+                self.log.tap.subscribe(self.metrics.events.on_event)
+            self.metrics.start(snapshot_on_loop(loop, self.status))
+            self.log.emit("metrics_listening",
+                          address=f"{self.metrics.host}:{self.metrics.port}")
         self._routing = await self._executor(lambda: PolicyRouting(**self._routing_kw))
         # A crashed run may have left routes charon now follows: keep those that match
         # where an SA is (adopted once charon lists it), remove the rest after the first sync.
@@ -219,12 +225,6 @@ class Controller:
                 self._control.feed = EventFeed(loop)
                 self.log.tap.subscribe(self._control.feed.publish)
             await self._control.start()
-        if self.metrics is not None:
-            if self.log.tap is not None:
-                self.log.tap.subscribe(self.metrics.events.on_event)
-            self.metrics.start(snapshot_on_loop(loop, self.status))
-            self.log.emit("metrics_listening",
-                          address=f"{self.metrics.host}:{self.metrics.port}")
         client_task = asyncio.ensure_future(self.client.run())
         events_task = asyncio.ensure_future(self._consume())
         try:
@@ -664,6 +664,8 @@ class Controller:
         return [spi for spi, sa in self.sas.items() if sa.info.conn == conn]
 
     def prefer(self, conn: str, local: IPAddress | None, now: float) -> str | None:
+        if all(c.name != conn for c in self.config.connections):
+            return "unknown_conn"  # also keeps ``_preferred`` to configured names
         for spi in self.conn_spis(conn):
             sa = self.sas[spi]
             refused = sa.manager.set_preferred_local(local, now)

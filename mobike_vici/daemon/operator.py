@@ -25,6 +25,7 @@ REFUSALS = {
     "path_down": "that path is down (probes unanswered)",
     "path_unverified": "that path has not answered a probe yet",
     "no_ike_sa": "no MOBIKE IKE_SA of that connection is established here",
+    "unknown_conn": "no MOBIKE connection of that name in the config",
 }
 
 

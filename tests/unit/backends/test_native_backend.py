@@ -235,3 +235,13 @@ def test_operator_move_and_a_new_ike_sa_inherits_the_preference() -> None:
     assert mob.prefer("c", None, 2.0) is None
     mgr = mob.manager(SPI)
     assert mgr is not None and mgr.preferred_local is None
+
+
+def test_preference_for_an_unknown_connection_is_refused() -> None:
+    mob = Mobility(FakeEngine(), MobikePolicy(), lambda conn: conn == "c")
+    assert mob.prefer("typo", M1, 0.0) == "unknown_conn"
+    assert mob.prefer("c", M1, 0.0) is None  # no IKE_SA yet: kept for the first one
+    mob.on_addresses([("m0", M0), ("m1", M1)], 0.0)
+    mob.on_core_event(established(), 0.0)
+    mgr = mob.manager(SPI)
+    assert mgr is not None and mgr.preferred_local == M1
