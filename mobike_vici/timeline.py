@@ -19,7 +19,7 @@ import re
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -64,6 +64,12 @@ class Mark:
 class Outage:
     start: float
     end: float
+
+
+def fault_event(what: str, at: float) -> dict[str, object]:
+    """The line to append to an events file when injecting a fault at ``at`` (epoch)."""
+    stamp = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {"timestamp": stamp, "event": "fault", "level": "info", "what": what}
 
 
 def _epoch(text: str) -> float:

@@ -39,6 +39,7 @@ MAX_PENDING = 1024
 """Handovers started and not yet finished that we remember the reason of."""
 
 PATH_LABELS = ("conn", "local", "remote")
+VERDICTS = {"up": 1, "down": 0}
 CHILD_LABELS = ("conn", "child", "unique_id")
 ESP_FAILURES = {"replay_failures": "replay", "integrity_failures": "integrity",
                 "decode_failures": "malformed", "ts_failures": "selectors"}
@@ -167,8 +168,8 @@ def status_metrics(status: JsonObject) -> Iterator[Metric]:
 
 
 def _path_metrics(sas: list[JsonObject]) -> Iterator[Metric]:
-    up = GaugeMetricFamily("mobike_path_up", "1 when the path answers probes.",
-                           labels=PATH_LABELS)
+    up = GaugeMetricFamily("mobike_path_up", "1: the path answers probes, 0: it is down "
+                           "(absent: no verdict yet).", labels=PATH_LABELS)
     active = GaugeMetricFamily("mobike_path_active", "1 for the path the IKE_SA uses.",
                                labels=PATH_LABELS)
     rtt = GaugeMetricFamily("mobike_path_rtt_seconds", "Smoothed probe round-trip time.",
@@ -189,7 +190,8 @@ def _path_metrics(sas: list[JsonObject]) -> Iterator[Metric]:
         if sa.get("preferred_local"):
             prefs.add((conn, str(sa["preferred_local"])))
     for labels, p in rows.items():
-        up.add_metric(labels, 1 if p.get("state") == "up" else 0)
+        if p.get("state") in VERDICTS:  # unknown/probing (and a responder's paths): no verdict
+            up.add_metric(labels, VERDICTS[str(p["state"])])
         active.add_metric(labels, 1 if p.get("active") else 0)
         if isinstance(p.get("srtt_ms"), int | float):
             rtt.add_metric(labels, float(p["srtt_ms"]) / 1000.0)

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mobike_vici.lab.native import NativeDaemon, named
 from mobike_vici.lab.netns import Lab
-from mobike_vici.timeline import render
+from mobike_vici.timeline import fault_event, render
 from tests.data.support import CONN, INNER_ADDR
 
 from .harness import Handover, build
@@ -117,9 +117,7 @@ def test_metrics_count_a_handover_and_the_dead_path(metered: Handover, lab: Lab)
     events = lab.workdir / "events.jsonl"
     shutil.copy(mob.events_path, events)
     with open(events, "a") as f:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(fault))
-        f.write(json.dumps({"timestamp": f"{stamp}.{int(fault % 1 * 1e6):06d}Z",
-                            "event": "fault", "what": "m0 silently dead"}) + "\n")
+        f.write(json.dumps(fault_event("m0 silently dead", fault)) + "\n")
     record = os.environ.get("MOBIKE_TIMELINE_RECORD")
     if record:
         shutil.copy(events, Path(record) / "timeline_events.jsonl")

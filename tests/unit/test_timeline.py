@@ -13,6 +13,7 @@ from mobike_vici import cli
 from mobike_vici.timeline import (
     TimelineError,
     active_paths,
+    fault_event,
     marks,
     outages,
     read_events,
@@ -76,3 +77,15 @@ def test_outages_ignore_the_ping_rhythm() -> None:
     gap = steady[:20] + [(t + 1.0, s, r) for t, s, r in steady[20:]]
     (o,) = outages(gap)
     assert o.end - o.start == pytest.approx(1.05)
+
+
+def test_fault_event_round_trips(tmp_path: Path) -> None:
+    events = tmp_path / "e.jsonl"
+    lines = [fault_event("m0 cut", 1_700_000_000.25),
+             {"timestamp": "2023-11-14T22:13:21.000000Z", "event": "path_down",
+              "local": "10.1.0.2[4500]"}]
+    events.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    got = marks(read_events(events))
+    assert [(m.name, m.label) for m in got] == [("fault", "fault: m0 cut"),
+                                                ("path_down", "path down 10.1.0.2")]
+    assert got[0].t == pytest.approx(1_700_000_000.25)

@@ -28,6 +28,8 @@ STATUS = {
              "srtt_ms": 1.5, "probe_loss": 0.25, "active": True},
             {"local": "10.2.0.2[4500]", "remote": "192.0.2.2[4500]", "state": "up",
              "srtt_ms": None, "probe_loss": None, "active": False},
+            {"local": "10.3.0.2[4500]", "remote": "192.0.2.2[4500]", "state": "probing",
+             "srtt_ms": None, "probe_loss": None, "active": False},
         ],
         "children": [{"name": "net", "unique_id": 7, "spi_in": "c1a2b3c4",
                       "spi_out": "d5e6f708",
@@ -63,6 +65,9 @@ def test_gauges_from_a_status_answer() -> None:
     assert get(got, "mobike_path_active", **p0) == 1
     assert get(got, "mobike_path_rtt_seconds", **p0) == pytest.approx(0.0015)
     assert get(got, "mobike_path_rtt_seconds", **p1) is None  # not measured yet
+    p2 = {**p0, "local": "10.3.0.2"}
+    assert get(got, "mobike_path_up", **p2) is None  # no verdict yet
+    assert get(got, "mobike_path_active", **p2) == 0
     assert get(got, "mobike_path_probe_loss_ratio", **p0) == 0.25
     assert get(got, "mobike_ike_sas", conn="home", state="ESTABLISHED") == 1
     assert get(got, "mobike_operator_preference", conn="home", local="10.2.0.2") == 1
