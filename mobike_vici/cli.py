@@ -48,6 +48,20 @@ def version() -> str:
         return "unknown"
 
 
+def _hostport(text: str) -> tuple[str, int]:
+    from .daemon.metrics import parse_hostport
+
+    try:
+        return parse_hostport(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _control_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--control", metavar="PATH", default=None,
+                        help=f"control socket (default: {default_path()})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mobike-vici",
@@ -65,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"control socket (default: {default_path()})")
     native.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="least severe event written (default: %(default)s)")
+    native.add_argument("--metrics", metavar="HOST:PORT", type=_hostport, default=None,
+                        help="serve Prometheus metrics there (e.g. 127.0.0.1:9474; off)")
 
     run = sub.add_parser("run", help="steer charon: probe paths, move IKE_SAs by routes")
     run.add_argument("--config", metavar="FILE", default=DEFAULT_SWANCTL_CONF,
@@ -85,11 +101,40 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strongswan-conf", metavar="FILE", default=None,
                      help="charon's strongswan.conf, to check prefer_best_path"
                      " (default: $STRONGSWAN_CONF or /etc/strongswan.conf)")
+    run.add_argument("--metrics", metavar="HOST:PORT", type=_hostport, default=None,
+                     help="serve Prometheus metrics there (e.g. 127.0.0.1:9474; off)")
 
     status = sub.add_parser("status", help="show the running daemon's SAs")
     status.add_argument("--json", action="store_true", help="print the raw JSON answer")
     status.add_argument("--control", metavar="PATH", default=None,
                         help=f"control socket (default: {default_path()})")
+
+    events = sub.add_parser("events", help="print the running daemon's recent events")
+    events.add_argument("--follow", "-f", action="store_true",
+                        help="keep printing new events until interrupted")
+    events.add_argument("--event", metavar="NAME", nargs="+", action="extend", default=[],
+                        help="only these event names")
+    _control_arg(events)
+
+    prefer = sub.add_parser("prefer", help="prefer a local address for a connection "
+                            "(moves after hold-down)")
+    prefer.add_argument("conn", metavar="CONN")
+    which = prefer.add_mutually_exclusive_group(required=True)
+    which.add_argument("--local", metavar="ADDR", help="the local address to prefer")
+    which.add_argument("--clear", action="store_true", help="back to the policy alone")
+    _control_arg(prefer)
+
+    move = sub.add_parser("move", help="move a connection's IKE_SA to a local address now")
+    move.add_argument("conn", metavar="CONN")
+    move.add_argument("--local", metavar="ADDR", required=True)
+    _control_arg(move)
+
+    timeline = sub.add_parser("timeline", help="draw a handover timeline (PNG) from events")
+    timeline.add_argument("events_file", metavar="EVENTS.jsonl")
+    timeline.add_argument("--pings", metavar="FILE",
+                          help="output of ping -D through the tunnel (RTT and outages)")
+    timeline.add_argument("-o", "--output", metavar="FILE.png", required=True)
+    timeline.add_argument("--title", default=None)
 
     sub.add_parser("demo", help="run the demo on the embedded native core")
     return parser
@@ -129,7 +174,7 @@ def _cmd_native(args: argparse.Namespace) -> int:
         with _events_stream(args.events) as events:
             return run_native(config, events, args.control or default_path(),
                               level=args.log_level, reload_config=reload_config,
-                              reopen_events=_reopener(events))
+                              reopen_events=_reopener(events), metrics=args.metrics)
     except OSError as exc:
         print(f"mobike-vici: {args.events}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -152,7 +197,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                   args.strongswan_conf, load=args.load,
                                   level=args.log_level,
                                   reload_config=lambda: _load_attach(args.config),
-                                  reopen_events=_reopener(events))
+                                  reopen_events=_reopener(events), metrics=args.metrics)
     except OSError as exc:
         print(f"mobike-vici: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -183,6 +228,60 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_events(args: argparse.Namespace) -> int:
+    from .daemon.control import follow_events
+
+    path = args.control or default_path()
+    try:
+        for event in follow_events(path, list(args.event), args.follow):
+            print(json.dumps(event), flush=True)
+    except ControlError as exc:
+        print(f"mobike-vici: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BrokenPipeError:
+        return EXIT_OK
+    return EXIT_OK
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
+    from .daemon.control import request
+
+    local = None if getattr(args, "clear", False) else args.local
+    try:
+        answer = request(args.control or default_path(), args.command,
+                         args={"conn": args.conn, "local": local})
+    except ControlError as exc:
+        print(f"mobike-vici: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if answer.get("ok") is not True:
+        print(f"mobike-vici: {args.command} refused: {answer.get('error', 'no reason given')}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    what = "preference cleared" if local is None else (
+        f"preferring {local}" if args.command == "prefer" else f"moving to {local}")
+    later = "" if answer.get("ike_sas") else " (no IKE_SA yet: applies to the next one)"
+    print(f"{args.conn}: {what}{later}")
+    return EXIT_OK
+
+
+def _cmd_timeline(args: argparse.Namespace) -> int:
+    try:
+        from .timeline import TimelineError, render
+    except ModuleNotFoundError as exc:
+        print(f"mobike-vici: timeline needs matplotlib ({exc})", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        render(args.events_file, args.output, pings=args.pings, title=args.title)
+    except TimelineError as exc:
+        print(f"mobike-vici: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"mobike-vici: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(args.output)
+    return EXIT_OK
+
+
 def _cmd_demo(_args: argparse.Namespace) -> int:
     try:
         demo = importlib.import_module(".demo", __package__)
@@ -195,7 +294,9 @@ def _cmd_demo(_args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"native": _cmd_native, "run": _cmd_run, "status": _cmd_status, "demo": _cmd_demo}
+    handlers = {"native": _cmd_native, "run": _cmd_run, "status": _cmd_status,
+                "demo": _cmd_demo, "events": _cmd_events, "prefer": _cmd_operator,
+                "move": _cmd_operator, "timeline": _cmd_timeline}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

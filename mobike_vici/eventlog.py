@@ -13,6 +13,7 @@ second line of defence.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import re
@@ -145,16 +146,50 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def processors(clock: Callable[[], datetime] = _utc_now) -> list[Any]:
-    """The processor chain, ending in the JSON renderer."""
-    return [
+class EventTap:
+    """structlog processor: hands each finished event (redacted, plain values) to its
+    subscribers, e.g. the metrics and ``mobike-vici events --follow``.
+
+    Subscribers run on the logging thread and must not block; one that raises is
+    dropped (a broken observer must not silence the stream).
+    """
+
+    def __init__(self) -> None:
+        self._subscribers: list[Callable[[dict[str, Any]], None]] = []
+
+    def subscribe(self, fn: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        """Add ``fn``; returns the call that removes it again."""
+        self._subscribers.append(fn)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._subscribers.remove(fn)
+        return unsubscribe
+
+    def __call__(self, _logger: object, _method: str, event_dict: EventDict) -> EventDict:
+        for fn in list(self._subscribers):
+            try:
+                fn(dict(event_dict))
+            except Exception:
+                with contextlib.suppress(ValueError):
+                    self._subscribers.remove(fn)
+        return event_dict
+
+
+def processors(clock: Callable[[], datetime] = _utc_now,
+               tap: EventTap | None = None) -> list[Any]:
+    """The processor chain, ending in the JSON renderer (``tap`` sees what it renders)."""
+    chain: list[Any] = [
         structlog.processors.add_log_level,
         timestamper(clock),
         redact_key_material,
         plain_values,
         order_keys,
-        structlog.processors.JSONRenderer(),
     ]
+    if tap is not None:
+        chain.append(tap)
+    chain.append(structlog.processors.JSONRenderer())
+    return chain
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -167,7 +202,7 @@ def level_number(level: str) -> int:
 
 def make_logger(
     stream: TextIO | None = None, clock: Callable[[], datetime] = _utc_now,
-    level: str = "debug",
+    level: str = "debug", tap: EventTap | None = None,
 ) -> structlog.typing.FilteringBoundLogger:
     """A logger writing one flushed JSON line per event at ``level`` or above to ``stream``
     (stdout by default).
@@ -176,7 +211,7 @@ def make_logger(
     """
     return structlog.wrap_logger(  # type: ignore[no-any-return]
         structlog.PrintLogger(stream if stream is not None else sys.stdout),
-        processors=processors(clock),
+        processors=processors(clock, tap),
         wrapper_class=structlog.make_filtering_bound_logger(level_number(level)),
         cache_logger_on_first_use=False,
     )
@@ -414,10 +449,22 @@ def core_event_fields(event: Event) -> tuple[str, Fields]:
 
 
 class EventLog:
-    """What the daemon writes to: named events with fields, and core events."""
+    """What the daemon writes to: named events with fields, and core events.
 
-    def __init__(self, logger: structlog.typing.FilteringBoundLogger) -> None:
+    ``tap``: the ``EventTap`` in ``logger``'s chain, for observers of the stream
+    (None when the logger has none).
+    """
+
+    def __init__(self, logger: structlog.typing.FilteringBoundLogger,
+                 tap: EventTap | None = None) -> None:
         self._logger = logger
+        self.tap = tap
+
+    @classmethod
+    def to_stream(cls, stream: TextIO | None = None, level: str = "debug") -> EventLog:
+        """An event log on ``stream`` (events at ``level`` or above) with a tap for observers."""
+        tap = EventTap()
+        return cls(make_logger(stream, level=level, tap=tap), tap)
 
     def emit(self, event_name: str, /, **fields: object) -> None:
         """Log ``event_name`` at its usual level (see ``level_of``)."""

@@ -100,6 +100,10 @@ def path_event_fields(conn: str, ike_spi: str, event: pe.Event) -> tuple[str, Fi
             return "handover_failed", {**base, "old_local": str(event.old_path.local),
                                        "old_remote": str(event.old_path.remote),
                                        "reason": event.reason}
+        case pe.PreferenceChanged():
+            pref = event.preferred_local
+            return "preference_changed", {**base, "preferred_local": None if pref is None
+                                          else str(pref), "source": event.source}
     return None
 
 
@@ -119,6 +123,7 @@ class Mobility:
         self._virtual: set[IPAddress] = set()
         self._tunnel_ifs = tuple(tunnel_interfaces)
         self._log: list[tuple[str, Fields]] = []
+        self._preferred: dict[str, IPAddress] = {}  # by conn; one per configured conn
         self.errors = 0
         """Engine calls that raised (an SA vanished under us): counted, never fatal."""
         self.calls = 0
@@ -137,6 +142,38 @@ class Mobility:
     @property
     def local_addresses(self) -> tuple[LocalAddress, ...]:
         return self._local
+
+    def conn_spis(self, conn: str) -> list[str]:
+        return [spi for spi, sa in self._sas.items() if sa.conn == conn]
+
+    # -- inputs: the operator -----------------------------------------------------------
+
+    def prefer(self, conn: str, local: IPAddress | None, now: float) -> str | None:
+        """Prefer ``local`` for every IKE_SA of ``conn`` (None: clear), also for its
+        later IKE_SAs; returns why it was refused, else None."""
+        if not self._mobike_conns(conn):
+            return "unknown_conn"  # also keeps ``_preferred`` to configured names
+        for spi in self.conn_spis(conn):
+            refused = self._sas[spi].manager.set_preferred_local(local, now)
+            if refused is not None:
+                return refused
+        if local is None:
+            self._preferred.pop(conn, None)
+        else:
+            self._preferred[conn] = local
+        return None
+
+    def move(self, conn: str, local: IPAddress, now: float) -> str | None:
+        """Move ``conn``'s IKE_SAs to ``local`` now; returns why it was refused, else None."""
+        spis = self.conn_spis(conn)
+        if not spis:
+            return "no_ike_sa"
+        for spi in spis:
+            refused = self._sas[spi].manager.request_move(local, now)
+            if refused is not None:
+                return refused
+        self._preferred[conn] = local
+        return None
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -258,8 +295,12 @@ class Mobility:
             own = event.path.remote.addr.version
             other = PreferRule(name="_other_family", family=10 - own, cost=CROSS_FAMILY_COST)
             policy = replace(policy, family=own, prefer=(*policy.prefer, other))
-        return PathManager(policy, event.path, self._local, peers, now=now,
-                           initiator=event.initiator)
+        mgr = PathManager(policy, event.path, self._local, peers, now=now,
+                          initiator=event.initiator)
+        preferred = self._preferred.get(event.conn)
+        if preferred is not None:
+            mgr.set_preferred_local(preferred, now, source="inherited")
+        return mgr
 
     def _forget(self, ike_spi: str) -> None:
         self._sas.pop(ike_spi, None)

@@ -3,7 +3,9 @@
 The server side is asyncio and knows nothing of the backend: it hands each request
 to a handler. The client side is a plain blocking socket for ``mobike-vici status``.
 Requests look like ``{"cmd": "status"}``; answers carry ``"ok": true`` or
-``"ok": false`` with ``"error"``.
+``"ok": false`` with ``"error"``. One request streams: ``{"cmd": "events", "follow":
+bool, "event": [names]}`` answers ``{"ok": true}`` and then one event per line (the
+recent ones, then, with ``follow``, every new one until the client closes).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import json
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+from .feed import EventFeed
 
 JsonObject = dict[str, object]
 Handler = Callable[[JsonObject], JsonObject]
@@ -73,9 +77,10 @@ def _remove_stale(path: str) -> None:
 class ControlServer:
     """Serves ``handler`` on a unix socket at ``path`` (mode 0600)."""
 
-    def __init__(self, path: str, handler: Handler) -> None:
+    def __init__(self, path: str, handler: Handler, feed: EventFeed | None = None) -> None:
         self.path = path
         self._handler = handler
+        self.feed = feed
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -111,6 +116,10 @@ class ControlServer:
                     break
                 if not line.strip():
                     continue
+                events = _events_request(line)
+                if events is not None:
+                    await self._stream_events(events, reader, writer)
+                    break
                 answer = _answer(self._handler, line)
                 writer.write(json.dumps(answer).encode() + b"\n")
                 await writer.drain()
@@ -122,7 +131,104 @@ class ControlServer:
                 await writer.wait_closed()
 
 
-def request(path: str, cmd: str, timeout: float = 5.0) -> JsonObject:
+    async def _stream_events(self, req: JsonObject, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        """Answer an ``events`` request: recent events, then new ones with ``follow``."""
+        feed = self.feed
+        raw = req.get("event")
+        names = [n for n in raw if isinstance(n, str)] if isinstance(raw, list) else []
+        follow = req.get("follow") is True
+        if feed is None:
+            writer.write(_line({"ok": False, "error": "this daemon has no event feed"}))
+            return
+        follower = feed.follow(names) if follow else None
+        if follow and follower is None:
+            writer.write(_line({"ok": False, "error": "too many followers"}))
+            return
+        try:
+            writer.write(_line({"ok": True, "follow": follow}))
+            for event in feed.recent(names):
+                writer.write(_line(event))
+            await writer.drain()
+            if follower is None:
+                return
+            gone = asyncio.ensure_future(reader.read())  # EOF: the client left
+            try:
+                while True:
+                    got = asyncio.ensure_future(follower.queue.get())
+                    done, _ = await asyncio.wait({got, gone},
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if got not in done:
+                        got.cancel()
+                        return
+                    new = got.result()
+                    if new is None:
+                        writer.write(_line({"event": "events_lost",
+                                            "reason": "reader too slow"}))
+                        return
+                    writer.write(_line(new))
+                    await writer.drain()
+            finally:
+                gone.cancel()
+        finally:
+            if follower is not None:
+                feed.unfollow(follower)
+
+
+def _line(obj: JsonObject) -> bytes:
+    return json.dumps(obj).encode() + b"\n"
+
+
+def _events_request(line: bytes) -> JsonObject | None:
+    """The request if it is an ``events`` request, else None (``_answer`` handles it)."""
+    try:
+        req = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(req, dict) and req.get("cmd") == "events":
+        return req
+    return None
+
+
+def follow_events(path: str, names: list[str], follow: bool,
+                  timeout: float = 5.0) -> Iterator[JsonObject]:
+    """Events from the daemon at ``path`` as they come (see the module docstring)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            raise ControlError(
+                f"cannot connect to control socket {path}: {exc.strerror or exc}"
+                " (is the daemon running?)"
+            ) from exc
+        req = {"cmd": "events", "follow": follow, "event": names}
+        first = True
+        try:
+            sock.sendall(_line(req))
+            sock.settimeout(None if follow else timeout)
+            with sock.makefile("rb") as stream:
+                for raw in stream:
+                    try:
+                        obj = json.loads(raw)
+                    except ValueError as exc:
+                        raise ControlError(f"control socket {path}: answer is not JSON") from exc
+                    if not isinstance(obj, dict):
+                        continue
+                    if first:
+                        first = False
+                        if obj.get("ok") is not True:
+                            raise ControlError(str(obj.get("error", "events refused")))
+                        continue
+                    yield obj
+        except OSError as exc:
+            raise ControlError(f"control socket {path}: {exc.strerror or exc}") from exc
+    if first:
+        raise ControlError(f"control socket {path}: the daemon closed without answering")
+
+
+def request(path: str, cmd: str, timeout: float = 5.0,
+            args: JsonObject | None = None) -> JsonObject:
     """Ask the daemon at ``path`` one command; raise ControlError when it cannot answer."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
@@ -134,7 +240,7 @@ def request(path: str, cmd: str, timeout: float = 5.0) -> JsonObject:
                 " (is the daemon running?)"
             ) from exc
         try:
-            sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+            sock.sendall(json.dumps({**(args or {}), "cmd": cmd}).encode() + b"\n")
             buf = b""
             while not buf.endswith(b"\n"):
                 chunk = sock.recv(65536)

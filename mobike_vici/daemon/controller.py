@@ -51,7 +51,7 @@ from ..backends.vici.steer import egress
 from ..backends.vici.tree import Loaded, PartialLoad, load_tree
 from ..config.attach import AttachConfig
 from ..config.errors import ConfigError
-from ..eventlog import EventLog, configure, format_timestamp, make_logger
+from ..eventlog import EventLog, configure, format_timestamp
 from ..mobike import steer_plan
 from ..mobike.events import (
     Event as PathEvent,
@@ -64,6 +64,7 @@ from ..mobike.events import (
     PathDown,
     PathSelected,
     PathUp,
+    PreferenceChanged,
 )
 from ..mobike.manager import PathManager
 from ..mobike.paths import LocalAddress
@@ -72,13 +73,16 @@ from ..net.monitor import NetlinkMonitor
 from ..net.probes.icmp import IcmpProber
 from ..net.state import usable_addresses
 from ..net.steering import PolicyRouting, SteeredRoute
-from ..types import Path
+from ..types import IPAddress, Path
 from .control import ControlServer
+from .feed import EventFeed
+from .metrics import MetricsServer, snapshot_on_loop
+from .operator import operator_request
 from .sdnotify import SystemdNotifier
+from .status import paths_json, preferred_json
 
 JsonObject = dict[str, Any]
 MAX_WIRE_IDS = 4096  # bound on probe ids awaiting a reply, all SAs together
-LOSS_WINDOW = 20  # probes per path that status' loss figure covers
 RECONCILE_WAIT = 10.0  # seconds to wait for charon's SA list before judging leftovers
 DEFAULT_STRONGSWAN_CONF = "/etc/strongswan.conf"
 _YES = frozenset({"yes", "true", "1", "enabled"})
@@ -111,27 +115,8 @@ class _Sa:
     manager: PathManager
     timer: asyncio.TimerHandle | None = None
     probes: set[int] = field(default_factory=set)
-    # The last LOSS_WINDOW probes per path ("local remote"): probe id -> answered yet.
-    outcomes: dict[str, dict[int, bool]] = field(default_factory=dict)
     last_handover: JsonObject | None = None
 
-    def sent(self, path: Path, probe_id: int) -> None:
-        window = self.outcomes.setdefault(f"{path.local.addr} {path.remote.addr}", {})
-        window[probe_id] = False
-        while len(window) > LOSS_WINDOW:
-            window.pop(next(iter(window)))
-
-    def answered(self, probe_id: int) -> None:
-        for window in self.outcomes.values():
-            if probe_id in window:
-                window[probe_id] = True
-                return
-
-    def loss(self, path: Path) -> float | None:
-        """Unanswered share of the path's recent probes, the newest (maybe in flight) aside."""
-        window = list(self.outcomes.get(f"{path.local.addr} {path.remote.addr}", {}).values())
-        done = window[:-1]
-        return round(100.0 * done.count(False) / len(done), 1) if done else None
 
 
 def _ep(path: Path) -> dict[str, str]:
@@ -162,6 +147,10 @@ def path_event_fields(event: PathEvent) -> tuple[str, JsonObject]:
                                        "reason": event.reason}
         case MoveRequested():
             return "move_requested", {**_ep(event.path), "reason": event.reason}
+        case PreferenceChanged():
+            pref = event.preferred_local
+            return "preference_changed", {**_ep(event.path), "source": event.source,
+                                          "preferred_local": None if pref is None else str(pref)}
     return "path_event", {"type": type(event).__name__}
 
 
@@ -174,8 +163,11 @@ class Controller:
                  strongswan_conf: str | None = None, load: bool = False,
                  reload_config: Callable[[], AttachConfig] | None = None,
                  reopen_events: Callable[[], None] | None = None,
-                 on_ready: Callable[[], None] | None = None) -> None:
+                 on_ready: Callable[[], None] | None = None,
+                 metrics: MetricsServer | None = None) -> None:
         self.strongswan_conf = strongswan_conf
+        self.metrics = metrics
+        self._preferred: dict[str, IPAddress] = {}  # operator's choice, by conn
         self.config = config
         self.policy = config.policy
         self.load = load  # --load: put the file into charon (else swanctl did)
@@ -240,6 +232,12 @@ class Controller:
                 loop.add_signal_handler(sig, self.request_stop)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        if self.metrics is not None:  # first: a port in use stops us before anything changed
+            if self.log.tap is not None:
+                self.log.tap.subscribe(self.metrics.events.on_event)
+            self.metrics.start(snapshot_on_loop(loop, self.status))
+            self.log.emit("metrics_listening",
+                          address=f"{self.metrics.host}:{self.metrics.port}")
         self._routing = await self._executor(lambda: PolicyRouting(**self._routing_kw))
         # A crashed run may have left routes charon now follows: keep those that match
         # where an SA is (adopted once charon lists it), remove the rest after the first sync.
@@ -250,6 +248,9 @@ class Controller:
         await self.monitor.start()
         if self.control_path:
             self._control = ControlServer(self.control_path, self._control_request)
+            if self.log.tap is not None:
+                self._control.feed = EventFeed(loop)
+                self.log.tap.subscribe(self._control.feed.publish)
             await self._control.start()
         client_task = asyncio.ensure_future(self.client.run())
         events_task = asyncio.ensure_future(self._consume())
@@ -391,6 +392,8 @@ class Controller:
         self.monitor.close()
         if self._control is not None:
             await self._control.close()
+        if self.metrics is not None:
+            self.metrics.close()
         removed = await self._executor(self.routing.clear)
         await self._executor(self.routing.close)
         self._route_thread.shutdown(wait=False)
@@ -469,6 +472,9 @@ class Controller:
         now = self.now
         manager = PathManager(self.policy, info.path, self._local_addresses(),
                               [info.path.remote.addr], now=now, initiator=True)
+        preferred = self._preferred.get(info.conn)
+        if preferred is not None:
+            manager.set_preferred_local(preferred, now, source="inherited")
         sa = _Sa(info, manager)
         self.sas[info.ike_spi] = sa
         self.log.emit("ike_sa_tracked", conn=info.conn, ike_spi=info.ike_spi, **_ep(info.path))
@@ -596,7 +602,6 @@ class Controller:
         if sa is None:
             return
         sa.probes.discard(probe_id)
-        sa.answered(probe_id)
         sa.manager.on_probe_reply(probe_id, self.now)
         self._pump(sa)
 
@@ -621,7 +626,6 @@ class Controller:
                     self._wire_ids.pop(wire_id, None)
                 if ok:
                     sa.probes.add(req.probe_id)
-                    sa.sent(req.path, req.probe_id)
                 else:
                     manager.on_probe_failed(req.probe_id, now)
         while (event := manager.next_event()) is not None:
@@ -771,9 +775,47 @@ class Controller:
     # -- status -------------------------------------------------------------------------
 
     def _control_request(self, req: JsonObject) -> JsonObject:
-        if req.get("cmd") != "status":
-            return {"ok": False, "error": f"unknown command {req.get('cmd')!r}"}
+        cmd = req.get("cmd")
+        if cmd in ("prefer", "move"):
+            return operator_request(self, req, self.now)
+        if cmd != "status":
+            return {"ok": False, "error": f"unknown command {cmd!r}"}
         return self.status()
+
+    # -- the operator (``mobike-vici prefer`` / ``move``) ---------------------------------
+
+    def conn_spis(self, conn: str) -> list[str]:
+        return [spi for spi, sa in self.sas.items() if sa.info.conn == conn]
+
+    def prefer(self, conn: str, local: IPAddress | None, now: float) -> str | None:
+        if conn not in self.config.connections:
+            return "unknown_conn"  # also keeps ``_preferred`` to configured names
+        for spi in self.conn_spis(conn):
+            sa = self.sas[spi]
+            refused = sa.manager.set_preferred_local(local, now)
+            if refused is not None:
+                return refused
+            self._pump(sa)
+        if local is None:
+            self._preferred.pop(conn, None)
+        else:
+            self._preferred[conn] = local
+        return None
+
+    def move(self, conn: str, local: IPAddress, now: float) -> str | None:
+        spis = self.conn_spis(conn)
+        if not spis:
+            return "no_ike_sa"
+        if conn in self.plans:
+            return "move_in_progress"
+        for spi in spis:
+            sa = self.sas[spi]
+            refused = sa.manager.request_move(local, now)
+            if refused is not None:
+                return refused
+            self._pump(sa)
+        self._preferred[conn] = local
+        return None
 
     def status(self) -> JsonObject:
         sas: list[JsonObject] = []
@@ -781,11 +823,7 @@ class Controller:
             tracked = self.sas.get(info.ike_spi)
             paths: list[JsonObject] = []
             if tracked is not None:
-                for p in tracked.manager.paths():
-                    paths.append({**_ep(p.path), "ifname": p.ifname, "state": p.state.name.lower(),
-                                  "srtt_ms": None if p.srtt is None else round(p.srtt * 1000, 3),
-                                  "loss_pct": tracked.loss(p.path),
-                                  "active": p.path == tracked.manager.active_path})
+                paths = paths_json(tracked.manager)
             sas.append({
                 "conn": info.conn, "ike_spi": info.ike_spi, "state": info.state,
                 "initiator": info.initiator, **_ep(info.path), "local_id": info.local_id,
@@ -796,6 +834,7 @@ class Controller:
                              for c in info.children],
                 "paths": paths,
                 "last_handover": tracked.last_handover if tracked is not None else None,
+                "preferred_local": preferred_json(tracked.manager) if tracked else None,
             })
         routes = [{"peer": str(r.peer), "via": str(r.via) if r.via else None,
                    "src": str(r.src) if r.src else None} for r in self._routes]
@@ -815,21 +854,23 @@ def run_controller(config: AttachConfig, events: TextIO, uri: str, control_path:
                    strongswan_conf: str | None = None, *, load: bool = False,
                    level: str = "info",
                    reload_config: Callable[[], AttachConfig] | None = None,
-                   reopen_events: Callable[[], None] | None = None) -> int:
+                   reopen_events: Callable[[], None] | None = None,
+                   metrics: tuple[str, int] | None = None) -> int:
     """The ``run`` subcommand's body: until SIGTERM/SIGINT; 0 after a clean stop.
 
     Every logger in the process (VICI client, netlink, steering) writes to ``events``
     as one JSON stream, filtered by ``level``.
     """
     configure(events, level)
-    log = EventLog(make_logger(events, level=level))
+    log = EventLog.to_stream(events, level)
     notifier = SystemdNotifier.from_env()
 
     async def main() -> int:
         controller = Controller(config, log, uri=uri, control_path=control_path,
                                 strongswan_conf=strongswan_conf, load=load,
                                 reload_config=reload_config, reopen_events=reopen_events,
-                                on_ready=notifier.ready)
+                                on_ready=notifier.ready,
+                                metrics=MetricsServer(metrics) if metrics is not None else None)
         notifier.start_watchdog()
         try:
             return await controller.run()

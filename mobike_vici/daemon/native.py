@@ -31,7 +31,7 @@ from ..config.model import Config, ConfigError, StartAction
 from ..core.engine import Datagram, Engine, IkeStatus
 from ..core.events import Event, ProbeResult
 from ..esp.xfrm import select_data_plane
-from ..eventlog import EventLog, configure, core_event_fields, level_of, make_logger
+from ..eventlog import EventLog, configure, core_event_fields, level_of
 from ..net.events import LinkDown, LinkRemoved, LinkUp, NetEvent, RouteChanged
 from ..net.monitor import NetlinkMonitor
 from ..net.state import usable_addresses
@@ -39,8 +39,11 @@ from ..types import IKE_PORT, NATT_PORT, Endpoint, Path
 from . import udp
 from .control import ControlError, ControlServer, JsonObject
 from .esp_io import UserspaceEsp
+from .feed import EventFeed
 from .framing import NON_ESP_MARKER, NattKind, classify_natt, frame_natt
-from .status import status_json
+from .metrics import MetricsServer, snapshot_on_loop
+from .operator import operator_request
+from .status import paths_json, preferred_json, status_json
 
 
 class EngineApi(Protocol):
@@ -118,6 +121,7 @@ class Daemon:
         shutdown_grace: float = 2.0,
         mobility: Mobility | None = None,
         net_monitor: bool = True,
+        metrics: MetricsServer | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -135,6 +139,8 @@ class Daemon:
         """SIGHUP re-reads the config with this (set by ``run_native``)."""
         self.reopen_events: Callable[[], None] | None = None
         """MOBIKE path selection: fed core events and netlink, asked for probes and moves."""
+        self.metrics = metrics
+        """Prometheus endpoint: fed by the event log's tap, reads ``status_answer``."""
         self._want_monitor = net_monitor and mobility is not None
         self._monitor: NetlinkMonitor | None = None
         self.shutdown_grace = shutdown_grace
@@ -174,7 +180,10 @@ class Daemon:
         try:
             self._open_sockets()
             if self._control is not None:
+                self._attach_feed(self._control)
                 await self._control.start()
+            if self.metrics is not None:
+                self._start_metrics(self.metrics)
         except BaseException:
             await self.close()
             raise
@@ -199,6 +208,17 @@ class Daemon:
                 if _starts(child.start_action):
                     self._guarded("initiate", self.engine.initiate, conn.name, child.name, now)
         self._after_engine()
+
+    def _attach_feed(self, control: ControlServer) -> None:
+        if self.log.tap is not None:
+            control.feed = EventFeed(self.loop)
+            self.log.tap.subscribe(control.feed.publish)
+
+    def _start_metrics(self, metrics: MetricsServer) -> None:
+        if self.log.tap is not None:
+            self.log.tap.subscribe(metrics.events.on_event)
+        metrics.start(snapshot_on_loop(self.loop, self.status_answer))
+        self.log.emit("metrics_listening", address=f"{metrics.host}:{metrics.port}")
 
     async def _start_monitor(self) -> None:
         # Set before start(): the initial dump's events arrive during start().
@@ -340,6 +360,8 @@ class Daemon:
         self._sockets.clear()
         if self._control is not None:
             await self._control.close()
+        if self.metrics is not None:
+            self.metrics.close()
         if was_open:
             self.log.emit("daemon_stopped")
 
@@ -580,15 +602,32 @@ class Daemon:
             self.log.emit("engine_error", call="status", error=type(exc).__name__)
             return []
 
+    def status_answer(self) -> JsonObject:
+        """The ``status`` answer (also what the metrics read at scrape time)."""
+        counters = self.data_plane.counters() if self.data_plane is not None else None
+        answer = status_json(self.engine.status(), backend="native", counters=counters)
+        answer["pid"] = os.getpid()
+        answer["esp_dropped"] = self.esp_dropped
+        if self.data_plane is not None:
+            answer["esp"] = self.data_plane.totals()
+        mobility = self.mobility
+        if mobility is not None:
+            for sa in answer["ike_sas"]:  # type: ignore[attr-defined]
+                mgr = mobility.manager(str(sa["ike_spi"]))
+                if mgr is not None:
+                    sa["paths"] = paths_json(mgr)
+                    sa["preferred_local"] = preferred_json(mgr)
+        return answer
+
     def _control_request(self, req: JsonObject) -> JsonObject:
         cmd = req.get("cmd")
         if cmd == "status":
-            counters = self.data_plane.counters() if self.data_plane is not None else None
-            answer = status_json(self.engine.status(), backend="native", counters=counters)
-            answer["pid"] = os.getpid()
-            answer["esp_dropped"] = self.esp_dropped
-            if self.data_plane is not None:
-                answer["esp"] = self.data_plane.totals()
+            return self.status_answer()
+        if cmd in ("prefer", "move"):
+            if self.mobility is None:
+                return {"ok": False, "error": "MOBIKE path selection is not running"}
+            answer = operator_request(self.mobility, req, self.now())
+            self._after_engine()  # log the preference, carry out the move
             return answer
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
@@ -621,13 +660,14 @@ def _mobike_conn(config: Config) -> Callable[[str], bool]:
 
 def run_native(config: Config, events: TextIO, control_path: str | None, *,
                level: str = "info", reload_config: Callable[[], Config] | None = None,
-               reopen_events: Callable[[], None] | None = None) -> int:
+               reopen_events: Callable[[], None] | None = None,
+               metrics: tuple[str, int] | None = None) -> int:
     """``mobike-vici native``: build the real engine and run until told to stop.
 
     Returns the process exit code: 0 after a clean stop, 1 when start-up failed.
     """
     configure(events, level)
-    log = EventLog(make_logger(events, level=level))
+    log = EventLog.to_stream(events, level)
     try:
         engine = Engine(config, os.urandom, udp.source_address)
     except Exception as exc:  # a config the engine cannot run is a start-up failure
@@ -638,7 +678,8 @@ def run_native(config: Config, events: TextIO, control_path: str | None, *,
         mobility = Mobility(engine, config.mobike.policy, _mobike_conn(config))
         daemon = Daemon(config, engine, log, control_path=control_path,
                         data_plane=UserspaceEsp(config), probe_kernel=True,
-                        mobility=mobility)
+                        mobility=mobility,
+                        metrics=MetricsServer(metrics) if metrics is not None else None)
         daemon.reload_config, daemon.reopen_events = reload_config, reopen_events
         return asyncio.run(daemon.run())
     except (OSError, ControlError) as exc:

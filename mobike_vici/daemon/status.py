@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 
 from ..core.engine import ChildStatus, IkeStatus
 from ..eventlog import spi_hex
+from ..mobike.manager import PathManager
 
 JsonObject = dict[str, object]
 
@@ -83,6 +84,8 @@ def format_status(answer: JsonObject) -> str:
         vips = _list(sa, "virtual_ips")
         if vips:
             lines.append(f"  vips     {' '.join(str(v) for v in vips)}")
+        if sa.get("preferred_local"):
+            lines.append(f"  prefer   {_s(sa, 'preferred_local')} (operator)")
         lines.extend(_path_lines(sa))
         for child in _list(sa, "children"):
             if not isinstance(child, dict):
@@ -123,8 +126,8 @@ def _path_lines(sa: JsonObject) -> list[str]:
         lines.append("  paths")
     for p in paths:
         mark = "*" if p.get("active") else " "
-        loss = p.get("loss_pct")
-        loss_text = f"{loss}%" if isinstance(loss, int | float) else "-"
+        loss = p.get("probe_loss")
+        loss_text = f"{round(100 * loss, 1)}%" if isinstance(loss, int | float) else "-"
         lines.append(f"   {mark} {_s(p, 'local')} -> {_s(p, 'remote')} ({_s(p, 'ifname')})"
                      f" {_s(p, 'state')}, srtt {_ms(p.get('srtt_ms'))}, loss {loss_text}"
                      f"{', active' if p.get('active') else ''}")
@@ -133,3 +136,19 @@ def _path_lines(sa: JsonObject) -> list[str]:
         lines.append(f"  last handover {_s(last, 'at')}: {_s(last, 'from')} -> {_s(last, 'to')}"
                      f" in {_ms(last.get('duration_ms'))}")
     return lines
+
+
+def paths_json(manager: PathManager) -> list[JsonObject]:
+    """One IKE_SA's candidate paths, best first, with health (for status and metrics)."""
+    active = manager.active_path
+    return [{"local": str(p.path.local), "remote": str(p.path.remote), "ifname": p.ifname,
+             "state": p.state.name.lower(),
+             "srtt_ms": None if p.srtt is None else round(p.srtt * 1000, 3),
+             "probe_loss": None if p.loss is None else round(p.loss, 3),
+             "active": p.path == active}
+            for p in manager.paths()]
+
+
+def preferred_json(manager: PathManager) -> str | None:
+    pref = manager.preferred_local
+    return None if pref is None else str(pref)

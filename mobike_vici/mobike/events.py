@@ -2,7 +2,8 @@
 
 Frozen, keyword-only dataclasses with one base class. All but ``MoveRequested`` map
 one-to-one onto the event stream (``path_up``, ``path_down``, ``path_selected``,
-``handover_started``, ``handover_completed``, ``handover_failed``);
+``handover_started``, ``handover_completed``, ``handover_failed``,
+``preference_changed``);
 ``MoveRequested`` is the instruction the backend carries out (UPDATE_SA_ADDRESSES
 natively, steering for charon) and is not logged by itself: ``HandoverStarted``
 precedes it with the same data. ``update_rejected`` is the backend's own event.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..types import Path
+from ..types import IPAddress, Path
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -37,7 +38,8 @@ class PathDown(PathEvent):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PathSelected(PathEvent):
     reason: str
-    """initial, failover, preferred, peer (the peer moved us), backend."""
+    """initial, failover, preferred, operator (``mobike-vici move``), peer (the peer
+    moved us), backend."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -70,7 +72,18 @@ class HandoverFailed(PathEvent):
     """The backend's reason (e.g. unacceptable_addresses, timeout) or handover_timeout."""
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PreferenceChanged(PathEvent):
+    """The operator's preference changed (``mobike-vici prefer`` or ``move``); ``path``
+    is the active path at that moment."""
+
+    preferred_local: IPAddress | None
+    """The local address now preferred above any policy rule; None: policy alone."""
+    source: str
+    """prefer, clear, move, or inherited (a new IKE_SA of the connection took it over)."""
+
+
 Event = (
     PathUp | PathDown | PathSelected | HandoverStarted | MoveRequested | HandoverCompleted
-    | HandoverFailed
+    | HandoverFailed | PreferenceChanged
 )

@@ -38,9 +38,10 @@ from .events import (
     PathDown,
     PathSelected,
     PathUp,
+    PreferenceChanged,
 )
 from .paths import Key, LocalAddress, PathState, PathTable
-from .policy import PathInfo, Selector, addresses_to_announce, rank
+from .policy import PathInfo, Selector, addresses_to_announce, rank, with_operator_preference
 
 # A path the peer refused (UNACCEPTABLE_ADDRESSES) is neither probed nor tried for this
 # long; its policy rarely changes, but a restart of the peer's daemon may change it.
@@ -50,6 +51,7 @@ UNACCEPTABLE_RETRY = 60.0
 MAX_EVENTS = 256
 
 UNACCEPTABLE = "unacceptable_addresses"
+OPERATOR = "operator"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,9 @@ class PathManager:
         initiator: bool = True,
     ) -> None:
         self.policy = policy
+        self._base_policy = policy
+        self.preferred_local: IPAddress | None = None
+        """The operator's preferred local address (``prefer``/``move``), above policy."""
         self.initiator = initiator
         self._last_now = now
         self.table = PathTable(policy, active.local.port, active.remote.port)
@@ -123,6 +128,60 @@ class PathManager:
 
     def in_flight(self) -> int:
         return len(self._probes)
+
+    # -- inputs: the operator -------------------------------------------------------------
+
+    def set_preferred_local(self, local: IPAddress | None, now: float,
+                            source: str = "prefer") -> str | None:
+        """Prefer paths from ``local`` above every policy rule (None: policy alone).
+
+        The move itself goes through the usual choice: the preferred path must be up
+        and healthy for ``hold_down``, and damping applies. Returns why the
+        preference was refused (``excluded``), else None.
+        """
+        if local is not None and self._excluded_local(local):
+            return "excluded"
+        self._prefer(local, "clear" if local is None else source)
+        self._decide(now)
+        return None
+
+    def request_move(self, local: IPAddress, now: float) -> str | None:
+        """Move to a path from ``local`` now, and keep preferring it (as ``prefer`` does).
+
+        Skips hold-down and damping (the operator asked), not health: returns why the
+        move was refused (responder, excluded, no_such_path, already_active,
+        move_in_progress, link_down, path_down, path_unverified), else None.
+        """
+        self._last_now = max(self._last_now, now)
+        if not self.initiator:
+            return "responder"  # RFC 4555 §3.1: the initiator decides
+        if self._excluded_local(local):
+            return "excluded"
+        keys = [k for k in self.table.candidate_keys() if k[0] == local]
+        if not keys:
+            return "no_such_path"
+        if self._active[0] == local:
+            return "already_active"
+        if self._pending is not None:
+            return "move_in_progress"
+        infos = [self._info(k) for k in keys]
+        if all(self.table.health(k).link_down for k in keys):
+            return "link_down"
+        usable = [i for i in rank(infos, self.policy)
+                  if self.table.health(PathTable.key_of(i.path)).usable(now)]
+        up = [i for i in usable if i.state == PathState.UP]
+        if not up:
+            return "path_down" if all(i.state == PathState.DOWN for i in infos) \
+                else "path_unverified"
+        target = up[0].path
+        self._prefer(local, "move")
+        old = self._active_path
+        self._pending = _Pending(PathTable.key_of(target), old, now, OPERATOR)
+        self.selector.record_move(now)
+        self._emit(PathSelected(path=target, reason=OPERATOR))
+        self._emit(HandoverStarted(path=target, old_path=old, reason=OPERATOR))
+        self._emit(MoveRequested(path=target, old_path=old, reason=OPERATOR))
+        return None
 
     # -- outputs ----------------------------------------------------------------------
 
@@ -207,6 +266,7 @@ class PathManager:
             return
         h = self.table.health(probe.key)
         h.in_flight = max(0, h.in_flight - 1)
+        h.outcomes.append(True)
         rtt = now - probe.sent
         if h.success(rtt, now):
             self._emit(PathUp(path=self.table.path(probe.key), rtt_ms=rtt * 1000.0))
@@ -311,6 +371,18 @@ class PathManager:
     def _emit(self, event: Event) -> None:
         self._events.append(event)
 
+    def _excluded_local(self, local: IPAddress) -> bool:
+        ifname = next((a.ifname for a in self.table.local_addresses() if a.addr == local), "")
+        return self._base_policy.excludes_local(local, ifname)
+
+    def _prefer(self, local: IPAddress | None, source: str) -> None:
+        self.preferred_local = local
+        self.policy = with_operator_preference(self._base_policy, local)
+        self.selector.policy = self.policy
+        self.table.policy = self.policy
+        self._emit(PreferenceChanged(path=self._active_path, preferred_local=local,
+                                     source=source))
+
     def _set_active(self, path: Path) -> None:
         self._active, self._active_path = PathTable.key_of(path), path
         if (path.local.port, path.remote.port) != (self.table.local_port,
@@ -357,7 +429,7 @@ class PathManager:
     def _info(self, key: Key) -> PathInfo:
         h = self.table.health(key)
         return PathInfo(self.table.path(key), self.table.ifname(key), h.state,
-                        h.rtt.srtt, h.healthy_since)
+                        h.rtt.srtt, h.healthy_since, h.loss_ratio())
 
     def _view(self, now: float | None) -> tuple[list[PathInfo], PathInfo | None, bool]:
         t = self._last_now if now is None else now
@@ -371,6 +443,7 @@ class PathManager:
             return
         h = self.table.health(key)
         h.in_flight = max(0, h.in_flight - 1)
+        h.outcomes.append(False)
         if h.miss(self.policy.probe_misses):
             self._emit(PathDown(path=self.table.path(key), reason="probe_timeout"))
 

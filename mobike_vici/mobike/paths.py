@@ -9,6 +9,7 @@ Health transitions live here; the path manager turns them into events.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -23,6 +24,8 @@ _ALPHA = 1 / 8
 _BETA = 1 / 4
 # An adaptive probe timeout never exceeds this: a path slower than 3 s is no uplink.
 MAX_PROBE_TIMEOUT = 3.0
+LOSS_WINDOW = 20
+"""Probe outcomes kept per path for its loss ratio (the last this many probes)."""
 
 
 class PathState(IntEnum):
@@ -76,6 +79,14 @@ class PathHealth:
     link_down: bool = False
     unusable_until: float | None = None  # the peer refused it (UNACCEPTABLE_ADDRESSES)
     down_reason: str | None = None
+    outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=LOSS_WINDOW))
+    """The last probes' fates (True: answered), for ``loss_ratio``."""
+
+    def loss_ratio(self) -> float | None:
+        """Share of the last ``LOSS_WINDOW`` probes that went unanswered; None: no probes."""
+        if not self.outcomes:
+            return None
+        return sum(1 for ok in self.outcomes if not ok) / len(self.outcomes)
 
     def success(self, rtt: float | None, now: float) -> bool:
         """A reply (or a completed exchange) on this path; True when it just came up."""

@@ -13,16 +13,20 @@ little state a choice needs over time: when we last moved. Its rules:
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..config.mobike import AnnounceMode, MobikePolicy
+from ..config.mobike import AnnounceMode, MobikePolicy, PreferRule
 from ..types import IPAddress, Path
 from .paths import LocalAddress, PathState
 
 DAMPING_WINDOW = 60.0  # seconds: "moves per minute"
+OPERATOR_BONUS = 100_000_000
+"""Subtracted from the cost of the operator's preferred local address: above any rule
+(and above the backend's cross-family cost)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +38,24 @@ class PathInfo:
     state: PathState
     srtt: float | None = None
     healthy_since: float | None = None
+    loss: float | None = None
+    """Probe loss ratio over the last probes (status and metrics only; never ranks)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Choice:
     path: Path
     reason: str  # failover or preferred
+
+
+def with_operator_preference(policy: MobikePolicy, local: IPAddress | None) -> MobikePolicy:
+    """``policy`` with the operator's preference for ``local`` above every rule (None:
+    ``policy`` unchanged). Ranking, hold-down and damping then apply as to any rule."""
+    if local is None:
+        return policy
+    net = ipaddress.ip_network(local)
+    rule = PreferRule(name="_operator", prefix=net, cost=-OPERATOR_BONUS)
+    return replace(policy, prefer=(rule, *policy.prefer))
 
 
 def cost(info: PathInfo, policy: MobikePolicy) -> int:

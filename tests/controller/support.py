@@ -95,11 +95,11 @@ class Setup:
 
     # -- the controller -------------------------------------------------------------
 
-    def start_controller(self) -> subprocess.Popen[bytes]:
+    def start_controller(self, *extra_args: str) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", "mobike_vici", "run", "--load", "--config", str(self.conf),
                 "--vici", self.mob.uri, "--events", str(self.events),
                 "--control", str(self.control),
-                "--strongswan-conf", str(self.mob.rundir / "strongswan.conf")]
+                "--strongswan-conf", str(self.mob.rundir / "strongswan.conf"), *extra_args]
         env = {"PYTHONPATH": str(REPO)}
         self.controller = self.lab.spawn(self.topo.mob, argv,
                                          self.lab.workdir / "controller.out", env=env)

@@ -193,12 +193,15 @@ def sa_view(end: End) -> dict[str, Any]:
 
 
 def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
-          encap: bool = False, timeout: float = 30.0) -> Handover:
+          encap: bool = False, timeout: float = 30.0,
+          mob_args: tuple[str, ...] = ()) -> Handover:
     """Topology, both ends, the tunnel up, and the stream flowing.
 
     Seen in this lab: charon 5.9.8 (kernel-libipsec) as responder rekeys every
     CHILD_SA after accepting UPDATE_SA_ADDRESSES, with or without ``encap``; so
-    against charon the CHILD SPIs change on a move, the IKE SPIs do not."""
+    against charon the CHILD SPIs change on a move, the IKE SPIs do not.
+
+    ``mob_args``: extra command-line arguments for our daemon in mob (e.g. ``--metrics``)."""
     topo = mobile(lab, nat=nat)
     for index in (0, 1):
         source_routes(topo, index)
@@ -221,7 +224,7 @@ def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
         gw.load_all(conf_gw)
     mob: End
     if mob_native:
-        mob = start_native(lab, topo.mob, conf_mob, name="mob")
+        mob = start_native(lab, topo.mob, conf_mob, name="mob", extra_args=mob_args)
         mob.wait_event(named("child_sa_installed"), timeout)
     else:
         # prefer_best_path: charon follows route changes back to the better uplink.

@@ -193,9 +193,9 @@ VICI_STATUS: JsonObject = {
         "local": "10.2.0.2[4500]", "remote": "192.0.2.2[4500]", "children": [],
         "paths": [
             {"local": "10.2.0.2[4500]", "remote": "192.0.2.2[4500]", "ifname": "m1",
-             "state": "up", "srtt_ms": 1.25, "loss_pct": 0.0, "active": True},
+             "state": "up", "srtt_ms": 1.25, "probe_loss": 0.0, "active": True},
             {"local": "10.1.0.2[4500]", "remote": "192.0.2.2[4500]", "ifname": "m0",
-             "state": "down", "srtt_ms": None, "loss_pct": 100.0, "active": False}],
+             "state": "down", "srtt_ms": None, "probe_loss": 1.0, "active": False}],
         "last_handover": {"at": "2026-11-27T17:00:00.000000Z", "from": "10.1.0.2[4500]",
                           "to": "10.2.0.2[4500]", "remote": "192.0.2.2[4500]",
                           "duration_ms": 812.5}}],

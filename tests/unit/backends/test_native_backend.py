@@ -211,3 +211,37 @@ def test_engine_update_on_the_same_path_is_no_handover() -> None:
                                  new_path=path(M0), duration=0.001), 0.5)
     assert "handover_completed" not in names(mob.pump(0.5))
     assert engine.moves == []
+
+
+def test_operator_move_and_a_new_ike_sa_inherits_the_preference() -> None:
+    mob, engine = started([("m0", M0), ("m1", M1)])
+    mob.pump(0.0)
+    answer_all(mob, engine, 0.01)
+    assert mob.move("nonesuch", M1, 0.5) == "no_ike_sa"
+    assert mob.move("c", M1, 0.5) is None
+    logged = mob.pump(0.5)
+    assert engine.moves == [(SPI, path(M1))]
+    changed = [f for n, f in logged if n == "preference_changed"]
+    assert changed == [{"conn": "c", "ike_spi": SPI, "local": "10.1.0.2[4500]",
+                        "remote": "192.0.2.2[4500]", "preferred_local": "10.2.0.2",
+                        "source": "move"}]
+    # the IKE_SA is gone and set up again: the preference carries over
+    mob.on_core_event(IkeSaDeleted(conn="c", ike_spi=SPI, path=path(M1), reason="test"), 1.0)
+    mob.on_core_event(established(), 1.0)
+    logged = mob.pump(1.0)
+    assert ("preference_changed", "inherited") in [(n, f.get("source")) for n, f in logged]
+    mgr = mob.manager(SPI)
+    assert mgr is not None and mgr.preferred_local == M1
+    assert mob.prefer("c", None, 2.0) is None
+    mgr = mob.manager(SPI)
+    assert mgr is not None and mgr.preferred_local is None
+
+
+def test_preference_for_an_unknown_connection_is_refused() -> None:
+    mob = Mobility(FakeEngine(), MobikePolicy(), lambda conn: conn == "c")
+    assert mob.prefer("typo", M1, 0.0) == "unknown_conn"
+    assert mob.prefer("c", M1, 0.0) is None  # no IKE_SA yet: kept for the first one
+    mob.on_addresses([("m0", M0), ("m1", M1)], 0.0)
+    mob.on_core_event(established(), 0.0)
+    mgr = mob.manager(SPI)
+    assert mgr is not None and mgr.preferred_local == M1

@@ -440,3 +440,28 @@ def test_second_stop_request_ends_the_wait_for_peers() -> None:
 
     log = asyncio.run(main())
     assert log.named("shutdown_incomplete") == [{"ike_sas": [SPI]}]
+
+
+def test_metrics_port_in_use_fails_start_and_leaves_nothing(tmp_path: FsPath) -> None:
+    from mobike_vici.daemon.metrics import MetricsServer
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    ctl = str(tmp_path / "ctl")
+
+    async def main() -> None:
+        ike_port, natt_port = free_port(), free_port()
+        engine = FakeEngine(Endpoint.parse("127.0.0.1", ike_port), Endpoint.parse("127.0.0.1", 9))
+        daemon = Daemon(Config(), engine, RecordingLog(), ike_port=ike_port,
+                        natt_port=natt_port, bind=V4, control_path=ctl,
+                        metrics=MetricsServer(("127.0.0.1", taken)))
+        with pytest.raises(OSError):
+            await daemon.start()
+
+    try:
+        asyncio.run(main())
+    finally:
+        blocker.close()
+    assert not os.path.exists(ctl)

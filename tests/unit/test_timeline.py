@@ -1,0 +1,91 @@
+"""The timeline picture, from an event stream and ping log recorded in a lab run
+(tests/mobility/test_observe.py, a silent failure of the active uplink)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from mobike_vici import cli
+from mobike_vici.timeline import (
+    TimelineError,
+    active_paths,
+    fault_event,
+    marks,
+    outages,
+    read_events,
+    read_pings,
+    render,
+)
+
+DATA = Path(__file__).parent / "data"
+EVENTS = DATA / "timeline_events.jsonl"
+PINGS = DATA / "timeline_pings.txt"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def test_renders_the_recorded_handover(tmp_path: Path) -> None:
+    out = render(EVENTS, tmp_path / "t.png", pings=PINGS)
+    assert png_size(out) == (1000, 600)
+    assert out.stat().st_size > 20_000  # a drawn picture, not an empty canvas
+
+
+def test_what_the_picture_is_made_of() -> None:
+    events = read_events(EVENTS)
+    names = [m.name for m in marks(events)]
+    assert names == ["fault", "path_down", "handover_started", "handover_completed"]
+    assert [a for _, a in active_paths(events)["dp"]] == ["10.1.0.2", "10.2.0.2"]
+    gaps = outages(read_pings(PINGS))
+    assert len(gaps) == 1
+    fault = next(m.t for m in marks(events) if m.name == "fault")
+    done = next(m.t for m in marks(events) if m.name == "handover_completed")
+    # the silence spans the fault and ends after the handover
+    assert gaps[0].start <= fault + 0.1 and gaps[0].end >= done
+    assert 0.2 < gaps[0].end - gaps[0].start < 5.0
+
+
+def test_without_pings_and_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bare.png"
+    assert cli.main(["timeline", str(EVENTS), "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert png_size(out) == (1000, 600)
+
+
+def test_no_events_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n" + json.dumps({"event": "x"}) + "\n")
+    with pytest.raises(TimelineError):
+        render(bad, tmp_path / "x.png")
+    assert cli.main(["timeline", str(bad), "-o", str(tmp_path / "x.png")]) == 2
+    assert "no events with a timestamp" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_outages_ignore_the_ping_rhythm() -> None:
+    steady = [(100.0 + i * 0.05, i, 0.5) for i in range(40)]
+    assert outages(steady) == []
+    gap = steady[:20] + [(t + 1.0, s, r) for t, s, r in steady[20:]]
+    (o,) = outages(gap)
+    assert o.end - o.start == pytest.approx(1.05)
+
+
+def test_fault_event_round_trips(tmp_path: Path) -> None:
+    events = tmp_path / "e.jsonl"
+    lines = [fault_event("m0 cut", 1_700_000_000.25),
+             {"timestamp": "2023-11-14T22:13:21.000000Z", "event": "path_down",
+              "local": "10.1.0.2[4500]"}]
+    events.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    got = marks(read_events(events))
+    assert [(m.name, m.label) for m in got] == [("fault", "fault: m0 cut"),
+                                                ("path_down", "path down 10.1.0.2")]
+    assert got[0].t == pytest.approx(1_700_000_000.25)
