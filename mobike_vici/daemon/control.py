@@ -4,6 +4,14 @@ The server side is asyncio and knows nothing of the backend: it hands each reque
 to a handler. The client side is a plain blocking socket for ``mobike-vici status``.
 Requests look like ``{"cmd": "status"}``; answers carry ``"ok": true`` or
 ``"ok": false`` with ``"error"``.
+
+Status shows SPIs and peers, so the socket is the owner's alone, twice over: the
+file appears at its path already mode 0600 (bound inside a private 0700 directory
+beside it, then renamed into place: there is no moment with the umask's mode),
+and every connection's peer credentials (SO_PEERCRED) are checked: only the
+daemon's own uid and root may talk to it. Root is let in because it can open the
+file whatever its mode anyway; refusing it would only make the check look stronger
+than it is. Anyone else gets one ``"ok": false`` answer and the connection closed.
 """
 
 from __future__ import annotations
@@ -14,10 +22,16 @@ import json
 import os
 import socket
 import stat
+import struct
+import tempfile
 from collections.abc import Callable
 
 JsonObject = dict[str, object]
 Handler = Callable[[JsonObject], JsonObject]
+RefusedHook = Callable[[int, int], None]
+"""Told ``(uid, pid)`` of each refused peer (the daemon logs ``control_refused``)."""
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 MAX_REQUEST = 64 * 1024
 """Bound on one request line; a longer line closes the connection."""
@@ -70,24 +84,64 @@ def _remove_stale(path: str) -> None:
     raise ControlError(f"{path} is in use by a running daemon")
 
 
-class ControlServer:
-    """Serves ``handler`` on a unix socket at ``path`` (mode 0600)."""
+def peer_credentials(sock: socket.socket) -> tuple[int, int]:
+    """``(uid, pid)`` of the process at the other end, as the kernel saw it at connect()."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, _gid = _UCRED.unpack(raw)
+    return uid, pid
 
-    def __init__(self, path: str, handler: Handler) -> None:
+
+def allowed_uid(uid: int, owner: int) -> bool:
+    """The daemon's own uid, or root (see the module docstring for why root)."""
+    return uid in (owner, 0)
+
+
+def bind_private(path: str) -> socket.socket:
+    """A unix socket bound at ``path`` that is mode 0600 from the moment the path exists.
+
+    Bound in a fresh 0700 directory beside ``path`` (same file system), made 0600
+    there, where nobody else can reach it, then renamed into place.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    private = tempfile.mkdtemp(prefix=".mobike-vici-ctl.", dir=parent)
+    staged = os.path.join(private, "s")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(staged)
+        os.chmod(staged, 0o600)
+        os.rename(staged, path)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(staged)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(private)
+    return sock
+
+
+class ControlServer:
+    """Serves ``handler`` on a unix socket at ``path`` (mode 0600, owner and root only)."""
+
+    def __init__(self, path: str, handler: Handler, *,
+                 on_refused: RefusedHook | None = None) -> None:
         self.path = path
         self._handler = handler
+        self._on_refused = on_refused
+        self.owner = os.geteuid()
+        """The uid allowed in besides root: the daemon's own."""
+        self.refused = 0
+        """Connections refused for their peer's uid (for status and tests)."""
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
         _remove_stale(self.path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(self.path)
-            # Status shows SPIs and peers: owner only.
-            os.chmod(self.path, 0o600)
-        except BaseException:
-            sock.close()
-            raise
+            sock = bind_private(self.path)
+        except OSError as exc:
+            raise ControlError(
+                f"cannot create control socket {self.path}: {exc.strerror or exc}") from exc
         self._server = await asyncio.start_unix_server(
             self._serve, sock=sock, limit=MAX_REQUEST
         )
@@ -100,8 +154,28 @@ class ControlServer:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
 
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        sock = writer.get_extra_info("socket")
+        try:
+            uid, pid = peer_credentials(sock)
+        except (OSError, AttributeError, struct.error):
+            uid, pid = -1, 0  # no credentials: nobody we know
+        if allowed_uid(uid, self.owner):
+            return True
+        self.refused += 1
+        if self._on_refused is not None:
+            with contextlib.suppress(Exception):
+                self._on_refused(uid, pid)
+        answer = {"ok": False, "error": f"permission denied: uid {uid} is not the daemon's "
+                  f"owner (uid {self.owner}) or root"}
+        writer.write(json.dumps(answer).encode() + b"\n")
+        return False
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            if not self._admit(writer):
+                await writer.drain()
+                return
             while True:
                 try:
                     line = await reader.readline()

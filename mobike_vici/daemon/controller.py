@@ -202,7 +202,9 @@ class Controller:
         self.prober = IcmpProber(self._on_probe_reply, random_bytes=os.urandom, fwmark=None)
         await self.monitor.start()
         if self.control_path:
-            self._control = ControlServer(self.control_path, self._control_request)
+            self._control = ControlServer(
+                self.control_path, self._control_request,
+                on_refused=lambda uid, pid: self.log.emit("control_refused", uid=uid, pid=pid))
             await self._control.start()
         client_task = asyncio.ensure_future(self.client.run())
         events_task = asyncio.ensure_future(self._consume())

@@ -137,7 +137,9 @@ class Daemon:
         self.esp_dropped = 0
         """ESP datagrams dropped for want of a data plane (a counter for status and tests)."""
         self._bind = tuple(bind)
-        self._control = ControlServer(control_path, self._control_request) if control_path else None
+        self._control = ControlServer(
+            control_path, self._control_request, on_refused=self._control_refused,
+        ) if control_path else None
         self._sockets: dict[tuple[socket.AddressFamily, int], socket.socket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -546,6 +548,9 @@ class Daemon:
         except Exception as exc:
             self.log.emit("engine_error", call="status", error=type(exc).__name__)
             return []
+
+    def _control_refused(self, uid: int, pid: int) -> None:
+        self.log.emit("control_refused", uid=uid, pid=pid)
 
     def _control_request(self, req: JsonObject) -> JsonObject:
         cmd = req.get("cmd")
