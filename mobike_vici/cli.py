@@ -1,7 +1,8 @@
 """The ``mobike-vici`` command line: argument parsing and exit codes, nothing else.
 
 Exit codes: 0 success, 1 runtime failure (daemon not reachable, cannot bind),
-2 usage or configuration error (``FILE:LINE: message`` on stderr, nothing started).
+2 usage or configuration error (``FILE:LINE: message`` on stderr, nothing started),
+an events file that cannot be opened (a symbolic link, for one) included.
 """
 
 from __future__ import annotations
@@ -69,12 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _events_stream(path: str | None) -> Iterator[TextIO]:
+    """stdout, or ``path`` opened by ``open_events_file`` (EventsFileError: exit 2)."""
     if path is None:
         yield sys.stdout
         return
-    # Line-buffered so a reader tailing the file sees each event as it happens.
-    with open(path, "a", buffering=1, encoding="utf-8") as stream:
+    from .eventlog import open_events_file
+
+    with open_events_file(path) as stream:
         yield stream
+
+
+def _events_error(exc: Exception) -> int:
+    print(f"mobike-vici: --events {exc}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _cmd_native(args: argparse.Namespace) -> int:
@@ -87,10 +95,13 @@ def _cmd_native(args: argparse.Namespace) -> int:
         print(f"{args.config}:0: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     from .daemon.native import run_native
+    from .eventlog import EventsFileError
 
     try:
         with _events_stream(args.events) as events:
             return run_native(config, events, args.control or default_path())
+    except EventsFileError as exc:
+        return _events_error(exc)
     except OSError as exc:
         print(f"mobike-vici: {args.events}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -106,11 +117,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"{args.config}:0: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     from .daemon.controller import run_controller
+    from .eventlog import EventsFileError
 
     try:
         with _events_stream(args.events) as events:
             return run_controller(config, events, args.vici, args.control or default_path(),
                                   args.strongswan_conf)
+    except EventsFileError as exc:
+        return _events_error(exc)
     except OSError as exc:
         print(f"mobike-vici: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
