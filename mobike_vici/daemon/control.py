@@ -36,6 +36,9 @@ _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 MAX_REQUEST = 64 * 1024
 """Bound on one request line; a longer line closes the connection."""
 
+REFUSE_READ_TIMEOUT = 2.0
+"""Seconds a refused peer has to send its request before it gets the refusal anyway."""
+
 DEFAULT_PATH = "/run/mobike-vici.ctl"
 SOCKET_NAME = "mobike-vici.ctl"
 
@@ -166,15 +169,27 @@ class ControlServer:
         if self._on_refused is not None:
             with contextlib.suppress(Exception):
                 self._on_refused(uid, pid)
+        return False
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Read the request first (bounded in size and time): closing on unread data
+        # would reset the connection and the client would never see why.
+        with contextlib.suppress(ValueError, asyncio.LimitOverrunError, ConnectionError,
+                                 TimeoutError):
+            await asyncio.wait_for(reader.readline(), REFUSE_READ_TIMEOUT)
+        sock = writer.get_extra_info("socket")
+        uid = -1
+        with contextlib.suppress(OSError, AttributeError, struct.error):
+            uid = peer_credentials(sock)[0]
         answer = {"ok": False, "error": f"permission denied: uid {uid} is not the daemon's "
                   f"owner (uid {self.owner}) or root"}
         writer.write(json.dumps(answer).encode() + b"\n")
-        return False
+        await writer.drain()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             if not self._admit(writer):
-                await writer.drain()
+                await self._refuse(reader, writer)
                 return
             while True:
                 try:

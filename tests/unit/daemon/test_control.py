@@ -182,13 +182,14 @@ def _ask_as(uid: int, path: str) -> tuple[JsonObject | None, int]:
                     buf += chunk
             os.write(write_fd, buf or b"null\n")
             os._exit(0)
-        except BaseException:
+        except BaseException as exc:
+            os.write(write_fd, repr(exc).encode())
             os._exit(3)
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as pipe:
         out = pipe.read()
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the child could not ask"
+    assert os.waitstatus_to_exitcode(status) == 0, f"the child could not ask: {out!r}"
     answer = json.loads(out)
     return answer, pid
 
