@@ -233,7 +233,7 @@ def configure(stream: TextIO | None = None) -> None:
 _WARNING_EVENTS = frozenset({
     "packet_dropped", "exchange_failed", "path_down", "update_rejected", "send_failed",
     "receive_failed", "shutdown_incomplete", "reload_skipped", "socket_unavailable",
-    "vici_disconnected", "control_refused",
+    "vici_disconnected", "control_refused", "leftovers_removed",
 })
 # A bug in our own code, caught by a safety net.
 _ERROR_EVENTS = frozenset({"engine_error"})

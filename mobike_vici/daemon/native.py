@@ -31,6 +31,7 @@ from ..core.engine import Datagram, Engine, IkeStatus
 from ..core.events import Event, ProbeResult
 from ..esp.xfrm import select_data_plane
 from ..eventlog import EventLog, configure, core_event_fields, level_of, make_logger
+from ..net import tun_routes
 from ..net.events import LinkDown, LinkRemoved, LinkUp, NetEvent, RouteChanged
 from ..net.monitor import NetlinkMonitor
 from ..net.state import usable_addresses
@@ -117,6 +118,7 @@ class Daemon:
         shutdown_grace: float = 2.0,
         mobility: Mobility | None = None,
         net_monitor: bool = True,
+        clean_routes: bool = False,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -132,6 +134,8 @@ class Daemon:
         self.mobility = mobility
         """MOBIKE path selection: fed core events and netlink, asked for probes and moves."""
         self._want_monitor = net_monitor and mobility is not None
+        self.clean_routes = clean_routes
+        """Remove our routes and rules (``net.leftovers``) at start (a killed run's) and stop."""
         self._monitor: NetlinkMonitor | None = None
         self.shutdown_grace = shutdown_grace
         self.esp_dropped = 0
@@ -183,6 +187,8 @@ class Daemon:
             natt_port=self.natt_port,
             control=self._control.path if self._control else None,
         )
+        if self.clean_routes:
+            self._remove_routes("leftovers_removed")
         if self.data_plane is not None:
             try:
                 self._open_data_plane()
@@ -228,6 +234,17 @@ class Daemon:
             self.log.emit("engine_error", call="mobility_net", error=type(exc).__name__)
         if self._loop is not None and self._sockets:
             self._after_engine()
+
+    def _remove_routes(self, event: str) -> None:
+        """Our routes and rules, by protocol number: never an operator's."""
+        try:
+            removed = _in_thread(tun_routes.remove_leftovers)
+        except Exception as exc:
+            self.log.emit("route_failed", call="remove_leftovers", error=type(exc).__name__,
+                          detail=str(exc)[:200])
+            return
+        if removed.count:
+            self.log.emit(event, routes=removed.routes, rules=removed.rules)
 
     def _open_data_plane(self) -> None:
         assert self.data_plane is not None
@@ -298,6 +315,8 @@ class Daemon:
             self._monitor = None
         if self.data_plane is not None:
             self.data_plane.close()
+        if self.clean_routes and self._sockets:
+            self._remove_routes("routes_removed")
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -608,7 +627,7 @@ def run_native(config: Config, events: TextIO, control_path: str | None) -> int:
         mobility = Mobility(engine, config.mobike.policy, _mobike_conn(config))
         daemon = Daemon(config, engine, log, control_path=control_path,
                         data_plane=UserspaceEsp(config), probe_kernel=True,
-                        mobility=mobility)
+                        mobility=mobility, clean_routes=True)
         return asyncio.run(daemon.run())
     except (OSError, ControlError) as exc:
         print(f"mobike-vici: {exc}", file=sys.stderr)
