@@ -206,7 +206,9 @@ class Daemon:
 
     async def _start_monitor(self) -> None:
         # Set before start(): the initial dump's events arrive during start().
-        self._monitor = NetlinkMonitor(on_event=self._on_net_event)
+        rcvbuf = _netlink_rcvbuf(os.environ)
+        self._monitor = (NetlinkMonitor(on_event=self._on_net_event) if rcvbuf is None else
+                         NetlinkMonitor(on_event=self._on_net_event, rcvbuf=rcvbuf))
         try:
             await self._monitor.start()
         except OSError as exc:
@@ -580,8 +582,22 @@ class Daemon:
             answer["esp_dropped"] = self.esp_dropped
             if self.data_plane is not None:
                 answer["esp"] = self.data_plane.totals()
+            if self._monitor is not None:
+                answer["net"] = self._net_view()
             return answer
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def _net_view(self) -> JsonObject:
+        """The netlink monitor's picture of the host (to compare with the kernel's)."""
+        assert self._monitor is not None
+        state = self._monitor.state
+        return {
+            "resyncs": self._monitor.resyncs,
+            "overruns": self._monitor.overruns,
+            "addresses": sorted(f"{a.ifname} {a.address}/{a.prefixlen}"
+                                for a in state.addresses.values()),
+            "usable": [f"{ifname} {addr}" for ifname, addr in usable_addresses(state)],
+        }
 
     def local_endpoints(self) -> list[Endpoint]:
         """Where the daemon listens (for tests and diagnostics)."""
@@ -599,6 +615,15 @@ def _in_thread(call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _
     """Run a short blocking call that must not see the running loop (pyroute2 starts its own)."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(call, *args, **kwargs).result()
+
+
+NETLINK_RCVBUF_ENV = "MOBIKE_VICI_TEST_NETLINK_RCVBUF"
+"""Test hook: the netlink monitor's receive buffer in bytes (tiny, to force ENOBUFS)."""
+
+
+def _netlink_rcvbuf(environ: Mapping[str, str]) -> int | None:
+    value = environ.get(NETLINK_RCVBUF_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _mobike_conn(config: Config) -> Callable[[str], bool]:
