@@ -6,8 +6,8 @@ Requests look like ``{"cmd": "status"}``; answers carry ``"ok": true`` or
 ``"ok": false`` with ``"error"``.
 
 Status shows SPIs and peers, so the socket is the owner's alone, twice over: the
-file appears at its path already mode 0600 (bound inside a private 0700 directory
-beside it, then renamed into place: there is no moment with the umask's mode),
+file appears at its path already mode 0600 (bound under umask 0177: there is no
+moment with the operator's umask's mode),
 and every connection's peer credentials (SO_PEERCRED) are checked: only the
 daemon's own uid and root may talk to it. Root is let in because it can open the
 file whatever its mode anyway; refusing it would only make the check look stronger
@@ -23,7 +23,6 @@ import os
 import socket
 import stat
 import struct
-import tempfile
 from collections.abc import Callable
 
 JsonObject = dict[str, object]
@@ -102,25 +101,22 @@ def allowed_uid(uid: int, owner: int) -> bool:
 def bind_private(path: str) -> socket.socket:
     """A unix socket bound at ``path`` that is mode 0600 from the moment the path exists.
 
-    Bound in a fresh 0700 directory beside ``path`` (same file system), made 0600
-    there, where nobody else can reach it, then renamed into place.
+    bind() creates the file with 0777 less the umask, so it is bound under umask 0177.
+    The umask is the process's: another thread creating a file in that instant gets
+    fewer permission bits, never more. (Binding in a private directory and renaming
+    would need a longer path, and unix socket paths are short: 107 bytes.)
     """
-    parent = os.path.dirname(os.path.abspath(path))
-    private = tempfile.mkdtemp(prefix=".mobike-vici-ctl.", dir=parent)
-    staged = os.path.join(private, "s")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(staged)
-        os.chmod(staged, 0o600)
-        os.rename(staged, path)
+        old = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)  # whatever the file system made of the mode bits
     except BaseException:
         sock.close()
-        with contextlib.suppress(OSError):
-            os.unlink(staged)
         raise
-    finally:
-        with contextlib.suppress(OSError):
-            os.rmdir(private)
     return sock
 
 

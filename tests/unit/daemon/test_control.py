@@ -122,32 +122,46 @@ def test_socket_path_never_has_the_umask_mode(
     anyone could connect. Whenever the socket's path exists, it must already be 0600."""
     path = str(tmp_path / "ctl")
     seen: list[int] = []
-    real_chmod, real_rename = os.chmod, os.rename
+    real_chmod, real_umask = os.chmod, os.umask
 
     def look() -> None:
         with contextlib.suppress(FileNotFoundError):
             seen.append(stat.S_IMODE(os.lstat(path).st_mode))
 
     def chmod(target: object, mode: int, *args: object, **kwargs: object) -> None:
-        look()
+        look()  # the moment between bind() and chmod()
         real_chmod(target, mode, *args, **kwargs)  # type: ignore[arg-type]
 
-    def rename(src: object, dst: object, *args: object, **kwargs: object) -> None:
+    def umask(mask: int) -> int:
+        look()  # e.g. restoring the umask right after bind()
+        return real_umask(mask)
+
+    def work() -> object:
         look()
-        real_rename(src, dst, *args, **kwargs)  # type: ignore[arg-type]
-        look()
+        mask = real_umask(0)
+        real_umask(mask)
+        return mask, request(path, "x")
 
     monkeypatch.setattr(os, "chmod", chmod)
-    monkeypatch.setattr(os, "rename", rename)
-    old_umask = os.umask(0)
+    monkeypatch.setattr(os, "umask", umask)
+    old_umask = real_umask(0)
     try:
-        answer = asyncio.run(with_server(path, lambda: (look(), request(path, "x"))[1]))
+        mask, answer = asyncio.run(with_server(path, work))  # type: ignore[misc]
     finally:
-        os.umask(old_umask)
+        real_umask(old_umask)
     assert answer == {"ok": True, "echo": "x"}
     assert seen and all(mode == 0o600 for mode in seen), [oct(m) for m in seen]
-    # The private staging directory is gone again.
-    assert [p.name for p in tmp_path.iterdir()] == []
+    assert mask == 0  # the daemon's umask is restored after bind()
+    assert [p.name for p in tmp_path.iterdir()] == []  # removed on close, nothing else left
+
+
+def test_long_socket_path_that_fits_still_works(tmp_path: Path) -> None:
+    """A path near the 107-byte limit: nothing may lengthen it on the way (a staging
+    directory would)."""
+    room = 100 - len(str(tmp_path)) - 1
+    path = str(tmp_path / ("c" * room))
+    assert len(path) == 100
+    assert asyncio.run(with_server(path, lambda: request(path, "x"))) == {"ok": True, "echo": "x"}
 
 
 def test_socket_in_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
