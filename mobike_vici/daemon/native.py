@@ -136,6 +136,7 @@ class Daemon:
         self._want_monitor = net_monitor and mobility is not None
         self.clean_routes = clean_routes
         """Remove our routes and rules (``net.leftovers``) at start (a killed run's) and stop."""
+        self._owns_routes = False
         self._monitor: NetlinkMonitor | None = None
         self.shutdown_grace = shutdown_grace
         self.esp_dropped = 0
@@ -188,7 +189,10 @@ class Daemon:
             control=self._control.path if self._control else None,
         )
         if self.clean_routes:
+            # Only now: with UDP 500/4500 bound, no other daemon runs in this namespace,
+            # so whatever carries our protocol number is a dead run's.
             self._remove_routes("leftovers_removed")
+            self._owns_routes = True
         if self.data_plane is not None:
             try:
                 self._open_data_plane()
@@ -317,7 +321,8 @@ class Daemon:
             self._monitor = None
         if self.data_plane is not None:
             self.data_plane.close()
-        if self.clean_routes and self._sockets:
+        if self._owns_routes:
+            self._owns_routes = False
             self._remove_routes("routes_removed")
         if self._timer is not None:
             self._timer.cancel()

@@ -18,7 +18,7 @@ import pytest
 
 from mobike_vici.lab.charon import Charon
 from mobike_vici.lab.native import NativeDaemon, start_native
-from mobike_vici.lab.netns import Lab
+from mobike_vici.lab.netns import Lab, LabError
 from mobike_vici.net.leftovers import ROUTE_PROTO
 from tests.data.support import INNER_NET
 from tests.mobility.harness import GW4, build, sa_view
@@ -89,6 +89,13 @@ def test_native_daemon_sigkilled_mid_handover_restarts_clean(lab: Lab) -> None:
         assert ike_sas_at(gw) == [new_spi]
         assert operator_view(ns) == operators, "a crash and restart changed the operator's routing"
         assert len([line for line in ours(ns, ROUTE_PROTO) if line.startswith(f"{GW4} via")]) == 1
+
+        # A second daemon in the same namespace cannot bind and must not "clean up" the
+        # running one's routes on its way out.
+        routes_now = ours(ns, ROUTE_PROTO)
+        with pytest.raises(LabError, match="exited with 1"):
+            start_native(lab, ns, mob.config, name="second")
+        assert ours(ns, ROUTE_PROTO) == routes_now
 
         # The next handover works.
         mark = len(restarted.events.events)
