@@ -19,6 +19,7 @@ Needs root and strongSwan. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import math
 import platform
@@ -31,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mobike_vici.lab.charon import charon_available
-from mobike_vici.lab.netns import Lab, is_root
+from mobike_vici.lab.netns import Lab, LabError, is_root
 from tests.mobility.harness import Handover, build, max_gap
 
 PAIRS = {
@@ -65,9 +66,35 @@ def summary(samples: list[float | None]) -> dict[str, Any]:
     return out
 
 
+def uplink_of(h: Handover, local: str | None) -> int | None:
+    """The uplink an address belongs to, by its IPv4 or its IPv6 address."""
+    if local is None:
+        return None
+    addr = ipaddress.ip_address(local)
+    for index, up in enumerate(h.topo.uplinks):
+        if addr in (ipaddress.ip_address(up.addr4), ipaddress.ip_address(up.addr6)):
+            return index
+    return None
+
+
 def active_index(h: Handover) -> int:
-    local = h.mob_local()
-    return UPLINKS.index(local) if local in UPLINKS else 0
+    index = uplink_of(h, h.mob_local())
+    if index is None:
+        raise RuntimeError(f"the IKE_SA sits on {h.mob_local()}, on no uplink of mob")
+    return index
+
+
+def wait_uplink(h: Handover, index: int, timeout: float) -> bool:
+    """Until the IKE_SA sits on uplink ``index`` (either address family)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if uplink_of(h, h.mob_local()) == index:
+                return True
+        except (LabError, KeyError, IndexError, ValueError):
+            pass
+        time.sleep(0.1)
+    return False
 
 
 def case_a(h: Handover, cap: float) -> float | None:
@@ -91,14 +118,16 @@ def case_b(h: Handover, cap: float) -> float | None:
 
 
 def case_c(h: Handover, cap: float) -> dict[str, float | None]:
-    if active_index(h) != 0:
-        h.wait_local(UPLINKS[0], 30.0)
+    lost: dict[str, float | None] = {"return_s": None, "gap": None}
+    if not wait_uplink(h, 0, 30.0):
+        return lost  # never on the preferred uplink: nothing to return to
     fault = h.link_down(0)
-    h.wait_resumed(fault, cap)
-    h.wait_local(UPLINKS[1], cap)
+    if h.wait_resumed(fault, cap) is None or not wait_uplink(h, 1, cap):
+        h.link_up(0)
+        return lost  # the first move failed: a return cannot be measured
     time.sleep(SETTLE)
     up = h.link_up(0)
-    back = h.wait_local(UPLINKS[0], 40.0)
+    back = wait_uplink(h, 0, 40.0)
     returned = time.monotonic() if back else None
     time.sleep(0.5)
     gap = max_gap(h.arrivals(), up, time.monotonic()) if back else None

@@ -11,8 +11,9 @@ until charon's SA has moved (same IKE SPIs) and a ping through the tunnel answer
 
 charon alone never leaves a silently dead path before its retransmissions give up
 (165 s), so each measurement is capped (``--cap``, default 20 s) and reported as
-``recovered: false``. Prints one JSON object (median and p95 per scenario and mode);
-never judges the numbers. Needs root.
+``recovered: false``; a run whose set-up failed before the fault is ``setup_failed``
+and counted apart (neither recovered nor not). Prints one JSON object (median and
+p95 per scenario and mode); never judges the numbers. Needs root.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mobike_vici.lab.netns import Lab
+from mobike_vici.lab.netns import Lab, LabError
 from tests.controller.support import build
 
 M0: tuple[str, ...] = ("10.1.0.2", "2001:db8:1::2")
@@ -49,19 +50,26 @@ def _one(scenario: str, controller: bool, cap: float) -> dict[str, Any]:
         gen = build(lab, prefer_best_path=controller)
         setup = next(gen)
         try:
-            if controller:
-                setup.start_controller()
-                setup.wait_event("ike_sa_tracked")
-            else:
-                setup.mob.load_all(setup.conf)
-            setup.wait_local("10.1.0.2")
-            spi = setup.spi()
-            setup.tunnel_ping()
+            # Before the fault: a failure here says nothing about recovery.
+            try:
+                if controller:
+                    setup.start_controller()
+                    setup.wait_event("ike_sa_tracked")
+                else:
+                    setup.mob.load_all(setup.conf)
+                setup.wait_local("10.1.0.2")
+                spi = setup.spi()
+                if not setup.tunnel_ping():
+                    raise AssertionError("no ping through the tunnel before the fault")
+            except (AssertionError, LabError) as exc:
+                return {"setup_failed": (str(exc).splitlines() or [type(exc).__name__])[0]}
             target = M1
             if scenario == "return":
                 setup.topo.kill_silently(0)
-                if setup.wait_local(M1, timeout=cap) is None:
-                    return {"recovered": False, "outage_s": None}
+                try:
+                    setup.wait_local(M1, timeout=cap)
+                except AssertionError:  # never left m0 (charon alone): nothing returns
+                    return {"recovered": False, "outage_s": None, "left_m0": False}
                 setup.topo.revive(0)
                 target = M0
             elif scenario == "silent":
@@ -91,8 +99,10 @@ def _one(scenario: str, controller: bool, cap: float) -> dict[str, Any]:
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    outages = sorted(r["outage_s"] for r in runs if r["outage_s"] is not None)
-    out: dict[str, Any] = {"runs": runs, "recovered": f"{len(outages)}/{len(runs)}"}
+    measured = [r for r in runs if "setup_failed" not in r]
+    outages = sorted(r["outage_s"] for r in measured if r["outage_s"] is not None)
+    out: dict[str, Any] = {"runs": runs, "recovered": f"{len(outages)}/{len(measured)}",
+                           "setup_failed": len(runs) - len(measured)}
     if outages:
         out["median_s"] = round(statistics.median(outages), 4)
         out["p95_s"] = round(outages[min(len(outages) - 1,

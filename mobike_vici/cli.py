@@ -1,7 +1,8 @@
 """The ``mobike-vici`` command line: argument parsing and exit codes, nothing else.
 
 Exit codes: 0 success, 1 runtime failure (daemon not reachable, cannot bind),
-2 usage or configuration error (``FILE:LINE: message`` on stderr, nothing started).
+2 usage or configuration error (``FILE:LINE: message`` on stderr, nothing started),
+an events file that cannot be opened (a symbolic link, for one) included.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TextIO
 from .config.attach import DEFAULT_SWANCTL_CONF, AttachConfig
 from .config.model import Config, ConfigError
 from .daemon.control import ControlError, default_path
-from .eventlog import LOG_LEVELS, EventStream
+from .eventlog import LOG_LEVELS, EventsFileError, EventStream
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -142,10 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _events_stream(path: str | None) -> Iterator[TextIO]:
+    """stdout, or ``path`` opened by ``open_events_file`` (EventsFileError: exit 2)."""
     if path is None:
         yield sys.stdout
         return
-    stream = EventStream(path)
+    stream = EventStream(path)  # opened by eventlog.open_events_file: 0600, no symlinks
     try:
         yield stream  # type: ignore[misc]  # file-like: write and flush
     finally:
@@ -154,6 +156,11 @@ def _events_stream(path: str | None) -> Iterator[TextIO]:
 
 def _reopener(stream: TextIO) -> Callable[[], None] | None:
     return stream.reopen if isinstance(stream, EventStream) else None
+
+
+def _events_error(exc: Exception) -> int:
+    print(f"mobike-vici: --events {exc}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _cmd_native(args: argparse.Namespace) -> int:
@@ -175,6 +182,8 @@ def _cmd_native(args: argparse.Namespace) -> int:
             return run_native(config, events, args.control or default_path(),
                               level=args.log_level, reload_config=reload_config,
                               reopen_events=_reopener(events), metrics=args.metrics)
+    except EventsFileError as exc:
+        return _events_error(exc)
     except OSError as exc:
         print(f"mobike-vici: {args.events}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -198,6 +207,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                   level=args.log_level,
                                   reload_config=lambda: _load_attach(args.config),
                                   reopen_events=_reopener(events), metrics=args.metrics)
+    except EventsFileError as exc:
+        return _events_error(exc)
     except OSError as exc:
         print(f"mobike-vici: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import ipaddress
+import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
 from datetime import UTC, datetime
@@ -217,6 +220,43 @@ def make_logger(
     )
 
 
+class EventsFileError(OSError):
+    """The events file cannot be opened; the message is for the operator (exit code 2)."""
+
+
+EVENTS_FILE_MODE = 0o600
+"""A new events file: SPIs, peers and identities are the operator's business alone."""
+
+
+def open_events_file(path: str) -> TextIO:
+    """Open ``path`` for appending JSON lines, line-buffered.
+
+    A new file is created ``EVENTS_FILE_MODE``; an existing one is appended to and
+    keeps its mode. A symbolic link at ``path`` is refused (O_NOFOLLOW): a daemon
+    running as root must not be pointed at another file by whoever can write the
+    directory. Only a regular file (or a character device such as /dev/null) is
+    accepted. Raises EventsFileError.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, EVENTS_FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise EventsFileError(
+                f"{path}: is a symbolic link; refusing to follow it (give the real path)"
+            ) from exc
+        raise EventsFileError(f"{path}: {exc.strerror or exc}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+            raise EventsFileError(f"{path}: not a regular file")
+        # Line-buffered so a reader tailing the file sees each event as it happens.
+        return open(fd, "a", buffering=1, encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def configure(stream: TextIO | None = None, level: str = "debug") -> None:
     """Route every ``structlog.get_logger()`` in the process to the same JSON stream, so
     the daemon's stream is one: the VICI client, the netlink monitor and the steering write
@@ -232,12 +272,6 @@ def configure(stream: TextIO | None = None, level: str = "debug") -> None:
         ),
         cache_logger_on_first_use=False,
     )
-
-
-def open_events_file(path: str) -> TextIO:
-    """The one place the events file is opened (append, line-buffered so a reader tailing
-    it sees each event as it happens)."""
-    return open(path, "a", buffering=1, encoding="utf-8")
 
 
 class EventStream:
@@ -261,7 +295,8 @@ class EventStream:
 
     def reopen(self) -> None:
         """Open ``path`` again (a new file if it was renamed); the old one is closed after.
-        Raises ``OSError`` and keeps writing to the old file when the open fails."""
+        Raises ``EventsFileError`` (an ``OSError``) and keeps writing to the old file when
+        the open fails."""
         new = self._opener(self.path)
         old, self._file = self._file, new
         if old is not None:
@@ -280,6 +315,7 @@ _WARNING_EVENTS = frozenset({
     "packet_dropped", "exchange_failed", "path_down", "update_rejected", "send_failed",
     "receive_failed", "shutdown_incomplete", "reload_skipped", "socket_unavailable",
     "vici_disconnected", "config_rejected", "events_reopen_failed", "charon_unreachable",
+    "control_refused", "leftovers_removed",
 })
 # A bug in our own code, caught by a safety net.
 _ERROR_EVENTS = frozenset({"engine_error"})

@@ -6,6 +6,14 @@ Requests look like ``{"cmd": "status"}``; answers carry ``"ok": true`` or
 ``"ok": false`` with ``"error"``. One request streams: ``{"cmd": "events", "follow":
 bool, "event": [names]}`` answers ``{"ok": true}`` and then one event per line (the
 recent ones, then, with ``follow``, every new one until the client closes).
+
+Status shows SPIs and peers, so the socket is the owner's alone, twice over: the
+file appears at its path already mode 0600 (bound under umask 0177: there is no
+moment with the operator's umask's mode),
+and every connection's peer credentials (SO_PEERCRED) are checked: only the
+daemon's own uid and root may talk to it. Root is let in because it can open the
+file whatever its mode anyway; refusing it would only make the check look stronger
+than it is. Anyone else gets one ``"ok": false`` answer and the connection closed.
 """
 
 from __future__ import annotations
@@ -16,15 +24,23 @@ import json
 import os
 import socket
 import stat
+import struct
 from collections.abc import Callable, Iterator
 
 from .feed import EventFeed
 
 JsonObject = dict[str, object]
 Handler = Callable[[JsonObject], JsonObject]
+RefusedHook = Callable[[int, int], None]
+"""Told ``(uid, pid)`` of each refused peer (the daemon logs ``control_refused``)."""
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 MAX_REQUEST = 64 * 1024
 """Bound on one request line; a longer line closes the connection."""
+
+REFUSE_READ_TIMEOUT = 2.0
+"""Seconds a refused peer has to send its request before it gets the refusal anyway."""
 
 DEFAULT_PATH = "/run/mobike-vici.ctl"
 SOCKET_NAME = "mobike-vici.ctl"
@@ -74,25 +90,63 @@ def _remove_stale(path: str) -> None:
     raise ControlError(f"{path} is in use by a running daemon")
 
 
-class ControlServer:
-    """Serves ``handler`` on a unix socket at ``path`` (mode 0600)."""
+def peer_credentials(sock: socket.socket) -> tuple[int, int]:
+    """``(uid, pid)`` of the process at the other end, as the kernel saw it at connect()."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, _gid = _UCRED.unpack(raw)
+    return uid, pid
 
-    def __init__(self, path: str, handler: Handler, feed: EventFeed | None = None) -> None:
+
+
+def allowed_uid(uid: int, owner: int) -> bool:
+    """The daemon's own uid, or root (see the module docstring for why root)."""
+    return uid in (owner, 0)
+
+
+def bind_private(path: str) -> socket.socket:
+    """A unix socket bound at ``path`` that is mode 0600 from the moment the path exists.
+
+    bind() creates the file with 0777 less the umask, so it is bound under umask 0177.
+    The umask is the process's: another thread creating a file in that instant gets
+    fewer permission bits, never more. (Binding in a private directory and renaming
+    would need a longer path, and unix socket paths are short: 107 bytes.)
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)  # whatever the file system made of the mode bits
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class ControlServer:
+    """Serves ``handler`` on a unix socket at ``path`` (mode 0600, owner and root only)."""
+
+    def __init__(self, path: str, handler: Handler, feed: EventFeed | None = None, *,
+                 on_refused: RefusedHook | None = None) -> None:
         self.path = path
         self._handler = handler
         self.feed = feed
+        self._on_refused = on_refused
+        self.owner = os.geteuid()
+        """The uid allowed in besides root: the daemon's own."""
+        self.refused = 0
+        """Connections refused for their peer's uid (for status and tests)."""
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
         _remove_stale(self.path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(self.path)
-            # Status shows SPIs and peers: owner only.
-            os.chmod(self.path, 0o600)
-        except BaseException:
-            sock.close()
-            raise
+            sock = bind_private(self.path)
+        except OSError as exc:
+            raise ControlError(
+                f"cannot create control socket {self.path}: {exc.strerror or exc}") from exc
         self._server = await asyncio.start_unix_server(
             self._serve, sock=sock, limit=MAX_REQUEST
         )
@@ -105,8 +159,40 @@ class ControlServer:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
 
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        sock = writer.get_extra_info("socket")
+        try:
+            uid, pid = peer_credentials(sock)
+        except (OSError, AttributeError, struct.error):
+            uid, pid = -1, 0  # no credentials: nobody we know
+        if allowed_uid(uid, self.owner):
+            return True
+        self.refused += 1
+        if self._on_refused is not None:
+            with contextlib.suppress(Exception):
+                self._on_refused(uid, pid)
+        return False
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Read the request first (bounded in size and time): closing on unread data
+        # would reset the connection and the client would never see why.
+        with contextlib.suppress(ValueError, asyncio.LimitOverrunError, ConnectionError,
+                                 TimeoutError):
+            await asyncio.wait_for(reader.readline(), REFUSE_READ_TIMEOUT)
+        sock = writer.get_extra_info("socket")
+        uid = -1
+        with contextlib.suppress(OSError, AttributeError, struct.error):
+            uid = peer_credentials(sock)[0]
+        answer = {"ok": False, "error": f"permission denied: uid {uid} is not the daemon's "
+                  f"owner (uid {self.owner}) or root"}
+        writer.write(json.dumps(answer).encode() + b"\n")
+        await writer.drain()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            if not self._admit(writer):
+                await self._refuse(reader, writer)
+                return
             while True:
                 try:
                     line = await reader.readline()
@@ -129,7 +215,6 @@ class ControlServer:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
-
 
     async def _stream_events(self, req: JsonObject, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:

@@ -247,7 +247,9 @@ class Controller:
         self.prober = IcmpProber(self._on_probe_reply, random_bytes=os.urandom, fwmark=None)
         await self.monitor.start()
         if self.control_path:
-            self._control = ControlServer(self.control_path, self._control_request)
+            self._control = ControlServer(
+                self.control_path, self._control_request,
+                on_refused=lambda uid, pid: self.log.emit("control_refused", uid=uid, pid=pid))
             if self.log.tap is not None:
                 self._control.feed = EventFeed(loop)
                 self.log.tap.subscribe(self._control.feed.publish)

@@ -32,6 +32,7 @@ from ..core.engine import Datagram, Engine, IkeStatus
 from ..core.events import Event, ProbeResult
 from ..esp.xfrm import select_data_plane
 from ..eventlog import EventLog, configure, core_event_fields, level_of
+from ..net import tun_routes
 from ..net.events import LinkDown, LinkRemoved, LinkUp, NetEvent, RouteChanged
 from ..net.monitor import NetlinkMonitor
 from ..net.state import usable_addresses
@@ -122,6 +123,7 @@ class Daemon:
         mobility: Mobility | None = None,
         net_monitor: bool = True,
         metrics: MetricsServer | None = None,
+        clean_routes: bool = False,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -142,12 +144,17 @@ class Daemon:
         self.metrics = metrics
         """Prometheus endpoint: fed by the event log's tap, reads ``status_answer``."""
         self._want_monitor = net_monitor and mobility is not None
+        self.clean_routes = clean_routes
+        """Remove our routes and rules (``net.leftovers``) at start (a killed run's) and stop."""
+        self._owns_routes = False
         self._monitor: NetlinkMonitor | None = None
         self.shutdown_grace = shutdown_grace
         self.esp_dropped = 0
         """ESP datagrams dropped for want of a data plane (a counter for status and tests)."""
         self._bind = tuple(bind)
-        self._control = ControlServer(control_path, self._control_request) if control_path else None
+        self._control = ControlServer(
+            control_path, self._control_request, on_refused=self._control_refused,
+        ) if control_path else None
         self._sockets: dict[tuple[socket.AddressFamily, int], socket.socket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -194,6 +201,11 @@ class Daemon:
             natt_port=self.natt_port,
             control=self._control.path if self._control else None,
         )
+        if self.clean_routes:
+            # Only now: with UDP 500/4500 bound, no other daemon runs in this namespace,
+            # so whatever carries our protocol number is a dead run's.
+            self._remove_routes("leftovers_removed")
+            self._owns_routes = True
         if self.data_plane is not None:
             try:
                 self._open_data_plane()
@@ -222,7 +234,9 @@ class Daemon:
 
     async def _start_monitor(self) -> None:
         # Set before start(): the initial dump's events arrive during start().
-        self._monitor = NetlinkMonitor(on_event=self._on_net_event)
+        rcvbuf = _netlink_rcvbuf(os.environ)
+        self._monitor = (NetlinkMonitor(on_event=self._on_net_event) if rcvbuf is None else
+                         NetlinkMonitor(on_event=self._on_net_event, rcvbuf=rcvbuf))
         try:
             await self._monitor.start()
         except OSError as exc:
@@ -250,6 +264,17 @@ class Daemon:
             self.log.emit("engine_error", call="mobility_net", error=type(exc).__name__)
         if self._loop is not None and self._sockets:
             self._after_engine()
+
+    def _remove_routes(self, event: str) -> None:
+        """Our routes and rules, by protocol number: never an operator's."""
+        try:
+            removed = _in_thread(tun_routes.remove_leftovers)
+        except Exception as exc:
+            self.log.emit("route_failed", call="remove_leftovers", error=type(exc).__name__,
+                          detail=str(exc)[:200])
+            return
+        if removed.count:
+            self.log.emit(event, routes=removed.routes, rules=removed.rules)
 
     def _open_data_plane(self) -> None:
         assert self.data_plane is not None
@@ -349,6 +374,9 @@ class Daemon:
             self._monitor = None
         if self.data_plane is not None:
             self.data_plane.close()
+        if self._owns_routes:
+            self._owns_routes = False
+            self._remove_routes("routes_removed")
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -617,7 +645,12 @@ class Daemon:
                 if mgr is not None:
                     sa["paths"] = paths_json(mgr)
                     sa["preferred_local"] = preferred_json(mgr)
+        if self._monitor is not None:
+            answer["net"] = self._net_view()
         return answer
+
+    def _control_refused(self, uid: int, pid: int) -> None:
+        self.log.emit("control_refused", uid=uid, pid=pid)
 
     def _control_request(self, req: JsonObject) -> JsonObject:
         cmd = req.get("cmd")
@@ -630,6 +663,18 @@ class Daemon:
             self._after_engine()  # log the preference, carry out the move
             return answer
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def _net_view(self) -> JsonObject:
+        """The netlink monitor's picture of the host (to compare with the kernel's)."""
+        assert self._monitor is not None
+        state = self._monitor.state
+        return {
+            "resyncs": self._monitor.resyncs,
+            "overruns": self._monitor.overruns,
+            "addresses": sorted(f"{a.ifname} {a.address}/{a.prefixlen}"
+                                for a in state.addresses.values()),
+            "usable": [f"{ifname} {addr}" for ifname, addr in usable_addresses(state)],
+        }
 
     def local_endpoints(self) -> list[Endpoint]:
         """Where the daemon listens (for tests and diagnostics)."""
@@ -647,6 +692,15 @@ def _in_thread(call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _
     """Run a short blocking call that must not see the running loop (pyroute2 starts its own)."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(call, *args, **kwargs).result()
+
+
+NETLINK_RCVBUF_ENV = "MOBIKE_VICI_TEST_NETLINK_RCVBUF"
+"""Test hook: the netlink monitor's receive buffer in bytes (tiny, to force ENOBUFS)."""
+
+
+def _netlink_rcvbuf(environ: Mapping[str, str]) -> int | None:
+    value = environ.get(NETLINK_RCVBUF_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _mobike_conn(config: Config) -> Callable[[str], bool]:
@@ -678,7 +732,7 @@ def run_native(config: Config, events: TextIO, control_path: str | None, *,
         mobility = Mobility(engine, config.mobike.policy, _mobike_conn(config))
         daemon = Daemon(config, engine, log, control_path=control_path,
                         data_plane=UserspaceEsp(config), probe_kernel=True,
-                        mobility=mobility,
+                        mobility=mobility, clean_routes=True,
                         metrics=MetricsServer(metrics) if metrics is not None else None)
         daemon.reload_config, daemon.reopen_events = reload_config, reopen_events
         return asyncio.run(daemon.run())

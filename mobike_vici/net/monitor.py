@@ -2,8 +2,10 @@
 
 Protocol: subscribe first, then dump, then reconcile. The event
 socket joins the multicast groups before any dump starts, so a change that races
-the dump is either in the dump or queued on the socket; queued messages are applied
-on top of the dump (apply is idempotent, the last word per object wins) and the
+the dump is either in the dump or queued on the socket; what was queued before the
+dump started is discarded (the dump supersedes it, and replaying it could bring back
+what was deleted since), what queued during the dump is applied on top of it (apply
+is idempotent, the last word per object wins) and the
 consumer gets `diff(previous, result)` followed by `Resynced`, so nothing is lost
 and nothing is reported twice. On ENOBUFS (the kernel dropped messages because we
 read too slowly) the same resync runs again. Because IPv4 flushes routes silently
@@ -195,11 +197,12 @@ class NetlinkMonitor:
     async def _dump_and_drain(self) -> NetState:
         assert self._dump_sock is not None
         loop = asyncio.get_running_loop()
-        for attempt in range(DUMP_ATTEMPTS):
-            if attempt:
-                # Messages queued before an overrun may be followed by lost ones:
-                # replaying them over a newer dump could resurrect stale objects.
-                self._drain(discard=True)
+        for _attempt in range(DUMP_ATTEMPTS):
+            # What is queued now is older than the dump about to start: replayed over
+            # it, an old "address added" would resurrect an address deleted since
+            # (after an overrun the queue holds exactly such stale messages). Only
+            # what arrives from here on is replayed over the dump.
+            self._drain(discard=True)
             snapshot = await loop.run_in_executor(
                 None, dump_state, self._dump_sock, self._route_filter)
             try:

@@ -23,10 +23,13 @@ from typing import Any, ParamSpec, TypeVar
 from pyroute2 import IPRoute
 
 from ..types import IPAddress
+from . import leftovers
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-ROUTE_PROTO = 0x6D  # "m": marks our routes so a look at `ip route` tells whose they are
+# "m": marks our routes so a look at `ip route` tells whose they are, and so that
+# net.leftovers can find what a killed daemon left (every route and rule we add carries it).
+ROUTE_PROTO = leftovers.ROUTE_PROTO
 
 
 _P = ParamSpec("_P")
@@ -77,6 +80,12 @@ def _index(ipr: Any, ifname: str) -> int:
     if not found:
         raise OSError(f"no interface {ifname}")
     return int(found[0])
+
+
+@_off_loop
+def remove_leftovers() -> leftovers.Removed:
+    """Every route and rule of ours (by ``ROUTE_PROTO``), from a killed run or this one."""
+    return leftovers.remove_owned(ROUTE_PROTO)
 
 
 @_off_loop

@@ -108,3 +108,50 @@ def test_sigkill_is_cleared_by_charons_dpd(interop: Interop) -> None:
     wait_until(lambda: charon_ike_sas(tunnel.charon) == [], 60.0,
                "charon's DPD to clear the SA of the killed daemon")
     assert count_log(tunnel.charon, r"giving up after \d+ retransmits") >= 1
+
+
+# --- MOBIKE and DPD together ---------------------------------------------------------
+# Both on, as a roaming client runs them. Our path manager's probes are empty
+# INFORMATIONAL requests on the active path every 200 ms: to charon they are traffic
+# from us, so its DPD (sent only after dpd_delay without inbound traffic) has nothing
+# to do, and the answers keep our own DPD quiet too. A dead peer must still be found.
+
+MOBIKE_DPD = {"dpd_delay": "2s", "mobike": True}
+# A probe is an INFORMATIONAL request, with NAT detection when NAT-T was negotiated.
+PROBE_IN = r"parsed INFORMATIONAL request \d+ \[ (N\(NATD_[SD]_IP\) ?)*\]"
+
+
+def test_mobike_probes_stand_in_for_dpd_while_the_peer_lives(interop: Interop) -> None:
+    # Only the initiator runs a path manager (it decides where the SA goes, RFC 4555 §3.1).
+    tunnel = interop.establish(*interop.sides(native_initiates=True, **MOBIKE_DPD),
+                               extra_charon=QUICK_RETRANSMIT)
+    # Three DPD intervals and more: the probes alone keep both sides satisfied.
+    wait_until(lambda: count_log(tunnel.charon, PROBE_IN) >= 30, CHANGE_TIMEOUT,
+               "charon to answer our path probes")
+    assert count_log(tunnel.charon, r"sending DPD request") == 0
+    assert count_log(tunnel.charon, r"retransmit \d+ of request") == 0
+    assert _unchanged(tunnel)
+    _no_deletes(tunnel)
+
+
+@ROLES
+def test_mobike_with_dpd_still_clears_a_sigkilled_peer(
+        interop: Interop, native_initiates: bool) -> None:
+    tunnel = interop.establish(*interop.sides(native_initiates=native_initiates,
+                                              **MOBIKE_DPD),
+                               extra_charon=QUICK_RETRANSMIT)
+    # Liveness traffic either way: our probes (as initiator), or DPD from whichever side's
+    # dpd_delay ran out first (charon initiating: nobody probes).
+    wait_until(lambda: count_log(tunnel.charon, PROBE_IN)
+               + count_log(tunnel.charon, EMPTY_RESPONSE_IN) >= 5, CHANGE_TIMEOUT,
+               "liveness traffic between us and charon")
+    tunnel.daemon.proc.send_signal(signal.SIGKILL)
+    tunnel.daemon.proc.wait(timeout=10)
+    assert tunnel.charon_sa(tunnel.ike_spi) is not None  # charon does not know yet
+    # The probes stop, so charon's DPD starts (with MOBIKE, as an address check) and
+    # gives up after its retransmissions.
+    wait_until(lambda: charon_ike_sas(tunnel.charon) == [], 60.0,
+               "charon's DPD to clear the SA of the killed daemon despite MOBIKE")
+    assert count_log(tunnel.charon, r"sending DPD request|sending address list update"
+                     r"|retransmit \d+ of request") >= 1
+    assert count_log(tunnel.charon, r"giving up after \d+ retransmits") >= 1

@@ -109,7 +109,14 @@ def test_demo_flow_with_stub_daemons(tmp_path: Path,
         names = [json.loads(line.split("] ", 1)[1])["event"]
                  for line in lines if line.startswith(f"[{side}] ")]
         assert names[:2] == ["ike_sa_established", "child_sa_installed"], lines
-    assert "mobike-vici demo: FAILED" in capsys.readouterr().err
+    # Exactly the expected failure, at the expected step: the tunnel came up, the echo
+    # replies came (the stubs' namespaces route to each other directly), and only the
+    # handover, which no stub can make, failed. Any other failure fails this test.
+    assert "demo: tunnel up on both sides" in out.getvalue()
+    assert "demo: loud failure (m0 link down)" in out.getvalue()
+    failed = [line for line in capsys.readouterr().err.splitlines() if "FAILED" in line]
+    assert failed == ["mobike-vici demo: FAILED: loud failure (m0 link down): "
+                      "no handover_completed off 10.1.0.2 within 10 s"], failed
     assert not [ns for ns in list_namespaces() if ns.startswith(ours)]
 
 

@@ -28,7 +28,7 @@ from mobike_vici.lab.charon import Charon, start_charon
 from mobike_vici.lab.native import NativeDaemon, named, start_native
 from mobike_vici.lab.netns import Lab, LabError
 from mobike_vici.lab.topology import Mobile, mobile
-from tests.data.support import CHILD, CONN, INNER_ADDR, swanctl_conf, wait_ping
+from tests.data.support import CHILD, CONN, INNER_ADDR, INNER_NET, swanctl_conf, wait_ping
 
 HERE = Path(__file__).resolve().parent
 STREAM = HERE / "stream.py"
@@ -194,7 +194,7 @@ def sa_view(end: End) -> dict[str, Any]:
 
 def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
           encap: bool = False, timeout: float = 30.0,
-          mob_args: tuple[str, ...] = ()) -> Handover:
+          mob_args: tuple[str, ...] = (), inner_net: str = INNER_NET) -> Handover:
     """Topology, both ends, the tunnel up, and the stream flowing.
 
     Seen in this lab: charon 5.9.8 (kernel-libipsec) as responder rekeys every
@@ -211,10 +211,11 @@ def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
     topo.rtr.sysctl("net.ipv4.conf.all.rp_filter", "1")
     topo.gw.add_address("lo", f"{INNER_ADDR}/32")
     conf_gw = lab.workdir / "gw.conf"
-    conf_gw.write_text(swanctl_conf(initiator=False, local=GW4, remote="%any", encap=encap))
+    conf_gw.write_text(swanctl_conf(initiator=False, local=GW4, remote="%any", encap=encap,
+                                    inner_net=inner_net))
     conf_mob = lab.workdir / "mob.conf"
     conf_mob.write_text(swanctl_conf(initiator=True, local="%any", remote=GW4,
-                                     start=mob_native, encap=encap)
+                                     start=mob_native, encap=encap, inner_net=inner_net)
                         + (MOB_POLICY if mob_native else ""))
     gw: End
     if gw_native:

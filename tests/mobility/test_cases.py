@@ -74,6 +74,9 @@ def test_e_nat_on_the_uplinks(lab: Lab) -> None:
             time.sleep(0.1)
         assert mob_view is not None and mob_view["local"] == M1
         assert mob_view["ike_spi"] == before["ike_spi"] == gw_view["ike_spi"]
+        # Both ends agree on the CHILD_SA (charon may have rekeyed it on the move).
+        assert len(mob_view["child_spis"]) == 2
+        assert mob_view["child_spis"] == gw_view["child_spis"], (mob_view, gw_view)
         # Behind the NAT, charon sees the router's address on either uplink.
         assert gw_view["remote"] == h.topo.rtr_wan4
     finally:
@@ -121,6 +124,10 @@ def test_g_charon_initiator_moves_native_responder_follows(lab: Lab) -> None:
             time.sleep(0.1)
         assert gw["remote"] in (M1, M1_6) and mob["local"] == gw["remote"]
         assert mob["ike_spi"] == before["ike_spi"] == gw["ike_spi"]
+        assert len(gw["child_spis"]) == 2
+        # Both ends agree on the CHILD_SA. Not necessarily the one from before: charon
+        # rekeys it when the move changes the address family (m1's IPv6 path).
+        assert mob["child_spis"] == gw["child_spis"], (mob, gw)
         assert isinstance(h.gw, NativeDaemon)
         moved = h.gw.wait_event(named("peer_moved"), 5)
         assert str(moved["remote"]).startswith(str(gw["remote"]))

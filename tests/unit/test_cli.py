@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -246,3 +247,82 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("mobike-vici ") and out.strip() != "mobike-vici unknown"
+
+
+def _conf(tmp_path: Path) -> Path:
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text("connections {\n  home {\n    remote_addrs = 192.0.2.2\n  }\n}\n")
+    return conf
+
+
+def _writer(config: Config, stream: TextIO, control: str | None, **_kw: object) -> int:
+    stream.write('{"event": "x"}\n')
+    return 0
+
+
+@pytest.mark.parametrize("command", ["native", "run"])
+def test_new_events_file_is_created_0600_whatever_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    from mobike_vici.daemon import controller
+
+    monkeypatch.setattr(native, "run_native", _writer)
+    monkeypatch.setattr(controller, "run_controller",
+                        lambda config, stream, *rest, **kw: _writer(config, stream, None))
+    events = tmp_path / "events.jsonl"
+    old = os.umask(0)
+    try:
+        code = cli.main([command, "--config", str(_conf(tmp_path)), "--events", str(events)])
+    finally:
+        os.umask(old)
+    assert code == 0
+    assert stat.S_IMODE(events.stat().st_mode) == 0o600
+    assert events.read_text() == '{"event": "x"}\n'
+
+
+def test_existing_events_file_is_appended_to_and_keeps_its_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(native, "run_native", _writer)
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"event": "earlier"}\n')
+    events.chmod(0o640)
+    argv = ["native", "--config", str(_conf(tmp_path)), "--events", str(events)]
+    assert cli.main(argv) == 0
+    assert cli.main(argv) == 0
+    assert events.read_text() == '{"event": "earlier"}\n' + '{"event": "x"}\n' * 2
+    assert stat.S_IMODE(events.stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("command", ["native", "run"])
+def test_symlink_at_events_path_is_refused_with_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    from mobike_vici.daemon import controller
+
+    monkeypatch.setattr(native, "run_native", refuse_to_start)
+    monkeypatch.setattr(controller, "run_controller", refuse_to_start)
+    target = tmp_path / "precious"
+    target.write_text("keep me\n")
+    link = tmp_path / "events.jsonl"
+    link.symlink_to(target)
+    code = cli.main([command, "--config", str(_conf(tmp_path)), "--events", str(link)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(link) in err and "symbolic link" in err
+    assert target.read_text() == "keep me\n"
+    # A dangling link is refused too (it must not create the file it points at).
+    link.unlink()
+    link.symlink_to(tmp_path / "created-by-nobody")
+    assert cli.main([command, "--config", str(_conf(tmp_path)), "--events", str(link)]) == 2
+    assert not (tmp_path / "created-by-nobody").exists()
+
+
+def test_events_path_that_is_a_directory_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(native, "run_native", refuse_to_start)
+    code = cli.main(["native", "--config", str(_conf(tmp_path)), "--events", str(tmp_path)])
+    assert code == 2
+    assert str(tmp_path) in capsys.readouterr().err

@@ -465,3 +465,28 @@ def test_metrics_port_in_use_fails_start_and_leaves_nothing(tmp_path: FsPath) ->
     finally:
         blocker.close()
     assert not os.path.exists(ctl)
+
+
+@pytest.mark.skipif(os.geteuid() != 0,
+                    reason="NOT RUN, missing prerequisite: root (the test setuids to nobody)")
+def test_control_refusal_is_an_event_on_the_stream() -> None:
+    import json as _json
+    import tempfile
+
+    from .test_control import NOBODY, _ask_as, _open_to_all
+
+    with tempfile.TemporaryDirectory(prefix="mvctl-") as tmp:
+        ctl = os.path.join(tmp, "ctl")
+        seen: dict[str, object] = {}
+
+        async def scenario(rig: Rig) -> None:
+            _open_to_all(FsPath(tmp), ctl)
+            answer, pid = await asyncio.to_thread(_ask_as, NOBODY, ctl)
+            seen.update(answer=answer, pid=pid)
+
+        rig = run_rig(scenario, control_path=ctl)
+    assert isinstance(seen["answer"], dict) and seen["answer"]["ok"] is False
+    assert rig.log.named("control_refused") == [{"uid": NOBODY, "pid": seen["pid"]}]
+    line = next(_json.loads(x) for x in rig.log.stream.getvalue().splitlines()
+                if '"control_refused"' in x)
+    assert line["level"] == "warning"

@@ -1,0 +1,160 @@
+"""The benchmarks' own bookkeeping (no lab): which uplink the SA is on, what counts as
+a result, what is reported when the data did not arrive intact."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[3] / "bench"
+
+
+def load(name: str) -> ModuleType:
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@dataclass
+class FakeUplink:
+    addr4: str
+    addr6: str
+
+
+@dataclass
+class FakeTopo:
+    uplinks: tuple[FakeUplink, FakeUplink] = (
+        FakeUplink("10.1.0.2", "2001:db8:1::2"), FakeUplink("10.2.0.2", "2001:db8:2::2"))
+
+
+@dataclass
+class FakeHandover:
+    """Where the SA is, and what the faults did: a script, not a lab."""
+
+    local: str
+    resumed: float | None = 0.02
+    topo: FakeTopo = field(default_factory=FakeTopo)
+    downed: list[int] = field(default_factory=list)
+    upped: list[int] = field(default_factory=list)
+
+    def mob_local(self) -> str:
+        return self.local
+
+    def link_down(self, index: int) -> float:
+        self.downed.append(index)
+        return 0.0
+
+    def link_up(self, index: int) -> float:
+        self.upped.append(index)
+        return 0.0
+
+    def wait_resumed(self, after: float, timeout: float) -> float | None:
+        return self.resumed
+
+    def wait_local(self, addr: str, timeout: float) -> bool:
+        return self.local == addr
+
+    def arrivals(self) -> list[tuple[int, float, float]]:
+        return []
+
+
+class FakeTime:
+    """A clock that moves only when slept on (the module's own ``time``, nothing else's)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def handover(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    module = load("handover")
+    monkeypatch.setattr(module, "time", FakeTime())
+    return module
+
+
+def test_active_uplink_is_found_by_its_ipv6_address(handover: ModuleType) -> None:
+    h = FakeHandover(local="2001:db8:2::2")
+    assert handover.active_index(h) == 1
+    handover.case_a(h, 1.0)
+    assert h.downed == [1]  # not uplink 0, which carried nothing
+
+
+def test_an_address_on_no_uplink_is_an_error_not_uplink_0(handover: ModuleType) -> None:
+    with pytest.raises(RuntimeError, match="on no uplink"):
+        handover.active_index(FakeHandover(local="192.0.2.99"))
+
+
+def test_case_c_reports_lost_when_the_first_move_never_happened(handover: ModuleType) -> None:
+    # The SA stays on m0 and nothing resumes: there is no return to measure, and a
+    # "return after 0 ms" would be a made-up result.
+    h = FakeHandover(local="10.1.0.2", resumed=None)
+    assert handover.case_c(h, 0.3) == {"return_s": None, "gap": None}
+    assert h.upped == [0]  # the downed uplink is restored all the same
+
+
+def test_case_c_reports_lost_when_never_on_the_preferred_uplink(handover: ModuleType) -> None:
+    h = FakeHandover(local="10.2.0.2")
+    assert handover.case_c(h, 0.3) == {"return_s": None, "gap": None}
+    assert h.downed == []
+
+
+def test_setup_failures_are_not_counted_as_not_recovered() -> None:
+    module = load("handover_controller")
+    runs: list[dict[str, Any]] = [
+        {"setup_failed": "no ike_sa_tracked event"},
+        {"recovered": True, "moved_s": 0.1, "outage_s": 0.2},
+        {"recovered": False, "outage_s": None},
+    ]
+    out = module._summary(runs)
+    assert out["recovered"] == "1/2"
+    assert out["setup_failed"] == 1
+    assert out["median_s"] == 0.2
+
+
+def test_throughput_reports_no_rate_for_corrupted_transfers(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load("esp_throughput")
+
+    class NoLab:
+        def __enter__(self) -> NoLab:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    class Tunnel:
+        class topo:  # mirrors the real attribute
+            host_a = host_b = None
+
+    rounds = iter([("a", "a"), ("b", "x"), ("c", "c")])  # warm-up, then a corrupt round
+
+    def transfer(*_args: object, **_kw: object) -> tuple[dict[str, Any], dict[str, Any]]:
+        sent, got = next(rounds, ("d", "d"))
+        return {"sha256": sent}, {"sha256": got, "bytes": 1 << 20, "seconds": 0.1}
+
+    monkeypatch.setattr(module, "Lab", NoLab)
+    monkeypatch.setattr(module, "build", lambda *a, **k: Tunnel())
+    monkeypatch.setattr(module, "transfer", transfer)
+    out = module.measure("native_native", "aes128gcm16", 1 << 20, 2, False)
+    assert out["intact"] is False
+    assert out["mbit_s"] is None and out["median_mbit_s"] is None
+    assert out["corrupt_rounds"] == [0]
