@@ -240,7 +240,6 @@ def test_another_user_cannot_steer(plain: Handover) -> None:
     assert _mob(plain).events.find(named("preference_changed")) is None
 
 
-@pytest.mark.xfail(strict=True, reason="peer-credential check lands from harden-hygiene")
 def test_another_user_is_refused_even_through_an_open_socket(plain: Handover) -> None:
     """Even when the file modes would let it in, the daemon checks the peer's uid."""
     mob = _mob(plain)
@@ -257,5 +256,7 @@ def test_another_user_is_refused_even_through_an_open_socket(plain: Handover) ->
         for d, mode in opened:
             d.chmod(mode)
     assert got.returncode == 3, got.stdout + got.stderr
-    time.sleep(0.5)
+    assert "permission denied" in got.stdout, got.stdout
+    refused = mob.events.wait_for(named("control_refused"), timeout=10)
+    assert refused["uid"] == 65534
     assert mob.events.find(named("preference_changed")) is None
