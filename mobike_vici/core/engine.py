@@ -93,6 +93,7 @@ from .exchanges.mobike import (
     ProbeTask,
     announced,
     check_mapping,
+    moved,
     respond_mobike,
 )
 from .ike_sa import CachedResponse, IkeSa, IkeState, PendingRequest, Probe
@@ -598,9 +599,8 @@ class Engine:
             return
         # Authenticated from here on.
         sa.last_received = now
-        if path != sa.path and path.natt and not sa.path.natt:
-            # The initiator floated to port 4500 (NAT-T or MOBIKE): follow it.
-            sa.path = path
+        if path != sa.path:
+            self._follow_peer(sa, exchange, path, now)
         destroy_reason: str | None = None
         critical = unsupported_critical(msg.payloads)
         if critical is not None:
@@ -656,6 +656,27 @@ class Engine:
             self._kick(sa, now)
         for other in sa.lineage()[1:]:
             self._kick(other, now)
+
+    def _follow_peer(self, sa: IkeSa, exchange: ExchangeType, path: Path, now: float) -> None:
+        """An authenticated request arrived on another path than the SA's: follow it only
+        where the RFCs say so. Anyone on the path can race a copy from a spoofed source,
+        and integrity alone does not prove where the peer is."""
+        old = sa.path
+        if sa.state == IkeState.CONNECTING:
+            # RFC 4555 §3.3, RFC 7296 §2.23: the initiator moves IKE_AUTH to port 4500.
+            # Only the ports change, or the address too when a NAT sits before the peer.
+            if (exchange == ExchangeType.IKE_AUTH and path.natt and not old.natt
+                    and path.local.addr == old.local.addr
+                    and (path.remote.addr == old.remote.addr or sa.nat_remote)):
+                sa.path = path
+            return
+        if sa.mobike or path.local != old.local:
+            # RFC 4555 §3.5: with MOBIKE only UPDATE_SA_ADDRESSES moves an SA.
+            return
+        if sa.nat_remote and not (sa.nat_local and sa.initiator):
+            # RFC 7296 §2.23: a NAT before the peer rebound; the side behind no NAT (or
+            # the responder, when both are) follows the peer's latest authenticated request.
+            moved(self._ctx, sa, old, path, None, now)
 
     def _respond(self, sa: IkeSa, exchange: ExchangeType, msg: Message,
                  now: float) -> list[Payload]:
