@@ -69,7 +69,6 @@ class DataPlaneApi(Protocol):
     def receive_udp(self, data: bytes, path: Path, now: float) -> None: ...
     def receive_esp(self, data: bytes, now: float) -> None: ...
     def on_event(self, event: Event) -> Mapping[str, object]: ...
-    def sync(self, sas: list[IkeStatus]) -> None: ...
     def counters(self) -> Mapping[int, Mapping[str, int]]: ...
     def totals(self) -> JsonObject: ...
 
@@ -435,11 +434,8 @@ class Daemon:
                 break
             self._flush(now)
             self._drain_events()
-        if self.data_plane is not None:
-            try:
-                self.data_plane.sync(self._status())
-            except Exception as exc:
-                self.log.emit("engine_error", call="data_plane_sync", error=type(exc).__name__)
+        # The data plane follows the core's events alone (drained above): nothing here
+        # walks the SA table, so the work per packet does not grow with the SAs.
         self._rearm(not_before)
         self._changed.set()
 

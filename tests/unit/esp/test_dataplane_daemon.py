@@ -27,7 +27,6 @@ class FakeDataPlane:
         self.host: Any = None
         self.esp: list[bytes] = []
         self.events: list[Event] = []
-        self.synced: list[list[IkeStatus]] = []
         self.closed = False
         self.arrived = asyncio.Event()
 
@@ -49,9 +48,6 @@ class FakeDataPlane:
         return {"bytes_in": 1234, "replay_failures": 2} if isinstance(event, ChildSaDeleted) \
             else {}
 
-    def sync(self, sas: list[IkeStatus]) -> None:
-        self.synced.append(sas)
-
     def counters(self) -> Mapping[int, Mapping[str, int]]:
         return {1: {"bytes_in": 5, "packets_in": 1}}
 
@@ -63,6 +59,11 @@ class RekeyingEngine(FakeEngine):
     def __init__(self, local: Endpoint, peer: Endpoint) -> None:
         super().__init__(local, peer)
         self.rekeyed: list[int] = []
+        self.status_calls = 0
+
+    def status(self) -> list[IkeStatus]:
+        self.status_calls += 1
+        return super().status()
 
     def rekey_child(self, unique_id: int, now: float) -> None:
         self.rekeyed.append(unique_id)
@@ -94,7 +95,8 @@ def test_data_plane_wiring() -> None:
             async with asyncio.timeout(5):
                 await engine.arrived.wait()
             assert [d for d, _, _ in engine.received] == [b"hello"]
-            assert plane.synced and plane.synced[-1][0].ike_spi == SPI
+            # The hot path never walks the SA table: the data plane follows events.
+            assert engine.status_calls == 0
 
             engine.events.append(ChildSaDeleted(conn="home", ike_spi=SPI, child="net",
                                                 unique_id=1, spi_in=1, spi_out=2,

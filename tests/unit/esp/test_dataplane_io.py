@@ -1,6 +1,6 @@
 """The daemon's ESP adapter without a TUN: events drive the SA database, lifetimes and
 replay windows come from the config, counters ride on child_sa_deleted, moves follow
-the engine's IKE_SA path, and each SA is sent the way it was negotiated."""
+the core's ChildSaUpdated events alone, and each SA is sent the way it was negotiated."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from mobike_vici.config.model import ChildConfig, Config, ConnectionConfig
 from mobike_vici.core.engine import ChildStatus, IkeStatus
-from mobike_vici.core.events import ChildSaDeleted
+from mobike_vici.core.events import ChildSaDeleted, ChildSaUpdated, IkeSaMoved, PeerMoved
 from mobike_vici.daemon.esp_io import UserspaceEsp
 from mobike_vici.esp.dataplane import Limits, RequestKind
 from mobike_vici.eventlog import EventLog
@@ -93,22 +93,33 @@ def test_encapsulated_sa_goes_out_on_the_natt_socket_plain_on_the_raw_one() -> N
     assert raw.sent == [(again[1], ("192.0.2.9", 0))]
 
 
-def test_sync_moves_children_to_the_ike_sa_path() -> None:
+def test_child_sa_updated_moves_the_child_in_place() -> None:
+    esp, _, _ = adapter()
+    esp.on_event(installed(initiator=True))
+    before = esp.plane.get(1)
+    assert before is not None
+    assert esp.plane.protect(udp4(A_INNER, B_INNER)) is not None
+    seq = before.pair.outbound.seq
+    moved = path("198.51.100.1", "192.0.2.2")
+    esp.on_event(ChildSaUpdated(conn="c", ike_spi="1_2", child="net", unique_id=1,
+                                spi_in=0x1000, spi_out=0x2000, path=moved, encap=False))
+    entry = esp.plane.get(1)
+    assert entry is before and entry.path == moved and not entry.encap
+    assert entry.pair.outbound.seq == seq
+
+
+def test_ike_sa_events_alone_never_move_a_child() -> None:
+    """An IKE_SA that follows the peer at once (RFC 4555 §3.5) leaves its CHILD_SAs where
+    they are until the core says they moved (after return routability, §3.7)."""
     esp, _, _ = adapter()
     event = installed(initiator=True)
     esp.on_event(event)
-    moved = path("198.51.100.1", "192.0.2.2")
-    child = ChildStatus(name="net", unique_id=1, state="INSTALLED", spi_in=0x1000,
-                        spi_out=0x2000, local_ts=(), remote_ts=(), proposal="x")
-    ike = IkeStatus(conn="c", ike_spi="1_2", state="ESTABLISHED", initiator=True, path=moved,
-                    local_id="", remote_id="", proposal="", virtual_ips=(),
-                    children=(child,))
-    before = esp.plane.get(1)
-    assert before is not None
-    seq = before.pair.outbound.seq
-    esp.sync([ike])
+    elsewhere = path("203.0.113.66", "192.0.2.2")
+    esp.on_event(PeerMoved(conn="c", ike_spi="1_2", old_path=event.path, new_path=elsewhere))
+    esp.on_event(IkeSaMoved(conn="c", ike_spi="1_2", old_path=event.path,
+                            new_path=elsewhere, duration=0.1))
     entry = esp.plane.get(1)
-    assert entry is before and entry.path == moved and entry.pair.outbound.seq == seq
+    assert entry is not None and entry.path == event.path
 
 
 def test_soft_limit_reaches_the_host_as_a_rekey_request() -> None:
