@@ -127,6 +127,8 @@ class Daemon:
         """Userspace ESP: opened after the sockets, fed core events, asked for counters."""
         self.probe_kernel = probe_kernel
         """Probe the kernel for ESP at start (``data_plane_selected``) before opening the TUN."""
+        self.xfrm_transport: Any = None
+        """The probe's XFRM netlink (None: the kernel's; tests put a fake kernel here)."""
         self.event_hooks: list[EventHook] = []
         self.mobility = mobility
         """MOBIKE path selection: fed core events and netlink, asked for probes and moves."""
@@ -228,11 +230,12 @@ class Daemon:
 
     def _open_data_plane(self) -> None:
         assert self.data_plane is not None
-        # The kernel XFRM path is wired elsewhere; here: say which one, and run
-        # userspace ESP only when the kernel cannot carry ESP.
-        if self.probe_kernel and _in_thread(select_data_plane, self.log).available:
-            self.data_plane = None
-            return
+        if self.probe_kernel:
+            # Said in the event stream only: the daemon has no kernel data plane to run
+            # (the XFRM installer is not driven by its events), so userspace ESP carries
+            # the traffic on any kernel, never nothing at all.
+            _in_thread(select_data_plane, self.log, transport=self.xfrm_transport,
+                       kernel_ready=False)
         self.data_plane.open(self)
         if self.esp_handler is None:
             self.esp_handler = self.data_plane.receive_udp
