@@ -332,12 +332,17 @@ class UserspaceEsp:
     def _route(self, entry: ChildEntry) -> None:
         if not self.manage_routes:
             return
-        src = self._inner_source(entry)
         peer = entry.path.remote.addr
+        src: IPAddress | None = None
+        looked_up = False
         for sel in entry.remote_ts:
             for net in _networks(sel):
                 users = self._routes.setdefault(net, set())
                 if not users:
+                    # One route per remote selector, shared by the CHILD_SAs behind it: the
+                    # source lookup (a netlink dump) only when a route is really added.
+                    if not looked_up:
+                        src, looked_up = self._inner_source(entry), True
                     if peer in net:
                         self._net("pin_host_route", peer, self.tun_name)
                     self._net("replace_route", net, self.tun_name, src)

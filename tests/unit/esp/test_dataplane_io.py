@@ -8,6 +8,8 @@ import dataclasses
 import socket
 from typing import Any
 
+import pytest
+
 from mobike_vici.config.model import ChildConfig, Config, ConnectionConfig
 from mobike_vici.core.engine import ChildStatus, IkeStatus
 from mobike_vici.core.events import ChildSaDeleted, ChildSaUpdated, IkeSaMoved, PeerMoved
@@ -159,3 +161,28 @@ def test_inbound_drops_are_reported_as_one_event_per_reason() -> None:
     esp.report_drops()  # nothing new: nothing emitted
     assert host.records.named("packet_dropped") == [
         {"protocol": "esp", "reason": "unknown_spi", "count": 3}]
+
+
+def test_child_sas_behind_one_selector_share_one_route(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway's CHILD_SAs towards one remote selector: one route, one source lookup
+    (a netlink dump), not one per SA; the route goes with the last of them."""
+    from mobike_vici.net import tun_routes
+
+    calls: list[str] = []
+    monkeypatch.setattr(tun_routes, "local_addresses", lambda: calls.append("dump") or [])
+    monkeypatch.setattr(tun_routes, "replace_route",
+                        lambda *args: calls.append(f"add {args[0]}"))
+    monkeypatch.setattr(tun_routes, "del_route", lambda *args: calls.append(f"del {args[0]}"))
+    monkeypatch.setattr(tun_routes, "pin_host_route", lambda *args: calls.append("pin"))
+    esp, _, _ = adapter()
+    esp.manage_routes = True
+    for uid in range(1, 51):
+        esp.on_event(installed(initiator=True, unique_id=uid, spi_i=0x1000 + uid,
+                               spi_r=0x2000 + uid))
+    assert calls == ["dump", "add 10.88.0.0/24"]
+    for uid in range(1, 51):
+        esp.on_event(ChildSaDeleted(conn="c", ike_spi="1_2", child="net", unique_id=uid,
+                                    spi_in=0x1000 + uid, spi_out=0x2000 + uid,
+                                    reason="deleted_locally"))
+    assert calls == ["dump", "add 10.88.0.0/24", "del 10.88.0.0/24"]
