@@ -427,6 +427,8 @@ class DataPlane:
         """Active entries by destination; the newest match wins."""
         self._successors: dict[int, set[int]] = {}
         """unique_id -> the CHILD_SAs that rekey it (they take over when it goes)."""
+        self._by_ike: dict[str, set[int]] = {}
+        """IKE SPI pair -> the unique_ids of its CHILD_SAs."""
         self._cache: dict[bytes, ChildEntry | None] = {}
         self._requests: list[Request] = []
         self._lingering: dict[int, tuple[ChildEntry, float]] = {}
@@ -461,6 +463,7 @@ class DataPlane:
                 self._sync(old)
         self._by_id[entry.unique_id] = entry
         self._by_spi[entry.pair.inbound.spi] = entry
+        self._by_ike.setdefault(entry.ike_spi, set()).add(entry.unique_id)
         self._sync(entry)
         return entry
 
@@ -479,6 +482,11 @@ class DataPlane:
             if now is not None and linger > 0:
                 self._expire_lingering(now)
                 self._lingering[spi] = (entry, now + linger)
+        siblings = self._by_ike.get(entry.ike_spi)
+        if siblings is not None:
+            siblings.discard(unique_id)
+            if not siblings:
+                del self._by_ike[entry.ike_spi]
         self._sync(entry)
         for uid in self._successors.pop(unique_id, ()):
             other = self._by_id.get(uid)
@@ -514,14 +522,16 @@ class DataPlane:
 
     def move(self, ike_spi: str, path: Path, encap: bool | None = None) -> int:
         """Move every CHILD_SA of one IKE_SA; returns how many changed."""
-        return sum(self.move_child(e.unique_id, path, encap)
-                   for e in list(self._by_id.values()) if e.ike_spi == ike_spi)
+        return sum(self.move_child(uid, path, encap)
+                   for uid in list(self._by_ike.get(ike_spi, ())))
 
     def reparent(self, old_ike_spi: str, new_ike_spi: str) -> None:
         """An IKE_SA rekey hands its CHILD_SAs to the new IKE_SA."""
-        for entry in self._by_id.values():
-            if entry.ike_spi == old_ike_spi:
-                entry.ike_spi = new_ike_spi
+        moved = self._by_ike.pop(old_ike_spi, set())
+        for uid in moved:
+            self._by_id[uid].ike_spi = new_ike_spi
+        if moved:
+            self._by_ike.setdefault(new_ike_spi, set()).update(moved)
 
     @property
     def has_requests(self) -> bool:
