@@ -570,6 +570,14 @@ class Engine:
                     # An update replayed from elsewhere: answered, never followed.
                     self._ctx.emit(UpdateRejected(conn=sa.conn.name, ike_spi=sa.spi_str,
                                                   path=path, reason="stale"))
+                elif (header.exchange == ExchangeType.IKE_AUTH and path != sa.path
+                      and _floats(sa, path)):
+                    # The peer's own IKE_AUTH, after a copy raced from elsewhere was
+                    # answered but not followed: now the float happens.
+                    if sa.state == IkeState.CONNECTING:
+                        sa.path = path
+                    else:
+                        moved(self._ctx, sa, sa.path, path, None, now)
                 self._send(cached.response, path, sa, now)
             else:
                 self._drop(path, "retransmission differs from the original request", header)
@@ -663,11 +671,7 @@ class Engine:
         and integrity alone does not prove where the peer is."""
         old = sa.path
         if sa.state == IkeState.CONNECTING:
-            # RFC 4555 §3.3, RFC 7296 §2.23: the initiator moves IKE_AUTH to port 4500.
-            # Only the ports change, or the address too when a NAT sits before the peer.
-            if (exchange == ExchangeType.IKE_AUTH and path.natt and not old.natt
-                    and path.local.addr == old.local.addr
-                    and (path.remote.addr == old.remote.addr or sa.nat_remote)):
+            if exchange == ExchangeType.IKE_AUTH and _floats(sa, path):
                 sa.path = path
             return
         if sa.mobike or path.local != old.local:
@@ -905,6 +909,14 @@ def _first_address(specs: tuple[str, ...]) -> IPAddress | None:
         except ValueError:
             continue
     return None
+
+
+def _floats(sa: IkeSa, path: Path) -> bool:
+    """RFC 4555 §3.3, RFC 7296 §2.23: the initiator moves IKE_AUTH to port 4500. Only
+    the ports change, or the address too when a NAT sits before the peer."""
+    old = sa.path
+    return (path.natt and not old.natt and path.local.addr == old.local.addr
+            and (path.remote.addr == old.remote.addr or sa.nat_remote))
 
 
 def _exchange_name(exchange: int) -> str:
