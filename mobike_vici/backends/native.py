@@ -20,11 +20,17 @@ Three choices of this glue, all about the peer or the engine rather than policy:
 
 Probe ids: the manager and the engine number probes independently; ``_probes`` maps
 the engine's id to the (IKE_SA, manager id) it answers.
+
+Work per packet does not grow with the number of IKE_SAs: ``pump`` visits only the
+managers that got an input since the last pump, and the timers sit in a heap, so
+``get_timer`` and ``handle_timer`` touch only the managers that are due. Netlink
+changes concern every SA and visit them all (they are rare).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import heapq
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -117,6 +123,12 @@ class Mobility:
         self.policy = policy
         self._mobike_conns = mobike_conns
         self._sas: dict[str, _Sa] = {}
+        self._dirty: dict[str, None] = {}
+        """IKE_SAs whose manager got an input since the last pump (ordered, no duplicates)."""
+        self._deadlines: dict[str, float] = {}
+        """Each manager's next timer as last pushed to ``_heap``."""
+        self._heap: list[tuple[float, str]] = []
+        """(deadline, ike_spi); entries that disagree with ``_deadlines`` are stale."""
         self._probes: dict[int, tuple[str, int]] = {}
         self._local: tuple[LocalAddress, ...] = ()
         self._seen: tuple[tuple[str, IPAddress], ...] = ()
@@ -155,6 +167,7 @@ class Mobility:
             return "unknown_conn"  # also keeps ``_preferred`` to configured names
         for spi in self.conn_spis(conn):
             refused = self._sas[spi].manager.set_preferred_local(local, now)
+            self._dirty[spi] = None  # its manager may now want a move or a probe
             if refused is not None:
                 return refused
         if local is None:
@@ -170,6 +183,7 @@ class Mobility:
             return "no_ike_sa"
         for spi in spis:
             refused = self._sas[spi].manager.request_move(local, now)
+            self._dirty[spi] = None
             if refused is not None:
                 return refused
         self._preferred[conn] = local
@@ -185,12 +199,16 @@ class Mobility:
                     self.on_addresses(self._seen, now)
                 if self._mobike_conns(event.conn) and event.ike_spi not in self._sas:
                     self._sas[event.ike_spi] = _Sa(event.conn, self._new_manager(event, now))
+                    self._dirty[event.ike_spi] = None
             case IkeSaDeleted():
                 self._forget(event.ike_spi)
             case IkeSaRekeyed():
                 sa = self._sas.pop(event.ike_spi, None)
                 if sa is not None:
                     self._sas[event.new_ike_spi] = sa
+                    self._dirty.pop(event.ike_spi, None)
+                    self._deadlines.pop(event.ike_spi, None)
+                    self._dirty[event.new_ike_spi] = None
                     for eid, (spi, mid) in list(self._probes.items()):
                         if spi == event.ike_spi:
                             self._probes[eid] = (event.new_ike_spi, mid)
@@ -198,9 +216,12 @@ class Mobility:
                 self._to_manager(event, now)
 
     def _to_manager(self, event: Event, now: float) -> None:
-        mgr = self.manager(event.ike_spi) if not isinstance(event, PacketDropped) else None
+        if isinstance(event, PacketDropped):
+            return
+        mgr = self.manager(event.ike_spi)
         if mgr is None:
             return
+        self._dirty[event.ike_spi] = None
         match event:
             case ProbeResult():
                 ref = self._probes.pop(event.probe_id, None)
@@ -237,35 +258,58 @@ class Mobility:
         self._local = new
         self._log.append(("local_addresses", {"addresses": [
             f"{a.addr}%{a.ifname}" for a in new]}))
-        for sa in self._sas.values():
+        for spi, sa in self._sas.items():
             sa.manager.set_local_addresses(new, now)
+            self._dirty[spi] = None
         self._call("set_local_addresses",
                    partial(self.engine.set_local_addresses, [a.addr for a in new], now))
 
     def on_link(self, ifname: str, up: bool, now: float) -> None:
-        for sa in self._sas.values():
+        for spi, sa in self._sas.items():
             if up:
                 sa.manager.on_link_up(ifname, now)
             else:
                 sa.manager.on_link_down(ifname, now)
+            self._dirty[spi] = None
 
     def on_route_changed(self, now: float) -> None:
-        for sa in self._sas.values():
+        for spi, sa in self._sas.items():
             sa.manager.on_route_changed(now)
+            self._dirty[spi] = None
 
     def handle_timer(self, now: float) -> None:
-        for sa in self._sas.values():
+        """Run the managers that are due (and only those)."""
+        for spi in self._dirty:
+            self._refresh(spi)
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, spi = heapq.heappop(heap)
+            sa = self._sas.get(spi)
+            if sa is None or self._deadlines.get(spi) != when:
+                continue  # stale: the SA went, or its timer moved
+            del self._deadlines[spi]
             sa.manager.handle_timer(now)
+            self._dirty[spi] = None
 
     def get_timer(self) -> float | None:
-        times = [t for sa in self._sas.values() if (t := sa.manager.get_timer()) is not None]
-        return min(times) if times else None
+        for spi in self._dirty:
+            self._refresh(spi)
+        heap = self._heap
+        while heap and self._deadlines.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     # -- outputs ----------------------------------------------------------------------
 
     def pump(self, now: float) -> list[tuple[str, Fields]]:
-        """Send due probes, carry out requested moves; the path events to log."""
-        for spi, sa in list(self._sas.items()):
+        """Send due probes, carry out requested moves; the path events to log.
+
+        Only managers with news are visited: the rest wait for their timer."""
+        dirty, self._dirty = self._dirty, {}
+        for spi in dirty:
+            sa = self._sas.get(spi)
+            if sa is None:
+                continue
             mgr = sa.manager
             for req in mgr.probes_to_send(now):
                 eid = self._call("probe", partial(self.engine.probe, spi, req.path, now))
@@ -280,6 +324,7 @@ class Mobility:
                 mapped = path_event_fields(sa.conn, spi, event)
                 if mapped is not None:
                     self._log.append(mapped)
+            self._refresh(spi)
         out, self._log = self._log, []
         return out
 
@@ -302,8 +347,26 @@ class Mobility:
             mgr.set_preferred_local(preferred, now, source="inherited")
         return mgr
 
+    def _refresh(self, ike_spi: str) -> None:
+        """Push the manager's timer to the heap if it changed (the old entry goes stale)."""
+        sa = self._sas.get(ike_spi)
+        when = sa.manager.get_timer() if sa is not None else None
+        if when is None:
+            self._deadlines.pop(ike_spi, None)
+            return
+        if self._deadlines.get(ike_spi) == when:
+            return
+        self._deadlines[ike_spi] = when
+        heapq.heappush(self._heap, (when, ike_spi))
+        if len(self._heap) > 2 * len(self._deadlines) + 64:
+            # Bounded: stale entries never outnumber the live ones by much.
+            self._heap = [(t, spi) for spi, t in self._deadlines.items()]
+            heapq.heapify(self._heap)
+
     def _forget(self, ike_spi: str) -> None:
         self._sas.pop(ike_spi, None)
+        self._dirty.pop(ike_spi, None)
+        self._deadlines.pop(ike_spi, None)
         for eid in [e for e, (spi, _) in self._probes.items() if spi == ike_spi]:
             del self._probes[eid]
 

@@ -93,6 +93,7 @@ from .exchanges.mobike import (
     ProbeTask,
     announced,
     check_mapping,
+    moved,
     respond_mobike,
 )
 from .ike_sa import CachedResponse, IkeSa, IkeState, PendingRequest, Probe
@@ -569,6 +570,14 @@ class Engine:
                     # An update replayed from elsewhere: answered, never followed.
                     self._ctx.emit(UpdateRejected(conn=sa.conn.name, ike_spi=sa.spi_str,
                                                   path=path, reason="stale"))
+                elif (header.exchange == ExchangeType.IKE_AUTH and path != sa.path
+                      and _floats(sa, path)):
+                    # The peer's own IKE_AUTH, after a copy raced from elsewhere was
+                    # answered but not followed: now the float happens.
+                    if sa.state == IkeState.CONNECTING:
+                        sa.path = path
+                    else:
+                        moved(self._ctx, sa, sa.path, path, None, now)
                 self._send(cached.response, path, sa, now)
             else:
                 self._drop(path, "retransmission differs from the original request", header)
@@ -598,9 +607,8 @@ class Engine:
             return
         # Authenticated from here on.
         sa.last_received = now
-        if path != sa.path and path.natt and not sa.path.natt:
-            # The initiator floated to port 4500 (NAT-T or MOBIKE): follow it.
-            sa.path = path
+        if path != sa.path:
+            self._follow_peer(sa, exchange, path, now)
         destroy_reason: str | None = None
         critical = unsupported_critical(msg.payloads)
         if critical is not None:
@@ -656,6 +664,23 @@ class Engine:
             self._kick(sa, now)
         for other in sa.lineage()[1:]:
             self._kick(other, now)
+
+    def _follow_peer(self, sa: IkeSa, exchange: ExchangeType, path: Path, now: float) -> None:
+        """An authenticated request arrived on another path than the SA's: follow it only
+        where the RFCs say so. Anyone on the path can race a copy from a spoofed source,
+        and integrity alone does not prove where the peer is."""
+        old = sa.path
+        if sa.state == IkeState.CONNECTING:
+            if exchange == ExchangeType.IKE_AUTH and _floats(sa, path):
+                sa.path = path
+            return
+        if sa.mobike or path.local != old.local:
+            # RFC 4555 §3.5: with MOBIKE only UPDATE_SA_ADDRESSES moves an SA.
+            return
+        if sa.nat_remote and not (sa.nat_local and sa.initiator):
+            # RFC 7296 §2.23: a NAT before the peer rebound; the side behind no NAT (or
+            # the responder, when both are) follows the peer's latest authenticated request.
+            moved(self._ctx, sa, old, path, None, now)
 
     def _respond(self, sa: IkeSa, exchange: ExchangeType, msg: Message,
                  now: float) -> list[Payload]:
@@ -884,6 +909,14 @@ def _first_address(specs: tuple[str, ...]) -> IPAddress | None:
         except ValueError:
             continue
     return None
+
+
+def _floats(sa: IkeSa, path: Path) -> bool:
+    """RFC 4555 §3.3, RFC 7296 §2.23: the initiator moves IKE_AUTH to port 4500. Only
+    the ports change, or the address too when a NAT sits before the peer."""
+    old = sa.path
+    return (path.natt and not old.natt and path.local.addr == old.local.addr
+            and (path.remote.addr == old.remote.addr or sa.nat_remote))
 
 
 def _exchange_name(exchange: int) -> str:

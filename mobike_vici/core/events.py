@@ -127,7 +127,8 @@ class IkeSaMoved(CoreEvent):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PeerMoved(CoreEvent):
     """The peer's UPDATE_SA_ADDRESSES was accepted (after the return-routability check
-    where the policy wants one): IKE_SA and CHILD_SAs now use ``new_path``."""
+    where the policy wants one), or, without MOBIKE, the NAT before the peer rebound
+    (RFC 7296 §2.23): IKE_SA and CHILD_SAs now use ``new_path``."""
 
     old_path: Path
     new_path: Path

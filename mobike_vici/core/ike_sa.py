@@ -88,6 +88,9 @@ class IkeSa:
     path: Path
     created: float
     state: IkeState = IkeState.CONNECTING
+    esp_path: Path | None = None
+    """Where the CHILD_SAs stay while the peer's new ``path`` awaits its return-routability
+    check (RFC 4555 §3.7); None when they follow ``path``."""
     # Negotiated in IKE_SA_INIT.
     suite: IkeSuite | None = None
     proposal: str = ""

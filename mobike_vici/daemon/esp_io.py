@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ..config.model import ChildConfig, Config
-from ..core.engine import IkeStatus
 from ..core.events import (
     ChildSaDeleted,
     ChildSaInstalled,
+    ChildSaUpdated,
     Event,
     IkeSaDeleted,
     IkeSaEstablished,
@@ -276,6 +276,10 @@ class UserspaceEsp:
         """Follow one core event; returns extra fields for its line in the event stream."""
         if isinstance(event, ChildSaInstalled):
             self._installed(event)
+        elif isinstance(event, ChildSaUpdated):
+            # The only way a CHILD_SA's ESP changes path: the core says it moved, which
+            # under return routability is after the peer answered there (RFC 4555 §3.7).
+            self.plane.move_child(event.unique_id, event.path, event.encap)
         elif isinstance(event, ChildSaDeleted):
             entry = self.plane.remove(event.unique_id, self._now())
             self._senders.pop(event.unique_id, None)
@@ -295,14 +299,6 @@ class UserspaceEsp:
             for vip in self._vips.pop(event.ike_spi, ()):
                 self._net("del_address", self.tun_name, vip)
         return {}
-
-    def sync(self, sas: list[IkeStatus]) -> None:
-        """Follow moves of IKE_SAs (MOBIKE, NAT mapping changes): their CHILD_SAs move along."""
-        for ike in sas:
-            for child in ike.children:
-                entry = self.plane.get(child.unique_id)
-                if entry is not None and entry.path != ike.path:
-                    self.plane.move_child(child.unique_id, ike.path)
 
     def counters(self) -> dict[int, dict[str, int]]:
         return {e.unique_id: e.counters() for e in self.plane.entries()}
@@ -336,12 +332,17 @@ class UserspaceEsp:
     def _route(self, entry: ChildEntry) -> None:
         if not self.manage_routes:
             return
-        src = self._inner_source(entry)
         peer = entry.path.remote.addr
+        src: IPAddress | None = None
+        looked_up = False
         for sel in entry.remote_ts:
             for net in _networks(sel):
                 users = self._routes.setdefault(net, set())
                 if not users:
+                    # One route per remote selector, shared by the CHILD_SAs behind it: the
+                    # source lookup (a netlink dump) only when a route is really added.
+                    if not looked_up:
+                        src, looked_up = self._inner_source(entry), True
                     if peer in net:
                         self._net("pin_host_route", peer, self.tun_name)
                     self._net("replace_route", net, self.tun_name, src)

@@ -74,7 +74,6 @@ class DataPlaneApi(Protocol):
     def receive_udp(self, data: bytes, path: Path, now: float) -> None: ...
     def receive_esp(self, data: bytes, now: float) -> None: ...
     def on_event(self, event: Event) -> Mapping[str, object]: ...
-    def sync(self, sas: list[IkeStatus]) -> None: ...
     def counters(self) -> Mapping[int, Mapping[str, int]]: ...
     def totals(self) -> JsonObject: ...
 
@@ -135,6 +134,8 @@ class Daemon:
         """Userspace ESP: opened after the sockets, fed core events, asked for counters."""
         self.probe_kernel = probe_kernel
         """Probe the kernel for ESP at start (``data_plane_selected``) before opening the TUN."""
+        self.xfrm_transport: Any = None
+        """The probe's XFRM netlink (None: the kernel's; tests put a fake kernel here)."""
         self.event_hooks: list[EventHook] = []
         self.mobility = mobility
         self.reload_config: Callable[[], Config] | None = None
@@ -278,11 +279,12 @@ class Daemon:
 
     def _open_data_plane(self) -> None:
         assert self.data_plane is not None
-        # The kernel XFRM path is wired elsewhere; here: say which one, and run
-        # userspace ESP only when the kernel cannot carry ESP.
-        if self.probe_kernel and _in_thread(select_data_plane, self.log).available:
-            self.data_plane = None
-            return
+        if self.probe_kernel:
+            # Said in the event stream only: the daemon has no kernel data plane to run
+            # (the XFRM installer is not driven by its events), so userspace ESP carries
+            # the traffic on any kernel, never nothing at all.
+            _in_thread(select_data_plane, self.log, transport=self.xfrm_transport,
+                       kernel_ready=False)
         self.data_plane.open(self)
         if self.esp_handler is None:
             self.esp_handler = self.data_plane.receive_udp
@@ -518,11 +520,8 @@ class Daemon:
                 break
             self._flush(now)
             self._drain_events()
-        if self.data_plane is not None:
-            try:
-                self.data_plane.sync(self._status())
-            except Exception as exc:
-                self.log.emit("engine_error", call="data_plane_sync", error=type(exc).__name__)
+        # The data plane follows the core's events alone (drained above): nothing here
+        # walks the SA table, so the work per packet does not grow with the SAs.
         self._rearm(not_before)
         self._changed.set()
 

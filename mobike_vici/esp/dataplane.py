@@ -9,6 +9,10 @@ rebuilt after installation: a MOBIKE move (:meth:`DataPlane.move`) only swaps
 the outer endpoints, so nothing restarts and no packet leaves on the old path
 once the move is recorded (packets are protected and addressed in one step).
 
+Outbound lookup (:class:`_Outbound`): SAs whose remote selectors are single hosts are
+found by destination, the rest by a scan newest first; every change touches one SA, so
+neither a packet nor an install costs more with more SAs.
+
 Rekeying: a new CHILD_SA with ``rekey_of`` becomes the outbound SA at once when
 we initiated the rekey; as the responder we keep sending on the old one until
 the peer shows it has the new one (a packet arrives on it) or the old one is
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from bisect import insort
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -338,6 +343,75 @@ def _flow(packet: bytes) -> _Flow | None:
     return version, src, dst, proto, sport, dport, key
 
 
+def _newest_first(entry: ChildEntry) -> int:
+    return -entry.unique_id
+
+
+class _Outbound:
+    """The CHILD_SAs that carry outbound traffic, found by destination.
+
+    An SA whose remote selectors are single hosts (a gateway's SAs towards virtual IPs)
+    sits under each of those hosts: a lookup there costs the same whatever the number of
+    SAs. The others sit in one list scanned newest first; with several matches the
+    newest SA wins, as the peer's rekeys expect.
+    """
+
+    def __init__(self) -> None:
+        self.hosts: dict[tuple[int, int], list[ChildEntry]] = {}
+        self.wide: list[ChildEntry] = []
+        self.members: set[int] = set()
+        self.not_addr_only = 0
+
+    @staticmethod
+    def _hosts_of(entry: ChildEntry) -> set[tuple[int, int]] | None:
+        if not entry.remote_ts or any(s.lo != s.hi for s in entry.remote_ts):
+            return None
+        return {(s.version, s.lo) for s in entry.remote_ts}
+
+    def add(self, entry: ChildEntry) -> None:
+        if entry.unique_id in self.members:
+            return
+        self.members.add(entry.unique_id)
+        hosts = self._hosts_of(entry)
+        if hosts is None:
+            insort(self.wide, entry, key=_newest_first)
+        else:
+            for host in hosts:
+                insort(self.hosts.setdefault(host, []), entry, key=_newest_first)
+        if not entry.addr_only:
+            self.not_addr_only += 1
+
+    def discard(self, entry: ChildEntry) -> None:
+        if entry.unique_id not in self.members:
+            return
+        self.members.discard(entry.unique_id)
+        hosts = self._hosts_of(entry)
+        if hosts is None:
+            self.wide.remove(entry)
+        else:
+            for host in hosts:
+                bucket = self.hosts[host]
+                bucket.remove(entry)
+                if not bucket:
+                    del self.hosts[host]
+        if not entry.addr_only:
+            self.not_addr_only -= 1
+
+    def find(self, version: int, src: int, dst: int, proto: int, sport: int | None,
+             dport: int | None) -> ChildEntry | None:
+        found = None
+        for entry in self.hosts.get((version, dst), ()):
+            if entry.outbound_matches(version, src, dst, proto, sport, dport):
+                found = entry
+                break
+        for entry in self.wide:
+            if found is not None and entry.unique_id < found.unique_id:
+                break
+            if entry.outbound_matches(version, src, dst, proto, sport, dport):
+                return entry
+        return found
+
+
 class DataPlane:
     """Every CHILD_SA of one daemon as the data plane sees it.
 
@@ -349,10 +423,13 @@ class DataPlane:
         self._random = random_bytes
         self._by_spi: dict[int, ChildEntry] = {}
         self._by_id: dict[int, ChildEntry] = {}
-        self._outbound: list[ChildEntry] = []
-        """Active entries, newest first: the first match wins."""
+        self._outbound = _Outbound()
+        """Active entries by destination; the newest match wins."""
+        self._successors: dict[int, set[int]] = {}
+        """unique_id -> the CHILD_SAs that rekey it (they take over when it goes)."""
+        self._by_ike: dict[str, set[int]] = {}
+        """IKE SPI pair -> the unique_ids of its CHILD_SAs."""
         self._cache: dict[bytes, ChildEntry | None] = {}
-        self._addr_only = True
         self._requests: list[Request] = []
         self._lingering: dict[int, tuple[ChildEntry, float]] = {}
         """Deleted CHILD_SAs by inbound SPI, with the time their inbound SA goes away."""
@@ -378,13 +455,16 @@ class DataPlane:
         old = self._by_id.get(event.rekey_of) if event.rekey_of is not None else None
         if old is not None:
             old.replaced = True
+            self._successors.setdefault(old.unique_id, set()).add(entry.unique_id)
             # Responder of the rekey: the peer learns of the new SA from our answer.
             entry.active = event.initiator
             if entry.active:
                 old.active = False
+                self._sync(old)
         self._by_id[entry.unique_id] = entry
         self._by_spi[entry.pair.inbound.spi] = entry
-        self._rebuild()
+        self._by_ike.setdefault(entry.ike_spi, set()).add(entry.unique_id)
+        self._sync(entry)
         return entry
 
     def remove(self, unique_id: int, now: float | None = None,
@@ -402,10 +482,17 @@ class DataPlane:
             if now is not None and linger > 0:
                 self._expire_lingering(now)
                 self._lingering[spi] = (entry, now + linger)
-        for other in self._by_id.values():
-            if other.rekey_of == unique_id:
+        siblings = self._by_ike.get(entry.ike_spi)
+        if siblings is not None:
+            siblings.discard(unique_id)
+            if not siblings:
+                del self._by_ike[entry.ike_spi]
+        self._sync(entry)
+        for uid in self._successors.pop(unique_id, ()):
+            other = self._by_id.get(uid)
+            if other is not None:
                 other.active = True
-        self._rebuild()
+                self._sync(other)
         return entry
 
     def _expire_lingering(self, now: float) -> None:
@@ -435,14 +522,16 @@ class DataPlane:
 
     def move(self, ike_spi: str, path: Path, encap: bool | None = None) -> int:
         """Move every CHILD_SA of one IKE_SA; returns how many changed."""
-        return sum(self.move_child(e.unique_id, path, encap)
-                   for e in list(self._by_id.values()) if e.ike_spi == ike_spi)
+        return sum(self.move_child(uid, path, encap)
+                   for uid in list(self._by_ike.get(ike_spi, ())))
 
     def reparent(self, old_ike_spi: str, new_ike_spi: str) -> None:
         """An IKE_SA rekey hands its CHILD_SAs to the new IKE_SA."""
-        for entry in self._by_id.values():
-            if entry.ike_spi == old_ike_spi:
-                entry.ike_spi = new_ike_spi
+        moved = self._by_ike.pop(old_ike_spi, set())
+        for uid in moved:
+            self._by_id[uid].ike_spi = new_ike_spi
+        if moved:
+            self._by_ike.setdefault(new_ike_spi, set()).update(moved)
 
     @property
     def has_requests(self) -> bool:
@@ -453,17 +542,20 @@ class DataPlane:
         out, self._requests = self._requests, []
         return out
 
-    def _rebuild(self) -> None:
-        self._outbound = sorted((e for e in self._by_id.values() if e.active and not e.expired),
-                                key=lambda e: -e.unique_id)
-        self._addr_only = all(e.addr_only for e in self._outbound)
+    def _sync(self, entry: ChildEntry) -> None:
+        """Put ``entry`` in or out of the outbound lookup after a change (one SA's work)."""
+        if entry.active and not entry.expired and self._by_id.get(entry.unique_id) is entry:
+            self._outbound.add(entry)
+        else:
+            self._outbound.discard(entry)
         self._cache.clear()
 
     # --- packets -------------------------------------------------------------------
 
     def lookup(self, inner: bytes) -> ChildEntry | None:
         """The CHILD_SA whose selectors cover an outbound packet, or None."""
-        if self._addr_only:
+        addr_only = self._outbound.not_addr_only == 0
+        if addr_only:
             try:
                 return self._cache[_address_key(inner)]
             except KeyError:
@@ -472,12 +564,8 @@ class DataPlane:
         if flow is None:
             return None
         version, src, dst, proto, sport, dport, key = flow
-        found = None
-        for entry in self._outbound:
-            if entry.outbound_matches(version, src, dst, proto, sport, dport):
-                found = entry
-                break
-        if self._addr_only:
+        found = self._outbound.find(version, src, dst, proto, sport, dport)
+        if addr_only:
             if len(self._cache) >= CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = found
@@ -538,7 +626,7 @@ class DataPlane:
         if not entry.active and entry.unique_id in self._by_id:
             # The peer sends on the new SA, so it has installed it: we may too.
             entry.active = True
-            self._rebuild()
+            self._sync(entry)
         counters = sa.counters
         if counters.bytes >= entry.soft_bytes or counters.packets >= entry.soft_packets:
             self._limit_reached(entry)
@@ -572,7 +660,7 @@ class DataPlane:
     def _expire(self, entry: ChildEntry) -> None:
         if not entry.expired:
             entry.expired = True
-            self._rebuild()
+            self._sync(entry)
 
     def _request(self, entry: ChildEntry, kind: RequestKind) -> None:
         request = Request(kind, entry.unique_id)

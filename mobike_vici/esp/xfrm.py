@@ -1,10 +1,10 @@
 """Kernel XFRM installer: ESP SAs and policies over NETLINK_XFRM, MOBIKE moves, ESP detection.
 
-The daemon uses this data plane when the kernel has ESP (``kernel_has_esp()``)
-and the userspace one otherwise. Everything here is synchronous and blocking:
-the daemon calls it from an executor. One :class:`XfrmInstaller` owns one
-netlink socket, opened in a named network namespace if asked, and serialises
-its requests with a lock.
+The daemon does not drive it yet: it probes the kernel (``select_data_plane``),
+says so in ``data_plane_selected``, and runs userspace ESP on every kernel.
+Everything here is synchronous and blocking: the daemon calls it from an executor.
+One :class:`XfrmInstaller` owns one netlink socket, opened in a named network
+namespace if asked, and serialises its requests with a lock.
 
 A MOBIKE move of an SA is done the way charon's kernel-netlink plugin does it:
 read the SA back (GETSA), delete it, and add it again with the new outer
@@ -958,18 +958,35 @@ class EventSink(Protocol):
     def emit(self, event_name: str, /, **fields: object) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class DataPlaneChoice:
+    """Which data plane carries ESP, and why."""
+
+    data_plane: str
+    """``"kernel"`` or ``"userspace"``."""
+    reason: str
+    probe: EspProbe
+
+
 def select_data_plane(events: EventSink, netns: str | None = None, *,
-                      transport: XfrmTransport | None = None) -> EspProbe:
+                      transport: XfrmTransport | None = None,
+                      kernel_ready: bool = False) -> DataPlaneChoice:
     """Probe the kernel once and say in the event stream which data plane ESP uses.
 
-    Emits one ``data_plane_selected`` event: ``data_plane`` is ``"kernel"``
-    when the kernel can carry ESP, else ``"userspace"`` with the ``reason``.
+    ``kernel_ready`` tells whether the caller can drive kernel ESP SAs at all; the
+    kernel is chosen only when it can carry ESP *and* the caller is ready, so a
+    kernel with ESP never leaves a daemon without a data plane. Emits one
+    ``data_plane_selected`` event (``data_plane``, ``reason``, ``kernel_esp``).
     Call it once at start-up (off the event loop's thread).
     """
     probe = probe_kernel_esp(netns, transport=transport)
-    if probe.available:
-        events.emit("data_plane_selected", data_plane="kernel")
+    if probe.available and kernel_ready:
+        choice = DataPlaneChoice("kernel", "kernel can do ESP", probe)
+    elif probe.available:
+        choice = DataPlaneChoice("userspace", "kernel can do ESP, but the daemon's kernel "
+                                 "data plane is not wired in", probe)
     else:
-        events.emit("data_plane_selected", data_plane="userspace",
-                    reason=f"kernel cannot do ESP: {probe.reason}")
-    return probe
+        choice = DataPlaneChoice("userspace", f"kernel cannot do ESP: {probe.reason}", probe)
+    events.emit("data_plane_selected", data_plane=choice.data_plane, reason=choice.reason,
+                kernel_esp=probe.available)
+    return choice

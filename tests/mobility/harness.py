@@ -20,6 +20,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,8 +195,11 @@ def sa_view(end: End) -> dict[str, Any]:
 
 def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
           encap: bool = False, timeout: float = 30.0,
-          mob_args: tuple[str, ...] = (), inner_net: str = INNER_NET) -> Handover:
+          mob_args: tuple[str, ...] = (), inner_net: str = INNER_NET,
+          mob_program: Sequence[str] | None = None) -> Handover:
     """Topology, both ends, the tunnel up, and the stream flowing.
+
+    ``mob_program`` replaces ``python -m mobike_vici`` for our daemon in mob.
 
     Seen in this lab: charon 5.9.8 (kernel-libipsec) as responder rekeys every
     CHILD_SA after accepting UPDATE_SA_ADDRESSES, with or without ``encap``; so
@@ -225,7 +229,8 @@ def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
         gw.load_all(conf_gw)
     mob: End
     if mob_native:
-        mob = start_native(lab, topo.mob, conf_mob, name="mob", extra_args=mob_args)
+        mob = start_native(lab, topo.mob, conf_mob, name="mob", extra_args=mob_args,
+                           program=mob_program)
         mob.wait_event(named("child_sa_installed"), timeout)
     else:
         # prefer_best_path: charon follows route changes back to the better uplink.

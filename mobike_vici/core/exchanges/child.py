@@ -78,7 +78,8 @@ def install(ctx: Context, sa: IkeSa, child: ChildSa, rekey_of: int | None = None
         sa.tasks.appendleft(DeleteChildTask([child.unique_id], "deleted_by_peer"))
     ctx.emit(ChildSaInstalled(
         conn=sa.conn.name, ike_spi=sa.spi_str, child=child.name, unique_id=child.unique_id,
-        spi_in=child.spi_in_int, spi_out=child.spi_out_int, path=sa.path,
+        spi_in=child.spi_in_int, spi_out=child.spi_out_int,
+        path=sa.esp_path or sa.path,
         encap=sa.nat_any or sa.conn.encap,
         local_ts=tuple(ts_to_str(ts, no_service_names) for ts in child.local_ts),
         remote_ts=tuple(ts_to_str(ts, no_service_names) for ts in child.remote_ts),

@@ -131,6 +131,7 @@ def moved(ctx: Context, sa: IkeSa, old: Path, new: Path, started: float | None,
           now: float) -> None:
     """The IKE_SA and every CHILD_SA now use ``new`` (same SPIs, keys untouched)."""
     sa.path = new
+    sa.esp_path = None
     if started is not None:
         ctx.emit(IkeSaMoved(conn=sa.conn.name, ike_spi=sa.spi_str, old_path=old,
                             new_path=new, duration=now - started))
@@ -350,10 +351,13 @@ def respond_mobike(ctx: Context, sa: IkeSa, msg: Message, path: Path, message_id
     if sa.pending is not None and isinstance(sa.pending.task, RoutabilityTask):
         sa.pending.task.superseded = True
     mode = policy.return_routability
-    if path == old:
+    if path == old and sa.esp_path is None:
         return reply
     if mode == RoutabilityMode.ALWAYS or (mode == RoutabilityMode.NAT_ONLY and sa.nat_any):
-        sa.tasks.appendleft(RoutabilityTask(old, path))
+        # The CHILD_SAs, new ones too, stay where they were until the check answers
+        # (a repeated update to the same address asks again: the last check was voided).
+        sa.esp_path = sa.esp_path or old
+        sa.tasks.appendleft(RoutabilityTask(sa.esp_path, path))
     else:
         moved(ctx, sa, old, path, None, now)
     return reply

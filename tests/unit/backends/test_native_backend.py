@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 from mobike_vici.backends.native import Mobility
 from mobike_vici.config.mobike import MobikePolicy
@@ -13,6 +15,7 @@ from mobike_vici.core.events import (
     IkeSaMoved,
     IkeSaRekeyed,
     MoveFailed,
+    PeerAddressesUpdated,
     ProbeResult,
 )
 from mobike_vici.types import Endpoint, IPAddress, Path
@@ -245,3 +248,38 @@ def test_preference_for_an_unknown_connection_is_refused() -> None:
     mob.on_core_event(established(), 0.0)
     mgr = mob.manager(SPI)
     assert mgr is not None and mgr.preferred_local == M1
+
+
+def _counted(calls: dict[str, int], name: str, real: Any) -> Any:
+    def counted(*args: object) -> Any:
+        calls[name] += 1
+        return real(*args)
+    return counted
+
+
+def test_work_per_event_does_not_grow_with_the_sas() -> None:
+    """A gateway with many MOBIKE SAs: an event for one of them visits its manager
+    alone; pump, get_timer and handle_timer never walk the whole table."""
+    engine = FakeEngine()
+    mob = Mobility(engine, MobikePolicy())
+    mob.on_addresses([("eth0", GW)], 0.0)
+    spis = [f"{i:016x}_{i + 1:016x}" for i in range(200)]
+    for spi in spis:
+        mob.on_core_event(replace(established(initiator=False), ike_spi=spi), 0.0)
+    mob.pump(0.0)
+    mob.get_timer()
+    calls: dict[str, int] = {"probes_to_send": 0, "get_timer": 0, "handle_timer": 0}
+    for spi in spis:
+        mgr = mob.manager(spi)
+        assert mgr is not None
+        for name in calls:
+            setattr(mgr, name, _counted(calls, name, getattr(mgr, name)))
+    mob.on_core_event(PeerAddressesUpdated(conn="c", ike_spi=spis[5],
+                                           addresses=(GW, GW6)), 1.0)
+    mob.pump(1.0)
+    mob.get_timer()
+    mob.handle_timer(1.0)
+    mob.pump(1.0)
+    mob.get_timer()
+    assert calls["probes_to_send"] == 1
+    assert calls["get_timer"] <= 2 and calls["handle_timer"] <= 1

@@ -9,6 +9,7 @@ import pytest
 
 from mobike_vici.core.engine import Datagram, Engine
 from mobike_vici.core.events import (
+    ChildSaInstalled,
     ChildSaUpdated,
     IkeSaDeleted,
     IkeSaEstablished,
@@ -416,4 +417,41 @@ def test_newer_update_replaces_pending_routability_check() -> None:
     moves = of_type(net.events_b, PeerMoved)
     assert [m.new_path for m in moves] == [path(BOB6, ALICE6)]
     assert net.b.status()[0].path == path(BOB6, ALICE6)
+    assert not of_type(net.events_b, IkeSaDeleted)
+
+
+def test_child_sa_made_during_routability_check_stays_on_the_checked_path() -> None:
+    """RFC 4555 §3.7: until the peer answers at its new address, no ESP goes there, not
+    even for a CHILD_SA created (here: rekeyed) while the check is outstanding."""
+    net = setup()
+    old, new = path(BOB, ALICE), path(BOB, ALICE2)
+    net.drop = lambda d: d.path.local.addr == BOB and not decode_header(d.data).is_response
+    moved_to(net, path(ALICE2, BOB))
+    assert net.b.status()[0].path == new  # the IKE_SA follows at once
+    (first,) = of_type(net.events_b, ChildSaInstalled)
+    net.a.rekey_child(first.unique_id, net.now)
+    net.pump()
+    rekeyed = of_type(net.events_b, ChildSaInstalled)[1:]
+    assert [e.path for e in rekeyed] == [old]
+    assert not of_type(net.events_b, ChildSaUpdated)
+    net.drop = lambda d: False
+    net.advance_to(net.now + 5.0)  # bob's check gets through now
+    updated = of_type(net.events_b, ChildSaUpdated)
+    assert updated and all(u.path == new for u in updated)
+    assert rekeyed[0].unique_id in {u.unique_id for u in updated}
+
+
+def test_repeated_update_to_the_same_address_checks_again() -> None:
+    """A second update from the address under check voids the first check and asks
+    again; the CHILD_SAs must not stay behind for good."""
+    net = setup()
+    new = path(BOB, ALICE2)
+    net.drop = lambda d: d.path.local.addr == BOB and not decode_header(d.data).is_response
+    moved_to(net, path(ALICE2, BOB))
+    moved_to(net, path(ALICE2, BOB))
+    assert len(of_type(net.events_a, IkeSaMoved)) == 2  # bob answered both updates
+    assert not of_type(net.events_b, ChildSaUpdated)
+    net.drop = lambda d: False
+    net.advance_to(net.now + 30.0)
+    assert [u.path for u in of_type(net.events_b, ChildSaUpdated)] == [new]
     assert not of_type(net.events_b, IkeSaDeleted)

@@ -152,6 +152,21 @@ def test_move_keeps_sequence_numbers_and_replay_state() -> None:
     assert a.move("other", new_path) == 0
 
 
+def test_ike_rekey_hands_the_child_sas_over() -> None:
+    a = DataPlane(iv_source(1))
+    a.install(installed(initiator=True, unique_id=1))
+    a.install(installed(initiator=True, unique_id=2, spi_i=0x1001, spi_r=0x2001))
+    a.install(dataclasses.replace(installed(initiator=True, unique_id=3, spi_i=0x1002,
+                                            spi_r=0x2002), ike_spi="3_4"))
+    a.reparent("1_2", "5_6")
+    new_path = path("198.51.100.7", B)
+    assert a.move("1_2", new_path) == 0
+    assert a.move("5_6", new_path) == 2
+    assert {e.unique_id: e.ike_spi for e in a.entries()} == {1: "5_6", 2: "5_6", 3: "3_4"}
+    a.remove(1)
+    assert a.move("5_6", path(A, B)) == 1
+
+
 def test_soft_byte_limit_requests_one_rekey_then_hard_limit_deletes() -> None:
     a = DataPlane(iv_source(1))
     a.install(installed(initiator=True), Limits(rekey_bytes=1000, life_bytes=3000))

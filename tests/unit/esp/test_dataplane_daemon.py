@@ -27,7 +27,6 @@ class FakeDataPlane:
         self.host: Any = None
         self.esp: list[bytes] = []
         self.events: list[Event] = []
-        self.synced: list[list[IkeStatus]] = []
         self.closed = False
         self.arrived = asyncio.Event()
 
@@ -49,9 +48,6 @@ class FakeDataPlane:
         return {"bytes_in": 1234, "replay_failures": 2} if isinstance(event, ChildSaDeleted) \
             else {}
 
-    def sync(self, sas: list[IkeStatus]) -> None:
-        self.synced.append(sas)
-
     def counters(self) -> Mapping[int, Mapping[str, int]]:
         return {1: {"bytes_in": 5, "packets_in": 1}}
 
@@ -63,6 +59,11 @@ class RekeyingEngine(FakeEngine):
     def __init__(self, local: Endpoint, peer: Endpoint) -> None:
         super().__init__(local, peer)
         self.rekeyed: list[int] = []
+        self.status_calls = 0
+
+    def status(self) -> list[IkeStatus]:
+        self.status_calls += 1
+        return super().status()
 
     def rekey_child(self, unique_id: int, now: float) -> None:
         self.rekeyed.append(unique_id)
@@ -94,7 +95,8 @@ def test_data_plane_wiring() -> None:
             async with asyncio.timeout(5):
                 await engine.arrived.wait()
             assert [d for d, _, _ in engine.received] == [b"hello"]
-            assert plane.synced and plane.synced[-1][0].ike_spi == SPI
+            # The hot path never walks the SA table: the data plane follows events.
+            assert engine.status_calls == 0
 
             engine.events.append(ChildSaDeleted(conn="home", ike_spi=SPI, child="net",
                                                 unique_id=1, spi_in=1, spi_out=2,
@@ -113,5 +115,32 @@ def test_data_plane_wiring() -> None:
             await daemon.close()
             peer.close()
         assert plane.closed
+
+    asyncio.run(main())
+
+
+def test_kernel_with_esp_still_gets_the_userspace_data_plane() -> None:
+    """The probe finds kernel ESP (a fake kernel that accepts ESP SAs); the daemon has no
+    kernel data plane to drive, so it opens userspace ESP and says why."""
+    from tests.unit.esp.test_xfrm import FakeKernel
+
+    async def main() -> None:
+        engine = FakeEngine(Endpoint.parse("127.0.0.1", free_port()),
+                            Endpoint.parse("127.0.0.1", free_port()))
+        log = RecordingLog()
+        plane = FakeDataPlane()
+        kernel = FakeKernel()
+        daemon = Daemon(Config(), engine, log, ike_port=free_port(), natt_port=free_port(),
+                        bind=V4, data_plane=plane, probe_kernel=True, net_monitor=False)
+        daemon.xfrm_transport = kernel
+        await daemon.start()
+        try:
+            assert kernel.sent, "the kernel was probed"
+            [selected] = log.named("data_plane_selected")
+            assert selected["data_plane"] == "userspace" and selected["kernel_esp"] is True
+            assert daemon.data_plane is plane and plane.host is daemon
+            assert daemon.esp_handler is not None
+        finally:
+            await daemon.close()
 
     asyncio.run(main())

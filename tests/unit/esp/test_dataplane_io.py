@@ -1,6 +1,6 @@
 """The daemon's ESP adapter without a TUN: events drive the SA database, lifetimes and
 replay windows come from the config, counters ride on child_sa_deleted, moves follow
-the engine's IKE_SA path, and each SA is sent the way it was negotiated."""
+the core's ChildSaUpdated events alone, and each SA is sent the way it was negotiated."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import dataclasses
 import socket
 from typing import Any
 
+import pytest
+
 from mobike_vici.config.model import ChildConfig, Config, ConnectionConfig
 from mobike_vici.core.engine import ChildStatus, IkeStatus
-from mobike_vici.core.events import ChildSaDeleted
+from mobike_vici.core.events import ChildSaDeleted, ChildSaUpdated, IkeSaMoved, PeerMoved
 from mobike_vici.daemon.esp_io import UserspaceEsp
 from mobike_vici.esp.dataplane import Limits, RequestKind
 from mobike_vici.eventlog import EventLog
@@ -93,22 +95,33 @@ def test_encapsulated_sa_goes_out_on_the_natt_socket_plain_on_the_raw_one() -> N
     assert raw.sent == [(again[1], ("192.0.2.9", 0))]
 
 
-def test_sync_moves_children_to_the_ike_sa_path() -> None:
+def test_child_sa_updated_moves_the_child_in_place() -> None:
+    esp, _, _ = adapter()
+    esp.on_event(installed(initiator=True))
+    before = esp.plane.get(1)
+    assert before is not None
+    assert esp.plane.protect(udp4(A_INNER, B_INNER)) is not None
+    seq = before.pair.outbound.seq
+    moved = path("198.51.100.1", "192.0.2.2")
+    esp.on_event(ChildSaUpdated(conn="c", ike_spi="1_2", child="net", unique_id=1,
+                                spi_in=0x1000, spi_out=0x2000, path=moved, encap=False))
+    entry = esp.plane.get(1)
+    assert entry is before and entry.path == moved and not entry.encap
+    assert entry.pair.outbound.seq == seq
+
+
+def test_ike_sa_events_alone_never_move_a_child() -> None:
+    """An IKE_SA that follows the peer at once (RFC 4555 §3.5) leaves its CHILD_SAs where
+    they are until the core says they moved (after return routability, §3.7)."""
     esp, _, _ = adapter()
     event = installed(initiator=True)
     esp.on_event(event)
-    moved = path("198.51.100.1", "192.0.2.2")
-    child = ChildStatus(name="net", unique_id=1, state="INSTALLED", spi_in=0x1000,
-                        spi_out=0x2000, local_ts=(), remote_ts=(), proposal="x")
-    ike = IkeStatus(conn="c", ike_spi="1_2", state="ESTABLISHED", initiator=True, path=moved,
-                    local_id="", remote_id="", proposal="", virtual_ips=(),
-                    children=(child,))
-    before = esp.plane.get(1)
-    assert before is not None
-    seq = before.pair.outbound.seq
-    esp.sync([ike])
+    elsewhere = path("203.0.113.66", "192.0.2.2")
+    esp.on_event(PeerMoved(conn="c", ike_spi="1_2", old_path=event.path, new_path=elsewhere))
+    esp.on_event(IkeSaMoved(conn="c", ike_spi="1_2", old_path=event.path,
+                            new_path=elsewhere, duration=0.1))
     entry = esp.plane.get(1)
-    assert entry is before and entry.path == moved and entry.pair.outbound.seq == seq
+    assert entry is not None and entry.path == event.path
 
 
 def test_soft_limit_reaches_the_host_as_a_rekey_request() -> None:
@@ -148,3 +161,28 @@ def test_inbound_drops_are_reported_as_one_event_per_reason() -> None:
     esp.report_drops()  # nothing new: nothing emitted
     assert host.records.named("packet_dropped") == [
         {"protocol": "esp", "reason": "unknown_spi", "count": 3}]
+
+
+def test_child_sas_behind_one_selector_share_one_route(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway's CHILD_SAs towards one remote selector: one route, one source lookup
+    (a netlink dump), not one per SA; the route goes with the last of them."""
+    from mobike_vici.net import tun_routes
+
+    calls: list[str] = []
+    monkeypatch.setattr(tun_routes, "local_addresses", lambda: calls.append("dump") or [])
+    monkeypatch.setattr(tun_routes, "replace_route",
+                        lambda *args: calls.append(f"add {args[0]}"))
+    monkeypatch.setattr(tun_routes, "del_route", lambda *args: calls.append(f"del {args[0]}"))
+    monkeypatch.setattr(tun_routes, "pin_host_route", lambda *args: calls.append("pin"))
+    esp, _, _ = adapter()
+    esp.manage_routes = True
+    for uid in range(1, 51):
+        esp.on_event(installed(initiator=True, unique_id=uid, spi_i=0x1000 + uid,
+                               spi_r=0x2000 + uid))
+    assert calls == ["dump", "add 10.88.0.0/24"]
+    for uid in range(1, 51):
+        esp.on_event(ChildSaDeleted(conn="c", ike_spi="1_2", child="net", unique_id=uid,
+                                    spi_in=0x1000 + uid, spi_out=0x2000 + uid,
+                                    reason="deleted_locally"))
+    assert calls == ["dump", "add 10.88.0.0/24", "del 10.88.0.0/24"]

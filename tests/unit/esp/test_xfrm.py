@@ -485,14 +485,28 @@ class Events:
 def test_select_data_plane_says_userspace_once_without_esp(kernel: FakeKernel) -> None:
     kernel.fail[XfrmMsg.NEWSA] = [errno.ENOSYS, errno.EPROTONOSUPPORT]
     events = Events()
-    probe = select_data_plane(events, transport=kernel)
-    assert not probe.available
+    choice = select_data_plane(events, transport=kernel, kernel_ready=True)
+    assert choice.data_plane == "userspace" and not choice.probe.available
     [(name, fields)] = events.seen
     assert name == "data_plane_selected" and fields["data_plane"] == "userspace"
+    assert fields["kernel_esp"] is False
     assert "errno 93" in str(fields["reason"])
 
 
-def test_select_data_plane_says_kernel_with_esp(kernel: FakeKernel) -> None:
+def test_kernel_esp_without_a_wired_kernel_data_plane_selects_userspace(
+        kernel: FakeKernel) -> None:
+    """A kernel with ESP (a stock Debian has esp4) used to leave the daemon with no data
+    plane at all; until the kernel path is driven by the daemon, userspace carries ESP."""
     events = Events()
-    assert select_data_plane(events, transport=kernel).available
-    assert events.seen == [("data_plane_selected", {"data_plane": "kernel"})]
+    choice = select_data_plane(events, transport=kernel)
+    assert choice.probe.available and choice.data_plane == "userspace"
+    [(name, fields)] = events.seen
+    assert name == "data_plane_selected" and fields["data_plane"] == "userspace"
+    assert fields["kernel_esp"] is True and "not wired in" in str(fields["reason"])
+
+
+def test_select_data_plane_says_kernel_with_esp_when_ready(kernel: FakeKernel) -> None:
+    events = Events()
+    assert select_data_plane(events, transport=kernel, kernel_ready=True).data_plane == "kernel"
+    [(_, fields)] = events.seen
+    assert fields["data_plane"] == "kernel" and fields["kernel_esp"] is True
