@@ -147,6 +147,9 @@ class _Parser:
     def include(
         self, pattern: str, file: str, line: int, into: Section, stack: tuple[str, ...]
     ) -> None:
+        if "\0" in pattern:
+            # No path holds a NUL; the os functions would raise ValueError on it.
+            raise ConfigError(file, line, "include pattern contains a NUL character")
         base = os.path.dirname(file)
         full = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
         if glob.has_magic(full):

@@ -263,3 +263,10 @@ def test_ordinary_templates_stay_within_the_bounds() -> None:
     root = parse_string(text)
     assert len(root.sections["connections"].sections) == 300
     assert root.sections["connections"].sections["c299"].sections["sub"].keys["d"].value == "4"
+
+
+def test_include_pattern_with_a_nul_is_a_config_error() -> None:
+    # Found by tests/fuzz/fuzz_config: glob raised ValueError("embedded null byte").
+    for pattern in ("conf.d/*\0.conf", "x\0y"):
+        with pytest.raises(ConfigError, match="NUL"):
+            parse_string(f"include {pattern}\n", "/nonexistent/swanctl.conf")
