@@ -1,0 +1,38 @@
+"""Fuzz target: the IKE message and payload decoders (header, payload chain, every payload).
+
+Only DecodeError may escape. Seeds: charon's captured messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import atheris
+
+from .harness import main
+from .seeds import charon_messages
+
+with atheris.instrument_imports(include=["mobike_vici"]):
+    from mobike_vici.ikev2.message import decode_header, decode_message
+    from mobike_vici.ikev2.payloads import DecodeError, decode_payloads
+
+
+def target(data: bytes) -> None:
+    try:
+        decode_header(data)
+    finally:
+        if data:
+            # The chain decoder alone, with any first payload type and SK allowed or not.
+            with contextlib.suppress(DecodeError):
+                decode_payloads(data[0], data[1:], allow_encrypted=bool(len(data) & 1))
+    decode_message(data)
+
+
+def seeds() -> list[bytes]:
+    messages = charon_messages()
+    # The same chains as the bare payload decoder sees them (first type, then the chain).
+    return messages + [m[16:17] + m[28:] for m in messages]
+
+
+if __name__ == "__main__":
+    main("message", target, (DecodeError,), seeds)
