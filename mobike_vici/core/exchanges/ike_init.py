@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ...config.model import ConnectionConfig
 from ...ikev2.constants import DhId, ExchangeType, NotifyType, ProtocolId
-from ...ikev2.crypto import derive_ike_keys, dh_generate
+from ...ikev2.crypto import derive_ike_keys, dh_generate, dh_public_length
 from ...ikev2.message import Message
 from ...ikev2.payloads import KE, SA, Nonce, Notify, Payload, Proposal
 from ...ikev2.proposals import ProposalSpec, ike_suite, select, to_payload
@@ -242,6 +242,9 @@ def respond_init(
     if ke.group != suite.dh:
         return _error(NotifyType.INVALID_KE_PAYLOAD, "invalid_ke_payload",
                       int(suite.dh).to_bytes(2, "big"))
+    if len(ke.data) != dh_public_length(suite.dh):
+        # Checked before our key generation, the costly part for an unauthenticated peer.
+        raise DropPacket("invalid DH public value")
     dh = dh_generate(suite.dh, ctx.random_bytes)
     try:
         shared = dh.shared_secret(ke.data)
