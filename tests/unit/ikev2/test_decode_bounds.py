@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from mobike_vici.core.events import PacketDropped
 from mobike_vici.ikev2.constants import ExchangeType, PayloadType, ProtocolId
-from mobike_vici.ikev2.message import decode_message
+from mobike_vici.ikev2.message import MAX_MESSAGE_LENGTH, decode_header, decode_message
 from mobike_vici.ikev2.payloads import (
     CP,
     SA,
@@ -90,6 +90,32 @@ def test_the_reported_delete_flood_is_dropped_by_the_engine() -> None:
     assert isinstance(events[0], PacketDropped) and "malformed" in events[0].reason
     assert net.b.datagrams_to_send(0.0) == []
     assert net.b.status() == []
+
+
+def _nonce_message(length: int) -> bytes:
+    body = length - 28 - 4
+    return (bytes(range(1, 9)) + bytes(8)
+            + bytes((PayloadType.NONCE, 0x20, ExchangeType.IKE_SA_INIT, 0x08)) + bytes(4)
+            + length.to_bytes(4, "big") + b"\x00\x00" + (4 + body).to_bytes(2, "big")
+            + bytes(body))
+
+
+def test_messages_are_bounded_as_charon_bounds_them() -> None:
+    assert MAX_MESSAGE_LENGTH == 10000  # charon.max_packet's default
+    assert decode_message(_nonce_message(MAX_MESSAGE_LENGTH)).payloads
+    too_long = _nonce_message(MAX_MESSAGE_LENGTH + 1)
+    for data in (too_long, too_long[:28]):  # by its bytes, and by its length field alone
+        with pytest.raises(DecodeError, match="longer than"):
+            decode_header(data)
+
+
+def test_a_64k_datagram_is_dropped_at_the_header() -> None:
+    net = make_pair()
+    net.b.receive_datagram(_nonce_message(65535), Path(Endpoint(BOB, 500),
+                                                       Endpoint(ALICE, 500)), 0.0)
+    event = net.b.next_event()
+    assert isinstance(event, PacketDropped) and "malformed header" in event.reason
+    assert net.b.next_event() is None and net.b.status() == []
 
 
 def test_payloads_per_chain_are_bounded() -> None:
