@@ -1,6 +1,8 @@
 """Fuzz target: the IKE message and payload decoders (header, payload chain, every payload).
 
-Only DecodeError may escape. Seeds: charon's captured messages.
+Input: a whole message for decode_message; the same bytes also go to the bare
+chain decoder as (first payload type, chain). Only DecodeError may escape.
+Seeds: charon's captured messages, and the payload chains it sealed inside SK.
 """
 
 from __future__ import annotations
@@ -33,9 +35,13 @@ def target(data: bytes) -> None:
 
 
 def seeds() -> list[bytes]:
+    from .fuzz_sk import charon_inner_chains
+
     messages = charon_messages()
-    # The same chains as the bare payload decoder sees them (first type, then the chain).
-    return messages + [m[16:17] + m[28:] for m in messages]
+    # The same chains as the bare payload decoder sees them (first type, then the chain),
+    # and the chains charon sealed inside SK (IDi, AUTH, SA, TSi, TSr, CP, notifies).
+    return (messages + [m[16:17] + m[28:] for m in messages]
+            + [bytes((first,)) + chain for first, chain in charon_inner_chains()])
 
 
 if __name__ == "__main__":

@@ -100,6 +100,23 @@ def _plaintext(message: bytes, cipher: SkCipher) -> bytes:
     return cipher.open(message[:32], body[:16], body[16:])
 
 
+def charon_inner_chains() -> list[tuple[int, bytes]]:
+    """(first payload type, chain) of every SK payload charon sent in the capture."""
+    out = []
+    for message, cipher in ((AUTH_REQUEST, IN_R), (AUTH_RESPONSE, IN_I)):
+        plain = _plaintext(message, cipher)
+        out.append((message[28], plain[:len(plain) - plain[-1] - 1]))
+    for name in ("charon-informational-request", "charon-informational-response"):
+        message = charon_message(name)
+        for cipher in (IN_I, IN_R):
+            try:
+                plain = _plaintext(message, cipher)
+            except IntegrityError:
+                continue
+            out.append((message[28], plain[:len(plain) - plain[-1] - 1]))
+    return out
+
+
 def seeds() -> list[bytes]:
     request_plain = _plaintext(AUTH_REQUEST, IN_R)
     inner = request_plain[:len(request_plain) - request_plain[-1] - 1]
