@@ -70,7 +70,10 @@ mobike { }
 
 
 def seeds() -> list[bytes]:
-    return [*example_configs(), SEED_CONFIG.encode()]
+    from ..unit.mobike.test_config import FULL as MOBIKE_SECTION  # every mobike { } key
+
+    return [*example_configs(), SEED_CONFIG.encode(),
+            SEED_CONFIG.replace("mobike { }\n", MOBIKE_SECTION).encode()]
 
 
 if __name__ == "__main__":
