@@ -11,8 +11,10 @@ randomness, so the same input always meets the same state. Input layout: byte 0
   hold the real IKE_AUTH request, which opens with them;
 - 3: to an initiator waiting for its IKE_AUTH response, likewise.
 
-Bit 2 sends on port 4500 instead of 500. After the datagram the timers run
-once, far ahead, so retransmission and half-open expiry see the new state.
+Bit 2 sends on port 4500 instead of 500; bit 3 makes the responders demand a
+COOKIE from the first SA on (the seeds hold a real retry with its COOKIE). After
+the datagram the timers run once, far ahead, so retransmission and half-open
+expiry see the new state.
 The engine's contract: these methods raise nothing, so no exception may escape.
 """
 
@@ -25,6 +27,7 @@ from .seeds import charon_messages
 
 with atheris.instrument_imports(include=["mobike_vici"]):
     from mobike_vici.core.engine import Engine
+    from mobike_vici.core.settings import EngineSettings
     from mobike_vici.ikev2.constants import ExchangeType
     from mobike_vici.ikev2.message import decode_header
     from mobike_vici.types import Endpoint, Path
@@ -32,11 +35,12 @@ with atheris.instrument_imports(include=["mobike_vici"]):
     from ..unit.core.harness import ALICE, BOB, config_pair, make_pair, seeded
 
 CONFIG_A, CONFIG_B = config_pair()
+COOKIES = EngineSettings(cookie_threshold=0)
 
 
-def _exchange() -> list[bytes]:
+def _exchange(settings: EngineSettings | None = None) -> list[bytes]:
     """The datagrams of one real setup between engines seeded as below."""
-    net = make_pair()
+    net = make_pair(settings=settings)
     net.a.initiate("home", None, 0.0)
     net.pump()
     return [d.data for d in net.log]
@@ -45,6 +49,8 @@ def _exchange() -> list[bytes]:
 LOG = _exchange()
 INIT_REQUEST, INIT_RESPONSE, AUTH_REQUEST, AUTH_RESPONSE = LOG[:4]
 assert decode_header(AUTH_REQUEST).exchange == ExchangeType.IKE_AUTH
+COOKIE_REQUEST = _exchange(COOKIES)[2]
+"""The initiator's IKE_SA_INIT retry carrying the responder's COOKIE."""
 
 
 def initiator() -> Engine:
@@ -54,8 +60,8 @@ def initiator() -> Engine:
     return engine
 
 
-def responder() -> Engine:
-    return Engine(CONFIG_B, seeded(1001), lambda r: BOB)
+def responder(settings: EngineSettings | None = None) -> Engine:
+    return Engine(CONFIG_B, seeded(1001), lambda r: BOB, settings)
 
 
 ALLOWED: tuple[type[BaseException], ...] = ()
@@ -69,7 +75,7 @@ def target(data: bytes) -> None:
     port = 4500 if mode & 4 else 500
     kind = mode & 3
     if kind in (0, 2):
-        engine = responder()
+        engine = responder(COOKIES if mode & 8 else None)
         path = Path(Endpoint(BOB, port), Endpoint(ALICE, port))
         if kind == 2:
             engine.receive_datagram(INIT_REQUEST, Path(Endpoint(BOB, 500), Endpoint(ALICE, 500)),
@@ -92,7 +98,7 @@ def target(data: bytes) -> None:
 
 
 def seeds() -> list[bytes]:
-    out = [b"\x00" + INIT_REQUEST, b"\x01" + INIT_RESPONSE,
+    out = [b"\x00" + INIT_REQUEST, b"\x01" + INIT_RESPONSE, b"\x08" + COOKIE_REQUEST,
            b"\x06" + AUTH_REQUEST, b"\x07" + AUTH_RESPONSE]
     for message in charon_messages():
         out += [b"\x00" + message, b"\x01" + message]
