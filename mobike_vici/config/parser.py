@@ -28,6 +28,11 @@ from .errors import ConfigError
 # Bounds: a config is written by a person; anything deeper is a mistake or an attack.
 MAX_SECTION_DEPTH = 64
 MAX_INCLUDE_DEPTH = 16
+MAX_RESOLVED_GROWTH = 16
+MIN_RESOLVED_BUDGET = 4096
+"""References copy sections, so nested references can grow a tree exponentially in
+its text: the resolved tree may hold MAX(MIN_RESOLVED_BUDGET, MAX_RESOLVED_GROWTH x
+the parsed tree) sections and keys."""
 
 _NAME_STOP = frozenset('#{}=,:"\r\n\t ')
 _VALUE_STOP = frozenset('#}"\r\n\t ')
@@ -142,6 +147,9 @@ class _Parser:
     def include(
         self, pattern: str, file: str, line: int, into: Section, stack: tuple[str, ...]
     ) -> None:
+        if "\0" in pattern:
+            # No path holds a NUL; the os functions would raise ValueError on it.
+            raise ConfigError(file, line, "include pattern contains a NUL character")
         base = os.path.dirname(file)
         full = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
         if glob.has_magic(full):
@@ -368,13 +376,28 @@ def resolve_references(root: Section) -> Section:
     As strongswan.conf(5): own keys and sections win over inherited ones and come
     first; several references are applied left to right; references nest.
     """
-    resolver = _Resolver(root)
+    budget = max(MIN_RESOLVED_BUDGET, MAX_RESOLVED_GROWTH * _size(root))
+    resolver = _Resolver(root, budget)
     return resolver.effective(root, ())
 
 
+def _size(sec: Section) -> int:
+    return 1 + len(sec.keys) + sum(_size(sub) for sub in sec.sections.values())
+
+
 class _Resolver:
-    def __init__(self, root: Section) -> None:
+    def __init__(self, root: Section, budget: int) -> None:
         self.root = root
+        self.budget = budget
+        self.done: dict[int, Section] = {}
+        """Referenced sections, resolved, by id: each is resolved once however often it
+        is referenced (it is acyclic, or resolving it the first time failed)."""
+
+    def _charge(self, sec: Section, nodes: int) -> None:
+        self.budget -= nodes
+        if self.budget < 0:
+            raise ConfigError(sec.file, sec.line,
+                              "section references expand the config beyond its bounds")
 
     def _lookup(self, ref: Reference) -> Section:
         node = self.root
@@ -389,6 +412,7 @@ class _Resolver:
         if id(sec) in active:
             raise ConfigError(sec.file, sec.line, f"section '{sec.name}' references itself")
         active = (*active, id(sec))
+        self._charge(sec, 1 + len(sec.keys))
         out = Section(sec.name, sec.file, sec.line, dict(sec.keys))
         for name, sub in sec.sections.items():
             out.sections[name] = self.effective(sub, active)
@@ -396,23 +420,34 @@ class _Resolver:
             target = self._lookup(ref)
             if target is sec:
                 raise ConfigError(ref.file, ref.line, f"section '{sec.name}' references itself")
-            _inherit(out, self.effective(target, active))
+            self.inherit(out, self.referenced(target, active))
         return out
 
+    def referenced(self, target: Section, active: tuple[int, ...]) -> Section:
+        """``target`` resolved, read-only: shared by every section that references it."""
+        if id(target) in active:
+            raise ConfigError(target.file, target.line,
+                              f"section '{target.name}' references itself")
+        done = self.done.get(id(target))
+        if done is None:
+            done = self.done[id(target)] = self.effective(target, active)
+        return done
 
-def _inherit(into: Section, base: Section) -> None:
-    """Add what ``into`` lacks from ``base``; existing keys and sections win."""
-    for key, value in base.keys.items():
-        into.keys.setdefault(key, value)
-    for name, sub in base.sections.items():
-        if name in into.sections:
-            _inherit(into.sections[name], sub)
-        else:
-            into.sections[name] = _copy(sub)
+    def inherit(self, into: Section, base: Section) -> None:
+        """Add what ``into`` lacks from ``base`` (copied, never shared: ``base`` stays
+        read-only); existing keys and sections win."""
+        self._charge(into, len(base.keys))
+        for key, value in base.keys.items():
+            into.keys.setdefault(key, value)
+        for name, sub in base.sections.items():
+            if name in into.sections:
+                self.inherit(into.sections[name], sub)
+            else:
+                into.sections[name] = self.copy(sub)
 
-
-def _copy(sec: Section) -> Section:
-    out = Section(sec.name, sec.file, sec.line, dict(sec.keys))
-    for name, sub in sec.sections.items():
-        out.sections[name] = _copy(sub)
-    return out
+    def copy(self, sec: Section) -> Section:
+        self._charge(sec, 1 + len(sec.keys))
+        out = Section(sec.name, sec.file, sec.line, dict(sec.keys))
+        for name, sub in sec.sections.items():
+            out.sections[name] = self.copy(sub)
+        return out

@@ -1,6 +1,9 @@
 """Stateless COOKIEs (RFC 7296 §2.6) with a rotating secret.
 
-Cookie = version (2 bytes) | SHA-256(Ni | IPi | SPIi | secret). The previous
+Cookie = version (2 bytes) | HMAC-SHA-256(secret, Ni | IPi | SPIi), each input
+preceded by its length so that no two different inputs (say a longer nonce and
+an IPv4 address against a shorter nonce and an IPv6 address) hash the same
+bytes. The cookie is opaque to the peer, which only echoes it. The previous
 secret stays valid for one rotation so a cookie issued just before a rotation
 still works.
 """
@@ -34,7 +37,9 @@ class CookieJar:
 
     @staticmethod
     def _digest(secret: bytes, nonce: bytes, addr: IPAddress, spi_i: bytes) -> bytes:
-        return hashlib.sha256(nonce + addr.packed + spi_i + secret).digest()
+        framed = b"".join(len(part).to_bytes(2, "big") + part
+                          for part in (nonce, addr.packed, spi_i))
+        return hmac.new(secret, framed, hashlib.sha256).digest()
 
     def make(self, nonce: bytes, addr: IPAddress, spi_i: bytes, now: float) -> bytes:
         self._rotate(now)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..config.model import ConnectionConfig
 from ..ikev2.constants import ExchangeType, HeaderFlag
-from ..ikev2.crypto import DhExchange, IkeKeys, IkeSuite, SkCipher
+from ..ikev2.crypto import DhExchange, IkeKeys, IkeSuite, SkCipher, sk_ciphers
 from ..ikev2.message import Header
 from ..types import Endpoint, IPAddress, Path
 from .child_sa import ChildSa, ChildState
@@ -94,10 +94,14 @@ class IkeSa:
     # Negotiated in IKE_SA_INIT.
     suite: IkeSuite | None = None
     proposal: str = ""
-    keys: IkeKeys | None = field(default=None, repr=False)
+    sk_d: bytes = field(default=b"", repr=False)
+    """Keys CHILD_SAs and the IKE_SA rekey (§2.17, §2.18): kept for the SA's life."""
+    sk_p: tuple[bytes, bytes] | None = field(default=None, repr=False)
+    """(SK_pi, SK_pr): needed for the AUTH payloads only, dropped once IKE_AUTH is done."""
     cipher_out: SkCipher | None = field(default=None, repr=False)
     cipher_in: SkCipher | None = field(default=None, repr=False)
     dh: DhExchange | None = field(default=None, repr=False)
+    """Our DH private value: only until IKE_SA_INIT has given the shared secret."""
     nonce_i: bytes = b""
     nonce_r: bytes = b""
     init_request: bytes = b""
@@ -149,6 +153,14 @@ class IkeSa:
     probes: list[Probe] = field(default_factory=list)
     announced: tuple[IPAddress, ...] | None = None
     """Our address list as last sent to the peer (None: never sent)."""
+
+    def set_keys(self, suite: IkeSuite, keys: IkeKeys, *, authenticate: bool) -> None:
+        """Keep of ``keys`` what the SA still needs: SK_d, the SK ciphers, and SK_pi/SK_pr
+        only when an IKE_AUTH exchange is still to come (not after a rekey)."""
+        self.suite = suite
+        self.sk_d = keys.sk_d
+        self.cipher_out, self.cipher_in = sk_ciphers(suite, keys, self.initiator)
+        self.sk_p = (keys.sk_pi, keys.sk_pr) if authenticate else None
 
     @property
     def mobike(self) -> bool:

@@ -25,10 +25,14 @@ from .payloads import (
     to_enum,
 )
 
-__all__ = ["DecodeError", "Header", "Message", "UnsupportedVersionError", "decode_header",
-           "decode_message", "decrypt_message", "encode_encrypted", "encode_message"]
+__all__ = ["MAX_MESSAGE_LENGTH", "DecodeError", "Header", "Message", "UnsupportedVersionError",
+           "decode_header", "decode_message", "decrypt_message", "encode_encrypted",
+           "encode_message"]
 
 P = TypeVar("P", bound=Payload)
+MAX_MESSAGE_LENGTH = 10000
+"""The largest IKE message we accept, charon's default (charon.max_packet). Decoding
+costs time per byte; a bound on the bytes bounds what one datagram can cost."""
 _KNOWN_FLAGS = HeaderFlag.INITIATOR | HeaderFlag.VERSION | HeaderFlag.RESPONSE
 
 
@@ -96,7 +100,8 @@ def decode_header(data: bytes) -> Header:
     """Parse the 28-byte header only (cheap demultiplexing by SPI).
 
     ``data`` may be just the header or the whole datagram: the length field is only
-    checked against the header size here, against ``len(data)`` in decode_message.
+    checked against the header size and MAX_MESSAGE_LENGTH here, against ``len(data)``
+    in decode_message.
     A major version other than 2 raises :class:`UnsupportedVersionError`; minor
     versions are ignored as §2.5 asks. Reserved flag bits are dropped.
     """
@@ -115,6 +120,8 @@ def decode_header(data: bytes) -> Header:
         raise UnsupportedVersionError(header)
     if length < HEADER_LENGTH:
         raise DecodeError(f"header length field {length} < {HEADER_LENGTH}")
+    if length > MAX_MESSAGE_LENGTH or len(data) > MAX_MESSAGE_LENGTH:
+        raise DecodeError(f"message longer than {MAX_MESSAGE_LENGTH} bytes")
     return header
 
 

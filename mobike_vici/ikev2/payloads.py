@@ -195,6 +195,9 @@ Payload = (
 )
 
 GENERIC_HEADER_LENGTH = 4
+MAX_PAYLOADS = 128
+"""Payloads per chain (outer or inside SK). charon caps notifies, deletes and vendor
+IDs at 20 each per message; a chain of thousands of 4-byte payloads is an attack."""
 _CRITICAL = 0x80
 _AF_TV = 0x8000
 _LAST = 0
@@ -463,6 +466,10 @@ def _decode_delete(r: Reader) -> Delete:
     protocol = r.u8()
     spi_size = r.u8()
     count = r.u16()
+    # §3.11: an IKE SA delete has SPI size 0 and count 0. A count of empty SPIs
+    # would pass the length check below while costing work per SPI, not per byte.
+    if spi_size == 0 and count != 0:
+        raise DecodeError(f"delete payload: {count} SPIs of 0 bytes")
     if spi_size * count != r.remaining:
         raise DecodeError(f"delete payload: {count} SPIs of {spi_size} bytes != {r.remaining}")
     spis = tuple(r.take(spi_size) for _ in range(count))
@@ -651,6 +658,8 @@ def decode_payloads(
     payloads: list[Payload] = []
     next_type = first_type
     while next_type != PayloadType.NONE:
+        if len(payloads) == MAX_PAYLOADS:
+            raise DecodeError(f"more than {MAX_PAYLOADS} payloads in one chain")
         ptype = next_type
         next_type = r.u8()
         critical = bool(r.u8() & _CRITICAL)

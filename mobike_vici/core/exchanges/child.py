@@ -57,9 +57,9 @@ def make_child(
     shared_secret: bytes | None = None,
     initiator: bool = True,
 ) -> ChildSa:
-    assert sa.suite is not None and sa.keys is not None
+    assert sa.suite is not None and sa.sk_d
     suite = esp_suite(chosen)
-    keys = derive_child_keys(sa.suite.prf, sa.keys.sk_d, suite, nonce_i, nonce_r, shared_secret)
+    keys = derive_child_keys(sa.suite.prf, sa.sk_d, suite, nonce_i, nonce_r, shared_secret)
     child = ChildSa(
         config=config, unique_id=ctx.new_unique_id(), spi_in=spi_in, spi_out=spi_out,
         suite=suite, proposal=esp_suite_name(suite), keys=keys,

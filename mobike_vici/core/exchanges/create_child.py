@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from ...config.model import ChildConfig
 from ...ikev2.constants import DhId, ExchangeType, NotifyType, ProtocolId
-from ...ikev2.crypto import DhExchange, derive_ike_keys, dh_generate, sk_ciphers
+from ...ikev2.crypto import DhExchange, derive_ike_keys, dh_generate
 from ...ikev2.message import Message
 from ...ikev2.payloads import (
     KE,
@@ -298,14 +298,14 @@ def _successor(ctx: Context, old: IkeSa, initiator: bool, spi_i: bytes, spi_r: b
                chosen: Proposal, nonce_i: bytes, nonce_r: bytes, shared: bytes,
                now: float) -> IkeSa:
     """The new IKE_SA of a rekey exchange, registered but not yet holding the CHILD_SAs."""
-    assert old.keys is not None and old.suite is not None
+    assert old.sk_d and old.suite is not None
     suite = ike_suite(chosen)
     new = IkeSa(conn=old.conn, initiator=initiator, spi_i=spi_i, spi_r=spi_r, path=old.path,
                 created=now, last_received=now, last_sent=now)
-    new.suite = suite
-    new.keys = derive_ike_keys(suite, nonce_i, nonce_r, shared, spi_i, spi_r,
-                               old_sk_d=old.keys.sk_d, old_prf=old.suite.prf)
-    new.cipher_out, new.cipher_in = sk_ciphers(suite, new.keys, initiator)
+    keys = derive_ike_keys(suite, nonce_i, nonce_r, shared, spi_i, spi_r,
+                           old_sk_d=old.sk_d, old_prf=old.suite.prf)
+    # A rekeyed IKE_SA is never authenticated again: SK_pi/SK_pr are not kept.
+    new.set_keys(suite, keys, authenticate=False)
     new.proposal = ike_suite_name(suite)
     new.nonce_i, new.nonce_r = nonce_i, nonce_r
     new.nat_local, new.nat_remote = old.nat_local, old.nat_remote

@@ -7,6 +7,7 @@ nonce and prf(SK_p, RestOfIDPayload).
 from __future__ import annotations
 
 import contextlib
+import hmac
 import ipaddress
 from collections.abc import Sequence
 
@@ -84,18 +85,24 @@ def _get(payloads: Sequence[Payload], cls: type) -> Payload | None:
 
 
 def _prf_keys(sa: IkeSa) -> None:
-    if sa.suite is None or sa.keys is None:
+    if sa.suite is None or sa.sk_p is None:
         raise DropPacket("IKE_AUTH before keys exist")
 
 
 def _auth_data(sa: IkeSa, psk: bytes, of_initiator: bool, body: bytes) -> bytes:
     """AUTH over the initiator's or the responder's signed octets."""
-    assert sa.suite is not None and sa.keys is not None
+    assert sa.suite is not None and sa.sk_p is not None
+    sk_pi, sk_pr = sa.sk_p
     if of_initiator:
-        octets = signed_octets(sa.suite.prf, sa.init_request, sa.nonce_r, sa.keys.sk_pi, body)
+        octets = signed_octets(sa.suite.prf, sa.init_request, sa.nonce_r, sk_pi, body)
     else:
-        octets = signed_octets(sa.suite.prf, sa.init_response, sa.nonce_i, sa.keys.sk_pr, body)
+        octets = signed_octets(sa.suite.prf, sa.init_response, sa.nonce_i, sk_pr, body)
     return psk_auth(sa.suite.prf, psk, octets)
+
+
+def _auth_matches(auth: Auth, expected: bytes) -> bool:
+    """Constant time: how much of a forged AUTH matched must not show in the timing."""
+    return hmac.compare_digest(auth.data, expected)
 
 
 def _cp_addresses(cp: CP) -> list[IPAddress]:
@@ -187,7 +194,7 @@ class IkeAuthTask:
         psk = find_psk(ctx.config.secrets, local_identity(sa, conn), (idr.id_type, idr.data))
         if psk is None or auth.method != AuthMethod.SHARED_KEY_MIC:
             raise ExchangeAborted("authentication_failed")
-        if auth.data != _auth_data(sa, psk, False, id_body(idr)):
+        if not _auth_matches(auth, _auth_data(sa, psk, False, id_body(idr))):
             raise ExchangeAborted("authentication_failed")
         sa.remote_id = identity_to_str(idr.id_type, idr.data)
         sa.peer_mobike = find_notify(payloads, NotifyType.MOBIKE_SUPPORTED) is not None
@@ -235,6 +242,8 @@ class IkeAuthTask:
 
 
 def establish(ctx: Context, sa: IkeSa, now: float) -> None:
+    # Both AUTH payloads are computed and checked: SK_pi/SK_pr have no further use.
+    sa.sk_p = None
     sa.state = IkeState.ESTABLISHED
     sa.established_at = now
     sa.rekey_at = schedule(ctx, sa.conn.rekey_time, sa.conn.rand_time, now)
@@ -289,8 +298,8 @@ def respond_auth(ctx: Context, sa: IkeSa, msg: Message, now: float) -> list[Payl
     if picked is None:
         raise AuthFailed("no matching peer config")
     conn, psk = picked
-    if auth.method != AuthMethod.SHARED_KEY_MIC or auth.data != _auth_data(
-            sa, psk, True, id_body(idi)):
+    if auth.method != AuthMethod.SHARED_KEY_MIC or not _auth_matches(
+            auth, _auth_data(sa, psk, True, id_body(idi))):
         raise AuthFailed("AUTH payload does not verify")
     sa.conn = conn
     sa.remote_id = identity_to_str(idi.id_type, idi.data)

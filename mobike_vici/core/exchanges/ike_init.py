@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ...config.model import ConnectionConfig
 from ...ikev2.constants import DhId, ExchangeType, NotifyType, ProtocolId
-from ...ikev2.crypto import derive_ike_keys, dh_generate, sk_ciphers
+from ...ikev2.crypto import derive_ike_keys, dh_generate, dh_public_length
 from ...ikev2.message import Message
 from ...ikev2.payloads import KE, SA, Nonce, Notify, Payload, Proposal
 from ...ikev2.proposals import ProposalSpec, ike_suite, select, to_payload
@@ -61,9 +61,10 @@ def _detect_nat(sa: IkeSa, payloads: Sequence[Payload], spi_r: bytes, path: Path
 
 def _finish_keys(sa: IkeSa, shared: bytes) -> None:
     assert sa.suite is not None
-    sa.keys = derive_ike_keys(sa.suite, sa.nonce_i, sa.nonce_r, shared, sa.spi_i, sa.spi_r)
-    sa.cipher_out, sa.cipher_in = sk_ciphers(sa.suite, sa.keys, sa.initiator)
+    keys = derive_ike_keys(sa.suite, sa.nonce_i, sa.nonce_r, shared, sa.spi_i, sa.spi_r)
+    sa.set_keys(sa.suite, keys, authenticate=True)
     sa.proposal = ike_suite_name(sa.suite)
+    sa.dh = None  # the private value has served its one purpose
 
 
 def _groups(specs: Sequence[ProposalSpec]) -> list[DhId]:
@@ -241,6 +242,9 @@ def respond_init(
     if ke.group != suite.dh:
         return _error(NotifyType.INVALID_KE_PAYLOAD, "invalid_ke_payload",
                       int(suite.dh).to_bytes(2, "big"))
+    if len(ke.data) != dh_public_length(suite.dh):
+        # Checked before our key generation, the costly part for an unauthenticated peer.
+        raise DropPacket("invalid DH public value")
     dh = dh_generate(suite.dh, ctx.random_bytes)
     try:
         shared = dh.shared_secret(ke.data)
@@ -249,7 +253,6 @@ def respond_init(
     sa = IkeSa(conn=conn, initiator=False, spi_i=spi_i, spi_r=ctx.new_ike_spi(), path=path,
                created=now)
     sa.suite = suite
-    sa.dh = dh
     sa.nonce_i = nonce.data
     sa.nonce_r = ctx.random_bytes(ctx.settings.nonce_size)
     _finish_keys(sa, shared)

@@ -220,3 +220,53 @@ def test_random_text_parses_or_raises_config_error(text: str) -> None:
         parse_string(text, "/nonexistent-dir/fuzz.conf")
     except ConfigError as exc:
         assert str(exc).startswith(f"{exc.file}:{exc.line}: ")
+
+
+def _count_resolutions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count every section resolution: work measured by structure, not by the clock."""
+    from mobike_vici.config import parser
+
+    calls = [0]
+    original = parser._Resolver.effective
+
+    def counting(self: parser._Resolver, sec: parser.Section,
+                 active: tuple[int, ...]) -> parser.Section:
+        calls[0] += 1
+        return original(self, sec, active)
+
+    monkeypatch.setattr(parser._Resolver, "effective", counting)
+    return calls
+
+
+def test_a_section_referenced_many_times_is_resolved_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each section references the previous one twice: 2**17 resolutions if redone each time.
+    text = "s0 { k = v }\n" + "".join(f"s{i} : s{i - 1}, s{i - 1} {{ }}\n" for i in range(1, 18))
+    calls = _count_resolutions(monkeypatch)
+    root = parse_string(text)
+    assert {k: v.value for k, v in root.sections["s17"].keys.items()} == {"k": "v"}
+    assert calls[0] <= 2 * 18 + 1
+
+
+def test_references_that_grow_the_tree_exponentially_are_refused() -> None:
+    # s13 holds two copies of s12, each two of s11, ...: 2**13 copies of s0 from 40 lines.
+    text = "s0 { k = v }\n" + "".join(
+        f"s{i} {{\n a : s{i - 1} {{ }}\n b : s{i - 1} {{ }}\n}}\n" for i in range(1, 14))
+    with pytest.raises(ConfigError, match="beyond its bounds"):
+        parse_string(text)
+
+
+def test_ordinary_templates_stay_within_the_bounds() -> None:
+    # One template referenced by many connections: growth proportional to the text.
+    text = "tpl { a = 1\n b = 2\n c = 3\n sub { d = 4 } }\nconnections {\n" + "".join(
+        f" c{i} : tpl {{ own = {i} }}\n" for i in range(300)) + "}\n"
+    root = parse_string(text)
+    assert len(root.sections["connections"].sections) == 300
+    assert root.sections["connections"].sections["c299"].sections["sub"].keys["d"].value == "4"
+
+
+def test_include_pattern_with_a_nul_is_a_config_error() -> None:
+    # Found by tests/fuzz/fuzz_config: glob raised ValueError("embedded null byte").
+    for pattern in ("conf.d/*\0.conf", "x\0y"):
+        with pytest.raises(ConfigError, match="NUL"):
+            parse_string(f"include {pattern}\n", "/nonexistent/swanctl.conf")

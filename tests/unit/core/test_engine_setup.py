@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -227,3 +228,34 @@ def test_unencodable_config_identity_fails_cleanly_in_both_roles() -> None:
     net.a.initiate("home", None, 0.0)
     net.pump()
     assert _of(net.events_a, IkeSaDeleted) and net.a.status() == []
+
+
+@pytest.mark.parametrize("proposal", ["aes128-sha256-x25519", "aes128-sha256-modp3072"])
+def test_ke_of_the_wrong_length_is_dropped_before_any_key_generation(
+        proposal: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mobike_vici.core.exchanges import ike_init
+    from mobike_vici.ikev2.message import encode_message
+
+    net = make_pair(proposal=proposal)
+    net.a.initiate("home", None, 0.0)
+    (request,) = net.a.datagrams_to_send(0.0)
+    msg = decode_message(request.data)
+    payloads = [replace(p, data=p.data + b"\x01") if isinstance(p, KE) else p
+                for p in msg.payloads]
+    bad = encode_message(msg.header, payloads)
+    generated: list[object] = []
+    real = ike_init.dh_generate
+
+    def spy(*args: Any) -> Any:
+        generated.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(ike_init, "dh_generate", spy)
+    seen = Path(request.path.remote, request.path.local)
+    net.b.receive_datagram(bad, seen, 0.0)
+    net.collect()
+    assert generated == []  # no key generation for a KE that cannot be valid
+    assert [e.reason for e in of_type(net.events_b, PacketDropped)] == ["invalid DH public value"]
+    assert net.b.datagrams_to_send(0.0) == [] and net.b.status() == []
+    net.b.receive_datagram(request.data, seen, 0.0)  # the intact one still works
+    assert len(generated) == 1 and len(net.b.status()) == 1
