@@ -80,7 +80,7 @@ from .exchanges.create_child import (
 )
 from .exchanges.handover import migrate_tasks
 from .exchanges.ike_auth import AuthFailed, IkeAuthTask, respond_auth
-from .exchanges.ike_init import ZERO_SPI, IkeInitTask, respond_init
+from .exchanges.ike_init import ZERO_SPI, IkeInitTask, cookie_demand, respond_init
 from .exchanges.informational import (
     DeleteChildTask,
     DeleteIkeTask,
@@ -158,6 +158,11 @@ class Engine:
         """Responder SAs before IKE_AUTH, by (SPIi, remote): bounded by half_open_limit."""
         self._by_init: dict[tuple[bytes, Endpoint], IkeSa] = {}
         """Every responder SA by (SPIi, remote): IKE_SA_INIT retransmits get the cached answer."""
+        self._half_open_from: dict[IPAddress, int] = {}
+        """Half-open SAs per source address (block_threshold); no entry at zero, so it is
+        bounded by half_open_limit."""
+        self._cookies_until: float | None = None
+        """Cookies are demanded until then (cookie_calmdown after the threshold was hit)."""
         self._ctx.sas = self._sas
         self._outbox: list[Datagram] = []
         self._next_probe_id = 1
@@ -725,6 +730,21 @@ class Engine:
     def _forget_half_open(self, sa: IkeSa) -> None:
         if sa.init_key is not None and self._half_open.get(sa.init_key) is sa:
             del self._half_open[sa.init_key]
+            addr = sa.init_key[1].addr
+            left = self._half_open_from.get(addr, 1) - 1
+            if left > 0:
+                self._half_open_from[addr] = left
+            else:
+                self._half_open_from.pop(addr, None)
+
+    def _cookie_required(self, now: float) -> bool:
+        """charon's rule: the threshold of half-open SAs switches cookies on; they stay on
+        until it has not been reached for cookie_calmdown seconds."""
+        settings = self._settings
+        if len(self._half_open) >= settings.cookie_threshold:
+            self._cookies_until = now + settings.cookie_calmdown
+            return True
+        return self._cookies_until is not None and now < self._cookies_until
 
     def _initial_contact(self, sa: IkeSa, now: float) -> None:
         """Drop (silently: the peer lost them) older SAs with the same identities."""
@@ -748,9 +768,6 @@ class Engine:
             else:
                 self._drop(path, "IKE_SA_INIT for an SA being set up", header)
             return
-        if len(self._half_open) >= self._settings.half_open_limit:
-            self._drop(path, "too many half-open IKE_SAs", header)
-            return
         try:
             msg = decode_message(data)
         except DecodeError as exc:
@@ -759,19 +776,31 @@ class Engine:
         if any(isinstance(p, Encrypted) for p in msg.payloads):
             self._drop(path, "SK payload in IKE_SA_INIT", header)
             return
-        need_cookie = len(self._half_open) >= self._settings.cookie_threshold
+        # DoS order as charon's receiver: first the COOKIE (stateless, no DH: a flood
+        # from spoofed sources ends here), then the per-source and global caps.
+        settings = self._settings
         try:
+            if self._cookie_required(now):
+                demand = cookie_demand(self._ctx, msg, path, now)
+                if demand is not None:
+                    self._answer_init(header, demand.payloads, path, now)
+                    return
+            if (settings.block_threshold > 0 and self._half_open_from.get(path.remote.addr, 0)
+                    >= settings.block_threshold):
+                self._drop(path, "too many half-open IKE_SAs from this address", header)
+                return
+            if len(self._half_open) >= settings.half_open_limit:
+                self._drop(path, "too many half-open IKE_SAs", header)
+                return
             reply = respond_init(self._ctx, msg, path, candidates(self._ctx.config, path),
-                                 need_cookie, now)
+                                 False, now)
         except DropPacket as exc:
             self._drop(path, exc.reason, header)
             return
         if reply.sa is None:
-            # Stateless answer (COOKIE, INVALID_KE_PAYLOAD, NO_PROPOSAL_CHOSEN).
-            flags = HeaderFlag.RESPONSE
-            answer = Header(header.spi_i, ZERO_SPI, 0, ExchangeType.IKE_SA_INIT, flags, 0)
-            self._send(encode_message(answer, reply.payloads), path, None, now)
-            if reply.reason not in ("cookie_required", "invalid_ke_payload"):
+            # Stateless answer (INVALID_KE_PAYLOAD, NO_PROPOSAL_CHOSEN).
+            self._answer_init(header, reply.payloads, path, now)
+            if reply.reason != "invalid_ke_payload":
                 self._drop(path, reply.reason, header)
             return
         sa = reply.sa
@@ -783,9 +812,17 @@ class Engine:
         sa.last_received = now
         self._sas[sa.spi_r] = sa
         self._half_open[key] = sa
+        self._half_open_from[path.remote.addr] = self._half_open_from.get(path.remote.addr, 0) + 1
         self._by_init[key] = sa
         sa.init_key = key
         self._send(response, path, sa, now)
+
+    def _answer_init(self, header: Header, payloads: list[Payload], path: Path,
+                     now: float) -> None:
+        """A stateless IKE_SA_INIT response (COOKIE, INVALID_KE_PAYLOAD, an error)."""
+        answer = Header(header.spi_i, ZERO_SPI, 0, ExchangeType.IKE_SA_INIT,
+                        HeaderFlag.RESPONSE, 0)
+        self._send(encode_message(answer, payloads), path, None, now)
 
     # ------------------------------------------------------------------ timers
 

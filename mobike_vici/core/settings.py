@@ -28,9 +28,18 @@ class EngineSettings:
     half_open_timeout: float = 30.0
     """charon.half_open_timeout: a responder SA that never authenticates is dropped."""
     half_open_limit: int = 1000
-    """Bound on half-open responder SAs; further IKE_SA_INIT requests are dropped."""
+    """charon.init_limit_half_open: bound on half-open responder SAs; an IKE_SA_INIT
+    beyond it is dropped, even with a valid COOKIE (cookies come long before)."""
     cookie_threshold: int = 10
-    """charon.cookie_threshold: half-open SAs above which we demand a COOKIE."""
+    """charon.cookie_threshold: from this many half-open SAs on, every IKE_SA_INIT must
+    carry a valid COOKIE before any DH work is done for it (0: always)."""
+    cookie_calmdown: float = 10.0
+    """Cookies stay demanded this many seconds after the threshold was last reached, so
+    a flood does not switch them off and on (charon: COOKIE_CALMDOWN_DELAY)."""
+    block_threshold: int = 5
+    """charon.block_threshold: half-open SAs one source address may hold; its further
+    IKE_SA_INIT requests are dropped (checked after the COOKIE, so a spoofer cannot
+    lock a real address out; 0: no cap)."""
     cookie_secret_lifetime: float = 120.0
     """The COOKIE secret rotates this often; the previous one stays valid."""
     keepalive_interval: float = 20.0

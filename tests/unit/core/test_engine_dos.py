@@ -1,0 +1,149 @@
+"""IKE_SA_INIT floods against the responder: COOKIEs from a threshold on, a per-source
+cap on half-open SAs, the global cap only after the COOKIE (charon's receiver order)."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+
+from mobike_vici.core.engine import Engine
+from mobike_vici.core.events import IkeSaEstablished, PacketDropped
+from mobike_vici.core.settings import EngineSettings
+from mobike_vici.ikev2.constants import ExchangeType, NotifyType
+from mobike_vici.ikev2.message import decode_header, decode_message
+from mobike_vici.ikev2.payloads import Notify
+from mobike_vici.types import IKE_PORT, Endpoint, IPAddress, Path
+
+from .harness import ALICE, BOB, config_pair, of_type, seeded
+
+_seeds = itertools.count(100)
+
+
+def _responder(settings: EngineSettings) -> Engine:
+    _, cb = config_pair(responder_extra="remote_addrs = %any")
+    return Engine(cb, seeded(1), lambda r: BOB, settings)
+
+
+def _drain(engine: Engine) -> list[object]:
+    out = []
+    while (e := engine.next_event()) is not None:
+        out.append(e)
+    return out
+
+
+class Initiator:
+    """A real initiator engine whose packets reach the responder from ``source``
+    (a spoofed or extra address); it answers COOKIEs only when ``returns`` is set."""
+
+    def __init__(self, source: IPAddress) -> None:
+        ca, _ = config_pair()
+        self.engine = Engine(ca, seeded(next(_seeds)), lambda r: ALICE)
+        self.source = source
+        self.engine.initiate("home", None, 0.0)
+
+    @property
+    def seen_path(self) -> Path:
+        return Path(Endpoint(BOB, IKE_PORT), Endpoint(self.source, IKE_PORT))
+
+    def send(self, responder: Engine, now: float) -> list[bytes]:
+        """Deliver what the initiator has to send; the responder's answers, as bytes."""
+        for d in self.engine.datagrams_to_send(now):
+            responder.receive_datagram(d.data, self.seen_path, now)
+        return [d.data for d in responder.datagrams_to_send(now)]
+
+    def answer(self, replies: list[bytes], now: float) -> None:
+        back = Path(Endpoint(ALICE, IKE_PORT), Endpoint(BOB, IKE_PORT))
+        for r in replies:
+            self.engine.receive_datagram(r, back, now)
+
+
+def _is_cookie(reply: bytes) -> bool:
+    msg = decode_message(reply)
+    first = msg.payloads[0] if msg.payloads else None
+    return isinstance(first, Notify) and first.type == NotifyType.COOKIE
+
+
+def _half_open(engine: Engine) -> int:
+    return sum(1 for s in engine.status() if s.state == "CONNECTING")
+
+
+def test_spoofed_flood_gets_cookies_and_no_state() -> None:
+    responder = _responder(EngineSettings(cookie_threshold=10))
+    for i in range(200):
+        flooder = Initiator(ipaddress.ip_address(f"198.51.100.{i % 250 + 1}"))
+        replies = flooder.send(responder, 1.0)
+        assert len(replies) == 1  # answered, never silently dropped
+        if i >= 10:
+            assert _is_cookie(replies[0])
+    assert _half_open(responder) == 10  # only those below the threshold
+    assert not of_type(_drain(responder), PacketDropped)
+
+
+def test_one_source_holds_at_most_block_threshold_half_open_sas() -> None:
+    # An attacker at one real address answers COOKIEs: each answered request costs
+    # the responder a DH. From block_threshold half-open SAs on it is dropped.
+    settings = EngineSettings(cookie_threshold=0, block_threshold=5)
+    responder = _responder(settings)
+    attacker = ipaddress.ip_address("198.51.100.7")
+    for _ in range(40):
+        flooder = Initiator(attacker)
+        flooder.answer(flooder.send(responder, 1.0), 1.0)  # the COOKIE
+        flooder.send(responder, 1.0)
+    assert _half_open(responder) == 5
+    dropped = of_type(_drain(responder), PacketDropped)
+    assert len(dropped) == 35
+    assert {d.reason for d in dropped} == {"too many half-open IKE_SAs from this address"}
+    # Another address is not locked out: it sets up a whole IKE_SA.
+    legit = Initiator(ipaddress.ip_address("203.0.113.9"))
+    for _ in range(6):
+        replies = legit.send(responder, 2.0)
+        if not replies:
+            break
+        legit.answer(replies, 2.0)
+    assert of_type(_drain(legit.engine), IkeSaEstablished)
+    # When the attacker's half-open SAs time out, it may try again.
+    responder.handle_timer(40.0)
+    assert _half_open(responder) == 0
+    again = Initiator(attacker)
+    again.answer(again.send(responder, 41.0), 41.0)
+    assert decode_header(again.send(responder, 41.0)[0]).exchange == ExchangeType.IKE_SA_INIT
+    assert _half_open(responder) == 1
+
+
+def test_global_limit_answers_cookies_first() -> None:
+    # Full table: a request without a COOKIE is answered with one (it may come from
+    # a spoofed source), not dropped; a valid COOKIE then meets the global limit.
+    settings = EngineSettings(cookie_threshold=3, half_open_limit=3, block_threshold=0)
+    responder = _responder(settings)
+    for i in range(3):
+        Initiator(ipaddress.ip_address(f"198.51.100.{i + 1}")).send(responder, 1.0)
+    assert _half_open(responder) == 3
+    _drain(responder)
+    late = Initiator(ipaddress.ip_address("203.0.113.9"))
+    replies = late.send(responder, 1.0)
+    assert len(replies) == 1 and _is_cookie(replies[0])
+    late.answer(replies, 1.0)
+    assert late.send(responder, 1.0) == []
+    assert [d.reason for d in of_type(_drain(responder), PacketDropped)] == [
+        "too many half-open IKE_SAs"]
+
+
+def test_cookies_stay_on_for_the_calmdown() -> None:
+    settings = EngineSettings(cookie_threshold=2, cookie_calmdown=10.0)
+    responder = _responder(settings)
+    for i in range(2):
+        Initiator(ipaddress.ip_address(f"198.51.100.{i + 1}")).send(responder, 0.0)
+    assert _is_cookie(Initiator(ipaddress.ip_address("198.51.100.9")).send(responder, 1.0)[0])
+    responder.handle_timer(31.0)  # both half-open SAs time out
+    assert _half_open(responder) == 0
+    # The threshold was last reached at t=1: the calmdown is over, no COOKIE.
+    assert not _is_cookie(Initiator(ipaddress.ip_address("198.51.100.10"))
+                          .send(responder, 31.0)[0])
+    responder2 = _responder(settings)
+    for i in range(2):
+        Initiator(ipaddress.ip_address(f"198.51.100.{i + 1}")).send(responder2, 0.0)
+    assert _is_cookie(Initiator(ipaddress.ip_address("198.51.100.9")).send(responder2, 25.0)[0])
+    responder2.handle_timer(31.0)
+    assert _is_cookie(Initiator(ipaddress.ip_address("198.51.100.10")).send(responder2, 31.0)[0])
+    assert not _is_cookie(Initiator(ipaddress.ip_address("198.51.100.11"))
+                          .send(responder2, 36.0)[0])
