@@ -429,9 +429,11 @@ class Engine:
         if sa is not None:
             sa.last_sent = now
 
-    def _drop(self, path: Path, reason: str, header: Header | None = None) -> None:
+    def _drop(self, path: Path, reason: str, header: Header | None = None,
+              authenticated: bool = False) -> None:
         spi = f"{header.spi_i.hex()}_{header.spi_r.hex()}" if header is not None else None
-        self._ctx.emit(PacketDropped(path=path, reason=reason, ike_spi=spi))
+        self._ctx.emit(PacketDropped(path=path, reason=reason, ike_spi=spi,
+                                     authenticated=authenticated))
 
     def _encode(self, sa: IkeSa, exchange: ExchangeType, message_id: int, response: bool,
                 payloads: list[Payload]) -> bytes:
@@ -681,7 +683,8 @@ class Engine:
             self._ctx.emit(UpdateRejected(conn=sa.conn.name, ike_spi=sa.spi_str, path=path,
                                           reason="stale"))
         else:
-            self._drop(path, f"message ID {header.message_id} outside the window", header)
+            self._drop(path, f"message ID {header.message_id} outside the window", header,
+                       authenticated=True)
 
     def _probes_answered(self, sa: IkeSa, message_id: int, path: Path, now: float) -> None:
         """A response on ``path`` proves that path for the probes waiting on it."""

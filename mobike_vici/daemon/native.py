@@ -28,7 +28,7 @@ from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
 from ..backends.native import Mobility
 from ..config.model import Config, StartAction
 from ..core.engine import Datagram, Engine, IkeStatus
-from ..core.events import Event, ProbeResult
+from ..core.events import Event, PacketDropped, ProbeResult
 from ..esp.xfrm import select_data_plane
 from ..eventlog import EventLog, configure, core_event_fields, level_of, make_logger
 from ..net.events import LinkDown, LinkRemoved, LinkUp, NetEvent, RouteChanged
@@ -37,6 +37,7 @@ from ..net.state import usable_addresses
 from ..types import IKE_PORT, NATT_PORT, Endpoint, Path
 from . import udp
 from .control import ControlError, ControlServer, JsonObject
+from .drop_log import DropLog
 from .esp_io import UserspaceEsp
 from .framing import NON_ESP_MARKER, NattKind, classify_natt, frame_natt
 from .status import status_json
@@ -147,6 +148,9 @@ class Daemon:
         self._impatient = False
         self._esp_dropped_unlogged = 0
         self._esp_logged_at: float | None = None
+        self.drops = DropLog()
+        """Unauthenticated IKE drops: one ``packet_dropped`` per reason per interval."""
+        self._drop_timer: asyncio.TimerHandle | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -507,7 +511,14 @@ class Daemon:
                                   error=type(exc).__name__)
                 if isinstance(event, ProbeResult):
                     continue  # several a second per SA; path_up/path_down tell the story
-            if extra:
+            if isinstance(event, PacketDropped) and not event.authenticated:
+                name, fields = core_event_fields(event)
+                del fields["reason"]
+                line = self.drops.record(event.reason, fields, self.now())
+                if line is not None:
+                    self.log.write(level_of(name), name, line)
+                self._arm_drop_timer()
+            elif extra:
                 name, fields = core_event_fields(event)
                 self.log.write(level_of(name), name, {**fields, **extra})
             else:
@@ -517,6 +528,18 @@ class Daemon:
                     hook(event)
                 except Exception as exc:
                     self.log.emit("engine_error", call="event_hook", error=type(exc).__name__)
+
+    def _arm_drop_timer(self) -> None:
+        deadline = self.drops.next_deadline()
+        if self._drop_timer is None and deadline is not None:
+            self._drop_timer = self.loop.call_at(deadline, self._flush_drops)
+
+    def _flush_drops(self) -> None:
+        """Log the per-reason drop counts of the intervals that ended."""
+        self._drop_timer = None
+        for line in self.drops.flush(self.now()):
+            self.log.write(level_of("packet_dropped"), "packet_dropped", line)
+        self._arm_drop_timer()
 
     def _rearm(self, not_before: float | None) -> None:
         if self._timer is not None:
