@@ -64,6 +64,12 @@ from .parser import Section
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+MAX_PEER_ADDRESSES_PER_FAMILY = 32
+"""Peer addresses kept per family from an ADDITIONAL_*_ADDRESS list (RFC 4555 §3.6
+sets no bound; the rest of the list is ignored). Each one is a path per local
+address of its family to probe, so the list is the peer's lever on our work."""
+
+
 class RoutabilityMode(Enum):
     """When a new peer address must answer a COOKIE2 check before IPsec SAs move."""
 
