@@ -40,6 +40,13 @@ class EngineSettings:
     """charon.block_threshold: half-open SAs one source address may hold; its further
     IKE_SA_INIT requests are dropped (checked after the COOKIE, so a spoofer cannot
     lock a real address out; 0: no cap)."""
+    max_ike_sas_per_peer: int = 256
+    """IKE_SAs one authenticated peer (identity at one address) may hold; IKE_AUTH beyond
+    it fails (AUTHENTICATION_FAILED). Rekeys and INITIAL_CONTACT replacements are not
+    counted. Generous for a host, a hard stop for a credential used to fill memory."""
+    max_child_sas_per_peer: int = 1024
+    """CHILD_SAs over all IKE_SAs of one authenticated peer; a new one beyond it is refused
+    with NO_ADDITIONAL_SAS (rekeys are not counted)."""
     cookie_secret_lifetime: float = 120.0
     """The COOKIE secret rotates this often; the previous one stays valid."""
     keepalive_interval: float = 20.0

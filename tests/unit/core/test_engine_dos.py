@@ -7,14 +7,19 @@ import ipaddress
 import itertools
 
 from mobike_vici.core.engine import Engine
-from mobike_vici.core.events import IkeSaEstablished, PacketDropped
+from mobike_vici.core.events import (
+    ChildSaRekeyed,
+    ExchangeFailed,
+    IkeSaEstablished,
+    PacketDropped,
+)
 from mobike_vici.core.settings import EngineSettings
 from mobike_vici.ikev2.constants import ExchangeType, NotifyType
 from mobike_vici.ikev2.message import decode_header, decode_message
 from mobike_vici.ikev2.payloads import Notify
 from mobike_vici.types import IKE_PORT, Endpoint, IPAddress, Path
 
-from .harness import ALICE, BOB, config_pair, of_type, seeded
+from .harness import ALICE, BOB, config_pair, make_pair, of_type, seeded
 
 _seeds = itertools.count(100)
 
@@ -147,3 +152,60 @@ def test_cookies_stay_on_for_the_calmdown() -> None:
     assert _is_cookie(Initiator(ipaddress.ip_address("198.51.100.10")).send(responder2, 31.0)[0])
     assert not _is_cookie(Initiator(ipaddress.ip_address("198.51.100.11"))
                           .send(responder2, 36.0)[0])
+
+
+def _establish(initiator: Initiator, responder: Engine, now: float) -> list[object]:
+    for _ in range(6):
+        replies = initiator.send(responder, now)
+        if not replies:
+            break
+        initiator.answer(replies, now)
+    return _drain(initiator.engine)
+
+
+def test_ike_sas_per_authenticated_peer_are_capped() -> None:
+    # unique = never: the peer may hold several IKE_SAs, but not without bound.
+    _, cb = config_pair(responder_extra="unique = never")
+    responder = Engine(cb, seeded(1), lambda r: BOB, EngineSettings(max_ike_sas_per_peer=3))
+    got = [of_type(_establish(Initiator(ALICE), responder, 1.0 + i), IkeSaEstablished)
+           for i in range(5)]
+    assert [bool(g) for g in got] == [True, True, True, False, False]
+    assert sum(1 for s in responder.status() if s.state == "ESTABLISHED") == 3
+    failed = [e for e in _drain(responder) if isinstance(e, ExchangeFailed)]
+    assert [e.reason for e in failed] == [
+        "authentication_failed: too many IKE_SAs for this peer"] * 2
+    # Another peer address with the same identity is another peer.
+    other = Initiator(ipaddress.ip_address("192.0.2.99"))
+    assert of_type(_establish(other, responder, 9.0), IkeSaEstablished)
+
+
+def test_child_sas_per_authenticated_peer_are_capped() -> None:
+    net = make_pair(settings=EngineSettings(max_child_sas_per_peer=3))
+    # IKE_AUTH brings one, CREATE_CHILD_SA two more; the next two are refused.
+    net.a.initiate("home", None, 0.0)
+    net.pump()
+    for i in range(4):
+        net.a.initiate("home", "net", 1.0 + i)
+        net.pump()
+    (sa,) = net.b.status()
+    assert len(sa.children) == 3
+    assert [e.reason for e in of_type(net.events_b, ExchangeFailed)] == [
+        "NO_ADDITIONAL_SAS"] * 2
+    # Rekeys do not count against the cap.
+    uid = net.a.status()[0].children[0].unique_id
+    net.a.rekey_child(uid, 10.0)
+    net.pump()
+    assert of_type(net.events_b, ChildSaRekeyed)
+    assert len(net.b.status()[0].children) == 3
+
+
+def test_child_cap_applies_to_the_child_of_ike_auth() -> None:
+    _, cb = config_pair(responder_extra="unique = never")
+    responder = Engine(cb, seeded(1), lambda r: BOB, EngineSettings(max_child_sas_per_peer=1))
+    assert of_type(_establish(Initiator(ALICE), responder, 1.0), IkeSaEstablished)
+    _drain(responder)
+    second = _establish(Initiator(ALICE), responder, 2.0)
+    assert of_type(second, IkeSaEstablished)  # the IKE_SA, without its CHILD_SA
+    assert sum(len(s.children) for s in responder.status()) == 1
+    assert [e.reason for e in of_type(_drain(responder), ExchangeFailed)] == [
+        "NO_ADDITIONAL_SAS"]
