@@ -36,6 +36,19 @@ prefer.NAME.prefix         (any)        local prefix this rule matches
 prefer.NAME.remote_prefix  (any)        peer prefix this rule matches
 prefer.NAME.family         (any)        ipv4 | ipv6
 prefer.NAME.cost           0            added to the cost of every path the rule matches
+cookie_threshold           10           native responder: half-open IKE_SAs from which
+                                        every IKE_SA_INIT must carry a COOKIE (0: always)
+block_threshold            5            native: half-open IKE_SAs one source address may
+                                        hold; more IKE_SA_INITs from it are dropped (0: no
+                                        cap)
+init_limit_half_open       1000         native: half-open IKE_SAs in all; beyond it even
+                                        requests with a valid COOKIE are dropped
+max_ike_sas_per_peer       256          native: IKE_SAs one peer (identity at an address)
+                                        may hold; IKE_AUTH beyond fails
+max_child_sas_per_peer     1024         native: CHILD_SAs of one peer; more are refused
+                                        (NO_ADDITIONAL_SAS); rekeys do not count
+drop_log_interval          1s           native: unauthenticated drops are logged as one
+                                        ``packet_dropped`` per reason per interval
 =========================  ===========  =================================================
 
 A rule matches a path when all of its selectors match; a path's cost is the sum of
@@ -126,6 +139,13 @@ class MobikePolicy:
     allowed_peer_prefixes: tuple[Network, ...] = ()  # empty: any peer address
     announce: AnnounceMode = AnnounceMode.ALL
     announce_prefixes: tuple[Network, ...] = ()
+    # Denial-of-service limits of the native daemon (see the table).
+    cookie_threshold: int = 10
+    block_threshold: int = 5
+    half_open_limit: int = 1000
+    max_ike_sas_per_peer: int = 256
+    max_child_sas_per_peer: int = 1024
+    drop_log_interval: float = 1.0
 
     def excludes_local(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
                        ifname: str) -> bool:
@@ -157,6 +177,8 @@ _TOP_KEYS = frozenset({
     "probe_interval", "probe_timeout", "probe_misses", "standby_probe_interval",
     "max_probes_in_flight", "hold_down", "max_moves_per_minute", "handover_timeout",
     "return_routability", "family", "exclude", "allowed_peer_prefixes", "announce",
+    "drop_log_interval", "cookie_threshold", "block_threshold", "init_limit_half_open",
+    "max_ike_sas_per_peer", "max_child_sas_per_peer",
 })
 _RULE_KEYS = frozenset({"interface", "prefix", "remote_prefix", "family", "cost"})
 _FAMILIES = {"ipv4": 4, "ipv6": 6, "4": 4, "6": 6, "any": None}
@@ -166,6 +188,17 @@ _ROUTABILITY = {"always": RoutabilityMode.ALWAYS, "yes": RoutabilityMode.ALWAYS,
 # The bound on rule costs keeps sums far from anything surprising.
 _MAX_COST = 1_000_000
 _MAX_IN_FLIGHT = 64
+
+
+# Denial-of-service limits of the native daemon (charon's names where charon has them);
+# read at start-up. Key -> (MobikePolicy field, lowest, highest).
+_LIMIT_KEYS: dict[str, tuple[str, int, int]] = {
+    "cookie_threshold": ("cookie_threshold", 0, 1_000_000),
+    "block_threshold": ("block_threshold", 0, 1_000_000),
+    "init_limit_half_open": ("half_open_limit", 1, 1_000_000),
+    "max_ike_sas_per_peer": ("max_ike_sas_per_peer", 1, 1_000_000),
+    "max_child_sas_per_peer": ("max_child_sas_per_peer", 1, 1_000_000),
+}
 
 
 Locate = Callable[[str], tuple[str, int]]
@@ -221,8 +254,11 @@ def _build(raw: Mapping[str, str], locate: Locate) -> MobikePolicy:
         v = raw.get(key)
         return v.strip() if v is not None and v.strip() else None
 
+    for key, (field_name, lo, hi) in _LIMIT_KEYS.items():
+        if (t := text(key)) is not None:
+            kw[field_name] = _uint(t, key, lo, hi, err)
     for key in ("probe_interval", "probe_timeout", "standby_probe_interval",
-                "hold_down", "handover_timeout"):
+                "hold_down", "handover_timeout", "drop_log_interval"):
         if (t := text(key)) is not None:
             kw[key] = _time(t, key, err, zero_ok=key == "hold_down")
     for key, lo, hi in (("probe_misses", 1, 100), ("max_probes_in_flight", 1, _MAX_IN_FLIGHT),

@@ -27,7 +27,7 @@ from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
 
 from ..backends.native import Mobility
 from ..config.model import Config, StartAction
-from ..core.engine import Datagram, Engine, IkeStatus
+from ..core.engine import Datagram, Engine, EngineSettings, IkeStatus
 from ..core.events import Event, PacketDropped, ProbeResult
 from ..esp.xfrm import select_data_plane
 from ..eventlog import EventLog, configure, core_event_fields, level_of, make_logger
@@ -148,7 +148,7 @@ class Daemon:
         self._impatient = False
         self._esp_dropped_unlogged = 0
         self._esp_logged_at: float | None = None
-        self.drops = DropLog()
+        self.drops = DropLog(config.mobike.policy.drop_log_interval)
         """Unauthenticated IKE drops: one ``packet_dropped`` per reason per interval."""
         self._drop_timer: asyncio.TimerHandle | None = None
 
@@ -600,6 +600,16 @@ def _in_thread(call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _
         return pool.submit(call, *args, **kwargs).result()
 
 
+def engine_settings(config: Config) -> EngineSettings:
+    """The engine's tunables: charon's defaults, the DoS limits from ``mobike { }``."""
+    policy = config.mobike.policy
+    return EngineSettings(
+        cookie_threshold=policy.cookie_threshold, block_threshold=policy.block_threshold,
+        half_open_limit=policy.half_open_limit,
+        max_ike_sas_per_peer=policy.max_ike_sas_per_peer,
+        max_child_sas_per_peer=policy.max_child_sas_per_peer)
+
+
 def _mobike_conn(config: Config) -> Callable[[str], bool]:
     def mobike(conn: str) -> bool:
         try:
@@ -617,7 +627,7 @@ def run_native(config: Config, events: TextIO, control_path: str | None) -> int:
     configure(events)
     log = EventLog(make_logger(events))
     try:
-        engine = Engine(config, os.urandom, udp.source_address)
+        engine = Engine(config, os.urandom, udp.source_address, engine_settings(config))
     except Exception as exc:  # a config the engine cannot run is a start-up failure
         print(f"mobike-vici: cannot start the native engine: {type(exc).__name__}: {exc}",
               file=sys.stderr)
