@@ -80,7 +80,7 @@ from .exchanges.create_child import (
 )
 from .exchanges.handover import migrate_tasks
 from .exchanges.ike_auth import AuthFailed, IkeAuthTask, respond_auth
-from .exchanges.ike_init import ZERO_SPI, IkeInitTask, cookie_demand, respond_init
+from .exchanges.ike_init import ZERO_SPI, IkeInitTask, cookie_scan, respond_init
 from .exchanges.informational import (
     DeleteChildTask,
     DeleteIkeTask,
@@ -771,6 +771,22 @@ class Engine:
             else:
                 self._drop(path, "IKE_SA_INIT for an SA being set up", header)
             return
+        # DoS order as charon's receiver: first the COOKIE (stateless, no DH, and
+        # checked before the message is decoded: a flood from spoofed sources ends
+        # here), then the per-source and global caps.
+        settings = self._settings
+        if self._cookie_required(now):
+            try:
+                nonce, cookie = cookie_scan(header, data)
+            except DropPacket as exc:
+                self._drop(path, exc.reason, header)
+                return
+            jar = self._ctx.cookies
+            if cookie is None or not jar.verify(cookie, nonce, path.remote.addr,
+                                                header.spi_i, now):
+                token = jar.make(nonce, path.remote.addr, header.spi_i, now)
+                self._answer_init(header, [Notify(NotifyType.COOKIE, token)], path, now)
+                return
         try:
             msg = decode_message(data)
         except DecodeError as exc:
@@ -779,15 +795,7 @@ class Engine:
         if any(isinstance(p, Encrypted) for p in msg.payloads):
             self._drop(path, "SK payload in IKE_SA_INIT", header)
             return
-        # DoS order as charon's receiver: first the COOKIE (stateless, no DH: a flood
-        # from spoofed sources ends here), then the per-source and global caps.
-        settings = self._settings
         try:
-            if self._cookie_required(now):
-                demand = cookie_demand(self._ctx, msg, path, now)
-                if demand is not None:
-                    self._answer_init(header, demand.payloads, path, now)
-                    return
             if (settings.block_threshold > 0 and self._half_open_from.get(path.remote.addr, 0)
                     >= settings.block_threshold):
                 self._drop(path, "too many half-open IKE_SAs from this address", header)

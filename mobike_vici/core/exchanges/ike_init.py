@@ -7,9 +7,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ...config.model import ConnectionConfig
-from ...ikev2.constants import DhId, ExchangeType, NotifyType, ProtocolId
+from ...ikev2.constants import (
+    HEADER_LENGTH,
+    DhId,
+    ExchangeType,
+    NotifyType,
+    PayloadType,
+    ProtocolId,
+)
 from ...ikev2.crypto import derive_ike_keys, dh_generate, sk_ciphers
-from ...ikev2.message import Message
+from ...ikev2.message import Header, Message
 from ...ikev2.payloads import KE, SA, Nonce, Notify, Payload, Proposal
 from ...ikev2.proposals import ProposalSpec, ike_suite, select, to_payload
 from ...types import IKE_PORT, NATT_PORT, Endpoint, Path
@@ -223,6 +230,46 @@ def cookie_demand(ctx: Context, msg: Message, path: Path, now: float) -> InitRep
         return None
     token = ctx.cookies.make(nonce.data, path.remote.addr, spi_i, now)
     return _error(NotifyType.COOKIE, "cookie_required", token)
+
+
+_NOTIFY_COOKIE = int(NotifyType.COOKIE)
+
+
+def cookie_scan(header: Header, data: bytes) -> tuple[bytes, bytes | None]:
+    """(Ni, the COOKIE if it is the first payload) of an IKE_SA_INIT request, found by
+    walking the generic payload headers only: under a flood, a request without a
+    valid COOKIE is answered before anything else of it is decoded (the SA payload
+    is the expensive part). Each step consumes at least 4 bytes. Raises DropPacket
+    for a chain that does not fit the datagram, a missing or odd-sized Nonce, SPIi 0.
+    """
+    if header.spi_i == ZERO_SPI:
+        raise DropPacket("IKE_SA_INIT with zero initiator SPI")
+    if header.length != len(data):
+        raise DropPacket("malformed message: length field differs from the datagram")
+    kind = header.next_payload
+    offset = HEADER_LENGTH
+    cookie: bytes | None = None
+    first = True
+    while kind != PayloadType.NONE:
+        if offset + 4 > len(data):
+            raise DropPacket("malformed message: payload chain overruns the datagram")
+        following = data[offset]
+        length = int.from_bytes(data[offset + 2:offset + 4], "big")
+        if length < 4 or offset + length > len(data):
+            raise DropPacket("malformed message: payload length out of range")
+        body = data[offset + 4:offset + length]
+        if kind == PayloadType.NONCE:
+            if not MIN_NONCE <= len(body) <= MAX_NONCE:
+                raise DropPacket("nonce size out of range")
+            return body, cookie
+        # §2.6: a COOKIE counts only as the first payload (no SPI: 4 bytes, then data).
+        if (first and kind == PayloadType.NOTIFY and len(body) >= 4 and body[1] == 0
+                and int.from_bytes(body[2:4], "big") == _NOTIFY_COOKIE):
+            cookie = body[4:]
+        first = False
+        kind = following
+        offset += length
+    raise DropPacket("IKE_SA_INIT without Nonce")
 
 
 def respond_init(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 import itertools
 
+import pytest
+
 from mobike_vici.core.engine import Engine
 from mobike_vici.core.events import (
     ChildSaRekeyed,
@@ -15,7 +17,7 @@ from mobike_vici.core.events import (
 )
 from mobike_vici.core.settings import EngineSettings
 from mobike_vici.ikev2.constants import ExchangeType, NotifyType
-from mobike_vici.ikev2.message import decode_header, decode_message
+from mobike_vici.ikev2.message import Message, decode_header, decode_message
 from mobike_vici.ikev2.payloads import Notify
 from mobike_vici.types import IKE_PORT, Endpoint, IPAddress, Path
 
@@ -209,3 +211,39 @@ def test_child_cap_applies_to_the_child_of_ike_auth() -> None:
     assert sum(len(s.children) for s in responder.status()) == 1
     assert [e.reason for e in of_type(_drain(responder), ExchangeFailed)] == [
         "NO_ADDITIONAL_SAS"]
+
+
+def test_cookie_demands_do_not_decode_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under a flood the SA payload is what costs: a request without a valid COOKIE is
+    # answered from a walk over the payload headers, never fully decoded.
+    import mobike_vici.core.engine as engine_module
+
+    decoded = [0]
+    real = engine_module.decode_message
+
+    def counting(data: bytes) -> Message:
+        decoded[0] += 1
+        return real(data)
+
+    monkeypatch.setattr(engine_module, "decode_message", counting)
+    responder = _responder(EngineSettings(cookie_threshold=10))
+    for i in range(100):
+        replies = Initiator(ipaddress.ip_address(f"198.51.100.{i + 1}")).send(responder, 1.0)
+        assert len(replies) == 1
+    assert decoded[0] == 10
+    # With the COOKIE it asked for, a request is decoded and answered in full.
+    legit = Initiator(ipaddress.ip_address("203.0.113.9"))
+    assert of_type(_establish(legit, responder, 2.0), IkeSaEstablished)
+
+
+@pytest.mark.parametrize("cut", [29, 31, 40, 100])
+def test_truncated_requests_under_cookies_are_dropped(cut: int) -> None:
+    responder = _responder(EngineSettings(cookie_threshold=0))
+    flooder = Initiator(ipaddress.ip_address("198.51.100.1"))
+    (request,) = flooder.engine.datagrams_to_send(0.0)
+    data = request.data[:cut]
+    # The header's length field still says the full size, or is made to fit.
+    for datagram in (data, data[:24] + len(data).to_bytes(4, "big") + data[28:]):
+        responder.receive_datagram(datagram, flooder.seen_path, 1.0)
+        assert responder.datagrams_to_send(1.0) == []
+    assert len(of_type(_drain(responder), PacketDropped)) == 2
