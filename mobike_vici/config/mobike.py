@@ -43,6 +43,10 @@ block_threshold            5            native: half-open IKE_SAs one source add
                                         cap)
 init_limit_half_open       1000         native: half-open IKE_SAs in all; beyond it even
                                         requests with a valid COOKIE are dropped
+init_dh_budget             250          native: milliseconds of responder DH work per
+                                        second for new IKE_SAs, priced per group; a
+                                        source with no half-open SA may overdraw 100 ms
+                                        (0: no budget)
 max_ike_sas_per_peer       256          native: IKE_SAs one peer (identity at an address)
                                         may hold; IKE_AUTH beyond fails
 max_child_sas_per_peer     1024         native: CHILD_SAs of one peer; more are refused
@@ -143,6 +147,7 @@ class MobikePolicy:
     cookie_threshold: int = 10
     block_threshold: int = 5
     half_open_limit: int = 1000
+    dh_budget: int = 250
     max_ike_sas_per_peer: int = 256
     max_child_sas_per_peer: int = 1024
     drop_log_interval: float = 1.0
@@ -178,6 +183,7 @@ _TOP_KEYS = frozenset({
     "max_probes_in_flight", "hold_down", "max_moves_per_minute", "handover_timeout",
     "return_routability", "family", "exclude", "allowed_peer_prefixes", "announce",
     "drop_log_interval", "cookie_threshold", "block_threshold", "init_limit_half_open",
+    "init_dh_budget",
     "max_ike_sas_per_peer", "max_child_sas_per_peer",
 })
 _RULE_KEYS = frozenset({"interface", "prefix", "remote_prefix", "family", "cost"})
@@ -196,6 +202,7 @@ _LIMIT_KEYS: dict[str, tuple[str, int, int]] = {
     "cookie_threshold": ("cookie_threshold", 0, 1_000_000),
     "block_threshold": ("block_threshold", 0, 1_000_000),
     "init_limit_half_open": ("half_open_limit", 1, 1_000_000),
+    "init_dh_budget": ("dh_budget", 0, 1_000_000),
     "max_ike_sas_per_peer": ("max_ike_sas_per_peer", 1, 1_000_000),
     "max_child_sas_per_peer": ("max_child_sas_per_peer", 1, 1_000_000),
 }

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from ..config.model import ChildConfig, Config, ConnectionConfig, Unique
 from ..ikev2.constants import NATT_KEEPALIVE, ExchangeType, HeaderFlag, NotifyType
-from ..ikev2.crypto import IntegrityError
+from ..ikev2.crypto import DH_COST_MS, IntegrityError
 from ..ikev2.message import (
     DecodeError,
     Header,
@@ -49,7 +49,7 @@ from ..ikev2.message import (
     encode_encrypted,
     encode_message,
 )
-from ..ikev2.payloads import Encrypted, Notify, Payload
+from ..ikev2.payloads import KE, Encrypted, Notify, Payload
 from ..types import Endpoint, IPAddress, Path
 from .child_sa import ChildState
 from .context import Context, candidates
@@ -163,6 +163,9 @@ class Engine:
         bounded by half_open_limit."""
         self._cookies_until: float | None = None
         """Cookies are demanded until then (cookie_calmdown after the threshold was hit)."""
+        self._dh_tokens = self._settings.dh_budget
+        """Milliseconds of DH work left (dh_budget per second; below 0 only for newcomers)."""
+        self._dh_refilled: float | None = None
         self._ctx.sas = self._sas
         self._outbox: list[Datagram] = []
         self._next_probe_id = 1
@@ -740,6 +743,23 @@ class Engine:
             else:
                 self._half_open_from.pop(addr, None)
 
+    def _dh_admit(self, group: int, newcomer: bool, now: float) -> bool:
+        """Take one responder DH of ``group`` from the budget; False when it is spent.
+        A ``newcomer`` (a source holding no half-open SA) may dig into the reserve."""
+        budget = self._settings.dh_budget
+        if budget <= 0:
+            return True
+        if self._dh_refilled is not None:
+            elapsed = max(0.0, now - self._dh_refilled)
+            self._dh_tokens = min(budget, self._dh_tokens + elapsed * budget)
+        self._dh_refilled = now
+        cost = DH_COST_MS.get(group, 1.0)  # type: ignore[call-overload]
+        floor = -self._settings.dh_reserve if newcomer else 0.0
+        if self._dh_tokens - cost < floor:
+            return False
+        self._dh_tokens -= cost
+        return True
+
     def _cookie_required(self, now: float) -> bool:
         """charon's rule: the threshold of half-open SAs switches cookies on; they stay on
         until it has not been reached for cookie_calmdown seconds."""
@@ -802,6 +822,11 @@ class Engine:
                 return
             if len(self._half_open) >= settings.half_open_limit:
                 self._drop(path, "too many half-open IKE_SAs", header)
+                return
+            ke = next((p for p in msg.payloads if isinstance(p, KE)), None)
+            newcomer = path.remote.addr not in self._half_open_from
+            if ke is not None and not self._dh_admit(ke.group, newcomer, now):
+                self._drop(path, "DH budget spent", header)
                 return
             reply = respond_init(self._ctx, msg, path, candidates(self._ctx.config, path),
                                  False, now)

@@ -40,6 +40,15 @@ class EngineSettings:
     """charon.block_threshold: half-open SAs one source address may hold; its further
     IKE_SA_INIT requests are dropped (checked after the COOKIE, so a spoofer cannot
     lock a real address out; 0: no cap)."""
+    dh_budget: float = 250.0
+    """Milliseconds of DH work per second the responder spends on new IKE_SAs (priced
+    per group, ikev2.crypto.DH_COST_MS; a quarter of a core by default; burst: one
+    second's worth). An IKE_SA_INIT beyond it is dropped (the initiator retransmits),
+    so a flood of requests with valid COOKIEs cannot take the event loop from the
+    data plane and from reading. 0: no budget."""
+    dh_reserve: float = 100.0
+    """Milliseconds below zero the budget may go for a source that holds no half-open
+    SA: new peers still get in while sources already holding some use it all up."""
     max_ike_sas_per_peer: int = 256
     """IKE_SAs one authenticated peer (identity at one address) may hold; IKE_AUTH beyond
     it fails (AUTHENTICATION_FAILED). Rekeys and INITIAL_CONTACT replacements are not

@@ -247,3 +247,48 @@ def test_truncated_requests_under_cookies_are_dropped(cut: int) -> None:
         responder.receive_datagram(datagram, flooder.seen_path, 1.0)
         assert responder.datagrams_to_send(1.0) == []
     assert len(of_type(_drain(responder), PacketDropped)) == 2
+
+
+class Modp4096Initiator(Initiator):
+    def __init__(self, source: IPAddress) -> None:
+        ca, _ = config_pair(proposal="aes128-sha256-modp4096")
+        self.engine = Engine(ca, seeded(next(_seeds)), lambda r: ALICE)
+        self.source = source
+        self.engine.initiate("home", None, 0.0)
+
+
+def _with_cookie(initiator: Initiator, responder: Engine, now: float) -> list[bytes]:
+    """The first request, the COOKIE it earns, the request again with it."""
+    initiator.answer(initiator.send(responder, now), now)
+    return initiator.send(responder, now)
+
+
+def test_dh_work_is_priced_and_newcomers_keep_a_reserve() -> None:
+    # Flooders that answer COOKIEs make the responder compute a DH each (MODP-4096,
+    # 5.5 ms): the budget caps that work at dh_budget ms per second.
+    _, cb = config_pair(proposal="aes128-sha256-x25519-modp4096")
+    settings = EngineSettings(cookie_threshold=0, dh_budget=250.0, dh_reserve=100.0)
+    responder = Engine(cb, seeded(1), lambda r: BOB, settings)
+    flooders = [Modp4096Initiator(ipaddress.ip_address(f"198.51.100.{i + 1}"))
+                for i in range(120)]
+    for f in flooders:
+        _with_cookie(f, responder, 1.0)
+    admitted = _half_open(responder)
+    assert admitted == int((250.0 + 100.0) // 5.5)  # budget plus the newcomers' reserve
+    dropped = of_type(_drain(responder), PacketDropped)
+    assert {d.reason for d in dropped} == {"DH budget spent"}
+    assert len(dropped) == 120 - admitted
+    # The admitted sources keep at it (new SPIs, with COOKIEs) every 10 ms...
+    t = 1.0
+    for step in range(1, 80):
+        t = 1.0 + step * 0.01
+        for i in range(3):
+            source = f"198.51.100.{(3 * step + i) % admitted + 1}"  # under block_threshold
+            _with_cookie(Modp4096Initiator(ipaddress.ip_address(source)), responder, t)
+    # ... and take what the budget gives them, not more: 0.8 s of budget, no reserve.
+    more = _half_open(responder) - admitted
+    assert 0 < more <= int(0.8 * 250.0 // 5.5) + 1
+    assert len(of_type(_drain(responder), PacketDropped)) == 237 - more
+    # A new peer (no half-open SA at its address) still gets in at once.
+    legit = Initiator(ipaddress.ip_address("203.0.113.9"))
+    assert of_type(_establish(legit, responder, t), IkeSaEstablished)

@@ -33,16 +33,18 @@ def test_bad_limits_are_located(key: str, value: str) -> None:
 def test_defaults_are_the_engines() -> None:
     policy, engine = MobikePolicy(), EngineSettings()
     assert (policy.cookie_threshold, policy.block_threshold, policy.half_open_limit,
-            policy.max_ike_sas_per_peer, policy.max_child_sas_per_peer) == (
+            policy.dh_budget, policy.max_ike_sas_per_peer, policy.max_child_sas_per_peer) == (
         engine.cookie_threshold, engine.block_threshold, engine.half_open_limit,
-        engine.max_ike_sas_per_peer, engine.max_child_sas_per_peer)
+        engine.dh_budget, engine.max_ike_sas_per_peer, engine.max_child_sas_per_peer)
 
 
 def test_the_daemon_hands_them_to_the_engine() -> None:
     from mobike_vici.config import load_string
     from mobike_vici.daemon.native import engine_settings
 
-    config = load_string("mobike {\n  block_threshold = 2\n  init_limit_half_open = 40\n}\n")
+    config = load_string("mobike {\n  block_threshold = 2\n  init_limit_half_open = 40\n"
+                         "  init_dh_budget = 0\n}\n")
     settings = engine_settings(config)
-    assert (settings.block_threshold, settings.half_open_limit) == (2, 40)
+    assert (settings.block_threshold, settings.half_open_limit, settings.dh_budget) == (
+        2, 40, 0.0)
     assert settings.cookie_threshold == EngineSettings().cookie_threshold
