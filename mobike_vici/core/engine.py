@@ -49,7 +49,7 @@ from ..ikev2.message import (
     encode_encrypted,
     encode_message,
 )
-from ..ikev2.payloads import KE, Encrypted, Notify, Payload
+from ..ikev2.payloads import Encrypted, Notify, Payload
 from ..types import Endpoint, IPAddress, Path
 from .child_sa import ChildState
 from .context import Context, candidates
@@ -80,7 +80,7 @@ from .exchanges.create_child import (
 )
 from .exchanges.handover import migrate_tasks
 from .exchanges.ike_auth import AuthFailed, IkeAuthTask, respond_auth
-from .exchanges.ike_init import ZERO_SPI, IkeInitTask, cookie_scan, respond_init
+from .exchanges.ike_init import ZERO_SPI, IkeInitTask, init_scan, respond_init
 from .exchanges.informational import (
     DeleteChildTask,
     DeleteIkeTask,
@@ -743,9 +743,9 @@ class Engine:
             else:
                 self._half_open_from.pop(addr, None)
 
-    def _dh_admit(self, group: int, newcomer: bool, now: float) -> bool:
-        """Take one responder DH of ``group`` from the budget; False when it is spent.
-        A ``newcomer`` (a source holding no half-open SA) may dig into the reserve."""
+    def _dh_affordable(self, group: int, newcomer: bool, now: float) -> bool:
+        """Whether the DH budget has room for one responder DH of ``group``; a
+        ``newcomer`` (a source holding no half-open SA) may dig into the reserve."""
         budget = self._settings.dh_budget
         if budget <= 0:
             return True
@@ -753,12 +753,13 @@ class Engine:
             elapsed = max(0.0, now - self._dh_refilled)
             self._dh_tokens = min(budget, self._dh_tokens + elapsed * budget)
         self._dh_refilled = now
-        cost = DH_COST_MS.get(group, 1.0)  # type: ignore[call-overload]
         floor = -self._settings.dh_reserve if newcomer else 0.0
-        if self._dh_tokens - cost < floor:
-            return False
-        self._dh_tokens -= cost
-        return True
+        return self._dh_tokens - _dh_cost(group) >= floor
+
+    def _dh_charge(self, group: int) -> None:
+        """A DH was done (only then: an INVALID_KE_PAYLOAD answer costs none)."""
+        if self._settings.dh_budget > 0:
+            self._dh_tokens -= _dh_cost(group)
 
     def _cookie_required(self, now: float) -> bool:
         """charon's rule: the threshold of half-open SAs switches cookies on; they stay on
@@ -791,22 +792,34 @@ class Engine:
             else:
                 self._drop(path, "IKE_SA_INIT for an SA being set up", header)
             return
-        # DoS order as charon's receiver: first the COOKIE (stateless, no DH, and
-        # checked before the message is decoded: a flood from spoofed sources ends
-        # here), then the per-source and global caps.
+        # DoS order as charon's receiver: first the COOKIE (stateless, no DH: a flood
+        # from spoofed sources ends here), then the per-source and global caps, then
+        # the DH budget; all of it before the request is decoded.
         settings = self._settings
+        try:
+            scan = init_scan(header, data)
+        except DropPacket as exc:
+            self._drop(path, exc.reason, header)
+            return
+        source = path.remote.addr
         if self._cookie_required(now):
-            try:
-                nonce, cookie = cookie_scan(header, data)
-            except DropPacket as exc:
-                self._drop(path, exc.reason, header)
-                return
             jar = self._ctx.cookies
-            if cookie is None or not jar.verify(cookie, nonce, path.remote.addr,
-                                                header.spi_i, now):
-                token = jar.make(nonce, path.remote.addr, header.spi_i, now)
+            if scan.cookie is None or not jar.verify(scan.cookie, scan.nonce, source,
+                                                     header.spi_i, now):
+                token = jar.make(scan.nonce, source, header.spi_i, now)
                 self._answer_init(header, [Notify(NotifyType.COOKIE, token)], path, now)
                 return
+        if settings.block_threshold > 0 and self._half_open_from.get(source, 0) >= \
+                settings.block_threshold:
+            self._drop(path, "too many half-open IKE_SAs from this address", header)
+            return
+        if len(self._half_open) >= settings.half_open_limit:
+            self._drop(path, "too many half-open IKE_SAs", header)
+            return
+        newcomer = source not in self._half_open_from
+        if scan.ke_group is not None and not self._dh_affordable(scan.ke_group, newcomer, now):
+            self._drop(path, "DH budget spent", header)
+            return
         try:
             msg = decode_message(data)
         except DecodeError as exc:
@@ -816,18 +829,6 @@ class Engine:
             self._drop(path, "SK payload in IKE_SA_INIT", header)
             return
         try:
-            if (settings.block_threshold > 0 and self._half_open_from.get(path.remote.addr, 0)
-                    >= settings.block_threshold):
-                self._drop(path, "too many half-open IKE_SAs from this address", header)
-                return
-            if len(self._half_open) >= settings.half_open_limit:
-                self._drop(path, "too many half-open IKE_SAs", header)
-                return
-            ke = next((p for p in msg.payloads if isinstance(p, KE)), None)
-            newcomer = path.remote.addr not in self._half_open_from
-            if ke is not None and not self._dh_admit(ke.group, newcomer, now):
-                self._drop(path, "DH budget spent", header)
-                return
             reply = respond_init(self._ctx, msg, path, candidates(self._ctx.config, path),
                                  False, now)
         except DropPacket as exc:
@@ -840,6 +841,8 @@ class Engine:
                 self._drop(path, reply.reason, header)
             return
         sa = reply.sa
+        assert sa.suite is not None
+        self._dh_charge(sa.suite.dh)
         sa.init_request = data
         response = self._encode(sa, ExchangeType.IKE_SA_INIT, 0, True, reply.payloads)
         sa.init_response = response
@@ -957,6 +960,14 @@ def _first_address(specs: tuple[str, ...]) -> IPAddress | None:
         except ValueError:
             continue
     return None
+
+
+_DH_COST: dict[int, float] = {int(group): ms for group, ms in DH_COST_MS.items()}
+
+
+def _dh_cost(group: int) -> float:
+    """CPU milliseconds of one responder DH of ``group`` (1 for groups not measured)."""
+    return _DH_COST.get(group, 1.0)
 
 
 def _exchange_name(exchange: int) -> str:

@@ -235,12 +235,24 @@ def cookie_demand(ctx: Context, msg: Message, path: Path, now: float) -> InitRep
 _NOTIFY_COOKIE = int(NotifyType.COOKIE)
 
 
-def cookie_scan(header: Header, data: bytes) -> tuple[bytes, bytes | None]:
-    """(Ni, the COOKIE if it is the first payload) of an IKE_SA_INIT request, found by
-    walking the generic payload headers only: under a flood, a request without a
-    valid COOKIE is answered before anything else of it is decoded (the SA payload
-    is the expensive part). Each step consumes at least 4 bytes. Raises DropPacket
-    for a chain that does not fit the datagram, a missing or odd-sized Nonce, SPIi 0.
+@dataclass(frozen=True, slots=True)
+class InitScan:
+    """What the DoS checks need of an IKE_SA_INIT request, before it is decoded."""
+
+    nonce: bytes
+    cookie: bytes | None
+    """The COOKIE notify's data when it is the first payload (RFC 7296 §2.6)."""
+    ke_group: int | None
+    """The KE payload's DH group: what a full answer would cost us."""
+
+
+def init_scan(header: Header, data: bytes) -> InitScan:
+    """Find Ni, a leading COOKIE and the KE group of an IKE_SA_INIT request by walking
+    the generic payload headers only: under a flood, requests that will be refused
+    (no valid COOKIE, a source over its cap, the DH budget spent) are refused before
+    anything else of them is decoded (the SA payload is the expensive part). Each
+    step consumes at least 4 bytes. Raises DropPacket for a chain that does not fit
+    the datagram, a missing or odd-sized Nonce, SPIi 0.
     """
     if header.spi_i == ZERO_SPI:
         raise DropPacket("IKE_SA_INIT with zero initiator SPI")
@@ -248,7 +260,9 @@ def cookie_scan(header: Header, data: bytes) -> tuple[bytes, bytes | None]:
         raise DropPacket("malformed message: length field differs from the datagram")
     kind = header.next_payload
     offset = HEADER_LENGTH
+    nonce: bytes | None = None
     cookie: bytes | None = None
+    group: int | None = None
     first = True
     while kind != PayloadType.NONE:
         if offset + 4 > len(data):
@@ -258,18 +272,22 @@ def cookie_scan(header: Header, data: bytes) -> tuple[bytes, bytes | None]:
         if length < 4 or offset + length > len(data):
             raise DropPacket("malformed message: payload length out of range")
         body = data[offset + 4:offset + length]
-        if kind == PayloadType.NONCE:
-            if not MIN_NONCE <= len(body) <= MAX_NONCE:
-                raise DropPacket("nonce size out of range")
-            return body, cookie
+        if kind == PayloadType.NONCE and nonce is None:
+            nonce = body
+        elif kind == PayloadType.KE and group is None and len(body) >= 2:
+            group = int.from_bytes(body[:2], "big")
         # §2.6: a COOKIE counts only as the first payload (no SPI: 4 bytes, then data).
-        if (first and kind == PayloadType.NOTIFY and len(body) >= 4 and body[1] == 0
+        elif (first and kind == PayloadType.NOTIFY and len(body) >= 4 and body[1] == 0
                 and int.from_bytes(body[2:4], "big") == _NOTIFY_COOKIE):
             cookie = body[4:]
         first = False
         kind = following
         offset += length
-    raise DropPacket("IKE_SA_INIT without Nonce")
+    if nonce is None:
+        raise DropPacket("IKE_SA_INIT without Nonce")
+    if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
+        raise DropPacket("nonce size out of range")
+    return InitScan(nonce, cookie, group)
 
 
 def respond_init(

@@ -250,8 +250,8 @@ def test_truncated_requests_under_cookies_are_dropped(cut: int) -> None:
 
 
 class Modp4096Initiator(Initiator):
-    def __init__(self, source: IPAddress) -> None:
-        ca, _ = config_pair(proposal="aes128-sha256-modp4096")
+    def __init__(self, source: IPAddress, proposal: str = "aes128-sha256-modp4096") -> None:
+        ca, _ = config_pair(proposal=proposal)
         self.engine = Engine(ca, seeded(next(_seeds)), lambda r: ALICE)
         self.source = source
         self.engine.initiate("home", None, 0.0)
@@ -292,3 +292,41 @@ def test_dh_work_is_priced_and_newcomers_keep_a_reserve() -> None:
     # A new peer (no half-open SA at its address) still gets in at once.
     legit = Initiator(ipaddress.ip_address("203.0.113.9"))
     assert of_type(_establish(legit, responder, t), IkeSaEstablished)
+
+
+def test_refused_requests_are_not_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A source over block_threshold, with valid COOKIEs: refused from the payload
+    # headers alone, like requests that find the DH budget spent.
+    import mobike_vici.core.engine as engine_module
+
+    decoded = [0]
+    real = engine_module.decode_message
+
+    def counting(data: bytes) -> Message:
+        if not data[19] & 0x20:  # requests only (the initiators decode the answers)
+            decoded[0] += 1
+        return real(data)
+
+    monkeypatch.setattr(engine_module, "decode_message", counting)
+    responder = _responder(EngineSettings(cookie_threshold=0, block_threshold=5))
+    for _ in range(40):
+        _with_cookie(Initiator(ipaddress.ip_address("198.51.100.7")), responder, 1.0)
+    assert _half_open(responder) == 5
+    assert decoded[0] == 5
+
+
+def test_answers_without_dh_cost_no_budget() -> None:
+    # INVALID_KE_PAYLOAD needs no DH: a newcomer asking for a group we do not take
+    # cannot drain the reserve that way.
+    _, cb = config_pair(proposal="aes128-sha256-x25519")
+    settings = EngineSettings(cookie_threshold=1000, dh_budget=10.0, dh_reserve=0.0)
+    responder = Engine(cb, seeded(1), lambda r: BOB, settings)
+    for i in range(200):
+        flooder = Modp4096Initiator(ipaddress.ip_address(f"198.51.100.{i + 1}"),
+                                    "aes128-sha256-modp4096-x25519")
+        (reply,) = flooder.send(responder, 1.0)
+        first = decode_message(reply).payloads[0]
+        assert isinstance(first, Notify) and first.type == NotifyType.INVALID_KE_PAYLOAD
+    assert _half_open(responder) == 0
+    legit = Initiator(ipaddress.ip_address("203.0.113.9"))
+    assert of_type(_establish(legit, responder, 1.0), IkeSaEstablished)
