@@ -43,7 +43,7 @@ block_threshold            5            native: half-open IKE_SAs one source add
                                         cap)
 init_limit_half_open       1000         native: half-open IKE_SAs in all; beyond it even
                                         requests with a valid COOKIE are dropped
-init_dh_budget             250          native: milliseconds of responder DH work per
+init_dh_budget             100          native: milliseconds of responder DH work per
                                         second for new IKE_SAs, priced per group; a
                                         source with no half-open SA may overdraw 100 ms
                                         (0: no budget)
@@ -147,7 +147,7 @@ class MobikePolicy:
     cookie_threshold: int = 10
     block_threshold: int = 5
     half_open_limit: int = 1000
-    dh_budget: int = 250
+    dh_budget: int = 100
     max_ike_sas_per_peer: int = 256
     max_child_sas_per_peer: int = 1024
     drop_log_interval: float = 1.0

@@ -40,9 +40,9 @@ class EngineSettings:
     """charon.block_threshold: half-open SAs one source address may hold; its further
     IKE_SA_INIT requests are dropped (checked after the COOKIE, so a spoofer cannot
     lock a real address out; 0: no cap)."""
-    dh_budget: float = 250.0
+    dh_budget: float = 100.0
     """Milliseconds of DH work per second the responder spends on new IKE_SAs (priced
-    per group, ikev2.crypto.DH_COST_MS; a quarter of a core by default; burst: one
+    per group, ikev2.crypto.DH_COST_MS; a tenth of a core by default; burst: one
     second's worth). An IKE_SA_INIT beyond it is dropped (the initiator retransmits),
     so a flood of requests with valid COOKIEs cannot take the event loop from the
     data plane and from reading. 0: no budget."""
