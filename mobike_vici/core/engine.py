@@ -830,7 +830,7 @@ class Engine:
             return
         try:
             reply = respond_init(self._ctx, msg, path, candidates(self._ctx.config, path),
-                                 False, now)
+                                 now)
         except DropPacket as exc:
             self._drop(path, exc.reason, header)
             return

@@ -212,26 +212,6 @@ def _error(ntype: NotifyType, reason: str, data: bytes = b"") -> InitReply:
     return InitReply([Notify(ntype, data)], None, reason)
 
 
-def cookie_demand(ctx: Context, msg: Message, path: Path, now: float) -> InitReply | None:
-    """None when the request carries a valid COOKIE (first, §2.6), else the demand
-    for one. Stateless and cheap (one hash): nothing is kept for the sender.
-    Raises DropPacket for a request without Nonce, with a bad nonce size or SPIi 0."""
-    payloads = msg.payloads
-    nonce = _payload(payloads, Nonce)
-    assert isinstance(nonce, Nonce)
-    if not MIN_NONCE <= len(nonce.data) <= MAX_NONCE:
-        raise DropPacket("nonce size out of range")
-    spi_i = msg.header.spi_i
-    if spi_i == ZERO_SPI:
-        raise DropPacket("IKE_SA_INIT with zero initiator SPI")
-    cookie = find_notify(payloads, NotifyType.COOKIE)
-    if (cookie is not None and payloads[0] is cookie
-            and ctx.cookies.verify(cookie.data, nonce.data, path.remote.addr, spi_i, now)):
-        return None
-    token = ctx.cookies.make(nonce.data, path.remote.addr, spi_i, now)
-    return _error(NotifyType.COOKIE, "cookie_required", token)
-
-
 _NOTIFY_COOKIE = int(NotifyType.COOKIE)
 
 
@@ -295,10 +275,10 @@ def respond_init(
     msg: Message,
     path: Path,
     candidates: Sequence[ConnectionConfig],
-    need_cookie: bool,
     now: float,
 ) -> InitReply:
-    """Answer an IKE_SA_INIT request; raise DropPacket for malformed ones."""
+    """Answer an IKE_SA_INIT request; raise DropPacket for malformed ones. COOKIEs,
+    caps and the DH budget are the engine's, before this is called (``init_scan``)."""
     payloads = msg.payloads
     sa_payload = _payload(payloads, SA)
     ke = _payload(payloads, KE)
@@ -309,10 +289,6 @@ def respond_init(
     spi_i = msg.header.spi_i
     if spi_i == ZERO_SPI:
         raise DropPacket("IKE_SA_INIT with zero initiator SPI")
-    if need_cookie:
-        demand = cookie_demand(ctx, msg, path, now)
-        if demand is not None:
-            return demand
     if not candidates:
         return _error(NotifyType.NO_PROPOSAL_CHOSEN, "no_matching_connection")
     choice = _choose(candidates, sa_payload.proposals, ke.group)
