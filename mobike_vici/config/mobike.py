@@ -46,6 +46,29 @@ prefer.NAME.remote_prefix  (any)       prefix           peer prefix this rule ma
 prefer.NAME.family         (any)       ipv4, ipv6       address family this rule matches
 prefer.NAME.cost           0           0 .. 1000000     added to the cost of every path the
                                                         rule matches
+cookie_threshold           10          0 .. 1000000     native responder: half-open IKE_SAs
+                                                        from which every IKE_SA_INIT must
+                                                        carry a COOKIE (0: always)
+block_threshold            5           0 .. 1000000     native: half-open IKE_SAs one source
+                                                        address may hold; more of its
+                                                        IKE_SA_INITs are dropped (0: no cap)
+init_limit_half_open       1000        1 .. 1000000     native: half-open IKE_SAs in all;
+                                                        beyond it even requests with a valid
+                                                        COOKIE are dropped
+init_dh_budget             100         0 .. 1000000     native: milliseconds of responder DH
+                                                        work per second for new IKE_SAs,
+                                                        priced per group; a source with no
+                                                        half-open SA may overdraw 100 ms
+                                                        (0: no budget)
+max_ike_sas_per_peer       256         1 .. 1000000     native: IKE_SAs one peer (identity
+                                                        at an address) may hold; IKE_AUTH
+                                                        beyond fails
+max_child_sas_per_peer     1024        1 .. 1000000     native: CHILD_SAs of one peer; more
+                                                        are refused (NO_ADDITIONAL_SAS);
+                                                        rekeys do not count
+drop_log_interval          1s          >0 .. 24h        native: unauthenticated drops are
+                                                        logged as one packet_dropped per
+                                                        reason per interval
 =========================  ==========  ===============  ====================================
 
 .. mobike-keys-end
@@ -74,6 +97,12 @@ from .errors import ConfigError
 from .parser import Section
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+MAX_PEER_ADDRESSES_PER_FAMILY = 32
+"""Peer addresses kept per family from an ADDITIONAL_*_ADDRESS list (RFC 4555 §3.6
+sets no bound; the rest of the list is ignored). Each one is a path per local
+address of its family to probe, so the list is the peer's lever on our work."""
 
 
 class RoutabilityMode(Enum):
@@ -132,6 +161,14 @@ class MobikePolicy:
     allowed_peer_prefixes: tuple[Network, ...] = ()  # empty: any peer address
     announce: AnnounceMode = AnnounceMode.ALL
     announce_prefixes: tuple[Network, ...] = ()
+    # Denial-of-service limits of the native daemon (see the table).
+    cookie_threshold: int = 10
+    block_threshold: int = 5
+    half_open_limit: int = 1000
+    dh_budget: int = 100
+    max_ike_sas_per_peer: int = 256
+    max_child_sas_per_peer: int = 1024
+    drop_log_interval: float = 1.0
 
     def excludes_local(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
                        ifname: str) -> bool:
@@ -163,6 +200,9 @@ _TOP_KEYS = frozenset({
     "probe_interval", "probe_timeout", "probe_misses", "standby_probe_interval",
     "max_probes_in_flight", "hold_down", "max_moves_per_minute", "handover_timeout",
     "return_routability", "family", "exclude", "allowed_peer_prefixes", "announce",
+    "drop_log_interval", "cookie_threshold", "block_threshold", "init_limit_half_open",
+    "init_dh_budget",
+    "max_ike_sas_per_peer", "max_child_sas_per_peer",
 })
 _RULE_KEYS = frozenset({"interface", "prefix", "remote_prefix", "family", "cost"})
 _FAMILIES = {"ipv4": 4, "ipv6": 6, "4": 4, "6": 6, "any": None}
@@ -172,6 +212,18 @@ _ROUTABILITY = {"always": RoutabilityMode.ALWAYS, "yes": RoutabilityMode.ALWAYS,
 # The bound on rule costs keeps sums far from anything surprising.
 _MAX_COST = 1_000_000
 _MAX_IN_FLIGHT = 64
+
+
+# Denial-of-service limits of the native daemon (charon's names where charon has them);
+# read at start-up. Key -> (MobikePolicy field, lowest, highest).
+_LIMIT_KEYS: dict[str, tuple[str, int, int]] = {
+    "cookie_threshold": ("cookie_threshold", 0, 1_000_000),
+    "block_threshold": ("block_threshold", 0, 1_000_000),
+    "init_limit_half_open": ("half_open_limit", 1, 1_000_000),
+    "init_dh_budget": ("dh_budget", 0, 1_000_000),
+    "max_ike_sas_per_peer": ("max_ike_sas_per_peer", 1, 1_000_000),
+    "max_child_sas_per_peer": ("max_child_sas_per_peer", 1, 1_000_000),
+}
 
 
 Locate = Callable[[str], tuple[str, int]]
@@ -227,8 +279,11 @@ def _build(raw: Mapping[str, str], locate: Locate) -> MobikePolicy:
         v = raw.get(key)
         return v.strip() if v is not None and v.strip() else None
 
+    for key, (field_name, lo, hi) in _LIMIT_KEYS.items():
+        if (t := text(key)) is not None:
+            kw[field_name] = _uint(t, key, lo, hi, err)
     for key in ("probe_interval", "probe_timeout", "standby_probe_interval",
-                "hold_down", "handover_timeout"):
+                "hold_down", "handover_timeout", "drop_log_interval"):
         if (t := text(key)) is not None:
             kw[key] = _time(t, key, err, zero_ok=key == "hold_down")
     for key, lo, hi in (("probe_misses", 1, 100), ("max_probes_in_flight", 1, _MAX_IN_FLIGHT),

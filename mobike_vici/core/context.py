@@ -16,6 +16,7 @@ from ..ikev2.proposals import ProposalSpec, parse_proposals
 from ..types import IPAddress, Path
 from .cookies import CookieJar
 from .events import Event
+from .ike_sa import IkeState
 from .pool import AddressPool
 
 if TYPE_CHECKING:
@@ -81,6 +82,22 @@ class Context:
 
     def release_child_spi(self, spi: bytes) -> None:
         self.used_child_spis.discard(spi)
+
+    def peer_load(self, sa: IkeSa) -> tuple[int, int]:
+        """(other live IKE_SAs, CHILD_SAs of all of them and ``sa``) of ``sa``'s
+        authenticated peer: the same remote identity at the same address. Linear in the
+        SAs, and asked only in authenticated exchanges that would add one."""
+        ike = children = 0
+        for other in self.sas.values():
+            if (other.remote_id != sa.remote_id
+                    or other.path.remote.addr != sa.path.remote.addr):
+                continue
+            if other is sa:
+                children += len(other.children)
+            elif other.state in (IkeState.ESTABLISHED, IkeState.REKEYING):
+                ike += 1
+                children += len(other.children)
+        return ike, children
 
     def random_fraction(self) -> float:
         """A deterministic-per-source float in [0, 1): for rekey jitter."""

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from ..config.model import ChildConfig, Config, ConnectionConfig, Unique
 from ..ikev2.constants import NATT_KEEPALIVE, ExchangeType, HeaderFlag, NotifyType
-from ..ikev2.crypto import IntegrityError
+from ..ikev2.crypto import DH_COST_MS, IntegrityError
 from ..ikev2.message import (
     DecodeError,
     Header,
@@ -80,7 +80,7 @@ from .exchanges.create_child import (
 )
 from .exchanges.handover import migrate_tasks
 from .exchanges.ike_auth import AuthFailed, IkeAuthTask, respond_auth
-from .exchanges.ike_init import ZERO_SPI, IkeInitTask, respond_init
+from .exchanges.ike_init import ZERO_SPI, IkeInitTask, init_scan, respond_init
 from .exchanges.informational import (
     DeleteChildTask,
     DeleteIkeTask,
@@ -159,6 +159,14 @@ class Engine:
         """Responder SAs before IKE_AUTH, by (SPIi, remote): bounded by half_open_limit."""
         self._by_init: dict[tuple[bytes, Endpoint], IkeSa] = {}
         """Every responder SA by (SPIi, remote): IKE_SA_INIT retransmits get the cached answer."""
+        self._half_open_from: dict[IPAddress, int] = {}
+        """Half-open SAs per source address (block_threshold); no entry at zero, so it is
+        bounded by half_open_limit."""
+        self._cookies_until: float | None = None
+        """Cookies are demanded until then (cookie_calmdown after the threshold was hit)."""
+        self._dh_tokens = self._settings.dh_budget
+        """Milliseconds of DH work left (dh_budget per second; below 0 only for newcomers)."""
+        self._dh_refilled: float | None = None
         self._ctx.sas = self._sas
         self._outbox: list[Datagram] = []
         self._next_probe_id = 1
@@ -425,9 +433,11 @@ class Engine:
         if sa is not None:
             sa.last_sent = now
 
-    def _drop(self, path: Path, reason: str, header: Header | None = None) -> None:
+    def _drop(self, path: Path, reason: str, header: Header | None = None,
+              authenticated: bool = False) -> None:
         spi = f"{header.spi_i.hex()}_{header.spi_r.hex()}" if header is not None else None
-        self._ctx.emit(PacketDropped(path=path, reason=reason, ike_spi=spi))
+        self._ctx.emit(PacketDropped(path=path, reason=reason, ike_spi=spi,
+                                     authenticated=authenticated))
 
     def _encode(self, sa: IkeSa, exchange: ExchangeType, message_id: int, response: bool,
                 payloads: list[Payload]) -> bytes:
@@ -701,7 +711,8 @@ class Engine:
             self._ctx.emit(UpdateRejected(conn=sa.conn.name, ike_spi=sa.spi_str, path=path,
                                           reason="stale"))
         else:
-            self._drop(path, f"message ID {header.message_id} outside the window", header)
+            self._drop(path, f"message ID {header.message_id} outside the window", header,
+                       authenticated=True)
 
     def _probes_answered(self, sa: IkeSa, message_id: int, path: Path, now: float) -> None:
         """A response on ``path`` proves that path for the probes waiting on it."""
@@ -750,6 +761,39 @@ class Engine:
     def _forget_half_open(self, sa: IkeSa) -> None:
         if sa.init_key is not None and self._half_open.get(sa.init_key) is sa:
             del self._half_open[sa.init_key]
+            addr = sa.init_key[1].addr
+            left = self._half_open_from.get(addr, 1) - 1
+            if left > 0:
+                self._half_open_from[addr] = left
+            else:
+                self._half_open_from.pop(addr, None)
+
+    def _dh_affordable(self, group: int, newcomer: bool, now: float) -> bool:
+        """Whether the DH budget has room for one responder DH of ``group``; a
+        ``newcomer`` (a source holding no half-open SA) may dig into the reserve."""
+        budget = self._settings.dh_budget
+        if budget <= 0:
+            return True
+        if self._dh_refilled is not None:
+            elapsed = max(0.0, now - self._dh_refilled)
+            self._dh_tokens = min(budget, self._dh_tokens + elapsed * budget)
+        self._dh_refilled = now
+        floor = -self._settings.dh_reserve if newcomer else 0.0
+        return self._dh_tokens - _dh_cost(group) >= floor
+
+    def _dh_charge(self, group: int) -> None:
+        """A DH was done (only then: an INVALID_KE_PAYLOAD answer costs none)."""
+        if self._settings.dh_budget > 0:
+            self._dh_tokens -= _dh_cost(group)
+
+    def _cookie_required(self, now: float) -> bool:
+        """charon's rule: the threshold of half-open SAs switches cookies on; they stay on
+        until it has not been reached for cookie_calmdown seconds."""
+        settings = self._settings
+        if len(self._half_open) >= settings.cookie_threshold:
+            self._cookies_until = now + settings.cookie_calmdown
+            return True
+        return self._cookies_until is not None and now < self._cookies_until
 
     def _initial_contact(self, sa: IkeSa, now: float) -> None:
         """Drop (silently: the peer lost them) older SAs with the same identities."""
@@ -773,8 +817,33 @@ class Engine:
             else:
                 self._drop(path, "IKE_SA_INIT for an SA being set up", header)
             return
-        if len(self._half_open) >= self._settings.half_open_limit:
+        # DoS order as charon's receiver: first the COOKIE (stateless, no DH: a flood
+        # from spoofed sources ends here), then the per-source and global caps, then
+        # the DH budget; all of it before the request is decoded.
+        settings = self._settings
+        try:
+            scan = init_scan(header, data)
+        except DropPacket as exc:
+            self._drop(path, exc.reason, header)
+            return
+        source = path.remote.addr
+        if self._cookie_required(now):
+            jar = self._ctx.cookies
+            if scan.cookie is None or not jar.verify(scan.cookie, scan.nonce, source,
+                                                     header.spi_i, now):
+                token = jar.make(scan.nonce, source, header.spi_i, now)
+                self._answer_init(header, [Notify(NotifyType.COOKIE, token)], path, now)
+                return
+        if settings.block_threshold > 0 and self._half_open_from.get(source, 0) >= \
+                settings.block_threshold:
+            self._drop(path, "too many half-open IKE_SAs from this address", header)
+            return
+        if len(self._half_open) >= settings.half_open_limit:
             self._drop(path, "too many half-open IKE_SAs", header)
+            return
+        newcomer = source not in self._half_open_from
+        if scan.ke_group is not None and not self._dh_affordable(scan.ke_group, newcomer, now):
+            self._drop(path, "DH budget spent", header)
             return
         try:
             msg = decode_message(data)
@@ -784,22 +853,21 @@ class Engine:
         if any(isinstance(p, Encrypted) for p in msg.payloads):
             self._drop(path, "SK payload in IKE_SA_INIT", header)
             return
-        need_cookie = len(self._half_open) >= self._settings.cookie_threshold
         try:
             reply = respond_init(self._ctx, msg, path, candidates(self._ctx.config, path),
-                                 need_cookie, now)
+                                 now)
         except DropPacket as exc:
             self._drop(path, exc.reason, header)
             return
         if reply.sa is None:
-            # Stateless answer (COOKIE, INVALID_KE_PAYLOAD, NO_PROPOSAL_CHOSEN).
-            flags = HeaderFlag.RESPONSE
-            answer = Header(header.spi_i, ZERO_SPI, 0, ExchangeType.IKE_SA_INIT, flags, 0)
-            self._send(encode_message(answer, reply.payloads), path, None, now)
-            if reply.reason not in ("cookie_required", "invalid_ke_payload"):
+            # Stateless answer (INVALID_KE_PAYLOAD, NO_PROPOSAL_CHOSEN).
+            self._answer_init(header, reply.payloads, path, now)
+            if reply.reason != "invalid_ke_payload":
                 self._drop(path, reply.reason, header)
             return
         sa = reply.sa
+        assert sa.suite is not None
+        self._dh_charge(sa.suite.dh)
         sa.init_request = data
         response = self._encode(sa, ExchangeType.IKE_SA_INIT, 0, True, reply.payloads)
         sa.init_response = response
@@ -808,9 +876,17 @@ class Engine:
         sa.last_received = now
         self._sas[sa.spi_r] = sa
         self._half_open[key] = sa
+        self._half_open_from[path.remote.addr] = self._half_open_from.get(path.remote.addr, 0) + 1
         self._by_init[key] = sa
         sa.init_key = key
         self._send(response, path, sa, now)
+
+    def _answer_init(self, header: Header, payloads: list[Payload], path: Path,
+                     now: float) -> None:
+        """A stateless IKE_SA_INIT response (COOKIE, INVALID_KE_PAYLOAD, an error)."""
+        answer = Header(header.spi_i, ZERO_SPI, 0, ExchangeType.IKE_SA_INIT,
+                        HeaderFlag.RESPONSE, 0)
+        self._send(encode_message(answer, payloads), path, None, now)
 
     # ------------------------------------------------------------------ timers
 
@@ -917,6 +993,14 @@ def _floats(sa: IkeSa, path: Path) -> bool:
     old = sa.path
     return (path.natt and not old.natt and path.local.addr == old.local.addr
             and (path.remote.addr == old.remote.addr or sa.nat_remote))
+
+
+_DH_COST: dict[int, float] = {int(group): ms for group, ms in DH_COST_MS.items()}
+
+
+def _dh_cost(group: int) -> float:
+    """CPU milliseconds of one responder DH of ``group`` (1 for groups not measured)."""
+    return _DH_COST.get(group, 1.0)
 
 
 def _exchange_name(exchange: int) -> str:

@@ -101,6 +101,9 @@ class PacketDropped:
     path: Path
     reason: str
     ike_spi: str | None = None
+    authenticated: bool = False
+    """The message passed its integrity check (e.g. a replay outside the window): the
+    daemon logs these one by one; anonymous drops are counted per reason."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -28,8 +28,8 @@ from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
 
 from ..backends.native import Mobility
 from ..config.model import Config, ConfigError, StartAction
-from ..core.engine import Datagram, Engine, IkeStatus
-from ..core.events import Event, ProbeResult
+from ..core.engine import Datagram, Engine, EngineSettings, IkeStatus
+from ..core.events import Event, PacketDropped, ProbeResult
 from ..esp.xfrm import select_data_plane
 from ..eventlog import EventLog, configure, core_event_fields, level_of
 from ..net import tun_routes
@@ -39,6 +39,7 @@ from ..net.state import usable_addresses
 from ..types import IKE_PORT, NATT_PORT, Endpoint, Path
 from . import udp
 from .control import ControlError, ControlServer, JsonObject
+from .drop_log import DropLog
 from .esp_io import UserspaceEsp
 from .feed import EventFeed
 from .framing import NON_ESP_MARKER, NattKind, classify_natt, frame_natt
@@ -165,6 +166,9 @@ class Daemon:
         self._impatient = False
         self._esp_dropped_unlogged = 0
         self._esp_logged_at: float | None = None
+        self.drops = DropLog(config.mobike.policy.drop_log_interval)
+        """Unauthenticated IKE drops: one ``packet_dropped`` per reason per interval."""
+        self._drop_timer: asyncio.TimerHandle | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -589,7 +593,14 @@ class Daemon:
                                   error=type(exc).__name__)
                 if isinstance(event, ProbeResult):
                     continue  # several a second per SA; path_up/path_down tell the story
-            if extra:
+            if isinstance(event, PacketDropped) and not event.authenticated:
+                name, fields = core_event_fields(event)
+                del fields["reason"]
+                line = self.drops.record(event.reason, fields, self.now())
+                if line is not None:
+                    self.log.write(level_of(name), name, line)
+                self._arm_drop_timer()
+            elif extra:
                 name, fields = core_event_fields(event)
                 self.log.write(level_of(name), name, {**fields, **extra})
             else:
@@ -599,6 +610,18 @@ class Daemon:
                     hook(event)
                 except Exception as exc:
                     self.log.emit("engine_error", call="event_hook", error=type(exc).__name__)
+
+    def _arm_drop_timer(self) -> None:
+        deadline = self.drops.next_deadline()
+        if self._drop_timer is None and deadline is not None:
+            self._drop_timer = self.loop.call_at(deadline, self._flush_drops)
+
+    def _flush_drops(self) -> None:
+        """Log the per-reason drop counts of the intervals that ended."""
+        self._drop_timer = None
+        for line in self.drops.flush(self.now()):
+            self.log.write(level_of("packet_dropped"), "packet_dropped", line)
+        self._arm_drop_timer()
 
     def _rearm(self, not_before: float | None) -> None:
         if self._timer is not None:
@@ -702,6 +725,16 @@ def _netlink_rcvbuf(environ: Mapping[str, str]) -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
+def engine_settings(config: Config) -> EngineSettings:
+    """The engine's tunables: charon's defaults, the DoS limits from ``mobike { }``."""
+    policy = config.mobike.policy
+    return EngineSettings(
+        cookie_threshold=policy.cookie_threshold, block_threshold=policy.block_threshold,
+        half_open_limit=policy.half_open_limit, dh_budget=float(policy.dh_budget),
+        max_ike_sas_per_peer=policy.max_ike_sas_per_peer,
+        max_child_sas_per_peer=policy.max_child_sas_per_peer)
+
+
 def _mobike_conn(config: Config) -> Callable[[str], bool]:
     def mobike(conn: str) -> bool:
         try:
@@ -722,7 +755,7 @@ def run_native(config: Config, events: TextIO, control_path: str | None, *,
     configure(events, level)
     log = EventLog.to_stream(events, level)
     try:
-        engine = Engine(config, os.urandom, udp.source_address)
+        engine = Engine(config, os.urandom, udp.source_address, engine_settings(config))
     except Exception as exc:  # a config the engine cannot run is a start-up failure
         print(f"mobike-vici: cannot start the native engine: {type(exc).__name__}: {exc}",
               file=sys.stderr)

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from ..config.mobike import MobikePolicy
+from ..config.mobike import MAX_PEER_ADDRESSES_PER_FAMILY, MobikePolicy
 from ..types import Endpoint, IPAddress, Path
 
 Key = tuple[IPAddress, IPAddress]  # (local address, peer address)
@@ -155,10 +155,18 @@ class PathTable:
         return self._rebuild()
 
     def set_peer_addresses(self, addrs: Iterable[IPAddress], current: IPAddress) -> list[Key]:
-        """The peer's announced list plus the address it uses now (RFC 4555 §3.6)."""
-        peers = [current]
-        peers.extend(a for a in addrs if a != current and a not in peers)
-        self._peers = peers
+        """The peer's announced list plus the address it uses now (RFC 4555 §3.6).
+
+        Linear in the list; at most MAX_PEER_ADDRESSES_PER_FAMILY of each family are
+        kept besides ``current`` (whatever backend reported the list)."""
+        peers: dict[IPAddress, None] = {current: None}
+        kept = {4: 0, 6: 0}
+        for a in addrs:
+            if a in peers or kept[a.version] >= MAX_PEER_ADDRESSES_PER_FAMILY:
+                continue
+            kept[a.version] += 1
+            peers[a] = None
+        self._peers = list(peers)
         return self._rebuild()
 
     def set_link(self, ifname: str, up: bool) -> list[Key]:
@@ -219,7 +227,8 @@ class PathTable:
 
     def _rebuild(self) -> list[Key]:
         wanted = self._candidate_keys()
-        removed = [k for k in self._health if k not in set(wanted)]
+        keep = set(wanted)
+        removed = [k for k in self._health if k not in keep]
         health: dict[Key, PathHealth] = {}
         for k in wanted:
             h = self._health.get(k)

@@ -45,6 +45,7 @@ from ..ts import narrow, resolve
 from .base import DropPacket, ExchangeAborted, Outcome, find_notify, first_error, notify_name
 from .child import child_proposals, install, make_child, proposal_payloads, schedule
 from .handover import hand_over, migrate_tasks
+from .ike_auth import child_cap_reached
 from .ike_init import MAX_NONCE, MIN_NONCE
 from .informational import DeleteChildTask, DeleteIkeTask
 
@@ -455,6 +456,8 @@ def respond_create_child(ctx: Context, sa: IkeSa, msg: Message, now: float) -> l
 def _respond_new_child(ctx: Context, sa: IkeSa, sa_p: SA, nonce: bytes, ke: KE | None,
                        tsi: TSi, tsr: TSr, now: float) -> list[Payload]:
     """An additional CHILD_SA: the first child config whose selectors fit is used."""
+    if child_cap_reached(ctx, sa):
+        return [Notify(NotifyType.NO_ADDITIONAL_SAS)]
     failure: list[Payload] = [Notify(NotifyType.TS_UNACCEPTABLE)]
     for config in sa.conn.children:
         ours_local = resolve(config.local_ts, sa.path.local.addr)

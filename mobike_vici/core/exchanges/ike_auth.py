@@ -11,7 +11,7 @@ import hmac
 import ipaddress
 from collections.abc import Sequence
 
-from ...config.model import ChildConfig, ConnectionConfig
+from ...config.model import ChildConfig, ConnectionConfig, Unique
 from ...ikev2.constants import (
     AuthMethod,
     CfgAttr,
@@ -308,6 +308,10 @@ def respond_auth(ctx: Context, sa: IkeSa, msg: Message, now: float) -> list[Payl
     our_idr = IDr(id_type, id_data)
     sa.peer_mobike = find_notify(payloads, NotifyType.MOBIKE_SUPPORTED) is not None
     sa.initial_contact = find_notify(payloads, NotifyType.INITIAL_CONTACT) is not None
+    ike_count, _ = ctx.peer_load(sa)
+    replaces = sa.initial_contact and conn.unique != Unique.NEVER  # the old ones go
+    if not replaces and ike_count >= ctx.settings.max_ike_sas_per_peer:
+        raise AuthFailed("too many IKE_SAs for this peer")
     reply: list[Payload] = [our_idr, Auth(AuthMethod.SHARED_KEY_MIC,
                                           _auth_data(sa, psk, False, id_body(our_idr)))]
     cp = _get(payloads, CP)
@@ -371,8 +375,19 @@ def _respond_child(
         return [], None  # childless (RFC 6023) or nothing asked for
     if cp_failed:
         return [Notify(NotifyType.INTERNAL_ADDRESS_FAILURE)], None
+    if child_cap_reached(ctx, sa):
+        ctx.emit(ExchangeFailed(conn=sa.conn.name, ike_spi=sa.spi_str, exchange="CHILD_SA",
+                                reason="NO_ADDITIONAL_SAS"))
+        return [Notify(NotifyType.NO_ADDITIONAL_SAS)], None
     return respond_child_sa(ctx, sa, conn.children, sa_p.proposals, tsi.selectors,
                             tsr.selectors, sa.nonce_i, sa.nonce_r, now, pfs=False)
+
+
+def child_cap_reached(ctx: Context, sa: IkeSa) -> bool:
+    """A new CHILD_SA would exceed max_child_sas_per_peer (the caller answers
+    NO_ADDITIONAL_SAS; the engine reports it as ExchangeFailed)."""
+    _, children = ctx.peer_load(sa)
+    return children >= ctx.settings.max_child_sas_per_peer
 
 
 def respond_child_sa(

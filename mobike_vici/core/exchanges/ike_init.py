@@ -7,9 +7,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ...config.model import ConnectionConfig
-from ...ikev2.constants import DhId, ExchangeType, NotifyType, ProtocolId
+from ...ikev2.constants import (
+    HEADER_LENGTH,
+    DhId,
+    ExchangeType,
+    NotifyType,
+    PayloadType,
+    ProtocolId,
+)
 from ...ikev2.crypto import derive_ike_keys, dh_generate, dh_public_length
-from ...ikev2.message import Message
+from ...ikev2.message import Header, Message
 from ...ikev2.payloads import KE, SA, Nonce, Notify, Payload, Proposal
 from ...ikev2.proposals import ProposalSpec, ike_suite, select, to_payload
 from ...types import IKE_PORT, NATT_PORT, Endpoint, Path
@@ -206,15 +213,73 @@ def _error(ntype: NotifyType, reason: str, data: bytes = b"") -> InitReply:
     return InitReply([Notify(ntype, data)], None, reason)
 
 
+_NOTIFY_COOKIE = int(NotifyType.COOKIE)
+
+
+@dataclass(frozen=True, slots=True)
+class InitScan:
+    """What the DoS checks need of an IKE_SA_INIT request, before it is decoded."""
+
+    nonce: bytes
+    cookie: bytes | None
+    """The COOKIE notify's data when it is the first payload (RFC 7296 §2.6)."""
+    ke_group: int | None
+    """The KE payload's DH group: what a full answer would cost us."""
+
+
+def init_scan(header: Header, data: bytes) -> InitScan:
+    """Find Ni, a leading COOKIE and the KE group of an IKE_SA_INIT request by walking
+    the generic payload headers only: under a flood, requests that will be refused
+    (no valid COOKIE, a source over its cap, the DH budget spent) are refused before
+    anything else of them is decoded (the SA payload is the expensive part). Each
+    step consumes at least 4 bytes. Raises DropPacket for a chain that does not fit
+    the datagram, a missing or odd-sized Nonce, SPIi 0.
+    """
+    if header.spi_i == ZERO_SPI:
+        raise DropPacket("IKE_SA_INIT with zero initiator SPI")
+    if header.length != len(data):
+        raise DropPacket("malformed message: length field differs from the datagram")
+    kind = header.next_payload
+    offset = HEADER_LENGTH
+    nonce: bytes | None = None
+    cookie: bytes | None = None
+    group: int | None = None
+    first = True
+    while kind != PayloadType.NONE:
+        if offset + 4 > len(data):
+            raise DropPacket("malformed message: payload chain overruns the datagram")
+        following = data[offset]
+        length = int.from_bytes(data[offset + 2:offset + 4], "big")
+        if length < 4 or offset + length > len(data):
+            raise DropPacket("malformed message: payload length out of range")
+        body = data[offset + 4:offset + length]
+        if kind == PayloadType.NONCE and nonce is None:
+            nonce = body
+        elif kind == PayloadType.KE and group is None and len(body) >= 2:
+            group = int.from_bytes(body[:2], "big")
+        # §2.6: a COOKIE counts only as the first payload (no SPI: 4 bytes, then data).
+        elif (first and kind == PayloadType.NOTIFY and len(body) >= 4 and body[1] == 0
+                and int.from_bytes(body[2:4], "big") == _NOTIFY_COOKIE):
+            cookie = body[4:]
+        first = False
+        kind = following
+        offset += length
+    if nonce is None:
+        raise DropPacket("IKE_SA_INIT without Nonce")
+    if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
+        raise DropPacket("nonce size out of range")
+    return InitScan(nonce, cookie, group)
+
+
 def respond_init(
     ctx: Context,
     msg: Message,
     path: Path,
     candidates: Sequence[ConnectionConfig],
-    need_cookie: bool,
     now: float,
 ) -> InitReply:
-    """Answer an IKE_SA_INIT request; raise DropPacket for malformed ones."""
+    """Answer an IKE_SA_INIT request; raise DropPacket for malformed ones. COOKIEs,
+    caps and the DH budget are the engine's, before this is called (``init_scan``)."""
     payloads = msg.payloads
     sa_payload = _payload(payloads, SA)
     ke = _payload(payloads, KE)
@@ -225,13 +290,6 @@ def respond_init(
     spi_i = msg.header.spi_i
     if spi_i == ZERO_SPI:
         raise DropPacket("IKE_SA_INIT with zero initiator SPI")
-    if need_cookie:
-        cookie = find_notify(payloads, NotifyType.COOKIE)
-        valid = (cookie is not None and payloads[0] is cookie and ctx.cookies.verify(
-            cookie.data, nonce.data, path.remote.addr, spi_i, now))
-        if not valid:
-            token = ctx.cookies.make(nonce.data, path.remote.addr, spi_i, now)
-            return _error(NotifyType.COOKIE, "cookie_required", token)
     if not candidates:
         return _error(NotifyType.NO_PROPOSAL_CHOSEN, "no_matching_connection")
     choice = _choose(candidates, sa_payload.proposals, ke.group)

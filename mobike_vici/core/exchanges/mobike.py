@@ -16,7 +16,12 @@ import ipaddress
 from collections import deque
 from collections.abc import Sequence
 
-from ...config.mobike import AnnounceMode, MobikePolicy, RoutabilityMode
+from ...config.mobike import (
+    MAX_PEER_ADDRESSES_PER_FAMILY,
+    AnnounceMode,
+    MobikePolicy,
+    RoutabilityMode,
+)
 from ...ikev2.constants import ExchangeType, NotifyType
 from ...ikev2.message import Message
 from ...ikev2.payloads import Notify, Payload
@@ -96,21 +101,29 @@ def address_notifies(addrs: Sequence[IPAddress], informational: bool) -> list[Pa
 
 
 def parse_addresses(payloads: Sequence[Payload]) -> tuple[IPAddress, ...] | None:
-    """The peer's announced list, or None when the message carries no address notify."""
+    """The peer's announced list, or None when the message carries no address notify.
+
+    At most MAX_PEER_ADDRESSES_PER_FAMILY distinct addresses of each family are
+    kept, the first ones listed; the rest are ignored."""
     found = False
-    out: list[IPAddress] = []
+    out: dict[IPAddress, None] = {}
+    kept = {4: 0, 6: 0}
     for p in payloads:
         if not isinstance(p, Notify) or p.type not in ADDRESS_NOTIFIES:
             continue
         found = True
-        try:
-            if p.type == NotifyType.ADDITIONAL_IP4_ADDRESS and len(p.data) == 4:
-                out.append(ipaddress.IPv4Address(p.data))
-            elif p.type == NotifyType.ADDITIONAL_IP6_ADDRESS and len(p.data) == 16:
-                out.append(ipaddress.IPv6Address(p.data))
-        except ValueError:
+        addr: IPAddress
+        if p.type == NotifyType.ADDITIONAL_IP4_ADDRESS and len(p.data) == 4:
+            addr = ipaddress.IPv4Address(p.data)
+        elif p.type == NotifyType.ADDITIONAL_IP6_ADDRESS and len(p.data) == 16:
+            addr = ipaddress.IPv6Address(p.data)
+        else:
             continue
-    return tuple(dict.fromkeys(out)) if found else None
+        if addr in out or kept[addr.version] >= MAX_PEER_ADDRESSES_PER_FAMILY:
+            continue
+        kept[addr.version] += 1
+        out[addr] = None
+    return tuple(out) if found else None
 
 
 def _detect(sa: IkeSa, payloads: Sequence[Payload], path: Path) -> bytes | None:

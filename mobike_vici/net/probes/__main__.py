@@ -88,7 +88,8 @@ async def _respond(args: argparse.Namespace) -> dict[str, object]:
     responder.close()
     c = responder.counters
     return {"answered": c.answered, "unauthenticated": c.unauthenticated,
-            "rate_limited": c.rate_limited}
+            "rate_limited": c.rate_limited, "replayed": c.replayed,
+            "source_limited": c.source_limited}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

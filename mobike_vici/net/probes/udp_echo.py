@@ -2,16 +2,21 @@
 
 Both ends share a configured key (``mobike { probe_key }``); see ``wire`` for the
 format. The responder answers only authentic requests, silently (unauthenticated
-ones are counted, never answered), and at most ``rate`` per second (token bucket,
-burst ``burst``), so it cannot be used as an amplifier or a CPU sink.
+ones are counted, never answered), each request once (``ReplayWindow``: a captured
+request replayed from spoofed sources is not reflected), at most ``source_rate``
+per second to one source address (``SourceBuckets``, so one source cannot use up
+the rest) and at most ``rate`` per second in all (token bucket, burst ``burst``),
+so it cannot be used as an amplifier or a CPU sink.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -133,6 +138,8 @@ class ResponderCounters:
     answered: int = 0
     unauthenticated: int = 0
     rate_limited: int = 0
+    replayed: int = 0
+    source_limited: int = 0
 
 
 class TokenBucket:
@@ -153,11 +160,85 @@ class TokenBucket:
         return True
 
 
+REPLAY_LIFETIME = 60.0
+"""Seconds a request's nonce is remembered: a replay within it is never answered."""
+MAX_NONCES = 16384
+"""Bound on remembered nonces (the oldest go first): 60 s at 270 requests/s. Only
+authentic requests get in, so only holders of the key can churn it."""
+TIMESTAMP_WINDOW_NS = 5_000_000_000
+"""From a source seen before, a request stamped more than 5 s before the newest one
+is refused: an old request replayed to a real peer's address, after its nonce was
+forgotten. (The stamp is the prober's own clock: only comparable per source.)"""
+MAX_SOURCES = 1024
+"""Bound on per-source state (timestamps, buckets); the least recently seen go first."""
+
+
+class ReplayWindow:
+    """Answer each authentic request once; pure given ``now``.
+
+    A nonce seen in the last REPLAY_LIFETIME seconds is refused whatever the source
+    claims to be, and a source's requests may not go back in time by more than
+    TIMESTAMP_WINDOW_NS (paths reorder probes a little, never by seconds).
+    """
+
+    def __init__(self, lifetime: float = REPLAY_LIFETIME, max_nonces: int = MAX_NONCES,
+                 window_ns: int = TIMESTAMP_WINDOW_NS, max_sources: int = MAX_SOURCES) -> None:
+        self.lifetime = lifetime
+        self.max_nonces = max_nonces
+        self.window_ns = window_ns
+        self.max_sources = max_sources
+        self._nonces: OrderedDict[bytes, float] = OrderedDict()
+        self._newest: OrderedDict[IPAddress, int] = OrderedDict()
+
+    def accept(self, nonce: bytes, timestamp: int, source: IPAddress, now: float) -> bool:
+        while self._nonces:
+            oldest, seen = next(iter(self._nonces.items()))
+            if now - seen < self.lifetime and len(self._nonces) < self.max_nonces:
+                break
+            del self._nonces[oldest]
+        if nonce in self._nonces:
+            return False
+        newest = self._newest.get(source)
+        if newest is not None and timestamp < newest - self.window_ns:
+            return False
+        self._nonces[nonce] = now
+        self._newest[source] = timestamp if newest is None else max(newest, timestamp)
+        self._newest.move_to_end(source)
+        if len(self._newest) > self.max_sources:
+            self._newest.popitem(last=False)
+        return True
+
+
+class SourceBuckets:
+    """One token bucket per source address, at most ``max_sources`` of them (the least
+    recently used is forgotten): a busy or spoofed source cannot starve the others."""
+
+    def __init__(self, rate: float, burst: int, max_sources: int = MAX_SOURCES) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_sources = max_sources
+        self._buckets: OrderedDict[IPAddress, TokenBucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, source: IPAddress, now: float) -> bool:
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            bucket = self._buckets[source] = TokenBucket(self.rate, self.burst, now)
+            if len(self._buckets) > self.max_sources:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(source)
+        return bucket.take(now)
+
+
 class UdpEchoResponder:
     """Answers authentic echo requests on (address, port), bound like the prober."""
 
     def __init__(self, key: bytes, local: IPAddress, *, port: int = DEFAULT_PORT,
                  ifname: str | None = None, rate: float = 200.0, burst: int = 50,
+                 source_rate: float = 50.0, source_burst: int = 20,
                  clock: Callable[[], float] = time.monotonic, fwmark: int | None = PROBE_FWMARK,
                  xfrm_bypass: bool = True) -> None:
         if not key:
@@ -165,6 +246,8 @@ class UdpEchoResponder:
         self._key = key
         self.clock = clock
         self.bucket = TokenBucket(rate, burst, clock())
+        self.sources = SourceBuckets(source_rate, source_burst)
+        self.replay = ReplayWindow()
         self.counters = ResponderCounters()
         self.sock = _open(local, port, ifname, fwmark, xfrm_bypass)
 
@@ -175,8 +258,9 @@ class UdpEchoResponder:
         asyncio.get_event_loop().remove_reader(self.sock.fileno())
         self.sock.close()
 
-    def answer(self, data: bytes, now: float) -> bytes | None:
-        """The response to `data`, or None (unauthenticated, not a request, rate-limited)."""
+    def answer(self, data: bytes, source: IPAddress, now: float) -> bytes | None:
+        """The response to `data` from `source`, or None (unauthenticated, not a
+        request, a replay, rate-limited for its source or in all)."""
         try:
             msg = decode_udp_echo(data, self._key)
         except DecodeError:
@@ -184,6 +268,12 @@ class UdpEchoResponder:
             return None
         if msg.kind != Kind.REQUEST:
             self.counters.unauthenticated += 1
+            return None
+        if not self.replay.accept(msg.nonce, msg.timestamp, source, now):
+            self.counters.replayed += 1
+            return None
+        if not self.sources.take(source, now):
+            self.counters.source_limited += 1
             return None
         if not self.bucket.take(now):
             self.counters.rate_limited += 1
@@ -197,7 +287,11 @@ class UdpEchoResponder:
                 data, addr = self.sock.recvfrom(2048)
             except OSError:
                 return
-            reply = self.answer(data, self.clock())
+            try:
+                source = ipaddress.ip_address(addr[0].split("%", 1)[0])
+            except ValueError:
+                continue
+            reply = self.answer(data, source, self.clock())
             if reply is not None:
                 with contextlib.suppress(OSError):
                     self.sock.sendto(reply, addr)

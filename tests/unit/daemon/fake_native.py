@@ -22,6 +22,7 @@ class ProcessFakeEngine(FakeEngine):
         config: Config,
         random_bytes: Callable[[int], bytes],
         source_address: Callable[[IPAddress], IPAddress | None],
+        settings: object = None,
     ) -> None:
         super().__init__(Endpoint.parse("127.0.0.1", 500), Endpoint.parse("127.0.0.1", 9))
 

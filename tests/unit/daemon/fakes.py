@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Mapping
 
 from mobike_vici.core.engine import ChildStatus, Datagram, IkeStatus
-from mobike_vici.core.events import Event, ExchangeFailed, IkeSaDeleted
+from mobike_vici.core.events import Event, ExchangeFailed, IkeSaDeleted, PacketDropped
 from mobike_vici.daemon.framing import KEEPALIVE
 from mobike_vici.eventlog import EventLog, make_logger
 from mobike_vici.types import Endpoint, Path
@@ -59,6 +59,11 @@ class FakeEngine:
         self.arrived.set()
         if data == b"boom":
             raise ValueError("malformed")
+        if data.startswith(b"GARBAGE"):
+            self.events.append(PacketDropped(path=path, reason="unknown SPI"))
+        elif data.startswith(b"STALE"):
+            self.events.append(PacketDropped(path=path, reason="message ID outside the window",
+                                             authenticated=True))
         if data.startswith(b"PING"):
             self.outbox.append(Datagram(b"PONG" + data[4:], path))
         elif data == b"KA":

@@ -18,6 +18,7 @@ import pytest
 
 from mobike_vici.config.model import ChildConfig, Config, ConnectionConfig, StartAction
 from mobike_vici.daemon.control import request
+from mobike_vici.daemon.drop_log import DropLog
 from mobike_vici.daemon.framing import KEEPALIVE, NON_ESP_MARKER
 from mobike_vici.daemon.native import ENGINE_ERROR_BACKOFF, Daemon
 from mobike_vici.daemon.status import format_status
@@ -490,3 +491,32 @@ def test_control_refusal_is_an_event_on_the_stream() -> None:
     line = next(_json.loads(x) for x in rig.log.stream.getvalue().splitlines()
                 if '"control_refused"' in x)
     assert line["level"] == "warning"
+
+
+def test_unauthenticated_drops_are_counted_not_logged_one_by_one() -> None:
+    async def scenario(rig: Rig) -> None:
+        rig.daemon.drops = DropLog(interval=0.3)
+        for batch in range(6):  # in batches: loopback's socket buffer holds only so many
+            for i in range(50):
+                rig.peer.send(b"GARBAGE%d" % i, "127.0.0.1", rig.daemon.ike_port)
+            await rig.received(50 * (batch + 1))
+        for _ in range(3):
+            rig.peer.send(b"STALE", "127.0.0.1", rig.daemon.ike_port)
+        await rig.received(303)
+        async with asyncio.timeout(TIMEOUT):
+            while sum(int(str(d["count"])) for d in rig.log.named("packet_dropped")
+                      if d["reason"] == "unknown SPI") < 300:
+                await asyncio.sleep(0.05)
+        drops = rig.log.named("packet_dropped")
+        garbage = [d for d in drops if d["reason"] == "unknown SPI"]
+        # The first one at once, the rest summed per interval (the sends take well
+        # under a second on loopback, so a handful of lines at most).
+        assert garbage[0]["count"] == 1
+        assert 2 <= len(garbage) <= 5
+        assert all(d["interval"] == 0.3 for d in garbage[1:])
+        assert garbage[1]["remote"] == str(rig.peer.endpoint)
+        # Authenticated drops are logged one by one.
+        stale = [d for d in drops if d["reason"] == "message ID outside the window"]
+        assert len(stale) == 3 and all("count" not in d for d in stale)
+
+    run_rig(scenario)
