@@ -12,6 +12,7 @@ not import the layer above it.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from collections import deque
 from collections.abc import Sequence
@@ -261,7 +262,7 @@ class MoveTask:
 
     def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
         cookie = find_notify(msg.payloads, NotifyType.COOKIE2)
-        if cookie is None or cookie.data != self.cookie2:
+        if cookie is None or not hmac.compare_digest(cookie.data, self.cookie2):
             # §3.5: the answer does not belong to our request: someone interferes.
             raise ExchangeAborted("cookie2_mismatch")
         if self.failed is not None:
@@ -295,7 +296,7 @@ class RoutabilityTask:
 
     def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
         cookie = find_notify(msg.payloads, NotifyType.COOKIE2)
-        if cookie is None or cookie.data != self.cookie2:
+        if cookie is None or not hmac.compare_digest(cookie.data, self.cookie2):
             raise ExchangeAborted("cookie2_mismatch")
         if not self.superseded and sa.path == self.new:
             moved(ctx, sa, self.old, self.new, None, now)
