@@ -4,6 +4,7 @@ return routability, stale updates, address lists, probes and NAT rebinding."""
 from __future__ import annotations
 
 import ipaddress
+import sys
 
 import pytest
 
@@ -455,3 +456,19 @@ def test_repeated_update_to_the_same_address_checks_again() -> None:
     net.advance_to(net.now + 30.0)
     assert [u.path for u in of_type(net.events_b, ChildSaUpdated)] == [new]
     assert not of_type(net.events_b, IkeSaDeleted)
+
+
+def test_cookie2_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    compared: list[tuple[bytes, bytes]] = []
+    real = mobike_mod.hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        if sys._getframe(1).f_globals["__name__"] == mobike_mod.__name__:
+            compared.append((a, b))  # not the ICV checks of the SK payloads
+        return real(a, b)
+
+    monkeypatch.setattr(mobike_mod.hmac, "compare_digest", spy)
+    net = setup()
+    moved_to(net, path(ALICE2, BOB))
+    assert of_type(net.events_a, IkeSaMoved)
+    assert compared and all(a == b for a, b in compared)
