@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import functools
 import ipaddress
 import os
 import signal
@@ -31,7 +32,7 @@ from ..core.engine import Datagram, Engine, IkeStatus
 from ..core.events import Event, ProbeResult
 from ..esp.xfrm import select_data_plane
 from ..eventlog import EventLog, configure, core_event_fields, level_of, make_logger
-from ..net.events import LinkDown, LinkRemoved, LinkUp, NetEvent, RouteChanged
+from ..net.events import LinkDown, LinkRemoved, LinkUp, NetEvent, Resynced, RouteChanged
 from ..net.monitor import NetlinkMonitor
 from ..net.state import usable_addresses
 from ..types import IKE_PORT, NATT_PORT, Endpoint, Path
@@ -39,6 +40,7 @@ from . import udp
 from .control import ControlError, ControlServer, JsonObject
 from .esp_io import UserspaceEsp
 from .framing import NON_ESP_MARKER, NattKind, classify_natt, frame_natt
+from .routing import DaemonRouting
 from .status import status_json
 
 
@@ -117,6 +119,7 @@ class Daemon:
         shutdown_grace: float = 2.0,
         mobility: Mobility | None = None,
         net_monitor: bool = True,
+        routing: DaemonRouting | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -131,7 +134,9 @@ class Daemon:
         self.event_hooks: list[EventHook] = []
         self.mobility = mobility
         """MOBIKE path selection: fed core events and netlink, asked for probes and moves."""
-        self._want_monitor = net_monitor and mobility is not None
+        self.routing = routing
+        """Our own tables and rules that keep IKE and ESP out of the tunnel (marks them)."""
+        self._want_monitor = net_monitor and (mobility is not None or routing is not None)
         self._monitor: NetlinkMonitor | None = None
         self.shutdown_grace = shutdown_grace
         self.esp_dropped = 0
@@ -181,6 +186,12 @@ class Daemon:
             natt_port=self.natt_port,
             control=self._control.path if self._control else None,
         )
+        if self.routing is not None:
+            try:
+                await self.routing.start()
+            except BaseException:
+                await self.close()
+                raise
         if self.data_plane is not None:
             try:
                 self._open_data_plane()
@@ -210,6 +221,7 @@ class Daemon:
         """A kernel change: the link hint first, then the whole usable address set."""
         mobility, monitor = self.mobility, self._monitor
         if mobility is None:
+            self._follow_net(event)
             return
         now = self.now()
         try:
@@ -226,6 +238,15 @@ class Daemon:
             self.log.emit("engine_error", call="mobility_net", error=type(exc).__name__)
         if self._loop is not None and self._sockets:
             self._after_engine()
+        self._follow_net(event)
+
+    def _follow_net(self, event: NetEvent) -> None:
+        """Our uplink tables follow the kernel, after the handover's packets are out."""
+        if self.routing is not None and self._monitor is not None:
+            try:
+                self.routing.on_net(self._monitor.state, isinstance(event, Resynced))
+            except Exception as exc:
+                self.log.emit("engine_error", call="routing_net", error=type(exc).__name__)
 
     def _open_data_plane(self) -> None:
         assert self.data_plane is not None
@@ -296,6 +317,8 @@ class Daemon:
             self._monitor = None
         if self.data_plane is not None:
             self.data_plane.close()
+        if self.routing is not None:
+            await self.routing.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -314,7 +337,8 @@ class Daemon:
         for family, addr in self._bind:
             for port in (self.ike_port, self.natt_port):
                 try:
-                    sock = udp.open_udp(family, addr, port)
+                    sock = udp.open_udp(family, addr, port, self.routing.fwmark
+                                        if self.routing is not None else None)
                 except OSError as exc:
                     if family == socket.AF_INET6 and exc.errno in _V6_UNAVAILABLE:
                         self.log.emit("socket_unavailable", family="ipv6", port=port,
@@ -499,6 +523,11 @@ class Daemon:
                     extra = self.data_plane.on_event(event)
                 except Exception as exc:
                     self.log.emit("engine_error", call="data_plane", error=type(exc).__name__)
+            if self.routing is not None:
+                try:
+                    self.routing.on_core_event(event)
+                except Exception as exc:
+                    self.log.emit("engine_error", call="routing_event", error=type(exc).__name__)
             if self.mobility is not None:
                 try:
                     self.mobility.on_core_event(event, self.now())
@@ -593,8 +622,10 @@ def run_native(config: Config, events: TextIO, control_path: str | None) -> int:
     """
     configure(events)
     log = EventLog(make_logger(events))
+    routing = DaemonRouting(config, log)
     try:
-        engine = Engine(config, os.urandom, udp.source_address)
+        engine = Engine(config, os.urandom,
+                        functools.partial(udp.source_address, fwmark=routing.fwmark))
     except Exception as exc:  # a config the engine cannot run is a start-up failure
         print(f"mobike-vici: cannot start the native engine: {type(exc).__name__}: {exc}",
               file=sys.stderr)
@@ -602,8 +633,8 @@ def run_native(config: Config, events: TextIO, control_path: str | None) -> int:
     try:
         mobility = Mobility(engine, config.mobike.policy, _mobike_conn(config))
         daemon = Daemon(config, engine, log, control_path=control_path,
-                        data_plane=UserspaceEsp(config), probe_kernel=True,
-                        mobility=mobility)
+                        data_plane=UserspaceEsp(config, fwmark=routing.fwmark),
+                        probe_kernel=True, mobility=mobility, routing=routing)
         return asyncio.run(daemon.run())
     except (OSError, ControlError) as exc:
         print(f"mobike-vici: {exc}", file=sys.stderr)
