@@ -53,7 +53,7 @@ class DaemonRouting:
         self._configured = frozenset(_literal_remotes(config))
 
     def _report(self, name: str, fields: dict[str, object]) -> None:
-        """From the routing's worker thread: write the event on the loop's thread."""
+        """Write the routing's report on the loop's thread (start and close run off it)."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
@@ -65,6 +65,7 @@ class DaemonRouting:
         """Clear leftovers of a crashed run and install the tunnel rules. Raises OSError."""
         self._loop = asyncio.get_running_loop()
         removed = await asyncio.to_thread(self.owner.start)
+        self.owner.attach(self._loop)
         if removed:
             self._log.emit("routing_leftovers_removed", count=removed)
         self._log.emit("routing_installed", protocol=RTPROT_MOBIKE_VICI, fwmark=hex(self.fwmark),
@@ -74,7 +75,8 @@ class DaemonRouting:
         self._update_peers()
 
     async def close(self) -> None:
-        """Remove everything of ours (waits for the queued work)."""
+        """Remove everything of ours (after the kernel answered what was sent)."""
+        self.owner.detach()
         removed = await asyncio.to_thread(self.owner.close)
         self._log.emit("routing_removed", count=removed)
 

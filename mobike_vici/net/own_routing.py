@@ -1,5 +1,5 @@
 """OuterRouting: the native daemon's own tables and rules, which keep IKE, probes and ESP
-out of its tunnel on every uplink (the pyroute2 edge for them).
+out of its tunnel on every uplink (the netlink edge for them).
 
 Three pieces, all with our protocol in our tables at our priorities (see ``numbers``):
 
@@ -12,20 +12,20 @@ Three pieces, all with our protocol in our tables at our priorities (see ``numbe
 * one table per uplink with a rule per address (``net.uplinks``), so a marked packet
   leaves by the uplink its source address belongs to.
 
-All netlink work runs in order on one worker thread (pyroute2's IPRoute must not run
-inside the asyncio loop): ``follow`` and ``exclude_peers`` queue and return at once;
-``start`` and ``close`` wait for it. Failures are reported through ``report`` (from
-the worker thread) and never raised from the queued calls.
+``start`` and ``close`` (leftovers, the tunnel rules, removal) are blocking pyroute2
+calls for start-up and shutdown. ``follow`` and ``exclude_peers`` run on the event
+loop while handovers happen: they send their requests and return
+(``rtnl_writer``); failures are reported through ``report``, never raised.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import errno
-import ipaddress
 import socket
+import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from ..types import IPAddress
 from .numbers import (
@@ -35,28 +35,34 @@ from .numbers import (
     RTPROT_MOBIKE_VICI,
     TUNNEL_PRIORITY,
     TUNNEL_TABLE,
-    UPLINK_PRIORITY,
+)
+from .rtnl_writer import (
+    RTM_DELROUTE,
+    RTM_DELRULE,
+    RTM_NEWROUTE,
+    RTM_NEWRULE,
+    Report,
+    RtnlWriter,
+    route_msg,
+    rule_msg,
+    throw_msg,
 )
 from .state import NetState
-from .uplinks import EMPTY, OwnRoute, OwnRule, UplinkPlan, plan_uplinks
-
-Report = Callable[[str, dict[str, object]], None]
-"""``report(event_name, fields)``: called from the worker thread."""
+from .uplinks import EMPTY, UplinkPlan, plan_uplinks
 
 FIB_RULE_INVERT = 0x2
-RTN_THROW = 9
-RT_SCOPE_LINK = 253
 _FAMILIES = ((4, socket.AF_INET), (6, socket.AF_INET6))
 _GONE = frozenset({errno.ESRCH, errno.ENOENT})
-
-
-def _af(version: int) -> int:
-    return socket.AF_INET if version == 4 else socket.AF_INET6
+_T = TypeVar("_T")
 
 
 def _code(exc: BaseException) -> int | None:
     code = getattr(exc, "code", None)
     return code if isinstance(code, int) else getattr(exc, "errno", None)
+
+
+def _addr_key(addr: IPAddress) -> tuple[int, bytes]:
+    return (addr.version, addr.packed)
 
 
 class OuterRouting:
@@ -68,9 +74,8 @@ class OuterRouting:
         self.skip = tuple(skip)
         self.netns = netns
         self._report = report or (lambda _name, _fields: None)
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="own-routing")
-        self._ipr: Any = None  # created and used on the worker thread only
-        self._plan: UplinkPlan = EMPTY  # the last plan queued (the worker applies in order)
+        self._writer: RtnlWriter | None = None
+        self._plan: UplinkPlan = EMPTY  # what we last asked the kernel for
         self._peers: frozenset[IPAddress] = frozenset()
         self._closed = False
 
@@ -78,26 +83,35 @@ class OuterRouting:
 
     def start(self) -> int:
         """Remove what a crashed earlier run left behind, then install the tunnel rules.
-        Returns how many leftovers were removed. Raises OSError when netlink refuses."""
-        return self._pool.submit(self._start).result()
+        Returns how many leftovers were removed. Blocking: call it off the event loop.
+        Raises OSError when netlink refuses."""
+        return self._with_ipr(self._start)
 
     def close(self) -> int:
-        """Remove every table entry and rule of ours (after the queued work); returns
-        how many. The worker is gone afterwards; later calls do nothing."""
+        """Remove every table entry and rule of ours; returns how many. Blocking: call it
+        off the event loop, after ``detach``. Later calls do nothing."""
         if self._closed:
             return 0
         self._closed = True
+        self.detach()
         try:
-            return self._pool.submit(self._remove_ours).result()
+            return self._with_ipr(self._remove_ours)
         except Exception as exc:
             self._report("route_failed", {"call": "remove_ours", "error": type(exc).__name__,
                                           "detail": str(exc)[:200]})
             return 0
-        finally:
-            self._pool.submit(self._close_ipr)
-            self._pool.shutdown(wait=True)
 
-    # --- following (queued) -----------------------------------------------------------
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read the kernel's answers to our requests on ``loop`` (else ``flush`` reads them)."""
+        self._writer_or_open().attach(loop)
+
+    def detach(self) -> None:
+        """Stop reading on the loop; wait briefly for what is still unanswered."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # --- following (non-blocking) -----------------------------------------------------
 
     @property
     def plan(self) -> UplinkPlan:
@@ -117,7 +131,16 @@ class OuterRouting:
         if new.unplaced != old.unplaced and new.unplaced:
             self._report("route_failed", {"call": "uplink_table", "error": "no_free_table",
                                           "detail": ",".join(new.unplaced)})
-        self._pool.submit(self._guard, "uplinks", self._apply, old, new, full)
+        w = self._writer_or_open()
+        for rule in sorted(old.rules - new.rules):
+            w.send(rule_msg(RTM_DELRULE, rule, self.fwmark), "rule_del", _GONE)
+        for route in sorted(old.routes - new.routes):
+            w.send(route_msg(RTM_DELROUTE, route), "route_del", _GONE)
+        for route in sorted(new.routes if full else new.routes - old.routes):
+            # A link that went down meanwhile: the next plan takes the route out again.
+            w.send(route_msg(RTM_NEWROUTE, route), "route_replace", {errno.ENETDOWN})
+        for rule in sorted(new.rules if full else new.rules - old.rules):
+            w.send(rule_msg(RTM_NEWRULE, rule, self.fwmark), "rule_add", {errno.EEXIST})
 
     def exclude_peers(self, peers: Iterable[IPAddress]) -> None:
         """Make ``peers`` the set of addresses the tunnel table throws back to main."""
@@ -125,39 +148,59 @@ class OuterRouting:
             return
         new = frozenset(peers)
         old, self._peers = self._peers, new
-        if new != old:
-            self._pool.submit(self._guard, "peers", self._apply_peers, old, new)
+        if new == old:
+            return
+        w = self._writer_or_open()
+        for peer in sorted(old - new, key=_addr_key):
+            w.send(throw_msg(RTM_DELROUTE, peer), "throw_del", _GONE)
+        for peer in sorted(new - old, key=_addr_key):
+            w.send(throw_msg(RTM_NEWROUTE, peer), "throw_add", frozenset())
 
-    def flush(self) -> None:
-        """Wait until everything queued so far is applied (for tests)."""
-        if not self._closed:
-            self._pool.submit(lambda: None).result()
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until the kernel answered everything sent so far (tests, shutdown)."""
+        if self._writer is not None:
+            self._writer.flush(timeout)
 
-    # --- worker side ------------------------------------------------------------------
+    # --- internals --------------------------------------------------------------------
 
-    def _guard(self, what: str, call: Callable[..., None], *args: Any) -> None:
-        try:
-            call(*args)
-        except Exception as exc:
-            self._report("route_failed", {"call": what, "error": type(exc).__name__,
-                                          "detail": str(exc)[:200]})
-
-    def _netlink(self) -> Any:
-        if self._ipr is None:
+    def _with_ipr(self, call: Callable[[Any], _T]) -> _T:
+        """``call(ipr)`` with a fresh pyroute2 IPRoute, on a short-lived thread when this
+        one runs an event loop (pyroute2's sync API starts its own)."""
+        def run() -> _T:
             from pyroute2 import IPRoute
 
             # flags=0: never create the namespace by accident.
-            self._ipr = IPRoute(netns=self.netns, flags=0) if self.netns else IPRoute()
-        return self._ipr
+            ipr = IPRoute(netns=self.netns, flags=0) if self.netns else IPRoute()
+            try:
+                return call(ipr)
+            finally:
+                ipr.close()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return run()
+        result: list[_T] = []
+        error: list[BaseException] = []
 
-    def _close_ipr(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
+        def worker() -> None:
+            try:
+                result.append(run())
+            except BaseException as exc:
+                error.append(exc)
+        thread = threading.Thread(target=worker, name="own-routing")
+        thread.start()
+        thread.join()
+        if error:
+            raise error[0]
+        return result[0]
 
-    def _start(self) -> int:
-        removed = self._remove_ours()
-        ipr = self._netlink()
+    def _writer_or_open(self) -> RtnlWriter:
+        if self._writer is None:
+            self._writer = RtnlWriter(self.netns, self._report)
+        return self._writer
+
+    def _start(self, ipr: Any) -> int:
+        removed = self._remove_ours(ipr)
         for version, family in _FAMILIES:
             try:
                 ipr.rule("add", family=family, table=TUNNEL_TABLE, priority=TUNNEL_PRIORITY,
@@ -169,64 +212,17 @@ class OuterRouting:
                 raise
         return removed
 
-    def _apply(self, old: UplinkPlan, new: UplinkPlan, full: bool) -> None:
-        ipr = self._netlink()
-        for rule in sorted(old.rules - new.rules):
-            self._quiet(self._rule, ipr, "del", rule)
-        for route in sorted(old.routes - new.routes):
-            self._quiet(self._route, ipr, "del", route)
-        for route in sorted(new.routes if full else new.routes - old.routes):
-            self._route(ipr, "replace", route)
-        for rule in sorted(new.rules if full else new.rules - old.rules):
-            self._quiet(self._rule, ipr, "add", rule, errno.EEXIST)
-
-    def _apply_peers(self, old: frozenset[IPAddress], new: frozenset[IPAddress]) -> None:
-        ipr = self._netlink()
-        for peer in old - new:
-            self._quiet(self._throw, ipr, "del", peer)
-        for peer in new - old:
-            self._throw(ipr, "replace", peer)
-
     def _quiet(self, call: Callable[..., None], ipr: Any, op: str, item: Any,
                *also: int) -> None:
-        """``call`` that shrugs off "already gone" (the kernel flushes routes of a downed
-        link from every table) and the codes in ``also``."""
+        """``call`` that shrugs off "already gone" and the codes in ``also``."""
         try:
             call(ipr, op, item)
         except Exception as exc:
             if _code(exc) not in _GONE | set(also):
                 raise
 
-    def _route(self, ipr: Any, op: str, route: OwnRoute) -> None:
-        spec: dict[str, Any] = {
-            "family": _af(route.family), "dst": str(route.dst.network_address),
-            "dst_len": route.dst.prefixlen, "table": route.table, "oif": route.oif,
-            "proto": RTPROT_MOBIKE_VICI,
-        }
-        if route.metric:
-            spec["priority"] = route.metric
-        if route.gateway is not None:
-            spec["gateway"] = str(route.gateway)
-        else:
-            spec["scope"] = RT_SCOPE_LINK
-        if route.prefsrc is not None:
-            spec["prefsrc"] = str(route.prefsrc)
-        ipr.route(op, **spec)
-
-    def _rule(self, ipr: Any, op: str, rule: OwnRule) -> None:
-        ipr.rule(op, family=_af(rule.family), table=rule.table, priority=UPLINK_PRIORITY,
-                 protocol=RTPROT_MOBIKE_VICI, src=str(rule.src),
-                 src_len=rule.src.max_prefixlen, fwmark=self.fwmark, fwmask=0xFFFFFFFF)
-
-    def _throw(self, ipr: Any, op: str, peer: IPAddress) -> None:
-        plain = ipaddress.ip_address(peer.packed)  # no IPv6 scope in a route
-        ipr.route(op, family=_af(plain.version), dst=str(plain),
-                  dst_len=plain.max_prefixlen, table=TUNNEL_TABLE, type=RTN_THROW,
-                  proto=RTPROT_MOBIKE_VICI)
-
-    def _remove_ours(self) -> int:
+    def _remove_ours(self, ipr: Any) -> int:
         """Every rule and route of ours, recognised by protocol, table and priority only."""
-        ipr = self._netlink()
         removed = 0
         for _version, family in _FAMILIES:
             try:
@@ -267,3 +263,4 @@ class OuterRouting:
                 self._quiet(lambda i, _op, s: i.route("del", **s), ipr, "del", route)
                 removed += 1
         return removed
+

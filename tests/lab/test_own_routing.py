@@ -18,6 +18,7 @@ from mobike_vici.net.own_routing import OuterRouting
 from mobike_vici.net.rtnl import dump_state, open_socket
 from mobike_vici.net.state import NetState
 from tests.data.support import INNER_ADDR, swanctl_conf, wait_ping
+from tests.unit.net.test_state import addr, fold, up
 
 pytestmark = pytest.mark.netns
 
@@ -58,7 +59,9 @@ def operator_setup(topo: Mobile) -> None:
 def test_uplink_tables_follow_links_and_marked_lookups_skip_the_tunnel(lab: Lab) -> None:
     topo = mobile(lab)
     mob = topo.mob
-    owner = OuterRouting(netns=mob.name, skip=("lo",))
+    reports: list[tuple[str, dict[str, object]]] = []
+    owner = OuterRouting(netns=mob.name, skip=("lo",),
+                         report=lambda name, fields: reports.append((name, fields)))
     try:
         owner.start()
         owner.follow(state_of(mob), full=True)
@@ -90,6 +93,12 @@ def test_uplink_tables_follow_links_and_marked_lookups_skip_the_tunnel(lab: Lab)
         assert "default via 10.2.0.1 dev m1" in mob.ip("route", "show", "table", str(t1)).stdout
         assert f"from 10.2.0.2 fwmark {MARK} lookup {t1}" in mob.ip("rule", "show").stdout
         assert f"lookup {t0}" in mob.ip("rule", "show").stdout
+        assert reports == []
+        # What the kernel refuses is reported, not raised: an uplink that is gone by
+        # the time the request arrives.
+        owner.follow(fold([up(999, "ghost0"), addr(999, "10.7.0.2/24")], state_of(mob)))
+        owner.flush()
+        assert {f["call"] for n, f in reports if n == "route_failed"} == {"route_replace"}
     finally:
         removed = owner.close()
     assert removed > 0
@@ -105,8 +114,8 @@ def test_start_removes_a_crashed_runs_leftovers_and_nothing_of_the_operators(lab
     crashed.start()
     crashed.follow(state_of(mob), full=True)
     crashed.flush()
-    # The "crash": the worker goes, what it installed stays.
-    crashed._pool.shutdown(wait=True)
+    # The "crash": the process would go without close(); what it installed stays.
+    crashed.detach()
     left = snapshot(mob)
     assert f"lookup {TUNNEL_TABLE}" in left and f"lookup {UPLINK_TABLE_FIRST}" in left
     again = OuterRouting(netns=mob.name, skip=("lo",))
