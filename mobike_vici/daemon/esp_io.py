@@ -370,8 +370,8 @@ class UserspaceEsp:
         with contextlib.suppress(OSError):
             candidates += tun_routes.local_addresses()
         for addr in candidates:
-            if addr.version != version:
-                continue
+            if addr.version != version or addr.is_loopback or addr.is_link_local:
+                continue  # the kernel refuses those as the source of a routed prefix
             value = int(addr)
             if any(s.version == addr.version and s.lo <= value <= s.hi for s in entry.local_ts):
                 return addr

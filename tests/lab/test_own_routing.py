@@ -147,7 +147,11 @@ def test_full_tunnel_daemon_keeps_ike_out_and_leaves_the_operators_routes_alone(
     topo = mobile(lab)
     operator_setup(topo)
     before = snapshot(topo.mob)
-    mob, _gw = _full_tunnel(lab, topo)
+    mob, gw = _full_tunnel(lab, topo)
+    # Both ends routed both families' selectors (each with a source of its own family).
+    gw.wait_event(named("child_sa_installed"), 10)
+    for end in (mob, gw):
+        assert end.events.find(named("route_failed")) is None, end.events.events
     # Everything goes through the tunnel, but the peer and our marked packets do not.
     assert "dev mvici" in route_get(topo.mob, ELSEWHERE)
     assert "dev mvici" in route_get(topo.mob, "2001:db8:77::1")
