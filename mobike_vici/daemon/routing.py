@@ -51,6 +51,7 @@ class DaemonRouting:
         self.fwmark = self.owner.fwmark
         self._peers: dict[str, IPAddress] = {}
         self._configured = frozenset(_literal_remotes(config))
+        self._closed = False
 
     def _report(self, name: str, fields: dict[str, object]) -> None:
         """Write the routing's report on the loop's thread (start and close run off it)."""
@@ -75,7 +76,10 @@ class DaemonRouting:
         self._update_peers()
 
     async def close(self) -> None:
-        """Remove everything of ours (after the kernel answered what was sent)."""
+        """Remove everything of ours (after the kernel answered what was sent). Once."""
+        if self._closed:
+            return
+        self._closed = True
         self.owner.detach()
         removed = await asyncio.to_thread(self.owner.close)
         self._log.emit("routing_removed", count=removed)
