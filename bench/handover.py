@@ -13,6 +13,10 @@ fault time, capped at ``--cap`` seconds ("lost" beyond). For (c): how long after
 m0 came back the SA returned to it, and the longest gap in the stream around the
 return (a make-before-break return has none beyond the 10 ms pacing).
 
+With ``--full-tunnel`` every pair runs a second time with a full tunnel (mob asks for
+``0.0.0.0/0`` and ``::/0`` with virtual IPs of both families, as a roaming client does);
+those rows are under ``results_full_tunnel``, beside the narrow ones in ``results``.
+
 Needs root and strongSwan. Prints one JSON object.
 """
 
@@ -134,7 +138,8 @@ def case_c(h: Handover, cap: float) -> dict[str, float | None]:
     return {"return_s": None if returned is None else returned - up, "gap": gap}
 
 
-def run_pair(name: str, reps: int, cases: str, cap: float) -> dict[str, Any]:
+def run_pair(name: str, reps: int, cases: str, cap: float,
+             full_tunnel: bool = False) -> dict[str, Any]:
     mob_native, gw_native = PAIRS[name]
     out: dict[str, Any] = {}
     for case in cases:
@@ -144,7 +149,8 @@ def run_pair(name: str, reps: int, cases: str, cap: float) -> dict[str, Any]:
             runs = []
             for _ in range(reps):
                 with Lab() as lab:
-                    h = build(lab, mob_native=mob_native, gw_native=gw_native)
+                    h = build(lab, mob_native=mob_native, gw_native=gw_native,
+                              full_tunnel=full_tunnel)
                     try:
                         runs.append(case_c(h, cap))
                     finally:
@@ -153,7 +159,8 @@ def run_pair(name: str, reps: int, cases: str, cap: float) -> dict[str, Any]:
                                "max_gap_ms": summary([r["gap"] for r in runs])}
             continue
         with Lab() as lab:
-            h = build(lab, mob_native=mob_native, gw_native=gw_native)
+            h = build(lab, mob_native=mob_native, gw_native=gw_native,
+                      full_tunnel=full_tunnel)
             try:
                 if case == "a":
                     out["a_link_down"] = summary([case_a(h, cap) for _ in range(reps)])
@@ -173,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds after which an outage counts as lost")
     parser.add_argument("--controller", action=argparse.BooleanOptionalAction, default=True,
                         help="also run charon alone vs charon+controller (mobike-vici run)")
+    parser.add_argument("--full-tunnel", action="store_true",
+                        help="also run every pair with a full tunnel (0.0.0.0/0 and ::/0)")
     args = parser.parse_args(argv)
     if not is_root() or not charon_available():
         print(json.dumps({"error": "needs root and strongSwan (charon)"}))
@@ -180,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     results: dict[str, Any] = {name: run_pair(name, args.reps, args.cases, args.cap)
                                for name in args.pairs.split(",")}
+    full: dict[str, Any] | None = None
+    if args.full_tunnel:
+        full = {name: run_pair(name, args.reps, args.cases, args.cap, full_tunnel=True)
+                for name in args.pairs.split(",")}
     if args.controller:
         # Same scenarios for the controller beside charon (its own harness, same lab).
         from handover_controller import run_scenarios
@@ -194,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets_ms": TARGETS_MS,
         "python": platform.python_version(),
         "results": results,
+        **({"results_full_tunnel": full} if full is not None else {}),
         "elapsed_s": round(time.monotonic() - started, 1),
     }, indent=2))
     return 0

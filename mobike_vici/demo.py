@@ -27,6 +27,7 @@ from mobike_vici.lab.native import Event, EventFile, NativeDaemon, start_native
 from mobike_vici.lab.netns import Lab, LabError, is_root
 from mobike_vici.lab.prereq import describe, missing_tools
 from mobike_vici.lab.topology import Mobile, TwoHosts, mobile
+from mobike_vici.net.numbers import OUTER_FWMARK
 
 TIMEOUT = 30.0
 EXIT_OK, EXIT_FAILED, EXIT_NEED_ROOT = 0, 1, 2
@@ -36,9 +37,12 @@ PING_INTERVAL = "0.01"
 _REPLY = re.compile(rb"^\[(\d+\.\d+)\].*icmp_seq=(\d+)")
 # Throwaway credentials for namespaces that exist only while the demo runs.
 DEMO_PSK = "mobike-vici-demo-only-not-a-secret"
-INNER_NET = "10.88.0.0/24"
 INNER_ADDR = "10.88.0.1"
+FULL_TUNNEL = "0.0.0.0/0, ::/0"
 POOL = "10.99.0.0/24"
+POOL6 = "2001:db8:99::/120"
+ELSEWHERE = "198.51.100.7"
+"""Any address outside the lab: with a full tunnel, the client's route to it is the TUN."""
 
 
 def _secrets() -> str:
@@ -54,8 +58,9 @@ secrets {{
 
 
 def initiator_config(topo: TwoHosts | Mobile) -> str:
-    """The mobile side: asks for a virtual IP and starts its child at once; with two
-    uplinks, any local address will do and m1 is the backup (a cost of 10)."""
+    """The mobile side: asks for virtual IPs of both families and sends everything
+    through the tunnel (a full tunnel, as a roaming client does); starts its child at
+    once; with two uplinks, any local address will do and m1 is the backup (a cost of 10)."""
     local, remote = (topo.a4, topo.b4) if isinstance(topo, TwoHosts) else ("%any", topo.gw4)
     return f"""# mobike-vici demo: initiator on the mobile host
 connections {{
@@ -64,7 +69,7 @@ connections {{
         local_addrs = {local}
         remote_addrs = {remote}
         proposals = aes128-sha256-x25519
-        vips = 0.0.0.0
+        vips = 0.0.0.0, ::
         mobike = yes
         local {{
             auth = psk
@@ -76,7 +81,7 @@ connections {{
         }}
         children {{
             net {{
-                remote_ts = {INNER_NET}
+                remote_ts = {FULL_TUNNEL}
                 esp_proposals = aes128-sha256
                 start_action = start
             }}
@@ -96,7 +101,8 @@ mobike {{
 
 
 def responder_config(topo: TwoHosts | Mobile) -> str:
-    """The gateway side: answers, hands out a virtual IP from a pool."""
+    """The gateway side: answers, hands out virtual IPs from its pools, and offers
+    everything (the client's full tunnel)."""
     local = topo.b4 if isinstance(topo, TwoHosts) else topo.gw4
     return f"""# mobike-vici demo: responder on the gateway
 connections {{
@@ -104,7 +110,7 @@ connections {{
         version = 2
         local_addrs = {local}
         proposals = aes128-sha256-x25519
-        pools = demo_pool
+        pools = demo_pool, demo_pool6
         mobike = yes
         local {{
             auth = psk
@@ -116,7 +122,7 @@ connections {{
         }}
         children {{
             net {{
-                local_ts = {INNER_NET}
+                local_ts = {FULL_TUNNEL}
                 esp_proposals = aes128-sha256
             }}
         }}
@@ -125,6 +131,9 @@ connections {{
 pools {{
     demo_pool {{
         addrs = {POOL}
+    }}
+    demo_pool6 {{
+        addrs = {POOL6}
     }}
 }}
 {_secrets()}
@@ -210,19 +219,6 @@ def run_demo(out: TextIO | None = None, timeout: float = TIMEOUT,
         return EXIT_FAILED
 
 
-def _source_routes(topo: Mobile) -> None:
-    """mob routes by source address, one table per uplink, as a multihomed host must:
-    a path from m1's address then really leaves through m1."""
-    for index, up in enumerate(topo.uplinks):
-        table = str(100 + index)
-        for family, addr, via in (("-4", up.addr4, up.gw4), ("-6", up.addr6, up.gw6)):
-            topo.mob.ip(family, "route", "replace", "default", "via", via, "dev", up.ifname,
-                        "table", table)
-            topo.mob.ip(family, "rule", "del", "from", addr, "table", table, check=False)
-            topo.mob.ip(family, "rule", "add", "from", addr, "table", table,
-                        "pref", str(1000 + index))
-
-
 class _Pinger:
     """``ping -D`` every 10 ms through the tunnel; reply times on the wall clock."""
 
@@ -262,6 +258,18 @@ class _Pinger:
         return None
 
 
+def _route(topo: Mobile, dest: str, src: str | None = None, mark: bool = False) -> str:
+    """The client's route to ``dest`` as ``ip route get`` tells it (marked like our IKE
+    and ESP when ``mark``), on one line."""
+    args = ["route", "get", dest]
+    if src is not None:
+        args += ["from", src]
+    if mark:
+        args += ["mark", hex(OUTER_FWMARK)]
+    text = topo.mob.ip(*args, check=False).stdout
+    return " ".join(text.split()).removesuffix(" cache").strip() or "none"
+
+
 def _handover(sides: list[_Side], pinger: _Pinger, out: TextIO, what: str,
               fault: Callable[[], None], old: str) -> str | None:
     """Inject ``fault``, wait for the move off ``old`` and the first reply; None or why not."""
@@ -295,7 +303,6 @@ def _handover(sides: list[_Side], pinger: _Pinger, out: TextIO, what: str,
 def _run(lab: Lab, out: TextIO, err: TextIO, timeout: float,
          program: Sequence[str] | None) -> int:
     topo = mobile(lab)
-    _source_routes(topo)
     topo.gw.add_address("lo", f"{INNER_ADDR}/32")
     m0, m1 = topo.uplinks
     print(f"demo: namespaces {topo.mob.name} (uplinks m0 {m0.addr4}, m1 {m1.addr4}), "
@@ -316,8 +323,10 @@ def _run(lab: Lab, out: TextIO, err: TextIO, timeout: float,
         print(f"mobike-vici demo: FAILED: {problem}", file=err)
         return EXIT_FAILED
 
-    print(f"demo: tunnel up on both sides; pinging {INNER_ADDR} through it every 10 ms",
+    print(f"demo: tunnel up on both sides; full tunnel: {_route(topo, ELSEWHERE)}; "
+          f"IKE and ESP from m1: {_route(topo, topo.gw4, '10.2.0.2', mark=True)}",
           file=out, flush=True)
+    print(f"demo: pinging {INNER_ADDR} through the tunnel every 10 ms", file=out, flush=True)
     pinger = _Pinger(lab, topo)
     if pinger.wait(time.time() - 60.0, timeout) is None:
         print("mobike-vici demo: FAILED: no echo reply through the tunnel", file=err)
@@ -331,7 +340,6 @@ def _run(lab: Lab, out: TextIO, err: TextIO, timeout: float,
         if index == 1:
             # m0 back first (with its routes), so there is somewhere to go.
             topo.link_up(0)
-            _source_routes(topo)
             time.sleep(1.0)  # a few probes find it up
         print(f"demo: {what}", file=out, flush=True)
         problem = _handover(sides, pinger, out, what, fault, old)

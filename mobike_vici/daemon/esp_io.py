@@ -73,14 +73,16 @@ class UserspaceEsp:
 
     def __init__(self, config: Config, *, tun_name: str = DEFAULT_NAME, mtu: int = DEFAULT_MTU,
                  random_bytes: Callable[[int], bytes] = os.urandom,
-                 manage_routes: bool = True,
+                 manage_routes: bool = True, fwmark: int | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        """``clock`` must be the event loop's (asyncio's default loop uses time.monotonic)."""
+        """``clock`` must be the event loop's (asyncio's default loop uses time.monotonic).
+        ``fwmark`` marks the raw ESP sockets, as the daemon marks its UDP ones (net.numbers)."""
         self.config = config
         self.plane = DataPlane(random_bytes)
         self.tun_name = tun_name
         self.mtu = mtu
         self.manage_routes = manage_routes
+        self.fwmark = fwmark
         self._clock = clock
         self.tun: TunDevice | None = None
         self.tun_write_failures = 0
@@ -110,6 +112,8 @@ class UserspaceEsp:
             except OSError:
                 continue  # e.g. IPv6 disabled: plain ESP only where the family exists
             raw.setblocking(False)
+            if self.fwmark is not None:
+                raw.setsockopt(socket.SOL_SOCKET, udp.SO_MARK, self.fwmark)
             with contextlib.suppress(OSError):
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
             if family == socket.AF_INET6:
@@ -332,19 +336,18 @@ class UserspaceEsp:
     def _route(self, entry: ChildEntry) -> None:
         if not self.manage_routes:
             return
-        peer = entry.path.remote.addr
-        src: IPAddress | None = None
-        looked_up = False
+        # A selector that covers the peer needs nothing more here: the outer packets are
+        # marked and skip the tunnel's table (net.own_routing).
+        sources: dict[int, IPAddress | None] = {}
         for sel in entry.remote_ts:
             for net in _networks(sel):
                 users = self._routes.setdefault(net, set())
                 if not users:
                     # One route per remote selector, shared by the CHILD_SAs behind it: the
                     # source lookup (a netlink dump) only when a route is really added.
-                    if not looked_up:
-                        src, looked_up = self._inner_source(entry), True
-                    if peer in net:
-                        self._net("pin_host_route", peer, self.tun_name)
+                    if net.version not in sources:
+                        sources[net.version] = self._inner_source(entry, net.version)
+                    src = sources[net.version]
                     self._net("replace_route", net, self.tun_name, src)
                 users.add(entry.unique_id)
 
@@ -361,12 +364,15 @@ class UserspaceEsp:
                     del self._routes[net]
                     self._net("del_route", net, self.tun_name)
 
-    def _inner_source(self, entry: ChildEntry) -> IPAddress | None:
-        """Our address inside the local selectors: a virtual IP, else one on some interface."""
+    def _inner_source(self, entry: ChildEntry, version: int) -> IPAddress | None:
+        """Our address of IP ``version`` inside the local selectors: a virtual IP, else one
+        on some interface (a route's preferred source must be of the route's family)."""
         candidates = list(self._vips.get(entry.ike_spi, ()))
         with contextlib.suppress(OSError):
             candidates += tun_routes.local_addresses()
         for addr in candidates:
+            if addr.version != version or addr.is_loopback or addr.is_link_local:
+                continue  # the kernel refuses those as the source of a routed prefix
             value = int(addr)
             if any(s.version == addr.version and s.lo <= value <= s.hi for s in entry.local_ts):
                 return addr

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import functools
 import ipaddress
 import os
 import signal
@@ -32,8 +33,7 @@ from ..core.engine import Datagram, Engine, EngineSettings, IkeStatus
 from ..core.events import Event, PacketDropped, ProbeResult
 from ..esp.xfrm import select_data_plane
 from ..eventlog import EventLog, configure, core_event_fields, level_of
-from ..net import tun_routes
-from ..net.events import LinkDown, LinkRemoved, LinkUp, NetEvent, RouteChanged
+from ..net.events import LinkDown, LinkRemoved, LinkUp, NetEvent, Resynced, RouteChanged
 from ..net.monitor import NetlinkMonitor
 from ..net.state import usable_addresses
 from ..types import IKE_PORT, NATT_PORT, Endpoint, Path
@@ -45,6 +45,7 @@ from .feed import EventFeed
 from .framing import NON_ESP_MARKER, NattKind, classify_natt, frame_natt
 from .metrics import MetricsServer, snapshot_on_loop
 from .operator import operator_request
+from .routing import DaemonRouting
 from .status import paths_json, preferred_json, status_json
 
 
@@ -123,7 +124,7 @@ class Daemon:
         mobility: Mobility | None = None,
         net_monitor: bool = True,
         metrics: MetricsServer | None = None,
-        clean_routes: bool = False,
+        routing: DaemonRouting | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -145,10 +146,12 @@ class Daemon:
         """MOBIKE path selection: fed core events and netlink, asked for probes and moves."""
         self.metrics = metrics
         """Prometheus endpoint: fed by the event log's tap, reads ``status_answer``."""
-        self._want_monitor = net_monitor and mobility is not None
-        self.clean_routes = clean_routes
-        """Remove our routes and rules (``net.leftovers``) at start (a killed run's) and stop."""
+        self.routing = routing
+        """Our own tables and rules that keep IKE and ESP out of the tunnel (marks them)."""
+        self._want_monitor = net_monitor and (mobility is not None or routing is not None)
         self._owns_routes = False
+        """Set once this run may touch our tables: a daemon that failed to bind must not
+        remove the routes of the one that holds the ports."""
         self._monitor: NetlinkMonitor | None = None
         self.shutdown_grace = shutdown_grace
         self.esp_dropped = 0
@@ -206,11 +209,15 @@ class Daemon:
             natt_port=self.natt_port,
             control=self._control.path if self._control else None,
         )
-        if self.clean_routes:
+        if self.routing is not None:
             # Only now: with UDP 500/4500 bound, no other daemon runs in this namespace,
-            # so whatever carries our protocol number is a dead run's.
-            self._remove_routes("leftovers_removed")
+            # so whatever of ours is in the kernel is a dead run's (removed by start()).
             self._owns_routes = True
+            try:
+                await self.routing.start()
+            except BaseException:
+                await self.close()
+                raise
         if self.data_plane is not None:
             try:
                 self._open_data_plane()
@@ -253,6 +260,7 @@ class Daemon:
         """A kernel change: the link hint first, then the whole usable address set."""
         mobility, monitor = self.mobility, self._monitor
         if mobility is None:
+            self._follow_net(event)
             return
         now = self.now()
         try:
@@ -269,17 +277,15 @@ class Daemon:
             self.log.emit("engine_error", call="mobility_net", error=type(exc).__name__)
         if self._loop is not None and self._sockets:
             self._after_engine()
+        self._follow_net(event)
 
-    def _remove_routes(self, event: str) -> None:
-        """Our routes and rules, by protocol number: never an operator's."""
-        try:
-            removed = _in_thread(tun_routes.remove_leftovers)
-        except Exception as exc:
-            self.log.emit("route_failed", call="remove_leftovers", error=type(exc).__name__,
-                          detail=str(exc)[:200])
-            return
-        if removed.count:
-            self.log.emit(event, routes=removed.routes, rules=removed.rules)
+    def _follow_net(self, event: NetEvent) -> None:
+        """Our uplink tables follow the kernel, after the handover's packets are out."""
+        if self.routing is not None and self._monitor is not None:
+            try:
+                self.routing.on_net(self._monitor.state, isinstance(event, Resynced))
+            except Exception as exc:
+                self.log.emit("engine_error", call="routing_net", error=type(exc).__name__)
 
     def _open_data_plane(self) -> None:
         assert self.data_plane is not None
@@ -380,9 +386,9 @@ class Daemon:
             self._monitor = None
         if self.data_plane is not None:
             self.data_plane.close()
-        if self._owns_routes:
+        if self.routing is not None and self._owns_routes:
             self._owns_routes = False
-            self._remove_routes("routes_removed")
+            await self.routing.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -403,7 +409,8 @@ class Daemon:
         for family, addr in self._bind:
             for port in (self.ike_port, self.natt_port):
                 try:
-                    sock = udp.open_udp(family, addr, port)
+                    sock = udp.open_udp(family, addr, port, self.routing.fwmark
+                                        if self.routing is not None else None)
                 except OSError as exc:
                     if family == socket.AF_INET6 and exc.errno in _V6_UNAVAILABLE:
                         self.log.emit("socket_unavailable", family="ipv6", port=port,
@@ -585,6 +592,11 @@ class Daemon:
                     extra = self.data_plane.on_event(event)
                 except Exception as exc:
                     self.log.emit("engine_error", call="data_plane", error=type(exc).__name__)
+            if self.routing is not None:
+                try:
+                    self.routing.on_core_event(event)
+                except Exception as exc:
+                    self.log.emit("engine_error", call="routing_event", error=type(exc).__name__)
             if self.mobility is not None:
                 try:
                     self.mobility.on_core_event(event, self.now())
@@ -754,8 +766,11 @@ def run_native(config: Config, events: TextIO, control_path: str | None, *,
     """
     configure(events, level)
     log = EventLog.to_stream(events, level)
+    routing = DaemonRouting(config, log)
     try:
-        engine = Engine(config, os.urandom, udp.source_address, engine_settings(config))
+        engine = Engine(config, os.urandom,
+                        functools.partial(udp.source_address, fwmark=routing.fwmark),
+                        engine_settings(config))
     except Exception as exc:  # a config the engine cannot run is a start-up failure
         print(f"mobike-vici: cannot start the native engine: {type(exc).__name__}: {exc}",
               file=sys.stderr)
@@ -763,8 +778,8 @@ def run_native(config: Config, events: TextIO, control_path: str | None, *,
     try:
         mobility = Mobility(engine, config.mobike.policy, _mobike_conn(config))
         daemon = Daemon(config, engine, log, control_path=control_path,
-                        data_plane=UserspaceEsp(config), probe_kernel=True,
-                        mobility=mobility, clean_routes=True,
+                        data_plane=UserspaceEsp(config, fwmark=routing.fwmark),
+                        probe_kernel=True, mobility=mobility, routing=routing,
                         metrics=MetricsServer(metrics) if metrics is not None else None)
         daemon.reload_config, daemon.reopen_events = reload_config, reopen_events
         return asyncio.run(daemon.run())

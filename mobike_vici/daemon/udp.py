@@ -20,6 +20,7 @@ from ..types import Endpoint, IPAddress
 IP_PKTINFO: int = getattr(socket, "IP_PKTINFO", 8)
 IPV6_RECVPKTINFO: int = socket.IPV6_RECVPKTINFO
 IPV6_PKTINFO: int = socket.IPV6_PKTINFO
+SO_MARK: int = getattr(socket, "SO_MARK", 36)
 
 MAX_DATAGRAM = 65535
 _ANCILLARY_SPACE = socket.CMSG_SPACE(64)
@@ -28,10 +29,14 @@ _IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr (header destina
 _IN6_PKTINFO = struct.Struct("=16sI")  # addr, ifindex
 
 
-def open_udp(family: socket.AddressFamily, addr: str, port: int) -> socket.socket:
-    """A non-blocking UDP socket bound to ``addr``:``port`` that reports local addresses."""
+def open_udp(family: socket.AddressFamily, addr: str, port: int,
+             fwmark: int | None = None) -> socket.socket:
+    """A non-blocking UDP socket bound to ``addr``:``port`` that reports local addresses;
+    with ``fwmark``, everything it sends carries that mark (needs CAP_NET_ADMIN)."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        if fwmark is not None:
+            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
         if family == socket.AF_INET6:
             # One socket per family: without V6ONLY the v6 socket would also take v4.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -115,14 +120,19 @@ def send(sock: socket.socket, data: bytes, local: IPAddress, remote: Endpoint) -
     sock.sendmsg([data], _pktinfo(local), 0, target)
 
 
-def source_address(remote: IPAddress, port: int = 500) -> IPAddress | None:
+def source_address(remote: IPAddress, port: int = 500,
+                   fwmark: int | None = None) -> IPAddress | None:
     """The kernel's choice of source address toward ``remote``, or None without a route.
 
-    A connect() on a UDP socket does the route lookup and sends nothing.
+    A connect() on a UDP socket does the route lookup and sends nothing. With
+    ``fwmark`` (the mark of the daemon's sockets) the lookup is the one the first
+    packet will meet, so a tunnel's routes cannot hand us our own virtual IP.
     """
     family = socket.AF_INET6 if isinstance(remote, ipaddress.IPv6Address) else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            if fwmark is not None:
+                probe.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
             probe.connect((str(remote), port))
             addr = probe.getsockname()[0]
         found = ipaddress.ip_address(addr)

@@ -117,19 +117,23 @@ def usable_addresses(state: NetState) -> list[tuple[str, IPAddress]]:
     """(ifname, address) pairs a path may use as its local end: global scope, not
     loopback or link-local, not tentative or failed DAD, on a link that is up.
     Deprecated IPv6 addresses stay in (they still work, merely not preferred)."""
-    unusable = AddrFlag.TENTATIVE | AddrFlag.DADFAILED
     out = []
     for addr in state.addresses.values():
-        link = state.links.get(addr.ifindex)
-        if link is None or not link.up:
-            continue
-        if addr.scope != Scope.UNIVERSE or addr.flags & unusable:
-            continue
-        if addr.address.is_loopback or addr.address.is_link_local:
-            continue
-        out.append((addr.ifindex, addr.address.version, addr.address, link.ifname))
+        if is_usable(state, addr):
+            out.append((addr.ifindex, addr.address.version, addr.address,
+                        state.ifname(addr.ifindex)))
     out.sort(key=lambda t: (t[0], t[1], t[2].packed))
     return [(ifname, address) for _, _, address, ifname in out]
+
+
+def is_usable(state: NetState, addr: Address) -> bool:
+    """Whether ``addr`` may be a path's local end (see `usable_addresses`)."""
+    link = state.links.get(addr.ifindex)
+    if link is None or not link.up:
+        return False
+    if addr.scope != Scope.UNIVERSE or addr.flags & (AddrFlag.TENTATIVE | AddrFlag.DADFAILED):
+        return False
+    return not (addr.address.is_loopback or addr.address.is_link_local)
 
 
 def _addr_order(key: AddrKey) -> tuple[int, int, bytes, int]:

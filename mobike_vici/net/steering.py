@@ -29,10 +29,12 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..types import IPAddress
+from .numbers import RESERVED_TABLES, RTPROT_MOBIKE_VICI, STEERING_PRIORITY, STEERING_TABLE
 
-DEFAULT_TABLE = 4555  # not 220: that one is charon's
-DEFAULT_PRIORITY = 4555  # after `local` (0), before `main` (32766)
-RTPROT_MOBIKE_VICI = 145  # unassigned in rt_protos; marks our routes and rules
+DEFAULT_TABLE = STEERING_TABLE  # not 220: that one is charon's
+DEFAULT_PRIORITY = STEERING_PRIORITY  # after `local` (0), before `main` (32766)
+__all__ = ["DEFAULT_PRIORITY", "DEFAULT_TABLE", "RTPROT_MOBIKE_VICI", "PolicyRouting",
+           "SteeredRoute"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,7 +57,7 @@ class PolicyRouting:
     def __init__(self, *, table: int = DEFAULT_TABLE, priority: int = DEFAULT_PRIORITY,
                  protocol: int = RTPROT_MOBIKE_VICI, netns: str | None = None,
                  logger: Any = None) -> None:
-        if table in (0, 220, 253, 254, 255):
+        if table in RESERVED_TABLES:
             raise ValueError(f"table {table} is reserved (kernel or charon)")
         self.table = table
         self.priority = priority

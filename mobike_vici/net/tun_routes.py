@@ -1,10 +1,12 @@
 """Addresses and routes for the userspace data plane's TUN device (the pyroute2 edge for it).
 
-Three things: the virtual IP on the TUN, a route per remote traffic selector
-through the TUN (with ``src`` = our inner address, so locally sent packets
-match our local selector), and a pinned host route to the peer's outer
-address through the underlay when a remote selector would otherwise swallow
-it (the outer ESP packets must never be routed into the TUN: a loop).
+Two things: the virtual IP on the TUN, and a route per remote traffic selector
+through the TUN (with ``src`` = our inner address, so locally sent packets match
+our local selector). The routes live in our own table, ``TUNNEL_TABLE``, never in
+main; ``net.own_routing`` owns the rule that makes the kernel look there (for
+every packet but our own marked IKE, ESP and probes) and the ``throw`` routes that
+keep the peers' addresses out of it, so a selector that covers a peer (a full
+tunnel, ``0.0.0.0/0``) never swallows the outer packets.
 
 Every call is blocking and short; the daemon calls them when a CHILD_SA is
 installed or deleted, not per packet. Errors are raised as OSError.
@@ -23,13 +25,9 @@ from typing import Any, ParamSpec, TypeVar
 from pyroute2 import IPRoute
 
 from ..types import IPAddress
-from . import leftovers
+from .numbers import RTPROT_MOBIKE_VICI, TUNNEL_TABLE
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# "m": marks our routes so a look at `ip route` tells whose they are, and so that
-# net.leftovers can find what a killed daemon left (every route and rule we add carries it).
-ROUTE_PROTO = leftovers.ROUTE_PROTO
 
 
 _P = ParamSpec("_P")
@@ -83,12 +81,6 @@ def _index(ipr: Any, ifname: str) -> int:
 
 
 @_off_loop
-def remove_leftovers() -> leftovers.Removed:
-    """Every route and rule of ours (by ``ROUTE_PROTO``), from a killed run or this one."""
-    return leftovers.remove_owned(ROUTE_PROTO)
-
-
-@_off_loop
 def add_address(ifname: str, addr: IPAddress) -> None:
     """Put ``addr`` (host prefix) on ``ifname``; already there is fine."""
     bits = 32 if addr.version == 4 else 128
@@ -122,9 +114,10 @@ def local_addresses() -> list[IPAddress]:
 
 @_off_loop
 def replace_route(dest: Network, ifname: str, src: IPAddress | None) -> None:
-    """Route ``dest`` through ``ifname`` (the TUN), optionally with a preferred source."""
+    """Route ``dest`` through ``ifname`` (the TUN) in our tunnel table, optionally with a
+    preferred source."""
     kwargs: dict[str, Any] = {"dst": str(dest.network_address), "dst_len": dest.prefixlen,
-                              "proto": ROUTE_PROTO}
+                              "proto": RTPROT_MOBIKE_VICI, "table": TUNNEL_TABLE}
     if src is not None:
         kwargs["prefsrc"] = str(src)
     with _ipr() as ipr:
@@ -139,37 +132,4 @@ def replace_route(dest: Network, ifname: str, src: IPAddress | None) -> None:
 def del_route(dest: Network, ifname: str) -> None:
     with _ipr() as ipr, contextlib.suppress(Exception):
         ipr.route("del", family=2 if dest.version == 4 else 10, dst=str(dest.network_address),
-                  dst_len=dest.prefixlen, oif=_index(ipr, ifname))
-
-
-@_off_loop
-def pin_host_route(peer: IPAddress, avoid_ifname: str) -> bool:
-    """Keep the current underlay route to ``peer`` as a host route; True if one was added.
-
-    Nothing is done when the kernel's route to ``peer`` already leaves through
-    ``avoid_ifname`` (then there is no underlay route to keep) or when a host
-    route is already there.
-    """
-    bits = 32 if peer.version == 4 else 128
-    with _ipr() as ipr:
-        avoid = _index(ipr, avoid_ifname)
-        try:
-            routes = ipr.route("get", dst=str(peer))
-        except Exception:
-            return False
-        if not routes:
-            return False
-        route = routes[0]
-        oif = route.get_attr("RTA_OIF")
-        if oif is None or oif == avoid:
-            return False
-        kwargs: dict[str, Any] = {"dst": str(peer), "dst_len": bits, "oif": oif,
-                                  "proto": ROUTE_PROTO}
-        gateway = route.get_attr("RTA_GATEWAY")
-        if gateway:
-            kwargs["gateway"] = gateway
-        try:
-            ipr.route("add", family=2 if peer.version == 4 else 10, **kwargs)
-        except Exception:
-            return False
-    return True
+                  dst_len=dest.prefixlen, oif=_index(ipr, ifname), table=TUNNEL_TABLE)

@@ -34,34 +34,37 @@ CHILD = "net"
 INNER_NET = "10.88.0.0/24"
 INNER_ADDR = "10.88.0.1"
 POOL = "10.99.0.0/24"
+POOL6 = "2001:db8:99::/120"
 PORT = 5001
 MB20 = 20 << 20
 
 
 def swanctl_conf(*, initiator: bool, local: str, remote: str, esp: str = "aes128gcm16",
                  encap: bool = False, child_extra: str = "", start: bool = True,
-                 inner_net: str = INNER_NET) -> str:
+                 inner_net: str = INNER_NET, vip6: bool = False) -> str:
     """One side's swanctl.conf (the same text works for charon and for our daemon).
 
-    The responder protects ``inner_net``; the initiator sends there from its virtual IP."""
+    The responder protects ``inner_net``; the initiator sends there from its virtual IP
+    (with ``vip6``, from an IPv6 one as well, out of the responder's POOL6)."""
     conn = [f"local_addrs = {local}", "version = 2", "proposals = aes128-sha256-x25519",
             "mobike = yes"]
     if encap:
         conn.append("encap = yes")
     if initiator:
-        conn += [f"remote_addrs = {remote}", "vips = 0.0.0.0"]
+        conn += [f"remote_addrs = {remote}", "vips = 0.0.0.0, ::" if vip6 else "vips = 0.0.0.0"]
         child = [f"remote_ts = {inner_net}"]
         if start:
             child.append("start_action = start")
         ids = (INITIATOR_ID, RESPONDER_ID)
     else:
-        conn.append("pools = dp_pool")
+        conn.append("pools = dp_pool, dp_pool6" if vip6 else "pools = dp_pool")
         child = [f"local_ts = {inner_net}"]
         ids = (RESPONDER_ID, INITIATOR_ID)
     child.append(f"esp_proposals = {esp}")
     if child_extra:
         child.append(child_extra)
-    pools = "" if initiator else f"pools {{\n  dp_pool {{\n    addrs = {POOL}\n  }}\n}}\n"
+    pool6 = f"  dp_pool6 {{\n    addrs = {POOL6}\n  }}\n" if vip6 else ""
+    pools = "" if initiator else f"pools {{\n  dp_pool {{\n    addrs = {POOL}\n  }}\n{pool6}}}\n"
     return f"""connections {{
   {CONN} {{
     {chr(10).join('    ' + c for c in conn).strip()}

@@ -9,14 +9,13 @@ from typing import Any
 
 from mobike_vici.lab.native import NativeDaemon
 from mobike_vici.lab.netns import LabError, Netns
-from mobike_vici.net.leftovers import ROUTE_PROTO
 from mobike_vici.net.steering import DEFAULT_TABLE, RTPROT_MOBIKE_VICI
 
 OPERATOR_TABLE = "300"
 OPERATOR_PREF = "2000"
 
 # Routes and rules that are not the operator's: ours, charon's, the kernel's own.
-_NOT_OPERATORS = (f"proto {ROUTE_PROTO}", f"proto {RTPROT_MOBIKE_VICI}", f"table {DEFAULT_TABLE}",
+_NOT_OPERATORS = (f"proto {RTPROT_MOBIKE_VICI}", f"table {DEFAULT_TABLE}",
                   "lookup 220", "table 220", "table local", "dev mvici", "dev ipsec",
                   "proto kernel", "fe80::", "ff00::", "multicast")
 

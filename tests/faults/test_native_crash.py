@@ -19,9 +19,8 @@ import pytest
 from mobike_vici.lab.charon import Charon
 from mobike_vici.lab.native import NativeDaemon, start_native
 from mobike_vici.lab.netns import Lab, LabError
-from mobike_vici.net.leftovers import ROUTE_PROTO
-from tests.data.support import INNER_NET
-from tests.mobility.harness import GW4, build, sa_view
+from mobike_vici.net.numbers import RTPROT_MOBIKE_VICI
+from tests.mobility.harness import build, sa_view
 
 from .support import add_operator_routing, is_event, operator_view, ours, wait_new
 
@@ -42,9 +41,9 @@ def ike_sas_at(charon: Charon) -> list[str]:
 
 
 def test_native_daemon_sigkilled_mid_handover_restarts_clean(lab: Lab) -> None:
-    # The peer's address inside the remote selectors: the daemon pins a host route to it
-    # through the underlay (proto ROUTE_PROTO, main table), which outlives a SIGKILL.
-    h = build(lab, mob_native=True, gw_native=False, inner_net=f"{INNER_NET},192.0.2.0/24")
+    # The daemon's own tables and rules (proto RTPROT_MOBIKE_VICI: one table per uplink,
+    # the tunnel's table, their rules) outlive a SIGKILL; the TUN's routes do not.
+    h = build(lab, mob_native=True, gw_native=False)
     try:
         mob, gw = h.mob, h.gw
         assert isinstance(mob, NativeDaemon) and isinstance(gw, Charon)
@@ -52,8 +51,8 @@ def test_native_daemon_sigkilled_mid_handover_restarts_clean(lab: Lab) -> None:
         add_operator_routing(ns, via="10.1.0.1", dev="m0")
         operators = operator_view(ns)
         assert any("198.51.100.0/24" in line for line in operators)
-        pinned = [line for line in ours(ns, ROUTE_PROTO) if line.startswith(f"{GW4} via")]
-        assert pinned, ours(ns, ROUTE_PROTO)
+        installed = sorted(ours(ns, RTPROT_MOBIKE_VICI))
+        assert any("lookup" in line for line in installed), installed  # our rules
         old_spi = sa_view(mob)["ike_spi"]
 
         # Mid-handover, for sure: both uplinks silent, so the move to m1 is started and
@@ -66,8 +65,9 @@ def test_native_daemon_sigkilled_mid_handover_restarts_clean(lab: Lab) -> None:
         mob.proc.wait(timeout=10)
         assert ns.ip("link", "show", "mvici0", check=False).returncode != 0, \
             "the kernel removes a TUN device with its last descriptor"
-        assert [line for line in ours(ns, ROUTE_PROTO) if line.startswith(f"{GW4} via")], \
-            "the pinned host route should outlive the crash (else this test checks nothing)"
+        survived = ours(ns, RTPROT_MOBIKE_VICI)
+        assert any("lookup" in line for line in survived), \
+            "our rules should outlive the crash (else this test checks nothing)"
         assert old_spi in ike_sas_at(gw)  # the orphan, at the peer
         h.revive(0)
         h.revive(1)
@@ -76,8 +76,8 @@ def test_native_daemon_sigkilled_mid_handover_restarts_clean(lab: Lab) -> None:
         mark = len(mob.events.events)
         restarted = start_native(lab, ns, mob.config, name="mob")  # same events file, appended
         h.mob = restarted
-        cleaned = wait_new(restarted, mark, is_event("leftovers_removed"))
-        assert any(r.endswith(f"{GW4}/32") for r in cleaned["routes"]), cleaned
+        cleaned = wait_new(restarted, mark, is_event("routing_leftovers_removed"))
+        assert cleaned["count"] >= len([line for line in survived if "lookup" in line]), cleaned
         wait_new(restarted, mark, is_event("child_sa_installed"), timeout=30)
         assert h.wait_resumed(time.monotonic(), 30.0) is not None, "no traffic after restart"
         new_spi = sa_view(restarted)["ike_spi"]
@@ -88,14 +88,18 @@ def test_native_daemon_sigkilled_mid_handover_restarts_clean(lab: Lab) -> None:
             time.sleep(0.2)
         assert ike_sas_at(gw) == [new_spi]
         assert operator_view(ns) == operators, "a crash and restart changed the operator's routing"
-        assert len([line for line in ours(ns, ROUTE_PROTO) if line.startswith(f"{GW4} via")]) == 1
+        # The same tables and rules again, each once: nothing of the dead run added to them.
+        deadline = time.monotonic() + 10
+        while sorted(ours(ns, RTPROT_MOBIKE_VICI)) != installed and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sorted(ours(ns, RTPROT_MOBIKE_VICI)) == installed
 
         # A second daemon in the same namespace cannot bind and must not "clean up" the
         # running one's routes on its way out.
-        routes_now = ours(ns, ROUTE_PROTO)
+        routes_now = ours(ns, RTPROT_MOBIKE_VICI)
         with pytest.raises(LabError, match="exited with 1"):
             start_native(lab, ns, mob.config, name="second")
-        assert ours(ns, ROUTE_PROTO) == routes_now
+        assert ours(ns, RTPROT_MOBIKE_VICI) == routes_now
 
         # The next handover works.
         mark = len(restarted.events.events)
@@ -115,7 +119,7 @@ def test_native_daemon_sigkilled_mid_handover_restarts_clean(lab: Lab) -> None:
 
         # A clean stop leaves nothing of ours, and the operator's routing as it was.
         assert restarted.stop(grace=10.0) == 0
-        assert ours(ns, ROUTE_PROTO) == []
+        assert ours(ns, RTPROT_MOBIKE_VICI) == []
         assert operator_view(ns) == operators
     finally:
         h.close()

@@ -29,9 +29,12 @@ def test_demo_configs_load_and_say_what_the_demo_needs() -> None:
     res_conn = res.connection("demo")
     assert ini_conn.remote_addrs == (topo.b4,)
     assert [c.start_action for c in ini_conn.children] == [StartAction.START]
-    assert [str(v) for v in ini_conn.vips] == ["0.0.0.0"]
-    assert res_conn.pools == ("demo_pool",)
-    assert [p.name for p in res.pools] == ["demo_pool"]
+    assert [str(v) for v in ini_conn.vips] == ["0.0.0.0", "::"]
+    # A roaming client's full tunnel: everything goes through it, both families.
+    assert [str(t.network) for c in ini_conn.children for t in c.remote_ts] == ["0.0.0.0/0", "::/0"]
+    assert [str(t.network) for c in res_conn.children for t in c.local_ts] == ["0.0.0.0/0", "::/0"]
+    assert res_conn.pools == ("demo_pool", "demo_pool6")
+    assert [p.name for p in res.pools] == ["demo_pool", "demo_pool6"]
     assert [c.start_action for c in res_conn.children] == [StartAction.NONE]
     assert len(ini.secrets) == 1 and len(res.secrets) == 1
 

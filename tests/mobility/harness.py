@@ -5,12 +5,16 @@ mob (two uplinks m0/m1, m0 preferred) initiates and gets a virtual IP; gw respon
 and protects INNER_NET with INNER_ADDR on its loopback. The stream goes from mob to
 INNER_ADDR, one datagram per ``INTERVAL``; gw's receiver logs each arrival.
 
-mob routes by source address (one table per uplink, as a multihomed host must): a
-packet from m1's address leaves through m1 even while m0's default route is up, so
-a path really is its uplink. Outage = arrival of the first datagram sent after the
-fault minus the fault time (both CLOCK_MONOTONIC, one kernel). The fault time is
-taken when the command that injects it returned, so it errs short by that command's
-own latency (a few ms).
+A path really is its uplink: a packet from m1's address leaves through m1 even while
+m0's default route is up. Our daemon sees to that itself (its uplink tables, see
+net/own_routing.py), so mob has nothing but two default routes, as a user's host
+would; charon in mob gets one table per uplink from the lab instead. With
+``full_tunnel`` the initiator asks for everything (``0.0.0.0/0`` and ``::/0``, with an
+IPv4 and an IPv6 virtual IP), as a roaming client would.
+
+Outage = arrival of the first datagram sent after the fault minus the fault time
+(both CLOCK_MONOTONIC, one kernel). The fault time is taken when the command that
+injects it returned, so it errs short by that command's own latency (a few ms).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ STREAM_PORT = 5301
 INTERVAL = 0.01
 GW4 = "192.0.2.2"
 TABLE_BASE = 100
+FULL_TUNNEL = "0.0.0.0/0,::/0"
 
 End = NativeDaemon | Charon
 
@@ -98,7 +103,8 @@ class Handover:
 
     def link_up(self, index: int) -> float:
         self.topo.link_up(index)
-        source_routes(self.topo, index)
+        if not isinstance(self.mob, NativeDaemon):
+            source_routes(self.topo, index)
         return time.monotonic()
 
     def kill_silently(self, index: int) -> float:
@@ -194,7 +200,7 @@ def sa_view(end: End) -> dict[str, Any]:
 
 
 def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
-          encap: bool = False, timeout: float = 30.0,
+          encap: bool = False, full_tunnel: bool = False, timeout: float = 30.0,
           mob_args: tuple[str, ...] = (), inner_net: str = INNER_NET,
           mob_program: Sequence[str] | None = None) -> Handover:
     """Topology, both ends, the tunnel up, and the stream flowing.
@@ -207,19 +213,22 @@ def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
 
     ``mob_args``: extra command-line arguments for our daemon in mob (e.g. ``--metrics``)."""
     topo = mobile(lab, nat=nat)
-    for index in (0, 1):
-        source_routes(topo, index)
+    if not mob_native:
+        for index in (0, 1):
+            source_routes(topo, index)
     # Strict reverse-path filtering in rtr, as an access network does (BCP 38): a
     # packet from m0's address that leaks out through m1 is dropped, so an SA that
     # has not moved yet really is cut off, in both directions.
     topo.rtr.sysctl("net.ipv4.conf.all.rp_filter", "1")
     topo.gw.add_address("lo", f"{INNER_ADDR}/32")
     conf_gw = lab.workdir / "gw.conf"
+    inner = FULL_TUNNEL if full_tunnel else inner_net
     conf_gw.write_text(swanctl_conf(initiator=False, local=GW4, remote="%any", encap=encap,
-                                    inner_net=inner_net))
+                                    inner_net=inner, vip6=full_tunnel))
     conf_mob = lab.workdir / "mob.conf"
     conf_mob.write_text(swanctl_conf(initiator=True, local="%any", remote=GW4,
-                                     start=mob_native, encap=encap, inner_net=inner_net)
+                                     start=mob_native, encap=encap, inner_net=inner,
+                                     vip6=full_tunnel)
                         + (MOB_POLICY if mob_native else ""))
     gw: End
     if gw_native:

@@ -3,6 +3,10 @@
 uplink comes back (after hold-down, not while it flaps). Our daemon initiates from
 mob; gw runs our daemon or charon.
 
+Each case runs with a narrow selector and with a full tunnel (``0.0.0.0/0`` and
+``::/0`` with virtual IPs of both families: then IKE, probes and ESP must keep out of
+the tunnel's own default routes on every uplink).
+
 Each case checks: the stream through the tunnel resumes, the IKE SPIs are the same
 before and after, both ends show the new endpoints (charon's list-sas included), and
 the CHILD SPIs agree between the ends. Between two of our daemons the CHILD SPIs are
@@ -27,15 +31,23 @@ pytestmark = pytest.mark.netns
 M0, M1 = "10.1.0.2", "10.2.0.2"
 RESUME_TIMEOUT = 10.0  # functional: the targets are 50 ms and 1 s
 SETTLE_TIMEOUT = 15.0
+TUNNELS = [
+    pytest.param(False, id="narrow"),
+    pytest.param(True, id="full"),
+]
+"""The selector variants every mobility case runs with (test_cases.py uses it too)."""
 GW_KINDS = [
-    pytest.param(True, id="native-native"),
-    pytest.param(False, id="native-charon", marks=pytest.mark.charon),
+    pytest.param((gw_native, full), id=f"{pair}-{tunnel}", marks=marks)
+    for gw_native, pair, marks in ((True, "native-native", ()),
+                                   (False, "native-charon", (pytest.mark.charon,)))
+    for full, tunnel in ((False, "narrow"), (True, "full"))
 ]
 
 
 @pytest.fixture
 def scenario(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Handover]:
-    h = build(lab, mob_native=True, gw_native=request.param)
+    gw_native, full = request.param
+    h = build(lab, mob_native=True, gw_native=gw_native, full_tunnel=full)
     try:
         yield h
     finally:

@@ -20,6 +20,8 @@ import socket
 import struct
 from typing import Any
 
+from ..numbers import OUTER_FWMARK
+
 SO_MARK = getattr(socket, "SO_MARK", 36)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 IP_XFRM_POLICY = 17
@@ -29,8 +31,9 @@ XFRM_POLICY_OUT = 1
 XFRM_POLICY_ALLOW = 0
 _XFRM_INF = (1 << 64) - 1
 
-PROBE_FWMARK = 0x4D56
-"""The fwmark of every probe ("MV"); configurable per prober."""
+PROBE_FWMARK = OUTER_FWMARK
+"""The fwmark of every probe ("MV", the same as the native daemon's IKE and ESP);
+configurable per prober."""
 PROBE_RULE_PRIORITY = 210
 """Before charon's table 220 (priority 220) and the steering rules of net/steering."""
 MAIN_TABLE = 254

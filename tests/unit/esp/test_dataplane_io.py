@@ -174,7 +174,6 @@ def test_child_sas_behind_one_selector_share_one_route(
     monkeypatch.setattr(tun_routes, "replace_route",
                         lambda *args: calls.append(f"add {args[0]}"))
     monkeypatch.setattr(tun_routes, "del_route", lambda *args: calls.append(f"del {args[0]}"))
-    monkeypatch.setattr(tun_routes, "pin_host_route", lambda *args: calls.append("pin"))
     esp, _, _ = adapter()
     esp.manage_routes = True
     for uid in range(1, 51):
