@@ -77,6 +77,8 @@ class MobikeEngine(Protocol):
 class _Sa:
     conn: str
     manager: PathManager
+    family: int
+    """IP version of the peer address the IKE_SA was set up with (its home family)."""
 
 
 def _path_fields(path: Path) -> Fields:
@@ -160,6 +162,14 @@ class Mobility:
 
     # -- inputs: the operator -----------------------------------------------------------
 
+    def set_policy(self, policy: MobikePolicy, now: float) -> None:
+        """A reloaded ``mobike { }`` policy, for every live IKE_SA and every later one;
+        paths, their health and the move history are kept (``PathManager.set_policy``)."""
+        self.policy = policy
+        for spi, sa in self._sas.items():
+            sa.manager.set_policy(self._sa_policy(sa.family), now)
+            self._dirty[spi] = None
+
     def prefer(self, conn: str, local: IPAddress | None, now: float) -> str | None:
         """Prefer ``local`` for every IKE_SA of ``conn`` (None: clear), also for its
         later IKE_SAs; returns why it was refused, else None."""
@@ -198,7 +208,8 @@ class Mobility:
                     self._virtual.update(event.virtual_ips)
                     self.on_addresses(self._seen, now)
                 if self._mobike_conns(event.conn) and event.ike_spi not in self._sas:
-                    self._sas[event.ike_spi] = _Sa(event.conn, self._new_manager(event, now))
+                    self._sas[event.ike_spi] = _Sa(event.conn, self._new_manager(event, now),
+                                                   event.path.remote.addr.version)
                     self._dirty[event.ike_spi] = None
             case IkeSaDeleted():
                 self._forget(event.ike_spi)
@@ -335,17 +346,21 @@ class Mobility:
             peers = self.engine.peer_addresses(event.ike_spi)
         except KeyError:
             peers = (event.path.remote.addr,)
-        policy = replace(self.policy, max_probes_in_flight=1)
-        if policy.family is None and not any(r.family is not None for r in policy.prefer):
-            own = event.path.remote.addr.version
-            other = PreferRule(name="_other_family", family=10 - own, cost=CROSS_FAMILY_COST)
-            policy = replace(policy, family=own, prefer=(*policy.prefer, other))
+        policy = self._sa_policy(event.path.remote.addr.version)
         mgr = PathManager(policy, event.path, self._local, peers, now=now,
                           initiator=event.initiator)
         preferred = self._preferred.get(event.conn)
         if preferred is not None:
             mgr.set_preferred_local(preferred, now, source="inherited")
         return mgr
+
+    def _sa_policy(self, own: int) -> MobikePolicy:
+        """The policy of one IKE_SA whose home family is IP version ``own``."""
+        policy = replace(self.policy, max_probes_in_flight=1)
+        if policy.family is None and not any(r.family is not None for r in policy.prefer):
+            other = PreferRule(name="_other_family", family=10 - own, cost=CROSS_FAMILY_COST)
+            policy = replace(policy, family=own, prefer=(*policy.prefer, other))
+        return policy
 
     def _refresh(self, ike_spi: str) -> None:
         """Push the manager's timer to the heap if it changed (the old entry goes stale)."""

@@ -330,9 +330,9 @@ class Daemon:
 
     def _on_sighup(self) -> None:
         """Reopen the events file (logrotate), re-read the config, apply the mobike policy
-        to IKE_SAs established from now on; connections and live SAs are left as they are
-        (``connections_unchanged`` says when the file changed them). A bad file keeps the
-        running config (``config_rejected``)."""
+        to every IKE_SA's path selection (live ones included, their SAs untouched);
+        connections are left as they are (``connections_unchanged`` says when the file
+        changed them). A bad file keeps the running config (``config_rejected``)."""
         if self.reopen_events is not None:
             try:
                 self.reopen_events()
@@ -352,7 +352,8 @@ class Daemon:
             return
         policy_changed = new.mobike.policy != self.config.mobike.policy
         if policy_changed and self.mobility is not None:
-            self.mobility.policy = new.mobike.policy
+            self.mobility.set_policy(new.mobike.policy, self.now())
+            self._after_engine()  # a live IKE_SA may now want a probe or a move
         same_conns = new.connections == self.config.connections and \
             new.secrets == self.config.secrets and new.pools == self.config.pools
         self.config = replace(self.config, mobike=new.mobike)

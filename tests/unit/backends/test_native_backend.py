@@ -283,3 +283,20 @@ def test_work_per_event_does_not_grow_with_the_sas() -> None:
     mob.get_timer()
     assert calls["probes_to_send"] == 1
     assert calls["get_timer"] <= 2 and calls["handle_timer"] <= 1
+
+
+def test_a_reloaded_policy_reaches_the_live_ike_sas_and_later_ones() -> None:
+    mob, _engine = started([("m0", M0), ("m1", M1)])
+    mob.pump(0.0)
+    live = mob.manager(SPI)
+    assert live is not None and live.policy.probe_interval == MobikePolicy().probe_interval
+    mob.set_policy(replace(MobikePolicy(), probe_interval=1.5, hold_down=3.0), 1.0)
+    live = mob.manager(SPI)
+    assert live is not None
+    assert (live.policy.probe_interval, live.policy.hold_down) == (1.5, 3.0)
+    # What the glue adds per IKE_SA stays: one probe at a time, the home family first.
+    assert live.policy.max_probes_in_flight == 1 and live.policy.family == 4
+    mob.on_core_event(IkeSaDeleted(conn="c", ike_spi=SPI, path=path(M0), reason="test"), 2.0)
+    mob.on_core_event(established(), 2.0)
+    later = mob.manager(SPI)
+    assert later is not None and later.policy.probe_interval == 1.5
