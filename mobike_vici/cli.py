@@ -13,6 +13,7 @@ import importlib
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TextIO
 
 from .config.attach import DEFAULT_SWANCTL_CONF, AttachConfig
@@ -137,7 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     timeline.add_argument("-o", "--output", metavar="FILE.png", required=True)
     timeline.add_argument("--title", default=None)
 
-    sub.add_parser("demo", help="run the demo on the embedded native core")
+    demo = sub.add_parser("demo", help="run the demo on the embedded native core")
+    demo.add_argument("-v", "--verbose", action="store_true",
+                      help="also print the raw events, routes and status on the terminal")
+    demo.add_argument("--output-dir", metavar="DIR", default=None,
+                      help="where events.jsonl, ping.log and timeline.png go "
+                           "(default: a new temporary directory)")
     return parser
 
 
@@ -293,13 +299,14 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_demo(_args: argparse.Namespace) -> int:
+def _cmd_demo(args: argparse.Namespace) -> int:
     try:
         demo = importlib.import_module(".demo", __package__)
     except ModuleNotFoundError as exc:
         print(f"mobike-vici: the demo is not available: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    result: object = demo.run_demo()
+    output_dir = Path(args.output_dir) if args.output_dir is not None else None
+    result: object = demo.run_demo(verbose=args.verbose, output_dir=output_dir)
     return result if isinstance(result, int) else EXIT_OK
 
 

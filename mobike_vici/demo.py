@@ -2,14 +2,20 @@
 
 Builds the mobile lab topology (mob with uplinks m0 and m1 through rtr to gw),
 writes an initiator config for mob and a responder config for gw, starts
-`mobike-vici native` on each side and prints both event streams until each side
-reports ike_sa_established and child_sa_installed. Then, with a ping every 10 ms
-through the tunnel, it takes the active uplink's link down (a loud failure), and
-after that silently blackholes the other one in rtr (the link stays up): each time
-the initiator's path manager moves the IKE_SA and its CHILD_SA with
-UPDATE_SA_ADDRESSES, and the demo prints the measured outage (fault to the first
-echo reply after it). Finally it shows `status` of the initiator and tears
-everything down. Needs root (network namespaces).
+`mobike-vici native` on each side and waits until each side reports
+ike_sa_established and child_sa_installed. Then, with a ping every 10 ms through
+the tunnel, it takes the active uplink's link down (a loud failure), and after
+that silently blackholes the other one in rtr (the link stays up): each time the
+initiator's path manager moves the IKE_SA and its CHILD_SA with
+UPDATE_SA_ADDRESSES, and the demo tells the measured outage (the longest silence
+in the echo replies). Finally it checks `status` of the initiator, tears
+everything down and draws the run as one timeline picture.
+
+What a person reads is a short narrative, one ``demo:`` line per step. The raw
+events of both daemons (each line a JSON object with a ``side``, plus a ``fault``
+line for each injected fault) go to ``events.jsonl`` in the output directory,
+beside ``ping.log`` and ``timeline.png``; ``--verbose`` also prints them (and the
+routes and status) on the terminal. Needs root (network namespaces).
 """
 
 from __future__ import annotations
@@ -18,22 +24,28 @@ import itertools
 import json
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from mobike_vici.eventlog import EventsFileError, open_events_file
 from mobike_vici.lab.native import Event, EventFile, NativeDaemon, start_native
 from mobike_vici.lab.netns import Lab, LabError, is_root
 from mobike_vici.lab.prereq import describe, missing_tools
 from mobike_vici.lab.topology import Mobile, TwoHosts, mobile
 from mobike_vici.net.numbers import OUTER_FWMARK
+from mobike_vici.timeline import TimelineError, fault_event, render
 
 TIMEOUT = 30.0
 EXIT_OK, EXIT_FAILED, EXIT_NEED_ROOT = 0, 1, 2
 REQUIRED_EVENTS = ("ike_sa_established", "child_sa_installed")
 HANDOVER_TIMEOUT = 10.0
 PING_INTERVAL = "0.01"
+STEADY = 1.0
+"""Seconds of undisturbed pings before the first fault and after the last move: the
+picture shows the tunnel's normal RTT on either side of the outages."""
 _REPLY = re.compile(rb"^\[(\d+\.\d+)\].*icmp_seq=(\d+)")
 # Throwaway credentials for namespaces that exist only while the demo runs.
 DEMO_PSK = "mobike-vici-demo-only-not-a-secret"
@@ -142,8 +154,52 @@ mobike {{
 """
 
 
+class _Record:
+    """Where the raw events go: ``events.jsonl`` always, the terminal too with --verbose.
+
+    Each line is the daemon's event with the ``side`` that wrote it; an injected
+    fault is a ``fault`` line (side ``demo``), the mark the timeline draws for it.
+    """
+
+    def __init__(self, path: Path, out: TextIO, verbose: bool) -> None:
+        self.path = path
+        self.out = out
+        self.verbose = verbose
+        self.faults: list[dict[str, object]] = []
+        self._file = open_events_file(str(_fresh(path)))
+
+    def event(self, label: str, ev: Event) -> None:
+        print(json.dumps({"side": label, **ev}), file=self._file, flush=True)
+        if self.verbose:
+            print(f"[{label}] {json.dumps(ev)}", file=self.out, flush=True)
+
+    def fault(self, what: str, at: float) -> None:
+        line = fault_event(what, at)
+        self.faults.append(line)
+        self.event("demo", line)
+
+    def detail(self, text: str) -> None:
+        """A line only --verbose shows (routes, status, where the lab lives)."""
+        if self.verbose:
+            print(f"demo: {text}", file=self.out, flush=True)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _fresh(path: Path) -> Path:
+    """``path`` with nothing at it: a rerun into the same directory starts over, and a
+    symbolic link left there is removed rather than followed."""
+    path.unlink(missing_ok=True)
+    return path
+
+
+def _say(out: TextIO, text: str) -> None:
+    print(f"demo: {text}", file=out, flush=True)
+
+
 class _Side:
-    """One daemon and what of its stream has been printed and seen."""
+    """One daemon and what of its stream has been recorded and seen."""
 
     def __init__(self, label: str, daemon: NativeDaemon) -> None:
         self.label = label
@@ -167,24 +223,24 @@ class _Side:
         return all(name in self.seen for name in REQUIRED_EVENTS)
 
 
-def _pump(sides: list[_Side], out: TextIO) -> None:
-    """Print what every side wrote since the last call, in timestamp order."""
+def _pump(sides: list[_Side], record: _Record) -> None:
+    """Record what every side wrote since the last call, in timestamp order."""
     batch = [item for side in sides for item in side.take()]
     batch.sort(key=lambda item: item[0])
     for _, label, ev in batch:
-        print(f"[{label}] {json.dumps(ev)}", file=out, flush=True)
+        record.event(label, ev)
 
 
-def _watch(sides: list[_Side], out: TextIO, timeout: float) -> str | None:
-    """Print events until every side is done; None on success, else why not."""
+def _watch(sides: list[_Side], record: _Record, timeout: float) -> str | None:
+    """Record events until every side is done; None on success, else why not."""
     deadline = time.monotonic() + timeout
     while True:
-        _pump(sides, out)
+        _pump(sides, record)
         if all(side.done for side in sides):
             return None
         for side in sides:
             if not side.daemon.alive():
-                _pump(sides, out)
+                _pump(sides, record)
                 return (f"the {side.label} daemon exited with {side.daemon.proc.returncode}; "
                         f"its log:\n{side.daemon.log_text()[-2000:]}")
         if time.monotonic() >= deadline:
@@ -196,10 +252,13 @@ def _watch(sides: list[_Side], out: TextIO, timeout: float) -> str | None:
 
 
 def run_demo(out: TextIO | None = None, timeout: float = TIMEOUT,
-             program: Sequence[str] | None = None) -> int:
-    """Run the demo; 0 when both sides are up, 1 on failure, 2 without root.
+             program: Sequence[str] | None = None, *, verbose: bool = False,
+             output_dir: Path | None = None) -> int:
+    """Run the demo; 0 when both sides are up and moved twice, 1 on failure, 2 without root.
 
-    `program` replaces `python -m mobike_vici` for the daemons (tests use a stub).
+    ``output_dir`` receives events.jsonl, ping.log and timeline.png (default: a new
+    directory under the system's temporary directory, named in the narrative).
+    ``program`` replaces `python -m mobike_vici` for the daemons (tests use a stub).
     """
     out = out or sys.stdout
     err = sys.stderr
@@ -212,18 +271,28 @@ def run_demo(out: TextIO | None = None, timeout: float = TIMEOUT,
         print(f"mobike-vici demo: missing tools: {describe(missing)}", file=err)
         return EXIT_NEED_ROOT
     try:
+        if output_dir is None:
+            output_dir = Path(tempfile.mkdtemp(prefix="mobike-vici-demo-"))
+        output_dir.mkdir(parents=True, exist_ok=True)
+        record = _Record(output_dir / "events.jsonl", out, verbose)
+    except (OSError, EventsFileError) as exc:
+        print(f"mobike-vici demo: cannot write the output directory: {exc}", file=err)
+        return EXIT_FAILED
+    try:
         with Lab() as lab:
-            return _run(lab, out, err, timeout, program)
+            return _run(lab, record, err, timeout, program)
     except LabError as exc:
         print(f"mobike-vici demo: FAILED: {exc}", file=err)
         return EXIT_FAILED
+    finally:
+        record.close()
 
 
 class _Pinger:
     """``ping -D`` every 10 ms through the tunnel; reply times on the wall clock."""
 
-    def __init__(self, lab: Lab, topo: Mobile) -> None:
-        self.log = lab.workdir / "ping.log"
+    def __init__(self, lab: Lab, topo: Mobile, log: Path) -> None:
+        self.log = _fresh(log)
         self.proc = lab.spawn(topo.mob, ["ping", "-n", "-D", "-i", PING_INTERVAL,
                                          INNER_ADDR], self.log)
 
@@ -270,17 +339,18 @@ def _route(topo: Mobile, dest: str, src: str | None = None, mark: bool = False) 
     return " ".join(text.split()).removesuffix(" cache").strip() or "none"
 
 
-def _handover(sides: list[_Side], pinger: _Pinger, out: TextIO, what: str,
+def _handover(sides: list[_Side], pinger: _Pinger, record: _Record, what: str,
               fault: Callable[[], None], old: str) -> str | None:
     """Inject ``fault``, wait for the move off ``old`` and the first reply; None or why not."""
     initiator = sides[0]
     seen = len(initiator.events.events)
     moment = time.time()
     fault()
+    record.fault(what, moment)
     outage = pinger.wait(moment, HANDOVER_TIMEOUT)
     deadline = time.monotonic() + HANDOVER_TIMEOUT
     while True:
-        _pump(sides, out)
+        _pump(sides, record)
         moved = [ev for ev in initiator.events.events[seen:]
                  if ev.get("event") == "handover_completed"
                  and str(ev.get("old_local", "")).startswith(old)
@@ -294,43 +364,98 @@ def _handover(sides: list[_Side], pinger: _Pinger, out: TextIO, what: str,
     if outage is None or pinger.wait(done, HANDOVER_TIMEOUT) is None:
         return f"{what}: no echo reply through the tunnel within {HANDOVER_TIMEOUT:.0f} s"
     gap = pinger.gap(moment, done)
-    print(f"demo: {what}: moved {moved[0]['old_local']} -> {moved[0]['local']}, "
-          f"outage {gap * 1000:.0f} ms (longest gap in the echo replies; the move itself "
-          f"took {float(moved[0].get('duration_ms', 0.0)):.0f} ms)", file=out, flush=True)
+    down = next((ev for ev in initiator.events.events[seen:] if ev.get("event") == "path_down"),
+                None)
+    noticed = ""
+    if down is not None and down.get("reason"):
+        noticed = f"noticed as {down['reason']}, "
+    _say(record.out, f"  moved {moved[0]['old_local']} -> {moved[0]['local']}, "
+         f"outage {gap * 1000:.0f} ms ({noticed}the move itself took "
+         f"{float(moved[0].get('duration_ms', 0.0)):.0f} ms; the outage is the longest "
+         f"gap in the echo replies)")
     return None
 
 
-def _run(lab: Lab, out: TextIO, err: TextIO, timeout: float,
+def _picture(lab: Lab, record: _Record, initiator: _Side, pinger: _Pinger | None) -> None:
+    """Draw the run (the initiator's events, the faults, the echo replies) next to the
+    events file and name it; a run that failed early still gets what it has."""
+    source = lab.workdir / "timeline-events.jsonl"
+    with open(source, "w", encoding="utf-8") as f:
+        for ev in [*initiator.events.events, *record.faults]:
+            print(json.dumps(ev), file=f)
+    try:
+        png = render(source, _fresh(record.path.with_name("timeline.png")),
+                     pings=pinger.log if pinger is not None else None,
+                     title="mobike-vici demo: a loud and a silent failure, "
+                           "the native core moves the tunnel")
+    except (TimelineError, OSError) as exc:
+        print(f"mobike-vici demo: no picture: {exc}", file=sys.stderr)
+        return
+    _say(record.out, f"picture: {png}")
+
+
+def _run(lab: Lab, record: _Record, err: TextIO, timeout: float,
          program: Sequence[str] | None) -> int:
     topo = mobile(lab)
     topo.gw.add_address("lo", f"{INNER_ADDR}/32")
     m0, m1 = topo.uplinks
-    print(f"demo: namespaces {topo.mob.name} (uplinks m0 {m0.addr4}, m1 {m1.addr4}), "
-          f"{topo.rtr.name}, {topo.gw.name} ({topo.gw4}), workdir {lab.workdir}",
-          file=out, flush=True)
+    _say(record.out, f"building a mobile client and a gateway in network namespaces: "
+         f"mob (uplinks m0 {m0.addr4}, m1 {m1.addr4}) -> rtr -> gw ({topo.gw4})")
+    _say(record.out, "starting mobike-vici native on both: the client asks for a full tunnel, "
+         "m1 is its backup uplink")
+    _say(record.out, f"raw events: {record.path}"
+         + ("" if record.verbose else " (--verbose prints them here too)"))
+    record.detail(f"namespaces {topo.mob.name}, {topo.rtr.name}, {topo.gw.name}; "
+                  f"workdir {lab.workdir}")
     conf_b = Path(lab.workdir / "responder.conf")
     conf_a = Path(lab.workdir / "initiator.conf")
     conf_b.write_text(responder_config(topo))
     conf_a.write_text(initiator_config(topo))
 
+    started = time.monotonic()
     responder = _Side("responder", start_native(lab, topo.gw, conf_b, name="responder",
                                                    program=program))
     initiator = _Side("initiator", start_native(lab, topo.mob, conf_a, name="initiator",
                                                    program=program))
     sides = [initiator, responder]
-    problem = _watch(sides, out, timeout)
+    pinger: list[_Pinger] = []
+    try:
+        code = _story(lab, topo, sides, record, pinger, err, timeout, started)
+    finally:
+        for p in pinger:
+            lab.stop(p.proc)
+        _pump(sides, record)
+        _picture(lab, record, initiator, pinger[0] if pinger else None)
+    if code == EXIT_OK:
+        _say(record.out, "OK")
+    return code
+
+
+def _story(lab: Lab, topo: Mobile, sides: list[_Side], record: _Record,
+           pinger_out: list[_Pinger], err: TextIO, timeout: float, started: float) -> int:
+    """From both daemons started to both stopped after two handovers; the pinger it
+    starts goes to ``pinger_out`` so the caller can draw even a failed run."""
+    out = record.out
+    initiator = sides[0]
+    m0, m1 = topo.uplinks
+    problem = _watch(sides, record, timeout)
     if problem is not None:
         print(f"mobike-vici demo: FAILED: {problem}", file=err)
         return EXIT_FAILED
 
-    print(f"demo: tunnel up on both sides; full tunnel: {_route(topo, ELSEWHERE)}; "
-          f"IKE and ESP from m1: {_route(topo, topo.gw4, '10.2.0.2', mark=True)}",
-          file=out, flush=True)
-    print(f"demo: pinging {INNER_ADDR} through the tunnel every 10 ms", file=out, flush=True)
-    pinger = _Pinger(lab, topo)
+    up = next((ev for ev in initiator.events.events if ev.get("event") == "ike_sa_established"),
+              {})
+    _say(out, f"tunnel up after {time.monotonic() - started:.1f} s: IKE_SA and CHILD_SA on "
+         f"both sides, the client on {up.get('local', '?')}")
+    record.detail(f"full tunnel: {_route(topo, ELSEWHERE)}; "
+                  f"IKE and ESP from m1: {_route(topo, topo.gw4, m1.addr4, mark=True)}")
+    _say(out, f"pinging {INNER_ADDR} on gw through the tunnel every 10 ms")
+    pinger = _Pinger(lab, topo, record.path.with_name("ping.log"))
+    pinger_out.append(pinger)
     if pinger.wait(time.time() - 60.0, timeout) is None:
         print("mobike-vici demo: FAILED: no echo reply through the tunnel", file=err)
         return EXIT_FAILED
+    time.sleep(STEADY)
     steps: list[tuple[str, Callable[[], None], str]] = [
         ("loud failure (m0 link down)", lambda: topo.link_down(0), m0.addr4),
         ("silent failure (m1 blackholed in rtr, link up)", lambda: topo.kill_silently(1),
@@ -340,26 +465,26 @@ def _run(lab: Lab, out: TextIO, err: TextIO, timeout: float,
         if index == 1:
             # m0 back first (with its routes), so there is somewhere to go.
             topo.link_up(0)
-            time.sleep(1.0)  # a few probes find it up
-        print(f"demo: {what}", file=out, flush=True)
-        problem = _handover(sides, pinger, out, what, fault, old)
+            _say(out, "m0 back up; a second for the probes to find it")
+            time.sleep(1.0)
+        _say(out, f"fault {index + 1}: {what}")
+        problem = _handover(sides, pinger, record, what, fault, old)
         if problem is not None:
-            _pump(sides, out)
             print(f"mobike-vici demo: FAILED: {problem}", file=err)
             return EXIT_FAILED
+    time.sleep(STEADY)
     lab.stop(pinger.proc)
 
-    print("demo: `mobike-vici status` of the initiator:", file=out, flush=True)
     status = initiator.daemon.status()
-    out.write(status.stdout)
+    record.detail("`mobike-vici status` of the initiator:")
+    if record.verbose:
+        out.write(status.stdout)
     if status.returncode != 0:
-        print(f"mobike-vici demo: status failed ({status.returncode}): {status.stderr.strip()}",
-              file=err)
+        print(f"mobike-vici demo: status failed ({status.returncode}): "
+              f"{status.stderr.strip()}", file=err)
         return EXIT_FAILED
 
-    print("demo: tearing down", file=out, flush=True)
+    _say(out, "tearing down")
     for side in sides:
         side.daemon.stop()
-    _pump(sides, out)
-    print("demo: OK", file=out, flush=True)
     return EXIT_OK

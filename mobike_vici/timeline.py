@@ -213,7 +213,10 @@ def render(events_path: str | Path, output: str | Path, *, pings: str | Path | N
                        else None)
         seen.add(mark.name)
     for group in _clusters(all_marks, CLUSTER * max(t_end - t0, 1.0)):
-        rtt_ax.annotate(" + ".join(m.label for m in group), xy=(group[0].t - t0, 1.0),
+        # One line per distinct label: turned upright, lines stand side by side,
+        # where one joined line ran off the axes and collapsed the layout.
+        text = "\n".join(dict.fromkeys(m.label for m in group))
+        rtt_ax.annotate(text, xy=(group[0].t - t0, 1.0),
                         xycoords=("data", "axes fraction"), rotation=90, va="top",
                         ha="right", fontsize=7, color=MARKS[group[0].name][0])
     rtt_ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=6, fontsize=7,

@@ -103,7 +103,8 @@ def test_demo_flow_with_stub_daemons(tmp_path: Path,
 
     ours = f"mv-{os.getpid()}-"
     out = io.StringIO()
-    assert run_demo(out=out, program=_stub(tmp_path)) == 1, out.getvalue()
+    assert run_demo(out=out, program=_stub(tmp_path), verbose=True,
+                    output_dir=tmp_path / "out") == 1, out.getvalue()
     lines = out.getvalue().splitlines()
     for side in ("initiator", "responder"):
         names = [json.loads(line.split("] ", 1)[1])["event"]
@@ -112,11 +113,18 @@ def test_demo_flow_with_stub_daemons(tmp_path: Path,
     # Exactly the expected failure, at the expected step: the tunnel came up, the echo
     # replies came (the stubs' namespaces route to each other directly), and only the
     # handover, which no stub can make, failed. Any other failure fails this test.
-    assert "demo: tunnel up on both sides" in out.getvalue()
-    assert "demo: loud failure (m0 link down)" in out.getvalue()
+    assert "demo: tunnel up after " in out.getvalue()
+    assert "demo: fault 1: loud failure (m0 link down)" in out.getvalue()
     failed = [line for line in capsys.readouterr().err.splitlines() if "FAILED" in line]
     assert failed == ["mobike-vici demo: FAILED: loud failure (m0 link down): "
                       "no handover_completed off 10.1.0.2 within 10 s"], failed
+    # A failed run still leaves its record: the events, with the fault, and a picture.
+    recorded = [json.loads(line) for line in
+                (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    assert [ev["what"] for ev in recorded if ev["event"] == "fault"] == [
+        "loud failure (m0 link down)"]
+    assert f"demo: picture: {tmp_path / 'out' / 'timeline.png'}" in out.getvalue()
+    assert (tmp_path / "out" / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [ns for ns in list_namespaces() if ns.startswith(ours)]
 
 
@@ -129,6 +137,6 @@ def test_demo_times_out_with_clear_message(tmp_path: Path,
     stub = _stub(tmp_path)
     Path(stub[1]).write_text(STUB.replace('emit("child_sa_installed", conn="demo", child="net")',
                                           "pass"))
-    assert run_demo(out=io.StringIO(), timeout=2, program=stub) == 1
+    assert run_demo(out=io.StringIO(), timeout=2, program=stub, output_dir=tmp_path / "out") == 1
     err = capsys.readouterr().err
     assert "no tunnel within 2 s" in err and "child_sa_installed" in err

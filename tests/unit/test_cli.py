@@ -156,15 +156,17 @@ def test_status_dead_daemon_exits_1(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_demo_calls_run_demo(monkeypatch: pytest.MonkeyPatch) -> None:
     import mobike_vici.demo as demo
 
-    calls: list[int] = []
+    calls: list[dict[str, object]] = []
 
-    def fake_demo() -> int:
-        calls.append(1)
+    def fake_demo(**kwargs: object) -> int:
+        calls.append(kwargs)
         return 3
 
     monkeypatch.setattr(demo, "run_demo", fake_demo)
     assert cli.main(["demo"]) == 3
-    assert calls == [1]
+    assert cli.main(["demo", "--verbose", "--output-dir", "some/dir"]) == 3
+    assert calls == [{"verbose": False, "output_dir": None},
+                     {"verbose": True, "output_dir": Path("some/dir")}]
 
 
 @pytest.mark.parametrize("argv", [[], ["run", "--config"], ["run", "--log-level", "loud"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,32 @@ def test_fault_event_round_trips(tmp_path: Path) -> None:
     assert [(m.name, m.label) for m in got] == [("fault", "fault: m0 cut"),
                                                 ("path_down", "path down 10.1.0.2")]
     assert got[0].t == pytest.approx(1_700_000_000.25)
+
+
+def test_a_crowd_of_marks_keeps_its_labels_inside_the_picture(tmp_path: Path) -> None:
+    # A loud failure as the demo records it: the fault, each family's path_down
+    # twice and the whole handover within 10 ms share one label; written as one
+    # long line it ran off the axes and collapsed the layout (matplotlib warned
+    # and drew the axes squashed).
+    t = 1_800_000_000.0
+    lines = [
+        {"timestamp": fault_event("x", t)["timestamp"], "event": "ike_sa_established",
+         "conn": "demo", "local": "10.1.0.2[4500]"},
+        fault_event("loud failure (m0 link down)", t + 1.0),
+        *({"timestamp": fault_event("x", t + 1.0 + d)["timestamp"], **extra} for d, extra in [
+            (0.001, {"event": "path_down", "local": "10.1.0.2[4500]"}),
+            (0.002, {"event": "path_down", "local": "2001:db8:1::2[4500]"}),
+            (0.003, {"event": "handover_started", "conn": "demo"}),
+            (0.004, {"event": "path_down", "local": "10.1.0.2[4500]"}),
+            (0.005, {"event": "path_down", "local": "2001:db8:1::2[4500]"}),
+            (0.009, {"event": "handover_completed", "conn": "demo",
+                     "local": "10.2.0.2[4500]", "old_local": "10.1.0.2[4500]"}),
+        ]),
+        fault_event("end", t + 3.0),
+    ]
+    events = tmp_path / "crowd.jsonl"
+    events.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = render(events, tmp_path / "crowd.png")
+    assert png_size(out) == (1000, 600)
