@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import ipaddress
 import os
 import signal
@@ -20,6 +21,7 @@ from mobike_vici.core.engine import Engine
 from mobike_vici.daemon import udp
 from mobike_vici.daemon.esp_io import UserspaceEsp
 from mobike_vici.daemon.native import Daemon
+from mobike_vici.daemon.routing import DaemonRouting
 from mobike_vici.eventlog import EventLog, configure, make_logger
 from mobike_vici.types import Endpoint, Path
 
@@ -37,9 +39,14 @@ def main() -> int:
     with open(args.events, "a", buffering=1, encoding="utf-8") as events:
         configure(events)
         log = EventLog(make_logger(events))
-        engine = Engine(config, os.urandom, udp.source_address)
+        # The daemon's own routing, as `mobike-vici native` has it: without it the
+        # tunnel's routes would have no rule, and IKE/ESP no per-uplink tables.
+        routing = DaemonRouting(config, log)
+        engine = Engine(config, os.urandom,
+                        functools.partial(udp.source_address, fwmark=routing.fwmark))
         daemon = Daemon(config, engine, log, control_path=args.control,
-                        data_plane=UserspaceEsp(config))
+                        data_plane=UserspaceEsp(config, fwmark=routing.fwmark),
+                        routing=routing)
 
         def move() -> None:
             (sa,) = engine.status()
