@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -56,6 +57,7 @@ from mobike_vici.lab.topology import TwoHosts, two_hosts
 REPO = Path(__file__).resolve().parents[1]
 HOLD = Path(__file__).resolve().parent / "_hold.py"
 EXIT_NO_ROOT = 2
+LISTING_TIMEOUT = 300.0
 
 
 @dataclass
@@ -96,7 +98,8 @@ def start_native_held(lab: Lab, ns: Netns, opts: Options, addr: str,
 
     def counts() -> tuple[int, int]:
         argv = [*daemon.program, "status", "--control", str(daemon.control), "--json"]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=LISTING_TIMEOUT,
+                              check=False)
         if proc.returncode != 0:
             raise LabError(f"status --json failed: {proc.stderr[-500:]}")
         sas = json.loads(proc.stdout).get("ike_sas") or []
@@ -125,13 +128,22 @@ def start_charon_held(lab: Lab, ns: Netns, opts: Options, addr: str,
     text = f"{_s(version.get('daemon'))} {_s(version.get('version'))}".strip()
 
     def counts() -> tuple[int, int]:
-        # Every IKE_SA has the same connection name: count the entries, not the names.
-        ike = child = 0
-        for entry in charon.session().list_sas():
-            for sa in decode(entry).values():
-                ike += 1
-                child += len(sa.get("child-sas") or {})
-        return ike, child
+        # A session of its own with a long timeout: 10,000 SAs in a busy charon take a
+        # while. Every IKE_SA has the same connection name: count entries, not names.
+        import vici
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(LISTING_TIMEOUT)
+        try:
+            sock.connect(str(charon.vici_path))
+            ike = child = 0
+            for entry in vici.Session(sock).list_sas():
+                for sa in decode(entry).values():
+                    ike += 1
+                    child += len(sa.get("child-sas") or {})
+            return ike, child
+        finally:
+            sock.close()
 
     return Held("charon", text, proc.pid, charon.stop, counts)
 
@@ -191,7 +203,7 @@ def _measure(held: Held, proc: subprocess.Popen[bytes], out: Path, log: Path,
         seconds = stage["last_setup"] - stage["started"]
         rss = _rss_kib(held.pid)
         t0 = time.monotonic()
-        ike, child = held.counts()
+        ike, child, listing_error = _counts(held)
         listing_s = time.monotonic() - t0
         wall = stage["ended"] - stage["started"]
         sizes.append({
@@ -211,11 +223,12 @@ def _measure(held: Held, proc: subprocess.Popen[bytes], out: Path, log: Path,
             "rss_kib_per_ike_child": (round((rss - rss0) / ike, 2)
                                       if rss is not None and rss0 is not None and ike else None),
             "status_listing_s": round(listing_s, 3),
+            **({"listing_error": listing_error} if listing_error else {}),
         })
         Path(f"{out}.go{i}").touch()
     build_s = time.monotonic() - build_start
     # The wave: the last SA set up rekeys at most rekey_time after it was set up.
-    target = sizes[-1]["child_sas_held"]
+    target = sizes[-1]["child_sas_held"] if sizes else None
     end = time.monotonic() + args.rekey_time + args.wave_margin
     idle_cpu0 = _cpu_seconds(held.pid)
     t0 = time.monotonic()
@@ -223,7 +236,7 @@ def _measure(held: Held, proc: subprocess.Popen[bytes], out: Path, log: Path,
         time.sleep(1.0)
     wave_cpu = (_cpu_seconds(held.pid) or 0.0) - (idle_cpu0 or 0.0)
     wave_s = time.monotonic() - t0
-    ike_after, child_after = held.counts()
+    ike_after, child_after, listing_error = _counts(held)
     Path(f"{out}.stop").touch()
     _wait_file(out, proc, 60, log)
     final = json.loads(out.read_text())
@@ -244,8 +257,18 @@ def _measure(held: Held, proc: subprocess.Popen[bytes], out: Path, log: Path,
             "child_sas_deleted_at_initiator": final["child_sas_deleted"],
             "initiator_held_after": final["held"],
             "responder_cpu_s": round(wave_cpu, 2),
+            **({"listing_error": listing_error} if listing_error else {}),
         },
     }
+
+
+def _counts(held: Held) -> tuple[int | None, int | None, str | None]:
+    """The responder's own count, or why it could not give one (the run goes on)."""
+    try:
+        ike, child = held.counts()
+    except Exception as exc:  # a measurement, never a reason to lose the others
+        return None, None, f"{type(exc).__name__}: {exc}"[:300]
+    return ike, child, None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -262,7 +285,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             topo.host_a.add_address(topo.ifname, f"{addr}/24")
         topo.host_b.add_address("lo", RESPONDER_ADDR)
         for name in args.responders:
-            results.append(run_responder(lab, topo, opts, args, sources, name))
+            try:
+                result = run_responder(lab, topo, opts, args, sources, name)
+            except LabError as exc:
+                result = {"responder": name, "error": str(exc)[-1000:]}
+            # On stderr as soon as it is known: a later failure loses nothing.
+            print(json.dumps(result), file=sys.stderr, flush=True)
+            results.append(result)
     return {
         "benchmark": "scale",
         "proposal": args.proposal,
