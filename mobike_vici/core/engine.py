@@ -415,6 +415,17 @@ class Engine:
         return Path(Endpoint(local, conn.local_port), Endpoint(remote, conn.remote_port))
 
     def _by_name(self, ike_spi: str) -> IkeSa:
+        # The name is "SPIi_SPIr" and the table is keyed by our SPI, one of the two:
+        # two lookups instead of a walk over every SA on each call.
+        spi_i, sep, spi_r = ike_spi.partition("_")
+        if sep:
+            for half in (spi_i, spi_r):
+                try:
+                    sa = self._sas.get(bytes.fromhex(half))
+                except ValueError:
+                    break
+                if sa is not None and sa.spi_str == ike_spi:
+                    return sa
         for sa in self._sas.values():
             if sa.spi_str == ike_spi:
                 return sa

@@ -308,7 +308,7 @@ def respond_auth(ctx: Context, sa: IkeSa, msg: Message, now: float) -> list[Payl
     our_idr = IDr(id_type, id_data)
     sa.peer_mobike = find_notify(payloads, NotifyType.MOBIKE_SUPPORTED) is not None
     sa.initial_contact = find_notify(payloads, NotifyType.INITIAL_CONTACT) is not None
-    ike_count, _ = ctx.peer_load(sa)
+    ike_count, peer_children = ctx.peer_load(sa)
     replaces = sa.initial_contact and conn.unique != Unique.NEVER  # the old ones go
     if not replaces and ike_count >= ctx.settings.max_ike_sas_per_peer:
         raise AuthFailed("too many IKE_SAs for this peer")
@@ -329,7 +329,10 @@ def respond_auth(ctx: Context, sa: IkeSa, msg: Message, now: float) -> list[Payl
     else:
         sa.peer_mobike = False
     establish(ctx, sa, now)
-    child_reply, child = _respond_child(ctx, sa, conn, payloads, cp_failed, now)
+    # The peer's CHILD_SAs are unchanged since the count above unless establishing
+    # replaced its old IKE_SAs: one walk over the SAs per IKE_AUTH, not two.
+    child_reply, child = _respond_child(ctx, sa, conn, payloads, cp_failed, now,
+                                        None if replaces else peer_children)
     reply += child_reply
     if child is not None:
         install(ctx, sa, child)
@@ -368,14 +371,14 @@ def _assign(ctx: Context, sa: IkeSa, conn: ConnectionConfig, cp: CP) -> list[Cfg
 
 def _respond_child(
     ctx: Context, sa: IkeSa, conn: ConnectionConfig, payloads: Sequence[Payload],
-    cp_failed: bool, now: float,
+    cp_failed: bool, now: float, peer_children: int | None,
 ) -> tuple[list[Payload], ChildSa | None]:
     sa_p, tsi, tsr = _get(payloads, SA), _get(payloads, TSi), _get(payloads, TSr)
     if not (isinstance(sa_p, SA) and isinstance(tsi, TSi) and isinstance(tsr, TSr)):
         return [], None  # childless (RFC 6023) or nothing asked for
     if cp_failed:
         return [Notify(NotifyType.INTERNAL_ADDRESS_FAILURE)], None
-    if child_cap_reached(ctx, sa):
+    if child_cap_reached(ctx, sa, peer_children):
         ctx.emit(ExchangeFailed(conn=sa.conn.name, ike_spi=sa.spi_str, exchange="CHILD_SA",
                                 reason="NO_ADDITIONAL_SAS"))
         return [Notify(NotifyType.NO_ADDITIONAL_SAS)], None
@@ -383,10 +386,11 @@ def _respond_child(
                             tsr.selectors, sa.nonce_i, sa.nonce_r, now, pfs=False)
 
 
-def child_cap_reached(ctx: Context, sa: IkeSa) -> bool:
+def child_cap_reached(ctx: Context, sa: IkeSa, peer_children: int | None = None) -> bool:
     """A new CHILD_SA would exceed max_child_sas_per_peer (the caller answers
-    NO_ADDITIONAL_SAS; the engine reports it as ExchangeFailed)."""
-    _, children = ctx.peer_load(sa)
+    NO_ADDITIONAL_SAS; the engine reports it as ExchangeFailed). ``peer_children``:
+    the peer's CHILD_SA count when the caller has just taken it."""
+    children = peer_children if peer_children is not None else ctx.peer_load(sa)[1]
     return children >= ctx.settings.max_child_sas_per_peer
 
 

@@ -21,6 +21,7 @@ def load(name: str) -> ModuleType:
         spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
         spec.loader.exec_module(module)
         return module
     finally:
@@ -158,3 +159,32 @@ def test_throughput_reports_no_rate_for_corrupted_transfers(
     assert out["intact"] is False
     assert out["mbit_s"] is None and out["median_mbit_s"] is None
     assert out["corrupt_rounds"] == [0]
+
+
+def test_setup_bench_names_the_load_generator_when_it_never_waited() -> None:
+    ike_setup = load("ike_setup")
+    # Two workers over 10 s: 0.5 s idle in all is 2.5% of their time.
+    assert ike_setup.limited_by(0.5, 2, 10.0) == "load_generator"
+    assert ike_setup.limited_by(8.0, 2, 10.0) == "responder"
+    assert ike_setup.limited_by(1.0, 2, 0.0) == "unknown"
+
+
+def test_setup_bench_gives_the_native_responder_explicit_load_test_limits() -> None:
+    ike_setup = load("ike_setup")
+    section = ike_setup.native_limits_conf()
+    for key, value in ike_setup.NATIVE_LOAD_LIMITS.items():
+        assert f"{key} = {value}\n" in section
+    from mobike_vici.config.mobike import from_raw
+    policy = from_raw({k: str(v) for k, v in ike_setup.NATIVE_LOAD_LIMITS.items()},
+                      "bench", {})
+    assert policy.max_ike_sas_per_peer == 1000000
+
+
+def test_scale_bench_rekey_times_are_whole_seconds_for_charon() -> None:
+    scale = load("scale")
+    conf = scale._with_rekey("children {\n    esp_proposals = aes128gcm16\n}\n", 45)
+    assert "rekey_time = 45s" in conf and "life_time = 67s" in conf
+    assert "rand_time = 4s" in conf
+    with pytest.raises(SystemExit):
+        scale.parse_args(["--sizes", "1000,100"])
+    assert scale.parse_args(["--sizes", "100,1000,10000"]).sizes == [100, 1000, 10000]
