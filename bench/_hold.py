@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path as FsPath
 
-from _load import BATCH, HEADER_LEN, POLL_MAX, Generator, Setup
+from _load import POLL_MAX, Generator, Setup
 
 from mobike_vici.core.engine import Engine
 from mobike_vici.core.events import (
@@ -32,9 +32,7 @@ from mobike_vici.core.events import (
     ExchangeFailed,
     IkeSaDeleted,
 )
-from mobike_vici.daemon import udp
-from mobike_vici.daemon.framing import NattKind, classify_natt
-from mobike_vici.types import NATT_PORT, Path
+from mobike_vici.types import Path
 
 
 class Holder(Generator):
@@ -93,28 +91,15 @@ class Holder(Generator):
         else:
             self.scheduled.pop(spi, None)
 
-    def _receive(self, sock: socket.socket, now: float) -> None:
-        for _ in range(BATCH):
-            try:
-                data, local, remote = udp.receive(sock)
-            except BlockingIOError:
-                return
-            if local.port == NATT_PORT:
-                kind, data = classify_natt(data)
-                if kind != NattKind.IKE:
-                    continue
-            if len(data) < HEADER_LEN:
-                continue
-            spi = data[:8]
-            setup = self.setups.get(spi)
-            if setup is not None:
-                setup.engine.receive_datagram(data, Path(local, remote), now)
-                self._after(spi, setup, now)
-                continue
-            engine = self.held.get(spi)
-            if engine is not None:
-                engine.receive_datagram(data, Path(local, remote), now)
-                self._after_held(spi, engine, now)
+    def _dispatch(self, data: bytes, path: Path, now: float) -> None:
+        spi = data[:8]
+        if spi in self.setups:
+            super()._dispatch(data, path, now)
+            return
+        engine = self.held.get(spi)
+        if engine is not None:
+            engine.receive_datagram(data, path, now)
+            self._after_held(spi, engine, now)
 
     def _timers(self, now: float) -> float | None:
         nearest = super()._timers(now)

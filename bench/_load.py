@@ -30,6 +30,7 @@ import selectors
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 
@@ -70,6 +71,21 @@ class Tally:
 
     def fail(self, reason: str) -> None:
         self.failures[reason] = self.failures.get(reason, 0) + 1
+
+
+def ike_datagrams(sock: socket.socket) -> Iterator[tuple[bytes, Path]]:
+    """Up to BATCH waiting IKE messages on ``sock`` (NAT-T framing removed), with their path."""
+    for _ in range(BATCH):
+        try:
+            data, local, remote = udp.receive(sock)
+        except BlockingIOError:
+            return
+        if local.port == NATT_PORT:
+            kind, data = classify_natt(data)
+            if kind != NattKind.IKE:
+                continue
+        if len(data) >= HEADER_LEN:
+            yield data, Path(local, remote)
 
 
 class Generator:
@@ -116,22 +132,16 @@ class Generator:
                 udp.send(sock, data, dg.path.local.addr, dg.path.remote)
 
     def _receive(self, sock: socket.socket, now: float) -> None:
-        for _ in range(BATCH):
-            try:
-                data, local, remote = udp.receive(sock)
-            except BlockingIOError:
-                return
-            if local.port == NATT_PORT:
-                kind, data = classify_natt(data)
-                if kind != NattKind.IKE:
-                    continue
-            if len(data) < HEADER_LEN:
-                continue
-            setup = self.setups.get(data[:8])
-            if setup is None:
-                continue  # an SA whose engine we dropped already (e.g. a late retransmit)
-            setup.engine.receive_datagram(data, Path(local, remote), now)
-            self._after(data[:8], setup, now)
+        for data, path in ike_datagrams(sock):
+            self._dispatch(data, path, now)
+
+    def _dispatch(self, data: bytes, path: Path, now: float) -> None:
+        """One IKE message to the engine its SPI belongs to."""
+        setup = self.setups.get(data[:8])
+        if setup is None:
+            return  # an SA whose engine we dropped already (e.g. a late retransmit)
+        setup.engine.receive_datagram(data, path, now)
+        self._after(data[:8], setup, now)
 
     # ----------------------------------------------------------------- setups
 
