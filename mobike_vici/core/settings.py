@@ -62,10 +62,10 @@ class EngineSettings:
     """charon.keep_alive: NAT-T keepalives when we are behind a NAT and idle."""
     nonce_size: int = 32
     max_events: int = 10000
+    """Bound on queued events; the oldest are dropped beyond it."""
     probe_timeout: float = 0.3
     """MOBIKE: a probe unanswered this long is reported failed (ProbeResult ok=False)."""
     move_timeout: float = 10.0
     """MOBIKE: an UPDATE_SA_ADDRESSES unanswered this long fails (MoveFailed timeout)."""
     move_retransmit: float = 1.0
     """MOBIKE: resend interval of an unanswered UPDATE_SA_ADDRESSES."""
-    """Bound on queued events; the oldest are dropped beyond it."""
