@@ -39,6 +39,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ike_setup import _cpu_seconds
+
 from mobike_vici.lab.charon import Charon, charon_available, start_charon
 from mobike_vici.lab.native import NativeDaemon, start_native
 from mobike_vici.lab.netns import Lab, LabError, Netns, is_root
@@ -56,15 +58,6 @@ GW_PROPOSALS = "aes128-sha256-x25519-modp2048-modp4096"
 EXIT_NO_ROOT = 2
 
 End = NativeDaemon | Charon
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def udp_counters(ns: Netns) -> dict[str, int]:
