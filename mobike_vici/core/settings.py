@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..config.mobike import MobikePolicy
+
+# The DoS limits an operator sets in ``mobike { }``: one set of defaults, the policy's.
+_POLICY = MobikePolicy()
+
 
 @dataclass(frozen=True, slots=True)
 class RetransmitSettings:
@@ -27,20 +32,20 @@ class EngineSettings:
     retransmit: RetransmitSettings = field(default_factory=RetransmitSettings)
     half_open_timeout: float = 30.0
     """charon.half_open_timeout: a responder SA that never authenticates is dropped."""
-    half_open_limit: int = 1000
+    half_open_limit: int = _POLICY.half_open_limit
     """charon.init_limit_half_open: bound on half-open responder SAs; an IKE_SA_INIT
     beyond it is dropped, even with a valid COOKIE (cookies come long before)."""
-    cookie_threshold: int = 10
+    cookie_threshold: int = _POLICY.cookie_threshold
     """charon.cookie_threshold: from this many half-open SAs on, every IKE_SA_INIT must
     carry a valid COOKIE before any DH work is done for it (0: always)."""
     cookie_calmdown: float = 10.0
     """Cookies stay demanded this many seconds after the threshold was last reached, so
     a flood does not switch them off and on (charon: COOKIE_CALMDOWN_DELAY)."""
-    block_threshold: int = 5
+    block_threshold: int = _POLICY.block_threshold
     """charon.block_threshold: half-open SAs one source address may hold; its further
     IKE_SA_INIT requests are dropped (checked after the COOKIE, so a spoofer cannot
     lock a real address out; 0: no cap)."""
-    dh_budget: float = 100.0
+    dh_budget: float = float(_POLICY.dh_budget)
     """Milliseconds of DH work per second the responder spends on new IKE_SAs (priced
     per group, ikev2.crypto.DH_COST_MS; a tenth of a core by default; burst: one
     second's worth). An IKE_SA_INIT beyond it is dropped (the initiator retransmits),
@@ -49,11 +54,11 @@ class EngineSettings:
     dh_reserve: float = 100.0
     """Milliseconds below zero the budget may go for a source that holds no half-open
     SA: new peers still get in while sources already holding some use it all up."""
-    max_ike_sas_per_peer: int = 256
+    max_ike_sas_per_peer: int = _POLICY.max_ike_sas_per_peer
     """IKE_SAs one authenticated peer (identity at one address) may hold; IKE_AUTH beyond
     it fails (AUTHENTICATION_FAILED). Rekeys and INITIAL_CONTACT replacements are not
     counted. Generous for a host, a hard stop for a credential used to fill memory."""
-    max_child_sas_per_peer: int = 1024
+    max_child_sas_per_peer: int = _POLICY.max_child_sas_per_peer
     """CHILD_SAs over all IKE_SAs of one authenticated peer; a new one beyond it is refused
     with NO_ADDITIONAL_SAS (rekeys are not counted)."""
     cookie_secret_lifetime: float = 120.0
