@@ -64,7 +64,7 @@ def test_demo_events_file_replaces_a_link_instead_of_following_it(tmp_path: Path
     target = tmp_path / "elsewhere"
     target.write_text("keep me\n")
     (tmp_path / "events.jsonl").symlink_to(target)
-    record = demo._Record(tmp_path / "events.jsonl", io.StringIO(), verbose=False)
+    record = demo.Record(tmp_path / "events.jsonl", io.StringIO(), verbose=False)
     record.fault("a test fault", 1_800_000_000.0)
     record.close()
     assert target.read_text() == "keep me\n"
