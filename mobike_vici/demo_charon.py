@@ -7,8 +7,8 @@ routes, with ``prefer_best_path``); the other charon is alone, as stock as the l
 charon gets. Both tunnels come up on m0 and carry a ping every 10 ms. Then, at the
 same instant, both routers silently drop everything of m0 (the link stays up): the
 controller's probes miss, it moves the IKE_SA to m1 and the pings come back; charon
-alone sends nothing that could fail, so it stays on the dead path (it would give up
-only when an exchange of its own went unanswered for 165 s).
+alone's dead peer detection finds the silence and retransmits, on the dead path,
+for 165 s before it gives up: it is still down when the demo stops watching.
 
 What a person reads is a short narrative; the controller's events (side
 ``controlled``), the fault and where charon alone's IKE_SA was seen (side ``demo``)
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -47,6 +48,8 @@ follow the controller's routes (without it charon ignores them while its path "w
 # Throwaway credentials for namespaces that exist only while the demo runs.
 DEMO_PSK = "mobike-vici-demo-only-not-a-secret"
 PROBE = "probe_interval = 200ms\n    probe_timeout = 300ms"
+DPD_DELAY = "2s"
+_RETRANSMIT = re.compile(r"retransmit \d+ of request")
 
 
 @dataclass(frozen=True)
@@ -107,13 +110,15 @@ pools {{
 
 
 def mobile_config(topo: Mobile, conn: str) -> str:
-    """The mobile side, the same for both pairs but for the name; its ``mobike { }``
-    section is the controller's (charon alone never reads it): m0 first, m1 the backup."""
+    """The mobile side, the same for both pairs but for the name: dead peer detection
+    after 2 s of silence, so charon alone does all it can; the ``mobike { }`` section
+    is the controller's (charon alone never reads it): m0 first, m1 the backup."""
     return f"""# mobike-vici demo: charon on the mobile host
 connections {{
     {conn} {{
         version = 2
         remote_addrs = {topo.gw4}
+        dpd_delay = {DPD_DELAY}
         proposals = aes128-sha256-x25519
         vips = 0.0.0.0
         local {{
@@ -376,10 +381,11 @@ def _told_alone(pair: Pair, record: Record, moment: float, faulted: float) -> No
     # Replies already on their way when the rules went in are not a recovery.
     back = pair.pinger.replies_after(faulted + 0.1)
     where = pair.local() or "no IKE_SA"
+    retransmits = len(_RETRANSMIT.findall(pair.mob.log_text()))
     if back is None:
         say(record.out, f"  {pair.role.label}: still down after {time.time() - moment:.0f} s, "
-            f"its IKE_SA still on {where} (charon sends nothing there that could fail; "
-            f"an exchange of its own would give up after 165 s)")
+            f"its IKE_SA still on {where} (its dead peer detection retransmitted "
+            f"{retransmits} times there; charon gives up after 165 s)")
     else:
         say(record.out, f"  {pair.role.label}: answered again "
             f"{back + faulted + 0.1 - moment:.1f} s after the fault, "

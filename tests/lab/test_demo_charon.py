@@ -5,6 +5,7 @@ strongSwan the demo says what to install."""
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,9 @@ def test_charon_demo_keeps_one_tunnel_and_shows_the_other_lost(tmp_path: Path) -
     found = [next((n for n, line in enumerate(lines) if line.startswith(want)), -1)
              for want in story]
     assert -1 not in found and found == sorted(found), (found, stdout)
+    # charon alone did what it could: its dead peer detection retransmitted on the dead path.
+    tries = re.search(r"dead peer detection retransmitted (\d+) times", lines[found[5]])
+    assert tries is not None and int(tries.group(1)) >= 1, lines[found[5]]
 
     # The recorded events: the fault once, the controller's move off m0, and charon
     # alone seen on m0 when the tunnels came up and again at the end.
