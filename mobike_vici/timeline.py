@@ -40,6 +40,9 @@ MIN_GAP = 0.05
 """... and never shorter than this (seconds), whatever the interval."""
 CLUSTER = 0.02
 """Marks within this share of the time axis get one label."""
+LABEL_LINE = 0.014
+"""The share of the time axis one upright line of a mark's label takes (7 pt at 100 dpi
+on the panel's ~880 pixels)."""
 MAX_LINES = 1_000_000
 """Lines read from either input: a bound, not a limit anyone should meet."""
 
@@ -199,15 +202,24 @@ def active_paths(events: Iterable[dict[str, object]]) -> dict[str, list[tuple[fl
     return out
 
 
-def _clusters(items: list[Mark], width: float) -> list[list[Mark]]:
-    """Marks closer than ``width`` share one label (they would print over each other)."""
+def _clusters(items: list[Mark], width: float, line: float = 0.0) -> list[list[Mark]]:
+    """Marks closer than ``width`` share one label (they would print over each other);
+    so does a group whose lines, ``line`` wide each and standing left of its mark,
+    would reach back over the group before it."""
     groups: list[list[Mark]] = []
     for mark in sorted(items, key=lambda m: m.t):
         if groups and mark.t - groups[-1][0].t < width:
             groups[-1].append(mark)
         else:
             groups.append([mark])
-    return groups
+    merged: list[list[Mark]] = []
+    for group in groups:
+        lines = len({m.label for m in group})
+        if merged and group[0].t - lines * line < merged[-1][0].t:
+            merged[-1].extend(group)
+        else:
+            merged.append(group)
+    return merged
 
 
 def _logs(pings: PingsArg) -> list[PingLog]:
@@ -313,7 +325,8 @@ def render(events_path: str | Path, output: str | Path, *, pings: PingsArg = Non
                        label=MARKS[mark.name][1] if ax is rtt_ax and mark.name not in seen
                        else None)
         seen.add(mark.name)
-    for group in _clusters(all_marks, CLUSTER * max(t_end - t_start, 1.0)):
+    span = max(t_end - t_start, 1.0)
+    for group in _clusters(all_marks, CLUSTER * span, LABEL_LINE * span):
         # One line per distinct label: turned upright, lines stand side by side,
         # where one joined line ran off the axes and collapsed the layout.
         text = "\n".join(dict.fromkeys(m.label for m in group))

@@ -174,3 +174,18 @@ def test_more_logs_than_colours_is_a_clear_error(tmp_path: Path) -> None:
     many = [(f"t{n}", PINGS) for n in range(len(SERIES_COLORS) + 1)]
     with pytest.raises(TimelineError, match="at most"):
         render(EVENTS, tmp_path / "many.png", pings=many)
+
+
+def test_a_label_that_would_reach_over_the_one_before_joins_it() -> None:
+    # As in the charon demo: the fault, then 0.6 s later three marks of the move, on a
+    # 22 s axis; upright and left of their line, the three reach back over the fault's.
+    from mobike_vici.timeline import CLUSTER, LABEL_LINE, Mark, _clusters
+
+    crowd = [Mark(0.0, "fault", "fault: m0"), Mark(0.6, "path_down", "path down"),
+             Mark(0.61, "handover_started", "handover started"),
+             Mark(0.7, "handover_completed", "handover done")]
+    assert len(_clusters(crowd, CLUSTER * 22)) == 2
+    assert [len(g) for g in _clusters(crowd, CLUSTER * 22, LABEL_LINE * 22)] == [4]
+    # Far enough apart, each keeps its own label.
+    apart = [crowd[0], Mark(5.0, "path_down", "path down")]
+    assert len(_clusters(apart, CLUSTER * 22, LABEL_LINE * 22)) == 2
