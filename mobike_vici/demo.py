@@ -46,7 +46,9 @@ PING_INTERVAL = "0.01"
 STEADY = 1.0
 """Seconds of undisturbed pings before the first fault and after the last move: the
 picture shows the tunnel's normal RTT on either side of the outages."""
-_REPLY = re.compile(rb"^\[(\d+\.\d+)\].*icmp_seq=(\d+).* time=")
+_REPLY = re.compile(rb"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+).* time=")
+"""An echo reply; not an ICMP error ("From ... Destination Net Unreachable") nor, with
+``-O``, an echo left unanswered ("no answer yet for icmp_seq=...")."""
 # Throwaway credentials for namespaces that exist only while the demo runs.
 DEMO_PSK = "mobike-vici-demo-only-not-a-secret"
 INNER_ADDR = "10.88.0.1"
@@ -300,6 +302,12 @@ def run_demo(out: TextIO | None = None, timeout: float = TIMEOUT,
         record.close()
 
 
+def echo_replies(log: bytes) -> list[float]:
+    """The times of the echo replies in a ``ping -D`` log."""
+    return [float(m.group(1)) for line in log.splitlines()
+            if (m := _REPLY.match(line)) is not None]
+
+
 class Pinger:
     """``ping -D`` every 10 ms through the tunnel; reply times on the wall clock.
 
@@ -315,10 +323,7 @@ class Pinger:
         self.proc = lab.spawn(topo.mob, [*argv, INNER_ADDR], self.log)
 
     def replies(self) -> list[float]:
-        if not self.log.exists():
-            return []
-        return [float(m.group(1)) for line in self.log.read_bytes().splitlines()
-                if (m := _REPLY.match(line)) is not None]
+        return echo_replies(self.log.read_bytes()) if self.log.exists() else []
 
     def replies_after(self, moment: float) -> float | None:
         """Seconds from ``moment`` to the first reply after it, None if none yet."""

@@ -177,3 +177,14 @@ def test_demo_cli_default_output_dir_is_named(tmp_path: Path) -> None:
     finally:
         if where.name.startswith("mobike-vici-demo-"):
             shutil.rmtree(where)
+
+
+def test_only_echo_replies_count_as_replies() -> None:
+    # A router's ICMP error and ping -O's unanswered echo were taken for replies:
+    # a tunnel with no route behind it looked up, a lost one looked alive.
+    log = b"""PING 10.88.0.1 (10.88.0.1) 56(84) bytes of data.
+[1795810483.239214] From 10.1.0.1 icmp_seq=1 Destination Net Unreachable
+[1795810483.253783] no answer yet for icmp_seq=2
+[1795810483.263783] 64 bytes from 10.88.0.1: icmp_seq=3 ttl=64 time=0.245 ms
+"""
+    assert demo.echo_replies(log) == [1795810483.263783]
