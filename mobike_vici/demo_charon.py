@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from mobike_vici.lab.charon import Charon, charon_available, check_plugins, star
 from mobike_vici.lab.native import Event, EventFile
 from mobike_vici.lab.netns import Lab, LabError
 from mobike_vici.lab.topology import Mobile, mobile
-from mobike_vici.timeline import TimelineError, fault_event, render
+from mobike_vici.timeline import TimelineError, render, timestamp
 
 BOOTSTRAP = "scripts/bootstrap.sh --with-strongswan"
 UP_TIMEOUT = 30.0
@@ -175,6 +176,7 @@ class Pair:
     topo: Mobile
     gw: Charon
     mob: Charon
+    controller: subprocess.Popen[bytes] | None
     events: EventFile | None
     pinger: Pinger | None = None
 
@@ -189,7 +191,7 @@ class Pair:
         return str(vips[0])
 
 
-def _build(lab: Lab, role: Role, log_dir: Path) -> Pair:
+def _build(lab: Lab, role: Role) -> Pair:
     """The topology, both charons, the gateway's config, and the mobile side's: loaded by
     the controller it runs beside, or by swanctl when charon is alone."""
     topo = mobile(lab)
@@ -203,34 +205,33 @@ def _build(lab: Lab, role: Role, log_dir: Path) -> Pair:
     gw.load_all(gw_conf)
     if not role.controlled:
         mob.load_all(mob_conf)
-        return Pair(role, lab, topo, gw, mob, None)
-    events = fresh(log_dir / "controller-events.jsonl")
-    lab.spawn(topo.mob, [sys.executable, "-m", "mobike_vici", "run", "--load",
-                         "--config", str(mob_conf), "--vici", mob.uri,
-                         "--events", str(events), "--control", str(lab.workdir / "ctl.sock"),
-                         "--strongswan-conf", str(mob.rundir / "strongswan.conf")],
-              lab.workdir / "controller.out")
-    return Pair(role, lab, topo, gw, mob, EventFile(events))
+        return Pair(role, lab, topo, gw, mob, None, None)
+    events = lab.workdir / "controller-events.jsonl"
+    proc = lab.spawn(topo.mob, [sys.executable, "-m", "mobike_vici", "run", "--load",
+                                "--config", str(mob_conf), "--vici", mob.uri,
+                                "--events", str(events),
+                                "--control", str(lab.workdir / "ctl.sock"),
+                                "--strongswan-conf", str(mob.rundir / "strongswan.conf")],
+                     lab.workdir / "controller.out")
+    return Pair(role, lab, topo, gw, mob, proc, EventFile(events))
 
 
-def _relay(pair: Pair, record: Record) -> list[Event]:
-    """The controller's new events into the record; returns them."""
-    new = pair.events.poll() if pair.events is not None else []
-    for ev in new:
+def _relay(pair: Pair, record: Record) -> None:
+    """The controller's new events into the record; a controller that died says why."""
+    for ev in pair.events.poll() if pair.events is not None else []:
         record.event(pair.role.conn, ev)
-    return new
+    if pair.controller is not None and pair.controller.poll() is not None:
+        out = pair.lab.workdir / "controller.out"
+        text = out.read_text(errors="replace")[-2000:] if out.exists() else ""
+        raise LabError(f"mobike-vici run exited with {pair.controller.returncode}:\n{text}")
 
 
 def _observed(record: Record, pair: Pair) -> None:
     """Where charon's IKE_SA is, as its list-sas says: the mark the picture's path panel
     draws for the pair no daemon of ours reports on."""
-    line = {**_stamp(time.time()), "event": "sa_observed", "level": "info",
-            "conn": pair.role.conn, "local": pair.local(), "by": "list-sas"}
-    record.event("demo", line)
-
-
-def _stamp(at: float) -> dict[str, object]:
-    return {"timestamp": fault_event("", at)["timestamp"]}
+    record.event("demo", {"timestamp": timestamp(time.time()), "event": "sa_observed",
+                          "level": "info", "conn": pair.role.conn, "local": pair.local(),
+                          "by": "list-sas"})
 
 
 def _wait_up(pairs: list[Pair], record: Record, timeout: float) -> None:
@@ -274,14 +275,11 @@ def _pairs(record: Record) -> Iterator[list[Pair]]:
         pairs = []
         for role in (CONTROLLED, ALONE):
             lab = stack.enter_context(Lab())
-            pairs.append(_build(lab, role, lab.workdir))
-            record.detail(f"{role.label}: namespaces {pair_names(pairs[-1])}; "
-                          f"workdir {lab.workdir}")
+            pair = _build(lab, role)
+            pairs.append(pair)
+            names = ", ".join(ns.name for ns in (pair.topo.mob, pair.topo.rtr, pair.topo.gw))
+            record.detail(f"{role.label}: namespaces {names}; workdir {lab.workdir}")
         yield pairs
-
-
-def pair_names(pair: Pair) -> str:
-    return ", ".join(ns.name for ns in (pair.topo.mob, pair.topo.rtr, pair.topo.gw))
 
 
 def run_charon(record: Record, err: TextIO, timeout: float = UP_TIMEOUT,
@@ -305,11 +303,16 @@ def run_charon(record: Record, err: TextIO, timeout: float = UP_TIMEOUT,
             try:
                 code = _story(pairs, record, err, timeout, observe, started)
             finally:
+                say(out, "tearing down")
                 for pair in pairs:
                     if pair.pinger is not None:
                         pair.lab.stop(pair.pinger.proc)
-                    _relay(pair, record)
-                say(out, "tearing down")
+                    if pair.controller is not None:
+                        # Stopped before its charon: it unloads what it loaded, and
+                        # says so (controller_stopped) into the record.
+                        pair.lab.stop(pair.controller, grace=10.0)
+                        with contextlib.suppress(LabError):
+                            _relay(pair, record)
     finally:
         _picture(record, logs)
     if code == EXIT_OK:

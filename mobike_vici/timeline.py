@@ -94,10 +94,14 @@ PingsArg = str | Path | Sequence[tuple[str | None, str | Path]] | None
 """``render``'s ``pings``: one log, or (label, log) pairs, or none."""
 
 
+def timestamp(at: float) -> str:
+    """``at`` (epoch) as an event's ``timestamp``."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def fault_event(what: str, at: float) -> dict[str, object]:
     """The line to append to an events file when injecting a fault at ``at`` (epoch)."""
-    stamp = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return {"timestamp": stamp, "event": "fault", "level": "info", "what": what}
+    return {"timestamp": timestamp(at), "event": "fault", "level": "info", "what": what}
 
 
 def _epoch(text: str) -> float:
