@@ -256,11 +256,10 @@ def _draw_pings(ax: Axes, logs: list[PingLog], t0: float) -> None:
 
 
 def _headline(found: list[Outage]) -> list[Outage]:
-    """Of a labelled log's outages, the ones worth words beside other logs: the longest
-    that ended and one that did not; the short silences stay shaded, untold."""
-    ended = [o for o in found if not o.ongoing]
-    longest = [max(ended, key=lambda o: o.end - o.start)] if ended else []
-    return longest + [o for o in found if o.ongoing]
+    """Of a labelled log's outages, the one worth words beside other logs: the one that
+    never ended (a tunnel lost), else the longest; the short silences stay shaded, untold."""
+    lost = [o for o in found if o.ongoing]
+    return lost or ([max(found, key=lambda o: o.end - o.start)] if found else [])
 
 
 def _tell(ax: Axes, gap: Outage, label: str | None, row: int, color: str, t0: float) -> None:

@@ -189,3 +189,14 @@ def test_a_label_that_would_reach_over_the_one_before_joins_it() -> None:
     # Far enough apart, each keeps its own label.
     apart = [crowd[0], Mark(5.0, "path_down", "path down")]
     assert len(_clusters(apart, CLUSTER * 22, LABEL_LINE * 22)) == 2
+
+
+def test_a_lost_tunnel_is_told_by_its_loss_not_by_a_hiccup_before_it() -> None:
+    # charon alone's log had a 0.11 s silence before the fault; the picture named it
+    # beside "no reply for its last 20 s", as if it were the outage that mattered.
+    from mobike_vici.timeline import Outage, _headline
+
+    hiccup, lost = Outage(10.0, 10.11), Outage(12.0, 32.0, ongoing=True)
+    assert _headline([hiccup, lost]) == [lost]
+    assert _headline([hiccup, Outage(12.0, 12.7)]) == [Outage(12.0, 12.7)]
+    assert _headline([]) == []
