@@ -133,12 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     timeline = sub.add_parser("timeline", help="draw a handover timeline (PNG) from events")
     timeline.add_argument("events_file", metavar="EVENTS.jsonl")
-    timeline.add_argument("--pings", metavar="FILE",
-                          help="output of ping -D through the tunnel (RTT and outages)")
+    timeline.add_argument("--pings", metavar="[LABEL=]FILE", action="append", default=[],
+                          help="output of ping -D through the tunnel (RTT and outages); "
+                          "repeat as LABEL=FILE to draw several tunnels in one picture")
     timeline.add_argument("-o", "--output", metavar="FILE.png", required=True)
     timeline.add_argument("--title", default=None)
 
-    demo = sub.add_parser("demo", help="run the demo on the embedded native core")
+    demo = sub.add_parser("demo", help="run the demo on the embedded native core, or on "
+                          "charon with and without the controller (--backend charon)")
+    demo.add_argument("--backend", choices=("native", "charon"), default="native",
+                      help="native: two native daemons; charon: charon at both ends, "
+                      "`run` beside one mobile charon, the other alone (needs strongSwan:"
+                      " scripts/bootstrap.sh --with-strongswan)")
     demo.add_argument("-v", "--verbose", action="store_true",
                       help="also print the raw events, routes and status on the terminal")
     demo.add_argument("--output-dir", metavar="DIR", default=None,
@@ -283,12 +289,19 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
 def _cmd_timeline(args: argparse.Namespace) -> int:
     try:
-        from .timeline import TimelineError, render
+        from .timeline import PingsArg, TimelineError, parse_pings_arg, render
     except ModuleNotFoundError as exc:
         print(f"mobike-vici: timeline needs matplotlib ({exc})", file=sys.stderr)
         return EXIT_FAILURE
+    given = [parse_pings_arg(text) for text in args.pings]
+    pings: PingsArg = None
+    if len(given) == 1 and given[0][0] is None:
+        pings = given[0][1]
+    elif given:
+        # Several logs in one picture: each needs a name, its file's when it has none.
+        pings = [(label or Path(path).name, path) for label, path in given]
     try:
-        render(args.events_file, args.output, pings=args.pings, title=args.title)
+        render(args.events_file, args.output, pings=pings, title=args.title)
     except TimelineError as exc:
         print(f"mobike-vici: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -306,7 +319,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"mobike-vici: the demo is not available: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     output_dir = Path(args.output_dir) if args.output_dir is not None else None
-    result: object = demo.run_demo(verbose=args.verbose, output_dir=output_dir)
+    result: object = demo.run_demo(verbose=args.verbose, output_dir=output_dir,
+                                   backend=args.backend)
     return result if isinstance(result, int) else EXIT_OK
 
 

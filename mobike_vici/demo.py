@@ -46,7 +46,9 @@ PING_INTERVAL = "0.01"
 STEADY = 1.0
 """Seconds of undisturbed pings before the first fault and after the last move: the
 picture shows the tunnel's normal RTT on either side of the outages."""
-_REPLY = re.compile(rb"^\[(\d+\.\d+)\].*icmp_seq=(\d+)")
+_REPLY = re.compile(rb"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+).* time=")
+"""An echo reply; not an ICMP error ("From ... Destination Net Unreachable") nor, with
+``-O``, an echo left unanswered ("no answer yet for icmp_seq=...")."""
 # Throwaway credentials for namespaces that exist only while the demo runs.
 DEMO_PSK = "mobike-vici-demo-only-not-a-secret"
 INNER_ADDR = "10.88.0.1"
@@ -154,7 +156,7 @@ mobike {{
 """
 
 
-class _Record:
+class Record:
     """Where the raw events go: ``events.jsonl`` always, the terminal too with --verbose.
 
     Each line is the daemon's event with the ``side`` that wrote it; an injected
@@ -166,7 +168,7 @@ class _Record:
         self.out = out
         self.verbose = verbose
         self.faults: list[dict[str, object]] = []
-        self._file = open_events_file(str(_fresh(path)))
+        self._file = open_events_file(str(fresh(path)))
 
     def event(self, label: str, ev: Event) -> None:
         print(json.dumps({"side": label, **ev}), file=self._file, flush=True)
@@ -187,14 +189,14 @@ class _Record:
         self._file.close()
 
 
-def _fresh(path: Path) -> Path:
+def fresh(path: Path) -> Path:
     """``path`` with nothing at it: a rerun into the same directory starts over, and a
     symbolic link left there is removed rather than followed."""
     path.unlink(missing_ok=True)
     return path
 
 
-def _say(out: TextIO, text: str) -> None:
+def say(out: TextIO, text: str) -> None:
     print(f"demo: {text}", file=out, flush=True)
 
 
@@ -223,7 +225,7 @@ class _Side:
         return all(name in self.seen for name in REQUIRED_EVENTS)
 
 
-def _pump(sides: list[_Side], record: _Record) -> None:
+def _pump(sides: list[_Side], record: Record) -> None:
     """Record what every side wrote since the last call, in timestamp order."""
     batch = [item for side in sides for item in side.take()]
     batch.sort(key=lambda item: item[0])
@@ -231,7 +233,7 @@ def _pump(sides: list[_Side], record: _Record) -> None:
         record.event(label, ev)
 
 
-def _watch(sides: list[_Side], record: _Record, timeout: float) -> str | None:
+def _watch(sides: list[_Side], record: Record, timeout: float) -> str | None:
     """Record events until every side is done; None on success, else why not."""
     deadline = time.monotonic() + timeout
     while True:
@@ -253,12 +255,15 @@ def _watch(sides: list[_Side], record: _Record, timeout: float) -> str | None:
 
 def run_demo(out: TextIO | None = None, timeout: float = TIMEOUT,
              program: Sequence[str] | None = None, *, verbose: bool = False,
-             output_dir: Path | None = None) -> int:
-    """Run the demo; 0 when both sides are up and moved twice, 1 on failure, 2 without root.
+             output_dir: Path | None = None, backend: str = "native") -> int:
+    """Run the demo; 0 when both sides are up and moved twice, 1 on failure, 2 without root
+    (or, for ``backend="charon"``, without strongSwan).
 
     ``output_dir`` receives events.jsonl, ping.log and timeline.png (default: a new
     directory under the system's temporary directory, named in the narrative).
     ``program`` replaces `python -m mobike_vici` for the daemons (tests use a stub).
+    ``backend="charon"``: the product itself, charon with and without the controller
+    (``mobike_vici.demo_charon``).
     """
     out = out or sys.stdout
     err = sys.stderr
@@ -270,15 +275,24 @@ def run_demo(out: TextIO | None = None, timeout: float = TIMEOUT,
     if missing:
         print(f"mobike-vici demo: missing tools: {describe(missing)}", file=err)
         return EXIT_NEED_ROOT
+    if backend == "charon":
+        from mobike_vici.demo_charon import run_charon, strongswan_missing
+
+        problem = strongswan_missing()
+        if problem is not None:
+            print(f"mobike-vici demo --backend charon: {problem}", file=err)
+            return EXIT_NEED_ROOT
     try:
         if output_dir is None:
             output_dir = Path(tempfile.mkdtemp(prefix="mobike-vici-demo-"))
         output_dir.mkdir(parents=True, exist_ok=True)
-        record = _Record(output_dir / "events.jsonl", out, verbose)
+        record = Record(output_dir / "events.jsonl", out, verbose)
     except (OSError, EventsFileError) as exc:
         print(f"mobike-vici demo: cannot write the output directory: {exc}", file=err)
         return EXIT_FAILED
     try:
+        if backend == "charon":
+            return run_charon(record, err, timeout)
         with Lab() as lab:
             return _run(lab, record, err, timeout, program)
     except LabError as exc:
@@ -288,19 +302,28 @@ def run_demo(out: TextIO | None = None, timeout: float = TIMEOUT,
         record.close()
 
 
-class _Pinger:
-    """``ping -D`` every 10 ms through the tunnel; reply times on the wall clock."""
+def echo_replies(log: bytes) -> list[float]:
+    """The times of the echo replies in a ``ping -D`` log."""
+    return [float(m.group(1)) for line in log.splitlines()
+            if (m := _REPLY.match(line)) is not None]
 
-    def __init__(self, lab: Lab, topo: Mobile, log: Path) -> None:
-        self.log = _fresh(log)
-        self.proc = lab.spawn(topo.mob, ["ping", "-n", "-D", "-i", PING_INTERVAL,
-                                         INNER_ADDR], self.log)
+
+class Pinger:
+    """``ping -D`` every 10 ms through the tunnel; reply times on the wall clock.
+
+    ``source``: the address to ping from (a virtual IP); ``unanswered``: ``-O``, a
+    line for every echo left unanswered, so the log shows how long it ran."""
+
+    def __init__(self, lab: Lab, topo: Mobile, log: Path, *, source: str | None = None,
+                 unanswered: bool = False) -> None:
+        self.log = fresh(log)
+        argv = ["ping", "-n", "-D", "-i", PING_INTERVAL]
+        argv += ["-I", source] if source is not None else []
+        argv += ["-O"] if unanswered else []
+        self.proc = lab.spawn(topo.mob, [*argv, INNER_ADDR], self.log)
 
     def replies(self) -> list[float]:
-        if not self.log.exists():
-            return []
-        return [float(m.group(1)) for line in self.log.read_bytes().splitlines()
-                if (m := _REPLY.match(line)) is not None]
+        return echo_replies(self.log.read_bytes()) if self.log.exists() else []
 
     def replies_after(self, moment: float) -> float | None:
         """Seconds from ``moment`` to the first reply after it, None if none yet."""
@@ -339,7 +362,7 @@ def _route(topo: Mobile, dest: str, src: str | None = None, mark: bool = False) 
     return " ".join(text.split()).removesuffix(" cache").strip() or "none"
 
 
-def _handover(sides: list[_Side], pinger: _Pinger, record: _Record, what: str,
+def _handover(sides: list[_Side], pinger: Pinger, record: Record, what: str,
               fault: Callable[[], None], old: str) -> str | None:
     """Inject ``fault``, wait for the move off ``old`` and the first reply; None or why not."""
     initiator = sides[0]
@@ -369,14 +392,14 @@ def _handover(sides: list[_Side], pinger: _Pinger, record: _Record, what: str,
     noticed = ""
     if down is not None and down.get("reason"):
         noticed = f"noticed as {down['reason']}, "
-    _say(record.out, f"  moved {moved[0]['old_local']} -> {moved[0]['local']}, "
+    say(record.out, f"  moved {moved[0]['old_local']} -> {moved[0]['local']}, "
          f"outage {gap * 1000:.0f} ms ({noticed}the move itself took "
          f"{float(moved[0].get('duration_ms', 0.0)):.0f} ms; the outage is the longest "
          f"gap in the echo replies)")
     return None
 
 
-def _picture(lab: Lab, record: _Record, initiator: _Side, pinger: _Pinger | None) -> None:
+def _picture(lab: Lab, record: Record, initiator: _Side, pinger: Pinger | None) -> None:
     """Draw the run (the initiator's events, the faults, the echo replies) next to the
     events file and name it; a run that failed early still gets what it has."""
     source = lab.workdir / "timeline-events.jsonl"
@@ -384,26 +407,26 @@ def _picture(lab: Lab, record: _Record, initiator: _Side, pinger: _Pinger | None
         for ev in [*initiator.events.events, *record.faults]:
             print(json.dumps(ev), file=f)
     try:
-        png = render(source, _fresh(record.path.with_name("timeline.png")),
+        png = render(source, fresh(record.path.with_name("timeline.png")),
                      pings=pinger.log if pinger is not None else None,
                      title="mobike-vici demo: a loud and a silent failure, "
                            "the native core moves the tunnel")
     except (TimelineError, OSError) as exc:
         print(f"mobike-vici demo: no picture: {exc}", file=sys.stderr)
         return
-    _say(record.out, f"picture: {png}")
+    say(record.out, f"picture: {png}")
 
 
-def _run(lab: Lab, record: _Record, err: TextIO, timeout: float,
+def _run(lab: Lab, record: Record, err: TextIO, timeout: float,
          program: Sequence[str] | None) -> int:
     topo = mobile(lab)
     topo.gw.add_address("lo", f"{INNER_ADDR}/32")
     m0, m1 = topo.uplinks
-    _say(record.out, f"building a mobile client and a gateway in network namespaces: "
+    say(record.out, f"building a mobile client and a gateway in network namespaces: "
          f"mob (uplinks m0 {m0.addr4}, m1 {m1.addr4}) -> rtr -> gw ({topo.gw4})")
-    _say(record.out, "starting mobike-vici native on both: the client asks for a full tunnel, "
+    say(record.out, "starting mobike-vici native on both: the client asks for a full tunnel, "
          "m1 is its backup uplink")
-    _say(record.out, f"raw events: {record.path}"
+    say(record.out, f"raw events: {record.path}"
          + ("" if record.verbose else " (--verbose prints them here too)"))
     record.detail(f"namespaces {topo.mob.name}, {topo.rtr.name}, {topo.gw.name}; "
                   f"workdir {lab.workdir}")
@@ -418,7 +441,7 @@ def _run(lab: Lab, record: _Record, err: TextIO, timeout: float,
     initiator = _Side("initiator", start_native(lab, topo.mob, conf_a, name="initiator",
                                                    program=program))
     sides = [initiator, responder]
-    pinger: list[_Pinger] = []
+    pinger: list[Pinger] = []
     try:
         code = _story(lab, topo, sides, record, pinger, err, timeout, started)
     finally:
@@ -427,12 +450,12 @@ def _run(lab: Lab, record: _Record, err: TextIO, timeout: float,
         _pump(sides, record)
         _picture(lab, record, initiator, pinger[0] if pinger else None)
     if code == EXIT_OK:
-        _say(record.out, "OK")
+        say(record.out, "OK")
     return code
 
 
-def _story(lab: Lab, topo: Mobile, sides: list[_Side], record: _Record,
-           pinger_out: list[_Pinger], err: TextIO, timeout: float, started: float) -> int:
+def _story(lab: Lab, topo: Mobile, sides: list[_Side], record: Record,
+           pinger_out: list[Pinger], err: TextIO, timeout: float, started: float) -> int:
     """From both daemons started to both stopped after two handovers; the pinger it
     starts goes to ``pinger_out`` so the caller can draw even a failed run."""
     out = record.out
@@ -445,12 +468,12 @@ def _story(lab: Lab, topo: Mobile, sides: list[_Side], record: _Record,
 
     up = next((ev for ev in initiator.events.events if ev.get("event") == "ike_sa_established"),
               {})
-    _say(out, f"tunnel up after {time.monotonic() - started:.1f} s: IKE_SA and CHILD_SA on "
+    say(out, f"tunnel up after {time.monotonic() - started:.1f} s: IKE_SA and CHILD_SA on "
          f"both sides, the client on {up.get('local', '?')}")
     record.detail(f"full tunnel: {_route(topo, ELSEWHERE)}; "
                   f"IKE and ESP from m1: {_route(topo, topo.gw4, m1.addr4, mark=True)}")
-    _say(out, f"pinging {INNER_ADDR} on gw through the tunnel every 10 ms")
-    pinger = _Pinger(lab, topo, record.path.with_name("ping.log"))
+    say(out, f"pinging {INNER_ADDR} on gw through the tunnel every 10 ms")
+    pinger = Pinger(lab, topo, record.path.with_name("ping.log"))
     pinger_out.append(pinger)
     if pinger.wait(time.time() - 60.0, timeout) is None:
         print("mobike-vici demo: FAILED: no echo reply through the tunnel", file=err)
@@ -465,9 +488,9 @@ def _story(lab: Lab, topo: Mobile, sides: list[_Side], record: _Record,
         if index == 1:
             # m0 back first (with its routes), so there is somewhere to go.
             topo.link_up(0)
-            _say(out, "m0 back up; a second for the probes to find it")
+            say(out, "m0 back up; a second for the probes to find it")
             time.sleep(1.0)
-        _say(out, f"fault {index + 1}: {what}")
+        say(out, f"fault {index + 1}: {what}")
         problem = _handover(sides, pinger, record, what, fault, old)
         if problem is not None:
             print(f"mobike-vici demo: FAILED: {problem}", file=err)
@@ -484,7 +507,7 @@ def _story(lab: Lab, topo: Mobile, sides: list[_Side], record: _Record,
               f"{status.stderr.strip()}", file=err)
         return EXIT_FAILED
 
-    _say(out, "tearing down")
+    say(out, "tearing down")
     for side in sides:
         side.daemon.stop()
     return EXIT_OK

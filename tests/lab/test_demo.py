@@ -64,7 +64,7 @@ def test_demo_events_file_replaces_a_link_instead_of_following_it(tmp_path: Path
     target = tmp_path / "elsewhere"
     target.write_text("keep me\n")
     (tmp_path / "events.jsonl").symlink_to(target)
-    record = demo._Record(tmp_path / "events.jsonl", io.StringIO(), verbose=False)
+    record = demo.Record(tmp_path / "events.jsonl", io.StringIO(), verbose=False)
     record.fault("a test fault", 1_800_000_000.0)
     record.close()
     assert target.read_text() == "keep me\n"
@@ -177,3 +177,14 @@ def test_demo_cli_default_output_dir_is_named(tmp_path: Path) -> None:
     finally:
         if where.name.startswith("mobike-vici-demo-"):
             shutil.rmtree(where)
+
+
+def test_only_echo_replies_count_as_replies() -> None:
+    # A router's ICMP error and ping -O's unanswered echo were taken for replies:
+    # a tunnel with no route behind it looked up, a lost one looked alive.
+    log = b"""PING 10.88.0.1 (10.88.0.1) 56(84) bytes of data.
+[1795810483.239214] From 10.1.0.1 icmp_seq=1 Destination Net Unreachable
+[1795810483.253783] no answer yet for icmp_seq=2
+[1795810483.263783] 64 bytes from 10.88.0.1: icmp_seq=3 ttl=64 time=0.245 ms
+"""
+    assert demo.echo_replies(log) == [1795810483.263783]

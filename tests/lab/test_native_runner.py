@@ -90,8 +90,8 @@ def test_status_goes_to_the_same_program(lab: Lab, tmp_path: Path) -> None:
     assert status.returncode == 0 and "stub status" in status.stdout
 
 
-def test_demo_flow_with_stub_daemons(tmp_path: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_flow_with_stub_daemons(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """run_demo's plumbing (topology, two daemons, event printing, teardown).
 
     Stub daemons carry no traffic, so the handover step must fail, say so and
@@ -99,10 +99,14 @@ def test_demo_flow_with_stub_daemons(tmp_path: Path,
     """
     import io
 
+    import mobike_vici.demo as demo
     from mobike_vici.demo import run_demo
 
     ours = f"mv-{os.getpid()}-"
     out = io.StringIO()
+    # No tunnel behind the stubs: ping the gateway's own address, which rtr routes
+    # (10.88.0.1 gets only "Destination Net Unreachable", no echo reply).
+    monkeypatch.setattr(demo, "INNER_ADDR", "192.0.2.2")
     assert run_demo(out=out, program=_stub(tmp_path), verbose=True,
                     output_dir=tmp_path / "out") == 1, out.getvalue()
     lines = out.getvalue().splitlines()
@@ -111,7 +115,7 @@ def test_demo_flow_with_stub_daemons(tmp_path: Path,
                  for line in lines if line.startswith(f"[{side}] ")]
         assert names[:2] == ["ike_sa_established", "child_sa_installed"], lines
     # Exactly the expected failure, at the expected step: the tunnel came up, the echo
-    # replies came (the stubs' namespaces route to each other directly), and only the
+    # replies came (from the gateway's own address), and only the
     # handover, which no stub can make, failed. Any other failure fails this test.
     assert "demo: tunnel up after " in out.getvalue()
     assert "demo: fault 1: loud failure (m0 link down)" in out.getvalue()

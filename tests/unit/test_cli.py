@@ -165,8 +165,10 @@ def test_demo_calls_run_demo(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(demo, "run_demo", fake_demo)
     assert cli.main(["demo"]) == 3
     assert cli.main(["demo", "--verbose", "--output-dir", "some/dir"]) == 3
-    assert calls == [{"verbose": False, "output_dir": None},
-                     {"verbose": True, "output_dir": Path("some/dir")}]
+    assert cli.main(["demo", "--backend", "charon"]) == 3
+    assert calls == [{"verbose": False, "output_dir": None, "backend": "native"},
+                     {"verbose": True, "output_dir": Path("some/dir"), "backend": "native"},
+                     {"verbose": False, "output_dir": None, "backend": "charon"}]
 
 
 @pytest.mark.parametrize("argv", [[], ["run", "--config"], ["run", "--log-level", "loud"],

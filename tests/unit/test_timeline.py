@@ -12,12 +12,15 @@ import pytest
 
 from mobike_vici import cli
 from mobike_vici.timeline import (
+    SERIES_COLORS,
     TimelineError,
     active_paths,
     fault_event,
     marks,
     outages,
+    parse_pings_arg,
     read_events,
+    read_ping_log,
     read_pings,
     render,
 )
@@ -119,3 +122,81 @@ def test_a_crowd_of_marks_keeps_its_labels_inside_the_picture(tmp_path: Path) ->
         warnings.simplefilter("error")
         out = render(events, tmp_path / "crowd.png")
     assert png_size(out) == (1000, 600)
+
+
+CHARON_EVENTS = DATA / "charon_demo_events.jsonl"
+KEPT = DATA / "charon_demo_ping_controlled.txt"
+LOST = DATA / "charon_demo_ping_alone.txt"
+"""Recorded by `mobike-vici demo --backend charon` (pings cut to 1.5 s before the fault
+and 6 s after): charon + controller moved off the silently dead uplink, charon alone
+stayed on it."""
+
+
+def test_two_labelled_tunnels_in_one_picture(tmp_path: Path) -> None:
+    out = render(CHARON_EVENTS, tmp_path / "two.png",
+                 pings=[("charon + mobike-vici run", KEPT), ("charon alone", LOST)])
+    assert png_size(out) == (1000, 600)
+    assert out.stat().st_size > 20_000
+    # The same picture from the command line, LABEL=FILE repeated.
+    cli_out = tmp_path / "cli.png"
+    assert cli.main(["timeline", str(CHARON_EVENTS), "--pings", f"kept={KEPT}",
+                     "--pings", f"lost={LOST}", "-o", str(cli_out)]) == 0
+    assert png_size(cli_out) == (1000, 600)
+
+
+def test_a_lost_tunnel_is_an_outage_to_the_end_of_its_log() -> None:
+    fault = next(m.t for m in marks(read_events(CHARON_EVENTS)) if m.name == "fault")
+    kept, lost = read_ping_log(KEPT, "kept"), read_ping_log(LOST, "lost")
+    back, *later = outages(kept.replies, kept.last_line)
+    assert not back.ongoing and back.start <= fault + 0.1 and 0.2 < back.end - fault < 5.0
+    assert not any(o.ongoing for o in later)  # kept: replies to the end of its log
+    (gone,) = outages(lost.replies, lost.last_line)
+    assert gone.ongoing and gone.start <= fault + 0.1
+    assert lost.last_line is not None and gone.end == lost.last_line > fault + 5.0
+    # Without where the log ends (no -O lines), a silence at the end is not told.
+    assert outages(lost.replies) == []
+    # Each connection's path: the controlled one moved, the one alone did not.
+    paths = active_paths(read_events(CHARON_EVENTS))
+    assert [a for _, a in paths["controlled"]] == ["10.1.0.2", "10.2.0.2"]
+    assert [a for _, a in paths["alone"]] == ["10.1.0.2"]
+
+
+def test_pings_argument_forms(tmp_path: Path) -> None:
+    assert parse_pings_arg("ping.log") == (None, "ping.log")
+    assert parse_pings_arg("charon alone=a.log") == ("charon alone", "a.log")
+    odd = tmp_path / "x=y.log"
+    odd.write_text("")
+    assert parse_pings_arg(str(odd)) == (None, str(odd))
+    assert parse_pings_arg("=a.log") == (None, "=a.log")
+
+
+def test_more_logs_than_colours_is_a_clear_error(tmp_path: Path) -> None:
+    many = [(f"t{n}", PINGS) for n in range(len(SERIES_COLORS) + 1)]
+    with pytest.raises(TimelineError, match="at most"):
+        render(EVENTS, tmp_path / "many.png", pings=many)
+
+
+def test_a_label_that_would_reach_over_the_one_before_joins_it() -> None:
+    # As in the charon demo: the fault, then 0.6 s later three marks of the move, on a
+    # 22 s axis; upright and left of their line, the three reach back over the fault's.
+    from mobike_vici.timeline import CLUSTER, LABEL_LINE, Mark, _clusters
+
+    crowd = [Mark(0.0, "fault", "fault: m0"), Mark(0.6, "path_down", "path down"),
+             Mark(0.61, "handover_started", "handover started"),
+             Mark(0.7, "handover_completed", "handover done")]
+    assert len(_clusters(crowd, CLUSTER * 22)) == 2
+    assert [len(g) for g in _clusters(crowd, CLUSTER * 22, LABEL_LINE * 22)] == [4]
+    # Far enough apart, each keeps its own label.
+    apart = [crowd[0], Mark(5.0, "path_down", "path down")]
+    assert len(_clusters(apart, CLUSTER * 22, LABEL_LINE * 22)) == 2
+
+
+def test_a_lost_tunnel_is_told_by_its_loss_not_by_a_hiccup_before_it() -> None:
+    # charon alone's log had a 0.11 s silence before the fault; the picture named it
+    # beside "no reply for its last 20 s", as if it were the outage that mattered.
+    from mobike_vici.timeline import Outage, _headline
+
+    hiccup, lost = Outage(10.0, 10.11), Outage(12.0, 32.0, ongoing=True)
+    assert _headline([hiccup, lost]) == [lost]
+    assert _headline([hiccup, Outage(12.0, 12.7)]) == [Outage(12.0, 12.7)]
+    assert _headline([]) == []
