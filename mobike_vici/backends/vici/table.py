@@ -246,14 +246,17 @@ class SaTable:
         if not isinstance(old_d, Mapping) or not isinstance(new_d, Mapping):
             raise ParseError("ike-rekey without old and new sections")
         old_parsed, new = parse_ike(conn, old_d), parse_ike(conn, new_d)
+        # The new IKE_SA's "initiator" is whoever initiated this rekey (RFC 7296 §2.18).
+        by_charon = new.initiator
         old = self._sas.pop(old_parsed.ike_spi, None)
         if old is None:
             return self._upsert(new, new.children, child_reason="down")
         # charon moves the CHILD_SAs over to the new IKE_SA; the event lists none.
-        new = dataclasses.replace(new, children=_merge(old.children, new.children))
+        new = dataclasses.replace(new, children=_merge(old.children, new.children),
+                                  initiator=old.initiator)
         self._sas[new.ike_spi] = new
         return [SaRekeyed(conn=conn, ike_spi=old.ike_spi, new_ike_spi=new.ike_spi,
-                          old=old, new=new)]
+                          old=old, new=new, by_charon=by_charon)]
 
     def _child_updown(self, conn: str, d: Mapping[str, Any],
                       message: Mapping[str, Any]) -> list[SaEvent]:
@@ -303,8 +306,10 @@ class SaTable:
 
     def _upsert(self, sa: IkeSaInfo, children: tuple[ChildSaInfo, ...], *,
                 child_reason: str) -> list[SaEvent]:
-        new = dataclasses.replace(sa, children=children)
         old = self._sas.get(sa.ike_spi)
+        # The original role never changes; charon's flag follows IKE rekeys (see IkeSaInfo).
+        new = dataclasses.replace(sa, children=children,
+                                  initiator=old.initiator if old else sa.initiator)
         self._sas[sa.ike_spi] = new
         conn, spi = sa.conn, sa.ike_spi
         if old is None:

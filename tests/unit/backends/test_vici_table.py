@@ -208,3 +208,49 @@ def test_state_is_kept_while_nothing_is_applied() -> None:
     assert len(table) == 1
     assert table.reconcile(_snapshot(2)) == []
     assert len(table) == 1
+
+
+def _as_responder(d: dict[str, Any]) -> dict[str, Any]:
+    """An IKE_SA section as a gateway's charon lists it: not the original initiator."""
+    out = {k: v for k, v in d.items() if k != "initiator"}
+    return out
+
+
+def _gateway_rekey(*, by_charon: bool) -> tuple[SaTable, list[SaEvent]]:
+    """The recorded IKE rekey replayed on a gateway's charon: the SA it was responder of,
+    rekeyed by charon (new section "initiator": yes) or by the peer (no flag)."""
+    table = SaTable()
+    _name, est = RECORD[0]
+    table.apply("ike-updown", {"up": "yes", "home": _as_responder(est["home"])})
+    _name, rekey = RECORD[4]
+    section = {"old": _as_responder(rekey["home"]["old"]), "new": dict(rekey["home"]["new"])}
+    if not by_charon:
+        section["new"] = _as_responder(section["new"])
+    return table, table.apply("ike-rekey", {"home": section})
+
+
+def test_a_gateway_sa_rekeyed_by_charon_keeps_its_role_and_says_who_rekeyed() -> None:
+    table, events = _gateway_rekey(by_charon=True)
+    (event,) = events
+    assert isinstance(event, SaRekeyed) and event.by_charon
+    assert not event.new.initiator  # charon's flag now says "initiator": the role did not change
+    new = table.get(event.new_ike_spi)
+    assert new is not None and not new.initiator
+    # Later events list charon's flag again; the table keeps the original role.
+    _name, update = RECORD[6]
+    moved = {k: v for k, v in update.items() if k != "home"}
+    section = dict(update["home"])
+    section.update({"initiator-spi": rekey_spi(event.new_ike_spi, 0),
+                    "responder-spi": rekey_spi(event.new_ike_spi, 1), "initiator": "yes"})
+    (updated,) = table.apply("ike-update", {**moved, "home": section})
+    assert isinstance(updated, SaUpdated) and not updated.new.initiator
+
+
+def rekey_spi(key: str, index: int) -> str:
+    return key.split("_")[index]
+
+
+def test_a_gateway_sa_rekeyed_by_the_peer_is_not_charons_rekey() -> None:
+    _table, events = _gateway_rekey(by_charon=False)
+    (event,) = events
+    assert isinstance(event, SaRekeyed) and not event.by_charon and not event.new.initiator
