@@ -208,8 +208,7 @@ class Controller:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._control: ControlServer | None = None
         self._loaded_once = False
-        self.gateway_rr = GatewayChecks(self.client, log, self.policy, self._spawn,
-                                        self._terminate)
+        self.gateway_rr = GatewayChecks(self.client, log, self.policy, self._spawn)
 
     # -- lifecycle ----------------------------------------------------------------------
 

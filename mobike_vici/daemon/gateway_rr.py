@@ -25,12 +25,10 @@ class GatewayChecks:
     """Return routability of every IKE_SA charon is responder of (see the module doc)."""
 
     def __init__(self, client: ViciClient, log: EventLog, policy: MobikePolicy,
-                 spawn: Spawn, terminate: Callable[[IkeSaInfo, str], Coroutine[Any, Any, None]]
-                 ) -> None:
+                 spawn: Spawn) -> None:
         self.client = client
         self.log = log
         self._spawn = spawn
-        self._terminate = terminate
         self.logic = GatewayRoutability(policy.return_routability, policy.handover_timeout)
         self._timer: asyncio.TimerHandle | None = None
         self._last: dict[str, IkeSaInfo] = {}  # last info per IKE_SA (terminate needs it)
@@ -87,7 +85,7 @@ class GatewayChecks:
                         "reason": action.reason,
                         "duration_ms": round(action.duration * 1000, 3)})
                     if info is not None:
-                        self._spawn(self._terminate(info, "return_routability_failed"))
+                        self._spawn(self._terminate(info))
         self._arm()
 
     async def _rekey(self, ike_spi: str) -> None:
@@ -110,6 +108,18 @@ class GatewayChecks:
             return
         self.log.emit("return_routability_check_sent", conn=info.conn, ike_spi=ike_spi,
                       remote=str(info.path.remote), stale=stale)
+
+    async def _terminate(self, info: IkeSaInfo) -> None:
+        # force: the DELETE would go to the address that does not answer, and charon
+        # would keep the SA (and its traffic there) through every retransmission.
+        try:
+            await self.client.call("terminate", {"ike-id": str(info.unique_id),
+                                                 "force": "yes", "timeout": "-1"})
+            self.log.emit("ike_sa_terminated", conn=info.conn, ike_spi=info.ike_spi,
+                          reason="return_routability_failed")
+        except ViciError as exc:
+            self.log.emit("terminate_failed", conn=info.conn, ike_spi=info.ike_spi,
+                          error=str(exc))
 
     def _arm(self) -> None:
         if self._timer is not None:

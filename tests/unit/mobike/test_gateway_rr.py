@@ -181,3 +181,13 @@ def test_two_sas_have_their_own_checks_and_one_timer() -> None:
     assert rr.get_timer() == TIMEOUT
     out = rr.handle_timer(TIMEOUT)
     assert [(type(a), a.ike_spi) for a in out] == [(Failed, SPI)]
+
+
+def test_charons_ike_rekeys_in_flight_are_read_from_list_sas() -> None:
+    from mobike_vici.daemon.gateway_rr import _active_ike_rekeys
+
+    entry = {"dp": {"uniqueid": "3", "tasks-active": ["IKE_REKEY"],
+                    "tasks-queued": ["IKE_REKEY", "CHILD_REKEY"]}}
+    assert _active_ike_rekeys(entry) == 1  # queued ones go out after the move: they count
+    assert _active_ike_rekeys({"dp": {"tasks-active": ["CHILD_REKEY"]}}) == 0
+    assert _active_ike_rekeys({"dp": {"uniqueid": "3"}}) == 0

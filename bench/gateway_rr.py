@@ -1,0 +1,61 @@
+"""The flood window of a false peer address on a charon gateway, with and without the controller.
+
+The mobile topology (tests/mobility): our daemon on mob (``mover.py``) sends an
+authenticated UPDATE_SA_ADDRESSES from m1's address while rtr drops everything towards
+m1, the way a peer that lies about its address points the gateway at a victim. charon
+on gw follows at once. Measured from tcpdump on gw's uplink, per run: ESP and IKE
+packets charon sent towards m1 after the move (count, first and last, seconds after the
+move), and when charon's IKE_SA was gone. ``charon`` runs charon alone; ``controller``
+adds ``mobike-vici run`` on gw with ``return_routability = always`` and
+``handover_timeout = --bound``. Each run watches for ``--window`` seconds (a run ends
+one second after the SA is gone).
+
+Needs root and strongSwan. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mobike_vici.lab.charon import charon_available  # noqa: E402
+from mobike_vici.lab.netns import Lab, LabError, is_root  # noqa: E402
+from tests.mobility.test_gateway_rr import spoofed_move  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--window", type=float, default=30.0)
+    parser.add_argument("--bound", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    if not is_root() or not charon_available():
+        print(json.dumps({"error": "needs root and strongSwan (charon)"}))
+        return 2
+    rows: dict[str, list[dict[str, Any]]] = {"charon": [], "controller": []}
+    for _ in range(args.reps):
+        for name, controller in (("charon", False), ("controller", True)):
+            try:
+                with Lab() as lab:
+                    run, seen = spoofed_move(lab, controller=controller, window=args.window,
+                                             bound=args.bound)
+                    run.h.close()
+                    rows[name].append(seen)
+            except LabError as exc:
+                rows[name].append({"error": str(exc)})
+    print(json.dumps({"bench": "gateway_rr", "host": platform.node(),
+                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                      "window_s": args.window, "bound_s": args.bound, "results": rows},
+                     indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
