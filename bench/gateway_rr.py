@@ -25,9 +25,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mobike_vici.lab.charon import charon_available  # noqa: E402
-from mobike_vici.lab.netns import Lab, LabError, is_root  # noqa: E402
-from tests.mobility.test_gateway_rr import spoofed_move  # noqa: E402
+from mobike_vici.lab.charon import charon_available
+from mobike_vici.lab.netns import Lab, LabError, is_root
+from tests.mobility.test_gateway_rr import spoofed_move
 
 
 def main(argv: list[str] | None = None) -> int:
