@@ -254,3 +254,17 @@ def test_a_gateway_sa_rekeyed_by_the_peer_is_not_charons_rekey() -> None:
     _table, events = _gateway_rekey(by_charon=False)
     (event,) = events
     assert isinstance(event, SaRekeyed) and not event.by_charon and not event.new.initiator
+
+
+def test_a_client_sa_rekeyed_by_the_gateway_stays_the_clients() -> None:
+    """The recorded (client-side) IKE rekey as if the gateway had started it: charon lists
+    the new IKE_SA without "initiator", yet it is still the one charon initiated."""
+    table = SaTable()
+    _replay(table, 4)
+    _name, rekey = RECORD[4]
+    section = {"old": rekey["home"]["old"], "new": _as_responder(rekey["home"]["new"])}
+    (event,) = table.apply("ike-rekey", {"home": section})
+    assert isinstance(event, SaRekeyed) and not event.by_charon
+    assert event.new.initiator
+    new = table.get(event.new_ike_spi)
+    assert new is not None and new.initiator
