@@ -226,3 +226,30 @@ def test_a_genuine_move_is_verified_and_the_tunnel_keeps_working(lab: Lab) -> No
         assert "ike_sa_tracked" not in names
     finally:
         h.close()
+
+
+def test_a_rekey_charon_had_in_flight_before_a_genuine_move_does_not_count(lab: Lab) -> None:
+    """charon's own IKE rekey is on its way to m0 (whose return path is cut) when the peer
+    moves to m1: charon retransmits it to m1 and it is answered there, but its first copy
+    went to m0, so it proves nothing (RFC 4555 §3.7). Only a rekey asked for after the
+    move verifies m1."""
+    run = start(lab, controller=True, bound=15.0)
+    h = run.h
+    try:
+        _cut_return_path(h.topo.rtr, M0)
+        run.gw.swanctl("--rekey", "--ike", "dp")
+        time.sleep(0.5)
+        assert isinstance(h.mob, NativeDaemon)
+        h.mob.proc.send_signal(signal.SIGUSR1)
+        sent = run.wait_event("return_routability_check_sent", 10.0)
+        assert sent["stale"] == 1, sent
+        ok = run.wait_event("return_routability_ok", 25.0)
+        assert ok["remote"].startswith(M1)
+        rekeys = [e for e in run.event_list() if e.get("event") == "ike_sa_rekeyed"]
+        assert len(rekeys) >= 2, rekeys  # the stale one, then the one asked for
+        assert ok["ike_spi"] == rekeys[-1]["new_ike_spi"]
+        names = [e.get("event") for e in run.event_list()]
+        assert "return_routability_failed" not in names
+        assert h.wait_resumed(time.monotonic(), RESUME_TIMEOUT) is not None
+    finally:
+        h.close()
