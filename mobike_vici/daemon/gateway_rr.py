@@ -1,7 +1,7 @@
 """The gateway's return-routability check beside charon: ``mobike.gateway_rr`` wired to VICI.
 
 The controller hands over charon's responder IKE_SAs and their moves; this runs
-the verdicts: ``rekey`` over VICI (after reading, with ``list-sas``, which IKE
+the verdicts: ``rekey`` over VICI, once per step (after reading, with ``list-sas``, which IKE
 rekeys charon already has in flight), ``return_routability_ok`` /
 ``return_routability_failed`` on the stream, and ``terminate`` when the peer never
 answered. One timer for all IKE_SAs.

@@ -3,13 +3,19 @@
 charon moves its IKE_SA and CHILD_SAs on an authenticated UPDATE_SA_ADDRESSES at
 once and never checks that the peer can receive at the new address, so a peer
 that lies about its address can aim the gateway's traffic at a victim (§5.2). The
-controller sees each move (``ike-update``) and asks charon for an exchange that
-only a peer reachable there can answer: an IKE rekey initiated by charon. Its
-request carries charon's nonce and key exchange value, sent only to the new
-address; a response makes charon report the rekey with charon as its initiator
-(``SaRekeyed.by_charon``). A peer that answers blind gets an IKE_SA whose keys it
-cannot know, so the next exchange on it fails anyway. No such rekey within
-``timeout`` of the move: the IKE_SA is terminated, which bounds the flood.
+controller sees each move (``ike-update``) and asks charon for exchanges that
+only a peer reachable there can answer, in two steps:
+
+1. an IKE rekey initiated by charon: its request carries charon's nonce and key
+   exchange value, sent only to the new address; a response makes charon report
+   the rekey with charon as its initiator (``SaRekeyed.by_charon``). A response
+   alone proves little: the peer knows the message ID and may answer blind.
+2. one more IKE rekey, of the IKE_SA step 1 made, by either side: every message
+   on that IKE_SA is protected with keys derived from step 1's nonce and key
+   exchange value, which only a peer that received the request can compute.
+
+No such pair within ``timeout`` of the move: the IKE_SA is terminated, which
+bounds the flood.
 
 What does not count, because the request may have reached the peer elsewhere
 (§3.7, last paragraph): a rekey the peer initiated (charon only answered it, to
@@ -33,7 +39,7 @@ from ..config.mobike import RoutabilityMode
 from ..types import Endpoint, IPAddress
 
 MAX_VERIFIED = 16  # peer addresses remembered as verified, per IKE_SA
-MAX_ATTEMPTS = 4  # rekey requests per check (a peer's own rekey or a move voids one)
+MAX_ATTEMPTS = 6  # rekey requests per check: two steps, and a peer's rekey or a move voids one
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -79,6 +85,7 @@ class _Check:
     deadline: float
     armed: bool = False  # our rekey request is in charon's queue; completions count
     skip: int = 0  # completions of rekeys that were in flight before the move
+    keyed: bool = False  # step 1 done: the IKE_SA's keys came from a request sent here
     attempts: int = 0
 
 
@@ -116,7 +123,7 @@ class GatewayRoutability:
         check = sa.check
         if check is not None:
             # What is in flight may have gone to the old address: ask again, same deadline.
-            check.remote, check.armed, check.skip = remote, False, 0
+            check.remote, check.armed, check.skip, check.keyed = remote, False, 0, False
             return self._request(ike_spi, check)
         if self.mode == RoutabilityMode.NEVER or remote.addr in sa.verified:
             return []
@@ -149,6 +156,12 @@ class GatewayRoutability:
         check = sa.check
         if check is None:
             return []
+        if check.keyed:
+            # Step 2: whoever rekeyed it, they held keys only the request to here gave.
+            sa.check = None
+            _remember(sa, check.remote.addr)
+            return [Verified(ike_spi=new_spi, remote=check.remote,
+                             duration=now - check.started)]
         if not check.armed:
             # Completed before our request was queued: proves nothing, and that request
             # named the old SPIs (charon may refuse it): ask again under the new ones.
@@ -160,9 +173,9 @@ class GatewayRoutability:
         if check.skip > 0:
             check.skip -= 1
             return []
-        sa.check = None
-        _remember(sa, check.remote.addr)
-        return [Verified(ike_spi=new_spi, remote=check.remote, duration=now - check.started)]
+        # Step 1 answered; step 2 on the IKE_SA it made (nothing older is in flight there).
+        check.keyed, check.armed = True, False
+        return self._request(new_spi, check)
 
     def removed(self, ike_spi: str) -> None:
         self._sas.pop(ike_spi, None)

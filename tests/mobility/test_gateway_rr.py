@@ -5,8 +5,8 @@ UPDATE_SA_ADDRESSES from m1's address. charon on gw follows it at once. With the
 return path to m1 cut in rtr, nothing charon sends there is answered: the controller
 beside charon (``return_routability = always``) sees the move, has charon rekey the
 IKE_SA, gets no answer within ``handover_timeout`` and terminates the IKE_SA
-(``return_routability_failed``). With the return path intact the rekey is answered
-(``return_routability_ok``) and the tunnel keeps working on m1.
+(``return_routability_failed``). With the return path intact both rekeys of the check
+are answered (``return_routability_ok``) and the tunnel keeps working on m1.
 
 ``spoofed_move`` also measures what charon sent towards m1 after the move (tcpdump on
 gw's uplink), with or without the controller; ``bench/gateway_rr.py`` reports it.
@@ -213,7 +213,9 @@ def test_a_genuine_move_is_verified_and_the_tunnel_keeps_working(lab: Lab) -> No
         h.mob.proc.send_signal(signal.SIGUSR1)
         ok = run.wait_event("return_routability_ok", BOUND + 10.0)
         assert ok["remote"].startswith(M1)
-        assert ok["ike_spi"] != before["ike_spi"]  # charon's rekey, answered from m1
+        assert ok["ike_spi"] != before["ike_spi"]  # charon's rekeys, answered from m1
+        rekeys = [e for e in run.event_list() if e.get("event") == "ike_sa_rekeyed"]
+        assert len(rekeys) == 2 and rekeys[-1]["new_ike_spi"] == ok["ike_spi"], rekeys
         names = [e.get("event") for e in run.event_list()]
         assert "return_routability_failed" not in names and "ike_sa_terminated" not in names
         after = sa_view(h.gw)
@@ -246,7 +248,7 @@ def test_a_rekey_charon_had_in_flight_before_a_genuine_move_does_not_count(lab: 
         ok = run.wait_event("return_routability_ok", 25.0)
         assert ok["remote"].startswith(M1)
         rekeys = [e for e in run.event_list() if e.get("event") == "ike_sa_rekeyed"]
-        assert len(rekeys) >= 2, rekeys  # the stale one, then the one asked for
+        assert len(rekeys) >= 3, rekeys  # the stale one, then the two asked for
         assert ok["ike_spi"] == rekeys[-1]["new_ike_spi"]
         names = [e.get("event") for e in run.event_list()]
         assert "return_routability_failed" not in names

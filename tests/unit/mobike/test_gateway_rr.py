@@ -24,23 +24,58 @@ VICTIM = Endpoint(ipaddress.ip_address("198.51.100.7"), 4500)
 TIMEOUT = 5.0
 
 
+def verify(rr: GatewayRoutability, spi: str, now: float) -> str:
+    """Both steps answered; the IKE_SA's SPIs after them."""
+    rr.armed(spi, stale=0)
+    first, second = spi + "1", spi + "2"
+    assert rr.rekeyed(spi, first, by_charon=True, now=now) == [Rekey(ike_spi=first)]
+    rr.armed(first, stale=0)
+    assert [type(a) for a in rr.rekeyed(first, second, by_charon=True, now=now)] == [Verified]
+    return second
+
+
 def checks(mode: RoutabilityMode = RoutabilityMode.ALWAYS) -> GatewayRoutability:
     rr = GatewayRoutability(mode, TIMEOUT)
     rr.seen(SPI, HOME)
     return rr
 
 
-def test_a_move_asks_charon_for_a_rekey_and_its_answer_verifies() -> None:
+def test_a_move_asks_charon_for_two_rekeys_and_their_answers_verify() -> None:
     rr = checks()
     assert rr.moved(SPI, AWAY, nat=False, now=100.0) == [Rekey(ike_spi=SPI)]
     assert rr.get_timer() == 100.0 + TIMEOUT
     rr.armed(SPI, stale=0)
-    out = rr.rekeyed(SPI, SPI2, by_charon=True, now=100.25)
-    assert out == [Verified(ike_spi=SPI2, remote=AWAY, duration=pytest.approx(0.25))]
-    assert rr.get_timer() is None and rr.pending(SPI2) is None
+    # Step 1 answered (maybe blind): step 2 on the IKE_SA it made.
+    assert rr.rekeyed(SPI, SPI2, by_charon=True, now=100.25) == [Rekey(ike_spi=SPI2)]
+    assert rr.pending(SPI2) == AWAY
+    rr.armed(SPI2, stale=0)
+    out = rr.rekeyed(SPI2, SPI3, by_charon=True, now=100.5)
+    assert out == [Verified(ike_spi=SPI3, remote=AWAY, duration=pytest.approx(0.5))]
+    assert rr.get_timer() is None and rr.pending(SPI3) is None
     # The address is known now: going back and forth asks nothing.
-    assert rr.moved(SPI2, HOME, nat=False, now=200.0) == []
-    assert rr.moved(SPI2, AWAY, nat=False, now=201.0) == []
+    assert rr.moved(SPI3, HOME, nat=False, now=200.0) == []
+    assert rr.moved(SPI3, AWAY, nat=False, now=201.0) == []
+
+
+def test_a_blind_answer_to_the_first_rekey_is_not_enough() -> None:
+    rr = checks()
+    rr.moved(SPI, VICTIM, nat=False, now=0.0)
+    rr.armed(SPI, stale=0)
+    # The peer forged the response to charon's first rekey without seeing it ...
+    assert rr.rekeyed(SPI, SPI2, by_charon=True, now=0.1) == [Rekey(ike_spi=SPI2)]
+    rr.armed(SPI2, stale=0)
+    # ... but cannot speak on the IKE_SA that rekey made: the check fails.
+    assert rr.handle_timer(TIMEOUT) == [Failed(ike_spi=SPI2, remote=VICTIM, reason="timeout",
+                                              duration=pytest.approx(TIMEOUT))]
+
+
+def test_in_step_two_a_rekey_by_the_peer_proves_it_holds_the_keys() -> None:
+    rr = checks()
+    rr.moved(SPI, AWAY, nat=False, now=0.0)
+    rr.armed(SPI, stale=0)
+    rr.rekeyed(SPI, SPI2, by_charon=True, now=0.1)
+    out = rr.rekeyed(SPI2, SPI3, by_charon=False, now=0.2)
+    assert [type(a) for a in out] == [Verified] and out[0].ike_spi == SPI3
 
 
 def test_no_answer_within_the_bound_fails_the_check_once() -> None:
@@ -72,7 +107,9 @@ def test_a_rekey_charon_had_in_flight_before_the_move_is_skipped() -> None:
     assert rr.rekeyed(SPI, SPI2, by_charon=True, now=1.0) == []
     assert rr.pending(SPI2) == AWAY
     out = rr.rekeyed(SPI2, SPI3, by_charon=True, now=1.5)  # ours
-    assert [type(a) for a in out] == [Verified] and out[0].ike_spi == SPI3
+    assert out == [Rekey(ike_spi=SPI3)]
+    out = rr.rekeyed(SPI3, "dd_04", by_charon=True, now=1.6)
+    assert [type(a) for a in out] == [Verified] and out[0].ike_spi == "dd_04"
 
 
 def test_a_rekey_that_completes_before_ours_was_asked_for_counts_for_nothing() -> None:
@@ -105,8 +142,9 @@ def test_moving_back_home_during_a_check_still_needs_an_answer() -> None:
     assert rr.moved(SPI, HOME, nat=False, now=1.0) == [Rekey(ike_spi=SPI)]
     rr.armed(SPI, stale=1)
     assert rr.rekeyed(SPI, SPI2, by_charon=True, now=1.2) == []
-    out = rr.rekeyed(SPI2, SPI3, by_charon=True, now=1.3)
-    assert out == [Verified(ike_spi=SPI3, remote=HOME, duration=pytest.approx(1.3))]
+    assert rr.rekeyed(SPI2, SPI3, by_charon=True, now=1.3) == [Rekey(ike_spi=SPI3)]
+    out = rr.rekeyed(SPI3, "dd_04", by_charon=True, now=1.4)
+    assert out == [Verified(ike_spi="dd_04", remote=HOME, duration=pytest.approx(1.4))]
 
 
 def test_requests_per_check_are_bounded_and_refusals_end_it() -> None:
@@ -158,17 +196,14 @@ def test_verified_addresses_are_bounded_oldest_first() -> None:
     spi, now = SPI, 0.0
     addrs = [Endpoint(ipaddress.ip_address(f"10.3.0.{i}"), 4500)
              for i in range(1, MAX_VERIFIED + 1)]
-    for i, addr in enumerate(addrs):
+    for addr in addrs:
         assert rr.moved(spi, addr, nat=False, now=now) == [Rekey(ike_spi=spi)]
-        rr.armed(spi, stale=0)
-        new = f"{i:02x}_ff"
-        assert [type(a) for a in rr.rekeyed(spi, new, by_charon=True, now=now)] == [Verified]
-        spi, now = new, now + 1.0
+        spi = verify(rr, spi, now)
+        now += 1.0
     # HOME was the oldest of MAX_VERIFIED + 1: forgotten, so checked again.
     assert rr.moved(spi, HOME, nat=False, now=now) == [Rekey(ike_spi=spi)]
-    rr.armed(spi, stale=0)
-    rr.rekeyed(spi, "zz_00", by_charon=True, now=now)
-    assert rr.moved("zz_00", addrs[-1], nat=False, now=now) == []
+    spi = verify(rr, spi, now)
+    assert rr.moved(spi, addrs[-1], nat=False, now=now) == []
 
 
 def test_two_sas_have_their_own_checks_and_one_timer() -> None:
@@ -176,8 +211,7 @@ def test_two_sas_have_their_own_checks_and_one_timer() -> None:
     rr.seen(SPI2, HOME)
     rr.moved(SPI, VICTIM, nat=False, now=0.0)
     rr.moved(SPI2, AWAY, nat=False, now=1.0)
-    rr.armed(SPI2, stale=0)
-    assert [type(a) for a in rr.rekeyed(SPI2, SPI3, by_charon=True, now=1.1)] == [Verified]
+    verify(rr, SPI2, 1.1)
     assert rr.get_timer() == TIMEOUT
     out = rr.handle_timer(TIMEOUT)
     assert [(type(a), a.ike_spi) for a in out] == [(Failed, SPI)]
