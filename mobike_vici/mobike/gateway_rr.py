@@ -102,6 +102,7 @@ class GatewayRoutability:
         self.mode = mode
         self.timeout = timeout
         self._sas: dict[str, _Sa] = {}
+        self._checking: set[str] = set()  # SAs with a check: timers never scan all SAs
 
     def set_policy(self, mode: RoutabilityMode, timeout: float) -> None:
         """A reload: checks under way keep their deadline."""
@@ -130,6 +131,7 @@ class GatewayRoutability:
         if self.mode == RoutabilityMode.NAT_ONLY and not nat:
             return []
         sa.check = _Check(remote, now, now + self.timeout)
+        self._checking.add(ike_spi)
         return self._request(ike_spi, sa.check)
 
     def armed(self, ike_spi: str, *, stale: int) -> None:
@@ -156,9 +158,12 @@ class GatewayRoutability:
         check = sa.check
         if check is None:
             return []
+        self._checking.discard(old_spi)
+        self._checking.add(new_spi)
         if check.keyed:
             # Step 2: whoever rekeyed it, they held keys only the request to here gave.
             sa.check = None
+            self._checking.discard(new_spi)
             _remember(sa, check.remote.addr)
             return [Verified(ike_spi=new_spi, remote=check.remote,
                              duration=now - check.started)]
@@ -179,17 +184,20 @@ class GatewayRoutability:
 
     def removed(self, ike_spi: str) -> None:
         self._sas.pop(ike_spi, None)
+        self._checking.discard(ike_spi)
 
     def get_timer(self) -> float | None:
-        deadlines = [sa.check.deadline for sa in self._sas.values() if sa.check is not None]
+        deadlines = [check.deadline for spi in self._checking
+                     if (check := self._sas[spi].check) is not None]
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> list[Action]:
         out: list[Action] = []
-        for spi, sa in self._sas.items():
-            check = sa.check
+        for spi in sorted(self._checking):
+            check = self._sas[spi].check
             if check is not None and now >= check.deadline:
-                sa.check = None
+                self._sas[spi].check = None
+                self._checking.discard(spi)
                 out.append(Failed(ike_spi=spi, remote=check.remote, reason="timeout",
                                   duration=now - check.started))
         return out
@@ -199,8 +207,8 @@ class GatewayRoutability:
         if check.attempts >= MAX_ATTEMPTS:
             if now is None:
                 return []  # no more requests; the deadline decides
-            sa = self._sas[ike_spi]
-            sa.check = None
+            self._sas[ike_spi].check = None
+            self._checking.discard(ike_spi)
             return [Failed(ike_spi=ike_spi, remote=check.remote, reason=reason,
                            duration=now - check.started)]
         check.attempts += 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mobike_vici.config.mobike import RoutabilityMode
 from mobike_vici.mobike.gateway_rr import (
@@ -225,3 +227,62 @@ def test_charons_ike_rekeys_in_flight_are_read_from_list_sas() -> None:
     assert _active_ike_rekeys(entry) == 1  # queued ones go out after the move: they count
     assert _active_ike_rekeys({"dp": {"tasks-active": ["CHILD_REKEY"]}}) == 0
     assert _active_ike_rekeys({"dp": {"uniqueid": "3"}}) == 0
+
+
+_OPS = st.lists(st.tuples(
+    st.sampled_from(["move", "armed", "rekey_charon", "rekey_peer", "refused", "timer",
+                     "removed"]),
+    st.integers(0, 2),  # which SA
+    st.integers(0, 2),  # which address / stale count
+    st.floats(0.0, 2.0),  # time that passes first
+), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_OPS)
+def test_no_sequence_stretches_a_check_beyond_its_first_deadline(ops: list[tuple[
+        str, int, int, float]]) -> None:
+    """Whatever the peer and charon do, a check ends (verified or failed) by the deadline
+    of the move that started it, and the one timer always names the earliest deadline."""
+    rr = GatewayRoutability(RoutabilityMode.ALWAYS, TIMEOUT)
+    addrs = (HOME, AWAY, VICTIM)
+    spis = [f"{i}" for i in range(3)]
+    started: dict[str, float] = {}  # the model: current SPI -> when its check began
+    for spi in spis:
+        rr.seen(spi, HOME)
+    now = 0.0
+    for op, which, arg, dt in ops:
+        now += dt
+        spi = spis[which]
+        out: list[object] = []
+        if op == "move":
+            out = list(rr.moved(spi, addrs[arg], nat=False, now=now))
+            if rr.pending(spi) is not None:
+                started.setdefault(spi, now)
+        elif op == "armed":
+            rr.armed(spi, stale=arg)
+        elif op in ("rekey_charon", "rekey_peer"):
+            new = spi + "'"
+            out = list(rr.rekeyed(spi, new, by_charon=op == "rekey_charon", now=now))
+            spis[which] = new
+            if spi in started:
+                started[new] = started.pop(spi)
+        elif op == "refused":
+            out = list(rr.rekey_failed(spi, now))
+        elif op == "removed":
+            rr.removed(spi)
+            started.pop(spi, None)
+        else:
+            when = rr.get_timer()
+            if when is not None and when <= now:
+                out = list(rr.handle_timer(now))
+        for action in out:
+            if isinstance(action, (Verified, Failed)):
+                begun = started.pop(action.ike_spi)
+                assert action.duration == pytest.approx(now - begun)
+                if isinstance(action, Failed) and action.reason == "timeout":
+                    assert now >= begun + TIMEOUT
+        for cur in started:
+            assert rr.pending(cur) is not None
+        deadlines = [begun + TIMEOUT for begun in started.values()]
+        assert rr.get_timer() == (min(deadlines) if deadlines else None)
