@@ -122,6 +122,14 @@ def start(lab: Lab, *, controller: bool, bound: float = BOUND) -> GatewayRun:
     run = GatewayRun(h, None, events)
     if not controller:
         return run
+    run.controller = start_controller(lab, h, events, bound)
+    run.wait_event("steering_reconciled", 20.0)
+    return run
+
+
+def start_controller(lab: Lab, h: Handover, events: Path, bound: float
+                     ) -> subprocess.Popen[bytes]:
+    """`mobike-vici run` attached to gw's charon, ``handover_timeout`` = ``bound``."""
     conf = lab.workdir / "gw-rr.conf"
     conf.write_text((lab.workdir / "gw.conf").read_text()
                     + f"mobike {{\n  return_routability = always\n"
@@ -131,10 +139,8 @@ def start(lab: Lab, *, controller: bool, bound: float = BOUND) -> GatewayRun:
             "--vici", h.gw.uri, "--events", str(events),
             "--control", str(lab.workdir / "gw-rr.sock"),
             "--strongswan-conf", str(h.gw.rundir / "strongswan.conf")]
-    run.controller = lab.spawn(h.topo.gw, argv, lab.workdir / "gw-rr.out",
-                               env={"PYTHONPATH": str(REPO)})
-    run.wait_event("steering_reconciled", 20.0)
-    return run
+    return lab.spawn(h.topo.gw, argv, lab.workdir / "gw-rr.out",
+                     env={"PYTHONPATH": str(REPO)})
 
 
 def spoofed_move(lab: Lab, *, controller: bool, window: float, bound: float = BOUND
@@ -253,5 +259,32 @@ def test_a_rekey_charon_had_in_flight_before_a_genuine_move_does_not_count(lab: 
         names = [e.get("event") for e in run.event_list()]
         assert "return_routability_failed" not in names
         assert h.wait_resumed(time.monotonic(), RESUME_TIMEOUT) is not None
+    finally:
+        h.close()
+
+
+def test_a_restarted_controller_still_sees_the_checked_sa_as_the_peers(lab: Lab) -> None:
+    """After the check charon's flag calls the gateway's IKE_SA "initiator" (it started the
+    last rekey); a controller started afterwards must not take it for a client SA of its
+    own to probe and steer."""
+    run = start(lab, controller=True)
+    h = run.h
+    try:
+        assert isinstance(h.mob, NativeDaemon)
+        h.mob.proc.send_signal(signal.SIGUSR1)
+        run.wait_event("return_routability_ok", BOUND + 10.0)
+        assert run.gw.list_sas()["dp"].get("initiator") == "yes"  # charon's own flag
+        assert run.controller is not None
+        assert lab.stop(run.controller, grace=10.0) == 0
+        mark = len(run.event_list())
+        again = start_controller(lab, h, run.events, BOUND)
+        run.controller = again
+        deadline = time.monotonic() + 20.0
+        while not any(e.get("event") == "steering_reconciled" for e in run.event_list()[mark:]):
+            assert time.monotonic() < deadline, run.event_list()[mark:]
+            time.sleep(0.05)
+        time.sleep(1.0)  # a tracked SA would have been probed by now
+        names = [e.get("event") for e in run.event_list()[mark:]]
+        assert "ike_sa_tracked" not in names and "path_up" not in names, names
     finally:
         h.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from ...types import Endpoint, Path
@@ -137,8 +137,25 @@ def parse_ike(conn: str, d: Mapping[str, Any],
     )
 
 
-def parse_list_sas(entries: Iterable[Mapping[str, Any]]) -> dict[str, IkeSaInfo]:
-    """Decoded ``list-sas`` answers (one ``{conn: sa}`` per IKE_SA) as the table's view."""
+def responder_only(conns: Mapping[str, Any]) -> frozenset[str]:
+    """Connections (decoded ``list-conns``) charon cannot initiate: no single remote host
+    (``%any`` or subnets only). Their IKE_SAs are charon's as responder, whatever the
+    ``initiator`` flag says after an IKE rekey charon started."""
+    out = set()
+    for name, body in conns.items():
+        addrs = body.get("remote_addrs", []) if isinstance(body, Mapping) else []
+        addrs = addrs if isinstance(addrs, list) else [addrs]
+        if all(str(a).startswith("%any") or "/" in str(a) for a in addrs):
+            out.add(name)
+    return frozenset(out)
+
+
+def parse_list_sas(entries: Iterable[Mapping[str, Any]],
+                   responders: Collection[str] = ()) -> dict[str, IkeSaInfo]:
+    """Decoded ``list-sas`` answers (one ``{conn: sa}`` per IKE_SA) as the table's view.
+
+    ``responders``: connections whose IKE_SAs are charon's as responder (``responder_only``);
+    on a first look after an IKE rekey charon started, its flag says otherwise."""
     out: dict[str, IkeSaInfo] = {}
     for entry in entries:
         for conn, d in entry.items():
@@ -146,7 +163,8 @@ def parse_list_sas(entries: Iterable[Mapping[str, Any]]) -> dict[str, IkeSaInfo]
                 continue
             sa = parse_ike(conn, d)
             live = tuple(c for c in sa.children if c.state in CHILD_UP_STATES)
-            out[sa.ike_spi] = dataclasses.replace(sa, children=live)
+            out[sa.ike_spi] = dataclasses.replace(
+                sa, children=live, initiator=sa.initiator and conn not in responders)
     return out
 
 

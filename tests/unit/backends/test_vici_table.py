@@ -268,3 +268,21 @@ def test_a_client_sa_rekeyed_by_the_gateway_stays_the_clients() -> None:
     assert event.new.initiator
     new = table.get(event.new_ike_spi)
     assert new is not None and new.initiator
+
+
+def test_a_first_look_at_a_gateway_sa_after_charons_rekey_keeps_it_a_responder() -> None:
+    """A controller (re)started after charon rekeyed a gateway's IKE_SA: list-sas says
+    "initiator", but charon cannot initiate a connection to %any."""
+    from mobike_vici.backends.vici.table import responder_only
+
+    conns = {"home": {"remote_addrs": ["%any"]}, "site": {"remote_addrs": ["192.0.2.9"]},
+             "nets": {"remote_addrs": ["10.0.0.0/8", "%any6"]}, "dyn": {}}
+    assert responder_only(conns) == {"home", "nets", "dyn"}
+    listed = RECORD[2][1]
+    (sa,) = parse_list_sas(listed).values()
+    assert sa.initiator  # charon's flag
+    (sa,) = parse_list_sas(listed, responder_only(conns)).values()
+    assert not sa.initiator
+    (sa,) = parse_list_sas(listed, responder_only({"home": {"remote_addrs": ["gw.example"]}})
+                           ).values()
+    assert sa.initiator
