@@ -30,7 +30,9 @@ max_moves_per_minute       6           0 .. 10000       discretionary moves per 
                                                         minute; leaving a failed path is
                                                         never damped (0: only failovers)
 handover_timeout           10s         >0 .. 24h        a move the backend never reports on
-                                                        has failed
+                                                        has failed; beside a gateway's
+                                                        charon also the time a moved peer
+                                                        has to answer at its new address
 return_routability         always      always,          RFC 4555 3.7: when a new peer
                                        nat-only, never  address must answer a COOKIE2 check
 family                     any         any, ipv4, ipv6  which family wins a cost tie

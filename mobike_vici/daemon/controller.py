@@ -10,7 +10,8 @@ time is escalated (``mobike.steer_plan``): reauthentication, then terminate and
 initiate. Every step is an event on the stream.
 
 Responder side (gateway): every peer move is ``addresses_updated``; a peer that
-moves outside ``mobike { allowed_peer_prefixes }`` is terminated (``update_rejected``).
+moves outside ``mobike { allowed_peer_prefixes }`` is terminated (``update_rejected``);
+one that moves inside must answer at its new address (``gateway_rr``).
 
 Attached (the default) it loads and unloads nothing in charon: swanctl did that, and the
 controller follows whatever IKE_SAs charon reports. With ``--load`` it puts its file into
@@ -76,6 +77,7 @@ from ..net.steering import PolicyRouting, SteeredRoute
 from ..types import IPAddress, Path
 from .control import ControlServer
 from .feed import EventFeed
+from .gateway_rr import GatewayChecks
 from .metrics import MetricsServer, snapshot_on_loop
 from .operator import operator_request
 from .sdnotify import SystemdNotifier
@@ -206,6 +208,7 @@ class Controller:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._control: ControlServer | None = None
         self._loaded_once = False
+        self.gateway_rr = GatewayChecks(self.client, log, self.policy, self._spawn)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -332,6 +335,7 @@ class Controller:
             for sa in self.sas.values():
                 sa.manager.set_policy(new.policy, now)
                 self._pump(sa)
+            self.gateway_rr.set_policy(new.policy)
         self.log.emit("config_reloaded", **fields, policy_changed=policy_changed,
                       conns=sorted(new.connections))
         return True
@@ -389,6 +393,7 @@ class Controller:
                 sa.timer.cancel()
         for handle in self._plan_timers.values():
             handle.cancel()
+        self.gateway_rr.close()
         if self.prober is not None:
             self.prober.close()
         self.monitor.close()
@@ -443,6 +448,9 @@ class Controller:
                                   old_local=str(event.old.path.local),
                                   old_remote=str(event.old.path.remote),
                                   **_ep(event.new.path))
+                if event.moved and not event.new.initiator \
+                        and self.policy.allows_peer(event.new.path.remote.addr):
+                    self.gateway_rr.moved(event.old, event.new)
                 self._sa_seen(event.new)
                 if event.moved:
                     self._moved(event.new)
@@ -452,11 +460,14 @@ class Controller:
                     old.timer.cancel()
                 self.log.emit("ike_sa_rekeyed", conn=event.conn, ike_spi=event.ike_spi,
                               new_ike_spi=event.new_ike_spi)
+                if not event.new.initiator:
+                    self.gateway_rr.rekeyed(event)
                 self._sa_seen(event.new)
             case SaRemoved():
                 gone = self.sas.pop(event.ike_spi, None)
                 if gone is not None and gone.timer is not None:
                     gone.timer.cancel()
+                self.gateway_rr.removed(event.ike_spi)
                 if event.reason != "rekeyed":
                     self.log.emit("ike_sa_deleted", conn=event.conn, ike_spi=event.ike_spi,
                                   reason=event.reason, **_ep(event.sa.path))
@@ -466,7 +477,8 @@ class Controller:
         if info.state != "ESTABLISHED":
             return
         if not info.initiator:
-            return  # the gateway side: only peer moves are judged (see _moved)
+            self.gateway_rr.seen(info)  # the gateway side: only peer moves are judged
+            return
         known = self.sas.get(info.ike_spi)
         if known is not None:
             known.info = info

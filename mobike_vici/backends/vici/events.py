@@ -49,7 +49,8 @@ class IkeSaInfo:
     path: Path
     """Where the IKE_SA lives now (local and remote address and port)."""
     initiator: bool
-    """True when charon is the original initiator."""
+    """True when charon is the original initiator. charon's own flag names whoever
+    initiated the last IKE rekey; the table keeps the first one it saw instead."""
     local_id: str
     remote_id: str
     nat_local: bool = False
@@ -126,6 +127,8 @@ class SaRekeyed(SaEvent):
     old: IkeSaInfo
     new: IkeSaInfo
     """The new IKE_SA, with the CHILD_SAs it inherited."""
+    by_charon: bool = False
+    """charon initiated this rekey (its request was answered); False: the peer did."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

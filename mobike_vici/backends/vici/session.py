@@ -36,7 +36,7 @@ from vici.protocol import Message, Packet, Transport
 
 from .errors import CommandFailed, ViciError, ViciUnavailable
 from .events import ViciConnected, ViciDisconnected, ViciEvent
-from .table import SA_EVENTS, SaTable, decode, parse_list_sas
+from .table import SA_EVENTS, SaTable, decode, parse_list_sas, responder_only
 
 DEFAULT_URI = "unix:///var/run/charon.vici"
 EVENT_QUEUE_SIZE = 4096  # bound on undelivered events; beyond it new events are dropped
@@ -349,7 +349,8 @@ class ViciClient:
             conns = await self.stream("list-conns", "list-conn")
             sas = await self.stream("list-sas", "list-sa")
             self.conns = {name: body for entry in conns for name, body in entry.items()}
-            for change in self.table.reconcile(parse_list_sas(sas)):
+            snapshot = parse_list_sas(sas, responder_only(self.conns))
+            for change in self.table.reconcile(snapshot):
                 self._emit(change)
         finally:
             held, self._held = self._held or [], None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from ...types import Endpoint, Path
@@ -137,8 +137,25 @@ def parse_ike(conn: str, d: Mapping[str, Any],
     )
 
 
-def parse_list_sas(entries: Iterable[Mapping[str, Any]]) -> dict[str, IkeSaInfo]:
-    """Decoded ``list-sas`` answers (one ``{conn: sa}`` per IKE_SA) as the table's view."""
+def responder_only(conns: Mapping[str, Any]) -> frozenset[str]:
+    """Connections (decoded ``list-conns``) charon cannot initiate: no single remote host
+    (``%any`` or subnets only). Their IKE_SAs are charon's as responder, whatever the
+    ``initiator`` flag says after an IKE rekey charon started."""
+    out = set()
+    for name, body in conns.items():
+        addrs = body.get("remote_addrs", []) if isinstance(body, Mapping) else []
+        addrs = addrs if isinstance(addrs, list) else [addrs]
+        if all(str(a).startswith("%any") or "/" in str(a) for a in addrs):
+            out.add(name)
+    return frozenset(out)
+
+
+def parse_list_sas(entries: Iterable[Mapping[str, Any]],
+                   responders: Collection[str] = ()) -> dict[str, IkeSaInfo]:
+    """Decoded ``list-sas`` answers (one ``{conn: sa}`` per IKE_SA) as the table's view.
+
+    ``responders``: connections whose IKE_SAs are charon's as responder (``responder_only``);
+    on a first look after an IKE rekey charon started, its flag says otherwise."""
     out: dict[str, IkeSaInfo] = {}
     for entry in entries:
         for conn, d in entry.items():
@@ -146,7 +163,8 @@ def parse_list_sas(entries: Iterable[Mapping[str, Any]]) -> dict[str, IkeSaInfo]
                 continue
             sa = parse_ike(conn, d)
             live = tuple(c for c in sa.children if c.state in CHILD_UP_STATES)
-            out[sa.ike_spi] = dataclasses.replace(sa, children=live)
+            out[sa.ike_spi] = dataclasses.replace(
+                sa, children=live, initiator=sa.initiator and conn not in responders)
     return out
 
 
@@ -246,14 +264,17 @@ class SaTable:
         if not isinstance(old_d, Mapping) or not isinstance(new_d, Mapping):
             raise ParseError("ike-rekey without old and new sections")
         old_parsed, new = parse_ike(conn, old_d), parse_ike(conn, new_d)
+        # The new IKE_SA's "initiator" is whoever initiated this rekey (RFC 7296 §2.18).
+        by_charon = new.initiator
         old = self._sas.pop(old_parsed.ike_spi, None)
         if old is None:
             return self._upsert(new, new.children, child_reason="down")
         # charon moves the CHILD_SAs over to the new IKE_SA; the event lists none.
-        new = dataclasses.replace(new, children=_merge(old.children, new.children))
+        new = dataclasses.replace(new, children=_merge(old.children, new.children),
+                                  initiator=old.initiator)
         self._sas[new.ike_spi] = new
         return [SaRekeyed(conn=conn, ike_spi=old.ike_spi, new_ike_spi=new.ike_spi,
-                          old=old, new=new)]
+                          old=old, new=new, by_charon=by_charon)]
 
     def _child_updown(self, conn: str, d: Mapping[str, Any],
                       message: Mapping[str, Any]) -> list[SaEvent]:
@@ -303,8 +324,10 @@ class SaTable:
 
     def _upsert(self, sa: IkeSaInfo, children: tuple[ChildSaInfo, ...], *,
                 child_reason: str) -> list[SaEvent]:
-        new = dataclasses.replace(sa, children=children)
         old = self._sas.get(sa.ike_spi)
+        # The original role never changes; charon's flag follows IKE rekeys (see IkeSaInfo).
+        new = dataclasses.replace(sa, children=children,
+                                  initiator=old.initiator if old else sa.initiator)
         self._sas[sa.ike_spi] = new
         conn, spi = sa.conn, sa.ike_spi
         if old is None:

@@ -208,3 +208,81 @@ def test_state_is_kept_while_nothing_is_applied() -> None:
     assert len(table) == 1
     assert table.reconcile(_snapshot(2)) == []
     assert len(table) == 1
+
+
+def _as_responder(d: dict[str, Any]) -> dict[str, Any]:
+    """An IKE_SA section as a gateway's charon lists it: not the original initiator."""
+    out = {k: v for k, v in d.items() if k != "initiator"}
+    return out
+
+
+def _gateway_rekey(*, by_charon: bool) -> tuple[SaTable, list[SaEvent]]:
+    """The recorded IKE rekey replayed on a gateway's charon: the SA it was responder of,
+    rekeyed by charon (new section "initiator": yes) or by the peer (no flag)."""
+    table = SaTable()
+    _name, est = RECORD[0]
+    table.apply("ike-updown", {"up": "yes", "home": _as_responder(est["home"])})
+    _name, rekey = RECORD[4]
+    section = {"old": _as_responder(rekey["home"]["old"]), "new": dict(rekey["home"]["new"])}
+    if not by_charon:
+        section["new"] = _as_responder(section["new"])
+    return table, table.apply("ike-rekey", {"home": section})
+
+
+def test_a_gateway_sa_rekeyed_by_charon_keeps_its_role_and_says_who_rekeyed() -> None:
+    table, events = _gateway_rekey(by_charon=True)
+    (event,) = events
+    assert isinstance(event, SaRekeyed) and event.by_charon
+    assert not event.new.initiator  # charon's flag now says "initiator": the role did not change
+    new = table.get(event.new_ike_spi)
+    assert new is not None and not new.initiator
+    # Later events list charon's flag again; the table keeps the original role.
+    _name, update = RECORD[6]
+    moved = {k: v for k, v in update.items() if k != "home"}
+    section = dict(update["home"])
+    section.update({"initiator-spi": rekey_spi(event.new_ike_spi, 0),
+                    "responder-spi": rekey_spi(event.new_ike_spi, 1), "initiator": "yes"})
+    (updated,) = table.apply("ike-update", {**moved, "home": section})
+    assert isinstance(updated, SaUpdated) and not updated.new.initiator
+
+
+def rekey_spi(key: str, index: int) -> str:
+    return key.split("_")[index]
+
+
+def test_a_gateway_sa_rekeyed_by_the_peer_is_not_charons_rekey() -> None:
+    _table, events = _gateway_rekey(by_charon=False)
+    (event,) = events
+    assert isinstance(event, SaRekeyed) and not event.by_charon and not event.new.initiator
+
+
+def test_a_client_sa_rekeyed_by_the_gateway_stays_the_clients() -> None:
+    """The recorded (client-side) IKE rekey as if the gateway had started it: charon lists
+    the new IKE_SA without "initiator", yet it is still the one charon initiated."""
+    table = SaTable()
+    _replay(table, 4)
+    _name, rekey = RECORD[4]
+    section = {"old": rekey["home"]["old"], "new": _as_responder(rekey["home"]["new"])}
+    (event,) = table.apply("ike-rekey", {"home": section})
+    assert isinstance(event, SaRekeyed) and not event.by_charon
+    assert event.new.initiator
+    new = table.get(event.new_ike_spi)
+    assert new is not None and new.initiator
+
+
+def test_a_first_look_at_a_gateway_sa_after_charons_rekey_keeps_it_a_responder() -> None:
+    """A controller (re)started after charon rekeyed a gateway's IKE_SA: list-sas says
+    "initiator", but charon cannot initiate a connection to %any."""
+    from mobike_vici.backends.vici.table import responder_only
+
+    conns = {"home": {"remote_addrs": ["%any"]}, "site": {"remote_addrs": ["192.0.2.9"]},
+             "nets": {"remote_addrs": ["10.0.0.0/8", "%any6"]}, "dyn": {}}
+    assert responder_only(conns) == {"home", "nets", "dyn"}
+    listed = RECORD[2][1]
+    (sa,) = parse_list_sas(listed).values()
+    assert sa.initiator  # charon's flag
+    (sa,) = parse_list_sas(listed, responder_only(conns)).values()
+    assert not sa.initiator
+    (sa,) = parse_list_sas(listed, responder_only({"home": {"remote_addrs": ["gw.example"]}})
+                           ).values()
+    assert sa.initiator
