@@ -211,6 +211,7 @@ class ChildEntry:
         "hard_bytes",
         "hard_packets",
         "ike_spi",
+        "last_in",
         "limits",
         "local_ts",
         "pair",
@@ -244,6 +245,8 @@ class ChildEntry:
         self.expired = False
         self.ts_failures = 0
         """Inbound packets that decrypted but did not match the selectors."""
+        self.last_in: float | None = None
+        """When the last packet from the peer decrypted here (the caller's clock; None: never)."""
         self.soft_bytes: float = limits.rekey_bytes or _INF
         self.soft_packets: float = limits.rekey_packets or _INF
         self.hard_bytes: float = limits.life_bytes or _INF
@@ -506,6 +509,10 @@ class DataPlane:
     def entries(self) -> list[ChildEntry]:
         return list(self._by_id.values())
 
+    def children_of(self, ike_spi: str) -> list[ChildEntry]:
+        """The CHILD_SAs of one IKE_SA (its own work only, whatever the number of SAs)."""
+        return [self._by_id[uid] for uid in self._by_ike.get(ike_spi, ())]
+
     def move_child(self, unique_id: int, path: Path, encap: bool | None = None) -> bool:
         """New outer endpoints (and encapsulation) for one CHILD_SA; True if anything changed.
 
@@ -623,6 +630,8 @@ class DataPlane:
         except EspError as exc:
             self._dropped(exc.reason)
             return entry, None
+        if now is not None:
+            entry.last_in = now
         if not entry.active and entry.unique_id in self._by_id:
             # The peer sends on the new SA, so it has installed it: we may too.
             entry.active = True
