@@ -1,0 +1,174 @@
+"""charon has a request of its own in flight on the path that dies: our side repairs.
+
+charon 5.9.8 with kernel-libipsec cannot update a CHILD_SA in place, so on our
+UPDATE_SA_ADDRESSES it queues a CHILD_SA rekey, and a queued task waits while a request
+of charon's own is outstanding ("delaying task initiation, INFORMATIONAL exchange in
+progress"). When that request left on the path that then died silently, it is answered
+only after charon retransmits it, 4 s later, on the new path; until then charon's ESP
+goes to the dead path, and nothing comes back through the tunnel, however fast our move.
+
+Here: the stream runs both ways (our daemon in mob initiates, charon in gw responds),
+m0 is blackholed, and right after an address appears in gw, so charon sends its
+address-list INFORMATIONAL on the dead path (where it is lost, as a request that left
+just before the fault would be). With the data path check, our daemon sees its ESP go
+unanswered after the move, rekeys the CHILD_SA itself (charon answers a CREATE_CHILD_SA
+whatever it has outstanding) and the stream from gw resumes before charon's first
+retransmission. With the check off (``verify_timeout = 0``) the same run shows the
+tail: the stream from gw resumes only after that retransmission.
+
+The order of events is what is asserted (the first packet back through the tunnel
+against the moment charon's log shows its retransmission), never a duration.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mobike_vici.lab.charon import Charon
+from mobike_vici.lab.native import NativeDaemon, named
+from mobike_vici.lab.netns import Lab, LabError
+
+from .harness import STREAM, Handover, build, outage
+from .test_handover import M0, M1, RESUME_TIMEOUT, SETTLE_TIMEOUT, _wait_agreed
+
+pytestmark = [pytest.mark.netns, pytest.mark.charon]
+
+BACK_PORT = 5302
+GW_EXTRA = "192.0.2.50/24"
+"""An address that appears in gw right after the fault: charon tells us of it."""
+DELAYED = "delaying task initiation"
+RETRANSMIT = "retransmit 1 of request"
+RETRANSMIT_TIMEOUT = 20.0
+"""Functional: charon's first retransmission comes 4 s after its request."""
+
+
+def _arrivals(path: Path) -> list[tuple[int, float, float]]:
+    out = []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            out.append((int(parts[0]), float(parts[1]), float(parts[2])))
+    return out
+
+
+def _back_stream(h: Handover) -> Path:
+    """A 100 Hz stream from gw to mob's virtual IP, through the tunnel (the direction
+    charon's stuck rekey cuts); returns its arrivals file."""
+    assert isinstance(h.mob, NativeDaemon)
+    status = json.loads(h.mob.status(as_json=True).stdout)
+    vip = status["ike_sas"][0]["virtual_ips"][0]
+    arrivals = h.lab.workdir / "back-arrivals.txt"
+    arrivals.write_text("")
+    recv = subprocess.Popen(
+        h.topo.mob.argv([sys.executable, str(STREAM), "recv", vip, str(BACK_PORT),
+                         str(arrivals)]),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    h.procs.append(recv)
+    assert recv.stdout is not None
+    if recv.stdout.readline().strip() != b"listening":
+        raise LabError("back stream receiver did not start")
+    send = h.lab.spawn(h.topo.gw, [sys.executable, str(STREAM), "send", vip, str(BACK_PORT),
+                                   "0.01"], h.lab.workdir / "back-send.log")
+    h.procs.append(send)
+    start = time.monotonic()
+    deadline = start + RESUME_TIMEOUT
+    while outage(_arrivals(arrivals), start) is None:
+        if time.monotonic() > deadline:
+            raise LabError("no stream from gw through the tunnel")
+        time.sleep(0.02)
+    return arrivals
+
+
+def _check_off(mob: NativeDaemon) -> None:
+    """verify_timeout = 0 in the running daemon (SIGHUP re-reads the policy)."""
+    text = mob.config.read_text()
+    assert "mobike {\n" in text
+    mob.config.write_text(text.replace("mobike {\n", "mobike {\n  verify_timeout = 0\n", 1))
+    mob.proc.send_signal(signal.SIGHUP)
+    reloaded = mob.wait_event(named("config_reloaded"), RESUME_TIMEOUT)
+    assert reloaded["policy_changed"] is True
+
+
+def _watch(gw: Charon, back: Path, fault: float, retransmits_before: int
+           ) -> tuple[float | None, bool, float | None]:
+    """Polled until both are known: the first arrival from gw of a packet sent after the
+    fault (CLOCK_MONOTONIC); whether charon's log showed a new retransmission when that
+    arrival was seen (the log is read after the arrivals, and charon logs before it sends:
+    a stream that its retransmission brought back finds the line already there); and when
+    the log first showed one."""
+    resumed: float | None = None
+    retransmitted_first = False
+    retransmitted: float | None = None
+    deadline = time.monotonic() + RETRANSMIT_TIMEOUT
+    while (resumed is None or retransmitted is None) and time.monotonic() < deadline:
+        got = outage(_arrivals(back), fault) if resumed is None else None
+        seen = gw.log_text().count(RETRANSMIT) > retransmits_before
+        if got is not None:
+            resumed, retransmitted_first = fault + got, seen
+        if seen and retransmitted is None:
+            retransmitted = time.monotonic()
+        time.sleep(0.01)
+    return resumed, retransmitted_first, retransmitted
+
+
+@pytest.mark.parametrize("check", [pytest.param(True, id="check"),
+                                   pytest.param(False, id="check-off")])
+def test_charons_request_lost_on_the_dead_path(lab: Lab, check: bool) -> None:
+    h = build(lab, mob_native=True, gw_native=False)
+    try:
+        mob, gw = h.mob, h.gw
+        assert isinstance(mob, NativeDaemon) and isinstance(gw, Charon)
+        if not check:
+            _check_off(mob)
+        back = _back_stream(h)
+        retransmits_before = gw.log_text().count(RETRANSMIT)
+        fault = h.kill_silently(0)
+        h.topo.gw.ip("-4", "addr", "add", GW_EXTRA, "dev", "eth0")
+        resumed, after_retransmit, retransmitted = _watch(gw, back, fault,
+                                                          retransmits_before)
+        log = gw.log_text()
+        # The race really was on: charon queued its rekey behind its own request.
+        assert DELAYED in log, log[-3000:]
+        assert retransmitted is not None, "charon never retransmitted its request"
+        assert resumed is not None, "the stream from gw never resumed"
+        assert h.wait_resumed(fault, RESUME_TIMEOUT) is not None, "the stream to gw did not"
+        moved = mob.wait_event(named("handover_completed"), RESUME_TIMEOUT)
+        assert moved["local"].startswith(M1) and moved["old_local"].startswith(M0)
+        mob.events.poll()
+        repairs = [e for e in mob.events.events if e.get("event") in
+                   ("data_path_repair_started", "data_path_repaired")]
+        print(f"\ncharon race, check {'on' if check else 'off'}: the stream from gw "
+              f"resumed {resumed - fault:.3f} s after the fault, charon retransmitted "
+              f"{retransmitted - fault:.3f} s after it; "
+              + "; ".join(f"{e['event']} {e.get('dead_ms', e.get('waited_ms'))} ms"
+                          for e in repairs))
+        if check:
+            started = mob.wait_event(named("data_path_repair_started"), RESUME_TIMEOUT)
+            assert started["local"].startswith(M1) and started["children"]
+            repaired = mob.wait_event(named("data_path_repaired"), RESUME_TIMEOUT)
+            assert repaired["local"].startswith(M1)
+            # charon answered our CREATE_CHILD_SA while its own request was outstanding.
+            assert "CREATE_CHILD_SA request" in log
+            assert not after_retransmit, "the stream from gw waited for charon's retransmit"
+        else:
+            assert not repairs
+            assert after_retransmit, "no tail: the race did not happen"
+        # Whatever charon's queued tasks do after its retransmission, both ends end up
+        # agreeing on one CHILD_SA on the new path, and traffic flows both ways.
+        _wait_agreed(h, M1)
+        after = time.monotonic()
+        assert h.wait_resumed(after, SETTLE_TIMEOUT) is not None
+        deadline = after + SETTLE_TIMEOUT
+        while outage(_arrivals(back), after) is None:
+            assert time.monotonic() < deadline, "the stream from gw stopped again"
+            time.sleep(0.05)
+        assert not mob.events.find(named("handover_failed"))
+    finally:
+        h.close()
