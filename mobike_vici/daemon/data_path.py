@@ -15,6 +15,7 @@ from typing import Protocol
 
 from ..config.mobike import MobikePolicy
 from ..core.events import ChildSaRekeyed, Event, IkeSaDeleted, IkeSaMoved, IkeSaRekeyed
+from ..esp.dataplane import IN_PAUSE
 from ..mobike import verify as v
 from ..mobike.manager import PathManager
 from ..mobike.paths import PathTable
@@ -34,6 +35,8 @@ class Child(Protocol):
     def unique_id(self) -> int: ...
     @property
     def last_in(self) -> float | None: ...
+    @property
+    def in_since(self) -> float | None: ...
     @property
     def replaced(self) -> bool: ...
     @property
@@ -141,23 +144,33 @@ class DataPathWatch:
     def _moved(self, event: IkeSaMoved, now: float) -> None:
         if self.settings.verify_timeout <= 0:
             return
-        sample, last_in = self._sample(event.ike_spi)
+        sample, (last_in, in_since) = self._sample(event.ike_spi)
         check = v.DataPathCheck(self.settings)
         check.on_moved(event.new_path, event.old_path, started=now - event.duration,
                        srtt=self._srtt(event.ike_spi, event.new_path), sample=sample,
-                       last_inbound=last_in, now=now)
+                       last_inbound=last_in, inbound_since=in_since, now=now)
         self._checks[event.ike_spi] = (event.conn, check)
         self._drain(event.ike_spi, event.conn, check, now)
 
-    def _sample(self, ike_spi: str) -> tuple[dict[int, tuple[int, int]], float | None]:
+    def _sample(self, ike_spi: str
+                ) -> tuple[dict[int, tuple[int, int]], tuple[float | None, float | None]]:
+        """The counters of the IKE_SA's CHILD_SAs, and (when the peer last sent, since when
+        it had been sending without a long pause), its runs on several SAs joined."""
         sample: dict[int, tuple[int, int]] = {}
-        last_in: float | None = None
+        runs: list[tuple[float, float]] = []
         for child in self.plane.children_of(ike_spi):
             c = child.counters()
             sample[child.unique_id] = (c["packets_in"], c["packets_out"])
-            if child.last_in is not None and (last_in is None or child.last_in > last_in):
-                last_in = child.last_in
-        return sample, last_in
+            if child.last_in is not None and child.in_since is not None:
+                runs.append((child.last_in, child.in_since))
+        if not runs:
+            return sample, (None, None)
+        runs.sort(reverse=True)
+        last, since = runs[0]
+        for end, start in runs[1:]:
+            if end >= since - IN_PAUSE:  # a rekey: the peer went on on the new SA
+                since = min(since, start)
+        return sample, (last, since)
 
     def _drain(self, spi: str, conn: str, check: v.DataPathCheck, now: float) -> None:
         while (event := check.next_event()) is not None:

@@ -20,9 +20,10 @@ is an instruction (rekey the CHILD_SAs); the other events are to log.
 The decision, over the CHILD_SAs' packet counters (a :data:`Sample`) from the move on:
 
 - the peer's ESP arrived (inbound grew): ``DataPathVerified``;
-- the peer was not sending before the move (no ESP from it within ``active_window`` of
-  the move's start), or nothing went either way within the bound: nothing to verify,
-  ``DataPathUnverified`` (``one_way`` or ``idle``); nothing is rekeyed;
+- the peer was not sending steadily before the move (its ESP had not been arriving for
+  ``sustained`` up to within ``active_window`` of the move's start), or nothing went either
+  way within the bound: nothing to verify, ``DataPathUnverified`` (``one_way`` or
+  ``idle``); nothing is rekeyed (a quiet peer must not cost a rekey per move);
 - our ESP went out for the bound and none came back: ``RepairRequested``, then
   ``DataPathRepaired`` when the peer's ESP arrives, else after ``repair bound``
   ``DataPathUnverified`` (``peer_quiet``: the rekey completed, so the peer holds fresh SAs
@@ -75,7 +76,10 @@ class VerifySettings:
     """Floor of the repair bound (seconds)."""
     active_window: float = 2.0
     """The peer counts as sending when its last ESP arrived at most this long before the
-    move started (the time to detect a dead path, plus the peer's own pauses)."""
+    move started (the time to detect a dead path, plus the peer's own pauses)..."""
+    sustained: float = 1.0
+    """... and its ESP had been arriving for at least this long by then, without a long
+    pause (one answer to a ping before a one-way stream is no traffic to expect back)."""
 
 
 class Phase(Enum):
@@ -167,11 +171,13 @@ class DataPathCheck:
     # -- inputs -----------------------------------------------------------------------
 
     def on_moved(self, path: Path, old_path: Path, *, started: float, srtt: float | None,
-                 sample: Sample, last_inbound: float | None, now: float) -> None:
+                 sample: Sample, last_inbound: float | None, inbound_since: float | None,
+                 now: float) -> None:
         """A move of ours to ``path`` completed at ``now`` (requested at ``started``).
 
         ``sample`` is the CHILD_SAs' counters now, ``last_inbound`` when the peer's last
-        ESP arrived (None: never). A check still running for an earlier move is replaced.
+        ESP arrived (None: never), ``inbound_since`` since when its ESP had been arriving
+        without a long pause by then. A check still running for an earlier move is replaced.
         """
         s = self.settings
         self._events.clear()
@@ -185,8 +191,10 @@ class DataPathCheck:
         self._bound = max(s.verify_timeout, RTT_FACTOR * rtt)
         self._repair_bound = max(s.repair_timeout, RTT_FACTOR * rtt)
         self._step = min(max(self._bound / POLL_STEPS, POLL_MIN), POLL_MAX)
-        self._expect_inbound = (last_inbound is not None
-                                and last_inbound >= self._started - s.active_window)
+        self._expect_inbound = (
+            last_inbound is not None and inbound_since is not None
+            and last_inbound >= self._started - s.active_window
+            and last_inbound - inbound_since >= s.sustained)
         self._base = dict(sample)
         self._first_out = None
         self._rekeyed = False

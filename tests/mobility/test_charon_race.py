@@ -45,6 +45,8 @@ GW_EXTRA = "192.0.2.50/24"
 """An address that appears in gw right after the fault: charon tells us of it."""
 DELAYED = "delaying task initiation"
 RETRANSMIT = "retransmit 1 of request"
+STEADY = 2.0
+"""Seconds the stream from gw flows before the fault."""
 RETRANSMIT_TIMEOUT = 20.0
 """Functional: charon's first retransmission comes 4 s after its request."""
 
@@ -78,12 +80,18 @@ def _back_stream(h: Handover) -> Path:
                                    "0.01"], h.lab.workdir / "back-send.log")
     h.procs.append(send)
     start = time.monotonic()
-    deadline = start + RESUME_TIMEOUT
-    while outage(_arrivals(arrivals), start) is None:
+    deadline = start + RESUME_TIMEOUT + STEADY
+    # Flowing steadily for a while, as a stream the fault interrupts is.
+    while not _spans(_arrivals(arrivals), start, STEADY):
         if time.monotonic() > deadline:
-            raise LabError("no stream from gw through the tunnel")
-        time.sleep(0.02)
+            raise LabError("no steady stream from gw through the tunnel")
+        time.sleep(0.05)
     return arrivals
+
+
+def _spans(arrivals: list[tuple[int, float, float]], start: float, seconds: float) -> bool:
+    times = [recv for _, sent, recv in arrivals if sent >= start]
+    return bool(times) and max(times) - min(times) >= seconds
 
 
 def _check_off(mob: NativeDaemon) -> None:

@@ -8,7 +8,7 @@ import pytest
 from mobike_vici.config.mobike import MobikePolicy
 from mobike_vici.core.events import ChildSaRekeyed, IkeSaDeleted, IkeSaMoved, IkeSaRekeyed
 from mobike_vici.daemon.data_path import DataPathWatch, settings_of
-from mobike_vici.esp.dataplane import DataPlane
+from mobike_vici.esp.dataplane import IN_PAUSE, DataPlane
 from mobike_vici.mobike.verify import VerifySettings
 from tests.unit.esp.support import iv_source
 from tests.unit.esp.test_dataplane import A_INNER, B_INNER, installed, path, udp4
@@ -83,13 +83,20 @@ class Lab:
             self.watch.handle_timer(t)
             self.log += self.watch.take_log()
 
+    def steady(self, start: float, end: float) -> None:
+        """Traffic both ways at 10 Hz from ``start`` to ``end``: the peer sends steadily."""
+        t = start
+        while t <= end:
+            self.exchange(t)
+            t += 0.1
+
     def names(self) -> list[str]:
         return [name for name, _ in self.log]
 
 
 def test_the_peers_esp_on_the_new_path_verifies_the_move() -> None:
     lab = Lab()
-    lab.exchange(9.5)
+    lab.steady(8.0, 9.5)
     lab.move(10.0)
     lab.run(20.0)
     assert lab.names() == ["data_path_verified"]
@@ -101,7 +108,7 @@ def test_the_peers_esp_on_the_new_path_verifies_the_move() -> None:
 
 def test_a_peer_whose_esp_stays_on_the_dead_path_is_repaired_by_our_rekey() -> None:
     lab = Lab()
-    lab.exchange(9.5)  # the peer was sending before the fault
+    lab.steady(8.0, 9.5)  # the peer was sending before the fault
     lab.peer_reaches_us = False  # its update is stuck: its ESP goes to the old path
     lab.move(10.0)
     lab.run(20.0, rekey_after=10.25)
@@ -119,7 +126,7 @@ def test_a_peer_whose_esp_stays_on_the_dead_path_is_repaired_by_our_rekey() -> N
 
 def test_no_answer_and_no_rekey_within_the_repair_bound_fails_the_handover() -> None:
     lab = Lab()
-    lab.exchange(9.5)
+    lab.steady(8.0, 9.5)
     lab.peer_reaches_us = False
     lab.move(10.0)
     lab.run(30.0)
@@ -131,7 +138,7 @@ def test_no_answer_and_no_rekey_within_the_repair_bound_fails_the_handover() -> 
 
 def test_an_idle_tunnel_is_not_rekeyed() -> None:
     lab = Lab()
-    lab.exchange(9.5)
+    lab.steady(8.0, 9.5)
     lab.move(10.0)
     lab.run(30.0, ours=False, theirs=False)
     assert lab.names() == ["data_path_unverified"]
@@ -139,9 +146,13 @@ def test_an_idle_tunnel_is_not_rekeyed() -> None:
     assert lab.engine.rekeys == []
 
 
-def test_one_way_traffic_is_not_rekeyed() -> None:
+@pytest.mark.parametrize(("start", "end"), [
+    (4.0, 5.0),  # the peer's last packet, long before the move
+    (9.5, 9.5),  # one answer (a ping) just before a one-way stream
+])
+def test_one_way_traffic_is_not_rekeyed(start: float, end: float) -> None:
     lab = Lab()
-    lab.exchange(5.0)  # the peer's last packet, long before the move
+    lab.steady(start, end)
     lab.move(10.0)
     lab.run(30.0, theirs=False)
     assert lab.names() == ["data_path_unverified"]
@@ -151,7 +162,7 @@ def test_one_way_traffic_is_not_rekeyed() -> None:
 
 def test_children_the_engine_no_longer_knows_are_counted_not_fatal() -> None:
     lab = Lab()
-    lab.exchange(9.5)
+    lab.steady(8.0, 9.5)
     lab.peer_reaches_us = False
     lab.engine.unknown.add(1)
     lab.move(10.0)
@@ -163,7 +174,7 @@ def test_children_the_engine_no_longer_knows_are_counted_not_fatal() -> None:
 
 def test_the_check_follows_an_ike_rekey_and_ends_with_the_ike_sa() -> None:
     lab = Lab()
-    lab.exchange(9.5)
+    lab.steady(8.0, 9.5)
     lab.peer_reaches_us = False
     lab.move(10.0)
     lab.watch.on_core_event(IkeSaRekeyed(conn="c", ike_spi=SPI, new_ike_spi="3_4"), 10.05)
@@ -182,13 +193,30 @@ def test_an_update_on_the_same_path_is_not_checked_and_zero_turns_it_off() -> No
     assert off.watch.checking == [] and off.watch.get_timer() is None
 
 
-def test_the_data_plane_tells_when_the_peer_last_sent_and_which_sas_an_ike_sa_has() -> None:
+def test_the_data_plane_tells_since_when_the_peer_sends_and_which_sas_an_ike_sa_has() -> None:
     lab = Lab()
     (entry,) = lab.ours.children_of(SPI)
-    assert entry.last_in is None
+    assert entry.last_in is None and entry.in_since is None
     lab.exchange(7.25)
-    assert entry.last_in == 7.25
+    assert entry.last_in == entry.in_since == 7.25
+    lab.exchange(7.25 + IN_PAUSE)  # a pause this long still belongs to the run
+    assert (entry.in_since, entry.last_in) == (7.25, 7.25 + IN_PAUSE)
+    lab.exchange(7.25 + 2.5 * IN_PAUSE)  # a longer one starts a new run
+    assert entry.in_since == entry.last_in == 7.25 + 2.5 * IN_PAUSE
     assert lab.ours.children_of("9_9") == []
+
+
+def test_the_peers_run_goes_on_across_a_rekey() -> None:
+    """Sending steadily on the old SA, then on the one a rekey made: one run."""
+    lab = Lab()
+    lab.steady(8.0, 9.0)
+    lab.watch.on_core_event(lab.engine.complete(1, 2), 9.05)
+    lab.steady(9.1, 9.6)
+    lab.peer_reaches_us = False
+    lab.move(10.0)
+    lab.run(10.3)
+    assert lab.names() == ["data_path_repair_started"]
+    assert lab.log[0][1]["children"] == [2]
 
 
 def test_settings_follow_the_policy() -> None:

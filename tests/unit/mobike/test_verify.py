@@ -47,10 +47,12 @@ class Peer:
 
 
 def moved(peer: Peer, *, srtt: float | None = 0.001, last_inbound: float | None = 9.3,
+          inbound_since: float | None = 5.0,
           settings: VerifySettings = SETTINGS) -> DataPathCheck:
+    """The move completes at MOVED_AT; the peer sent steadily from 5.0 to 9.3 before."""
     check = DataPathCheck(settings)
     check.on_moved(NEW, OLD, started=MOVED_AT - 0.005, srtt=srtt, sample=peer.sample(),
-                   last_inbound=last_inbound, now=MOVED_AT)
+                   last_inbound=last_inbound, inbound_since=inbound_since, now=MOVED_AT)
     return check
 
 
@@ -133,11 +135,17 @@ def test_an_idle_tunnel_has_nothing_to_verify_and_is_not_rekeyed() -> None:
     assert t == pytest.approx(MOVED_AT + 0.2)
 
 
-@pytest.mark.parametrize("last_inbound", [None, MOVED_AT - 3.0])
-def test_one_way_traffic_expects_nothing_back(last_inbound: float | None) -> None:
-    """The peer sent nothing within active_window of the move's start (or never)."""
+@pytest.mark.parametrize(("last_inbound", "inbound_since"), [
+    (None, None),  # never
+    (MOVED_AT - 3.0, 5.0),  # not within active_window of the move's start
+    (9.3, 9.3),  # one answer (a ping), not a steady flow
+    (9.3, 8.6),  # a flow of 0.7 s only (sustained: 1 s)
+])
+def test_one_way_traffic_expects_nothing_back(last_inbound: float | None,
+                                              inbound_since: float | None) -> None:
+    """The peer was not sending steadily up to shortly before the move."""
     peer = Peer()
-    check = moved(peer, last_inbound=last_inbound)
+    check = moved(peer, last_inbound=last_inbound, inbound_since=inbound_since)
     events = run(check, peer, 30.0)
     assert [type(e) for _, e in events] == [DataPathUnverified]
     ev = events[0][1]
@@ -190,7 +198,7 @@ def test_a_second_move_replaces_the_check_of_the_first() -> None:
     run(check, peer, MOVED_AT + 0.1)
     other = path("10.3.0.2", "192.0.2.2")
     check.on_moved(other, NEW, started=MOVED_AT + 0.1, srtt=None, sample=peer.sample(),
-                   last_inbound=MOVED_AT - 0.5, now=MOVED_AT + 0.11)
+                   last_inbound=MOVED_AT - 0.5, inbound_since=1.0, now=MOVED_AT + 0.11)
     events = run(check, peer, 30.0, answering_from=MOVED_AT + 0.2)
     assert [type(e) for _, e in events] == [DataPathVerified]
     assert events[0][1].path == other
