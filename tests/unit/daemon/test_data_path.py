@@ -4,12 +4,15 @@ with a fake engine whose rekeys install the new CHILD_SA on both sides, and a fa
 from __future__ import annotations
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from mobike_vici.config.mobike import MobikePolicy
 from mobike_vici.core.events import ChildSaRekeyed, IkeSaDeleted, IkeSaMoved, IkeSaRekeyed
 from mobike_vici.daemon.data_path import DataPathWatch, settings_of
+from mobike_vici.daemon.metrics import EventMetrics
 from mobike_vici.esp.dataplane import IN_PAUSE, DataPlane
 from mobike_vici.mobike.verify import VerifySettings
+from tests.unit.daemon.test_metrics import exposed, get
 from tests.unit.esp.support import iv_source
 from tests.unit.esp.test_dataplane import A_INNER, B_INNER, installed, path, udp4
 
@@ -226,3 +229,24 @@ def test_settings_follow_the_policy() -> None:
     assert (s.verify_timeout, s.repair_timeout) == (0.3, 4.0)
     # The peer counts as sending when it sent within the detection time (2.5 s) + 1 s.
     assert s.active_window == pytest.approx(3.5)
+
+
+def test_metrics_count_each_verdict_once() -> None:
+    registry = CollectorRegistry()
+    m = EventMetrics(registry)
+    for name, fields in [("handover_started", {"reason": "failover"}),
+                         ("handover_completed", {"duration_ms": 2.0}),
+                         ("data_path_repair_started", {"waited_ms": 220.0}),
+                         ("handover_failed", {"reason": "data_path_dead", "dead_ms": 2200.0}),
+                         ("data_path_verified", {"after_ms": 3.0}),
+                         ("data_path_repaired", {"dead_ms": 250.0}),
+                         ("data_path_unverified", {"reason": "one_way"})]:
+        m.on_event({"event": name, "conn": "home", "ike_spi": "a_b", **fields})
+    got = exposed(registry)
+    for result in ("dead", "verified", "repaired", "one_way"):
+        assert get(got, "mobike_data_path_checks_total", conn="home", result=result) == 1
+    # The handover itself completed: counted once, not failed on top.
+    assert get(got, "mobike_handovers_total", conn="home", reason="failover",
+               result="completed") == 1
+    assert get(got, "mobike_handovers_total", conn="home", reason="unknown",
+               result="failed") is None
