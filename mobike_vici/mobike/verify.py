@@ -9,7 +9,10 @@ only after its retransmission, 4 s later (then 7 s, 13 s), and until then the pe
 ESP goes to the dead path. We cannot answer a request that never reached us, but we can
 rekey the CHILD_SAs ourselves: CREATE_CHILD_SA is our request in our own window (RFC 7296
 §2.3: each direction has its own), the peer answers it whatever it has outstanding, and
-installs the new SAs on the IKE_SA's current path.
+installs the new SAs on the IKE_SA's current path. The exception is an IKE_SA rekey of
+the peer's in flight: until it completes, charon refuses CHILD_SA rekeys with
+TEMPORARY_FAILURE (RFC 7296 §2.25), the repair ends in ``DataPathDead``, and only the
+peer's retransmission ends the outage.
 
 One :class:`DataPathCheck` per IKE_SA. Protocol, like the path manager's: the backend
 calls ``on_moved`` when a move of ours completed, ``observe(sample, now)`` whenever
