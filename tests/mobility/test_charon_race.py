@@ -10,11 +10,12 @@ goes to the dead path, and nothing comes back through the tunnel, however fast o
 Here: the stream runs both ways (our daemon in mob initiates, charon in gw responds),
 m0 is blackholed, and right after an address appears in gw, so charon sends its
 address-list INFORMATIONAL on the dead path (where it is lost, as a request that left
-just before the fault would be). With the data path check, our daemon sees its ESP go
-unanswered after the move, rekeys the CHILD_SA itself (charon answers a CREATE_CHILD_SA
-whatever it has outstanding) and the stream from gw resumes before charon's first
-retransmission. With the check off (``verify_timeout = 0``) the same run shows the
-tail: the stream from gw resumes only after that retransmission.
+just before the fault would be); or charon is told to rekey the CHILD_SA
+(``swanctl --rekey``), the same with a CREATE_CHILD_SA. With the data path check, our
+daemon sees its ESP go unanswered after the move, rekeys the CHILD_SA itself (charon
+answers a CREATE_CHILD_SA whatever it has outstanding) and the stream from gw resumes
+before charon's first retransmission. With the check off (``verify_timeout = 0``) the
+same run shows the tail: the stream from gw resumes only after that retransmission.
 
 The order of events is what is asserted (the first packet back through the tunnel
 against the moment charon's log shows its retransmission), never a duration.
@@ -34,6 +35,7 @@ import pytest
 from mobike_vici.lab.charon import Charon
 from mobike_vici.lab.native import NativeDaemon, named
 from mobike_vici.lab.netns import Lab, LabError
+from tests.data.support import CHILD
 
 from .harness import STREAM, Handover, build, outage
 from .test_handover import M0, M1, RESUME_TIMEOUT, SETTLE_TIMEOUT, _wait_agreed
@@ -126,9 +128,22 @@ def _watch(gw: Charon, back: Path, fault: float, retransmits_before: int
     return resumed, retransmitted_first, retransmitted
 
 
-@pytest.mark.parametrize("check", [pytest.param(True, id="check"),
-                                   pytest.param(False, id="check-off")])
-def test_charons_request_lost_on_the_dead_path(lab: Lab, check: bool) -> None:
+def _charon_request(h: Handover, trigger: str) -> None:
+    """Make charon send a request of its own now (on the path just blackholed)."""
+    if trigger == "address":
+        # An address-list INFORMATIONAL after its kernel event (100 ms later).
+        h.topo.gw.ip("-4", "addr", "add", GW_EXTRA, "dev", "eth0")
+    else:
+        assert isinstance(h.gw, Charon)
+        h.gw.swanctl("--rekey", "--child", CHILD)
+
+
+@pytest.mark.parametrize(("trigger", "check"), [
+    pytest.param("address", True, id="address-check"),
+    pytest.param("address", False, id="address-check-off"),
+    pytest.param("child_rekey", True, id="child-rekey-check"),
+])
+def test_charons_request_lost_on_the_dead_path(lab: Lab, trigger: str, check: bool) -> None:
     h = build(lab, mob_native=True, gw_native=False)
     try:
         mob, gw = h.mob, h.gw
@@ -138,7 +153,7 @@ def test_charons_request_lost_on_the_dead_path(lab: Lab, check: bool) -> None:
         back = _back_stream(h)
         retransmits_before = gw.log_text().count(RETRANSMIT)
         fault = h.kill_silently(0)
-        h.topo.gw.ip("-4", "addr", "add", GW_EXTRA, "dev", "eth0")
+        _charon_request(h, trigger)
         resumed, after_retransmit, retransmitted = _watch(gw, back, fault,
                                                           retransmits_before)
         log = gw.log_text()
@@ -152,7 +167,7 @@ def test_charons_request_lost_on_the_dead_path(lab: Lab, check: bool) -> None:
         mob.events.poll()
         repairs = [e for e in mob.events.events if e.get("event") in
                    ("data_path_repair_started", "data_path_repaired")]
-        print(f"\ncharon race, check {'on' if check else 'off'}: the stream from gw "
+        print(f"\ncharon race ({trigger}), check {'on' if check else 'off'}: the stream from gw "
               f"resumed {resumed - fault:.3f} s after the fault, charon retransmitted "
               f"{retransmitted - fault:.3f} s after it; "
               + "; ".join(f"{e['event']} {e.get('dead_ms', e.get('waited_ms'))} ms"
