@@ -214,7 +214,8 @@ def check_event_fields(conn: str, ike_spi: str, event: v.Event) -> tuple[str, Fi
         case v.DataPathDead():
             return "handover_failed", {**base, "old_local": str(event.old_path.local),
                                        "old_remote": str(event.old_path.remote),
-                                       "reason": event.reason, "dead_ms": event.dead_ms}
+                                       "reason": event.reason, "rekeyed": event.rekeyed,
+                                       "dead_ms": event.dead_ms}
 
 
 def path_srtt(managers: Callable[[str], PathManager | None]) -> Srtt:

@@ -28,10 +28,10 @@ The decision, over the CHILD_SAs' packet counters (a :data:`Sample`) from the mo
   way within the bound: nothing to verify, ``DataPathUnverified`` (``one_way`` or
   ``idle``); nothing is rekeyed (a quiet peer must not cost a rekey per move);
 - our ESP went out for the bound and none came back: ``RepairRequested``, then
-  ``DataPathRepaired`` when the peer's ESP arrives, else after ``repair bound``
-  ``DataPathUnverified`` (``peer_quiet``: the rekey completed, so the peer holds fresh SAs
-  on the new path and simply sent nothing) or ``DataPathDead`` (not even the rekey
-  completed).
+  ``DataPathRepaired`` when the peer's ESP arrives, else after the repair bound
+  ``DataPathDead``, saying whether the rekey at least completed (then the peer holds fresh
+  SAs on the new path and its ESP still does not reach us, e.g. plain ESP filtered where
+  IKE passes, or a peer that stopped sending just then).
 
 The bound is ``max(verify_timeout, RTT_FACTOR * srtt)`` of the new path and is counted
 from the first outbound packet seen after the move (traffic that starts late still gets
@@ -108,7 +108,7 @@ class DataPathVerified(CheckEvent):
 class DataPathUnverified(CheckEvent):
     reason: str
     """idle (no ESP either way within the bound), one_way (the peer had not been sending
-    before the move), peer_quiet (repaired by a rekey, but the peer sent nothing since)."""
+    steadily before the move)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -132,7 +132,9 @@ class DataPathRepaired(CheckEvent):
 class DataPathDead(CheckEvent):
     old_path: Path
     reason: str
-    """data_path_dead: neither ESP from the peer nor the repair's rekey within the bound."""
+    """data_path_dead: no ESP from the peer within the repair bound."""
+    rekeyed: bool
+    """Whether a CHILD_SA rekey completed during the repair."""
     dead_ms: float
     """From the move's start to this verdict."""
 
@@ -252,12 +254,9 @@ class DataPathCheck:
         if now < deadline:
             self._next = min(now + self._step, deadline)
             return
-        if self._rekeyed:
-            self._finish(DataPathUnverified(path=path, reason="peer_quiet"))
-        else:
-            assert self._old is not None
-            self._finish(DataPathDead(path=path, old_path=self._old, reason="data_path_dead",
-                                      dead_ms=_ms(now - self._started)))
+        assert self._old is not None
+        self._finish(DataPathDead(path=path, old_path=self._old, reason="data_path_dead",
+                                  rekeyed=self._rekeyed, dead_ms=_ms(now - self._started)))
 
     # -- outputs ----------------------------------------------------------------------
 

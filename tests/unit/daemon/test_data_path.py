@@ -135,7 +135,7 @@ def test_no_answer_and_no_rekey_within_the_repair_bound_fails_the_handover() -> 
     lab.run(30.0)
     assert lab.names() == ["data_path_repair_started", "handover_failed"]
     failed = lab.log[1][1]
-    assert failed["reason"] == "data_path_dead"
+    assert failed["reason"] == "data_path_dead" and failed["rekeyed"] is False
     assert failed["old_local"] == str(OLD.local) and failed["local"] == str(NEW.local)
 
 

@@ -112,17 +112,19 @@ def test_repair_without_an_answer_and_without_a_rekey_is_a_dead_data_path() -> N
     dead = events[1][1]
     assert isinstance(dead, DataPathDead)
     assert dead.reason == "data_path_dead" and dead.old_path == OLD and dead.path == NEW
+    assert not dead.rekeyed
     assert t_dead - t_repair == pytest.approx(2.0, abs=1e-9)  # repair_timeout
     assert check.get_timer() is None
 
 
-def test_a_completed_rekey_without_an_answer_is_a_quiet_peer_not_a_dead_path() -> None:
+def test_a_completed_rekey_without_an_answer_is_still_a_dead_data_path() -> None:
     peer = Peer()
     check = moved(peer)
     events = run(check, peer, 30.0, rekey_at=MOVED_AT + 0.3)
-    assert [type(e) for _, e in events] == [RepairRequested, DataPathUnverified]
+    assert [type(e) for _, e in events] == [RepairRequested, DataPathDead]
     last = events[-1][1]
-    assert isinstance(last, DataPathUnverified) and last.reason == "peer_quiet"
+    assert isinstance(last, DataPathDead) and last.reason == "data_path_dead"
+    assert last.rekeyed
 
 
 def test_an_idle_tunnel_has_nothing_to_verify_and_is_not_rekeyed() -> None:
