@@ -34,7 +34,7 @@ import pytest
 
 from mobike_vici.lab.charon import Charon
 from mobike_vici.lab.native import NativeDaemon, named
-from mobike_vici.lab.netns import Lab, LabError
+from mobike_vici.lab.netns import NFT_TABLE, Lab, LabError
 from tests.data.support import CHILD
 
 from .harness import STREAM, Handover, build, outage
@@ -193,5 +193,35 @@ def test_charons_request_lost_on_the_dead_path(lab: Lab, trigger: str, check: bo
             assert time.monotonic() < deadline, "the stream from gw stopped again"
             time.sleep(0.05)
         assert not mob.events.find(named("handover_failed"))
+    finally:
+        h.close()
+
+
+def test_the_peers_esp_lost_on_the_new_path_is_a_failed_handover(lab: Lab) -> None:
+    """IKE passes on m1 but charon's ESP to m1 is dropped (ESP-in-UDP, told from IKE by
+    the non-ESP marker): the move completes for IKE, the repair's rekey completes too, and
+    the data path stays dead: handover_failed, not data_path_repaired."""
+    h = build(lab, mob_native=True, gw_native=False)
+    try:
+        mob = h.mob
+        assert isinstance(mob, NativeDaemon)
+        _back_stream(h)
+        fault = h.kill_silently(0)
+        m1 = h.topo.uplinks[1].addr4
+        # In rtr's forward chain (the lab's table): UDP 4500 from gw to m1 whose first
+        # four payload bytes are not the zero marker of IKE, i.e. ESP.
+        h.topo.rtr.run("nft", "add", "rule", "inet", NFT_TABLE, "forward", "ip", "saddr",
+                       h.topo.gw4, "ip", "daddr", m1, "udp", "sport", "4500",
+                       "@th,64,32", "!=", "0", "drop")
+        assert h.wait_resumed(fault, RESUME_TIMEOUT) is not None, "the stream to gw did not"
+        started = mob.wait_event(named("data_path_repair_started"), RESUME_TIMEOUT)
+        assert started["local"].startswith(M1) and started["children"]
+        failed = mob.wait_event(named("handover_failed", reason="data_path_dead"),
+                                SETTLE_TIMEOUT)
+        assert failed["local"].startswith(M1) and failed["old_local"].startswith(M0)
+        # charon answered the rekey on m1 (IKE passes); its ESP still does not reach us.
+        assert failed["rekeyed"] is True
+        assert mob.events.find(named("data_path_repaired")) is None
+        assert mob.events.find(named("child_sa_rekeyed")) is not None
     finally:
         h.close()
