@@ -31,7 +31,9 @@ The decision, over the CHILD_SAs' packet counters (a :data:`Sample`) from the mo
   ``DataPathRepaired`` when the peer's ESP arrives, else after the repair bound
   ``DataPathDead``, saying whether the rekey at least completed (then the peer holds fresh
   SAs on the new path and its ESP still does not reach us, e.g. plain ESP filtered where
-  IKE passes, or a peer that stopped sending just then).
+  IKE passes, or a peer that stopped sending just then). ESP from the peer that still
+  comes within ``LATE_WATCH`` after that verdict (the peer's own retransmission ended its
+  stall) is a late ``DataPathRepaired``: its ``dead_ms`` is the whole outage.
 
 The bound is ``max(verify_timeout, RTT_FACTOR * srtt)`` of the new path and is counted
 from the first outbound packet seen after the move (traffic that starts late still gets
@@ -67,6 +69,12 @@ POLL_MIN = 0.005
 POLL_MAX = 0.05
 """Sampling pace limits (seconds): polls stay cheap on a fast path and precise on a slow one."""
 
+LATE_WATCH = 30.0
+"""Seconds after a DataPathDead verdict that the peer's ESP is still watched for (charon's
+retransmissions come 4, 11 and 24 s after its request)."""
+LATE_STEP = 0.1
+"""Sampling pace (seconds) of that late watch."""
+
 MAX_EVENTS = 16
 """The backend drains events after every call; the bound only guards against one that does not."""
 
@@ -90,6 +98,8 @@ class Phase(Enum):
     """Nothing to check (no move yet, or the last one has its verdict)."""
     WATCHING = "watching"
     REPAIRING = "repairing"
+    LATE = "late"
+    """Declared dead; ESP from the peer that still comes is reported as a late repair."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -250,13 +260,23 @@ class DataPathCheck:
             self._finish(DataPathRepaired(path=path, dead_ms=_ms(now - self._started),
                                           repair_ms=_ms(now - self._repair_at)))
             return
+        if self.phase is Phase.LATE:
+            late_until = self._repair_at + self._repair_bound + LATE_WATCH
+            if now >= late_until:
+                self.phase, self._next = Phase.DONE, None
+            else:
+                self._next = min(now + LATE_STEP, late_until)
+            return
         deadline = self._repair_at + self._repair_bound
         if now < deadline:
             self._next = min(now + self._step, deadline)
             return
         assert self._old is not None
-        self._finish(DataPathDead(path=path, old_path=self._old, reason="data_path_dead",
-                                  rekeyed=self._rekeyed, dead_ms=_ms(now - self._started)))
+        self._events.append(DataPathDead(path=path, old_path=self._old, reason="data_path_dead",
+                                         rekeyed=self._rekeyed,
+                                         dead_ms=_ms(now - self._started)))
+        self.phase = Phase.LATE
+        self._next = now + LATE_STEP
 
     # -- outputs ----------------------------------------------------------------------
 

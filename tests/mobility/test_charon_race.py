@@ -11,11 +11,13 @@ Here: the stream runs both ways (our daemon in mob initiates, charon in gw respo
 m0 is blackholed, and right after an address appears in gw, so charon sends its
 address-list INFORMATIONAL on the dead path (where it is lost, as a request that left
 just before the fault would be); or charon is told to rekey the CHILD_SA
-(``swanctl --rekey``), the same with a CREATE_CHILD_SA. With the data path check, our
-daemon sees its ESP go unanswered after the move, rekeys the CHILD_SA itself (charon
-answers a CREATE_CHILD_SA whatever it has outstanding) and the stream from gw resumes
-before charon's first retransmission. With the check off (``verify_timeout = 0``) the
-same run shows the tail: the stream from gw resumes only after that retransmission.
+(``swanctl --rekey``), the same with a CREATE_CHILD_SA; or to rekey the IKE_SA, the
+one case the repair cannot beat (charon refuses CHILD_SA rekeys meanwhile), and which
+the events then tell. With the data path check, our daemon sees its ESP go unanswered
+after the move, rekeys the CHILD_SA itself (charon answers a CREATE_CHILD_SA whatever it
+has outstanding) and the stream from gw resumes before charon's first retransmission.
+With the check off (``verify_timeout = 0``) the same run shows the tail: the stream from
+gw resumes only after that retransmission.
 
 The order of events is what is asserted (the first packet back through the tunnel
 against the moment charon's log shows its retransmission), never a duration.
@@ -35,7 +37,7 @@ import pytest
 from mobike_vici.lab.charon import Charon
 from mobike_vici.lab.native import NativeDaemon, named
 from mobike_vici.lab.netns import NFT_TABLE, Lab, LabError
-from tests.data.support import CHILD
+from tests.data.support import CHILD, CONN
 
 from .harness import STREAM, Handover, build, outage
 from .test_handover import M0, M1, RESUME_TIMEOUT, SETTLE_TIMEOUT, _wait_agreed
@@ -130,18 +132,21 @@ def _watch(gw: Charon, back: Path, fault: float, retransmits_before: int
 
 def _charon_request(h: Handover, trigger: str) -> None:
     """Make charon send a request of its own now (on the path just blackholed)."""
+    assert isinstance(h.gw, Charon)
     if trigger == "address":
         # An address-list INFORMATIONAL after its kernel event (100 ms later).
         h.topo.gw.ip("-4", "addr", "add", GW_EXTRA, "dev", "eth0")
-    else:
-        assert isinstance(h.gw, Charon)
+    elif trigger == "child_rekey":
         h.gw.swanctl("--rekey", "--child", CHILD)
+    else:
+        h.gw.swanctl("--rekey", "--ike", CONN)
 
 
 @pytest.mark.parametrize(("trigger", "check"), [
     pytest.param("address", True, id="address-check"),
     pytest.param("address", False, id="address-check-off"),
     pytest.param("child_rekey", True, id="child-rekey-check"),
+    pytest.param("ike_rekey", True, id="ike-rekey-check"),
 ])
 def test_charons_request_lost_on_the_dead_path(lab: Lab, trigger: str, check: bool) -> None:
     h = build(lab, mob_native=True, gw_native=False)
@@ -172,7 +177,18 @@ def test_charons_request_lost_on_the_dead_path(lab: Lab, trigger: str, check: bo
               f"{retransmitted - fault:.3f} s after it; "
               + "; ".join(f"{e['event']} {e.get('dead_ms', e.get('waited_ms'))} ms"
                           for e in repairs))
-        if check:
+        if trigger == "ike_rekey":
+            # The one the repair cannot beat: while its IKE_SA rekey is outstanding,
+            # charon answers our CHILD_SA rekey with TEMPORARY_FAILURE. The verdict says
+            # so, and the late repair tells the whole outage.
+            assert "N(TEMP_FAIL)" in log
+            failed = mob.wait_event(named("handover_failed", reason="data_path_dead"),
+                                    RESUME_TIMEOUT)
+            assert failed["rekeyed"] is False
+            late = mob.wait_event(named("data_path_repaired"), RESUME_TIMEOUT)
+            assert late["dead_ms"] > failed["dead_ms"]
+            assert after_retransmit
+        elif check:
             started = mob.wait_event(named("data_path_repair_started"), RESUME_TIMEOUT)
             assert started["local"].startswith(M1) and started["children"]
             repaired = mob.wait_event(named("data_path_repaired"), RESUME_TIMEOUT)
@@ -192,7 +208,8 @@ def test_charons_request_lost_on_the_dead_path(lab: Lab, trigger: str, check: bo
         while outage(_arrivals(back), after) is None:
             assert time.monotonic() < deadline, "the stream from gw stopped again"
             time.sleep(0.05)
-        assert not mob.events.find(named("handover_failed"))
+        if trigger != "ike_rekey":
+            assert not mob.events.find(named("handover_failed"))
     finally:
         h.close()
 

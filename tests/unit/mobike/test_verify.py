@@ -7,6 +7,8 @@ import itertools
 import pytest
 
 from mobike_vici.mobike.verify import (
+    LATE_STEP,
+    LATE_WATCH,
     POLL_MAX,
     DataPathCheck,
     DataPathDead,
@@ -106,7 +108,7 @@ def test_our_esp_unanswered_for_the_bound_asks_for_a_repair_then_the_peer_answer
 def test_repair_without_an_answer_and_without_a_rekey_is_a_dead_data_path() -> None:
     peer = Peer()
     check = moved(peer)
-    events = run(check, peer, 30.0)
+    events = run(check, peer, 60.0)
     assert [type(e) for _, e in events] == [RepairRequested, DataPathDead]
     t_repair, t_dead = events[0][0], events[1][0]
     dead = events[1][1]
@@ -114,7 +116,31 @@ def test_repair_without_an_answer_and_without_a_rekey_is_a_dead_data_path() -> N
     assert dead.reason == "data_path_dead" and dead.old_path == OLD and dead.path == NEW
     assert not dead.rekeyed
     assert t_dead - t_repair == pytest.approx(2.0, abs=1e-9)  # repair_timeout
-    assert check.get_timer() is None
+    # Then the late watch, and nothing more.
+    assert check.get_timer() is None and check.phase is Phase.DONE
+
+
+def test_the_peers_esp_after_the_dead_verdict_is_a_late_repair() -> None:
+    """The peer's own retransmission ended its stall, 4 s after its request."""
+    peer = Peer()
+    check = moved(peer)
+    events = run(check, peer, 60.0, answering_from=MOVED_AT + 4.0)
+    assert [type(e) for _, e in events] == [RepairRequested, DataPathDead, DataPathRepaired]
+    t_late, late = events[2]
+    assert isinstance(late, DataPathRepaired)
+    assert MOVED_AT + 4.0 <= t_late <= MOVED_AT + 4.0 + LATE_STEP + 1e-9
+    assert late.dead_ms == pytest.approx((t_late - (MOVED_AT - 0.005)) * 1000, abs=0.01)
+    assert check.phase is Phase.DONE
+
+
+def test_the_late_watch_ends() -> None:
+    peer = Peer()
+    check = moved(peer)
+    run(check, peer, MOVED_AT + 3.0)
+    assert check.phase is Phase.LATE
+    events = run(check, peer, MOVED_AT + 2.3 + LATE_WATCH + 1.0, answering_from=1e9)
+    assert events == [] and check.get_timer() is None
+    assert check.phase is Phase.DONE
 
 
 def test_a_completed_rekey_without_an_answer_is_still_a_dead_data_path() -> None:
