@@ -315,7 +315,7 @@ _WARNING_EVENTS = frozenset({
     "packet_dropped", "exchange_failed", "path_down", "update_rejected", "send_failed",
     "receive_failed", "shutdown_incomplete", "reload_skipped", "socket_unavailable",
     "vici_disconnected", "config_rejected", "events_reopen_failed", "charon_unreachable",
-    "control_refused",
+    "control_refused", "data_path_repair_started",
 })
 # A bug in our own code, caught by a safety net.
 _ERROR_EVENTS = frozenset({"engine_error"})

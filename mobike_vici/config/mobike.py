@@ -33,6 +33,14 @@ handover_timeout           10s         >0 .. 24h        a move the backend never
                                                         has failed; beside a gateway's
                                                         charon also the time a moved peer
                                                         has to answer at its new address
+verify_timeout             200ms       0 .. 24h         native: after a move, ESP from the
+                                                        peer must arrive within this (or 4
+                                                        SRTTs of the new path, if longer)
+                                                        while ours flows, else the CHILD_SAs
+                                                        are rekeyed (0: no check)
+repair_timeout             2s          >0 .. 24h        native: after that rekey, the peer's
+                                                        ESP must arrive within this (or 4
+                                                        SRTTs), else handover_failed
 return_routability         always      always,          RFC 4555 3.7: when a new peer
                                        nat-only, never  address must answer a COOKIE2 check
 family                     any         any, ipv4, ipv6  which family wins a cost tie
@@ -155,6 +163,8 @@ class MobikePolicy:
     hold_down: float = 10.0
     max_moves_per_minute: int = 6
     handover_timeout: float = 10.0
+    verify_timeout: float = 0.2
+    repair_timeout: float = 2.0
     return_routability: RoutabilityMode = RoutabilityMode.ALWAYS
     family: int | None = None  # preferred family on a cost tie; None: no preference
     prefer: tuple[PreferRule, ...] = ()
@@ -204,7 +214,7 @@ _TOP_KEYS = frozenset({
     "return_routability", "family", "exclude", "allowed_peer_prefixes", "announce",
     "drop_log_interval", "cookie_threshold", "block_threshold", "init_limit_half_open",
     "init_dh_budget",
-    "max_ike_sas_per_peer", "max_child_sas_per_peer",
+    "max_ike_sas_per_peer", "max_child_sas_per_peer", "verify_timeout", "repair_timeout",
 })
 _RULE_KEYS = frozenset({"interface", "prefix", "remote_prefix", "family", "cost"})
 _FAMILIES = {"ipv4": 4, "ipv6": 6, "4": 4, "6": 6, "any": None}
@@ -285,9 +295,10 @@ def _build(raw: Mapping[str, str], locate: Locate) -> MobikePolicy:
         if (t := text(key)) is not None:
             kw[field_name] = _uint(t, key, lo, hi, err)
     for key in ("probe_interval", "probe_timeout", "standby_probe_interval",
-                "hold_down", "handover_timeout", "drop_log_interval"):
+                "hold_down", "handover_timeout", "drop_log_interval", "verify_timeout",
+                "repair_timeout"):
         if (t := text(key)) is not None:
-            kw[key] = _time(t, key, err, zero_ok=key == "hold_down")
+            kw[key] = _time(t, key, err, zero_ok=key in ("hold_down", "verify_timeout"))
     for key, lo, hi in (("probe_misses", 1, 100), ("max_probes_in_flight", 1, _MAX_IN_FLIGHT),
                         ("max_moves_per_minute", 0, 10_000)):
         if (t := text(key)) is not None:

@@ -90,6 +90,9 @@ class EventMetrics:
         self.preference_changes = Counter(
             "mobike_preference_changes", "Operator preference changes (prefer, clear, move).",
             ("conn", "source"), registry=registry)
+        self.data_path = Counter(
+            "mobike_data_path_checks", "Data path checks after a move, by verdict.",
+            ("conn", "result"), registry=registry)
         self._reasons: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     def on_event(self, event: JsonObject) -> None:
@@ -101,6 +104,9 @@ class EventMetrics:
                 self._reasons[(conn, spi)] = str(event.get("reason") or "unknown")
                 while len(self._reasons) > MAX_PENDING:
                     self._reasons.popitem(last=False)
+            case "handover_failed" if event.get("reason") == "data_path_dead":
+                # After a handover_completed, already counted: the data path's verdict.
+                self.data_path.labels(conn, "dead").inc()
             case "handover_completed" | "handover_failed":
                 reason = self._pop_reason(conn, spi)
                 result = "completed" if name == "handover_completed" else "failed"
@@ -108,6 +114,10 @@ class EventMetrics:
                 ms = event.get("duration_ms")
                 if name == "handover_completed" and isinstance(ms, int | float):
                     self.duration.labels(conn).observe(max(0.0, float(ms)) / 1000.0)
+            case "data_path_verified" | "data_path_repaired":
+                self.data_path.labels(conn, name.removeprefix("data_path_")).inc()
+            case "data_path_unverified":
+                self.data_path.labels(conn, str(event.get("reason") or "unknown")).inc()
             case "path_down":
                 self.path_down.labels(conn, str(event.get("reason") or "unknown")).inc()
             case "packet_dropped":

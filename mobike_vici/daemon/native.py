@@ -39,6 +39,7 @@ from ..net.state import usable_addresses
 from ..types import IKE_PORT, NATT_PORT, Endpoint, Path
 from . import udp
 from .control import ControlError, ControlServer, JsonObject
+from .data_path import DataPathWatch, path_srtt, settings_of
 from .drop_log import DropLog
 from .esp_io import UserspaceEsp
 from .feed import EventFeed
@@ -125,6 +126,7 @@ class Daemon:
         net_monitor: bool = True,
         metrics: MetricsServer | None = None,
         routing: DaemonRouting | None = None,
+        data_path: DataPathWatch | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -148,6 +150,8 @@ class Daemon:
         """Prometheus endpoint: fed by the event log's tap, reads ``status_answer``."""
         self.routing = routing
         """Our own tables and rules that keep IKE and ESP out of the tunnel (marks them)."""
+        self.data_path = data_path
+        """After each move of ours: the peer's ESP must follow, else the CHILD_SAs are rekeyed."""
         self._want_monitor = net_monitor and (mobility is not None or routing is not None)
         self._owns_routes = False
         """Set once this run may touch our tables: a daemon that failed to bind must not
@@ -351,6 +355,8 @@ class Daemon:
                           error=f"{exc.filename or ''}:0: {exc.strerror or exc}")
             return
         policy_changed = new.mobike.policy != self.config.mobike.policy
+        if policy_changed and self.data_path is not None:
+            self.data_path.set_settings(settings_of(new.mobike.policy))
         if policy_changed and self.mobility is not None:
             self.mobility.set_policy(new.mobike.policy, self.now())
             self._after_engine()  # a live IKE_SA may now want a probe or a move
@@ -518,6 +524,8 @@ class Daemon:
         ok = self._guarded("handle_timer", self.engine.handle_timer, now)
         if self.mobility is not None:
             ok &= self._guarded("mobility_timer", self.mobility.handle_timer, now)
+        if self.data_path is not None:
+            ok &= self._guarded("data_path_timer", self.data_path.handle_timer, now)
         self._after_engine(not_before=None if ok else now + ENGINE_ERROR_BACKOFF)
 
     def _after_engine(self, not_before: float | None = None) -> None:
@@ -532,6 +540,9 @@ class Daemon:
                 break
             self._flush(now)
             self._drain_events()
+        if self.data_path is not None:
+            for name, fields in self.data_path.take_log():
+                self.log.emit(name, **fields)
         # The data plane follows the core's events alone (drained above): nothing here
         # walks the SA table, so the work per packet does not grow with the SAs.
         self._rearm(not_before)
@@ -598,6 +609,12 @@ class Daemon:
                     self.routing.on_core_event(event)
                 except Exception as exc:
                     self.log.emit("engine_error", call="routing_event", error=type(exc).__name__)
+            if self.data_path is not None:
+                try:
+                    self.data_path.on_core_event(event, self.now())
+                except Exception as exc:
+                    self.log.emit("engine_error", call="data_path_event",
+                                  error=type(exc).__name__)
             if self.mobility is not None:
                 try:
                     self.mobility.on_core_event(event, self.now())
@@ -646,6 +663,10 @@ class Daemon:
                 extra = self.mobility.get_timer()
                 if extra is not None:
                     deadline = extra if deadline is None else min(deadline, extra)
+            if self.data_path is not None:
+                check = self.data_path.get_timer()
+                if check is not None:
+                    deadline = check if deadline is None else min(deadline, check)
         except Exception as exc:
             self.log.emit("engine_error", call="get_timer", error=type(exc).__name__)
             deadline = None
@@ -778,9 +799,12 @@ def run_native(config: Config, events: TextIO, control_path: str | None, *,
         return 1
     try:
         mobility = Mobility(engine, config.mobike.policy, _mobike_conn(config))
+        esp = UserspaceEsp(config, fwmark=routing.fwmark)
+        data_path = DataPathWatch(engine, esp.plane, settings_of(config.mobike.policy),
+                                  path_srtt(mobility.manager))
         daemon = Daemon(config, engine, log, control_path=control_path,
-                        data_plane=UserspaceEsp(config, fwmark=routing.fwmark),
-                        probe_kernel=True, mobility=mobility, routing=routing,
+                        data_plane=esp, probe_kernel=True, mobility=mobility,
+                        routing=routing, data_path=data_path,
                         metrics=MetricsServer(metrics) if metrics is not None else None)
         daemon.reload_config, daemon.reopen_events = reload_config, reopen_events
         return asyncio.run(daemon.run())
