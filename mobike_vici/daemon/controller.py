@@ -75,6 +75,7 @@ from ..net.state import usable_addresses
 from ..net.steering import PolicyRouting, SteeredRoute
 from ..types import IPAddress, Path
 from .control import ControlServer
+from .esp_watch import DataPlane
 from .feed import EventFeed
 from .metrics import MetricsServer, snapshot_on_loop
 from .operator import operator_request
@@ -199,6 +200,7 @@ class Controller:
         self.monitor = NetlinkMonitor(netns=netns, on_event=self._on_net)
         self.client = ViciClient(uri, on_connect=self._on_connect)
         self.prober: IcmpProber | None = None
+        self.data_plane = DataPlane(self)  # ESP to and from the peers: stalls, verification
         self.sas: dict[str, _Sa] = {}
         self.plans: dict[str, steer_plan.SteerPlan] = {}  # by connection name
         self._plan_timers: dict[str, asyncio.TimerHandle] = {}
@@ -245,6 +247,7 @@ class Controller:
         # SO_BINDTODEVICE keeps probes on their uplink and out of charon's table 220;
         # no fwmark rule to install (and clean up) beside our own table.
         self.prober = IcmpProber(self._on_probe_reply, random_bytes=os.urandom, fwmark=None)
+        self.data_plane.start()
         await self.monitor.start()
         if self.control_path:
             self._control = ControlServer(
@@ -391,6 +394,7 @@ class Controller:
             handle.cancel()
         if self.prober is not None:
             self.prober.close()
+        self.data_plane.close()
         self.monitor.close()
         if self._control is not None:
             await self._control.close()
@@ -450,6 +454,7 @@ class Controller:
                 old = self.sas.pop(event.ike_spi, None)
                 if old is not None and old.timer is not None:
                     old.timer.cancel()
+                self.data_plane.forget(event.ike_spi)
                 self.log.emit("ike_sa_rekeyed", conn=event.conn, ike_spi=event.ike_spi,
                               new_ike_spi=event.new_ike_spi)
                 self._sa_seen(event.new)
@@ -457,6 +462,7 @@ class Controller:
                 gone = self.sas.pop(event.ike_spi, None)
                 if gone is not None and gone.timer is not None:
                     gone.timer.cancel()
+                self.data_plane.forget(event.ike_spi)
                 if event.reason != "rekeyed":
                     self.log.emit("ike_sa_deleted", conn=event.conn, ike_spi=event.ike_spi,
                                   reason=event.reason, **_ep(event.sa.path))
@@ -480,6 +486,7 @@ class Controller:
         sa = _Sa(info, manager)
         self.sas[info.ike_spi] = sa
         self.log.emit("ike_sa_tracked", conn=info.conn, ike_spi=info.ike_spi, **_ep(info.path))
+        self.data_plane.track(sa)
         for route in self._leftovers:
             if route.peer == info.path.remote.addr and route.src == info.path.local.addr:
                 self._adopted.append(route)
@@ -503,6 +510,7 @@ class Controller:
         else:
             sa.manager.on_active_path_changed(self._known_path(sa, info.path), self.now)
         self._pump(sa)
+        self.data_plane.moved(sa)
 
     def _known_path(self, sa: _Sa, current: Path) -> Path:
         """The manager's candidate for where charon is now.
@@ -598,6 +606,8 @@ class Controller:
     # -- probes -------------------------------------------------------------------------
 
     def _on_probe_reply(self, wire_id: int, _rtt: float) -> None:
+        if self.data_plane.on_probe_reply(wire_id):
+            return
         # Probe ids are per path manager; the prober sees one id space for all SAs.
         ike_spi, probe_id = self._wire_ids.pop(wire_id, ("", 0))
         sa = self.sas.get(ike_spi)
