@@ -45,7 +45,7 @@ class WatchSettings:
     """Seconds between the burst's probes (at least one smoothed RTT)."""
     burst_timeout_floor: float = 0.1
     """A burst probe is missed after 3 smoothed RTTs, at least this long (seconds)."""
-    rearm_gap: float = 1.0
+    rearm_gap: float = 0.5
     """Seconds between two bursts at least: a quiet peer costs little."""
     verify_rtts: float = 8.0
     """After a move, inbound ESP must arrive within this many smoothed RTTs..."""
