@@ -9,6 +9,13 @@ until charon's SA has moved (same IKE SPIs) and a ping through the tunnel answer
 - ``return``: after a silent failure and the move to m1, m0 comes back; time until
   the SA is on m0 again (the controller waits out ``hold_down`` first, 2 s here).
 
+With ``--stream-hz`` (default 100) a ping stream runs through the tunnel from before the
+fault (``ping -D``, so both directions carry ESP, as a call or a TCP flow would): then
+``stream_outage_s`` is the first reply after the fault minus the fault (wall clock, one
+kernel), and the summary's median/p95/max are over it; else over ``outage_s`` (until
+charon's SA moved and a single ping answered). ``probe_pps`` is the controller's ICMP
+probes per second per path, counted in rtr from set-up to the end of the run.
+
 charon alone never leaves a silently dead path before its retransmissions give up
 (165 s), so each measurement is capped (``--cap``, default 20 s) and reported as
 ``recovered: false``; a run whose set-up failed before the fault is ``setup_failed``
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -34,6 +42,10 @@ from tests.controller.support import build
 
 M0: tuple[str, ...] = ("10.1.0.2", "2001:db8:1::2")
 M1: tuple[str, ...] = ("10.2.0.2", "2001:db8:2::2")
+_REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")
+_WATCHED = ("inbound_stalled", "data_path_dead", "data_path_verified",
+            "data_path_repair_started", "data_path_repaired", "handover_failed",
+            "handover_completed", "path_down")
 
 
 def _wait(cond: Any, cap: float) -> float | None:
@@ -45,7 +57,46 @@ def _wait(cond: Any, cap: float) -> float | None:
     return None
 
 
-def _one(scenario: str, controller: bool, cap: float) -> dict[str, Any]:
+def _stream_outage(log: Path, fault: float, cap: float) -> float | None:
+    """First reply of the ping stream after ``fault`` (wall clock), minus ``fault``."""
+    deadline = time.monotonic() + cap
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        for line in text.splitlines():
+            m = _REPLY.match(line)
+            if m and float(m.group(1)) > fault + 0.005:  # not a reply already under way
+                return float(m.group(1)) - fault
+        time.sleep(0.05)
+    return None
+
+
+def _icmp_counter(setup: Any) -> None:
+    """Count echo requests from mob's uplinks to the gateway's addresses, in rtr."""
+    script = """
+table inet mvbench {
+    chain count_probes { type filter hook forward priority -10; policy accept;
+        iifname "r0" icmp type echo-request counter
+        iifname "r1" icmp type echo-request counter
+        iifname "r0" icmpv6 type echo-request counter
+        iifname "r1" icmpv6 type echo-request counter
+    }
+}
+"""
+    setup.topo.rtr.run("nft", "-f", "-", input_text=script)
+
+
+def _icmp_count(setup: Any) -> dict[str, int]:
+    """Echo requests so far per uplink (m0 via r0, m1 via r1)."""
+    out = setup.topo.rtr.run("nft", "list", "table", "inet", "mvbench", check=False).stdout
+    counts = {"m0": 0, "m1": 0}
+    for line in out.splitlines():
+        m = re.search(r'iifname "r(\d)".*packets (\d+)', line)
+        if m:
+            counts[f"m{m.group(1)}"] += int(m.group(2))
+    return counts
+
+
+def _one(scenario: str, controller: bool, cap: float, stream_hz: int = 100) -> dict[str, Any]:
     with Lab() as lab:
         gen = build(lab, prefer_best_path=controller)
         setup = next(gen)
@@ -61,6 +112,13 @@ def _one(scenario: str, controller: bool, cap: float) -> dict[str, Any]:
                 spi = setup.spi()
                 if not setup.tunnel_ping():
                     raise AssertionError("no ping through the tunnel before the fault")
+                _icmp_counter(setup)
+                t_start = time.monotonic()
+                stream_log = lab.workdir / "stream.txt"
+                if stream_hz > 0:
+                    lab.spawn(setup.topo.mob, ["ping", "-D", "-n", "-i", str(1 / stream_hz),
+                                               "-I", setup.vip(), "10.88.0.1"], stream_log)
+                    time.sleep(1.0)
             except (AssertionError, LabError) as exc:
                 return {"setup_failed": (str(exc).splitlines() or [type(exc).__name__])[0]}
             target = M1
@@ -77,6 +135,7 @@ def _one(scenario: str, controller: bool, cap: float) -> dict[str, Any]:
             else:
                 setup.topo.link_down(0)
             t0 = time.monotonic()
+            fault = time.time()
 
             def moved() -> bool:
                 sa = setup.sa()
@@ -90,8 +149,18 @@ def _one(scenario: str, controller: bool, cap: float) -> dict[str, Any]:
             pinged = _wait(lambda: setup.topo.mob.ping("10.88.0.1", source=vip, wait=1.0),
                            left)
             total = time.monotonic() - t0
-            return {"recovered": pinged is not None, "moved_s": round(took, 4),
-                    "outage_s": round(total, 4) if pinged is not None else None}
+            out: dict[str, Any] = {
+                "recovered": pinged is not None, "moved_s": round(took, 4),
+                "outage_s": round(total, 4) if pinged is not None else None}
+            if stream_hz > 0:
+                gap = _stream_outage(stream_log, fault, 2.0)
+                out["stream_outage_s"] = round(gap, 4) if gap is not None else None
+            span = time.monotonic() - t_start
+            out["probe_pps"] = {k: round(v / span, 2) for k, v in _icmp_count(setup).items()}
+            if controller:
+                names = [e["event"] for e in setup.event_list()]
+                out["events"] = {n: names.count(n) for n in _WATCHED if n in names}
+            return out
         except AssertionError:
             return {"recovered": False, "outage_s": None}
         finally:
@@ -100,21 +169,25 @@ def _one(scenario: str, controller: bool, cap: float) -> dict[str, Any]:
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     measured = [r for r in runs if "setup_failed" not in r]
-    outages = sorted(r["outage_s"] for r in measured if r["outage_s"] is not None)
+    key = "stream_outage_s" if any("stream_outage_s" in r for r in measured) else "outage_s"
+    outages = sorted(r[key] for r in measured if r.get(key) is not None)
     out: dict[str, Any] = {"runs": runs, "recovered": f"{len(outages)}/{len(measured)}",
                            "setup_failed": len(runs) - len(measured)}
     if outages:
         out["median_s"] = round(statistics.median(outages), 4)
         out["p95_s"] = round(outages[min(len(outages) - 1,
                                          round(0.95 * (len(outages) - 1)))], 4)
+        out["max_s"] = outages[-1]
+        out["measure"] = key
     return out
 
 
-def run_scenarios(scenarios: list[str], reps: int, cap: float) -> dict[str, Any]:
+def run_scenarios(scenarios: list[str], reps: int, cap: float,
+                  stream_hz: int = 0) -> dict[str, Any]:
     """charon alone and charon+controller, side by side, per scenario (also used by handover.py)."""
     return {
         scenario: {
-            mode: _summary([_one(scenario, mode == "charon+controller", cap)
+            mode: _summary([_one(scenario, mode == "charon+controller", cap, stream_hz)
                             for _ in range(reps)])
             for mode in ("charon_alone", "charon+controller")
         }
@@ -127,14 +200,16 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--cap", type=float, default=20.0)
     ap.add_argument("--scenarios", default="link_down,silent,return")
+    ap.add_argument("--stream-hz", type=int, default=100,
+                    help="ping stream through the tunnel during the fault (0: none)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/handover_controller.py needs root (network namespaces)", file=sys.stderr)
         return 2
     result: dict[str, Any] = {"bench": "handover_controller", "cap_s": args.cap,
-                              "reps": args.reps,
+                              "reps": args.reps, "stream_hz": args.stream_hz,
                               "scenarios": run_scenarios(args.scenarios.split(","),
-                                                         args.reps, args.cap)}
+                                                         args.reps, args.cap, args.stream_hz)}
     print(json.dumps(result, indent=2))
     return 0
 

@@ -76,6 +76,7 @@ from ..net.state import usable_addresses
 from ..net.steering import PolicyRouting, SteeredRoute
 from ..types import IPAddress, Path
 from .control import ControlServer
+from .esp_watch import DataPlane
 from .feed import EventFeed
 from .gateway_rr import GatewayChecks
 from .metrics import MetricsServer, snapshot_on_loop
@@ -201,6 +202,7 @@ class Controller:
         self.monitor = NetlinkMonitor(netns=netns, on_event=self._on_net)
         self.client = ViciClient(uri, on_connect=self._on_connect)
         self.prober: IcmpProber | None = None
+        self.data_plane = DataPlane(self)  # ESP to and from the peers: stalls, verification
         self.sas: dict[str, _Sa] = {}
         self.plans: dict[str, steer_plan.SteerPlan] = {}  # by connection name
         self._plan_timers: dict[str, asyncio.TimerHandle] = {}
@@ -248,6 +250,7 @@ class Controller:
         # SO_BINDTODEVICE keeps probes on their uplink and out of charon's table 220;
         # no fwmark rule to install (and clean up) beside our own table.
         self.prober = IcmpProber(self._on_probe_reply, random_bytes=os.urandom, fwmark=None)
+        self.data_plane.start()
         await self.monitor.start()
         if self.control_path:
             self._control = ControlServer(
@@ -396,6 +399,7 @@ class Controller:
         self.gateway_rr.close()
         if self.prober is not None:
             self.prober.close()
+        self.data_plane.close()
         self.monitor.close()
         if self._control is not None:
             await self._control.close()
@@ -458,6 +462,7 @@ class Controller:
                 old = self.sas.pop(event.ike_spi, None)
                 if old is not None and old.timer is not None:
                     old.timer.cancel()
+                self.data_plane.forget(event.ike_spi)
                 self.log.emit("ike_sa_rekeyed", conn=event.conn, ike_spi=event.ike_spi,
                               new_ike_spi=event.new_ike_spi)
                 if not event.new.initiator:
@@ -468,6 +473,7 @@ class Controller:
                 if gone is not None and gone.timer is not None:
                     gone.timer.cancel()
                 self.gateway_rr.removed(event.ike_spi)
+                self.data_plane.forget(event.ike_spi)
                 if event.reason != "rekeyed":
                     self.log.emit("ike_sa_deleted", conn=event.conn, ike_spi=event.ike_spi,
                                   reason=event.reason, **_ep(event.sa.path))
@@ -492,6 +498,7 @@ class Controller:
         sa = _Sa(info, manager)
         self.sas[info.ike_spi] = sa
         self.log.emit("ike_sa_tracked", conn=info.conn, ike_spi=info.ike_spi, **_ep(info.path))
+        self.data_plane.track(sa)
         for route in self._leftovers:
             if route.peer == info.path.remote.addr and route.src == info.path.local.addr:
                 self._adopted.append(route)
@@ -515,6 +522,7 @@ class Controller:
         else:
             sa.manager.on_active_path_changed(self._known_path(sa, info.path), self.now)
         self._pump(sa)
+        self.data_plane.moved(sa)
 
     def _known_path(self, sa: _Sa, current: Path) -> Path:
         """The manager's candidate for where charon is now.
@@ -610,6 +618,8 @@ class Controller:
     # -- probes -------------------------------------------------------------------------
 
     def _on_probe_reply(self, wire_id: int, _rtt: float) -> None:
+        if self.data_plane.on_probe_reply(wire_id):
+            return
         # Probe ids are per path manager; the prober sees one id space for all SAs.
         ike_spi, probe_id = self._wire_ids.pop(wire_id, ("", 0))
         sa = self.sas.get(ike_spi)

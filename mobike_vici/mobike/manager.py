@@ -330,10 +330,11 @@ class PathManager:
 
     # -- inputs: the IKE_SA ---------------------------------------------------------------
 
-    def on_active_path_failed(self, now: float) -> None:
-        """IKE retransmissions on the active path went unanswered."""
+    def on_active_path_failed(self, now: float, reason: str = "ike_retransmit") -> None:
+        """IKE retransmissions on the active path went unanswered (or, ``data_plane``,
+        inbound ESP stopped and a burst of probes went unanswered)."""
         if self._active in self.table:
-            self._fail(self._active, "ike_retransmit")
+            self._fail(self._active, reason)
         self._decide(now)
 
     def on_active_path_changed(self, path: Path, now: float) -> None:

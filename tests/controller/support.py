@@ -53,7 +53,8 @@ secrets {{ ike-lab {{ id-1 = gw@lab
 """
 
 
-def mobile_conf(*, remote_ts: str = "10.88.0.0/24", hold_down: str = "2s") -> str:
+def mobile_conf(*, remote_ts: str = "10.88.0.0/24", hold_down: str = "2s",
+                probe_interval: str = "200ms", probe_timeout: str = "300ms") -> str:
     return f"""
 connections {{ home {{ version = 2
     remote_addrs = 192.0.2.2
@@ -70,8 +71,8 @@ secrets {{ ike-lab {{ id-1 = gw@lab
     id-2 = mob@lab
     secret = {PSK} }} }}
 mobike {{
-    probe_interval = 200ms
-    probe_timeout = 300ms
+    probe_interval = {probe_interval}
+    probe_timeout = {probe_timeout}
     hold_down = {hold_down}
     prefer {{ primary {{ interface = m0
         cost = 0 }}

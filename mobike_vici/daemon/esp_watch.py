@@ -1,0 +1,356 @@
+"""``mobike-vici run``'s data-plane signals: ESP to and from the peers of charon's IKE_SAs.
+
+charon (kernel-libipsec or the kernel's XFRM) carries the ESP; the controller only
+watches it. One packet socket (``AF_PACKET``, all interfaces of the namespace) with a
+classic BPF filter (``net.esp_bpf``) lets nothing but ESP between us and the tracked
+peers reach Python, cut to its headers. Each packet is matched to the IKE_SA whose
+current path (charon's, from ``ike-updown``/``ike-update``) it travels, in O(1), and
+fed to that SA's ``mobike.data_watch.DataWatch``:
+
+- inbound silent while outbound flows: a burst of ICMP probes on the path at once
+  (``inbound_stalled``); all unanswered: the path manager hears the active path
+  failed (``path_down`` with reason ``data_plane``) and moves as usual;
+- after every move of charon's: verified when ESP from the peer arrives on the new
+  path (``data_path_verified``); when it does not within a bound from the RTT, every
+  CHILD_SA of the IKE_SA is rekeyed over VICI (``data_path_repair_started``), then
+  ``data_path_repaired`` (``dead_ms``) or ``handover_failed`` (``data_path_dead``).
+
+A socket that cannot be opened (no CAP_NET_RAW) leaves the controller as it was
+(``esp_watch_unavailable``): probes alone detect failures then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..backends.vici import ViciError
+from ..backends.vici.steer import egress
+from ..mobike.data_watch import (
+    ActivePathDead,
+    DataPathFailed,
+    DataPathRepaired,
+    DataPathVerified,
+    DataWatch,
+    InboundStalled,
+    RepairNeeded,
+    WatchSettings,
+)
+from ..net.esp_bpf import MAX_PEERS, SNAP, esp_filter, pack, parse_addresses
+from ..types import IPAddress, Path
+
+if TYPE_CHECKING:
+    from .controller import Controller, _Sa
+
+ETH_P_ALL = 0x0003
+SO_ATTACH_FILTER = 26
+PACKET_OUTGOING = 4
+READ_BATCH = 64  # packets read per wake-up at most: the loop has other work too
+RCVBUF = 256 * 1024  # bytes queued in the kernel at most; beyond it the kernel drops
+
+
+class EspTap:
+    """The packet socket: ``on_esp(local, remote, inbound)`` for every ESP packet that
+    passes the filter for the current peers. Must be used from a running loop."""
+
+    def __init__(self, on_esp: Callable[[IPAddress, IPAddress, bool], None]) -> None:
+        self.on_esp = on_esp
+        self.packets = 0
+        self.dropped = 0  # not IPv4/IPv6, or no peer address in it (filter raced a change)
+        self._sock: socket.socket | None = None
+        self._filter_buf: Any = None  # the kernel copies it; kept alive until replaced
+        self._peers: frozenset[IPAddress] = frozenset()
+
+    def open(self) -> None:
+        """Raises OSError when packet sockets are not allowed here."""
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            self._attach(sock, frozenset())
+            sock.setblocking(False)
+            _drain(sock)  # what arrived before the filter was attached
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._read)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+
+    def set_peers(self, peers: frozenset[IPAddress]) -> None:
+        """Watch ESP between us and these addresses (the first ``MAX_PEERS``)."""
+        peers = frozenset(sorted(peers, key=lambda a: (a.version, a))[:MAX_PEERS])
+        if peers == self._peers or self._sock is None:
+            return
+        self._attach(self._sock, peers)
+
+    def close(self) -> None:
+        if self._sock is None:
+            return
+        with contextlib.suppress(RuntimeError, ValueError):  # loop already closed
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._sock = None
+
+    def _attach(self, sock: socket.socket, peers: frozenset[IPAddress]) -> None:
+        program = esp_filter(peers)
+        code = pack(program)
+        buf = ctypes.create_string_buffer(code, len(code))
+        fprog = struct.pack("HL", len(program), ctypes.addressof(buf))
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        self._filter_buf = buf
+        self._peers = peers
+
+    def _read(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = sock.recvfrom(SNAP)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            addrs = parse_addresses(data)
+            if addrs is None:
+                self.dropped += 1
+                continue
+            src, dst = addrs
+            self.packets += 1
+            if addr[2] == PACKET_OUTGOING:
+                self.on_esp(src, dst, False)
+            else:
+                self.on_esp(dst, src, True)
+
+
+def _drain(sock: socket.socket) -> None:
+    for _ in range(10_000):
+        try:
+            sock.recv(1)
+        except OSError:
+            return
+
+
+@dataclass(slots=True)
+class _Watched:
+    spi: str
+    watch: DataWatch
+    path: Path  # charon's current path: where its ESP travels
+    old: Path | None = None  # where it was before the move being verified
+    rekeyed: int = 0  # CHILD_SAs the last repair rekeyed
+    timer: asyncio.TimerHandle | None = None
+    repairing: bool = False
+
+
+class DataPlane:
+    """The controller's data-plane watch of every tracked IKE_SA (see the module doc)."""
+
+    def __init__(self, ctl: Controller, settings: WatchSettings | None = None) -> None:
+        self.ctl = ctl
+        self.settings = settings or WatchSettings()
+        self.tap = EspTap(self._on_esp)
+        self.available = False
+        self._sas: dict[str, _Watched] = {}
+        self._by_path: dict[tuple[IPAddress, IPAddress], str] = {}
+        self._probe_ids: dict[int, str] = {}  # prober wire id -> IKE_SA of a burst probe
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        try:
+            self.tap.open()
+        except OSError as exc:
+            self.ctl.log.write("warning", "esp_watch_unavailable",
+                               {"error": exc.strerror or str(exc)})
+            return
+        self.available = True
+
+    def close(self) -> None:
+        for w in self._sas.values():
+            if w.timer is not None:
+                w.timer.cancel()
+        self._sas.clear()
+        self.tap.close()
+
+    # -- the controller's hooks -----------------------------------------------------------
+
+    def track(self, sa: _Sa) -> None:
+        """A newly tracked IKE_SA (charon initiated it)."""
+        if not self.available:
+            return
+        spi = sa.info.ike_spi
+        self._sas[spi] = _Watched(spi, DataWatch(self.settings, now=self.ctl.now),
+                                  sa.info.path)
+        self._rebuild()
+
+    def forget(self, spi: str) -> None:
+        w = self._sas.pop(spi, None)
+        if w is None:
+            return
+        if w.timer is not None:
+            w.timer.cancel()
+        self._rebuild()
+
+    def moved(self, sa: _Sa) -> None:
+        """charon moved the IKE_SA (``ike-update``): verify the data path follows."""
+        w = self._sas.get(sa.info.ike_spi)
+        if w is None:
+            return
+        if not w.watch.verifying:
+            w.old = w.path
+        w.path = sa.info.path
+        w.watch.set_rtt(self._srtt(sa))
+        w.watch.on_moved(self.ctl.now)
+        self._rebuild()
+        self._pump(w)
+
+    def on_probe_reply(self, wire_id: int) -> bool:
+        """True when the reply answered a burst probe of ours."""
+        spi = self._probe_ids.pop(wire_id, None)
+        if spi is None:
+            return False
+        w = self._sas.get(spi)
+        if w is not None:
+            w.watch.on_probe_reply(self.ctl.now)
+            self._pump(w)
+        return True
+
+    # -- packets ------------------------------------------------------------------------
+
+    def _on_esp(self, local: IPAddress, remote: IPAddress, inbound: bool) -> None:
+        spi = self._by_path.get((local, remote))
+        w = self._sas.get(spi) if spi is not None else None
+        if w is None:
+            return  # another path of a peer we watch (e.g. charon not there yet)
+        now = self.ctl.now
+        if inbound:
+            w.watch.on_inbound(now)
+        else:
+            sa = self.ctl.sas.get(w.spi)
+            if sa is not None and w.watch.srtt is None:
+                w.watch.set_rtt(self._srtt(sa))
+            w.watch.on_outbound(now)
+        if w.watch.has_events:  # per packet: nothing more unless the watch has news
+            self._pump(w)
+
+    # -- the watch ----------------------------------------------------------------------
+
+    def _pump(self, w: _Watched) -> None:
+        now = self.ctl.now
+        sa = self.ctl.sas.get(w.spi)
+        while w.watch.probes_due(now):
+            self._send_probe(w)
+        while (event := w.watch.next_event()) is not None:
+            self._act(w, sa, event, now)
+        when = w.watch.get_timer()
+        if w.timer is not None and (when is None or w.timer.when() != when):
+            w.timer.cancel()
+            w.timer = None
+        if when is not None and w.timer is None:
+            w.timer = asyncio.get_running_loop().call_at(max(when, now + 0.001),
+                                                         self._on_timer, w.spi)
+
+    def _on_timer(self, spi: str) -> None:
+        w = self._sas.get(spi)
+        if w is None:
+            return
+        w.timer = None
+        w.watch.handle_timer(self.ctl.now)
+        self._pump(w)
+
+    def _send_probe(self, w: _Watched) -> None:
+        prober = self.ctl.prober
+        out = egress(self.ctl.monitor.state, w.path.local.addr)
+        if prober is None or out is None:
+            return  # unanswered, so counted as a miss when the burst times out
+        wire_id = self.ctl._next_wire_id()
+        self._probe_ids[wire_id] = w.spi
+        while len(self._probe_ids) > 4 * MAX_PEERS:  # bound: oldest first, long timed out
+            self._probe_ids.pop(next(iter(self._probe_ids)))
+        if not prober.send(w.path, wire_id, out[0]):
+            self._probe_ids.pop(wire_id, None)
+
+    def _act(self, w: _Watched, sa: _Sa | None, event: object, now: float) -> None:
+        log = self.ctl.log
+        conn = sa.info.conn if sa is not None else ""
+        where = {"local": str(w.path.local), "remote": str(w.path.remote)}
+        match event:
+            case InboundStalled():
+                log.emit("inbound_stalled", conn=conn, ike_spi=w.spi, **where,
+                         silent_ms=round(event.silent_s * 1000, 1))
+            case ActivePathDead():
+                log.write("warning", "data_path_dead", {
+                    "conn": conn, "ike_spi": w.spi, **where, "missed": event.missed})
+                if sa is not None:
+                    sa.manager.on_active_path_failed(now, reason="data_plane")
+                    self.ctl._pump(sa)
+            case DataPathVerified():
+                log.emit("data_path_verified", conn=conn, ike_spi=w.spi, **where,
+                         wait_ms=round(event.wait_s * 1000, 1))
+            case RepairNeeded():
+                log.write("warning", "data_path_repair_started", {
+                    "conn": conn, "ike_spi": w.spi, **where,
+                    "waited_ms": round(event.waited_s * 1000, 1)})
+                if sa is not None:
+                    self.ctl._spawn(self._repair(w, sa))
+                else:
+                    w.watch.on_repair_failed(now)
+            case DataPathRepaired():
+                log.write("warning", "data_path_repaired", {
+                    "conn": conn, "ike_spi": w.spi, **where,
+                    "dead_ms": round(event.dead_s * 1000, 1), "rekeyed": w.rekeyed})
+            case DataPathFailed():
+                log.write("warning", "handover_failed", {
+                    "conn": conn, "ike_spi": w.spi, **where,
+                    "old_local": str(w.old.local) if w.old else None,
+                    "old_remote": str(w.old.remote) if w.old else None,
+                    "reason": "data_path_dead", "detail": event.reason})
+
+    async def _repair(self, w: _Watched, sa: _Sa) -> None:
+        """Rekey every CHILD_SA from our side: CREATE_CHILD_SA has its own window, so it
+        goes through even while the peer's own request (which blocks its rekey) is out."""
+        info = self.ctl.client.table.get(w.spi) or sa.info
+        children = list(info.children)
+        errors: list[str] = []
+        w.rekeyed = 0
+        for child in children:
+            try:
+                await self.ctl.client.call("rekey", {"child-id": str(child.unique_id)})
+                w.rekeyed += 1
+            except ViciError as exc:
+                errors.append(str(exc))
+        if not children or len(errors) == len(children):
+            self.ctl.log.emit("rekey_failed", conn=info.conn, ike_spi=w.spi,
+                              error="; ".join(errors) or "no CHILD_SA")
+            w.watch.on_repair_failed(self.ctl.now)
+            self._pump(w)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _rebuild(self) -> None:
+        self._by_path = {(w.path.local.addr, w.path.remote.addr): spi
+                         for spi, w in self._sas.items()}
+        peers: set[IPAddress] = set()
+        for spi, w in self._sas.items():
+            peers.add(w.path.remote.addr)
+            sa = self.ctl.sas.get(spi)
+            if sa is not None:
+                peers.update(p.path.remote.addr for p in sa.manager.paths())
+        with contextlib.suppress(OSError, ValueError):
+            self.tap.set_peers(frozenset(peers))
+
+    def _srtt(self, sa: _Sa) -> float | None:
+        """The smoothed RTT of the path charon is on (its uplink's candidate)."""
+        for info in sa.manager.paths():
+            if info.path.local.addr == sa.info.path.local.addr and info.srtt is not None:
+                return info.srtt
+        active = sa.manager.active_path
+        for info in sa.manager.paths():
+            if info.path == active:
+                return info.srtt
+        return None
