@@ -291,7 +291,7 @@ class DataPlane:
                     self.ctl._pump(sa)
             case DataPathVerified():
                 log.emit("data_path_verified", conn=conn, ike_spi=w.spi, **where,
-                         wait_ms=round(event.wait_s * 1000, 1))
+                         after_ms=round(event.wait_s * 1000, 1))
             case RepairNeeded():
                 log.write("warning", "data_path_repair_started", {
                     "conn": conn, "ike_spi": w.spi, **where,
