@@ -42,6 +42,7 @@ DEFAULT_URI = "unix:///var/run/charon.vici"
 EVENT_QUEUE_SIZE = 4096  # bound on undelivered events; beyond it new events are dropped
 COMMAND_TIMEOUT = 30.0  # seconds charon may take to start answering one command
 REGISTER_TIMEOUT = 5.0
+RESYNC_PUT_WAIT = 5.0  # seconds a resync's change waits for room in the queue
 
 # What the vici package raises when the session is unusable (rather than a refusal).
 _SESSION_ERRORS: tuple[type[BaseException], ...] = (
@@ -332,29 +333,57 @@ class ViciClient:
             return
         self._apply(name, message)
 
-    def _apply(self, name: str, message: Msg) -> None:
+    def _changes(self, name: str, message: Msg) -> list[ViciEvent]:
         try:
-            changes = self.table.apply(name, message)
+            return list(self.table.apply(name, message))
         except ValueError as exc:
             self._log.warning("vici_event_unparsed", vici_event=name, error=str(exc))
-            return
-        for change in changes:
+            return []
+
+    def _apply(self, name: str, message: Msg) -> None:
+        for change in self._changes(name, message):
             self._emit(change)
 
+    async def _put(self, event: ViciEvent) -> None:
+        """Queue ``event``, waiting for the consumer when the queue is full (a resync's
+        burst: one change per SA); after ``RESYNC_PUT_WAIT`` seconds it is dropped."""
+        try:
+            self.events.put_nowait(event)
+            return
+        except asyncio.QueueFull:
+            pass
+        try:
+            await asyncio.wait_for(self.events.put(event), RESYNC_PUT_WAIT)
+        except TimeoutError:
+            self._emit(event)  # still full: dropped and counted
+
     async def resync(self) -> None:
-        """list-conns and list-sas, reconcile the table, then apply events held meanwhile."""
+        """list-conns and list-sas, reconcile the table, then apply events held meanwhile.
+
+        The changes go to the queue at the consumer's pace: a resync of N SAs makes
+        2N of them, more than the queue holds on a gateway. Events arriving meanwhile
+        stay held, and are applied in order after the snapshot's changes."""
         if self._held is None:
             self._held = []
         try:
             conns = await self.stream("list-conns", "list-conn")
             sas = await self.stream("list-sas", "list-sa")
             self.conns = {name: body for entry in conns for name, body in entry.items()}
-            for change in self.table.reconcile(parse_list_sas(sas)):
-                self._emit(change)
-        finally:
+            changes: list[ViciEvent] = list(self.table.reconcile(parse_list_sas(sas)))
+        except BaseException:
             held, self._held = self._held or [], None
             for name, message in held:
                 self._apply(name, message)
+            raise
+        for change in changes:
+            await self._put(change)
+        done = 0
+        while self._held is not None and done < len(self._held):
+            name, message = self._held[done]
+            done += 1
+            for change in self._changes(name, message):
+                await self._put(change)
+        self._held = None
 
     # -- commands ----------------------------------------------------------------------------
 
