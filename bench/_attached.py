@@ -333,28 +333,31 @@ class Initiator:
 
 # --------------------------------------------------------------------------- phases
 
-def _follow(gw: Gateway, ctl: Controller, since: float,
-            listener: Listener | None = None, ups: int = 0) -> dict[str, Any]:
-    """Until the controller's table has what charon lists (counts given either way).
+def _follow(gw: Gateway, ctl: Controller, since: float, listener: Listener, ups: int,
+            held: int) -> dict[str, Any]:
+    """Until the controller's table holds the ``held`` IKE_SA+CHILD_SAs the initiator
+    holds, then charon's ``list-sas`` for the record (both counts given).
 
-    With ``listener``: also when charon's ``ike-updown`` event for the last of ``ups``
-    new IKE_SAs reached the bench (waiting for it as long as for the controller)."""
+    ``equal_after_s`` is when the matching ``status`` answer arrived (``status_s``: how
+    long that answer took, an upper bound of what the listing itself adds). Beside it,
+    when charon's ``ike-updown`` event for the last of ``ups`` new IKE_SAs reached the
+    bench's listener (waited for as long as for the controller)."""
     end = time.monotonic() + FOLLOW_TIMEOUT
-    if listener is not None:
-        while len(listener.ups) < ups and time.monotonic() < end:
-            time.sleep(0.1)
-    want = gw.count()
-    have = ctl.count()
-    while have != want and time.monotonic() < end:
-        time.sleep(0.5)  # a status of 10,000 SAs is work for the controller too
+    while len(listener.ups) < ups and time.monotonic() < end:
+        time.sleep(0.05)
+    while True:
+        t0 = time.time()
         have = ctl.count()
-    out = {"charon_ike_child": list(want), "controller_ike_child": list(have) if have else None,
-           "equal": have == want, "equal_after_s": round(time.time() - since, 3)}
-    if listener is not None:
-        out["charon_events_up"] = len(listener.ups)
-        out["charon_last_up_event_after_s"] = (round(listener.ups[-1] - since, 3)
-                                               if listener.ups else None)
-    return out
+        t1 = time.time()
+        if have == (held, held) or time.monotonic() > end:
+            break
+        time.sleep(0.2)
+    want = gw.count()
+    return {"charon_ike_child": list(want), "controller_ike_child": list(have) if have else None,
+            "equal": have == want, "equal_after_s": round(t1 - since, 3),
+            "status_s": round(t1 - t0, 3), "charon_events_up": len(listener.ups),
+            "charon_last_up_event_after_s": (round(listener.ups[-1] - since, 3)
+                                             if listener.ups else None)}
 
 
 def _idle(gw: Gateway, ctl: Controller, seconds: float) -> dict[str, Any]:
@@ -479,7 +482,8 @@ def _restart(gw: Gateway, ctl: Controller, ini: Initiator, size: int) -> dict[st
     k = ini.send({"op": "rebuild", "size": size})
     rebuilt = ini.result(k, timeout=1800)
     load_done = time.time()
-    follow = _follow(gw, ctl, back, listener, int(rebuilt.get("completed") or 0))
+    follow = _follow(gw, ctl, back, listener, int(rebuilt.get("completed") or 0),
+                     int(rebuilt.get("held") or 0))
     listener.stop()
     c1 = _cpu_seconds(ctl.pid)
     connected = None
@@ -510,6 +514,7 @@ def _restart(gw: Gateway, ctl: Controller, ini: Initiator, size: int) -> dict[st
         "load_done_s": since_back(load_done),
         "charon_last_up_event_s": follow["charon_last_up_event_after_s"],
         "controller_equal_s": follow["equal_after_s"],
+        "controller_status_s": follow["status_s"],
         "equal": follow["equal"],
         "charon_ike_child": follow["charon_ike_child"],
         "controller_ike_child": follow["controller_ike_child"],
@@ -537,7 +542,8 @@ def run_attached(lab: Lab, topo: TwoHosts, opts: Options, sources: Sequence[str]
             grown = ini.run({"op": "grow", "size": size}, timeout=1800)
             built = time.time()
             c1 = _cpu_seconds(ctl.pid)
-            follow = _follow(gw, ctl, built, listener, int(grown.get("completed") or 0))
+            follow = _follow(gw, ctl, built, listener, int(grown.get("completed") or 0),
+                             int(grown.get("held") or 0))
             listener.stop()
             entry: dict[str, Any] = {
                 "size": size, "held": grown.get("held"), "failures": grown.get("failures"),

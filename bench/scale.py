@@ -302,8 +302,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 attached = run_attached(lab, topo, opts, sources, args.sizes, args.idle,
                                         args.update_rates, args.update_duration)
-            except LabError as exc:
-                attached = {"error": str(exc)[-1000:]}
+            except (LabError, OSError, ValueError, KeyError) as exc:  # keep the rest
+                attached = {"error": f"{type(exc).__name__}: {exc}"[-1000:]}
     return {
         "benchmark": "scale",
         "proposal": args.proposal,
