@@ -23,9 +23,11 @@ judged), and the initiator (``_hold_moves.py``) builds up the sizes. At each siz
   third of the window near the first third's, and the drain short (a controller that
   falls behind shows a growing lag and a long drain). Rates go up until one is not
   bounded or the load does not reach it;
-- ``restart``: charon is killed (SIGKILL: its SAs are gone, nobody is told) and started
-  again with the same config; when its VICI answers, the initiator sets up the same
-  number of SAs again (as initiators that noticed would). Times from "VICI back":
+- ``restart``: charon is killed (SIGKILL: its SAs are gone, nobody is told); once the
+  controller says it lost VICI, the SAs it still lists are counted (it keeps its
+  table), and charon is started again with the same config; when its VICI answers,
+  the initiator sets up the same number of SAs again (as initiators that noticed
+  would). Times from "VICI back":
   the controller reconnected (``vici_connected``), its stale table cleared
   (``ike_sa_deleted reason=resync`` lines), the load done (charon's figure), and the
   controller's table equal to charon's list-sas again (its figure).
@@ -471,11 +473,23 @@ def _updates(gw: Gateway, ctl: Controller, ini: Initiator, rate: float,
     }
 
 
+def _while_down(ctl: Controller, timeout: float = 30.0) -> int | None:
+    """The IKE_SAs the controller still lists once it has noticed charon is gone."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        answer = ctl.status()
+        if answer is not None and answer.get("vici_connected") is False:
+            return len(answer.get("ike_sas") or [])
+        time.sleep(0.05)
+    return None
+
+
 def _restart(gw: Gateway, ctl: Controller, ini: Initiator, size: int) -> dict[str, Any]:
     ctl.new_events()
     c0 = _cpu_seconds(ctl.pid)
     killed = time.time()
     gw.kill()
+    kept = _while_down(ctl)
     back = gw.start()  # VICI answering, config loaded just after
     loaded = time.time()
     listener = Listener(gw).start_registered()
@@ -504,6 +518,7 @@ def _restart(gw: Gateway, ctl: Controller, ini: Initiator, size: int) -> dict[st
     return {
         "kill": "SIGKILL, then a fresh charon with the same config",
         "charon_down_s": round(back - killed, 3),
+        "controller_sas_while_charon_down": kept,
         "config_loaded_s": since_back(loaded),
         "controller_reconnected_s": since_back(connected),
         "stale_sas_removed": len(stale),
