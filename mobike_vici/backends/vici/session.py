@@ -344,18 +344,24 @@ class ViciClient:
         for change in self._changes(name, message):
             self._emit(change)
 
-    async def _put(self, event: ViciEvent) -> None:
+    async def _put(self, event: ViciEvent, patient: bool) -> bool:
         """Queue ``event``, waiting for the consumer when the queue is full (a resync's
-        burst: one change per SA); after ``RESYNC_PUT_WAIT`` seconds it is dropped."""
+        burst: one change per SA), ``RESYNC_PUT_WAIT`` seconds at most and only while
+        ``patient``; else it is dropped and counted. False when the wait ran out (nobody
+        is reading: the rest of this resync need not wait either)."""
         try:
             self.events.put_nowait(event)
-            return
+            return True
         except asyncio.QueueFull:
             pass
-        try:
-            await asyncio.wait_for(self.events.put(event), RESYNC_PUT_WAIT)
-        except TimeoutError:
-            self._emit(event)  # still full: dropped and counted
+        if patient:
+            try:
+                await asyncio.wait_for(self.events.put(event), RESYNC_PUT_WAIT)
+                return True
+            except TimeoutError:
+                pass
+        self._emit(event)  # still full: dropped and counted
+        return False
 
     async def resync(self) -> None:
         """list-conns and list-sas, reconcile the table, then apply events held meanwhile.
@@ -375,14 +381,15 @@ class ViciClient:
             for name, message in held:
                 self._apply(name, message)
             raise
+        patient = True
         for change in changes:
-            await self._put(change)
+            patient = await self._put(change, patient) and patient
         done = 0
         while self._held is not None and done < len(self._held):
             name, message = self._held[done]
             done += 1
             for change in self._changes(name, message):
-                await self._put(change)
+                patient = await self._put(change, patient) and patient
         self._held = None
 
     # -- commands ----------------------------------------------------------------------------

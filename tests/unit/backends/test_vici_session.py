@@ -292,3 +292,25 @@ def test_a_resync_larger_than_the_queue_waits_for_the_consumer(tmp_path: Path) -
         await task
 
     _run(tmp_path, body)
+
+
+def test_a_resync_nobody_reads_completes_and_counts_what_it_dropped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Waiting for a consumer is bounded: once one wait runs out, the rest of the resync
+    # drops (counted) instead of waiting again per SA; the table itself is complete.
+    from mobike_vici.backends.vici import session
+
+    monkeypatch.setattr(session, "RESYNC_PUT_WAIT", 0.2)
+
+    async def body(charon: FakeCharon) -> None:
+        charon.sas = _many_sas(40)
+        client = ViciClient(charon.uri, backoff=FAST, queue_size=4)
+        task = asyncio.create_task(client.run())
+        await client.wait_connected(5)  # 76 waits of 0.2 s would take 15 s
+        assert len(client.table) == 40
+        # ViciConnected took one place: 3 of the 80 changes fit, the rest were dropped.
+        assert client.dropped_events == 77
+        await client.close()
+        await task
+
+    _run(tmp_path, body)
