@@ -9,7 +9,11 @@ and the time of one full status listing (``mobike-vici status --json``; for
 charon, VICI ``list-sas``). Then a rekey wave: the responder's CHILD_SAs have
 a short ``rekey_time`` (``--rekey-time``), so every CHILD_SA is rekeyed by the
 responder while the initiator answers; the wave counts rekeys, and any IKE_SA
-or CHILD_SA lost. Prints one JSON object; never judges the numbers. Needs root.
+or CHILD_SA lost. Then (``--attached``, ``_attached.py``) charon as the gateway with
+``mobike-vici run`` attached at the same sizes: the controller's idle CPU and memory,
+the ``ike-update`` rate it absorbs and its lag, and its resync after a charon restart
+(JSON section ``charon_attached``). Prints one JSON object; never judges the numbers.
+Needs root.
 
 The responders get the load-test limits of ``ike_setup.py`` (many SAs of one
 identity from few addresses), and the JSON says so.
@@ -34,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _attached import run_attached
 from ike_setup import (
     CHARON_LOAD_LIMITS,
     FIRST_SOURCE,
@@ -284,7 +289,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for addr in sources:
             topo.host_a.add_address(topo.ifname, f"{addr}/24")
         topo.host_b.add_address("lo", RESPONDER_ADDR)
-        for name in args.responders:
+        for name in args.responders if args.attached != "only" else ():
             try:
                 result = run_responder(lab, topo, opts, args, sources, name)
             except LabError as exc:
@@ -292,6 +297,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # On stderr as soon as it is known: a later failure loses nothing.
             print(json.dumps(result), file=sys.stderr, flush=True)
             results.append(result)
+        attached: dict[str, Any] | None = None
+        if args.attached != "no":
+            try:
+                attached = run_attached(lab, topo, opts, sources, args.sizes, args.idle,
+                                        args.update_rates, args.update_duration)
+            except (LabError, OSError, ValueError, KeyError) as exc:  # keep the rest
+                attached = {"error": f"{type(exc).__name__}: {exc}"[-1000:]}
     return {
         "benchmark": "scale",
         "proposal": args.proposal,
@@ -303,6 +315,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              "why": "load test: many SAs of one identity from few "
                                     "addresses; the DoS defaults are not changed"},
         "results": results,
+        **({"charon_attached": attached} if attached is not None else {}),
         "machine": {
             "cores": os.cpu_count(),
             "python": platform.python_version(),
@@ -328,9 +341,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                     help="seconds to wait after rekey_time for the last rekeys (default 30)")
     ap.add_argument("--stage-timeout", type=float, default=1800.0)
     ap.add_argument("--responders", default="native,charon")
+    ap.add_argument("--attached", choices=("yes", "no", "only"), default="yes",
+                    help="the charon_attached phase (charon + mobike-vici run): after the "
+                         "responders, not at all, or alone (default yes)")
+    ap.add_argument("--idle", type=float, default=30.0,
+                    help="attached: seconds of idle CPU measured per size (default 30)")
+    ap.add_argument("--update-rates", default="10,30,100,300,1000,3000",
+                    help="attached: ike-update rates per second tried per size, ascending; "
+                         "stops at the first the controller falls behind at")
+    ap.add_argument("--update-duration", type=float, default=10.0,
+                    help="attached: seconds per ike-update rate (default 10)")
     args = ap.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.responders = [r.strip() for r in args.responders.split(",") if r.strip()]
+    args.update_rates = [float(r) for r in args.update_rates.split(",") if r.strip()]
     if args.sizes != sorted(args.sizes) or min(args.sizes) < 1:
         ap.error("--sizes must be ascending positive counts")
     if any(r not in STARTERS for r in args.responders):

@@ -594,13 +594,15 @@ class Controller:
 
     def _local_addresses(self) -> list[LocalAddress]:
         # Virtual IPs live inside the tunnel: never a path's outer address.
-        vips = {vip for sa in self.client.table.sas() for vip in sa.virtual_ips}
+        vips = self.client.table.virtual_ips()  # kept by the table: no walk per SA
         return [LocalAddress(addr, ifname)
                 for ifname, addr in usable_addresses(self.monitor.state)
                 if str(addr) not in vips]
 
     def _on_net(self, event: NetEvent) -> None:
         now = self.now
+        addrs = (self._local_addresses() if isinstance(event, AddressAdded | AddressRemoved)
+                 else [])  # once per event, not once per SA
         for sa in list(self.sas.values()):
             match event:
                 case LinkDown():
@@ -608,7 +610,7 @@ class Controller:
                 case LinkUp():
                     sa.manager.on_link_up(event.ifname, now)
                 case AddressAdded() | AddressRemoved():
-                    sa.manager.set_local_addresses(self._local_addresses(), now)
+                    sa.manager.set_local_addresses(addrs, now)
                 case RouteChanged():
                     sa.manager.on_route_changed(now)
                 case _:

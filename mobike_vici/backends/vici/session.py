@@ -42,6 +42,7 @@ DEFAULT_URI = "unix:///var/run/charon.vici"
 EVENT_QUEUE_SIZE = 4096  # bound on undelivered events; beyond it new events are dropped
 COMMAND_TIMEOUT = 30.0  # seconds charon may take to start answering one command
 REGISTER_TIMEOUT = 5.0
+RESYNC_PUT_WAIT = 5.0  # seconds a resync's change waits for room in the queue
 
 # What the vici package raises when the session is unusable (rather than a refusal).
 _SESSION_ERRORS: tuple[type[BaseException], ...] = (
@@ -332,30 +333,64 @@ class ViciClient:
             return
         self._apply(name, message)
 
-    def _apply(self, name: str, message: Msg) -> None:
+    def _changes(self, name: str, message: Msg) -> list[ViciEvent]:
         try:
-            changes = self.table.apply(name, message)
+            return list(self.table.apply(name, message))
         except ValueError as exc:
             self._log.warning("vici_event_unparsed", vici_event=name, error=str(exc))
-            return
-        for change in changes:
+            return []
+
+    def _apply(self, name: str, message: Msg) -> None:
+        for change in self._changes(name, message):
             self._emit(change)
 
+    async def _put(self, event: ViciEvent, patient: bool) -> bool:
+        """Queue ``event``, waiting for the consumer when the queue is full (a resync's
+        burst: one change per SA), ``RESYNC_PUT_WAIT`` seconds at most and only while
+        ``patient``; else it is dropped and counted. False when the wait ran out (nobody
+        is reading: the rest of this resync need not wait either)."""
+        try:
+            self.events.put_nowait(event)
+            return True
+        except asyncio.QueueFull:
+            pass
+        if patient:
+            try:
+                await asyncio.wait_for(self.events.put(event), RESYNC_PUT_WAIT)
+                return True
+            except TimeoutError:
+                pass
+        self._emit(event)  # still full: dropped and counted
+        return False
+
     async def resync(self) -> None:
-        """list-conns and list-sas, reconcile the table, then apply events held meanwhile."""
+        """list-conns and list-sas, reconcile the table, then apply events held meanwhile.
+
+        The changes go to the queue at the consumer's pace: a resync of N SAs makes
+        2N of them, more than the queue holds on a gateway. Events arriving meanwhile
+        stay held, and are applied in order after the snapshot's changes."""
         if self._held is None:
             self._held = []
         try:
             conns = await self.stream("list-conns", "list-conn")
             sas = await self.stream("list-sas", "list-sa")
             self.conns = {name: body for entry in conns for name, body in entry.items()}
-            snapshot = parse_list_sas(sas, responder_only(self.conns))
-            for change in self.table.reconcile(snapshot):
-                self._emit(change)
-        finally:
+            changes: list[ViciEvent] = list(self.table.reconcile(parse_list_sas(sas, responder_only(self.conns))))
+        except BaseException:
             held, self._held = self._held or [], None
             for name, message in held:
                 self._apply(name, message)
+            raise
+        patient = True
+        for change in changes:
+            patient = await self._put(change, patient) and patient
+        done = 0
+        while self._held is not None and done < len(self._held):
+            name, message = self._held[done]
+            done += 1
+            for change in self._changes(name, message):
+                patient = await self._put(change, patient) and patient
+        self._held = None
 
     # -- commands ----------------------------------------------------------------------------
 

@@ -194,6 +194,33 @@ class SaTable:
 
     def __init__(self) -> None:
         self._sas: dict[str, IkeSaInfo] = {}
+        self._vips: dict[str, int] = {}  # virtual IP -> IKE_SAs that have it
+
+    def virtual_ips(self) -> frozenset[str]:
+        """Every virtual IP of every IKE_SA, kept as SAs come and go (no walk of the table)."""
+        return frozenset(self._vips)
+
+    def _set(self, sa: IkeSaInfo) -> None:
+        old = self._sas.get(sa.ike_spi)
+        if old is not None:
+            self._drop_vips(old)
+        self._sas[sa.ike_spi] = sa
+        for vip in sa.virtual_ips:
+            self._vips[vip] = self._vips.get(vip, 0) + 1
+
+    def _pop(self, ike_spi: str) -> IkeSaInfo | None:
+        old = self._sas.pop(ike_spi, None)
+        if old is not None:
+            self._drop_vips(old)
+        return old
+
+    def _drop_vips(self, sa: IkeSaInfo) -> None:
+        for vip in sa.virtual_ips:
+            left = self._vips.get(vip, 0) - 1
+            if left > 0:
+                self._vips[vip] = left
+            else:
+                self._vips.pop(vip, None)
 
     def __len__(self) -> int:
         return len(self._sas)
@@ -266,13 +293,13 @@ class SaTable:
         old_parsed, new = parse_ike(conn, old_d), parse_ike(conn, new_d)
         # The new IKE_SA's "initiator" is whoever initiated this rekey (RFC 7296 §2.18).
         by_charon = new.initiator
-        old = self._sas.pop(old_parsed.ike_spi, None)
+        old = self._pop(old_parsed.ike_spi)
         if old is None:
             return self._upsert(new, new.children, child_reason="down")
         # charon moves the CHILD_SAs over to the new IKE_SA; the event lists none.
         new = dataclasses.replace(new, children=_merge(old.children, new.children),
                                   initiator=old.initiator)
-        self._sas[new.ike_spi] = new
+        self._set(new)
         return [SaRekeyed(conn=conn, ike_spi=old.ike_spi, new_ike_spi=new.ike_spi,
                           old=old, new=new, by_charon=by_charon)]
 
@@ -292,7 +319,7 @@ class SaTable:
                 events.append(ChildRemoved(conn=conn, ike_spi=old.ike_spi, child=child,
                                            reason="down"))
         keep = tuple(c for c in old.children if c.unique_id not in gone)
-        self._sas[old.ike_spi] = dataclasses.replace(old, children=keep)
+        self._set(dataclasses.replace(old, children=keep))
         return events
 
     def _child_rekey(self, conn: str, d: Mapping[str, Any],
@@ -316,8 +343,8 @@ class SaTable:
             known = children.pop(old.unique_id, None)
             children[new.unique_id] = new
             events.append(ChildRekeyed(conn=conn, ike_spi=spi, old=known or old, new=new))
-        self._sas[spi] = dataclasses.replace(
-            sa, children=tuple(sorted(children.values(), key=lambda c: c.unique_id)))
+        self._set(dataclasses.replace(
+            sa, children=tuple(sorted(children.values(), key=lambda c: c.unique_id))))
         return events
 
     # -- the two primitives -----------------------------------------------------------------
@@ -328,7 +355,7 @@ class SaTable:
         # The original role never changes; charon's flag follows IKE rekeys (see IkeSaInfo).
         new = dataclasses.replace(sa, children=children,
                                   initiator=old.initiator if old else sa.initiator)
-        self._sas[sa.ike_spi] = new
+        self._set(new)
         conn, spi = sa.conn, sa.ike_spi
         if old is None:
             return [SaAdded(conn=conn, ike_spi=spi, sa=new)] + [
@@ -345,7 +372,7 @@ class SaTable:
         return events
 
     def _remove(self, ike_spi: str, reason: str) -> list[SaEvent]:
-        old = self._sas.pop(ike_spi, None)
+        old = self._pop(ike_spi)
         if old is None:
             return []
         events: list[SaEvent] = [

@@ -257,3 +257,60 @@ def test_close_and_cancel_leave_no_reader_threads(tmp_path: Path) -> None:
         if thread.name == "vici-events":
             thread.join(2)
     assert not [t for t in threading.enumerate() if t.name == "vici-events" and t.is_alive()]
+
+
+def _many_sas(count: int) -> list[dict[str, Any]]:
+    """``count`` copies of the recorded IKE_SA (one CHILD_SA each), SPIs and ids their own."""
+    (template,) = FIRST_SAS[0].values()
+    out = []
+    for i in range(count):
+        sa = json.loads(json.dumps(template))
+        sa["uniqueid"] = str(i + 1)
+        sa["initiator-spi"] = f"{i + 1:016x}"
+        for child in sa["child-sas"].values():
+            child["uniqueid"] = str(i + 1)
+        out.append({"home": sa})
+    return out
+
+
+def test_a_resync_larger_than_the_queue_waits_for_the_consumer(tmp_path: Path) -> None:
+    # A gateway with thousands of SAs: one resync reports more changes than the event
+    # queue holds. None may be lost: the controller tracks SAs from those events.
+    async def body(charon: FakeCharon) -> None:
+        charon.sas = _many_sas(40)  # 40 SaAdded + 40 ChildAdded through a queue of 8
+        client = ViciClient(charon.uri, backoff=FAST, queue_size=8)
+        task = asyncio.create_task(client.run())
+        added: set[str] = set()
+        while len(added) < 40:
+            event = await asyncio.wait_for(client.events.get(), 5)
+            if isinstance(event, SaAdded):
+                added.add(event.ike_spi)
+        await client.wait_connected(5)
+        assert client.dropped_events == 0
+        assert len(client.table) == 40
+        await client.close()
+        await task
+
+    _run(tmp_path, body)
+
+
+def test_a_resync_nobody_reads_completes_and_counts_what_it_dropped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Waiting for a consumer is bounded: once one wait runs out, the rest of the resync
+    # drops (counted) instead of waiting again per SA; the table itself is complete.
+    from mobike_vici.backends.vici import session
+
+    monkeypatch.setattr(session, "RESYNC_PUT_WAIT", 0.2)
+
+    async def body(charon: FakeCharon) -> None:
+        charon.sas = _many_sas(40)
+        client = ViciClient(charon.uri, backoff=FAST, queue_size=4)
+        task = asyncio.create_task(client.run())
+        await client.wait_connected(5)  # 76 waits of 0.2 s would take 15 s
+        assert len(client.table) == 40
+        # ViciConnected took one place: 3 of the 80 changes fit, the rest were dropped.
+        assert client.dropped_events == 77
+        await client.close()
+        await task
+
+    _run(tmp_path, body)

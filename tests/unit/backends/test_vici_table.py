@@ -286,3 +286,32 @@ def test_a_first_look_at_a_gateway_sa_after_charons_rekey_keeps_it_a_responder()
     (sa,) = parse_list_sas(listed, responder_only({"home": {"remote_addrs": ["gw.example"]}})
                            ).values()
     assert sa.initiator
+
+
+def test_virtual_ips_follow_every_change_without_a_walk() -> None:
+    # The controller asks for them per path manager and per address event: the table
+    # keeps them as SAs come, rekey and go, equal to a walk of the table at every step.
+    table = SaTable()
+    seen_any = False
+    for name, msg in RECORD:
+        if name == "list-sas":
+            table.reconcile(parse_list_sas(msg))
+        else:
+            table.apply(name, msg)
+        walked = {vip for sa in table.sas() for vip in sa.virtual_ips}
+        assert table.virtual_ips() == walked
+        seen_any = seen_any or bool(walked)
+    assert seen_any and table.virtual_ips() == frozenset()  # terminated at the end
+
+
+def test_a_virtual_ip_two_sas_share_stays_until_both_are_gone() -> None:
+    table = SaTable()
+    first = parse_list_sas(RECORD[2][1])
+    (sa,) = first.values()
+    twin = dataclasses.replace(sa, ike_spi="00000000000000aa_00000000000000bb", unique_id=99)
+    table.reconcile({sa.ike_spi: sa, twin.ike_spi: twin})
+    assert table.virtual_ips() == frozenset(sa.virtual_ips) != frozenset()
+    table.reconcile({twin.ike_spi: twin})
+    assert table.virtual_ips() == frozenset(sa.virtual_ips)
+    table.reconcile({})
+    assert table.virtual_ips() == frozenset()
