@@ -14,6 +14,12 @@ charon alone never leaves a silently dead path before its retransmissions give u
 ``recovered: false``; a run whose set-up failed before the fault is ``setup_failed``
 and counted apart (neither recovered nor not). Prints one JSON object (median and
 p95 per scenario and mode); never judges the numbers. Needs root.
+
+``median_s``/``p95_s`` are over the recovered runs only; ``median_ms``/``p95_ms``/``max_ms``
+rank a run that did not recover last (a rank on one says "lost"), as bench/handover.py.
+Probe overhead (``--overhead-window``, 0: off): per mode, one more lab with a 100 Hz
+one-way stream through the tunnel and no fault; nftables counters in rtr count the
+packets per uplink address and class (bench/_overhead.py).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,11 +36,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _overhead import Counters
+from _stats import describe_ms
+
 from mobike_vici.lab.netns import Lab, LabError
-from tests.controller.support import build
+from tests.controller.support import INNER, build
+from tests.mobility.harness import STREAM, STREAM_PORT
 
 M0: tuple[str, ...] = ("10.1.0.2", "2001:db8:1::2")
 M1: tuple[str, ...] = ("10.2.0.2", "2001:db8:2::2")
+MODES = ("charon_alone", "charon+controller")
 
 
 def _wait(cond: Any, cap: float) -> float | None:
@@ -107,34 +119,87 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out["median_s"] = round(statistics.median(outages), 4)
         out["p95_s"] = round(outages[min(len(outages) - 1,
                                          round(0.95 * (len(outages) - 1)))], 4)
+        out["max_s"] = round(outages[-1], 4)
+    if measured:
+        out.update(describe_ms([r["outage_s"] for r in measured]))
     return out
 
 
-def run_scenarios(scenarios: list[str], reps: int, cap: float) -> dict[str, Any]:
+def overhead(controller: bool, window: float) -> dict[str, Any]:
+    """Probe packets per second per uplink address, steady state with a one-way stream."""
+    with Lab() as lab:
+        gen = build(lab, prefer_best_path=controller)
+        setup = next(gen)
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            if controller:
+                setup.start_controller()
+                setup.wait_event("ike_sa_tracked")
+            else:
+                setup.mob.load_all(setup.conf)
+            setup.wait_local("10.1.0.2")
+            if not setup.tunnel_ping():
+                return {"setup_failed": "no ping through the tunnel"}
+            sink = lab.workdir / "arrivals.txt"
+            procs.append(lab.spawn(setup.topo.gw, [sys.executable, str(STREAM), "recv", INNER,
+                                                   str(STREAM_PORT), str(sink)],
+                                   lab.workdir / "recv.log"))
+            time.sleep(0.5)
+            procs.append(lab.spawn(setup.topo.mob, [sys.executable, str(STREAM), "send", INNER,
+                                                    str(STREAM_PORT), "0.01"],
+                                   lab.workdir / "send.log"))
+            counters = Counters(setup.topo.rtr, [*M0, *M1])
+            time.sleep(1.0)
+            out = counters.window(window, active=setup.sa().get("local-host"))
+            out["stream_arrivals"] = len(sink.read_text().splitlines())
+            return out
+        except (AssertionError, LabError) as exc:
+            return {"setup_failed": (str(exc).splitlines() or [type(exc).__name__])[0]}
+        finally:
+            for proc in procs:
+                lab.stop(proc, grace=1.0)
+            gen.close()
+
+
+def run_scenarios(scenarios: list[str], reps: int, cap: float,
+                  overhead_window: float = 0.0) -> dict[str, Any]:
     """charon alone and charon+controller, side by side, per scenario (also used by handover.py)."""
-    return {
+    out: dict[str, Any] = {
         scenario: {
             mode: _summary([_one(scenario, mode == "charon+controller", cap)
                             for _ in range(reps)])
-            for mode in ("charon_alone", "charon+controller")
+            for mode in MODES
         }
         for scenario in scenarios
     }
+    if overhead_window > 0:
+        out["probe_overhead"] = {mode: overhead(mode == "charon+controller", overhead_window)
+                                 for mode in MODES}
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--cap", type=float, default=20.0)
     ap.add_argument("--scenarios", default="link_down,silent,return")
+    ap.add_argument("--overhead-window", type=float, default=10.0,
+                    help="seconds of steady state per mode to count probes in (0: off)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/handover_controller.py needs root (network namespaces)", file=sys.stderr)
         return 2
+    started = time.monotonic()
+    load_before = os.getloadavg()
     result: dict[str, Any] = {"bench": "handover_controller", "cap_s": args.cap,
                               "reps": args.reps,
                               "scenarios": run_scenarios(args.scenarios.split(","),
-                                                         args.reps, args.cap)}
+                                                         args.reps, args.cap,
+                                                         args.overhead_window)}
+    result["machine"] = {"cpus": os.cpu_count(),
+                         "loadavg_1m_before": round(load_before[0], 2),
+                         "loadavg_1m_after": round(os.getloadavg()[0], 2)}
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, indent=2))
     return 0
 
