@@ -56,7 +56,6 @@ PAIRS = {
 UPLINKS = ("10.1.0.2", "10.2.0.2")
 SETTLE = 3.0  # after healing: standby probes (every 2 s) find the healed uplink up again
 TARGETS_MS = {"a_link_down": 50.0, "b_silent": 1000.0}
-FRESH_LAB_CASES = {"c", "f"}
 
 
 def summary(samples: list[float | None]) -> dict[str, Any]:
