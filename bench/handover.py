@@ -20,6 +20,10 @@ Probe overhead: once per pair, in its first lab and before any fault, nftables c
 in rtr count what crosses per uplink address for ``--overhead-window`` seconds with the
 stream running (bench/_overhead.py): probe packets per second per path, each direction.
 
+With ``--ping`` a 100 Hz ping runs through the tunnel beside the stream, so ESP also
+comes back from gw (the stream alone is one-way: nothing answers it), as in a
+conversation; a detector that watches inbound ESP has something to watch.
+
 With ``--full-tunnel`` every pair runs a second time with a full tunnel (mob asks for
 ``0.0.0.0/0`` and ``::/0`` with virtual IPs of both families, as a roaming client does);
 those rows are under ``results_full_tunnel``, beside the narrow ones in ``results``.
@@ -46,6 +50,7 @@ from _stats import describe_ms
 
 from mobike_vici.lab.charon import charon_available
 from mobike_vici.lab.netns import Lab, LabError, is_root
+from tests.data.support import INNER_ADDR
 from tests.mobility.harness import Handover, build, max_gap
 
 PAIRS = {
@@ -154,6 +159,12 @@ def case_c(h: Handover, cap: float) -> dict[str, float | None]:
     return {"return_s": None if returned is None else returned - up, "gap": gap}
 
 
+def return_traffic(h: Handover) -> None:
+    """A 100 Hz ping from mob through the tunnel to gw's inner address (h.close ends it)."""
+    h.procs.append(h.lab.spawn(h.topo.mob, ["ping", "-n", "-q", "-i", "0.01", INNER_ADDR],
+                               h.lab.workdir / "ping.log"))
+
+
 def case_f(h: Handover, cap: float) -> float | None:
     """IPv4 dies on both uplinks, IPv6 stays (the lab is not reused after this)."""
     for up in h.topo.uplinks:
@@ -163,9 +174,16 @@ def case_f(h: Handover, cap: float) -> float | None:
 
 
 def run_pair(name: str, reps: int, cases: str, cap: float,
-             full_tunnel: bool = False, overhead_window: float = 0.0) -> dict[str, Any]:
+             full_tunnel: bool = False, overhead_window: float = 0.0,
+             ping: bool = False) -> dict[str, Any]:
     mob_native, gw_native = PAIRS[name]
     out: dict[str, Any] = {}
+
+    def start(lab: Lab) -> Handover:
+        h = build(lab, mob_native=mob_native, gw_native=gw_native, full_tunnel=full_tunnel)
+        if ping:
+            return_traffic(h)
+        return h
 
     def overhead(h: Handover) -> None:
         if overhead_window > 0 and "probe_overhead" not in out:
@@ -176,8 +194,7 @@ def run_pair(name: str, reps: int, cases: str, cap: float,
             samples: list[float | None] = []
             for _ in range(reps):
                 with Lab() as lab:
-                    h = build(lab, mob_native=mob_native, gw_native=gw_native,
-                              full_tunnel=full_tunnel)
+                    h = start(lab)
                     try:
                         overhead(h)
                         samples.append(case_f(h, cap))
@@ -191,8 +208,7 @@ def run_pair(name: str, reps: int, cases: str, cap: float,
             runs = []
             for _ in range(reps):
                 with Lab() as lab:
-                    h = build(lab, mob_native=mob_native, gw_native=gw_native,
-                              full_tunnel=full_tunnel)
+                    h = start(lab)
                     try:
                         overhead(h)
                         runs.append(case_c(h, cap))
@@ -202,8 +218,7 @@ def run_pair(name: str, reps: int, cases: str, cap: float,
                                "max_gap_ms": summary([r["gap"] for r in runs])}
             continue
         with Lab() as lab:
-            h = build(lab, mob_native=mob_native, gw_native=gw_native,
-                      full_tunnel=full_tunnel)
+            h = start(lab)
             try:
                 overhead(h)
                 if case == "a":
@@ -228,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run every pair with a full tunnel (0.0.0.0/0 and ::/0)")
     parser.add_argument("--overhead-window", type=float, default=10.0,
                         help="seconds of steady state per pair to count probes in (0: off)")
+    parser.add_argument("--ping", action="store_true",
+                        help="a 100 Hz ping through the tunnel beside the one-way stream")
     args = parser.parse_args(argv)
     if not is_root() or not charon_available():
         print(json.dumps({"error": "needs root and strongSwan (charon)"}))
@@ -235,12 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     load_before = machine()
     results: dict[str, Any] = {name: run_pair(name, args.reps, args.cases, args.cap,
-                                              overhead_window=args.overhead_window)
+                                              overhead_window=args.overhead_window,
+                                              ping=args.ping)
                                for name in args.pairs.split(",")}
     full: dict[str, Any] | None = None
     if args.full_tunnel:
         full = {name: run_pair(name, args.reps, args.cases, args.cap, full_tunnel=True,
-                               overhead_window=args.overhead_window)
+                               overhead_window=args.overhead_window, ping=args.ping)
                 for name in args.pairs.split(",")}
     if args.controller:
         # Same scenarios for the controller beside charon (its own harness, same lab).
@@ -248,12 +266,13 @@ def main(argv: list[str] | None = None) -> int:
 
         results["charon+controller-charon"] = run_scenarios(
             ["link_down", "silent", "return"], args.reps, args.cap,
-            overhead_window=args.overhead_window)
+            overhead_window=args.overhead_window, ping=args.ping)
     print(json.dumps({
         "benchmark": "handover",
         "reps": args.reps,
         "cap_s": args.cap,
         "stream_interval_ms": 10,
+        "return_traffic": "ping 100 Hz" if args.ping else None,
         "targets_ms": TARGETS_MS,
         "python": platform.python_version(),
         "machine": {"before": load_before, "after": machine()},

@@ -19,7 +19,9 @@ p95 per scenario and mode); never judges the numbers. Needs root.
 rank a run that did not recover last (a rank on one says "lost"), as bench/handover.py.
 Probe overhead (``--overhead-window``, 0: off): per mode, one more lab with a 100 Hz
 one-way stream through the tunnel and no fault; nftables counters in rtr count the
-packets per uplink address and class (bench/_overhead.py).
+packets per uplink address and class (bench/_overhead.py). ``--ping``: a 100 Hz ping
+through the tunnel from before the fault on (and in the overhead lab), so ESP comes
+back from gw all along, as in a conversation.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from _overhead import Counters
 from _stats import describe_ms
 
 from mobike_vici.lab.netns import Lab, LabError
-from tests.controller.support import INNER, build
+from tests.controller.support import INNER, Setup, build
 from tests.mobility.harness import STREAM, STREAM_PORT
 
 M0: tuple[str, ...] = ("10.1.0.2", "2001:db8:1::2")
@@ -57,7 +59,13 @@ def _wait(cond: Any, cap: float) -> float | None:
     return None
 
 
-def _one(scenario: str, controller: bool, cap: float) -> dict[str, Any]:
+def return_traffic(setup: Setup) -> None:
+    """A 100 Hz ping from mob's virtual IP through the tunnel (the Lab ends it)."""
+    setup.lab.spawn(setup.topo.mob, ["ping", "-n", "-q", "-i", "0.01", "-I", setup.vip(),
+                                     INNER], setup.lab.workdir / "ping.log")
+
+
+def _one(scenario: str, controller: bool, cap: float, ping: bool = False) -> dict[str, Any]:
     with Lab() as lab:
         gen = build(lab, prefer_best_path=controller)
         setup = next(gen)
@@ -73,6 +81,8 @@ def _one(scenario: str, controller: bool, cap: float) -> dict[str, Any]:
                 spi = setup.spi()
                 if not setup.tunnel_ping():
                     raise AssertionError("no ping through the tunnel before the fault")
+                if ping:
+                    return_traffic(setup)
             except (AssertionError, LabError) as exc:
                 return {"setup_failed": (str(exc).splitlines() or [type(exc).__name__])[0]}
             target = M1
@@ -125,7 +135,7 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def overhead(controller: bool, window: float) -> dict[str, Any]:
+def overhead(controller: bool, window: float, ping: bool = False) -> dict[str, Any]:
     """Probe packets per second per uplink address, steady state with a one-way stream."""
     with Lab() as lab:
         gen = build(lab, prefer_best_path=controller)
@@ -140,6 +150,8 @@ def overhead(controller: bool, window: float) -> dict[str, Any]:
             setup.wait_local("10.1.0.2")
             if not setup.tunnel_ping():
                 return {"setup_failed": "no ping through the tunnel"}
+            if ping:
+                return_traffic(setup)
             sink = lab.workdir / "arrivals.txt"
             procs.append(lab.spawn(setup.topo.gw, [sys.executable, str(STREAM), "recv", INNER,
                                                    str(STREAM_PORT), str(sink)],
@@ -162,18 +174,19 @@ def overhead(controller: bool, window: float) -> dict[str, Any]:
 
 
 def run_scenarios(scenarios: list[str], reps: int, cap: float,
-                  overhead_window: float = 0.0) -> dict[str, Any]:
+                  overhead_window: float = 0.0, ping: bool = False) -> dict[str, Any]:
     """charon alone and charon+controller, side by side, per scenario (also used by handover.py)."""
     out: dict[str, Any] = {
         scenario: {
-            mode: _summary([_one(scenario, mode == "charon+controller", cap)
+            mode: _summary([_one(scenario, mode == "charon+controller", cap, ping)
                             for _ in range(reps)])
             for mode in MODES
         }
         for scenario in scenarios
     }
     if overhead_window > 0:
-        out["probe_overhead"] = {mode: overhead(mode == "charon+controller", overhead_window)
+        out["probe_overhead"] = {mode: overhead(mode == "charon+controller", overhead_window,
+                                                ping)
                                  for mode in MODES}
     return out
 
@@ -185,6 +198,8 @@ def main() -> int:
     ap.add_argument("--scenarios", default="link_down,silent,return")
     ap.add_argument("--overhead-window", type=float, default=10.0,
                     help="seconds of steady state per mode to count probes in (0: off)")
+    ap.add_argument("--ping", action="store_true",
+                    help="a 100 Hz ping through the tunnel from before the fault on")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/handover_controller.py needs root (network namespaces)", file=sys.stderr)
@@ -195,7 +210,8 @@ def main() -> int:
                               "reps": args.reps,
                               "scenarios": run_scenarios(args.scenarios.split(","),
                                                          args.reps, args.cap,
-                                                         args.overhead_window)}
+                                                         args.overhead_window, args.ping)}
+    result["return_traffic"] = "ping 100 Hz" if args.ping else None
     result["machine"] = {"cpus": os.cpu_count(),
                          "loadavg_1m_before": round(load_before[0], 2),
                          "loadavg_1m_after": round(os.getloadavg()[0], 2)}
