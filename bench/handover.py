@@ -7,11 +7,22 @@ goes from mob through the tunnel to gw. Cases, each repeated ``--reps`` times:
   a  link down: the active uplink's link goes down in mob
   b  silent: rtr drops everything of the active uplink (its link stays up)
   c  return: the preferred uplink m0 comes back while mob runs on m1
+  f  IPv4 dies while IPv6 remains: rtr drops both uplinks' IPv4 addresses (a fresh
+     lab per repetition); outage as for (a, b)
 
 Outage (a, b) = arrival of the first datagram sent after the fault minus the
 fault time, capped at ``--cap`` seconds ("lost" beyond). For (c): how long after
 m0 came back the SA returned to it, and the longest gap in the stream around the
-return (a make-before-break return has none beyond the 10 ms pacing).
+return (a make-before-break return has none beyond the 10 ms pacing). Each cell gives
+median / p95 / max (nearest rank; a lost run ranks last, so a rank on it is "lost").
+
+Probe overhead: once per pair, in its first lab and before any fault, nftables counters
+in rtr count what crosses per uplink address for ``--overhead-window`` seconds with the
+stream running (bench/_overhead.py): probe packets per second per path, each direction.
+
+With ``--ping`` a 100 Hz ping runs through the tunnel beside the stream, so ESP also
+comes back from gw (the stream alone is one-way: nothing answers it), as in a
+conversation; a detector that watches inbound ESP has something to watch.
 
 With ``--full-tunnel`` every pair runs a second time with a full tunnel (mob asks for
 ``0.0.0.0/0`` and ``::/0`` with virtual IPs of both families, as a roaming client does);
@@ -25,9 +36,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import math
+import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,8 +45,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _overhead import Counters
+from _stats import describe_ms
+
 from mobike_vici.lab.charon import charon_available
 from mobike_vici.lab.netns import Lab, LabError, is_root
+from tests.data.support import INNER_ADDR
 from tests.mobility.harness import Handover, build, max_gap
 
 PAIRS = {
@@ -49,12 +63,6 @@ SETTLE = 3.0  # after healing: standby probes (every 2 s) find the healed uplink
 TARGETS_MS = {"a_link_down": 50.0, "b_silent": 1000.0}
 
 
-def p95(values: list[float]) -> float:
-    """Nearest-rank 95th percentile (the max for fewer than 20 values)."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-
-
 def summary(samples: list[float | None]) -> dict[str, Any]:
     got = [s * 1000.0 for s in samples if s is not None]
     out: dict[str, Any] = {
@@ -63,11 +71,24 @@ def summary(samples: list[float | None]) -> dict[str, Any]:
         "samples_ms": [round(s * 1000.0, 1) if s is not None else "lost" for s in samples],
     }
     if got:
-        out["median_ms"] = round(statistics.median(got), 1)
-        out["p95_ms"] = round(p95(got), 1) if len(got) == len(samples) else "lost"
+        out.update(describe_ms(samples))
     else:
-        out["median_ms"] = out["p95_ms"] = "lost"
+        out["median_ms"] = out["p95_ms"] = out["max_ms"] = "lost"
     return out
+
+
+def machine() -> dict[str, Any]:
+    """What else ran: the machine is shared, and load skews every number."""
+    one, five, _ = os.getloadavg()
+    return {"cpus": os.cpu_count(), "loadavg_1m": round(one, 2), "loadavg_5m": round(five, 2)}
+
+
+def probe_overhead(h: Handover, window: float) -> dict[str, Any]:
+    """Packets per second per uplink address in steady state (no fault), by class."""
+    addrs = [a for up in h.topo.uplinks for a in (up.addr4, up.addr6)]
+    counters = Counters(h.topo.rtr, addrs)
+    time.sleep(1.0)  # past the set-up's own exchanges
+    return counters.window(window, active=h.mob_local())
 
 
 def uplink_of(h: Handover, local: str | None) -> int | None:
@@ -138,20 +159,58 @@ def case_c(h: Handover, cap: float) -> dict[str, float | None]:
     return {"return_s": None if returned is None else returned - up, "gap": gap}
 
 
+def return_traffic(h: Handover) -> None:
+    """A 100 Hz ping from mob through the tunnel to gw's inner address (h.close ends it)."""
+    h.procs.append(h.lab.spawn(h.topo.mob, ["ping", "-n", "-q", "-i", "0.01", INNER_ADDR],
+                               h.lab.workdir / "ping.log"))
+
+
+def case_f(h: Handover, cap: float) -> float | None:
+    """IPv4 dies on both uplinks, IPv6 stays (the lab is not reused after this)."""
+    for up in h.topo.uplinks:
+        h.lab.blackhole(h.topo.rtr, up.addr4)
+    fault = time.monotonic()
+    return h.wait_resumed(fault, cap)
+
+
 def run_pair(name: str, reps: int, cases: str, cap: float,
-             full_tunnel: bool = False) -> dict[str, Any]:
+             full_tunnel: bool = False, overhead_window: float = 0.0,
+             ping: bool = False) -> dict[str, Any]:
     mob_native, gw_native = PAIRS[name]
     out: dict[str, Any] = {}
+
+    def start(lab: Lab) -> Handover:
+        h = build(lab, mob_native=mob_native, gw_native=gw_native, full_tunnel=full_tunnel)
+        if ping:
+            return_traffic(h)
+        return h
+
+    def overhead(h: Handover) -> None:
+        if overhead_window > 0 and "probe_overhead" not in out:
+            out["probe_overhead"] = probe_overhead(h, overhead_window)
+
     for case in cases:
+        if case == "f":
+            samples: list[float | None] = []
+            for _ in range(reps):
+                with Lab() as lab:
+                    h = start(lab)
+                    try:
+                        overhead(h)
+                        samples.append(case_f(h, cap))
+                    finally:
+                        h.close()
+            out["f_ipv4_dies"] = summary(samples)
+            continue
         if case == "c":
             # A fresh lab per repetition: two moves per run, and back-to-back runs
             # would soon meet max_moves_per_minute (flap damping), not the hold-down.
             runs = []
             for _ in range(reps):
                 with Lab() as lab:
-                    h = build(lab, mob_native=mob_native, gw_native=gw_native,
-                              full_tunnel=full_tunnel)
+                    h = start(lab)
                     try:
+                        overhead(h)
                         runs.append(case_c(h, cap))
                     finally:
                         h.close()
@@ -159,9 +218,9 @@ def run_pair(name: str, reps: int, cases: str, cap: float,
                                "max_gap_ms": summary([r["gap"] for r in runs])}
             continue
         with Lab() as lab:
-            h = build(lab, mob_native=mob_native, gw_native=gw_native,
-                      full_tunnel=full_tunnel)
+            h = start(lab)
             try:
+                overhead(h)
                 if case == "a":
                     out["a_link_down"] = summary([case_a(h, cap) for _ in range(reps)])
                 elif case == "b":
@@ -173,8 +232,8 @@ def run_pair(name: str, reps: int, cases: str, cap: float,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--cases", default="abc")
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--cases", default="abcf")
     parser.add_argument("--pairs", default=",".join(PAIRS))
     parser.add_argument("--cap", type=float, default=20.0,
                         help="seconds after which an outage counts as lost")
@@ -182,30 +241,41 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run charon alone vs charon+controller (mobike-vici run)")
     parser.add_argument("--full-tunnel", action="store_true",
                         help="also run every pair with a full tunnel (0.0.0.0/0 and ::/0)")
+    parser.add_argument("--overhead-window", type=float, default=10.0,
+                        help="seconds of steady state per pair to count probes in (0: off)")
+    parser.add_argument("--ping", action="store_true",
+                        help="a 100 Hz ping through the tunnel beside the one-way stream")
     args = parser.parse_args(argv)
     if not is_root() or not charon_available():
         print(json.dumps({"error": "needs root and strongSwan (charon)"}))
         return 2
     started = time.monotonic()
-    results: dict[str, Any] = {name: run_pair(name, args.reps, args.cases, args.cap)
+    load_before = machine()
+    results: dict[str, Any] = {name: run_pair(name, args.reps, args.cases, args.cap,
+                                              overhead_window=args.overhead_window,
+                                              ping=args.ping)
                                for name in args.pairs.split(",")}
     full: dict[str, Any] | None = None
     if args.full_tunnel:
-        full = {name: run_pair(name, args.reps, args.cases, args.cap, full_tunnel=True)
+        full = {name: run_pair(name, args.reps, args.cases, args.cap, full_tunnel=True,
+                               overhead_window=args.overhead_window, ping=args.ping)
                 for name in args.pairs.split(",")}
     if args.controller:
         # Same scenarios for the controller beside charon (its own harness, same lab).
         from handover_controller import run_scenarios
 
         results["charon+controller-charon"] = run_scenarios(
-            ["link_down", "silent", "return"], args.reps, args.cap)
+            ["link_down", "silent", "return"], args.reps, args.cap,
+            overhead_window=args.overhead_window, ping=args.ping)
     print(json.dumps({
         "benchmark": "handover",
         "reps": args.reps,
         "cap_s": args.cap,
         "stream_interval_ms": 10,
+        "return_traffic": "ping 100 Hz" if args.ping else None,
         "targets_ms": TARGETS_MS,
         "python": platform.python_version(),
+        "machine": {"before": load_before, "after": machine()},
         "results": results,
         **({"results_full_tunnel": full} if full is not None else {}),
         "elapsed_s": round(time.monotonic() - started, 1),

@@ -2,25 +2,28 @@
 
 Per scenario and mode, several repetitions in fresh namespaces (``lab.topology.mobile``,
 charon at both ends, kernel-libipsec): establish on m0, inject the fault, and measure
-until charon's SA has moved (same IKE SPIs) and a ping through the tunnel answers.
+until charon's SA has moved (same IKE SPIs) and a ping through the tunnel answers
+(``outage_s``); with ``--ping``, the outage is the first reply of the 100 Hz ping
+stream after the fault (``stream_outage_s``), which the summary then ranks.
 
 - ``link_down``: m0 goes down in mob.
 - ``silent``: rtr drops everything from and to m0 (the link stays up).
 - ``return``: after a silent failure and the move to m1, m0 comes back; time until
   the SA is on m0 again (the controller waits out ``hold_down`` first, 2 s here).
 
-With ``--stream-hz`` (default 100) a ping stream runs through the tunnel from before the
-fault (``ping -D``, so both directions carry ESP, as a call or a TCP flow would): then
-``stream_outage_s`` is the first reply after the fault minus the fault (wall clock, one
-kernel), and the summary's median/p95/max are over it; else over ``outage_s`` (until
-charon's SA moved and a single ping answered). ``probe_pps`` is the controller's ICMP
-probes per second per path, counted in rtr from set-up to the end of the run.
-
 charon alone never leaves a silently dead path before its retransmissions give up
 (165 s), so each measurement is capped (``--cap``, default 20 s) and reported as
 ``recovered: false``; a run whose set-up failed before the fault is ``setup_failed``
 and counted apart (neither recovered nor not). Prints one JSON object (median and
 p95 per scenario and mode); never judges the numbers. Needs root.
+
+``median_s``/``p95_s`` are over the recovered runs only; ``median_ms``/``p95_ms``/``max_ms``
+rank a run that did not recover last (a rank on one says "lost"), as bench/handover.py.
+Probe overhead (``--overhead-window``, 0: off): per mode, one more lab with a 100 Hz
+one-way stream through the tunnel and no fault; nftables counters in rtr count the
+packets per uplink address and class (bench/_overhead.py). ``--ping``: a 100 Hz ping
+through the tunnel from before the fault on (and in the overhead lab), so ESP comes
+back from gw all along, as in a conversation.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,11 +41,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _overhead import Counters
+from _stats import describe_ms
+
 from mobike_vici.lab.netns import Lab, LabError
-from tests.controller.support import build
+from tests.controller.support import INNER, Setup, build
+from tests.mobility.harness import STREAM, STREAM_PORT
 
 M0: tuple[str, ...] = ("10.1.0.2", "2001:db8:1::2")
 M1: tuple[str, ...] = ("10.2.0.2", "2001:db8:2::2")
+MODES = ("charon_alone", "charon+controller")
 _REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")
 _WATCHED = ("inbound_stalled", "data_path_dead", "data_path_verified",
             "data_path_repair_started", "data_path_repaired", "handover_failed",
@@ -57,6 +66,15 @@ def _wait(cond: Any, cap: float) -> float | None:
     return None
 
 
+def return_traffic(setup: Setup) -> Path:
+    """A 100 Hz ping from mob's virtual IP through the tunnel (the Lab ends it); its log,
+    each reply stamped with the wall clock (``ping -D``)."""
+    log = setup.lab.workdir / "ping.log"
+    setup.lab.spawn(setup.topo.mob, ["ping", "-D", "-n", "-i", "0.01", "-I", setup.vip(),
+                                     INNER], log)
+    return log
+
+
 def _stream_outage(log: Path, fault: float, cap: float) -> float | None:
     """First reply of the ping stream after ``fault`` (wall clock), minus ``fault``."""
     deadline = time.monotonic() + cap
@@ -70,7 +88,7 @@ def _stream_outage(log: Path, fault: float, cap: float) -> float | None:
     return None
 
 
-def _icmp_counter(setup: Any) -> None:
+def _icmp_counter(setup: Setup) -> None:
     """Count echo requests from mob's uplinks to the gateway's addresses, in rtr."""
     script = """
 table inet mvbench {
@@ -85,7 +103,7 @@ table inet mvbench {
     setup.topo.rtr.run("nft", "-f", "-", input_text=script)
 
 
-def _icmp_count(setup: Any) -> dict[str, int]:
+def _icmp_count(setup: Setup) -> dict[str, int]:
     """Echo requests so far per uplink (m0 via r0, m1 via r1)."""
     out = setup.topo.rtr.run("nft", "list", "table", "inet", "mvbench", check=False).stdout
     counts = {"m0": 0, "m1": 0}
@@ -96,7 +114,7 @@ def _icmp_count(setup: Any) -> dict[str, int]:
     return counts
 
 
-def _one(scenario: str, controller: bool, cap: float, stream_hz: int = 100) -> dict[str, Any]:
+def _one(scenario: str, controller: bool, cap: float, ping: bool = False) -> dict[str, Any]:
     with Lab() as lab:
         gen = build(lab, prefer_best_path=controller)
         setup = next(gen)
@@ -114,10 +132,8 @@ def _one(scenario: str, controller: bool, cap: float, stream_hz: int = 100) -> d
                     raise AssertionError("no ping through the tunnel before the fault")
                 _icmp_counter(setup)
                 t_start = time.monotonic()
-                stream_log = lab.workdir / "stream.txt"
-                if stream_hz > 0:
-                    lab.spawn(setup.topo.mob, ["ping", "-D", "-n", "-i", str(1 / stream_hz),
-                                               "-I", setup.vip(), "10.88.0.1"], stream_log)
+                stream_log = return_traffic(setup) if ping else None
+                if stream_log is not None:
                     time.sleep(1.0)
             except (AssertionError, LabError) as exc:
                 return {"setup_failed": (str(exc).splitlines() or [type(exc).__name__])[0]}
@@ -152,7 +168,7 @@ def _one(scenario: str, controller: bool, cap: float, stream_hz: int = 100) -> d
             out: dict[str, Any] = {
                 "recovered": pinged is not None, "moved_s": round(took, 4),
                 "outage_s": round(total, 4) if pinged is not None else None}
-            if stream_hz > 0:
+            if stream_log is not None:
                 gap = _stream_outage(stream_log, fault, 2.0)
                 out["stream_outage_s"] = round(gap, 4) if gap is not None else None
             span = time.monotonic() - t_start
@@ -177,39 +193,94 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out["median_s"] = round(statistics.median(outages), 4)
         out["p95_s"] = round(outages[min(len(outages) - 1,
                                          round(0.95 * (len(outages) - 1)))], 4)
-        out["max_s"] = outages[-1]
+        out["max_s"] = round(outages[-1], 4)
+    if measured:
         out["measure"] = key
+        out.update(describe_ms([r.get(key) for r in measured]))
     return out
 
 
+def overhead(controller: bool, window: float, ping: bool = False) -> dict[str, Any]:
+    """Probe packets per second per uplink address, steady state with a one-way stream."""
+    with Lab() as lab:
+        gen = build(lab, prefer_best_path=controller)
+        setup = next(gen)
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            if controller:
+                setup.start_controller()
+                setup.wait_event("ike_sa_tracked")
+            else:
+                setup.mob.load_all(setup.conf)
+            setup.wait_local("10.1.0.2")
+            if not setup.tunnel_ping():
+                return {"setup_failed": "no ping through the tunnel"}
+            if ping:
+                return_traffic(setup)
+            sink = lab.workdir / "arrivals.txt"
+            procs.append(lab.spawn(setup.topo.gw, [sys.executable, str(STREAM), "recv", INNER,
+                                                   str(STREAM_PORT), str(sink)],
+                                   lab.workdir / "recv.log"))
+            time.sleep(0.5)
+            procs.append(lab.spawn(setup.topo.mob, [sys.executable, str(STREAM), "send", INNER,
+                                                    str(STREAM_PORT), "0.01"],
+                                   lab.workdir / "send.log"))
+            counters = Counters(setup.topo.rtr, [*M0, *M1])
+            time.sleep(1.0)
+            out = counters.window(window, active=setup.sa().get("local-host"))
+            out["stream_arrivals"] = len(sink.read_text().splitlines())
+            return out
+        except (AssertionError, LabError) as exc:
+            return {"setup_failed": (str(exc).splitlines() or [type(exc).__name__])[0]}
+        finally:
+            for proc in procs:
+                lab.stop(proc, grace=1.0)
+            gen.close()
+
+
 def run_scenarios(scenarios: list[str], reps: int, cap: float,
-                  stream_hz: int = 0) -> dict[str, Any]:
+                  overhead_window: float = 0.0, ping: bool = False) -> dict[str, Any]:
     """charon alone and charon+controller, side by side, per scenario (also used by handover.py)."""
-    return {
+    out: dict[str, Any] = {
         scenario: {
-            mode: _summary([_one(scenario, mode == "charon+controller", cap, stream_hz)
+            mode: _summary([_one(scenario, mode == "charon+controller", cap, ping)
                             for _ in range(reps)])
-            for mode in ("charon_alone", "charon+controller")
+            for mode in MODES
         }
         for scenario in scenarios
     }
+    if overhead_window > 0:
+        out["probe_overhead"] = {mode: overhead(mode == "charon+controller", overhead_window,
+                                                ping)
+                                 for mode in MODES}
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--cap", type=float, default=20.0)
     ap.add_argument("--scenarios", default="link_down,silent,return")
-    ap.add_argument("--stream-hz", type=int, default=100,
-                    help="ping stream through the tunnel during the fault (0: none)")
+    ap.add_argument("--overhead-window", type=float, default=10.0,
+                    help="seconds of steady state per mode to count probes in (0: off)")
+    ap.add_argument("--ping", action="store_true",
+                    help="a 100 Hz ping through the tunnel from before the fault on")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/handover_controller.py needs root (network namespaces)", file=sys.stderr)
         return 2
+    started = time.monotonic()
+    load_before = os.getloadavg()
     result: dict[str, Any] = {"bench": "handover_controller", "cap_s": args.cap,
-                              "reps": args.reps, "stream_hz": args.stream_hz,
+                              "reps": args.reps,
                               "scenarios": run_scenarios(args.scenarios.split(","),
-                                                         args.reps, args.cap, args.stream_hz)}
+                                                         args.reps, args.cap,
+                                                         args.overhead_window, args.ping)}
+    result["return_traffic"] = "ping 100 Hz" if args.ping else None
+    result["machine"] = {"cpus": os.cpu_count(),
+                         "loadavg_1m_before": round(load_before[0], 2),
+                         "loadavg_1m_after": round(os.getloadavg()[0], 2)}
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, indent=2))
     return 0
 
