@@ -375,7 +375,8 @@ class ViciClient:
             conns = await self.stream("list-conns", "list-conn")
             sas = await self.stream("list-sas", "list-sa")
             self.conns = {name: body for entry in conns for name, body in entry.items()}
-            changes: list[ViciEvent] = list(self.table.reconcile(parse_list_sas(sas, responder_only(self.conns))))
+            snapshot = parse_list_sas(sas, responder_only(self.conns))
+            changes: list[ViciEvent] = list(self.table.reconcile(snapshot))
         except BaseException:
             held, self._held = self._held or [], None
             for name, message in held:
