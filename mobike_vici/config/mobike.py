@@ -21,6 +21,15 @@ probe_timeout              300ms       >0 .. 24h        a probe unanswered this 
                                                         SRTT + 4 RTTVAR, at most 3 s)
 probe_misses               2           1 .. 100         consecutive misses that make a path
                                                         down
+stall_timeout              100ms       >0 .. 24h        native: outbound ESP flowing and
+                                                        nothing in for this long (at least;
+                                                        else 4 SRTT) probes the active path
+                                                        at once; doubles per answered stall
+                                                        probe up to probe_interval
+stall_probe_timeout        50ms        >0 .. 24h        native: a probe of a stalled active
+                                                        path unanswered this long is a miss
+                                                        (the floor; else SRTT + 4 RTTVAR,
+                                                        at most probe_timeout's value)
 standby_probe_interval     2s          >0 .. 24h        probe cadence on idle standby paths
 max_probes_in_flight       4           1 .. 64          per IKE_SA, all paths together
 hold_down                  10s         0 .. 24h         a better path must be healthy this
@@ -30,7 +39,9 @@ max_moves_per_minute       6           0 .. 10000       discretionary moves per 
                                                         minute; leaving a failed path is
                                                         never damped (0: only failovers)
 handover_timeout           10s         >0 .. 24h        a move the backend never reports on
-                                                        has failed
+                                                        has failed; the bound of one native
+                                                        move attempt (which is 4 RTOs of the
+                                                        target path, at least probe_timeout)
 return_routability         always      always,          RFC 4555 3.7: when a new peer
                                        nat-only, never  address must answer a COOKIE2 check
 family                     any         any, ipv4, ipv6  which family wins a cost tie
@@ -81,7 +92,11 @@ With the defaults a silently dead active path is down at most
 ``probe_interval * probe_misses + probe_timeout`` = 0.7 s after it died (the first
 unanswered probe leaves at most one interval after the death, the second one
 interval later, and the second times out 300 ms after that), and the move to the
-best standby is requested at that instant.
+best standby is requested at that instant. The native daemon also watches its own
+ESP: while packets leave and none come in for ``stall_timeout`` the active path is
+probed at once with ``stall_probe_timeout``, so under traffic a dead path is down
+about ``stall_timeout + probe_misses * stall_probe_timeout`` = 0.2 s after it died.
+A peer that answers those probes stays (one-way traffic never moves anything).
 """
 
 from __future__ import annotations
@@ -149,6 +164,8 @@ class MobikePolicy:
     probe_timeout: float = 0.3
     probe_misses: int = 2
     standby_probe_interval: float = 2.0
+    stall_timeout: float = 0.1
+    stall_probe_timeout: float = 0.05
     max_probes_in_flight: int = 4
     hold_down: float = 10.0
     max_moves_per_minute: int = 6
@@ -198,7 +215,8 @@ _TIME_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
 _MAX_TIME = 86400.0
 _TOP_KEYS = frozenset({
     "probe_interval", "probe_timeout", "probe_misses", "standby_probe_interval",
-    "max_probes_in_flight", "hold_down", "max_moves_per_minute", "handover_timeout",
+    "stall_timeout", "stall_probe_timeout", "max_probes_in_flight", "hold_down",
+    "max_moves_per_minute", "handover_timeout",
     "return_routability", "family", "exclude", "allowed_peer_prefixes", "announce",
     "drop_log_interval", "cookie_threshold", "block_threshold", "init_limit_half_open",
     "init_dh_budget",
@@ -283,7 +301,8 @@ def _build(raw: Mapping[str, str], locate: Locate) -> MobikePolicy:
         if (t := text(key)) is not None:
             kw[field_name] = _uint(t, key, lo, hi, err)
     for key in ("probe_interval", "probe_timeout", "standby_probe_interval",
-                "hold_down", "handover_timeout", "drop_log_interval"):
+                "stall_timeout", "stall_probe_timeout", "hold_down", "handover_timeout",
+                "drop_log_interval"):
         if (t := text(key)) is not None:
             kw[key] = _time(t, key, err, zero_ok=key == "hold_down")
     for key, lo, hi in (("probe_misses", 1, 100), ("max_probes_in_flight", 1, _MAX_IN_FLIGHT),

@@ -506,6 +506,14 @@ class DataPlane:
     def entries(self) -> list[ChildEntry]:
         return list(self._by_id.values())
 
+    def packets_of(self, ike_spi: str) -> list[tuple[int, int, int]]:
+        """(unique_id, packets in, packets out) of each CHILD_SA of one IKE_SA."""
+        out = []
+        for uid in self._by_ike.get(ike_spi, ()):
+            pair = self._by_id[uid].pair
+            out.append((uid, pair.inbound.counters.packets, pair.outbound.counters.packets))
+        return out
+
     def move_child(self, unique_id: int, path: Path, encap: bool | None = None) -> bool:
         """New outer endpoints (and encapsulation) for one CHILD_SA; True if anything changed.
 
