@@ -18,17 +18,17 @@ from .paths import Key, RttEstimator
 MOVE_RTOS = 4
 """An attempt may take this many RTOs (SRTT + 4 RTTVAR) of its target path: the update
 may wait one round trip behind a request still outstanding, then takes its own."""
-UNMEASURED_ATTEMPT = 1.0
-"""The bound of an attempt on a path no probe has measured (below ``cap``)."""
 INTERFACE_DOWN = "interface_down"
 FAMILY_DOWN = "family_down"
 
 
-def attempt_timeout(rtt: RttEstimator, floor: float, cap: float) -> float:
-    """The bound of one move attempt on a path with this RTT, within [floor, cap]."""
+def attempt_timeout(rtt: RttEstimator, floor: float, cap: float) -> float | None:
+    """The bound of one move attempt on a path with this RTT, within [floor, cap];
+    None for a path no probe has measured (a responder's): the backend's own bound."""
     srtt = rtt.srtt
-    wanted = UNMEASURED_ATTEMPT if srtt is None else MOVE_RTOS * (srtt + 4 * rtt.rttvar)
-    return min(max(floor, wanted), max(floor, cap))
+    if srtt is None:
+        return None
+    return min(max(floor, MOVE_RTOS * (srtt + 4 * rtt.rttvar)), max(floor, cap))
 
 
 def shared_failure(failed: Key, target: Key, ifname: Callable[[Key], str],

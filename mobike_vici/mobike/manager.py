@@ -61,7 +61,8 @@ MAX_EVENTS = 256
 
 UNACCEPTABLE = "unacceptable_addresses"
 OPERATOR = "operator"
-NO_ANSWER = frozenset({"timeout", "handover_timeout"})
+ATTEMPT_TIMEOUT = "attempt_timeout"
+NO_ANSWER = frozenset({"timeout", "handover_timeout", ATTEMPT_TIMEOUT})
 """Move failures that mean the target did not answer (the others say nothing of it)."""
 
 
@@ -83,6 +84,14 @@ class _Pending:
     old: Path
     started: float
     reason: str
+    timeout: float | None = None
+    """The attempt's own bound (from the target's RTT); None: ``handover_timeout``."""
+
+    def deadline(self, policy: MobikePolicy) -> float:
+        # Also when the backend's update waits behind a request of its own that the
+        # dead path never answers: the attempt is over, the next candidate is tried.
+        bound = self.timeout if self.timeout is not None else policy.handover_timeout
+        return self.started + min(bound, policy.handover_timeout)
 
 
 class PathManager:
@@ -188,12 +197,12 @@ class PathManager:
         target = up[0].path
         self._prefer(local, "move")
         old = self._active_path
-        self._pending = _Pending(PathTable.key_of(target), old, now, OPERATOR)
+        bound = self._attempt_timeout(PathTable.key_of(target))
+        self._pending = _Pending(PathTable.key_of(target), old, now, OPERATOR, bound)
         self.selector.record_move(now)
         self._emit(PathSelected(path=target, reason=OPERATOR))
         self._emit(HandoverStarted(path=target, old_path=old, reason=OPERATOR))
-        self._emit(MoveRequested(path=target, old_path=old, reason=OPERATOR,
-                                 timeout=self._attempt_timeout(PathTable.key_of(target))))
+        self._emit(MoveRequested(path=target, old_path=old, reason=OPERATOR, timeout=bound))
         return None
 
     # -- outputs ----------------------------------------------------------------------
@@ -237,7 +246,7 @@ class PathManager:
                     if due is not None:
                         times.append(due)
         if self._pending is not None:
-            times.append(self._pending.started + self.policy.handover_timeout)
+            times.append(self._pending.deadline(self.policy))
         else:
             ranked, active, ok = self._view(None)
             t = self.selector.next_deadline(
@@ -260,8 +269,9 @@ class PathManager:
             if h.unusable_until is not None and now >= h.unusable_until:
                 h.unusable_until = None
         pending = self._pending
-        if pending is not None and now >= pending.started + self.policy.handover_timeout:
-            self._move_failed(pending.target, "handover_timeout", now)
+        if pending is not None and now >= pending.deadline(self.policy):
+            self._move_failed(pending.target, "handover_timeout" if pending.timeout is None
+                              else ATTEMPT_TIMEOUT, now)
         self._decide(now)
 
     def on_probe_sent(self, probe_id: int, now: float) -> None:
@@ -568,9 +578,10 @@ class PathManager:
         if choice is None:
             return
         old = self._active_path
-        self._pending = _Pending(PathTable.key_of(choice.path), old, now, choice.reason)
+        bound = self._attempt_timeout(PathTable.key_of(choice.path))
+        self._pending = _Pending(PathTable.key_of(choice.path), old, now, choice.reason, bound)
         self.selector.record_move(now)
         self._emit(PathSelected(path=choice.path, reason=choice.reason))
         self._emit(HandoverStarted(path=choice.path, old_path=old, reason=choice.reason))
         self._emit(MoveRequested(path=choice.path, old_path=old, reason=choice.reason,
-                                 timeout=self._attempt_timeout(PathTable.key_of(choice.path))))
+                                 timeout=bound))

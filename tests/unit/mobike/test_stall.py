@@ -17,6 +17,7 @@ import pytest
 from mobike_vici.config.mobike import MobikePolicy, PreferRule
 from mobike_vici.mobike.events import (
     HandoverCompleted,
+    HandoverFailed,
     MoveRequested,
     PathDown,
     PathStalled,
@@ -226,7 +227,7 @@ def test_flapping_under_traffic_stays_damped_by_hold_down() -> None:
 
 def test_attempt_timeout_from_rtt_with_floor_and_cap() -> None:
     rtt = RttEstimator()
-    assert attempt_timeout(rtt, 0.3, 10.0) == pytest.approx(1.0)  # unmeasured
+    assert attempt_timeout(rtt, 0.3, 10.0) is None  # unmeasured: the backend's bound
     rtt.sample(0.002)
     assert attempt_timeout(rtt, 0.3, 10.0) == pytest.approx(0.3)  # the floor
     slow = RttEstimator(srtt=0.2, rttvar=0.05)
@@ -302,3 +303,27 @@ def test_a_quiet_move_target_failure_for_another_reason_sets_nothing_aside() -> 
     sim.dead.add(key(P_ETH))
     feed(sim, idle, 5.0)
     assert not [e for _, e in sim.of(PathDown) if e.reason in (FAMILY_DOWN, INTERFACE_DOWN)]
+
+
+@dataclass
+class SilentSim(Sim):
+    """A backend whose update to a dead path waits forever (behind an unanswered request)."""
+
+    def _move(self, ev: MoveRequested) -> None:
+        if key(ev.path) not in self.dead:
+            super()._move(ev)
+
+
+def test_an_attempt_the_backend_never_reports_on_ends_at_its_own_bound() -> None:
+    policy = MobikePolicy(prefer=(PreferRule("v6", family=6, cost=50),))
+    mgr = PathManager(policy, P_ETH, (ETH, WWAN, ETH6), [ip(PEER6)], now=0.0)
+    sim = SilentSim(mgr, rtt=0.002)
+    sim.run_until(4.0)
+    sim.dead.update({key(P_ETH), key(P_WWAN)})
+    sim.mgr.on_link_down("eth0", 4.0)  # eth0's IPv4 and IPv6 both: wwan's IPv4 is next
+    sim.run_until(4.0 + POLICY.handover_timeout / 2)
+    (_, first), *_ = sim.of(MoveRequested)
+    assert first.path == P_WWAN and first.timeout is not None
+    failed = [(t, e) for t, e in sim.of(HandoverFailed) if e.path == P_WWAN]
+    assert failed and failed[0][1].reason == "attempt_timeout"
+    assert failed[0][0] - 4.0 == pytest.approx(first.timeout)
