@@ -371,7 +371,7 @@ class Mobility:
             peers = (event.path.remote.addr,)
         policy = self._sa_policy(event.path.remote.addr.version)
         mgr = PathManager(policy, event.path, self._local, peers, now=now,
-                          initiator=event.initiator)
+                          initiator=event.initiator, attempt_bounds=True)
         preferred = self._preferred.get(event.conn)
         if preferred is not None:
             mgr.set_preferred_local(preferred, now, source="inherited")

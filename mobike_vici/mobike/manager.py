@@ -106,8 +106,13 @@ class PathManager:
         *,
         now: float,
         initiator: bool = True,
+        attempt_bounds: bool = False,
     ) -> None:
         self.policy = policy
+        self.attempt_bounds = attempt_bounds
+        """Bound each move attempt by its target's RTT (a backend that moves the SA itself
+        in one exchange); False: ``handover_timeout`` (charon, steered by routes, may
+        take several stages)."""
         self._base_policy = policy
         self.preferred_local: IPAddress | None = None
         """The operator's preferred local address (``prefer``/``move``), above policy."""
@@ -450,7 +455,7 @@ class PathManager:
         return normal
 
     def _attempt_timeout(self, key: Key) -> float | None:
-        if key not in self.table:
+        if not self.attempt_bounds or key not in self.table:
             return None
         return attempt_timeout(self.table.health(key).rtt, self.policy.probe_timeout,
                                self.policy.handover_timeout)

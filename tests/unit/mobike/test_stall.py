@@ -76,7 +76,8 @@ def idle(_now: float, _alive: bool) -> tuple[int, int]:
 
 def make(policy: MobikePolicy = POLICY, locals_: tuple[LocalAddress, ...] = (ETH, WWAN),
          peers: tuple[str, ...] = (), rtt: float = 0.002) -> TimedSim:
-    mgr = PathManager(policy, P_ETH, locals_, [ip(p) for p in peers], now=0.0)
+    mgr = PathManager(policy, P_ETH, locals_, [ip(p) for p in peers], now=0.0,
+                      attempt_bounds=True)
     return TimedSim(mgr, rtt=rtt)
 
 
@@ -246,6 +247,19 @@ def test_move_requests_carry_the_targets_rtt_bound() -> None:
     assert 4 * 0.15 <= mv.timeout < POLICY.handover_timeout
 
 
+def test_without_attempt_bounds_a_move_keeps_the_handover_timeout() -> None:
+    # The controller steers charon through several stages: no RTT bound there.
+    mgr = PathManager(POLICY, P_ETH, (ETH, WWAN), now=0.0)
+    sim = SilentSim(mgr, rtt=0.002)
+    sim.run_until(3.0)
+    sim.dead.add(key(P_WWAN))
+    sim.mgr.on_link_down("eth0", 3.0)
+    sim.run_until(3.0 + POLICY.handover_timeout - 0.5)
+    (_, mv), = sim.of(MoveRequested)
+    assert mv.timeout is None
+    assert not [e for _, e in sim.of(HandoverFailed) if e.reason != "target_down"]
+
+
 def test_shared_failure_names_interface_first_then_family() -> None:
     a4, b4, a6 = ip("10.1.0.2"), ip("10.2.0.2"), ip("2001:db8:1::2")
     p1, p2, p6 = ip(PEER), ip(PEER2), ip(PEER6)
@@ -316,7 +330,8 @@ class SilentSim(Sim):
 
 def test_an_attempt_the_backend_never_reports_on_ends_at_its_own_bound() -> None:
     policy = MobikePolicy(prefer=(PreferRule("v6", family=6, cost=50),))
-    mgr = PathManager(policy, P_ETH, (ETH, WWAN, ETH6), [ip(PEER6)], now=0.0)
+    mgr = PathManager(policy, P_ETH, (ETH, WWAN, ETH6), [ip(PEER6)], now=0.0,
+                      attempt_bounds=True)
     sim = SilentSim(mgr, rtt=0.002)
     sim.run_until(4.0)
     sim.dead.update({key(P_ETH), key(P_WWAN)})
