@@ -28,7 +28,8 @@ stall_timeout              100ms       >0 .. 24h        native: outbound ESP flo
                                                         probe up to probe_interval
 stall_probe_timeout        50ms        >0 .. 24h        native: a probe of a stalled active
                                                         path unanswered this long is a miss
-                                                        (the floor; else SRTT + 4 RTTVAR,
+                                                        (the floor, doubled for a peer known
+                                                        to be quiet; else SRTT + 4 RTTVAR,
                                                         at most probe_timeout's value)
 standby_probe_interval     2s          >0 .. 24h        probe cadence on idle standby paths
 max_probes_in_flight       4           1 .. 64          per IKE_SA, all paths together

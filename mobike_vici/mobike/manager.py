@@ -451,7 +451,10 @@ class PathManager:
         rtt = self.table.health(key).rtt
         normal = rtt.timeout(self.policy.probe_timeout)
         if key == self._active and self._stall.stalled:
-            return min(normal, rtt.timeout(self.policy.stall_probe_timeout))
+            # A peer known to be quiet (one-way traffic) is probed this way again and
+            # again: a longer floor keeps a slow answer from ever looking like death.
+            floor = self.policy.stall_probe_timeout * (2 if self._stall.backoff else 1)
+            return min(normal, rtt.timeout(floor))
         return normal
 
     def _attempt_timeout(self, key: Key) -> float | None:

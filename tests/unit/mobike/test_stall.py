@@ -184,6 +184,17 @@ def test_a_quiet_peer_never_moves_and_probes_stay_bounded(traffic: Traffic) -> N
     assert len(stalls) <= (1 if traffic is one_way else 0)
 
 
+def test_a_known_quiet_peer_gets_the_doubled_stall_timeout() -> None:
+    # Answers take 70 ms at the moment (a loaded peer): more than stall_probe_timeout,
+    # less than twice it. The RTT estimate was made when answers took 2 ms.
+    sim = make()
+    feed(sim, one_way, 5.0)
+    sim.rtt = 0.07
+    feed(sim, one_way, 35.0)
+    assert not sim.of(PathDown)
+    assert not sim.of(MoveRequested)
+
+
 def test_one_way_traffic_bursts_of_probes_are_rate_limited_from_the_first_second() -> None:
     sim = make()
     feed(sim, one_way, 1.0)
@@ -204,8 +215,10 @@ def test_one_way_traffic_on_a_path_that_dies_is_still_left_fast() -> None:
     sim.dead.add(key(P_ETH))
     feed(sim, one_way, 6.0)
     downs = [t for t, e in sim.of(PathDown) if e.path == P_ETH]
-    # At worst a whole backed-off window (probe_interval), then the burst.
-    bound = POLICY.probe_interval + 2 * SAMPLE + POLICY.probe_misses * POLICY.stall_probe_timeout
+    # At worst a whole backed-off window (probe_interval), then the burst with the
+    # doubled timeout of a peer known to be quiet.
+    bound = (POLICY.probe_interval + 2 * SAMPLE
+             + POLICY.probe_misses * 2 * POLICY.stall_probe_timeout)
     assert downs and downs[0] - 5.0 <= bound + 1e-9
 
 
