@@ -70,7 +70,8 @@ class MobikeEngine(Protocol):
     def set_local_addresses(self, addrs: Sequence[IPAddress], now: float) -> None: ...
     def peer_addresses(self, ike_spi: str) -> tuple[IPAddress, ...]: ...
     def probe(self, ike_spi: str, path: Path, now: float) -> int: ...
-    def move(self, ike_spi: str, path: Path, now: float) -> None: ...
+    def move(self, ike_spi: str, path: Path, now: float,
+             timeout: float | None = None) -> None: ...
 
 
 @dataclass(slots=True)
@@ -108,6 +109,8 @@ def path_event_fields(conn: str, ike_spi: str, event: pe.Event) -> tuple[str, Fi
             return "handover_failed", {**base, "old_local": str(event.old_path.local),
                                        "old_remote": str(event.old_path.remote),
                                        "reason": event.reason}
+        case pe.PathStalled():
+            return "path_stalled", {**base, "silent_ms": round(event.silent_ms, 3)}
         case pe.PreferenceChanged():
             pref = event.preferred_local
             return "preference_changed", {**base, "preferred_local": None if pref is None
@@ -138,6 +141,7 @@ class Mobility:
         self._tunnel_ifs = tuple(tunnel_interfaces)
         self._log: list[tuple[str, Fields]] = []
         self._preferred: dict[str, IPAddress] = {}  # by conn; one per configured conn
+        self._watched: frozenset[str] | None = None  # cache of ``watched()``
         self.errors = 0
         """Engine calls that raised (an SA vanished under us): counted, never fatal."""
         self.calls = 0
@@ -202,6 +206,8 @@ class Mobility:
     # -- inputs -----------------------------------------------------------------------
 
     def on_core_event(self, event: Event, now: float) -> None:
+        if isinstance(event, IkeSaEstablished | IkeSaDeleted | IkeSaRekeyed):
+            self._watched = None
         match event:
             case IkeSaEstablished():
                 if event.initiator and event.virtual_ips:
@@ -288,6 +294,22 @@ class Mobility:
             sa.manager.on_route_changed(now)
             self._dirty[spi] = None
 
+    def watched(self) -> frozenset[str]:
+        """The IKE_SAs whose data plane is worth watching: those we choose paths for."""
+        if self._watched is None:
+            self._watched = frozenset(spi for spi, sa in self._sas.items()
+                                      if sa.manager.initiator)
+        return self._watched
+
+    def on_traffic(self, ike_spi: str, inbound: int, outbound: int, now: float) -> bool:
+        """ESP packets of one IKE_SA since the last sample; True when its manager wants
+        a pump now (a stall began: the active path is probed at once)."""
+        sa = self._sas.get(ike_spi)
+        if sa is None or not sa.manager.on_traffic(inbound, outbound, now):
+            return False
+        self._dirty[ike_spi] = None
+        return True
+
     def handle_timer(self, now: float) -> None:
         """Run the managers that are due (and only those)."""
         for spi in self._dirty:
@@ -330,7 +352,8 @@ class Mobility:
                     mgr.on_probe_failed(req.probe_id, now)
             while (event := mgr.next_event()) is not None:
                 if isinstance(event, pe.MoveRequested):
-                    self._call("move", partial(self.engine.move, spi, event.path, now))
+                    self._call("move", partial(self.engine.move, spi, event.path, now,
+                                               event.timeout))
                     continue
                 mapped = path_event_fields(sa.conn, spi, event)
                 if mapped is not None:
@@ -348,7 +371,7 @@ class Mobility:
             peers = (event.path.remote.addr,)
         policy = self._sa_policy(event.path.remote.addr.version)
         mgr = PathManager(policy, event.path, self._local, peers, now=now,
-                          initiator=event.initiator)
+                          initiator=event.initiator, attempt_bounds=True)
         preferred = self._preferred.get(event.conn)
         if preferred is not None:
             mgr.set_preferred_local(preferred, now, source="inherited")

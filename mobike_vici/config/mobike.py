@@ -21,6 +21,16 @@ probe_timeout              300ms       >0 .. 24h        a probe unanswered this 
                                                         SRTT + 4 RTTVAR, at most 3 s)
 probe_misses               2           1 .. 100         consecutive misses that make a path
                                                         down
+stall_timeout              100ms       >0 .. 24h        native: outbound ESP flowing and
+                                                        nothing in for this long (at least;
+                                                        else 4 SRTT) probes the active path
+                                                        at once; doubles per answered stall
+                                                        probe up to probe_interval
+stall_probe_timeout        50ms        >0 .. 24h        native: a probe of a stalled active
+                                                        path unanswered this long is a miss
+                                                        (the floor, doubled for a peer known
+                                                        to be quiet; else SRTT + 4 RTTVAR,
+                                                        at most probe_timeout's value)
 standby_probe_interval     2s          >0 .. 24h        probe cadence on idle standby paths
 max_probes_in_flight       4           1 .. 64          per IKE_SA, all paths together
 hold_down                  10s         0 .. 24h         a better path must be healthy this
@@ -32,7 +42,10 @@ max_moves_per_minute       6           0 .. 10000       discretionary moves per 
 handover_timeout           10s         >0 .. 24h        a move the backend never reports on
                                                         has failed; beside a gateway's
                                                         charon also the time a moved peer
-                                                        has to answer at its new address
+                                                        has to answer at its new address;
+                                                        the bound of one native move
+                                                        attempt (which is 4 RTOs of the
+                                                        target path, at least probe_timeout)
 verify_timeout             200ms       0 .. 24h         native: after a move, ESP from the
                                                         peer must arrive within this (or 4
                                                         SRTTs of the new path, if longer)
@@ -91,7 +104,11 @@ With the defaults a silently dead active path is down at most
 ``probe_interval * probe_misses + probe_timeout`` = 0.7 s after it died (the first
 unanswered probe leaves at most one interval after the death, the second one
 interval later, and the second times out 300 ms after that), and the move to the
-best standby is requested at that instant.
+best standby is requested at that instant. The native daemon also watches its own
+ESP: while packets leave and none come in for ``stall_timeout`` the active path is
+probed at once with ``stall_probe_timeout``, so under traffic a dead path is down
+about ``stall_timeout + probe_misses * stall_probe_timeout`` = 0.2 s after it died.
+A peer that answers those probes stays (one-way traffic never moves anything).
 """
 
 from __future__ import annotations
@@ -159,6 +176,8 @@ class MobikePolicy:
     probe_timeout: float = 0.3
     probe_misses: int = 2
     standby_probe_interval: float = 2.0
+    stall_timeout: float = 0.1
+    stall_probe_timeout: float = 0.05
     max_probes_in_flight: int = 4
     hold_down: float = 10.0
     max_moves_per_minute: int = 6
@@ -210,7 +229,8 @@ _TIME_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
 _MAX_TIME = 86400.0
 _TOP_KEYS = frozenset({
     "probe_interval", "probe_timeout", "probe_misses", "standby_probe_interval",
-    "max_probes_in_flight", "hold_down", "max_moves_per_minute", "handover_timeout",
+    "stall_timeout", "stall_probe_timeout", "max_probes_in_flight", "hold_down",
+    "max_moves_per_minute", "handover_timeout",
     "return_routability", "family", "exclude", "allowed_peer_prefixes", "announce",
     "drop_log_interval", "cookie_threshold", "block_threshold", "init_limit_half_open",
     "init_dh_budget",
@@ -295,8 +315,8 @@ def _build(raw: Mapping[str, str], locate: Locate) -> MobikePolicy:
         if (t := text(key)) is not None:
             kw[field_name] = _uint(t, key, lo, hi, err)
     for key in ("probe_interval", "probe_timeout", "standby_probe_interval",
-                "hold_down", "handover_timeout", "drop_log_interval", "verify_timeout",
-                "repair_timeout"):
+                "stall_timeout", "stall_probe_timeout", "hold_down", "handover_timeout",
+                "drop_log_interval", "verify_timeout", "repair_timeout"):
         if (t := text(key)) is not None:
             kw[key] = _time(t, key, err, zero_ok=key in ("hold_down", "verify_timeout"))
     for key, lo, hi in (("probe_misses", 1, 100), ("max_probes_in_flight", 1, _MAX_IN_FLIGHT),

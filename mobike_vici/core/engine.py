@@ -346,9 +346,10 @@ class Engine:
         sa.probes.append(Probe(probe_id, path, pending.message_id, now, deadline))
         return probe_id
 
-    def move(self, ike_spi: str, path: Path, now: float) -> None:
+    def move(self, ike_spi: str, path: Path, now: float, timeout: float | None = None) -> None:
         """As original initiator, move the IKE_SA and all its CHILD_SAs to ``path``
-        (UPDATE_SA_ADDRESSES). Outcome: IkeSaMoved + ChildSaUpdated, or MoveFailed."""
+        (UPDATE_SA_ADDRESSES). Outcome: IkeSaMoved + ChildSaUpdated, or MoveFailed.
+        ``timeout`` bounds this attempt (at most move_timeout; resent a few times within)."""
         sa = self._by_name(ike_spi)
         reason = ("not_mobike" if not sa.mobike else "not_initiator" if not sa.initiator
                   else "not_established"
@@ -369,7 +370,9 @@ class Engine:
             # Whatever is outstanding continues on the new path (§3.5).
             pending.path = path
             self._send(pending.data, path, sa, now)
-        sa.tasks.appendleft(MoveTask(sa.path, path, now))
+        limit = self._settings.move_timeout
+        sa.tasks.appendleft(MoveTask(sa.path, path, now,
+                                     min(timeout, limit) if timeout is not None else None))
         self._kick(sa, now)
 
     def _responder_path(self, sa: IkeSa) -> Path | None:
@@ -494,7 +497,7 @@ class Engine:
         data = self._encode(sa, task.exchange, mid, False, payloads)
         if task.exchange == ExchangeType.IKE_SA_INIT:
             sa.init_request = data
-        wait = (self._settings.move_retransmit if isinstance(task, MoveTask)
+        wait = (self._move_resend(task) if isinstance(task, MoveTask)
                 else self._settings.retransmit.wait(0))
         path: Path = getattr(task, "path", None) or sa.path
         sa.pending = PendingRequest(mid, task.exchange, data, path, task, now, now + wait)
@@ -749,14 +752,20 @@ class Engine:
         back on the SA's path, like a liveness check."""
         settings = self._settings
         started = task.sent_at if task.sent_at is not None else pending.first_sent
-        if now >= started + settings.move_timeout:
+        limit = task.timeout if task.timeout is not None else settings.move_timeout
+        if now >= started + limit - 1e-9:
             task.fail(self._ctx, sa, "timeout")
             pending.path = sa.path
             pending.first_sent = now
             pending.deadline = now + settings.retransmit.wait(0)
         else:
-            pending.deadline = now + settings.move_retransmit
+            pending.deadline = min(now + self._move_resend(task), started + limit)
         self._send(pending.data, pending.path, sa, now)
+
+    def _move_resend(self, task: MoveTask) -> float:
+        """Resend interval of an update: move_retransmit, or a third of a shorter bound."""
+        resend = self._settings.move_retransmit
+        return resend if task.timeout is None else min(resend, task.timeout / 3)
 
     def _adopt(self, now: float) -> None:
         """Register IKE_SAs created by a rekey (CREATE_CHILD_SA) and start their tasks."""

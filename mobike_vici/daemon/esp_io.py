@@ -304,6 +304,10 @@ class UserspaceEsp:
                 self._net("del_address", self.tun_name, vip)
         return {}
 
+    def packets_of(self, ike_spi: str) -> list[tuple[int, int, int]]:
+        """Packet counters of one IKE_SA's CHILD_SAs (``daemon.traffic``)."""
+        return self.plane.packets_of(ike_spi)
+
     def counters(self) -> dict[int, dict[str, int]]:
         return {e.unique_id: e.counters() for e in self.plane.entries()}
 

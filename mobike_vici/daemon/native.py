@@ -48,6 +48,7 @@ from .metrics import MetricsServer, snapshot_on_loop
 from .operator import operator_request
 from .routing import DaemonRouting
 from .status import paths_json, preferred_json, status_json
+from .traffic import TrafficWatch
 
 
 class EngineApi(Protocol):
@@ -176,6 +177,8 @@ class Daemon:
         self.drops = DropLog(config.mobike.policy.drop_log_interval)
         """Unauthenticated IKE drops: one ``packet_dropped`` per reason per interval."""
         self._drop_timer: asyncio.TimerHandle | None = None
+        self._traffic: TrafficWatch | None = None
+        """Samples the data plane's counters for the path managers (stall detection)."""
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -228,6 +231,7 @@ class Daemon:
             except BaseException:
                 await self.close()
                 raise
+            self._watch_traffic()
         if self._want_monitor:
             await self._start_monitor()
         now = self.now()
@@ -387,7 +391,20 @@ class Daemon:
         if pending:
             self.log.emit("shutdown_incomplete", ike_sas=sorted(pending))
 
+    def _watch_traffic(self) -> None:
+        packets_of = getattr(self.data_plane, "packets_of", None)
+        if self.mobility is None or packets_of is None:
+            return
+        self._traffic = TrafficWatch(
+            packets_of, self.mobility, self._after_engine,
+            on_error=lambda exc: self.log.emit("engine_error", call="traffic",
+                                               error=type(exc).__name__))
+        self._traffic.start(self.loop)
+
     async def close(self) -> None:
+        if self._traffic is not None:
+            self._traffic.stop()
+            self._traffic = None
         if self._monitor is not None:
             self._monitor.close()
             self._monitor = None

@@ -522,6 +522,14 @@ class DataPlane:
         """The CHILD_SAs of one IKE_SA (its own work only, whatever the number of SAs)."""
         return [self._by_id[uid] for uid in self._by_ike.get(ike_spi, ())]
 
+    def packets_of(self, ike_spi: str) -> list[tuple[int, int, int]]:
+        """(unique_id, packets in, packets out) of each CHILD_SA of one IKE_SA."""
+        out = []
+        for uid in self._by_ike.get(ike_spi, ()):
+            pair = self._by_id[uid].pair
+            out.append((uid, pair.inbound.counters.packets, pair.outbound.counters.packets))
+        return out
+
     def move_child(self, unique_id: int, path: Path, encap: bool | None = None) -> bool:
         """New outer endpoints (and encapsulation) for one CHILD_SA; True if anything changed.
 

@@ -3,7 +3,7 @@
 Frozen, keyword-only dataclasses with one base class. All but ``MoveRequested`` map
 one-to-one onto the event stream (``path_up``, ``path_down``, ``path_selected``,
 ``handover_started``, ``handover_completed``, ``handover_failed``,
-``preference_changed``);
+``preference_changed``, ``path_stalled``);
 ``MoveRequested`` is the instruction the backend carries out (UPDATE_SA_ADDRESSES
 natively, steering for charon) and is not logged by itself: ``HandoverStarted``
 precedes it with the same data. ``update_rejected`` is the backend's own event.
@@ -56,6 +56,18 @@ class MoveRequested(PathEvent):
 
     old_path: Path
     reason: str
+    timeout: float | None = None
+    """How long this attempt may take, from the target path's RTT (None: the backend's
+    own bound); past it the backend reports the move failed, and the next candidate
+    is tried."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PathStalled(PathEvent):
+    """Outbound ESP flows on the active path and nothing came in for ``silent_ms``:
+    the path is probed at once (only unanswered probes make it down)."""
+
+    silent_ms: float
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -85,5 +97,5 @@ class PreferenceChanged(PathEvent):
 
 Event = (
     PathUp | PathDown | PathSelected | HandoverStarted | MoveRequested | HandoverCompleted
-    | HandoverFailed | PreferenceChanged
+    | HandoverFailed | PreferenceChanged | PathStalled
 )

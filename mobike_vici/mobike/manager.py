@@ -16,6 +16,12 @@ pace until it has a verdict, one probe at a time; idle standby paths every
 not healthy. A responder (``initiator=False``) does not probe: RFC 4555 lets only
 the initiator choose paths, and a responder moves only when its own address goes.
 
+Data plane (``on_traffic``, see ``stall``): when outbound ESP flows on the active path
+and nothing comes in, the active path is probed at once with a short timeout, so a
+dead path is down after a quick burst of misses; only probe misses make it down.
+Each move attempt is bounded by the target path's RTT (``failover``); when it fails
+like the path it left, candidates sharing their interface or family are set aside.
+
 No exception escapes a public method for any input; unknown probe ids, paths or
 interfaces are ignored.
 """
@@ -37,11 +43,14 @@ from .events import (
     MoveRequested,
     PathDown,
     PathSelected,
+    PathStalled,
     PathUp,
     PreferenceChanged,
 )
+from .failover import attempt_timeout, shared_failure
 from .paths import Key, LocalAddress, PathState, PathTable
 from .policy import PathInfo, Selector, addresses_to_announce, rank, with_operator_preference
+from .stall import StallWatch
 
 # A path the peer refused (UNACCEPTABLE_ADDRESSES) is neither probed nor tried for this
 # long; its policy rarely changes, but a restart of the peer's daemon may change it.
@@ -52,6 +61,9 @@ MAX_EVENTS = 256
 
 UNACCEPTABLE = "unacceptable_addresses"
 OPERATOR = "operator"
+ATTEMPT_TIMEOUT = "attempt_timeout"
+NO_ANSWER = frozenset({"timeout", "handover_timeout", ATTEMPT_TIMEOUT})
+"""Move failures that mean the target did not answer (the others say nothing of it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +84,14 @@ class _Pending:
     old: Path
     started: float
     reason: str
+    timeout: float | None = None
+    """The attempt's own bound (from the target's RTT); None: ``handover_timeout``."""
+
+    def deadline(self, policy: MobikePolicy) -> float:
+        # Also when the backend's update waits behind a request of its own that the
+        # dead path never answers: the attempt is over, the next candidate is tried.
+        bound = self.timeout if self.timeout is not None else policy.handover_timeout
+        return self.started + min(bound, policy.handover_timeout)
 
 
 class PathManager:
@@ -86,8 +106,13 @@ class PathManager:
         *,
         now: float,
         initiator: bool = True,
+        attempt_bounds: bool = False,
     ) -> None:
         self.policy = policy
+        self.attempt_bounds = attempt_bounds
+        """Bound each move attempt by its target's RTT (a backend that moves the SA itself
+        in one exchange); False: ``handover_timeout`` (charon, steered by routes, may
+        take several stages)."""
         self._base_policy = policy
         self.preferred_local: IPAddress | None = None
         """The operator's preferred local address (``prefer``/``move``), above policy."""
@@ -102,6 +127,7 @@ class PathManager:
         self._probes: dict[int, _Probe] = {}
         self._ids = itertools.count(1)
         self._pending: _Pending | None = None
+        self._stall = StallWatch(policy.stall_timeout, policy.probe_interval)
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._emit(PathSelected(path=active, reason="initial"))
         self._decide(now)
@@ -176,11 +202,12 @@ class PathManager:
         target = up[0].path
         self._prefer(local, "move")
         old = self._active_path
-        self._pending = _Pending(PathTable.key_of(target), old, now, OPERATOR)
+        bound = self._attempt_timeout(PathTable.key_of(target))
+        self._pending = _Pending(PathTable.key_of(target), old, now, OPERATOR, bound)
         self.selector.record_move(now)
         self._emit(PathSelected(path=target, reason=OPERATOR))
         self._emit(HandoverStarted(path=target, old_path=old, reason=OPERATOR))
-        self._emit(MoveRequested(path=target, old_path=old, reason=OPERATOR))
+        self._emit(MoveRequested(path=target, old_path=old, reason=OPERATOR, timeout=bound))
         return None
 
     # -- outputs ----------------------------------------------------------------------
@@ -224,7 +251,7 @@ class PathManager:
                     if due is not None:
                         times.append(due)
         if self._pending is not None:
-            times.append(self._pending.started + self.policy.handover_timeout)
+            times.append(self._pending.deadline(self.policy))
         else:
             ranked, active, ok = self._view(None)
             t = self.selector.next_deadline(
@@ -247,8 +274,9 @@ class PathManager:
             if h.unusable_until is not None and now >= h.unusable_until:
                 h.unusable_until = None
         pending = self._pending
-        if pending is not None and now >= pending.started + self.policy.handover_timeout:
-            self._move_failed(pending.target, "handover_timeout", now)
+        if pending is not None and now >= pending.deadline(self.policy):
+            self._move_failed(pending.target, "handover_timeout" if pending.timeout is None
+                              else ATTEMPT_TIMEOUT, now)
         self._decide(now)
 
     def on_probe_sent(self, probe_id: int, now: float) -> None:
@@ -267,6 +295,8 @@ class PathManager:
         h = self.table.health(probe.key)
         h.in_flight = max(0, h.in_flight - 1)
         h.outcomes.append(True)
+        if probe.key == self._active:
+            self._stall.on_alive()
         rtt = now - probe.sent
         if h.success(rtt, now):
             self._emit(PathUp(path=self.table.path(probe.key), rtt_ms=rtt * 1000.0))
@@ -278,6 +308,24 @@ class PathManager:
         if probe is not None:
             self._missed(probe.key, now)
             self._decide(now)
+
+    # -- inputs: the data plane ---------------------------------------------------------
+
+    def on_traffic(self, inbound: int, outbound: int, now: float) -> bool:
+        """ESP packets of this IKE_SA's CHILD_SAs in and out since the last call (the
+        backend samples its counters every few tens of ms). True when the sample
+        started a stall: the active path wants a probe now (``probes_to_send``)."""
+        self._last_now = max(self._last_now, now)
+        if not self.initiator or self._active not in self.table:
+            return False
+        h = self.table.health(self._active)
+        first_out = self._stall.first_out
+        if not self._stall.on_traffic(inbound, outbound, now, h.rtt.srtt):
+            return False
+        if self._stall.backoff == 0:  # one-way traffic says it once, not every probe
+            silent = now - first_out if first_out is not None else 0.0
+            self._emit(PathStalled(path=self._active_path, silent_ms=silent * 1000.0))
+        return True
 
     # -- inputs: the network ------------------------------------------------------------
 
@@ -314,6 +362,7 @@ class PathManager:
         """A reloaded ``mobike { }`` policy: applies from now on, paths and their health kept."""
         self.policy = policy
         self.table.policy = policy
+        self._stall.floor, self._stall.cap = policy.stall_timeout, policy.probe_interval
         moves = list(self.selector._moves)  # the damping history survives
         self.selector = Selector(policy)
         for t in moves[-max(1, policy.max_moves_per_minute):]:
@@ -385,6 +434,8 @@ class PathManager:
                                      source=source))
 
     def _set_active(self, path: Path) -> None:
+        if PathTable.key_of(path) != self._active:
+            self._stall.reset()
         self._active, self._active_path = PathTable.key_of(path), path
         if (path.local.port, path.remote.port) != (self.table.local_port,
                                                    self.table.remote_port):
@@ -398,7 +449,20 @@ class PathManager:
     def _timeout(self, key: Key) -> float:
         if key not in self.table:
             return self.policy.probe_timeout
-        return self.table.health(key).rtt.timeout(self.policy.probe_timeout)
+        rtt = self.table.health(key).rtt
+        normal = rtt.timeout(self.policy.probe_timeout)
+        if key == self._active and self._stall.stalled:
+            # A peer known to be quiet (one-way traffic) is probed this way again and
+            # again: a longer floor keeps a slow answer from ever looking like death.
+            floor = self.policy.stall_probe_timeout * (2 if self._stall.backoff else 1)
+            return min(normal, rtt.timeout(floor))
+        return normal
+
+    def _attempt_timeout(self, key: Key) -> float | None:
+        if not self.attempt_bounds or key not in self.table:
+            return None
+        return attempt_timeout(self.table.health(key).rtt, self.policy.probe_timeout,
+                               self.policy.handover_timeout)
 
     def _probe_order(self) -> list[Key]:
         others = [PathTable.key_of(p.path) for p in self.paths()]
@@ -414,6 +478,9 @@ class PathManager:
         if h.last_probe is None:
             return self._last_now if now is None else now
         if key == self._active:
+            if self._stall.stalled and h.state != PathState.DOWN:
+                # Probe the stalled path at once, one probe after the other (a burst).
+                return None if h.in_flight > 0 else (self._last_now if now is None else now)
             return h.last_probe + self.policy.probe_interval
         if h.in_flight > 0:
             return None  # one at a time on paths we do not use
@@ -482,6 +549,24 @@ class PathManager:
             h.healthy_since = None
         else:
             self._fail(key, "move_failed")
+            if pending is not None and pending.target == key and reason in NO_ANSWER:
+                self._set_aside(PathTable.key_of(pending.old), key, pending.started)
+
+    def _set_aside(self, failed: Key, target: Key, since: float) -> None:
+        """The attempt on ``target`` failed after ``failed`` went down: the candidates
+        sharing what both share, and not proven since the attempt began, are down too
+        (probes bring each back on its own)."""
+        if failed not in self.table or self.table.health(failed).state != PathState.DOWN:
+            return
+        shared = shared_failure(failed, target, self.table.ifname, self.table.candidate_keys())
+        if shared is None:
+            return
+        reason, keys = shared
+        for key in keys:
+            last = self.table.health(key).last_success
+            if last is None or last < since:
+                self._drop_probes(key)
+                self._fail(key, reason)
 
     def _decide(self, now: float) -> None:
         self._last_now = max(self._last_now, now)
@@ -502,8 +587,10 @@ class PathManager:
         if choice is None:
             return
         old = self._active_path
-        self._pending = _Pending(PathTable.key_of(choice.path), old, now, choice.reason)
+        bound = self._attempt_timeout(PathTable.key_of(choice.path))
+        self._pending = _Pending(PathTable.key_of(choice.path), old, now, choice.reason, bound)
         self.selector.record_move(now)
         self._emit(PathSelected(path=choice.path, reason=choice.reason))
         self._emit(HandoverStarted(path=choice.path, old_path=old, reason=choice.reason))
-        self._emit(MoveRequested(path=choice.path, old_path=old, reason=choice.reason))
+        self._emit(MoveRequested(path=choice.path, old_path=old, reason=choice.reason,
+                                 timeout=bound))

@@ -228,11 +228,14 @@ class MoveTask:
     exchange = ExchangeType.INFORMATIONAL
     liveness = False
 
-    def __init__(self, old: Path, new: Path, started: float | None) -> None:
+    def __init__(self, old: Path, new: Path, started: float | None,
+                 timeout: float | None = None) -> None:
         self.old = old
         self.new = new
         self.path = new
         self.started = started
+        self.timeout = timeout
+        """This attempt's bound (from the path's RTT); None: the engine's move_timeout."""
         self.cookie2 = b""
         self.failed: str | None = None
         self.sent_at: float | None = None

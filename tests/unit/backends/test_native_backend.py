@@ -53,7 +53,8 @@ class FakeEngine:
         self.probes.append((probe_id, ike_spi, path))
         return probe_id
 
-    def move(self, ike_spi: str, path: Path, now: float) -> None:
+    def move(self, ike_spi: str, path: Path, now: float,
+             timeout: float | None = None) -> None:
         self.moves.append((ike_spi, path))
 
 

@@ -472,3 +472,31 @@ def test_cookie2_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -
     moved_to(net, path(ALICE2, BOB))
     assert of_type(net.events_a, IkeSaMoved)
     assert compared and all(a == b for a, b in compared)
+
+
+def test_move_with_an_rtt_timeout_fails_at_that_bound_and_resends_within() -> None:
+    net = setup()
+    net.down.add(ALICE6)
+    start = net.now
+    sent_before = len(net.log)
+    net.a.move(spi(net), path(ALICE6, BOB6), net.now, timeout=0.3)
+    net.advance_to(start + 0.29)
+    assert not of_type(net.events_a, MoveFailed)
+    net.advance_to(start + 0.31)
+    (fail,) = of_type(net.events_a, MoveFailed)
+    assert fail.reason == "timeout"
+    updates = [d for d in net.log[sent_before:] if d.path.local.addr == ALICE6]
+    assert len(updates) >= 3  # the first send and resends a third of the bound apart
+    # The next attempt on a live path goes through at once.
+    moved_to(net, path(ALICE2, BOB))
+    assert of_type(net.events_a, IkeSaMoved)
+
+
+def test_move_timeout_is_capped_by_the_engines_move_timeout() -> None:
+    net = setup()
+    net.down.add(ALICE6)
+    start = net.now
+    net.a.move(spi(net), path(ALICE6, BOB6), net.now, timeout=1000.0)
+    net.advance_to(start + 10.05)
+    (fail,) = of_type(net.events_a, MoveFailed)
+    assert fail.reason == "timeout"
