@@ -259,9 +259,11 @@ class Engine:
     def handle_timer(self, now: float) -> None:
         # Only the SAs that are due, in the table's order; for every other SA the
         # timer work would find nothing to do.
-        for sa in self._index.due(now):
+        due = self._index.due(now)
+        for sa in due:  # re-filed afterwards, even if one of them raised
+            self._ctx.touch(sa)
+        for sa in due:
             if self._sas.get(sa.our_spi) is sa:  # not removed by an earlier one here
-                self._ctx.touch(sa)
                 self._sa_timer(sa, now)
 
     def next_event(self) -> Event | None:
