@@ -16,8 +16,8 @@ from ..ikev2.proposals import ProposalSpec, parse_proposals
 from ..types import IPAddress, Path
 from .cookies import CookieJar
 from .events import Event
-from .ike_sa import IkeState
 from .pool import AddressPool
+from .sa_index import SaIndex
 
 if TYPE_CHECKING:
     from .ike_sa import IkeSa
@@ -42,6 +42,10 @@ class Context:
         self._next_unique_id = 1
         self.sas: dict[bytes, IkeSa] = {}
         """Every IKE_SA by our SPI (the engine's table, shared read-only with exchanges)."""
+        self.index = SaIndex(settings.keepalive_interval, settings.half_open_timeout)
+        """The table's deadline heap, peer counts and CHILD_SA lookups (the engine's)."""
+        self.touched: dict[int, IkeSa] = {}
+        """SAs changed during the current engine call, by id(): re-filed when it ends."""
         self.orphan_spis: deque[bytes] = deque(maxlen=64)
         """Peer SPIs named in a Delete before we knew them (bounded): a CHILD_SA that
         shows up with one later (its rekey response was late) is deleted at once."""
@@ -83,21 +87,18 @@ class Context:
     def release_child_spi(self, spi: bytes) -> None:
         self.used_child_spis.discard(spi)
 
+    def touch(self, sa: IkeSa) -> None:
+        """``sa`` changed (its deadline, state, path or CHILD_SAs may have): the engine
+        re-files it in the index when the current call ends. Exchanges call this for
+        any SA other than the one they run on and its successors."""
+        self.touched[id(sa)] = sa
+
     def peer_load(self, sa: IkeSa) -> tuple[int, int]:
         """(other live IKE_SAs, CHILD_SAs of all of them and ``sa``) of ``sa``'s
-        authenticated peer: the same remote identity at the same address. Linear in the
-        SAs, and asked only in authenticated exchanges that would add one."""
-        ike = children = 0
-        for other in self.sas.values():
-            if (other.remote_id != sa.remote_id
-                    or other.path.remote.addr != sa.path.remote.addr):
-                continue
-            if other is sa:
-                children += len(other.children)
-            elif other.state in (IkeState.ESTABLISHED, IkeState.REKEYING):
-                ike += 1
-                children += len(other.children)
-        return ike, children
+        authenticated peer: the same remote identity at the same address. Counted as
+        SAs are added, removed and changed; asked only in authenticated exchanges that
+        would add one."""
+        return self.index.peer_load(sa)
 
     def random_fraction(self) -> float:
         """A deterministic-per-source float in [0, 1): for rekey jitter."""

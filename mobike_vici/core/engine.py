@@ -31,10 +31,12 @@ PeerAddressesUpdated and NatMappingChanged.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Concatenate, ParamSpec, TypeVar
 
 from ..config.model import ChildConfig, Config, ConnectionConfig, Unique
 from ..ikev2.constants import NATT_KEEPALIVE, ExchangeType, HeaderFlag, NotifyType
@@ -102,6 +104,22 @@ from .ts import no_service_names, ts_to_str
 
 RandomBytes = Callable[[int], bytes]
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _settles(
+        method: Callable[Concatenate[Engine, _P], _R]) -> Callable[Concatenate[Engine, _P], _R]:
+    """A public call that may change SAs: the index follows what it touched, whatever
+    way the call ends."""
+    def settled(self: Engine, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._settle()
+    functools.update_wrapper(settled, method)
+    return settled
+
 __all__ = ["ChildStatus", "Datagram", "Engine", "EngineSettings", "IkeStatus"]
 
 
@@ -168,11 +186,13 @@ class Engine:
         """Milliseconds of DH work left (dh_budget per second; below 0 only for newcomers)."""
         self._dh_refilled: float | None = None
         self._ctx.sas = self._sas
+        self._index = self._ctx.index
         self._outbox: list[Datagram] = []
         self._next_probe_id = 1
 
     # ------------------------------------------------------------------ API
 
+    @_settles
     def initiate(self, conn: str, child: str | None, now: float) -> None:
         """Start an IKE_SA for ``conn`` (and its CHILD_SA ``child``; the first one when None)."""
         cfg = self._ctx.config.connection(conn)
@@ -195,11 +215,12 @@ class Engine:
         path = self._initial_path(cfg)
         sa = IkeSa(conn=cfg, initiator=True, spi_i=self._ctx.new_ike_spi(), spi_r=ZERO_SPI,
                    path=path, created=now, last_received=now, last_sent=now)
-        self._sas[sa.spi_i] = sa
+        self._register(sa)
         sa.tasks.append(IkeInitTask())
         sa.tasks.append(IkeAuthTask(child_cfg))
         self._kick(sa, now)
 
+    @_settles
     def receive_datagram(self, data: bytes, path: Path, now: float) -> None:
         """Feed one IKE message (non-ESP marker already stripped) received on ``path``."""
         try:
@@ -215,6 +236,7 @@ class Engine:
         if sa is None or sa.initiator == header.from_initiator:
             self._drop(path, "unknown SPI", header)
             return
+        self._ctx.touch(sa)
         new_init_response = (sa.initiator and header.is_response
                              and header.exchange == ExchangeType.IKE_SA_INIT
                              and sa.spi_r == ZERO_SPI)
@@ -231,31 +253,36 @@ class Engine:
         return out
 
     def get_timer(self) -> float | None:
-        deadlines = [
-            d for sa in self._sas.values()
-            if (d := sa.deadline(self._settings.keepalive_interval,
-                                 self._settings.half_open_timeout)) is not None
-        ]
-        return min(deadlines) if deadlines else None
+        return self._index.next_deadline()
 
+    @_settles
     def handle_timer(self, now: float) -> None:
-        for sa in list(self._sas.values()):
-            self._sa_timer(sa, now)
+        # Only the SAs that are due, in the table's order; for every other SA the
+        # timer work would find nothing to do.
+        due = self._index.due(now)
+        for sa in due:  # re-filed afterwards, even if one of them raised
+            self._ctx.touch(sa)
+        for sa in due:
+            if self._sas.get(sa.our_spi) is sa:  # not removed by an earlier one here
+                self._sa_timer(sa, now)
 
     def next_event(self) -> Event | None:
         return self._ctx.events.popleft() if self._ctx.events else None
 
+    @_settles
     def rekey_ike(self, ike_spi: str, now: float) -> None:
         sa = self._by_name(ike_spi)
         if sa.state == IkeState.ESTABLISHED:
             sa.tasks.append(IkeRekeyTask())
             self._kick(sa, now)
 
+    @_settles
     def rekey_child(self, unique_id: int, now: float) -> None:
         sa = self._by_child(unique_id)
         sa.tasks.append(ChildRekeyTask(unique_id))
         self._kick(sa, now)
 
+    @_settles
     def delete_ike(self, ike_spi: str, now: float) -> None:
         sa = self._by_name(ike_spi)
         if sa.state != IkeState.ESTABLISHED and sa.state != IkeState.REKEYING:
@@ -265,6 +292,7 @@ class Engine:
         sa.tasks.append(DeleteIkeTask())
         self._kick(sa, now)
 
+    @_settles
     def delete_child(self, unique_id: int, now: float) -> None:
         sa = self._by_child(unique_id)
         sa.tasks.append(DeleteChildTask([unique_id]))
@@ -280,6 +308,7 @@ class Engine:
     # active path is seen after probe_timeout whatever is outstanding, and moving
     # resends the outstanding request on the new path at once.
 
+    @_settles
     def set_local_addresses(self, addrs: Sequence[IPAddress], now: float) -> None:
         """Our usable addresses changed: tell the peer of every MOBIKE IKE_SA.
 
@@ -313,6 +342,7 @@ class Engine:
         sa = self._by_name(ike_spi)
         return tuple(dict.fromkeys((sa.path.remote.addr, *sa.peer_addrs)))
 
+    @_settles
     def probe(self, ike_spi: str, path: Path, now: float) -> int:
         """Test ``path`` with a protected request; the answer is a ProbeResult event.
 
@@ -346,6 +376,7 @@ class Engine:
         sa.probes.append(Probe(probe_id, path, pending.message_id, now, deadline))
         return probe_id
 
+    @_settles
     def move(self, ike_spi: str, path: Path, now: float, timeout: float | None = None) -> None:
         """As original initiator, move the IKE_SA and all its CHILD_SAs to ``path``
         (UPDATE_SA_ADDRESSES). Outcome: IkeSaMoved + ChildSaUpdated, or MoveFailed.
@@ -406,6 +437,21 @@ class Engine:
             ))
         return out
 
+    # ------------------------------------------------------------------ the index
+
+    def _register(self, sa: IkeSa) -> None:
+        self._sas[sa.our_spi] = sa
+        self._index.add(sa)
+
+    def _settle(self) -> None:
+        """Re-file every SA the call touched, and their successors (exchanges change
+        the CHILD_SAs and tasks they hand on)."""
+        touched = self._ctx.touched
+        while touched:
+            _, sa = touched.popitem()
+            for one in sa.lineage():
+                self._index.refile(one)
+
     # ------------------------------------------------------------------ lookups
 
     def _initial_path(self, conn: ConnectionConfig) -> Path:
@@ -428,17 +474,20 @@ class Engine:
                 except ValueError:
                     break
                 if sa is not None and sa.spi_str == ike_spi:
+                    self._ctx.touch(sa)
                     return sa
         for sa in self._sas.values():
             if sa.spi_str == ike_spi:
+                self._ctx.touch(sa)
                 return sa
         raise KeyError(ike_spi)
 
     def _by_child(self, unique_id: int) -> IkeSa:
-        for sa in self._sas.values():
-            if unique_id in sa.children:
-                return sa
-        raise KeyError(unique_id)
+        sa = self._index.holder_of_child(unique_id)
+        if sa is None:
+            raise KeyError(unique_id)
+        self._ctx.touch(sa)
+        return sa
 
     # ------------------------------------------------------------------ output
 
@@ -446,6 +495,7 @@ class Engine:
         self._outbox.append(Datagram(data, path))
         if sa is not None:
             sa.last_sent = now
+            self._ctx.touch(sa)
 
     def _drop(self, path: Path, reason: str, header: Header | None = None,
               authenticated: bool = False) -> None:
@@ -466,6 +516,7 @@ class Engine:
 
     def _kick(self, sa: IkeSa, now: float) -> None:
         """Send the next queued request when none is outstanding (window size 1)."""
+        self._ctx.touch(sa)
         if sa.state == IkeState.REKEYED and sa.successor is not None:
             # CHILD_SA work queued here belongs to the IKE_SA that took the CHILD_SAs.
             moved = [t for t in sa.tasks if not isinstance(t, DeleteIkeTask)]
@@ -771,7 +822,7 @@ class Engine:
         """Register IKE_SAs created by a rekey (CREATE_CHILD_SA) and start their tasks."""
         while self._ctx.new_sas:
             new = self._ctx.new_sas.pop()
-            self._sas[new.our_spi] = new
+            self._register(new)
             self._kick(new, now)
 
     def _report(self, sa: IkeSa, exchange: int, reason: str) -> None:
@@ -819,7 +870,7 @@ class Engine:
         """Drop (silently: the peer lost them) older SAs with the same identities."""
         if sa.conn.unique == Unique.NEVER:
             return
-        for other in list(self._sas.values()):
+        for other in self._index.with_remote_id(sa.remote_id):
             if (other is not sa and other.conn.name == sa.conn.name
                     and other.state != IkeState.CONNECTING
                     and (other.local_id, other.remote_id) == (sa.local_id, sa.remote_id)):
@@ -894,7 +945,7 @@ class Engine:
         sa.cached = CachedResponse(0, data, response, path)
         sa.peer_next_id = 1
         sa.last_received = now
-        self._sas[sa.spi_r] = sa
+        self._register(sa)
         self._half_open[key] = sa
         self._half_open_from[path.remote.addr] = self._half_open_from.get(path.remote.addr, 0) + 1
         self._by_init[key] = sa
@@ -972,6 +1023,7 @@ class Engine:
         successor = sa.lineage()[-1]
         if self._sas.get(sa.our_spi) is sa:
             del self._sas[sa.our_spi]
+            self._index.remove(sa)
         self._forget_half_open(sa)
         if sa.init_key is not None and self._by_init.get(sa.init_key) is sa:
             del self._by_init[sa.init_key]

@@ -51,6 +51,10 @@ class DaemonRouting:
         self.fwmark = self.owner.fwmark
         self._peers: dict[str, IPAddress] = {}
         self._configured = frozenset(_literal_remotes(config))
+        self._refs: dict[IPAddress, int] = dict.fromkeys(self._configured, 1)
+        """IKE_SAs per peer address (configured ones hold one more): an address joins
+        or leaves the tunnel table's throw routes only when its count leaves or reaches
+        0, so an event costs the same whatever the number of SAs."""
         self._closed = False
 
     def _report(self, name: str, fields: dict[str, object]) -> None:
@@ -95,20 +99,35 @@ class DaemonRouting:
     def on_core_event(self, event: Event) -> None:
         match event:
             case IkeSaEstablished():
-                self._peers[event.ike_spi] = event.path.remote.addr
+                self._set_peer(event.ike_spi, event.path.remote.addr)
             case IkeSaMoved() | PeerMoved():
-                self._peers[event.ike_spi] = event.new_path.remote.addr
+                self._set_peer(event.ike_spi, event.new_path.remote.addr)
             case IkeSaRekeyed():
                 if event.ike_spi in self._peers:
+                    # Same address, another name: no route changes.
                     self._peers[event.new_ike_spi] = self._peers.pop(event.ike_spi)
             case IkeSaDeleted():
-                self._peers.pop(event.ike_spi, None)
-            case _:
-                return
-        self._update_peers()
+                self._set_peer(event.ike_spi, None)
+
+    def _set_peer(self, ike_spi: str, addr: IPAddress | None) -> None:
+        old = self._peers.pop(ike_spi, None)
+        if addr is not None:
+            self._peers[ike_spi] = addr
+        if old == addr:
+            return
+        if addr is not None:
+            self._refs[addr] = self._refs.get(addr, 0) + 1
+            if self._refs[addr] == 1:
+                self.owner.exclude_peer(addr, True)
+        if old is not None:
+            self._refs[old] -= 1
+            if self._refs[old] == 0:
+                del self._refs[old]
+                self.owner.exclude_peer(old, False)
 
     def _update_peers(self) -> None:
-        self.owner.exclude_peers(self._configured | set(self._peers.values()))
+        """The whole set at once (start-up)."""
+        self.owner.exclude_peers(self._refs.keys())
 
 
 def _literal_remotes(config: Config) -> list[IPAddress]:

@@ -493,6 +493,7 @@ class DataPlane:
             del self._by_spi[spi]
             if now is not None and linger > 0:
                 self._expire_lingering(now)
+                self._lingering.pop(spi, None)  # re-inserted last: the dict stays in time order
                 self._lingering[spi] = (entry, now + linger)
         siblings = self._by_ike.get(entry.ike_spi)
         if siblings is not None:
@@ -508,9 +509,17 @@ class DataPlane:
         return entry
 
     def _expire_lingering(self, now: float) -> None:
-        for spi, (_entry, until) in list(self._lingering.items()):
-            if until <= now:
-                del self._lingering[spi]
+        """Drop the expired ones from the front: insertion order is expiry order when
+        every CHILD_SA lingers as long (LINGER), so this stops at the first live one
+        instead of walking every SA deleted in the last LINGER seconds on each delete.
+        One that lingers past a longer-lived one ahead of it is only dropped later; the
+        lookup checks the time itself."""
+        lingering = self._lingering
+        while lingering:
+            spi = next(iter(lingering))
+            if lingering[spi][1] > now:
+                return
+            del lingering[spi]
 
     def get(self, unique_id: int) -> ChildEntry | None:
         return self._by_id.get(unique_id)

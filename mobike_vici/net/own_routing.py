@@ -76,7 +76,7 @@ class OuterRouting:
         self._report = report or (lambda _name, _fields: None)
         self._writer: RtnlWriter | None = None
         self._plan: UplinkPlan = EMPTY  # what we last asked the kernel for
-        self._peers: frozenset[IPAddress] = frozenset()
+        self._peers: set[IPAddress] = set()
         self._closed = False
 
     # --- lifecycle (blocking) ---------------------------------------------------------
@@ -146,7 +146,7 @@ class OuterRouting:
         """Make ``peers`` the set of addresses the tunnel table throws back to main."""
         if self._closed:
             return
-        new = frozenset(peers)
+        new = set(peers)
         old, self._peers = self._peers, new
         if new == old:
             return
@@ -155,6 +155,18 @@ class OuterRouting:
             w.send(throw_msg(RTM_DELROUTE, peer), "throw_del", _GONE)
         for peer in sorted(new - old, key=_addr_key):
             w.send(throw_msg(RTM_NEWROUTE, peer), "throw_add", frozenset())
+
+    def exclude_peer(self, peer: IPAddress, excluded: bool) -> None:
+        """Add ``peer`` to (or take it out of) that set: one route, whatever its size."""
+        if self._closed or (peer in self._peers) == excluded:
+            return
+        w = self._writer_or_open()
+        if excluded:
+            self._peers.add(peer)
+            w.send(throw_msg(RTM_NEWROUTE, peer), "throw_add", frozenset())
+        else:
+            self._peers.discard(peer)
+            w.send(throw_msg(RTM_DELROUTE, peer), "throw_del", _GONE)
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until the kernel answered everything sent so far (tests, shutdown)."""

@@ -72,6 +72,7 @@ def make_child(
 
 def install(ctx: Context, sa: IkeSa, child: ChildSa, rekey_of: int | None = None) -> None:
     sa.children[child.unique_id] = child
+    ctx.touch(sa)
     if child.spi_out in ctx.orphan_spis:
         # The peer already deleted this SA before we learned it exists.
         ctx.orphan_spis.remove(child.spi_out)

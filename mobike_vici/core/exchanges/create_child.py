@@ -393,6 +393,7 @@ class IkeRekeyTask:
             # exchange completed (its response got lost), we drop it after a while.
             collision.new_sa.rekeyed = True
             collision.new_sa.retire_at = now + ctx.settings.retransmit.give_up_after()
+            ctx.touch(collision.new_sa)
         hand_over(ctx, sa, ours, now)
         migrate_tasks(sa, list(sa.tasks))
         sa.tasks.clear()

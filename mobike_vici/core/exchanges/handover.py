@@ -16,6 +16,8 @@ def hand_over(ctx: Context, old: IkeSa, new: IkeSa, now: float) -> None:
     newest successor takes them.
     """
     new = new.lineage()[-1]
+    ctx.touch(old)
+    ctx.touch(new)
     new.virtual_ips += tuple(v for v in old.virtual_ips if v not in new.virtual_ips)
     new.leases += old.leases
     old.leases = ()

@@ -18,6 +18,7 @@ from .mobike import natd_payloads
 
 def child_deleted(ctx: Context, sa: IkeSa, child: ChildSa, reason: str) -> None:
     sa.children.pop(child.unique_id, None)
+    ctx.touch(sa)
     ctx.release_child_spi(child.spi_in)
     ctx.emit(ChildSaDeleted(
         conn=sa.conn.name, ike_spi=sa.spi_str, child=child.name, unique_id=child.unique_id,
@@ -113,14 +114,16 @@ def respond_informational(ctx: Context, sa: IkeSa, msg: Message, now: float) -> 
         if p.protocol != ProtocolId.ESP:
             continue
         ours: list[bytes] = []
-        # The SPIs are the peer's: they may sit on another IKE_SA with this peer too,
-        # e.g. one whose rekey collided and has not handed its CHILD_SAs over yet.
-        holders = sa.lineage() + [
-            o for o in ctx.sas.values()
-            if o.conn.name == sa.conn.name and o.remote_id == sa.remote_id
-            and o not in sa.lineage()
-        ]
+        lineage = sa.lineage()
         for spi in p.spis:
+            # The SPIs are the peer's: they may sit on another IKE_SA with this peer too,
+            # e.g. one whose rekey collided and has not handed its CHILD_SAs over yet.
+            # The index names the SAs that hold a CHILD_SA with this SPI.
+            holders = lineage + [
+                o for o in ctx.index.holders_of_peer_spi(spi)
+                if o.conn.name == sa.conn.name and o.remote_id == sa.remote_id
+                and not any(o is mine for mine in lineage)
+            ]
             if not any(c.spi_out == spi for o in holders for c in o.children.values()):
                 ctx.orphan_spis.append(spi)
             for owner in holders:

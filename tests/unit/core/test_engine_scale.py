@@ -5,7 +5,13 @@ import pytest
 
 from mobike_vici.core.context import Context
 from mobike_vici.core.engine import Engine
-from mobike_vici.core.events import ChildSaInstalled, ExchangeFailed, IkeSaEstablished
+from mobike_vici.core.events import (
+    ChildSaDeleted,
+    ChildSaInstalled,
+    ChildSaRekeyed,
+    ExchangeFailed,
+    IkeSaEstablished,
+)
 from mobike_vici.core.ike_sa import IkeSa
 from mobike_vici.core.settings import EngineSettings
 
@@ -55,3 +61,35 @@ def test_sa_lookup_by_name_does_not_walk_the_table() -> None:
         assert engine.peer_addresses(name)  # an O(1) lookup on both sides
     with pytest.raises(AssertionError, match="walked"):
         net.b.peer_addresses("00_00")  # an unknown name still falls back to the walk
+
+
+def test_setups_timers_rekeys_and_deletes_never_walk_the_responders_table() -> None:
+    # Each of these is per packet or per timer on a gateway: a walk over every SA
+    # would make it grow with the SAs. The table fails any walk; the index must do.
+    _, cb = config_pair(responder_extra="unique = never")
+    responder = Engine(cb, seeded(1), lambda r: BOB)
+    peers = [Initiator(ALICE) for _ in range(3)]
+    assert of_type(_establish(peers[0], responder, 1.0), IkeSaEstablished)
+    responder._sas = _NoWalk(responder._sas)
+    responder._ctx.sas = responder._sas
+    for i, peer in enumerate(peers[1:]):
+        assert of_type(_establish(peer, responder, 2.0 + i), IkeSaEstablished)
+    assert responder.get_timer() is not None
+    # The peer rekeys its CHILD_SA (the old one is deleted by SPI), then deletes the new.
+    peer = peers[1]
+    (child,) = [c for s in peer.engine.status() for c in s.children]
+    peer.engine.rekey_child(child.unique_id, 5.0)
+    _establish(peer, responder, 5.0)
+    events = _drain(responder)
+    assert of_type(events, ChildSaRekeyed)
+    assert [e.reason for e in of_type(events, ChildSaDeleted)] == ["rekeyed"]
+    (new,) = [c for s in peer.engine.status() for c in s.children]
+    peer.engine.delete_child(new.unique_id, 6.0)
+    _establish(peer, responder, 6.0)
+    assert [e.reason for e in of_type(_drain(responder), ChildSaDeleted)] == [
+        "deleted_by_peer"]
+    # Far ahead: every DPD and rekey timer fires, and only the due SAs are visited.
+    deadline = responder.get_timer()
+    assert deadline is not None
+    responder.handle_timer(deadline + 1e5)
+    assert responder.datagrams_to_send(deadline + 1e5)

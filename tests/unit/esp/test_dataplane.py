@@ -229,6 +229,26 @@ def test_deleted_sa_lingers_inbound_only() -> None:
     assert b.unknown_spi == 1
 
 
+class _NoWalk(dict[int, object]):
+    """Fails a walk over every entry (what a delete must not do per delete)."""
+
+    def items(self):  # type: ignore[override]
+        raise AssertionError("walked every lingering SA")
+
+
+def test_deletes_expire_lingering_sas_without_walking_them_all() -> None:
+    plane = DataPlane(iv_source(1))
+    for uid in range(1, 41):
+        plane.install(installed(initiator=False, unique_id=uid, spi_i=0x1000 + uid,
+                                spi_r=0x100000 + uid, seed=uid))
+    plane._lingering = _NoWalk()  # type: ignore[assignment]
+    for uid in range(1, 41):
+        plane.remove(uid, now=float(uid), linger=5.0)  # a rekey wave: one delete a second
+        # Only those deleted in the last 5 s are kept (and they are oldest first).
+        assert [until for _e, until in dict.values(plane._lingering)] == [
+            float(u) + 5.0 for u in range(max(1, uid - 4), uid + 1)]
+
+
 def test_responder_successor_activates_when_old_sa_is_deleted() -> None:
     _, b = pair()
     b.install(installed(initiator=False, unique_id=2, spi_i=0x3000, spi_r=0x4000, seed=2,
