@@ -326,7 +326,7 @@ def request(path: str, cmd: str, timeout: float = 5.0,
             ) from exc
         try:
             sock.sendall(json.dumps({**(args or {}), "cmd": cmd}).encode() + b"\n")
-            buf = b""
+            buf = bytearray()  # grows in place: a 10,000-SA status is megabytes
             while not buf.endswith(b"\n"):
                 chunk = sock.recv(65536)
                 if not chunk:
