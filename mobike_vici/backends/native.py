@@ -50,6 +50,7 @@ from ..core.events import (
     ProbeResult,
 )
 from ..mobike import events as pe
+from ..mobike.choices import OperatorChoices
 from ..mobike.manager import PathManager
 from ..mobike.paths import LocalAddress
 from ..types import IPAddress, Path
@@ -140,7 +141,7 @@ class Mobility:
         self._virtual: set[IPAddress] = set()
         self._tunnel_ifs = tuple(tunnel_interfaces)
         self._log: list[tuple[str, Fields]] = []
-        self._preferred: dict[str, IPAddress] = {}  # by conn; one per configured conn
+        self._choices = OperatorChoices()
         self._watched: frozenset[str] | None = None  # cache of ``watched()``
         self.errors = 0
         """Engine calls that raised (an SA vanished under us): counted, never fatal."""
@@ -178,30 +179,18 @@ class Mobility:
         """Prefer ``local`` for every IKE_SA of ``conn`` (None: clear), also for its
         later IKE_SAs; returns why it was refused, else None."""
         if not self._mobike_conns(conn):
-            return "unknown_conn"  # also keeps ``_preferred`` to configured names
-        for spi in self.conn_spis(conn):
-            refused = self._sas[spi].manager.set_preferred_local(local, now)
-            self._dirty[spi] = None  # its manager may now want a move or a probe
-            if refused is not None:
-                return refused
-        if local is None:
-            self._preferred.pop(conn, None)
-        else:
-            self._preferred[conn] = local
-        return None
+            return "unknown_conn"  # also keeps the remembered choices to configured names
+        return self._choices.prefer(conn, self._managers(conn), local, now, self._touch)
 
     def move(self, conn: str, local: IPAddress, now: float) -> str | None:
         """Move ``conn``'s IKE_SAs to ``local`` now; returns why it was refused, else None."""
-        spis = self.conn_spis(conn)
-        if not spis:
-            return "no_ike_sa"
-        for spi in spis:
-            refused = self._sas[spi].manager.request_move(local, now)
-            self._dirty[spi] = None
-            if refused is not None:
-                return refused
-        self._preferred[conn] = local
-        return None
+        return self._choices.move(conn, self._managers(conn), local, now, self._touch)
+
+    def _managers(self, conn: str) -> dict[str, PathManager]:
+        return {spi: sa.manager for spi, sa in self._sas.items() if sa.conn == conn}
+
+    def _touch(self, spi: str) -> None:
+        self._dirty[spi] = None  # its manager may now want a move or a probe
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -372,9 +361,7 @@ class Mobility:
         policy = self._sa_policy(event.path.remote.addr.version)
         mgr = PathManager(policy, event.path, self._local, peers, now=now,
                           initiator=event.initiator, attempt_bounds=True)
-        preferred = self._preferred.get(event.conn)
-        if preferred is not None:
-            mgr.set_preferred_local(preferred, now, source="inherited")
+        self._choices.inherit(event.conn, mgr, now)
         return mgr
 
     def _sa_policy(self, own: int) -> MobikePolicy:

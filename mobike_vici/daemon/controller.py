@@ -54,6 +54,7 @@ from ..config.attach import AttachConfig
 from ..config.errors import ConfigError
 from ..eventlog import EventLog, configure, format_timestamp
 from ..mobike import steer_plan
+from ..mobike.choices import OperatorChoices
 from ..mobike.events import (
     Event as PathEvent,
 )
@@ -170,7 +171,7 @@ class Controller:
                  metrics: MetricsServer | None = None) -> None:
         self.strongswan_conf = strongswan_conf
         self.metrics = metrics
-        self._preferred: dict[str, IPAddress] = {}  # operator's choice, by conn
+        self._choices = OperatorChoices()  # the operator's prefer/move, by conn
         self.config = config
         self.policy = config.policy
         self.load = load  # --load: put the file into charon (else swanctl did)
@@ -492,9 +493,7 @@ class Controller:
         now = self.now
         manager = PathManager(self.policy, info.path, self._local_addresses(),
                               [info.path.remote.addr], now=now, initiator=True)
-        preferred = self._preferred.get(info.conn)
-        if preferred is not None:
-            manager.set_preferred_local(preferred, now, source="inherited")
+        self._choices.inherit(info.conn, manager, now)
         sa = _Sa(info, manager)
         self.sas[info.ike_spi] = sa
         self.log.emit("ike_sa_tracked", conn=info.conn, ike_spi=info.ike_spi, **_ep(info.path))
@@ -815,33 +814,19 @@ class Controller:
 
     def prefer(self, conn: str, local: IPAddress | None, now: float) -> str | None:
         if conn not in self.config.connections:
-            return "unknown_conn"  # also keeps ``_preferred`` to configured names
-        for spi in self.conn_spis(conn):
-            sa = self.sas[spi]
-            refused = sa.manager.set_preferred_local(local, now)
-            if refused is not None:
-                return refused
-            self._pump(sa)
-        if local is None:
-            self._preferred.pop(conn, None)
-        else:
-            self._preferred[conn] = local
-        return None
+            return "unknown_conn"  # also keeps the remembered choices to configured names
+        return self._choices.prefer(conn, self._managers(conn), local, now, self._touch)
 
     def move(self, conn: str, local: IPAddress, now: float) -> str | None:
-        spis = self.conn_spis(conn)
-        if not spis:
-            return "no_ike_sa"
-        if conn in self.plans:
+        if conn in self.plans and self.conn_spis(conn):
             return "move_in_progress"
-        for spi in spis:
-            sa = self.sas[spi]
-            refused = sa.manager.request_move(local, now)
-            if refused is not None:
-                return refused
-            self._pump(sa)
-        self._preferred[conn] = local
-        return None
+        return self._choices.move(conn, self._managers(conn), local, now, self._touch)
+
+    def _managers(self, conn: str) -> dict[str, PathManager]:
+        return {spi: sa.manager for spi, sa in self.sas.items() if sa.info.conn == conn}
+
+    def _touch(self, spi: str) -> None:
+        self._pump(self.sas[spi])
 
     def status(self) -> JsonObject:
         sas: list[JsonObject] = []
