@@ -142,7 +142,9 @@ class Mobility:
         self._tunnel_ifs = tuple(tunnel_interfaces)
         self._log: list[tuple[str, Fields]] = []
         self._choices = OperatorChoices()
-        self._watched: frozenset[str] | None = None  # cache of ``watched()``
+        self._watched: set[str] = set()
+        """IKE_SAs whose manager chooses paths (ours to initiate): kept as SAs come, rekey
+        and go, so the 25 ms traffic sampling never walks a gateway's table."""
         self.errors = 0
         """Engine calls that raised (an SA vanished under us): counted, never fatal."""
         self.calls = 0
@@ -195,16 +197,17 @@ class Mobility:
     # -- inputs -----------------------------------------------------------------------
 
     def on_core_event(self, event: Event, now: float) -> None:
-        if isinstance(event, IkeSaEstablished | IkeSaDeleted | IkeSaRekeyed):
-            self._watched = None
         match event:
             case IkeSaEstablished():
                 if event.initiator and event.virtual_ips:
                     self._virtual.update(event.virtual_ips)
                     self.on_addresses(self._seen, now)
                 if self._mobike_conns(event.conn) and event.ike_spi not in self._sas:
-                    self._sas[event.ike_spi] = _Sa(event.conn, self._new_manager(event, now),
-                                                   event.path.remote.addr.version)
+                    added = _Sa(event.conn, self._new_manager(event, now),
+                                event.path.remote.addr.version)
+                    self._sas[event.ike_spi] = added
+                    if added.manager.initiator:
+                        self._watched.add(event.ike_spi)
                     self._dirty[event.ike_spi] = None
             case IkeSaDeleted():
                 self._forget(event.ike_spi)
@@ -212,6 +215,9 @@ class Mobility:
                 sa = self._sas.pop(event.ike_spi, None)
                 if sa is not None:
                     self._sas[event.new_ike_spi] = sa
+                    if event.ike_spi in self._watched:
+                        self._watched.discard(event.ike_spi)
+                        self._watched.add(event.new_ike_spi)
                     self._dirty.pop(event.ike_spi, None)
                     self._deadlines.pop(event.ike_spi, None)
                     self._dirty[event.new_ike_spi] = None
@@ -285,10 +291,7 @@ class Mobility:
 
     def watched(self) -> frozenset[str]:
         """The IKE_SAs whose data plane is worth watching: those we choose paths for."""
-        if self._watched is None:
-            self._watched = frozenset(spi for spi, sa in self._sas.items()
-                                      if sa.manager.initiator)
-        return self._watched
+        return frozenset(self._watched)
 
     def on_traffic(self, ike_spi: str, inbound: int, outbound: int, now: float) -> bool:
         """ESP packets of one IKE_SA since the last sample; True when its manager wants
@@ -390,6 +393,7 @@ class Mobility:
 
     def _forget(self, ike_spi: str) -> None:
         self._sas.pop(ike_spi, None)
+        self._watched.discard(ike_spi)
         self._dirty.pop(ike_spi, None)
         self._deadlines.pop(ike_spi, None)
         for eid in [e for e, (spi, _) in self._probes.items() if spi == ike_spi]:

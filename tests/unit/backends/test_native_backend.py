@@ -301,3 +301,45 @@ def test_a_reloaded_policy_reaches_the_live_ike_sas_and_later_ones() -> None:
     mob.on_core_event(established(), 2.0)
     later = mob.manager(SPI)
     assert later is not None and later.policy.probe_interval == 1.5
+
+
+class _WalkCounter(dict[str, Any]):
+    """The backend's SA table, counting whole-table walks."""
+
+    walks = 0
+
+    def items(self) -> Any:
+        self.walks += 1
+        return super().items()
+
+    def values(self) -> Any:
+        self.walks += 1
+        return super().values()
+
+
+def test_the_watched_sas_follow_events_without_a_walk() -> None:
+    """The traffic sampling asks for the watched IKE_SAs every 25 ms: on a gateway full
+    of responder SAs that answer must come without visiting them, and stay equal to
+    the initiator SAs as SAs come, rekey and go."""
+    engine = FakeEngine()
+    mob = Mobility(engine, MobikePolicy())
+    mob.on_addresses([("m0", M0), ("m1", M1)], 0.0)
+    table = _WalkCounter()
+    mob._sas = table  # type: ignore[assignment]
+    ours = "00000000000000aa_00000000000000bb"
+    mob.on_core_event(replace(established(), ike_spi=ours), 0.0)
+    for i in range(50):
+        mob.on_core_event(replace(established(initiator=False), ike_spi=f"{i:016x}_{i:016x}"),
+                          0.0)
+        assert mob.watched() == {ours}
+    renewed = "00000000000000cc_00000000000000dd"
+    mob.on_core_event(IkeSaRekeyed(conn="c", ike_spi=ours, new_ike_spi=renewed), 1.0)
+    assert mob.watched() == {renewed}
+    walks = table.walks
+    assert mob.watched() == {spi for spi in mob.ike_spis  # the brute-force answer
+                             if (m := mob.manager(spi)) is not None and m.initiator}
+    table.walks = walks
+    mob.on_core_event(IkeSaDeleted(conn="c", ike_spi=renewed, path=path(M0),
+                                   reason="deleted_by_peer"), 2.0)
+    assert mob.watched() == frozenset()
+    assert table.walks == 0
