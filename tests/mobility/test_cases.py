@@ -37,6 +37,8 @@ GATEWAYS = [
     pytest.param(False, id="native-charon", marks=pytest.mark.charon),
 ]
 """The responders of the cases whose point does not hang on our own responder."""
+CHARON_RESUME_TIMEOUT = 30.0
+"""When charon is the mobile side: its own move and CHILD_SA rekey set the pace."""
 
 M0_NEW = "10.1.0.3"
 M0_6 = "2001:db8:1::2"
@@ -135,7 +137,10 @@ def test_g_charon_initiator_moves_native_responder_follows(lab: Lab, full: bool)
     try:
         before = sa_view(h.gw)
         fault = h.link_down(0)
-        assert h.wait_resumed(fault, RESUME_TIMEOUT) is not None
+        # A functional bound, not a figure: charon (kernel-libipsec) rekeys the CHILD_SA
+        # after its own move and may retry that later; it resumed past 10 s in 1 of 8
+        # runs here. The outage itself is measured by bench/handover.py.
+        assert h.wait_resumed(fault, CHARON_RESUME_TIMEOUT) is not None
         deadline = time.monotonic() + SETTLE_TIMEOUT
         while time.monotonic() < deadline:
             mob, gw = h.views()
