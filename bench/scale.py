@@ -38,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _attached import run_attached
+from _attached import _rss_kib, run_attached
 from ike_setup import (
     CHARON_LOAD_LIMITS,
     FIRST_SOURCE,
@@ -73,16 +73,6 @@ class Held:
     stop: Callable[[], object]
     counts: Callable[[], tuple[int, int]]
     """(IKE_SAs, CHILD_SAs) the responder holds, from one full listing."""
-
-
-def _rss_kib(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def _with_rekey(conf: str, rekey_time: float) -> str:
