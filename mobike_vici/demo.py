@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from mobike_vici.eventlog import EventsFileError, open_events_file
 from mobike_vici.lab.native import Event, EventFile, NativeDaemon, start_native
@@ -387,16 +387,26 @@ def _handover(sides: list[_Side], pinger: Pinger, record: Record, what: str,
     if outage is None or pinger.wait(done, HANDOVER_TIMEOUT) is None:
         return f"{what}: no echo reply through the tunnel within {HANDOVER_TIMEOUT:.0f} s"
     gap = pinger.gap(moment, done)
-    down = next((ev for ev in initiator.events.events[seen:] if ev.get("event") == "path_down"),
-                None)
-    noticed = ""
-    if down is not None and down.get("reason"):
-        noticed = f"noticed as {down['reason']}, "
+    noticed = _noticed(initiator.events.events[seen:])
     say(record.out, f"  moved {moved[0]['old_local']} -> {moved[0]['local']}, "
          f"outage {gap * 1000:.0f} ms ({noticed}the move itself took "
          f"{float(moved[0].get('duration_ms', 0.0)):.0f} ms; the outage is the longest "
          f"gap in the echo replies)")
     return None
+
+
+def _noticed(events: list[dict[str, Any]]) -> str:
+    """How the initiator learnt of the fault, from its first ``path_down`` (and a
+    ``path_stalled`` before it: the stall is what made it probe at once)."""
+    down = next((n for n, ev in enumerate(events) if ev.get("event") == "path_down"), None)
+    if down is None or not events[down].get("reason"):
+        return ""
+    reason = str(events[down]["reason"])
+    stall = next((ev for ev in events[:down] if ev.get("event") == "path_stalled"), None)
+    if stall is not None and reason == "probe_timeout":
+        return (f"noticed as a stall, nothing back for {float(stall.get('silent_ms', 0)):.0f} ms, "
+                "then unanswered probes, ")
+    return f"noticed as {reason}, "
 
 
 def _picture(lab: Lab, record: Record, initiator: _Side, pinger: Pinger | None) -> None:

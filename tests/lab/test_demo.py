@@ -119,7 +119,9 @@ def test_demo_tells_a_short_story_and_keeps_the_rest(tmp_path: Path) -> None:
              for want in story]
     assert -1 not in found and found == sorted(found), (found, text)
     assert "(noticed as link_down," in lines[found[4]]
-    assert "(noticed as probe_timeout," in lines[found[6]]
+    # The ping is one-way traffic the moment m1 goes silent: the stall sets the probes off.
+    assert "(noticed as a stall, nothing back for " in lines[found[6]]
+    assert " ms, then unanswered probes, " in lines[found[6]]
 
     # The raw events: every line JSON, each with the side that wrote it.
     events = _events(events_file)
