@@ -29,6 +29,7 @@ from mobike_vici.core.events import (
     ChildSaDeleted,
     ChildSaInstalled,
     ChildSaRekeyed,
+    Event,
     ExchangeFailed,
     IkeSaDeleted,
 )
@@ -77,19 +78,23 @@ class Holder(Generator):
 
     def _after_held(self, spi: bytes, engine: Engine, now: float) -> None:
         while (ev := engine.next_event()) is not None:
-            if isinstance(ev, ChildSaRekeyed):
-                self.rekeyed += 1
-                self.rekeyed_sas.add(spi)
-            elif isinstance(ev, ChildSaDeleted) and ev.reason != "rekeyed":
-                self.children_deleted += 1
-            elif isinstance(ev, IkeSaDeleted):
-                self.lost[ev.reason] = self.lost.get(ev.reason, 0) + 1
-                self.held.pop(spi, None)
+            self._on_held_event(spi, ev)
         self._flush(engine, now)
         if spi in self.held:
             self._schedule(spi, engine)
         else:
             self.scheduled.pop(spi, None)
+
+    def _on_held_event(self, spi: bytes, ev: Event) -> None:
+        """Tally one event of a held SA (subclasses add their own)."""
+        if isinstance(ev, ChildSaRekeyed):
+            self.rekeyed += 1
+            self.rekeyed_sas.add(spi)
+        elif isinstance(ev, ChildSaDeleted) and ev.reason != "rekeyed":
+            self.children_deleted += 1
+        elif isinstance(ev, IkeSaDeleted):
+            self.lost[ev.reason] = self.lost.get(ev.reason, 0) + 1
+            self.held.pop(spi, None)
 
     def _dispatch(self, data: bytes, path: Path, now: float) -> None:
         spi = data[:8]

@@ -33,14 +33,7 @@ from typing import Any
 from _hold import Holder
 from _load import POLL_MAX
 
-from mobike_vici.core.engine import Engine
-from mobike_vici.core.events import (
-    ChildSaDeleted,
-    ChildSaRekeyed,
-    IkeSaDeleted,
-    IkeSaMoved,
-    MoveFailed,
-)
+from mobike_vici.core.events import Event, IkeSaDeleted, IkeSaMoved, MoveFailed
 from mobike_vici.types import Endpoint, IPAddress, Path
 
 SETTLE = 5.0
@@ -62,30 +55,18 @@ class Mover(Holder):
         self.heap.clear()
         self.pending.clear()
 
-    # As _hold.py's, plus the moves' outcomes.
-    def _after_held(self, spi: bytes, engine: Engine, now: float) -> None:
-        while (ev := engine.next_event()) is not None:
-            if isinstance(ev, IkeSaMoved):
-                sent = self.pending.pop(spi, None)
-                if sent is not None:
-                    self.answered.append((sent[0], sent[1], sent[2], time.time()))
-            elif isinstance(ev, MoveFailed):
-                self.pending.pop(spi, None)
-                self.move_failures[ev.reason] = self.move_failures.get(ev.reason, 0) + 1
-            elif isinstance(ev, ChildSaRekeyed):
-                self.rekeyed += 1
-                self.rekeyed_sas.add(spi)
-            elif isinstance(ev, ChildSaDeleted) and ev.reason != "rekeyed":
-                self.children_deleted += 1
-            elif isinstance(ev, IkeSaDeleted):
-                self.lost[ev.reason] = self.lost.get(ev.reason, 0) + 1
-                self.held.pop(spi, None)
-                self.pending.pop(spi, None)
-        self._flush(engine, now)
-        if spi in self.held:
-            self._schedule(spi, engine)
+    def _on_held_event(self, spi: bytes, ev: Event) -> None:
+        if isinstance(ev, IkeSaMoved):
+            sent = self.pending.pop(spi, None)
+            if sent is not None:
+                self.answered.append((sent[0], sent[1], sent[2], time.time()))
+        elif isinstance(ev, MoveFailed):
+            self.pending.pop(spi, None)
+            self.move_failures[ev.reason] = self.move_failures.get(ev.reason, 0) + 1
         else:
-            self.scheduled.pop(spi, None)
+            super()._on_held_event(spi, ev)
+            if isinstance(ev, IkeSaDeleted):
+                self.pending.pop(spi, None)
 
     def _move_one(self, spi: bytes, now: float) -> bool:
         engine = self.held.get(spi)

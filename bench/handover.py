@@ -40,8 +40,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -61,6 +62,7 @@ PAIRS = {
 UPLINKS = ("10.1.0.2", "10.2.0.2")
 SETTLE = 3.0  # after healing: standby probes (every 2 s) find the healed uplink up again
 TARGETS_MS = {"a_link_down": 50.0, "b_silent": 1000.0}
+_R = TypeVar("_R")
 
 
 def summary(samples: list[float | None]) -> dict[str, Any]:
@@ -189,31 +191,27 @@ def run_pair(name: str, reps: int, cases: str, cap: float,
         if overhead_window > 0 and "probe_overhead" not in out:
             out["probe_overhead"] = probe_overhead(h, overhead_window)
 
+    def fresh_lab_each(run: Callable[[Handover, float], _R]) -> list[_R]:
+        """``run`` once per repetition, each in a lab of its own."""
+        results = []
+        for _ in range(reps):
+            with Lab() as lab:
+                h = start(lab)
+                try:
+                    overhead(h)
+                    results.append(run(h, cap))
+                finally:
+                    h.close()
+        return results
+
     for case in cases:
         if case == "f":
-            samples: list[float | None] = []
-            for _ in range(reps):
-                with Lab() as lab:
-                    h = start(lab)
-                    try:
-                        overhead(h)
-                        samples.append(case_f(h, cap))
-                    finally:
-                        h.close()
-            out["f_ipv4_dies"] = summary(samples)
+            out["f_ipv4_dies"] = summary(fresh_lab_each(case_f))
             continue
         if case == "c":
             # A fresh lab per repetition: two moves per run, and back-to-back runs
             # would soon meet max_moves_per_minute (flap damping), not the hold-down.
-            runs = []
-            for _ in range(reps):
-                with Lab() as lab:
-                    h = start(lab)
-                    try:
-                        overhead(h)
-                        runs.append(case_c(h, cap))
-                    finally:
-                        h.close()
+            runs = fresh_lab_each(case_c)
             out["c_return"] = {"return_after_ms": summary([r["return_s"] for r in runs]),
                                "max_gap_ms": summary([r["gap"] for r in runs])}
             continue
