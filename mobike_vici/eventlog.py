@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import ipaddress
 import os
 import re
@@ -64,8 +65,9 @@ EventDict = MutableMapping[str, Any]
 Fields = dict[str, object]
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
-    """True for a field name that may hold key material."""
+    """True for a field name that may hold key material (cached: names repeat)."""
     return _SECRET_NAME.search(name) is not None
 
 
@@ -82,7 +84,13 @@ def spi_hex(spi: int) -> str:
 # --- processors ---------------------------------------------------------------------
 
 
+# Values that are final as they are: most fields, checked before the ABC isinstance chains.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _redact_value(value: object) -> object:
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, ChildKeys | IkeKeys | bytes | bytearray | memoryview):
         return REDACTED
     if isinstance(value, Mapping):
@@ -107,6 +115,8 @@ def redact_key_material(_logger: object, _method: str, event_dict: EventDict) ->
 
 def _plain(value: object) -> object:
     """Turn the project's value types into JSON-ready ones."""
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, Endpoint | Path | ipaddress.IPv4Address | ipaddress.IPv6Address):
         return str(value)
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
