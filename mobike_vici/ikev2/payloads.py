@@ -9,6 +9,7 @@ when we know it and to a plain ``int`` otherwise, so a new value never breaks pa
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -288,14 +289,19 @@ _RESERVED3 = b"\x00\x00\x00"
 # ---------------------------------------------------------------------------
 
 
+# last/more, reserved, length, type, reserved, id (§3.3.2)
+_TRANSFORM_HEAD = struct.Struct("!BBHBBH")
+# last/more, reserved, length, number, protocol, SPI size, transform count (§3.3.1)
+_PROPOSAL_HEAD = struct.Struct("!BBHBBBB")
+
+
 def _encode_transform(t: Transform, last: bool) -> bytes:
     # ``unknown_attrs`` is not encoded: we never send attributes we do not understand.
     attrs = b""
     if t.key_length is not None:
         attrs = _u16(_AF_TV | TransformAttr.KEY_LENGTH) + _u16(t.key_length)
-    length = 8 + len(attrs)
-    return (_u8(_LAST if last else _MORE_TRANSFORMS) + b"\x00" + _u16(length)
-            + _u8(t.type) + b"\x00" + _u16(t.id) + attrs)
+    return _TRANSFORM_HEAD.pack(_LAST if last else _MORE_TRANSFORMS, 0, 8 + len(attrs),
+                                t.type, 0, t.id) + attrs
 
 
 def _decode_transform(r: Reader) -> tuple[Transform, bool]:
@@ -339,9 +345,8 @@ def _encode_proposal(p: Proposal, last: bool) -> bytes:
         _encode_transform(t, i == len(p.transforms) - 1) for i, t in enumerate(p.transforms)
     )
     length = 8 + len(p.spi) + len(transforms)
-    return (_u8(_LAST if last else _MORE_PROPOSALS) + b"\x00" + _u16(length)
-            + _u8(p.num) + _u8(p.protocol) + _u8(len(p.spi)) + _u8(len(p.transforms))
-            + p.spi + transforms)
+    return _PROPOSAL_HEAD.pack(_LAST if last else _MORE_PROPOSALS, 0, length, p.num,
+                               p.protocol, len(p.spi), len(p.transforms)) + p.spi + transforms
 
 
 def _decode_proposal(r: Reader) -> tuple[Proposal, bool]:

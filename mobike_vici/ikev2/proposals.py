@@ -346,7 +346,7 @@ def _select_one(
             continue  # NONE is accepted but not a transform to use
         picked[ttype] = match
     return tuple(
-        Transform(TransformType(t), alg, bits or None)
+        Transform(t, alg, bits or None)
         for t in _ORDER
         if t in picked
         for alg, bits in (picked[t],)
