@@ -150,6 +150,7 @@ class IkeStatus:
     ike_spi: str
     state: str
     initiator: bool
+    """RFC 4555's initiator (``IkeSa.mobike_initiator``), as charon's list-sas says."""
     path: Path
     local_id: str
     remote_id: str
@@ -324,7 +325,7 @@ class Engine:
             local = sa.path.local.addr
             path: Path | None = None
             if local not in self._ctx.local_addresses:
-                if sa.initiator:
+                if sa.mobike_initiator:
                     continue  # the controller moves us; the update carries the news
                 path = self._responder_path(sa)
                 if path is None:
@@ -382,7 +383,8 @@ class Engine:
         (UPDATE_SA_ADDRESSES). Outcome: IkeSaMoved + ChildSaUpdated, or MoveFailed.
         ``timeout`` bounds this attempt (at most move_timeout; resent a few times within)."""
         sa = self._by_name(ike_spi)
-        reason = ("not_mobike" if not sa.mobike else "not_initiator" if not sa.initiator
+        reason = ("not_mobike" if not sa.mobike else "not_initiator"
+                  if not sa.mobike_initiator
                   else "not_established"
                   if sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYING) else None)
         if reason is not None:
@@ -431,7 +433,7 @@ class Engine:
             )
             out.append(IkeStatus(
                 conn=sa.conn.name, ike_spi=sa.spi_str, state=sa.state.value,
-                initiator=sa.initiator, path=sa.path, local_id=sa.local_id,
+                initiator=sa.mobike_initiator, path=sa.path, local_id=sa.local_id,
                 remote_id=sa.remote_id, proposal=sa.proposal,
                 virtual_ips=tuple(str(v) for v in sa.virtual_ips), children=children,
             ))

@@ -82,7 +82,8 @@ class IkeRekeyCollision:
 class IkeSa:
     conn: ConnectionConfig
     initiator: bool
-    """True when we are the original initiator (the I flag we send)."""
+    """True when we are the original initiator (the I flag we send): RFC 7296's, which
+    an IKE rekey hands to whoever started it."""
     spi_i: bytes
     spi_r: bytes
     path: Path
@@ -116,6 +117,9 @@ class IkeSa:
     leases: tuple[tuple[str, IPAddress], ...] = ()
     """(pool name, address) handed to the peer, released when the SA goes."""
     children: dict[int, ChildSa] = field(default_factory=dict)
+    first_initiator: bool | None = None
+    """Whether we started the first IKE_SA of this rekey series; None: this is the first
+    (``initiator`` tells). See ``mobike_initiator``."""
     # Message IDs and retransmission.
     next_request_id: int = 0
     pending: PendingRequest | None = None
@@ -180,6 +184,13 @@ class IkeSa:
             if unique_id in sa.children:
                 return sa
         return None
+
+    @property
+    def mobike_initiator(self) -> bool:
+        """RFC 4555's initiator (§2): the party that started the first IKE_SA, whoever
+        rekeyed it since. It alone decides the addresses (as charon's
+        COND_ORIGINAL_INITIATOR, which its rekeys inherit)."""
+        return self.initiator if self.first_initiator is None else self.first_initiator
 
     @property
     def our_spi(self) -> bytes:

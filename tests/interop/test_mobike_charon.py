@@ -224,6 +224,55 @@ def test_native_initiator_moves_charon_follows(lab: Lab, target: str, gw: str) -
     assert _charon_sa(charon) is not None
 
 
+def test_native_initiator_still_moves_after_charon_rekeyed_the_ike_sa(lab: Lab) -> None:
+    """RFC 4555 §2: the initiator is who set up the first IKE_SA of the rekey series.
+    Once charon (responder) has rekeyed the IKE_SA it sends the I flag, yet the move
+    stays ours to make and charon follows it, as charon's own role survives rekeys."""
+    topo = _topology(lab)
+    charon = start_charon(lab, topo.gw, name="gw")
+    conf = lab.workdir / "charon.conf"
+    conf.write_text(swanctl_conf(Side(local_addr=GW, remote_addr=None, local_id=CHARON_ID,
+                                      remote_id=NATIVE_ID, local_ts=INNER_NET,
+                                      remote_ts=NATIVE_NET)))
+    charon.load_all(conf)
+    ours = lab.workdir / "driver.conf"
+    ours.write_text(swanctl_conf(Side(local_addr=DRIVER_ADDRS[0], remote_addr=GW,
+                                      local_id=NATIVE_ID, remote_id=CHARON_ID,
+                                      local_ts=NATIVE_NET, remote_ts=INNER_NET,
+                                      initiator=True)))
+    events = lab.workdir / "driver-events.jsonl"
+    commands = lab.workdir / "driver-commands"
+    pkg_root = str(FsPath(__file__).resolve().parents[2])
+    lab.spawn(topo.mob, [sys.executable, __file__, str(ours), str(events), str(commands)],
+              lab.workdir / "driver.log", env={"PYTHONPATH": pkg_root})
+    wait_until(lambda: next((e for e in _events(events) if e["type"] == "ChildSaInstalled"),
+                            None), ESTABLISH_TIMEOUT, "our engine to establish with charon")
+    before = wait_until(lambda: _charon_sa(charon), ESTABLISH_TIMEOUT, "charon's IKE_SA")
+
+    charon.swanctl("--rekey", "--ike", CONN)
+    rekeyed = wait_until(lambda: next((e for e in _events(events)
+                                       if e["type"] == "IkeSaRekeyed"), None),
+                         CHANGE_TIMEOUT, "charon's IKE rekey")
+    new_spi = rekeyed["new_ike_spi"]
+    sa = wait_until(lambda: (now_sa if (now_sa := _charon_sa(charon)) and
+                             f"{now_sa['initiator-spi']}_{now_sa['responder-spi']}" == new_spi
+                             else None), CHANGE_TIMEOUT, "charon to list the new IKE_SA")
+    assert sa["initiator-spi"] != before["initiator-spi"]  # charon chose SPIi: it rekeyed
+
+    target = DRIVER_ADDRS[1]
+    commands.write_text(f"move {target} {GW}\n")
+    moved = wait_until(lambda: next((e for e in _events(events) if e["type"] in (
+        "IkeSaMoved", "MoveFailed") or (e["type"] == "IkeSaDeleted"
+                                        and e["reason"] != "rekeyed")), None),
+                       CHANGE_TIMEOUT, "the move")
+    assert moved["type"] == "IkeSaMoved", moved
+    after = wait_until(lambda: (now_sa if (now_sa := _charon_sa(charon)) and
+                                now_sa.get("remote-host") == target else None),
+                       CHANGE_TIMEOUT, "charon to follow the move")
+    assert (after["initiator-spi"], after["responder-spi"]) == (sa["initiator-spi"],
+                                                                sa["responder-spi"])
+
+
 def _live_children(events: FsPath) -> set[tuple[str, str]]:
     """(charon's spi-in, spi-out) of every CHILD_SA we hold, from our events."""
     live: dict[int, tuple[str, str]] = {}

@@ -302,7 +302,8 @@ def _successor(ctx: Context, old: IkeSa, initiator: bool, spi_i: bytes, spi_r: b
     assert old.sk_d and old.suite is not None
     suite = ike_suite(chosen)
     new = IkeSa(conn=old.conn, initiator=initiator, spi_i=spi_i, spi_r=spi_r, path=old.path,
-                created=now, last_received=now, last_sent=now)
+                created=now, last_received=now, last_sent=now,
+                first_initiator=old.mobike_initiator)
     keys = derive_ike_keys(suite, nonce_i, nonce_r, shared, spi_i, spi_r,
                            old_sk_d=old.sk_d, old_prf=old.suite.prf)
     # A rekeyed IKE_SA is never authenticated again: SK_pi/SK_pr are not kept.

@@ -33,7 +33,7 @@ class LivenessTask:
     liveness = True
 
     def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
-        if sa.mobike and sa.initiator and sa.natt_supported and sa.nat_local:
+        if sa.mobike and sa.mobike_initiator and sa.natt_supported and sa.nat_local:
             # RFC 4555 §3.8: behind a NAT the answer tells whether it rebound (as
             # charon does: only then its DPD carries NAT detection).
             return natd_payloads(sa, sa.path)

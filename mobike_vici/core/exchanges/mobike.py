@@ -171,7 +171,7 @@ def check_mapping(ctx: Context, sa: IkeSa, msg: Message, path: Path) -> None:
     if previous is None or previous == dst[0]:
         return
     ctx.emit(NatMappingChanged(conn=sa.conn.name, ike_spi=sa.spi_str, path=path))
-    if sa.initiator and not any(isinstance(t, MoveTask) for t in sa.tasks):
+    if sa.mobike_initiator and not any(isinstance(t, MoveTask) for t in sa.tasks):
         sa.tasks.appendleft(MoveTask(sa.path, sa.path, None))
 
 
@@ -349,8 +349,8 @@ def respond_mobike(ctx: Context, sa: IkeSa, msg: Message, path: Path, message_id
         ctx.emit(PeerAddressesUpdated(conn=sa.conn.name, ike_spi=sa.spi_str, addresses=addrs))
     if not update:
         return reply
-    if sa.initiator:
-        return reject("not_initiator")  # only the original initiator decides (§3.1)
+    if sa.mobike_initiator:
+        return reject("not_initiator")  # only the initiator decides (§3.1), rekeyed or not
     if message_id <= sa.last_update_id:
         return reject("stale")
     sa.last_update_id = message_id

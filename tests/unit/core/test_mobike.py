@@ -135,6 +135,30 @@ def test_initiator_move_moves_ike_and_child_sas_both_sides(target: IPAddress) ->
     assert len(of_type(net.events_b, PeerMoved)) == 2
 
 
+@pytest.mark.parametrize("rekeyed_by", ["a", "b"])
+def test_the_first_initiator_still_moves_after_either_side_rekeyed_the_ike_sa(
+        rekeyed_by: str) -> None:
+    # RFC 4555 §2: "initiator" is who started the first IKE_SA of the rekey series, not
+    # RFC 7296's original initiator, which the responder becomes by rekeying it.
+    net = setup()
+    (net.a if rekeyed_by == "a" else net.b).rekey_ike(spi(net), net.now)
+    net.pump()
+    assert spi(net) == net.b.status()[0].ike_spi
+    assert net.a.status()[0].initiator and not net.b.status()[0].initiator
+    new = path(ALICE2, BOB)
+    moved_to(net, new)
+    assert not of_type(net.events_a, MoveFailed)
+    assert not of_type(net.events_b, UpdateRejected)
+    (m,) = of_type(net.events_a, IkeSaMoved)
+    assert m.new_path == new
+    assert net.b.status()[0].path == Path(new.remote, new.local)
+    # And the responder still never moves it itself.
+    net.b.move(net.b.status()[0].ike_spi, path(BOB6, ALICE6), net.now)
+    net.pump()
+    (failed,) = of_type(net.events_b, MoveFailed)
+    assert failed.reason == "not_initiator"
+
+
 def test_return_routability_check_precedes_child_move() -> None:
     net = setup()
     new = path(ALICE2, BOB)
