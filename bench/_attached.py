@@ -394,6 +394,7 @@ def _updates(gw: Gateway, ctl: Controller, ini: Initiator, rate: float,
     moves: list[list[Any]] = result.pop("moves")
     seen: dict[str, deque[tuple[str, float]]] = defaultdict(deque)
     updates = rejected = 0
+    routability: dict[str, int] = {"ok": 0, "failed": 0}  # the controller's checks of moves
     end = time.monotonic() + MATCH_WAIT
     while True:
         for ev in ctl.new_events():
@@ -404,6 +405,8 @@ def _updates(gw: Gateway, ctl: Controller, ini: Initiator, rate: float,
                                             _wall(ev["timestamp"])))
             elif name == "update_rejected":
                 rejected += 1
+            elif name in ("return_routability_ok", "return_routability_failed"):
+                routability[name.rsplit("_", 1)[1]] += 1
         if updates >= len(moves) or time.monotonic() > end:
             break
         time.sleep(0.1)
@@ -446,7 +449,8 @@ def _updates(gw: Gateway, ctl: Controller, ini: Initiator, rate: float,
         "moves_answered": answered_n,
         "rate_achieved": round(answered_n / issue_s, 1),
         "initiator": {k: result[k] for k in ("issued", "skipped_busy", "unanswered",
-                                             "failures", "cpu_s") if k in result},
+                                             "failures", "ike_sas_rekeyed", "ike_sas_lost",
+                                             "cpu_s") if k in result},
         "initiator_busy_fraction": round(result.get("cpu_s", 0.0) / issue_s, 3),
         "charon": {"answer_ms": {"p50": _pct(answer_ms, 0.5), "p95": _pct(answer_ms, 0.95)},
                    "ike_update_events": listener.count,
@@ -459,6 +463,7 @@ def _updates(gw: Gateway, ctl: Controller, ini: Initiator, rate: float,
                                          else None)},
         "controller_addresses_updated": updates,
         "controller_update_rejected": rejected,
+        "controller_return_routability": routability,
         "events_the_controller_missed": missing,
         "lag_ms": {"p50": _pct(lags, 0.5), "p95": _pct(lags, 0.95), "max": _pct(lags, 1.0),
                    "first_third_median": None if first is None else round(first, 2),

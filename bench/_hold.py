@@ -32,6 +32,7 @@ from mobike_vici.core.events import (
     Event,
     ExchangeFailed,
     IkeSaDeleted,
+    IkeSaRekeyed,
 )
 from mobike_vici.types import Path
 
@@ -40,9 +41,13 @@ class Holder(Generator):
     def __init__(self, config_path: str, concurrency: int, setup_timeout: float) -> None:
         super().__init__(config_path, concurrency, 1e9, setup_timeout, delete=False)
         self.held: dict[bytes, Engine] = {}
+        # An IKE rekey the responder initiates names the new IKE_SA by its own SPI first:
+        # both new SPIs lead to the engine, so its messages are not dropped as unknown.
+        self.aliases: dict[bytes, bytes] = {}
         self.scheduled: dict[bytes, float] = {}
         self.heap: list[tuple[float, bytes]] = []
         self.rekeyed = 0
+        self.ike_rekeyed = 0
         self.rekeyed_sas: set[bytes] = set()
         self.lost: dict[str, int] = {}
         self.children_deleted = 0
@@ -92,7 +97,11 @@ class Holder(Generator):
             self.rekeyed_sas.add(spi)
         elif isinstance(ev, ChildSaDeleted) and ev.reason != "rekeyed":
             self.children_deleted += 1
-        elif isinstance(ev, IkeSaDeleted):
+        elif isinstance(ev, IkeSaRekeyed):
+            self.ike_rekeyed += 1
+            for part in ev.new_ike_spi.split("_"):
+                self.aliases[bytes.fromhex(part)] = spi
+        elif isinstance(ev, IkeSaDeleted) and ev.reason != "rekeyed":
             self.lost[ev.reason] = self.lost.get(ev.reason, 0) + 1
             self.held.pop(spi, None)
 
@@ -101,6 +110,8 @@ class Holder(Generator):
         if spi in self.setups:
             super()._dispatch(data, path, now)
             return
+        if spi not in self.held:
+            spi = self.aliases.get(spi) or self.aliases.get(data[8:16], spi)
         engine = self.held.get(spi)
         if engine is not None:
             engine.receive_datagram(data, path, now)
@@ -162,6 +173,7 @@ def main(argv: list[str]) -> int:
     cpu0 = _cpu()
     holder.serve_until(FsPath(f"{out}.stop"), args.give_up)
     final = {"held": len(holder.held), "child_sas_rekeyed": holder.rekeyed,
+             "ike_sas_rekeyed": holder.ike_rekeyed,
              "held_ike_sas_with_a_child_rekey": len(holder.rekeyed_sas & holder.held.keys()),
              "ike_sas_lost": holder.lost, "child_sas_deleted": holder.children_deleted,
              "cpu_s_after_build": _cpu() - cpu0}

@@ -51,6 +51,7 @@ class Mover(Holder):
 
     def drop_all(self) -> None:
         self.held.clear()
+        self.aliases.clear()
         self.scheduled.clear()
         self.heap.clear()
         self.pending.clear()
@@ -65,7 +66,7 @@ class Mover(Holder):
             self.move_failures[ev.reason] = self.move_failures.get(ev.reason, 0) + 1
         else:
             super()._on_held_event(spi, ev)
-            if isinstance(ev, IkeSaDeleted):
+            if isinstance(ev, IkeSaDeleted) and ev.reason != "rekeyed":
                 self.pending.pop(spi, None)
 
     def _move_one(self, spi: bytes, now: float) -> bool:
@@ -132,6 +133,7 @@ class Mover(Holder):
         return {"rate": rate, "duration": duration, "issued": issued, "skipped_busy": skipped,
                 "issue_s": issue_end - start, "answered": len(self.answered),
                 "unanswered": len(self.pending), "failures": self.move_failures,
+                "ike_sas_rekeyed": self.ike_rekeyed, "ike_sas_lost": dict(self.lost),
                 "cpu_s": _cpu() - cpu0,
                 "moves": [list(m) for m in self.answered]}
 
