@@ -339,3 +339,44 @@ def test_charon_initiator_moves_native_responder_follows(lab: Lab) -> None:
     time.sleep(2.0)
     daemon.events.poll()
     assert not [ev for ev in daemon.events.events if ev.get("event") == "ike_sa_deleted"]
+
+
+def test_native_responder_still_follows_after_it_rekeyed_the_ike_sa(lab: Lab) -> None:
+    """The other role of RFC 4555 §2: our responder rekeys the IKE_SA (it sends the I
+    flag from then on), and charon, the initiator, still moves it: accepted, no reject."""
+    topo = _topology(lab)
+    conf = lab.workdir / "native.conf"
+    conf.write_text(swanctl_conf(Side(local_addr=GW, remote_addr=None, local_id=NATIVE_ID,
+                                      remote_id=CHARON_ID, local_ts=NATIVE_NET,
+                                      remote_ts=INNER_NET, ike_rekey_time="3s",
+                                      ike_rand_time="0s")))
+    daemon = start_native(lab, topo.gw, conf, name="gw")
+    charon = start_charon(lab, topo.mob, name="mob")
+    cconf = lab.workdir / "charon.conf"
+    cconf.write_text(swanctl_conf(Side(local_addr="%any", remote_addr=GW, local_id=CHARON_ID,
+                                       remote_id=NATIVE_ID, local_ts=INNER_NET,
+                                       remote_ts=NATIVE_NET, initiator=True)))
+    charon.load_all(cconf)
+    topo.mob.add_address("lo", f"{ipaddress.ip_network(INNER_NET)[1]}/32")
+    charon.initiate(CHILD, ike=CONN)
+    est = daemon.wait_event(lambda ev: ev.get("event") == "ike_sa_established",
+                            ESTABLISH_TIMEOUT)
+    rekeyed = daemon.wait_event(lambda ev: ev.get("event") == "ike_sa_rekeyed",
+                                ESTABLISH_TIMEOUT)
+    new_spi = str(rekeyed["new_ike_spi"])
+    wait_until(lambda: (now_sa if (now_sa := _charon_sa(charon)) and
+                             f"{now_sa['initiator-spi']}_{now_sa['responder-spi']}" == new_spi
+                             else None), CHANGE_TIMEOUT, "charon to list the rekeyed IKE_SA")
+
+    topo.link_down(0)
+    moved = daemon.wait_event(lambda ev: ev.get("event") in ("peer_moved", "update_rejected"),
+                              CHANGE_TIMEOUT)
+    assert moved["event"] == "peer_moved", moved
+    second = (topo.uplinks[1].addr4, topo.uplinks[1].addr6)
+    after = wait_until(lambda: (now_sa if (now_sa := _charon_sa(charon)) and
+                                now_sa.get("local-host") in second else None),
+                       CHANGE_TIMEOUT, "charon on its second uplink")
+    assert after["local-host"] in str(moved["remote"])
+    assert moved["ike_spi"] != est["ike_spi"]  # a generation our responder rekeyed
+    daemon.events.poll()
+    assert not [ev for ev in daemon.events.events if ev.get("event") == "update_rejected"]
