@@ -147,14 +147,10 @@ class OuterRouting:
         if self._closed:
             return
         new = set(peers)
-        old, self._peers = self._peers, new
-        if new == old:
-            return
-        w = self._writer_or_open()
-        for peer in sorted(old - new, key=_addr_key):
-            w.send(throw_msg(RTM_DELROUTE, peer), "throw_del", _GONE)
-        for peer in sorted(new - old, key=_addr_key):
-            w.send(throw_msg(RTM_NEWROUTE, peer), "throw_add", frozenset())
+        for peer in sorted(self._peers - new, key=_addr_key):
+            self.exclude_peer(peer, False)
+        for peer in sorted(new - self._peers, key=_addr_key):
+            self.exclude_peer(peer, True)
 
     def exclude_peer(self, peer: IPAddress, excluded: bool) -> None:
         """Add ``peer`` to (or take it out of) that set: one route, whatever its size."""
