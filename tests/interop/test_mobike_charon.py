@@ -120,8 +120,8 @@ if __name__ == "__main__":
 
 # ---------------------------------------------------------------- the tests
 
-from mobike_vici.lab.charon import start_charon  # noqa: E402
-from mobike_vici.lab.native import start_native  # noqa: E402
+from mobike_vici.lab.charon import Charon, start_charon  # noqa: E402
+from mobike_vici.lab.native import NativeDaemon, start_native  # noqa: E402
 from mobike_vici.lab.netns import Lab  # noqa: E402
 from mobike_vici.lab.topology import Mobile, mobile  # noqa: E402
 
@@ -163,9 +163,9 @@ def _topology(lab: Lab) -> Mobile:
     return topo
 
 
-@pytest.mark.parametrize(("target", "gw"), [(DRIVER_ADDRS[1], GW), (DRIVER_ADDRS[3], GW6)],
-                         ids=["ipv4-uplink2", "ipv6-uplink2"])
-def test_native_initiator_moves_charon_follows(lab: Lab, target: str, gw: str) -> None:
+def _charon_gateway_and_driver(lab: Lab) -> tuple[Charon, FsPath, FsPath]:
+    """charon as gateway, our engine (``drive``) as the mobile initiator on mob:
+    charon, the driver's events file and its commands file."""
     topo = _topology(lab)
     charon = start_charon(lab, topo.gw, name="gw")
     conf = lab.workdir / "charon.conf"
@@ -183,6 +183,36 @@ def test_native_initiator_moves_charon_follows(lab: Lab, target: str, gw: str) -
     pkg_root = str(FsPath(__file__).resolve().parents[2])
     lab.spawn(topo.mob, [sys.executable, __file__, str(ours), str(events), str(commands)],
               lab.workdir / "driver.log", env={"PYTHONPATH": pkg_root})
+    return charon, events, commands
+
+
+def _native_gateway_and_charon(lab: Lab, ike_rekey_time: str | None = None,
+                               ike_rand_time: str | None = None
+                               ) -> tuple[Mobile, NativeDaemon, Charon]:
+    """Our daemon as gateway (its IKE rekey timing as given), charon on mob initiating
+    the IKE_SA."""
+    topo = _topology(lab)
+    conf = lab.workdir / "native.conf"
+    conf.write_text(swanctl_conf(Side(local_addr=GW, remote_addr=None, local_id=NATIVE_ID,
+                                      remote_id=CHARON_ID, local_ts=NATIVE_NET,
+                                      remote_ts=INNER_NET, ike_rekey_time=ike_rekey_time,
+                                      ike_rand_time=ike_rand_time)))
+    daemon = start_native(lab, topo.gw, conf, name="gw")
+    charon = start_charon(lab, topo.mob, name="mob")
+    cconf = lab.workdir / "charon.conf"
+    cconf.write_text(swanctl_conf(Side(local_addr="%any", remote_addr=GW, local_id=CHARON_ID,
+                                       remote_id=NATIVE_ID, local_ts=INNER_NET,
+                                       remote_ts=NATIVE_NET, initiator=True)))
+    charon.load_all(cconf)
+    topo.mob.add_address("lo", f"{ipaddress.ip_network(INNER_NET)[1]}/32")
+    charon.initiate(CHILD, ike=CONN)
+    return topo, daemon, charon
+
+
+@pytest.mark.parametrize(("target", "gw"), [(DRIVER_ADDRS[1], GW), (DRIVER_ADDRS[3], GW6)],
+                         ids=["ipv4-uplink2", "ipv6-uplink2"])
+def test_native_initiator_moves_charon_follows(lab: Lab, target: str, gw: str) -> None:
+    charon, events, commands = _charon_gateway_and_driver(lab)
 
     est = wait_until(lambda: next((e for e in _events(events)
                                    if e["type"] == "IkeSaEstablished"), None),
@@ -228,23 +258,7 @@ def test_native_initiator_still_moves_after_charon_rekeyed_the_ike_sa(lab: Lab) 
     """RFC 4555 §2: the initiator is who set up the first IKE_SA of the rekey series.
     Once charon (responder) has rekeyed the IKE_SA it sends the I flag, yet the move
     stays ours to make and charon follows it, as charon's own role survives rekeys."""
-    topo = _topology(lab)
-    charon = start_charon(lab, topo.gw, name="gw")
-    conf = lab.workdir / "charon.conf"
-    conf.write_text(swanctl_conf(Side(local_addr=GW, remote_addr=None, local_id=CHARON_ID,
-                                      remote_id=NATIVE_ID, local_ts=INNER_NET,
-                                      remote_ts=NATIVE_NET)))
-    charon.load_all(conf)
-    ours = lab.workdir / "driver.conf"
-    ours.write_text(swanctl_conf(Side(local_addr=DRIVER_ADDRS[0], remote_addr=GW,
-                                      local_id=NATIVE_ID, remote_id=CHARON_ID,
-                                      local_ts=NATIVE_NET, remote_ts=INNER_NET,
-                                      initiator=True)))
-    events = lab.workdir / "driver-events.jsonl"
-    commands = lab.workdir / "driver-commands"
-    pkg_root = str(FsPath(__file__).resolve().parents[2])
-    lab.spawn(topo.mob, [sys.executable, __file__, str(ours), str(events), str(commands)],
-              lab.workdir / "driver.log", env={"PYTHONPATH": pkg_root})
+    charon, events, commands = _charon_gateway_and_driver(lab)
     wait_until(lambda: next((e for e in _events(events) if e["type"] == "ChildSaInstalled"),
                             None), ESTABLISH_TIMEOUT, "our engine to establish with charon")
     before = wait_until(lambda: _charon_sa(charon), ESTABLISH_TIMEOUT, "charon's IKE_SA")
@@ -285,20 +299,7 @@ def _live_children(events: FsPath) -> set[tuple[str, str]]:
 
 
 def test_charon_initiator_moves_native_responder_follows(lab: Lab) -> None:
-    topo = _topology(lab)
-    conf = lab.workdir / "native.conf"
-    conf.write_text(swanctl_conf(Side(local_addr=GW, remote_addr=None, local_id=NATIVE_ID,
-                                      remote_id=CHARON_ID, local_ts=NATIVE_NET,
-                                      remote_ts=INNER_NET)))
-    daemon = start_native(lab, topo.gw, conf, name="gw")
-    charon = start_charon(lab, topo.mob, name="mob")
-    cconf = lab.workdir / "charon.conf"
-    cconf.write_text(swanctl_conf(Side(local_addr="%any", remote_addr=GW, local_id=CHARON_ID,
-                                       remote_id=NATIVE_ID, local_ts=INNER_NET,
-                                       remote_ts=NATIVE_NET, initiator=True)))
-    charon.load_all(cconf)
-    topo.mob.add_address("lo", f"{ipaddress.ip_network(INNER_NET)[1]}/32")
-    charon.initiate(CHILD, ike=CONN)
+    topo, daemon, charon = _native_gateway_and_charon(lab)
     est = daemon.wait_event(lambda ev: ev.get("event") == "ike_sa_established",
                             ESTABLISH_TIMEOUT)
     sa = wait_until(lambda: _charon_sa(charon), ESTABLISH_TIMEOUT, "charon's IKE_SA")
@@ -344,21 +345,8 @@ def test_charon_initiator_moves_native_responder_follows(lab: Lab) -> None:
 def test_native_responder_still_follows_after_it_rekeyed_the_ike_sa(lab: Lab) -> None:
     """The other role of RFC 4555 §2: our responder rekeys the IKE_SA (it sends the I
     flag from then on), and charon, the initiator, still moves it: accepted, no reject."""
-    topo = _topology(lab)
-    conf = lab.workdir / "native.conf"
-    conf.write_text(swanctl_conf(Side(local_addr=GW, remote_addr=None, local_id=NATIVE_ID,
-                                      remote_id=CHARON_ID, local_ts=NATIVE_NET,
-                                      remote_ts=INNER_NET, ike_rekey_time="3s",
-                                      ike_rand_time="0s")))
-    daemon = start_native(lab, topo.gw, conf, name="gw")
-    charon = start_charon(lab, topo.mob, name="mob")
-    cconf = lab.workdir / "charon.conf"
-    cconf.write_text(swanctl_conf(Side(local_addr="%any", remote_addr=GW, local_id=CHARON_ID,
-                                       remote_id=NATIVE_ID, local_ts=INNER_NET,
-                                       remote_ts=NATIVE_NET, initiator=True)))
-    charon.load_all(cconf)
-    topo.mob.add_address("lo", f"{ipaddress.ip_network(INNER_NET)[1]}/32")
-    charon.initiate(CHILD, ike=CONN)
+    topo, daemon, charon = _native_gateway_and_charon(lab, ike_rekey_time="3s",
+                                                      ike_rand_time="0s")
     est = daemon.wait_event(lambda ev: ev.get("event") == "ike_sa_established",
                             ESTABLISH_TIMEOUT)
     rekeyed = daemon.wait_event(lambda ev: ev.get("event") == "ike_sa_rekeyed",
