@@ -310,15 +310,18 @@ table inet {NFT_TABLE} {{
         if peer is not None:
             router.run("nft", "delete", "element", "inet", NFT_TABLE, *_bh_element(peer, addr))
 
-    def masquerade(self, router: Netns, out_if: str, ports: tuple[int, int] | None = None) -> None:
-        """Source-NAT everything leaving `router` through `out_if` (IPv4)."""
+    def masquerade(self, router: Netns, out_if: str, ports: tuple[int, int] | None = None,
+                   source: str | None = None) -> None:
+        """Source-NAT everything leaving `router` through `out_if` (IPv4), or only what
+        comes from the prefix `source` (a carrier NAT on one uplink)."""
         to = f" to :{ports[0]}-{ports[1]}" if ports else ""
+        match = f"oifname \"{out_if}\"" + (f" ip saddr {source}" if source else "")
         script = f"""
 table ip {NFT_TABLE}_nat {{
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        oifname "{out_if}" meta l4proto {{ tcp, udp }} masquerade{to}
-        oifname "{out_if}" masquerade
+        {match} meta l4proto {{ tcp, udp }} masquerade{to}
+        {match} masquerade
     }}
 }}
 """

@@ -59,7 +59,8 @@ class Mobile:
         m1 10.2.0.2/24 ---- r1 10.2.0.1
     ```
     Default routes in `mob` via both uplinks, m0 preferred (lower metric).
-    With `nat`, rtr masquerades everything leaving g0, so gw sees 192.0.2.1.
+    With `nat`, rtr masquerades everything leaving g0, so gw sees 192.0.2.1; with
+    `nat_backup`, only what comes from m1 (a carrier NAT on the backup uplink).
     """
 
     lab: Lab
@@ -68,22 +69,37 @@ class Mobile:
     gw: Netns
     uplinks: tuple[Uplink, Uplink]
     nat: bool
+    nat_backup: bool
     gw4: str = "192.0.2.2"
     gw6: str = "2001:db8:ff::2"
     rtr_wan4: str = "192.0.2.1"
     rtr_wan6: str = "2001:db8:ff::1"
 
-    def kill_silently(self, index: int) -> None:
-        """Uplink `index` stays up but rtr drops everything from and to it."""
-        up = self.uplinks[index]
-        self.lab.blackhole(self.rtr, up.addr4)
-        self.lab.blackhole(self.rtr, up.addr6)
+    def kill_silently(self, index: int, family: int | None = None) -> None:
+        """Uplink `index` stays up but rtr drops everything from and to it (only its
+        IPv4 or IPv6 address with `family` 4 or 6)."""
+        for addr in self._addrs(index, family):
+            self.lab.blackhole(self.rtr, addr)
 
-    def revive(self, index: int) -> None:
-        """Undo kill_silently(index)."""
+    def revive(self, index: int, family: int | None = None) -> None:
+        """Undo kill_silently(index, family)."""
+        for addr in self._addrs(index, family):
+            self.lab.heal(self.rtr, addr)
+
+    def kill_family(self, family: int) -> None:
+        """Every uplink's IPv4 (4) or IPv6 (6) dies silently; the other family stays."""
+        for index in range(len(self.uplinks)):
+            self.kill_silently(index, family)
+
+    def revive_family(self, family: int) -> None:
+        """Undo kill_family(family)."""
+        for index in range(len(self.uplinks)):
+            self.revive(index, family)
+
+    def _addrs(self, index: int, family: int | None) -> list[str]:
         up = self.uplinks[index]
-        self.lab.heal(self.rtr, up.addr4)
-        self.lab.heal(self.rtr, up.addr6)
+        return [addr for fam, addr in ((4, up.addr4), (6, up.addr6))
+                if family is None or family == fam]
 
     def link_down(self, index: int) -> None:
         """Take uplink `index` down in mob: its address routes and default route go away."""
@@ -102,8 +118,9 @@ def _default_routes(mob: Netns, up: Uplink) -> None:
                "metric", str(up.metric))
 
 
-def mobile(lab: Lab, *, nat: bool = False) -> Mobile:
-    """Topology (b), or with `nat=True` topology (c): the router masquerades."""
+def mobile(lab: Lab, *, nat: bool = False, nat_backup: bool = False) -> Mobile:
+    """Topology (b), or with `nat=True` topology (c): the router masquerades; with
+    `nat_backup=True` it masquerades only the backup uplink m1 (m0 is routed)."""
     mob = lab.netns("mob")
     rtr = lab.netns("rtr")
     gw = lab.netns("gw")
@@ -111,7 +128,7 @@ def mobile(lab: Lab, *, nat: bool = False) -> Mobile:
         Uplink("m0", "10.1.0.2", "10.1.0.1", "2001:db8:1::2", "2001:db8:1::1", 100, "r0"),
         Uplink("m1", "10.2.0.2", "10.2.0.1", "2001:db8:2::2", "2001:db8:2::1", 200, "r1"),
     )
-    topo = Mobile(lab, mob, rtr, gw, uplinks, nat)
+    topo = Mobile(lab, mob, rtr, gw, uplinks, nat, nat_backup)
     for up in uplinks:
         lab.link(mob, up.ifname, rtr, up.router_if)
         mob.add_address(up.ifname, f"{up.addr4}/24")
@@ -131,4 +148,6 @@ def mobile(lab: Lab, *, nat: bool = False) -> Mobile:
         lab.masquerade(rtr, "g0")
     else:
         gw.ip("-4", "route", "add", "10.0.0.0/8", "via", topo.rtr_wan4)
+        if nat_backup:
+            lab.masquerade(rtr, "g0", source=f"{uplinks[1].addr4}/24")
     return topo
