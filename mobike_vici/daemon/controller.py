@@ -68,6 +68,7 @@ from ..mobike.events import (
     PathUp,
     PreferenceChanged,
 )
+from ..mobike.health import settings_of
 from ..mobike.manager import PathManager
 from ..mobike.paths import LocalAddress
 from ..net.events import AddressAdded, AddressRemoved, LinkDown, LinkUp, NetEvent, RouteChanged
@@ -203,7 +204,8 @@ class Controller:
         self.monitor = NetlinkMonitor(netns=netns, on_event=self._on_net)
         self.client = ViciClient(uri, on_connect=self._on_connect)
         self.prober: IcmpProber | None = None
-        self.data_plane = DataPlane(self)  # ESP to and from the peers: stalls, verification
+        # ESP to and from the peers: stalls, verification (the native daemon's model)
+        self.data_plane = DataPlane(self, settings_of(self.policy))
         self.sas: dict[str, _Sa] = {}
         self.plans: dict[str, steer_plan.SteerPlan] = {}  # by connection name
         self._plan_timers: dict[str, asyncio.TimerHandle] = {}
@@ -339,6 +341,7 @@ class Controller:
             for sa in self.sas.values():
                 sa.manager.set_policy(new.policy, now)
                 self._pump(sa)
+            self.data_plane.set_settings(settings_of(new.policy))
             self.gateway_rr.set_policy(new.policy)
         self.log.emit("config_reloaded", **fields, policy_changed=policy_changed,
                       conns=sorted(new.connections))

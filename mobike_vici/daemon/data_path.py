@@ -1,6 +1,8 @@
-"""The native daemon's data path check after its moves: one ``mobike.verify.DataPathCheck``
+"""The native daemon's data path check after its moves: one ``mobike.health.MoveCheck``
 per IKE_SA that moved, fed by core events and the userspace data plane's counters, and
-the CHILD_SA rekeys it asks for.
+the CHILD_SA rekeys it asks for (asked again at RTT pace when the peer answers one with
+TEMPORARY_FAILURE). Whether the peer's ESP is expected back is judged from the flow's
+history before the fault, as the path manager saw it (``mobike.health.Flow``).
 
 Thin like the rest of the daemon: ``on_core_event`` for every engine event, ``handle_timer``
 when ``get_timer`` is due (it samples the counters of the IKE_SAs under check, and only
@@ -13,19 +15,27 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from ..config.mobike import MobikePolicy
-from ..core.events import ChildSaRekeyed, Event, IkeSaDeleted, IkeSaMoved, IkeSaRekeyed
-from ..esp.dataplane import IN_PAUSE
-from ..mobike import verify as v
+from ..core.events import (
+    ChildSaRekeyed,
+    Event,
+    ExchangeFailed,
+    IkeSaDeleted,
+    IkeSaMoved,
+    IkeSaRekeyed,
+)
+from ..mobike import health as v
+from ..mobike.health import settings_of
 from ..mobike.manager import PathManager
 from ..mobike.paths import PathTable
 from ..types import Path
 
 Fields = dict[str, object]
 
-ACTIVE_MARGIN = 1.0
-"""Added to the time a dead path takes to detect for ``VerifySettings.active_window``: a
-peer that sent nothing for that long before we moved is not expected to send after."""
+__all__ = ["DataPathWatch", "path_flow", "path_srtt", "settings_of"]
+
+REFUSED_FOR_NOW = "TEMPORARY_FAILURE"
+"""In an ``ExchangeFailed`` reason: the peer refused our rekey while its own IKE_SA rekey
+is in flight (RFC 7296 §2.25); asking again soon succeeds once that completes."""
 
 
 class Child(Protocol):
@@ -33,10 +43,6 @@ class Child(Protocol):
 
     @property
     def unique_id(self) -> int: ...
-    @property
-    def last_in(self) -> float | None: ...
-    @property
-    def in_since(self) -> float | None: ...
     @property
     def replaced(self) -> bool: ...
     @property
@@ -56,33 +62,33 @@ class Rekeyer(Protocol):
     def rekey_child(self, unique_id: int, now: float) -> None: ...
 
 
-def settings_of(policy: MobikePolicy) -> v.VerifySettings:
-    """The check's settings from ``mobike { }``: the peer counts as sending when its ESP
-    came within the time a silently dead path takes to detect, plus a margin."""
-    detect = policy.probe_interval * policy.probe_misses + policy.probe_timeout
-    return v.VerifySettings(verify_timeout=policy.verify_timeout,
-                            repair_timeout=policy.repair_timeout,
-                            active_window=detect + ACTIVE_MARGIN)
-
-
 Srtt = Callable[[str, Path], float | None]
 """The smoothed RTT of a path of an IKE_SA, in seconds (None: not measured)."""
+
+
+Flows = Callable[[str], v.Flow | None]
+"""The traffic's history of an IKE_SA (None: not watched, so nothing is expected back)."""
 
 
 def _no_srtt(ike_spi: str, path: Path) -> float | None:
     return None
 
 
+def _no_flow(ike_spi: str) -> v.Flow | None:
+    return None
+
+
 class DataPathWatch:
     """Every IKE_SA's data path check; see the module docstring."""
 
-    def __init__(self, engine: Rekeyer, plane: Children, settings: v.VerifySettings,
-                 srtt: Srtt = _no_srtt) -> None:
+    def __init__(self, engine: Rekeyer, plane: Children, settings: v.HealthSettings,
+                 srtt: Srtt = _no_srtt, flows: Flows = _no_flow) -> None:
         self.engine = engine
         self.plane = plane
         self.settings = settings
         self._srtt = srtt
-        self._checks: dict[str, tuple[str, v.DataPathCheck]] = {}
+        self._flows = flows
+        self._checks: dict[str, tuple[str, v.MoveCheck]] = {}
         """ike_spi -> (conn, its check), only while a check runs."""
         self._log: list[tuple[str, Fields]] = []
         self.calls = 0
@@ -95,7 +101,7 @@ class DataPathWatch:
         """The IKE_SAs whose data path is being checked now."""
         return list(self._checks)
 
-    def set_settings(self, settings: v.VerifySettings) -> None:
+    def set_settings(self, settings: v.HealthSettings) -> None:
         """A reloaded policy: for the next moves (a running check keeps its bounds)."""
         self.settings = settings
 
@@ -109,6 +115,10 @@ class DataPathWatch:
                 found = self._checks.get(event.ike_spi)
                 if found is not None:
                     found[1].on_rekeyed(now)
+            case ExchangeFailed() if REFUSED_FOR_NOW in event.reason:
+                found = self._checks.get(event.ike_spi)
+                if found is not None:
+                    found[1].on_repair_refused(now)
             case IkeSaRekeyed():
                 found = self._checks.pop(event.ike_spi, None)
                 if found is not None:
@@ -126,7 +136,7 @@ class DataPathWatch:
             due = check.get_timer()
             if due is None or due > now:
                 continue
-            check.observe(self._sample(spi)[0], now)
+            check.observe(self._sample(spi), now)
             self._drain(spi, conn, check, now)
 
     # -- outputs ----------------------------------------------------------------------
@@ -144,35 +154,23 @@ class DataPathWatch:
     def _moved(self, event: IkeSaMoved, now: float) -> None:
         if self.settings.verify_timeout <= 0:
             return
-        sample, (last_in, in_since) = self._sample(event.ike_spi)
-        check = v.DataPathCheck(self.settings)
+        check = v.MoveCheck(self.settings)
         check.on_moved(event.new_path, event.old_path, started=now - event.duration,
-                       srtt=self._srtt(event.ike_spi, event.new_path), sample=sample,
-                       last_inbound=last_in, inbound_since=in_since, now=now)
+                       srtt=self._srtt(event.ike_spi, event.new_path),
+                       sample=self._sample(event.ike_spi), flow=self._flows(event.ike_spi),
+                       now=now)
         self._checks[event.ike_spi] = (event.conn, check)
         self._drain(event.ike_spi, event.conn, check, now)
 
-    def _sample(self, ike_spi: str
-                ) -> tuple[dict[int, tuple[int, int]], tuple[float | None, float | None]]:
-        """The counters of the IKE_SA's CHILD_SAs, and (when the peer last sent, since when
-        it had been sending without a long pause), its runs on several SAs joined."""
+    def _sample(self, ike_spi: str) -> dict[int, tuple[int, int]]:
+        """The counters of the IKE_SA's CHILD_SAs."""
         sample: dict[int, tuple[int, int]] = {}
-        runs: list[tuple[float, float]] = []
         for child in self.plane.children_of(ike_spi):
             c = child.counters()
             sample[child.unique_id] = (c["packets_in"], c["packets_out"])
-            if child.last_in is not None and child.in_since is not None:
-                runs.append((child.last_in, child.in_since))
-        if not runs:
-            return sample, (None, None)
-        runs.sort(reverse=True)
-        last, since = runs[0]
-        for end, start in runs[1:]:
-            if end >= since - IN_PAUSE:  # a rekey: the peer went on on the new SA
-                since = min(since, start)
-        return sample, (last, since)
+        return sample
 
-    def _drain(self, spi: str, conn: str, check: v.DataPathCheck, now: float) -> None:
+    def _drain(self, spi: str, conn: str, check: v.MoveCheck, now: float) -> None:
         while (event := check.next_event()) is not None:
             name, fields = check_event_fields(conn, spi, event)
             if isinstance(event, v.RepairRequested):
@@ -207,7 +205,8 @@ def check_event_fields(conn: str, ike_spi: str, event: v.Event) -> tuple[str, Fi
         case v.DataPathUnverified():
             return "data_path_unverified", {**base, "reason": event.reason}
         case v.RepairRequested():
-            return "data_path_repair_started", {**base, "waited_ms": event.waited_ms}
+            return "data_path_repair_started", {**base, "waited_ms": event.waited_ms,
+                                                "attempt": event.attempt}
         case v.DataPathRepaired():
             return "data_path_repaired", {**base, "dead_ms": event.dead_ms,
                                           "repair_ms": event.repair_ms}
@@ -230,3 +229,13 @@ def path_srtt(managers: Callable[[str], PathManager | None]) -> Srtt:
                     None)
 
     return srtt
+
+
+def path_flow(managers: Callable[[str], PathManager | None]) -> Flows:
+    """The traffic's history of an IKE_SA as its path manager was fed it."""
+
+    def flow(ike_spi: str) -> v.Flow | None:
+        mgr = managers(ike_spi)
+        return mgr.flow if mgr is not None else None
+
+    return flow

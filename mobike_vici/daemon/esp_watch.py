@@ -5,15 +5,18 @@ watches it. One packet socket (``AF_PACKET``, all interfaces of the namespace) w
 classic BPF filter (``net.esp_bpf``) lets nothing but ESP between us and the tracked
 peers reach Python, cut to its headers. Each packet is matched to the IKE_SA whose
 current path (charon's, from ``ike-updown``/``ike-update``) it travels, in O(1), and
-fed to that SA's ``mobike.data_watch.DataWatch``:
+fed to that SA's ``mobike.health`` model (the native daemon's, with the same keys):
 
-- inbound silent while outbound flows: a burst of ICMP probes on the path at once
-  (``inbound_stalled``); all unanswered: the path manager hears the active path
-  failed (``path_down`` with reason ``data_plane``) and moves as usual;
-- after every move of charon's: verified when ESP from the peer arrives on the new
-  path (``data_path_verified``); when it does not within a bound from the RTT, every
-  CHILD_SA of the IKE_SA is rekeyed over VICI (``data_path_repair_started``), then
-  ``data_path_repaired`` (``dead_ms``) or ``handover_failed`` (``data_path_dead``).
+- inbound silent while outbound flows, longer than the flow's own pace allows
+  (``health.Stall``): a burst of ICMP probes on the path at once (``inbound_stalled``);
+  all unanswered: the path manager hears the active path failed (``path_down`` with
+  reason ``data_plane``) and moves as usual;
+- after every move of charon's (``health.MoveCheck``): verified when ESP from the peer
+  arrives on the new path (``data_path_verified``); nothing expected back when the peer
+  was not sending before the fault (``data_path_unverified``); else, when none comes
+  within the bound, every CHILD_SA of the IKE_SA is rekeyed over VICI
+  (``data_path_repair_started``), then ``data_path_repaired`` (``dead_ms``) or
+  ``handover_failed`` (``data_path_dead``).
 
 A socket that cannot be opened (no CAP_NET_RAW) leaves the controller as it was
 (``esp_watch_unavailable``): probes alone detect failures then.
@@ -32,16 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..backends.vici import ViciError
 from ..backends.vici.steer import egress
-from ..mobike.data_watch import (
-    ActivePathDead,
-    DataPathFailed,
-    DataPathRepaired,
-    DataPathVerified,
-    DataWatch,
-    InboundStalled,
-    RepairNeeded,
-    WatchSettings,
-)
+from ..mobike import health as hm
 from ..net.esp_bpf import MAX_PEERS, SNAP, esp_filter, pack, parse_addresses
 from ..types import IPAddress, Path
 
@@ -139,25 +133,41 @@ def _drain(sock: socket.socket) -> None:
 @dataclass(slots=True)
 class _Watched:
     spi: str
-    watch: DataWatch
+    stall: hm.Stall
+    check: hm.MoveCheck
     path: Path  # charon's current path: where its ESP travels
     old: Path | None = None  # where it was before the move being verified
+    packets_in: int = 0  # ESP seen on charon's current path, both ways (the check's sample)
+    packets_out: int = 0
+    burst: hm.Burst | None = None
+    suspected: bool = False  # this stall already made a burst
+    last_burst: float | None = None
+    srtt: float | None = None
     rekeyed: int = 0  # CHILD_SAs the last repair rekeyed
     timer: asyncio.TimerHandle | None = None
-    repairing: bool = False
+
+    def sample(self) -> dict[int, tuple[int, int]]:
+        return {0: (self.packets_in, self.packets_out)}
 
 
 class DataPlane:
     """The controller's data-plane watch of every tracked IKE_SA (see the module doc)."""
 
-    def __init__(self, ctl: Controller, settings: WatchSettings | None = None) -> None:
+    def __init__(self, ctl: Controller, settings: hm.HealthSettings | None = None) -> None:
         self.ctl = ctl
-        self.settings = settings or WatchSettings()
+        self.settings = settings or hm.HealthSettings()
         self.tap = EspTap(self._on_esp)
         self.available = False
         self._sas: dict[str, _Watched] = {}
         self._by_path: dict[tuple[IPAddress, IPAddress], str] = {}
         self._probe_ids: dict[int, str] = {}  # prober wire id -> IKE_SA of a burst probe
+
+    def set_settings(self, settings: hm.HealthSettings) -> None:
+        """A reloaded policy: for the next stalls and moves."""
+        self.settings = settings
+        for w in self._sas.values():
+            w.stall.floor, w.stall.cap = settings.stall_timeout, settings.stall_cap
+            w.check.settings = settings
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -184,8 +194,9 @@ class DataPlane:
         if not self.available:
             return
         spi = sa.info.ike_spi
-        self._sas[spi] = _Watched(spi, DataWatch(self.settings, now=self.ctl.now),
-                                  sa.info.path)
+        s = self.settings
+        self._sas[spi] = _Watched(spi, hm.Stall(s.stall_timeout, s.stall_cap),
+                                  hm.MoveCheck(s), sa.info.path)
         self._rebuild()
 
     def forget(self, spi: str) -> None:
@@ -201,11 +212,16 @@ class DataPlane:
         w = self._sas.get(sa.info.ike_spi)
         if w is None:
             return
-        if not w.watch.verifying:
+        now = self.ctl.now
+        if w.check.phase is hm.Phase.DONE or w.old is None:
             w.old = w.path
-        w.path = sa.info.path
-        w.watch.set_rtt(self._srtt(sa))
-        w.watch.on_moved(self.ctl.now)
+        new = sa.info.path
+        w.path = new
+        w.srtt = self._srtt(sa)
+        w.burst, w.suspected = None, False
+        w.stall.reset()
+        w.check.on_moved(new, w.old, started=now, srtt=w.srtt, sample=w.sample(),
+                         flow=w.stall.flow, now=now)
         self._rebuild()
         self._pump(w)
 
@@ -216,7 +232,9 @@ class DataPlane:
             return False
         w = self._sas.get(spi)
         if w is not None:
-            w.watch.on_probe_reply(self.ctl.now)
+            w.burst = None
+            w.stall.on_alive()
+            w.suspected = False
             self._pump(w)
         return True
 
@@ -229,25 +247,49 @@ class DataPlane:
             return  # another path of a peer we watch (e.g. charon not there yet)
         now = self.ctl.now
         if inbound:
-            w.watch.on_inbound(now)
-        else:
+            w.packets_in += 1
+            w.stall.on_traffic(1, 0, now, w.srtt)
+            w.burst, w.suspected = None, False
+            if w.check.phase is not hm.Phase.DONE:
+                w.check.observe(w.sample(), now)  # verified at once, not at the next poll
+                self._pump(w)
+            return
+        w.packets_out += 1
+        if w.srtt is None:
             sa = self.ctl.sas.get(w.spi)
-            if sa is not None and w.watch.srtt is None:
-                w.watch.set_rtt(self._srtt(sa))
-            w.watch.on_outbound(now)
-        if w.watch.has_events:  # per packet: nothing more unless the watch has news
-            self._pump(w)
+            w.srtt = self._srtt(sa) if sa is not None else None
+        w.stall.on_traffic(0, 1, now, w.srtt)
+        if not w.stall.stalled or w.suspected or w.check.phase is hm.Phase.REPAIRING:
+            return  # per packet: nothing more unless a new stall wants its burst
+        if w.last_burst is not None and now - w.last_burst < hm.REARM_GAP:
+            return  # a quiet peer costs at most one burst per REARM_GAP
+        w.suspected, w.last_burst = True, now
+        w.burst = hm.Burst.at(now, w.srtt)
+        sa = self.ctl.sas.get(w.spi)
+        since = w.stall.since if w.stall.since is not None else now
+        self.ctl.log.emit("inbound_stalled", conn=sa.info.conn if sa is not None else "",
+                          ike_spi=w.spi, local=str(w.path.local), remote=str(w.path.remote),
+                          silent_ms=round((now - since) * 1000, 1))
+        self._pump(w)
 
-    # -- the watch ----------------------------------------------------------------------
+    # -- the model ----------------------------------------------------------------------
 
     def _pump(self, w: _Watched) -> None:
         now = self.ctl.now
         sa = self.ctl.sas.get(w.spi)
-        while w.watch.probes_due(now):
-            self._send_probe(w)
-        while (event := w.watch.next_event()) is not None:
+        burst = w.burst
+        if burst is not None:
+            while burst.due(now):
+                self._send_probe(w)
+            if burst.missed(now):
+                w.burst = None
+                self._dead(w, sa, burst.sent, now)
+        while (event := w.check.next_event()) is not None:
             self._act(w, sa, event, now)
-        when = w.watch.get_timer()
+        times = [t for t in (w.check.get_timer(),
+                             w.burst.deadline() if w.burst is not None else None)
+                 if t is not None]
+        when = min(times) if times else None
         if w.timer is not None and (when is None or w.timer.when() != when):
             w.timer.cancel()
             w.timer = None
@@ -260,7 +302,9 @@ class DataPlane:
         if w is None:
             return
         w.timer = None
-        w.watch.handle_timer(self.ctl.now)
+        due = w.check.get_timer()
+        if due is not None and due <= self.ctl.now:
+            w.check.observe(w.sample(), self.ctl.now)
         self._pump(w)
 
     def _send_probe(self, w: _Watched) -> None:
@@ -275,41 +319,41 @@ class DataPlane:
         if not prober.send(w.path, wire_id, out[0]):
             self._probe_ids.pop(wire_id, None)
 
-    def _act(self, w: _Watched, sa: _Sa | None, event: object, now: float) -> None:
+    def _dead(self, w: _Watched, sa: _Sa | None, missed: int, now: float) -> None:
+        self.ctl.log.write("warning", "data_path_dead", {
+            "conn": sa.info.conn if sa is not None else "", "ike_spi": w.spi,
+            "local": str(w.path.local), "remote": str(w.path.remote), "missed": missed})
+        if sa is not None:
+            sa.manager.on_active_path_failed(now, reason="data_plane")
+            self.ctl._pump(sa)
+
+    def _act(self, w: _Watched, sa: _Sa | None, event: hm.Event, now: float) -> None:
         log = self.ctl.log
         conn = sa.info.conn if sa is not None else ""
         where = {"local": str(w.path.local), "remote": str(w.path.remote)}
         match event:
-            case InboundStalled():
-                log.emit("inbound_stalled", conn=conn, ike_spi=w.spi, **where,
-                         silent_ms=round(event.silent_s * 1000, 1))
-            case ActivePathDead():
-                log.write("warning", "data_path_dead", {
-                    "conn": conn, "ike_spi": w.spi, **where, "missed": event.missed})
-                if sa is not None:
-                    sa.manager.on_active_path_failed(now, reason="data_plane")
-                    self.ctl._pump(sa)
-            case DataPathVerified():
+            case hm.DataPathVerified():
                 log.emit("data_path_verified", conn=conn, ike_spi=w.spi, **where,
-                         after_ms=round(event.wait_s * 1000, 1))
-            case RepairNeeded():
+                         after_ms=event.after_ms)
+            case hm.DataPathUnverified():
+                log.emit("data_path_unverified", conn=conn, ike_spi=w.spi, **where,
+                         reason=event.reason)
+            case hm.RepairRequested():
                 log.write("warning", "data_path_repair_started", {
-                    "conn": conn, "ike_spi": w.spi, **where,
-                    "waited_ms": round(event.waited_s * 1000, 1)})
+                    "conn": conn, "ike_spi": w.spi, **where, "waited_ms": event.waited_ms,
+                    "attempt": event.attempt})
                 if sa is not None:
                     self.ctl._spawn(self._repair(w, sa))
-                else:
-                    w.watch.on_repair_failed(now)
-            case DataPathRepaired():
+            case hm.DataPathRepaired():
                 log.write("warning", "data_path_repaired", {
-                    "conn": conn, "ike_spi": w.spi, **where,
-                    "dead_ms": round(event.dead_s * 1000, 1), "rekeyed": w.rekeyed})
-            case DataPathFailed():
+                    "conn": conn, "ike_spi": w.spi, **where, "dead_ms": event.dead_ms,
+                    "repair_ms": event.repair_ms, "rekeyed": w.rekeyed})
+            case hm.DataPathDead():
                 log.write("warning", "handover_failed", {
                     "conn": conn, "ike_spi": w.spi, **where,
-                    "old_local": str(w.old.local) if w.old else None,
-                    "old_remote": str(w.old.remote) if w.old else None,
-                    "reason": "data_path_dead", "detail": event.reason})
+                    "old_local": str(event.old_path.local),
+                    "old_remote": str(event.old_path.remote),
+                    "reason": "data_path_dead", "dead_ms": event.dead_ms})
 
     async def _repair(self, w: _Watched, sa: _Sa) -> None:
         """Rekey every CHILD_SA from our side: CREATE_CHILD_SA has its own window, so it
@@ -325,10 +369,9 @@ class DataPlane:
             except ViciError as exc:
                 errors.append(str(exc))
         if not children or len(errors) == len(children):
+            # The check's repair bound ends in handover_failed (data_path_dead).
             self.ctl.log.emit("rekey_failed", conn=info.conn, ike_spi=w.spi,
                               error="; ".join(errors) or "no CHILD_SA")
-            w.watch.on_repair_failed(self.ctl.now)
-            self._pump(w)
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from ..net.state import usable_addresses
 from ..types import IKE_PORT, NATT_PORT, Endpoint, Path
 from . import udp
 from .control import ControlError, ControlServer, JsonObject
-from .data_path import DataPathWatch, path_srtt, settings_of
+from .data_path import DataPathWatch, path_flow, path_srtt, settings_of
 from .drop_log import DropLog
 from .esp_io import UserspaceEsp
 from .feed import EventFeed
@@ -818,7 +818,7 @@ def run_native(config: Config, events: TextIO, control_path: str | None, *,
         mobility = Mobility(engine, config.mobike.policy, _mobike_conn(config))
         esp = UserspaceEsp(config, fwmark=routing.fwmark)
         data_path = DataPathWatch(engine, esp.plane, settings_of(config.mobike.policy),
-                                  path_srtt(mobility.manager))
+                                  path_srtt(mobility.manager), path_flow(mobility.manager))
         daemon = Daemon(config, engine, log, control_path=control_path,
                         data_plane=esp, probe_kernel=True, mobility=mobility,
                         routing=routing, data_path=data_path,

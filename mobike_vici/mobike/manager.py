@@ -16,7 +16,7 @@ pace until it has a verdict, one probe at a time; idle standby paths every
 not healthy. A responder (``initiator=False``) does not probe: RFC 4555 lets only
 the initiator choose paths, and a responder moves only when its own address goes.
 
-Data plane (``on_traffic``, see ``stall``): when outbound ESP flows on the active path
+Data plane (``on_traffic``, see ``health``): when outbound ESP flows on the active path
 and nothing comes in, the active path is probed at once with a short timeout, so a
 dead path is down after a quick burst of misses; only probe misses make it down.
 Each move attempt is bounded by the target path's RTT (``failover``); when it fails
@@ -48,9 +48,9 @@ from .events import (
     PreferenceChanged,
 )
 from .failover import attempt_timeout, shared_failure
+from .health import Flow, Stall
 from .paths import Key, LocalAddress, PathState, PathTable
 from .policy import PathInfo, Selector, addresses_to_announce, rank, with_operator_preference
-from .stall import StallWatch
 
 # A path the peer refused (UNACCEPTABLE_ADDRESSES) is neither probed nor tried for this
 # long; its policy rarely changes, but a restart of the peer's daemon may change it.
@@ -127,7 +127,7 @@ class PathManager:
         self._probes: dict[int, _Probe] = {}
         self._ids = itertools.count(1)
         self._pending: _Pending | None = None
-        self._stall = StallWatch(policy.stall_timeout, policy.probe_interval)
+        self._stall = Stall(policy.stall_timeout, policy.probe_interval)
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._emit(PathSelected(path=active, reason="initial"))
         self._decide(now)
@@ -154,6 +154,11 @@ class PathManager:
 
     def in_flight(self) -> int:
         return len(self._probes)
+
+    @property
+    def flow(self) -> Flow:
+        """The data plane's traffic so far, as ``on_traffic`` reported it."""
+        return self._stall.flow
 
     # -- inputs: the operator -------------------------------------------------------------
 

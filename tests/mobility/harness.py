@@ -212,10 +212,12 @@ def sa_view(end: End) -> dict[str, Any]:
 
 
 def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
-          encap: bool = False, full_tunnel: bool = False, timeout: float = 30.0,
-          mob_args: tuple[str, ...] = (), inner_net: str = INNER_NET,
-          mob_program: Sequence[str] | None = None) -> Handover:
-    """Topology, both ends, the tunnel up, and the stream flowing.
+          nat_backup: bool = False, encap: bool = False, full_tunnel: bool = False,
+          timeout: float = 30.0, mob_args: tuple[str, ...] = (),
+          inner_net: str = INNER_NET, mob_program: Sequence[str] | None = None,
+          stream: bool = True) -> Handover:
+    """Topology, both ends, the tunnel up, and the stream flowing (with ``stream``;
+    else the test brings its own traffic, and ``arrivals`` stays empty).
 
     ``mob_program`` replaces ``python -m mobike_vici`` for our daemon in mob.
 
@@ -224,7 +226,7 @@ def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
     against charon the CHILD SPIs change on a move, the IKE SPIs do not.
 
     ``mob_args``: extra command-line arguments for our daemon in mob (e.g. ``--metrics``)."""
-    topo = mobile(lab, nat=nat)
+    topo = mobile(lab, nat=nat, nat_backup=nat_backup)
     if not mob_native:
         for index in (0, 1):
             source_routes(topo, index)
@@ -261,6 +263,8 @@ def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
     wait_ping(topo.mob, INNER_ADDR, timeout)
     arrivals = lab.workdir / "arrivals.txt"
     arrivals.write_text("")
+    if not stream:
+        return Handover(lab, topo, mob, gw, arrivals)
     recv = subprocess.Popen(
         topo.gw.argv([sys.executable, str(STREAM), "recv", INNER_ADDR, str(STREAM_PORT),
                       str(arrivals)]),

@@ -7,11 +7,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mobike_vici.config.mobike import MobikePolicy
-from mobike_vici.core.events import ChildSaRekeyed, IkeSaDeleted, IkeSaMoved, IkeSaRekeyed
+from mobike_vici.core.events import (
+    ChildSaRekeyed,
+    ExchangeFailed,
+    IkeSaDeleted,
+    IkeSaMoved,
+    IkeSaRekeyed,
+)
 from mobike_vici.daemon.data_path import DataPathWatch, settings_of
 from mobike_vici.daemon.metrics import EventMetrics
 from mobike_vici.esp.dataplane import IN_PAUSE, DataPlane
-from mobike_vici.mobike.verify import VerifySettings
+from mobike_vici.mobike.health import Flow, HealthSettings
 from tests.unit.daemon.test_metrics import exposed, get
 from tests.unit.esp.support import iv_source
 from tests.unit.esp.test_dataplane import A_INNER, B_INNER, installed, path, udp4
@@ -19,7 +25,7 @@ from tests.unit.esp.test_dataplane import A_INNER, B_INNER, installed, path, udp
 SPI = "1_2"
 OLD = path("10.1.0.2", "192.0.2.2")
 NEW = path("10.2.0.2", "192.0.2.2")
-SETTINGS = VerifySettings(verify_timeout=0.2, repair_timeout=2.0, active_window=2.0)
+SETTINGS = HealthSettings(verify_timeout=0.2, repair_timeout=2.0, active_window=2.0)
 Log = list[tuple[str, dict[str, object]]]
 
 
@@ -48,17 +54,21 @@ class Engine:
 
 
 class Lab:
-    def __init__(self, settings: VerifySettings = SETTINGS) -> None:
+    def __init__(self, settings: HealthSettings = SETTINGS) -> None:
         self.ours, self.peer = DataPlane(iv_source(1)), DataPlane(iv_source(2))
         self.ours.install(installed(initiator=True))
         self.peer.install(installed(initiator=False))
         self.engine = Engine(self.ours, self.peer)
-        self.watch = DataPathWatch(self.engine, self.ours, settings, lambda spi, p: 0.001)
+        self.flow = Flow()
+        """The traffic as the path manager is fed it (daemon.traffic's samples)."""
+        self.watch = DataPathWatch(self.engine, self.ours, settings, lambda spi, p: 0.001,
+                                   lambda spi: self.flow if spi == SPI else None)
         self.log: Log = []
         self.peer_reaches_us = True
 
     def exchange(self, now: float, *, ours: bool = True, theirs: bool = True) -> None:
         """One packet our way out, and the peer's answer back if it gets through."""
+        got = 0
         if ours:
             out = self.ours.protect(udp4(A_INNER, B_INNER))
             assert out is not None
@@ -68,6 +78,8 @@ class Lab:
             assert back is not None
             if self.peer_reaches_us:
                 self.ours.unprotect(back[1], now)
+                got = 1
+        self.flow.on_traffic(got, int(ours), now)
 
     def move(self, now: float, old: object = OLD) -> None:
         self.watch.on_core_event(IkeSaMoved(conn="c", ike_spi=SPI, old_path=old,  # type: ignore[arg-type]
@@ -191,7 +203,7 @@ def test_an_update_on_the_same_path_is_not_checked_and_zero_turns_it_off() -> No
     lab = Lab()
     lab.move(10.0, old=NEW)
     assert lab.watch.checking == []
-    off = Lab(VerifySettings(verify_timeout=0))
+    off = Lab(HealthSettings(verify_timeout=0))
     off.move(10.0)
     assert off.watch.checking == [] and off.watch.get_timer() is None
 
@@ -220,6 +232,55 @@ def test_the_peers_run_goes_on_across_a_rekey() -> None:
     lab.run(10.3)
     assert lab.names() == ["data_path_repair_started"]
     assert lab.log[0][1]["children"] == [2]
+
+
+def test_a_young_ping_whose_replies_stopped_is_repaired_not_one_way() -> None:
+    """The bug: a ping had run for half a second when the path died (its replies are
+    what stopped); the move came 0.2 s later and our pings still leave."""
+    lab = Lab()
+    t = 9.3
+    while t < 9.8:  # 100 Hz request/reply, 50 replies
+        lab.exchange(t)
+        t += 0.01
+    lab.peer_reaches_us = False
+    lab.steady(9.8, 9.99)  # after the fault: only ours gets through
+    lab.move(10.0)
+    lab.run(10.5)
+    assert lab.names()[:1] == ["data_path_repair_started"]
+    assert lab.engine.rekeys == [1]
+
+
+def test_a_rekey_refused_for_now_is_asked_again_at_rtt_pace() -> None:
+    """charon answers TEMPORARY_FAILURE while its own IKE_SA rekey is in flight: the repair
+    asks again soon (not after the peer's 4 s retransmission) until it gets through."""
+    lab = Lab()
+    lab.steady(8.0, 9.9)
+    lab.peer_reaches_us = False
+    lab.move(10.0)
+    lab.run(10.25)
+    assert lab.names() == ["data_path_repair_started"] and lab.engine.rekeys == [1]
+    refused = ExchangeFailed(conn="c", ike_spi=SPI, exchange="CREATE_CHILD_SA",
+                             reason="CHILD_SA rekey: TEMPORARY_FAILURE")
+    lab.engine.rekeys.clear()
+    lab.watch.on_core_event(refused, 10.25)
+    lab.run(10.4)
+    assert lab.engine.rekeys == [1], lab.log  # asked again within 0.15 s
+    assert lab.log[-1][1]["attempt"] == 2
+    lab.run(11.0, rekey_after=10.4)
+    assert lab.names() == ["data_path_repair_started", "data_path_repair_started",
+                           "data_path_repaired"]
+    # Any other failure is not asked again: the check runs to its verdict.
+    other = Lab()
+    other.steady(8.0, 9.9)
+    other.peer_reaches_us = False
+    other.move(10.0)
+    other.run(10.25)
+    other.engine.rekeys.clear()
+    other.watch.on_core_event(ExchangeFailed(conn="c", ike_spi=SPI, exchange="CREATE_CHILD_SA",
+                                             reason="CHILD_SA rekey: NO_PROPOSAL_CHOSEN"), 10.25)
+    other.run(13.0)
+    assert other.engine.rekeys == []
+    assert other.names() == ["data_path_repair_started", "handover_failed"]
 
 
 def test_settings_follow_the_policy() -> None:

@@ -30,7 +30,6 @@ from mobike_vici.mobike.failover import (
 )
 from mobike_vici.mobike.manager import PathManager
 from mobike_vici.mobike.paths import LocalAddress, RttEstimator
-from mobike_vici.mobike.stall import StallWatch
 
 from .sim import Sim, ip, key, path
 
@@ -98,42 +97,6 @@ def feed(sim: TimedSim, traffic: Traffic, until: float) -> None:
 
 def active_probes(sim: TimedSim, p: object, start: float, end: float) -> int:
     return sum(1 for t, q in sim.probes if q == p and start <= t < end)
-
-
-# -- the stall watch alone -------------------------------------------------------------
-
-
-def test_stall_needs_outbound_flowing_and_silence_beyond_the_threshold() -> None:
-    w = StallWatch(floor=0.1, cap=0.2)
-    assert not w.on_traffic(0, 1, 1.0, None)  # opens the window
-    assert not w.on_traffic(0, 0, 1.2, None)  # nothing more went out: not flowing
-    w.reset()
-    assert not w.on_traffic(0, 1, 2.0, None)
-    assert not w.on_traffic(0, 1, 2.05, None)
-    assert w.on_traffic(0, 1, 2.1, None)
-    assert not w.on_traffic(0, 1, 2.15, None)  # once per stall
-    assert w.stalled
-
-
-def test_inbound_ends_a_stall_and_its_backoff() -> None:
-    w = StallWatch(floor=0.1, cap=0.4)
-    w.on_traffic(0, 1, 0.0, None)
-    assert w.on_traffic(0, 1, 0.1, None)
-    w.on_alive()  # the probe was answered: a quiet peer
-    assert w.backoff == 1 and w.threshold(None) == pytest.approx(0.2)
-    w.on_traffic(0, 1, 0.2, None)
-    assert w.on_traffic(0, 1, 0.4, None)
-    w.on_alive()
-    w.on_alive()
-    assert w.threshold(None) == pytest.approx(0.4)  # capped
-    w.on_traffic(3, 1, 0.5, None)
-    assert w.backoff == 0 and not w.stalled and w.threshold(None) == pytest.approx(0.1)
-
-
-def test_stall_threshold_follows_a_slow_paths_rtt() -> None:
-    w = StallWatch(floor=0.1, cap=0.2)
-    assert w.threshold(0.002) == pytest.approx(0.1)
-    assert w.threshold(0.25) == pytest.approx(1.0)  # 4 SRTT, above the cap too
 
 
 # -- the manager under traffic ---------------------------------------------------------
