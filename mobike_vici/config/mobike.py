@@ -21,11 +21,12 @@ probe_timeout              300ms       >0 .. 24h        a probe unanswered this 
                                                         SRTT + 4 RTTVAR, at most 3 s)
 probe_misses               2           1 .. 100         consecutive misses that make a path
                                                         down
-stall_timeout              100ms       >0 .. 24h        native: outbound ESP flowing and
-                                                        nothing in for this long (at least;
-                                                        else 4 SRTT) probes the active path
-                                                        at once; doubles per answered stall
-                                                        probe up to probe_interval
+stall_timeout              100ms       >0 .. 24h        outbound ESP flowing and nothing in
+                                                        for this long (at least; else 4
+                                                        SRTT, or 3 times the flow's own wait
+                                                        for an answer) probes the active
+                                                        path at once; doubles per answered
+                                                        stall probe up to probe_interval
 stall_probe_timeout        50ms        >0 .. 24h        native: a probe of a stalled active
                                                         path unanswered this long is a miss
                                                         (the floor, doubled for a peer known
@@ -46,13 +47,14 @@ handover_timeout           10s         >0 .. 24h        a move the backend never
                                                         the bound of one native move
                                                         attempt (which is 4 RTOs of the
                                                         target path, at least probe_timeout)
-verify_timeout             200ms       0 .. 24h         native: after a move, ESP from the
-                                                        peer must arrive within this (or 4
-                                                        SRTTs of the new path, if longer)
+verify_timeout             200ms       0 .. 24h         after a move, ESP from a peer that
+                                                        was sending must arrive within this
+                                                        (or 4 SRTTs of the new path, or 3
+                                                        times the flow's wait, if longer)
                                                         while ours flows, else the CHILD_SAs
                                                         are rekeyed (0: no check)
-repair_timeout             2s          >0 .. 24h        native: after that rekey, the peer's
-                                                        ESP must arrive within this (or 4
+repair_timeout             2s          >0 .. 24h        after that rekey, the peer's ESP
+                                                        must arrive within this (or 4
                                                         SRTTs), else handover_failed
 return_routability         always      always,          RFC 4555 3.7: when a new peer
                                        nat-only, never  address must answer a COOKIE2 check
@@ -104,9 +106,10 @@ With the defaults a silently dead active path is down at most
 ``probe_interval * probe_misses + probe_timeout`` = 0.7 s after it died (the first
 unanswered probe leaves at most one interval after the death, the second one
 interval later, and the second times out 300 ms after that), and the move to the
-best standby is requested at that instant. The native daemon also watches its own
-ESP: while packets leave and none come in for ``stall_timeout`` the active path is
-probed at once with ``stall_probe_timeout``, so under traffic a dead path is down
+best standby is requested at that instant. Both daemons also watch the ESP (one model,
+``mobike.health``): while packets leave and none come in for ``stall_timeout`` (or
+longer, by the path's RTT and the flow's own pace) the active path is probed at once
+with ``stall_probe_timeout``, so under traffic a dead path is down
 about ``stall_timeout + probe_misses * stall_probe_timeout`` = 0.2 s after it died.
 A peer that answers those probes stays (one-way traffic never moves anything).
 """

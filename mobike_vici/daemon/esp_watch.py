@@ -144,6 +144,7 @@ class _Watched:
     last_burst: float | None = None
     srtt: float | None = None
     rekeyed: int = 0  # CHILD_SAs the last repair rekeyed
+    refused: bool = False  # charon refused every rekey of the last repair
     timer: asyncio.TimerHandle | None = None
 
     def sample(self) -> dict[int, tuple[int, int]]:
@@ -353,7 +354,8 @@ class DataPlane:
                     "conn": conn, "ike_spi": w.spi, **where,
                     "old_local": str(event.old_path.local),
                     "old_remote": str(event.old_path.remote),
-                    "reason": "data_path_dead", "dead_ms": event.dead_ms})
+                    "reason": "data_path_dead", "dead_ms": event.dead_ms,
+                    "detail": "repair_refused" if w.refused else "no_inbound_esp"})
 
     async def _repair(self, w: _Watched, sa: _Sa) -> None:
         """Rekey every CHILD_SA from our side: CREATE_CHILD_SA has its own window, so it
@@ -361,7 +363,7 @@ class DataPlane:
         info = self.ctl.client.table.get(w.spi) or sa.info
         children = list(info.children)
         errors: list[str] = []
-        w.rekeyed = 0
+        w.rekeyed, w.refused = 0, False
         for child in children:
             try:
                 await self.ctl.client.call("rekey", {"child-id": str(child.unique_id)})
@@ -370,6 +372,7 @@ class DataPlane:
                 errors.append(str(exc))
         if not children or len(errors) == len(children):
             # The check's repair bound ends in handover_failed (data_path_dead).
+            w.refused = True
             self.ctl.log.emit("rekey_failed", conn=info.conn, ike_spi=w.spi,
                               error="; ".join(errors) or "no CHILD_SA")
 

@@ -28,12 +28,13 @@ a request/reply flow whose replies stopped at the fault expects them back, a flo
 never had anything back (one-way out) does not, nor an idle tunnel. Then:
 
 - the peer's ESP arrived: ``DataPathVerified``;
-- nothing expected: ``DataPathUnverified`` (``one_way`` when ours flows, ``idle`` when
-  nothing went either way within the bound); never a rekey;
-- expected, ours left and none came back within the bound (``verify_timeout``, ``RTT_FACTOR`` SRTTs of
-  the new path, ``WAIT_FACTOR`` times the flow's wait, whichever is longest), while IKE
-  answers on the new path (the move completed there): ``RepairRequested`` (rekey the
-  CHILD_SAs: the peer installs the new ones on the IKE_SA's current path). A rekey the
+- nothing expected: ``DataPathUnverified`` (``one_way`` when ours flows); never a rekey;
+- nothing of ours left within the bound: ``DataPathUnverified`` (``idle``), no rekey;
+- expected, ours left and none came back within the bound (``verify_timeout``,
+  ``RTT_FACTOR`` SRTTs of the new path, ``WAIT_FACTOR`` times the flow's wait,
+  whichever is longest), while IKE answers on the new path (the move completed there):
+  ``RepairRequested`` (rekey the CHILD_SAs: the peer installs the new ones on the
+  IKE_SA's current path). A rekey the
   peer refuses for now (TEMPORARY_FAILURE: its own IKE_SA rekey is in flight) is asked
   again at RTT pace (``on_repair_refused``), not after the peer's 4 s retransmission.
   Then ``DataPathRepaired`` when the peer's ESP arrives, else after the repair bound
