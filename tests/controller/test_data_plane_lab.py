@@ -158,3 +158,17 @@ def test_one_way_traffic_and_an_idle_tunnel_move_nothing(setup: Setup) -> None:
     assert "path_down" not in names, events
     assert "data_path_dead" not in names, events
     assert setup.sa()["local-host"] == M0
+
+
+def test_a_slow_ping_answered_all_along_is_never_a_stall(setup: Setup) -> None:
+    """5 packets/s, every one answered: the silence between a reply and the next request
+    is the ping's own pace, not a stall (``inbound_stalled`` was logged every 0.6 s)."""
+    _up(setup)
+    mark = len(setup.event_list())
+    log = setup.lab.workdir / "slow-ping.txt"
+    setup.lab.spawn(setup.topo.mob, ["ping", "-n", "-i", "0.2", "-I", setup.vip(), INNER], log)
+    time.sleep(6.0)
+    assert log.read_text().count("bytes from") >= 20, log.read_text()
+    events = setup.event_list()[mark:]
+    assert [e for e in events if e["event"] == "inbound_stalled"] == [], events
+    assert setup.sa()["local-host"] == M0
