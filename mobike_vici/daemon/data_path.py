@@ -115,7 +115,8 @@ class DataPathWatch:
                 found = self._checks.get(event.ike_spi)
                 if found is not None:
                     found[1].on_rekeyed(now)
-            case ExchangeFailed() if REFUSED_FOR_NOW in event.reason:
+            case ExchangeFailed() if (event.exchange == "CREATE_CHILD_SA"
+                                      and REFUSED_FOR_NOW in event.reason):
                 found = self._checks.get(event.ike_spi)
                 if found is not None:
                     found[1].on_repair_refused(now)

@@ -46,6 +46,8 @@ ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
 PACKET_OUTGOING = 4
 READ_BATCH = 64  # packets read per wake-up at most: the loop has other work too
+CHECKING = (hm.Phase.WATCHING, hm.Phase.REPAIRING)
+"""While a move's data path is checked, its silence is the check's to judge: no burst."""
 RCVBUF = 256 * 1024  # bytes queued in the kernel at most; beyond it the kernel drops
 
 
@@ -260,7 +262,7 @@ class DataPlane:
             sa = self.ctl.sas.get(w.spi)
             w.srtt = self._srtt(sa) if sa is not None else None
         w.stall.on_traffic(0, 1, now, w.srtt)
-        if not w.stall.stalled or w.suspected or w.check.phase is hm.Phase.REPAIRING:
+        if not w.stall.stalled or w.suspected or w.check.phase in CHECKING:
             return  # per packet: nothing more unless a new stall wants its burst
         if w.last_burst is not None and now - w.last_burst < hm.REARM_GAP:
             return  # a quiet peer costs at most one burst per REARM_GAP

@@ -66,6 +66,9 @@ WAIT_FACTOR = 3.0
 wait for the peer's next packet: a slow or mostly one-way flow is not suspect at once."""
 WAIT_GAIN = 0.25
 """Weight of the newest wait in its moving average."""
+MAX_WAIT_BOUND = 2.0
+"""Seconds the flow's own pace may add at most, to the stall threshold and the verify
+bound alike: a repair must still beat a peer's 4 s retransmission."""
 RTT_FACTOR = 4.0
 """The verify and repair bounds stretch to this many smoothed RTTs of the new path: the
 peer's update or rekey and its first packet back take about two round trips."""
@@ -158,11 +161,12 @@ class Flow:
 
     def on_traffic(self, inbound: int, outbound: int, now: float) -> None:
         if inbound > 0:
-            if self.first_out is not None:
-                # A longer silence is a pause of the flow, not its pace.
-                sample = min(max(0.0, now - self.first_out), IN_PAUSE)
-                self.wait = sample if self.wait is None else \
-                    self.wait + WAIT_GAIN * (sample - self.wait)
+            # No wait at all when nothing of ours was waiting (a two-way stream): the pace
+            # follows the flow as it is now. A longer silence is a pause, not its pace.
+            sample = 0.0 if self.first_out is None else \
+                min(max(0.0, now - self.first_out), IN_PAUSE)
+            self.wait = sample if self.wait is None else \
+                self.wait + WAIT_GAIN * (sample - self.wait)
             if self.last_in is None or now - self.last_in > IN_PAUSE:
                 self.run_start, self.run_packets = now, 0
             self.run_packets += inbound
@@ -180,7 +184,7 @@ class Flow:
 
     def wait_bound(self) -> float:
         """The silence this flow shows without anything wrong (0: no pace known yet)."""
-        return WAIT_FACTOR * self.wait if self.wait is not None else 0.0
+        return min(WAIT_FACTOR * self.wait, MAX_WAIT_BOUND) if self.wait is not None else 0.0
 
 
 # -- stalls ---------------------------------------------------------------------------------

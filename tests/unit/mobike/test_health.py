@@ -171,6 +171,16 @@ def test_one_way_out_with_a_slow_answer_learns_its_pace(feed: Feed) -> None:
 
 
 @pytest.mark.parametrize("feed", FEEDS)
+def test_a_flow_that_turns_two_way_relearns_its_pace_and_a_death_stalls_fast(
+        feed: Feed) -> None:
+    """Ours alone for 2 s (the peer's first packet after 2 s), then a stream from the
+    peer too: the long first wait must not linger, or a death later is found late."""
+    packets = sorted(one_way_out(0.0, 10.0) + one_way_in(2.0, 10.0, death=8.0))
+    got = [t for t in stalls(feed, packets) if t >= 2.0]
+    assert got and 8.0 < got[0] <= 8.0 + FLOOR + 3 * SAMPLE, got
+
+
+@pytest.mark.parametrize("feed", FEEDS)
 def test_one_way_out_alone_stalls_once_and_backs_off(feed: Feed) -> None:
     """Nothing ever comes back: each stall probe is answered, the silence needed doubles
     up to probe_interval, so the probes cost what the regular schedule does."""
