@@ -59,10 +59,6 @@ LINGER = 5.0
 until it learned of the delete (a rekey collision's loser is deleted by one side while
 the other still sends on it). Inbound only: nothing is sent on it any more."""
 
-IN_PAUSE = 1.5
-"""Seconds without a packet from the peer that end a run of its traffic (``in_since``): a
-peer that answers a 1 Hz ping still counts as sending steadily."""
-
 CACHE_LIMIT = 4096
 """Outbound selector lookups remembered per flow key; the cache is dropped when full."""
 
@@ -215,7 +211,6 @@ class ChildEntry:
         "hard_bytes",
         "hard_packets",
         "ike_spi",
-        "in_since",
         "last_in",
         "limits",
         "local_ts",
@@ -252,8 +247,6 @@ class ChildEntry:
         """Inbound packets that decrypted but did not match the selectors."""
         self.last_in: float | None = None
         """When the last packet from the peer decrypted here (the caller's clock; None: never)."""
-        self.in_since: float | None = None
-        """Since when the peer's packets have come without a pause longer than IN_PAUSE."""
         self.soft_bytes: float = limits.rekey_bytes or _INF
         self.soft_packets: float = limits.rekey_packets or _INF
         self.hard_bytes: float = limits.life_bytes or _INF
@@ -465,8 +458,7 @@ class DataPlane:
         old = self._by_id.get(event.rekey_of) if event.rekey_of is not None else None
         if old is not None:
             old.replaced = True
-            # The peer's traffic goes on on the new SA: one run of it (in_since).
-            entry.last_in, entry.in_since = old.last_in, old.in_since
+            entry.last_in = old.last_in  # the peer's traffic goes on on the new SA
             self._successors.setdefault(old.unique_id, set()).add(entry.unique_id)
             # Responder of the rekey: the peer learns of the new SA from our answer.
             entry.active = event.initiator
@@ -657,9 +649,6 @@ class DataPlane:
             self._dropped(exc.reason)
             return entry, None
         if now is not None:
-            last = entry.last_in
-            if last is None or now - last > IN_PAUSE:
-                entry.in_since = now
             entry.last_in = now
         if not entry.active and entry.unique_id in self._by_id:
             # The peer sends on the new SA, so it has installed it: we may too.

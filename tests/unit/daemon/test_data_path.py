@@ -16,7 +16,7 @@ from mobike_vici.core.events import (
 )
 from mobike_vici.daemon.data_path import DataPathWatch, settings_of
 from mobike_vici.daemon.metrics import EventMetrics
-from mobike_vici.esp.dataplane import IN_PAUSE, DataPlane
+from mobike_vici.esp.dataplane import DataPlane
 from mobike_vici.mobike.health import Flow, HealthSettings
 from tests.unit.daemon.test_metrics import exposed, get
 from tests.unit.esp.support import iv_source
@@ -208,16 +208,12 @@ def test_an_update_on_the_same_path_is_not_checked_and_zero_turns_it_off() -> No
     assert off.watch.checking == [] and off.watch.get_timer() is None
 
 
-def test_the_data_plane_tells_since_when_the_peer_sends_and_which_sas_an_ike_sa_has() -> None:
+def test_the_data_plane_tells_which_sas_an_ike_sa_has_and_when_the_peer_last_sent() -> None:
     lab = Lab()
     (entry,) = lab.ours.children_of(SPI)
-    assert entry.last_in is None and entry.in_since is None
+    assert entry.last_in is None
     lab.exchange(7.25)
-    assert entry.last_in == entry.in_since == 7.25
-    lab.exchange(7.25 + IN_PAUSE)  # a pause this long still belongs to the run
-    assert (entry.in_since, entry.last_in) == (7.25, 7.25 + IN_PAUSE)
-    lab.exchange(7.25 + 2.5 * IN_PAUSE)  # a longer one starts a new run
-    assert entry.in_since == entry.last_in == 7.25 + 2.5 * IN_PAUSE
+    assert entry.last_in == 7.25
     assert lab.ours.children_of("9_9") == []
 
 
