@@ -8,9 +8,10 @@ only after charon retransmits it, 4 s later, on the new path; until then charon'
 goes to the dead path, and nothing comes back through the tunnel, however fast our move.
 
 Here: the stream runs both ways (our daemon in mob initiates, charon in gw responds),
-m0 is blackholed, and right after an address appears in gw, so charon sends its
-address-list INFORMATIONAL on the dead path (where it is lost, as a request that left
-just before the fault would be); or charon is told to rekey the CHILD_SA
+an address appears in gw, so charon sends its address-list INFORMATIONAL, which is lost
+on m0 (``charons_request_lost``: as a request that left just before the fault would be;
+held for certain, since a fast move would otherwise beat charon's 100 ms roam delay),
+and m0 is blackholed; or m0 is blackholed and charon is told to rekey the CHILD_SA
 (``swanctl --rekey``), the same with a CREATE_CHILD_SA; or to rekey the IKE_SA, the
 one case the repair cannot beat (charon refuses CHILD_SA rekeys meanwhile), and which
 the events then tell. With the data path check, our daemon sees its ESP go unanswered
@@ -49,6 +50,7 @@ GW_EXTRA = "192.0.2.50/24"
 """An address that appears in gw right after the fault: charon tells us of it."""
 DELAYED = "delaying task initiation"
 RETRANSMIT = "retransmit 1 of request"
+ADDRESS_UPDATE = "sending address list update using MOBIKE"
 STEADY = 2.0
 """Seconds the stream from gw flows before the fault."""
 RETRANSMIT_TIMEOUT = 20.0
@@ -130,6 +132,30 @@ def _watch(gw: Charon, back: Path, fault: float, retransmits_before: int
     return resumed, retransmitted_first, retransmitted
 
 
+def charons_request_lost(h: Handover) -> None:
+    """charon sends a request of its own that is lost on m0, right before m0 dies.
+
+    rtr drops IKE requests from gw to m0 (UDP 4500 with the zero non-ESP marker and the
+    response flag clear: charon's own requests; its answers to our probes and its ESP
+    pass); an address appears in gw, and charon sends its address-list INFORMATIONAL
+    there (100 ms after the kernel event). Once charon has said so, m0 dies. Lost, as a
+    request that left just before the fault is, whoever moves first afterwards."""
+    assert isinstance(h.gw, Charon)
+    m0 = h.topo.uplinks[0].addr4
+    h.lab._ensure_nft(h.topo.rtr)  # the lab's table, where kill_silently adds its drops
+    h.topo.rtr.run("nft", "add", "rule", "inet", NFT_TABLE, "forward", "ip", "saddr",
+                   h.topo.gw4, "ip", "daddr", m0, "udp", "sport", "4500",
+                   "@th,64,32", "0", "@th,248,8", "&", "0x20", "==", "0", "drop")
+    before = h.gw.log_text().count(ADDRESS_UPDATE)
+    h.topo.gw.ip("-4", "addr", "add", GW_EXTRA, "dev", "eth0")
+    deadline = time.monotonic() + RESUME_TIMEOUT
+    while h.gw.log_text().count(ADDRESS_UPDATE) == before:
+        if time.monotonic() > deadline:
+            raise LabError("charon sent no address-list update")
+        time.sleep(0.01)
+    time.sleep(0.02)  # its packet is out (and dropped) just after the line
+
+
 def _charon_request(h: Handover, trigger: str) -> None:
     """Make charon send a request of its own now (on the path just blackholed)."""
     assert isinstance(h.gw, Charon)
@@ -157,8 +183,13 @@ def test_charons_request_lost_on_the_dead_path(lab: Lab, trigger: str, check: bo
             _check_off(mob)
         back = _back_stream(h)
         retransmits_before = gw.log_text().count(RETRANSMIT)
-        fault = h.kill_silently(0)
-        _charon_request(h, trigger)
+        if trigger == "address":
+            # Held for certain: the address-list update otherwise races our move.
+            charons_request_lost(h)
+            fault = h.kill_silently(0)
+        else:
+            fault = h.kill_silently(0)
+            _charon_request(h, trigger)
         resumed, after_retransmit, retransmitted = _watch(gw, back, fault,
                                                           retransmits_before)
         log = gw.log_text()

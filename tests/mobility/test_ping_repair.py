@@ -5,7 +5,7 @@ failure the replies are what stop, so every flow looks one-way, and a check that
 judges the flow from what it sees after the fault never repairs. Here the tunnel is idle
 for a while, then our daemon in mob pings gw's inner address at 100 Hz (nothing else
 flows) for half a second, m0 is blackholed, and charon's address-list INFORMATIONAL is
-lost on the dead path (held there for certain: see ``_charons_request_lost``); with kernel-libipsec
+lost on the dead path (held there for certain: see ``charons_request_lost``); with kernel-libipsec
 its CHILD_SA rekey after our move then waits for that request's retransmission 4 s
 later (see test_charon_race). Our side must see that its
 pings leave on the new path and no reply comes, rekey the CHILD_SA itself, and have
@@ -30,11 +30,11 @@ import pytest
 
 from mobike_vici.lab.charon import Charon
 from mobike_vici.lab.native import NativeDaemon, named
-from mobike_vici.lab.netns import NFT_TABLE, Lab, LabError
+from mobike_vici.lab.netns import Lab, LabError
 from tests.data.support import INNER_ADDR
 
 from .harness import Handover, build
-from .test_charon_race import DELAYED, GW_EXTRA
+from .test_charon_race import DELAYED, charons_request_lost
 from .test_handover import M0, M1, RESUME_TIMEOUT
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon]
@@ -50,7 +50,6 @@ repaired)."""
 RESUME_BOUND = 2.5
 """Functional: the ping must be answered again this soon after the fault (charon's own
 retransmission, which ends the outage without a repair, comes 4 s after its request)."""
-ADDRESS_UPDATE = "sending address list update using MOBIKE"
 _REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+)")
 
 
@@ -86,30 +85,6 @@ def _start_ping(h: Handover) -> Path:
         time.sleep(0.05)
 
 
-def _charons_request_lost(h: Handover) -> None:
-    """charon sends a request of its own that is lost on m0, right before m0 dies.
-
-    rtr drops IKE requests from gw to m0 (UDP 4500 with the zero non-ESP marker and the
-    response flag clear: charon's own requests; its answers to our probes and its ESP
-    pass); an address appears in gw, and charon sends its address-list INFORMATIONAL
-    there (100 ms after the kernel event). Once charon has said so, m0 dies. Lost, as a
-    request that left just before the fault is, whoever moves first afterwards."""
-    assert isinstance(h.gw, Charon)
-    m0 = h.topo.uplinks[0].addr4
-    h.lab._ensure_nft(h.topo.rtr)  # the lab's table, where kill_silently adds its drops
-    h.topo.rtr.run("nft", "add", "rule", "inet", NFT_TABLE, "forward", "ip", "saddr",
-                   h.topo.gw4, "ip", "daddr", m0, "udp", "sport", "4500",
-                   "@th,64,32", "0", "@th,248,8", "&", "0x20", "==", "0", "drop")
-    before = h.gw.log_text().count(ADDRESS_UPDATE)
-    h.topo.gw.ip("-4", "addr", "add", GW_EXTRA, "dev", "eth0")
-    deadline = time.monotonic() + RESUME_TIMEOUT
-    while h.gw.log_text().count(ADDRESS_UPDATE) == before:
-        if time.monotonic() > deadline:
-            raise LabError("charon sent no address-list update")
-        time.sleep(0.01)
-    time.sleep(0.02)  # its packet is out (and dropped) just after the line
-
-
 def _resumed(out: Path, fault: float, timeout: float) -> float | None:
     """Seconds from the fault to the first reply after the outage it caused (a reply
     to a request sent before the fault comes within a millisecond or so, well inside
@@ -136,7 +111,7 @@ def test_ping_answered_again_after_a_silent_death(lab: Lab, nat_backup: bool,
         assert isinstance(mob, NativeDaemon) and isinstance(gw, Charon)
         time.sleep(QUIET)
         ping = _start_ping(h)
-        _charons_request_lost(h)
+        charons_request_lost(h)
         h.topo.kill_silently(0)
         fault = time.time()
         resumed = _resumed(ping, fault, RESUME_TIMEOUT)
