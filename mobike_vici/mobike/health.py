@@ -150,9 +150,8 @@ class Flow:
 
     last_in: float | None = None
     """When the peer's last ESP came (None: never)."""
-    run_start: float | None = None
     run_packets: int = 0
-    """The peer's packets since ``run_start`` (a pause over IN_PAUSE starts a new run)."""
+    """The peer's packets in its current run (a pause over IN_PAUSE starts a new one)."""
     first_out: float | None = None
     """First sample with outbound packets since the last inbound one (None: none since)."""
     last_out: float | None = None
@@ -168,7 +167,7 @@ class Flow:
             self.wait = sample if self.wait is None else \
                 self.wait + WAIT_GAIN * (sample - self.wait)
             if self.last_in is None or now - self.last_in > IN_PAUSE:
-                self.run_start, self.run_packets = now, 0
+                self.run_packets = 0
             self.run_packets += inbound
             self.last_in = now
             self.first_out = None
