@@ -235,9 +235,10 @@ class DataPlane:
             return False
         w = self._sas.get(spi)
         if w is not None:
+            # A quiet peer, not a dead path: no more bursts until its ESP comes again
+            # (``suspected`` stays), so one-way traffic costs one burst per inbound packet.
             w.burst = None
             w.stall.on_alive()
-            w.suspected = False
             self._pump(w)
         return True
 
