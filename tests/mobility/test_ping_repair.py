@@ -1,15 +1,16 @@
 """A ping through the tunnel when the active uplink dies silently: the repair must fire.
 
 Request/reply traffic is what a one-way stream from the gateway hid: after a silent
-failure the replies are what stop, so every flow looks one-way, and a check that
-judges the flow from what it sees after the fault never repairs. Here the tunnel is idle
-for a while, then our daemon in mob pings gw's inner address at 100 Hz (nothing else
-flows) for half a second, m0 is blackholed, and charon's address-list INFORMATIONAL is
-lost on the dead path (held there for certain: see ``charons_request_lost``); with kernel-libipsec
-its CHILD_SA rekey after our move then waits for that request's retransmission 4 s
-later (see test_charon_race). Our side must see that its
-pings leave on the new path and no reply comes, rekey the CHILD_SA itself, and have
-the ping answered again well before charon's retransmission.
+failure the replies are what stop, so every flow looks one-way, and a check that judges
+the flow from what it sees after the fault, or wants a second of it before, never
+repairs. Here the tunnel is idle for a while, then our daemon in mob pings gw's inner
+address at 100 Hz (nothing else flows) for half a second, charon's address-list
+INFORMATIONAL is lost on m0 (for certain: see ``charons_request_lost``) and m0 is
+blackholed. With kernel-libipsec charon's CHILD_SA rekey after our move then waits for
+that request's retransmission 4 s later (see test_charon_race). Our side must judge the
+ping by its replies before the fault, see its pings leave on the new path with no reply,
+rekey the CHILD_SA itself, and have the ping answered again well before charon's
+retransmission. Before the fix: ``data_path_unverified`` ``one_way`` and 4.1 s.
 
 Run with a carrier NAT on the backup uplink (``nat_backup``) and with a full tunnel,
 the two set-ups where the tail was seen. Functional bounds only: the ping answers
