@@ -143,6 +143,7 @@ class _Watched:
     path: Path  # charon's current path: where its ESP travels
     old: Path | None = None  # where it was before the move being verified
     rekeyed: int = 0  # CHILD_SAs the last repair rekeyed
+    last_inbound: float | None = None  # the peer's last ESP on ``path``: a sign of life
     timer: asyncio.TimerHandle | None = None
     repairing: bool = False
 
@@ -203,11 +204,19 @@ class DataPlane:
             return
         if not w.watch.verifying:
             w.old = w.path
+        if w.path != sa.info.path:
+            w.last_inbound = None  # the old path's ESP says nothing of the new one
         w.path = sa.info.path
         w.watch.set_rtt(self._srtt(sa))
         w.watch.on_moved(self.ctl.now)
         self._rebuild()
         self._pump(w)
+
+    def last_inbound(self, spi: str) -> float | None:
+        """When ESP from the peer last arrived on the IKE_SA's current path (None:
+        not since it was tracked or moved, or not watched)."""
+        w = self._sas.get(spi)
+        return w.last_inbound if w is not None else None
 
     def on_probe_reply(self, wire_id: int) -> bool:
         """True when the reply answered a burst probe of ours."""
@@ -229,6 +238,7 @@ class DataPlane:
             return  # another path of a peer we watch (e.g. charon not there yet)
         now = self.ctl.now
         if inbound:
+            w.last_inbound = now
             w.watch.on_inbound(now)
         else:
             sa = self.ctl.sas.get(w.spi)
@@ -292,6 +302,7 @@ class DataPlane:
             case DataPathVerified():
                 log.emit("data_path_verified", conn=conn, ike_spi=w.spi, **where,
                          after_ms=round(event.wait_s * 1000, 1))
+                self.ctl.data_path_works(w.spi, w.path)
             case RepairNeeded():
                 log.write("warning", "data_path_repair_started", {
                     "conn": conn, "ike_spi": w.spi, **where,
@@ -304,6 +315,7 @@ class DataPlane:
                 log.write("warning", "data_path_repaired", {
                     "conn": conn, "ike_spi": w.spi, **where,
                     "dead_ms": round(event.dead_s * 1000, 1), "rekeyed": w.rekeyed})
+                self.ctl.data_path_works(w.spi, w.path)
             case DataPathFailed():
                 log.write("warning", "handover_failed", {
                     "conn": conn, "ike_spi": w.spi, **where,
