@@ -620,9 +620,12 @@ class Controller:
 
     def _reached(self, plan: steer_plan.SteerPlan, current: Path) -> bool:
         """On the target, or on another path of the target's uplink (charon may pick the
-        other address family of the same link, e.g. after the gateway announced it)."""
+        other address family of the same link, e.g. after the gateway announced it); never
+        on the path the move leaves (the other family of the target's own uplink)."""
         if steer_plan.reached(plan, current):
             return True
+        if same_addresses(current, plan.old):
+            return False
         want = egress(self.monitor.state, plan.target.local.addr)
         have = egress(self.monitor.state, current.local.addr)
         return want is not None and have is not None and want[0] == have[0]
@@ -793,13 +796,40 @@ class Controller:
                           error=str(exc), **_ep(target))
             self._move_failed(info.conn, target, "route_refused")
             return
-        self._routes = await self._executor(self.routing.routes)
         self.log.emit("route_steered", conn=info.conn, ike_spi=info.ike_spi, dev=dev,
                       via=str(via) if via is not None else None, **_ep(target))
         cur_info = self.client.table.get(info.ike_spi)
+        if cur_info is not None and cur_info.path.remote.addr.version != \
+                target.remote.addr.version:
+            await self._force_check(info, cur_info.path)
+        self._routes = await self._executor(self.routing.routes)
         plan = self.plans.get(info.conn)
         if plan is not None and cur_info is not None and self._reached(plan, cur_info.path):
             self._plan_done(cur_info, plan)  # charon was there already (e.g. link down)
+
+    async def _force_check(self, info: IkeSaInfo, current: Path) -> None:
+        """A target of the other family: charon follows a route only when the source of
+        its current path changes (then its MOBIKE checks every peer address it knows,
+        the target's by our route). So the current peer is steered via another local
+        address of its family; without one, escalation is left to do it."""
+        for local in self._local_addresses():
+            addr = local.addr
+            if addr.version != current.local.addr.version or addr == current.local.addr:
+                continue
+            out = egress(self.monitor.state, addr)
+            if out is None:
+                continue
+            try:
+                await self._executor(self.routing.steer, current.remote.addr, via=out[1],
+                                     dev=out[0], src=addr)
+            except (OSError, LookupError, ValueError) as exc:
+                self.log.emit("steer_failed", conn=info.conn, ike_spi=info.ike_spi,
+                              error=str(exc), local=str(addr), remote=str(current.remote))
+                continue
+            self.log.emit("route_steered", conn=info.conn, ike_spi=info.ike_spi, dev=out[0],
+                          via=str(out[1]) if out[1] is not None else None, local=str(addr),
+                          remote=str(current.remote), reason="force_check")
+            return
 
     def _move_failed(self, conn: str, target: Path, reason: str) -> None:
         self.plans.pop(conn, None)

@@ -16,7 +16,7 @@ import pytest
 
 from mobike_vici.lab.netns import Lab
 
-from .support import INNER, Setup, build
+from .support import INNER, Setup, build, mobile_conf
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon]
 
@@ -28,9 +28,15 @@ STAY_UP = 15.0
 _REPLY = re.compile(r"icmp_seq=(\d+)")
 
 
-@pytest.fixture
-def setup(lab: Lab) -> Iterator[Setup]:
-    yield from build(lab)
+@pytest.fixture(params=["learnt", "configured"])
+def setup(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Setup]:
+    """``learnt``: the controller learns the gateway's IPv6 address only from charon
+    (its MOBIKE path check, its move); ``configured``: ``remote_addrs`` names it too,
+    so it is a candidate of the controller's own failover from the start."""
+    conf = mobile_conf()
+    if request.param == "configured":
+        conf = conf.replace("remote_addrs = 192.0.2.2", f"remote_addrs = 192.0.2.2, {GW6}")
+    yield from build(lab, mob_conf=conf)
 
 
 def _answered(log: Path) -> list[int]:
@@ -94,13 +100,15 @@ def test_ipv4_dies_charon_moves_to_ipv6_and_the_controller_keeps_that_ike_sa(
                                                if e["event"] == "handover_escalated"]
     assert "ike_sa_deleted" not in names, [e for e in events if e["event"] == "ike_sa_deleted"]
     assert setup.controller is not None and setup.controller.poll() is None
-    # The controller adopted charon's own move once its data path verified, and said so.
-    adopted = setup.wait_event(
-        "handover_completed", lambda e: e.get("source") == "charon", after=mark, timeout=1)
-    assert adopted["ike_spi"] == spi
-    assert adopted["remote"].startswith(GW6)
-    assert adopted["local"].split("[")[0] in V6_LOCALS
-    # Its path table holds the gateway's IPv6 address charon learnt through MOBIKE.
+    # learnt: charon moved by itself, the controller adopted that once its data path
+    # verified; configured: the controller steered charon there (across families).
+    source = "controller" if setup.conf.read_text().count(GW6) else "charon"
+    done = setup.wait_event(
+        "handover_completed", lambda e: e.get("source") == source, after=mark, timeout=1)
+    assert done["ike_spi"] == spi
+    assert done["remote"].startswith(GW6)
+    assert done["local"].split("[")[0] in V6_LOCALS
+    # Its path table holds the gateway's IPv6 address (charon learnt it through MOBIKE).
     learnt = setup.wait_event("peer_addresses_learned", lambda e: GW6 in e["addresses"],
                               after=0, timeout=1)
     assert learnt["conn"] == "home"
