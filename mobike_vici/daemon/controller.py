@@ -342,6 +342,8 @@ class Controller:
             fields["unloaded"] = list(self._loaded.unloaded)
         policy_changed = new.policy != self.policy
         self.config, self.policy = new, new.policy
+        # Address books of connections gone from charon and from our SAs: bounded by both.
+        self.peers.retain(set(self.client.conns) | {sa.info.conn for sa in self.sas.values()})
         if policy_changed:
             now = self.now
             for sa in self.sas.values():
@@ -814,7 +816,8 @@ class Controller:
         address of its family; without one, escalation is left to do it."""
         for local in self._local_addresses():
             addr = local.addr
-            if addr.version != current.local.addr.version or addr == current.local.addr:
+            if addr.version != current.local.addr.version or addr == current.local.addr \
+                    or self.policy.excludes_local(addr, local.ifname):
                 continue
             out = egress(self.monitor.state, addr)
             if out is None:
