@@ -47,6 +47,13 @@ handover_timeout           10s         >0 .. 24h        a move the backend never
                                                         the bound of one native move
                                                         attempt (which is 4 RTOs of the
                                                         target path, at least probe_timeout)
+escalate_after             10s         >0 .. 24h        run: a move charon does not make is
+                                                        escalated (reauthentication, then
+                                                        reinitiation: both delete the
+                                                        IKE_SA) only once the IKE_SA's path
+                                                        has shown no sign of life (answered
+                                                        probe, ESP from the peer, MOBIKE
+                                                        update) for this long
 verify_timeout             200ms       0 .. 24h         after a move, ESP from a peer that
                                                         was sending must arrive within this
                                                         (or 4 SRTTs of the new path, or 3
@@ -185,6 +192,7 @@ class MobikePolicy:
     hold_down: float = 10.0
     max_moves_per_minute: int = 6
     handover_timeout: float = 10.0
+    escalate_after: float = 10.0
     verify_timeout: float = 0.2
     repair_timeout: float = 2.0
     return_routability: RoutabilityMode = RoutabilityMode.ALWAYS
@@ -233,7 +241,7 @@ _MAX_TIME = 86400.0
 _TOP_KEYS = frozenset({
     "probe_interval", "probe_timeout", "probe_misses", "standby_probe_interval",
     "stall_timeout", "stall_probe_timeout", "max_probes_in_flight", "hold_down",
-    "max_moves_per_minute", "handover_timeout",
+    "max_moves_per_minute", "handover_timeout", "escalate_after",
     "return_routability", "family", "exclude", "allowed_peer_prefixes", "announce",
     "drop_log_interval", "cookie_threshold", "block_threshold", "init_limit_half_open",
     "init_dh_budget",
@@ -319,7 +327,7 @@ def _build(raw: Mapping[str, str], locate: Locate) -> MobikePolicy:
             kw[field_name] = _uint(t, key, lo, hi, err)
     for key in ("probe_interval", "probe_timeout", "standby_probe_interval",
                 "stall_timeout", "stall_probe_timeout", "hold_down", "handover_timeout",
-                "drop_log_interval", "verify_timeout", "repair_timeout"):
+                "escalate_after", "drop_log_interval", "verify_timeout", "repair_timeout"):
         if (t := text(key)) is not None:
             kw[key] = _time(t, key, err, zero_ok=key in ("hold_down", "verify_timeout"))
     for key, lo, hi in (("probe_misses", 1, 100), ("max_probes_in_flight", 1, _MAX_IN_FLIGHT),

@@ -37,6 +37,7 @@ from typing import Any, TextIO
 
 from ..backends.vici import (
     IkeSaInfo,
+    PathChecked,
     SaAdded,
     SaRekeyed,
     SaRemoved,
@@ -47,6 +48,7 @@ from ..backends.vici import (
     ViciError,
     ViciEvent,
 )
+from ..backends.vici.addresses import configured_addresses
 from ..backends.vici.errors import LoadError
 from ..backends.vici.steer import egress
 from ..backends.vici.tree import Loaded, PartialLoad, load_tree
@@ -68,9 +70,11 @@ from ..mobike.events import (
     PathUp,
     PreferenceChanged,
 )
+from ..mobike.follow import Follow, same_addresses
 from ..mobike.health import settings_of
 from ..mobike.manager import PathManager
 from ..mobike.paths import LocalAddress
+from ..mobike.peer_addresses import PeerAddresses
 from ..net.events import AddressAdded, AddressRemoved, LinkDown, LinkUp, NetEvent, RouteChanged
 from ..net.monitor import NetlinkMonitor
 from ..net.probes.icmp import IcmpProber
@@ -118,9 +122,11 @@ class _Sa:
 
     info: IkeSaInfo
     manager: PathManager
+    follow: Follow  # charon's own moves and the path's signs of life
     timer: asyncio.TimerHandle | None = None
     probes: set[int] = field(default_factory=set)
     last_handover: JsonObject | None = None
+    held_plan: float | None = None  # start of the plan whose escalation was held (said once)
 
 
 
@@ -199,7 +205,9 @@ class Controller:
         self._leftovers: list[SteeredRoute] = []
         self._adopted: list[SteeredRoute] = []
         self._rejected: set[str] = set()  # IKE_SAs already being terminated for policy
-        self._wire_ids: dict[int, tuple[str, int]] = {}  # prober id -> (IKE_SA, manager's id)
+        # prober id -> (IKE_SA, manager's id, the probe's path)
+        self._wire_ids: dict[int, tuple[str, int, Path]] = {}
+        self.peers = PeerAddresses()  # every address known of each initiated conn's peer
         self._wire_seq = 0
         self.monitor = NetlinkMonitor(netns=netns, on_event=self._on_net)
         self.client = ViciClient(uri, on_connect=self._on_connect)
@@ -336,6 +344,8 @@ class Controller:
             fields["unloaded"] = list(self._loaded.unloaded)
         policy_changed = new.policy != self.policy
         self.config, self.policy = new, new.policy
+        # Address books of connections gone from charon and from our SAs: bounded by both.
+        self.peers.retain(set(self.client.conns) | {sa.info.conn for sa in self.sas.values()})
         if policy_changed:
             now = self.now
             for sa in self.sas.values():
@@ -461,7 +471,7 @@ class Controller:
                     self.gateway_rr.moved(event.old, event.new)
                 self._sa_seen(event.new)
                 if event.moved:
-                    self._moved(event.new)
+                    self._moved(event.old, event.new)
             case SaRekeyed():
                 old = self.sas.pop(event.ike_spi, None)
                 if old is not None and old.timer is not None:
@@ -472,6 +482,8 @@ class Controller:
                 if not event.new.initiator:
                     self.gateway_rr.rekeyed(event)
                 self._sa_seen(event.new)
+            case PathChecked():
+                self._path_checked(event)
             case SaRemoved():
                 gone = self.sas.pop(event.ike_spi, None)
                 if gone is not None and gone.timer is not None:
@@ -494,12 +506,17 @@ class Controller:
             known.info = info
             return
         now = self.now
+        conf = self.client.conns.get(info.conn)
+        if isinstance(conf, dict):
+            self._learn(info.conn, configured_addresses(conf), "config")
+        self._learn(info.conn, [info.path.remote.addr], "charon")
         manager = PathManager(self.policy, info.path, self._local_addresses(),
-                              [info.path.remote.addr], now=now, initiator=True)
+                              self.peers.of(info.conn), now=now, initiator=True)
         self._choices.inherit(info.conn, manager, now)
-        sa = _Sa(info, manager)
+        sa = _Sa(info, manager, Follow(info.path, now))
         self.sas[info.ike_spi] = sa
-        self.log.emit("ike_sa_tracked", conn=info.conn, ike_spi=info.ike_spi, **_ep(info.path))
+        self.log.emit("ike_sa_tracked", conn=info.conn, ike_spi=info.ike_spi, **_ep(info.path),
+                      peer_addresses=[str(a) for a in self.peers.of(info.conn)])
         self.data_plane.track(sa)
         for route in self._leftovers:
             if route.peer == info.path.remote.addr and route.src == info.path.local.addr:
@@ -511,20 +528,80 @@ class Controller:
             self._plan_done(info, plan)
         self._pump(sa)
 
-    def _moved(self, info: IkeSaInfo) -> None:
+    def _moved(self, old: IkeSaInfo, info: IkeSaInfo) -> None:
         if not info.initiator:
             self._check_peer(info)
             return
         sa = self.sas.get(info.ike_spi)
         if sa is None:
             return
+        now = self.now
+        # charon may land on a peer address it learnt through MOBIKE: a path of ours now.
+        self._learn(info.conn, [info.path.remote.addr], "charon")
         plan = self.plans.get(info.conn)
-        if plan is not None and self._reached(plan, info.path):
+        steered = plan is not None and self._reached(plan, info.path)
+        sa.follow.on_moved(old.path, info.path, now, steered=steered)
+        if plan is not None and steered:
             self._plan_done(info, plan)
         else:
-            sa.manager.on_active_path_changed(self._known_path(sa, info.path), self.now)
+            sa.manager.on_active_path_changed(self._known_path(sa, info.path), now)
         self._pump(sa)
         self.data_plane.moved(sa)
+
+    # -- the peer's addresses and charon's own moves ----------------------------------
+
+    def _learn(self, conn: str, addrs: list[IPAddress], source: str) -> None:
+        """Add what was seen of ``conn``'s peer to its address book and to the path table
+        of each of its IKE_SAs (new pairs are probed like the others)."""
+        new = self.peers.learn(conn, addrs, source)
+        if not new:
+            return
+        known = self.peers.of(conn)
+        self.log.emit("peer_addresses_learned", conn=conn, source=source,
+                      addresses=[str(a) for a in new], known=[str(a) for a in known])
+        now = self.now
+        for sa in list(self.sas.values()):
+            if sa.info.conn == conn:
+                sa.manager.on_peer_addresses(known, now)
+                self._pump(sa)
+
+    def _path_checked(self, event: PathChecked) -> None:
+        """charon's MOBIKE checked a path: its peer address is one charon knows."""
+        if any(sa.info.conn == event.conn for sa in self.sas.values()):  # ours to steer
+            self._learn(event.conn, [event.path.remote.addr], "mobike")
+
+    def data_path_works(self, ike_spi: str, path: Path) -> None:
+        """ESP from the peer arrived on ``path`` after a move (verified or repaired).
+
+        A move charon made by itself is adopted then: it is the active path, the
+        controller's own move and escalation for the connection are dropped, and the
+        stream says so (``handover_completed`` with ``source`` ``charon``)."""
+        sa = self.sas.get(ike_spi)
+        if sa is None:
+            return
+        now = self.now
+        move = sa.follow.on_verified(path, now)
+        if move is None:
+            return
+        conn = sa.info.conn
+        plan = self.plans.get(conn)
+        if plan is not None and plan.ike_spi != ike_spi:
+            plan = None  # another IKE_SA's move (of the same connection)
+        if plan is not None:
+            self.plans.pop(conn, None)
+            handle = self._plan_timers.pop(conn, None)
+            if handle is not None:
+                handle.cancel()
+        started = plan.started if plan is not None else move.at
+        sa.manager.on_move_completed(self._known_path(sa, path), now)
+        self._pump(sa, extra={
+            "source": "charon", "old_local": str(move.old.local),
+            "old_remote": str(move.old.remote),
+            "duration_ms": round(max(0.0, now - started) * 1000, 3),
+            "charon_local": str(path.local), "charon_remote": str(path.remote),
+            "cancelled_local": str(plan.target.local) if plan is not None else None,
+            "cancelled_remote": str(plan.target.remote) if plan is not None else None,
+            "cancelled_stage": plan.stage.name.lower() if plan is not None else None})
 
     def _known_path(self, sa: _Sa, current: Path) -> Path:
         """The manager's candidate for where charon is now.
@@ -548,9 +625,12 @@ class Controller:
 
     def _reached(self, plan: steer_plan.SteerPlan, current: Path) -> bool:
         """On the target, or on another path of the target's uplink (charon may pick the
-        other address family of the same link, e.g. after the gateway announced it)."""
+        other address family of the same link, e.g. after the gateway announced it); never
+        on the path the move leaves (the other family of the target's own uplink)."""
         if steer_plan.reached(plan, current):
             return True
+        if same_addresses(current, plan.old):
+            return False
         want = egress(self.monitor.state, plan.target.local.addr)
         have = egress(self.monitor.state, current.local.addr)
         return want is not None and have is not None and want[0] == have[0]
@@ -561,6 +641,8 @@ class Controller:
         if handle is not None:
             handle.cancel()
         sa = self.sas.get(info.ike_spi)
+        if sa is not None:
+            sa.follow.own_move = None  # the controller's move, reported as such
         if plan.stage != steer_plan.Stage.ROUTE:
             self.log.emit("handover_escalation_succeeded", conn=info.conn,
                           ike_spi=info.ike_spi, stage=plan.stage.name.lower(),
@@ -570,7 +652,7 @@ class Controller:
             sa.manager.on_move_completed(landed, self.now)
             # Where charon really is: the same uplink may carry the other address family.
             self._pump(sa, conn=info.conn, ike_spi=info.ike_spi,
-                       extra={"escalation": plan.stage.name.lower(),
+                       extra={"source": "controller", "escalation": plan.stage.name.lower(),
                               "charon_local": str(info.path.local),
                               "charon_remote": str(info.path.remote)})
 
@@ -625,12 +707,15 @@ class Controller:
         if self.data_plane.on_probe_reply(wire_id):
             return
         # Probe ids are per path manager; the prober sees one id space for all SAs.
-        ike_spi, probe_id = self._wire_ids.pop(wire_id, ("", 0))
-        sa = self.sas.get(ike_spi)
-        if sa is None:
+        entry = self._wire_ids.pop(wire_id, None)
+        sa = self.sas.get(entry[0]) if entry is not None else None
+        if entry is None or sa is None:
             return
+        _, probe_id, path = entry
         sa.probes.discard(probe_id)
-        sa.manager.on_probe_reply(probe_id, self.now)
+        now = self.now
+        sa.follow.on_alive(path, now)
+        sa.manager.on_probe_reply(probe_id, now)
         self._pump(sa)
 
     # -- the path manager ---------------------------------------------------------------
@@ -647,7 +732,7 @@ class Controller:
             for req in requests:
                 out = egress(self.monitor.state, req.path.local.addr)
                 wire_id = self._next_wire_id()
-                self._wire_ids[wire_id] = (sa.info.ike_spi, req.probe_id)
+                self._wire_ids[wire_id] = (sa.info.ike_spi, req.probe_id, req.path)
                 ok = (out is not None and self.prober is not None
                       and self.prober.send(req.path, wire_id, out[0]))
                 if not ok:
@@ -716,13 +801,41 @@ class Controller:
                           error=str(exc), **_ep(target))
             self._move_failed(info.conn, target, "route_refused")
             return
-        self._routes = await self._executor(self.routing.routes)
         self.log.emit("route_steered", conn=info.conn, ike_spi=info.ike_spi, dev=dev,
                       via=str(via) if via is not None else None, **_ep(target))
         cur_info = self.client.table.get(info.ike_spi)
+        if cur_info is not None and cur_info.path.remote.addr.version != \
+                target.remote.addr.version:
+            await self._force_check(info, cur_info.path)
+        self._routes = await self._executor(self.routing.routes)
         plan = self.plans.get(info.conn)
         if plan is not None and cur_info is not None and self._reached(plan, cur_info.path):
             self._plan_done(cur_info, plan)  # charon was there already (e.g. link down)
+
+    async def _force_check(self, info: IkeSaInfo, current: Path) -> None:
+        """A target of the other family: charon follows a route only when the source of
+        its current path changes (then its MOBIKE checks every peer address it knows,
+        the target's by our route). So the current peer is steered via another local
+        address of its family; without one, escalation is left to do it."""
+        for local in self._local_addresses():
+            addr = local.addr
+            if addr.version != current.local.addr.version or addr == current.local.addr \
+                    or self.policy.excludes_local(addr, local.ifname):
+                continue
+            out = egress(self.monitor.state, addr)
+            if out is None:
+                continue
+            try:
+                await self._executor(self.routing.steer, current.remote.addr, via=out[1],
+                                     dev=out[0], src=addr)
+            except (OSError, LookupError, ValueError) as exc:
+                self.log.emit("steer_failed", conn=info.conn, ike_spi=info.ike_spi,
+                              error=str(exc), local=str(addr), remote=str(current.remote))
+                continue
+            self.log.emit("route_steered", conn=info.conn, ike_spi=info.ike_spi, dev=out[0],
+                          via=str(out[1]) if out[1] is not None else None, local=str(addr),
+                          remote=str(current.remote), reason="force_check")
+            return
 
     def _move_failed(self, conn: str, target: Path, reason: str) -> None:
         self.plans.pop(conn, None)
@@ -734,17 +847,52 @@ class Controller:
                 sa.manager.on_move_failed(target, reason, self.now)
                 self._pump(sa)
 
-    def _arm_plan(self, conn: str, plan: steer_plan.SteerPlan) -> None:
+    def _arm_plan(self, conn: str, plan: steer_plan.SteerPlan, when: float | None = None
+                  ) -> None:
         old = self._plan_timers.pop(conn, None)
         if old is not None:
             old.cancel()
         loop = asyncio.get_running_loop()
-        self._plan_timers[conn] = loop.call_at(plan.deadline, self._on_plan_timer, conn)
+        at = plan.deadline if when is None else when
+        self._plan_timers[conn] = loop.call_at(at, self._on_plan_timer, conn)
+
+    def _hold_escalation(self, conn: str, plan: steer_plan.SteerPlan) -> bool:
+        """True when the next rung (reauth, reinitiate: both delete the IKE_SA) must wait
+        because the IKE_SA's path, where charon has it, showed life within
+        ``escalate_after``; the plan is looked at again then, or dropped when the path
+        manager no longer wants its target."""
+        now = self.now
+        if plan.stage not in (steer_plan.Stage.ROUTE, steer_plan.Stage.REAUTH) \
+                or now < plan.deadline:
+            return False
+        sa = self.sas.get(plan.ike_spi)
+        if sa is None:
+            return False
+        hold = sa.follow.escalation_hold(now, self.policy.escalate_after,
+                                         self.data_plane.last_inbound(plan.ike_spi))
+        if hold is None:
+            return False
+        wanted = sa.manager.wanted_path
+        dropped = wanted is None or not same_addresses(wanted, plan.target)
+        if dropped or sa.held_plan != plan.started:
+            sa.held_plan = plan.started
+            self.log.emit("handover_escalation_held", conn=conn, ike_spi=plan.ike_spi,
+                          stage=plan.stage.name.lower(), **_ep(plan.target),
+                          charon_local=str(sa.follow.path.local),
+                          charon_remote=str(sa.follow.path.remote),
+                          alive_ms_ago=round(max(0.0, now - hold + self.policy.escalate_after)
+                                             * 1000, 1),
+                          dropped=dropped)
+        if dropped:
+            self.plans.pop(conn, None)  # the path manager gave that target up already
+        else:
+            self._arm_plan(conn, plan, hold)
+        return True
 
     def _on_plan_timer(self, conn: str) -> None:
         self._plan_timers.pop(conn, None)
         plan = self.plans.get(conn)
-        if plan is None:
+        if plan is None or self._hold_escalation(conn, plan):
             return
         plan, action = steer_plan.on_timer(plan, self.now, self.deadlines)
         if action is None:
@@ -847,6 +995,8 @@ class Controller:
                               "local_ts": list(c.local_ts), "remote_ts": list(c.remote_ts)}
                              for c in info.children],
                 "paths": paths,
+                "peer_addresses": [str(a) for a in self.peers.of(info.conn)]
+                if tracked is not None else [],
                 "last_handover": tracked.last_handover if tracked is not None else None,
                 "preferred_local": preferred_json(tracked.manager) if tracked else None,
             })

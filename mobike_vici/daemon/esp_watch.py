@@ -147,6 +147,7 @@ class _Watched:
     srtt: float | None = None
     rekeyed: int = 0  # CHILD_SAs the last repair rekeyed
     refused: bool = False  # charon refused every rekey of the last repair
+    last_inbound: float | None = None  # the peer's last ESP on ``path``: a sign of life
     timer: asyncio.TimerHandle | None = None
 
     def sample(self) -> dict[int, tuple[int, int]]:
@@ -219,6 +220,8 @@ class DataPlane:
         if w.check.phase is hm.Phase.DONE or w.old is None:
             w.old = w.path
         new = sa.info.path
+        if w.path != new:
+            w.last_inbound = None  # the old path's ESP says nothing of the new one
         w.path = new
         w.srtt = self._srtt(sa)
         w.burst, w.suspected = None, False
@@ -227,6 +230,12 @@ class DataPlane:
                          flow=w.stall.flow, now=now)
         self._rebuild()
         self._pump(w)
+
+    def last_inbound(self, spi: str) -> float | None:
+        """When ESP from the peer last arrived on the IKE_SA's current path (None:
+        not since it was tracked or moved, or not watched)."""
+        w = self._sas.get(spi)
+        return w.last_inbound if w is not None else None
 
     def on_probe_reply(self, wire_id: int) -> bool:
         """True when the reply answered a burst probe of ours."""
@@ -252,6 +261,7 @@ class DataPlane:
         now = self.ctl.now
         if inbound:
             w.packets_in += 1
+            w.last_inbound = now
             w.stall.on_traffic(1, 0, now, w.srtt)
             w.burst, w.suspected = None, False
             if w.check.phase is not hm.Phase.DONE:
@@ -339,6 +349,7 @@ class DataPlane:
             case hm.DataPathVerified():
                 log.emit("data_path_verified", conn=conn, ike_spi=w.spi, **where,
                          after_ms=event.after_ms)
+                self.ctl.data_path_works(w.spi, w.path)
             case hm.DataPathUnverified():
                 log.emit("data_path_unverified", conn=conn, ike_spi=w.spi, **where,
                          reason=event.reason)
@@ -352,6 +363,7 @@ class DataPlane:
                 log.write("warning", "data_path_repaired", {
                     "conn": conn, "ike_spi": w.spi, **where, "dead_ms": event.dead_ms,
                     "repair_ms": event.repair_ms, "rekeyed": w.rekeyed})
+                self.ctl.data_path_works(w.spi, w.path)
             case hm.DataPathDead():
                 log.write("warning", "handover_failed", {
                     "conn": conn, "ike_spi": w.spi, **where,

@@ -14,6 +14,7 @@ from .events import (
     ChildRemoved,
     ChildSaInfo,
     IkeSaInfo,
+    PathChecked,
     SaAdded,
     SaEvent,
     SaRekeyed,
@@ -29,7 +30,8 @@ from .table import SaTable
 
 __all__ = [
     "Backoff", "ChildAdded", "ChildRekeyed", "ChildRemoved", "ChildSaInfo", "CommandFailed",
-    "IkeSaInfo", "LoadError", "LoadResult", "SaAdded", "SaEvent", "SaRekeyed", "SaRemoved",
+    "IkeSaInfo", "LoadError", "LoadResult", "PathChecked", "SaAdded", "SaEvent", "SaRekeyed",
+    "SaRemoved",
     "SaTable", "SaUpdated", "ViciClient", "ViciConnected", "ViciDisconnected", "ViciError",
     "ViciEvent", "ViciUnavailable", "initiate_start", "load", "reload",
 ]

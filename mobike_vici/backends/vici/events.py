@@ -147,3 +147,18 @@ class ChildRemoved(SaEvent):
 class ChildRekeyed(SaEvent):
     old: ChildSaInfo
     new: ChildSaInfo
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PathChecked(ViciEvent):
+    """charon's MOBIKE probed a path of an IKE_SA (its log: ``checking path L - R``).
+
+    Every such line names one of the peer addresses charon knows (ADDITIONAL_*_ADDRESS
+    included), which ``list-sas`` never shows."""
+
+    conn: str
+    """Connection name (``ikesa-name``)."""
+    unique_id: int
+    """charon's unique id of the IKE_SA (``ikesa-uniqueid``)."""
+    path: Path
+    """The local and the peer's endpoint charon sent its check on."""

@@ -10,7 +10,8 @@ was, and reconnects with exponential backoff; after every connect it runs the
 ``on_connect`` hook (load the config into the new charon) and then a full
 resync (list-conns, list-sas) that the table reconciles against. Events that
 arrive during the resync are held back and applied after it, so a snapshot
-never undoes a newer event.
+never undoes a newer event. Of charon's ``log`` event only the MOBIKE path checks
+reach the loop (``addresses.path_checked``: the peer addresses charon knows).
 
 Public surface: ``ViciClient`` (``run``, ``close``, ``wait_connected``,
 ``call``, ``stream``, ``initiate``, ``table``, ``events``, ``conns``) and ``Backoff``.
@@ -34,6 +35,7 @@ import vici
 import vici.exception
 from vici.protocol import Message, Packet, Transport
 
+from .addresses import LOG_PREFIX, path_checked
 from .errors import CommandFailed, ViciError, ViciUnavailable
 from .events import ViciConnected, ViciDisconnected, ViciEvent
 from .table import SA_EVENTS, SaTable, decode, parse_list_sas, responder_only
@@ -52,6 +54,8 @@ _SESSION_ERRORS: tuple[type[BaseException], ...] = (
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (ViciError, TimeoutError, *_SESSION_ERRORS)
 
 Msg = dict[str, Any]
+# charon's level-1 log too: its MOBIKE path checks name the peer addresses it knows.
+EVENTS = (*SA_EVENTS, "log")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,8 @@ class _EventReader(threading.Thread):
                     continue
                 name = packet.event_type.decode("utf-8", "replace")
                 message = decode(Message.deserialize(packet.payload))
+                if name == "log" and not str(message.get("msg", "")).startswith(LOG_PREFIX):
+                    continue  # the rest of charon's log stays on this thread
                 self._call(self._deliver, name, message)
         except Exception as exc:
             if not self._stopping:
@@ -269,7 +275,7 @@ class ViciClient:
         event_sock = await loop.run_in_executor(None, open_socket, self.uri, COMMAND_TIMEOUT)
         registered: asyncio.Future[list[str]] = loop.create_future()
         self._held = []
-        reader = _EventReader(event_sock, SA_EVENTS, loop, registered,
+        reader = _EventReader(event_sock, EVENTS, loop, registered,
                               lambda name, msg: self._on_raw_event(gen, name, msg),
                               lambda reason: self._mark_lost(gen, reason))
         self._reader = reader
@@ -334,6 +340,9 @@ class ViciClient:
         self._apply(name, message)
 
     def _changes(self, name: str, message: Msg) -> list[ViciEvent]:
+        if name == "log":
+            checked = path_checked(message)
+            return [checked] if checked is not None else []
         try:
             return list(self.table.apply(name, message))
         except ValueError as exc:

@@ -16,6 +16,7 @@ from mobike_vici.backends.vici import (
     ChildAdded,
     ChildRemoved,
     CommandFailed,
+    PathChecked,
     SaAdded,
     SaRemoved,
     SaUpdated,
@@ -104,6 +105,28 @@ def test_events_update_the_table_and_come_out_typed(tmp_path: Path) -> None:
         assert updated.moved and str(updated.new.path.local.addr) == "10.2.0.2"
         assert added.ike_spi not in client.table  # rekeyed away
         assert client.table.get(updated.ike_spi) is not None
+        await client.close()
+        await task
+
+    _run(tmp_path, body)
+
+
+def test_charons_mobike_path_checks_come_out_and_the_rest_of_its_log_does_not(
+        tmp_path: Path) -> None:
+    async def body(charon: FakeCharon) -> None:
+        client = ViciClient(charon.uri, backoff=FAST)
+        task = asyncio.create_task(client.run())
+        await client.wait_connected(5)
+        assert charon.listening("log")
+        base = {"group": "IKE", "level": "1", "thread": "16", "ikesa-name": "home",
+                "ikesa-uniqueid": "1"}
+        await charon.push("log", {**base, "msg": "sending packet: from 10.1.0.2[4500] to "
+                                  "192.0.2.2[4500] (80 bytes)"})
+        await charon.push("log", {**base, "msg": "checking path 2001:db8:1::2[4500] - "
+                                  "2001:db8:ff::2[4500]"})
+        checked = await _next(client, PathChecked)
+        assert str(checked.path.remote.addr) == "2001:db8:ff::2"
+        assert client.events.empty()  # the other line never became an event
         await client.close()
         await task
 

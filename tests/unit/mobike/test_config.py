@@ -27,6 +27,7 @@ mobike {
     hold_down = 30s
     max_moves_per_minute = 4
     handover_timeout = 1m
+    escalate_after = 30s
     return_routability = nat-only
     family = ipv6
     exclude = docker*, 172.16.0.0/12
@@ -62,6 +63,7 @@ def test_defaults_leave_a_dead_path_within_a_second() -> None:
     assert from_section(None) == p
     assert p.return_routability == RoutabilityMode.ALWAYS
     assert p.announce == AnnounceMode.ALL
+    assert p.escalate_after == 10.0  # a working IKE_SA is never reauthenticated before
 
 
 def test_every_key_parsed() -> None:
@@ -69,6 +71,7 @@ def test_every_key_parsed() -> None:
     assert (p.probe_interval, p.probe_timeout, p.probe_misses) == (0.15, 0.25, 3)
     assert (p.standby_probe_interval, p.max_probes_in_flight, p.hold_down) == (5.0, 2, 30.0)
     assert (p.max_moves_per_minute, p.handover_timeout) == (4, 60.0)
+    assert p.escalate_after == 30.0
     assert p.return_routability == RoutabilityMode.NAT_ONLY
     assert p.family == 6
     assert p.exclude_interfaces == ("docker*",)
@@ -101,6 +104,8 @@ def test_empty_value_restores_default() -> None:
     ("probe_interval = fast", 3, "is not a time"),
     ("probe_interval = 0", 3, "out of range"),
     ("probe_misses = 0", 3, "out of range"),
+    ("escalate_after = 0", 3, "escalate_after: '0' is out of range"),
+    ("escalate_after = later", 3, "is not a time"),
     ("probe_misses = two", 3, "is not a number"),
     ("max_probes_in_flight = 1000", 3, "out of range"),
     ("return_routability = sometimes", 3, "always, nat-only or never"),
