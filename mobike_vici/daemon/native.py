@@ -44,6 +44,7 @@ from .drop_log import DropLog
 from .esp_io import UserspaceEsp
 from .feed import EventFeed
 from .framing import NON_ESP_MARKER, NattKind, classify_natt, frame_natt
+from .loop_lag import LoopLag
 from .metrics import MetricsServer, snapshot_on_loop
 from .operator import operator_request
 from .routing import DaemonRouting
@@ -179,6 +180,8 @@ class Daemon:
         self._drop_timer: asyncio.TimerHandle | None = None
         self._traffic: TrafficWatch | None = None
         """Samples the data plane's counters for the path managers (stall detection)."""
+        self.loop_lag = LoopLag()
+        """How late the loop runs its timers (``status`` ``loop_lag``)."""
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -199,6 +202,7 @@ class Daemon:
     async def start(self) -> None:
         """Bind sockets and the control socket, then initiate ``start_action = start``."""
         self._loop = asyncio.get_running_loop()
+        self.loop_lag.start(self._loop)
         try:
             self._open_sockets()
             if self._control is not None:
@@ -402,6 +406,7 @@ class Daemon:
         self._traffic.start(self.loop)
 
     async def close(self) -> None:
+        self.loop_lag.stop()
         if self._traffic is not None:
             self._traffic.stop()
             self._traffic = None
@@ -709,6 +714,7 @@ class Daemon:
         answer = status_json(self.engine.status(), backend="native", counters=counters)
         answer["pid"] = os.getpid()
         answer["esp_dropped"] = self.esp_dropped
+        answer["loop_lag"] = self.loop_lag.snapshot()
         if self.data_plane is not None:
             answer["esp"] = self.data_plane.totals()
         mobility = self.mobility
