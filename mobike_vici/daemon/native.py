@@ -28,9 +28,9 @@ from dataclasses import replace
 from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
 
 from ..backends.native import Mobility
-from ..config.model import Config, ConfigError, StartAction
+from ..config.model import CloseAction, Config, ConfigError, DpdAction, StartAction
 from ..core.engine import Datagram, Engine, EngineSettings, IkeStatus
-from ..core.events import Event, PacketDropped, ProbeResult
+from ..core.events import Event, IkeSaDeleted, PacketDropped, ProbeResult
 from ..esp.xfrm import select_data_plane
 from ..eventlog import EventLog, configure, core_event_fields, level_of
 from ..net.events import LinkDown, LinkRemoved, LinkUp, NetEvent, Resynced, RouteChanged
@@ -657,11 +657,38 @@ class Daemon:
                 self.log.write(level_of(name), name, {**fields, **extra})
             else:
                 self.log.core_event(event)
+            if isinstance(event, IkeSaDeleted):
+                self._restart_after(event)
             for hook in self.event_hooks:
                 try:
                     hook(event)
                 except Exception as exc:
                     self.log.emit("engine_error", call="event_hook", error=type(exc).__name__)
+
+    def _restart_after(self, event: IkeSaDeleted) -> None:
+        """``close_action = restart`` (the peer deleted the IKE_SA) and ``dpd_action =
+        restart`` (it stopped answering): initiate those children again, as charon does.
+        A peer whose daemon restarted would otherwise leave the tunnel down for good."""
+        if self._stopping:
+            return
+        try:
+            conn = self.config.connection(event.conn)
+        except KeyError:
+            return
+        children = restart_children(conn.children, event.reason)
+        if not children or any(ike.conn == event.conn and ike.ike_spi != event.ike_spi
+                                and ike.state == "ESTABLISHED" for ike in self._status()):
+            return  # nothing to restart, or another IKE_SA of the conn carries on
+        self.log.emit("ike_sa_restarting", conn=event.conn, ike_spi=event.ike_spi,
+                      reason=event.reason, children=children)
+        # After this drain: the new IKE_SA_INIT leaves at once, not with the next timer.
+        self.loop.call_soon(self._initiate, event.conn, children)
+
+    def _initiate(self, conn: str, children: Sequence[str]) -> None:
+        now = self.now()
+        for child in children:
+            self._guarded("initiate", self.engine.initiate, conn, child, now)
+        self._after_engine()
 
     def _arm_drop_timer(self) -> None:
         deadline = self.drops.next_deadline()
@@ -775,6 +802,15 @@ def _in_thread(call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _
 
 NETLINK_RCVBUF_ENV = "MOBIKE_VICI_TEST_NETLINK_RCVBUF"
 """Test hook: the netlink monitor's receive buffer in bytes (tiny, to force ENOBUFS)."""
+
+
+def restart_children(children: Sequence[Any], reason: str) -> list[str]:
+    """Names of the children to initiate again after an IKE_SA went away for ``reason``."""
+    if reason == "deleted_by_peer":
+        return [c.name for c in children if c.close_action == CloseAction.START]
+    if reason in ("dpd_timeout", "retransmits_exceeded"):
+        return [c.name for c in children if c.dpd_action == DpdAction.RESTART]
+    return []
 
 
 def _netlink_rcvbuf(environ: Mapping[str, str]) -> int | None:
