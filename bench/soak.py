@@ -408,12 +408,14 @@ class Pair:
             fault.target = "gw"
             assert self.gw is not None
             self.gw.stop()
+            fault.at = time.time()  # the outage starts with the stop, not the new start
             self.start_gw()
         elif kind == "charon_restart":
             fault.target = "mob charon"
             assert self.mob_charon is not None
             with self.lock:
                 self.mob_charon.stop()
+            fault.at = time.time()
             self.mob_charon = start_charon(self.lab, topo.mob, name="mob",
                                            extra_charon=snippet_body()
                                            if self.controller is not None else "")
@@ -421,7 +423,7 @@ class Pair:
                 self.mob_charon.load_all(self.lab.workdir / "mob.conf")
         else:
             raise ValueError(kind)
-        fault.at = time.time()
+        fault.at = fault.at or time.time()
         self.faults.append(fault)
 
         def undo_and_stamp() -> None:

@@ -517,6 +517,12 @@ class Daemon:
                 self._esp(payload, path, now)
                 return False
             data = payload
+        if self._stopping and opens_ike_sa(data):
+            # A peer that saw our DELETE may initiate again at once: an IKE_SA set up
+            # now would die with this process, and the peer would hold a dead one.
+            self.log.emit("packet_dropped", local=str(path.local), remote=str(path.remote),
+                          reason="shutting_down")
+            return False
         try:
             self.engine.receive_datagram(data, path, now)
         except Exception as exc:
@@ -802,6 +808,12 @@ def _in_thread(call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _
 
 NETLINK_RCVBUF_ENV = "MOBIKE_VICI_TEST_NETLINK_RCVBUF"
 """Test hook: the netlink monitor's receive buffer in bytes (tiny, to force ENOBUFS)."""
+
+
+def opens_ike_sa(data: bytes) -> bool:
+    """An IKE_SA_INIT request (RFC 7296 3.1: responder SPI zero, exchange 34, no R flag)."""
+    return (len(data) >= 28 and data[8:16] == bytes(8) and data[18] == 34
+            and not data[19] & 0x20)
 
 
 def restart_children(children: Sequence[Any], reason: str) -> list[str]:

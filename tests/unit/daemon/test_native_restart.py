@@ -14,7 +14,7 @@ from mobike_vici.config.model import (
     StartAction,
 )
 from mobike_vici.core.events import IkeSaDeleted
-from mobike_vici.daemon.native import restart_children
+from mobike_vici.daemon.native import opens_ike_sa, restart_children
 
 from .fakes import SPI, FakeEngine
 from .test_native import Rig, run_rig
@@ -68,3 +68,34 @@ def test_daemon_initiates_again_after_the_peer_deleted_the_ike_sa() -> None:
     run_rig(scenario, config=CONFIG, prepare=prepare)
 
 
+
+
+def _ike_sa_init(response: bool = False) -> bytes:
+    header = bytes(range(1, 9)) + bytes(8) + bytes([33, 0x20, 34, 0x20 if response else 0x08])
+    return header + bytes(4) + (28).to_bytes(4, "big")
+
+
+def test_opens_ike_sa_recognises_only_an_ike_sa_init_request() -> None:
+    assert opens_ike_sa(_ike_sa_init())
+    assert not opens_ike_sa(_ike_sa_init(response=True))
+    other = bytearray(_ike_sa_init())
+    other[18] = 37  # INFORMATIONAL
+    assert not opens_ike_sa(bytes(other))
+    assert not opens_ike_sa(b"short")
+
+
+def test_a_stopping_daemon_takes_no_new_ike_sa() -> None:
+    """A peer that got our DELETE at shutdown initiates at once; the IKE_SA must not be
+    set up with the daemon that is going away (seen in a soak run: the peer then held
+    an IKE_SA nobody answered for, and the tunnel stayed down)."""
+    async def scenario(rig: Rig) -> None:
+        rig.daemon.request_stop()
+        rig.peer.send(_ike_sa_init(), "127.0.0.1", rig.daemon.ike_port)
+        rig.peer.send(b"not an IKE_SA_INIT, but for the engine", "127.0.0.1",
+                      rig.daemon.ike_port)
+        [data] = await rig.received(1)
+        assert data.startswith(b"not an IKE_SA_INIT")
+        dropped = await rig.log.wait_for("packet_dropped")
+        assert dropped["reason"] == "shutting_down"
+
+    run_rig(scenario)
