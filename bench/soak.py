@@ -39,7 +39,8 @@ own spacing), median / p95 / max; ``sas_lost``: IKE_SAs mob had to establish fro
 scratch (IKE_AUTH again), less one per restart fault (``sas_forced``); ``false_moves``:
 moves of mob's IKE_SA to a worse path (m0 IPv4 best, then m0 IPv6, m1 IPv4, m1 IPv6)
 while the path it left was not under a fault (nor within 2 s after one ended), sampled
-every 0.5 s; RSS and open fds of mob's daemon every 10 s with their least-squares slope;
+every 0.5 s; RSS and open fds of mob's daemon every 10 s, the RSS's least-squares slope after the
+first minute (start-up growth is not a trend);
 ``loop_lag_p99_ms`` from the daemon's ``status`` (``loop_lag``, the last 5 minutes);
 events written and the events file's invalid lines after two logrotates (rename +
 SIGHUP) during the run.
@@ -67,7 +68,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,8 @@ SILENT = ("blackhole", "ipv4_death")
 NOT_SIMULATED = {"latency_spike": "no netem in these kernels and nftables cannot delay "
                                   "a packet; a userspace delay line needs NFQUEUE"}
 SAMPLE_EVERY = 10.0
+WARMUP = 60.0
+"""Seconds of RSS samples left out of the trend (start-up growth)."""
 DOWN_FOR = 30.0
 """No ping reply for this long before a fault: the bench brings the tunnel back itself
 (``recoveries``; counted in ``sas_lost`` as the IKE_SA it establishes)."""
@@ -446,6 +449,17 @@ class Pair:
                 return float(m.group(1))
         return None
 
+    def wait_flowing(self, timeout: float) -> bool:
+        """Until a ping reply newer than now arrives (the tunnel carries traffic)."""
+        since = time.time()
+        deadline = since + timeout
+        while time.time() < deadline:
+            last = self.last_reply()
+            if last is not None and last >= since:
+                return True
+            time.sleep(0.1)
+        return False
+
     def recover_if_down(self) -> None:
         """The tunnel stayed down DOWN_FOR seconds: bring it back the way an operator
         would (initiate again; our daemon restarted when it has no IKE_SA at all)."""
@@ -514,6 +528,9 @@ class Pair:
                 except (LabError, OSError, subprocess.SubprocessError) as exc:
                     self.errors.append(f"{kind}: {str(exc).splitlines()[0][:300]}")
                 time.sleep(self.rng.uniform(*PAUSE))
+                # The next blow falls on a working tunnel: a fault's outage is its own,
+                # never the tail of the one before (a restart's IKE_SA_INIT retransmits).
+                self.wait_flowing(DOWN_FOR)
                 if rotate_at and time.monotonic() >= rotate_at[0]:
                     rotate_at.pop(0)
                     try:
@@ -552,6 +569,12 @@ class Pair:
                 if m:
                     out.append(float(m.group(1)))
         return out
+
+    def fault_log(self) -> list[dict[str, Any]]:
+        """Every fault as it happened (after ``outages``): kind, time, target, outage."""
+        return [{"kind": f.kind, "at": datetime.fromtimestamp(f.at, UTC).isoformat(),
+                 "target": f.target, "held_s": None if f.undone is None
+                 else round(f.undone - f.at, 2), **f.detail} for f in self.faults]
 
     def outages(self, end: float) -> dict[str, list[float]]:
         replies = self.replies()
@@ -729,7 +752,8 @@ def _charon_view(end: Charon) -> dict[str, Any] | None:
                                  for k in ("spi-in", "spi-out"))}
 
 
-def summarize(pair: Pair, end: float, checks: dict[str, Any]) -> dict[str, Any]:
+def summarize(pair: Pair, end: float, checks: dict[str, Any],
+              keep_log: bool = False) -> dict[str, Any]:
     outages = pair.outages(end)
     est = pair.establishments()
     restarts = [f.at for f in pair.faults if f.kind in RESTARTS]
@@ -740,12 +764,19 @@ def summarize(pair: Pair, end: float, checks: dict[str, Any]) -> dict[str, Any]:
         if pending and pending[0] <= t <= pending[0] + 180.0:
             pending.pop(0)
             forced += 1
-    rss = [(t, float(r)) for t, r, _ in pair.samples]
-    slope = slope_per_hour(rss)
+    # The first minute is start-up (imports, caches, the first rekeys): not a trend.
+    t0 = pair.samples[0][0] if pair.samples else 0.0
+    warm = [(t, float(r)) for t, r, _ in pair.samples if t >= t0 + WARMUP]
+    slope = slope_per_hour(warm)
     lag = None
     if pair.mob_kind != "charon" and checks.get("loop_lag") is not None:
         lag = checks["loop_lag"].get("p99_ms")
     moves = pair.false_moves()
+    log = pair.fault_log()
+    if keep_log:
+        with open(pair.lab.workdir / "faults.jsonl", "w") as f:
+            f.writelines(json.dumps(entry) + "\n" for entry in log)
+    worst = sorted(log, key=lambda e: -float(e.get("outage_s", 0.0)))[:10]
     counts: dict[str, int] = {}
     for f in pair.faults:
         counts[f.kind] = counts.get(f.kind, 0) + 1
@@ -758,6 +789,7 @@ def summarize(pair: Pair, end: float, checks: dict[str, Any]) -> dict[str, Any]:
         "sas_lost": max(0, len(est) - 1 - forced) + (0 if checks.get("mob_sa") else 1),
         "recoveries": pair.recoveries,
         "outage_s": {kind: _ranks(v) for kind, v in sorted(outages.items())},
+        "worst_faults": worst,
         "false_moves": len(moves),
         "false_move_list": moves[:20],
         "moves_seen": sum(1 for (_, a), (_, b) in zip(pair.locations, pair.locations[1:],
@@ -765,6 +797,7 @@ def summarize(pair: Pair, end: float, checks: dict[str, Any]) -> dict[str, Any]:
                           if a is not None and b is not None and a != b),
         "rss_kib_start": pair.samples[0][1] if pair.samples else None,
         "rss_kib_end": pair.samples[-1][1] if pair.samples else None,
+        "rss_kib_warm": int(warm[0][1]) if warm else None,
         "rss_slope_kib_per_h": None if slope is None else round(slope, 1),
         "fds_start": pair.samples[0][2] if pair.samples else None,
         "fds_end": pair.samples[-1][2] if pair.samples else None,
@@ -803,7 +836,7 @@ def run_pair(name: str, duration: float, seed: int,
             lag = _loop_lag(pair)
             checks = pair.end_checks()
             checks["loop_lag"] = lag
-            result = summarize(pair, end, checks)
+            result = summarize(pair, end, checks, keep_log=keep is not None)
         except (LabError, OSError, subprocess.SubprocessError, AssertionError) as exc:
             result = {"error": str(exc)[:2000], "faults_total": len(pair.faults),
                       "errors": pair.errors[:20]}
