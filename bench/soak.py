@@ -676,7 +676,12 @@ class Pair:
     def end_checks(self) -> dict[str, Any]:
         """status/metrics against the peer's list-sas, then stop mob and compare routing."""
         out: dict[str, Any] = {}
+        # A rekey in flight shows one side's new SA before the other's: ask again a while.
+        deadline = time.monotonic() + 15.0
         mob_view, gw_view = self._view_mob(), self._view_gw()
+        while mob_view != gw_view and time.monotonic() < deadline:
+            time.sleep(0.5)
+            mob_view, gw_view = self._view_mob(), self._view_gw()
         out["mob_sa"], out["gw_sa"] = mob_view, gw_view
         out["status_matches_peer"] = (mob_view is not None and gw_view is not None
                                       and mob_view == gw_view)
