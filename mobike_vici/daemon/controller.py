@@ -85,6 +85,7 @@ from .control import ControlServer
 from .esp_watch import DataPlane
 from .feed import EventFeed
 from .gateway_rr import GatewayChecks
+from .loop_lag import LoopLag
 from .metrics import MetricsServer, snapshot_on_loop
 from .operator import operator_request
 from .sdnotify import SystemdNotifier
@@ -178,6 +179,7 @@ class Controller:
                  metrics: MetricsServer | None = None) -> None:
         self.strongswan_conf = strongswan_conf
         self.metrics = metrics
+        self.loop_lag = LoopLag()
         self._choices = OperatorChoices()  # the operator's prefer/move, by conn
         self.config = config
         self.policy = config.policy
@@ -248,6 +250,7 @@ class Controller:
                 loop.add_signal_handler(sig, self.request_stop)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        self.loop_lag.start(loop)
         if self.metrics is not None:  # first: a port in use stops us before anything changed
             if self.log.tap is not None:
                 self.log.tap.subscribe(self.metrics.events.on_event)
@@ -279,6 +282,7 @@ class Controller:
             self._maybe_ready()
             await self._stop.wait()
         finally:
+            self.loop_lag.stop()
             events_task.cancel()
             await self.client.close()
             client_task.cancel()
@@ -1010,7 +1014,7 @@ class Controller:
                            "probe_timeout_ms": round(policy.probe_timeout * 1000),
                            "probe_misses": policy.probe_misses,
                            "hold_down_ms": round(policy.hold_down * 1000)},
-                "ike_sas": sas,
+                "ike_sas": sas, "loop_lag": self.loop_lag.snapshot(),
                 "steering": {"table": self.routing.table, "routes": routes}}
 
 

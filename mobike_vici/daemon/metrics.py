@@ -175,6 +175,13 @@ def status_metrics(status: JsonObject) -> Iterator[Metric]:
         vici.add_metric((), 1 if status.get("vici_connected") else 0)
         yield vici
     yield from _esp_metrics(sas, status.get("esp"))
+    lag = status.get("loop_lag")
+    if isinstance(lag, dict) and isinstance(lag.get("p99_ms"), int | float):
+        p99 = GaugeMetricFamily("mobike_loop_lag_p99_seconds",
+                                "99th percentile of the event loop's timer lateness "
+                                "over the last 5 minutes.")
+        p99.add_metric((), float(lag["p99_ms"]) / 1000.0)
+        yield p99
 
 
 def _path_metrics(sas: list[JsonObject]) -> Iterator[Metric]:

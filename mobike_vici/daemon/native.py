@@ -28,9 +28,9 @@ from dataclasses import replace
 from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
 
 from ..backends.native import Mobility
-from ..config.model import Config, ConfigError, StartAction
+from ..config.model import CloseAction, Config, ConfigError, DpdAction, StartAction
 from ..core.engine import Datagram, Engine, EngineSettings, IkeStatus
-from ..core.events import Event, PacketDropped, ProbeResult
+from ..core.events import Event, IkeSaDeleted, PacketDropped, ProbeResult
 from ..esp.xfrm import select_data_plane
 from ..eventlog import EventLog, configure, core_event_fields, level_of
 from ..net.events import LinkDown, LinkRemoved, LinkUp, NetEvent, Resynced, RouteChanged
@@ -44,6 +44,7 @@ from .drop_log import DropLog
 from .esp_io import UserspaceEsp
 from .feed import EventFeed
 from .framing import NON_ESP_MARKER, NattKind, classify_natt, frame_natt
+from .loop_lag import LoopLag
 from .metrics import MetricsServer, snapshot_on_loop
 from .operator import operator_request
 from .routing import DaemonRouting
@@ -179,6 +180,8 @@ class Daemon:
         self._drop_timer: asyncio.TimerHandle | None = None
         self._traffic: TrafficWatch | None = None
         """Samples the data plane's counters for the path managers (stall detection)."""
+        self.loop_lag = LoopLag()
+        """How late the loop runs its timers (``status`` ``loop_lag``)."""
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -199,6 +202,7 @@ class Daemon:
     async def start(self) -> None:
         """Bind sockets and the control socket, then initiate ``start_action = start``."""
         self._loop = asyncio.get_running_loop()
+        self.loop_lag.start(self._loop)
         try:
             self._open_sockets()
             if self._control is not None:
@@ -402,6 +406,7 @@ class Daemon:
         self._traffic.start(self.loop)
 
     async def close(self) -> None:
+        self.loop_lag.stop()
         if self._traffic is not None:
             self._traffic.stop()
             self._traffic = None
@@ -512,6 +517,12 @@ class Daemon:
                 self._esp(payload, path, now)
                 return False
             data = payload
+        if self._stopping and opens_ike_sa(data):
+            # A peer that saw our DELETE may initiate again at once: an IKE_SA set up
+            # now would die with this process, and the peer would hold a dead one.
+            self.log.emit("packet_dropped", local=str(path.local), remote=str(path.remote),
+                          reason="shutting_down")
+            return False
         try:
             self.engine.receive_datagram(data, path, now)
         except Exception as exc:
@@ -652,11 +663,38 @@ class Daemon:
                 self.log.write(level_of(name), name, {**fields, **extra})
             else:
                 self.log.core_event(event)
+            if isinstance(event, IkeSaDeleted):
+                self._restart_after(event)
             for hook in self.event_hooks:
                 try:
                     hook(event)
                 except Exception as exc:
                     self.log.emit("engine_error", call="event_hook", error=type(exc).__name__)
+
+    def _restart_after(self, event: IkeSaDeleted) -> None:
+        """``close_action = restart`` (the peer deleted the IKE_SA) and ``dpd_action =
+        restart`` (it stopped answering): initiate those children again, as charon does.
+        A peer whose daemon restarted would otherwise leave the tunnel down for good."""
+        if self._stopping:
+            return
+        try:
+            conn = self.config.connection(event.conn)
+        except KeyError:
+            return
+        children = restart_children(conn.children, event.reason)
+        if not children or any(ike.conn == event.conn and ike.ike_spi != event.ike_spi
+                                and ike.state == "ESTABLISHED" for ike in self._status()):
+            return  # nothing to restart, or another IKE_SA of the conn carries on
+        self.log.emit("ike_sa_restarting", conn=event.conn, ike_spi=event.ike_spi,
+                      reason=event.reason, children=children)
+        # After this drain: the new IKE_SA_INIT leaves at once, not with the next timer.
+        self.loop.call_soon(self._initiate, event.conn, children)
+
+    def _initiate(self, conn: str, children: Sequence[str]) -> None:
+        now = self.now()
+        for child in children:
+            self._guarded("initiate", self.engine.initiate, conn, child, now)
+        self._after_engine()
 
     def _arm_drop_timer(self) -> None:
         deadline = self.drops.next_deadline()
@@ -709,6 +747,7 @@ class Daemon:
         answer = status_json(self.engine.status(), backend="native", counters=counters)
         answer["pid"] = os.getpid()
         answer["esp_dropped"] = self.esp_dropped
+        answer["loop_lag"] = self.loop_lag.snapshot()
         if self.data_plane is not None:
             answer["esp"] = self.data_plane.totals()
         mobility = self.mobility
@@ -769,6 +808,21 @@ def _in_thread(call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _
 
 NETLINK_RCVBUF_ENV = "MOBIKE_VICI_TEST_NETLINK_RCVBUF"
 """Test hook: the netlink monitor's receive buffer in bytes (tiny, to force ENOBUFS)."""
+
+
+def opens_ike_sa(data: bytes) -> bool:
+    """An IKE_SA_INIT request (RFC 7296 3.1: responder SPI zero, exchange 34, no R flag)."""
+    return (len(data) >= 28 and data[8:16] == bytes(8) and data[18] == 34
+            and not data[19] & 0x20)
+
+
+def restart_children(children: Sequence[Any], reason: str) -> list[str]:
+    """Names of the children to initiate again after an IKE_SA went away for ``reason``."""
+    if reason == "deleted_by_peer":
+        return [c.name for c in children if c.close_action == CloseAction.START]
+    if reason in ("dpd_timeout", "retransmits_exceeded"):
+        return [c.name for c in children if c.dpd_action == DpdAction.RESTART]
+    return []
 
 
 def _netlink_rcvbuf(environ: Mapping[str, str]) -> int | None:

@@ -1,0 +1,61 @@
+"""What bench/soak.py counts: outages per fault window, false moves (pure parts, no lab)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+
+from .test_bench_logic import load
+
+M0 = SimpleNamespace(ifname="m0", addr4="10.1.0.2", addr6="2001:db8:1::2")
+M1 = SimpleNamespace(ifname="m1", addr4="10.2.0.2", addr6="2001:db8:2::2")
+
+
+@pytest.fixture(scope="module")
+def soak() -> ModuleType:
+    return load("soak")
+
+
+def _pair(soak: ModuleType, tmp_path: Path, replies: list[float], faults: list[Any],
+          locations: list[tuple[float, str | None]] | None = None) -> Any:
+    pair = soak.Pair.__new__(soak.Pair)  # no lab: only the analysis is under test
+    pair.ping_log = tmp_path / "ping.log"
+    pair.ping_log.write_text("".join(
+        f"[{t:.6f}] 64 bytes from 10.88.0.1: icmp_seq=1 ttl=64 time=1 ms\n" for t in replies)
+        + "no answer yet for icmp_seq=9\n")
+    pair.faults = faults
+    pair.locations = locations or []
+    pair.topo = SimpleNamespace(uplinks=(M0, M1))
+    return pair
+
+
+def test_outage_is_the_longest_silence_in_the_fault_window(soak: ModuleType,
+                                                           tmp_path: Path) -> None:
+    replies = [100.0 + i * 0.01 for i in range(100)]  # up to 100.99
+    replies += [101.8 + i * 0.01 for i in range(100)]  # 0.81 s of silence, then back
+    faults = [soak.Fault("blackhole", 100.5), soak.Fault("loss", 102.5)]
+    per = _pair(soak, tmp_path, replies, faults).outages(end=103.0)
+    assert per["blackhole"] == [pytest.approx(0.81)]
+    # nothing after 102.79: the silence up to the end of the run is the loss's outage
+    assert per["loss"] == [pytest.approx(103.0 - 102.79)]
+
+
+def test_a_move_to_a_worse_path_without_a_fault_is_false(soak: ModuleType,
+                                                        tmp_path: Path) -> None:
+    faults = [soak.Fault("blackhole", 10.0, target="m0", undone=12.0)]
+    locations = [(0.0, "10.1.0.2"), (11.0, "10.2.0.2"),  # the fault's move
+                 (20.0, "10.1.0.2"),                      # the return: never false
+                 (30.0, "2001:db8:1::2")]                 # no fault: false
+    pair = _pair(soak, tmp_path, [], faults, locations)
+    assert pair.false_moves() == [{"at": 30.0, "from": "10.1.0.2", "to": "2001:db8:1::2"}]
+
+
+def test_a_fault_on_the_other_uplink_does_not_excuse_a_move(soak: ModuleType,
+                                                           tmp_path: Path) -> None:
+    faults = [soak.Fault("link_down", 10.0, target="m1", undone=11.0)]
+    locations = [(0.0, "10.1.0.2"), (10.5, "10.2.0.2")]
+    pair = _pair(soak, tmp_path, [], faults, locations)
+    assert len(pair.false_moves()) == 1
