@@ -53,9 +53,11 @@ class Probe:
 
     probe_id: int
     path: Path
-    message_id: int
     sent: float
     deadline: float
+    message_ids: list[int] = field(default_factory=list)
+    """Our requests sent on ``path`` for this probe: a response on ``path`` to any of
+    them proves it (the peer may have answered an older copy late, or a newer one)."""
 
 
 @dataclass(slots=True)
