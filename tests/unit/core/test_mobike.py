@@ -587,3 +587,18 @@ def test_a_spent_update_does_not_hold_probes_back() -> None:
     net.pump()
     results = {r.probe_id: r for r in of_type(net.events_a, ProbeResult)}
     assert results[pid].ok
+
+
+def test_a_move_is_no_nat_rebinding_on_the_next_liveness_check() -> None:
+    # The peer's hash of us changes with our address: after a move the first answer on
+    # the new path is the new baseline, not a NAT that rebound (no update follows).
+    net = setup()
+    s = spi(net)
+    net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    moved_to(net, path(ALICE2, BOB))
+    assert of_type(net.events_a, IkeSaMoved)
+    net.a.probe(s, path(ALICE2, BOB), net.now)
+    net.pump()
+    assert not of_type(net.events_a, NatMappingChanged)
+    assert len(of_type(net.events_a, IkeSaMoved)) == 1
