@@ -107,6 +107,9 @@ RandomBytes = Callable[[int], bytes]
 
 MAX_PROBES = 64
 """Probes waiting per IKE_SA; beyond it the oldest is reported failed."""
+MAX_RIDES = 3
+"""Requests one probe is copied onto: its first, and two more for a copy the peer
+dropped (it was still processing the first) or saw after our next request."""
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -808,29 +811,39 @@ class Engine:
                 self._probe_done(sa, probe, ok=False, now=now)
 
     def _ride(self, sa: IkeSa, now: float) -> None:
-        """Put every waiting probe on the outstanding request (see the MOBIKE API notes);
-        with nothing outstanding, a waiting probe starts a request on its own path."""
+        """Put the waiting probes on the outstanding request, one copy per path (see the
+        MOBIKE API notes); with nothing outstanding, a probe that never had a request of
+        its own starts one on its path. Bounded: each probe rides at most ``MAX_RIDES``
+        requests and starts at most one, so probes never make a stream of requests."""
         if not sa.probes or sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYING):
             return
         if sa.pending is None:
             if sa.tasks:
                 self._kick(sa, now)  # the next request comes and is ridden from there
-            else:
-                sa.tasks.appendleft(ProbeTask(sa.probes[0].path))
+                return
+            first = next((p for p in sa.probes if not p.started
+                          and len(p.message_ids) < MAX_RIDES), None)
+            if first is not None:
+                sa.tasks.appendleft(ProbeTask(first.path))
                 self._kick(sa, now)
             return
         pending = sa.pending
         task = pending.task
         in_flight_update = (isinstance(task, MoveTask) and task.failed is None
                             ) or isinstance(task, RoutabilityTask)
+        own = isinstance(task, ProbeTask)
+        copied = {pending.path}
         for probe in sa.probes:
-            if pending.message_id in probe.message_ids:
+            if pending.message_id in probe.message_ids or len(probe.message_ids) >= MAX_RIDES:
                 continue
-            if probe.path != pending.path:
+            if probe.path not in copied:
                 if in_flight_update:
                     continue  # waits for the slot
                 self._send(pending.data, probe.path, sa, now)
+                copied.add(probe.path)
             probe.message_ids.append(pending.message_id)
+            if own and probe.path == pending.path:
+                probe.started = True
 
     def _move_timer(self, sa: IkeSa, pending: PendingRequest, task: MoveTask,
                     now: float) -> None:

@@ -58,6 +58,8 @@ class Probe:
     message_ids: list[int] = field(default_factory=list)
     """Our requests sent on ``path`` for this probe: a response on ``path`` to any of
     them proves it (the peer may have answered an older copy late, or a newer one)."""
+    started: bool = False
+    """It had a request of its own (each probe starts at most one; it rides the rest)."""
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mobike_vici.core.engine import Datagram, Engine
+from mobike_vici.core.engine import MAX_RIDES, Datagram, Engine
 from mobike_vici.core.events import (
     ChildSaInstalled,
     ChildSaUpdated,
@@ -602,3 +602,16 @@ def test_a_move_is_no_nat_rebinding_on_the_next_liveness_check() -> None:
     net.pump()
     assert not of_type(net.events_a, NatMappingChanged)
     assert len(of_type(net.events_a, IkeSaMoved)) == 1
+
+
+def test_a_probe_on_a_dead_path_rides_a_bounded_number_of_requests() -> None:
+    net = setup()
+    s = spi(net)
+    net.down.add(ALICE6)
+    dead = net.a.probe(s, path(ALICE6, BOB6), net.now)  # its own request, lost
+    for _ in range(6):
+        net.a.probe(s, path(ALICE, BOB), net.now)  # each answered at once
+        net.pump()
+    on_dead = [d for d in net.log if d.path.local.addr == ALICE6]
+    assert len(on_dead) == MAX_RIDES
+    assert dead not in {r.probe_id for r in of_type(net.events_a, ProbeResult)}
