@@ -240,7 +240,7 @@ class Mobility:
                 if ref is None:
                     return
                 if event.ok:
-                    mgr.on_probe_reply(ref[1], now)
+                    mgr.on_probe_reply(ref[1], now, event.rtt)
                 else:
                     mgr.on_probe_failed(ref[1], now)
             case IkeSaMoved():

@@ -373,10 +373,10 @@ class Engine:
         probe = Probe(probe_id, path, now, now + self._settings.probe_timeout)
         sa.probes.append(probe)
         if len(sa.probes) > MAX_PROBES:
-            self._probe_done(sa, sa.probes[0], ok=False, now=now)
+            self._probe_done(sa, sa.probes[0], None, now=now)
         self._ride(sa, now)
         if not probe.message_ids and sa.pending is None and probe in sa.probes:
-            self._probe_done(sa, probe, ok=False, now=now)  # nothing could be sent
+            self._probe_done(sa, probe, None, now=now)  # nothing could be sent
         return probe_id
 
     @_settles
@@ -797,18 +797,20 @@ class Engine:
         """A response on ``path`` proves that path for the probes that sent it there."""
         for probe in list(sa.probes):
             if probe.path == path and message_id in probe.message_ids:
-                self._probe_done(sa, probe, ok=True, now=now)
+                self._probe_done(sa, probe, now - probe.message_ids[message_id], now=now)
 
-    def _probe_done(self, sa: IkeSa, probe: Probe, *, ok: bool, now: float) -> None:
+    def _probe_done(self, sa: IkeSa, probe: Probe, rtt: float | None, *, now: float) -> None:
+        """Report ``probe``: answered with ``rtt`` (from the copy that was answered), or
+        failed (None)."""
         sa.probes.remove(probe)
         self._ctx.emit(ProbeResult(conn=sa.conn.name, ike_spi=sa.spi_str, path=probe.path,
-                                   probe_id=probe.probe_id, ok=ok,
-                                   rtt=now - probe.sent if ok else None))
+                                   probe_id=probe.probe_id, ok=rtt is not None,
+                                   rtt=max(0.0, rtt) if rtt is not None else None))
 
     def _probe_timer(self, sa: IkeSa, now: float) -> None:
         for probe in list(sa.probes):
             if now >= probe.deadline:
-                self._probe_done(sa, probe, ok=False, now=now)
+                self._probe_done(sa, probe, None, now=now)
 
     def _ride(self, sa: IkeSa, now: float) -> None:
         """Put the waiting probes on the outstanding request, one copy per path (see the
@@ -836,12 +838,15 @@ class Engine:
         for probe in sa.probes:
             if pending.message_id in probe.message_ids or len(probe.message_ids) >= MAX_RIDES:
                 continue
-            if probe.path not in copied:
+            left = pending.first_sent  # the request itself, on its own path
+            if probe.path != pending.path:
+                left = now
                 if in_flight_update:
                     continue  # waits for the slot
-                self._send(pending.data, probe.path, sa, now)
-                copied.add(probe.path)
-            probe.message_ids.append(pending.message_id)
+                if probe.path not in copied:
+                    self._send(pending.data, probe.path, sa, now)
+                    copied.add(probe.path)
+            probe.message_ids[pending.message_id] = left
             if own and probe.path == pending.path:
                 probe.started = True
 

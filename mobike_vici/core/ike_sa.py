@@ -55,9 +55,10 @@ class Probe:
     path: Path
     sent: float
     deadline: float
-    message_ids: list[int] = field(default_factory=list)
-    """Our requests sent on ``path`` for this probe: a response on ``path`` to any of
-    them proves it (the peer may have answered an older copy late, or a newer one)."""
+    message_ids: dict[int, float] = field(default_factory=dict)
+    """Our requests sent on ``path`` for this probe, and when each left there: a
+    response on ``path`` to any of them proves it (the peer may have answered an older
+    copy late, or a newer one), its RTT counted from that copy."""
     started: bool = False
     """It had a request of its own (each probe starts at most one; it rides the rest)."""
 

@@ -305,9 +305,11 @@ class PathManager:
             if probe.key in self.table:
                 self.table.health(probe.key).last_probe = now
 
-    def on_probe_reply(self, probe_id: int, now: float) -> None:
+    def on_probe_reply(self, probe_id: int, now: float, rtt: float | None = None) -> None:
         """A valid protected reply to the probe; a late one (timed out already) still
-        proves its path; unknown ids are ignored."""
+        proves its path; unknown ids are ignored. ``rtt``: the backend's own measure
+        (a probe may wait for a request to ride before it leaves); else from when
+        ``probes_to_send`` handed it out."""
         probe = self._probes.pop(probe_id, None)
         late = probe is None
         if probe is None:
@@ -320,7 +322,8 @@ class PathManager:
         h.outcomes.append(True)
         if probe.key == self._active:
             self._stall.on_alive()
-        rtt = now - probe.sent
+        if rtt is None:
+            rtt = now - probe.sent
         if h.success(rtt, now):
             self._emit(PathUp(path=self.table.path(probe.key), rtt_ms=rtt * 1000.0))
         self._decide(now)

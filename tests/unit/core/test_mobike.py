@@ -615,3 +615,27 @@ def test_a_probe_on_a_dead_path_rides_a_bounded_number_of_requests() -> None:
     on_dead = [d for d in net.log if d.path.local.addr == ALICE6]
     assert len(on_dead) == MAX_RIDES
     assert dead not in {r.probe_id for r in of_type(net.events_a, ProbeResult)}
+
+
+def test_a_probe_s_rtt_counts_from_the_copy_that_was_answered() -> None:
+    net = setup()
+    s = spi(net)
+    lost: list[Datagram] = []
+
+    def drop_first(d: Datagram) -> bool:
+        if d.path.local.addr == ALICE6 and not lost:
+            lost.append(d)  # its own request is lost
+            return True
+        return False
+
+    net.drop = drop_first
+    on_6 = net.a.probe(s, path(ALICE6, BOB6), net.now)
+    net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    assert len(lost) == 1 and not [r for r in of_type(net.events_a, ProbeResult)
+                                   if r.probe_id == on_6]
+    net.now += 0.2
+    net.a.probe(s, path(ALICE, BOB), net.now)  # a new request: the probe rides it
+    net.pump()
+    (res,) = [r for r in of_type(net.events_a, ProbeResult) if r.probe_id == on_6]
+    assert res.ok and res.rtt == 0.0  # not the 0.2 s it waited for a copy to get through

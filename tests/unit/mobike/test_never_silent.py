@@ -135,3 +135,11 @@ def test_ipv4_dead_and_ipv6_alive_moves_to_ipv6_within_about_a_second() -> None:
     assert done[0][0] - 1.2 <= 1.5
     assert sim.mgr.active_path.local.addr.version == 6
     assert len(done) == 1  # and it stays
+
+
+def test_the_backend_s_rtt_is_the_path_s_rtt() -> None:
+    # A probe may wait in the backend for a request to ride: the wait is no RTT.
+    mgr = dual_stack().mgr
+    (req, *_) = [r for r in mgr.probes_to_send(0.0) if r.path == P1_6]
+    mgr.on_probe_reply(req.probe_id, 0.4, rtt=0.002)
+    assert mgr.table.health(key(P1_6)).rtt.srtt == 0.002
