@@ -13,9 +13,9 @@ Three choices of this glue, all about the peer or the engine rather than policy:
   speaks about families itself: charon rekeys a CHILD_SA it cannot move across
   families (new SPIs), and an uplink that silently died for one family has
   usually died for the other as well.
-- One probe in flight per IKE_SA: the engine resends an outstanding request on a
-  second probed path, and the answer that comes second is dropped as unexpected,
-  so concurrent probes would fail paths that work.
+- Probes on several paths at once (``max_probes_in_flight``): the engine puts each
+  on the one outstanding request and keeps it on every later one until its own
+  path answers, so probes sharing the peer's window of 1 do not fail paths that work.
 - Our own virtual IPs and the tunnel devices are never path ends.
 
 Probe ids: the manager and the engine number probes independently; ``_probes`` maps
@@ -240,7 +240,7 @@ class Mobility:
                 if ref is None:
                     return
                 if event.ok:
-                    mgr.on_probe_reply(ref[1], now)
+                    mgr.on_probe_reply(ref[1], now, event.rtt)
                 else:
                     mgr.on_probe_failed(ref[1], now)
             case IkeSaMoved():
@@ -369,7 +369,7 @@ class Mobility:
 
     def _sa_policy(self, own: int) -> MobikePolicy:
         """The policy of one IKE_SA whose home family is IP version ``own``."""
-        policy = replace(self.policy, max_probes_in_flight=1)
+        policy = self.policy
         if policy.family is None and not any(r.family is not None for r in policy.prefer):
             other = PreferRule(name="_other_family", family=10 - own, cost=CROSS_FAMILY_COST)
             policy = replace(policy, family=own, prefer=(*policy.prefer, other))

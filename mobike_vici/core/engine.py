@@ -93,6 +93,7 @@ from .exchanges.mobike import (
     AddressListTask,
     MoveTask,
     ProbeTask,
+    RoutabilityTask,
     announced,
     check_mapping,
     moved,
@@ -103,6 +104,12 @@ from .settings import EngineSettings
 from .ts import no_service_names, ts_to_str
 
 RandomBytes = Callable[[int], bytes]
+
+MAX_PROBES = 64
+"""Probes waiting per IKE_SA; beyond it the oldest is reported failed."""
+MAX_RIDES = 3
+"""Requests one probe is copied onto: its first, and two more for a copy the peer
+dropped (it was still processing the first) or saw after our next request."""
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -302,12 +309,19 @@ class Engine:
     # ------------------------------------------------------------------ MOBIKE API
     #
     # Message IDs: charon keeps a window of 1, so every request of ours (probes,
-    # updates, DPD, rekeys) shares one slot per IKE_SA. A probe on a path while a
-    # request is outstanding resends that very request (same bytes, same message
-    # ID) on the probed path, which RFC 4555 §3.5 allows; the peer answers it from
-    # its response cache on that path. So probes never wait for the slot, a dead
-    # active path is seen after probe_timeout whatever is outstanding, and moving
-    # resends the outstanding request on the new path at once.
+    # updates, DPD, rekeys) shares one slot per IKE_SA. A probe rides whatever request
+    # is outstanding: that very request (same bytes, same message ID) is resent on the
+    # probed path, which RFC 4555 §3.5 allows; the peer answers a copy from its
+    # response cache on that path. A copy that reaches the peer after it has moved on
+    # to our next request is ignored there ("expected N+1"), and one that arrives
+    # while the first copy is being processed is dropped as a duplicate; so a probe
+    # not yet answered rides every request that follows, and a response on its path
+    # to any of its copies proves the path, also one that comes after the request was
+    # answered elsewhere (RFC 7296 §2.3: the window, not the path, orders requests).
+    # With nothing outstanding a waiting probe starts a request of its own. Only an
+    # update in flight is never copied (the peer would move there): probes wait for
+    # it; a spent one (timed out or superseded) may be copied, since whichever path
+    # answers it works, and moving resends the outstanding request on the new path.
 
     @_settles
     def set_local_addresses(self, addrs: Sequence[IPAddress], now: float) -> None:
@@ -356,25 +370,13 @@ class Engine:
             raise ValueError(f"IKE_SA {ike_spi} is not established")
         probe_id = self._next_probe_id
         self._next_probe_id += 1
-        deadline = now + self._settings.probe_timeout
-        pending = sa.pending
-        if pending is not None and isinstance(pending.task, MoveTask) and path != pending.path:
-            # An update resent elsewhere would move the peer there: the probe waits
-            # for the slot (and fails if the update takes longer than probe_timeout).
-            sa.tasks.appendleft(ProbeTask(path))
-            sa.probes.append(Probe(probe_id, path, pending.message_id + 1, now, deadline))
-            return probe_id
-        if pending is None:
-            sa.tasks.appendleft(ProbeTask(path))
-            self._kick(sa, now)
-        else:
-            self._send(pending.data, path, sa, now)
-        pending = sa.pending
-        if pending is None:  # nothing could be sent
-            self._ctx.emit(ProbeResult(conn=sa.conn.name, ike_spi=sa.spi_str, path=path,
-                                       probe_id=probe_id, ok=False, rtt=None))
-            return probe_id
-        sa.probes.append(Probe(probe_id, path, pending.message_id, now, deadline))
+        probe = Probe(probe_id, path, now, now + self._settings.probe_timeout)
+        sa.probes.append(probe)
+        if len(sa.probes) > MAX_PROBES:
+            self._probe_done(sa, sa.probes[0], None, now=now)
+        self._ride(sa, now)
+        if not probe.message_ids and sa.pending is None and probe in sa.probes:
+            self._probe_done(sa, probe, None, now=now)  # nothing could be sent
         return probe_id
 
     @_settles
@@ -407,6 +409,7 @@ class Engine:
         sa.tasks.appendleft(MoveTask(sa.path, path, now,
                                      min(timeout, limit) if timeout is not None else None))
         self._kick(sa, now)
+        self._ride(sa, now)
 
     def _responder_path(self, sa: IkeSa) -> Path | None:
         """A path from one of our remaining addresses to one of the peer's."""
@@ -555,6 +558,7 @@ class Engine:
         path: Path = getattr(task, "path", None) or sa.path
         sa.pending = PendingRequest(mid, task.exchange, data, path, task, now, now + wait)
         self._send(data, path, sa, now)
+        self._ride(sa, now)
         return True
 
     def _on_response(self, sa: IkeSa, header: Header, data: bytes, path: Path,
@@ -562,6 +566,13 @@ class Engine:
         pending = sa.pending
         if (pending is None or header.message_id != pending.message_id
                 or header.exchange != pending.exchange):
+            if any(p.path == path and header.message_id in p.message_ids
+                   for p in sa.probes) and self._open(sa, header, data, path) is not None:
+                # A copy answered after another path had answered the request: the
+                # answer still proves this path (authenticated by the SA's keys).
+                self._probes_answered(sa, header.message_id, path, now)
+                sa.last_received = now
+                return
             self._drop(path, "unexpected response", header)
             return
         msg = self._open(sa, header, data, path)
@@ -600,6 +611,7 @@ class Engine:
             self._destroy(sa, getattr(task, "reason", "deleted_locally"), now)
         else:
             self._kick(sa, now)
+            self._ride(sa, now)
         for other in successors:
             self._kick(other, now)
 
@@ -782,21 +794,61 @@ class Engine:
                        authenticated=True)
 
     def _probes_answered(self, sa: IkeSa, message_id: int, path: Path, now: float) -> None:
-        """A response on ``path`` proves that path for the probes waiting on it."""
+        """A response on ``path`` proves that path for the probes that sent it there."""
         for probe in list(sa.probes):
-            if probe.message_id == message_id and probe.path == path:
-                sa.probes.remove(probe)
-                self._ctx.emit(ProbeResult(conn=sa.conn.name, ike_spi=sa.spi_str, path=path,
-                                           probe_id=probe.probe_id, ok=True,
-                                           rtt=now - probe.sent))
+            if probe.path == path and message_id in probe.message_ids:
+                self._probe_done(sa, probe, now - probe.message_ids[message_id], now=now)
+
+    def _probe_done(self, sa: IkeSa, probe: Probe, rtt: float | None, *, now: float) -> None:
+        """Report ``probe``: answered with ``rtt`` (from the copy that was answered), or
+        failed (None)."""
+        sa.probes.remove(probe)
+        self._ctx.emit(ProbeResult(conn=sa.conn.name, ike_spi=sa.spi_str, path=probe.path,
+                                   probe_id=probe.probe_id, ok=rtt is not None,
+                                   rtt=max(0.0, rtt) if rtt is not None else None))
 
     def _probe_timer(self, sa: IkeSa, now: float) -> None:
         for probe in list(sa.probes):
             if now >= probe.deadline:
-                sa.probes.remove(probe)
-                self._ctx.emit(ProbeResult(conn=sa.conn.name, ike_spi=sa.spi_str,
-                                           path=probe.path, probe_id=probe.probe_id,
-                                           ok=False, rtt=None))
+                self._probe_done(sa, probe, None, now=now)
+
+    def _ride(self, sa: IkeSa, now: float) -> None:
+        """Put the waiting probes on the outstanding request, one copy per path (see the
+        MOBIKE API notes); with nothing outstanding, a probe that never had a request of
+        its own starts one on its path. Bounded: each probe rides at most ``MAX_RIDES``
+        requests and starts at most one, so probes never make a stream of requests."""
+        if not sa.probes or sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYING):
+            return
+        if sa.pending is None:
+            if sa.tasks:
+                self._kick(sa, now)  # the next request comes and is ridden from there
+                return
+            first = next((p for p in sa.probes if not p.started
+                          and len(p.message_ids) < MAX_RIDES), None)
+            if first is not None:
+                sa.tasks.appendleft(ProbeTask(first.path))
+                self._kick(sa, now)
+            return
+        pending = sa.pending
+        task = pending.task
+        in_flight_update = (isinstance(task, MoveTask) and task.failed is None
+                            ) or isinstance(task, RoutabilityTask)
+        own = isinstance(task, ProbeTask)
+        copied = {pending.path}
+        for probe in sa.probes:
+            if pending.message_id in probe.message_ids or len(probe.message_ids) >= MAX_RIDES:
+                continue
+            left = pending.first_sent  # the request itself, on its own path
+            if probe.path != pending.path:
+                left = now
+                if in_flight_update:
+                    continue  # waits for the slot
+                if probe.path not in copied:
+                    self._send(pending.data, probe.path, sa, now)
+                    copied.add(probe.path)
+            probe.message_ids[pending.message_id] = left
+            if own and probe.path == pending.path:
+                probe.started = True
 
     def _move_timer(self, sa: IkeSa, pending: PendingRequest, task: MoveTask,
                     now: float) -> None:
@@ -986,6 +1038,7 @@ class Engine:
                 # A probe's own path had probe_timeout; the request lives on the SA's.
                 pending.path = sa.path
             self._send(pending.data, pending.path, sa, now)
+        self._ride(sa, now)
         if sa.state == IkeState.CONNECTING:
             if not sa.initiator and now >= sa.created + settings.half_open_timeout:
                 self._destroy(sa, "half_open_timeout", now)

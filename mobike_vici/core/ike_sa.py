@@ -53,9 +53,14 @@ class Probe:
 
     probe_id: int
     path: Path
-    message_id: int
     sent: float
     deadline: float
+    message_ids: dict[int, float] = field(default_factory=dict)
+    """Our requests sent on ``path`` for this probe, and when each left there: a
+    response on ``path`` to any of them proves it (the peer may have answered an older
+    copy late, or a newer one), its RTT counted from that copy."""
+    started: bool = False
+    """It had a request of its own (each probe starts at most one; it rides the rest)."""
 
 
 @dataclass(slots=True)

@@ -33,6 +33,7 @@ from ..core.engine import Datagram, Engine, EngineSettings, IkeStatus
 from ..core.events import Event, IkeSaDeleted, PacketDropped, ProbeResult
 from ..esp.xfrm import select_data_plane
 from ..eventlog import EventLog, configure, core_event_fields, level_of
+from ..mobike.paths import MAX_PROBE_TIMEOUT
 from ..net.events import LinkDown, LinkRemoved, LinkUp, NetEvent, Resynced, RouteChanged
 from ..net.monitor import NetlinkMonitor
 from ..net.state import usable_addresses
@@ -837,7 +838,10 @@ def engine_settings(config: Config) -> EngineSettings:
         cookie_threshold=policy.cookie_threshold, block_threshold=policy.block_threshold,
         half_open_limit=policy.half_open_limit, dh_budget=float(policy.dh_budget),
         max_ike_sas_per_peer=policy.max_ike_sas_per_peer,
-        max_child_sas_per_peer=policy.max_child_sas_per_peer)
+        max_child_sas_per_peer=policy.max_child_sas_per_peer,
+        # The path manager judges misses by its own adaptive timeout; the engine keeps
+        # a probe open as long as a late answer may still bring its path back up.
+        probe_timeout=MAX_PROBE_TIMEOUT)
 
 
 def _mobike_conn(config: Config) -> Callable[[str], bool]:

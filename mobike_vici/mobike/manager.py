@@ -13,14 +13,23 @@ Probing (bounded: at most ``max_probes_in_flight`` probes per IKE_SA in flight):
 the active path every ``probe_interval``; a new or unresolved path at the same
 pace until it has a verdict, one probe at a time; idle standby paths every
 ``standby_probe_interval``; all paths at the fast pace while the active path is
-not healthy. A responder (``initiator=False``) does not probe: RFC 4555 lets only
-the initiator choose paths, and a responder moves only when its own address goes.
+not healthy. While no path works, every path (down ones too) is probed at the fast
+pace, the longest unprobed first, so each pair is tried every ``probe_interval`` +
+``probe_timeout`` or so. A probe answered after its timeout still brings its path up
+(the last ``LATE_PROBES`` are remembered). While a move attempt with its own bound is
+in flight (``attempt_bounds``), only its target is probed: the engine's one request
+slot is the update's until it is answered or given up. A responder
+(``initiator=False``) does not probe: RFC 4555 lets only the initiator choose paths,
+and a responder moves only when its own address goes.
 
 Data plane (``on_traffic``, see ``health``): when outbound ESP flows on the active path
 and nothing comes in, the active path is probed at once with a short timeout, so a
 dead path is down after a quick burst of misses; only probe misses make it down.
 Each move attempt is bounded by the target path's RTT (``failover``); when it fails
-like the path it left, candidates sharing their interface or family are set aside.
+like the path it left, candidates sharing their interface or family are set aside,
+and the next candidate is tried at once: up paths, then unknown ones, then, as a last
+resort, paths only probes had marked down (they may have been lost before the
+network settled).
 
 No exception escapes a public method for any input; unknown probe ids, paths or
 interfaces are ignored.
@@ -29,7 +38,7 @@ interfaces are ignored.
 from __future__ import annotations
 
 import itertools
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -58,6 +67,10 @@ UNACCEPTABLE_RETRY = 60.0
 # The backend drains events after every call; the bound only guards against one that
 # does not (oldest events are dropped first).
 MAX_EVENTS = 256
+UNMEASURED_ATTEMPT = 2
+"""Probe timeouts a move attempt to a path no probe has measured may take."""
+LATE_PROBES = 32
+"""Timed-out probes remembered per IKE_SA: a late answer still brings the path up."""
 
 UNACCEPTABLE = "unacceptable_addresses"
 OPERATOR = "operator"
@@ -121,10 +134,11 @@ class PathManager:
         self.table = PathTable(policy, active.local.port, active.remote.port)
         self.table.set_local_addresses(local_addresses)
         self.table.set_peer_addresses(peer_addresses, active.remote.addr)
-        self.selector = Selector(policy)
+        self.selector = Selector(policy, last_resort=attempt_bounds)
         self._active: Key = PathTable.key_of(active)
         self._active_path = active
         self._probes: dict[int, _Probe] = {}
+        self._late: OrderedDict[int, _Probe] = OrderedDict()
         self._ids = itertools.count(1)
         self._pending: _Pending | None = None
         self._stall = Stall(policy.stall_timeout, policy.probe_interval)
@@ -209,6 +223,7 @@ class PathManager:
         old = self._active_path
         bound = self._attempt_timeout(PathTable.key_of(target))
         self._pending = _Pending(PathTable.key_of(target), old, now, OPERATOR, bound)
+        self._attempt_started()
         self.selector.record_move(now)
         self._emit(PathSelected(path=target, reason=OPERATOR))
         self._emit(HandoverStarted(path=target, old_path=old, reason=OPERATOR))
@@ -273,6 +288,9 @@ class PathManager:
         for probe_id, probe in list(self._probes.items()):
             if now >= probe.sent + self._timeout(probe.key):
                 del self._probes[probe_id]
+                self._late[probe_id] = probe
+                if len(self._late) > LATE_PROBES:
+                    self._late.popitem(last=False)
                 self._missed(probe.key, now)
         for key in self.table.candidate_keys():
             h = self.table.health(key)
@@ -292,23 +310,32 @@ class PathManager:
             if probe.key in self.table:
                 self.table.health(probe.key).last_probe = now
 
-    def on_probe_reply(self, probe_id: int, now: float) -> None:
-        """A valid protected reply to the probe; late or unknown ids are ignored."""
+    def on_probe_reply(self, probe_id: int, now: float, rtt: float | None = None) -> None:
+        """A valid protected reply to the probe; a late one (timed out already) still
+        proves its path; unknown ids are ignored. ``rtt``: the backend's own measure
+        (a probe may wait for a request to ride before it leaves); else from when
+        ``probes_to_send`` handed it out."""
         probe = self._probes.pop(probe_id, None)
+        late = probe is None
+        if probe is None:
+            probe = self._late.pop(probe_id, None)
         if probe is None or probe.key not in self.table:
             return
         h = self.table.health(probe.key)
-        h.in_flight = max(0, h.in_flight - 1)
+        if not late:
+            h.in_flight = max(0, h.in_flight - 1)
         h.outcomes.append(True)
         if probe.key == self._active:
             self._stall.on_alive()
-        rtt = now - probe.sent
+        if rtt is None:
+            rtt = now - probe.sent
         if h.success(rtt, now):
             self._emit(PathUp(path=self.table.path(probe.key), rtt_ms=rtt * 1000.0))
         self._decide(now)
 
     def on_probe_failed(self, probe_id: int, now: float) -> None:
         """The probe could not be sent (e.g. no route): a miss, without waiting."""
+        self._late.pop(probe_id, None)
         probe = self._probes.pop(probe_id, None)
         if probe is not None:
             self._missed(probe.key, now)
@@ -369,7 +396,7 @@ class PathManager:
         self.table.policy = policy
         self._stall.floor, self._stall.cap = policy.stall_timeout, policy.probe_interval
         moves = list(self.selector._moves)  # the damping history survives
-        self.selector = Selector(policy)
+        self.selector = Selector(policy, last_resort=self.attempt_bounds)
         for t in moves[-max(1, policy.max_moves_per_minute):]:
             self.selector.record_move(t)
         self._decide(now)
@@ -466,12 +493,27 @@ class PathManager:
     def _attempt_timeout(self, key: Key) -> float | None:
         if not self.attempt_bounds or key not in self.table:
             return None
-        return attempt_timeout(self.table.health(key).rtt, self.policy.probe_timeout,
-                               self.policy.handover_timeout)
+        bound = attempt_timeout(self.table.health(key).rtt, self.policy.probe_timeout,
+                                self.policy.handover_timeout)
+        if bound is None and self.initiator:
+            # Never answered a probe (a last resort): a few probe timeouts, not the
+            # backend's long bound, so the other paths are not kept waiting.
+            bound = min(UNMEASURED_ATTEMPT * self.policy.probe_timeout,
+                        max(self.policy.probe_timeout, self.policy.handover_timeout))
+        return bound
 
     def _probe_order(self) -> list[Key]:
         others = [PathTable.key_of(p.path) for p in self.paths()]
-        return [self._active, *[k for k in others if k != self._active]]
+        order = [self._active, *[k for k in others if k != self._active]]
+        if not self._active_ok():
+            # No path works: every pair gets its turn, the longest unprobed first (a
+            # stable sort keeps the policy order among equals), so the in-flight bound
+            # never starves the paths ranked last.
+            def waited(key: Key) -> float:
+                last = self.table.health(key).last_probe if key in self.table else None
+                return float("-inf") if last is None else last
+            order.sort(key=waited)
+        return order
 
     def _probe_due(self, key: Key, now: float | None) -> float | None:
         """When the next probe on ``key`` is due; None: not to be probed now."""
@@ -480,6 +522,9 @@ class PathManager:
         h = self.table.health(key)
         if not h.usable(now if now is not None else self._last_now):
             return None
+        pending = self._pending
+        if self.attempt_bounds and pending is not None and key != pending.target:
+            return None  # the update holds the request slot (see the module docstring)
         if h.last_probe is None:
             return self._last_now if now is None else now
         if key == self._active:
@@ -502,7 +547,7 @@ class PathManager:
     def _info(self, key: Key) -> PathInfo:
         h = self.table.health(key)
         return PathInfo(self.table.path(key), self.table.ifname(key), h.state,
-                        h.rtt.srtt, h.healthy_since, h.loss_ratio())
+                        h.rtt.srtt, h.healthy_since, h.loss_ratio(), h.down_reason)
 
     def _view(self, now: float | None) -> tuple[list[PathInfo], PathInfo | None, bool]:
         t = self._last_now if now is None else now
@@ -573,6 +618,19 @@ class PathManager:
                 self._drop_probes(key)
                 self._fail(key, reason)
 
+    def _attempt_started(self) -> None:
+        """Probes in flight on other paths wait behind the update in the engine: they
+        are no verdict on their paths (forgotten, not missed)."""
+        pending = self._pending
+        if not self.attempt_bounds or pending is None:
+            return
+        for probe_id, probe in list(self._probes.items()):
+            if probe.key != pending.target:
+                del self._probes[probe_id]
+                if probe.key in self.table:
+                    h = self.table.health(probe.key)
+                    h.in_flight = max(0, h.in_flight - 1)
+
     def _decide(self, now: float) -> None:
         self._last_now = max(self._last_now, now)
         pending = self._pending
@@ -583,8 +641,11 @@ class PathManager:
             ):
                 return  # wait for the backend's report
             # The target died under the move: give up on it (a late report of the
-            # backend still counts) and choose again, as RFC 4555 §3.5 restarts.
+            # backend still counts) and choose again, as RFC 4555 §3.5 restarts; not
+            # as a last resort again (it had its attempt).
             self._pending = None
+            if target in self.table and self.table.health(target).state == PathState.DOWN:
+                self.table.health(target).down_reason = "move_failed"
             self._emit(HandoverFailed(path=self._path_of(target), old_path=pending.old,
                                       reason="target_down"))
         ranked, active, ok = self._view(now)
@@ -592,8 +653,14 @@ class PathManager:
         if choice is None:
             return
         old = self._active_path
-        bound = self._attempt_timeout(PathTable.key_of(choice.path))
-        self._pending = _Pending(PathTable.key_of(choice.path), old, now, choice.reason, bound)
+        key = PathTable.key_of(choice.path)
+        h = self.table.health(key)
+        if h.state == PathState.DOWN:
+            # A last resort: the attempt is its probe (no verdict until it ends).
+            h.state, h.down_reason = PathState.PROBING, None
+        bound = self._attempt_timeout(key)
+        self._pending = _Pending(key, old, now, choice.reason, bound)
+        self._attempt_started()
         self.selector.record_move(now)
         self._emit(PathSelected(path=choice.path, reason=choice.reason))
         self._emit(HandoverStarted(path=choice.path, old_path=old, reason=choice.reason))

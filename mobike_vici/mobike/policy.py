@@ -4,7 +4,9 @@
 little state a choice needs over time: when we last moved. Its rules:
 
 - the active path is down or gone: move at once to the best path that is up, else
-  to the best one not known to be down; this is never damped;
+  to the best one not known to be down, else (``last_resort``) to the best one only
+  probes marked down (not one a failed move or a shared failure set aside); this is
+  never damped;
 - the active path is fine: move only to a path that is strictly better by policy
   (cost, then family; RTT alone never causes a move, so equal paths do not
   flap), that has been healthy without a miss for ``hold_down``, and only while
@@ -24,6 +26,8 @@ from ..types import IPAddress, Path
 from .paths import LocalAddress, PathState
 
 DAMPING_WINDOW = 60.0  # seconds: "moves per minute"
+LAST_RESORT = "probe_timeout"
+"""The one reason a DOWN path is still tried when nothing else is left."""
 OPERATOR_BONUS = 100_000_000
 """Subtracted from the cost of the operator's preferred local address: above any rule
 (and above the backend's cross-family cost)."""
@@ -40,6 +44,8 @@ class PathInfo:
     healthy_since: float | None = None
     loss: float | None = None
     """Probe loss ratio over the last probes (status and metrics only; never ranks)."""
+    down_reason: str | None = None
+    """Why a DOWN path is down (``probe_timeout``: only probes said so)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +123,11 @@ class Selector:
     Bound: at most ``max_moves_per_minute`` (at least one) move times are kept.
     """
 
-    def __init__(self, policy: MobikePolicy) -> None:
+    def __init__(self, policy: MobikePolicy, *, last_resort: bool = False) -> None:
         self.policy = policy
+        self.last_resort = last_resort
+        """Try paths only probes marked down when nothing else is left (a backend whose
+        move attempts are short and bounded)."""
         self._moves: deque[float] = deque(maxlen=max(1, policy.max_moves_per_minute))
 
     def record_move(self, now: float) -> None:
@@ -147,6 +156,12 @@ class Selector:
                 for p in ranked:
                     if p.path != current and p.state in states:
                         return Choice(p.path, "failover")
+            for p in ranked if self.last_resort else ():
+                # Last resort: a path only lost probes marked down (maybe before the
+                # network settled); an attempt is a probe that moves us if it answers.
+                if (p.path != current and p.state == PathState.DOWN
+                        and p.down_reason == LAST_RESORT):
+                    return Choice(p.path, "failover")
             return None
         if not discretionary or active is None:
             return None

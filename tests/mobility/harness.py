@@ -24,7 +24,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,7 +215,8 @@ def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
           nat_backup: bool = False, encap: bool = False, full_tunnel: bool = False,
           timeout: float = 30.0, mob_args: tuple[str, ...] = (),
           inner_net: str = INNER_NET, mob_program: Sequence[str] | None = None,
-          stream: bool = True) -> Handover:
+          stream: bool = True,
+          before_start: Callable[[Mobile], None] | None = None) -> Handover:
     """Topology, both ends, the tunnel up, and the stream flowing (with ``stream``;
     else the test brings its own traffic, and ``arrivals`` stays empty).
 
@@ -225,8 +226,11 @@ def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
     CHILD_SA after accepting UPDATE_SA_ADDRESSES, with or without ``encap``; so
     against charon the CHILD SPIs change on a move, the IKE SPIs do not.
 
-    ``mob_args``: extra command-line arguments for our daemon in mob (e.g. ``--metrics``)."""
+    ``mob_args``: extra command-line arguments for our daemon in mob (e.g. ``--metrics``).
+    ``before_start``: called with the topology before either end starts (an early fault)."""
     topo = mobile(lab, nat=nat, nat_backup=nat_backup)
+    if before_start is not None:
+        before_start(topo)
     if not mob_native:
         for index in (0, 1):
             source_routes(topo, index)

@@ -146,6 +146,7 @@ def moved(ctx: Context, sa: IkeSa, old: Path, new: Path, started: float | None,
     """The IKE_SA and every CHILD_SA now use ``new`` (same SPIs, keys untouched)."""
     sa.path = new
     sa.esp_path = None
+    sa.natd_seen = None  # the peer's hash of us changed with the path: a new baseline
     if started is not None:
         ctx.emit(IkeSaMoved(conn=sa.conn.name, ike_spi=sa.spi_str, old_path=old,
                             new_path=new, duration=now - started))

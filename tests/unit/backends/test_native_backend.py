@@ -100,8 +100,8 @@ def test_established_sa_is_probed_on_its_path_and_comes_up() -> None:
     logged = mob.pump(0.0)
     assert names(logged)[:2] == ["local_addresses", "path_selected"]
     assert engine.probes and engine.probes[0][2] == path(M0)
-    # One probe in flight per IKE_SA (see the module docstring).
-    assert len(engine.probes) == 1
+    # Every path at once, within the policy's in-flight bound (see the module docstring).
+    assert [p for _, _, p in engine.probes] == [path(M0), path(M1)]
     logged = answer_all(mob, engine, 0.01)
     ups = [f["local"] for n, f in logged if n == "path_up"]
     assert "10.1.0.2[4500]" in ups and "10.2.0.2[4500]" in ups
@@ -295,8 +295,8 @@ def test_a_reloaded_policy_reaches_the_live_ike_sas_and_later_ones() -> None:
     live = mob.manager(SPI)
     assert live is not None
     assert (live.policy.probe_interval, live.policy.hold_down) == (1.5, 3.0)
-    # What the glue adds per IKE_SA stays: one probe at a time, the home family first.
-    assert live.policy.max_probes_in_flight == 1 and live.policy.family == 4
+    # What the glue adds per IKE_SA stays: the home family first.
+    assert live.policy.family == 4
     mob.on_core_event(IkeSaDeleted(conn="c", ike_spi=SPI, path=path(M0), reason="test"), 2.0)
     mob.on_core_event(established(), 2.0)
     later = mob.manager(SPI)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mobike_vici.core.engine import Datagram, Engine
+from mobike_vici.core.engine import MAX_RIDES, Datagram, Engine
 from mobike_vici.core.events import (
     ChildSaInstalled,
     ChildSaUpdated,
@@ -524,3 +524,118 @@ def test_move_timeout_is_capped_by_the_engines_move_timeout() -> None:
     net.advance_to(start + 10.05)
     (fail,) = of_type(net.events_a, MoveFailed)
     assert fail.reason == "timeout"
+
+
+def _to_path(d: Datagram, local: IPAddress) -> bool:
+    return local in (d.path.local.addr, d.path.remote.addr)
+
+
+def test_a_probe_whose_copy_the_peer_dropped_rides_the_next_request() -> None:
+    # The peer drops a copy that arrives while it processes the first one (charon:
+    # "already processing"): the waiting probe is not judged by that one copy.
+    net = setup()
+    s = spi(net)
+    lost: list[Datagram] = []
+
+    def drop_first(d: Datagram) -> bool:
+        if d.path.local.addr == ALICE6 and not lost:
+            lost.append(d)
+            return True
+        return False
+
+    net.drop = drop_first
+    on_a = net.a.probe(s, path(ALICE, BOB), net.now)
+    on_6 = net.a.probe(s, path(ALICE6, BOB6), net.now)
+    net.pump()
+    results = {r.probe_id: r for r in of_type(net.events_a, ProbeResult)}
+    assert lost and results[on_a].ok and results[on_6].ok
+
+
+def test_a_late_answer_to_an_older_copy_still_proves_the_path() -> None:
+    net = setup()
+    s = spi(net)
+    held: list[Datagram] = []
+
+    def hold_path6(d: Datagram) -> bool:
+        if _to_path(d, ALICE6):
+            if d.path.local.addr == BOB6 and not held:
+                held.append(d)  # the first answer on that path comes late
+            return not (d.path.local.addr == ALICE6 and not held)
+        return False
+
+    net.drop = hold_path6
+    net.a.probe(s, path(ALICE, BOB), net.now)
+    on_6 = net.a.probe(s, path(ALICE6, BOB6), net.now)
+    net.pump()
+    assert held and on_6 not in {r.probe_id for r in of_type(net.events_a, ProbeResult)}
+    seen = Path(held[0].path.remote, held[0].path.local)
+    net.now += 0.1
+    net.a.receive_datagram(held[0].data, seen, net.now)
+    net.collect()
+    (res,) = [r for r in of_type(net.events_a, ProbeResult) if r.probe_id == on_6]
+    assert res.ok
+
+
+def test_a_spent_update_does_not_hold_probes_back() -> None:
+    net = setup()
+    s = spi(net)
+    net.down |= {ALICE6, ALICE}  # the path the SA is on is dead too (a failover)
+    net.a.move(s, path(ALICE6, BOB6), net.now, timeout=0.3)
+    net.advance_to(0.35)
+    assert of_type(net.events_a, MoveFailed)[0].reason == "timeout"
+    pid = net.a.probe(s, path(ALICE2, BOB), net.now)
+    net.pump()
+    results = {r.probe_id: r for r in of_type(net.events_a, ProbeResult)}
+    assert results[pid].ok
+
+
+def test_a_move_is_no_nat_rebinding_on_the_next_liveness_check() -> None:
+    # The peer's hash of us changes with our address: after a move the first answer on
+    # the new path is the new baseline, not a NAT that rebound (no update follows).
+    net = setup()
+    s = spi(net)
+    net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    moved_to(net, path(ALICE2, BOB))
+    assert of_type(net.events_a, IkeSaMoved)
+    net.a.probe(s, path(ALICE2, BOB), net.now)
+    net.pump()
+    assert not of_type(net.events_a, NatMappingChanged)
+    assert len(of_type(net.events_a, IkeSaMoved)) == 1
+
+
+def test_a_probe_on_a_dead_path_rides_a_bounded_number_of_requests() -> None:
+    net = setup()
+    s = spi(net)
+    net.down.add(ALICE6)
+    dead = net.a.probe(s, path(ALICE6, BOB6), net.now)  # its own request, lost
+    for _ in range(6):
+        net.a.probe(s, path(ALICE, BOB), net.now)  # each answered at once
+        net.pump()
+    on_dead = [d for d in net.log if d.path.local.addr == ALICE6]
+    assert len(on_dead) == MAX_RIDES
+    assert dead not in {r.probe_id for r in of_type(net.events_a, ProbeResult)}
+
+
+def test_a_probe_s_rtt_counts_from_the_copy_that_was_answered() -> None:
+    net = setup()
+    s = spi(net)
+    lost: list[Datagram] = []
+
+    def drop_first(d: Datagram) -> bool:
+        if d.path.local.addr == ALICE6 and not lost:
+            lost.append(d)  # its own request is lost
+            return True
+        return False
+
+    net.drop = drop_first
+    on_6 = net.a.probe(s, path(ALICE6, BOB6), net.now)
+    net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    assert len(lost) == 1 and not [r for r in of_type(net.events_a, ProbeResult)
+                                   if r.probe_id == on_6]
+    net.now += 0.2
+    net.a.probe(s, path(ALICE, BOB), net.now)  # a new request: the probe rides it
+    net.pump()
+    (res,) = [r for r in of_type(net.events_a, ProbeResult) if r.probe_id == on_6]
+    assert res.ok and res.rtt == 0.0  # not the 0.2 s it waited for a copy to get through
