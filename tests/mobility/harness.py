@@ -212,8 +212,8 @@ def sa_view(end: End) -> dict[str, Any]:
 
 
 def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
-          encap: bool = False, full_tunnel: bool = False, timeout: float = 30.0,
-          mob_args: tuple[str, ...] = (), inner_net: str = INNER_NET,
+          nat_backup: bool = False, encap: bool = False, full_tunnel: bool = False,
+          timeout: float = 30.0, mob_args: tuple[str, ...] = (), inner_net: str = INNER_NET,
           mob_program: Sequence[str] | None = None) -> Handover:
     """Topology, both ends, the tunnel up, and the stream flowing.
 
@@ -223,8 +223,9 @@ def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
     CHILD_SA after accepting UPDATE_SA_ADDRESSES, with or without ``encap``; so
     against charon the CHILD SPIs change on a move, the IKE SPIs do not.
 
-    ``mob_args``: extra command-line arguments for our daemon in mob (e.g. ``--metrics``)."""
-    topo = mobile(lab, nat=nat)
+    ``mob_args``: extra command-line arguments for our daemon in mob (e.g. ``--metrics``).
+    ``nat_backup``: a carrier NAT on the backup uplink m1 only (``topology.mobile``)."""
+    topo = mobile(lab, nat=nat, nat_backup=nat_backup)
     if not mob_native:
         for index in (0, 1):
             source_routes(topo, index)
