@@ -228,7 +228,8 @@ def _safe(read: Callable[[], str | None]) -> Callable[[], str | None]:
     def call() -> str | None:
         try:
             return read()
-        except (LabError, KeyError, IndexError, ValueError, StopIteration, OSError):
+        except (LabError, KeyError, IndexError, ValueError, StopIteration, OSError,
+                subprocess.SubprocessError):  # a status that times out under load
             return None
     return call
 
