@@ -480,7 +480,7 @@ def cell_stats(samples: list[float | None], cap: float) -> dict[str, Any]:
 
 
 def summarize(runs: list[dict[str, Any]], cap: float) -> dict[str, Any]:
-    measured = [r for r in runs if "setup_failed" not in r]
+    measured = [r for r in runs if "setup_failed" not in r and "run_failed" not in r]
     out = cell_stats([r.get("outage_s") for r in measured], cap)
     out["setup_failed"] = len(runs) - len(measured)
     if any("first_after_s" in r for r in measured):
@@ -531,8 +531,10 @@ def run_cell(pair: str, config: str, traffic: str, fault: str, reps: int, cap: f
             try:
                 run = CASES[fault](rig, cap)
             except (LabError, RuntimeError, subprocess.SubprocessError) as exc:
-                run = {"outage_s": None, "spoilt": (str(exc).splitlines()
-                                                    or [type(exc).__name__])[0][:200]}
+                # The bench's own failure (e.g. the SA's address unreadable under load),
+                # not a measurement: not counted, as a set-up failure, and a fresh lab.
+                why = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                run = {"run_failed": why, "spoilt": why}
             names = Counter(rig.events()[seen:])
             if names:
                 run["events"] = dict(sorted(names.items()))
