@@ -123,9 +123,11 @@ def test_setup_failures_are_not_counted_as_not_recovered() -> None:
         {"setup_failed": "no ike_sa_tracked event"},
         {"outage_s": 0.2},
         {"outage_s": None},
+        {"run_failed": "status timed out", "spoilt": "status timed out"},
     ]
     out = module.summarize(runs, 3.0)
-    assert (out["n"], out["lost"], out["setup_failed"]) == (2, 1, 1)
+    # The bench's own failure is no lost outage: counted apart, like a set-up failure.
+    assert (out["n"], out["lost"], out["setup_failed"]) == (2, 1, 2)
     assert out["max"] == 3.0  # the lost run counts as the cap
 
 
