@@ -91,7 +91,8 @@ def _safe_local(read: Callable[[], str | None]) -> Callable[[], str | None]:
     def local() -> str | None:
         try:
             return read()
-        except (LabError, KeyError, IndexError, ValueError, StopIteration, OSError):
+        except (LabError, KeyError, IndexError, ValueError, StopIteration, OSError,
+                subprocess.SubprocessError):  # a status that times out under load
             return None
     return local
 

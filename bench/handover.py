@@ -1,99 +1,349 @@
-"""Handover outage: charon <-> charon, native <-> charon and native <-> native in one run.
+"""Handover outage per cell: pair x uplink config x traffic x fault, in one run.
 
 The mobile topology (mob with uplinks m0/m1 through rtr to gw, see
-tests/mobility/harness.py): mob initiates, gw responds, a UDP datagram every 10 ms
-goes from mob through the tunnel to gw. Cases, each repeated ``--reps`` times:
+tests/mobility/harness.py and tests/controller/support.py): mob initiates, gw responds.
+Pairs (mob-gw):
 
-  a  link down: the active uplink's link goes down in mob
-  b  silent: rtr drops everything of the active uplink (its link stays up)
-  c  return: the preferred uplink m0 comes back while mob runs on m1
-  f  IPv4 dies while IPv6 remains: rtr drops both uplinks' IPv4 addresses (a fresh
-     lab per repetition); outage as for (a, b)
+  native-charon, native-native, charon-charon   the handover lab (tests/mobility)
+  charon+controller   charon at both ends, ``mobike-vici run`` beside mob's charon
+  charon-alone        the same lab as charon+controller, without the controller
 
-Outage (a, b) = arrival of the first datagram sent after the fault minus the
-fault time, capped at ``--cap`` seconds ("lost" beyond). For (c): how long after
-m0 came back the SA returned to it, and the longest gap in the stream around the
-return (a make-before-break return has none beyond the 10 ms pacing). Each cell gives
-median / p95 / max (nearest rank; a lost run ranks last, so a rank on it is "lost").
+Configs: ``plain``; ``nat-backup`` (a carrier NAT in rtr on the backup uplink m1 only);
+``full-tunnel`` (mob asks for 0.0.0.0/0 and ::/0 with virtual IPs of both families).
+Traffic, from before the fault on: ``stream`` (a 32-byte UDP datagram every 10 ms from
+mob to gw's inner address; nothing answers it) or ``ping`` (a 100 Hz ping to the same
+address, so ESP comes back from gw too). Faults:
 
-Probe overhead: once per pair, in its first lab and before any fault, nftables counters
-in rtr count what crosses per uplink address for ``--overhead-window`` seconds with the
-stream running (bench/_overhead.py): probe packets per second per path, each direction.
+  silent     rtr drops everything of the active uplink (its link stays up)
+  link-down  the active uplink's link goes down in mob
+  v4-death   every uplink's IPv4 dies silently in rtr, IPv6 stays (dual stack); also
+             whether the same IKE_SA carries traffic 15 s after the fault
+  return     the preferred uplink m0 comes back while mob runs on m1 (time to return,
+             longest gap in the traffic around it)
 
-With ``--ping`` a 100 Hz ping runs through the tunnel beside the stream, so ESP also
-comes back from gw (the stream alone is one-way: nothing answers it), as in a
-conversation; a detector that watches inbound ESP has something to watch.
+Outage = the longest gap in the traffic's arrivals (stream: datagrams at gw; ping:
+replies at mob) from just before the fault was injected until the traffic is back
+(the first datagram sent, or reply received, after the fault's command returned);
+nothing back within ``--cap`` seconds is lost, and counts as the cap in median / p95 /
+max. A fresh lab per repetition, except
+silent and link-down in the handover lab's pairs, which heal and go again in one lab
+(as this bench always did); a lab that does not heal is replaced.
 
-With ``--full-tunnel`` every pair runs a second time with a full tunnel (mob asks for
-``0.0.0.0/0`` and ``::/0`` with virtual IPs of both families, as a roaming client does);
-those rows are under ``results_full_tunnel``, beside the narrow ones in ``results``.
-
-Needs root and strongSwan. Prints one JSON object.
+Needs root and strongSwan. Prints one JSON object; never judges the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
+import math
 import os
 import platform
+import re
+import signal
+import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _overhead import Counters
-from _stats import describe_ms
 
 from mobike_vici.lab.charon import charon_available
-from mobike_vici.lab.netns import Lab, LabError, is_root
+from mobike_vici.lab.native import NativeDaemon
+from mobike_vici.lab.netns import Lab, LabError, Netns, is_root
+from mobike_vici.lab.topology import Mobile
+from tests.controller import support as ctl
 from tests.data.support import INNER_ADDR
-from tests.mobility.harness import Handover, build, max_gap
+from tests.mobility.harness import STREAM, STREAM_PORT, max_gap, outage, sa_view, source_routes
+from tests.mobility.harness import build as build_handover
 
-PAIRS = {
-    "charon-charon": (False, False),
+HARNESS_PAIRS = {
     "native-charon": (True, False),
     "native-native": (True, True),
+    "charon-charon": (False, False),
 }
-UPLINKS = ("10.1.0.2", "10.2.0.2")
+CONTROLLER_PAIRS = ("charon+controller", "charon-alone")
+PAIRS = (*HARNESS_PAIRS, *CONTROLLER_PAIRS)
+CONFIGS = ("plain", "nat-backup", "full-tunnel")
+TRAFFICS = ("stream", "ping")
+FAULTS = ("silent", "link-down", "v4-death", "return")
+LETTERS = {"a": "link-down", "b": "silent", "c": "return", "f": "v4-death"}
 SETTLE = 3.0  # after healing: standby probes (every 2 s) find the healed uplink up again
-TARGETS_MS = {"a_link_down": 50.0, "b_silent": 1000.0}
-_R = TypeVar("_R")
+STILL_UP_AFTER = 15.0
+M0 = "10.1.0.2"
+_REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")
+
+PAIR_ENDS = {
+    "native-charon": ("mobike-vici native", "charon 5.9.8"),
+    "native-native": ("mobike-vici native", "mobike-vici native"),
+    "charon-charon": ("charon 5.9.8 (prefer_best_path, lab source routes)", "charon 5.9.8"),
+    "charon+controller": ("charon 5.9.8 + mobike-vici run", "charon 5.9.8"),
+    "charon-alone": ("charon 5.9.8 (alone, as beside the controller)", "charon 5.9.8"),
+}
+CONFIG_TEXT = {
+    "plain": "routed uplinks m0 (preferred) and m1",
+    "nat-backup": "m0 routed, m1 behind a carrier NAT (masquerade in rtr)",
+    "full-tunnel": "remote_ts 0.0.0.0/0 and ::/0, virtual IPs of both families",
+}
+TRAFFIC_TEXT = {
+    "stream": "one-way UDP mob -> gw inner address every 10 ms, nothing answers",
+    "ping": "ping mob -> gw inner address every 10 ms (ESP both ways)",
+}
 
 
-def summary(samples: list[float | None]) -> dict[str, Any]:
-    got = [s * 1000.0 for s in samples if s is not None]
-    out: dict[str, Any] = {
-        "reps": len(samples),
-        "lost": sum(1 for s in samples if s is None),
-        "samples_ms": [round(s * 1000.0, 1) if s is not None else "lost" for s in samples],
-    }
-    if got:
-        out.update(describe_ms(samples))
-    else:
-        out["median_ms"] = out["p95_ms"] = out["max_ms"] = "lost"
-    return out
+# -- traffic -----------------------------------------------------------------------------
+
+class Stream:
+    """The harness's stream: ``seq sent received`` per arrival, CLOCK_MONOTONIC."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def times(self) -> list[tuple[int, float, float]]:
+        out = []
+        text = self.path.read_text() if self.path.exists() else ""
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                out.append((int(parts[0]), float(parts[1]), float(parts[2])))
+        return out
+
+    def outage(self, fault: float) -> float | None:
+        return outage(self.times(), fault)
 
 
-def machine() -> dict[str, Any]:
-    """What else ran: the machine is shared, and load skews every number."""
-    one, five, _ = os.getloadavg()
-    return {"cpus": os.cpu_count(), "loadavg_1m": round(one, 2), "loadavg_5m": round(five, 2)}
+class Ping:
+    """A 100 Hz ping; each reply stamped with the wall clock (``ping -D``), turned into
+    CLOCK_MONOTONIC with the offset taken when it started."""
+
+    def __init__(self, path: Path, offset: float) -> None:
+        self.path, self.offset = path, offset
+
+    @classmethod
+    def start(cls, lab: Lab, ns: Netns, dest: str, source: str | None = None) -> Ping:
+        log = lab.workdir / "ping.log"
+        argv = ["ping", "-D", "-n", "-i", "0.01", *(["-I", source] if source else []), dest]
+        lab.spawn(ns, argv, log)
+        return cls(log, time.time() - time.monotonic())
+
+    def times(self) -> list[tuple[int, float, float]]:
+        text = self.path.read_text(errors="replace") if self.path.exists() else ""
+        out = []
+        for line in text.splitlines():
+            m = _REPLY.match(line)
+            if m:
+                at = float(m.group(1)) - self.offset
+                out.append((0, at, at))
+        return out
+
+    def outage(self, fault: float) -> float | None:
+        # 5 ms: not a reply already under way when the fault hit (RTT here is < 1 ms).
+        after = [t for _, _, t in self.times() if t > fault + 0.005]
+        return min(after) - fault if after else None
 
 
-def probe_overhead(h: Handover, window: float) -> dict[str, Any]:
-    """Packets per second per uplink address in steady state (no fault), by class."""
-    addrs = [a for up in h.topo.uplinks for a in (up.addr4, up.addr6)]
-    counters = Counters(h.topo.rtr, addrs)
-    time.sleep(1.0)  # past the set-up's own exchanges
-    return counters.window(window, active=h.mob_local())
+Traffic = Stream | Ping
 
 
-def uplink_of(h: Handover, local: str | None) -> int | None:
+# -- one lab with its tunnel up and the traffic flowing ------------------------------------
+
+@dataclass
+class Rig:
+    """What a fault needs of either lab: the uplinks, where the SA is, the traffic."""
+
+    lab: Lab
+    topo: Mobile
+    traffic: Traffic
+    local: Callable[[], str | None]
+    ike_spi: Callable[[], str | None]
+    events: Callable[[], list[str]]
+    lab_routes: bool  # charon in the handover lab: the lab keeps its per-uplink tables
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                close()
+        self.closers.clear()
+
+    def mob_local(self) -> str | None:
+        return self.local()
+
+    def link_down(self, index: int) -> float:
+        self.topo.link_down(index)
+        return time.monotonic()
+
+    def link_up(self, index: int) -> float:
+        self.topo.link_up(index)
+        if self.lab_routes:
+            source_routes(self.topo, index)
+        return time.monotonic()
+
+    def kill_silently(self, index: int) -> float:
+        self.topo.kill_silently(index)
+        return time.monotonic()
+
+    def revive(self, index: int) -> float:
+        self.topo.revive(index)
+        return time.monotonic()
+
+    def kill_family(self, family: int) -> float:
+        self.topo.kill_family(family)
+        return time.monotonic()
+
+    def arrivals(self) -> list[tuple[int, float, float]]:
+        return self.traffic.times()
+
+    def wait_resumed(self, after: float, timeout: float) -> float | None:
+        """Outage: the traffic's first arrival after ``after`` (see the module docstring)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.traffic.outage(after)
+            if got is not None and got <= timeout:
+                return got
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.02)
+
+    def wait_local(self, addr: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(LabError, KeyError, IndexError, ValueError,
+                                     StopIteration):
+                if self.mob_local() == addr:
+                    return True
+            time.sleep(0.1)
+        return False
+
+
+def _safe(read: Callable[[], str | None]) -> Callable[[], str | None]:
+    def call() -> str | None:
+        try:
+            return read()
+        except (LabError, KeyError, IndexError, ValueError, StopIteration, OSError,
+                subprocess.SubprocessError):  # a status that times out under load
+            return None
+    return call
+
+
+def harness_rig(lab: Lab, pair: str, config: str, traffic: str) -> Rig:
+    mob_native, gw_native = HARNESS_PAIRS[pair]
+    h = build_handover(lab, mob_native=mob_native, gw_native=gw_native,
+                       nat_backup=config == "nat-backup", full_tunnel=config == "full-tunnel")
+    closers: list[Callable[[], None]] = [h.close]
+    flow: Traffic = Stream(h.arrivals_path)
+    if traffic == "ping":
+        sender = h.procs.pop()  # the stream's sender: a ping cell carries ping only
+        sender.kill()
+        sender.wait()
+        flow = Ping.start(lab, h.topo.mob, INNER_ADDR)
+    mob = h.mob
+
+    def events() -> list[str]:
+        if not isinstance(mob, NativeDaemon):
+            return []
+        mob.events.poll()
+        return [str(e.get("event")) for e in mob.events.events]
+
+    rig = Rig(lab, h.topo, flow, _safe(h.mob_local), _safe(lambda: sa_view(mob)["ike_spi"]),
+              events, lab_routes=not mob_native, closers=closers)
+    if rig.wait_resumed(time.monotonic(), 15.0) is None:
+        rig.close()
+        raise LabError(f"no {traffic} through the tunnel")
+    return rig
+
+
+def controller_confs(config: str) -> tuple[str, str]:
+    """(mob, gw) swanctl.conf of the controller's lab for ``config``."""
+    if config != "full-tunnel":
+        return ctl.mobile_conf(), ctl.gateway_conf()
+    mob = ctl.mobile_conf(remote_ts="0.0.0.0/0, ::/0").replace("vips = 0.0.0.0",
+                                                                "vips = 0.0.0.0, ::")
+    gw = (ctl.gateway_conf()
+          .replace("local_ts = 10.88.0.0/24", "local_ts = 0.0.0.0/0, ::/0")
+          .replace("pools = vpool", "pools = vpool, vpool6")
+          .replace("pools { vpool { addrs = 10.99.0.0/24 } }",
+                   "pools { vpool { addrs = 10.99.0.0/24 }\n"
+                   "    vpool6 { addrs = 2001:db8:99::/120 } }"))
+    return mob, gw
+
+
+def controller_rig(lab: Lab, pair: str, config: str, traffic: str) -> Rig:
+    controller = pair == "charon+controller"
+    mob_conf, gw_conf = controller_confs(config)
+    gen = ctl.build(lab, mob_conf=mob_conf, gw_conf=gw_conf, prefer_best_path=controller,
+                    nat_backup=config == "nat-backup")
+    setup = next(gen)
+    closers: list[Callable[[], None]] = [gen.close]
+    try:
+        # As in the handover lab: rtr drops a packet from m0's address that leaks out
+        # through m1 (BCP 38), so an SA that has not moved really is cut off.
+        setup.topo.rtr.sysctl("net.ipv4.conf.all.rp_filter", "1")
+        if controller:
+            setup.start_controller()
+            setup.wait_event("ike_sa_tracked")
+        else:
+            setup.mob.load_all(setup.conf)
+        setup.wait_local(M0)
+        vip = next(v for v in setup.sa().get("local-vips", []) if ":" not in v)
+        if not setup.topo.mob.ping(ctl.INNER, source=vip, wait=2.0) and not setup.tunnel_ping():
+            raise LabError("no ping through the tunnel")
+        flow: Traffic
+        if traffic == "ping":
+            flow = Ping.start(lab, setup.topo.mob, ctl.INNER, source=vip)
+        else:
+            sink = lab.workdir / "arrivals.txt"
+            sink.write_text("")
+            procs = [lab.spawn(setup.topo.gw, [sys.executable, str(STREAM), "recv", ctl.INNER,
+                                               str(STREAM_PORT), str(sink)],
+                               lab.workdir / "recv.log")]
+            time.sleep(0.5)
+            procs.append(lab.spawn(setup.topo.mob, [sys.executable, str(STREAM), "send",
+                                                    ctl.INNER, str(STREAM_PORT), "0.01"],
+                                   lab.workdir / "send.log"))
+
+            def stop_stream() -> None:
+                for proc in procs:
+                    lab.stop(proc, grace=1.0)
+
+            closers.append(stop_stream)
+            flow = Stream(sink)
+    except Exception as exc:
+        for close in reversed(closers):
+            close()
+        if isinstance(exc, LabError):
+            raise
+        raise LabError((str(exc).splitlines() or [type(exc).__name__])[0]) from exc
+
+    def events() -> list[str]:
+        return [str(e.get("event")) for e in setup.event_list()]
+
+    rig = Rig(lab, setup.topo, flow, _safe(lambda: setup.sa().get("local-host")),
+              _safe(lambda: setup.spi() if setup.sa().get("state") == "ESTABLISHED" else None),
+              events, lab_routes=False, closers=closers)
+    if rig.wait_resumed(time.monotonic(), 15.0) is None:
+        rig.close()
+        raise LabError(f"no {traffic} through the tunnel")
+    return rig
+
+
+def make_rig(lab: Lab, pair: str, config: str, traffic: str) -> Rig:
+    if pair in HARNESS_PAIRS:
+        return harness_rig(lab, pair, config, traffic)
+    return controller_rig(lab, pair, config, traffic)
+
+
+# -- faults --------------------------------------------------------------------------------
+
+def uplink_of(h: Any, local: str | None) -> int | None:
     """The uplink an address belongs to, by its IPv4 or its IPv6 address."""
     if local is None:
         return None
@@ -104,14 +354,14 @@ def uplink_of(h: Handover, local: str | None) -> int | None:
     return None
 
 
-def active_index(h: Handover) -> int:
+def active_index(h: Any) -> int:
     index = uplink_of(h, h.mob_local())
     if index is None:
         raise RuntimeError(f"the IKE_SA sits on {h.mob_local()}, on no uplink of mob")
     return index
 
 
-def wait_uplink(h: Handover, index: int, timeout: float) -> bool:
+def wait_uplink(h: Any, index: int, timeout: float) -> bool:
     """Until the IKE_SA sits on uplink ``index`` (either address family)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -124,28 +374,54 @@ def wait_uplink(h: Handover, index: int, timeout: float) -> bool:
     return False
 
 
-def case_a(h: Handover, cap: float) -> float | None:
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def measure(h: Any, before: float, fault: float, cap: float) -> dict[str, Any]:
+    """``outage_s``: the longest gap in the traffic's arrivals from ``before`` (taken just
+    before the fault was injected) to its first arrival after ``fault`` (when the fault's
+    command returned); None when nothing came within ``cap``. The command's own latency
+    (under load, ``ip netns exec nft`` may take 100 ms or more) cannot shorten it.
+    ``first_after_s``: that first arrival minus ``fault``, this bench's older measure,
+    which errs short by that latency."""
+    got = h.wait_resumed(fault, cap)
+    if got is None:
+        return {"outage_s": None, "first_after_s": None}
+    return {"outage_s": _round(max_gap(h.arrivals(), before, fault + got)),
+            "first_after_s": _round(got)}
+
+
+def case_a(h: Any, cap: float) -> dict[str, Any]:
+    """Link down on the active uplink; the link comes back after the measurement."""
     idx = active_index(h)
+    local = h.mob_local()
+    before = time.monotonic()
     fault = h.link_down(idx)
-    outage = h.wait_resumed(fault, cap)
+    out = {**measure(h, before, fault, cap), "from": local, "to": h.mob_local()}
     h.link_up(idx)
     time.sleep(SETTLE)
-    return outage
+    return out
 
 
-def case_b(h: Handover, cap: float) -> float | None:
+def case_b(h: Any, cap: float) -> dict[str, Any]:
+    """The active uplink dies silently in rtr; it is healed after the measurement."""
     idx = active_index(h)
+    local = h.mob_local()
+    before = time.monotonic()
     fault = h.kill_silently(idx)
-    outage = h.wait_resumed(fault, cap)
+    out: dict[str, Any] = {**measure(h, before, fault, cap), "from": local,
+                           "to": h.mob_local()}
     healed = h.revive(idx)
-    if outage is None and h.wait_resumed(healed, 30.0) is None:
-        raise RuntimeError("tunnel did not recover after healing")
+    if out["outage_s"] is None and h.wait_resumed(healed, 30.0) is None:
+        out["spoilt"] = "the tunnel did not recover after healing"
     time.sleep(SETTLE)
-    return outage
+    return out
 
 
-def case_c(h: Handover, cap: float) -> dict[str, float | None]:
-    lost: dict[str, float | None] = {"return_s": None, "gap": None}
+def case_c(h: Any, cap: float) -> dict[str, Any]:
+    """The preferred uplink comes back: time to return, longest traffic gap around it."""
+    lost: dict[str, Any] = {"outage_s": None, "return_s": None, "gap_s": None}
     if not wait_uplink(h, 0, 30.0):
         return lost  # never on the preferred uplink: nothing to return to
     fault = h.link_down(0)
@@ -158,126 +434,248 @@ def case_c(h: Handover, cap: float) -> dict[str, float | None]:
     returned = time.monotonic() if back else None
     time.sleep(0.5)
     gap = max_gap(h.arrivals(), up, time.monotonic()) if back else None
-    return {"return_s": None if returned is None else returned - up, "gap": gap}
+    return {"outage_s": _round(gap), "return_s": _round(None if returned is None
+                                                        else returned - up),
+            "gap_s": _round(gap)}
 
 
-def return_traffic(h: Handover) -> None:
-    """A 100 Hz ping from mob through the tunnel to gw's inner address (h.close ends it)."""
-    h.procs.append(h.lab.spawn(h.topo.mob, ["ping", "-n", "-q", "-i", "0.01", INNER_ADDR],
-                               h.lab.workdir / "ping.log"))
-
-
-def case_f(h: Handover, cap: float) -> float | None:
-    """IPv4 dies on both uplinks, IPv6 stays (the lab is not reused after this)."""
-    for up in h.topo.uplinks:
-        h.lab.blackhole(h.topo.rtr, up.addr4)
-    fault = time.monotonic()
-    return h.wait_resumed(fault, cap)
-
-
-def run_pair(name: str, reps: int, cases: str, cap: float,
-             full_tunnel: bool = False, overhead_window: float = 0.0,
-             ping: bool = False) -> dict[str, Any]:
-    mob_native, gw_native = PAIRS[name]
-    out: dict[str, Any] = {}
-
-    def start(lab: Lab) -> Handover:
-        h = build(lab, mob_native=mob_native, gw_native=gw_native, full_tunnel=full_tunnel)
-        if ping:
-            return_traffic(h)
-        return h
-
-    def overhead(h: Handover) -> None:
-        if overhead_window > 0 and "probe_overhead" not in out:
-            out["probe_overhead"] = probe_overhead(h, overhead_window)
-
-    def fresh_lab_each(run: Callable[[Handover, float], _R]) -> list[_R]:
-        """``run`` once per repetition, each in a lab of its own."""
-        results = []
-        for _ in range(reps):
-            with Lab() as lab:
-                h = start(lab)
-                try:
-                    overhead(h)
-                    results.append(run(h, cap))
-                finally:
-                    h.close()
-        return results
-
-    for case in cases:
-        if case == "f":
-            out["f_ipv4_dies"] = summary(fresh_lab_each(case_f))
-            continue
-        if case == "c":
-            # A fresh lab per repetition: two moves per run, and back-to-back runs
-            # would soon meet max_moves_per_minute (flap damping), not the hold-down.
-            runs = fresh_lab_each(case_c)
-            out["c_return"] = {"return_after_ms": summary([r["return_s"] for r in runs]),
-                               "max_gap_ms": summary([r["gap"] for r in runs])}
-            continue
-        with Lab() as lab:
-            h = start(lab)
-            try:
-                overhead(h)
-                if case == "a":
-                    out["a_link_down"] = summary([case_a(h, cap) for _ in range(reps)])
-                elif case == "b":
-                    out["b_silent"] = summary([case_b(h, cap) for _ in range(reps)])
-            finally:
-                h.close()
+def case_f(h: Any, cap: float) -> dict[str, Any]:
+    """IPv4 dies on both uplinks, IPv6 stays (the lab is not reused after this); then,
+    15 s after the fault, is the same IKE_SA there and does the traffic still flow?"""
+    spi = h.ike_spi()
+    local = h.mob_local()
+    before = time.monotonic()
+    fault = h.kill_family(4)
+    out: dict[str, Any] = {**measure(h, before, fault, cap), "from": local,
+                           "to": h.mob_local()}
+    time.sleep(max(0.0, fault + STILL_UP_AFTER - time.monotonic()))
+    now = time.monotonic()
+    flowing = h.wait_resumed(now, 2.0) is not None
+    same = spi is not None and h.ike_spi() == spi
+    out.update({"local_at_15s": h.mob_local(), "same_ike_sa": same,
+                "traffic_at_15s": flowing, "same_ike_sa_up_15s": same and flowing})
     return out
+
+
+CASES: dict[str, Callable[[Any, float], dict[str, Any]]] = {
+    "link-down": case_a, "silent": case_b, "return": case_c, "v4-death": case_f}
+
+
+# -- statistics ----------------------------------------------------------------------------
+
+def cell_stats(samples: list[float | None], cap: float) -> dict[str, Any]:
+    """n, median, p95 (nearest rank), max in seconds, a lost sample counted as ``cap``;
+    ``lost`` says how many were."""
+    n = len(samples)
+    out: dict[str, Any] = {"n": n, "lost": sum(1 for s in samples if s is None),
+                           "samples": [s if s is not None else "lost" for s in samples]}
+    if not n:
+        out.update({"median": None, "p95": None, "max": None})
+        return out
+    ranked = sorted(cap if s is None else s for s in samples)
+    median = (ranked[(n - 1) // 2] + ranked[n // 2]) / 2.0
+    p95 = ranked[max(0, math.ceil(0.95 * n) - 1)]
+    out.update({"median": round(median, 4), "p95": round(p95, 4), "max": round(ranked[-1], 4)})
+    return out
+
+
+def summarize(runs: list[dict[str, Any]], cap: float) -> dict[str, Any]:
+    measured = [r for r in runs if "setup_failed" not in r and "run_failed" not in r]
+    out = cell_stats([r.get("outage_s") for r in measured], cap)
+    out["setup_failed"] = len(runs) - len(measured)
+    if any("first_after_s" in r for r in measured):
+        older = cell_stats([r.get("first_after_s") for r in measured], cap)
+        out["first_after"] = {k: older[k] for k in ("median", "p95", "max")}
+    if any("same_ike_sa_up_15s" in r for r in measured):
+        up = sum(1 for r in measured if r.get("same_ike_sa_up_15s"))
+        out["same_ike_sa_up_15s"] = f"{up}/{len(measured)}"
+    if any("return_s" in r for r in measured):
+        out["return"] = cell_stats([r.get("return_s") for r in measured], cap)
+    return out
+
+
+# -- cells ---------------------------------------------------------------------------------
+
+def loadavg() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def run_cell(pair: str, config: str, traffic: str, fault: str, reps: int, cap: float,
+             overheads: dict[str, Any], overhead_window: float) -> dict[str, Any]:
+    """``reps`` repetitions of one cell; its runs and their statistics."""
+    reuse = pair in HARNESS_PAIRS and fault in ("silent", "link-down")
+    runs: list[dict[str, Any]] = []
+    loads = [loadavg()]
+    rig: Rig | None = None
+    lab: Lab | None = None
+    try:
+        for _ in range(reps):
+            if rig is None:
+                lab = Lab()
+                lab.__enter__()
+                try:
+                    rig = make_rig(lab, pair, config, traffic)
+                except (LabError, AssertionError, RuntimeError, subprocess.SubprocessError,
+                        OSError) as exc:
+                    runs.append({"setup_failed": (str(exc).splitlines()
+                                                  or [type(exc).__name__])[0][:200]})
+                    lab.__exit__(None, None, None)
+                    lab = None
+                    continue
+                if overhead_window > 0 and pair not in overheads:
+                    addrs = [a for up in rig.topo.uplinks for a in (up.addr4, up.addr6)]
+                    counters = Counters(rig.topo.rtr, addrs)
+                    time.sleep(1.0)
+                    overheads[pair] = counters.window(overhead_window, active=rig.mob_local())
+            seen = len(rig.events())
+            try:
+                run = CASES[fault](rig, cap)
+            except (LabError, RuntimeError, subprocess.SubprocessError) as exc:
+                # The bench's own failure (e.g. the SA's address unreadable under load),
+                # not a measurement: not counted, as a set-up failure, and a fresh lab.
+                why = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                run = {"run_failed": why, "spoilt": why}
+            names = Counter(rig.events()[seen:])
+            if names:
+                run["events"] = dict(sorted(names.items()))
+            runs.append(run)
+            loads.append(loadavg())
+            if not reuse or "spoilt" in run:
+                rig.close()
+                rig = None
+                assert lab is not None
+                lab.__exit__(None, None, None)
+                lab = None
+    finally:
+        if rig is not None:
+            rig.close()
+        if lab is not None:
+            lab.__exit__(None, None, None)
+    mob, gw = PAIR_ENDS[pair]
+    cell: dict[str, Any] = {
+        "cell": f"{pair}/{config}/{traffic}/{fault}",
+        "pair": pair, "mob": mob, "gw": gw,
+        "config": config, "config_text": CONFIG_TEXT[config],
+        "traffic": traffic, "traffic_text": TRAFFIC_TEXT[traffic], "fault": fault,
+        "fresh_lab_per_rep": not reuse, "unit": "s", "cap_s": cap,
+        **summarize(runs, cap),
+        "loadavg_1m": {"min": min(loads), "max": max(loads)},
+        "runs": runs,
+    }
+    return cell
+
+
+def table_row(cell: dict[str, Any]) -> str:
+    extra = ""
+    if "same_ike_sa_up_15s" in cell:
+        extra = f" same_ike_sa_up_15s={cell['same_ike_sa_up_15s']}"
+    return (f"{cell['cell']}: n={cell['n']} median={cell['median']} p95={cell['p95']} "
+            f"max={cell['max']} lost={cell['lost']} setup_failed={cell['setup_failed']}"
+            f"{extra}")
+
+
+def run(pairs: list[str], configs: list[str], traffics: list[str], faults: list[str],
+        reps: int, cap: float, overhead_window: float = 0.0,
+        progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every cell, pair after pair; the JSON (also used by handover_controller.py)."""
+    started = time.monotonic()
+    load_before = loadavg()
+    overheads: dict[str, Any] = {}
+    cells = []
+    for pair in pairs:
+        for fault in faults:
+            for config in configs:
+                for traffic in traffics:
+                    cell = run_cell(pair, config, traffic, fault, reps, cap, overheads,
+                                    overhead_window)
+                    cells.append(cell)
+                    if progress is not None:
+                        progress(cell)
+    return {
+        "benchmark": "handover",
+        "reps": reps, "cap_s": cap,
+        "stream_interval_ms": 10, "ping_interval_ms": 10,
+        "python": platform.python_version(),
+        "machine": {"cpus": os.cpu_count(), "loadavg_1m_before": load_before,
+                    "loadavg_1m_after": loadavg()},
+        "table": [table_row(c) for c in cells],
+        "cells": cells,
+        **({"probe_overhead": overheads} if overheads else {}),
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+
+
+def _names(text: str, known: tuple[str, ...], what: str,
+           parser: argparse.ArgumentParser) -> list[str]:
+    names = [n for n in text.split(",") if n]
+    if bad := [n for n in names if n not in known]:
+        parser.error(f"unknown {what}: {', '.join(bad)} (known: {', '.join(known)})")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=10)
-    parser.add_argument("--cases", default="abcf")
-    parser.add_argument("--pairs", default=",".join(PAIRS))
+    parser.add_argument("--pairs", default="charon-charon,native-charon,native-native",
+                        help=f"comma-separated, of {', '.join(PAIRS)}")
+    parser.add_argument("--controller", action=argparse.BooleanOptionalAction, default=True,
+                        help="also charon-alone and charon+controller")
+    parser.add_argument("--cases", default="abcf",
+                        help="letters: a link-down, b silent, c return, f v4-death")
+    parser.add_argument("--fault", default=None,
+                        help=f"comma-separated, of {', '.join(FAULTS)} (instead of --cases)")
+    parser.add_argument("--dual-stack", action="store_true",
+                        help="add the v4-death fault (the lab is always dual stack)")
+    parser.add_argument("--traffic", choices=("stream", "ping", "both"), default=None)
+    parser.add_argument("--ping", action="store_true", help="the same as --traffic ping")
+    parser.add_argument("--nat", action="store_true",
+                        help="also every cell with a carrier NAT on the backup uplink")
+    parser.add_argument("--full-tunnel", action="store_true",
+                        help="also every cell with a full tunnel (0.0.0.0/0 and ::/0)")
+    parser.add_argument("--no-plain", action="store_true",
+                        help="leave the plain config out (with --nat or --full-tunnel)")
     parser.add_argument("--cap", type=float, default=20.0,
                         help="seconds after which an outage counts as lost")
-    parser.add_argument("--controller", action=argparse.BooleanOptionalAction, default=True,
-                        help="also run charon alone vs charon+controller (mobike-vici run)")
-    parser.add_argument("--full-tunnel", action="store_true",
-                        help="also run every pair with a full tunnel (0.0.0.0/0 and ::/0)")
     parser.add_argument("--overhead-window", type=float, default=10.0,
                         help="seconds of steady state per pair to count probes in (0: off)")
-    parser.add_argument("--ping", action="store_true",
-                        help="a 100 Hz ping through the tunnel beside the one-way stream")
+    parser.add_argument("--progress", action="store_true",
+                        help="each cell's table row on stderr as it ends")
+    parser.add_argument("--jsonl", type=Path, default=None,
+                        help="also append each cell's JSON to this file as it ends")
     args = parser.parse_args(argv)
+    pairs = _names(args.pairs, PAIRS, "pair", parser)
+    if args.controller:
+        pairs += [p for p in CONTROLLER_PAIRS if p not in pairs]
+    if args.fault is not None:
+        faults = _names(args.fault, FAULTS, "fault", parser)
+    else:
+        if bad := [c for c in args.cases if c not in LETTERS]:
+            parser.error(f"unknown case(s): {''.join(bad)}")
+        faults = [LETTERS[c] for c in args.cases]
+    if args.dual_stack and "v4-death" not in faults:
+        faults.append("v4-death")
+    traffic = args.traffic or ("ping" if args.ping else "stream")
+    traffics = list(TRAFFICS) if traffic == "both" else [traffic]
+    configs = [*([] if args.no_plain else ["plain"]), *(["nat-backup"] if args.nat else []),
+               *(["full-tunnel"] if args.full_tunnel else [])]
+    if not configs:
+        parser.error("--no-plain leaves no config: add --nat or --full-tunnel")
     if not is_root() or not charon_available():
         print(json.dumps({"error": "needs root and strongSwan (charon)"}))
         return 2
-    started = time.monotonic()
-    load_before = machine()
-    results: dict[str, Any] = {name: run_pair(name, args.reps, args.cases, args.cap,
-                                              overhead_window=args.overhead_window,
-                                              ping=args.ping)
-                               for name in args.pairs.split(",")}
-    full: dict[str, Any] | None = None
-    if args.full_tunnel:
-        full = {name: run_pair(name, args.reps, args.cases, args.cap, full_tunnel=True,
-                               overhead_window=args.overhead_window, ping=args.ping)
-                for name in args.pairs.split(",")}
-    if args.controller:
-        # Same scenarios for the controller beside charon (its own harness, same lab).
-        from handover_controller import run_scenarios
+    # Stopped from outside: unwind, so the lab ends its processes and namespaces.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-        results["charon+controller-charon"] = run_scenarios(
-            ["link_down", "silent", "return"], args.reps, args.cap,
-            overhead_window=args.overhead_window, ping=args.ping)
-    print(json.dumps({
-        "benchmark": "handover",
-        "reps": args.reps,
-        "cap_s": args.cap,
-        "stream_interval_ms": 10,
-        "return_traffic": "ping 100 Hz" if args.ping else None,
-        "targets_ms": TARGETS_MS,
-        "python": platform.python_version(),
-        "machine": {"before": load_before, "after": machine()},
-        "results": results,
-        **({"results_full_tunnel": full} if full is not None else {}),
-        "elapsed_s": round(time.monotonic() - started, 1),
-    }, indent=2))
+    def progress(cell: dict[str, Any]) -> None:
+        if args.progress:
+            print(table_row(cell), file=sys.stderr, flush=True)
+        if args.jsonl is not None:
+            with args.jsonl.open("a") as f:
+                f.write(json.dumps(cell) + "\n")
+
+    out = run(pairs, configs, traffics, faults, args.reps, args.cap, args.overhead_window,
+              progress)
+    print(json.dumps(out, indent=2))
     return 0
 
 

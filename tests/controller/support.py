@@ -204,8 +204,9 @@ class Setup:
 
 
 def build(lab: Lab, *, mob_conf: str | None = None, gw_conf: str | None = None,
-          prefer_best_path: bool = True) -> Generator[Setup, None, None]:
-    topo = mobile(lab)
+          prefer_best_path: bool = True, nat_backup: bool = False
+          ) -> Generator[Setup, None, None]:
+    topo = mobile(lab, nat_backup=nat_backup)
     topo.gw.ip("addr", "add", f"{INNER}/32", "dev", "lo")
     extra = _snippet_body() if prefer_best_path else ""
     gw = start_charon(lab, topo.gw, name="gw")

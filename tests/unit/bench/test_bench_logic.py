@@ -107,27 +107,75 @@ def test_case_c_reports_lost_when_the_first_move_never_happened(handover: Module
     # The SA stays on m0 and nothing resumes: there is no return to measure, and a
     # "return after 0 ms" would be a made-up result.
     h = FakeHandover(local="10.1.0.2", resumed=None)
-    assert handover.case_c(h, 0.3) == {"return_s": None, "gap": None}
+    assert handover.case_c(h, 0.3) == {"outage_s": None, "return_s": None, "gap_s": None}
     assert h.upped == [0]  # the downed uplink is restored all the same
 
 
 def test_case_c_reports_lost_when_never_on_the_preferred_uplink(handover: ModuleType) -> None:
     h = FakeHandover(local="10.2.0.2")
-    assert handover.case_c(h, 0.3) == {"return_s": None, "gap": None}
+    assert handover.case_c(h, 0.3) == {"outage_s": None, "return_s": None, "gap_s": None}
     assert h.downed == []
 
 
 def test_setup_failures_are_not_counted_as_not_recovered() -> None:
-    module = load("handover_controller")
+    module = load("handover")
     runs: list[dict[str, Any]] = [
         {"setup_failed": "no ike_sa_tracked event"},
-        {"recovered": True, "moved_s": 0.1, "outage_s": 0.2},
-        {"recovered": False, "outage_s": None},
+        {"outage_s": 0.2},
+        {"outage_s": None},
+        {"run_failed": "status timed out", "spoilt": "status timed out"},
     ]
-    out = module._summary(runs)
-    assert out["recovered"] == "1/2"
-    assert out["setup_failed"] == 1
-    assert out["median_s"] == 0.2
+    out = module.summarize(runs, 3.0)
+    # The bench's own failure is no lost outage: counted apart, like a set-up failure.
+    assert (out["n"], out["lost"], out["setup_failed"]) == (2, 1, 2)
+    assert out["max"] == 3.0  # the lost run counts as the cap
+
+
+@dataclass
+class FakeFamilyDeath(FakeHandover):
+    """v4-death: the SPIs before and after, whether the traffic still flows at 15 s."""
+
+    spis: list[str | None] = field(default_factory=list)
+    flowing_later: bool = True
+    killed: list[int] = field(default_factory=list)
+    waits: int = 0
+
+    def ike_spi(self) -> str | None:
+        return self.spis.pop(0)
+
+    def kill_family(self, family: int) -> float:
+        self.killed.append(family)
+        return 1000.0
+
+    def wait_resumed(self, after: float, timeout: float) -> float | None:
+        self.waits += 1
+        return self.resumed if self.waits == 1 else (0.01 if self.flowing_later else None)
+
+
+def test_v4_death_wants_the_same_ike_sa_carrying_traffic_15s_later(
+        handover: ModuleType) -> None:
+    same = FakeFamilyDeath(local="10.1.0.2", spis=["a_b", "a_b"])
+    out = handover.case_f(same, 3.0)
+    assert same.killed == [4] and out["outage_s"] == 0.02
+    assert out["same_ike_sa_up_15s"] is True
+    assert handover.time.monotonic() >= 1000.0 + handover.STILL_UP_AFTER  # it waited
+    rekeyed = FakeFamilyDeath(local="10.1.0.2", spis=["a_b", "c_d"])
+    assert handover.case_f(rekeyed, 3.0)["same_ike_sa_up_15s"] is False
+    silent = FakeFamilyDeath(local="10.1.0.2", spis=["a_b", "a_b"], flowing_later=False)
+    assert handover.case_f(silent, 3.0)["same_ike_sa_up_15s"] is False
+
+
+def test_ping_outage_is_the_first_reply_after_the_fault(tmp_path: Path) -> None:
+    module = load("handover")
+    log = tmp_path / "ping.log"
+    log.write_text("PING 10.88.0.1 (10.88.0.1) 56(84) bytes of data.\n"
+                   "[100.000] 64 bytes from 10.88.0.1: icmp_seq=1 ttl=64 time=0.2 ms\n"
+                   "[100.002] 64 bytes from 10.88.0.1: icmp_seq=2 ttl=64 time=0.2 ms\n"
+                   "[100.450] 64 bytes from 10.88.0.1: icmp_seq=40 ttl=64 time=0.3 ms\n")
+    ping = module.Ping(log, offset=50.0)  # wall = monotonic + 50
+    got = ping.outage(50.0)  # the fault at wall 100.0: the reply at .002 was under way
+    assert got is not None and abs(got - 0.45) < 1e-6
+    assert ping.outage(50.5) is None
 
 
 def test_throughput_reports_no_rate_for_corrupted_transfers(

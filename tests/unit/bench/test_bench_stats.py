@@ -42,21 +42,14 @@ def test_a_lost_run_ranks_last_not_dropped(stats: ModuleType) -> None:
     assert stats.describe_ms([0.1, None, None])["median_ms"] == "lost"
 
 
-def test_handover_summary_reports_max(overhead: ModuleType) -> None:
+def test_handover_cell_reports_median_p95_max_with_lost_runs_as_the_cap() -> None:
     handover = load("handover")
-    out = handover.summary([0.005, 0.9, 0.02])
-    assert (out["median_ms"], out["p95_ms"], out["max_ms"]) == (20.0, 900.0, 900.0)
-    assert handover.summary([None])["max_ms"] == "lost"
-
-
-def test_controller_summary_ranks_unrecovered_runs_last() -> None:
-    module = load("handover_controller")
-    runs = [{"recovered": True, "outage_s": 0.5}, {"recovered": False, "outage_s": None},
-            {"setup_failed": "x"}]
-    out = module._summary(runs)
-    assert out["max_s"] == 0.5  # over the recovered runs, as median_s and p95_s
-    assert out["max_ms"] == "lost" and out["median_ms"] == "lost"
-    assert out["setup_failed"] == 1
+    out = handover.cell_stats([0.005, 0.9, 0.02], 3.0)
+    assert (out["n"], out["median"], out["p95"], out["max"], out["lost"]) == (
+        3, 0.02, 0.9, 0.9, 0)
+    lost = handover.cell_stats([0.5, None, 0.1, 0.2], 3.0)
+    assert (lost["median"], lost["max"], lost["lost"]) == (0.35, 3.0, 1)
+    assert lost["samples"] == [0.5, "lost", 0.1, 0.2]
 
 
 def test_counter_rules_classify_each_address_and_direction(overhead: ModuleType) -> None:
