@@ -20,7 +20,7 @@ NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 DAY = datetime.timedelta(days=1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_key(kind: str, slot: int) -> PrivateKey:
     return new_key(kind)
 
@@ -113,7 +113,10 @@ def crl(issuer: Issued, revoked: tuple[Issued, ...] = ()) -> x509.CertificateRev
     builder = (x509.CertificateRevocationListBuilder()
                .issuer_name(issuer.cert.subject)
                .last_update(NOW - DAY)
-               .next_update(NOW + 30 * DAY))
+               .next_update(NOW + 30 * DAY)
+               .add_extension(x509.CRLNumber(1), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                   issuer.key.public_key()), critical=False))  # type: ignore[arg-type]
     for item in revoked:
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(item.cert.serial_number)

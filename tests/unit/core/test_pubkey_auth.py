@@ -11,7 +11,7 @@ from mobike_vici.config import Config
 from mobike_vici.core.engine import Engine
 from mobike_vici.core.events import AuthenticationFailed, IkeSaEstablished
 from mobike_vici.daemon.credentials import load_native
-from tests.pki import DAY, NOW, Issued, Pki, crl, dn_str, issue, key, make_pki, write_layout
+from tests.pki import DAY, NOW, Issued, Pki, crl, dn_str, make_pki, write_layout
 
 from .harness import ALICE, BOB, Net, of_type, seeded
 
