@@ -190,3 +190,47 @@ def test_now_is_passed_in() -> None:
     with pytest.raises(TrustError) as err:
         verify_chain(leaf.cert, [], store, NOW + 400 * DAY)
     assert err.value.reason == "expired"
+
+
+@pytest.mark.parametrize("certs", [
+    [b""], [b"\x30"], [b"\x30\x82\xff\xff" + bytes(10)], [bytes(64)],
+    ["truncated"], [b"junk"] * 40,
+], ids=["empty", "one-byte", "overlong", "zeros", "truncated", "many"])
+def test_hostile_cert_payloads_are_refused_not_crashed(
+        tmp_path: Path, ec: Pki, monkeypatch: pytest.MonkeyPatch, certs: list[object]) -> None:
+    """A CERT payload that is no certificate fails authentication; the engine goes on."""
+    from mobike_vici.core.exchanges import ike_auth
+    from mobike_vici.ikev2.payloads import Cert
+
+    alice = ec.leaf("alice", slot=1)
+    bob = ec.leaf("bob", slot=2)
+    bodies = [alice.der[: len(alice.der) // 2] if c == "truncated" else c for c in certs]
+
+    def hostile(*_args: object) -> list[Cert]:
+        return [Cert(4, bytes(b)) for b in bodies]  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ike_auth, "cert_payloads", hostile)
+    cas = (ec.root, ec.intermediate)
+    net = pair(tmp_path, alice=alice, bob=bob, alice_cas=cas, bob_cas=cas)
+    failed = _failed(net, "b")
+    assert failed.reason in ("malformed_certificate", "no_certificate"), failed
+    assert _failed(net, "a").reason == "rejected_by_peer"
+
+
+def test_auth_method_the_key_cannot_make_is_refused(
+        tmp_path: Path, ec: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ECDSA-256 classic AUTH over a P-256 key, but the data cut short: bad_signature."""
+    from mobike_vici.core.exchanges import ike_auth
+    from mobike_vici.ikev2.payloads import Auth
+
+    real = ike_auth.sign
+
+    def truncated(*args: object) -> Auth:
+        auth = real(*args)  # type: ignore[arg-type]
+        return Auth(auth.method, auth.data[:-7])
+
+    monkeypatch.setattr(ike_auth, "sign", truncated)
+    alice, bob = ec.leaf("alice", slot=1), ec.leaf("bob", slot=2)
+    cas = (ec.root, ec.intermediate)
+    net = pair(tmp_path, alice=alice, bob=bob, alice_cas=cas, bob_cas=cas)
+    assert _failed(net, "b").reason == "bad_signature"
