@@ -246,6 +246,66 @@ def _named_certs(auth: AuthConfig, key: str, base: str, sub: str) -> list[x509.C
     return out
 
 
+def _local_cred(conn: ConnectionConfig, base: str, end_entity: list[x509.Certificate],
+                cas: list[x509.Certificate], by_public: dict[bytes, PrivateKey],
+                ) -> LocalCred | None:
+    """Our key (and certificate and intermediates) for ``conn``; None without pubkey auth."""
+    implicit = bool(conn.local) and not conn.local[0].file
+    if not conn.local or conn.local[0].auth != AuthClass.PUBKEY:
+        return None
+    auth = conn.local[0]
+    policy = _policy(auth)
+    named = _named_certs(auth, "certs", base, "x509")
+    file, line = auth.where("auth")
+    raw = [n.strip() for n in (auth.get("pubkeys") or "").split(",") if n.strip()]
+    if raw and not named:
+        pub = load_public_key(_resolve(base, "pubkey", raw[0]))
+        key = by_public.get(_public_bytes(pub))
+        if key is None:
+            raise ConfigError(*auth.where("pubkeys"), "pubkeys: no private key for"
+                              " this public key in private/, rsa/, ecdsa/ or pkcs8/")
+        if is_any_identity(auth.id):
+            raise ConfigError(*auth.where("pubkeys"), "pubkeys: a raw public key needs"
+                              " local.id (there is no certificate to take it from)")
+        return LocalCred(key, None, (), policy)
+    candidates = named or end_entity
+    if not is_any_identity(auth.id) and not named:
+        assert auth.id is not None
+        try:
+            wanted = parse_identity(auth.id)
+        except ValueError as exc:
+            raise ConfigError(*auth.where("id"), f"id: {exc}") from None
+        candidates = [c for c in candidates if cert_has_identity(c, *wanted)]
+    usable = [(c, by_public.get(_public_bytes(c.public_key())))  # type: ignore[arg-type]
+              for c in candidates]
+    found = [(c, k) for c, k in usable if k is not None]
+    if not found and implicit:
+        return None
+    if not found:
+        what = "the certificate of 'certs'" if named else "a certificate in x509/"
+        raise ConfigError(file, line, f"auth: pubkey needs {what} with its private"
+                          " key in private/, rsa/, ecdsa/ or pkcs8/"
+                          + ("" if named or is_any_identity(auth.id)
+                             else f" whose subject or subjectAltName is '{auth.id}'"))
+    cert, key = found[0]
+    assert key is not None
+    if named and not is_any_identity(auth.id):
+        try:
+            wanted = parse_identity(auth.id or "")
+        except ValueError as exc:
+            raise ConfigError(*auth.where("id"), f"id: {exc}") from None
+        if not cert_has_identity(cert, *wanted):
+            raise ConfigError(*auth.where("id"), f"id: '{auth.id}' is neither the"
+                              " subject nor a subjectAltName of certificate"
+                              f" '{cert.subject.rfc4514_string()}'")
+    if policy.kinds and key_kind(key) not in policy.kinds:
+        raise ConfigError(file, line, f"auth: '{auth.method}' but the key of"
+                          f" certificate '{cert.subject.rfc4514_string()}'"
+                          f" is {key_kind(key)}")
+    chain = local_chain(cert, cas + end_entity)
+    return LocalCred(key, cert, tuple(chain), policy)
+
+
 def load_credentials(config: Config, root: Section, base: str) -> Credentials:
     """Read the swanctl directory ``base`` for the connections of ``config``."""
     _refuse_unsupported_secrets(root)
@@ -273,57 +333,9 @@ def load_credentials(config: Config, root: Section, base: str) -> Credentials:
         # An unwritten local/remote section means pubkey to charon; here it gets
         # credentials only when a usable certificate is there (else the PSK code runs,
         # as before certificates were supported).
-        implicit = bool(conn.local) and not conn.local[0].file
-        if conn.local and conn.local[0].auth == AuthClass.PUBKEY:
-            auth = conn.local[0]
-            policy = _policy(auth)
-            named = _named_certs(auth, "certs", base, "x509")
-            file, line = auth.where("auth")
-            raw = [n.strip() for n in (auth.get("pubkeys") or "").split(",") if n.strip()]
-            if raw and not named:
-                pub = load_public_key(_resolve(base, "pubkey", raw[0]))
-                key = by_public.get(_public_bytes(pub))
-                if key is None:
-                    raise ConfigError(*auth.where("pubkeys"), "pubkeys: no private key for"
-                                      " this public key in private/, rsa/, ecdsa/ or pkcs8/")
-                local[conn.name] = LocalCred(key, None, (), policy)
-                continue
-            candidates = named or end_entity
-            if not is_any_identity(auth.id) and not named:
-                assert auth.id is not None
-                try:
-                    wanted = parse_identity(auth.id)
-                except ValueError as exc:
-                    raise ConfigError(*auth.where("id"), f"id: {exc}") from None
-                candidates = [c for c in candidates if cert_has_identity(c, *wanted)]
-            usable = [(c, by_public.get(_public_bytes(c.public_key())))  # type: ignore[arg-type]
-                      for c in candidates]
-            found = [(c, k) for c, k in usable if k is not None]
-            if not found and implicit:
-                continue
-            if not found:
-                what = "the certificate of 'certs'" if named else "a certificate in x509/"
-                raise ConfigError(file, line, f"auth: pubkey needs {what} with its private"
-                                  " key in private/, rsa/, ecdsa/ or pkcs8/"
-                                  + ("" if named or is_any_identity(auth.id)
-                                     else f" whose subject or subjectAltName is '{auth.id}'"))
-            cert, key = found[0]
-            assert key is not None
-            if named and not is_any_identity(auth.id):
-                try:
-                    wanted = parse_identity(auth.id or "")
-                except ValueError as exc:
-                    raise ConfigError(*auth.where("id"), f"id: {exc}") from None
-                if not cert_has_identity(cert, *wanted):
-                    raise ConfigError(*auth.where("id"), f"id: '{auth.id}' is neither the"
-                                      " subject nor a subjectAltName of certificate"
-                                      f" '{cert.subject.rfc4514_string()}'")
-            if policy.kinds and key_kind(key) not in policy.kinds:
-                raise ConfigError(file, line, f"auth: '{auth.method}' but the key of"
-                                  f" certificate '{cert.subject.rfc4514_string()}'"
-                                  f" is {key_kind(key)}")
-            chain = local_chain(cert, cas + end_entity)
-            local[conn.name] = LocalCred(key, cert, tuple(chain), policy)
+        cred = _local_cred(conn, base, end_entity, cas, by_public)
+        if cred is not None:
+            local[conn.name] = cred
         if (conn.remote and conn.remote[0].auth == AuthClass.PUBKEY
                 and (conn.remote[0].file or conn.name in local)):
             auth = conn.remote[0]

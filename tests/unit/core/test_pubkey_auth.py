@@ -11,7 +11,7 @@ from mobike_vici.config import Config
 from mobike_vici.core.engine import Engine
 from mobike_vici.core.events import AuthenticationFailed, IkeSaEstablished
 from mobike_vici.daemon.credentials import load_native
-from tests.pki import DAY, NOW, Issued, Pki, crl, dn_str, make_pki, write_layout
+from tests.pki import DAY, NOW, Issued, Pki, crl, dn_str, key, make_pki, write_layout
 
 from .harness import ALICE, BOB, Net, of_type, seeded
 
@@ -234,3 +234,38 @@ def test_auth_method_the_key_cannot_make_is_refused(
     cas = (ec.root, ec.intermediate)
     net = pair(tmp_path, alice=alice, bob=bob, alice_cas=cas, bob_cas=cas)
     assert _failed(net, "b").reason == "bad_signature"
+
+
+def test_raw_public_keys(tmp_path: Path) -> None:
+    """local.pubkeys / remote.pubkeys: no certificates, keys trusted as configured."""
+    from cryptography.hazmat.primitives import serialization
+
+    ka, kb = key("ed25519", 81), key("ed25519", 82)
+    for side, mine, theirs in (("a", ka, kb), ("b", kb, ka)):
+        base = tmp_path / side
+        for sub in ("pubkey", "private"):
+            (base / sub).mkdir(parents=True)
+        pem = serialization.Encoding.PEM
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        (base / "pubkey" / "me.pub").write_bytes(mine.public_key().public_bytes(pem, spki))
+        (base / "pubkey" / "peer.pub").write_bytes(theirs.public_key().public_bytes(pem, spki))
+        (base / "private" / "me.pem").write_bytes(mine.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    ca = _load(tmp_path / "a", _conf(str(ALICE), str(BOB),
+                                     "auth = pubkey\n pubkeys = me.pub\n id = alice.example",
+                                     "auth = pubkey\n pubkeys = peer.pub\n id = bob.example",
+                                     "home"))
+    cb = _load(tmp_path / "b", _conf(str(BOB), None,
+                                     "auth = pubkey\n pubkeys = me.pub\n id = bob.example",
+                                     "auth = pubkey\n pubkeys = peer.pub\n id = alice.example",
+                                     "gw"))
+    a = Engine(ca, seeded(1), lambda r: ALICE)
+    b = Engine(cb, seeded(2), lambda r: BOB)
+    a.set_wall_clock(WALL)
+    b.set_wall_clock(WALL)
+    net = Net(a, b)
+    a.initiate("home", "net", 0.0)
+    net.pump()
+    ea, eb = _ok(net)
+    assert (ea.local_id, ea.remote_id) == ("alice.example", "bob.example")
+    assert eb.remote_id == "alice.example"
