@@ -325,5 +325,7 @@ def respond_init(
     reply += _nat_detection(ctx, conn, sa.spi_i, sa.spi_r, path)
     # RFC 7427 §4 and a CERTREQ (RFC 7296 §3.7): a peer with send_cert = ifasked
     # (charon's default) sends its certificate only when asked.
-    reply += hash_notify(ctx, conn) + certreq(ctx, conn)
+    # Any candidate may end up chosen in IKE_AUTH (by identity): ask for what they need.
+    signing = next((c for c in candidates if hash_notify(ctx, c)), conn)
+    reply += hash_notify(ctx, signing) + certreq(ctx, signing)
     return InitReply(reply, sa)
