@@ -349,6 +349,12 @@ def load_credentials(config: Config, root: Section, base: str) -> Credentials:
                                            _policy(auth), strict)
     all_cas = cas + [c for c in extra_cas if c not in cas]
     anchors = tuple(c for c in all_cas if self_signed(c))
+    for conn in config.connections:
+        cred = remote.get(conn.name)
+        if cred is not None and not (anchors or cred.certs or cred.pubkeys):
+            raise ConfigError(*conn.remote[0].where("auth"), "auth: pubkey but nothing to"
+                              " trust: no self-signed CA certificate in x509ca/, no"
+                              " remote.certs, no remote.pubkeys")
     intermediates = tuple(c for c in all_cas if c not in anchors)
     return Credentials(anchors, intermediates, tuple(end_entity), tuple(crls), local, remote,
                        send_cert, send_certreq)

@@ -129,3 +129,9 @@ def test_unwritten_sections_keep_working_with_psk(tmp_path: Path) -> None:
     conf = tmp_path / "swanctl.conf"
     conf.write_text("connections {\n c {\n  remote_addrs = 192.0.2.2\n }\n}\n")
     assert credentials_of(load_native(str(conf))).local == {}
+
+
+def test_remote_pubkey_with_nothing_to_trust(tmp_path: Path) -> None:
+    pki = make_pki("p256", slot=30)
+    write_layout(tmp_path, own=pki.leaf("me", slot=31))  # no CA certificates at all
+    _refused(_write(tmp_path, "auth = pubkey"), 8, "nothing to trust")
