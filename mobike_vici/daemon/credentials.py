@@ -350,8 +350,8 @@ def load_credentials(config: Config, root: Section, base: str) -> Credentials:
     all_cas = cas + [c for c in extra_cas if c not in cas]
     anchors = tuple(c for c in all_cas if self_signed(c))
     for conn in config.connections:
-        cred = remote.get(conn.name)
-        if cred is not None and not (anchors or cred.certs or cred.pubkeys):
+        peer = remote.get(conn.name)
+        if peer is not None and not (anchors or peer.certs or peer.pubkeys):
             raise ConfigError(*conn.remote[0].where("auth"), "auth: pubkey but nothing to"
                               " trust: no self-signed CA certificate in x509ca/, no"
                               " remote.certs, no remote.pubkeys")
