@@ -34,7 +34,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 
-from mobike_vici.config import load_config
 from mobike_vici.core.engine import Datagram, Engine
 from mobike_vici.core.events import (
     ChildSaInstalled,
@@ -43,6 +42,7 @@ from mobike_vici.core.events import (
     IkeSaEstablished,
 )
 from mobike_vici.daemon import udp
+from mobike_vici.daemon.credentials import load_native
 from mobike_vici.daemon.framing import NattKind, classify_natt, frame_natt
 from mobike_vici.types import IKE_PORT, NATT_PORT, Endpoint, Path
 
@@ -91,7 +91,9 @@ def ike_datagrams(sock: socket.socket) -> Iterator[tuple[bytes, Path]]:
 class Generator:
     def __init__(self, config_path: str, concurrency: int, duration: float,
                  setup_timeout: float, delete: bool) -> None:
-        self.config = load_config(config_path)
+        # As the daemon reads it: certificates and keys beside the file (--auth ecdsa).
+        self.config = load_native(config_path)
+        self.wall = time.time() - time.monotonic()
         self.conns = [c.name for c in self.config.connections]
         if not self.conns:
             raise SystemExit("load generator: the config has no connection")
@@ -147,6 +149,7 @@ class Generator:
 
     def _start(self, now: float) -> None:
         engine = Engine(self.config, os.urandom, lambda _remote: None)
+        engine.set_wall_clock(self.wall)
         engine.initiate(self.conns[self.initiated % len(self.conns)], None, now)
         self.initiated += 1
         out = engine.datagrams_to_send(now)

@@ -28,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._certs import BenchPki
 from mobike_vici.lab.charon import CHARON, PLUGINS, Charon, charon_available
 from mobike_vici.lab.native import start_native
 from mobike_vici.lab.netns import Lab, LabError, Netns, is_root
@@ -80,6 +81,8 @@ class Options:
     responders: tuple[str, ...]
     warmup: int
     rounds: int
+    auth: str = "psk"
+    """psk, or ecdsa: ECDSA P-256 certificates both ways (RFC 7427 signatures)."""
 
 
 # --------------------------------------------------------------------------- configs
@@ -95,6 +98,10 @@ def _secrets() -> str:
 """
 
 
+def _auth(opts: Options) -> str:
+    return "psk" if opts.auth == "psk" else "pubkey"
+
+
 def responder_conf(opts: Options, addr: str) -> str:
     """One connection for every initiator: any peer address, unique = never (each
     setup reuses the identity; with the default the responder would replace SAs)."""
@@ -105,11 +112,11 @@ def responder_conf(opts: Options, addr: str) -> str:
         proposals = {opts.proposal}
         unique = never
         local {{
-            auth = psk
+            auth = {_auth(opts)}
             id = {RESPONDER_ID}
         }}
         remote {{
-            auth = psk
+            auth = {_auth(opts)}
             id = {INITIATOR_ID}
         }}
         children {{
@@ -134,11 +141,11 @@ def initiator_conf(opts: Options, sources: Sequence[str], remote: str) -> str:
         remote_addrs = {remote}
         proposals = {opts.proposal}
         local {{
-            auth = psk
+            auth = {_auth(opts)}
             id = {INITIATOR_ID}
         }}
         remote {{
-            auth = psk
+            auth = {_auth(opts)}
             id = {RESPONDER_ID}
         }}
         children {{
@@ -181,6 +188,19 @@ def charon_conf(rundir: Path) -> str:
 """
 
 
+_PKI: list[BenchPki] = []
+"""One CA for the whole run (--auth ecdsa), made on first use."""
+
+
+def _credentials(opts: Options, base: Path, ident: str) -> None:
+    """A fresh certificate for ``ident`` and the CA in swanctl's layout under ``base``."""
+    if opts.auth == "psk":
+        return
+    if not _PKI:
+        _PKI.append(BenchPki())
+    _PKI[0].write(base, ident)
+
+
 # --------------------------------------------------------------------------- responders
 
 @dataclass
@@ -195,7 +215,9 @@ class Responder:
 
 def start_native_responder(lab: Lab, ns: Netns, opts: Options, addr: str,
                            round_no: int) -> Responder:
-    conf = lab.workdir / "native-responder.conf"
+    conf = lab.workdir / f"native-responder-{round_no}" / "swanctl.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    _credentials(opts, conf.parent, RESPONDER_ID)
     conf.write_text(responder_conf(opts, addr) + native_limits_conf())
     daemon = start_native(lab, ns, conf, name=f"responder-{round_no}")
 
@@ -224,6 +246,7 @@ def start_charon_responder(lab: Lab, ns: Netns, opts: Options, addr: str,
     charon = Charon(lab, ns, rundir, proc)
     charon.wait_ready()
     swanctl = rundir / "swanctl.conf"
+    _credentials(opts, rundir, RESPONDER_ID)
     swanctl.write_text(responder_conf(opts, addr))
     charon.load_all(swanctl)
     version = charon.session().version()
@@ -263,6 +286,7 @@ def run_load(lab: Lab, topo: TwoHosts, opts: Options, sources: Sequence[str],
     """Run the workers against one responder; aggregate their results."""
     workdir = lab.workdir / f"load-{tag}"
     workdir.mkdir()
+    _credentials(opts, workdir, INITIATOR_ID)
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
                                          if p)}
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
@@ -404,6 +428,7 @@ def run(opts: Options) -> dict[str, Any]:
                 results.append({"round": round_no, **result})
     return {
         "benchmark": "ike_setup",
+        "auth": opts.auth if opts.auth == "psk" else "ecdsa-p256-certificates",
         "proposal": opts.proposal,
         "esp_proposal": opts.esp_proposal,
         "concurrency": opts.concurrency,
@@ -454,6 +479,9 @@ def parse_args(argv: Sequence[str]) -> Options:
                          "stays small; deletes overlap later setups)")
     ap.add_argument("--setup-timeout", type=float, default=10.0,
                     help="a setup not done by then counts as a failure (default 10 s)")
+    ap.add_argument("--auth", choices=("psk", "ecdsa"), default="psk",
+                    help="psk, or ecdsa: both sides authenticate with ECDSA P-256"
+                         " certificates of one CA, made for the run (default psk)")
     ap.add_argument("--responders", default="native,charon",
                     help="comma-separated, in order: native, charon (default both)")
     args = ap.parse_args(argv)
@@ -469,7 +497,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         ap.error("--addresses must be between --workers and 200")
     return Options(args.count, args.duration, args.concurrency, args.proposal,
                    args.esp_proposal, workers, addresses, args.delete,
-                   args.setup_timeout, responders, args.warmup, args.rounds)
+                   args.setup_timeout, responders, args.warmup, args.rounds, args.auth)
 
 
 def main(argv: Sequence[str]) -> int:

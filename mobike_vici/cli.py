@@ -27,11 +27,11 @@ EXIT_USAGE = 2
 
 
 def _load_config(path: str) -> Config:
-    """The config loader (a seam for tests; the loader lives in ``mobike_vici.config``)."""
-    from .config import load_config
+    """The native daemon's config loader: the file, what the native core cannot honour
+    refused, the credentials beside it (a seam for tests)."""
+    from .daemon.credentials import load_native
 
-    config: Config = load_config(path)
-    return config
+    return load_native(path)
 
 
 def _load_attach(path: str) -> AttachConfig:

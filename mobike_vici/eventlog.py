@@ -29,6 +29,7 @@ from typing import Any, TextIO
 import structlog
 
 from .core.events import (
+    AuthenticationFailed,
     ChildSaDeleted,
     ChildSaInstalled,
     ChildSaRekeyed,
@@ -322,8 +323,9 @@ class EventStream:
 
 # Events that point at trouble; everything else is informational.
 _WARNING_EVENTS = frozenset({
-    "packet_dropped", "exchange_failed", "path_down", "update_rejected", "send_failed",
-    "receive_failed", "shutdown_incomplete", "reload_skipped", "socket_unavailable",
+    "packet_dropped", "exchange_failed", "auth_failed", "path_down", "update_rejected",
+    "send_failed", "receive_failed", "shutdown_incomplete", "reload_skipped",
+    "socket_unavailable",
     "vici_disconnected", "config_rejected", "events_reopen_failed", "charon_unreachable",
     "control_refused", "data_path_repair_started",
 })
@@ -424,6 +426,12 @@ def core_event_fields(event: Event) -> tuple[str, Fields]:
                 "exchange": event.exchange,
                 "reason": event.reason,
             }
+        case AuthenticationFailed():
+            failed: Fields = {"conn": event.conn, "ike_spi": event.ike_spi,
+                              "reason": event.reason, "detail": event.detail}
+            if event.remote_id:
+                failed["remote_id"] = event.remote_id
+            return "auth_failed", failed
         case IkeSaMoved():
             # Our UPDATE_SA_ADDRESSES was answered (the path manager's handover_completed
             # follows when one asked for the move).

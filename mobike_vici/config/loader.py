@@ -242,6 +242,8 @@ def _auth(sec: Section, conn_where: str, *, remote: bool) -> AuthConfig:
     where = f"{conn_where} section '{sec.name}'"
     passthrough = _REMOTE_PASSTHROUGH if remote else _LOCAL_PASSTHROUGH
     extra: list[tuple[str, str]] = []
+    lines = [(key, kv.file, kv.line) for key, kv in sec.keys.items()]
+    lines += [(f"{sub.name}.", sub.file, sub.line) for sub in sec.sections.values()]
     for key, kv in sec.keys.items():
         if key in passthrough:
             extra.append((key, kv.value))
@@ -268,7 +270,8 @@ def _auth(sec: Section, conn_where: str, *, remote: bool) -> AuthConfig:
     rnd = 0
     if (v := _get(sec, "round")) is not None:
         rnd = val.parse_uint(v, "round", maximum=2**32 - 1)
-    return AuthConfig(auth, ident, sec.name, method, rnd, tuple(extra))
+    return AuthConfig(auth, ident, sec.name, method, rnd, tuple(extra), sec.file, sec.line,
+                      tuple(lines))
 
 
 def _auth_class(v: Value, method: str) -> AuthClass:

@@ -81,6 +81,22 @@ class AuthConfig:
     method: str = "pubkey"  # swanctl's auth value as written, e.g. "eap-mschapv2"
     round: int = 0
     extra: Extra = ()  # e.g. certs, eap_id, revocation; nested sections as "cert1.file"
+    file: str = ""
+    line: int = 0
+    lines: tuple[tuple[str, str, int], ...] = ()
+    """(key, file, line) of each key as written (a subsection as ``name.``), for
+    ``FILE:LINE`` refusals."""
+
+    def where(self, key: str) -> tuple[str, int]:
+        """``(file, line)`` of ``key``, else of the section."""
+        for name, file, line in self.lines:
+            if name == key:
+                return file, line
+        return self.file, self.line
+
+    def get(self, key: str) -> str | None:
+        """An unmodelled key's value as written (``extra``), None when absent."""
+        return dict(self.extra).get(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +189,9 @@ class Config:
     secrets: tuple[SharedSecret, ...] = ()
     pools: tuple[PoolConfig, ...] = ()
     mobike: MobikeConfig = field(default_factory=MobikeConfig)
+    credentials: object | None = None
+    """The native core's certificates and keys (``config.credentials.Credentials``),
+    read from the swanctl directory by ``load_native``; None for the VICI backend."""
 
     def connection(self, name: str) -> ConnectionConfig:
         for conn in self.connections:

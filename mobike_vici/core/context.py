@@ -55,6 +55,9 @@ class Context:
         self.used_ike_spis: set[bytes] = set()
         self.pools = {p.name: AddressPool.from_config(p) for p in config.pools}
         self.cookies = CookieJar(random_bytes, settings.cookie_secret_lifetime)
+        self.wall_offset: float | None = None
+        """UNIX time minus ``now`` (Engine.set_wall_clock): certificate validity is
+        judged at ``now + wall_offset``; None until the caller tells."""
         self.local_addresses: tuple[IPAddress, ...] = ()
         """Our usable addresses (Engine.set_local_addresses), announced per MOBIKE policy."""
 

@@ -323,6 +323,10 @@ class Engine:
     # it; a spent one (timed out or superseded) may be copied, since whichever path
     # answers it works, and moving resends the outstanding request on the new path.
 
+    def set_wall_clock(self, unix_minus_now: float) -> None:
+        """Where ``now`` sits in UNIX time, for certificate validity (the core has no clock)."""
+        self._ctx.wall_offset = unix_minus_now
+
     @_settles
     def set_local_addresses(self, addrs: Sequence[IPAddress], now: float) -> None:
         """Our usable addresses changed: tell the peer of every MOBIKE IKE_SA.

@@ -114,6 +114,21 @@ class ExchangeFailed(CoreEvent):
     reason: str
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AuthenticationFailed(CoreEvent):
+    """IKE_AUTH failed to authenticate the peer (or the peer refused us)."""
+
+    reason: str
+    """id_mismatch, unknown_ca, expired, not_yet_valid, revoked, revocation_unknown,
+    ca_constraint, not_a_ca, key_usage, path_length, bad_signature, no_certificate,
+    malformed_certificate, certificate_mismatch, constraint, psk_mismatch,
+    no_matching_peer_config, rejected_by_peer, ..."""
+    detail: str = ""
+    """What was wrong, for a person (certificate subjects, the identity)."""
+    remote_id: str = ""
+    """The identity the peer claimed, when it got that far."""
+
+
 # ---------------------------------------------------------------- MOBIKE (RFC 4555)
 
 
@@ -200,7 +215,8 @@ class ProbeResult(CoreEvent):
 
 Event = (
     IkeSaEstablished | IkeSaDeleted | IkeSaRekeyed | ChildSaInstalled | ChildSaDeleted
-    | ChildSaRekeyed | PacketDropped | ExchangeFailed | IkeSaMoved | PeerMoved
+    | ChildSaRekeyed | PacketDropped | ExchangeFailed | AuthenticationFailed
+    | IkeSaMoved | PeerMoved
     | ChildSaUpdated | MoveFailed | UpdateRejected | PeerAddressesUpdated
     | NatMappingChanged | ProbeResult
 )

@@ -22,14 +22,19 @@ Subnets and ranges (``10.0.0.0/8``, ``10.0.0.1-10.0.0.9``) work as patterns in
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from ..config.model import SharedSecret
 from ..ikev2.constants import IdType
 from ..types import IPAddress
+from .dn import decode_dn, dn_der, dn_matches, dn_to_str, looks_like_dn, rdns_of
 from .ts import addr_to_str
 
 # Identity types that exist only inside charon's config (IKEv1 leftovers and ANY).
@@ -164,8 +169,8 @@ def _parse(text: str | None) -> _Id:
     parsed = _with_prefix(text) or _with_num_type(text)
     if parsed is not None:
         return parsed
-    if "=" in text:
-        raise ValueError(f"identity {text!r}: distinguished names are not supported")
+    if "=" in text and looks_like_dn(text):
+        return _Id(IdType.ID_DER_ASN1_DN, dn_der(text))
     if "@" not in text:
         if text in _ANY_STRINGS:
             return _Id(ID_ANY, b"")
@@ -251,7 +256,7 @@ def identity_to_str(id_type: int, data: bytes) -> str:
     if kind in (IdType.ID_FQDN, IdType.ID_RFC822_ADDR):
         return _sanitized(data)
     if kind == IdType.ID_DER_ASN1_DN:
-        return f"(ASN.1 DN, {len(data)} bytes)"  # charon decodes DNs; we do not
+        return dn_to_str(data)
     if kind == IdType.ID_DER_ASN1_GN:
         return "(ASN.1 general name)"
     if kind == IdType.ID_KEY_ID:
@@ -310,6 +315,14 @@ def _matches(ident: _Id, pattern: _Id) -> Match:
         return _match_string(ident, pattern) if ident.type == pattern.type else Match.NONE
     if ident.type == pattern.type and ident.data == pattern.data:
         return Match.PERFECT
+    if ident.type == IdType.ID_DER_ASN1_DN == pattern.type:
+        try:
+            ok, wild = dn_matches(decode_dn(ident.data), decode_dn(pattern.data))
+        except ValueError:
+            return Match.NONE
+        if not ok:
+            return Match.NONE
+        return Match.PERFECT if wild == 0 else Match.ONE_WILDCARD
     ranges = _RANGE_PATTERNS.get(ident.type)
     if ranges is not None and pattern.type in ranges:
         return _match_range(ident, pattern)
@@ -329,6 +342,48 @@ def identity_matches(config_id: str | None, id_type: int, data: bytes) -> bool:
     subnet or range accepts addresses inside it.
     """
     return match_identity(config_id, id_type, data) != Match.NONE
+
+
+def cert_has_identity(cert: x509.Certificate, id_type: int, data: bytes) -> bool:
+    """Is the identity bound to ``cert`` (charon's ``has_subject``)? The subject DN, a
+    subjectAltName of the identity's type (DNS, email, IP), or the key identifier."""
+    kind = int(id_type)
+    if kind == IdType.ID_DER_ASN1_DN:
+        try:
+            return dn_matches(decode_dn(data), rdns_of(cert.subject)) == (True, 0)
+        except ValueError:
+            return False
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        sans = x509.SubjectAlternativeName([])
+    except ValueError:
+        return False  # an extension cryptography cannot parse binds nothing
+    if kind == IdType.ID_FQDN:
+        name = data.decode("ascii", "replace").lower()
+        return any(n.lower() == name for n in sans.get_values_for_type(x509.DNSName))
+    if kind == IdType.ID_RFC822_ADDR:
+        name = data.decode("ascii", "replace").lower()
+        return any(n.lower() == name for n in sans.get_values_for_type(x509.RFC822Name))
+    if kind in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR):
+        try:
+            addr = ipaddress.ip_address(data)
+        except ValueError:
+            return False
+        return any(a == addr for a in sans.get_values_for_type(x509.IPAddress))
+    if kind == IdType.ID_KEY_ID:
+        try:
+            ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+        except (x509.ExtensionNotFound, ValueError):
+            ski = b""
+        return data in (ski, key_id(cert))
+    return False
+
+
+def key_id(cert: x509.Certificate) -> bytes:
+    """SHA-1 over the subjectPublicKeyInfo: CERTREQ's CA hash (RFC 7296 §3.7), charon's keyid."""
+    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha1(spki, usedforsecurity=False).digest()
 
 
 def _owner_match(me: _Id, owners: Sequence[str]) -> Match:

@@ -114,6 +114,10 @@ class IkeSa:
     init_response: bytes = b""
     nat_local: bool = False
     nat_remote: bool = False
+    peer_sig_hashes: tuple[int, ...] | None = None
+    """The peer's SIGNATURE_HASH_ALGORITHMS (RFC 7427); None when it sent none."""
+    peer_certreq: bool = False
+    """The peer sent a CERTREQ (``send_cert = ifasked`` then sends ours)."""
     # Learned in IKE_AUTH.
     local_id: str = ""
     remote_id: str = ""

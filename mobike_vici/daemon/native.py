@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
@@ -60,6 +61,7 @@ class EngineApi(Protocol):
     def receive_datagram(self, data: bytes, path: Path, now: float) -> None: ...
     def datagrams_to_send(self, now: float) -> list[Datagram]: ...
     def get_timer(self) -> float | None: ...
+    def set_wall_clock(self, unix_minus_now: float) -> None: ...
     def handle_timer(self, now: float) -> None: ...
     def next_event(self) -> Event | None: ...
     def delete_ike(self, ike_spi: str, now: float) -> None: ...
@@ -204,6 +206,7 @@ class Daemon:
         """Bind sockets and the control socket, then initiate ``start_action = start``."""
         self._loop = asyncio.get_running_loop()
         self.loop_lag.start(self._loop)
+        self.engine.set_wall_clock(time.time() - self.now())
         try:
             self._open_sockets()
             if self._control is not None:

@@ -211,12 +211,33 @@ def sa_view(end: End) -> dict[str, Any]:
                                  for k in ("spi-in", "spi-out"))}
 
 
+def with_certificates(lab: Lab, conf_gw: str, conf_mob: str) -> tuple[Path, Path]:
+    """Both configs with ``auth = pubkey`` and a P-256 chain each (made now, tests/pki.py):
+    the ids stay, as subjectAltNames of the certificates. Returns the config paths, each
+    in its own swanctl directory."""
+    from tests.data.support import INITIATOR_ID, RESPONDER_ID
+    from tests.pki import make_pki, write_layout
+
+    pki = make_pki("p256", "Mobility", slot=70)
+    out = []
+    for name, text, ident in (("gw", conf_gw, RESPONDER_ID), ("mob", conf_mob, INITIATOR_ID)):
+        san = {"emails": (ident,)} if "@" in ident else {"dns": (ident,)}
+        leaf = pki.leaf(name, slot=71 if name == "gw" else 72, **san)  # type: ignore[arg-type]
+        base = lab.workdir / name
+        write_layout(base, own=leaf, cas=(pki.root, pki.intermediate))
+        path = base / "swanctl.conf"
+        path.write_text(text.replace("auth = psk", "auth = pubkey"))
+        out.append(path)
+    return out[0], out[1]
+
+
 def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
           nat_backup: bool = False, encap: bool = False, full_tunnel: bool = False,
           timeout: float = 30.0, mob_args: tuple[str, ...] = (),
           inner_net: str = INNER_NET, mob_program: Sequence[str] | None = None,
           stream: bool = True,
-          before_start: Callable[[Mobile], None] | None = None) -> Handover:
+          before_start: Callable[[Mobile], None] | None = None,
+          certificates: bool = False) -> Handover:
     """Topology, both ends, the tunnel up, and the stream flowing (with ``stream``;
     else the test brings its own traffic, and ``arrivals`` stays empty).
 
@@ -227,7 +248,8 @@ def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
     against charon the CHILD SPIs change on a move, the IKE SPIs do not.
 
     ``mob_args``: extra command-line arguments for our daemon in mob (e.g. ``--metrics``).
-    ``before_start``: called with the topology before either end starts (an early fault)."""
+    ``before_start``: called with the topology before either end starts (an early fault).
+    ``certificates``: both ends authenticate with certificates instead of the PSK."""
     topo = mobile(lab, nat=nat, nat_backup=nat_backup)
     if before_start is not None:
         before_start(topo)
@@ -248,6 +270,8 @@ def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
                                      start=mob_native, encap=encap, inner_net=inner,
                                      vip6=full_tunnel)
                         + (MOB_POLICY if mob_native else ""))
+    if certificates:
+        conf_gw, conf_mob = with_certificates(lab, conf_gw.read_text(), conf_mob.read_text())
     gw: End
     if gw_native:
         gw = start_native(lab, topo.gw, conf_gw, name="gw")

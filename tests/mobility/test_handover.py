@@ -113,6 +113,26 @@ def test_b_silent_blackhole(scenario: Handover) -> None:
     assert down is not None
 
 
+@pytest.mark.parametrize("gw_native", [pytest.param(True, id="native-native"),
+                                       pytest.param(False, id="native-charon",
+                                                    marks=pytest.mark.charon)])
+def test_b_silent_blackhole_with_certificates(lab: Lab, gw_native: bool) -> None:
+    """Authenticated by certificates, the client roams as with a PSK (the IKE_SA moves,
+    it is not re-authenticated)."""
+    h = build(lab, mob_native=True, gw_native=gw_native, certificates=True)
+    try:
+        established = _mob(h).wait_event(named("ike_sa_established"), 5)
+        assert (established["local_id"], established["remote_id"]) == (
+            "initiator@dataplane", "responder@dataplane")
+        before = sa_view(h.mob)
+        fault = h.kill_silently(0)
+        assert h.wait_resumed(fault, RESUME_TIMEOUT) is not None, "stream did not resume"
+        _check_same_sa(h, before, M1)
+        assert _mob(h).events.find(lambda e: e.get("event") == "handover_completed") is not None
+    finally:
+        h.close()
+
+
 @pytest.mark.parametrize("scenario", GW_KINDS, indirect=True)
 def test_c_return_after_hold_down_without_flapping(scenario: Handover) -> None:
     h = scenario

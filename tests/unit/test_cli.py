@@ -330,3 +330,22 @@ def test_events_path_that_is_a_directory_exits_2(
     code = cli.main(["native", "--config", str(_conf(tmp_path)), "--events", str(tmp_path)])
     assert code == 2
     assert str(tmp_path) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("auth", "line", "words"), [
+    ("auth = pubkey\n   certs = gw.pem", 6, "certs: no file 'gw.pem' in x509/"),
+    ("auth = eap-mschapv2", 5, "EAP is not supported"),
+    ("auth = pubkey\n   cert1 {\n    handle = 0a\n   }", 6, "smartcard"),
+])
+def test_native_refuses_what_it_cannot_honour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    auth: str, line: int, words: str,
+) -> None:
+    """As a new user would try it: the daemon does not start, the line is named."""
+    monkeypatch.setattr(native, "run_native", refuse_to_start)
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text("connections {\n home {\n  remote_addrs = 192.0.2.2\n  local {\n"
+                    f"   {auth}\n  }}\n }}\n}}\n")
+    assert cli.main(["native", "--config", str(conf)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{conf}:{line}: ") and words in err, err

@@ -1,7 +1,9 @@
-"""IKE_AUTH with pre-shared keys (RFC 7296 §1.2, §2.15), the first CHILD_SA and CP (§2.19).
+"""IKE_AUTH (RFC 7296 §1.2, §2.15) with pre-shared keys or public keys, the first CHILD_SA
+and CP (§2.19).
 
-The AUTH payload signs the exact bytes of our IKE_SA_INIT message, the peer's
-nonce and prf(SK_p, RestOfIDPayload).
+The AUTH payload covers the exact bytes of our IKE_SA_INIT message, the peer's
+nonce and prf(SK_p, RestOfIDPayload): a MAC keyed by the PSK, or a signature
+(``pubkey.py``: certificates, RFC 7427, trust).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import hmac
 import ipaddress
 from collections.abc import Sequence
 
-from ...config.model import ChildConfig, ConnectionConfig, Unique
+from ...config.model import AuthClass, ChildConfig, ConnectionConfig, Unique
 from ...ikev2.constants import (
     AuthMethod,
     CfgAttr,
@@ -41,7 +43,7 @@ from ...ikev2.proposals import select
 from ...types import IPAddress
 from ..child_sa import ChildSa
 from ..context import Context, candidates
-from ..events import ExchangeFailed, IkeSaEstablished
+from ..events import AuthenticationFailed, ExchangeFailed, IkeSaEstablished
 from ..identity import (
     default_identity,
     find_psk,
@@ -56,6 +58,17 @@ from ..ts import narrow, resolve
 from .base import DropPacket, ExchangeAborted, Outcome, find_notify, first_error, notify_name
 from .child import child_proposals, install, make_child, proposal_payloads, schedule
 from .mobike import address_notifies, announced, parse_addresses
+from .pubkey import (
+    PeerAuthFailed,
+    cert_payloads,
+    certreq,
+    local_pubkey,
+    our_id,
+    peer_sent_certreq,
+    remote_pubkey,
+    sign,
+    verify_peer,
+)
 
 CHILD_ERRORS = frozenset({
     NotifyType.NO_PROPOSAL_CHOSEN, NotifyType.TS_UNACCEPTABLE, NotifyType.SINGLE_PAIR_REQUIRED,
@@ -71,6 +84,38 @@ def local_identity(sa: IkeSa, conn: ConnectionConfig) -> tuple[int, bytes]:
         return default_identity(sa.path.local.addr)
     assert configured is not None
     return parse_identity(configured)
+
+
+def our_identity(ctx: Context, sa: IkeSa, conn: ConnectionConfig) -> tuple[int, bytes]:
+    """The ID we send: with a certificate, its subject DN unless local.id says otherwise."""
+    cred = local_pubkey(ctx, conn)
+    if cred is None:
+        return local_identity(sa, conn)
+    configured = conn.local[0].id
+    try:
+        return our_id(cred, None if is_any_identity(configured)
+                      else parse_identity(configured or ""))
+    except PeerAuthFailed as exc:
+        raise ValueError(exc.detail) from None
+
+
+def _remote_is_pubkey(ctx: Context, conn: ConnectionConfig) -> bool:
+    """The peer proves itself with a signature: a written ``remote { auth = pubkey }``
+    (an unwritten section only when the loader found certificates for it)."""
+    return remote_pubkey(ctx, conn) is not None or (
+        bool(conn.remote) and conn.remote[0].auth == AuthClass.PUBKEY
+        and bool(conn.remote[0].file))
+
+
+def _local_is_pubkey(conn: ConnectionConfig) -> bool:
+    return bool(conn.local) and conn.local[0].auth == AuthClass.PUBKEY and bool(
+        conn.local[0].file)
+
+
+def _auth_failed(ctx: Context, sa: IkeSa, conn: ConnectionConfig, reason: str, detail: str,
+                 claimed: str = "") -> None:
+    ctx.emit(AuthenticationFailed(conn=conn.name, ike_spi=sa.spi_str, reason=reason,
+                                  detail=detail, remote_id=claimed))
 
 
 def _remote_pattern(conn: ConnectionConfig) -> str | None:
@@ -89,15 +134,19 @@ def _prf_keys(sa: IkeSa) -> None:
         raise DropPacket("IKE_AUTH before keys exist")
 
 
-def _auth_data(sa: IkeSa, psk: bytes, of_initiator: bool, body: bytes) -> bytes:
-    """AUTH over the initiator's or the responder's signed octets."""
+def _octets(sa: IkeSa, of_initiator: bool, body: bytes) -> bytes:
+    """The initiator's or the responder's signed octets (§2.15)."""
     assert sa.suite is not None and sa.sk_p is not None
     sk_pi, sk_pr = sa.sk_p
     if of_initiator:
-        octets = signed_octets(sa.suite.prf, sa.init_request, sa.nonce_r, sk_pi, body)
-    else:
-        octets = signed_octets(sa.suite.prf, sa.init_response, sa.nonce_i, sk_pr, body)
-    return psk_auth(sa.suite.prf, psk, octets)
+        return signed_octets(sa.suite.prf, sa.init_request, sa.nonce_r, sk_pi, body)
+    return signed_octets(sa.suite.prf, sa.init_response, sa.nonce_i, sk_pr, body)
+
+
+def _auth_data(sa: IkeSa, psk: bytes, of_initiator: bool, body: bytes) -> bytes:
+    """AUTH over the initiator's or the responder's signed octets."""
+    assert sa.suite is not None
+    return psk_auth(sa.suite.prf, psk, _octets(sa, of_initiator, body))
 
 
 def _auth_matches(auth: Auth, expected: bytes) -> bool:
@@ -137,18 +186,25 @@ class IkeAuthTask:
 
     def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
         conn = sa.conn
-        id_type, id_data = local_identity(sa, conn)
+        cred = local_pubkey(ctx, conn)
+        if cred is None and _local_is_pubkey(conn):
+            raise ExchangeAborted("no certificate and private key for local auth pubkey")
+        id_type, id_data = our_identity(ctx, sa, conn)
         idi = IDi(id_type, id_data)
         remote_pattern = _remote_pattern(conn)
-        remote_for_psk: str | tuple[int, bytes] | None = remote_pattern
-        if is_any_identity(remote_pattern):
-            remote_for_psk = default_identity(sa.path.remote.addr)
-        psk = find_psk(ctx.config.secrets, (id_type, id_data), remote_for_psk)
-        if psk is None:
-            raise ExchangeAborted("no shared key found")
-        self.psk = psk
+        if cred is None:
+            remote_for_psk: str | tuple[int, bytes] | None = remote_pattern
+            if is_any_identity(remote_pattern):
+                remote_for_psk = default_identity(sa.path.remote.addr)
+            psk = find_psk(ctx.config.secrets, (id_type, id_data), remote_for_psk)
+            if psk is None:
+                raise ExchangeAborted("no shared key found")
+            self.psk = psk
         sa.local_id = identity_to_str(id_type, id_data)
         payloads: list[Payload] = [idi]
+        if cred is not None:
+            payloads += cert_payloads(ctx, sa.peer_certreq, conn, cred)
+        payloads += certreq(ctx, conn)
         others = [o for o in ctx.sas.values() if o is not sa and o.conn.name == conn.name
                   and o.path.remote.addr == sa.path.remote.addr]
         if not others:
@@ -160,8 +216,15 @@ class IkeAuthTask:
             # A wildcard pattern (*@example.com) is not sent.
             with contextlib.suppress(ValueError):
                 payloads.append(IDr(*parse_identity(remote_pattern)))
-        payloads.append(Auth(AuthMethod.SHARED_KEY_MIC,
-                             _auth_data(sa, psk, True, id_body(idi))))
+        if cred is not None:
+            try:
+                payloads.append(sign(cred, _octets(sa, True, id_body(idi)),
+                                     sa.peer_sig_hashes))
+            except PeerAuthFailed as exc:
+                raise ExchangeAborted(f"{exc.reason}: {exc.detail}") from None
+        else:
+            payloads.append(Auth(AuthMethod.SHARED_KEY_MIC,
+                                 _auth_data(sa, self.psk, True, id_body(idi))))
         if conn.vips:
             payloads.append(CP(CfgType.CFG_REQUEST,
                                tuple(_cp_attribute(v, True) for v in conn.vips)))
@@ -182,20 +245,36 @@ class IkeAuthTask:
         payloads = msg.payloads
         error = first_error(payloads)
         if error is not None and error.type not in CHILD_ERRORS:
+            if error.type == NotifyType.AUTHENTICATION_FAILED:
+                _auth_failed(ctx, sa, sa.conn, "rejected_by_peer",
+                             "the peer answered AUTHENTICATION_FAILED")
             raise ExchangeAborted(notify_name(error.type))
         idr = _get(payloads, IDr)
         auth = _get(payloads, Auth)
         if not isinstance(idr, IDr) or not isinstance(auth, Auth):
             raise ExchangeAborted("IKE_AUTH response without IDr or AUTH")
         conn = sa.conn
+        claimed = identity_to_str(idr.id_type, idr.data)
         if not identity_matches(_remote_pattern(conn), idr.id_type, idr.data):
+            _auth_failed(ctx, sa, conn, "id_mismatch",
+                         f"'{claimed}' does not match remote id", claimed)
             raise ExchangeAborted("peer identity does not match remote id")
-        # The key to verify with is looked up for the identity the peer claims.
-        psk = find_psk(ctx.config.secrets, local_identity(sa, conn), (idr.id_type, idr.data))
-        if psk is None or auth.method != AuthMethod.SHARED_KEY_MIC:
-            raise ExchangeAborted("authentication_failed")
-        if not _auth_matches(auth, _auth_data(sa, psk, False, id_body(idr))):
-            raise ExchangeAborted("authentication_failed")
+        if _remote_is_pubkey(ctx, conn):
+            try:
+                verify_peer(ctx, conn, idr.id_type, idr.data, auth, payloads,
+                            _octets(sa, False, id_body(idr)), now)
+            except PeerAuthFailed as exc:
+                _auth_failed(ctx, sa, conn, exc.reason, exc.detail, claimed)
+                raise ExchangeAborted(f"authentication_failed: {exc.reason}") from None
+        else:
+            # The key to verify with is looked up for the identity the peer claims.
+            psk = find_psk(ctx.config.secrets, our_identity(ctx, sa, conn),
+                           (idr.id_type, idr.data))
+            if (psk is None or auth.method != AuthMethod.SHARED_KEY_MIC
+                    or not _auth_matches(auth, _auth_data(sa, psk, False, id_body(idr)))):
+                _auth_failed(ctx, sa, conn, "psk_mismatch",
+                             "the peer's AUTH does not verify with our PSK", claimed)
+                raise ExchangeAborted("authentication_failed")
         sa.remote_id = identity_to_str(idr.id_type, idr.data)
         sa.peer_mobike = find_notify(payloads, NotifyType.MOBIKE_SUPPORTED) is not None
         sa.peer_addrs = parse_addresses(payloads) or ()
@@ -265,21 +344,34 @@ class AuthFailed(Exception):
 
 
 def _pick_connection(
-    ctx: Context, sa: IkeSa, idi: IDi, idr: IDr | None
-) -> tuple[ConnectionConfig, bytes] | None:
+    ctx: Context, sa: IkeSa, idi: IDi, idr: IDr | None, signed: bool
+) -> tuple[ConnectionConfig, bytes | None] | None:
+    """The connection for the initiator's identities; with a PSK when it authenticates
+    with one. ``signed``: its AUTH is a signature, so pubkey connections come first."""
+    fallback: tuple[ConnectionConfig, bytes | None] | None = None
     for conn in candidates(ctx.config, sa.path) or [sa.conn]:
         if sa.suite is not None and conn is not sa.conn and conn.proposals != sa.conn.proposals:
             continue  # the IKE proposal was chosen from sa.conn's set
         if not identity_matches(_remote_pattern(conn), idi.id_type, idi.data):
             continue
-        ours = local_identity(sa, conn)
+        try:
+            ours = our_identity(ctx, sa, conn)
+        except ValueError:
+            continue
         pinned = not is_any_identity(conn.local[0].id if conn.local else None)
         if idr is not None and pinned and (int(idr.id_type), idr.data) != (int(ours[0]), ours[1]):
             continue
+        if _remote_is_pubkey(ctx, conn):
+            if signed:
+                return conn, None
+            fallback = fallback or (conn, None)
+            continue
         psk = find_psk(ctx.config.secrets, ours, (idi.id_type, idi.data))
         if psk is not None:
-            return conn, psk
-    return None
+            if not signed:
+                return conn, psk
+            fallback = fallback or (conn, psk)
+    return fallback
 
 
 def respond_auth(ctx: Context, sa: IkeSa, msg: Message, now: float) -> list[Payload]:
@@ -294,26 +386,55 @@ def respond_auth(ctx: Context, sa: IkeSa, msg: Message, now: float) -> list[Payl
     idr = _get(payloads, IDr)
     if not isinstance(idi, IDi) or not isinstance(auth, Auth):
         raise AuthFailed("IKE_AUTH request without IDi or AUTH")
-    picked = _pick_connection(ctx, sa, idi, idr if isinstance(idr, IDr) else None)
+    picked = _pick_connection(ctx, sa, idi, idr if isinstance(idr, IDr) else None,
+                              auth.method != AuthMethod.SHARED_KEY_MIC)
+    claimed = identity_to_str(idi.id_type, idi.data)
     if picked is None:
+        _auth_failed(ctx, sa, sa.conn, "no_matching_peer_config",
+                     f"no connection accepts '{claimed}'", claimed)
         raise AuthFailed("no matching peer config")
     conn, psk = picked
-    if auth.method != AuthMethod.SHARED_KEY_MIC or not _auth_matches(
+    if psk is None:
+        try:
+            verify_peer(ctx, conn, idi.id_type, idi.data, auth, payloads,
+                        _octets(sa, True, id_body(idi)), now)
+        except PeerAuthFailed as exc:
+            _auth_failed(ctx, sa, conn, exc.reason, exc.detail, claimed)
+            raise AuthFailed(f"{exc.reason}: {exc.detail}") from None
+    elif auth.method != AuthMethod.SHARED_KEY_MIC or not _auth_matches(
             auth, _auth_data(sa, psk, True, id_body(idi))):
+        _auth_failed(ctx, sa, conn, "psk_mismatch", "AUTH does not verify with the PSK",
+                     claimed)
         raise AuthFailed("AUTH payload does not verify")
     sa.conn = conn
-    sa.remote_id = identity_to_str(idi.id_type, idi.data)
-    id_type, id_data = local_identity(sa, conn)
+    sa.remote_id = claimed
+    id_type, id_data = our_identity(ctx, sa, conn)
     sa.local_id = identity_to_str(id_type, id_data)
     our_idr = IDr(id_type, id_data)
+    cred = local_pubkey(ctx, conn)
+    if cred is None and _local_is_pubkey(conn):
+        raise AuthFailed("no certificate and private key for local auth pubkey")
     sa.peer_mobike = find_notify(payloads, NotifyType.MOBIKE_SUPPORTED) is not None
     sa.initial_contact = find_notify(payloads, NotifyType.INITIAL_CONTACT) is not None
     ike_count, peer_children = ctx.peer_load(sa)
     replaces = sa.initial_contact and conn.unique != Unique.NEVER  # the old ones go
     if not replaces and ike_count >= ctx.settings.max_ike_sas_per_peer:
         raise AuthFailed("too many IKE_SAs for this peer")
-    reply: list[Payload] = [our_idr, Auth(AuthMethod.SHARED_KEY_MIC,
-                                          _auth_data(sa, psk, False, id_body(our_idr)))]
+    reply: list[Payload] = [our_idr]
+    if cred is not None:
+        reply += cert_payloads(ctx, sa.peer_certreq or peer_sent_certreq(payloads), conn, cred)
+        try:
+            reply.append(sign(cred, _octets(sa, False, id_body(our_idr)), sa.peer_sig_hashes))
+        except PeerAuthFailed as exc:
+            raise AuthFailed(f"{exc.reason}: {exc.detail}") from None
+    else:
+        # Our PSK for the identities now known (ours may differ from the pick's guess).
+        mine = psk if psk is not None else find_psk(ctx.config.secrets, (id_type, id_data),
+                                                    (idi.id_type, idi.data))
+        if mine is None:
+            raise AuthFailed("no shared key found")
+        reply.append(Auth(AuthMethod.SHARED_KEY_MIC,
+                          _auth_data(sa, mine, False, id_body(our_idr))))
     cp = _get(payloads, CP)
     cp_failed = False
     if isinstance(cp, CP) and cp.cfg_type == CfgType.CFG_REQUEST and conn.pools:

@@ -25,6 +25,7 @@ from ..ike_sa import IkeSa
 from ..naming import ike_suite_name
 from ..nat import nat_hash
 from .base import DropPacket, ExchangeAborted, Outcome, find_notify, first_error, notify_name
+from .pubkey import certreq, hash_notify, peer_hashes, peer_sent_certreq
 
 ZERO_SPI = bytes(8)
 MAX_RETRIES = 5
@@ -119,6 +120,7 @@ class IkeInitTask:
             payloads.append(Notify(NotifyType.COOKIE, self.cookie))
         payloads += [SA(proposals), KE(self.group, sa.dh.public), Nonce(sa.nonce_i)]
         payloads += _nat_detection(ctx, sa.conn, sa.spi_i, ZERO_SPI, sa.path)
+        payloads += hash_notify(ctx, sa.conn)
         return payloads
 
     def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
@@ -170,6 +172,8 @@ class IkeInitTask:
         sa.nonce_r = nonce.data
         _finish_keys(sa, shared)
         _detect_nat(sa, payloads, sa.spi_r, sa.path)
+        sa.peer_sig_hashes = peer_hashes(payloads)
+        sa.peer_certreq = peer_sent_certreq(payloads)
         # charon floats to 4500 for IKE_AUTH when behind NAT or MOBIKE is wanted.
         if sa.nat_any or sa.conn.mobike or sa.conn.encap:
             sa.path = float_to_natt(sa.path)
@@ -315,6 +319,13 @@ def respond_init(
     sa.nonce_r = ctx.random_bytes(ctx.settings.nonce_size)
     _finish_keys(sa, shared)
     _detect_nat(sa, payloads, ZERO_SPI, path)
+    sa.peer_sig_hashes = peer_hashes(payloads)
+    sa.peer_certreq = peer_sent_certreq(payloads)
     reply: list[Payload] = [SA((chosen,)), KE(suite.dh, dh.public), Nonce(sa.nonce_r)]
     reply += _nat_detection(ctx, conn, sa.spi_i, sa.spi_r, path)
+    # RFC 7427 §4 and a CERTREQ (RFC 7296 §3.7): a peer with send_cert = ifasked
+    # (charon's default) sends its certificate only when asked.
+    # Any candidate may end up chosen in IKE_AUTH (by identity): ask for what they need.
+    signing = next((c for c in candidates if hash_notify(ctx, c)), conn)
+    reply += hash_notify(ctx, signing) + certreq(ctx, signing)
     return InitReply(reply, sa)

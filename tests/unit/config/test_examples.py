@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+import pytest
+
 from mobike_vici.config import load_config
 from mobike_vici.config.model import AuthClass, StartAction
 
@@ -55,3 +57,31 @@ def test_run_reads_the_same_examples() -> None:
     assert "rw-psk" in gateway.connections
     assert [str(n) for n in gateway.policy.allowed_peer_prefixes] == [
         "198.51.100.0/24", "203.0.113.0/24", "2001:db8:100::/48"]
+
+
+def test_certificate_gateway_example_with_its_pki_commands(tmp_path: Path) -> None:
+    """The `pki` commands in the example's comment, run verbatim, give credentials the
+    native daemon loads for that file."""
+    import shutil
+    import subprocess
+
+    from mobike_vici.core.credentials import credentials_of
+    from mobike_vici.daemon.credentials import load_native
+
+    if shutil.which("pki") is None:
+        pytest.skip("NOT RUN, missing prerequisite: the pki tool (Debian package strongswan-pki)")
+    text = (EXAMPLES / "gateway-cert.conf").read_text()
+    commands = [line.strip()[1:].strip() for line in text.splitlines()
+                if line.startswith("#   ")]
+    assert len(commands) == 7, commands
+    for command in commands:
+        subprocess.run(command, shell=True, cwd=tmp_path, check=True, capture_output=True,
+                       timeout=60)
+    shutil.copy(EXAMPLES / "gateway-cert.conf", tmp_path / "swanctl.conf")
+    config = load_native(str(tmp_path / "swanctl.conf"))
+    creds = credentials_of(config)
+    local = creds.local["rw-cert"]
+    assert local.cert is not None and "gw.example.org" in local.cert.subject.rfc4514_string()
+    assert [c.subject.rfc4514_string() for c in creds.remote["rw-cert"].cacerts] == [
+        "CN=Example Root CA,O=Example,C=CH"]
+    assert config.connection("rw-cert").remote[0].id == "*@example.org"

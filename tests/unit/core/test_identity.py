@@ -62,7 +62,7 @@ def test_parse_and_print(text: str, kind: IdType, data: bytes, printed: str) -> 
 
 @pytest.mark.parametrize(
     "text",
-    ["%any", "%any6", "*", "", "0.0.0.0", "::", "C=CH, O=strongSwan, CN=moon", "10.0.0.0/8",
+    ["%any", "%any6", "*", "", "0.0.0.0", "::", "C=CH, XX=strongSwan, CN=moon", "10.0.0.0/8",
      "10.0.0.1-10.0.0.9", "ipv4:nonsense", "@#zz", "asn1dn:CN=x", "{999}:x"],
 )
 def test_parse_rejects(text: str) -> None:
@@ -197,3 +197,20 @@ def test_psk_skips_owners_it_cannot_parse() -> None:
     secrets = [secret("dn", b"dn", "C=CH, CN=moon"), secret("ok", b"ok", "moon")]
     assert find_psk(secrets, "moon", "sun") == b"ok"
     assert psk_candidates(secrets[:1], "moon", "sun") == []
+
+
+def test_distinguished_names_as_charon_writes_them() -> None:
+    from cryptography import x509
+
+    kind, data = parse_identity("C=CH, O=strongSwan Project, CN=moon.strongswan.org")
+    assert kind == IdType.ID_DER_ASN1_DN
+    # DER order is the written order (not RFC 4514's reversed one).
+    name = x509.Name.from_rfc4514_string("CN=moon.strongswan.org,O=strongSwan Project,C=CH")
+    assert data == name.public_bytes()
+    assert identity_to_str(kind, data) == "C=CH, O=strongSwan Project, CN=moon.strongswan.org"
+    assert identity_matches("c=ch, o=strongswan project, cn=MOON.strongswan.org", kind, data)
+    assert identity_matches("C=CH, O=strongSwan Project, CN=*", kind, data)
+    assert not identity_matches("C=CH, O=strongSwan Project, CN=sun", kind, data)
+    assert not identity_matches("C=CH, CN=moon.strongswan.org", kind, data)
+    assert not identity_matches("moon.strongswan.org", kind, data)
+    assert identity_to_str(kind, b"\x30\x05garbage").startswith("(invalid ASN.1 DN")

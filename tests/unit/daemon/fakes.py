@@ -78,6 +78,9 @@ class FakeEngine:
         out, self.outbox = self.outbox, []
         return out
 
+    def set_wall_clock(self, unix_minus_now: float) -> None:
+        pass
+
     def get_timer(self) -> float | None:
         return self.timer
 
