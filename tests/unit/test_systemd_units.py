@@ -122,3 +122,13 @@ def test_the_native_unit_keeps_to_its_capabilities() -> None:
     assert service["DeviceAllow"] == "/dev/net/tun rw"
     assert service["ProtectSystem"] == "strict"
     assert " native " in service["ExecStart"]
+
+
+def test_the_drop_in_deploy_md_shows_is_the_shipped_one() -> None:
+    doc = (REPO / "docs" / "deploy.md").read_text()
+    start = doc.index("```ini\n", doc.index("`events.conf` is, comments aside")) + len("```ini\n")
+    block = doc[start:doc.index("```", start)]
+    shown = [line.strip() for line in block.splitlines() if line.strip()]
+    shipped = [line for line in (REPO / "systemd" / "mobike-vici.service.d" / "events.conf")
+               .read_text().splitlines() if line and not line.startswith("#")]
+    assert shown == shipped
