@@ -18,8 +18,15 @@ from typing import TextIO
 
 from .config.attach import DEFAULT_SWANCTL_CONF, AttachConfig
 from .config.model import Config, ConfigError
-from .daemon.control import ControlError, default_path
-from .eventlog import LOG_LEVELS, EventsFileError, EventStream
+from .daemon.control import ControlError, client_path, default_path
+from .eventlog import (
+    LOG_LEVELS,
+    SYSLOG_PRIORITY,
+    EventsFileError,
+    EventStream,
+    SyslogLines,
+    journal_stream,
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -60,8 +67,15 @@ def _hostport(text: str) -> tuple[str, int]:
 
 
 def _control_arg(parser: argparse.ArgumentParser) -> None:
+    """``--control`` of a client: the daemon's socket, where the units put it by default."""
     parser.add_argument("--control", metavar="PATH", default=None,
-                        help=f"control socket (default: {default_path()})")
+                        help=f"the daemon's control socket (default: {client_path()})")
+
+
+def _daemon_control_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--control", metavar="PATH", default=None,
+                        help="control socket to create (default: $RUNTIME_DIRECTORY/"
+                        f"mobike-vici.ctl under systemd, else {default_path({})})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,8 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="swanctl.conf-style file with connections, secrets, pools")
     native.add_argument("--events", metavar="FILE",
                         help="append JSON-lines events to FILE (default: stdout)")
-    native.add_argument("--control", metavar="PATH", default=None,
-                        help=f"control socket (default: {default_path()})")
+    _daemon_control_arg(native)
     native.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="least severe event written (default: %(default)s)")
     native.add_argument("--metrics", metavar="HOST:PORT", type=_hostport, default=None,
@@ -98,18 +111,25 @@ def build_parser() -> argparse.ArgumentParser:
                      help="charon's VICI socket (default: %(default)s)")
     run.add_argument("--events", metavar="FILE",
                      help="append JSON-lines events to FILE (default: stdout)")
-    run.add_argument("--control", metavar="PATH", default=None,
-                     help=f"control socket (default: {default_path()})")
+    _daemon_control_arg(run)
     run.add_argument("--strongswan-conf", metavar="FILE", default=None,
                      help="charon's strongswan.conf, to check prefer_best_path"
                      " (default: $STRONGSWAN_CONF or /etc/strongswan.conf)")
     run.add_argument("--metrics", metavar="HOST:PORT", type=_hostport, default=None,
                      help="serve Prometheus metrics there (e.g. 127.0.0.1:9474; off)")
 
+    check = sub.add_parser("check-config", help="check a config file as the daemon reads it at"
+                           " start and on reload; exit 2 with FILE:LINE when it is bad")
+    check.add_argument("--config", metavar="FILE", default=None,
+                       help=f"the file (default for run: {DEFAULT_SWANCTL_CONF}; --native:"
+                       " required, as for native)")
+    check.add_argument("--native", action="store_true",
+                       help="check it as `native` reads it (connections, secrets, pools and"
+                       " mobike { } all judged), not as `run` does (names and mobike { })")
+
     status = sub.add_parser("status", help="show the running daemon's SAs")
     status.add_argument("--json", action="store_true", help="print the raw JSON answer")
-    status.add_argument("--control", metavar="PATH", default=None,
-                        help=f"control socket (default: {default_path()})")
+    _control_arg(status)
 
     events = sub.add_parser("events", help="print the running daemon's recent events")
     events.add_argument("--follow", "-f", action="store_true",
@@ -226,11 +246,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    """What ``run`` (or ``native``) would say of the file at start, without starting:
+    ``FILE:LINE: what is wrong`` and exit 2, or one line and exit 0 (``ExecReload`` runs
+    it first, so a bad file fails ``systemctl reload`` where the operator typed it)."""
+    if args.native and args.config is None:
+        print("mobike-vici check-config: --native needs --config FILE", file=sys.stderr)
+        return EXIT_USAGE
+    path = args.config or DEFAULT_SWANCTL_CONF
+    try:
+        conns = (_load_config(path).connections if args.native
+                 else _load_attach(path).connections)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"{path}:0: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    n = len(conns)
+    print(f"{path}: OK for {'native' if args.native else 'run'}"
+          f" ({n} connection{'' if n == 1 else 's'})")
+    return EXIT_OK
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from .daemon.control import request
     from .daemon.status import format_status
 
-    path = args.control or default_path()
+    path = args.control or client_path()
     try:
         answer = request(path, "status")
     except ControlError as exc:
@@ -254,7 +297,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_events(args: argparse.Namespace) -> int:
     from .daemon.control import follow_events
 
-    path = args.control or default_path()
+    path = args.control or client_path()
     try:
         for event in follow_events(path, list(args.event), args.follow):
             print(json.dumps(event), flush=True)
@@ -271,7 +314,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
     local = None if getattr(args, "clear", False) else args.local
     try:
-        answer = request(args.control or default_path(), args.command,
+        answer = request(args.control or client_path(), args.command,
                          args={"conn": args.conn, "local": local})
     except ControlError as exc:
         print(f"mobike-vici: {exc}", file=sys.stderr)
@@ -288,11 +331,8 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
 
 def _cmd_timeline(args: argparse.Namespace) -> int:
-    try:
-        from .timeline import PingsArg, TimelineError, parse_pings_arg, render
-    except ModuleNotFoundError as exc:
-        print(f"mobike-vici: timeline needs matplotlib ({exc})", file=sys.stderr)
-        return EXIT_FAILURE
+    from .timeline import PingsArg, PlotUnavailable, TimelineError, parse_pings_arg, render
+
     given = [parse_pings_arg(text) for text in args.pings]
     pings: PingsArg = None
     if len(given) == 1 and given[0][0] is None:
@@ -302,6 +342,9 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
         pings = [(label or Path(path).name, path) for label, path in given]
     try:
         render(args.events_file, args.output, pings=pings, title=args.title)
+    except PlotUnavailable as exc:  # the plot extra is not installed: not a usage error
+        print(f"mobike-vici: timeline: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except TimelineError as exc:
         print(f"mobike-vici: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -328,8 +371,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"native": _cmd_native, "run": _cmd_run, "status": _cmd_status,
                 "demo": _cmd_demo, "events": _cmd_events, "prefer": _cmd_operator,
-                "move": _cmd_operator, "timeline": _cmd_timeline}
+                "move": _cmd_operator, "timeline": _cmd_timeline,
+                "check-config": _cmd_check_config}
+    stderr = sys.stderr
+    if journal_stream(stderr):
+        # Under systemd our messages on stderr are errors, not journald's default info.
+        sys.stderr = SyslogLines(stderr, SYSLOG_PRIORITY["error"])
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
     except KeyboardInterrupt:
-        return 130
+        code = 130
+    # Put back on a return only: a traceback escaping from here is an error line too.
+    sys.stderr.flush()
+    sys.stderr = stderr
+    return code

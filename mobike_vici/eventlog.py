@@ -190,9 +190,72 @@ class EventTap:
         return event_dict
 
 
+SYSLOG_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+"""syslog(3) priorities of our levels, for journald."""
+
+
+def journal_stream(stream: object, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``stream`` is a stream systemd connected to journald: ``$JOURNAL_STREAM``
+    names its device and inode. Comparing them, not only seeing the variable, tells a
+    redirect (``>file``, a pipe) from the journal, as sd_journal_stream_fd(3) asks."""
+    env = os.environ if environ is None else environ
+    want = env.get("JOURNAL_STREAM", "")
+    if ":" not in want:
+        return False
+    try:
+        st = os.fstat(stream.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
+    return f"{st.st_dev}:{st.st_ino}" == want
+
+
+class JsonLines:
+    """structlog renderer: the event as one JSON object. With ``syslog_prefix`` (stdout is
+    journald) the line starts with its level's ``<N>``: journald strips it and keeps it as
+    the entry's PRIORITY, so ``journalctl -p warning`` finds our warnings and the message
+    stays pure JSON. Never for a file or a pipe: those lines are JSON alone."""
+
+    def __init__(self, syslog_prefix: bool = False) -> None:
+        self._json = structlog.processors.JSONRenderer()
+        self._prefix = syslog_prefix
+
+    def __call__(self, logger: object, method: str, event_dict: EventDict) -> str:
+        line = str(self._json(logger, method, event_dict))
+        if not self._prefix:
+            return line
+        return f"<{SYSLOG_PRIORITY.get(str(event_dict.get('level')), 6)}>{line}"
+
+
+class SyslogLines:
+    """A text stream that starts every line it passes on with ``<priority>`` (stderr
+    under journald: our error messages and any traceback are errors there too)."""
+
+    def __init__(self, stream: TextIO, priority: int) -> None:
+        self._stream = stream
+        self._prefix = f"<{priority}>"
+        self._at_start = True
+
+    def write(self, text: str) -> int:
+        out: list[str] = []
+        for piece in text.splitlines(keepends=True):
+            if self._at_start:
+                out.append(self._prefix)
+            out.append(piece)
+            self._at_start = piece.endswith("\n")
+        self._stream.write("".join(out))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def processors(clock: Callable[[], datetime] = _utc_now,
-               tap: EventTap | None = None) -> list[Any]:
-    """The processor chain, ending in the JSON renderer (``tap`` sees what it renders)."""
+               tap: EventTap | None = None, *, syslog_prefix: bool = False) -> list[Any]:
+    """The processor chain, ending in the JSON renderer (``tap`` sees what it renders;
+    ``syslog_prefix``: see ``JsonLines``)."""
     chain: list[Any] = [
         structlog.processors.add_log_level,
         timestamper(clock),
@@ -202,7 +265,7 @@ def processors(clock: Callable[[], datetime] = _utc_now,
     ]
     if tap is not None:
         chain.append(tap)
-    chain.append(structlog.processors.JSONRenderer())
+    chain.append(JsonLines(syslog_prefix))
     return chain
 
 
@@ -221,11 +284,13 @@ def make_logger(
     """A logger writing one flushed JSON line per event at ``level`` or above to ``stream``
     (stdout by default).
 
-    Not global: tests and several daemons in one process each get their own.
+    Not global: tests and several daemons in one process each get their own. Lines to
+    journald carry their priority (``JsonLines``).
     """
+    out = stream if stream is not None else sys.stdout
     return structlog.wrap_logger(  # type: ignore[no-any-return]
-        structlog.PrintLogger(stream if stream is not None else sys.stdout),
-        processors=processors(clock, tap),
+        structlog.PrintLogger(out),
+        processors=processors(clock, tap, syslog_prefix=journal_stream(out)),
         wrapper_class=structlog.make_filtering_bound_logger(level_number(level)),
         cache_logger_on_first_use=False,
     )
@@ -275,12 +340,11 @@ def configure(stream: TextIO | None = None, level: str = "debug") -> None:
 
     Only the daemon calls this; libraries receive an injected logger or use the global one.
     """
+    out = stream if stream is not None else sys.stdout
     structlog.configure(
-        processors=processors(),
+        processors=processors(syslog_prefix=journal_stream(out)),
         wrapper_class=structlog.make_filtering_bound_logger(level_number(level)),
-        logger_factory=structlog.PrintLoggerFactory(
-            stream if stream is not None else sys.stdout
-        ),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
 

@@ -15,6 +15,8 @@ demo, a test, an operator's script) appends
 of ours reports on, charon's own for one (read from its ``list-sas``).
 
 Rendered headless with matplotlib's Agg canvas (no display, no global pyplot state).
+matplotlib is the ``plot`` extra (``pip install 'mobike-vici[plot]'``), not a dependency
+of the daemons: only ``render`` needs it, and without it says so (``PlotUnavailable``).
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
 WIDTH_IN, HEIGHT_IN, DPI = 10.0, 6.0, 100
 """The picture: 1000 x 600 pixels."""
@@ -64,6 +68,23 @@ _STAMP = re.compile(r"^\[(\d+(?:\.\d+)?)\]")
 
 class TimelineError(Exception):
     """The inputs cannot make a picture; the message says why."""
+
+
+class PlotUnavailable(TimelineError):
+    """matplotlib is not installed (the ``plot`` extra); the message says how to get it."""
+
+
+PLOT_EXTRA_HINT = "drawing needs matplotlib: pip install 'mobike-vici[plot]'"
+
+
+def _matplotlib() -> tuple[type[Figure], type[FigureCanvasAgg]]:
+    """``(Figure, FigureCanvasAgg)``, imported on first use; PlotUnavailable without it."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg as Canvas
+        from matplotlib.figure import Figure as Fig
+    except ImportError as exc:
+        raise PlotUnavailable(f"{PLOT_EXTRA_HINT} ({exc})") from exc
+    return Fig, Canvas
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +320,7 @@ def render(events_path: str | Path, output: str | Path, *, pings: PingsArg = Non
            title: str | None = None) -> Path:
     """Draw the picture to ``output`` (PNG); returns its path. ``pings``: one ``ping -D``
     log, or (label, log) pairs, one per tunnel (a label of None draws as one log)."""
+    figure, canvas = _matplotlib()  # first: a missing extra is told before any reading
     events = read_events(events_path)
     logs = _logs(pings)
     stamps = [float(events[0]["_t"]), float(events[-1]["_t"])]  # type: ignore[arg-type]
@@ -311,8 +333,8 @@ def render(events_path: str | Path, output: str | Path, *, pings: PingsArg = Non
     # Aligned on the fault: what came before it is negative time.
     t0 = faults[0] if faults else t_start
 
-    fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, layout="constrained")
+    canvas(fig)
     rtt_ax, path_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     fig.suptitle(title or "mobike-vici: handover timeline")
     _draw_pings(rtt_ax, logs, t0)

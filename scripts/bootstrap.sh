@@ -74,7 +74,8 @@ else
 fi
 
 # The virtualenv: recreate only when missing or broken; reinstall the project
-# only when pyproject.toml changed since the last successful install.
+# only when pyproject.toml changed since the last successful install. The test tools and
+# the plot extra (the demo's picture) come with it; a server's install needs neither.
 if ! .venv/bin/python -c 'import sys' >/dev/null 2>&1; then
     echo "bootstrap: creating .venv"
     rm -rf .venv
@@ -87,7 +88,7 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ] || [ ! -x .venv/bin/mobi
     # pip and the build backend are chatty even with -q; their output is shown only on failure.
     log=$(mktemp)
     pip=(.venv/bin/python -m pip install -q --disable-pip-version-check --root-user-action=ignore)
-    if ! { "${pip[@]}" --upgrade pip && "${pip[@]}" -e '.[test]'; } >"$log" 2>&1; then
+    if ! { "${pip[@]}" --upgrade pip && "${pip[@]}" -e '.[test,plot]'; } >"$log" 2>&1; then
         cat "$log" >&2; rm -f "$log"
         echo "bootstrap: pip install failed (output above)" >&2
         exit 1

@@ -25,7 +25,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from .feed import EventFeed
 
@@ -42,21 +42,32 @@ MAX_REQUEST = 64 * 1024
 REFUSE_READ_TIMEOUT = 2.0
 """Seconds a refused peer has to send its request before it gets the refusal anyway."""
 
-DEFAULT_PATH = "/run/mobike-vici.ctl"
+DEFAULT_DIR = "/run/mobike-vici"
+"""The units' ``RuntimeDirectory=mobike-vici``: the one place daemon and client agree on."""
 SOCKET_NAME = "mobike-vici.ctl"
+DEFAULT_PATH = os.path.join(DEFAULT_DIR, SOCKET_NAME)
 
 
 class ControlError(Exception):
     """The control socket could not be used; the message is for the operator."""
 
 
-def default_path(environ: dict[str, str] | None = None) -> str:
-    """``$RUNTIME_DIRECTORY/mobike-vici.ctl`` under systemd, else /run/mobike-vici.ctl."""
+def default_path(environ: Mapping[str, str] | None = None) -> str:
+    """Where the daemon binds: ``$RUNTIME_DIRECTORY/mobike-vici.ctl`` under systemd
+    (``/run/mobike-vici/`` with the shipped units), else ``DEFAULT_PATH``."""
     env = os.environ if environ is None else environ
     runtime = env.get("RUNTIME_DIRECTORY", "")
     if runtime:
         # systemd separates several runtime directories with ':'; the first is ours.
         return os.path.join(runtime.split(":")[0], SOCKET_NAME)
+    return DEFAULT_PATH
+
+
+def client_path() -> str:
+    """Where ``status``, ``events``, ``prefer`` and ``move`` look: ``DEFAULT_PATH``.
+
+    Not ``$RUNTIME_DIRECTORY``: in an operator's shell it is unset, and in another
+    unit it names that unit's directory, not the daemon's."""
     return DEFAULT_PATH
 
 
@@ -141,6 +152,10 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
+        if self.path == DEFAULT_PATH:
+            # Started by hand (no systemd to make it): the units' RuntimeDirectory.
+            with contextlib.suppress(OSError):  # bind() below says what is wrong
+                os.makedirs(DEFAULT_DIR, mode=0o750, exist_ok=True)
         _remove_stale(self.path)
         try:
             sock = bind_private(self.path)

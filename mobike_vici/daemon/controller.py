@@ -993,10 +993,12 @@ class Controller:
             sas.append({
                 "conn": info.conn, "ike_spi": info.ike_spi, "state": info.state,
                 "initiator": info.initiator, **_ep(info.path), "local_id": info.local_id,
-                "remote_id": info.remote_id, "virtual_ips": list(info.virtual_ips),
+                "remote_id": info.remote_id, "proposal": info.proposal,
+                "virtual_ips": list(info.virtual_ips),
                 "children": [{"name": c.name, "unique_id": c.unique_id, "state": c.state,
                               "spi_in": c.spi_in, "spi_out": c.spi_out,
-                              "local_ts": list(c.local_ts), "remote_ts": list(c.remote_ts)}
+                              "local_ts": list(c.local_ts), "remote_ts": list(c.remote_ts),
+                              "proposal": c.proposal}
                              for c in info.children],
                 "paths": paths,
                 "peer_addresses": [str(a) for a in self.peers.of(info.conn)]

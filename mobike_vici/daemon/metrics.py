@@ -146,6 +146,12 @@ class StatusCollector(Collector):
     def __init__(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
 
+    def describe(self) -> list[Metric]:
+        """Nothing to declare in advance: the families depend on the snapshot. Without this
+        the registry's auto-describe would call ``collect`` at ``register`` time, on the
+        daemon's loop, which the snapshot then waits for in vain (``SNAPSHOT_TIMEOUT``)."""
+        return []
+
     def collect(self) -> Iterator[Metric]:
         try:
             status = self._snapshot()
@@ -253,10 +259,19 @@ def _esp_metrics(sas: list[JsonObject], totals: object) -> Iterator[Metric]:
         yield dropped
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def snapshot_on_loop(loop: asyncio.AbstractEventLoop,
                      status: Callable[[], JsonObject]) -> Snapshot:
     """A snapshot function for the HTTP thread that runs ``status`` on ``loop``."""
     def snapshot() -> JsonObject | None:
+        if _running_loop() is loop:
+            return status()  # on the loop already: waiting for it would only time out
         fut: concurrent.futures.Future[JsonObject] = concurrent.futures.Future()
 
         def run() -> None:

@@ -80,7 +80,8 @@ def format_status(answer: JsonObject) -> str:
         lines.append(f"{_s(sa, 'conn')}: {_s(sa, 'state')}, {role}, IKE SPIs {_s(sa, 'ike_spi')}")
         lines.append(f"  path     {_s(sa, 'local')} - {_s(sa, 'remote')}")
         lines.append(f"  ids      {_s(sa, 'local_id')} - {_s(sa, 'remote_id')}")
-        lines.append(f"  proposal {_s(sa, 'proposal')}")
+        if _s(sa, "proposal"):
+            lines.append(f"  proposal {_s(sa, 'proposal')}")
         vips = _list(sa, "virtual_ips")
         if vips:
             lines.append(f"  vips     {' '.join(str(v) for v in vips)}")
@@ -90,10 +91,11 @@ def format_status(answer: JsonObject) -> str:
         for child in _list(sa, "children"):
             if not isinstance(child, dict):
                 continue
+            proposal = _s(child, "proposal")
             lines.append(
                 f"  {_s(child, 'name')}: #{_s(child, 'unique_id')} {_s(child, 'state')},"
-                f" SPIs {_s(child, 'spi_in')}_i {_s(child, 'spi_out')}_o,"
-                f" {_s(child, 'proposal')}"
+                f" SPIs {_s(child, 'spi_in')}_i {_s(child, 'spi_out')}_o"
+                + (f", {proposal}" if proposal else "")
             )
             local_ts = " ".join(str(t) for t in _list(child, "local_ts"))
             remote_ts = " ".join(str(t) for t in _list(child, "remote_ts"))

@@ -104,14 +104,26 @@ def test_good_config_starts_daemon_with_events_file_and_control(
     assert seen == {"conns": ["home"], "control": str(tmp_path / "ctl"), "visible": "line\n"}
 
 
-def test_default_control_path_follows_runtime_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_clients_look_where_the_units_daemon_binds(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
+    """An operator's shell has no $RUNTIME_DIRECTORY: status, events, prefer and move must
+    still find the socket the unit's daemon made in its RuntimeDirectory."""
+    from mobike_vici.daemon.control import default_path
+
+    unit = (REPO / "systemd" / "mobike-vici.service").read_text()
+    runtime = next(line.split("=", 1)[1].strip() for line in unit.splitlines()
+                   if line.startswith("RuntimeDirectory="))
+    daemon = default_path({"RUNTIME_DIRECTORY": f"/run/{runtime}"})
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    for argv in (["status"], ["events"], ["move", "home", "--local", "10.1.0.2"]):
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"control socket {daemon}:" in err, argv
+    # Inside another unit, $RUNTIME_DIRECTORY is that unit's: still the daemon's socket.
+    monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/some-other-unit")
     assert cli.main(["status"]) == 1
-    err = capsys.readouterr().err
-    assert str(tmp_path / "mobike-vici.ctl") in err
-    assert "is the daemon running" in err
+    assert f"control socket {daemon}:" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -349,3 +361,119 @@ def test_native_refuses_what_it_cannot_honour(
     assert cli.main(["native", "--config", str(conf)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{conf}:{line}: ") and words in err, err
+
+
+def test_status_text_leaves_out_what_charon_did_not_say(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No empty ``proposal`` line, no child line ending in a comma, when there is none."""
+    child = {"name": "net", "unique_id": 3, "state": "INSTALLED", "spi_in": "57a8125f",
+             "spi_out": "c0b769bd", "local_ts": ["10.99.0.1/32"], "remote_ts": ["10.88.0.0/24"]}
+    sa = {**VICI_STATUS["ike_sas"][0], "children": [child]}  # type: ignore[index]
+    for path in _serve(tmp_path, {**VICI_STATUS, "ike_sas": [sa]}):
+        assert cli.main(["status", "--control", path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert not [line for line in lines if line.strip() == "proposal"]
+    assert "  net: #3 INSTALLED, SPIs 57a8125f_i c0b769bd_o" in lines
+    for path in _serve(tmp_path, {**VICI_STATUS, "ike_sas": [
+            {**sa, "proposal": "AES_CBC-128/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/CURVE_25519",
+             "children": [{**child, "proposal": "AES_GCM_16-128"}]}]}):
+        assert cli.main(["status", "--control", path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  proposal AES_CBC-128/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/CURVE_25519" in lines
+    assert "  net: #3 INSTALLED, SPIs 57a8125f_i c0b769bd_o, AES_GCM_16-128" in lines
+
+
+GOOD_RUN = ("connections {\n  home {\n    remote_addrs = 192.0.2.2\n"
+            "    children {\n      net {\n        remote_ts = 10.88.0.0/24\n      }\n    }\n"
+            "  }\n}\nmobike {\n  hold_down = 30s\n}\n")
+
+
+def test_check_config_says_ok_and_exits_0(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text(GOOD_RUN)
+    assert cli.main(["check-config", "--config", str(conf)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"{conf}: OK for run (1 connection)\n"
+    assert captured.err == ""
+
+
+def test_check_config_names_file_and_line_and_exits_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text(GOOD_RUN.replace("hold_down = 30s", "hold_down = 30s\n  probe_misses = many"))
+    assert cli.main(["check-config", "--config", str(conf)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"{conf}:13: ")
+    assert "probe_misses" in captured.err
+    assert captured.out == ""
+    # An included file is named with its own line.
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "bad.conf").write_text("mobike {\n\n  hold_down = soon\n}\n")
+    conf.write_text(GOOD_RUN.replace("mobike {\n  hold_down = 30s\n}\n", "include conf.d/*.conf\n"))
+    assert cli.main(["check-config", "--config", str(conf)]) == 2
+    assert capsys.readouterr().err.startswith(f"{tmp_path / 'conf.d' / 'bad.conf'}:3: ")
+
+
+def test_check_config_judges_as_the_daemon_it_is_asked_for(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``run`` leaves charon's options to charon; ``native`` judges them: one file, two
+    verdicts, each the one its daemon would give at start."""
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text(GOOD_RUN.replace("remote_addrs = 192.0.2.2",
+                                     "remote_addrs = 192.0.2.2\n    rekey_time = banana"))
+    assert cli.main(["check-config", "--config", str(conf)]) == 0
+    assert cli.main(["check-config", "--native", "--config", str(conf)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{conf}:4: ") and "rekey_time" in err
+
+
+def test_check_config_of_a_missing_file_exits_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.conf"
+    assert cli.main(["check-config", "--config", str(missing)]) == 2
+    assert capsys.readouterr().err.startswith(f"{missing}:0: ")
+    assert cli.main(["check-config", "--native"]) == 2
+    assert "--native needs --config" in capsys.readouterr().err
+
+
+def test_stderr_under_journald_carries_the_error_priority(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd hands stderr to journald and says so in $JOURNAL_STREAM: a config error then
+    reaches the journal at priority 3 (``<3>``), not as journald's default info."""
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text("mobike {\n  hold_down = soon\n}\n")
+    err_path = tmp_path / "stderr"
+    code = ("import sys\nfrom mobike_vici import cli\n"
+            f"sys.exit(cli.main(['check-config', '--config', {str(conf)!r}]))\n")
+    with open(err_path, "w") as err:
+        st = os.fstat(err.fileno())
+        env = {**os.environ, "PYTHONPATH": str(REPO), "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        proc = subprocess.run([sys.executable, "-c", code], stderr=err, stdout=subprocess.PIPE,
+                              env=env, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert err_path.read_text().startswith(f"<3>{conf}:2: ")
+    # Not the journal (a redirect of the same process's stderr elsewhere): no prefix.
+    env["JOURNAL_STREAM"] = "1:2"
+    proc2 = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=env, timeout=60, check=False)
+    assert proc2.returncode == 2 and proc2.stderr.startswith(f"{conf}:2: ")
+
+
+def test_drawing_without_the_plot_extra_says_how_to_get_it(tmp_path: Path) -> None:
+    """A server's install has no matplotlib: the daemons and the demo still import, and
+    ``timeline`` says which extra brings it (exit 1) instead of a traceback."""
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"timestamp": "2026-11-27T17:00:00.000000Z", "event": "fault"}\n')
+    code = ("import sys\nsys.modules['matplotlib'] = None  # as if not installed\n"
+            "import mobike_vici.daemon.controller, mobike_vici.daemon.native\n"
+            "import mobike_vici.demo, mobike_vici.demo_charon\n"
+            "from mobike_vici import cli\n"
+            f"sys.exit(cli.main(['timeline', {str(events)!r},"
+            f" '-o', {str(tmp_path / 'x.png')!r}]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "pip install 'mobike-vici[plot]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.png").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TextIO
 
@@ -53,3 +54,62 @@ def test_a_failed_reopen_keeps_writing_to_the_old_file(tmp_path: Path) -> None:
     finally:
         stream.close()
     assert path.read_text() == "still here\n"
+
+
+def _journal_env(monkeypatch: pytest.MonkeyPatch, f: TextIO) -> None:
+    """What systemd sets when it hands ``f`` to journald: its device and inode."""
+    st = os.fstat(f.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+
+
+def test_lines_to_journald_carry_their_syslog_priority(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """journald reads ``<N>`` as the entry's priority and strips it: the message is the JSON,
+    and ``journalctl -p warning`` finds the warnings."""
+    with open(tmp_path / "journal", "w") as f:
+        _journal_env(monkeypatch, f)
+        log = EventLog.to_stream(f, level="debug")
+        log.emit("path_down", reason="probe_timeout")  # a warning event
+        log.emit("path_up", rtt_ms=1.0)
+        log.write("debug", "probe_result", {})
+        log.write("error", "engine_error", {})
+        configure(f, "info")
+        try:
+            structlog.get_logger().warning("vici_disconnected", uri="x")
+        finally:
+            structlog.reset_defaults()
+    got = (tmp_path / "journal").read_text().splitlines()
+    assert [line[:3] for line in got] == ["<4>", "<6>", "<7>", "<3>", "<4>"]
+    assert [json.loads(line[3:])["event"] for line in got] == [
+        "path_down", "path_up", "probe_result", "engine_error", "vici_disconnected"]
+
+
+def test_files_pipes_and_other_streams_stay_pure_json(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$JOURNAL_STREAM names one stream: the events file (--events), a redirect, or a
+    stream inherited from a journald-run parent get pure JSON lines."""
+    with open(tmp_path / "journal", "w") as journal:
+        _journal_env(monkeypatch, journal)
+        events = EventStream(str(tmp_path / "events.jsonl"))
+        EventLog.to_stream(events).emit("path_down", reason="probe_timeout")  # type: ignore[arg-type]
+        events.close()
+        with open(tmp_path / "redirected", "w") as other:
+            EventLog.to_stream(other).emit("path_down", reason="probe_timeout")
+    for name in ("events.jsonl", "redirected"):
+        line = (tmp_path / name).read_text()
+        assert json.loads(line)["event"] == "path_down", name
+    assert (tmp_path / "journal").read_text() == ""
+
+
+def test_the_tap_sees_the_event_not_the_priority(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mobike-vici events`` and the metrics read the tap: plain events, whatever the sink."""
+    seen: list[dict[str, object]] = []
+    with open(tmp_path / "journal", "w") as f:
+        _journal_env(monkeypatch, f)
+        log = EventLog.to_stream(f)
+        assert log.tap is not None
+        log.tap.subscribe(seen.append)
+        log.emit("path_down", reason="probe_timeout")
+    assert [e["event"] for e in seen] == ["path_down"]
+    assert (tmp_path / "journal").read_text().startswith('<4>{"timestamp"')

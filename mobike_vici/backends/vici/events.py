@@ -34,6 +34,9 @@ class ChildSaInfo:
     """SPIs in charon's hex form (no key material)."""
     local_ts: tuple[str, ...]
     remote_ts: tuple[str, ...]
+    proposal: str = ""
+    """The negotiated algorithms as swanctl --list-sas writes them (e.g.
+    ``AES_GCM_16-128/CURVE_25519``); empty when charon did not say."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -58,6 +61,8 @@ class IkeSaInfo:
     virtual_ips: tuple[str, ...] = ()
     """Virtual IPs charon got (local) or handed out (remote)."""
     children: tuple[ChildSaInfo, ...] = ()
+    proposal: str = ""
+    """As for ``ChildSaInfo.proposal``, e.g. ``AES_CBC-128/HMAC_SHA2_256_128/...``."""
 
     def child(self, unique_id: int) -> ChildSaInfo | None:
         for child in self.children:

@@ -83,6 +83,20 @@ def spi_key(d: Mapping[str, Any]) -> str:
     return f"{_str(d, 'initiator-spi').lower()}_{_str(d, 'responder-spi', ZERO_SPI).lower()}"
 
 
+def proposal_text(d: Mapping[str, Any]) -> str:
+    """An SA's algorithms as swanctl --list-sas joins them: encryption[-keysize],
+    integrity[-keysize], PRF, DH group, ``/``-separated; what charon left out is left out."""
+    parts: list[str] = []
+    for alg, size in (("encr-alg", "encr-keysize"), ("integ-alg", "integ-keysize"),
+                      ("prf-alg", None), ("dh-group", None)):
+        name = d.get(alg)
+        if not isinstance(name, str) or not name:
+            continue
+        bits = d.get(size) if size is not None else None
+        parts.append(f"{name}-{bits}" if isinstance(bits, str) and bits else name)
+    return "/".join(parts)
+
+
 def parse_child(d: Mapping[str, Any]) -> ChildSaInfo:
     """One ``child-sas`` entry of list-sas or a child event."""
     return ChildSaInfo(
@@ -96,6 +110,7 @@ def parse_child(d: Mapping[str, Any]) -> ChildSaInfo:
         spi_out=_str(d, "spi-out", ""),
         local_ts=_strs(d, "local-ts"),
         remote_ts=_strs(d, "remote-ts"),
+        proposal=proposal_text(d),
     )
 
 
@@ -134,6 +149,7 @@ def parse_ike(conn: str, d: Mapping[str, Any],
         nat_remote=d.get("nat-remote") == "yes",
         virtual_ips=_strs(d, "local-vips") + _strs(d, "remote-vips"),
         children=children,
+        proposal=proposal_text(d),
     )
 
 

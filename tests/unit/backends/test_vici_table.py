@@ -20,7 +20,13 @@ from mobike_vici.backends.vici.events import (
     SaRemoved,
     SaUpdated,
 )
-from mobike_vici.backends.vici.table import ParseError, SaTable, decode, parse_list_sas
+from mobike_vici.backends.vici.table import (
+    ParseError,
+    SaTable,
+    decode,
+    parse_list_sas,
+    proposal_text,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "charon_events.json"
 # Recorded by fixtures/capture_vici.py: establish, child rekey, IKE rekey, MOBIKE
@@ -315,3 +321,16 @@ def test_a_virtual_ip_two_sas_share_stays_until_both_are_gone() -> None:
     assert table.virtual_ips() == frozenset(sa.virtual_ips)
     table.reconcile({})
     assert table.virtual_ips() == frozenset()
+
+
+def test_the_sas_carry_the_algorithms_as_swanctl_writes_them() -> None:
+    """status shows charon's negotiated algorithms (it showed an empty ``proposal``)."""
+    table = SaTable()
+    _replay(table, 2)
+    sa = table.get(_key(_section(0)))
+    assert sa is not None
+    assert sa.proposal == "AES_CBC/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/CURVE_25519"
+    assert [c.proposal for c in sa.children] == ["AES_CBC/HMAC_SHA2_256_128"]
+    assert proposal_text({"encr-alg": "AES_GCM_16", "encr-keysize": "256",
+                          "dh-group": "ECP_256"}) == "AES_GCM_16-256/ECP_256"
+    assert proposal_text({}) == ""

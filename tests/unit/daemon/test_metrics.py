@@ -3,7 +3,9 @@ parsed back with prometheus_client's parser, and the HOST:PORT argument."""
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -15,8 +17,11 @@ from mobike_vici.daemon.metrics import (
     StatusCollector,
     labels_of,
     parse_hostport,
+    snapshot_on_loop,
     status_metrics,
 )
+
+JsonObject = dict[str, Any]
 
 STATUS = {
     "ok": True, "backend": "native",
@@ -167,3 +172,28 @@ def test_status_text_shows_paths_and_preference() -> None:
     assert "  prefer   10.2.0.2 (operator)" in text
     assert "   * 10.1.0.2[4500] -> 192.0.2.2[4500] () down, srtt 1.5 ms, loss 25.0%, active" in text
     assert "     10.2.0.2[4500] -> 192.0.2.2[4500] () up, srtt -, loss -" in text
+
+
+def test_start_takes_no_snapshot() -> None:
+    """Registering the status collector must not collect: start runs on the daemon's loop,
+    and a snapshot waits for that loop (SNAPSHOT_TIMEOUT, 2 s, on every start)."""
+    taken: list[int] = []
+
+    def snapshot() -> JsonObject:
+        taken.append(1)
+        return STATUS
+
+    server = MetricsServer(("127.0.0.1", 0))
+    server.start(snapshot)
+    try:
+        assert taken == []
+    finally:
+        server.close()
+
+
+def test_a_snapshot_asked_on_the_loop_itself_is_taken_at_once() -> None:
+    """Waiting for the loop from the loop can only time out: answer from it directly."""
+    async def main() -> JsonObject | None:
+        return snapshot_on_loop(asyncio.get_running_loop(), lambda: STATUS)()
+
+    assert asyncio.run(main()) is STATUS
