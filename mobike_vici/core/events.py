@@ -114,6 +114,20 @@ class ExchangeFailed(CoreEvent):
     reason: str
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MessageFragmented(CoreEvent):
+    """An IKE message went out as RFC 7383 fragments, or came in as fragments and was
+    reassembled (once per message: retransmissions are not reported again)."""
+
+    exchange: str
+    sent: bool
+    """True: ours, cut; False: the peer's, reassembled."""
+    fragments: int
+    length: int
+    """Bytes of the payloads the fragments carry together."""
+    path: Path
+
+
 # ---------------------------------------------------------------- MOBIKE (RFC 4555)
 
 
@@ -202,5 +216,5 @@ Event = (
     IkeSaEstablished | IkeSaDeleted | IkeSaRekeyed | ChildSaInstalled | ChildSaDeleted
     | ChildSaRekeyed | PacketDropped | ExchangeFailed | IkeSaMoved | PeerMoved
     | ChildSaUpdated | MoveFailed | UpdateRejected | PeerAddressesUpdated
-    | NatMappingChanged | ProbeResult
+    | NatMappingChanged | ProbeResult | MessageFragmented
 )

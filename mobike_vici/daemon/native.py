@@ -783,7 +783,8 @@ def engine_settings(config: Config) -> EngineSettings:
         cookie_threshold=policy.cookie_threshold, block_threshold=policy.block_threshold,
         half_open_limit=policy.half_open_limit, dh_budget=float(policy.dh_budget),
         max_ike_sas_per_peer=policy.max_ike_sas_per_peer,
-        max_child_sas_per_peer=policy.max_child_sas_per_peer)
+        max_child_sas_per_peer=policy.max_child_sas_per_peer,
+        fragment_size=policy.fragment_size)
 
 
 def _mobike_conn(config: Config) -> Callable[[str], bool]:

@@ -119,6 +119,8 @@ class IkeInitTask:
             payloads.append(Notify(NotifyType.COOKIE, self.cookie))
         payloads += [SA(proposals), KE(self.group, sa.dh.public), Nonce(sa.nonce_i)]
         payloads += _nat_detection(ctx, sa.conn, sa.spi_i, ZERO_SPI, sa.path)
+        if sa.conn.fragmentation.announces:
+            payloads.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
         return payloads
 
     def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
@@ -170,6 +172,9 @@ class IkeInitTask:
         sa.nonce_r = nonce.data
         _finish_keys(sa, shared)
         _detect_nat(sa, payloads, sa.spi_r, sa.path)
+        # RFC 7383 §2.3: a responder answers with it only when we sent it.
+        sa.peer_fragmentation = (sa.conn.fragmentation.announces and find_notify(
+            payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None)
         # charon floats to 4500 for IKE_AUTH when behind NAT or MOBIKE is wanted.
         if sa.nat_any or sa.conn.mobike or sa.conn.encap:
             sa.path = float_to_natt(sa.path)
@@ -317,4 +322,9 @@ def respond_init(
     _detect_nat(sa, payloads, ZERO_SPI, path)
     reply: list[Payload] = [SA((chosen,)), KE(suite.dh, dh.public), Nonce(sa.nonce_r)]
     reply += _nat_detection(ctx, conn, sa.spi_i, sa.spi_r, path)
+    if (conn.fragmentation.announces
+            and find_notify(payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None):
+        # RFC 7383 §2.3: announced back only to an initiator that announced it.
+        sa.peer_fragmentation = True
+        reply.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
     return InitReply(reply, sa)
