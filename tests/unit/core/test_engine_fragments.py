@@ -192,3 +192,19 @@ def test_mobike_move_of_an_sa_set_up_in_fragments() -> None:
     assert {decode_header(d.data).is_response for d in update} == {False, True}
     assert len(update) > 2 and all(is_fragment(d) for d in update)
     assert net.b.status()[0].path == Path(new.remote, new.local)
+
+
+def test_an_ike_rekey_keeps_fragmentation() -> None:
+    tiny = EngineSettings(fragment_size=150)
+    net = start(make_pair(settings=tiny))
+    old = net.a.status()[0].ike_spi
+    net.a.rekey_ike(old, net.now)
+    net.pump()
+    (sa,) = net.a.status()
+    assert sa.ike_spi != old
+    before = len(net.log)
+    net.a.rekey_child(sa.children[0].unique_id, net.now)
+    net.pump()
+    rekey = [d for d in net.log[before:] if not d.keepalive
+             and decode_header(d.data).exchange == ExchangeType.CREATE_CHILD_SA]
+    assert rekey and all(is_fragment(d) for d in rekey)
