@@ -44,7 +44,7 @@ with atheris.instrument_imports(include=["mobike_vici"]):
     from ..unit.core.test_mobike import ALICE2, BOB6
     from .engine_support import pad
 
-MAX_RECORDS = 12
+MAX_RECORDS = 8
 """Datagrams per input: enough for out-of-order, duplicate and changed-total runs of
 a message cut in a few pieces, few enough to keep inputs fast."""
 RESET_EVERY = 500
