@@ -40,6 +40,7 @@ from .core.events import (
     IkeSaEstablished,
     IkeSaMoved,
     IkeSaRekeyed,
+    MessageFragmented,
     MoveFailed,
     NatMappingChanged,
     PacketDropped,
@@ -560,6 +561,15 @@ def core_event_fields(event: Event) -> tuple[str, Fields]:
                 "probe_id": event.probe_id,
                 "ok": event.ok,
                 "rtt_ms": None if event.rtt is None else round(event.rtt * 1000.0, 3),
+            }
+        case MessageFragmented():
+            return "fragments_sent" if event.sent else "fragments_reassembled", {
+                "conn": event.conn,
+                "ike_spi": event.ike_spi,
+                **_path_fields(event.path),
+                "exchange": event.exchange,
+                "fragments": event.fragments,
+                "length": event.length,
             }
     # An event class newer than this table: say so instead of guessing its fields,
     # which may include keys.

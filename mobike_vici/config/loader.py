@@ -25,6 +25,7 @@ from .model import (
     ConfigError,
     ConnectionConfig,
     DpdAction,
+    Fragmentation,
     MobikeConfig,
     PoolConfig,
     SharedSecret,
@@ -93,6 +94,7 @@ _DPD = {"clear": DpdAction.CLEAR, "none": DpdAction.CLEAR, "trap": DpdAction.TRA
 _CLOSE = {"none": CloseAction.NONE, "clear": CloseAction.NONE, "trap": CloseAction.TRAP,
           "route": CloseAction.TRAP, "start": CloseAction.START, "restart": CloseAction.START}
 _UNIQUE = {u.value: u for u in Unique}
+_FRAGMENTATION = {f.value: f for f in Fragmentation}
 _MODES = frozenset({"tunnel", "transport"})
 _OTHER_MODES = frozenset({"transport_proxy", "beet", "pass", "drop"})
 # strongSwan's mem_pool caps a pool at 2^31 addresses (POOL_LIMIT in mem_pool.c).
@@ -170,6 +172,9 @@ def _connection(sec: Section) -> ConnectionConfig:
             extra.append((key, kv.value))
         elif key not in _CONN_KEYS:
             raise _unknown_key(sec, key, where)
+    if (v := _get(sec, "fragmentation")) is not None:
+        # Kept as written for charon; the native core reads it, so it must be valid.
+        val.parse_enum(v, "fragmentation", _FRAGMENTATION)
     local: list[AuthConfig] = []
     remote: list[AuthConfig] = []
     children: list[ChildConfig] = []

@@ -101,6 +101,12 @@ max_child_sas_per_peer     1024        1 .. 1000000     native: CHILD_SAs of one
 drop_log_interval          1s          >0 .. 24h        native: unauthenticated drops are
                                                         logged as one packet_dropped per
                                                         reason per interval
+fragment_size              1280        0, 300 .. 65535  native: largest IP datagram of an
+                                                        IKE message (charon.fragment_size);
+                                                        larger ones are cut into RFC 7383
+                                                        fragments where fragmentation was
+                                                        negotiated (0: 576 on IPv4, 1280 on
+                                                        IPv6)
 =========================  ==========  ===============  ====================================
 
 .. mobike-keys-end
@@ -211,6 +217,7 @@ class MobikePolicy:
     max_ike_sas_per_peer: int = 256
     max_child_sas_per_peer: int = 1024
     drop_log_interval: float = 1.0
+    fragment_size: int = 1280
 
     def excludes_local(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
                        ifname: str) -> bool:
@@ -246,6 +253,7 @@ _TOP_KEYS = frozenset({
     "drop_log_interval", "cookie_threshold", "block_threshold", "init_limit_half_open",
     "init_dh_budget",
     "max_ike_sas_per_peer", "max_child_sas_per_peer", "verify_timeout", "repair_timeout",
+    "fragment_size",
 })
 _RULE_KEYS = frozenset({"interface", "prefix", "remote_prefix", "family", "cost"})
 _FAMILIES = {"ipv4": 4, "ipv6": 6, "4": 4, "6": 6, "any": None}
@@ -255,6 +263,8 @@ _ROUTABILITY = {"always": RoutabilityMode.ALWAYS, "yes": RoutabilityMode.ALWAYS,
 # The bound on rule costs keeps sums far from anything surprising.
 _MAX_COST = 1_000_000
 _MAX_IN_FLIGHT = 64
+# Below this an IPv6 fragment has room for little beyond its headers.
+_MIN_FRAGMENT_SIZE = 300
 
 
 # Denial-of-service limits of the native daemon (charon's names where charon has them);
@@ -330,6 +340,12 @@ def _build(raw: Mapping[str, str], locate: Locate) -> MobikePolicy:
                 "escalate_after", "drop_log_interval", "verify_timeout", "repair_timeout"):
         if (t := text(key)) is not None:
             kw[key] = _time(t, key, err, zero_ok=key in ("hold_down", "verify_timeout"))
+    if (t := text("fragment_size")) is not None:
+        size = _uint(t, "fragment_size", 0, 65535, err)
+        if 0 < size < _MIN_FRAGMENT_SIZE:
+            raise err("fragment_size", f"{size} is out of range (0 or "
+                      f"{_MIN_FRAGMENT_SIZE}..65535)")
+        kw["fragment_size"] = size
     for key, lo, hi in (("probe_misses", 1, 100), ("max_probes_in_flight", 1, _MAX_IN_FLIGHT),
                         ("max_moves_per_minute", 0, 10_000)):
         if (t := text(key)) is not None:

@@ -48,6 +48,27 @@ class Unique(Enum):
     REPLACE = "replace"
 
 
+class Fragmentation(Enum):
+    """swanctl's ``fragmentation`` (RFC 7383 for IKEv2). Fragments a peer sends are
+    taken whatever the value, as charon takes them."""
+
+    YES = "yes"
+    ACCEPT = "accept"
+    """Announced, and the peer's fragments taken; our own messages are never cut."""
+    FORCE = "force"
+    """IKEv1 only in charon; for IKEv2 it means what yes means."""
+    NO = "no"
+    """Not announced: the peer will not cut its messages for us."""
+
+    @property
+    def announces(self) -> bool:
+        return self != Fragmentation.NO
+
+    @property
+    def sends(self) -> bool:
+        return self in (Fragmentation.YES, Fragmentation.FORCE)
+
+
 class AuthClass(Enum):
     PSK = "psk"
     PUBKEY = "pubkey"
@@ -149,6 +170,15 @@ class ConnectionConfig:
     file: str = ""
     line: int = 0
     extra: Extra = ()  # e.g. aggressive, fragmentation, send_cert, if_id_in
+
+    @property
+    def fragmentation(self) -> Fragmentation:
+        """``fragmentation`` (kept in ``extra`` so charon gets it as written; the loader
+        has checked the value). Default yes, as swanctl's."""
+        for key, value in self.extra:
+            if key == "fragmentation" and value.strip():
+                return Fragmentation(value.strip().lower())
+        return Fragmentation.YES
 
 
 @dataclass(frozen=True, slots=True)

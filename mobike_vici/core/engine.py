@@ -31,6 +31,7 @@ PeerAddressesUpdated and NatMappingChanged.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 from collections import deque
@@ -39,19 +40,25 @@ from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
 from ..config.model import ChildConfig, Config, ConnectionConfig, Unique
-from ..ikev2.constants import NATT_KEEPALIVE, ExchangeType, HeaderFlag, NotifyType
+from ..ikev2.constants import NATT_KEEPALIVE, ExchangeType, HeaderFlag, NotifyType, PayloadType
 from ..ikev2.crypto import DH_COST_MS, IntegrityError
 from ..ikev2.message import (
     DecodeError,
+    Fragment,
     Header,
     Message,
     decode_header,
     decode_message,
+    decrypt_fragment,
     decrypt_message,
     encode_encrypted,
+    encode_fragments,
     encode_message,
+    fragment_capacity,
+    join_fragments,
+    transport_overhead,
 )
-from ..ikev2.payloads import Encrypted, Notify, Payload
+from ..ikev2.payloads import Encrypted, EncryptedFragment, Notify, Payload, encode_payloads
 from ..types import Endpoint, IPAddress, Path
 from .child_sa import ChildState
 from .context import Context, candidates
@@ -61,6 +68,7 @@ from .events import (
     Event,
     ExchangeFailed,
     IkeSaDeleted,
+    MessageFragmented,
     MoveFailed,
     PacketDropped,
     ProbeResult,
@@ -99,6 +107,7 @@ from .exchanges.mobike import (
     moved,
     respond_mobike,
 )
+from .fragments import REASSEMBLY_TIMEOUT, add_fragment, expire
 from .ike_sa import CachedResponse, IkeSa, IkeState, PendingRequest, Probe
 from .settings import EngineSettings
 from .ts import no_service_names, ts_to_str
@@ -250,6 +259,9 @@ class Engine:
                              and sa.spi_r == ZERO_SPI)
         if not new_init_response and (header.spi_i, header.spi_r) != (sa.spi_i, sa.spi_r):
             self._drop(path, "SPI pair mismatch", header)
+            return
+        if header.next_payload == PayloadType.SKF:
+            self._on_fragment(sa, header, data, path, now)
             return
         if header.is_response:
             self._on_response(sa, header, data, path, now)
@@ -408,7 +420,7 @@ class Engine:
                 pending.task.fail(self._ctx, sa, "superseded")
             # Whatever is outstanding continues on the new path (§3.5).
             pending.path = path
-            self._send(pending.data, path, sa, now)
+            self._send_all(pending.datagrams, path, sa, now)
         limit = self._settings.move_timeout
         sa.tasks.appendleft(MoveTask(sa.path, path, now,
                                      min(timeout, limit) if timeout is not None else None))
@@ -506,6 +518,13 @@ class Engine:
             sa.last_sent = now
             self._ctx.touch(sa)
 
+    def _send_all(self, datagrams: Sequence[bytes], path: Path, sa: IkeSa,
+                  now: float) -> None:
+        """A message: one datagram, or all its fragments (every resend sends them all,
+        RFC 7383 §2.6.1)."""
+        for data in datagrams:
+            self._send(data, path, sa, now)
+
     def _drop(self, path: Path, reason: str, header: Header | None = None,
               authenticated: bool = False) -> None:
         spi = f"{header.spi_i.hex()}_{header.spi_r.hex()}" if header is not None else None
@@ -520,6 +539,30 @@ class Engine:
         assert sa.cipher_out is not None
         iv = self._ctx.random_bytes(sa.cipher_out.iv_length)
         return encode_encrypted(header, payloads, sa.cipher_out, iv)
+
+    def _fragment(self, sa: IkeSa, exchange: ExchangeType, message_id: int, response: bool,
+                  payloads: list[Payload], data: bytes, path: Path) -> tuple[bytes, ...]:
+        """``data`` cut into RFC 7383 fragments when it is too large for fragment_size
+        on ``path`` and fragmentation was negotiated (never IKE_SA_INIT, §2.5); else ()."""
+        if exchange == ExchangeType.IKE_SA_INIT or not sa.fragmentation:
+            return ()
+        version = path.remote.addr.version
+        limit = self._settings.fragment_limit(version)
+        if len(data) + transport_overhead(version, path.natt) <= limit:
+            return ()
+        assert sa.cipher_out is not None
+        capacity = fragment_capacity(limit, version, path.natt, sa.cipher_out)
+        try:
+            fragments = tuple(encode_fragments(sa.header(exchange, message_id, response),
+                                               payloads, sa.cipher_out,
+                                               self._ctx.random_bytes, capacity))
+        except ValueError:
+            return ()  # more than 65535 fragments: the whole message then, as it is
+        length = len(encode_payloads(payloads))
+        self._ctx.emit(MessageFragmented(conn=sa.conn.name, ike_spi=sa.spi_str,
+                                         exchange=_exchange_name(exchange), sent=True,
+                                         fragments=len(fragments), length=length, path=path))
+        return fragments
 
     # ------------------------------------------------------------------ our requests
 
@@ -560,13 +603,16 @@ class Engine:
         wait = (self._move_resend(task) if isinstance(task, MoveTask)
                 else self._settings.retransmit.wait(0))
         path: Path = getattr(task, "path", None) or sa.path
-        sa.pending = PendingRequest(mid, task.exchange, data, path, task, now, now + wait)
-        self._send(data, path, sa, now)
+        fragments = self._fragment(sa, task.exchange, mid, False, payloads, data, path)
+        sa.pending = PendingRequest(mid, task.exchange, data, path, task, now, now + wait,
+                                    fragments=fragments)
+        self._send_all(sa.pending.datagrams, path, sa, now)
         self._ride(sa, now)
         return True
 
     def _on_response(self, sa: IkeSa, header: Header, data: bytes, path: Path,
-                     now: float) -> None:
+                     now: float, assembled: Message | None = None) -> None:
+        """The peer's response; ``assembled``: already reassembled from fragments."""
         pending = sa.pending
         if (pending is None or header.message_id != pending.message_id
                 or header.exchange != pending.exchange):
@@ -579,7 +625,7 @@ class Engine:
                 return
             self._drop(path, "unexpected response", header)
             return
-        msg = self._open(sa, header, data, path)
+        msg = assembled if assembled is not None else self._open(sa, header, data, path)
         if msg is None:
             return
         if unsupported_critical(msg.payloads) is not None:
@@ -652,8 +698,82 @@ class Engine:
             self._drop(path, f"malformed message: {exc}", header)
         return None
 
+    def _open_fragment(self, sa: IkeSa, header: Header, data: bytes,
+                       path: Path) -> Fragment | None:
+        """Decode and check one fragment on its own; None (and packet_dropped) on failure."""
+        try:
+            if sa.cipher_in is None:
+                raise DecodeError("no keys yet")
+            return decrypt_fragment(data, decode_message(data), sa.cipher_in)
+        except IntegrityError:
+            self._drop(path, "integrity check failed", header)
+        except (DecodeError, ValueError) as exc:
+            self._drop(path, f"malformed fragment: {exc}", header)
+        return None
+
+    def _on_fragment(self, sa: IkeSa, header: Header, data: bytes, path: Path,
+                     now: float) -> None:
+        """One RFC 7383 fragment: checked on its own, then kept until its message is whole.
+
+        The message ID and exchange are checked before any cryptography, so only
+        fragments of the one message we expect in each direction cost a decryption.
+        """
+        mid = header.message_id
+        exchange = header.exchange
+        response = header.is_response
+        cached = sa.cached
+        if exchange == ExchangeType.IKE_SA_INIT:
+            self._drop(path, "fragment in IKE_SA_INIT", header)
+            return
+        retransmit = not response and cached is not None and mid == cached.message_id
+        if response:
+            pending = sa.pending
+            if pending is None or mid != pending.message_id or exchange != pending.exchange:
+                self._drop(path, "unexpected response", header)
+                return
+        elif not retransmit:
+            if mid != sa.peer_next_id:
+                self._drop(path, f"message ID {mid} outside the window", header)
+                return
+            if not isinstance(exchange, ExchangeType) or exchange not in _allowed(sa):
+                self._drop(path, f"unexpected {_exchange_name(exchange)} request", header)
+                return
+        fragment = self._open_fragment(sa, header, data, path)
+        if fragment is None:
+            return
+        if retransmit:
+            assert cached is not None
+            # §2.6.1: only fragment 1 of a retransmitted request makes us resend the
+            # response, else each fragment would send all of ours again.
+            if fragment.number == 1:
+                self._send_all(cached.datagrams, path, sa, now)
+            return
+        added = add_fragment(sa.reassembly, response, mid, int(exchange), fragment, now,
+                             REASSEMBLY_TIMEOUT)
+        if added.reason:
+            self._drop(path, added.reason, header, authenticated=True)
+            return
+        if added.done is None:
+            return
+        whole = dataclasses.replace(header, next_payload=added.first_payload)
+        try:
+            msg = join_fragments(whole, added.first_payload, added.done)
+        except DecodeError as exc:
+            self._drop(path, f"malformed message: {exc}", header, authenticated=True)
+            return
+        self._ctx.emit(MessageFragmented(conn=sa.conn.name, ike_spi=sa.spi_str,
+                                         exchange=_exchange_name(exchange), sent=False,
+                                         fragments=len(added.done),
+                                         length=sum(map(len, added.done)), path=path))
+        if response:
+            self._on_response(sa, whole, data, path, now, msg)
+        else:
+            self._on_request(sa, whole, data, path, now, msg)
+
     def _on_request(self, sa: IkeSa, header: Header, data: bytes, path: Path,
-                    now: float) -> None:
+                    now: float, assembled: Message | None = None) -> None:
+        """The peer's request; ``assembled``: already reassembled from fragments (its
+        window and exchange checked, ``data`` its last fragment)."""
         mid = header.message_id
         cached = sa.cached
         if cached is not None and mid == cached.message_id:
@@ -671,7 +791,7 @@ class Engine:
                         sa.path = path
                     else:
                         moved(self._ctx, sa, sa.path, path, None, now)
-                self._send(cached.response, path, sa, now)
+                self._send_all(cached.datagrams, path, sa, now)
             else:
                 self._drop(path, "retransmission differs from the original request", header)
             return
@@ -685,17 +805,10 @@ class Engine:
         if not isinstance(exchange, ExchangeType):
             self._drop(path, f"unknown exchange {exchange}", header)
             return
-        allowed = {
-            IkeState.CONNECTING: (ExchangeType.IKE_AUTH,) if not sa.initiator else (),
-            IkeState.ESTABLISHED: (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA),
-            IkeState.REKEYING: (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA),
-            IkeState.DELETING: (ExchangeType.INFORMATIONAL,),
-            IkeState.REKEYED: (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA),
-        }.get(sa.state, ())
-        if exchange not in allowed:
+        if exchange not in _allowed(sa):
             self._drop(path, f"unexpected {_exchange_name(exchange)} request", header)
             return
-        msg = self._open(sa, header, data, path)
+        msg = assembled if assembled is not None else self._open(sa, header, data, path)
         if msg is None:
             return
         # Authenticated from here on.
@@ -740,9 +853,11 @@ class Engine:
         response = self._encode(sa, exchange, mid, True, reply)
         update = any(isinstance(p, Notify) and p.type == NotifyType.UPDATE_SA_ADDRESSES
                      for p in msg.payloads)
-        sa.cached = CachedResponse(mid, data, response, path, update)
+        fragments = self._fragment(sa, exchange, mid, True, reply, response, path)
+        sa.cached = CachedResponse(mid, data, response, path, update,
+                                   response_fragments=fragments)
         sa.peer_next_id = mid + 1
-        self._send(response, path, sa, now)
+        self._send_all(sa.cached.datagrams, path, sa, now)
         if sa.state != IkeState.CONNECTING:
             self._forget_half_open(sa)
         if sa.initial_contact and sa.state == IkeState.ESTABLISHED:
@@ -848,7 +963,7 @@ class Engine:
                 if in_flight_update:
                     continue  # waits for the slot
                 if probe.path not in copied:
-                    self._send(pending.data, probe.path, sa, now)
+                    self._send_all(pending.datagrams, probe.path, sa, now)
                     copied.add(probe.path)
             probe.message_ids[pending.message_id] = left
             if own and probe.path == pending.path:
@@ -869,7 +984,7 @@ class Engine:
             pending.deadline = now + settings.retransmit.wait(0)
         else:
             pending.deadline = min(now + self._move_resend(task), started + limit)
-        self._send(pending.data, pending.path, sa, now)
+        self._send_all(pending.datagrams, pending.path, sa, now)
 
     def _move_resend(self, task: MoveTask) -> float:
         """Resend interval of an update: move_retransmit, or a third of a shorter bound."""
@@ -979,7 +1094,7 @@ class Engine:
         except DecodeError as exc:
             self._drop(path, f"malformed message: {exc}", header)
             return
-        if any(isinstance(p, Encrypted) for p in msg.payloads):
+        if any(isinstance(p, Encrypted | EncryptedFragment) for p in msg.payloads):
             self._drop(path, "SK payload in IKE_SA_INIT", header)
             return
         try:
@@ -1021,6 +1136,7 @@ class Engine:
 
     def _sa_timer(self, sa: IkeSa, now: float) -> None:
         self._probe_timer(sa, now)
+        expire(sa.reassembly, now, REASSEMBLY_TIMEOUT)
         pending = sa.pending
         settings = self._settings
         if (pending is not None and now >= pending.deadline
@@ -1041,7 +1157,7 @@ class Engine:
             if isinstance(pending.task, ProbeTask):
                 # A probe's own path had probe_timeout; the request lives on the SA's.
                 pending.path = sa.path
-            self._send(pending.data, pending.path, sa, now)
+            self._send_all(pending.datagrams, pending.path, sa, now)
         self._ride(sa, now)
         if sa.state == IkeState.CONNECTING:
             if not sa.initiator and now >= sa.created + settings.half_open_timeout:
@@ -1107,6 +1223,17 @@ class Engine:
                                     reason=reason))
         if successor is not sa and self._sas.get(successor.our_spi) is successor:
             self._kick(successor, now)
+
+
+def _allowed(sa: IkeSa) -> tuple[ExchangeType, ...]:
+    """The exchanges the peer may start in ``sa``'s state."""
+    return {
+        IkeState.CONNECTING: (ExchangeType.IKE_AUTH,) if not sa.initiator else (),
+        IkeState.ESTABLISHED: (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA),
+        IkeState.REKEYING: (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA),
+        IkeState.DELETING: (ExchangeType.INFORMATIONAL,),
+        IkeState.REKEYED: (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA),
+    }.get(sa.state, ())
 
 
 def _first_address(specs: tuple[str, ...]) -> IPAddress | None:

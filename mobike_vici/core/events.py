@@ -129,6 +129,20 @@ class AuthenticationFailed(CoreEvent):
     """The identity the peer claimed, when it got that far."""
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MessageFragmented(CoreEvent):
+    """An IKE message went out as RFC 7383 fragments, or came in as fragments and was
+    reassembled (once per message: retransmissions are not reported again)."""
+
+    exchange: str
+    sent: bool
+    """True: ours, cut; False: the peer's, reassembled."""
+    fragments: int
+    length: int
+    """Bytes of the payloads the fragments carry together."""
+    path: Path
+
+
 # ---------------------------------------------------------------- MOBIKE (RFC 4555)
 
 
@@ -218,5 +232,5 @@ Event = (
     | ChildSaRekeyed | PacketDropped | ExchangeFailed | AuthenticationFailed
     | IkeSaMoved | PeerMoved
     | ChildSaUpdated | MoveFailed | UpdateRejected | PeerAddressesUpdated
-    | NatMappingChanged | ProbeResult
+    | NatMappingChanged | ProbeResult | MessageFragmented
 )

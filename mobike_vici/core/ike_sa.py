@@ -18,6 +18,8 @@ from ..ikev2.crypto import DhExchange, IkeKeys, IkeSuite, SkCipher, sk_ciphers
 from ..ikev2.message import Header
 from ..types import Endpoint, IPAddress, Path
 from .child_sa import ChildSa, ChildState
+from .fragments import REASSEMBLY_TIMEOUT, Reassembly
+from .fragments import deadline as reassembly_deadline
 
 if TYPE_CHECKING:
     from .exchanges.base import Task
@@ -45,6 +47,12 @@ class PendingRequest:
     first_sent: float
     deadline: float
     retransmitted: int = 0
+    fragments: tuple[bytes, ...] = ()
+    """The request as RFC 7383 fragments, when it was cut: every resend sends them all."""
+
+    @property
+    def datagrams(self) -> tuple[bytes, ...]:
+        return self.fragments or (self.data,)
 
 
 @dataclass(slots=True)
@@ -72,6 +80,12 @@ class CachedResponse:
     path: Path
     update: bool = False
     """The request was an UPDATE_SA_ADDRESSES: a replay from elsewhere is reported."""
+    response_fragments: tuple[bytes, ...] = ()
+    """The response as RFC 7383 fragments, when it was cut: resent all together."""
+
+    @property
+    def datagrams(self) -> tuple[bytes, ...]:
+        return self.response_fragments or (self.response,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +132,10 @@ class IkeSa:
     """The peer's SIGNATURE_HASH_ALGORITHMS (RFC 7427); None when it sent none."""
     peer_certreq: bool = False
     """The peer sent a CERTREQ (``send_cert = ifasked`` then sends ours)."""
+    peer_fragmentation: bool = False
+    """The peer sent IKEV2_FRAGMENTATION_SUPPORTED in IKE_SA_INIT (RFC 7383 §2.3)."""
+    reassembly: dict[bool, Reassembly] = field(default_factory=dict)
+    """Fragments of the peer's request (False) and of the response to ours (True)."""
     # Learned in IKE_AUTH.
     local_id: str = ""
     remote_id: str = ""
@@ -176,6 +194,12 @@ class IkeSa:
         self.sk_p = (keys.sk_pi, keys.sk_pr) if authenticate else None
 
     @property
+    def fragmentation(self) -> bool:
+        """We cut our own large messages: both sides announced support and our
+        connection says yes (or force); ``accept`` only takes fragments."""
+        return self.peer_fragmentation and self.conn.fragmentation.sends
+
+    @property
     def mobike(self) -> bool:
         """MOBIKE negotiated on this IKE_SA (both sent MOBIKE_SUPPORTED)."""
         return self.conn.mobike and self.peer_mobike
@@ -231,6 +255,8 @@ class IkeSa:
         if self.pending is not None:
             times.append(self.pending.deadline)
         times.extend(p.deadline for p in self.probes)
+        if (reassembly := reassembly_deadline(self.reassembly, REASSEMBLY_TIMEOUT)) is not None:
+            times.append(reassembly)
         if self.state == IkeState.CONNECTING:
             # Only a responder's half-open SA times out; an initiator gives up
             # through its retransmissions, as charon does.

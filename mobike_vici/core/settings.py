@@ -74,3 +74,13 @@ class EngineSettings:
     """MOBIKE: an UPDATE_SA_ADDRESSES unanswered this long fails (MoveFailed timeout)."""
     move_retransmit: float = 1.0
     """MOBIKE: resend interval of an unanswered UPDATE_SA_ADDRESSES."""
+    fragment_size: int = _POLICY.fragment_size
+    """charon.fragment_size: the largest IP datagram an IKE message of ours may make
+    where RFC 7383 fragmentation was negotiated; larger ones (never IKE_SA_INIT) go as
+    fragments. 0: 576 bytes on IPv4, 1280 on IPv6."""
+
+    def fragment_limit(self, ip_version: int) -> int:
+        """The IP datagram size for ``ip_version`` (the 0 default resolved)."""
+        if self.fragment_size:
+            return self.fragment_size
+        return 576 if ip_version == 4 else 1280

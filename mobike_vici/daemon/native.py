@@ -844,7 +844,8 @@ def engine_settings(config: Config) -> EngineSettings:
         max_child_sas_per_peer=policy.max_child_sas_per_peer,
         # The path manager judges misses by its own adaptive timeout; the engine keeps
         # a probe open as long as a late answer may still bring its path back up.
-        probe_timeout=MAX_PROBE_TIMEOUT)
+        probe_timeout=MAX_PROBE_TIMEOUT,
+        fragment_size=policy.fragment_size)
 
 
 def _mobike_conn(config: Config) -> Callable[[str], bool]:

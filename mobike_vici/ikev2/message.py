@@ -1,12 +1,15 @@
-"""IKEv2 messages (RFC 7296 §3.1, §3.14): header, payload chain, SK sealing.
+"""IKEv2 messages (RFC 7296 §3.1, §3.14): header, payload chain, SK sealing, and
+IKE fragmentation (RFC 7383): splitting an SK payload into SKF payloads sealed one
+by one, opening each on its own, joining the pieces.
 
 Decoding never lets anything but :class:`DecodeError` escape (and, from
-:func:`decrypt_message`, :class:`~mobike_vici.ikev2.crypto.IntegrityError`).
+:func:`decrypt_message` and :func:`decrypt_fragment`,
+:class:`~mobike_vici.ikev2.crypto.IntegrityError`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -16,6 +19,7 @@ from .payloads import (
     GENERIC_HEADER_LENGTH,
     DecodeError,
     Encrypted,
+    EncryptedFragment,
     Notify,
     Payload,
     Reader,
@@ -25,9 +29,10 @@ from .payloads import (
     to_enum,
 )
 
-__all__ = ["MAX_MESSAGE_LENGTH", "DecodeError", "Header", "Message", "UnsupportedVersionError",
-           "decode_header", "decode_message", "decrypt_message", "encode_encrypted",
-           "encode_message"]
+__all__ = ["FRAGMENT_HEADER_LENGTH", "MAX_MESSAGE_LENGTH", "DecodeError", "Fragment", "Header",
+           "Message", "UnsupportedVersionError", "decode_header", "decode_message",
+           "decrypt_fragment", "decrypt_message", "encode_encrypted", "encode_fragments",
+           "encode_message", "fragment_capacity", "join_fragments", "transport_overhead"]
 
 P = TypeVar("P", bound=Payload)
 MAX_MESSAGE_LENGTH = 10000
@@ -145,23 +150,97 @@ def encode_encrypted(
     header: Header, payloads: Sequence[Payload], cipher: SkCipher, iv: bytes
 ) -> bytes:
     """Encode a message whose payloads all go inside one SK payload."""
+    return _seal(header, Encrypted.payload_type, first_payload_type(payloads), b"",
+                 encode_payloads(payloads), cipher, iv)
+
+
+def _seal(header: Header, sk_type: int, first: int, fields: bytes, inner: bytes,
+          cipher: SkCipher, iv: bytes) -> bytes:
+    """One message of one SK or SKF payload (``fields``: SKF's number and total)."""
     if len(iv) != cipher.iv_length:
         raise ValueError(f"IV must be {cipher.iv_length} bytes, got {len(iv)}")
-    inner = encode_payloads(payloads)
     # Zero padding, then the pad length byte, to a multiple of the block size (§3.14).
     pad_length = -(len(inner) + 1) % max(cipher.block_size, 1)
     plaintext = inner + bytes(pad_length) + bytes((pad_length,))
-    body_length = len(iv) + len(plaintext) + cipher.icv_length
+    body_length = len(fields) + len(iv) + len(plaintext) + cipher.icv_length
     sk_length = GENERIC_HEADER_LENGTH + body_length
     if sk_length > 0xFFFF:
         raise ValueError(f"SK payload of {sk_length} bytes does not fit the length field")
-    # Both length fields are covered by the ICV/tag, so they are final before sealing.
-    aad = (_encode_header(header, Encrypted.payload_type, HEADER_LENGTH + sk_length)
-           + bytes((first_payload_type(payloads), 0)) + sk_length.to_bytes(2, "big"))
+    # Both length fields (and SKF's number and total, RFC 7383 §2.5) are covered by
+    # the ICV/tag, so they are final before sealing.
+    aad = (_encode_header(header, sk_type, HEADER_LENGTH + sk_length)
+           + bytes((first, 0)) + sk_length.to_bytes(2, "big") + fields)
     sealed = cipher.seal(aad, iv, plaintext)
     if len(sealed) != len(plaintext) + cipher.icv_length:
         raise ValueError("cipher returned a sealed body of unexpected length")
     return aad + iv + sealed
+
+
+FRAGMENT_HEADER_LENGTH = GENERIC_HEADER_LENGTH + 4
+"""The SKF payload's header: the generic one, Fragment Number, Total Fragments."""
+MAX_FRAGMENTS = 0xFFFF
+_UDP_HEADER = 8
+_IP_HEADER = {4: 20, 6: 40}
+
+
+def transport_overhead(ip_version: int, natt: bool) -> int:
+    """Bytes an IKE message carries on the wire beyond itself: the IP header (no
+    options), UDP and, on port 4500, the non-ESP marker. A fragment size is the
+    size of the whole IP datagram, as charon's fragment_size is."""
+    return _IP_HEADER.get(ip_version, 40) + _UDP_HEADER + (4 if natt else 0)
+
+
+def fragment_capacity(datagram_size: int, ip_version: int, natt: bool,
+                      cipher: SkCipher) -> int:
+    """Inner payload bytes one fragment carries when its IP datagram must fit
+    ``datagram_size`` (at least 1, so a tiny size still makes progress)."""
+    room = (datagram_size - transport_overhead(ip_version, natt) - HEADER_LENGTH
+            - FRAGMENT_HEADER_LENGTH - cipher.iv_length - cipher.icv_length)
+    block = max(cipher.block_size, 1)
+    # Padding fills to the block size and the pad length byte is part of it.
+    return max(room // block * block - 1, 1)
+
+
+def encode_fragments(
+    header: Header, payloads: Sequence[Payload], cipher: SkCipher,
+    random_bytes: Callable[[int], bytes], capacity: int,
+) -> list[bytes]:
+    """The message as SKF fragments of at most ``capacity`` inner bytes each (RFC 7383
+    §2.5): numbered from 1, each sealed on its own with a fresh IV, the first naming
+    the first inner payload. Raises ValueError when more than 65535 would be needed."""
+    if capacity < 1:
+        raise ValueError("fragment capacity must be positive")
+    inner = encode_payloads(payloads)
+    chunks = [inner[i:i + capacity] for i in range(0, len(inner), capacity)] or [b""]
+    total = len(chunks)
+    if total > MAX_FRAGMENTS:
+        raise ValueError(f"{total} fragments do not fit the Total Fragments field")
+    first = first_payload_type(payloads)
+    return [
+        _seal(header, EncryptedFragment.payload_type, first if number == 1 else 0,
+              number.to_bytes(2, "big") + total.to_bytes(2, "big"), chunk, cipher,
+              random_bytes(cipher.iv_length))
+        for number, chunk in enumerate(chunks, 1)
+    ]
+
+
+def _open_sk(data: bytes, body: bytes, cipher: SkCipher) -> bytes:
+    """Verify and decrypt the SK/SKF ``body`` that ends ``data``; the inner bytes,
+    padding removed."""
+    if not data.endswith(body):
+        raise DecodeError("message was not decoded from these bytes")
+    # SK is last, so the authenticated prefix is everything before its body.
+    aad = data[:len(data) - len(body)]
+    ct_length = len(body) - cipher.iv_length - cipher.icv_length
+    block = max(cipher.block_size, 1)
+    if ct_length < 1 or ct_length % block:
+        raise DecodeError(f"SK ciphertext of {ct_length} bytes for block size {block}")
+    iv = body[:cipher.iv_length]
+    plaintext = cipher.open(aad, iv, body[cipher.iv_length:])
+    pad_length = plaintext[-1]
+    if pad_length + 1 > len(plaintext):
+        raise DecodeError(f"pad length {pad_length} exceeds the plaintext")
+    return plaintext[:len(plaintext) - pad_length - 1]
 
 
 def decrypt_message(data: bytes, message: Message, cipher: SkCipher) -> Message:
@@ -173,19 +252,39 @@ def decrypt_message(data: bytes, message: Message, cipher: SkCipher) -> Message:
     if not message.payloads or not isinstance(message.payloads[-1], Encrypted):
         raise DecodeError("message has no SK payload")
     sk = message.payloads[-1]
-    if not data.endswith(sk.body):
-        raise DecodeError("message was not decoded from these bytes")
-    # SK is last, so the authenticated prefix is everything before its body.
-    aad = data[:len(data) - len(sk.body)]
-    ct_length = len(sk.body) - cipher.iv_length - cipher.icv_length
-    block = max(cipher.block_size, 1)
-    if ct_length < 1 or ct_length % block:
-        raise DecodeError(f"SK ciphertext of {ct_length} bytes for block size {block}")
-    iv = sk.body[:cipher.iv_length]
-    plaintext = cipher.open(aad, iv, sk.body[cipher.iv_length:])
-    pad_length = plaintext[-1]
-    if pad_length + 1 > len(plaintext):
-        raise DecodeError(f"pad length {pad_length} exceeds the plaintext")
-    inner = decode_payloads(sk.first_payload, plaintext[:len(plaintext) - pad_length - 1],
+    inner = decode_payloads(sk.first_payload, _open_sk(data, sk.body, cipher),
                             allow_encrypted=False)
     return Message(message.header, message.payloads[:-1] + inner)
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """One opened SKF payload: authentic, still a piece of a payload chain."""
+
+    number: int
+    total: int
+    first_payload: int
+    """The first inner payload's type (meaningful in fragment 1 only)."""
+    data: bytes
+
+
+def decrypt_fragment(data: bytes, message: Message, cipher: SkCipher) -> Fragment:
+    """Open the SKF payload of ``message`` (decoded from ``data``), the only payload
+    we accept in a fragment (we never send others; RFC 7383 §2.5 puts any in the first).
+
+    Raises IntegrityError or DecodeError as :func:`decrypt_message`; DecodeError also
+    for numbers outside 1 .. total (checked before any cryptography).
+    """
+    if len(message.payloads) != 1 or not isinstance(message.payloads[0], EncryptedFragment):
+        raise DecodeError("fragment message must hold exactly one SKF payload")
+    skf = message.payloads[0]
+    if not 1 <= skf.number <= skf.total:
+        raise DecodeError(f"fragment {skf.number} of {skf.total}")
+    return Fragment(skf.number, skf.total, skf.first_payload,
+                    _open_sk(data, skf.body, cipher))
+
+
+def join_fragments(header: Header, first_payload: int, pieces: Sequence[bytes]) -> Message:
+    """The message the fragments carried: their pieces in order, decoded as one chain."""
+    inner = decode_payloads(first_payload, b"".join(pieces), allow_encrypted=False)
+    return Message(header, inner)

@@ -178,6 +178,21 @@ class Encrypted:
 
 
 @dataclass(frozen=True, slots=True)
+class EncryptedFragment:
+    """The SKF payload as received (RFC 7383 §2.5): one fragment of an SK payload.
+
+    ``first_payload`` names the first inner payload in fragment 1 and is 0 in the
+    others; ``body`` is IV || ciphertext || ICV, sealed on its own.
+    """
+
+    payload_type: ClassVar[PayloadType] = PayloadType.SKF
+    first_payload: int
+    number: int
+    total: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownPayload:
     """A payload type we do not know; kept so the critical bit can be honoured."""
 
@@ -192,7 +207,7 @@ class UnknownPayload:
 
 Payload = (
     SA | KE | IDi | IDr | Cert | CertReq | Auth | Nonce | Notify | Delete | VendorId
-    | TSi | TSr | CP | EAP | Encrypted | UnknownPayload
+    | TSi | TSr | CP | EAP | Encrypted | EncryptedFragment | UnknownPayload
 )
 
 GENERIC_HEADER_LENGTH = 4
@@ -612,6 +627,8 @@ def encode_payload_body(p: Payload) -> bytes:
             return _encode_cp(p)
         case Encrypted():
             return p.body
+        case EncryptedFragment():
+            return _u16(p.number) + _u16(p.total) + p.body
         case Nonce() | VendorId() | EAP() | UnknownPayload():
             return p.data
         case _:
@@ -633,7 +650,7 @@ def encode_payloads(payloads: Sequence[Payload]) -> bytes:
     """
     out: list[bytes] = []
     for i, p in enumerate(payloads):
-        if isinstance(p, Encrypted):
+        if isinstance(p, Encrypted | EncryptedFragment):
             if i != len(payloads) - 1:
                 raise ValueError("the SK payload must be the last payload")
             next_type = p.first_payload
@@ -656,8 +673,8 @@ def decode_payloads(
 ) -> tuple[Payload, ...]:
     """Decode a chain that starts with ``first_type`` and fills ``data`` exactly.
 
-    SK (and SKF, which we do not reassemble) ends the chain: its next-payload field
-    names the first inner payload, so it must also end ``data``.
+    SK (and SKF, RFC 7383) ends the chain: its next-payload field names the first
+    inner payload, so it must also end ``data``.
     """
     r = Reader(data)
     payloads: list[Payload] = []
@@ -680,7 +697,9 @@ def decode_payloads(
             if ptype == PayloadType.SK:
                 payloads.append(Encrypted(next_type, body.rest()))
             else:
-                payloads.append(UnknownPayload(ptype, critical, body.rest()))
+                number = body.u16()
+                total = body.u16()
+                payloads.append(EncryptedFragment(next_type, number, total, body.rest()))
             return tuple(payloads)
         decoder = _DECODERS.get(ptype)
         if decoder is None:

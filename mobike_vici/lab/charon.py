@@ -8,6 +8,7 @@ Userspace ESP (kernel-libipsec) because the lab kernels carry no ESP.
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
 import subprocess
@@ -184,19 +185,25 @@ class Charon:
             self._session = vici.Session(sock)
         return self._session
 
-    def swanctl(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-        """Run swanctl against this charon; raises LabError on failure."""
+    def swanctl(self, *args: str, timeout: float = 30.0,
+                swanctl_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """Run swanctl against this charon; raises LabError on failure. ``swanctl_dir``:
+        where ``--load-creds``/``--load-all`` find ``x509/``, ``x509ca/``, ``private/``."""
         argv = [SWANCTL, *args, "--uri", self.uri]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        env = None if swanctl_dir is None else {**os.environ, "SWANCTL_DIR": str(swanctl_dir)}
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
+                              env=env)
         if proc.returncode != 0:
             raise LabError(
                 f"{shlex.join(argv)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
             )
         return proc
 
-    def load_all(self, swanctl_conf: Path) -> str:
-        """`swanctl --load-all --file swanctl_conf`: connections, secrets, pools."""
-        return self.swanctl("--load-all", "--file", str(swanctl_conf)).stdout
+    def load_all(self, swanctl_conf: Path, *, credentials: bool = False) -> str:
+        """`swanctl --load-all --file swanctl_conf`: connections, secrets, pools; with
+        ``credentials`` also the certificates and keys in swanctl's layout beside the file."""
+        return self.swanctl("--load-all", "--file", str(swanctl_conf),
+                            swanctl_dir=swanctl_conf.parent if credentials else None).stdout
 
     def initiate(self, child: str, ike: str | None = None, timeout_s: int = 20) -> str:
         """Initiate a CHILD_SA and wait for the outcome (swanctl waits itself)."""

@@ -310,6 +310,28 @@ table inet {NFT_TABLE} {{
         if peer is not None:
             router.run("nft", "delete", "element", "inet", NFT_TABLE, *_bh_element(peer, addr))
 
+    def drop_ip_fragments(self, router: Netns) -> None:
+        """Make `router` drop every IP fragment it would forward (IPv4 with MF set or a
+        fragment offset, IPv6 with a Fragment header), as consumer routers that break
+        IKE with large certificates do. The rule sits before conntrack's defragmentation
+        (priority -450 < -400), so it sees the fragments even where NAT is on."""
+        script = f"""
+table inet {NFT_TABLE}_frag {{
+    chain prerouting {{
+        type filter hook prerouting priority -450; policy accept;
+        ip frag-off & 0x3fff != 0 counter drop
+        exthdr frag exists counter drop
+    }}
+}}
+"""
+        router.run("nft", "delete", "table", "inet", f"{NFT_TABLE}_frag", check=False)
+        router.run("nft", "-f", "-", input_text=script)
+
+    def ip_fragments_dropped(self, router: Netns) -> int:
+        """Packets the drop_ip_fragments() rules of `router` dropped so far."""
+        out = router.run("nft", "list", "table", "inet", f"{NFT_TABLE}_frag").stdout
+        return sum(int(n) for n in re.findall(r"counter packets (\d+)", out))
+
     def masquerade(self, router: Netns, out_if: str, ports: tuple[int, int] | None = None,
                    source: str | None = None) -> None:
         """Source-NAT everything leaving `router` through `out_if` (IPv4), or only what

@@ -38,6 +38,39 @@ def two_hosts(lab: Lab) -> TwoHosts:
 
 
 @dataclass(frozen=True)
+class Routed:
+    """Two hosts with a router between them, IPv4 only.
+
+    ```
+    host_a eth0 10.1.0.2/24 ---- r0 10.1.0.1  rtr  r1 192.0.2.1/24 ---- eth0 192.0.2.2 host_b
+    ```
+    """
+
+    host_a: Netns
+    rtr: Netns
+    host_b: Netns
+    a4: str = "10.1.0.2"
+    b4: str = "192.0.2.2"
+    ifname: str = "eth0"
+
+
+def routed(lab: Lab) -> Routed:
+    """Topology (d): one router between two hosts (e.g. one that drops IP fragments)."""
+    a, rtr, b = lab.netns("host_a"), lab.netns("rtr"), lab.netns("host_b")
+    topo = Routed(a, rtr, b)
+    lab.link(a, topo.ifname, rtr, "r0")
+    lab.link(rtr, "r1", b, topo.ifname)
+    a.add_address(topo.ifname, f"{topo.a4}/24")
+    rtr.add_address("r0", "10.1.0.1/24")
+    rtr.add_address("r1", "192.0.2.1/24")
+    b.add_address(topo.ifname, f"{topo.b4}/24")
+    rtr.enable_forwarding()
+    a.add_route("default", via="10.1.0.1")
+    b.add_route("10.1.0.0/24", via="192.0.2.1")
+    return topo
+
+
+@dataclass(frozen=True)
 class Uplink:
     """One of the mobile host's uplinks: its interface, its address, the router's side."""
 

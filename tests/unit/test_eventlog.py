@@ -20,6 +20,7 @@ from mobike_vici.core.events import (
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaRekeyed,
+    MessageFragmented,
     PacketDropped,
 )
 from mobike_vici.eventlog import (
@@ -191,6 +192,13 @@ CASES: list[tuple[Event, str, dict[str, object]]] = [
     (ExchangeFailed(conn="home", ike_spi=SPI, exchange="INFORMATIONAL",
                     reason="retransmits_exceeded"),
      "exchange_failed", {"exchange": "INFORMATIONAL", "reason": "retransmits_exceeded"}),
+    (MessageFragmented(conn="home", ike_spi=SPI, exchange="IKE_AUTH", sent=True, fragments=3,
+                       length=2900, path=PATH),
+     "fragments_sent", {"exchange": "IKE_AUTH", "fragments": 3, "length": 2900,
+                        "remote": "192.0.2.2[4500]"}),
+    (MessageFragmented(conn="home", ike_spi=SPI, exchange="IKE_AUTH", sent=False,
+                       fragments=2, length=1500, path=PATH),
+     "fragments_reassembled", {"exchange": "IKE_AUTH", "fragments": 2, "length": 1500}),
 ]
 
 

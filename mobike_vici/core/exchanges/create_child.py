@@ -314,6 +314,7 @@ def _successor(ctx: Context, old: IkeSa, initiator: bool, spi_i: bytes, spi_r: b
     new.local_id, new.remote_id = old.local_id, old.remote_id
     new.peer_mobike = old.peer_mobike
     new.natt_supported = old.natt_supported
+    new.peer_fragmentation = old.peer_fragmentation  # negotiated once, kept by rekeys
     new.peer_addrs = old.peer_addrs
     new.state = IkeState.ESTABLISHED
     new.established_at = now

@@ -121,6 +121,8 @@ class IkeInitTask:
         payloads += [SA(proposals), KE(self.group, sa.dh.public), Nonce(sa.nonce_i)]
         payloads += _nat_detection(ctx, sa.conn, sa.spi_i, ZERO_SPI, sa.path)
         payloads += hash_notify(ctx, sa.conn)
+        if sa.conn.fragmentation.announces:
+            payloads.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
         return payloads
 
     def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
@@ -174,6 +176,9 @@ class IkeInitTask:
         _detect_nat(sa, payloads, sa.spi_r, sa.path)
         sa.peer_sig_hashes = peer_hashes(payloads)
         sa.peer_certreq = peer_sent_certreq(payloads)
+        # RFC 7383 §2.3: a responder answers with it only when we sent it.
+        sa.peer_fragmentation = (sa.conn.fragmentation.announces and find_notify(
+            payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None)
         # charon floats to 4500 for IKE_AUTH when behind NAT or MOBIKE is wanted.
         if sa.nat_any or sa.conn.mobike or sa.conn.encap:
             sa.path = float_to_natt(sa.path)
@@ -328,4 +333,9 @@ def respond_init(
     # Any candidate may end up chosen in IKE_AUTH (by identity): ask for what they need.
     signing = next((c for c in candidates if hash_notify(ctx, c)), conn)
     reply += hash_notify(ctx, signing) + certreq(ctx, signing)
+    if (conn.fragmentation.announces
+            and find_notify(payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None):
+        # RFC 7383 §2.3: announced back only to an initiator that announced it.
+        sa.peer_fragmentation = True
+        reply.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
     return InitReply(reply, sa)

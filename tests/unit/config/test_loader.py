@@ -16,6 +16,7 @@ from mobike_vici.config.model import (
     CloseAction,
     ConfigError,
     DpdAction,
+    Fragmentation,
     StartAction,
     TrafficSelectorSpec,
     Unique,
@@ -301,6 +302,10 @@ ERRORS: list[tuple[str, str, str]] = [
     (MINIMAL.replace("192.0.2.1", "192.0.2.1\n mobike = maybe"), "mobike =", "not yes or no"),
     (MINIMAL.replace("192.0.2.1", "192.0.2.1\n version = 1"), "version", "IKEv1"),
     (MINIMAL.replace("192.0.2.1", "192.0.2.1\n unique = sometimes"), "unique", "unknown value"),
+    (MINIMAL.replace("192.0.2.1", "192.0.2.1\n fragmentation = maybe"), "fragmentation",
+     "unknown value"),
+    (MINIMAL + "mobike {\n fragment_size = 100\n}\n", "fragment_size", "out of range"),
+    (MINIMAL + "mobike {\n fragment_size = 1k\n}\n", "fragment_size", "not a number"),
     (MINIMAL.replace("192.0.2.1", "192.0.2.1\n pools = nowhere"), "pools", "not defined"),
     (MINIMAL.replace("192.0.2.1", "192.0.2.1\n child { }"), "child {", "unknown section"),
     (MINIMAL.replace("192.0.2.1", "192.0.2.1\n local { auth = xauth }"), "local {", "IKEv1"),
@@ -372,3 +377,23 @@ def test_random_configs_load_or_raise_config_error(text: str) -> None:
         load_string(text, "/nonexistent-dir/fuzz.conf")
     except ConfigError as exc:
         assert exc.file.startswith("/nonexistent-dir/")
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, Fragmentation.YES), ("yes", Fragmentation.YES), ("accept", Fragmentation.ACCEPT),
+    ("force", Fragmentation.FORCE), ("NO", Fragmentation.NO)])
+def test_fragmentation_keeps_swanctls_values_and_default(value: str | None,
+                                                        expected: Fragmentation) -> None:
+    text = MINIMAL if value is None else MINIMAL.replace(
+        "192.0.2.1", f"192.0.2.1\n fragmentation = {value}")
+    conn = load_string(text).connections[0]
+    assert conn.fragmentation == expected
+    # Still handed to charon as written.
+    assert conn.extra == (() if value is None else (("fragmentation", value),))
+
+
+@pytest.mark.parametrize(("value", "size"), [(None, 1280), ("0", 0), ("300", 300),
+                                             ("9000", 9000)])
+def test_fragment_size(value: str | None, size: int) -> None:
+    text = MINIMAL + ("" if value is None else f"mobike {{ fragment_size = {value} }}\n")
+    assert load_string(text).mobike.policy.fragment_size == size
