@@ -11,6 +11,8 @@ from __future__ import annotations
 from cryptography import x509
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
+from ..ikev2.der import oid_text, read_tlv
+
 _NAMES: dict[str, ObjectIdentifier] = {
     "C": NameOID.COUNTRY_NAME, "ST": NameOID.STATE_OR_PROVINCE_NAME,
     "L": NameOID.LOCALITY_NAME, "O": NameOID.ORGANIZATION_NAME,
@@ -87,35 +89,6 @@ def dn_der(text: str) -> bytes:
 # --- DER decoding of a Name (cryptography has no public loader for a bare Name) ---------
 
 
-def _read(data: bytes, pos: int) -> tuple[int, bytes, int]:
-    if pos + 2 > len(data):
-        raise ValueError("truncated DN")
-    tag, first = data[pos], data[pos + 1]
-    pos += 2
-    if first >= 0x80:
-        count = first & 0x7F
-        if count == 0 or count > 2 or pos + count > len(data):
-            raise ValueError("bad DN length")
-        first = int.from_bytes(data[pos:pos + count], "big")
-        pos += count
-    if pos + first > len(data):
-        raise ValueError("truncated DN")
-    return tag, data[pos:pos + first], pos + first
-
-
-def _oid_text(body: bytes) -> str:
-    if not body:
-        raise ValueError("empty OID")
-    parts = [min(body[0] // 40, 2), body[0] - 40 * min(body[0] // 40, 2)]
-    value = 0
-    for b in body[1:]:
-        value = (value << 7) | (b & 0x7F)
-        if not b & 0x80:
-            parts.append(value)
-            value = 0
-    return ".".join(str(p) for p in parts)
-
-
 Rdns = tuple[tuple[str, str], ...]
 """(dotted OID, value) per attribute, in DER order."""
 
@@ -124,25 +97,25 @@ def decode_dn(der: bytes) -> Rdns:
     """The attributes of a DER Name; raises ValueError for anything else."""
     if len(der) > MAX_DN:
         raise ValueError("DN too long")
-    tag, body, end = _read(der, 0)
+    tag, body, end = read_tlv(der, 0)
     if tag != 0x30 or end != len(der):
         raise ValueError("not a DER Name")
     out: list[tuple[str, str]] = []
     pos = 0
     while pos < len(body):
-        tag, rdn, pos = _read(body, pos)
+        tag, rdn, pos = read_tlv(body, pos)
         if tag != 0x31:
             raise ValueError("bad RDN")
         inner = 0
         while inner < len(rdn):
-            tag, atv, inner = _read(rdn, inner)
+            tag, atv, inner = read_tlv(rdn, inner)
             if tag != 0x30:
                 raise ValueError("bad attribute")
-            tag, oid, rest = _read(atv, 0)
+            tag, oid, rest = read_tlv(atv, 0)
             if tag != 0x06:
                 raise ValueError("bad attribute type")
-            _, value, _ = _read(atv, rest)
-            out.append((_oid_text(oid), value.decode("utf-8", "replace")))
+            _, value, _ = read_tlv(atv, rest)
+            out.append((oid_text(oid), value.decode("utf-8", "replace")))
     return tuple(out)
 
 

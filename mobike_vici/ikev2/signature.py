@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from .constants import AuthMethod
+from .der import OID_TAG, DerError, encode_oid, encode_tlv, read_tlv
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -84,47 +85,18 @@ HASH_BY_NAME = {v: k for k, v in _HASH_NAME.items()}
 
 # --- a little DER, enough for AlgorithmIdentifier ------------------------------------
 
-_SEQ, _OID, _NULL, _INT = 0x30, 0x06, 0x05, 0x02
+_SEQ, _OID, _NULL, _INT = 0x30, OID_TAG, 0x05, 0x02
 
 
-def _tlv(tag: int, body: bytes) -> bytes:
-    n = len(body)
-    if n < 0x80:
-        return bytes([tag, n]) + body
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size)]) + size + body
+_tlv, _oid = encode_tlv, encode_oid
 
 
 def _read(data: bytes, pos: int) -> tuple[int, bytes, int]:
-    """(tag, content, next position); bounds-checked, definite lengths only."""
-    if pos + 2 > len(data):
-        raise SignatureError("truncated DER")
-    tag, first = data[pos], data[pos + 1]
-    pos += 2
-    if first < 0x80:
-        length = first
-    else:
-        count = first & 0x7F
-        if count == 0 or count > 3 or pos + count > len(data):
-            raise SignatureError("bad DER length")
-        length = int.from_bytes(data[pos:pos + count], "big")
-        pos += count
-    if pos + length > len(data):
-        raise SignatureError("truncated DER")
-    return tag, data[pos:pos + length], pos + length
-
-
-def _oid(dotted: str) -> bytes:
-    parts = [int(p) for p in dotted.split(".")]
-    body = bytearray([40 * parts[0] + parts[1]])
-    for value in parts[2:]:
-        chunk = [value & 0x7F]
-        value >>= 7
-        while value:
-            chunk.append(0x80 | (value & 0x7F))
-            value >>= 7
-        body += bytes(reversed(chunk))
-    return _tlv(_OID, bytes(body))
+    """(tag, content, next position); malformed DER is a SignatureError."""
+    try:
+        return read_tlv(data, pos)
+    except DerError as exc:
+        raise SignatureError(str(exc)) from None
 
 
 _RSA_PKCS1_OID = {HashAlg.SHA1: "1.2.840.113549.1.1.5", HashAlg.SHA2_256: "1.2.840.113549.1.1.11",
