@@ -278,7 +278,7 @@ class DataPlane:
         if w.last_burst is not None and now - w.last_burst < hm.REARM_GAP:
             return  # a quiet peer costs at most one burst per REARM_GAP
         w.suspected, w.last_burst = True, now
-        w.burst = hm.Burst.at(now, w.srtt)
+        w.burst = hm.Burst.at(now, w.srtt, self.settings.burst_timeout)
         sa = self.ctl.sas.get(w.spi)
         since = w.stall.since if w.stall.since is not None else now
         self.ctl.log.emit("inbound_stalled", conn=sa.info.conn if sa is not None else "",
