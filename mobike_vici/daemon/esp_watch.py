@@ -225,6 +225,11 @@ class DataPlane:
         w.path = new
         w.srtt = self._srtt(sa)
         w.burst, w.suspected = None, False
+        if self.ctl.sibling_check.suspect(w.spi, new, now):
+            # charon landed by itself on the uplink whose path just died silently: its
+            # probes must answer at once, else this path is dead too and the manager moves.
+            w.burst, w.suspected, w.last_burst = hm.Burst.at(
+                now, w.srtt, self.settings.burst_timeout), True, now
         w.stall.reset()
         w.check.on_moved(new, w.old, started=now, srtt=w.srtt, sample=w.sample(),
                          flow=w.stall.flow, now=now)
@@ -338,6 +343,7 @@ class DataPlane:
             "conn": sa.info.conn if sa is not None else "", "ike_spi": w.spi,
             "local": str(w.path.local), "remote": str(w.path.remote), "missed": missed})
         if sa is not None:
+            self.ctl.sibling_check.silent_death(w.spi, w.path, now)
             sa.manager.on_active_path_failed(now, reason="data_plane")
             self.ctl._pump(sa)
 
