@@ -27,6 +27,7 @@ stall_timeout              100ms       >0 .. 24h        outbound ESP flowing and
                                                         for an answer) probes the active
                                                         path at once; doubles per answered
                                                         stall probe up to probe_interval
+                                                        (run: plus stall_probe_timeout)
 stall_probe_timeout        50ms        >0 .. 24h        native: a probe of a stalled active
                                                         path unanswered this long is a miss
                                                         (the floor, doubled for a peer known

@@ -724,6 +724,7 @@ class Controller:
         sa.probes.discard(probe_id)
         now = self.now
         sa.follow.on_alive(path, now)
+        self.data_plane.path_alive(sa.info.ike_spi, path)
         sa.manager.on_probe_reply(probe_id, now)
         self._pump(sa)
 
