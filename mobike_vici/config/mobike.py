@@ -27,11 +27,14 @@ stall_timeout              100ms       >0 .. 24h        outbound ESP flowing and
                                                         for an answer) probes the active
                                                         path at once; doubles per answered
                                                         stall probe up to probe_interval
+                                                        (run: plus stall_probe_timeout)
 stall_probe_timeout        50ms        >0 .. 24h        native: a probe of a stalled active
                                                         path unanswered this long is a miss
                                                         (the floor, doubled for a peer known
                                                         to be quiet; else SRTT + 4 RTTVAR,
-                                                        at most probe_timeout's value)
+                                                        at most probe_timeout's value);
+                                                        run: the least wait for the last
+                                                        of a stall's 3 probes (else 3 SRTTs)
 standby_probe_interval     2s          >0 .. 24h        probe cadence on idle standby paths
 max_probes_in_flight       4           1 .. 64          per IKE_SA, all paths together
 hold_down                  10s         0 .. 24h         a better path must be healthy this

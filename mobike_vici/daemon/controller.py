@@ -89,6 +89,7 @@ from .loop_lag import LoopLag
 from .metrics import MetricsServer, snapshot_on_loop
 from .operator import operator_request
 from .sdnotify import SystemdNotifier
+from .sibling_check import SiblingCheck
 from .status import paths_json, preferred_json
 
 JsonObject = dict[str, Any]
@@ -216,6 +217,7 @@ class Controller:
         self.prober: IcmpProber | None = None
         # ESP to and from the peers: stalls, verification (the native daemon's model)
         self.data_plane = DataPlane(self, settings_of(self.policy))
+        self.sibling_check = SiblingCheck(self)
         self.sas: dict[str, _Sa] = {}
         self.plans: dict[str, steer_plan.SteerPlan] = {}  # by connection name
         self._plan_timers: dict[str, asyncio.TimerHandle] = {}
@@ -418,6 +420,7 @@ class Controller:
         if self.prober is not None:
             self.prober.close()
         self.data_plane.close()
+        self.sibling_check.close()
         self.monitor.close()
         if self._control is not None:
             await self._control.close()
@@ -481,6 +484,7 @@ class Controller:
                 if old is not None and old.timer is not None:
                     old.timer.cancel()
                 self.data_plane.forget(event.ike_spi)
+                self.sibling_check.forget(event.ike_spi)
                 self.log.emit("ike_sa_rekeyed", conn=event.conn, ike_spi=event.ike_spi,
                               new_ike_spi=event.new_ike_spi)
                 if not event.new.initiator:
@@ -494,6 +498,7 @@ class Controller:
                     gone.timer.cancel()
                 self.gateway_rr.removed(event.ike_spi)
                 self.data_plane.forget(event.ike_spi)
+                self.sibling_check.forget(event.ike_spi)
                 if event.reason != "rekeyed":
                     self.log.emit("ike_sa_deleted", conn=event.conn, ike_spi=event.ike_spi,
                                   reason=event.reason, **_ep(event.sa.path))
@@ -708,7 +713,7 @@ class Controller:
     # -- probes -------------------------------------------------------------------------
 
     def _on_probe_reply(self, wire_id: int, _rtt: float) -> None:
-        if self.data_plane.on_probe_reply(wire_id):
+        if self.data_plane.on_probe_reply(wire_id) or self.sibling_check.on_reply(wire_id):
             return
         # Probe ids are per path manager; the prober sees one id space for all SAs.
         entry = self._wire_ids.pop(wire_id, None)
@@ -719,6 +724,7 @@ class Controller:
         sa.probes.discard(probe_id)
         now = self.now
         sa.follow.on_alive(path, now)
+        self.data_plane.path_alive(sa.info.ike_spi, path)
         sa.manager.on_probe_reply(probe_id, now)
         self._pump(sa)
 
@@ -784,6 +790,12 @@ class Controller:
     # -- steering -----------------------------------------------------------------------
 
     def _start_move(self, sa: _Sa, event: MoveRequested) -> None:
+        if self.sibling_check.hold(sa, event):
+            return  # the target's uplink just died silently: it must answer first
+        self.begin_move(sa, event)
+
+    def begin_move(self, sa: _Sa, event: MoveRequested) -> None:
+        """Steer charon to the manager's target (the plan, its timer, the routes)."""
         info = sa.info
         plan = steer_plan.start(info.ike_spi, event.path, event.old_path, self.now,
                                 self.deadlines)

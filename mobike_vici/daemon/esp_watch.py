@@ -124,6 +124,13 @@ class EspTap:
                 self.on_esp(dst, src, True)
 
 
+def _stall_cap(s: hm.HealthSettings) -> float:
+    """A quiet peer's stall threshold doubles up to the path manager's probe interval plus
+    a burst's wait: its regular answers re-arm the watch (``path_alive``), so a silence
+    just over one interval means a probe went unanswered, not that the cadence jittered."""
+    return s.stall_cap + s.burst_timeout
+
+
 def _drain(sock: socket.socket) -> None:
     for _ in range(10_000):
         try:
@@ -143,6 +150,7 @@ class _Watched:
     packets_out: int = 0
     burst: hm.Burst | None = None
     suspected: bool = False  # this stall already made a burst
+    quiet: bool = False  # a burst was answered and no ESP from the peer came since
     last_burst: float | None = None
     srtt: float | None = None
     rekeyed: int = 0  # CHILD_SAs the last repair rekeyed
@@ -170,7 +178,7 @@ class DataPlane:
         """A reloaded policy: for the next stalls and moves."""
         self.settings = settings
         for w in self._sas.values():
-            w.stall.floor, w.stall.cap = settings.stall_timeout, settings.stall_cap
+            w.stall.floor, w.stall.cap = settings.stall_timeout, _stall_cap(settings)
             w.check.settings = settings
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -199,7 +207,7 @@ class DataPlane:
             return
         spi = sa.info.ike_spi
         s = self.settings
-        self._sas[spi] = _Watched(spi, hm.Stall(s.stall_timeout, s.stall_cap),
+        self._sas[spi] = _Watched(spi, hm.Stall(s.stall_timeout, _stall_cap(s)),
                                   hm.MoveCheck(s), sa.info.path)
         self._rebuild()
 
@@ -225,6 +233,11 @@ class DataPlane:
         w.path = new
         w.srtt = self._srtt(sa)
         w.burst, w.suspected = None, False
+        if self.ctl.sibling_check.suspect(w.spi, new, now):
+            # charon landed by itself on the uplink whose path just died silently: its
+            # probes must answer at once, else this path is dead too and the manager moves.
+            w.burst, w.suspected, w.last_burst = hm.Burst.at(
+                now, w.srtt, self.settings.burst_timeout), True, now
         w.stall.reset()
         w.check.on_moved(new, w.old, started=now, srtt=w.srtt, sample=w.sample(),
                          flow=w.stall.flow, now=now)
@@ -237,6 +250,19 @@ class DataPlane:
         w = self._sas.get(spi)
         return w.last_inbound if w is not None else None
 
+    def path_alive(self, spi: str, path: Path) -> None:
+        """The path manager's probe on ``path`` was answered. Where charon has the IKE_SA
+        and its peer is known quiet (a burst answered, no ESP from it since), the silence
+        counts from this answer and the next stall may burst again: one-way traffic stays
+        watched at the probe's pace, not only until its first answered burst."""
+        w = self._sas.get(spi)
+        if w is None or not w.quiet or w.burst is not None \
+                or path.local.addr != w.path.local.addr \
+                or path.remote.addr != w.path.remote.addr:
+            return
+        w.suspected = False
+        w.stall.on_alive()
+
     def on_probe_reply(self, wire_id: int) -> bool:
         """True when the reply answered a burst probe of ours."""
         spi = self._probe_ids.pop(wire_id, None)
@@ -244,9 +270,9 @@ class DataPlane:
             return False
         w = self._sas.get(spi)
         if w is not None:
-            # A quiet peer, not a dead path: no more bursts until its ESP comes again
-            # (``suspected`` stays), so one-way traffic costs one burst per inbound packet.
-            w.burst = None
+            # A quiet peer, not a dead path: no more bursts until its ESP comes again or
+            # the path manager's next probe is answered (``path_alive``).
+            w.burst, w.quiet = None, True
             w.stall.on_alive()
             self._pump(w)
         return True
@@ -263,7 +289,7 @@ class DataPlane:
             w.packets_in += 1
             w.last_inbound = now
             w.stall.on_traffic(1, 0, now, w.srtt)
-            w.burst, w.suspected = None, False
+            w.burst, w.suspected, w.quiet = None, False, False
             if w.check.phase is not hm.Phase.DONE:
                 w.check.observe(w.sample(), now)  # verified at once, not at the next poll
                 self._pump(w)
@@ -278,7 +304,7 @@ class DataPlane:
         if w.last_burst is not None and now - w.last_burst < hm.REARM_GAP:
             return  # a quiet peer costs at most one burst per REARM_GAP
         w.suspected, w.last_burst = True, now
-        w.burst = hm.Burst.at(now, w.srtt)
+        w.burst = hm.Burst.at(now, w.srtt, self.settings.burst_timeout)
         sa = self.ctl.sas.get(w.spi)
         since = w.stall.since if w.stall.since is not None else now
         self.ctl.log.emit("inbound_stalled", conn=sa.info.conn if sa is not None else "",
@@ -338,6 +364,7 @@ class DataPlane:
             "conn": sa.info.conn if sa is not None else "", "ike_spi": w.spi,
             "local": str(w.path.local), "remote": str(w.path.remote), "missed": missed})
         if sa is not None:
+            self.ctl.sibling_check.silent_death(w.spi, w.path, now)
             sa.manager.on_active_path_failed(now, reason="data_plane")
             self.ctl._pump(sa)
 

@@ -97,8 +97,8 @@ BURST = 3
 """Probes in a stall burst; all unanswered is a dead path (bounded: at most these)."""
 BURST_GAP_FLOOR = 0.02
 """Seconds between a burst's probes, at least (else one SRTT)."""
-BURST_TIMEOUT_FLOOR = 0.1
-"""A burst probe is missed after 3 SRTTs, at least this long (seconds)."""
+BURST_RTTS = 3.0
+"""A burst probe is missed after this many SRTTs, at least ``burst_timeout``."""
 REARM_GAP = 0.5
 """Seconds between two bursts at least: a quiet peer costs little."""
 MAX_EVENTS = 16
@@ -123,6 +123,9 @@ class HealthSettings:
     active_window: float = 2.0
     """The peer's ESP is expected after a move when its last packet came at most this long
     before the move began (the time to detect a dead path, plus a margin)."""
+    burst_timeout: float = 0.05
+    """A stall burst's probe unanswered this long is missed, at least
+    (``stall_probe_timeout``, as the native daemon's stall probe)."""
 
 
 ACTIVE_MARGIN = 1.0
@@ -138,7 +141,8 @@ def settings_of(policy: MobikePolicy) -> HealthSettings:
     return HealthSettings(stall_timeout=policy.stall_timeout, stall_cap=policy.probe_interval,
                           verify_timeout=policy.verify_timeout,
                           repair_timeout=policy.repair_timeout,
-                          active_window=detect + ACTIVE_MARGIN)
+                          active_window=detect + ACTIVE_MARGIN,
+                          burst_timeout=policy.stall_probe_timeout)
 
 
 # -- the flow -------------------------------------------------------------------------------
@@ -260,9 +264,10 @@ class Burst:
     last_sent: float = 0.0
 
     @classmethod
-    def at(cls, now: float, srtt: float | None) -> Burst:
+    def at(cls, now: float, srtt: float | None, timeout: float) -> Burst:
+        """``timeout``: the least wait for the last probe's answer (``burst_timeout``)."""
         rtt = srtt or 0.0
-        return cls(now, max(BURST_GAP_FLOOR, rtt), max(BURST_TIMEOUT_FLOOR, 3 * rtt))
+        return cls(now, max(BURST_GAP_FLOOR, rtt), max(timeout, BURST_RTTS * rtt))
 
     def due(self, now: float) -> bool:
         """One probe to send now (it is in flight from ``now``)."""

@@ -9,6 +9,7 @@ not keep the data path dead in this pairing; the dead path is made with nft inst
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mobike_vici.lab.netns import Lab
+from tests.mobility.harness import STREAM, STREAM_PORT
 
 from .support import INNER, Setup, build, mobile_conf
 
@@ -172,3 +174,35 @@ def test_a_slow_ping_answered_all_along_is_never_a_stall(setup: Setup) -> None:
     events = setup.event_list()[mark:]
     assert [e for e in events if e["event"] == "inbound_stalled"] == [], events
     assert setup.sa()["local-host"] == M0
+
+
+@pytest.fixture
+def fast(lab: Lab) -> Iterator[Setup]:
+    """The default probe schedule (200 ms): its answers re-arm a quiet peer's watch."""
+    yield from build(lab, mob_conf=mobile_conf())
+
+
+def test_one_way_traffic_stays_watched_after_its_first_answered_burst(fast: Setup) -> None:
+    """A stream from mob that nothing answers (a sink on gw): the first stall's burst is
+    answered (a quiet peer), and no ESP ever comes back. When m0 then dies silently, the
+    data plane still finds it (``data_path_dead``, path_down ``data_plane``), re-armed by
+    the path manager's answered probes, rather than leaving it to their timeout."""
+    setup, lab = fast, fast.lab
+    _up(setup)
+    sink = lab.workdir / "arrivals.txt"
+    sink.write_text("")
+    lab.spawn(setup.topo.gw, [sys.executable, str(STREAM), "recv", INNER, str(STREAM_PORT),
+                              str(sink)], lab.workdir / "recv.log")
+    time.sleep(0.5)
+    lab.spawn(setup.topo.mob, [sys.executable, str(STREAM), "send", INNER, str(STREAM_PORT),
+                               "0.01"], lab.workdir / "send.log")
+    setup.wait_event("inbound_stalled")  # the healthy path's stall: its burst is answered
+    time.sleep(2.0)
+    mark = len(setup.event_list())
+    assert "data_path_dead" not in [e["event"] for e in setup.event_list()]
+
+    setup.topo.kill_silently(0)
+
+    down = setup.wait_event("path_down", lambda e: e["local"].startswith(M0), after=mark)
+    assert down["reason"] == "data_plane", setup.event_list()[mark:]
+    setup.wait_local(M1_ANY)

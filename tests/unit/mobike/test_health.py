@@ -210,11 +210,24 @@ def test_the_threshold_follows_the_rtt_and_the_backoff_and_inbound_resets_it() -
 
 
 def test_a_burst_sends_its_probes_paced_and_is_dead_when_all_time_out() -> None:
-    b = ProbeBurst.at(1.0, 0.001)
+    b = ProbeBurst.at(1.0, 0.001, 0.1)
     sent = [t for t in (1.0, 1.005, 1.02, 1.03, 1.04, 1.05) if b.due(t)]
     assert sent == [1.0, 1.02, 1.04] and b.sent == BURST
     assert not b.missed(1.1) and b.deadline() == pytest.approx(1.14)
     assert b.missed(1.15)
+
+
+def test_a_burst_waits_stall_probe_timeout_for_its_last_probe_as_the_native_probe() -> None:
+    # The burst decides a silent death for ``mobike-vici run``: the wait for its last
+    # answer is the operator's stall_probe_timeout (50 ms), not a fixed 100 ms.
+    settings = settings_of(MobikePolicy())
+    b = ProbeBurst.at(1.0, 0.001, settings.burst_timeout)
+    for t in (1.0, 1.02, 1.04):
+        assert b.due(t)
+    assert not b.missed(1.085)
+    assert b.missed(1.09) and b.deadline() == pytest.approx(1.09)
+    slow = ProbeBurst.at(1.0, 0.04, settings.burst_timeout)  # a long path: 3 SRTTs
+    assert slow.timeout == pytest.approx(0.12)
 
 
 # -- the check after a move ---------------------------------------------------------------

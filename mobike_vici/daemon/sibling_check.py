@@ -1,0 +1,145 @@
+"""``mobike-vici run``: after a silent death, the dead path's uplink must answer first.
+
+A silent uplink death (a dead router, a cut beyond the link) takes every address family
+of the uplink at once, while the path manager still counts the uplink's other paths up
+from their last standby probe, seconds before. A failover onto one of them, or charon
+landing there by itself, loses the traffic until that path fails on its own schedule.
+So for ``WINDOW`` seconds after the data plane found a path dead, a failover target on
+the same uplink is probed first (a burst, ``mobike.health.Burst``): its first answer lets
+the move go ahead; none, and the move fails as unanswered (``handover_failed`` reason
+``timeout``), which sets the uplink's other candidates aside until their own probes
+answer (the path manager's shared-failure rule) and picks the next path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..backends.vici.steer import egress
+from ..mobike import health as hm
+from ..mobike.events import MoveRequested
+from ..mobike.follow import same_addresses
+from ..types import Path
+
+if TYPE_CHECKING:
+    from .controller import Controller, _Sa
+
+WINDOW = 3.0
+"""Seconds after a silent death that the dead path's uplink stays suspect (its other
+paths' standby probes come every 2 s: by then each has answered or failed)."""
+UNANSWERED = "timeout"
+"""The move failure reason: the target did not answer (the manager sets siblings aside)."""
+
+
+@dataclass(slots=True)
+class _Check:
+    event: MoveRequested
+    burst: hm.Burst
+    ids: set[int] = field(default_factory=set)
+    timer: asyncio.TimerHandle | None = None
+
+
+class SiblingCheck:
+    """The suspect uplinks of the tracked IKE_SAs and the failovers waiting on them."""
+
+    def __init__(self, ctl: Controller) -> None:
+        self.ctl = ctl
+        self._deaths: dict[str, tuple[str, float]] = {}  # IKE_SA -> (uplink, died at)
+        self._checks: dict[str, _Check] = {}
+        self._ids: dict[int, str] = {}  # prober wire id -> IKE_SA
+
+    def silent_death(self, spi: str, path: Path, now: float) -> None:
+        """The data plane found ``path`` dead (a burst went unanswered)."""
+        out = egress(self.ctl.monitor.state, path.local.addr)
+        if out is not None:
+            self._deaths[spi] = (out[0], now)
+
+    def suspect(self, spi: str, path: Path, now: float) -> bool:
+        """``path`` is on the uplink of the IKE_SA's last silent death, within WINDOW."""
+        death = self._deaths.get(spi)
+        if death is None or now - death[1] > WINDOW:
+            return False
+        out = egress(self.ctl.monitor.state, path.local.addr)
+        return out is not None and out[0] == death[0]
+
+    def hold(self, sa: _Sa, event: MoveRequested) -> bool:
+        """True when the failover must wait for its target to answer (then checked here)."""
+        spi = sa.info.ike_spi
+        now = self.ctl.now
+        if event.reason != "failover" or not self.suspect(spi, event.path, now):
+            return False
+        self.forget(spi)
+        srtt = next((p.srtt for p in sa.manager.paths() if p.path == event.path), None)
+        check = _Check(event, hm.Burst.at(now, srtt, self.ctl.data_plane.settings.burst_timeout))
+        self._checks[spi] = check
+        self.ctl.log.emit("failover_target_checked", conn=sa.info.conn, ike_spi=spi,
+                          local=str(event.path.local), remote=str(event.path.remote),
+                          reason="uplink_died_silently")
+        self._pump(spi)
+        return True
+
+    def on_reply(self, wire_id: int) -> bool:
+        """True when the reply answered a check's probe: the held move goes ahead."""
+        spi = self._ids.pop(wire_id, None)
+        if spi is None:
+            return False
+        check = self._checks.pop(spi, None)
+        if check is None:
+            return True
+        self._drop(check)
+        sa = self.ctl.sas.get(spi)
+        wanted = sa.manager.wanted_path if sa is not None else None
+        if sa is not None and wanted is not None and same_addresses(wanted, check.event.path):
+            self.ctl.begin_move(sa, check.event)
+        return True
+
+    def forget(self, spi: str) -> None:
+        check = self._checks.pop(spi, None)
+        if check is not None:
+            self._drop(check)
+
+    def close(self) -> None:
+        for spi in list(self._checks):
+            self.forget(spi)
+        self._deaths.clear()
+
+    def _drop(self, check: _Check) -> None:
+        if check.timer is not None:
+            check.timer.cancel()
+        for wire_id in check.ids:
+            self._ids.pop(wire_id, None)
+
+    def _pump(self, spi: str) -> None:
+        check = self._checks.get(spi)
+        sa = self.ctl.sas.get(spi)
+        if check is None:
+            return
+        if sa is None:
+            self.forget(spi)
+            return
+        now = self.ctl.now
+        burst = check.burst
+        while burst.due(now):
+            self._send(spi, check)
+        if burst.missed(now):
+            self.forget(spi)
+            sa.manager.on_move_failed(check.event.path, UNANSWERED, now)
+            self.ctl._pump(sa)
+            return
+        if check.timer is not None:
+            check.timer.cancel()
+        check.timer = asyncio.get_running_loop().call_at(
+            max(burst.deadline(), now + 0.001), self._pump, spi)
+
+    def _send(self, spi: str, check: _Check) -> None:
+        prober = self.ctl.prober
+        path = check.event.path
+        out = egress(self.ctl.monitor.state, path.local.addr)
+        if prober is None or out is None:
+            return  # unanswered: a miss when the burst times out
+        wire_id = self.ctl._next_wire_id()
+        if prober.send(path, wire_id, out[0]):
+            self._ids[wire_id] = spi
+            check.ids.add(wire_id)
