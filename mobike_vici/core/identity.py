@@ -353,24 +353,26 @@ def cert_has_identity(cert: x509.Certificate, id_type: int, data: bytes) -> bool
             return dn_matches(decode_dn(data), rdns_of(cert.subject)) == (True, 0)
         except ValueError:
             return False
+    # No subjectAltName is no names (cryptography refuses to build an empty one).
+    sans: list[x509.GeneralName] = []
     try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans = list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
     except x509.ExtensionNotFound:
-        sans = x509.SubjectAlternativeName([])
+        pass
     except ValueError:
         return False  # an extension cryptography cannot parse binds nothing
     if kind == IdType.ID_FQDN:
         name = data.decode("ascii", "replace").lower()
-        return any(n.lower() == name for n in sans.get_values_for_type(x509.DNSName))
+        return any(isinstance(n, x509.DNSName) and n.value.lower() == name for n in sans)
     if kind == IdType.ID_RFC822_ADDR:
         name = data.decode("ascii", "replace").lower()
-        return any(n.lower() == name for n in sans.get_values_for_type(x509.RFC822Name))
+        return any(isinstance(n, x509.RFC822Name) and n.value.lower() == name for n in sans)
     if kind in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR):
         try:
             addr = ipaddress.ip_address(data)
         except ValueError:
             return False
-        return any(a == addr for a in sans.get_values_for_type(x509.IPAddress))
+        return any(isinstance(n, x509.IPAddress) and n.value == addr for n in sans)
     if kind == IdType.ID_KEY_ID:
         try:
             ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest

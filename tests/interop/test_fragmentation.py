@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mobike_vici.lab.certs import make_chain
+from mobike_vici.lab.certs import Credentials, make_chain
 from mobike_vici.lab.charon import Charon, start_charon
 from mobike_vici.lab.native import NativeDaemon, named, start_native
 from mobike_vici.lab.netns import Lab, LabError, Netns
@@ -159,13 +160,18 @@ def test_router_dropping_ip_fragments_without_fragmentation_fails(lab: Lab) -> N
 
 
 def charon_pubkey_conf(*, initiator: bool, local: str, remote: str, local_id: str,
-                       remote_id: str, cert: str, fragmentation: str) -> str:
+                       remote_id: str, cert: str, fragmentation: str,
+                       start: bool = False) -> str:
+    """swanctl.conf for either implementation with certificates (``start``: the initiator
+    brings the CHILD_SA up on its own, how our daemon initiates)."""
     conn = [f"local_addrs = {local}", "version = 2", "proposals = aes128-sha256-x25519",
             f"fragmentation = {fragmentation}"]
     child = ["esp_proposals = aes128gcm16"]
     if initiator:
         conn += [f"remote_addrs = {remote}", "vips = 0.0.0.0"]
         child.append(f"remote_ts = {INNER_NET}")
+        if start:
+            child.append("start_action = start")
     else:
         conn.append("pools = frag_pool")
         child.append(f"local_ts = {INNER_NET}")
@@ -227,6 +233,83 @@ def test_charon_pair_with_rsa4096_chain_through_fragment_dropping_router(
         assert lab.ip_fragments_dropped(topo.rtr) >= 2
         assert count_log(a, r"IKE_SA .* established") == 0
         assert count_log(b, r"IKE_SA .* established") == 0
+
+
+CHAIN_IDS = {"native": "native.frag.lab", "charon": "charon.frag.lab"}
+
+
+@pytest.fixture(scope="module")
+def rsa4096_chain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Credentials]:
+    """One RSA-4096 root -> intermediate -> two leaves for the module (key generation is
+    the slow part); each test copies its side's directory into its lab."""
+    return make_chain(tmp_path_factory.mktemp("pki"), list(CHAIN_IDS.values()))
+
+
+@pytest.mark.parametrize("fragmentation", ["yes", "no"])
+@pytest.mark.parametrize("native_initiates", [True, False],
+                         ids=["native-initiator", "charon-initiator"])
+def test_native_and_charon_with_rsa4096_chain_through_fragment_dropping_router(
+        lab: Lab, rsa4096_chain: dict[str, Credentials], native_initiates: bool,
+        fragmentation: str) -> None:
+    """Our daemon against charon, both with certificates of the RSA-4096 chain (each
+    IKE_AUTH carries a leaf, the intermediate and a 512-byte signature: about 3.5 kB),
+    through a router that drops IP fragments. charon always has fragmentation = yes;
+    ours decides: with yes both IKE_AUTH messages travel as RFC 7383 fragments and the
+    router drops nothing, with no neither side cuts and the router drops the IP
+    fragments of whichever IKE_AUTH comes first."""
+    topo = routed(lab)
+    lab.drop_ip_fragments(topo.rtr)
+    topo.host_b.add_address("lo", f"{INNER_ADDR}/32")
+    roles = {"native": (topo.host_a, topo.a4, topo.b4) if native_initiates
+             else (topo.host_b, topo.b4, topo.a4),
+             "charon": (topo.host_b, topo.b4, topo.a4) if native_initiates
+             else (topo.host_a, topo.a4, topo.b4)}
+    confs: dict[str, Path] = {}
+    for who, (_, local, remote) in roles.items():
+        creds = rsa4096_chain[CHAIN_IDS[who]]
+        directory = lab.workdir / who
+        shutil.copytree(creds.directory, directory)
+        initiator = (who == "native") == native_initiates
+        confs[who] = directory / "swanctl.conf"
+        confs[who].write_text(charon_pubkey_conf(
+            initiator=initiator, local=local, remote=remote, local_id=CHAIN_IDS[who],
+            remote_id=CHAIN_IDS["charon" if who == "native" else "native"],
+            cert=creds.cert.name, start=initiator and who == "native",
+            fragmentation=fragmentation if who == "native" else "yes"))
+    charon = start_charon(lab, roles["charon"][0], name="charon")
+    charon.load_all(confs["charon"], credentials=True)
+    ours = start_native(lab, roles["native"][0], confs["native"], name="native")
+    if fragmentation == "yes":
+        if not native_initiates:
+            charon.initiate(CHILD, ike=CONN, timeout_s=int(TIMEOUT))
+        wait_ping(topo.host_a, INNER_ADDR, TIMEOUT)
+        assert ours.alive()
+        # Both IKE_AUTH messages were cut by their senders and put together by us and by
+        # charon; none went as IP fragments (the router would have dropped them, and a
+        # lost IKE_AUTH is only retransmitted in the same form, so the SA would not be
+        # up), so the router's count is exactly 0: every IKE datagram fitted the path.
+        (sent,) = [e for e in fragment_events(ours, "fragments_sent")
+                   if e["exchange"] == "IKE_AUTH"]
+        (got,) = [e for e in fragment_events(ours, "fragments_reassembled")
+                  if e["exchange"] == "IKE_AUTH"]
+        assert int(str(sent["fragments"])) >= 2 and int(str(got["fragments"])) >= 2
+        assert count_log(charon, r"splitting IKE message .* into \d+ fragments") >= 1
+        assert count_log(charon, r"reassembled fragmented IKE message") >= 1
+        assert lab.ip_fragments_dropped(topo.rtr) == 0
+        assert count_log(charon, r"IKE_SA .* established") == 1
+    else:
+        if native_initiates:
+            wait_until(lambda: lab.ip_fragments_dropped(topo.rtr) >= 2, FAIL_WAIT,
+                       "the router to drop the IP fragments of our IKE_AUTH")
+        else:
+            with pytest.raises(LabError):  # swanctl gives up: the IKE_AUTH never arrives
+                charon.initiate(CHILD, ike=CONN, timeout_s=int(FAIL_WAIT))
+            assert lab.ip_fragments_dropped(topo.rtr) >= 2
+        assert ours.events.find(named("ike_sa_established")) is None
+        assert not fragment_events(ours, "fragments_sent")
+        assert not fragment_events(ours, "fragments_reassembled")
+        assert count_log(charon, r"IKE_SA .* established") == 0
+        assert not topo.host_a.ping(INNER_ADDR, count=1, wait=1.0)
 
 
 def test_forged_fragment_flood_while_the_sa_is_set_up(lab: Lab) -> None:

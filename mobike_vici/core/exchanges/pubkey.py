@@ -14,6 +14,7 @@ import datetime
 from collections.abc import Sequence
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -137,8 +138,13 @@ def _peer_certs(payloads: Sequence[Payload]) -> list[x509.Certificate]:
             continue  # hash-and-URL and the like: we fetch nothing
         try:
             cert = x509.load_der_x509_certificate(p.data)
-            cert.public_key()  # an unparseable key fails here, not in the middle of a check
-        except (ValueError, TypeError) as exc:
+            # cryptography parses these lazily: a part that does not parse fails here,
+            # not as a ValueError in the middle of the chain check.
+            cert.public_key()
+            _ = (cert.subject, cert.issuer, cert.extensions, cert.not_valid_before_utc,
+                 cert.not_valid_after_utc)
+        except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion,
+                x509.DuplicateExtension) as exc:
             raise PeerAuthFailed("malformed_certificate", str(exc)[:200]) from None
         out.append(cert)
     return out

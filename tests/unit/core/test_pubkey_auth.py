@@ -6,12 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from mobike_vici.config import Config
 from mobike_vici.core.engine import Engine
 from mobike_vici.core.events import AuthenticationFailed, IkeSaEstablished
+from mobike_vici.core.exchanges.pubkey import PeerAuthFailed, _peer_certs
+from mobike_vici.core.identity import cert_has_identity
 from mobike_vici.daemon.credentials import load_native
-from tests.pki import DAY, NOW, Issued, Pki, crl, dn_str, key, make_pki, write_layout
+from mobike_vici.ikev2.payloads import Cert
+from tests.pki import DAY, NOW, Issued, Pki, crl, dn, dn_str, key, make_pki, write_layout
 
 from .harness import ALICE, BOB, Net, of_type, seeded
 
@@ -269,3 +274,64 @@ def test_raw_public_keys(tmp_path: Path) -> None:
     ea, eb = _ok(net)
     assert (ea.local_id, ea.remote_id) == ("alice.example", "bob.example")
     assert eb.remote_id == "alice.example"
+
+
+@pytest.mark.parametrize("oid", ["2.5.29.15", "2.5.29.19", "2.5.29.17"])
+def test_certificate_with_an_unparseable_extension_is_malformed(oid: str) -> None:
+    """cryptography parses extensions lazily: a CERT payload whose keyUsage (or
+    basicConstraints, subjectAltName) does not parse once reached the chain check and
+    raised ValueError out of verify_peer (found by tests/fuzz/fuzz_certs.py)."""
+    subject_key = key("p256", 3)
+    bad = (x509.CertificateBuilder()
+           .subject_name(dn("broken")).issuer_name(dn("broken"))
+           .public_key(subject_key.public_key()).serial_number(7)
+           .not_valid_before(NOW - DAY).not_valid_after(NOW + DAY)
+           .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), b"\x35\x00"),
+                          critical=False)
+           .sign(subject_key, hashes.SHA256()))  # type: ignore[arg-type]
+    der = bad.public_bytes(serialization.Encoding.DER)
+    with pytest.raises(PeerAuthFailed) as caught:
+        _peer_certs([Cert(4, der)])
+    assert caught.value.reason == "malformed_certificate"
+
+
+def test_certificate_with_an_unknown_curve_is_malformed(ec: Pki) -> None:
+    """A P-256 leaf whose curve OID is bent to one nobody knows: public_key() raised
+    cryptography's UnsupportedAlgorithm, not a ValueError (found by fuzz_certs.py)."""
+    der = ec.leaf("curve", slot=1).der
+    p256 = bytes.fromhex("06082a8648ce3d030107")
+    assert der.count(p256) == 1
+    with pytest.raises(PeerAuthFailed) as caught:
+        _peer_certs([Cert(4, der.replace(p256, bytes.fromhex("06082a8648ce3d000107")))])
+    assert caught.value.reason == "malformed_certificate"
+
+
+def test_certificate_with_an_unknown_version_is_malformed(ec: Pki) -> None:
+    """X.509 version 7: cryptography raises InvalidVersion, which is no ValueError
+    (found by fuzz_certs.py)."""
+    der = ec.leaf("version", slot=1).der
+    v3 = bytes.fromhex("a003020102")
+    assert der.count(v3) == 1
+    with pytest.raises(PeerAuthFailed) as caught:
+        _peer_certs([Cert(4, der.replace(v3, bytes.fromhex("a003020106")))])
+    assert caught.value.reason == "malformed_certificate"
+
+
+@pytest.mark.parametrize("id_type, data", [(2, b"gw.example.org"), (3, b"a@example.org"),
+                                           (1, bytes((192, 0, 2, 1)))])
+def test_leaf_without_subject_alt_names_does_not_hold_a_name(ec: Pki, id_type: int,
+                                                             data: bytes) -> None:
+    """An FQDN, email or IP id against a certificate without subjectAltName: building an
+    empty SubjectAlternativeName raised ValueError (found by fuzz_certs.py)."""
+    assert not cert_has_identity(ec.leaf("plain", slot=1).cert, id_type, data)
+
+
+def test_certificate_with_a_duplicate_extension_is_malformed(ec: Pki) -> None:
+    """keyUsage's OID bent into a second subjectKeyIdentifier: cryptography raises
+    DuplicateExtension, which is no ValueError (found by fuzz_certs.py)."""
+    der = ec.leaf("twice", slot=1).der
+    key_usage = bytes.fromhex("0603551d0f")
+    assert der.count(key_usage) == 1
+    with pytest.raises(PeerAuthFailed) as caught:
+        _peer_certs([Cert(4, der.replace(key_usage, bytes.fromhex("0603551d0e")))])
+    assert caught.value.reason == "malformed_certificate"
