@@ -77,6 +77,7 @@ TRAFFICS = ("stream", "ping")
 FAULTS = ("silent", "link-down", "v4-death", "return")
 LETTERS = {"a": "link-down", "b": "silent", "c": "return", "f": "v4-death"}
 SETTLE = 3.0  # after healing: standby probes (every 2 s) find the healed uplink up again
+RETURN_WAIT = 20.0  # after that, at most this long for the SA's return to m0
 STILL_UP_AFTER = 15.0
 M0 = "10.1.0.2"
 _REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")
@@ -354,11 +355,20 @@ def uplink_of(h: Any, local: str | None) -> int | None:
     return None
 
 
-def active_index(h: Any) -> int:
-    index = uplink_of(h, h.mob_local())
+def active(h: Any) -> tuple[str | None, int]:
+    """Where the IKE_SA sits, and its uplink, from one reading (two could disagree)."""
+    local = h.mob_local()
+    index = uplink_of(h, local)
     if index is None:
-        raise RuntimeError(f"the IKE_SA sits on {h.mob_local()}, on no uplink of mob")
-    return index
+        raise RuntimeError(f"the IKE_SA sits on {local}, on no uplink of mob")
+    return local, index
+
+
+def back_on_preferred(h: Any) -> None:
+    """After healing, until the SA is back on m0 (hold-down, 10 s by default), so that
+    return cannot race the next run's fault: under load one status takes seconds, and
+    a fault on the uplink read before the return hit the one the traffic had left."""
+    wait_uplink(h, 0, RETURN_WAIT)
 
 
 def wait_uplink(h: Any, index: int, timeout: float) -> bool:
@@ -394,20 +404,19 @@ def measure(h: Any, before: float, fault: float, cap: float) -> dict[str, Any]:
 
 def case_a(h: Any, cap: float) -> dict[str, Any]:
     """Link down on the active uplink; the link comes back after the measurement."""
-    idx = active_index(h)
-    local = h.mob_local()
+    local, idx = active(h)
     before = time.monotonic()
     fault = h.link_down(idx)
     out = {**measure(h, before, fault, cap), "from": local, "to": h.mob_local()}
     h.link_up(idx)
     time.sleep(SETTLE)
+    back_on_preferred(h)
     return out
 
 
 def case_b(h: Any, cap: float) -> dict[str, Any]:
     """The active uplink dies silently in rtr; it is healed after the measurement."""
-    idx = active_index(h)
-    local = h.mob_local()
+    local, idx = active(h)
     before = time.monotonic()
     fault = h.kill_silently(idx)
     out: dict[str, Any] = {**measure(h, before, fault, cap), "from": local,
@@ -416,6 +425,7 @@ def case_b(h: Any, cap: float) -> dict[str, Any]:
     if out["outage_s"] is None and h.wait_resumed(healed, 30.0) is None:
         out["spoilt"] = "the tunnel did not recover after healing"
     time.sleep(SETTLE)
+    back_on_preferred(h)
     return out
 
 
