@@ -639,3 +639,41 @@ def test_a_probe_s_rtt_counts_from_the_copy_that_was_answered() -> None:
     net.pump()
     (res,) = [r for r in of_type(net.events_a, ProbeResult) if r.probe_id == on_6]
     assert res.ok and res.rtt == 0.0  # not the 0.2 s it waited for a copy to get through
+
+
+def _peer_path_of_a(net: Net) -> Path:
+    """The path ``b`` (the responder) holds for the IKE_SA: where it sends ESP and IKE."""
+    (sa,) = net.b.status()
+    return sa.path
+
+
+def test_nat_rebinding_right_after_an_ike_rekey_is_detected() -> None:
+    # The rekeyed IKE_SA has new SPIs, so the peer's NAT hash of us changes with them: the
+    # old baseline means nothing. Before, the new IKE_SA took the first answer it got as
+    # its baseline, so a NAT that rebound between the rekey and that answer was never
+    # noticed and the peer's ESP went on to the old public port (24 s in the soak).
+    private = ep(ALICE)
+    net = setup(nat={Endpoint(ALICE, 500): ep(EVE, 500), private: ep(EVE, 40000)})
+    net.a.probe(spi(net), path(ALICE, BOB), net.now)
+    net.pump()
+    net.a.rekey_ike(spi(net), net.now)
+    net.pump()
+    net.nat[private] = ep(EVE, 40001)  # the NAT rebinds right after the rekey
+    net.a.probe(spi(net), path(ALICE, BOB), net.now)
+    net.pump()
+    assert of_type(net.events_a, NatMappingChanged)
+    assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 40001))
+
+
+def test_nat_rebinding_right_after_a_move_is_detected() -> None:
+    # The update's answer carries the peer's hash of us on the new path: the baseline,
+    # so a rebinding before the next liveness check is noticed by that check.
+    net = setup(nat={Endpoint(ALICE, 500): ep(EVE, 500), ep(ALICE): ep(EVE, 40000),
+                     ep(ALICE2): ep(EVE, 41000)})
+    moved_to(net, path(ALICE2, BOB))
+    assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 41000))
+    net.nat[ep(ALICE2)] = ep(EVE, 41001)
+    net.a.probe(spi(net), path(ALICE2, BOB), net.now)
+    net.pump()
+    assert of_type(net.events_a, NatMappingChanged)
+    assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 41001))
