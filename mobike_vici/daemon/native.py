@@ -56,7 +56,8 @@ from .traffic import TrafficWatch
 class EngineApi(Protocol):
     """What the daemon uses of ``core.engine.Engine`` (tests pass a fake)."""
 
-    def initiate(self, conn: str, child: str | None, now: float) -> None: ...
+    def initiate(self, conn: str, child: str | None, now: float, *,
+                 eager: bool = False) -> None: ...
     def receive_datagram(self, data: bytes, path: Path, now: float) -> None: ...
     def datagrams_to_send(self, now: float) -> list[Datagram]: ...
     def get_timer(self) -> float | None: ...
@@ -689,12 +690,14 @@ class Daemon:
         self.log.emit("ike_sa_restarting", conn=event.conn, ike_spi=event.ike_spi,
                       reason=event.reason, children=children)
         # After this drain: the new IKE_SA_INIT leaves at once, not with the next timer.
-        self.loop.call_soon(self._initiate, event.conn, children)
+        # A peer that deleted the IKE_SA is restarting: resend fast until it is back.
+        self.loop.call_soon(self._initiate, event.conn, children,
+                            event.reason == "deleted_by_peer")
 
-    def _initiate(self, conn: str, children: Sequence[str]) -> None:
+    def _initiate(self, conn: str, children: Sequence[str], eager: bool = False) -> None:
         now = self.now()
         for child in children:
-            self._guarded("initiate", self.engine.initiate, conn, child, now)
+            self._guarded("initiate", self.engine.initiate, conn, child, now, eager=eager)
         self._after_engine()
 
     def _arm_drop_timer(self) -> None:

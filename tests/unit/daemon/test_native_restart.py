@@ -64,6 +64,8 @@ def test_daemon_initiates_again_after_the_peer_deleted_the_ike_sa() -> None:
                 break
             await asyncio.sleep(0)
         assert [(c, ch) for c, ch, _ in rig.engine.initiated] == [("home", "net")] * 2
+        # The start is charon's pace; the peer that deleted the IKE_SA is restarting.
+        assert rig.engine.eager == [False, True]
 
     run_rig(scenario, config=CONFIG, prepare=prepare)
 
