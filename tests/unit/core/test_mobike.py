@@ -25,6 +25,7 @@ from mobike_vici.core.events import (
 )
 from mobike_vici.core.exchanges import mobike as mobike_mod
 from mobike_vici.core.exchanges.mobike import no_nats_data, parse_addresses
+from mobike_vici.core.settings import EngineSettings
 from mobike_vici.ikev2.constants import ExchangeType, NotifyType
 from mobike_vici.ikev2.message import decode_header
 from mobike_vici.ikev2.payloads import Notify, Payload
@@ -677,3 +678,28 @@ def test_nat_rebinding_right_after_a_move_is_detected() -> None:
     net.pump()
     assert of_type(net.events_a, NatMappingChanged)
     assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 41001))
+
+
+def test_an_ike_sa_whose_moves_all_fail_is_declared_dead_within_charons_bound() -> None:
+    # The peer lost the IKE_SA silently: every move and probe goes unanswered. The path
+    # manager keeps trying every pair (a move or a probe each second here), yet the
+    # request outstanding keeps charon's retransmission count, so the IKE_SA dies
+    # (dpd_action applies to retransmits_exceeded) within charon's bound, not never.
+    net = setup()
+    s = spi(net)
+    net.drop = lambda d: True
+    paths = [path(ALICE2, BOB), path(ALICE, BOB), path(ALICE6, BOB6)]
+    settings = EngineSettings()  # setup() runs the defaults
+    bound = settings.retransmit.give_up_after() + settings.move_timeout
+    t = net.now
+    while not of_type(net.events_a, IkeSaDeleted) and t < 2 * bound:
+        p = paths[int(t) % len(paths)]
+        net.a.move(s, p, t)
+        for q in paths:
+            net.a.probe(s, q, t)
+        t += 1.0
+        net.advance_to(t)
+    (gone,) = of_type(net.events_a, IkeSaDeleted)
+    assert gone.reason == "retransmits_exceeded"
+    assert t <= bound + 1.0
+    assert len(of_type(net.events_a, MoveFailed)) > 100
