@@ -589,7 +589,10 @@ class Engine:
         if header.exchange == ExchangeType.IKE_SA_INIT:
             sa.init_response = data
         self._probes_answered(sa, header.message_id, path, now)
-        if getattr(task, "liveness", False):
+        if getattr(task, "liveness", False) and path == pending.path:
+            # Only the answer to the request on its own path: a copy sent on another
+            # path (a probe riding it) may get the peer's cached answer to the first
+            # copy it saw, whose NAT detection describes that other path.
             check_mapping(self._ctx, sa, msg, path)
         try:
             outcome = task.process(self._ctx, sa, msg, now)

@@ -703,3 +703,23 @@ def test_an_ike_sa_whose_moves_all_fail_is_declared_dead_within_charons_bound() 
     assert gone.reason == "retransmits_exceeded"
     assert t <= bound + 1.0
     assert len(of_type(net.events_a, MoveFailed)) > 100
+
+
+def test_a_ridden_copy_answered_for_another_path_is_no_nat_rebinding() -> None:
+    # A probe of the active path rides the liveness check of a standby path. The peer
+    # answers the copy it sees first (the standby path's) and resends that answer, NAT
+    # detection and all, to the copy on the active path. Before, that answer (the
+    # standby's own was lost) looked like a rebinding of the active path: a
+    # nat_mapping_changed and an update for nothing, seen after moves in the soak.
+    net = setup(nat={Endpoint(ALICE, 500): ep(EVE, 500), ep(ALICE): ep(EVE, 40000),
+                     ep(ALICE2): ep(EVE, 41000)})
+    s = spi(net)
+    net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    net.drop = lambda d: d.path.remote == ep(EVE, 41000)  # answers on the standby path
+    net.a.probe(s, path(ALICE2, BOB), net.now)
+    active = net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    assert any(r.probe_id == active and r.ok for r in of_type(net.events_a, ProbeResult))
+    assert not of_type(net.events_a, NatMappingChanged)
+    assert not of_type(net.events_a, IkeSaMoved)
