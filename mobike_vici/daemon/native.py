@@ -174,6 +174,8 @@ class Daemon:
         self._changed = asyncio.Event()
         self._stop = asyncio.Event()
         self._stopping = False
+        self._started = False
+        """start() has opened the data plane: a new IKE_SA's CHILD_SAs have somewhere to go."""
         self._impatient = False
         self._esp_dropped_unlogged = 0
         self._esp_logged_at: float | None = None
@@ -240,6 +242,7 @@ class Daemon:
             self._watch_traffic()
         if self._want_monitor:
             await self._start_monitor()
+        self._started = True
         now = self.now()
         for conn in self.config.connections:
             for child in conn.children:
@@ -519,11 +522,13 @@ class Daemon:
                 self._esp(payload, path, now)
                 return False
             data = payload
-        if self._stopping and opens_ike_sa(data):
+        if (self._stopping or not self._started) and opens_ike_sa(data):
             # A peer that saw our DELETE may initiate again at once: an IKE_SA set up
-            # now would die with this process, and the peer would hold a dead one.
+            # now would die with this process, and the peer would hold a dead one. Nor
+            # while starting: its CHILD_SAs would miss the data plane not yet open, and
+            # the peer would hold an IKE_SA whose ESP goes nowhere (it resends anyway).
             self.log.emit("packet_dropped", local=str(path.local), remote=str(path.remote),
-                          reason="shutting_down")
+                          reason="shutting_down" if self._stopping else "starting")
             return False
         try:
             self.engine.receive_datagram(data, path, now)
