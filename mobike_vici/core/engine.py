@@ -210,8 +210,11 @@ class Engine:
     # ------------------------------------------------------------------ API
 
     @_settles
-    def initiate(self, conn: str, child: str | None, now: float) -> None:
-        """Start an IKE_SA for ``conn`` (and its CHILD_SA ``child``; the first one when None)."""
+    def initiate(self, conn: str, child: str | None, now: float, *,
+                 eager: bool = False) -> None:
+        """Start an IKE_SA for ``conn`` (and its CHILD_SA ``child``; the first one when None).
+        ``eager``: the peer is known to be restarting; its IKE_SA_INIT is resent every
+        ``eager_resend`` for ``eager_window`` before charon's schedule."""
         cfg = self._ctx.config.connection(conn)
         child_cfg: ChildConfig | None = None
         if child is not None:
@@ -233,7 +236,8 @@ class Engine:
         sa = IkeSa(conn=cfg, initiator=True, spi_i=self._ctx.new_ike_spi(), spi_r=ZERO_SPI,
                    path=path, created=now, last_received=now, last_sent=now)
         self._register(sa)
-        sa.tasks.append(IkeInitTask())
+        settings = self._settings
+        sa.tasks.append(IkeInitTask(now + settings.eager_window if eager else None))
         sa.tasks.append(IkeAuthTask(child_cfg))
         self._kick(sa, now)
 
@@ -601,7 +605,7 @@ class Engine:
         if task.exchange == ExchangeType.IKE_SA_INIT:
             sa.init_request = data
         wait = (self._move_resend(task) if isinstance(task, MoveTask)
-                else self._settings.retransmit.wait(0))
+                else self._eager_wait(task, now) or self._settings.retransmit.wait(0))
         path: Path = getattr(task, "path", None) or sa.path
         fragments = self._fragment(sa, task.exchange, mid, False, payloads, data, path)
         sa.pending = PendingRequest(mid, task.exchange, data, path, task, now, now + wait,
@@ -635,7 +639,10 @@ class Engine:
         if header.exchange == ExchangeType.IKE_SA_INIT:
             sa.init_response = data
         self._probes_answered(sa, header.message_id, path, now)
-        if getattr(task, "liveness", False):
+        if getattr(task, "liveness", False) and path == pending.path:
+            # Only the answer to the request on its own path: a copy sent on another
+            # path (a probe riding it) may get the peer's cached answer to the first
+            # copy it saw, whose NAT detection describes that other path.
             check_mapping(self._ctx, sa, msg, path)
         try:
             outcome = task.process(self._ctx, sa, msg, now)
@@ -986,6 +993,13 @@ class Engine:
             pending.deadline = min(now + self._move_resend(task), started + limit)
         self._send_all(pending.datagrams, pending.path, sa, now)
 
+    def _eager_wait(self, task: Task, now: float) -> float | None:
+        """The resend interval of an IKE_SA_INIT to a restarting peer, within its window."""
+        until = task.eager_until if isinstance(task, IkeInitTask) else None
+        if until is None or now >= until:
+            return None
+        return min(self._settings.eager_resend, until - now)
+
     def _move_resend(self, task: MoveTask) -> float:
         """Resend interval of an update: move_retransmit, or a third of a shorter bound."""
         resend = self._settings.move_retransmit
@@ -1142,6 +1156,11 @@ class Engine:
         if (pending is not None and now >= pending.deadline
                 and isinstance(pending.task, MoveTask) and pending.task.failed is None):
             self._move_timer(sa, pending, pending.task, now)
+        elif pending is not None and now >= pending.deadline and (
+                eager := self._eager_wait(pending.task, now)):
+            # Not counted as a retransmission: charon's schedule starts after the window.
+            pending.deadline = now + eager
+            self._send(pending.data, pending.path, sa, now)
         elif pending is not None and now >= pending.deadline:
             if pending.retransmitted >= settings.retransmit.tries:
                 if isinstance(pending.task, DeleteIkeTask):

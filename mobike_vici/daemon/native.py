@@ -57,7 +57,8 @@ from .traffic import TrafficWatch
 class EngineApi(Protocol):
     """What the daemon uses of ``core.engine.Engine`` (tests pass a fake)."""
 
-    def initiate(self, conn: str, child: str | None, now: float) -> None: ...
+    def initiate(self, conn: str, child: str | None, now: float, *,
+                 eager: bool = False) -> None: ...
     def receive_datagram(self, data: bytes, path: Path, now: float) -> None: ...
     def datagrams_to_send(self, now: float) -> list[Datagram]: ...
     def get_timer(self) -> float | None: ...
@@ -175,6 +176,8 @@ class Daemon:
         self._changed = asyncio.Event()
         self._stop = asyncio.Event()
         self._stopping = False
+        self._started = False
+        """start() has opened the data plane: a new IKE_SA's CHILD_SAs have somewhere to go."""
         self._impatient = False
         self._esp_dropped_unlogged = 0
         self._esp_logged_at: float | None = None
@@ -242,6 +245,7 @@ class Daemon:
             self._watch_traffic()
         if self._want_monitor:
             await self._start_monitor()
+        self._started = True
         now = self.now()
         for conn in self.config.connections:
             for child in conn.children:
@@ -521,11 +525,13 @@ class Daemon:
                 self._esp(payload, path, now)
                 return False
             data = payload
-        if self._stopping and opens_ike_sa(data):
+        if (self._stopping or not self._started) and opens_ike_sa(data):
             # A peer that saw our DELETE may initiate again at once: an IKE_SA set up
-            # now would die with this process, and the peer would hold a dead one.
+            # now would die with this process, and the peer would hold a dead one. Nor
+            # while starting: its CHILD_SAs would miss the data plane not yet open, and
+            # the peer would hold an IKE_SA whose ESP goes nowhere (it resends anyway).
             self.log.emit("packet_dropped", local=str(path.local), remote=str(path.remote),
-                          reason="shutting_down")
+                          reason="shutting_down" if self._stopping else "starting")
             return False
         try:
             self.engine.receive_datagram(data, path, now)
@@ -692,12 +698,14 @@ class Daemon:
         self.log.emit("ike_sa_restarting", conn=event.conn, ike_spi=event.ike_spi,
                       reason=event.reason, children=children)
         # After this drain: the new IKE_SA_INIT leaves at once, not with the next timer.
-        self.loop.call_soon(self._initiate, event.conn, children)
+        # A peer that deleted the IKE_SA is restarting: resend fast until it is back.
+        self.loop.call_soon(self._initiate, event.conn, children,
+                            event.reason == "deleted_by_peer")
 
-    def _initiate(self, conn: str, children: Sequence[str]) -> None:
+    def _initiate(self, conn: str, children: Sequence[str], eager: bool = False) -> None:
         now = self.now()
         for child in children:
-            self._guarded("initiate", self.engine.initiate, conn, child, now)
+            self._guarded("initiate", self.engine.initiate, conn, child, now, eager=eager)
         self._after_engine()
 
     def _arm_drop_timer(self) -> None:

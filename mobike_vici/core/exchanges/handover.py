@@ -7,6 +7,7 @@ from ..context import Context
 from ..events import IkeSaRekeyed
 from ..ike_sa import IkeSa, IkeState
 from .base import Task
+from .mobike import ProbeTask
 
 
 def hand_over(ctx: Context, old: IkeSa, new: IkeSa, now: float) -> None:
@@ -30,6 +31,11 @@ def hand_over(ctx: Context, old: IkeSa, new: IkeSa, now: float) -> None:
     # Long enough for the peer to retransmit a request whose answer it missed.
     old.retire_at = now + ctx.settings.retransmit.give_up_after()
     ctx.emit(IkeSaRekeyed(conn=old.conn.name, ike_spi=old.spi_str, new_ike_spi=new.spi_str))
+    if new.mobike and new.mobike_initiator and new.nat_local and new.natt_supported:
+        # The peer's NAT hash of us changes with the SPIs: the new IKE_SA needs its own
+        # baseline now, or a NAT that rebinds before its first liveness check goes
+        # unnoticed (RFC 4555 §3.8) and the peer's ESP keeps going to the old port.
+        new.tasks.append(ProbeTask(new.path))
 
 
 def migrate_tasks(old: IkeSa, tasks: list[Task]) -> None:

@@ -95,10 +95,13 @@ class IkeInitTask:
 
     exchange = ExchangeType.IKE_SA_INIT
 
-    def __init__(self) -> None:
+    def __init__(self, eager_until: float | None = None) -> None:
         self.cookie = b""
         self.group: DhId | None = None
         self.retries = 0
+        self.eager_until = eager_until
+        """Until then the request is resent every ``EngineSettings.eager_resend`` (a peer
+        known to be restarting answers as soon as it is up); after, charon's schedule."""
 
     def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
         specs = ike_proposals(sa.conn)

@@ -275,8 +275,11 @@ class MoveTask:
         if error is not None:
             self.fail(ctx, sa, notify_name(error.type).lower())
             return Outcome.DONE
-        _detect(sa, msg.payloads, self.new)
+        seen = _detect(sa, msg.payloads, self.new)
         moved(ctx, sa, self.old, self.new, self.started, now)
+        # The peer saw us on the new path in this update and follows it: its hash of
+        # us is the baseline, so a rebinding before the next liveness check is noticed.
+        sa.natd_seen = seen
         return Outcome.DONE
 
 

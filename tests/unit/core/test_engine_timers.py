@@ -12,7 +12,7 @@ from mobike_vici.core.events import (
     IkeSaEstablished,
     PacketDropped,
 )
-from mobike_vici.core.settings import RetransmitSettings
+from mobike_vici.core.settings import EngineSettings, RetransmitSettings
 from mobike_vici.ikev2.constants import ExchangeType
 from mobike_vici.ikev2.message import decode_header
 from mobike_vici.types import Path
@@ -191,3 +191,49 @@ def test_second_sa_to_same_peer_sends_no_initial_contact() -> None:
     assert [s.state for s in net.b.status()] == ["ESTABLISHED", "ESTABLISHED"]
     assert len(net.a.status()) == 2
     assert not _of(net.events_b, IkeSaDeleted)
+
+
+def _init_sends(eager: bool, peer_back: float) -> tuple[list[float], float | None]:
+    """When the IKE_SA_INIT left (the peer hears nothing before ``peer_back``), and when
+    the IKE_SA was up."""
+    net = make_pair()
+    net.drop = lambda d: net.now < peer_back  # the peer's daemon is starting
+    net.a.initiate("home", None, 0.0, eager=eager)
+    sends: list[float] = []
+    up: float | None = None
+    seen = 0
+    while (t := net.a.get_timer()) is not None and t < 60.0 and up is None:
+        net.now = t
+        net.a.handle_timer(t)
+        net.b.handle_timer(t)
+        net.pump()
+        for d in net.log[seen:]:
+            if decode_header(d.data).exchange == ExchangeType.IKE_SA_INIT \
+                    and not decode_header(d.data).is_response:
+                sends.append(net.now if seen else 0.0)
+            seen += 1
+        if _of(net.events_a, IkeSaEstablished):
+            up = net.now
+    return sends, up
+
+
+def test_ike_sa_init_to_a_restarting_peer_is_resent_every_second() -> None:
+    # The peer deleted the IKE_SA as it stopped: it answers as soon as it is up again.
+    # Charon's schedule (4 s, then 11.2 s) would leave the tunnel down up to 7 s longer.
+    sends, up = _init_sends(eager=True, peer_back=6.5)
+    assert sends[:8] == pytest.approx([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    assert up == pytest.approx(7.0)
+    plain, plain_up = _init_sends(eager=False, peer_back=6.5)
+    assert plain[:3] == pytest.approx([0.0, 4.0, 11.2])
+    assert plain_up == pytest.approx(11.2)
+
+
+def test_eager_resends_end_with_their_window_then_charons_schedule() -> None:
+    settings = EngineSettings()
+    sends, up = _init_sends(eager=True, peer_back=1000.0)
+    assert up is None
+    window = settings.eager_window
+    assert sends[int(window)] == pytest.approx(window)  # one a second within the window
+    # the window's last send is charon's first retransmission: 7.2 s, 12.96 s after it
+    assert sends[int(window) + 1] == pytest.approx(window + 7.2)
+    assert sends[int(window) + 2] == pytest.approx(window + 7.2 + 12.96)

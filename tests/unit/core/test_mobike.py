@@ -25,6 +25,7 @@ from mobike_vici.core.events import (
 )
 from mobike_vici.core.exchanges import mobike as mobike_mod
 from mobike_vici.core.exchanges.mobike import no_nats_data, parse_addresses
+from mobike_vici.core.settings import EngineSettings
 from mobike_vici.ikev2.constants import ExchangeType, NotifyType
 from mobike_vici.ikev2.message import decode_header
 from mobike_vici.ikev2.payloads import Notify, Payload
@@ -639,3 +640,86 @@ def test_a_probe_s_rtt_counts_from_the_copy_that_was_answered() -> None:
     net.pump()
     (res,) = [r for r in of_type(net.events_a, ProbeResult) if r.probe_id == on_6]
     assert res.ok and res.rtt == 0.0  # not the 0.2 s it waited for a copy to get through
+
+
+def _peer_path_of_a(net: Net) -> Path:
+    """The path ``b`` (the responder) holds for the IKE_SA: where it sends ESP and IKE."""
+    (sa,) = net.b.status()
+    return sa.path
+
+
+def test_nat_rebinding_right_after_an_ike_rekey_is_detected() -> None:
+    # The rekeyed IKE_SA has new SPIs, so the peer's NAT hash of us changes with them: the
+    # old baseline means nothing. Before, the new IKE_SA took the first answer it got as
+    # its baseline, so a NAT that rebound between the rekey and that answer was never
+    # noticed and the peer's ESP went on to the old public port (24 s in the soak).
+    private = ep(ALICE)
+    net = setup(nat={Endpoint(ALICE, 500): ep(EVE, 500), private: ep(EVE, 40000)})
+    net.a.probe(spi(net), path(ALICE, BOB), net.now)
+    net.pump()
+    net.a.rekey_ike(spi(net), net.now)
+    net.pump()
+    net.nat[private] = ep(EVE, 40001)  # the NAT rebinds right after the rekey
+    net.a.probe(spi(net), path(ALICE, BOB), net.now)
+    net.pump()
+    assert of_type(net.events_a, NatMappingChanged)
+    assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 40001))
+
+
+def test_nat_rebinding_right_after_a_move_is_detected() -> None:
+    # The update's answer carries the peer's hash of us on the new path: the baseline,
+    # so a rebinding before the next liveness check is noticed by that check.
+    net = setup(nat={Endpoint(ALICE, 500): ep(EVE, 500), ep(ALICE): ep(EVE, 40000),
+                     ep(ALICE2): ep(EVE, 41000)})
+    moved_to(net, path(ALICE2, BOB))
+    assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 41000))
+    net.nat[ep(ALICE2)] = ep(EVE, 41001)
+    net.a.probe(spi(net), path(ALICE2, BOB), net.now)
+    net.pump()
+    assert of_type(net.events_a, NatMappingChanged)
+    assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 41001))
+
+
+def test_an_ike_sa_whose_moves_all_fail_is_declared_dead_within_charons_bound() -> None:
+    # The peer lost the IKE_SA silently: every move and probe goes unanswered. The path
+    # manager keeps trying every pair (a move or a probe each second here), yet the
+    # request outstanding keeps charon's retransmission count, so the IKE_SA dies
+    # (dpd_action applies to retransmits_exceeded) within charon's bound, not never.
+    net = setup()
+    s = spi(net)
+    net.drop = lambda d: True
+    paths = [path(ALICE2, BOB), path(ALICE, BOB), path(ALICE6, BOB6)]
+    settings = EngineSettings()  # setup() runs the defaults
+    bound = settings.retransmit.give_up_after() + settings.move_timeout
+    t = net.now
+    while not of_type(net.events_a, IkeSaDeleted) and t < 2 * bound:
+        p = paths[int(t) % len(paths)]
+        net.a.move(s, p, t)
+        for q in paths:
+            net.a.probe(s, q, t)
+        t += 1.0
+        net.advance_to(t)
+    (gone,) = of_type(net.events_a, IkeSaDeleted)
+    assert gone.reason == "retransmits_exceeded"
+    assert t <= bound + 1.0
+    assert len(of_type(net.events_a, MoveFailed)) > 100
+
+
+def test_a_ridden_copy_answered_for_another_path_is_no_nat_rebinding() -> None:
+    # A probe of the active path rides the liveness check of a standby path. The peer
+    # answers the copy it sees first (the standby path's) and resends that answer, NAT
+    # detection and all, to the copy on the active path. Before, that answer (the
+    # standby's own was lost) looked like a rebinding of the active path: a
+    # nat_mapping_changed and an update for nothing, seen after moves in the soak.
+    net = setup(nat={Endpoint(ALICE, 500): ep(EVE, 500), ep(ALICE): ep(EVE, 40000),
+                     ep(ALICE2): ep(EVE, 41000)})
+    s = spi(net)
+    net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    net.drop = lambda d: d.path.remote == ep(EVE, 41000)  # answers on the standby path
+    net.a.probe(s, path(ALICE2, BOB), net.now)
+    active = net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    assert any(r.probe_id == active and r.ok for r in of_type(net.events_a, ProbeResult))
+    assert not of_type(net.events_a, NatMappingChanged)
+    assert not of_type(net.events_a, IkeSaMoved)

@@ -31,6 +31,8 @@ class FakeEngine:
         self.received: list[tuple[bytes, Path, float]] = []
         self.arrived = asyncio.Event()
         self.initiated: list[tuple[str, str | None, float]] = []
+        self.eager: list[bool] = []
+        """Per initiate: whether the peer was known to be restarting."""
         self.outbox: list[Datagram] = []
         self.events: deque[Event] = deque()
         self.timer: float | None = None
@@ -50,8 +52,10 @@ class FakeEngine:
         self.sas[spi] = sa
         return sa
 
-    def initiate(self, conn: str, child: str | None, now: float) -> None:
+    def initiate(self, conn: str, child: str | None, now: float, *,
+                 eager: bool = False) -> None:
         self.initiated.append((conn, child, now))
+        self.eager.append(eager)
         self.outbox.append(Datagram(b"INIT " + conn.encode(), Path(self.local, self.peer)))
 
     def receive_datagram(self, data: bytes, path: Path, now: float) -> None:

@@ -14,10 +14,11 @@ from mobike_vici.config.model import (
     StartAction,
 )
 from mobike_vici.core.events import IkeSaDeleted
-from mobike_vici.daemon.native import opens_ike_sa, restart_children
+from mobike_vici.daemon.native import Daemon, opens_ike_sa, restart_children
+from mobike_vici.types import Endpoint, Path
 
-from .fakes import SPI, FakeEngine
-from .test_native import Rig, run_rig
+from .fakes import SPI, FakeEngine, RecordingLog, free_port
+from .test_native import V4, Rig, run_rig
 
 CHILDREN = (
     ChildConfig(name="closes", close_action=CloseAction.START),
@@ -64,6 +65,8 @@ def test_daemon_initiates_again_after_the_peer_deleted_the_ike_sa() -> None:
                 break
             await asyncio.sleep(0)
         assert [(c, ch) for c, ch, _ in rig.engine.initiated] == [("home", "net")] * 2
+        # The start is charon's pace; the peer that deleted the IKE_SA is restarting.
+        assert rig.engine.eager == [False, True]
 
     run_rig(scenario, config=CONFIG, prepare=prepare)
 
@@ -97,5 +100,28 @@ def test_a_stopping_daemon_takes_no_new_ike_sa() -> None:
         assert data.startswith(b"not an IKE_SA_INIT")
         dropped = await rig.log.wait_for("packet_dropped")
         assert dropped["reason"] == "shutting_down"
+
+    run_rig(scenario)
+
+
+def test_a_starting_daemon_takes_no_new_ike_sa_until_its_data_plane_is_open() -> None:
+    """A peer resending its IKE_SA_INIT every second reached our gateway while it was
+    still starting (sockets bound, data plane not yet open): the IKE_SA came up, its
+    CHILD_SAs missed the data plane, and the tunnel stayed silent with the SA up (a
+    soak run's peer_restart). Until start() is done, IKE_SA_INIT is dropped; the peer
+    resends it."""
+    engine = FakeEngine(Endpoint.parse("127.0.0.1", 500), Endpoint.parse("127.0.0.1", 4500))
+    log = RecordingLog()
+    daemon = Daemon(Config(), engine, log, ike_port=free_port(), natt_port=free_port(),
+                    bind=V4)
+    path = Path(engine.local, engine.peer)
+    assert not daemon._dispatch(_ike_sa_init(), path, daemon.ike_port, 0.0)
+    assert log.named("packet_dropped")[0]["reason"] == "starting"
+    assert engine.received == []
+
+    async def scenario(rig: Rig) -> None:  # once started, it goes to the engine
+        rig.peer.send(_ike_sa_init(), "127.0.0.1", rig.daemon.ike_port)
+        [data] = await rig.received(1)
+        assert opens_ike_sa(data)
 
     run_rig(scenario)
