@@ -10,7 +10,10 @@ logrotate, a status that disagrees with the peer, routing left behind.
 
 A restart of the peer forces a new IKE_SA by nature; its outage includes the peer's
 own start-up and our IKE_SA_INIT retransmission (4 s), so it is bounded apart
-(``MAX_RESTART_OUTAGE_S``) and its new IKE_SA is counted, not lost.
+(``MAX_RESTART_OUTAGE_S``) and its new IKE_SA is counted, not lost. Under 5 % loss
+an IKE message of charon's may be lost too, and charon resends it only after 4 s: the
+``loss`` kind is bounded by one such retransmission (``MAX_LOSSY_OUTAGE_S``; seen once
+at 4.0 s in a dozen runs). The half-hour soak reports every kind's real figures.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ DURATION = 180.0
 SEED = 10  # every fault kind within the first 15 faults, two peer restarts
 MAX_OUTAGE_S = 2.0
 MAX_RESTART_OUTAGE_S = 30.0
+MAX_LOSSY_OUTAGE_S = 6.0
 MAX_RSS_GROWTH_KIB = 4096  # after the first minute, over the remaining two
 MAX_FD_GROWTH = 2
 
@@ -52,7 +56,8 @@ def test_three_minutes_of_faults_lose_nothing() -> None:
     assert result["sas_lost"] == 0, story
     assert not result["recoveries"], story
     for kind, ranks in result["outage_s"].items():
-        bound = MAX_RESTART_OUTAGE_S if kind in soak.RESTARTS else MAX_OUTAGE_S
+        bound = (MAX_RESTART_OUTAGE_S if kind in soak.RESTARTS
+                 else MAX_LOSSY_OUTAGE_S if kind == "loss" else MAX_OUTAGE_S)
         assert ranks["max"] != "lost" and ranks["max"] <= bound, (kind, story)
     assert result["fds_end"] - result["fds_start"] <= MAX_FD_GROWTH, story
     assert result["rss_kib_end"] - result["rss_kib_warm"] <= MAX_RSS_GROWTH_KIB, story
