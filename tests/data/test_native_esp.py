@@ -49,8 +49,10 @@ def test_transfer_native_native(lab: Lab, esp: str, encap: bool) -> None:
     packets = read_jsonl(capture)
     ip = [p for p in packets if "proto" in p]
     esp_packets = [p for p in ip if "esp" in p]
-    # 20 MB in 1400-byte packets: thousands of ESP packets, all of the expected kind.
-    assert len(esp_packets) > 10000
+    # Every packet the sniffer kept is ESP of the expected kind. Its count is no measure:
+    # a userspace sniffer on a loaded machine loses packets (7,378 of ~15,000 seen once);
+    # the daemons' counters below count them.
+    assert len(esp_packets) > 1000
     assert all((p["proto"] == 17) == encap for p in esp_packets)
     for p in ip:
         assert not p["src"].startswith(INNER_PREFIXES) and not p["dst"].startswith(INNER_PREFIXES)
@@ -68,6 +70,7 @@ def test_transfer_native_native(lab: Lab, esp: str, encap: bool) -> None:
     assert isinstance(tunnel.a, NativeDaemon)
     a_child = native_children(tunnel.a)[0]["counters"]
     assert a_child["bytes_out"] > MB20
+    assert a_child["packets_out"] > 10000  # 20 MB in packets of at most 1400 bytes
 
 
 def _inject(ns: Netns, lab: Lab, packets: list[bytes], dst: str, encap: bool,
