@@ -93,14 +93,14 @@ def handover(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 
 def test_active_uplink_is_found_by_its_ipv6_address(handover: ModuleType) -> None:
     h = FakeHandover(local="2001:db8:2::2")
-    assert handover.active_index(h) == 1
+    assert handover.active(h) == ("2001:db8:2::2", 1)
     handover.case_a(h, 1.0)
     assert h.downed == [1]  # not uplink 0, which carried nothing
 
 
 def test_an_address_on_no_uplink_is_an_error_not_uplink_0(handover: ModuleType) -> None:
     with pytest.raises(RuntimeError, match="on no uplink"):
-        handover.active_index(FakeHandover(local="192.0.2.99"))
+        handover.active(FakeHandover(local="192.0.2.99"))
 
 
 def test_case_c_reports_lost_when_the_first_move_never_happened(handover: ModuleType) -> None:
