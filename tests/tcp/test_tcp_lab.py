@@ -1,0 +1,165 @@
+"""IKE and ESP over TCP (RFC 9329) between two of our daemons in the mobile topology.
+
+mob (uplinks m0, m1; m0 preferred) initiates to gw with ``tcp = fallback`` on both
+ends; rtr drops UDP where a case says so (an nftables rule on forwarded UDP, TCP
+untouched), the way a hotel network blocks IPsec. Each case checks the traffic
+through the tunnel (pings to gw's inner address) and that the IKE_SA keeps its
+SPIs on both ends while it changes transport.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from mobike_vici.lab.native import NativeDaemon, named, start_native
+from mobike_vici.lab.netns import Lab, Netns
+from mobike_vici.lab.topology import Mobile, mobile
+from tests.data.support import INNER_ADDR, INNER_NET, swanctl_conf, wait_ping
+
+pytestmark = pytest.mark.netns
+
+GW4 = "192.0.2.2"
+M0, M1 = "10.1.0.2", "10.2.0.2"
+UP_TIMEOUT = 20.0  # functional: the goal is 3 s
+MOVE_TIMEOUT = 20.0
+RETURN_TIMEOUT = 30.0  # UDP is tried again every 5 s
+NFT_UDP = "tcp_lab_udp"
+
+TCP_POLICY = """mobike {
+  tcp = fallback
+  tcp_port = 4500
+}
+"""
+MOB_POLICY = """mobike {
+  tcp = fallback
+  tcp_port = 4500
+  prefer {
+    backup {
+      interface = m1
+      cost = 10
+    }
+  }
+}
+"""
+
+
+def block_udp(topo: Mobile, uplinks: list[int]) -> None:
+    """rtr drops forwarded UDP from and to the ``uplinks``' addresses, both families;
+    TCP and ICMP pass."""
+    v4 = ", ".join(topo.uplinks[i].addr4 for i in uplinks)
+    v6 = ", ".join(topo.uplinks[i].addr6 for i in uplinks)
+    topo.rtr.run("nft", "delete", "table", "inet", NFT_UDP, check=False)
+    topo.rtr.run("nft", "-f", "-", input_text=f"""
+table inet {NFT_UDP} {{
+    chain forward {{
+        type filter hook forward priority -10; policy accept;
+        ip saddr {{ {v4} }} meta l4proto udp drop
+        ip daddr {{ {v4} }} meta l4proto udp drop
+        ip6 saddr {{ {v6} }} meta l4proto udp drop
+        ip6 daddr {{ {v6} }} meta l4proto udp drop
+    }}
+}}
+""")
+
+
+def unblock_udp(rtr: Netns) -> None:
+    rtr.run("nft", "delete", "table", "inet", NFT_UDP, check=False)
+
+
+def start(lab: Lab, before: Callable[[Mobile], None] | None = None
+          ) -> tuple[Mobile, NativeDaemon, NativeDaemon]:
+    topo = mobile(lab)
+    if before is not None:
+        before(topo)
+    topo.rtr.sysctl("net.ipv4.conf.all.rp_filter", "1")
+    topo.gw.add_address("lo", f"{INNER_ADDR}/32")
+    conf_gw = lab.workdir / "gw.conf"
+    conf_gw.write_text(swanctl_conf(initiator=False, local=GW4, remote="%any",
+                                    inner_net=INNER_NET) + TCP_POLICY)
+    conf_mob = lab.workdir / "mob.conf"
+    conf_mob.write_text(swanctl_conf(initiator=True, local="%any", remote=GW4,
+                                     inner_net=INNER_NET) + MOB_POLICY)
+    gw = start_native(lab, topo.gw, conf_gw, name="gw")
+    mob = start_native(lab, topo.mob, conf_mob, name="mob")
+    return topo, mob, gw
+
+
+def sa(end: NativeDaemon) -> dict[str, Any]:
+    proc = end.status(as_json=True)
+    assert proc.returncode == 0, proc.stderr
+    (ike,) = json.loads(proc.stdout)["ike_sas"]
+    return dict(ike)
+
+
+def wait_transport(end: NativeDaemon, transport: str, local: str | None,
+                   timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        last = sa(end)
+        if last.get("transport") == transport and (
+                local is None or str(last["local"]).startswith(local)):
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"not on {transport} from {local}: {last}")
+
+
+def pings(ns: Netns, count: int = 5) -> int:
+    return sum(ns.ping(INNER_ADDR, count=1, wait=1.0) for _ in range(count))
+
+
+def test_udp_blocked_from_the_start_comes_up_over_tcp(lab: Lab) -> None:
+    started = time.monotonic()
+    topo, mob, gw = start(lab, lambda t: block_udp(t, [0, 1]))
+    mob.wait_event(named("child_sa_installed"), UP_TIMEOUT)
+    wait_ping(topo.mob, INNER_ADDR, UP_TIMEOUT)
+    up_s = time.monotonic() - started
+    mob_sa = wait_transport(mob, "tcp", None, 5)
+    gw_sa = wait_transport(gw, "tcp", None, 5)
+    assert mob_sa["ike_spi"] == gw_sa["ike_spi"]
+    assert mob.events.find(named("tcp_path_fallback")) is not None
+    assert gw.events.find(named("tcp_stream_opened", role="responder")) is not None
+    assert pings(topo.mob) >= 4
+    print(f"up over TCP {up_s:.2f} s after start")
+
+
+def test_silent_udp_death_moves_to_tcp_and_back(lab: Lab) -> None:
+    topo, mob, gw = start(lab)
+    mob.wait_event(named("child_sa_installed"), UP_TIMEOUT)
+    wait_ping(topo.mob, INNER_ADDR, UP_TIMEOUT)
+    before = sa(mob)
+    assert before["transport"] == "udp"
+    topo.link_down(1)  # the only uplink is m0
+    block_udp(topo, [0])
+    cut = time.monotonic()
+    wait_transport(mob, "tcp", M0, MOVE_TIMEOUT)
+    wait_transport(gw, "tcp", None, MOVE_TIMEOUT)
+    wait_ping(topo.mob, INNER_ADDR, MOVE_TIMEOUT)
+    print(f"on TCP and pinging {time.monotonic() - cut:.2f} s after UDP died")
+    assert pings(topo.mob) >= 4
+    unblock_udp(topo.rtr)
+    wait_transport(mob, "udp", M0, RETURN_TIMEOUT)
+    wait_transport(gw, "udp", None, RETURN_TIMEOUT)
+    wait_ping(topo.mob, INNER_ADDR, MOVE_TIMEOUT)
+    assert pings(topo.mob) >= 4
+    assert mob.events.find(named("tcp_path_returned")) is not None
+    mob.wait_event(named("tcp_stream_closed", reason="returned_to_udp"), 10)
+    after_mob, after_gw = sa(mob), sa(gw)
+    assert after_mob["ike_spi"] == before["ike_spi"] == after_gw["ike_spi"]
+
+
+def test_link_down_on_a_tcp_path_moves_to_the_other_uplink(lab: Lab) -> None:
+    topo, mob, gw = start(lab, lambda t: block_udp(t, [0, 1]))
+    mob.wait_event(named("child_sa_installed"), UP_TIMEOUT)
+    wait_ping(topo.mob, INNER_ADDR, UP_TIMEOUT)
+    before = wait_transport(mob, "tcp", M0, 10)
+    topo.link_down(0)
+    wait_transport(mob, "tcp", M1, MOVE_TIMEOUT)
+    wait_ping(topo.mob, INNER_ADDR, MOVE_TIMEOUT)
+    assert pings(topo.mob) >= 4
+    assert sa(mob)["ike_spi"] == before["ike_spi"] == sa(gw)["ike_spi"]
