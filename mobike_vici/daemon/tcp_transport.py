@@ -382,16 +382,15 @@ class TcpTransport:
         """A broken initiator stream of a pair still on TCP: connect again, resend the
         request in flight (the engine would, but only at its next retransmission)."""
         pair, path = old.pair, old.engine_path
-        if path is None or not (self.settings.mode == TcpMode.ALWAYS or pair in self._tcp_pairs):
-            return
+        if path is None or old.inflight is None or not (
+                self.settings.mode == TcpMode.ALWAYS or pair in self._tcp_pairs):
+            return  # nothing waits: the engine's next message reconnects if need be
         new = self._connect(pair, path, now)
         if new is None:
             return
-        if old.inflight is not None:
-            new.inflight = old.inflight
-            new.out += encode_ike(old.inflight)
-        self.log.emit("tcp_stream_reopened", local=str(pair[0]), remote=str(new.remote),
-                      resent=old.inflight is not None)
+        new.inflight = old.inflight
+        new.out += encode_ike(old.inflight)
+        self.log.emit("tcp_stream_reopened", local=str(pair[0]), remote=str(new.remote))
 
     # --- responder: accept ------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from mobike_vici.lab.charon import start_charon
 from mobike_vici.lab.native import NativeDaemon, named, start_native
 from mobike_vici.lab.netns import Lab, Netns
 from mobike_vici.lab.topology import Mobile, mobile
@@ -163,3 +164,33 @@ def test_link_down_on_a_tcp_path_moves_to_the_other_uplink(lab: Lab) -> None:
     wait_ping(topo.mob, INNER_ADDR, MOVE_TIMEOUT)
     assert pings(topo.mob) >= 4
     assert sa(mob)["ike_spi"] == before["ike_spi"] == sa(gw)["ike_spi"]
+
+
+@pytest.mark.charon
+def test_charon_peer_gets_one_tcp_unavailable_and_nothing_else(lab: Lab) -> None:
+    """charon has no TCP: UDP blocked on the standby uplink makes us try TCP there once
+    per peer address, it is refused, and the SA stays where it is, on UDP."""
+    topo = mobile(lab)
+    block_udp(topo, [1])
+    topo.rtr.sysctl("net.ipv4.conf.all.rp_filter", "1")
+    topo.gw.add_address("lo", f"{INNER_ADDR}/32")
+    conf_gw = lab.workdir / "gw.conf"
+    conf_gw.write_text(swanctl_conf(initiator=False, local=GW4, remote="%any",
+                                    inner_net=INNER_NET))
+    conf_mob = lab.workdir / "mob.conf"
+    conf_mob.write_text(swanctl_conf(initiator=True, local="%any", remote=GW4,
+                                     inner_net=INNER_NET) + MOB_POLICY)
+    gw = start_charon(lab, topo.gw, name="gw")
+    gw.load_all(conf_gw)
+    mob = start_native(lab, topo.mob, conf_mob, name="mob")
+    mob.wait_event(named("child_sa_installed"), UP_TIMEOUT)
+    wait_ping(topo.mob, INNER_ADDR, UP_TIMEOUT)
+    mob.wait_event(named("tcp_unavailable"), UP_TIMEOUT)
+    time.sleep(8)  # several more fallback rounds on the blocked uplink
+    said = [ev["remote"] for ev in mob.events.events if ev.get("event") == "tcp_unavailable"]
+    assert len(said) == len(set(said))  # once per peer address
+    assert mob.events.find(named("tcp_path_fallback")) is None
+    assert mob.events.find(named("handover_started")) is None
+    on = sa(mob)
+    assert on["transport"] == "udp" and str(on["local"]).startswith(M0)
+    assert pings(topo.mob) >= 4
