@@ -62,6 +62,8 @@ ACCEPTS_PER_WAKEUP = 64
 HOUSEKEEPING = 0.25
 """Seconds between checks of the timeouts and of the pairs waiting for an answer."""
 CONNECT_TIMEOUT = 5.0
+MAX_RETRY_WAIT = 60.0
+"""Seconds at most between attempts to connect to a peer whose TCP port failed us."""
 UDP_TRIAL = 1.0
 """Seconds a trial of UDP lasts (requests duplicated over UDP) while on TCP."""
 CLOSE_AFTER_RETURN = 3.0
@@ -147,11 +149,13 @@ class TcpTransport:
         self._unavailable: set[IPAddress] = set()
         """Peers whose TCP port refused us (``tcp_unavailable`` is said once each)."""
         self._retry_after: dict[IPAddress, float] = {}
+        self._failures: dict[IPAddress, int] = {}
+        """Connection failures to a peer address in a row (reset by a connection)."""
         self._refused = 0
         self._refused_logged_at: float | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self.counters = {"accepted": 0, "refused": 0, "frames_in": 0, "frames_out": 0,
-                         "esp_dropped": 0, "dropped_frames": 0}
+        self.counters = {"accepted": 0, "refused": 0, "connects": 0, "frames_in": 0,
+                         "frames_out": 0, "esp_dropped": 0, "dropped_frames": 0}
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -313,6 +317,7 @@ class TcpTransport:
             return None
         family = socket.AF_INET6 if isinstance(remote, ipaddress.IPv6Address) else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
+        self.counters["connects"] += 1
         target = Endpoint(remote, self.settings.ports[0])
         try:
             self._tune(sock)
@@ -355,6 +360,8 @@ class TcpTransport:
             self._close(stream, "connect_failed", log=False)
             return
         stream.connected = True
+        self._failures.pop(stream.remote.addr, None)
+        self._retry_after.pop(stream.remote.addr, None)
         self.loop.add_reader(stream.sock.fileno(), self._on_readable, stream)
         self.log.emit("tcp_stream_opened", role="initiator", local=str(stream.local),
                       remote=str(stream.remote))
@@ -372,7 +379,11 @@ class TcpTransport:
         self._flush(stream)
 
     def _connect_failed(self, local: IPAddress, remote: Endpoint, err: int, now: float) -> None:
-        self._retry_after[remote.addr] = now + self.settings.fallback_after
+        # Doubling waits: a peer without TCP (charon) is not asked every second forever.
+        failures = self._failures.get(remote.addr, 0)
+        self._failures[remote.addr] = failures + 1
+        self._retry_after[remote.addr] = now + min(
+            MAX_RETRY_WAIT, self.settings.fallback_after * 2 ** min(failures, 16))
         name = errno.errorcode.get(err, str(err))
         if remote.addr not in self._unavailable:
             self._unavailable.add(remote.addr)

@@ -243,3 +243,17 @@ async def test_fallback_leaves_answered_udp_alone() -> None:
             await asyncio.sleep(0.1)
             i.transport.udp_ike_received(UDP_PATH, now())
         assert i.switches == [] and i.transport.streams() == []
+
+
+@in_loop
+async def test_a_peer_without_tcp_is_asked_less_and_less_often() -> None:
+    settings = TcpSettings(mode=TcpMode.FALLBACK, ports=(free_tcp_port(),), fallback_after=0.1)
+    i = side(settings)
+    i.transport.open(asyncio.get_running_loop(), ())
+    try:
+        assert not i.transport.send_ike(Datagram(ike(True, True), UDP_PATH), now())
+        await asyncio.sleep(3.0)  # unanswered all along: a retry each housekeeping would be 12
+        assert 3 <= i.transport.counters["connects"] <= 6
+        assert len(i.log.named("tcp_unavailable")) == 1 and i.switches == []
+    finally:
+        i.transport.close()
