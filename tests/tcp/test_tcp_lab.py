@@ -10,8 +10,12 @@ SPIs on both ends while it changes transport.
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +34,7 @@ UP_TIMEOUT = 20.0  # functional: the goal is 3 s
 MOVE_TIMEOUT = 20.0
 RETURN_TIMEOUT = 30.0  # UDP is tried again every 5 s
 NFT_UDP = "tcp_lab_udp"
+TRICKLE = Path(__file__).resolve().parent / "trickle.py"
 
 TCP_POLICY = """mobike {
   tcp = fallback
@@ -194,3 +199,31 @@ def test_charon_peer_gets_one_tcp_unavailable_and_nothing_else(lab: Lab) -> None
     on = sa(mob)
     assert on["transport"] == "udp" and str(on["local"]).startswith(M0)
     assert pings(topo.mob) >= 4
+
+
+def test_a_thousand_trickling_connections_leave_the_tunnel_alone(lab: Lab) -> None:
+    """rtr opens 1000 connections to gw's TCP port and trickles a byte on each every
+    0.5 s, while the tunnel (itself over TCP: UDP blocked) carries a 100 Hz ping."""
+    topo, mob, gw = start(lab, lambda t: block_udp(t, [0, 1]))
+    mob.wait_event(named("child_sa_installed"), UP_TIMEOUT)
+    wait_ping(topo.mob, INNER_ADDR, UP_TIMEOUT)
+    wait_transport(mob, "tcp", M0, 10)
+    attack = subprocess.Popen(topo.rtr.argv([sys.executable, str(TRICKLE), GW4, "4500",
+                                             "1000", "12"]),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        ping = topo.mob.run("ping", "-n", "-q", "-i", "0.01", "-c", "1000", "-W", "1",
+                            INNER_ADDR, check=False, timeout=60)
+        out, _ = attack.communicate(timeout=60)
+    finally:
+        if attack.poll() is None:
+            attack.kill()
+            attack.wait()
+    received = int(re.search(r"(\d+) received", ping.stdout).group(1))  # type: ignore[union-attr]
+    report = json.loads(out)
+    print(f"100 Hz ping: {received}/1000 through the tunnel during the attack; {report}")
+    assert received >= 950
+    assert report["open_at_end"] == 0  # every trickler was refused or timed out
+    assert gw.events.find(named("tcp_refused", reason="max_per_source")) is not None
+    assert gw.alive() and sa(gw)["transport"] == "tcp"
