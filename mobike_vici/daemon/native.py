@@ -810,11 +810,23 @@ class Daemon:
         if self._monitor is not None:
             answer["net"] = self._net_view()
         if self.tcp is not None:
-            transports = {ike.ike_spi: self.tcp.transport_of(ike.path) for ike in self._status()}
-            for sa in answer["ike_sas"]:  # type: ignore[attr-defined]
-                sa["transport"] = transports.get(str(sa["ike_spi"]), "udp")
-            answer["tcp"] = {"streams": self.tcp.streams(), **self.tcp.counters}
+            self._tcp_status(answer)
         return answer
+
+    def _tcp_status(self, answer: JsonObject) -> None:
+        """The transport of each IKE_SA and of each of its paths, and the streams."""
+        assert self.tcp is not None
+        transports = {ike.ike_spi: self.tcp.transport_of(ike.path) for ike in self._status()}
+        for sa in answer["ike_sas"]:  # type: ignore[attr-defined]
+            sa["transport"] = transports.get(str(sa["ike_spi"]), "udp")
+            mgr = self.mobility.manager(str(sa["ike_spi"])) if self.mobility else None
+            if mgr is None:
+                continue
+            by_ends = {(str(p.path.local), str(p.path.remote)): self.tcp.transport_of(p.path)
+                       for p in mgr.paths()}
+            for entry in sa.get("paths", []):
+                entry["transport"] = by_ends.get((entry["local"], entry["remote"]), "udp")
+        answer["tcp"] = {"streams": self.tcp.streams(), **self.tcp.counters}
 
     def _control_refused(self, uid: int, pid: int) -> None:
         self.log.emit("control_refused", uid=uid, pid=pid)

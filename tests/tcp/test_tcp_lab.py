@@ -128,6 +128,7 @@ def test_udp_blocked_from_the_start_comes_up_over_tcp(lab: Lab) -> None:
     mob_sa = wait_transport(mob, "tcp", None, 5)
     gw_sa = wait_transport(gw, "tcp", None, 5)
     assert mob_sa["ike_spi"] == gw_sa["ike_spi"]
+    assert any(p["active"] and p["transport"] == "tcp" for p in mob_sa["paths"])
     assert mob.events.find(named("tcp_path_fallback")) is not None
     assert gw.events.find(named("tcp_stream_opened", role="responder")) is not None
     assert pings(topo.mob) >= 4
