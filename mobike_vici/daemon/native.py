@@ -632,6 +632,9 @@ class Daemon:
             self.log.emit("engine_error", call="mobility", error=type(exc).__name__)
             return False
         for name, fields in out:
+            transport = self.tcp.transport_of_fields(fields) if self.tcp is not None else None
+            if transport is not None:
+                fields = {**fields, "transport": transport}
             self.log.emit(name, **fields)
         return self.mobility.calls != before
 

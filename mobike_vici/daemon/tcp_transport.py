@@ -220,6 +220,21 @@ class TcpTransport:
         """"tcp" when ``path``'s traffic goes over a stream now, else "udp"."""
         return "tcp" if self._route(path) is not None else "udp"
 
+    def transport_of_fields(self, fields: dict[str, object]) -> str | None:
+        """The transport of the path an event names with ``local`` and ``remote`` in the
+        stream's "addr[port]" form; None when it names none."""
+        ends = []
+        for key in ("local", "remote"):
+            text = fields.get(key)
+            if not isinstance(text, str) or not text.endswith("]") or "[" not in text:
+                return None
+            addr, _, port = text[:-1].rpartition("[")
+            try:
+                ends.append(Endpoint.parse(addr, int(port)))
+            except ValueError:
+                return None
+        return self.transport_of(Path(ends[0], ends[1]))
+
     def streams(self) -> list[dict[str, object]]:
         """For ``status``: each stream's ends, role and queue."""
         return [{"local": str(s.local), "remote": str(s.remote),

@@ -167,6 +167,9 @@ def test_link_down_on_a_tcp_path_moves_to_the_other_uplink(lab: Lab) -> None:
     before = wait_transport(mob, "tcp", M0, 10)
     topo.link_down(0)
     wait_transport(mob, "tcp", M1, MOVE_TIMEOUT)
+    moved = mob.wait_event(lambda ev: ev.get("event") == "handover_completed"
+                           and str(ev.get("local", "")).startswith(M1), 10)
+    assert moved["transport"] == "tcp"
     wait_ping(topo.mob, INNER_ADDR, MOVE_TIMEOUT)
     assert pings(topo.mob) >= 4
     assert sa(mob)["ike_spi"] == before["ike_spi"] == sa(gw)["ike_spi"]

@@ -126,6 +126,13 @@ async def test_always_carries_ike_and_esp_both_ways() -> None:
         await until(lambda: r.esp and i.esp)
         assert r.esp == [ESP] and i.esp == [ESP[::-1]]
         assert len(i.transport.streams()) == 1 and len(r.transport.streams()) == 1
+        # Events name paths as text: the transport is found from that too.
+        assert i.transport.transport_of_fields(
+            {"local": "127.0.0.1[4500]", "remote": "127.0.0.1[4500]"}) == "tcp"
+        assert r.transport.transport_of_fields(
+            {"local": "127.0.0.1[4500]", "remote": "127.0.0.2[4500]"}) == "udp"
+        assert i.transport.transport_of_fields({"reason": "x"}) is None
+        assert i.transport.transport_of_fields({"local": "nonsense", "remote": "x[1]"}) is None
         # No NAT keepalives on a stream.
         assert i.transport.send_ike(Datagram(b"\xff", UDP_PATH, keepalive=True), now())
 
