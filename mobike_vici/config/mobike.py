@@ -128,10 +128,10 @@ tcp_max_streams            256         1 .. 100000      native: TCP streams in a
 tcp_max_per_source         8           1 .. 100000      native: TCP streams from one address
 tcp_idle_timeout           60s         >0 .. 24h        native: a stream without a frame
                                                         either way this long is closed
-tcp_slow_timeout           5s          >0 .. 24h        native: a stream that has not
-                                                        finished the prefix, its first IKE
-                                                        message or a started frame this
-                                                        long is closed (slow senders)
+tcp_slow_timeout           5s          >0 .. 24h        native: a stream without the
+                                                        prefix and an IKE message we
+                                                        answered, or with a frame left
+                                                        unfinished, this long is closed
 =========================  ==========  ===============  ====================================
 
 .. mobike-keys-end

@@ -100,6 +100,9 @@ class Stream:
     out: bytearray = field(default_factory=bytearray)
     last_frame_at: float = 0.0
     ike_frames: int = 0
+    ike_sent: int = 0
+    """IKE messages we sent on it: a responder's stream counts as in use only once
+    the engine answered something on it (garbage that looks like IKE gets nothing)."""
     engine_path: Path | None = None
     """Initiator side: the engine's path for this pair, given to what arrives."""
     inflight: bytes | None = None
@@ -260,6 +263,7 @@ class TcpTransport:
             stream.engine_path = path
             if _is_request(data):
                 stream.inflight = data
+        stream.ike_sent += 1
         self._write(stream, encode_ike(data))
         # During a trial a request goes over UDP too: an answer there brings the pair back.
         return not (pair in self._trial and _is_request(data))
@@ -390,7 +394,10 @@ class TcpTransport:
                 stream.engine_path = pending.path
                 stream.inflight = pending.request
                 stream.out += encode_ike(pending.request)
-            self.on_switch(pair, "tcp", now)
+        # On every connection, first or again: the peer knows an IKE_SA of ours on this
+        # pair by the stream it came in on, so each one updates its addresses over the
+        # new stream (a no-op while none is established on the pair).
+        self.on_switch(pair, "tcp", now)
         self._flush(stream)
 
     def _connect_failed(self, local: IPAddress, remote: Endpoint, err: int, now: float) -> None:
@@ -590,7 +597,8 @@ class TcpTransport:
                     self._close(stream, "connect_timeout", log=False)
                 continue
             quiet = now - stream.last_frame_at
-            slow = not stream.initiator and (stream.decoder.mid_frame or stream.ike_frames == 0)
+            slow = not stream.initiator and (stream.decoder.mid_frame or stream.ike_frames == 0
+                                             or stream.ike_sent == 0)
             if slow and quiet > settings.slow_timeout:
                 self._close(stream, "slow_sender")
             elif quiet > settings.idle_timeout:

@@ -161,10 +161,14 @@ async def test_slow_sender_and_silent_connections_are_closed() -> None:
         silent_r, silent_w = await asyncio.open_connection("127.0.0.1", port)
         slow_r, slow_w = await asyncio.open_connection("127.0.0.1", port)
         slow_w.write(STREAM_PREFIX + encode_ike(ike(True, True))[:10])
-        for reader in (silent_r, slow_r):
+        # Whole frames that look like IKE but that the engine never answers.
+        fake_r, fake_w = await asyncio.open_connection("127.0.0.1", port)
+        fake_w.write(STREAM_PREFIX + encode_ike(ike(True, True)))
+        for reader in (silent_r, slow_r, fake_r):
             assert await asyncio.wait_for(reader.read(), 5) == b""
-        for writer in (silent_w, slow_w):
+        for writer in (silent_w, slow_w, fake_w):
             writer.close()
+        assert len(r.ike) == 1  # the fake frame did reach the engine
         assert r.transport.streams() == []
 
 
@@ -199,6 +203,10 @@ async def test_broken_stream_is_reopened_and_the_request_resent() -> None:
         r.transport._close(stream, "test")
         await asyncio.sleep(0.3)
         assert len(i.log.named("tcp_stream_reopened")) == 1 and i.transport.streams() == []
+        # Each connection asked the daemon to update the IKE_SAs on the pair over it.
+        assert i.switches == [((LO, LO), "tcp")] * 2
+        i.transport.send_ike(Datagram(ike(True, True, mid=6), UDP_PATH), now())
+        await until(lambda: len(i.switches) == 3)
 
 
 @in_loop
