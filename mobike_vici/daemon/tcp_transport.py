@@ -386,6 +386,10 @@ class TcpTransport:
                       remote=str(stream.remote))
         pair = stream.pair
         if self.settings.mode == TcpMode.FALLBACK and pair not in self._tcp_pairs:
+            if pair not in self._pending:
+                # UDP answered while we were connecting: no reason to leave it.
+                self._close(stream, "udp_answered")
+                return
             self._tcp_pairs.add(pair)
             pending = self._pending.pop(pair, None)
             self._next_trial[pair] = now + self.settings.retry_udp_every

@@ -272,3 +272,15 @@ async def test_a_peer_without_tcp_is_asked_less_and_less_often() -> None:
         assert len(i.log.named("tcp_unavailable")) == 1 and i.switches == []
     finally:
         i.transport.close()
+
+
+@in_loop
+async def test_a_fallback_connection_is_dropped_when_udp_answered_meanwhile() -> None:
+    async with pair_of(TcpMode.FALLBACK, fallback_after=0.2) as (i, r):
+        assert not i.transport.send_ike(Datagram(ike(True, True), UDP_PATH), now())
+        i.transport._connect((LO, LO), UDP_PATH, now())  # as the housekeeping would
+        i.transport.udp_ike_received(UDP_PATH, now())  # before the stream is up
+        await until(lambda: i.log.named("tcp_stream_closed"))
+        assert i.log.named("tcp_stream_closed")[0]["reason"] == "udp_answered"
+        assert i.switches == [] and i.transport.transport_of(UDP_PATH) == "udp"
+        assert r.ike == []
