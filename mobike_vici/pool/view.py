@@ -1,0 +1,152 @@
+"""The pool as this gateway sees it: each peer up or not, its load, and where to send the
+next IKE_SA.
+
+Pure: the daemon asks ``due(now)`` which peers to read, fetches their pages, and hands
+each answer (or its failure) to ``on_answer``/``on_failure``. A peer is a target only
+while its last read succeeded and is fresh (``STALE_POLLS`` intervals); a peer never
+read, or one that stopped answering, is never a target.
+
+Redirects this gateway made are counted on their target until a read taken well after
+them (``SETTLE``) shows them, so a drain of many IKE_SAs between two reads spreads
+evenly instead of piling onto the peer that was least loaded at the last read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..config.pool import PoolGateway, PoolSettings
+from ..types import IPAddress
+
+SETTLE = 2.0
+"""Seconds a redirected client takes, at most, to show up in its new gateway's count
+(IKE_SA_INIT and IKE_AUTH there); a read started later includes it."""
+STALE_POLLS = 3
+"""A load older than this many poll intervals is not trusted: the peer is down."""
+MAX_ASSIGNED = 100_000
+"""Bound on the redirects remembered per peer (a drain of this gateway's SAs)."""
+
+
+@dataclass(slots=True)
+class Peer:
+    gateway: PoolGateway
+    up: bool = False
+    load: int = 0
+    read_at: float | None = None
+    """When the request behind ``load`` was sent."""
+    error: str = "not read yet"
+    next_poll: float = 0.0
+    polling: bool = False
+    assigned: list[float] = field(default_factory=list)
+    """Times of our redirects to this peer that its last read may not show."""
+
+    @property
+    def effective_load(self) -> int:
+        return self.load + len(self.assigned)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerChanged:
+    """A peer went up or down (the daemon emits ``pool_peer_up`` / ``pool_peer_down``)."""
+
+    address: IPAddress
+    up: bool
+    load: int
+    error: str
+
+
+class PoolView:
+    def __init__(self, settings: PoolSettings) -> None:
+        self.settings = settings
+        self.peers: dict[IPAddress, Peer] = {g.address: Peer(g) for g in settings.gateways}
+
+    def set_settings(self, settings: PoolSettings) -> None:
+        """A reloaded ``pool { }``: peers still listed keep what is known of them."""
+        old = self.peers
+        self.settings = settings
+        self.peers = {g.address: old.get(g.address) or Peer(g) for g in settings.gateways}
+        for g in settings.gateways:
+            self.peers[g.address].gateway = g
+
+    # -- reading the peers --------------------------------------------------------------
+
+    def due(self, now: float) -> list[PoolGateway]:
+        """Peers to read now (each marked in flight until its answer or failure)."""
+        out = []
+        for peer in self.peers.values():
+            if not peer.polling and now >= peer.next_poll:
+                peer.polling = True
+                peer.next_poll = now + self.settings.poll_interval
+                out.append(peer.gateway)
+        return out
+
+    def next_deadline(self) -> float | None:
+        pending = [p.next_poll for p in self.peers.values() if not p.polling]
+        return min(pending) if pending else None
+
+    def on_answer(self, address: IPAddress, load: int, sent_at: float
+                  ) -> PeerChanged | None:
+        """A read sent at ``sent_at`` answered ``load`` IKE_SAs."""
+        peer = self.peers.get(address)
+        if peer is None:
+            return None
+        peer.polling = False
+        was = peer.up
+        peer.up, peer.load, peer.read_at, peer.error = True, load, sent_at, ""
+        # Redirects made well before the read began are in its count now.
+        peer.assigned = [t for t in peer.assigned if t > sent_at - SETTLE]
+        return None if was else PeerChanged(address, True, load, "")
+
+    def on_failure(self, address: IPAddress, error: str) -> PeerChanged | None:
+        peer = self.peers.get(address)
+        if peer is None:
+            return None
+        peer.polling = False
+        was = peer.up
+        peer.up, peer.error = False, error
+        return PeerChanged(address, False, peer.load, error) if was else None
+
+    def expire(self, now: float) -> list[PeerChanged]:
+        """Peers whose last good read is too old are down (a hung read, a stopped poll)."""
+        limit = STALE_POLLS * self.settings.poll_interval + self.settings.peer_timeout
+        changed = []
+        for peer in self.peers.values():
+            if peer.up and (peer.read_at is None or now - peer.read_at > limit):
+                peer.up, peer.error = False, "stale"
+                changed.append(PeerChanged(peer.gateway.address, False, peer.load, "stale"))
+        return changed
+
+    # -- choosing a target --------------------------------------------------------------
+
+    def is_up(self, address: IPAddress) -> bool:
+        peer = self.peers.get(address)
+        return peer is not None and peer.up
+
+    def choose(self, *, exclude: Iterable[IPAddress] = (),
+               among: Iterable[IPAddress] | None = None) -> PoolGateway | None:
+        """The up peer with the least load (ours in flight counted), not in ``exclude``
+        and, when given, in ``among``; ties go to the order of ``gateways``."""
+        skip = set(exclude)
+        allowed = None if among is None else set(among)
+        best: Peer | None = None
+        for peer in self.peers.values():
+            if not peer.up or peer.gateway.address in skip:
+                continue
+            if allowed is not None and peer.gateway.address not in allowed:
+                continue
+            if best is None or peer.effective_load < best.effective_load:
+                best = peer
+        return None if best is None else best.gateway
+
+    def assign(self, address: IPAddress, now: float) -> None:
+        """One IKE_SA redirected to ``address`` at ``now``: count it until a read shows it."""
+        peer = self.peers.get(address)
+        if peer is not None:
+            peer.assigned.append(now)
+            del peer.assigned[:-MAX_ASSIGNED]
+
+    def snapshot(self) -> list[dict[str, object]]:
+        return [{"gateway": str(p.gateway.address), "up": p.up, "load": p.load,
+                 "assigned": len(p.assigned), "error": p.error or None}
+                for p in self.peers.values()]

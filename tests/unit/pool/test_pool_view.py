@@ -1,0 +1,138 @@
+"""The pool view on a fake clock: who is a target, and how a drain spreads."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from mobike_vici.config.pool import PoolSettings, parse_gateway
+from mobike_vici.pool.drain import Drain, DrainSa
+from mobike_vici.pool.limit import over_limit
+from mobike_vici.pool.load import LoadUnreadable, ike_sa_load
+from mobike_vici.pool.view import SETTLE, PoolView
+
+A, B, C = (ipaddress.ip_address(f"192.0.2.{n}") for n in (11, 12, 13))
+PAGE = """# HELP mobike_ike_sas IKE_SAs by connection and state.
+# TYPE mobike_ike_sas gauge
+mobike_ike_sas{conn="rw",state="ESTABLISHED"} %d.0
+mobike_ike_sas{conn="rw",state="CONNECTING"} 0.0
+# HELP mobike_path_up up
+# TYPE mobike_path_up gauge
+mobike_path_up{conn="rw",local="a",remote="b"} 1.0
+"""
+
+
+def _view(poll: float = 2.0) -> PoolView:
+    gws = tuple(parse_gateway(str(a)) for a in (A, B, C))
+    return PoolView(PoolSettings(gateways=gws, poll_interval=poll))
+
+
+def _read(view: PoolView, now: float, loads: dict[object, int | None]) -> None:
+    """One poll round through a fake fetch: None is a peer that does not answer."""
+    for gw in view.due(now):
+        load = loads.get(gw.address)
+        if load is None:
+            view.on_failure(gw.address, "timed out")
+        else:
+            view.on_answer(gw.address, ike_sa_load(PAGE % load), now)
+
+
+def test_load_is_the_sum_of_the_ike_sa_gauge() -> None:
+    assert ike_sa_load(PAGE % 7) == 7
+    assert ike_sa_load((PAGE % 7).replace("} 0.0", "} 2.0")) == 9
+    assert ike_sa_load("# TYPE mobike_ike_sas gauge\n") == 0
+    with pytest.raises(LoadUnreadable):
+        ike_sa_load("<html>502 Bad Gateway</html>")
+
+
+def test_a_peer_never_read_or_not_answering_is_never_a_target() -> None:
+    view = _view()
+    assert view.choose() is None  # nobody read yet
+    _read(view, 0.0, {A: 5, B: None, C: None})
+    assert [view.choose(exclude=()).address] == [A]  # type: ignore[union-attr]
+    assert view.choose(exclude=(A,)) is None
+
+
+def test_a_peer_that_stops_answering_goes_down_and_back_up() -> None:
+    view = _view(poll=1.0)
+    _read(view, 0.0, {A: 1, B: 9, C: 9})
+    _read(view, 1.0, {A: None, B: 9, C: 9})
+    assert not view.is_up(A)
+    assert view.choose().address == B  # type: ignore[union-attr]
+    _read(view, 2.0, {A: 0, B: 9, C: 9})
+    assert view.choose().address == A  # type: ignore[union-attr]
+
+
+def test_a_load_that_is_not_refreshed_goes_stale() -> None:
+    view = _view(poll=1.0)
+    _read(view, 0.0, {A: 1, B: 1, C: 1})
+    view.due(1.0)  # reads sent, never answered (a hung peer)
+    changed = view.expire(10.0)
+    assert {c.address for c in changed} == {A, B, C}
+    assert view.choose() is None
+
+
+def test_a_drain_spreads_evenly_between_reads() -> None:
+    view = _view()
+    _read(view, 0.0, {A: 0, B: 3, C: 0})
+    sas = [DrainSa(i, "rw", f"{i:x}_1", A, ipaddress.ip_address(f"10.1.0.{i}"))
+           for i in range(1, 12)]
+    drain = Drain("d1", sas, rate=100.0, to=None, now=0.0)
+    now = 0.0
+    while (at := drain.next_at()) is not None:
+        now = max(now, at)
+        step = drain.take(view, now)
+        assert step is not None and step.gateway.address != A  # never its own gateway
+        drain.on_result(step, ok=True)
+    # B started with 3: C takes 7, B 4, so both end at 7.
+    assert drain.by_target == {str(C): 7, str(B): 4}
+    assert drain.done and drain.redirected == 11
+
+
+def test_a_drain_keeps_its_rate() -> None:
+    view = _view()
+    _read(view, 0.0, {A: 0, B: 0, C: 0})
+    sas = [DrainSa(i, "rw", str(i), A, A) for i in range(5)]
+    drain = Drain("d", sas, rate=2.0, to=None, now=10.0)
+    assert drain.take(view, 10.0) is not None
+    assert drain.take(view, 10.4) is None  # 0.5 s per redirect at 2/s
+    assert drain.take(view, 10.5) is not None
+    # Late by a second: still one at a time, no catch-up burst.
+    assert drain.take(view, 11.6) is not None
+    assert drain.take(view, 11.6) is None
+    assert drain.next_at() == pytest.approx(12.1)
+
+
+def test_a_drain_skips_a_dead_target_and_stops_when_none_is_left() -> None:
+    view = _view(poll=1.0)
+    _read(view, 0.0, {A: 0, B: 0, C: 0})
+    sas = [DrainSa(i, "rw", str(i), A, A) for i in range(6)]
+    drain = Drain("d", sas, rate=10.0, to=(B, C), now=0.0)
+    first = drain.take(view, 0.0)
+    assert first is not None and first.gateway.address == B
+    _read(view, 1.0, {A: 0, B: 0, C: None})  # C dies mid-drain
+    for t in (1.1, 1.3):
+        step = drain.take(view, t)
+        assert step is not None and step.gateway.address == B
+    _read(view, 2.0, {A: 0, B: None, C: None})
+    assert drain.take(view, 2.1) is None
+    assert drain.stopped == "no_target" and drain.remaining == 3
+
+
+def test_assignments_are_forgotten_once_a_later_read_shows_them() -> None:
+    view = _view()
+    _read(view, 0.0, {A: 0, B: 0, C: 0})
+    view.assign(B, 0.5)
+    assert view.peers[B].effective_load == 1
+    _read(view, 2.0, {A: 0, B: 1, C: 0})  # too soon after: still counted
+    assert view.peers[B].effective_load == 2
+    _read(view, 0.5 + SETTLE + 2.0, {A: 0, B: 1, C: 0})
+    assert view.peers[B].effective_load == 1
+
+
+def test_over_limit_picks_the_newest_and_counts_those_in_flight() -> None:
+    sas = [DrainSa(i, "rw", str(i), A, A) for i in range(1, 8)]
+    assert [sa.ike_id for sa in over_limit(sas, 4)] == [7, 6, 5]
+    assert [sa.ike_id for sa in over_limit(sas, 4, busy={7})] == [6, 5]
+    assert over_limit(sas, 0) == [] and over_limit(sas, 7) == []
