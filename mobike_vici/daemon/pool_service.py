@@ -227,6 +227,8 @@ class PoolService:
                 continue
             ok = await self._redirect(step, drain, reason)
             drain.on_result(step, ok)
+            if reason == "max_ike_sas":  # tried once: never chosen again while it stays
+                self._limit_busy.add(step.sa.ike_id)
             self._gauge(drain)
         if announce:
             result = "completed" if drain.stopped is None and drain.failed == 0 else "incomplete"
@@ -268,7 +270,6 @@ class PoolService:
         excess = over_limit(sas, limit, self._limit_busy)
         if not excess:
             return
-        self._limit_busy.update(sa.ike_id for sa in excess)
         drain = Drain(f"limit-{next(self._ids)}", excess, rate=self.settings.rate, to=None,
                       now=now)
         self._limit_task = asyncio.ensure_future(self._run(drain, "max_ike_sas",

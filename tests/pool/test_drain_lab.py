@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from mobike_vici.daemon.control import request
-from mobike_vici.lab.charon import Charon, start_charon
+from mobike_vici.lab.charon import Charon, decode, start_charon
 from mobike_vici.lab.netns import Lab, Netns
 from mobike_vici.lab.pinger import outage, replies
 
@@ -188,6 +188,11 @@ def build(lab: Lab, clients: int = CLIENTS, extra_pool: str = "") -> Pool:
     return Pool(lab, gws, gw_ns, cls, controls, events, pings)
 
 
+def _all_sas(charon: Charon) -> list[dict[str, Any]]:
+    """Every IKE_SA (``Charon.list_sas`` keeps one per connection name)."""
+    return [sa for entry in charon.session().list_sas() for sa in decode(entry).values()]
+
+
 @pytest.fixture
 def pool(lab: Lab) -> Iterator[Pool]:
     yield build(lab)
@@ -236,7 +241,7 @@ def test_drain_moves_every_client_to_the_other_gateways(pool: Pool) -> None:
     names = [e.get("event") for e in pool.gw_events(1)]
     assert names.count("sa_redirected") == CLIENTS
     assert "drain_started" in names and "drain_completed" in names
-    assert not pool.gws[0].list_sas(), "gw1 still holds IKE_SAs after the drain"
+    assert not _all_sas(pool.gws[0]), "gw1 still holds IKE_SAs after the drain"
 
     outages = [outage(replies(p), start, end) for p in pool.pings]
     print("\nPOOL_DRAIN_OUTAGES_S", json.dumps({
@@ -277,3 +282,27 @@ def test_drain_refuses_a_target_that_is_down(pool: Pool) -> None:
     assert all(pool.client_sa(k).get("remote-host") == _gw_addr(2)
                for k in range(1, CLIENTS + 1))
     _wait_pinging(pool)
+
+
+def test_max_ike_sas_sends_the_newest_clients_to_the_least_loaded_peers(lab: Lab) -> None:
+    # All six clients dial gw1; every gateway takes at most two: gw1 keeps its two
+    # oldest and redirects the newer ones, spread between gw2 and gw3 by their load.
+    pool = build(lab, extra_pool="max_ike_sas = 2\n    rate = 20")
+    expected = CLIENTS // GATEWAYS
+    deadline = time.monotonic() + 60
+    counts: list[int] = []
+    while time.monotonic() < deadline:
+        where = [str(pool.client_sa(k).get("remote-host")) for k in range(1, CLIENTS + 1)]
+        counts = [where.count(_gw_addr(n)) for n in range(1, GATEWAYS + 1)]
+        if counts == [expected] * GATEWAYS:
+            break
+        time.sleep(0.3)
+    assert max(counts) - min(counts) <= 1 and sum(counts) == CLIENTS, counts
+    _wait_pinging(pool)
+    moved = [e for e in pool.gw_events(1) if e.get("event") == "sa_redirected"]
+    assert {e["reason"] for e in moved} == {"max_ike_sas"}
+    assert len(moved) == CLIENTS - expected
+    # The oldest IKE_SAs stayed: the redirected ones are the newest charon numbered.
+    kept = {int(sa["uniqueid"]) for sa in _all_sas(pool.gws[0])}
+    assert len(kept) == expected
+    assert all(e["ike_id"] > max(kept) for e in moved), (kept, moved)
