@@ -88,12 +88,18 @@ def run_drain(path: str, to: list[str] | None, rate: float | None, out: TextIO,
                                (event.get("by_target") or {}).items())
                 print(f"{drain}: {event.get('redirected')} redirected ({by or 'none'}), "
                       f"{event.get('failed')} failed, {event.get('gone')} gone, "
+                      f"{event.get('stayed')} stayed, "
                       f"{event.get('remaining')} left in {event.get('duration_ms')} ms",
                       file=out, flush=True)
                 if event.get("result") == "completed":
                     return 0
-                why = {"no_target": "no target gateway answers any more"}.get(
-                    str(event.get("stopped")), "some redirects failed")
+                if event.get("stopped") == "no_target":
+                    why = "no target gateway answers any more"
+                elif event.get("failed"):
+                    why = f"{event.get('failed')} redirect(s) refused by charon"
+                else:
+                    why = (f"{event.get('stayed')} redirected IKE_SA(s) still here: their"
+                           " clients did not get through to the target")
                 print(f"mobike-vici: drain incomplete: {why}", file=err)
                 return 1
         print("mobike-vici: the daemon closed the events stream before the drain ended",

@@ -36,6 +36,9 @@ JsonObject = dict[str, Any]
 COMMANDS = frozenset({"drain", "pool"})
 MAX_PAGE = 4 * 1024 * 1024
 """Bound on a peer's metrics page read (a 10,000-SA gateway's page is well under)."""
+LEAVE_WAIT = 30.0
+"""Seconds a drain waits, after its last redirect, for the redirected IKE_SAs to leave:
+one IKE_SA_INIT and IKE_AUTH at the target, with retransmits on a lossy path."""
 IDLE_WAKE = 1.0
 """The poll loop wakes at least this often (stale loads, ``max_ike_sas``)."""
 
@@ -231,9 +234,23 @@ class PoolService:
                 self._limit_busy.add(step.sa.ike_id)
             self._gauge(drain)
         if announce:
-            result = "completed" if drain.stopped is None and drain.failed == 0 else "incomplete"
-            self.log.emit("drain_completed", **drain.progress(), result=result,
+            stayed = await self._stayed(drain)
+            ok = drain.stopped is None and drain.failed == 0 and not stayed
+            self.log.emit("drain_completed", **drain.progress(), stayed=len(stayed),
+                          result="completed" if ok else "incomplete",
                           duration_ms=round((loop.time() - drain.started) * 1000))
+
+    async def _stayed(self, drain: Drain) -> list[str]:
+        """The redirected IKE_SAs still here after ``LEAVE_WAIT``: charon's client deletes
+        its old IKE_SA only once the new one is up at the target, so one that stays
+        never arrived there (a target that died after the redirect, a refusal there)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEAVE_WAIT
+        while True:
+            stayed = [spi for spi in drain.sent if self.client.table.get(spi) is not None]
+            if not stayed or loop.time() >= deadline:
+                return stayed
+            await asyncio.sleep(0.2)
 
     async def _redirect(self, step: Redirect, drain: Drain, reason: str) -> bool:
         sa, gw = step.sa, str(step.gateway.address)
@@ -245,6 +262,7 @@ class PoolService:
         except ViciError as exc:
             self.log.emit("sa_redirect_failed", **fields, error=str(exc))
             return False
+        drain.sent.append(sa.ike_spi)
         self.log.emit("sa_redirected", **fields, done=drain.redirected + drain.failed + 1,
                       total=drain.total)
         if self.metrics is not None:

@@ -63,6 +63,8 @@ class Drain:
         """Why the drain ended early (``no_target``, ``cancelled``), else None."""
         self._next = now
         self.by_target: dict[str, int] = {}
+        self.sent: list[str] = []
+        """IKE SPIs of the redirects charon accepted (the daemon checks they leave)."""
 
     @property
     def remaining(self) -> int:

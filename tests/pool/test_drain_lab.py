@@ -306,3 +306,44 @@ def test_max_ike_sas_sends_the_newest_clients_to_the_least_loaded_peers(lab: Lab
     kept = {int(sa["uniqueid"]) for sa in _all_sas(pool.gws[0])}
     assert len(kept) == expected
     assert all(e["ike_id"] > max(kept) for e in moved), (kept, moved)
+
+
+def test_a_peer_killed_mid_drain_is_skipped(lab: Lab) -> None:
+    pool = build(lab)
+    _wait_pinging(pool)
+    pool.wait_peers_up(1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mobike_vici", "drain", "--rate", "1", "--control",
+         str(pool.controls[0])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    try:
+        # After the first redirect to gw3, gw3 dies whole: its charon and its controller.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(
+                e.get("event") == "sa_redirected" and e["gateway"] == _gw_addr(3)
+                for e in pool.gw_events(1)):
+            time.sleep(0.05)
+        for p in [p for p in pool.lab.processes if str(pool.controls[2]) in p.args]:
+            pool.lab.stop(p, grace=1.0)
+        pool.gws[2].stop()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    moved = [e for e in pool.gw_events(1) if e.get("event") == "sa_redirected"]
+    to_gw3 = [e for e in moved if e["gateway"] == _gw_addr(3)]
+    assert any(e.get("event") == "pool_peer_down" and e["gateway"] == _gw_addr(3)
+               for e in pool.gw_events(1))
+    # At most the redirect in flight at the kill went to gw3; the rest to the survivor.
+    assert 1 <= len(to_gw3) <= 2, [(e["remote"], e["gateway"]) for e in moved]
+    assert len(moved) == CLIENTS
+    on_gw2 = [e["remote"] for e in moved if e["gateway"] == _gw_addr(2)]
+    for k in range(1, CLIENTS + 1):
+        if f"10.30.{k}.2" in on_gw2:
+            assert pool.client_sa(k).get("remote-host") == _gw_addr(2)
+    # Those sent to gw3 before it died made it there (and lost it with gw3): the drain
+    # says whether any redirected SA stayed behind, in its exit status.
+    stayed = next(e for e in pool.gw_events(1) if e.get("event") == "drain_completed")
+    assert (proc.returncode == 0) == (stayed["stayed"] == 0), out + err
+    print("\nPOOL_KILL_MID_DRAIN", json.dumps({"to_gw3": len(to_gw3), "stayed":
+          stayed["stayed"], "exit": proc.returncode}))
