@@ -51,3 +51,18 @@ def test_bad_values_name_file_and_line(body: str, line: int, words: str) -> None
 def test_parse_gateway_rejects_a_bad_port() -> None:
     with pytest.raises(ValueError, match="HOST:PORT"):
         parse_gateway("192.0.2.1@127.0.0.1:70000")
+
+
+def test_config_doc_carries_the_pool_keys_table() -> None:
+    from pathlib import Path
+
+    from mobike_vici.config import pool
+
+    text = pool.__doc__ or ""
+    begin, end = text.index(".. pool-keys-begin"), text.index(".. pool-keys-end")
+    table = text[begin + len(".. pool-keys-begin"):end].strip("\n")
+    listed = {line.split()[0] for line in table.splitlines()
+              if line and line[0].isalpha() and line.split()[0] != "key"}
+    assert listed == {f"pool.{k}" for k in pool.POOL_KEYS}
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "config.md").read_text()
+    assert table in doc, "docs/config.md: copy the table from mobike_vici/config/pool.py"
