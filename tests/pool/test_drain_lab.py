@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from mobike_vici.daemon.control import request
+from mobike_vici.daemon.control import ControlError, request
 from mobike_vici.lab.charon import Charon, decode, start_charon
 from mobike_vici.lab.netns import Lab, Netns
 from mobike_vici.lab.pinger import outage, replies
@@ -120,7 +120,10 @@ class Pool:
         deadline = time.monotonic() + timeout
         peers: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
-            answer = request(str(self.controls[n - 1]), "pool")
+            try:
+                answer = request(str(self.controls[n - 1]), "pool")
+            except ControlError:  # the controller is still starting
+                answer = {}
             peers = answer.get("peers") or []
             if peers and all(p["up"] for p in peers):
                 return peers
@@ -137,7 +140,8 @@ class Pool:
             env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
 
 
-def build(lab: Lab, clients: int = CLIENTS, extra_pool: str = "") -> Pool:
+def build(lab: Lab, clients: int = CLIENTS, extra_pool: str = "",
+          no_follow: frozenset[int] = frozenset()) -> Pool:
     rtr = lab.netns("rtr")
     rtr.enable_forwarding()
     gws: list[Charon] = []
@@ -172,7 +176,8 @@ def build(lab: Lab, clients: int = CLIENTS, extra_pool: str = "") -> Pool:
         rtr.add_address(f"c{k}", f"10.30.{k}.1/24")
         ns.add_address("eth0", f"10.30.{k}.2/24")
         ns.add_route("default", via=f"10.30.{k}.1")
-        charon = start_charon(lab, ns, name=f"c{k}")
+        charon = start_charon(lab, ns, name=f"c{k}", extra_charon="follow_redirects = no"
+                              if k in no_follow else "")
         conf = lab.workdir / f"c{k}.conf"
         conf.write_text(client_conf(k))
         charon.load_all(conf)
@@ -347,3 +352,21 @@ def test_a_peer_killed_mid_drain_is_skipped(lab: Lab) -> None:
     assert (proc.returncode == 0) == (stayed["stayed"] == 0), out + err
     print("\nPOOL_KILL_MID_DRAIN", json.dumps({"to_gw3": len(to_gw3), "stayed":
           stayed["stayed"], "exit": proc.returncode}))
+
+
+def test_a_client_that_does_not_follow_redirects_fails_the_drain(lab: Lab) -> None:
+    # c1 does not announce REDIRECT_SUPPORTED: charon on gw1 cannot redirect it.
+    pool = build(lab, clients=3, no_follow=frozenset({1}))
+    _wait_pinging(pool)
+    pool.wait_peers_up(1)
+    done = pool.drain(1, "--rate", "10")
+    assert done.returncode == 1, done.stdout + done.stderr
+    failed = [e for e in pool.gw_events(1) if e.get("event") == "sa_redirect_failed"]
+    stayed = next(e for e in pool.gw_events(1) if e.get("event") == "drain_completed")
+    print("\nPOOL_NO_FOLLOW", json.dumps({"failed": len(failed), "stayed": stayed["stayed"],
+                                         "stderr": done.stderr.strip()}))
+    assert len(failed) + stayed["stayed"] == 1
+    assert pool.client_sa(1).get("remote-host") == _gw_addr(1)
+    for k in (2, 3):
+        assert pool.client_sa(k).get("remote-host") in (_gw_addr(2), _gw_addr(3))
+    _wait_pinging(pool)
