@@ -39,6 +39,8 @@ MAX_PAGE = 4 * 1024 * 1024
 LEAVE_WAIT = 30.0
 """Seconds a drain waits, after its last redirect, for the redirected IKE_SAs to leave:
 one IKE_SA_INIT and IKE_AUTH at the target, with retransmits on a lossy path."""
+DEPARTURE_CHECK = 0.1
+"""Seconds between looks for redirected IKE_SAs that left, while some are pending."""
 IDLE_WAKE = 1.0
 """The poll loop wakes at least this often (stale loads, ``max_ike_sas``)."""
 
@@ -98,6 +100,7 @@ class PoolService:
     def start(self) -> None:
         if self.settings.gateways and self._task is None:
             self._task = asyncio.ensure_future(self._poll_loop())
+            self._spawn(self._watch_departures())
 
     async def close(self) -> None:
         for task in (self._task, self._drain_task, self._limit_task, *self._tasks):
@@ -129,6 +132,18 @@ class PoolService:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _watch_departures(self) -> None:
+        """Tell the view when a redirected IKE_SA leaves (its client is up at the target),
+        so the target's next read is trusted to count it (``PoolView.left``)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            pending = self.view.pending()
+            now = loop.time()
+            for spi in pending:
+                if self.client.table.get(spi) is None:
+                    self.view.left(spi, now)
+            await asyncio.sleep(DEPARTURE_CHECK if pending else IDLE_WAKE)
 
     async def _read(self, gw: PoolGateway, sent_at: float) -> None:
         loop = asyncio.get_running_loop()

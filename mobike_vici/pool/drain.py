@@ -91,7 +91,7 @@ class Drain:
             self.stopped = "no_target"
             return None
         self.queue.popleft()
-        view.assign(target.address, now)
+        view.assign(target.address, sa.ike_spi, now)
         self.in_flight += 1
         self._next = max(self._next, now) + 1.0 / self.rate
         return Redirect(sa, target)

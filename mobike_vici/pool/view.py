@@ -6,26 +6,39 @@ each answer (or its failure) to ``on_answer``/``on_failure``. A peer is a target
 while its last read succeeded and is fresh (``STALE_POLLS`` intervals); a peer never
 read, or one that stopped answering, is never a target.
 
-Redirects this gateway made are counted on their target until a read taken well after
-them (``SETTLE``) shows them, so a drain of many IKE_SAs between two reads spreads
-evenly instead of piling onto the peer that was least loaded at the last read.
+Redirects this gateway made count on their target until a read shows them. A
+redirected IKE_SA leaves this gateway when its client has the new one up at the target
+(charon's client deletes the old IKE_SA last), and the target counts it from its
+IKE_SA_INIT on; so a read sent after the departure includes it, and one sent before
+may not. Counting each redirect exactly once is what spreads a drain of many IKE_SAs
+between two reads evenly (a fixed settling time double-counts at high rates).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..config.pool import PoolGateway, PoolSettings
 from ..types import IPAddress
 
-SETTLE = 2.0
-"""Seconds a redirected client takes, at most, to show up in its new gateway's count
-(IKE_SA_INIT and IKE_AUTH there); a read started later includes it."""
+FORGET = 60.0
+"""Seconds after which a redirect that never left is no longer counted on its target
+(its client never got there)."""
 STALE_POLLS = 3
 """A load older than this many poll intervals is not trusted: the peer is down."""
 MAX_ASSIGNED = 100_000
-"""Bound on the redirects remembered per peer (a drain of this gateway's SAs)."""
+"""Bound on the redirects remembered in all (a drain of this gateway's SAs)."""
+
+
+@dataclass(slots=True)
+class Assignment:
+    """One redirect of ours, counted on its target until a read shows it."""
+
+    address: IPAddress
+    at: float
+    left: float | None = None
+    """When the IKE_SA was seen gone from this gateway (its client is at the target)."""
 
 
 @dataclass(slots=True)
@@ -38,12 +51,12 @@ class Peer:
     error: str = "not read yet"
     next_poll: float = 0.0
     polling: bool = False
-    assigned: list[float] = field(default_factory=list)
-    """Times of our redirects to this peer that its last read may not show."""
+    assigned: int = 0
+    """Our redirects to this peer that its last read may not show."""
 
     @property
     def effective_load(self) -> int:
-        return self.load + len(self.assigned)
+        return self.load + self.assigned
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +73,7 @@ class PoolView:
     def __init__(self, settings: PoolSettings) -> None:
         self.settings = settings
         self.peers: dict[IPAddress, Peer] = {g.address: Peer(g) for g in settings.gateways}
+        self.assignments: dict[str, Assignment] = {}  # by IKE SPI, oldest first
 
     def set_settings(self, settings: PoolSettings) -> None:
         """A reloaded ``pool { }``: peers still listed keep what is known of them."""
@@ -68,6 +82,9 @@ class PoolView:
         self.peers = {g.address: old.get(g.address) or Peer(g) for g in settings.gateways}
         for g in settings.gateways:
             self.peers[g.address].gateway = g
+            self.peers[g.address].assigned = 0
+        for a in self.assignments.values():
+            self._count(a.address, +1)
 
     # -- reading the peers --------------------------------------------------------------
 
@@ -94,8 +111,11 @@ class PoolView:
         peer.polling = False
         was = peer.up
         peer.up, peer.load, peer.read_at, peer.error = True, load, sent_at, ""
-        # Redirects made well before the read began are in its count now.
-        peer.assigned = [t for t in peer.assigned if t > sent_at - SETTLE]
+        # Redirects whose IKE_SA had left us before the read began are in its count now.
+        for key, a in list(self.assignments.items()):
+            if a.address == address and ((a.left is not None and a.left <= sent_at)
+                                         or a.at < sent_at - FORGET):
+                self._drop(key)
         return None if was else PeerChanged(address, True, load, "")
 
     def on_failure(self, address: IPAddress, error: str) -> PeerChanged | None:
@@ -139,14 +159,36 @@ class PoolView:
                 best = peer
         return None if best is None else best.gateway
 
-    def assign(self, address: IPAddress, now: float) -> None:
-        """One IKE_SA redirected to ``address`` at ``now``: count it until a read shows it."""
+    def assign(self, address: IPAddress, key: str, now: float) -> None:
+        """The IKE_SA ``key`` redirected to ``address`` at ``now``: counted there until a
+        read sent after it left (``left``) shows it."""
+        self._drop(key)
+        self.assignments[key] = Assignment(address, now)
+        self._count(address, +1)
+        while len(self.assignments) > MAX_ASSIGNED:
+            self._drop(next(iter(self.assignments)))
+
+    def pending(self) -> list[str]:
+        """Redirected IKE_SAs not yet seen leaving (the daemon watches for them)."""
+        return [key for key, a in self.assignments.items() if a.left is None]
+
+    def left(self, key: str, now: float) -> None:
+        """The redirected IKE_SA ``key`` is gone from this gateway."""
+        a = self.assignments.get(key)
+        if a is not None and a.left is None:
+            a.left = now
+
+    def _drop(self, key: str) -> None:
+        a = self.assignments.pop(key, None)
+        if a is not None:
+            self._count(a.address, -1)
+
+    def _count(self, address: IPAddress, delta: int) -> None:
         peer = self.peers.get(address)
         if peer is not None:
-            peer.assigned.append(now)
-            del peer.assigned[:-MAX_ASSIGNED]
+            peer.assigned += delta
 
     def snapshot(self) -> list[dict[str, object]]:
         return [{"gateway": str(p.gateway.address), "up": p.up, "load": p.load,
-                 "assigned": len(p.assigned), "error": p.error or None}
+                 "assigned": p.assigned, "error": p.error or None}
                 for p in self.peers.values()]

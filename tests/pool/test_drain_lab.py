@@ -15,6 +15,7 @@ gets a new one, which is why the pings leave unbound (``lab.pinger``).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -36,7 +37,8 @@ REPO = Path(__file__).resolve().parents[2]
 PSK = "lab-only-secret-pool"
 INNER = "10.88.0.1"
 GATEWAYS = 3
-CLIENTS = 6
+CLIENTS = int(os.environ.get("MV_POOL_CLIENTS", "6"))
+"""Six by default (the machine is shared); MV_POOL_CLIENTS=30 for the issue's figure."""
 RATE = 4.0
 METRICS_PORT = 9474
 
@@ -247,6 +249,14 @@ def test_drain_moves_every_client_to_the_other_gateways(pool: Pool) -> None:
     assert names.count("sa_redirected") == CLIENTS
     assert "drain_started" in names and "drain_completed" in names
     assert not _all_sas(pool.gws[0]), "gw1 still holds IKE_SAs after the drain"
+
+    page = pool.gw_ns[0].run(sys.executable, "-c", "import urllib.request as u; print(u."
+                             "build_opener(u.ProxyHandler({})).open("
+                             f"'http://{_gw_addr(1)}:{METRICS_PORT}/metrics')"
+                             ".read().decode())").stdout
+    assert f'mobike_redirects_total{{direction="out",reason="drain"}} {CLIENTS}.0' in page
+    assert f'mobike_pool_peer_up{{gateway="{_gw_addr(2)}"}} 1.0' in page
+    assert f'mobike_drain_ike_sas{{state="redirected"}} {CLIENTS}.0' in page
 
     outages = [outage(replies(p), start, end) for p in pool.pings]
     print("\nPOOL_DRAIN_OUTAGES_S", json.dumps({

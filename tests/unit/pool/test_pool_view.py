@@ -10,7 +10,7 @@ from mobike_vici.config.pool import PoolSettings, parse_gateway
 from mobike_vici.pool.drain import Drain, DrainSa
 from mobike_vici.pool.limit import over_limit
 from mobike_vici.pool.load import LoadUnreadable, ike_sa_load
-from mobike_vici.pool.view import SETTLE, PoolView
+from mobike_vici.pool.view import FORGET, PoolView
 
 A, B, C = (ipaddress.ip_address(f"192.0.2.{n}") for n in (11, 12, 13))
 PAGE = """# HELP mobike_ike_sas IKE_SAs by connection and state.
@@ -120,15 +120,56 @@ def test_a_drain_skips_a_dead_target_and_stops_when_none_is_left() -> None:
     assert drain.stopped == "no_target" and drain.remaining == 3
 
 
-def test_assignments_are_forgotten_once_a_later_read_shows_them() -> None:
+def test_a_redirect_counts_on_its_target_until_a_read_after_it_left() -> None:
     view = _view()
     _read(view, 0.0, {A: 0, B: 0, C: 0})
-    view.assign(B, 0.5)
+    view.assign(B, "spi1", 0.5)
     assert view.peers[B].effective_load == 1
-    _read(view, 2.0, {A: 0, B: 1, C: 0})  # too soon after: still counted
+    _read(view, 2.0, {A: 0, B: 1, C: 0})  # counted there, but not left us yet: kept
     assert view.peers[B].effective_load == 2
-    _read(view, 0.5 + SETTLE + 2.0, {A: 0, B: 1, C: 0})
+    view.left("spi1", 2.5)
+    _read(view, 4.0, {A: 0, B: 1, C: 0})  # sent after it left: the read shows it
     assert view.peers[B].effective_load == 1
+    assert view.pending() == []
+
+
+def test_a_redirect_that_never_leaves_is_forgotten() -> None:
+    view = _view()
+    _read(view, 0.0, {A: 0, B: 0, C: 0})
+    view.assign(B, "spi1", 0.0)
+    _read(view, FORGET + 2.0, {A: 0, B: 0, C: 0})
+    assert view.peers[B].effective_load == 0
+
+
+@pytest.mark.parametrize("clients", [6, 30, 301])
+def test_a_drain_ends_within_one_of_even_with_reads_and_arrivals_between(
+        clients: int) -> None:
+    """Targets read every 0.5 s at staggered times; each client takes 0.1 to 1.4 s to
+    reach its target (counted there from its IKE_SA_INIT, gone from us when it is up)."""
+    view = _view(poll=0.5)
+    rate, step = 4.0, 0.05
+    delays = [0.1 + (i * 7 % 14) / 10 for i in range(clients)]
+    arrive: dict[str, tuple[object, float, float]] = {}  # spi -> (target, counted, left)
+    sas = [DrainSa(i, "rw", f"spi{i}", A, A) for i in range(clients)]
+    drain = Drain("d", sas, rate=rate, to=None, now=0.0)
+    now = 0.0
+    view.peers[C].next_poll = 0.25  # C is read a quarter second after B
+    while now < clients / rate + 5.0:
+        for gw in view.due(now):
+            load = sum(1 for t, counted, _ in arrive.values()
+                       if t == gw.address and counted <= now)
+            view.on_answer(gw.address, load, now)
+        for spi, (_, _, left) in arrive.items():
+            if left <= now:
+                view.left(spi, now)
+        redirect = drain.take(view, now)
+        if redirect is not None:
+            d = delays[len(arrive)]
+            arrive[redirect.sa.ike_spi] = (redirect.gateway.address, now + d / 2, now + d)
+            drain.on_result(redirect, ok=True)
+        now = round(now + step, 6)
+    counts = [drain.by_target.get(str(x), 0) for x in (B, C)]
+    assert sum(counts) == clients and max(counts) - min(counts) <= 1, counts
 
 
 def test_over_limit_picks_the_newest_and_counts_those_in_flight() -> None:
