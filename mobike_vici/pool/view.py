@@ -6,12 +6,14 @@ each answer (or its failure) to ``on_answer``/``on_failure``. A peer is a target
 while its last read succeeded and is fresh (``STALE_POLLS`` intervals); a peer never
 read, or one that stopped answering, is never a target.
 
-Redirects this gateway made count on their target until a read shows them. A
-redirected IKE_SA leaves this gateway when its client has the new one up at the target
-(charon's client deletes the old IKE_SA last), and the target counts it from its
-IKE_SA_INIT on; so a read sent after the departure includes it, and one sent before
-may not. Counting each redirect exactly once is what spreads a drain of many IKE_SAs
-between two reads evenly (a fixed settling time double-counts at high rates).
+A peer's load is its last *settled* read plus the redirects we sent it since. A read is
+settled when every redirect of ours to that peer sent before it had left this gateway
+(its client has the new IKE_SA up at the target: charon's client deletes the old one
+last) at least ``SETTLE_MARGIN`` before the read was sent, so the target's page surely
+counts them; other reads only say the peer is up. Each redirect is thus counted exactly
+once, which spreads a drain of many IKE_SAs evenly at any rate (a read taken while
+clients are half-way, counted at the target from IKE_SA_INIT and still here, would
+count them twice or not at all).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 from ..config.pool import PoolGateway, PoolSettings
 from ..types import IPAddress
 
+SETTLE_MARGIN = 0.5
+"""Seconds the target's own page may lag its charon (VICI events to its daemon)."""
 FORGET = 60.0
 """Seconds after which a redirect that never left is no longer counted on its target
 (its client never got there)."""
@@ -46,17 +50,20 @@ class Peer:
     gateway: PoolGateway
     up: bool = False
     load: int = 0
+    """IKE_SAs at the last read."""
+    base: int = 0
+    """IKE_SAs at the last settled read (see the module docstring)."""
     read_at: float | None = None
     """When the request behind ``load`` was sent."""
     error: str = "not read yet"
     next_poll: float = 0.0
     polling: bool = False
     assigned: int = 0
-    """Our redirects to this peer that its last read may not show."""
+    """Our redirects to this peer since its last settled read."""
 
     @property
     def effective_load(self) -> int:
-        return self.load + self.assigned
+        return self.base + self.assigned
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +118,14 @@ class PoolView:
         peer.polling = False
         was = peer.up
         peer.up, peer.load, peer.read_at, peer.error = True, load, sent_at, ""
-        # Redirects whose IKE_SA had left us before the read began are in its count now.
         for key, a in list(self.assignments.items()):
-            if a.address == address and ((a.left is not None and a.left <= sent_at)
-                                         or a.at < sent_at - FORGET):
+            if a.address == address and a.at < sent_at - FORGET:
+                self._drop(key)  # never left us: its client did not get there
+        before = [key for key, a in self.assignments.items()
+                  if a.address == address and a.at <= sent_at]
+        if all(self._settled(key, sent_at) for key in before):
+            peer.base = load
+            for key in before:
                 self._drop(key)
         return None if was else PeerChanged(address, True, load, "")
 
@@ -161,7 +172,7 @@ class PoolView:
 
     def assign(self, address: IPAddress, key: str, now: float) -> None:
         """The IKE_SA ``key`` redirected to ``address`` at ``now``: counted there until a
-        read sent after it left (``left``) shows it."""
+        settled read shows it."""
         self._drop(key)
         self.assignments[key] = Assignment(address, now)
         self._count(address, +1)
@@ -177,6 +188,10 @@ class PoolView:
         a = self.assignments.get(key)
         if a is not None and a.left is None:
             a.left = now
+
+    def _settled(self, key: str, sent_at: float) -> bool:
+        left = self.assignments[key].left
+        return left is not None and left + SETTLE_MARGIN <= sent_at
 
     def _drop(self, key: str) -> None:
         a = self.assignments.pop(key, None)

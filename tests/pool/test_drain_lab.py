@@ -39,7 +39,7 @@ INNER = "10.88.0.1"
 GATEWAYS = 3
 CLIENTS = int(os.environ.get("MV_POOL_CLIENTS", "6"))
 """Six by default (the machine is shared); MV_POOL_CLIENTS=30 for the issue's figure."""
-RATE = 4.0
+RATE = float(os.environ.get("MV_POOL_RATE", "4"))
 METRICS_PORT = 9474
 
 
