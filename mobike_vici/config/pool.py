@@ -28,8 +28,7 @@ pool.rate             10          >0 .. 10000      redirects per second, a drain
 .. pool-keys-end
 
 The gateway this file is on is in the list too (one list for the whole pool); it is
-never its own target: a redirect goes to a gateway other than the address the IKE_SA
-reached us at.
+never its own target: no address its clients reached it at is one.
 """
 
 from __future__ import annotations

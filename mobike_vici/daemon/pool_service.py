@@ -210,8 +210,7 @@ class PoolService:
         if not self.settings.gateways:
             return _refused("no_pool", "no mobike { pool { gateways } } in the config")
         sas = drain_sas(self.client.table.sas())
-        locals_ = {sa.local for sa in sas}
-        if any(self.view.choose(exclude=(a,), among=to) is None for a in locals_):
+        if sas and self.view.choose(exclude={sa.local for sa in sas}, among=to) is None:
             return _refused("no_target", "no other gateway of the pool answers")
         loop = asyncio.get_running_loop()
         drain = Drain(f"drain-{next(self._ids)}", sas, rate=float(rate), to=to, now=loop.time())
@@ -304,7 +303,7 @@ class PoolService:
         if not excess:
             return
         drain = Drain(f"limit-{next(self._ids)}", excess, rate=self.settings.rate, to=None,
-                      now=now)
+                      now=now, own=frozenset(sa.local for sa in sas))
         self._limit_task = asyncio.ensure_future(self._run(drain, "max_ike_sas",
                                                            announce=False))
 

@@ -30,7 +30,7 @@ class DrainSa:
     conn: str
     ike_spi: str
     local: IPAddress
-    """The address the client reached us at: never its own target."""
+    """The address the client reached us at: never a target (nor any other such)."""
     remote: IPAddress
 
 
@@ -42,7 +42,8 @@ class Redirect:
 
 class Drain:
     def __init__(self, drain_id: str, sas: Iterable[DrainSa], *, rate: float,
-                 to: tuple[IPAddress, ...] | None, now: float) -> None:
+                 to: tuple[IPAddress, ...] | None, now: float,
+                 own: frozenset[IPAddress] = frozenset()) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.id = drain_id
@@ -55,6 +56,8 @@ class Drain:
                 break
             self.queue.append(sa)
         self.total = len(self.queue)
+        self.own = own | {sa.local for sa in self.queue}
+        """Every address clients reached this gateway at: none is a target."""
         self.in_flight = 0
         self.redirected = 0
         self.failed = 0
@@ -86,7 +89,7 @@ class Drain:
         if self.stopped is not None or not self.queue or now < self._next:
             return None
         sa = self.queue[0]
-        target = view.choose(exclude=(sa.local,), among=self.to)
+        target = view.choose(exclude=self.own, among=self.to)
         if target is None:
             self.stopped = "no_target"
             return None

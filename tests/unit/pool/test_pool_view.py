@@ -201,3 +201,15 @@ def test_over_limit_picks_the_newest_and_counts_those_in_flight() -> None:
     assert [sa.ike_id for sa in over_limit(sas, 4)] == [7, 6, 5]
     assert [sa.ike_id for sa in over_limit(sas, 4, busy={7})] == [6, 5]
     assert over_limit(sas, 0) == [] and over_limit(sas, 7) == []
+
+
+def test_no_address_this_gateway_is_reached_at_is_a_target() -> None:
+    # Clients reach this gateway at A and at C (two addresses of one host).
+    view = _view()
+    _read(view, 0.0, {A: 0, B: 9, C: 0})
+    sas = [DrainSa(1, "rw", "1", A, A), DrainSa(2, "rw", "2", C, A)]
+    drain = Drain("d", sas, rate=100.0, to=None, now=0.0)
+    first = drain.take(view, 0.0)
+    second = drain.take(view, 1.0)
+    assert first is not None and second is not None
+    assert {first.gateway.address, second.gateway.address} == {B}
