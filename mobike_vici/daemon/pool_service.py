@@ -92,6 +92,7 @@ class PoolService:
         self._ids = itertools.count(1)
         self._limit_busy: set[int] = set()  # ike ids redirected for max_ike_sas
         self._limit_task: asyncio.Task[None] | None = None
+        self._full = False  # pool_full reported, until a limit redirect goes through again
 
     @property
     def settings(self) -> PoolSettings:
@@ -247,6 +248,12 @@ class PoolService:
             if reason == "max_ike_sas":  # tried once: never chosen again while it stays
                 self._limit_busy.add(step.sa.ike_id)
             self._gauge(drain)
+        if not announce:
+            if drain.stopped and not self._full:
+                self.log.write("warning", "pool_full", {
+                    "ike_sas": len(self.client.table.sas()),
+                    "max_ike_sas": self.settings.max_ike_sas, "reason": drain.stopped})
+            self._full = drain.stopped is not None
         if announce:
             stayed = await self._stayed(drain)
             ok = drain.stopped is None and drain.failed == 0 and not stayed
@@ -291,8 +298,10 @@ class PoolService:
             self.metrics.drain.labels(state).set(n)
 
     def _enforce_limit(self, now: float) -> None:
-        """``max_ike_sas``: the newest IKE_SAs beyond it go to the least loaded peer, at
-        the pool's rate, never while an operator's drain runs."""
+        """``max_ike_sas``: the newest IKE_SAs beyond it go to the least loaded peer that
+        is under the same limit (one ``pool { }`` for the pool), at the pool's rate, never
+        while an operator's drain runs. A full pool keeps them (no bouncing between
+        gateways: charon's client gives up after 5 redirects in 300 s)."""
         limit = self.settings.max_ike_sas
         if limit <= 0 or any(t is not None and not t.done()
                              for t in (self._drain_task, self._limit_task)):
@@ -303,7 +312,7 @@ class PoolService:
         if not excess:
             return
         drain = Drain(f"limit-{next(self._ids)}", excess, rate=self.settings.rate, to=None,
-                      now=now, own=frozenset(sa.local for sa in sas))
+                      now=now, own=frozenset(sa.local for sa in sas), room=limit)
         self._limit_task = asyncio.ensure_future(self._run(drain, "max_ike_sas",
                                                            announce=False))
 

@@ -43,7 +43,7 @@ class Redirect:
 class Drain:
     def __init__(self, drain_id: str, sas: Iterable[DrainSa], *, rate: float,
                  to: tuple[IPAddress, ...] | None, now: float,
-                 own: frozenset[IPAddress] = frozenset()) -> None:
+                 own: frozenset[IPAddress] = frozenset(), room: int | None = None) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.id = drain_id
@@ -57,13 +57,16 @@ class Drain:
             self.queue.append(sa)
         self.total = len(self.queue)
         self.own = own | {sa.local for sa in self.queue}
+        self.room = room
+        """``max_ike_sas``: only a peer with fewer IKE_SAs than this is a target."""
         """Every address clients reached this gateway at: none is a target."""
         self.in_flight = 0
         self.redirected = 0
         self.failed = 0
         self.gone = 0
         self.stopped: str | None = None
-        """Why the drain ended early (``no_target``, ``cancelled``), else None."""
+        """Why the drain ended early (``no_target``; ``pool_full``: every target that
+        answers is at ``room``; ``cancelled``), else None."""
         self._next = now
         self.by_target: dict[str, int] = {}
         self.sent: list[str] = []
@@ -89,9 +92,11 @@ class Drain:
         if self.stopped is not None or not self.queue or now < self._next:
             return None
         sa = self.queue[0]
-        target = view.choose(exclude=self.own, among=self.to)
+        target = view.choose(exclude=self.own, among=self.to, below=self.room)
         if target is None:
             self.stopped = "no_target"
+            if self.room is not None and view.choose(exclude=self.own, among=self.to):
+                self.stopped = "pool_full"
             return None
         self.queue.popleft()
         view.assign(target.address, sa.ike_spi, now)

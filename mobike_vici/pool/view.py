@@ -155,9 +155,11 @@ class PoolView:
         return peer is not None and peer.up
 
     def choose(self, *, exclude: Iterable[IPAddress] = (),
-               among: Iterable[IPAddress] | None = None) -> PoolGateway | None:
+               among: Iterable[IPAddress] | None = None,
+               below: int | None = None) -> PoolGateway | None:
         """The up peer with the least load (ours in flight counted), not in ``exclude``
-        and, when given, in ``among``; ties go to the order of ``gateways``."""
+        and, when given, in ``among`` and with a load under ``below``; ties go to the
+        order of ``gateways``."""
         skip = set(exclude)
         allowed = None if among is None else set(among)
         best: Peer | None = None
@@ -165,6 +167,8 @@ class PoolView:
             if not peer.up or peer.gateway.address in skip:
                 continue
             if allowed is not None and peer.gateway.address not in allowed:
+                continue
+            if below is not None and peer.effective_load >= below:
                 continue
             if best is None or peer.effective_load < best.effective_load:
                 best = peer

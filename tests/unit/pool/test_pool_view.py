@@ -213,3 +213,14 @@ def test_no_address_this_gateway_is_reached_at_is_a_target() -> None:
     second = drain.take(view, 1.0)
     assert first is not None and second is not None
     assert {first.gateway.address, second.gateway.address} == {B}
+
+
+def test_the_limit_sends_only_to_a_peer_with_room_and_stops_on_a_full_pool() -> None:
+    view = _view()
+    _read(view, 0.0, {A: 5, B: 3, C: 4})
+    sas = [DrainSa(i, "rw", str(i), A, A) for i in range(3)]
+    drain = Drain("limit", sas, rate=100.0, to=None, now=0.0, room=4)
+    first = drain.take(view, 0.0)
+    assert first is not None and first.gateway.address == B  # 3 < 4
+    assert drain.take(view, 1.0) is None  # B is at 4 now, C too: nobody has room
+    assert drain.stopped == "pool_full" and drain.remaining == 2
