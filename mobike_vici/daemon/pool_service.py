@@ -291,7 +291,7 @@ class PoolService:
         return True
 
     def _gauge(self, drain: Drain) -> None:
-        if self.metrics is None:
+        if self.metrics is None or drain is not self.drain:  # the operator's drain only
             return
         for state, n in (("total", drain.total), ("redirected", drain.redirected),
                          ("failed", drain.failed), ("remaining", drain.remaining)):
