@@ -66,6 +66,30 @@ def _hostport(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _gateways(text: str) -> list[str]:
+    import ipaddress
+
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        return [str(ipaddress.ip_address(item)) for item in items] or _no_gateways()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _no_gateways() -> list[str]:
+    raise argparse.ArgumentTypeError("name at least one gateway address")
+
+
+def _rate(text: str) -> float:
+    try:
+        rate = float(text.removesuffix("/s"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate (N or N/s)") from None
+    if not 0 < rate <= 10_000:
+        raise argparse.ArgumentTypeError(f"{text!r}: more than 0, at most 10000 per second")
+    return rate
+
+
 def _control_arg(parser: argparse.ArgumentParser) -> None:
     """``--control`` of a client: the daemon's socket, where the units put it by default."""
     parser.add_argument("--control", metavar="PATH", default=None,
@@ -150,6 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     move.add_argument("conn", metavar="CONN")
     move.add_argument("--local", metavar="ADDR", required=True)
     _control_arg(move)
+
+    drain = sub.add_parser("drain", help="redirect every IKE_SA of this gateway to the pool's "
+                           "other gateways (RFC 5685), spread by load, at a bounded rate")
+    drain.add_argument("--to", metavar="GW[,GW...]", type=_gateways, default=None,
+                       help="only these gateways of mobike { pool } (default: every other"
+                       " one that answers)")
+    drain.add_argument("--rate", metavar="N/s", type=_rate, default=None,
+                       help="redirects per second (default: mobike { pool { rate } }, 10)")
+    _control_arg(drain)
 
     timeline = sub.add_parser("timeline", help="draw a handover timeline (PNG) from events")
     timeline.add_argument("events_file", metavar="EVENTS.jsonl")
@@ -330,6 +363,17 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_drain(args: argparse.Namespace) -> int:
+    from .daemon.drain_client import run_drain
+
+    try:
+        return run_drain(args.control or client_path(), args.to, args.rate, sys.stdout,
+                         sys.stderr)
+    except ControlError as exc:
+        print(f"mobike-vici: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
 def _cmd_timeline(args: argparse.Namespace) -> int:
     from .timeline import PingsArg, PlotUnavailable, TimelineError, parse_pings_arg, render
 
@@ -372,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"native": _cmd_native, "run": _cmd_run, "status": _cmd_status,
                 "demo": _cmd_demo, "events": _cmd_events, "prefer": _cmd_operator,
                 "move": _cmd_operator, "timeline": _cmd_timeline,
-                "check-config": _cmd_check_config}
+                "check-config": _cmd_check_config, "drain": _cmd_drain}
     stderr = sys.stderr
     if journal_stream(stderr):
         # Under systemd our messages on stderr are errors, not journald's default info.

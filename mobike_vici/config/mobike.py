@@ -158,11 +158,12 @@ import fnmatch
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from .errors import ConfigError
 from .parser import Section
+from .pool import PoolSettings, pool_settings
 from .tcp import NO_TCP, TCP_KEYS, TcpSettings, tcp_settings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -245,6 +246,7 @@ class MobikePolicy:
     drop_log_interval: float = 1.0
     fragment_size: int = 1280
     tcp: TcpSettings = NO_TCP
+    pool: PoolSettings = field(default_factory=PoolSettings)  # see config/pool.py
 
     def excludes_local(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
                        ifname: str) -> bool:
@@ -347,9 +349,12 @@ def _build(raw: Mapping[str, str], locate: Locate) -> MobikePolicy:
 
     kw: dict[str, object] = {}
     rules: dict[str, dict[str, str]] = {}
+    pool: dict[str, str] = {}
     for key, value in raw.items():
         parts = key.split(".")
-        if len(parts) == 3 and parts[0] == "prefer" and parts[2] in _RULE_KEYS:
+        if parts[0] == "pool" and len(parts) > 1:
+            pool[key.removeprefix("pool.")] = value
+        elif len(parts) == 3 and parts[0] == "prefer" and parts[2] in _RULE_KEYS:
             rules.setdefault(parts[1], {})[parts[2]] = value
         elif key not in _TOP_KEYS:
             raise err(key, "unknown key")
@@ -406,6 +411,8 @@ def _build(raw: Mapping[str, str], locate: Locate) -> MobikePolicy:
     kw["prefer"] = tuple(_rule(name, keys, err) for name, keys in rules.items())
     kw["tcp"] = tcp_settings(text, lambda t, k, lo, hi: _uint(t, k, lo, hi, err),
                              lambda t, k: _time(t, k, err, zero_ok=False), err)
+    if pool:
+        kw["pool"] = pool_settings(pool, err, lambda t, key: _time(t, key, err, zero_ok=False))
 
     return MobikePolicy(**kw)  # type: ignore[arg-type]
 

@@ -88,6 +88,8 @@ from .gateway_rr import GatewayChecks
 from .loop_lag import LoopLag
 from .metrics import MetricsServer, snapshot_on_loop
 from .operator import operator_request
+from .pool_service import COMMANDS as POOL_COMMANDS
+from .pool_service import PoolService
 from .sdnotify import SystemdNotifier
 from .sibling_check import SiblingCheck
 from .status import paths_json, preferred_json
@@ -226,6 +228,8 @@ class Controller:
         self._control: ControlServer | None = None
         self._loaded_once = False
         self.gateway_rr = GatewayChecks(self.client, log, self.policy, self._spawn)
+        self.pool = PoolService(self.client, log, self.policy.pool,
+                                registry=metrics.registry if metrics is not None else None)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -276,6 +280,7 @@ class Controller:
                 self._control.feed = EventFeed(loop)
                 self.log.tap.subscribe(self._control.feed.publish)
             await self._control.start()
+        self.pool.start()
         client_task = asyncio.ensure_future(self.client.run())
         events_task = asyncio.ensure_future(self._consume())
         try:
@@ -359,6 +364,7 @@ class Controller:
                 self._pump(sa)
             self.data_plane.set_settings(settings_of(new.policy))
             self.gateway_rr.set_policy(new.policy)
+            self.pool.set_settings(new.policy.pool)
         self.log.emit("config_reloaded", **fields, policy_changed=policy_changed,
                       conns=sorted(new.connections))
         return True
@@ -417,6 +423,7 @@ class Controller:
         for handle in self._plan_timers.values():
             handle.cancel()
         self.gateway_rr.close()
+        await self.pool.close()
         if self.prober is not None:
             self.prober.close()
         self.data_plane.close()
@@ -970,6 +977,8 @@ class Controller:
         cmd = req.get("cmd")
         if cmd in ("prefer", "move"):
             return operator_request(self, req, self.now)
+        if cmd in POOL_COMMANDS:
+            return self.pool.control(req)
         if cmd != "status":
             return {"ok": False, "error": f"unknown command {cmd!r}"}
         return self.status()
