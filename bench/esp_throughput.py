@@ -39,11 +39,18 @@ PAIRS = {
 }
 
 
-def measure(pair: str, esp: str, nbytes: int, rounds: int, encap: bool) -> dict[str, Any]:
+TCP_CONF = "mobike {\n  tcp = always\n}\n"
+"""Both native ends carry IKE and ESP over TCP (RFC 9329) from the first message."""
+
+
+def measure(pair: str, esp: str, nbytes: int, rounds: int, encap: bool,
+            tcp: bool = False) -> dict[str, Any]:
     a_native, b_native = PAIRS[pair]
     with Lab() as lab:
-        tunnel = build(lab, a_native=a_native, b_native=b_native, esp=esp, encap=encap)
+        tunnel = build(lab, a_native=a_native, b_native=b_native, esp=esp, encap=encap,
+                       mobike_conf=TCP_CONF if tcp else "")
         topo = tunnel.topo
+        transport = _transport(tunnel.a)
         transfer(topo.host_a, topo.host_b, INNER_ADDR, 2 << 20, seed=99)  # warm-up
         rates: list[float] = []
         corrupt: list[int] = []
@@ -56,8 +63,19 @@ def measure(pair: str, esp: str, nbytes: int, rounds: int, encap: bool) -> dict[
     if corrupt:
         # A rate for data that did not arrive intact measures nothing: none is reported.
         return {"intact": False, "corrupt_rounds": corrupt, "mbit_s": None,
-                "median_mbit_s": None}
-    return {"mbit_s": rates, "median_mbit_s": round(statistics.median(rates), 1), "intact": True}
+                "median_mbit_s": None, "transport": transport}
+    return {"mbit_s": rates, "median_mbit_s": round(statistics.median(rates), 1), "intact": True,
+            "transport": transport}
+
+
+def _transport(end: Any) -> str | None:
+    """What the initiator's status says its IKE_SA runs over (charon: nothing to ask)."""
+    status = getattr(end, "status", None)
+    if status is None:
+        return None
+    proc = status(as_json=True)
+    sas = json.loads(proc.stdout).get("ike_sas", []) if proc.returncode == 0 else []
+    return str(sas[0].get("transport", "udp")) if sas else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="force UDP encapsulation (charon's libipsec always uses it)")
     parser.add_argument("--pairs", default="native_native,native_charon,charon_charon",
                         help=f"comma-separated, from {', '.join(PAIRS)}")
+    parser.add_argument("--transport", choices=("udp", "tcp"), default="udp",
+                        help="tcp: also measure native_native over TCP (RFC 9329) in the "
+                        "same run, beside its UDP figure (charon has no TCP)")
     args = parser.parse_args(argv)
     if not is_root():
         print("esp_throughput: needs root (network namespaces)", file=sys.stderr)
@@ -78,8 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         print("esp_throughput: strongSwan charon/swanctl not installed", file=sys.stderr)
         return EXIT_NO_ROOT
     started = time.time()
+    if args.transport == "tcp" and "native_native" not in pairs:
+        pairs.insert(0, "native_native")
     results = {pair: measure(pair, args.esp_proposal, args.megabytes << 20, args.rounds,
                              args.encap) for pair in pairs}
+    if args.transport == "tcp":
+        results["native_native_tcp"] = measure("native_native", args.esp_proposal,
+                                               args.megabytes << 20, args.rounds, args.encap,
+                                               tcp=True)
     out: dict[str, Any] = {
         "benchmark": "esp_throughput",
         "esp_proposal": args.esp_proposal,
@@ -91,11 +118,16 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "seconds": round(time.time() - started, 1),
     }
+    udp, tcp = (results.get(k, {}).get("median_mbit_s")
+                for k in ("native_native", "native_native_tcp"))
+    if udp and tcp:
+        out["tcp_vs_udp"] = round(tcp / udp, 2)
     charon = results.get("charon_charon", {}).get("median_mbit_s")
     if charon:
         out["native_vs_charon"] = {
             pair: round(r["median_mbit_s"] / charon, 2)
-            for pair, r in results.items() if pair != "charon_charon" and r["intact"]
+            for pair, r in results.items()
+            if pair not in ("charon_charon", "native_native_tcp") and r["intact"]
         }
     print(json.dumps(out, indent=2))
     # Corrupted data is a failure of the tunnel, not a slow result.

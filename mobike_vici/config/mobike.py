@@ -110,6 +110,28 @@ fragment_size              1280        0, 300 .. 65535  native: largest IP datag
                                                         fragments where fragmentation was
                                                         negotiated (0: 576 on IPv4, 1280 on
                                                         IPv6)
+tcp                        no          no, fallback,    native: IKE and ESP over TCP (RFC
+                                       always           9329) as the initiator: never; only
+                                                        where UDP goes unanswered (and back
+                                                        to UDP when it answers again); or
+                                                        always. A responder listens on
+                                                        tcp_port unless this is no
+tcp_port                   4500        list of ports    native: TCP ports: the responder
+                                                        listens on all, the initiator
+                                                        connects to the first
+tcp_fallback_after         1s          >0 .. 24h        native, tcp = fallback: IKE requests
+                                                        on a path unanswered over UDP this
+                                                        long move the path to TCP; UDP is
+                                                        tried again every 5 times this
+tcp_max_streams            256         1 .. 100000      native: TCP streams in all; more
+                                                        connections are refused
+tcp_max_per_source         8           1 .. 100000      native: TCP streams from one address
+tcp_idle_timeout           60s         >0 .. 24h        native: a stream without a frame
+                                                        either way this long is closed
+tcp_slow_timeout           5s          >0 .. 24h        native: a stream without the
+                                                        prefix and an IKE message we
+                                                        answered, or with a frame left
+                                                        unfinished, this long is closed
 =========================  ==========  ===============  ====================================
 
 .. mobike-keys-end
@@ -142,6 +164,7 @@ from enum import Enum
 from .errors import ConfigError
 from .parser import Section
 from .pool import PoolSettings, pool_settings
+from .tcp import NO_TCP, TCP_KEYS, TcpSettings, tcp_settings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -222,6 +245,7 @@ class MobikePolicy:
     max_child_sas_per_peer: int = 1024
     drop_log_interval: float = 1.0
     fragment_size: int = 1280
+    tcp: TcpSettings = NO_TCP
     pool: PoolSettings = field(default_factory=PoolSettings)  # see config/pool.py
 
     def excludes_local(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
@@ -258,7 +282,7 @@ _TOP_KEYS = frozenset({
     "drop_log_interval", "cookie_threshold", "block_threshold", "init_limit_half_open",
     "init_dh_budget",
     "max_ike_sas_per_peer", "max_child_sas_per_peer", "verify_timeout", "repair_timeout",
-    "fragment_size",
+    "fragment_size", *TCP_KEYS,
 })
 _RULE_KEYS = frozenset({"interface", "prefix", "remote_prefix", "family", "cost"})
 _FAMILIES = {"ipv4": 4, "ipv6": 6, "4": 4, "6": 6, "any": None}
@@ -385,6 +409,8 @@ def _build(raw: Mapping[str, str], locate: Locate) -> MobikePolicy:
             kw["announce"] = AnnounceMode.PREFIXES
             kw["announce_prefixes"] = _nets(t, "announce", err)
     kw["prefer"] = tuple(_rule(name, keys, err) for name, keys in rules.items())
+    kw["tcp"] = tcp_settings(text, lambda t, k, lo, hi: _uint(t, k, lo, hi, err),
+                             lambda t, k: _time(t, k, err, zero_ok=False), err)
     if pool:
         kw["pool"] = pool_settings(pool, err, lambda t, key: _time(t, key, err, zero_ok=False))
 

@@ -227,6 +227,9 @@ class UserspaceEsp:
 
             def send(esp: bytes) -> None:
                 sendmsg([esp], ancillary, 0, target)
+        tcp = getattr(host, "tcp", None)
+        if tcp is not None:
+            send = _over_tcp(tcp.send_esp, path, send)
         self._senders[entry.unique_id] = (path, encap, send)
         return send
 
@@ -399,3 +402,12 @@ def _networks(sel: Selector) -> list[Network]:
         return list(ipaddress.summarize_address_range(first4, last4))
     first6, last6 = ipaddress.IPv6Address(sel.lo), ipaddress.IPv6Address(sel.hi)
     return list(ipaddress.summarize_address_range(first6, last6))
+
+
+def _over_tcp(send_tcp: Callable[[Path, bytes], bool], path: Path, send_udp: Sender) -> Sender:
+    """A sender that asks the TCP transport first, per packet: a path may move to a
+    stream (RFC 9329 fallback) and back without the SA changing."""
+    def send(esp: bytes) -> None:
+        if not send_tcp(path, esp):
+            send_udp(esp)
+    return send

@@ -181,6 +181,7 @@ def status_metrics(status: JsonObject) -> Iterator[Metric]:
         vici.add_metric((), 1 if status.get("vici_connected") else 0)
         yield vici
     yield from _esp_metrics(sas, status.get("esp"))
+    yield from _tcp_metrics(sas, status.get("tcp"))
     lag = status.get("loop_lag")
     if isinstance(lag, dict) and isinstance(lag.get("p99_ms"), int | float):
         p99 = GaugeMetricFamily("mobike_loop_lag_p99_seconds",
@@ -257,6 +258,36 @@ def _esp_metrics(sas: list[JsonObject], totals: object) -> Iterator[Metric]:
             if isinstance(value, int):
                 dropped.add_metric((reason,), value)
         yield dropped
+
+
+def _tcp_metrics(sas: list[JsonObject], tcp: object) -> Iterator[Metric]:
+    """RFC 9329 transport (native with ``tcp`` other than ``no``): which paths run over
+    a stream, how many streams there are, and what the listener and streams did."""
+    if not isinstance(tcp, dict):
+        return
+    on_tcp = GaugeMetricFamily("mobike_path_tcp", "1: the path runs over TCP (RFC 9329), "
+                               "0: over UDP.", labels=PATH_LABELS)
+    for sa in sas:
+        conn = str(sa.get("conn", ""))
+        for p in sa.get("paths") or ():
+            if isinstance(p, dict) and p.get("transport") in ("tcp", "udp"):
+                on_tcp.add_metric((conn, _addr(p.get("local")), _addr(p.get("remote"))),
+                                  1 if p["transport"] == "tcp" else 0)
+    streams = GaugeMetricFamily("mobike_tcp_streams", "Open TCP streams, by role.",
+                                labels=("role",))
+    roles = {"initiator": 0, "responder": 0}
+    for stream in tcp.get("streams") or ():
+        if isinstance(stream, dict) and stream.get("role") in roles:
+            roles[str(stream["role"])] += 1
+    for role, n in roles.items():
+        streams.add_metric((role,), n)
+    events = CounterMetricFamily("mobike_tcp_events", "What the TCP transport did, by kind "
+                                 "(accepted, refused, connects, frames_in, frames_out, "
+                                 "esp_dropped, dropped_frames).", labels=("kind",))
+    for kind, value in sorted(tcp.items()):
+        if isinstance(value, int) and not isinstance(value, bool):
+            events.add_metric((kind,), value)
+    yield from (on_tcp, streams, events)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -30,6 +30,7 @@ from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
 
 from ..backends.native import Mobility
 from ..config.model import CloseAction, Config, ConfigError, DpdAction, StartAction
+from ..config.tcp import TcpMode
 from ..core.engine import Datagram, Engine, EngineSettings, IkeStatus
 from ..core.events import Event, IkeSaDeleted, PacketDropped, ProbeResult
 from ..esp.xfrm import select_data_plane
@@ -51,6 +52,7 @@ from .metrics import MetricsServer, snapshot_on_loop
 from .operator import operator_request
 from .routing import DaemonRouting
 from .status import paths_json, preferred_json, status_json
+from .tcp_transport import Pair, TcpTransport
 from .traffic import TrafficWatch
 
 
@@ -133,6 +135,7 @@ class Daemon:
         metrics: MetricsServer | None = None,
         routing: DaemonRouting | None = None,
         data_path: DataPathWatch | None = None,
+        tcp: TcpTransport | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -158,6 +161,8 @@ class Daemon:
         """Our own tables and rules that keep IKE and ESP out of the tunnel (marks them)."""
         self.data_path = data_path
         """After each move of ours: the peer's ESP must follow, else the CHILD_SAs are rekeyed."""
+        self.tcp = tcp
+        """IKE and ESP over TCP (RFC 9329); None with ``tcp = no``."""
         self._want_monitor = net_monitor and (mobility is not None or routing is not None)
         self._owns_routes = False
         """Set once this run may touch our tables: a daemon that failed to bind must not
@@ -212,6 +217,8 @@ class Daemon:
         self.engine.set_wall_clock(time.time() - self.now())
         try:
             self._open_sockets()
+            if self.tcp is not None:
+                self.tcp.open(self.loop, self._bind)
             if self._control is not None:
                 self._attach_feed(self._control)
                 await self._control.start()
@@ -429,6 +436,8 @@ class Daemon:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.tcp is not None:
+            self.tcp.close()
         for sock in self._sockets.values():
             if self._loop is not None:
                 self._loop.remove_reader(sock.fileno())
@@ -525,6 +534,8 @@ class Daemon:
                 self._esp(payload, path, now)
                 return False
             data = payload
+        if self.tcp is not None and port >= 0:
+            self.tcp.udp_ike_received(path, now)
         if (self._stopping or not self._started) and opens_ike_sa(data):
             # A peer that saw our DELETE may initiate again at once: an IKE_SA set up
             # now would die with this process, and the peer would hold a dead one. Nor
@@ -539,6 +550,31 @@ class Daemon:
             self.log.emit("packet_dropped", local=str(path.local), remote=str(path.remote),
                           reason="internal_error", error=type(exc).__name__)
         return True
+
+    def tcp_ike(self, data: bytes, path: Path, now: float) -> None:
+        """An IKE message off a TCP stream (``path``: the engine's view of it)."""
+        if self._dispatch(data, path, -1, now):
+            self._after_engine()
+
+    def tcp_esp(self, data: bytes, now: float) -> None:
+        """An ESP packet off a TCP stream: the SPI finds the SA, as on UDP 4500."""
+        if self.data_plane is not None:
+            try:
+                self.data_plane.receive_esp(data, now)
+            except Exception as exc:
+                self.log.emit("packet_dropped", reason="internal_error",
+                              error=type(exc).__name__)
+
+    def tcp_switched(self, pair: Pair, transport: str, now: float) -> None:
+        """A pair changed transport: each IKE_SA of ours on it sends UPDATE_SA_ADDRESSES
+        over the new one, so the peer's SA (and its ESP) follows (RFC 9329 section 8)."""
+        for ike in self._status():
+            if ike.initiator and ike.state == "ESTABLISHED" and \
+                    (ike.path.local.addr, ike.path.remote.addr) == pair:
+                move = getattr(self.engine, "move", None)
+                if move is not None:
+                    self._guarded("move", move, ike.ike_spi, ike.path, now)
+        self._after_engine()
 
     def _esp(self, data: bytes, path: Path, now: float) -> None:
         if self.esp_handler is not None:
@@ -596,6 +632,9 @@ class Daemon:
             self.log.emit("engine_error", call="mobility", error=type(exc).__name__)
             return False
         for name, fields in out:
+            transport = self.tcp.transport_of_fields(fields) if self.tcp is not None else None
+            if transport is not None:
+                fields = {**fields, "transport": transport}
             self.log.emit(name, **fields)
         return self.mobility.calls != before
 
@@ -609,6 +648,8 @@ class Daemon:
             self._send(datagram)
 
     def _send(self, datagram: Datagram) -> None:
+        if self.tcp is not None and self.tcp.send_ike(datagram, self.now()):
+            return
         local, remote = datagram.path.local, datagram.path.remote
         v6 = isinstance(local.addr, ipaddress.IPv6Address)
         family = socket.AF_INET6 if v6 else socket.AF_INET
@@ -771,7 +812,24 @@ class Daemon:
                     sa["preferred_local"] = preferred_json(mgr)
         if self._monitor is not None:
             answer["net"] = self._net_view()
+        if self.tcp is not None:
+            self._tcp_status(answer)
         return answer
+
+    def _tcp_status(self, answer: JsonObject) -> None:
+        """The transport of each IKE_SA and of each of its paths, and the streams."""
+        assert self.tcp is not None
+        transports = {ike.ike_spi: self.tcp.transport_of(ike.path) for ike in self._status()}
+        for sa in answer["ike_sas"]:  # type: ignore[attr-defined]
+            sa["transport"] = transports.get(str(sa["ike_spi"]), "udp")
+            mgr = self.mobility.manager(str(sa["ike_spi"])) if self.mobility else None
+            if mgr is None:
+                continue
+            by_ends = {(str(p.path.local), str(p.path.remote)): self.tcp.transport_of(p.path)
+                       for p in mgr.paths()}
+            for entry in sa.get("paths", []):
+                entry["transport"] = by_ends.get((entry["local"], entry["remote"]), "udp")
+        answer["tcp"] = {"streams": self.tcp.streams(), **self.tcp.counters}
 
     def _control_refused(self, uid: int, pid: int) -> None:
         self.log.emit("control_refused", uid=uid, pid=pid)
@@ -893,8 +951,18 @@ def run_native(config: Config, events: TextIO, control_path: str | None, *,
                         data_plane=esp, probe_kernel=True, mobility=mobility,
                         routing=routing, data_path=data_path,
                         metrics=MetricsServer(metrics) if metrics is not None else None)
+        daemon.tcp = tcp_transport(daemon, config, routing.fwmark)
         daemon.reload_config, daemon.reopen_events = reload_config, reopen_events
         return asyncio.run(daemon.run())
     except (OSError, ControlError) as exc:
         print(f"mobike-vici: {exc}", file=sys.stderr)
         return 1
+
+
+def tcp_transport(daemon: Daemon, config: Config, fwmark: int | None) -> TcpTransport | None:
+    """The daemon's RFC 9329 transport, or None with ``tcp = no``."""
+    settings = config.mobike.policy.tcp
+    if settings.mode == TcpMode.NO:
+        return None
+    return TcpTransport(settings, daemon.log, daemon.tcp_ike, daemon.tcp_esp,
+                        daemon.tcp_switched, fwmark=fwmark)

@@ -116,19 +116,21 @@ class Tunnel:
 
 def build(lab: Lab, *, a_native: bool, b_native: bool, esp: str = "aes128gcm16",
           encap: bool = False, child_extra: str = "", timeout: float = 30.0,
-          ipv6_outer: bool = False) -> Tunnel:
+          ipv6_outer: bool = False, mobike_conf: str = "") -> Tunnel:
     """Start both ends and wait until the initiator's CHILD_SA is up and ping passes.
 
-    ``ipv6_outer`` puts IKE and ESP on the hosts' IPv6 addresses (inner stays IPv4)."""
+    ``ipv6_outer`` puts IKE and ESP on the hosts' IPv6 addresses (inner stays IPv4).
+    ``mobike_conf`` is appended to both configs (a ``mobike { }`` section)."""
     topo = two_hosts(lab)
     topo.host_b.add_address("lo", f"{INNER_ADDR}/32")
     a_addr, b_addr = (topo.a6, topo.b6) if ipv6_outer else (topo.a4, topo.b4)
     conf_b = lab.workdir / "b.conf"
     conf_b.write_text(swanctl_conf(initiator=False, local=b_addr, remote=a_addr, esp=esp,
-                                   encap=encap, child_extra=child_extra))
+                                   encap=encap, child_extra=child_extra) + mobike_conf)
     conf_a = lab.workdir / "a.conf"
     conf_a.write_text(swanctl_conf(initiator=True, local=a_addr, remote=b_addr, esp=esp,
-                                   encap=encap, child_extra=child_extra, start=a_native))
+                                   encap=encap, child_extra=child_extra, start=a_native)
+                      + mobike_conf)
     b: End
     if b_native:
         b = start_native(lab, topo.host_b, conf_b, name="b")

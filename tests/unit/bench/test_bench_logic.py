@@ -191,6 +191,8 @@ def test_throughput_reports_no_rate_for_corrupted_transfers(
             return None
 
     class Tunnel:
+        a = b = None  # the ends (charon's have no status to ask)
+
         class topo:  # mirrors the real attribute
             host_a = host_b = None
 

@@ -197,3 +197,32 @@ def test_a_snapshot_asked_on_the_loop_itself_is_taken_at_once() -> None:
         return snapshot_on_loop(asyncio.get_running_loop(), lambda: STATUS)()
 
     assert asyncio.run(main()) is STATUS
+
+
+def test_tcp_metrics_from_a_status_answer() -> None:
+    sa = STATUS["ike_sas"][0]
+    paths = [{**sa["paths"][0], "transport": "tcp"}, {**sa["paths"][1], "transport": "udp"}]
+    status = {**STATUS, "ike_sas": [{**sa, "paths": paths}],
+              "tcp": {"streams": [{"role": "initiator", "local": "10.1.0.2[40000]",
+                                   "remote": "192.0.2.2[4500]", "connected": True,
+                                   "queued": 0}],
+                      "accepted": 0, "refused": 3, "connects": 2}}
+    registry = CollectorRegistry()
+    registry.register(StatusCollector(lambda: status))
+    got = exposed(registry)
+    p0 = {"conn": "home", "local": "10.1.0.2", "remote": "192.0.2.2"}
+    assert get(got, "mobike_path_tcp", **p0) == 1
+    assert get(got, "mobike_path_tcp", **{**p0, "local": "10.2.0.2"}) == 0
+    assert get(got, "mobike_tcp_streams", role="initiator") == 1
+    assert get(got, "mobike_tcp_streams", role="responder") == 0
+    assert get(got, "mobike_tcp_events_total", kind="refused") == 3
+    assert get(got, "mobike_tcp_events_total", kind="connects") == 2
+    # Without TCP in the answer, none of these families.
+    plain = exposed(_registry_of(STATUS))
+    assert not any(n.startswith(("mobike_tcp", "mobike_path_tcp")) for n, _ in plain)
+
+
+def _registry_of(status: JsonObject) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(StatusCollector(lambda: status))
+    return registry
