@@ -23,9 +23,9 @@ from mobike_vici.lab.native import NativeDaemon, named, start_native
 from mobike_vici.lab.netns import Lab, LabError, Netns
 from mobike_vici.lab.topology import TwoHosts, two_hosts
 
-HERE = Path(__file__).resolve().parent
-TRANSFER = HERE / "transfer.py"
-ESPIO = HERE / "espio.py"
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+TRANSFER = PROGRAMS / "transfer.py"
+ESPIO = PROGRAMS / "espio.py"
 PSK = "dataplane-lab-only-not-a-secret-0123456789"
 INITIATOR_ID = "initiator@dataplane"
 RESPONDER_ID = "responder@dataplane"
