@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ...ikev2.constants import ExchangeType, NotifyType, PayloadType
 from ...ikev2.message import Message
-from ...ikev2.payloads import Notify, Payload, UnknownPayload
+from ...ikev2.payloads import SA, Notify, Payload, TSi, TSr, UnknownPayload, find_payload
 
 if TYPE_CHECKING:
     from ..context import Context
@@ -55,18 +55,9 @@ def notifies(payloads: Sequence[Payload]) -> list[Notify]:
     return [p for p in payloads if isinstance(p, Notify)]
 
 
-def find_notify(payloads: Sequence[Payload], ntype: NotifyType) -> Notify | None:
-    for p in payloads:
-        if isinstance(p, Notify) and p.type == ntype:
-            return p
-    return None
-
-
-def first_error(payloads: Sequence[Payload]) -> Notify | None:
-    for p in payloads:
-        if isinstance(p, Notify) and int(p.type) < 16384:
-            return p
-    return None
+def child_offer(payloads: Sequence[Payload]) -> tuple[SA | None, TSi | None, TSr | None]:
+    """The SA and the two traffic selector payloads that ask for (or answer) a CHILD_SA."""
+    return find_payload(payloads, SA), find_payload(payloads, TSi), find_payload(payloads, TSr)
 
 
 def notify_name(ntype: NotifyType | int) -> str:

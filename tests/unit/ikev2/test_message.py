@@ -47,6 +47,10 @@ from mobike_vici.ikev2.payloads import (
     Payload,
     Transform,
     encode_payloads,
+    find_notify,
+    find_payload,
+    first_error,
+    notify_data,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -202,14 +206,18 @@ def test_length_field_below_header_size_is_refused() -> None:
         decode_header(bytes(data))
 
 
-def test_message_helpers_find_payloads() -> None:
-    m = Message(HEADER, (Nonce(b"n"), Notify(NotifyType.COOKIE2, b"a"),
-                         Notify(NotifyType.UPDATE_SA_ADDRESSES), Notify(NotifyType.COOKIE2, b"b")))
-    assert m.find(Nonce) == Nonce(b"n")
-    assert m.find(KE) is None
-    assert m.find_all(Notify)[2] == Notify(NotifyType.COOKIE2, b"b")
-    assert m.notify(NotifyType.COOKIE2) == Notify(NotifyType.COOKIE2, b"a")
-    assert m.notify(NotifyType.NO_ADDITIONAL_ADDRESSES) is None
+def test_payload_lookups() -> None:
+    chain = (Nonce(b"n"), Notify(NotifyType.COOKIE2, b"a"), Notify(NotifyType.UPDATE_SA_ADDRESSES),
+             Notify(NotifyType.COOKIE2, b"b"), Notify(NotifyType.INVALID_SYNTAX))
+    assert find_payload(chain, Nonce) == Nonce(b"n")
+    assert find_payload(chain, KE) is None
+    assert find_notify(chain, NotifyType.COOKIE2) == Notify(NotifyType.COOKIE2, b"a")
+    assert find_notify(chain, NotifyType.NO_ADDITIONAL_ADDRESSES) is None
+    assert notify_data(chain, NotifyType.COOKIE2) == [b"a", b"b"]
+    assert first_error(chain) == Notify(NotifyType.INVALID_SYNTAX)
+    assert first_error(chain[:4]) is None
+    assert first_error((Notify(16383),)) == Notify(16383)  # unknown, still an error
+    assert first_error((Notify(16384),)) is None
 
 
 # --- charon fixtures (tests/unit/ikev2/fixtures, see capture_charon.sh, charon-enc.log) ----
@@ -253,7 +261,7 @@ def test_charon_ike_sa_init_request() -> None:
 def test_charon_ike_sa_init_response_keeps_unknown_notify_as_int() -> None:
     m = decode_message(fixture("charon-ike-sa-init-response"))
     assert m.header.is_response and not m.header.from_initiator
-    sa = m.find(SA)
+    sa = find_payload(m.payloads, SA)
     assert sa is not None and len(sa.proposals) == 1
     chosen = {t.type: (t.id, t.key_length) for t in sa.proposals[0].transforms}
     # charon-enc.log: selected IKE:AES_CBC_128/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/CURVE_25519
@@ -262,9 +270,9 @@ def test_charon_ike_sa_init_response_keeps_unknown_notify_as_int() -> None:
                       TransformType.PRF: (PrfId.HMAC_SHA2_256, None),
                       TransformType.DH: (DhId.CURVE_25519, None)}
     # charon calls 16418 CHDLESS_SUP (RFC 6023); decoded by name.
-    types = [p.type for p in m.find_all(Notify)]
+    types = [p.type for p in m.payloads if isinstance(p, Notify)]
     assert 16418 in types
-    assert m.notify(NotifyType.MULTIPLE_AUTH_SUPPORTED) is not None
+    assert find_notify(m.payloads, NotifyType.MULTIPLE_AUTH_SUPPORTED) is not None
 
 
 # --- SK sealing with the fake cipher -----------------------------------------------------
