@@ -21,7 +21,6 @@ from mobike_vici.timeline import (
     parse_pings_arg,
     read_events,
     read_ping_log,
-    read_pings,
     render,
 )
 
@@ -49,7 +48,7 @@ def test_what_the_picture_is_made_of() -> None:
     names = [m.name for m in marks(events)]
     assert names == ["fault", "path_down", "handover_started", "handover_completed"]
     assert [a for _, a in active_paths(events)["dp"]] == ["10.1.0.2", "10.2.0.2"]
-    gaps = outages(read_pings(PINGS))
+    gaps = outages(read_ping_log(PINGS).replies)
     assert len(gaps) == 1
     fault = next(m.t for m in marks(events) if m.name == "fault")
     done = next(m.t for m in marks(events) if m.name == "handover_completed")

@@ -263,12 +263,10 @@ def test_pool_leases(addrs: str, first: str, last: str) -> None:
     assert (pool.file, pool.line) == ("<string>", 2)
 
 
-def test_mobike_section_keeps_raw_keys() -> None:
+def test_mobike_section_becomes_the_policy() -> None:
     text = ("mobike {\n probe_interval = 1s\n prefer { wwan { interface = wwan*\n cost = 100 }"
             " }\n}\nfoo { bar = baz }\n")
     config = load_string(text)
-    assert config.mobike.raw == {"probe_interval": "1s", "prefer.wwan.interface": "wwan*",
-                                 "prefer.wwan.cost": "100"}
     assert config.mobike.policy.probe_interval == 1.0
     assert [(rule.interface, rule.cost) for rule in config.mobike.policy.prefer] == [("wwan*", 100)]
 

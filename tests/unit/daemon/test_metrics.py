@@ -15,7 +15,6 @@ from mobike_vici.daemon.metrics import (
     EventMetrics,
     MetricsServer,
     StatusCollector,
-    labels_of,
     parse_hostport,
     snapshot_on_loop,
     status_metrics,
@@ -89,7 +88,7 @@ def test_vici_gauge_and_no_spi_in_labels() -> None:
     families = list(status_metrics(status))
     vici = next(f for f in families if f.name == "mobike_vici_connected")
     assert [s.value for s in vici.samples] == [0]
-    names = labels_of(families)
+    names = {name for f in families for s in f.samples for name in s.labels}
     assert names == {"conn", "state", "local", "remote", "child", "unique_id", "direction",
                      "reason"}
 
