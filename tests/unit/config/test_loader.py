@@ -368,6 +368,7 @@ _WORDS = st.sampled_from([
 ])
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_WORDS, max_size=40).map("".join))
 def test_random_configs_load_or_raise_config_error(text: str) -> None:

@@ -274,6 +274,7 @@ def selectors(draw: st.DrawFn) -> TrafficSelector:
     return rng(str(ip(a)), str(ip(b)), proto, (p, q))
 
 
+@pytest.mark.slow
 @given(selectors(), selectors(), v4, port, st.sampled_from([TCP, UDP]))
 def test_subset_is_the_intersection(
     a: TrafficSelector, b: TrafficSelector, addr: int, prt: int, proto: int

@@ -149,6 +149,7 @@ def test_bad_hostport(text: str) -> None:
         parse_hostport(text)
 
 
+@pytest.mark.slow
 def test_server_serves_over_http() -> None:
     server = MetricsServer(("127.0.0.1", 0))
     server.start(lambda: STATUS)
@@ -173,6 +174,7 @@ def test_status_text_shows_paths_and_preference() -> None:
     assert "     10.2.0.2[4500] -> 192.0.2.2[4500] () up, srtt -, loss -" in text
 
 
+@pytest.mark.slow
 def test_start_takes_no_snapshot() -> None:
     """Registering the status collector must not collect: start runs on the daemon's loop,
     and a snapshot waits for that loop (SNAPSHOT_TIMEOUT, 2 s, on every start)."""

@@ -435,6 +435,7 @@ def test_decode_message_raises_only_decode_error(data: bytes) -> None:
     _decode_or_decode_error(data)
 
 
+@pytest.mark.slow
 @given(st.binary(min_size=28, max_size=28), st.binary(max_size=100))
 def test_decode_message_with_a_consistent_length_field(head: bytes, rest: bytes) -> None:
     data = head[:24] + (28 + len(rest)).to_bytes(4, "big") + rest
@@ -456,6 +457,7 @@ _VALID = [fixture(n) for n in ALL_FIXTURES] + [
 ]
 
 
+@pytest.mark.slow
 @given(st.sampled_from(_VALID), st.data())
 def test_mutated_messages_raise_only_decode_error(valid: bytes, data: st.DataObject) -> None:
     mutated = bytearray(valid)
