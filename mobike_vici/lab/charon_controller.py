@@ -45,11 +45,13 @@ def snippet_body() -> str:
     return "\n".join(line for line in body.splitlines() if not line.strip().startswith("#"))
 
 
-def gateway_conf(allowed: str = "") -> str:
+def gateway_conf(allowed: str = "", local: str = "192.0.2.2") -> str:
+    """gw's swanctl.conf: responder for mob@lab with a virtual IP pool, PSK; ``allowed``:
+    ``mobike { allowed_peer_prefixes }``."""
     mobike = f"mobike {{ allowed_peer_prefixes = {allowed} }}" if allowed else ""
     return f"""
 connections {{ rw {{ version = 2
-    local_addrs = 192.0.2.2
+    local_addrs = {local}
     proposals = aes128-sha256-x25519
     pools = vpool
     local {{ auth = psk

@@ -29,12 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mobike_vici.lab.charon import Charon, start_charon
+from mobike_vici.lab.charon import Charon
 from mobike_vici.lab.driver import UplinkDriver
-from mobike_vici.lab.native import NativeDaemon, named, start_native
+from mobike_vici.lab.native import NativeDaemon
 from mobike_vici.lab.netns import Lab, LabError
 from mobike_vici.lab.topology import Mobile, mobile, source_routes
-from mobike_vici.lab.tunnel import CHILD, CONN, INNER_ADDR, INNER_NET, swanctl_conf, wait_ping
+from mobike_vici.lab.tunnel import (
+    INNER_ADDR,
+    INNER_NET,
+    start_initiator,
+    start_responder,
+    swanctl_conf,
+    wait_ping,
+)
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 STREAM = PROGRAMS / "stream.py"
@@ -201,22 +208,11 @@ def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
                         + (MOB_POLICY if mob_native else ""))
     if credentials is not None:
         conf_gw, conf_mob = credentials(lab, conf_gw.read_text(), conf_mob.read_text())
-    gw: End
-    if gw_native:
-        gw = start_native(lab, topo.gw, conf_gw, name="gw")
-    else:
-        gw = start_charon(lab, topo.gw, name="gw")
-        gw.load_all(conf_gw)
-    mob: End
-    if mob_native:
-        mob = start_native(lab, topo.mob, conf_mob, name="mob", extra_args=mob_args,
-                           program=mob_program)
-        mob.wait_event(named("child_sa_installed"), timeout)
-    else:
-        # prefer_best_path: charon follows route changes back to the better uplink.
-        mob = start_charon(lab, topo.mob, name="mob", extra_charon="prefer_best_path = yes")
-        mob.load_all(conf_mob)
-        mob.initiate(CHILD, ike=CONN)
+    gw = start_responder(lab, topo.gw, conf_gw, "gw", native=gw_native)
+    # prefer_best_path: charon follows route changes back to the better uplink.
+    mob = start_initiator(lab, topo.mob, conf_mob, "mob", native=mob_native, timeout=timeout,
+                          extra_args=mob_args, program=mob_program,
+                          extra_charon="prefer_best_path = yes")
     wait_ping(topo.mob, INNER_ADDR, timeout)
     arrivals = lab.workdir / "arrivals.txt"
     arrivals.write_text("")
