@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
-from ...ikev2.constants import ExchangeType, NotifyType, PayloadType
+from ...ikev2.constants import ExchangeType, NotifyType
 from ...ikev2.message import Message
-from ...ikev2.payloads import SA, Notify, Payload, TSi, TSr, UnknownPayload, find_payload
+from ...ikev2.payloads import SA, Payload, TSi, TSr, UnknownPayload, find_payload
 
 if TYPE_CHECKING:
     from ..context import Context
@@ -51,10 +51,6 @@ class Task(Protocol):
         ...
 
 
-def notifies(payloads: Sequence[Payload]) -> list[Notify]:
-    return [p for p in payloads if isinstance(p, Notify)]
-
-
 def child_offer(payloads: Sequence[Payload]) -> tuple[SA | None, TSi | None, TSr | None]:
     """The SA and the two traffic selector payloads that ask for (or answer) a CHILD_SA."""
     return find_payload(payloads, SA), find_payload(payloads, TSi), find_payload(payloads, TSr)
@@ -69,7 +65,3 @@ def unsupported_critical(payloads: Sequence[Payload]) -> UnknownPayload | None:
         if isinstance(p, UnknownPayload) and p.critical:
             return p
     return None
-
-
-def payload_types(payloads: Sequence[Payload]) -> set[int]:
-    return {int(p.payload_type) for p in payloads} - {PayloadType.NONE}
