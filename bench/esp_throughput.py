@@ -1,9 +1,9 @@
 """Benchmark: TCP throughput through the tunnel, native <-> native, native <-> charon and
 charon <-> charon (kernel-libipsec), in the same run. Prints one JSON object.
 
-Each pair gets a fresh two-host lab (``tests/data/support.py``): host_a initiates
+Each pair gets a fresh two-host lab (``mobike_vici/lab/tunnel.py``): host_a initiates
 with a virtual IP, host_b answers and has 10.88.0.1 on its loopback. One TCP
-connection (``tests/data/transfer.py``, kernel TCP, Python only at the ends)
+connection (``mobike_vici/lab/programs/transfer.py``, kernel TCP, Python only at the ends)
 carries ``--megabytes`` from host_a to host_b; the receiver times first byte
 to EOF. ``--rounds`` transfers per pair after one small warm-up; the median
 counts. Never judges the numbers. Needs root (network namespaces) and strongSwan.
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mobike_vici.lab.charon import charon_available
 from mobike_vici.lab.netns import Lab, is_root
-from tests.data.support import INNER_ADDR, build, transfer
+from mobike_vici.lab.tunnel import INNER_ADDR, build, transfer
 
 EXIT_NO_ROOT = 2
 PAIRS = {

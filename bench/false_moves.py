@@ -6,10 +6,10 @@ that never answers, so nothing comes back inside the tunnel), then nothing at al
 (idle; ``--idle-share`` of the time, default half). No fault is injected, so every
 move, handover or path_down is a false one. Modes:
 
-- ``native-charon``: our daemon in mob, charon as the gateway (tests/mobility/harness.py)
+- ``native-charon``: our daemon in mob, charon as the gateway (mobike_vici/lab/handover.py)
 - ``native-native``: our daemon at both ends
 - ``charon+controller``: charon at both ends, ``mobike-vici run`` beside the mobile
-  charon (tests/controller/support.py)
+  charon (mobike_vici/lab/charon_controller.py)
 
 Per phase: the initiator's events by name (those that say it thought a path died or
 moved: ``suspect_events``), the SA's local address sampled every ``--sample`` seconds
@@ -39,12 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _overhead import Counters, rates
 
 from mobike_vici.lab.charon import charon_available
+from mobike_vici.lab.charon_controller import INNER
+from mobike_vici.lab.charon_controller import build as build_controller
+from mobike_vici.lab.handover import STREAM, STREAM_PORT, sa_view
+from mobike_vici.lab.handover import build as build_handover
 from mobike_vici.lab.native import NativeDaemon
 from mobike_vici.lab.netns import Lab, LabError, is_root
-from tests.controller.support import INNER
-from tests.controller.support import build as build_controller
-from tests.mobility.harness import STREAM, STREAM_PORT, sa_view
-from tests.mobility.harness import build as build_handover
 
 MODES = ("native-charon", "native-native", "charon+controller")
 UPLINK_ADDRS = ("10.1.0.2", "2001:db8:1::2", "10.2.0.2", "2001:db8:2::2")

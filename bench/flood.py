@@ -1,7 +1,7 @@
 """Benchmark: an IKE_SA_INIT flood against a responder that carries a live tunnel,
 our native responder and charon side by side in the same run.
 
-Lab (the mobile topology of tests/mobility/harness.py plus two hosts on rtr):
+Lab (the mobile topology of mobike_vici/lab/handover.py plus two hosts on rtr):
 
 ```
  mob (charon, tunnel up) --m0-- rtr --g0-- gw (the responder under test)
@@ -42,11 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ike_setup import _cpu_seconds
 
 from mobike_vici.lab.charon import Charon, charon_available, start_charon
+from mobike_vici.lab.handover import GW4, source_routes
 from mobike_vici.lab.native import NativeDaemon, start_native
 from mobike_vici.lab.netns import Lab, LabError, Netns, is_root
 from mobike_vici.lab.topology import Mobile, mobile
-from tests.data.support import CHILD, CONN, INNER_ADDR, swanctl_conf, wait_ping
-from tests.mobility.harness import GW4, source_routes
+from mobike_vici.lab.tunnel import CHILD, CONN, INNER_ADDR, swanctl_conf, wait_ping
 
 GEN = Path(__file__).resolve().parent / "_flood_gen.py"
 REPO = Path(__file__).resolve().parents[1]

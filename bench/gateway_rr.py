@@ -30,9 +30,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mobike_vici.lab.charon import charon_available
+from mobike_vici.lab.gateway_rr import spoofed_move, start
+from mobike_vici.lab.handover import outage
 from mobike_vici.lab.netns import Lab, LabError, is_root
-from tests.mobility.harness import outage
-from tests.mobility.test_gateway_rr import spoofed_move, start
 
 
 def genuine(lab: Lab, bound: float) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Handover outage per cell: pair x uplink config x traffic x fault, in one run.
 
 The mobile topology (mob with uplinks m0/m1 through rtr to gw, see
-tests/mobility/harness.py and tests/controller/support.py): mob initiates, gw responds.
+mobike_vici/lab/handover.py and lab/charon_controller.py): mob initiates, gw responds.
 Pairs (mob-gw):
 
   native-charon, native-native, charon-charon   the handover lab (tests/mobility)
@@ -56,14 +56,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _overhead import Counters
 
+from mobike_vici.lab import charon_controller as ctl
 from mobike_vici.lab.charon import charon_available
+from mobike_vici.lab.driver import UplinkDriver
+from mobike_vici.lab.handover import STREAM, STREAM_PORT, max_gap, outage, read_arrivals, sa_view
+from mobike_vici.lab.handover import build as build_handover
 from mobike_vici.lab.native import NativeDaemon
 from mobike_vici.lab.netns import Lab, LabError, Netns, is_root
 from mobike_vici.lab.topology import Mobile
-from tests.controller import support as ctl
-from tests.data.support import INNER_ADDR
-from tests.mobility.harness import STREAM, STREAM_PORT, max_gap, outage, sa_view, source_routes
-from tests.mobility.harness import build as build_handover
+from mobike_vici.lab.tunnel import INNER_ADDR
 
 HARNESS_PAIRS = {
     "native-charon": (True, False),
@@ -109,13 +110,7 @@ class Stream:
         self.path = path
 
     def times(self) -> list[tuple[int, float, float]]:
-        out = []
-        text = self.path.read_text() if self.path.exists() else ""
-        for line in text.splitlines():
-            parts = line.split()
-            if len(parts) == 3:
-                out.append((int(parts[0]), float(parts[1]), float(parts[2])))
-        return out
+        return read_arrivals(self.path)
 
     def outage(self, fault: float) -> float | None:
         return outage(self.times(), fault)
@@ -157,7 +152,7 @@ Traffic = Stream | Ping
 # -- one lab with its tunnel up and the traffic flowing ------------------------------------
 
 @dataclass
-class Rig:
+class Rig(UplinkDriver):
     """What a fault needs of either lab: the uplinks, where the SA is, the traffic."""
 
     lab: Lab
@@ -178,51 +173,11 @@ class Rig:
     def mob_local(self) -> str | None:
         return self.local()
 
-    def link_down(self, index: int) -> float:
-        self.topo.link_down(index)
-        return time.monotonic()
-
-    def link_up(self, index: int) -> float:
-        self.topo.link_up(index)
-        if self.lab_routes:
-            source_routes(self.topo, index)
-        return time.monotonic()
-
-    def kill_silently(self, index: int) -> float:
-        self.topo.kill_silently(index)
-        return time.monotonic()
-
-    def revive(self, index: int) -> float:
-        self.topo.revive(index)
-        return time.monotonic()
-
-    def kill_family(self, family: int) -> float:
-        self.topo.kill_family(family)
-        return time.monotonic()
+    def outage_after(self, fault: float) -> float | None:
+        return self.traffic.outage(fault)
 
     def arrivals(self) -> list[tuple[int, float, float]]:
         return self.traffic.times()
-
-    def wait_resumed(self, after: float, timeout: float) -> float | None:
-        """Outage: the traffic's first arrival after ``after`` (see the module docstring)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            got = self.traffic.outage(after)
-            if got is not None and got <= timeout:
-                return got
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(0.02)
-
-    def wait_local(self, addr: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(LabError, KeyError, IndexError, ValueError,
-                                     StopIteration):
-                if self.mob_local() == addr:
-                    return True
-            time.sleep(0.1)
-        return False
 
 
 def _safe(read: Callable[[], str | None]) -> Callable[[], str | None]:

@@ -170,11 +170,6 @@ def read_ping_log(path: str | Path, label: str | None = None) -> PingLog:
     return PingLog(label, replies, last)
 
 
-def read_pings(path: str | Path) -> list[tuple[float, int, float]]:
-    """(epoch, icmp_seq, rtt_ms) of every reply in a ``ping -D`` log."""
-    return read_ping_log(path).replies
-
-
 def parse_pings_arg(text: str) -> tuple[str | None, str]:
     """``--pings FILE`` or ``--pings LABEL=FILE``: a name that is a file is a file,
     whatever ``=`` it holds."""

@@ -34,6 +34,25 @@ def _missing(item: pytest.Item) -> list[str]:
     return missing
 
 
+TESTS = Path(__file__).resolve().parent
+FAST_DIRS = {"unit"}
+"""Everything else (lab, interop, mobility, controller, data, faults, fuzz, soak,
+operator) builds namespaces or runs charon, atheris or minutes of faults: slow."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``slow`` for every test outside tests/unit, so ``pytest -m "not slow"`` is the fast
+    suite; a unit test that takes more than about half a second carries the mark itself."""
+    for item in items:
+        try:
+            top = item.path.resolve().relative_to(TESTS).parts[0]
+        except ValueError:
+            continue
+        if top not in FAST_DIRS or item.get_closest_marker("netns") \
+                or item.get_closest_marker("charon"):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     missing = _missing(item)
     if not missing:

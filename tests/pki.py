@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from mobike_vici.ikev2.signature import PrivateKey
+from mobike_vici.lab.netns import Lab
+from mobike_vici.lab.tunnel import INITIATOR_ID, RESPONDER_ID
 
 NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 DAY = datetime.timedelta(days=1)
@@ -161,3 +163,20 @@ def write_layout(base: Path, *, own: Issued | None = None, cas: tuple[Issued, ..
     for i, item in enumerate(crls):
         (base / "x509crl" / f"crl{i}.pem").write_bytes(
             item.public_bytes(serialization.Encoding.PEM))
+
+
+def with_certificates(lab: Lab, conf_gw: str, conf_mob: str) -> tuple[Path, Path]:
+    """Both configs with ``auth = pubkey`` and a P-256 chain each (made now):
+    the ids stay, as subjectAltNames of the certificates. Returns the config paths, each
+    in its own swanctl directory."""
+    pki = make_pki("p256", "Mobility", slot=70)
+    out = []
+    for name, text, ident in (("gw", conf_gw, RESPONDER_ID), ("mob", conf_mob, INITIATOR_ID)):
+        san = {"emails": (ident,)} if "@" in ident else {"dns": (ident,)}
+        leaf = pki.leaf(name, slot=71 if name == "gw" else 72, **san)  # type: ignore[arg-type]
+        base = lab.workdir / name
+        write_layout(base, own=leaf, cas=(pki.root, pki.intermediate))
+        path = base / "swanctl.conf"
+        path.write_text(text.replace("auth = psk", "auth = pubkey"))
+        out.append(path)
+    return out[0], out[1]

@@ -464,7 +464,7 @@ def _check_authorities(sec: Section) -> None:
 def _mobike(sec: Section | None) -> MobikeConfig:
     if sec is None:
         return MobikeConfig()
-    return MobikeConfig(raw=dict(_flatten(sec)), policy=mobike_policy(sec))
+    return MobikeConfig(policy=mobike_policy(sec))
 
 
 # -- whole-config checks ------------------------------------------------------------

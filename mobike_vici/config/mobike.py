@@ -1,9 +1,7 @@
 """The typed ``mobike { }`` policy: probe timing, path preferences, hold-down, routability.
 
-The config loader keeps the section's keys flat in ``MobikeConfig.raw`` (``key`` and
-``sub.key`` strings); ``from_raw`` turns them into a validated ``MobikePolicy`` and
-``from_section`` does the same from the parsed tree with each key's own file and line.
-Only ``ConfigError`` escapes either.
+``from_section`` turns the parsed section into a validated ``MobikePolicy``, each error
+located at its key's own file and line. Only ``ConfigError`` escapes it.
 
 Keys (a time is a number with ``ms``, ``s``, ``m`` or ``h``; bare: seconds, fractions
 allowed). This table is the reference; docs/config.md carries a copy a test keeps equal.
@@ -309,17 +307,6 @@ _LIMIT_KEYS: dict[str, tuple[str, int, int]] = {
 
 
 Locate = Callable[[str], tuple[str, int]]
-
-
-def from_raw(raw: Mapping[str, str], file: str,
-             line_of: Callable[[str], int] | Mapping[str, int]) -> MobikePolicy:
-    """Validate ``MobikeConfig.raw``; errors name ``file`` and the key's line."""
-
-    def locate(key: str) -> tuple[str, int]:
-        line = line_of(key) if callable(line_of) else line_of.get(key, 0)
-        return file, line
-
-    return _build(raw, locate)
 
 
 def from_section(sec: Section | None) -> MobikePolicy:

@@ -204,12 +204,8 @@ class PoolConfig:
 
 @dataclass(frozen=True, slots=True)
 class MobikeConfig:
-    """The ``mobike { }`` section: the controller's path policy.
+    """The ``mobike { }`` section: the controller's path policy."""
 
-    ``raw`` keeps every key as written (nested sections as ``sub.key``).
-    """
-
-    raw: dict[str, str] = field(default_factory=dict)
     policy: MobikePolicy = field(default_factory=MobikePolicy)
 
 

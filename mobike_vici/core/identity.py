@@ -414,13 +414,6 @@ def _ranked(
     return out
 
 
-def psk_candidates(
-    secrets: Sequence[SharedSecret], local: IdentityLike | None, remote: IdentityLike | None
-) -> list[bytes]:
-    """Every secret charon would try when verifying a peer's AUTH, in its order."""
-    return [secret.secret for secret, _, _ in _ranked(secrets, local, remote)]
-
-
 def find_psk(
     secrets: Sequence[SharedSecret], local: IdentityLike | None, remote: IdentityLike | None
 ) -> bytes | None:

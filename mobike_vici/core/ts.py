@@ -231,32 +231,6 @@ def narrow(
     return remove_redundant(result)
 
 
-def _sort_key(ts: TrafficSelector) -> tuple[int, int, int, int, int, int]:
-    return (
-        int(ts.ts_type),
-        int(ts.start_addr),
-        -int(ts.end_addr),
-        ts.ip_protocol,
-        ts.start_port,
-        -ts.end_port,
-    )
-
-
-def sort_ts(selectors: Iterable[TrafficSelector]) -> list[TrafficSelector]:
-    """Selectors in the order a charon CHILD_SA keeps them (``traffic_selector_cmp``).
-
-    IPv4 first, lower start first, larger range first, then protocol and ports
-    the same way. ``swanctl --list-sas`` shows this order, while the TS
-    payloads keep the narrowing order of :func:`narrow`.
-    """
-    return sorted(selectors, key=_sort_key)
-
-
-def is_narrowed(configured: Sequence[TrafficSelector], result: Sequence[TrafficSelector]) -> bool:
-    """True if narrowing changed anything (charon raises ALERT_TS_NARROWED then)."""
-    return list(configured) != list(result)
-
-
 def ts_contains(
     ts: TrafficSelector, addr: IPAddress, proto: int, port: int | None = None
 ) -> bool:
@@ -340,8 +314,3 @@ def ts_to_str(ts: TrafficSelector, services: ServiceLookup = system_service_name
     return text + "]"
 
 
-def ts_list_to_str(
-    selectors: Iterable[TrafficSelector], services: ServiceLookup = system_service_name
-) -> str:
-    """A list as charon's ``%#R`` prints it: space separated."""
-    return " ".join(ts_to_str(ts, services) for ts in selectors)

@@ -20,7 +20,7 @@ import asyncio
 import concurrent.futures
 import ipaddress
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -359,6 +359,3 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def labels_of(families: Iterable[Metric]) -> set[str]:
-    """Every label name used (tests check that none could hold key material)."""
-    return {name for f in families for s in f.samples for name in s.labels}

@@ -211,11 +211,11 @@ class NotifyType(IntEnum):
     CHILDLESS_IKEV2_SUPPORTED = 16418
     MSGID_SYNC_SUPPORTED = 16420
 
-    @property
-    def is_error(self) -> bool:
-        return int(self) < 16384
+
+ERROR_NOTIFY_LIMIT = 16384
+"""Notify types below this are errors (RFC 7296 §3.10.1), whether or not we know them."""
 
 
 def notify_is_error(value: int) -> bool:
     """Notify types below 16384 are errors, whether or not we know their names."""
-    return value < 16384
+    return value < ERROR_NOTIFY_LIMIT

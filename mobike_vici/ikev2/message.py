@@ -11,16 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
-from .constants import HEADER_LENGTH, IKE_VERSION, ExchangeType, HeaderFlag, NotifyType
+from .constants import HEADER_LENGTH, IKE_VERSION, ExchangeType, HeaderFlag
 from .crypto import SkCipher
 from .payloads import (
     GENERIC_HEADER_LENGTH,
     DecodeError,
     Encrypted,
     EncryptedFragment,
-    Notify,
     Payload,
     Reader,
     decode_payloads,
@@ -34,7 +32,6 @@ __all__ = ["FRAGMENT_HEADER_LENGTH", "MAX_MESSAGE_LENGTH", "DecodeError", "Fragm
            "decrypt_fragment", "decrypt_message", "encode_encrypted", "encode_fragments",
            "encode_message", "fragment_capacity", "join_fragments", "transport_overhead"]
 
-P = TypeVar("P", bound=Payload)
 MAX_MESSAGE_LENGTH = 10000
 """The largest IKE message we accept, charon's default (charon.max_packet). Decoding
 costs time per byte; a bound on the bytes bounds what one datagram can cost."""
@@ -66,23 +63,6 @@ class Header:
 class Message:
     header: Header
     payloads: tuple[Payload, ...]
-
-    def find(self, cls: type[P]) -> P | None:
-        """The first payload of class ``cls``, if any."""
-        for p in self.payloads:
-            if isinstance(p, cls):
-                return p
-        return None
-
-    def find_all(self, cls: type[P]) -> tuple[P, ...]:
-        return tuple(p for p in self.payloads if isinstance(p, cls))
-
-    def notify(self, ntype: NotifyType | int) -> Notify | None:
-        """The first Notify of type ``ntype``, if any."""
-        for p in self.payloads:
-            if isinstance(p, Notify) and p.type == ntype:
-                return p
-        return None
 
 
 class UnsupportedVersionError(DecodeError):

@@ -26,6 +26,7 @@ from .constants import (
     TransformAttr,
     TransformType,
     TsType,
+    notify_is_error,
 )
 
 
@@ -666,6 +667,40 @@ def encode_payloads(payloads: Sequence[Payload]) -> bytes:
 def first_payload_type(payloads: Sequence[Payload]) -> int:
     """The next-payload value that introduces ``payloads`` (0 when empty)."""
     return int(payloads[0].payload_type) if payloads else PayloadType.NONE
+
+
+# -- lookups: the one place a payload or a notify is found in a decoded chain -----------
+
+P = TypeVar("P", bound=Payload)
+
+
+def find_payload(payloads: Sequence[Payload], cls: type[P]) -> P | None:
+    """The first payload of class ``cls``, if any."""
+    for p in payloads:
+        if isinstance(p, cls):
+            return p
+    return None
+
+
+def find_notify(payloads: Sequence[Payload], ntype: NotifyType | int) -> Notify | None:
+    """The first Notify of type ``ntype``, if any."""
+    for p in payloads:
+        if isinstance(p, Notify) and p.type == ntype:
+            return p
+    return None
+
+
+def notify_data(payloads: Sequence[Payload], ntype: NotifyType | int) -> list[bytes]:
+    """The data of every Notify of type ``ntype``, in order."""
+    return [p.data for p in payloads if isinstance(p, Notify) and p.type == ntype]
+
+
+def first_error(payloads: Sequence[Payload]) -> Notify | None:
+    """The first error Notify (type below 16384, RFC 7296 §3.10.1), if any."""
+    for p in payloads:
+        if isinstance(p, Notify) and notify_is_error(int(p.type)):
+            return p
+    return None
 
 
 def decode_payloads(

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 from mobike_vici.lab.netns import Lab, Netns
 
+TABLE_BASE = 100  # the lab's per-uplink source table for charon in mob: TABLE_BASE + index
+UNREACHABLE_METRIC = 4096
+
 
 @dataclass(frozen=True)
 class TwoHosts:
@@ -184,3 +187,26 @@ def mobile(lab: Lab, *, nat: bool = False, nat_backup: bool = False) -> Mobile:
         if nat_backup:
             lab.masquerade(rtr, "g0", source=f"{uplinks[1].addr4}/24")
     return topo
+
+
+def source_routes(topo: Mobile, index: int) -> None:
+    """Policy routing in mob for uplink ``index``: from its addresses, via it, and
+    nowhere else.
+
+    The ``unreachable`` fallback matters when the uplink's link goes down: without it a
+    packet from its address (charon's ESP on the SA that has not moved yet) falls
+    through to the main table and leaks out the other uplink. Its ARP request for that
+    uplink's gateway then names the dead address as sender, the router (strict
+    reverse-path filter) ignores it, and the gateway's neighbour entry fails over and
+    over, dropping charon's path probes with it. Seen here with a full tunnel: the move
+    took 5-8 s, and in 5 of 10 runs charon gave up after 10 path probings."""
+    up = topo.uplinks[index]
+    table = str(TABLE_BASE + index)
+    for family, addr, via in (("-4", up.addr4, up.gw4), ("-6", up.addr6, up.gw6)):
+        topo.mob.ip(family, "route", "replace", "default", "via", via, "dev", up.ifname,
+                    "table", table)
+        topo.mob.ip(family, "route", "replace", "unreachable", "default", "metric",
+                    str(UNREACHABLE_METRIC), "table", table)
+        topo.mob.ip(family, "rule", "del", "from", addr, "table", table, check=False)
+        topo.mob.ip(family, "rule", "add", "from", addr, "table", table, "pref",
+                    str(1000 + index))

@@ -6,9 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from mobike_vici.lab.charon_controller import Setup, build
 from mobike_vici.lab.netns import Lab
-
-from .support import Setup, build
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon]
 
@@ -87,14 +86,13 @@ def test_the_preferred_uplink_is_taken_back_after_hold_down(setup: Setup) -> Non
 
 def test_charon_restart_is_followed_and_resynced(setup: Setup, lab: Lab) -> None:
     from mobike_vici.lab.charon import start_charon
-
-    from .support import _snippet_body
+    from mobike_vici.lab.charon_controller import snippet_body
 
     _up(setup)
     mark = len(setup.event_list())
     setup.mob.stop()
     setup.wait_event("vici_disconnected", after=mark)
-    setup.mob = start_charon(lab, setup.topo.mob, name="mob", extra_charon=_snippet_body())
+    setup.mob = start_charon(lab, setup.topo.mob, name="mob", extra_charon=snippet_body())
     setup.wait_event("vici_connected", after=mark, timeout=30)
     setup.wait_event("config_loaded", after=mark)
     tracked = setup.wait_event("ike_sa_tracked", after=mark, timeout=30)
@@ -135,7 +133,7 @@ def test_status_shows_charons_sas_with_the_path_table(setup: Setup) -> None:
     import subprocess
     import sys
 
-    from .support import REPO
+    from mobike_vici.lab.charon_controller import REPO
 
     spi = _up(setup)
     out = subprocess.run(
@@ -154,7 +152,7 @@ def test_status_shows_charons_sas_with_the_path_table(setup: Setup) -> None:
 
 @pytest.fixture
 def full_tunnel(lab: Lab) -> Iterator[Setup]:
-    from .support import mobile_conf
+    from mobike_vici.lab.charon_controller import mobile_conf
 
     yield from build(lab, mob_conf=mobile_conf(remote_ts="0.0.0.0/0"))
 
@@ -172,7 +170,7 @@ def test_full_tunnel_survives_a_silent_blackhole(full_tunnel: Setup) -> None:
 
 def test_gateway_terminates_a_peer_that_moves_outside_its_allowed_prefixes(
         setup: Setup) -> None:
-    from .support import gateway_conf
+    from mobike_vici.lab.charon_controller import gateway_conf
 
     conf = setup.lab.workdir / "gw-policy.conf"
     conf.write_text(gateway_conf(allowed="10.1.0.0/24"))

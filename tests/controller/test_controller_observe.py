@@ -11,9 +11,8 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mobike_vici.lab.charon_controller import Setup, build
 from mobike_vici.lab.netns import Lab
-
-from .support import Setup, build
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon]
 

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from mobike_vici.lab.charon_controller import INNER, Setup, build, mobile_conf
+from mobike_vici.lab.handover import STREAM, STREAM_PORT
 from mobike_vici.lab.netns import Lab
-from tests.mobility.harness import STREAM, STREAM_PORT
-
-from .support import INNER, Setup, build, mobile_conf
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon]
 

@@ -8,9 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from mobike_vici.lab.charon_controller import Setup, build, gateway_conf
 from mobike_vici.lab.netns import Lab
-
-from .support import Setup, build, gateway_conf
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon]
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from mobike_vici.lab.charon import Charon, debian_layout, start_charon
+from mobike_vici.lab.charon_controller import REPO
 from mobike_vici.lab.netns import Lab
 
-from .support import REPO
 from .test_operator_lab import _need_pki, make_pki
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon]

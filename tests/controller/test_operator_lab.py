@@ -26,10 +26,9 @@ from typing import Any
 import pytest
 
 from mobike_vici.lab.charon import Charon, debian_layout, start_charon
+from mobike_vici.lab.charon_controller import INNER, REPO, SNIPPET
 from mobike_vici.lab.netns import Lab
 from mobike_vici.lab.topology import Mobile, mobile
-
-from .support import INNER, REPO, SNIPPET
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon]
 

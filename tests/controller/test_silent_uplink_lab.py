@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from mobike_vici.lab.charon_controller import INNER, Setup, build, mobile_conf
 from mobike_vici.lab.netns import Lab
 
-from .support import INNER, Setup, build, mobile_conf
 from .test_controller_observe import move_when_free
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon]

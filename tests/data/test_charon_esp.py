@@ -6,8 +6,7 @@ import pytest
 
 from mobike_vici.lab.native import NativeDaemon
 from mobike_vici.lab.netns import Lab
-
-from .support import INNER_ADDR, MB20, build, native_children, native_totals, transfer
+from mobike_vici.lab.tunnel import INNER_ADDR, MB20, build, native_children, native_totals, transfer
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon]
 

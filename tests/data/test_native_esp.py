@@ -10,9 +10,7 @@ import pytest
 from mobike_vici.lab.native import NativeDaemon, named, start_native
 from mobike_vici.lab.netns import Lab, Netns
 from mobike_vici.lab.topology import mobile
-from mobike_vici.net.numbers import TUNNEL_TABLE
-
-from .support import (
+from mobike_vici.lab.tunnel import (
     ESPIO,
     INNER_ADDR,
     MB20,
@@ -26,6 +24,7 @@ from .support import (
     tun_rx_packets,
     wait_ping,
 )
+from mobike_vici.net.numbers import TUNNEL_TABLE
 
 pytestmark = pytest.mark.netns
 

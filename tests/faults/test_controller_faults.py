@@ -13,9 +13,9 @@ import pytest
 
 from mobike_vici.daemon.control import request
 from mobike_vici.lab.charon import start_charon
+from mobike_vici.lab.charon_controller import TABLE, Setup, build, snippet_body
 from mobike_vici.lab.netns import Lab
 from mobike_vici.net.steering import RTPROT_MOBIKE_VICI
-from tests.controller.support import TABLE, Setup, _snippet_body, build
 
 from .support import add_operator_routing, operator_view, ours
 
@@ -110,7 +110,7 @@ def test_charon_restarted_mid_handover(setup: Setup, lab: Lab) -> None:
     setup.wait_event("route_steered", after=mark, timeout=20)
     setup.mob.stop()
     setup.wait_event("vici_disconnected", after=mark)
-    setup.mob = start_charon(lab, setup.topo.mob, name="mob", extra_charon=_snippet_body())
+    setup.mob = start_charon(lab, setup.topo.mob, name="mob", extra_charon=snippet_body())
     setup.wait_event("vici_connected", after=mark, timeout=30)
     setup.wait_event("config_loaded", after=mark)
     # charon sets the SA up again (start_action) along our route to the peer: by m1.

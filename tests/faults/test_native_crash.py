@@ -17,10 +17,10 @@ import time
 import pytest
 
 from mobike_vici.lab.charon import Charon
+from mobike_vici.lab.handover import build, sa_view
 from mobike_vici.lab.native import NativeDaemon, start_native
 from mobike_vici.lab.netns import Lab, LabError
 from mobike_vici.net.numbers import RTPROT_MOBIKE_VICI
-from tests.mobility.harness import build, sa_view
 
 from .support import add_operator_routing, is_event, operator_view, ours, wait_new
 

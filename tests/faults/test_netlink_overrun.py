@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from mobike_vici.daemon.native import NETLINK_RCVBUF_ENV
+from mobike_vici.lab.handover import build
 from mobike_vici.lab.native import NativeDaemon
 from mobike_vici.lab.netns import Lab, Netns
-from tests.mobility.harness import build
 
 from .support import is_event, wait_new
 

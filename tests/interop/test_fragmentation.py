@@ -3,7 +3,7 @@ on both sides, a router that drops IP fragments (our daemon gets through, and wi
 fragmentation nobody does), and charon <-> charon with an RSA-4096 chain as the reference.
 
 The initiator asks for a virtual IP from the responder's pool and pings INNER_ADDR on
-the responder's loopback (the data plane suite's set-up, tests/data/support.py).
+the responder's loopback (the data plane suite's set-up, mobike_vici/lab/tunnel.py).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from mobike_vici.lab.charon import Charon, start_charon
 from mobike_vici.lab.native import NativeDaemon, named, start_native
 from mobike_vici.lab.netns import Lab, LabError, Netns
 from mobike_vici.lab.topology import routed, two_hosts
+from mobike_vici.lab.tunnel import CHILD, CONN, INNER_ADDR, INNER_NET, POOL, swanctl_conf, wait_ping
 
-from ..data.support import CHILD, CONN, INNER_ADDR, INNER_NET, POOL, swanctl_conf, wait_ping
 from .support import count_log, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon]

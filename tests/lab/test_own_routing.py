@@ -13,11 +13,11 @@ import pytest
 from mobike_vici.lab.native import NativeDaemon, named, start_native
 from mobike_vici.lab.netns import Lab, Netns
 from mobike_vici.lab.topology import Mobile, mobile
+from mobike_vici.lab.tunnel import INNER_ADDR, swanctl_conf, wait_ping
 from mobike_vici.net.numbers import OUTER_FWMARK, TUNNEL_TABLE, UPLINK_TABLE_FIRST
 from mobike_vici.net.own_routing import OuterRouting
 from mobike_vici.net.rtnl import dump_state, open_socket
 from mobike_vici.net.state import NetState
-from tests.data.support import INNER_ADDR, swanctl_conf, wait_ping
 from tests.unit.net.test_state import addr, fold, up
 
 pytestmark = pytest.mark.netns

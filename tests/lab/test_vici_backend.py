@@ -26,6 +26,7 @@ from mobike_vici.backends.vici import (
 )
 from mobike_vici.config import load_config, load_string
 from mobike_vici.lab.charon import Charon, start_charon
+from mobike_vici.lab.charon_controller import PSK, gateway_conf
 from mobike_vici.lab.netns import Lab
 from mobike_vici.lab.topology import TwoHosts, two_hosts
 
@@ -33,27 +34,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.charon]
 
 REPO = Path(__file__).resolve().parents[2]
 E = TypeVar("E", bound=ViciEvent)
-PSK = "lab-only-secret-vici-backend"
 INNER = "10.88.0.1"
-
-
-def gateway_conf(local: str) -> str:
-    return f"""
-connections {{ rw {{ version = 2
-    local_addrs = {local}
-    proposals = aes128-sha256-x25519
-    pools = vpool
-    local {{ auth = psk
-        id = gw@lab }}
-    remote {{ auth = psk
-        id = mob@lab }}
-    children {{ net {{ local_ts = 10.88.0.0/24
-        esp_proposals = aes128-sha256 }} }} }} }}
-pools {{ vpool {{ addrs = 10.99.0.0/24 }} }}
-secrets {{ ike-lab {{ id-1 = gw@lab
-    id-2 = mob@lab
-    secret = {PSK} }} }}
-"""
 
 
 def client_conf(local: str, remote: str) -> str:
@@ -222,7 +203,7 @@ def test_sa_events_arrive_in_the_table_and_a_restart_is_reconciled(
     restarted: list[Charon] = []
 
     async def body() -> None:
-        gw_config = load_string(gateway_conf(topo.b4))
+        gw_config = load_string(gateway_conf(local=topo.b4))
         mob_config = load_string(client_conf(topo.a4, topo.b4))
 
         async def load_mob(c: ViciClient) -> None:

@@ -16,10 +16,10 @@ import time
 
 import pytest
 
+from mobike_vici.lab.handover import build, sa_view
 from mobike_vici.lab.native import NativeDaemon, named
 from mobike_vici.lab.netns import Lab
 
-from .harness import build, sa_view
 from .test_handover import (
     M0,
     M1,

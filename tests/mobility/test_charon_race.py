@@ -36,11 +36,11 @@ from pathlib import Path
 import pytest
 
 from mobike_vici.lab.charon import Charon
+from mobike_vici.lab.handover import STREAM, Handover, build, outage
 from mobike_vici.lab.native import NativeDaemon, named
 from mobike_vici.lab.netns import NFT_TABLE, Lab, LabError
-from tests.data.support import CHILD, CONN
+from mobike_vici.lab.tunnel import CHILD, CONN
 
-from .harness import STREAM, Handover, build, outage
 from .test_handover import M0, M1, RESUME_TIMEOUT, SETTLE_TIMEOUT, _wait_agreed
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon]

@@ -27,11 +27,10 @@ from pathlib import Path
 
 import pytest
 
+from mobike_vici.lab.handover import Handover, build, sa_view
 from mobike_vici.lab.native import NativeDaemon
 from mobike_vici.lab.netns import Lab
-from tests.data.support import INNER_ADDR
-
-from .harness import Handover, build, sa_view
+from mobike_vici.lab.tunnel import INNER_ADDR
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon]
 

@@ -21,14 +21,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from mobike_vici.lab.gateway_rr import M0, M1
+from mobike_vici.lab.handover import Handover, build, sa_view
 from mobike_vici.lab.native import NativeDaemon, named
 from mobike_vici.lab.netns import Lab
-
-from .harness import Handover, build, sa_view
+from tests.pki import with_certificates
 
 pytestmark = pytest.mark.netns
 
-M0, M1 = "10.1.0.2", "10.2.0.2"
 RESUME_TIMEOUT = 10.0  # functional: the targets are 50 ms and 1 s
 SETTLE_TIMEOUT = 15.0
 TUNNELS = [
@@ -119,7 +119,7 @@ def test_b_silent_blackhole(scenario: Handover) -> None:
 def test_b_silent_blackhole_with_certificates(lab: Lab, gw_native: bool) -> None:
     """Authenticated by certificates, the client roams as with a PSK (the IKE_SA moves,
     it is not re-authenticated)."""
-    h = build(lab, mob_native=True, gw_native=gw_native, certificates=True)
+    h = build(lab, mob_native=True, gw_native=gw_native, credentials=with_certificates)
     try:
         established = _mob(h).wait_event(named("ike_sa_established"), 5)
         assert (established["local_id"], established["remote_id"]) == (

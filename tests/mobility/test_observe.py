@@ -21,12 +21,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mobike_vici.lab.handover import Handover, build
 from mobike_vici.lab.native import NativeDaemon, named
 from mobike_vici.lab.netns import Lab
+from mobike_vici.lab.tunnel import CONN, INNER_ADDR
 from mobike_vici.timeline import fault_event, render
-from tests.data.support import CONN, INNER_ADDR
-
-from .harness import Handover, build
 
 pytestmark = pytest.mark.netns
 

@@ -30,11 +30,11 @@ from typing import Any
 import pytest
 
 from mobike_vici.lab.charon import Charon
+from mobike_vici.lab.handover import Handover, build
 from mobike_vici.lab.native import NativeDaemon, named
 from mobike_vici.lab.netns import Lab, LabError
-from tests.data.support import INNER_ADDR
+from mobike_vici.lab.tunnel import INNER_ADDR
 
-from .harness import Handover, build
 from .test_charon_race import DELAYED, charons_request_lost
 from .test_handover import M0, M1, RESUME_TIMEOUT
 

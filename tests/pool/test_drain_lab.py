@@ -28,6 +28,7 @@ import pytest
 
 from mobike_vici.daemon.control import ControlError, request
 from mobike_vici.lab.charon import Charon, decode, start_charon
+from mobike_vici.lab.charon_controller import read_events
 from mobike_vici.lab.netns import Lab, Netns
 from mobike_vici.lab.pinger import outage, replies
 
@@ -104,16 +105,7 @@ class Pool:
     pings: list[Path]
 
     def gw_events(self, n: int) -> list[dict[str, Any]]:
-        path = self.events[n - 1]
-        if not path.exists():
-            return []
-        out = []
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
+        return read_events(self.events[n - 1])
 
     def client_sa(self, k: int) -> dict[str, Any]:
         return self.clients[k - 1].list_sas().get("home", {})

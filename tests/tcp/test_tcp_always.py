@@ -16,7 +16,7 @@ import pytest
 
 from mobike_vici.lab.native import NativeDaemon, named
 from mobike_vici.lab.netns import Lab
-from tests.data.support import INNER_ADDR, build, wait_ping
+from mobike_vici.lab.tunnel import INNER_ADDR, build, wait_ping
 
 pytestmark = pytest.mark.netns
 

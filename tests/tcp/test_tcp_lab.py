@@ -25,7 +25,7 @@ from mobike_vici.lab.charon import start_charon
 from mobike_vici.lab.native import NativeDaemon, named, start_native
 from mobike_vici.lab.netns import Lab, Netns
 from mobike_vici.lab.topology import Mobile, mobile
-from tests.data.support import INNER_ADDR, INNER_NET, swanctl_conf, wait_ping
+from mobike_vici.lab.tunnel import INNER_ADDR, INNER_NET, swanctl_conf, wait_ping
 
 pytestmark = pytest.mark.netns
 

@@ -192,6 +192,7 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert "usage:" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
@@ -235,6 +236,7 @@ def _serve(tmp_path: Path, answer: JsonObject) -> Iterator[str]:
         loop.close()
 
 
+@pytest.mark.slow
 def test_status_text_shows_every_path_and_the_last_handover(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for path in _serve(tmp_path, VICI_STATUS):
@@ -437,6 +439,7 @@ def test_check_config_of_a_missing_file_exits_2(
     assert "--native needs --config" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_stderr_under_journald_carries_the_error_priority(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """systemd hands stderr to journald and says so in $JOURNAL_STREAM: a config error then
@@ -460,6 +463,7 @@ def test_stderr_under_journald_carries_the_error_priority(
     assert proc2.returncode == 2 and proc2.stderr.startswith(f"{conf}:2: ")
 
 
+@pytest.mark.slow
 def test_drawing_without_the_plot_extra_says_how_to_get_it(tmp_path: Path) -> None:
     """A server's install has no matplotlib: the daemons and the demo still import, and
     ``timeline`` says which extra brings it (exit 1) instead of a traceback."""

@@ -7,6 +7,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from mobike_vici.config import mobike
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,6 +58,7 @@ def _emitted(tree: ast.AST) -> set[str]:
     return {n for n in names if _EVENT.fullmatch(n)}
 
 
+@pytest.mark.slow
 def test_every_event_the_code_emits_is_documented() -> None:
     emitted: set[str] = set()
     for path in PACKAGE.rglob("*.py"):
@@ -69,6 +72,7 @@ def test_every_event_the_code_emits_is_documented() -> None:
     assert sorted(emitted - documented) == []
 
 
+@pytest.mark.slow
 def test_nothing_cites_a_file_outside_the_project() -> None:
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
                            check=True).stdout.split()

@@ -23,6 +23,7 @@ def _unit(name: str) -> configparser.ConfigParser:
     return parser
 
 
+@pytest.mark.slow
 def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     if shutil.which("systemd-analyze") is None:
         reason = "NOT RUN, missing prerequisite: systemd-analyze (Debian package systemd)"
@@ -52,6 +53,7 @@ def _verify(directory: Path, unit: str) -> str:
         f"exit {proc.returncode}: {proc.stdout}{proc.stderr}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("drop_in", [p.name for p in DROP_INS])
 def test_each_shipped_drop_in_applies_cleanly(tmp_path: Path, drop_in: str) -> None:
     """The unit with one drop-in of systemd/mobike-vici.service.d/, as an operator installs

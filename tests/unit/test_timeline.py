@@ -21,7 +21,6 @@ from mobike_vici.timeline import (
     parse_pings_arg,
     read_events,
     read_ping_log,
-    read_pings,
     render,
 )
 
@@ -38,6 +37,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
+@pytest.mark.slow
 def test_renders_the_recorded_handover(tmp_path: Path) -> None:
     out = render(EVENTS, tmp_path / "t.png", pings=PINGS)
     assert png_size(out) == (1000, 600)
@@ -49,7 +49,7 @@ def test_what_the_picture_is_made_of() -> None:
     names = [m.name for m in marks(events)]
     assert names == ["fault", "path_down", "handover_started", "handover_completed"]
     assert [a for _, a in active_paths(events)["dp"]] == ["10.1.0.2", "10.2.0.2"]
-    gaps = outages(read_pings(PINGS))
+    gaps = outages(read_ping_log(PINGS).replies)
     assert len(gaps) == 1
     fault = next(m.t for m in marks(events) if m.name == "fault")
     done = next(m.t for m in marks(events) if m.name == "handover_completed")
@@ -58,6 +58,7 @@ def test_what_the_picture_is_made_of() -> None:
     assert 0.2 < gaps[0].end - gaps[0].start < 5.0
 
 
+@pytest.mark.slow
 def test_without_pings_and_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bare.png"
     assert cli.main(["timeline", str(EVENTS), "-o", str(out)]) == 0
@@ -95,6 +96,7 @@ def test_fault_event_round_trips(tmp_path: Path) -> None:
     assert got[0].t == pytest.approx(1_700_000_000.25)
 
 
+@pytest.mark.slow
 def test_a_crowd_of_marks_keeps_its_labels_inside_the_picture(tmp_path: Path) -> None:
     # A loud failure as the demo records it: the fault, each family's path_down
     # twice and the whole handover within 10 ms share one label; written as one
@@ -132,6 +134,7 @@ and 6 s after): charon + controller moved off the silently dead uplink, charon a
 stayed on it."""
 
 
+@pytest.mark.slow
 def test_two_labelled_tunnels_in_one_picture(tmp_path: Path) -> None:
     out = render(CHARON_EVENTS, tmp_path / "two.png",
                  pings=[("charon + mobike-vici run", KEPT), ("charon alone", LOST)])

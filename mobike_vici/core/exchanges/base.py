@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
-from ...ikev2.constants import ExchangeType, NotifyType, PayloadType
+from ...ikev2.constants import ExchangeType, NotifyType
 from ...ikev2.message import Message
-from ...ikev2.payloads import Notify, Payload, UnknownPayload
+from ...ikev2.payloads import SA, Payload, TSi, TSr, UnknownPayload, find_payload
 
 if TYPE_CHECKING:
     from ..context import Context
@@ -51,22 +51,9 @@ class Task(Protocol):
         ...
 
 
-def notifies(payloads: Sequence[Payload]) -> list[Notify]:
-    return [p for p in payloads if isinstance(p, Notify)]
-
-
-def find_notify(payloads: Sequence[Payload], ntype: NotifyType) -> Notify | None:
-    for p in payloads:
-        if isinstance(p, Notify) and p.type == ntype:
-            return p
-    return None
-
-
-def first_error(payloads: Sequence[Payload]) -> Notify | None:
-    for p in payloads:
-        if isinstance(p, Notify) and int(p.type) < 16384:
-            return p
-    return None
+def child_offer(payloads: Sequence[Payload]) -> tuple[SA | None, TSi | None, TSr | None]:
+    """The SA and the two traffic selector payloads that ask for (or answer) a CHILD_SA."""
+    return find_payload(payloads, SA), find_payload(payloads, TSi), find_payload(payloads, TSr)
 
 
 def notify_name(ntype: NotifyType | int) -> str:
@@ -78,7 +65,3 @@ def unsupported_critical(payloads: Sequence[Payload]) -> UnknownPayload | None:
         if isinstance(p, UnknownPayload) and p.critical:
             return p
     return None
-
-
-def payload_types(payloads: Sequence[Payload]) -> set[int]:
-    return {int(p.payload_type) for p in payloads} - {PayloadType.NONE}

@@ -34,15 +34,18 @@ from ...ikev2.payloads import (
     TrafficSelector,
     TSi,
     TSr,
+    find_notify,
+    find_payload,
+    first_error,
 )
-from ...ikev2.proposals import ProposalSpec, ike_suite, select
+from ...ikev2.proposals import ProposalSpec, ike_suite, preferred_dh, select
 from ..child_sa import ChildSa, ChildState, RekeyCollision
 from ..context import Context, ike_proposals
 from ..events import ChildSaRekeyed
 from ..ike_sa import IkeRekeyCollision, IkeSa, IkeState
 from ..naming import ike_suite_name
 from ..ts import narrow, resolve
-from .base import DropPacket, ExchangeAborted, Outcome, find_notify, first_error, notify_name
+from .base import DropPacket, ExchangeAborted, Outcome, child_offer, notify_name
 from .child import child_proposals, install, make_child, proposal_payloads, schedule
 from .handover import hand_over, migrate_tasks
 from .ike_auth import child_cap_reached
@@ -50,26 +53,11 @@ from .ike_init import MAX_NONCE, MIN_NONCE
 from .informational import DeleteChildTask, DeleteIkeTask
 
 
-def _get(payloads: Sequence[Payload], cls: type) -> Payload | None:
-    for p in payloads:
-        if isinstance(p, cls):
-            return p
-    return None
-
-
 def _nonce(payloads: Sequence[Payload]) -> bytes:
-    nonce = _get(payloads, Nonce)
+    nonce = find_payload(payloads, Nonce)
     if not isinstance(nonce, Nonce) or not MIN_NONCE <= len(nonce.data) <= MAX_NONCE:
         raise DropPacket("CREATE_CHILD_SA without a valid nonce")
     return nonce.data
-
-
-def _first_group(specs: Sequence[ProposalSpec]) -> DhId | None:
-    for spec in specs:
-        for group in spec.dh:
-            if group != DhId.NONE:
-                return group
-    return None
 
 
 def _promote(specs: Sequence[ProposalSpec], group: int) -> list[ProposalSpec]:
@@ -125,7 +113,7 @@ class ChildRekeyTask:
         old.collision = None
         self.replaced = old
         specs = child_proposals(old.config, pfs=True)
-        group = self.group or _first_group(specs)
+        group = self.group or preferred_dh(specs)
         if group is not None:
             specs = tuple(_promote(specs, group))
             self.dh = dh_generate(group, ctx.random_bytes)
@@ -224,7 +212,7 @@ class ChildCreateTask:
 
     def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
         specs = child_proposals(self.config, pfs=True)
-        group = self.group or _first_group(specs)
+        group = self.group or preferred_dh(specs)
         if group is not None:
             specs = tuple(_promote(specs, group))
             self.dh = dh_generate(group, ctx.random_bytes)
@@ -273,14 +261,14 @@ def _child_from_response(
     incomplete: str,
 ) -> ChildSa:
     """The CHILD_SA a CREATE_CHILD_SA response (new or rekeyed) gives us as its initiator."""
-    sa_p, tsi, tsr = _get(payloads, SA), _get(payloads, TSi), _get(payloads, TSr)
+    sa_p, tsi, tsr = child_offer(payloads)
     if not (isinstance(sa_p, SA) and isinstance(tsi, TSi) and isinstance(tsr, TSr)):
         raise ExchangeAborted(incomplete, keep_sa=True)
     ours = child_proposals(config, pfs=True)
     chosen = select(ours, sa_p.proposals, ProtocolId.ESP) if len(sa_p.proposals) == 1 else None
     if chosen is None or len(chosen.spi) != 4:
         raise ExchangeAborted("peer chose an ESP proposal we did not offer", keep_sa=True)
-    ke = _get(payloads, KE)
+    ke = find_payload(payloads, KE)
     shared = _shared(dh, ke if isinstance(ke, KE) else None)
     local_ts = narrow(tsi.selectors, proposed[0])
     remote_ts = narrow(tsr.selectors, proposed[1])
@@ -368,7 +356,7 @@ class IkeRekeyTask:
         error = first_error(payloads)
         if error is not None:
             raise ExchangeAborted(f"IKE_SA rekey: {notify_name(error.type)}", keep_sa=True)
-        sa_p, ke = _get(payloads, SA), _get(payloads, KE)
+        sa_p, ke = find_payload(payloads, SA), find_payload(payloads, KE)
         if not isinstance(sa_p, SA) or not isinstance(ke, KE) or len(sa_p.proposals) != 1:
             raise ExchangeAborted("IKE_SA rekey response incomplete", keep_sa=True)
         nonce_r = _nonce(payloads)
@@ -414,11 +402,11 @@ def _with_spi(p: Proposal, spi: bytes) -> Proposal:
 
 def respond_create_child(ctx: Context, sa: IkeSa, msg: Message, now: float) -> list[Payload]:
     payloads = msg.payloads
-    sa_p = _get(payloads, SA)
+    sa_p = find_payload(payloads, SA)
     if not isinstance(sa_p, SA) or not sa_p.proposals:
         return [Notify(NotifyType.INVALID_SYNTAX)]
     nonce = _nonce(payloads)
-    ke = _get(payloads, KE)
+    ke = find_payload(payloads, KE)
     ke = ke if isinstance(ke, KE) else None
     if sa.state == IkeState.REKEYED:
         return [Notify(NotifyType.TEMPORARY_FAILURE)]
@@ -427,7 +415,7 @@ def respond_create_child(ctx: Context, sa: IkeSa, msg: Message, now: float) -> l
     if sa.state == IkeState.REKEYING:
         return [Notify(NotifyType.TEMPORARY_FAILURE)]  # §2.25.2
     rekey = find_notify(payloads, NotifyType.REKEY_SA)
-    tsi, tsr = _get(payloads, TSi), _get(payloads, TSr)
+    tsi, tsr = find_payload(payloads, TSi), find_payload(payloads, TSr)
     if not isinstance(tsi, TSi) or not isinstance(tsr, TSr):
         return [Notify(NotifyType.INVALID_SYNTAX)]
     if rekey is None:

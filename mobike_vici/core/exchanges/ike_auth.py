@@ -37,6 +37,9 @@ from ...ikev2.payloads import (
     TrafficSelector,
     TSi,
     TSr,
+    find_notify,
+    find_payload,
+    first_error,
     id_body,
 )
 from ...ikev2.proposals import select
@@ -55,7 +58,7 @@ from ..identity import (
 from ..ike_sa import IkeSa, IkeState
 from ..pool import acquire_from
 from ..ts import narrow, resolve
-from .base import DropPacket, ExchangeAborted, Outcome, find_notify, first_error, notify_name
+from .base import DropPacket, ExchangeAborted, Outcome, child_offer, notify_name
 from .child import child_proposals, install, make_child, proposal_payloads, schedule
 from .mobike import address_notifies, announced, parse_addresses
 from .pubkey import (
@@ -120,13 +123,6 @@ def _auth_failed(ctx: Context, sa: IkeSa, conn: ConnectionConfig, reason: str, d
 
 def _remote_pattern(conn: ConnectionConfig) -> str | None:
     return conn.remote[0].id if conn.remote else None
-
-
-def _get(payloads: Sequence[Payload], cls: type) -> Payload | None:
-    for p in payloads:
-        if isinstance(p, cls):
-            return p
-    return None
 
 
 def _prf_keys(sa: IkeSa) -> None:
@@ -249,8 +245,8 @@ class IkeAuthTask:
                 _auth_failed(ctx, sa, sa.conn, "rejected_by_peer",
                              "the peer answered AUTHENTICATION_FAILED")
             raise ExchangeAborted(notify_name(error.type))
-        idr = _get(payloads, IDr)
-        auth = _get(payloads, Auth)
+        idr = find_payload(payloads, IDr)
+        auth = find_payload(payloads, Auth)
         if not isinstance(idr, IDr) or not isinstance(auth, Auth):
             raise ExchangeAborted("IKE_AUTH response without IDr or AUTH")
         conn = sa.conn
@@ -278,7 +274,7 @@ class IkeAuthTask:
         sa.remote_id = identity_to_str(idr.id_type, idr.data)
         sa.peer_mobike = find_notify(payloads, NotifyType.MOBIKE_SUPPORTED) is not None
         sa.peer_addrs = parse_addresses(payloads) or ()
-        cp = _get(payloads, CP)
+        cp = find_payload(payloads, CP)
         if isinstance(cp, CP) and cp.cfg_type == CfgType.CFG_REPLY:
             sa.virtual_ips = tuple(_cp_addresses(cp))
         establish(ctx, sa, now)
@@ -290,7 +286,7 @@ class IkeAuthTask:
                error: Notify | None, now: float) -> None:
         assert self.child is not None
         fail = notify_name(error.type) if error is not None else ""
-        sa_p, tsi, tsr = _get(payloads, SA), _get(payloads, TSi), _get(payloads, TSr)
+        sa_p, tsi, tsr = child_offer(payloads)
         if not fail and not (isinstance(sa_p, SA) and isinstance(tsi, TSi)
                              and isinstance(tsr, TSr)):
             fail = "no CHILD_SA in IKE_AUTH response"
@@ -381,9 +377,9 @@ def respond_auth(ctx: Context, sa: IkeSa, msg: Message, now: float) -> list[Payl
     """
     _prf_keys(sa)
     payloads = msg.payloads
-    idi = _get(payloads, IDi)
-    auth = _get(payloads, Auth)
-    idr = _get(payloads, IDr)
+    idi = find_payload(payloads, IDi)
+    auth = find_payload(payloads, Auth)
+    idr = find_payload(payloads, IDr)
     if not isinstance(idi, IDi) or not isinstance(auth, Auth):
         raise AuthFailed("IKE_AUTH request without IDi or AUTH")
     picked = _pick_connection(ctx, sa, idi, idr if isinstance(idr, IDr) else None,
@@ -435,7 +431,7 @@ def respond_auth(ctx: Context, sa: IkeSa, msg: Message, now: float) -> list[Payl
             raise AuthFailed("no shared key found")
         reply.append(Auth(AuthMethod.SHARED_KEY_MIC,
                           _auth_data(sa, mine, False, id_body(our_idr))))
-    cp = _get(payloads, CP)
+    cp = find_payload(payloads, CP)
     cp_failed = False
     if isinstance(cp, CP) and cp.cfg_type == CfgType.CFG_REQUEST and conn.pools:
         attrs = _assign(ctx, sa, conn, cp)
@@ -494,7 +490,7 @@ def _respond_child(
     ctx: Context, sa: IkeSa, conn: ConnectionConfig, payloads: Sequence[Payload],
     cp_failed: bool, now: float, peer_children: int | None,
 ) -> tuple[list[Payload], ChildSa | None]:
-    sa_p, tsi, tsr = _get(payloads, SA), _get(payloads, TSi), _get(payloads, TSr)
+    sa_p, tsi, tsr = child_offer(payloads)
     if not (isinstance(sa_p, SA) and isinstance(tsi, TSi) and isinstance(tsr, TSr)):
         return [], None  # childless (RFC 6023) or nothing asked for
     if cp_failed:

@@ -17,14 +17,25 @@ from ...ikev2.constants import (
 )
 from ...ikev2.crypto import derive_ike_keys, dh_generate, dh_public_length
 from ...ikev2.message import Header, Message
-from ...ikev2.payloads import KE, SA, Nonce, Notify, Payload, Proposal
+from ...ikev2.payloads import (
+    KE,
+    SA,
+    Nonce,
+    Notify,
+    P,
+    Payload,
+    Proposal,
+    find_notify,
+    find_payload,
+    first_error,
+)
 from ...ikev2.proposals import ProposalSpec, ike_suite, select, to_payload
 from ...types import IKE_PORT, NATT_PORT, Endpoint, Path
 from ..context import Context, ike_proposals
 from ..ike_sa import IkeSa
 from ..naming import ike_suite_name
-from ..nat import nat_hash
-from .base import DropPacket, ExchangeAborted, Outcome, find_notify, first_error, notify_name
+from ..nat import NAT_HASH_LENGTH, nat_verdict, natd_notifies
+from .base import DropPacket, ExchangeAborted, Outcome, notify_name
 from .pubkey import certreq, hash_notify, peer_hashes, peer_sent_certreq
 
 ZERO_SPI = bytes(8)
@@ -34,37 +45,28 @@ MIN_NONCE = 16
 MAX_NONCE = 256
 
 
-def _payload(payloads: Sequence[Payload], cls: type[SA] | type[KE] | type[Nonce]) -> Payload:
-    for p in payloads:
-        if isinstance(p, cls):
-            return p
-    raise DropPacket(f"IKE_SA_INIT without {cls.__name__}")
+def _payload(payloads: Sequence[Payload], cls: type[P]) -> P:
+    found = find_payload(payloads, cls)
+    if found is None:
+        raise DropPacket(f"IKE_SA_INIT without {cls.__name__}")
+    return found
 
 
 def _nat_detection(ctx: Context, conn: ConnectionConfig, spi_i: bytes, spi_r: bytes,
                    path: Path) -> list[Payload]:
-    source = nat_hash(spi_i, spi_r, path.local)
-    if conn.encap:
-        # As charon with encap=yes: a source hash that cannot match makes the peer
-        # believe we are behind a NAT, so both ends UDP-encapsulate ESP.
-        source = ctx.random_bytes(len(source))
-    return [
-        Notify(NotifyType.NAT_DETECTION_SOURCE_IP, source),
-        Notify(NotifyType.NAT_DETECTION_DESTINATION_IP, nat_hash(spi_i, spi_r, path.remote)),
-    ]
+    # As charon with encap=yes: a source hash that cannot match makes the peer
+    # believe we are behind a NAT, so both ends UDP-encapsulate ESP.
+    source = ctx.random_bytes(NAT_HASH_LENGTH) if conn.encap else None
+    return natd_notifies(spi_i, spi_r, path, source)
 
 
 def _detect_nat(sa: IkeSa, payloads: Sequence[Payload], spi_r: bytes, path: Path) -> None:
     """Record which side is behind a NAT, as seen from the peer's hashes."""
-    src = [p.data for p in payloads
-           if isinstance(p, Notify) and p.type == NotifyType.NAT_DETECTION_SOURCE_IP]
-    dst = [p.data for p in payloads
-           if isinstance(p, Notify) and p.type == NotifyType.NAT_DETECTION_DESTINATION_IP]
-    if not src or not dst:
+    verdict = nat_verdict(payloads, sa.spi_i, spi_r, path)
+    if verdict is None:
         return
     sa.natt_supported = True
-    sa.nat_remote = nat_hash(sa.spi_i, spi_r, path.remote) not in src
-    sa.nat_local = nat_hash(sa.spi_i, spi_r, path.local) not in dst
+    sa.nat_remote, sa.nat_local = verdict.remote, verdict.local
 
 
 def _finish_keys(sa: IkeSa, shared: bytes) -> None:

@@ -25,7 +25,7 @@ from ...config.mobike import (
 )
 from ...ikev2.constants import ExchangeType, NotifyType
 from ...ikev2.message import Message
-from ...ikev2.payloads import Notify, Payload
+from ...ikev2.payloads import Notify, Payload, find_notify, first_error
 from ...types import IPAddress, Path
 from ..context import Context
 from ..events import (
@@ -38,8 +38,8 @@ from ..events import (
     UpdateRejected,
 )
 from ..ike_sa import IkeSa
-from ..nat import nat_hash
-from .base import ExchangeAborted, Outcome, find_notify, first_error, notify_name
+from ..nat import nat_verdict, natd_notifies, peer_saw_us
+from .base import ExchangeAborted, Outcome, notify_name
 
 COOKIE2_SIZE = 16
 """RFC 4555 §4.2.5 allows 8..64 octets."""
@@ -53,9 +53,7 @@ ADDRESS_NOTIFIES = (NotifyType.ADDITIONAL_IP4_ADDRESS, NotifyType.ADDITIONAL_IP6
 
 def natd_payloads(sa: IkeSa, path: Path) -> list[Payload]:
     """NAT_DETECTION_SOURCE_IP / _DESTINATION_IP for ``path`` as seen from our side."""
-    return [Notify(NotifyType.NAT_DETECTION_SOURCE_IP, nat_hash(sa.spi_i, sa.spi_r, path.local)),
-            Notify(NotifyType.NAT_DETECTION_DESTINATION_IP,
-                   nat_hash(sa.spi_i, sa.spi_r, path.remote))]
+    return natd_notifies(sa.spi_i, sa.spi_r, path)
 
 
 def no_nats_data(path: Path) -> bytes:
@@ -130,15 +128,11 @@ def parse_addresses(payloads: Sequence[Payload]) -> tuple[IPAddress, ...] | None
 def _detect(sa: IkeSa, payloads: Sequence[Payload], path: Path) -> bytes | None:
     """Update the NAT flags from the peer's NAT detection hashes for ``path`` (our view);
     the peer's hash of us, or None without NAT detection payloads."""
-    src = [p.data for p in payloads
-           if isinstance(p, Notify) and p.type == NotifyType.NAT_DETECTION_SOURCE_IP]
-    dst = [p.data for p in payloads
-           if isinstance(p, Notify) and p.type == NotifyType.NAT_DETECTION_DESTINATION_IP]
-    if not src or not dst:
+    verdict = nat_verdict(payloads, sa.spi_i, sa.spi_r, path)
+    if verdict is None:
         return None
-    sa.nat_remote = nat_hash(sa.spi_i, sa.spi_r, path.remote) not in src
-    sa.nat_local = nat_hash(sa.spi_i, sa.spi_r, path.local) not in dst
-    return dst[0]
+    sa.nat_remote, sa.nat_local = verdict.remote, verdict.local
+    return verdict.peer_saw_us
 
 
 def moved(ctx: Context, sa: IkeSa, old: Path, new: Path, started: float | None,
@@ -164,12 +158,11 @@ def check_mapping(ctx: Context, sa: IkeSa, msg: Message, path: Path) -> None:
     whether the NAT in front of us rebound; as initiator we then update the SA."""
     if path != sa.path or not sa.mobike:
         return
-    dst = [p.data for p in msg.payloads
-           if isinstance(p, Notify) and p.type == NotifyType.NAT_DETECTION_DESTINATION_IP]
-    if not dst:
+    seen = peer_saw_us(msg.payloads)
+    if seen is None:
         return
-    previous, sa.natd_seen = sa.natd_seen, dst[0]
-    if previous is None or previous == dst[0]:
+    previous, sa.natd_seen = sa.natd_seen, seen
+    if previous is None or previous == seen:
         return
     ctx.emit(NatMappingChanged(conn=sa.conn.name, ike_spi=sa.spi_str, path=path))
     if sa.mobike_initiator and not any(isinstance(t, MoveTask) for t in sa.tasks):

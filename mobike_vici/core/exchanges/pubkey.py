@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ...config.model import AuthClass, ConnectionConfig
 from ...ikev2.constants import IdType, NotifyType
-from ...ikev2.payloads import Auth, Cert, CertReq, Notify, Payload
+from ...ikev2.payloads import Auth, Cert, CertReq, Notify, Payload, find_notify
 from ...ikev2.signature import (
     OUR_HASHES,
     HashAlg,
@@ -201,10 +201,8 @@ def verify_peer(ctx: Context, conn: ConnectionConfig, id_type: int, id_data: byt
 
 
 def peer_hashes(payloads: Sequence[Payload]) -> tuple[int, ...] | None:
-    for p in payloads:
-        if isinstance(p, Notify) and p.type == NotifyType.SIGNATURE_HASH_ALGORITHMS:
-            return decode_hash_notify(p.data)
-    return None
+    found = find_notify(payloads, NotifyType.SIGNATURE_HASH_ALGORITHMS)
+    return decode_hash_notify(found.data) if found is not None else None
 
 
 def peer_sent_certreq(payloads: Sequence[Payload]) -> bool:

@@ -170,6 +170,7 @@ _PRF = st.sampled_from(["prfsha1", "prfsha256", "prfsha384", "prfsha512"])
 _DH = st.sampled_from(["modp2048", "ecp256", "ecp384", "x25519", "modp4096"])
 
 
+@pytest.mark.slow
 @given(st.lists(_ENCR, min_size=1, max_size=3), st.lists(_INTEG, min_size=1, max_size=3),
        st.lists(_PRF, max_size=2), st.lists(_DH, min_size=1, max_size=3))
 def test_any_classic_ike_proposal_round_trips(encr: list[str], integ: list[str],

@@ -317,6 +317,7 @@ def test_a_resync_larger_than_the_queue_waits_for_the_consumer(tmp_path: Path) -
     _run(tmp_path, body)
 
 
+@pytest.mark.slow
 def test_a_resync_nobody_reads_completes_and_counts_what_it_dropped(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Waiting for a consumer is bounded: once one wait runs out, the rest of the resync

@@ -224,9 +224,8 @@ def test_setup_bench_gives_the_native_responder_explicit_load_test_limits() -> N
     section = ike_setup.native_limits_conf()
     for key, value in ike_setup.NATIVE_LOAD_LIMITS.items():
         assert f"{key} = {value}\n" in section
-    from mobike_vici.config.mobike import from_raw
-    policy = from_raw({k: str(v) for k, v in ike_setup.NATIVE_LOAD_LIMITS.items()},
-                      "bench", {})
+    from mobike_vici.config import load_string
+    policy = load_string(section).mobike.policy
     assert policy.max_ike_sas_per_peer == 1000000
 
 

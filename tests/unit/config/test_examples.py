@@ -59,6 +59,7 @@ def test_run_reads_the_same_examples() -> None:
         "198.51.100.0/24", "203.0.113.0/24", "2001:db8:100::/48"]
 
 
+@pytest.mark.slow
 def test_certificate_gateway_example_with_its_pki_commands(tmp_path: Path) -> None:
     """The `pki` commands in the example's comment, run verbatim, give credentials the
     native daemon loads for that file."""

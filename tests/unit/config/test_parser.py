@@ -204,6 +204,7 @@ def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
 _ALPHABET = st.sampled_from([*'ab =#{}:,."\\\n\t\r', "include ", "x.conf", "é", "\x00"])
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(st.lists(_ALPHABET, max_size=60).map("".join))
 def test_random_syntax_parses_or_raises_config_error(text: str) -> None:
@@ -213,6 +214,7 @@ def test_random_syntax_parses_or_raises_config_error(text: str) -> None:
         assert exc.file and exc.line >= 0
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=200))
 def test_random_text_parses_or_raises_config_error(text: str) -> None:

@@ -39,6 +39,7 @@ def charon() -> Iterator[Charon]:
         yield start_charon(lab, ns)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["client.conf", "gateway.conf"])
 def test_swanctl_loads_the_examples_as_we_do(charon: Charon, name: str) -> None:
     ours = load_config(str(EXAMPLES / name))
@@ -53,6 +54,7 @@ def test_swanctl_loads_the_examples_as_we_do(charon: Charon, name: str) -> None:
         assert f"loaded ike secret '{secret.name}'" in out, out
 
 
+@pytest.mark.slow
 def test_pool_sizes_match_strongswan(charon: Charon, tmp_path: Path) -> None:
     conf = tmp_path / "pools.conf"
     conf.write_text(POOLS)

@@ -74,6 +74,7 @@ def _half_open(engine: Engine) -> int:
     return sum(1 for s in engine.status() if s.state == "CONNECTING")
 
 
+@pytest.mark.slow
 def test_spoofed_flood_gets_cookies_and_no_state() -> None:
     responder = _responder(EngineSettings(cookie_threshold=10))
     for i in range(200):
@@ -86,6 +87,7 @@ def test_spoofed_flood_gets_cookies_and_no_state() -> None:
     assert not of_type(_drain(responder), PacketDropped)
 
 
+@pytest.mark.slow
 def test_one_source_holds_at_most_block_threshold_half_open_sas() -> None:
     # An attacker at one real address answers COOKIEs: each answered request costs
     # the responder a DH. From block_threshold half-open SAs on it is dropped.
@@ -213,6 +215,7 @@ def test_child_cap_applies_to_the_child_of_ike_auth() -> None:
         "NO_ADDITIONAL_SAS"]
 
 
+@pytest.mark.slow
 def test_cookie_demands_do_not_decode_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
     # Under a flood the SA payload is what costs: a request without a valid COOKIE is
     # answered from a walk over the payload headers, never fully decoded.
@@ -263,6 +266,7 @@ def _with_cookie(initiator: Initiator, responder: Engine, now: float) -> list[by
     return initiator.send(responder, now)
 
 
+@pytest.mark.slow
 def test_dh_work_is_priced_and_newcomers_keep_a_reserve() -> None:
     # Flooders that answer COOKIEs make the responder compute a DH each (MODP-4096,
     # 5.5 ms): the budget caps that work at dh_budget ms per second.
@@ -315,6 +319,7 @@ def test_refused_requests_are_not_decoded(monkeypatch: pytest.MonkeyPatch) -> No
     assert decoded[0] == 5
 
 
+@pytest.mark.slow
 def test_answers_without_dh_cost_no_budget() -> None:
     # INVALID_KE_PAYLOAD needs no DH: a newcomer asking for a group we do not take
     # cannot drain the reserve that way.

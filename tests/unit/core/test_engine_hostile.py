@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,12 +51,14 @@ def _feed_and_check(data: bytes) -> None:
     assert _snapshot(NET) == before
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=400))
 def test_random_bytes_dropped(data: bytes) -> None:
     _feed_and_check(data)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.integers(0, 10**9))
 def test_mutated_valid_messages_dropped(seed: int) -> None:
@@ -67,6 +70,7 @@ def test_mutated_valid_messages_dropped(seed: int) -> None:
     _feed_and_check(bytes(data))
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300))
 def test_valid_spis_with_garbage_dropped(tail: bytes) -> None:

@@ -33,6 +33,7 @@ def _op(rng: random.Random, engine: Engine, now: float, initiator: bool) -> None
     # else: nothing this round
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(100))
 def test_random_concurrent_operations_keep_both_sides_in_sync(seed: int) -> None:
     rng = random.Random(seed)
@@ -56,6 +57,7 @@ def test_random_concurrent_operations_keep_both_sides_in_sync(seed: int) -> None
     assert all(s.state == "ESTABLISHED" for s in net.a.status() + net.b.status())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(400))
 def test_random_operations_with_packet_loss_converge(seed: int) -> None:
     rng = random.Random(1000 + seed)

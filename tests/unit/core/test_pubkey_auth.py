@@ -91,6 +91,7 @@ def test_chain_with_dn_ids_both_ways(tmp_path: Path, ec: Pki) -> None:
     assert eb.remote_id == dn_str("alice")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["rsa2048", "p384", "p521", "ed25519"])
 def test_key_kinds(tmp_path: Path, kind: str) -> None:
     pki = make_pki(kind, slot=7)

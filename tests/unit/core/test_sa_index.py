@@ -83,6 +83,7 @@ def test_a_deadline_moved_later_unfiled_is_still_answered_right() -> None:
     assert index.next_deadline() == 9.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(30))
 def test_random_operations_agree_with_a_full_recount(seed: int) -> None:
     rng = random.Random(seed)

@@ -13,15 +13,12 @@ from mobike_vici.core.ts import (
     PORT_OPAQUE,
     icmp_port,
     is_contained_in,
-    is_narrowed,
     narrow,
     no_service_names,
     resolve,
-    sort_ts,
     subset,
     ts_contains,
     ts_from_cidr,
-    ts_list_to_str,
     ts_to_str,
 )
 from mobike_vici.ikev2.constants import TsType
@@ -162,7 +159,7 @@ def test_narrow_vip_request_to_assigned_address() -> None:
     configured_remote = resolve([spec(None)], ip("192.0.2.10"), [ip("10.3.0.1")])
     narrowed = narrow(proposed_tsi, configured_remote)
     assert s(narrowed) == ["10.3.0.1/32"]
-    assert is_narrowed(proposed_tsi, narrowed)
+    assert narrowed != proposed_tsi
 
 
 def test_narrow_dynamic_without_vip_rejects_other_hosts() -> None:
@@ -201,36 +198,6 @@ def test_narrow_as_seen_on_charon() -> None:
     assert s(narrow(proposed, configured)) == ["10.1.0.0/16[0/80-443]", "10.2.0.0/24[0/80-443]"]
 
 
-def test_sort_ts_is_charons_child_sa_order() -> None:
-    # Seen with charon 5.9.8: config 10.2/16, 10.1.0/24 narrowed to 10.2.0/24, 10.1.0/24,
-    # listed by swanctl --list-sas as "10.1.0.0/24 10.2.0.0/24".
-    narrowed = narrow(
-        [ts_from_cidr("10.1.0.0/24"), ts_from_cidr("10.2.0.0/24")],
-        [ts_from_cidr("10.2.0.0/16"), ts_from_cidr("10.1.0.0/24")],
-    )
-    assert s(narrowed) == ["10.2.0.0/24", "10.1.0.0/24"]
-    assert s(sort_ts(narrowed)) == ["10.1.0.0/24", "10.2.0.0/24"]
-    mixed = [
-        ts_from_cidr("::/0"),
-        ts_from_cidr("10.0.0.0/24", UDP),
-        ts_from_cidr("10.0.0.0/8", TCP, 80, 80),
-        ts_from_cidr("10.0.0.0/8", TCP, 0, 1024),
-        ts_from_cidr("10.0.0.0/8"),
-    ]
-    assert s(sort_ts(mixed)) == [
-        "10.0.0.0/8",
-        "10.0.0.0/8[tcp/0-1024]",
-        "10.0.0.0/8[tcp/80]",
-        "10.0.0.0/24[udp]",
-        "::/0",
-    ]
-
-
-def test_not_narrowed_when_equal() -> None:
-    ts = [ts_from_cidr("10.1.0.0/24")]
-    assert not is_narrowed(ts, narrow(ts, ts))
-
-
 # --- printing ------------------------------------------------------------------------
 
 
@@ -265,7 +232,7 @@ def test_ts_to_str_uses_service_names() -> None:
     ts = ts_from_cidr("10.0.0.0/8", TCP, 80, 80)
     lookup = lambda port, proto: names.get((port, proto or ""))  # noqa: E731
     assert ts_to_str(ts, lookup) == "10.0.0.0/8[tcp/http]"
-    assert ts_list_to_str([ts, ts_from_cidr("::/0")], no_service_names) == "10.0.0.0/8[tcp/80] ::/0"
+    assert ts_to_str(ts, no_service_names) == "10.0.0.0/8[tcp/80]"
 
 
 def test_ts_from_cidr_rejects_garbage() -> None:
@@ -307,6 +274,7 @@ def selectors(draw: st.DrawFn) -> TrafficSelector:
     return rng(str(ip(a)), str(ip(b)), proto, (p, q))
 
 
+@pytest.mark.slow
 @given(selectors(), selectors(), v4, port, st.sampled_from([TCP, UDP]))
 def test_subset_is_the_intersection(
     a: TrafficSelector, b: TrafficSelector, addr: int, prt: int, proto: int

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path as FsPath
 
+import pytest
+
 from mobike_vici.daemon.controller import path_event_fields, prefer_best_path
 from mobike_vici.mobike.events import HandoverCompleted, PathDown
 from mobike_vici.types import Endpoint, Path
@@ -72,6 +74,7 @@ def test_the_drop_in_among_the_plugin_files_lands_in_the_wrong_section(
     assert prefer_best_path(str(conf), "charon") is False
 
 
+@pytest.mark.slow
 def test_charon_systemd_reads_its_own_section_first_then_charon(tmp_path: FsPath) -> None:
     conf = _stock_tree(tmp_path)
     own = tmp_path / "strongswan.d" / "zz-local.conf"

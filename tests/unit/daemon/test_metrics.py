@@ -15,7 +15,6 @@ from mobike_vici.daemon.metrics import (
     EventMetrics,
     MetricsServer,
     StatusCollector,
-    labels_of,
     parse_hostport,
     snapshot_on_loop,
     status_metrics,
@@ -89,7 +88,7 @@ def test_vici_gauge_and_no_spi_in_labels() -> None:
     families = list(status_metrics(status))
     vici = next(f for f in families if f.name == "mobike_vici_connected")
     assert [s.value for s in vici.samples] == [0]
-    names = labels_of(families)
+    names = {name for f in families for s in f.samples for name in s.labels}
     assert names == {"conn", "state", "local", "remote", "child", "unique_id", "direction",
                      "reason"}
 
@@ -150,6 +149,7 @@ def test_bad_hostport(text: str) -> None:
         parse_hostport(text)
 
 
+@pytest.mark.slow
 def test_server_serves_over_http() -> None:
     server = MetricsServer(("127.0.0.1", 0))
     server.start(lambda: STATUS)
@@ -174,6 +174,7 @@ def test_status_text_shows_paths_and_preference() -> None:
     assert "     10.2.0.2[4500] -> 192.0.2.2[4500] () up, srtt -, loss -" in text
 
 
+@pytest.mark.slow
 def test_start_takes_no_snapshot() -> None:
     """Registering the status collector must not collect: start runs on the daemon's loop,
     and a snapshot waits for that loop (SNAPSHOT_TIMEOUT, 2 s, on every start)."""

@@ -45,6 +45,7 @@ def _wait_for_event(events: Path, name: str, proc: subprocess.Popen[bytes]) -> N
     raise AssertionError(f"no {name} event in {events}")
 
 
+@pytest.mark.slow
 @pytest.mark.netns
 def test_native_daemon_process(lab: Lab, tmp_path: Path) -> None:
     ns = lab.netns("d")
@@ -73,6 +74,7 @@ def test_native_daemon_process(lab: Lab, tmp_path: Path) -> None:
     assert not ctl.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.netns
 def test_native_sighup_reload_and_logrotate(lab: Lab, tmp_path: Path) -> None:
     ns = lab.netns("h")

@@ -6,9 +6,12 @@ import asyncio
 import socket
 from pathlib import Path
 
+import pytest
+
 from mobike_vici.daemon.sdnotify import SystemdNotifier
 
 
+@pytest.mark.slow
 def test_ready_watchdog_and_stopping_reach_the_socket(tmp_path: Path) -> None:
     path = str(tmp_path / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:

@@ -60,6 +60,7 @@ def test_lookup_cost_does_not_grow_with_the_sas(monkeypatch: pytest.MonkeyPatch)
     assert checks <= 3  # one candidate per packet, not a scan of 300
 
 
+@pytest.mark.slow
 def test_lookup_agrees_with_a_scan_of_every_sa() -> None:
     rng = random.Random(7)
     plane = DataPlane(iv_source(1))

@@ -275,6 +275,7 @@ def test_direction_misuse_is_a_programming_error() -> None:
 # ----------------------------------------------------------------- properties
 
 
+@pytest.mark.slow
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from([GCM, CBC]), st.booleans(), st.binary(max_size=200))
 def test_arbitrary_bytes_only_raise_esp_errors(suite: EspSuite, with_spi: bool,
@@ -286,6 +287,7 @@ def test_arbitrary_bytes_only_raise_esp_errors(suite: EspSuite, with_spi: bool,
         decapsulate(res.inbound, data)
 
 
+@pytest.mark.slow
 @settings(max_examples=200)
 @given(st.sampled_from([GCM, CBC]), st.data())
 def test_mutated_packets_never_decapsulate(suite: EspSuite, data: st.DataObject) -> None:

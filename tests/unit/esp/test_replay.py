@@ -93,6 +93,7 @@ class Model:
         return True
 
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(st.sampled_from([0, 1, 2, 32, 64, 100]),
        st.lists(st.integers(min_value=0, max_value=300), max_size=200))

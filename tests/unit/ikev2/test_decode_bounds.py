@@ -146,6 +146,7 @@ def test_charon_messages_decode_within_their_size(name: str) -> None:
     assert 0 < decoded_objects(msg.payloads) <= len(data)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(ALL_FIXTURES), st.integers(0, 2**32))
 def test_mutated_charon_messages_decode_within_their_size(name: str, seed: int) -> None:
@@ -157,6 +158,7 @@ def test_mutated_charon_messages_decode_within_their_size(name: str, seed: int) 
     _bounded(fixture(name)[16], bytes(data))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from([PayloadType.DELETE, PayloadType.SA, PayloadType.TSi,
                         PayloadType.CP, PayloadType.NOTIFY]),

@@ -371,6 +371,7 @@ _payloads: st.SearchStrategy[Payload] = st.one_of(
 )
 
 
+@pytest.mark.slow
 @given(st.lists(_payloads, max_size=6))
 def test_any_payload_chain_round_trips(payloads: list[Payload]) -> None:
     assert _roundtrip(payloads) == tuple(payloads)

@@ -11,7 +11,6 @@ from mobike_vici.config.mobike import (
     MobikePolicy,
     PreferRule,
     RoutabilityMode,
-    from_raw,
     from_section,
 )
 from mobike_vici.config.model import ConfigError
@@ -87,15 +86,6 @@ def test_every_key_parsed() -> None:
     )
 
 
-def test_from_raw_matches_from_section() -> None:
-    raw = {"probe_interval": "150ms", "prefer.wired.interface": "eth*",
-           "prefer.wired.cost": "10", "announce": "preferred-only"}
-    p = from_raw(raw, "x.conf", {"probe_interval": 3})
-    assert p.probe_interval == 0.15
-    assert p.prefer == (PreferRule("wired", interface="eth*", cost=10),)
-    assert p.announce == AnnounceMode.PREFERRED_ONLY
-
-
 def test_empty_value_restores_default() -> None:
     assert section("mobike {\n probe_interval =\n}\n").probe_interval == 0.2
 
@@ -126,12 +116,6 @@ def test_errors_name_file_and_line(body: str, line: int, words: str) -> None:
     assert info.value.line == line
     assert words in str(info.value)
     assert str(info.value).startswith(f"gw.conf:{line}: mobike: ")
-
-
-def test_from_raw_error_uses_line_of() -> None:
-    with pytest.raises(ConfigError) as info:
-        from_raw({"hold_down": "soon"}, "c.conf", lambda key: {"hold_down": 42}[key])
-    assert str(info.value).startswith("c.conf:42: mobike: hold_down:")
 
 
 def test_hold_down_may_be_zero() -> None:

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import pytest
 
-from mobike_vici.config.mobike import MobikePolicy, from_raw
+from mobike_vici.config.mobike import MobikePolicy, from_section
 from mobike_vici.config.model import ConfigError
+from mobike_vici.config.parser import parse_string
 from mobike_vici.core.settings import EngineSettings
 
 
+def _policy(body: str) -> MobikePolicy:
+    """``body`` as the mobike { } section of f.conf, its first key on line 2."""
+    return from_section(parse_string(f"mobike {{\n{body}}}\n", "f.conf").sections["mobike"])
+
+
 def test_limits_parse() -> None:
-    policy = from_raw({"cookie_threshold": "0", "block_threshold": "3",
-                       "init_limit_half_open": "50", "max_ike_sas_per_peer": "4",
-                       "max_child_sas_per_peer": "16", "drop_log_interval": "250ms"},
-                      "f.conf", {})
+    policy = _policy("cookie_threshold = 0\nblock_threshold = 3\ninit_limit_half_open = 50\n"
+                     "max_ike_sas_per_peer = 4\nmax_child_sas_per_peer = 16\n"
+                     "drop_log_interval = 250ms\n")
     assert (policy.cookie_threshold, policy.block_threshold, policy.half_open_limit,
             policy.max_ike_sas_per_peer, policy.max_child_sas_per_peer,
             policy.drop_log_interval) == (0, 3, 50, 4, 16, 0.25)
@@ -26,8 +31,8 @@ def test_limits_parse() -> None:
 ])
 def test_bad_limits_are_located(key: str, value: str) -> None:
     with pytest.raises(ConfigError) as exc:
-        from_raw({key: value}, "f.conf", {key: 7})
-    assert "f.conf:7" in str(exc.value) and key in str(exc.value)
+        _policy(f"# a comment\n{key} = {value}\n")
+    assert "f.conf:3" in str(exc.value) and key in str(exc.value)
 
 
 def test_defaults_are_the_engines() -> None:

@@ -238,6 +238,7 @@ _OPS = st.lists(st.tuples(
 ), max_size=60)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(_OPS)
 def test_no_sequence_stretches_a_check_beyond_its_first_deadline(ops: list[tuple[

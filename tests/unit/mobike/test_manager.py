@@ -105,6 +105,7 @@ def test_return_to_preferred_path_only_after_hold_down() -> None:
     assert sim.mgr.active_path == P_ETH
 
 
+@pytest.mark.slow
 def test_a_single_miss_restarts_hold_down() -> None:
     sim = make()
     sim.run_until(2.0)
@@ -122,6 +123,7 @@ def test_a_single_miss_restarts_hold_down() -> None:
     assert back[0] > 3.0 + POLICY.hold_down + 5  # not the first hold-down's end
 
 
+@pytest.mark.slow
 def test_flapping_link_one_hertz_moves_are_bounded() -> None:
     policy = dataclasses.replace(POLICY, hold_down=0.0, max_moves_per_minute=6)
     sim = make(policy)
@@ -143,6 +145,7 @@ def test_flapping_link_one_hertz_moves_are_bounded() -> None:
     assert len(times) <= 2 * (2 * policy.max_moves_per_minute + 1)  # two minutes
 
 
+@pytest.mark.slow
 def test_flapping_with_default_hold_down_never_returns() -> None:
     sim = make()
     sim.run_until(3.0)
@@ -156,6 +159,7 @@ def test_flapping_with_default_hold_down_never_returns() -> None:
     assert [e.path for _, e in moves(sim)] == [P_WWAN]
 
 
+@pytest.mark.slow
 def test_unacceptable_addresses_tries_next_path_and_shelves_the_refused_one() -> None:
     policy = MobikePolicy(prefer=(
         PreferRule("wired", interface="eth0", cost=10),
@@ -194,6 +198,7 @@ def test_probes_bounded_in_flight_when_everything_is_dead() -> None:
     assert all(mgr.table.health(k).state == PathState.DOWN for k in mgr.table.candidate_keys())
 
 
+@pytest.mark.slow
 def test_idle_standby_probes_are_rare_and_active_is_watched() -> None:
     sim = make()
     sim.run_until(60.0)

@@ -7,6 +7,8 @@ other family last), and move attempts are bounded by the target's RTT, as there.
 
 from __future__ import annotations
 
+import pytest
+
 from mobike_vici.config.mobike import MobikePolicy, PreferRule
 from mobike_vici.mobike.events import (
     HandoverCompleted,
@@ -125,6 +127,7 @@ def test_a_late_answer_brings_its_path_up() -> None:
     assert mgr.table.health(key(P1_6)).state == PathState.UP
 
 
+@pytest.mark.slow
 def test_ipv4_dead_and_ipv6_alive_moves_to_ipv6_within_about_a_second() -> None:
     sim = ipv6_down_early()
     sim.run_until(1.2)

@@ -17,6 +17,7 @@ WWAN_IP = ip("10.2.0.2")
 ETH_IP = ip("10.1.0.2")
 
 
+@pytest.mark.slow
 def test_prefer_moves_after_hold_down_and_emits_the_change() -> None:
     sim = make()
     sim.run_until(1.0)  # both paths up since about t=0.2
@@ -32,6 +33,7 @@ def test_prefer_moves_after_hold_down_and_emits_the_change() -> None:
     assert sim.mgr.active_path == P_WWAN
 
 
+@pytest.mark.slow
 def test_prefer_respects_damping() -> None:
     policy = dataclasses.replace(POLICY, max_moves_per_minute=0, hold_down=0.5)
     sim = make(policy)
@@ -42,6 +44,7 @@ def test_prefer_respects_damping() -> None:
     assert sim.mgr.active_path == P_ETH
 
 
+@pytest.mark.slow
 def test_clear_returns_to_policy() -> None:
     sim = make()
     sim.run_until(1.0)
@@ -55,6 +58,7 @@ def test_clear_returns_to_policy() -> None:
     assert sim.mgr.preferred_local is None
 
 
+@pytest.mark.slow
 def test_move_now_skips_hold_down_and_sticks() -> None:
     sim = make()
     sim.run_until(1.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -51,6 +52,7 @@ op = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.lists(op, max_size=60), st.booleans())
 def test_any_input_sequence_is_safe(ops: list[tuple[str, object]], initiator: bool) -> None:
@@ -121,6 +123,7 @@ def test_any_input_sequence_is_safe(ops: list[tuple[str, object]], initiator: bo
         drain()
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.floats(0.0, 0.5), min_size=1, max_size=80))
 def test_timer_never_stays_in_the_past(steps: list[float]) -> None:

@@ -102,6 +102,7 @@ def active_probes(sim: TimedSim, p: object, start: float, end: float) -> int:
 # -- the manager under traffic ---------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("death", [3.0, 3.013, 3.07, 3.11, 3.19])
 def test_inbound_stall_with_outbound_flowing_probes_at_once_and_leaves_fast(
         death: float) -> None:
@@ -134,6 +135,7 @@ def test_the_same_death_without_traffic_keeps_the_probe_schedule() -> None:
     assert downs and 0.3 < downs[0] - 3.0 <= 0.7 + 1e-9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("traffic", [one_way, idle], ids=["one_way", "idle"])
 def test_a_quiet_peer_never_moves_and_probes_stay_bounded(traffic: Traffic) -> None:
     sim = make()
@@ -147,6 +149,7 @@ def test_a_quiet_peer_never_moves_and_probes_stay_bounded(traffic: Traffic) -> N
     assert len(stalls) <= (1 if traffic is one_way else 0)
 
 
+@pytest.mark.slow
 def test_a_known_quiet_peer_gets_the_doubled_stall_timeout() -> None:
     # Answers take 70 ms at the moment (a loaded peer): more than stall_probe_timeout,
     # less than twice it. The RTT estimate was made when answers took 2 ms.
@@ -164,6 +167,7 @@ def test_one_way_traffic_bursts_of_probes_are_rate_limited_from_the_first_second
     assert active_probes(sim, P_ETH, 0.0, 1.0) <= 1 / POLICY.stall_timeout + 1
 
 
+@pytest.mark.slow
 def test_a_slow_quiet_peer_is_given_its_rtt_not_the_stall_floor() -> None:
     # Answers take 60 ms: more than stall_probe_timeout, well inside SRTT + 4 RTTVAR.
     sim = make(rtt=0.06)
@@ -185,6 +189,7 @@ def test_one_way_traffic_on_a_path_that_dies_is_still_left_fast() -> None:
     assert downs and downs[0] - 5.0 <= bound + 1e-9
 
 
+@pytest.mark.slow
 def test_flapping_under_traffic_stays_damped_by_hold_down() -> None:
     sim = make()
     feed(sim, two_way, 2.0)
@@ -252,6 +257,7 @@ def test_shared_failure_names_interface_first_then_family() -> None:
     assert shared_failure((b4, p1), (a6, p6), ifname, keys) is None
 
 
+@pytest.mark.slow
 def test_ipv4_dying_while_ipv6_remains_is_left_within_a_second() -> None:
     # Case (f): every IPv4 path dies at once; IPv6 (the costlier family) lives.
     policy = MobikePolicy(prefer=(PreferRule("v6", family=6, cost=50),))
@@ -271,6 +277,7 @@ def test_ipv4_dying_while_ipv6_remains_is_left_within_a_second() -> None:
     assert aside
 
 
+@pytest.mark.slow
 def test_a_candidate_set_aside_comes_back_when_probes_answer() -> None:
     policy = MobikePolicy(prefer=(PreferRule("v6", family=6, cost=50),))
     sim = make(policy, (ETH, WWAN, ETH6, WWAN6), peers=(PEER, PEER2, PEER6))
@@ -286,6 +293,7 @@ def test_a_candidate_set_aside_comes_back_when_probes_answer() -> None:
     assert all(states[p] == "UP" for p in aside)
 
 
+@pytest.mark.slow
 def test_a_quiet_move_target_failure_for_another_reason_sets_nothing_aside() -> None:
     sim = make(dataclasses.replace(POLICY), (ETH, WWAN, ETH6), peers=(PEER, PEER6))
     feed(sim, idle, 3.0)

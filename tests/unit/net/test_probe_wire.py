@@ -26,6 +26,7 @@ KEY = b"k" * 32
 NONCE = bytes(range(16))
 
 
+@pytest.mark.slow
 @given(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.binary(min_size=16, max_size=16),
        st.sampled_from(list(wire.Kind)))
 def test_udp_echo_round_trip(probe_id: int, ts: int, nonce: bytes, kind: wire.Kind) -> None:

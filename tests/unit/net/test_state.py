@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -185,6 +186,7 @@ _removals = st.builds(lambda i: LinkRemoved(ifindex=i, ifname=f"if{i}"), st.inte
 _events = st.lists(st.one_of(_links, _addrs, _routes, _removals), max_size=25)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(_events, _events)
 def test_diff_then_apply_reaches_new(first: list[NetEvent], second: list[NetEvent]) -> None:

@@ -70,6 +70,7 @@ def test_one_busy_source_cannot_starve_another(responder: UdpEchoResponder) -> N
     assert responder.answer(request(1000, 50.0), PEER, 0.0) is not None
 
 
+@pytest.mark.slow
 def test_per_source_state_is_bounded(responder: UdpEchoResponder) -> None:
     for i in range(3 * MAX_SOURCES):
         responder.answer(request(i + 1, 1.0), spoofed(i), i * 0.01)

@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +23,9 @@ from mobike_vici.lab.native import NativeDaemon, named, start_native
 from mobike_vici.lab.netns import Lab, LabError, Netns
 from mobike_vici.lab.topology import TwoHosts, two_hosts
 
-HERE = Path(__file__).resolve().parent
-TRANSFER = HERE / "transfer.py"
-ESPIO = HERE / "espio.py"
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+TRANSFER = PROGRAMS / "transfer.py"
+ESPIO = PROGRAMS / "espio.py"
 PSK = "dataplane-lab-only-not-a-secret-0123456789"
 INITIATOR_ID = "initiator@dataplane"
 RESPONDER_ID = "responder@dataplane"
@@ -131,23 +131,37 @@ def build(lab: Lab, *, a_native: bool, b_native: bool, esp: str = "aes128gcm16",
     conf_a.write_text(swanctl_conf(initiator=True, local=a_addr, remote=b_addr, esp=esp,
                                    encap=encap, child_extra=child_extra, start=a_native)
                       + mobike_conf)
-    b: End
-    if b_native:
-        b = start_native(lab, topo.host_b, conf_b, name="b")
-    else:
-        b = start_charon(lab, topo.host_b, name="b")
-        b.load_all(conf_b)
-    a: End
-    if a_native:
-        a = start_native(lab, topo.host_a, conf_a, name="a")
-        a.wait_event(named("child_sa_installed"), timeout)
-    else:
-        a = start_charon(lab, topo.host_a, name="a")
-        a.load_all(conf_a)
-        a.initiate(CHILD, ike=CONN)
+    b = start_responder(lab, topo.host_b, conf_b, "b", native=b_native)
+    a = start_initiator(lab, topo.host_a, conf_a, "a", native=a_native, timeout=timeout)
     tunnel = Tunnel(lab, topo, a, b)
     wait_ping(topo.host_a, INNER_ADDR, timeout)
     return tunnel
+
+
+def start_responder(lab: Lab, ns: Netns, conf: Path, name: str, *, native: bool) -> End:
+    """The responding end in ``ns``, ``conf`` loaded: our daemon or charon."""
+    if native:
+        return start_native(lab, ns, conf, name=name)
+    charon = start_charon(lab, ns, name=name)
+    charon.load_all(conf)
+    return charon
+
+
+def start_initiator(lab: Lab, ns: Netns, conf: Path, name: str, *, native: bool,
+                    timeout: float, extra_args: tuple[str, ...] = (),
+                    program: Sequence[str] | None = None, extra_charon: str = "") -> End:
+    """The initiating end in ``ns``: our daemon up to its first CHILD_SA (its config
+    starts it), or charon asked to initiate CONN/CHILD. ``extra_args`` and ``program``
+    go to our daemon, ``extra_charon`` into charon's strongswan.conf."""
+    if native:
+        daemon = start_native(lab, ns, conf, name=name, extra_args=extra_args,
+                              program=program)
+        daemon.wait_event(named("child_sa_installed"), timeout)
+        return daemon
+    charon = start_charon(lab, ns, name=name, extra_charon=extra_charon)
+    charon.load_all(conf)
+    charon.initiate(CHILD, ike=CONN)
+    return charon
 
 
 def wait_ping(ns: Netns, dest: str, timeout: float) -> None:

@@ -29,22 +29,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mobike_vici.lab.charon import Charon, start_charon
-from mobike_vici.lab.native import NativeDaemon, named, start_native
+from mobike_vici.lab.charon import Charon
+from mobike_vici.lab.driver import UplinkDriver
+from mobike_vici.lab.native import NativeDaemon
 from mobike_vici.lab.netns import Lab, LabError
-from mobike_vici.lab.topology import Mobile, mobile
-from tests.data.support import CHILD, CONN, INNER_ADDR, INNER_NET, swanctl_conf, wait_ping
+from mobike_vici.lab.topology import Mobile, mobile, source_routes
+from mobike_vici.lab.tunnel import (
+    INNER_ADDR,
+    INNER_NET,
+    start_initiator,
+    start_responder,
+    swanctl_conf,
+    wait_ping,
+)
 
-HERE = Path(__file__).resolve().parent
-STREAM = HERE / "stream.py"
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+STREAM = PROGRAMS / "stream.py"
+MOVER = PROGRAMS / "mover.py"
 STREAM_PORT = 5301
 INTERVAL = 0.01
 GW4 = "192.0.2.2"
-TABLE_BASE = 100
-UNREACHABLE_METRIC = 4096
 FULL_TUNNEL = "0.0.0.0/0,::/0"
 
 End = NativeDaemon | Charon
+Credentials = Callable[[Lab, str, str], tuple[Path, Path]]
+"""(lab, gw config text, mob config text) -> (gw config path, mob config path)."""
 
 MOB_POLICY = """mobike {
   prefer {
@@ -59,31 +68,19 @@ MOB_POLICY = """mobike {
 metrics and ``prefer_best_path`` instead)."""
 
 
-def source_routes(topo: Mobile, index: int) -> None:
-    """Policy routing in mob for uplink ``index``: from its addresses, via it, and
-    nowhere else.
-
-    The ``unreachable`` fallback matters when the uplink's link goes down: without it a
-    packet from its address (charon's ESP on the SA that has not moved yet) falls
-    through to the main table and leaks out the other uplink. Its ARP request for that
-    uplink's gateway then names the dead address as sender, the router (strict
-    reverse-path filter) ignores it, and the gateway's neighbour entry fails over and
-    over, dropping charon's path probes with it. Seen here with a full tunnel: the move
-    took 5-8 s, and in 5 of 10 runs charon gave up after 10 path probings."""
-    up = topo.uplinks[index]
-    table = str(TABLE_BASE + index)
-    for family, addr, via in (("-4", up.addr4, up.gw4), ("-6", up.addr6, up.gw6)):
-        topo.mob.ip(family, "route", "replace", "default", "via", via, "dev", up.ifname,
-                    "table", table)
-        topo.mob.ip(family, "route", "replace", "unreachable", "default", "metric",
-                    str(UNREACHABLE_METRIC), "table", table)
-        topo.mob.ip(family, "rule", "del", "from", addr, "table", table, check=False)
-        topo.mob.ip(family, "rule", "add", "from", addr, "table", table, "pref",
-                    str(1000 + index))
+def read_arrivals(path: Path) -> list[tuple[int, float, float]]:
+    """The stream receiver's log: ``(seq, sent, received)`` per datagram, CLOCK_MONOTONIC."""
+    out = []
+    text = path.read_text() if path.exists() else ""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            out.append((int(parts[0]), float(parts[1]), float(parts[2])))
+    return out
 
 
 @dataclass
-class Handover:
+class Handover(UplinkDriver):
     """One running scenario; ``mob`` initiates, ``gw`` responds."""
 
     lab: Lab
@@ -92,6 +89,10 @@ class Handover:
     gw: End
     arrivals_path: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    lab_routes: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lab_routes = not isinstance(self.mob, NativeDaemon)
 
     @property
     def kind(self) -> str:
@@ -107,68 +108,22 @@ class Handover:
                 proc.wait()
         self.procs.clear()
 
-    # -- faults (each returns the CLOCK_MONOTONIC time it took effect) ------------------
-
-    def link_down(self, index: int) -> float:
-        self.topo.link_down(index)
-        return time.monotonic()
-
-    def link_up(self, index: int) -> float:
-        self.topo.link_up(index)
-        if not isinstance(self.mob, NativeDaemon):
-            source_routes(self.topo, index)
-        return time.monotonic()
-
-    def kill_silently(self, index: int) -> float:
-        self.topo.kill_silently(index)
-        return time.monotonic()
-
-    def revive(self, index: int) -> float:
-        self.topo.revive(index)
-        return time.monotonic()
-
     # -- the stream -------------------------------------------------------------------
 
     def arrivals(self) -> list[tuple[int, float, float]]:
-        out = []
-        for line in self.arrivals_path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 3:
-                out.append((int(parts[0]), float(parts[1]), float(parts[2])))
-        return out
+        return read_arrivals(self.arrivals_path)
 
-    def wait_resumed(self, after: float, timeout: float) -> float | None:
-        """Outage in seconds: first arrival of a datagram sent at or after ``after``,
-        minus ``after``; None when nothing came within ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            got = outage(self.arrivals(), after)
-            if got is not None:
-                return got
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(0.02)
+    def outage_after(self, fault: float) -> float | None:
+        return outage(self.arrivals(), fault)
 
     # -- where the SA lives -------------------------------------------------------------
 
     def mob_local(self) -> str | None:
-        """The mobile side's current IKE local address (no port)."""
         local = sa_view(self.mob)["local"]
         return str(local) if local is not None else None
 
     def views(self) -> tuple[dict[str, Any], dict[str, Any]]:
         return sa_view(self.mob), sa_view(self.gw)
-
-    def wait_local(self, addr: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if self.mob_local() == addr:
-                    return True
-            except (LabError, KeyError, IndexError, ValueError):
-                pass
-            time.sleep(0.1)
-        return False
 
 
 def outage(arrivals: list[tuple[int, float, float]], fault: float) -> float | None:
@@ -211,33 +166,13 @@ def sa_view(end: End) -> dict[str, Any]:
                                  for k in ("spi-in", "spi-out"))}
 
 
-def with_certificates(lab: Lab, conf_gw: str, conf_mob: str) -> tuple[Path, Path]:
-    """Both configs with ``auth = pubkey`` and a P-256 chain each (made now, tests/pki.py):
-    the ids stay, as subjectAltNames of the certificates. Returns the config paths, each
-    in its own swanctl directory."""
-    from tests.data.support import INITIATOR_ID, RESPONDER_ID
-    from tests.pki import make_pki, write_layout
-
-    pki = make_pki("p256", "Mobility", slot=70)
-    out = []
-    for name, text, ident in (("gw", conf_gw, RESPONDER_ID), ("mob", conf_mob, INITIATOR_ID)):
-        san = {"emails": (ident,)} if "@" in ident else {"dns": (ident,)}
-        leaf = pki.leaf(name, slot=71 if name == "gw" else 72, **san)  # type: ignore[arg-type]
-        base = lab.workdir / name
-        write_layout(base, own=leaf, cas=(pki.root, pki.intermediate))
-        path = base / "swanctl.conf"
-        path.write_text(text.replace("auth = psk", "auth = pubkey"))
-        out.append(path)
-    return out[0], out[1]
-
-
 def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
           nat_backup: bool = False, encap: bool = False, full_tunnel: bool = False,
           timeout: float = 30.0, mob_args: tuple[str, ...] = (),
           inner_net: str = INNER_NET, mob_program: Sequence[str] | None = None,
           stream: bool = True,
           before_start: Callable[[Mobile], None] | None = None,
-          certificates: bool = False) -> Handover:
+          credentials: Credentials | None = None) -> Handover:
     """Topology, both ends, the tunnel up, and the stream flowing (with ``stream``;
     else the test brings its own traffic, and ``arrivals`` stays empty).
 
@@ -249,7 +184,8 @@ def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
 
     ``mob_args``: extra command-line arguments for our daemon in mob (e.g. ``--metrics``).
     ``before_start``: called with the topology before either end starts (an early fault).
-    ``certificates``: both ends authenticate with certificates instead of the PSK."""
+    ``credentials``: rewrites both configs before start (e.g. certificates instead of the
+    PSK), returning the paths to load."""
     topo = mobile(lab, nat=nat, nat_backup=nat_backup)
     if before_start is not None:
         before_start(topo)
@@ -270,24 +206,13 @@ def build(lab: Lab, *, mob_native: bool, gw_native: bool, nat: bool = False,
                                      start=mob_native, encap=encap, inner_net=inner,
                                      vip6=full_tunnel)
                         + (MOB_POLICY if mob_native else ""))
-    if certificates:
-        conf_gw, conf_mob = with_certificates(lab, conf_gw.read_text(), conf_mob.read_text())
-    gw: End
-    if gw_native:
-        gw = start_native(lab, topo.gw, conf_gw, name="gw")
-    else:
-        gw = start_charon(lab, topo.gw, name="gw")
-        gw.load_all(conf_gw)
-    mob: End
-    if mob_native:
-        mob = start_native(lab, topo.mob, conf_mob, name="mob", extra_args=mob_args,
-                           program=mob_program)
-        mob.wait_event(named("child_sa_installed"), timeout)
-    else:
-        # prefer_best_path: charon follows route changes back to the better uplink.
-        mob = start_charon(lab, topo.mob, name="mob", extra_charon="prefer_best_path = yes")
-        mob.load_all(conf_mob)
-        mob.initiate(CHILD, ike=CONN)
+    if credentials is not None:
+        conf_gw, conf_mob = credentials(lab, conf_gw.read_text(), conf_mob.read_text())
+    gw = start_responder(lab, topo.gw, conf_gw, "gw", native=gw_native)
+    # prefer_best_path: charon follows route changes back to the better uplink.
+    mob = start_initiator(lab, topo.mob, conf_mob, "mob", native=mob_native, timeout=timeout,
+                          extra_args=mob_args, program=mob_program,
+                          extra_charon="prefer_best_path = yes")
     wait_ping(topo.mob, INNER_ADDR, timeout)
     arrivals = lab.workdir / "arrivals.txt"
     arrivals.write_text("")

@@ -18,25 +18,40 @@ from mobike_vici.lab.charon import Charon, start_charon
 from mobike_vici.lab.netns import Lab, LabError
 from mobike_vici.lab.topology import Mobile, mobile
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]  # a source checkout: the lab runs from one
 PSK = "lab-only-secret-controller"
 INNER = "10.88.0.1"
 SNIPPET = REPO / "swanctl" / "strongswan.d" / "mobike-vici.conf"
 TABLE = 4555
 
 
-def _snippet_body() -> str:
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """A controller's JSON-lines event file so far; a line still being written is skipped."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def snippet_body() -> str:
     """The charon { } body of the shipped strongswan.d snippet, to put into the lab's conf."""
     text = SNIPPET.read_text()
     body = text[text.index("{") + 1:text.rindex("}")]
     return "\n".join(line for line in body.splitlines() if not line.strip().startswith("#"))
 
 
-def gateway_conf(allowed: str = "") -> str:
+def gateway_conf(allowed: str = "", local: str = "192.0.2.2") -> str:
+    """gw's swanctl.conf: responder for mob@lab with a virtual IP pool, PSK; ``allowed``:
+    ``mobike { allowed_peer_prefixes }``."""
     mobike = f"mobike {{ allowed_peer_prefixes = {allowed} }}" if allowed else ""
     return f"""
 connections {{ rw {{ version = 2
-    local_addrs = 192.0.2.2
+    local_addrs = {local}
     proposals = aes128-sha256-x25519
     pools = vpool
     local {{ auth = psk
@@ -135,16 +150,7 @@ class Setup:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def event_list(self, path: Path | None = None) -> list[dict[str, Any]]:
-        path = path or self.events
-        if not path.exists():
-            return []
-        out = []
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
+        return read_events(path or self.events)
 
     def wait_event(self, name: str, pred: Callable[[dict[str, Any]], bool] = lambda e: True,
                    timeout: float = 30.0, after: int = 0, path: Path | None = None
@@ -208,7 +214,7 @@ def build(lab: Lab, *, mob_conf: str | None = None, gw_conf: str | None = None,
           ) -> Generator[Setup, None, None]:
     topo = mobile(lab, nat_backup=nat_backup)
     topo.gw.ip("addr", "add", f"{INNER}/32", "dev", "lo")
-    extra = _snippet_body() if prefer_best_path else ""
+    extra = snippet_body() if prefer_best_path else ""
     gw = start_charon(lab, topo.gw, name="gw")
     mob = start_charon(lab, topo.mob, name="mob", extra_charon=extra)
     gw_file = lab.workdir / "gw-swanctl.conf"
@@ -228,4 +234,4 @@ def build(lab: Lab, *, mob_conf: str | None = None, gw_conf: str | None = None,
         gw.stop()
 
 
-__all__ = ["LabError", "Setup", "build"]
+__all__ = ["LabError", "Setup", "build", "read_events", "snippet_body"]
