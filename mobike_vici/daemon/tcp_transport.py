@@ -50,7 +50,13 @@ from ..types import Endpoint, IPAddress, Path
 from . import udp
 
 Pair = tuple[IPAddress, IPAddress]
-"""(local address, peer address): what a transport decision is made for."""
+"""(local address, peer address): what a fallback decision is made for."""
+SaKey = str
+"""An IKE_SA as the transport knows it: its initiator's SPI in hex (the responder's is
+zero in the first message). RFC 9329 section 6: IKE_SAs never share a stream, but an
+IKE_SA's rekey successor rides its predecessor's."""
+MAX_SAS_PER_STREAM = 8
+"""IKE_SAs remembered on one stream (the SA, its rekey successors; bounds garbage)."""
 
 MAX_QUEUED = 1 << 20
 """Bytes one stream may hold unsent; beyond it the stream is closed (the peer reads nothing)."""
@@ -86,6 +92,16 @@ def _from_original_initiator(data: bytes) -> bool:
     return len(data) >= 28 and bool(data[19] & 0x08)
 
 
+def sa_key(data: bytes) -> SaKey | None:
+    """The IKE_SA an IKE message belongs to, from its header."""
+    return data[:8].hex() if len(data) >= 28 else None
+
+
+def sa_key_of(ike_spi: str) -> SaKey:
+    """The key of an IKE_SA named as the engine does ("spii_spir" in hex)."""
+    return ike_spi[:16]
+
+
 @dataclass(eq=False)
 class Stream:
     """One TCP connection and its framing state."""
@@ -105,6 +121,10 @@ class Stream:
     the engine answered something on it (garbage that looks like IKE gets nothing)."""
     engine_path: Path | None = None
     """Initiator side: the engine's path for this pair, given to what arrives."""
+    sa: SaKey | None = None
+    """Initiator side: the IKE_SA the stream was opened for."""
+    sas: set[SaKey] = field(default_factory=set)
+    """The IKE_SAs whose messages went or came on it (the SA and its rekey successors)."""
     inflight: bytes | None = None
     """Initiator side: the last IKE request sent, resent on a reopened stream."""
     closed: bool = False
@@ -141,7 +161,8 @@ class TcpTransport:
         self._listeners: list[socket.socket] = []
         self._streams: set[Stream] = set()
         self._responder: dict[tuple[IPAddress, Endpoint], Stream] = {}
-        self._initiator: dict[Pair, Stream] = {}
+        self._initiator: dict[SaKey, Stream] = {}
+        """Initiator streams by IKE_SA (a rekey successor maps to its predecessor's)."""
         self._per_source: dict[IPAddress, int] = {}
         self._tcp_pairs: set[Pair] = set()
         """Pairs carried over TCP (fallback mode; ``always`` carries every initiator pair)."""
@@ -242,19 +263,21 @@ class TcpTransport:
         """For ``status``: each stream's ends, role and queue."""
         return [{"local": str(s.local), "remote": str(s.remote),
                  "role": "initiator" if s.initiator else "responder",
+                 "ike_sas": sorted(s.sas),
                  "connected": s.connected, "queued": len(s.out)}
                 for s in sorted(self._streams, key=lambda s: (str(s.local), str(s.remote)))]
 
     def send_ike(self, datagram: Datagram, now: float) -> bool:
         """Carry one of the engine's datagrams; False: it is UDP's to send."""
         path, data = datagram.path, datagram.data
-        stream = self._route(path)
+        sa = sa_key(data)
+        stream = self._route(path, sa)
         pair = (path.local.addr, path.remote.addr)
         if stream is None:
-            if datagram.keepalive or not self._opens_tcp(pair, data):
+            if datagram.keepalive or sa is None or not self._opens_tcp(pair, data):
                 self._note_udp(pair, path, data, now)
                 return False
-            stream = self._connect(pair, path, now)
+            stream = self._connect(pair, path, sa, now)
             if stream is None:
                 return self.settings.mode == TcpMode.ALWAYS  # never leak to UDP there
         if datagram.keepalive:
@@ -264,13 +287,16 @@ class TcpTransport:
             if _is_request(data):
                 stream.inflight = data
         stream.ike_sent += 1
+        if sa is not None:
+            self._associate(stream, sa)
         self._write(stream, encode_ike(data))
         # During a trial a request goes over UDP too: an answer there brings the pair back.
         return not (pair in self._trial and _is_request(data))
 
-    def send_esp(self, path: Path, packet: bytes) -> bool:
-        """Carry one ESP packet of the data plane; False: UDP's (or raw ESP's) to send."""
-        stream = self._route(path)
+    def send_esp(self, path: Path, packet: bytes, ike_spi: str | None = None) -> bool:
+        """Carry one ESP packet of the data plane (of a CHILD_SA of ``ike_spi``, the
+        engine's name of the IKE_SA); False: UDP's (or raw ESP's) to send."""
+        stream = self._route(path, None if ike_spi is None else sa_key_of(ike_spi))
         if stream is None:
             return False
         if len(stream.out) > MAX_QUEUED_ESP:
@@ -291,9 +317,14 @@ class TcpTransport:
             self._tcp_pairs.discard(pair)
             self.log.emit("tcp_path_returned", local=str(pair[0]), remote=str(pair[1]))
             self.on_switch(pair, "udp", now)
-            stream = self._initiator.get(pair)
-            if stream is not None:
+            for stream in self._streams_of(pair):
                 self.loop.call_later(CLOSE_AFTER_RETURN, self._close_if_udp, stream)
+
+    def rekeyed(self, ike_spi: str, new_ike_spi: str) -> None:
+        """The engine rekeyed an IKE_SA: its successor rides the same stream."""
+        stream = self._initiator.get(sa_key_of(ike_spi))
+        if stream is not None:
+            self._associate(stream, sa_key_of(new_ike_spi))
 
     def _close_if_udp(self, stream: Stream) -> None:
         if not stream.closed and stream.pair not in self._tcp_pairs:
@@ -301,14 +332,29 @@ class TcpTransport:
 
     # --- routing -------------------------------------------------------------------------
 
-    def _route(self, path: Path) -> Stream | None:
+    def _route(self, path: Path, sa: SaKey | None = None) -> Stream | None:
+        """The stream for ``path`` (a responder's own path), else for IKE_SA ``sa`` if its
+        pair is on TCP; without ``sa``, any stream of the pair (what status asks)."""
         stream = self._responder.get((path.local.addr, path.remote))
         if stream is not None:
             return stream
         pair = (path.local.addr, path.remote.addr)
         if self.settings.mode == TcpMode.ALWAYS or pair in self._tcp_pairs:
-            return self._initiator.get(pair)
+            if sa is not None:
+                return self._initiator.get(sa)
+            return next(iter(self._streams_of(pair)), None)
         return None
+
+    def _streams_of(self, pair: Pair) -> list[Stream]:
+        """The initiator streams of a pair, one per IKE_SA."""
+        return [s for s in set(self._initiator.values()) if s.pair == pair]
+
+    def _associate(self, stream: Stream, sa: SaKey) -> None:
+        if sa in stream.sas or len(stream.sas) >= MAX_SAS_PER_STREAM:
+            return
+        stream.sas.add(sa)
+        if stream.initiator and sa not in self._initiator:
+            self._initiator[sa] = stream
 
     def _opens_tcp(self, pair: Pair, data: bytes) -> bool:
         """Whether this datagram makes us connect: only as the original initiator."""
@@ -329,7 +375,7 @@ class TcpTransport:
 
     # --- initiator: connect, reopen ---------------------------------------------------------
 
-    def _connect(self, pair: Pair, path: Path, now: float) -> Stream | None:
+    def _connect(self, pair: Pair, path: Path, sa: SaKey, now: float) -> Stream | None:
         local, remote = pair
         if now < self._retry_after.get(remote, 0.0) or len(self._streams) >= \
                 self.settings.max_streams:
@@ -358,13 +404,13 @@ class TcpTransport:
         bound = sock.getsockname()
         stream = Stream(sock, True, Endpoint(ipaddress.ip_address(bound[0]), bound[1]), target,
                         now, StreamDecoder(expect_prefix=False), last_frame_at=now,
-                        engine_path=path)
+                        engine_path=path, sa=sa)
         stream.out += STREAM_PREFIX
         self._streams.add(stream)
-        old = self._initiator.get(pair)
+        old = self._initiator.get(sa)
         if old is not None:
             self._close(old, "replaced")
-        self._initiator[pair] = stream
+        self._associate(stream, sa)
         self.loop.add_writer(sock.fileno(), self._on_connected, stream)
         stream.writing = True
         return stream
@@ -394,7 +440,7 @@ class TcpTransport:
             pending = self._pending.pop(pair, None)
             self._next_trial[pair] = now + self.settings.retry_udp_every
             self.log.emit("tcp_path_fallback", local=str(pair[0]), remote=str(pair[1]))
-            if pending is not None:
+            if pending is not None and sa_key(pending.request) in stream.sas:
                 stream.engine_path = pending.path
                 stream.inflight = pending.request
                 stream.out += encode_ike(pending.request)
@@ -422,9 +468,13 @@ class TcpTransport:
         if path is None or old.inflight is None or not (
                 self.settings.mode == TcpMode.ALWAYS or pair in self._tcp_pairs):
             return  # nothing waits: the engine's next message reconnects if need be
-        new = self._connect(pair, path, now)
+        if old.sa is None:
+            return
+        new = self._connect(pair, path, old.sa, now)
         if new is None:
             return
+        for sa in old.sas:
+            self._associate(new, sa)
         new.inflight = old.inflight
         new.out += encode_ike(old.inflight)
         self.log.emit("tcp_stream_reopened", local=str(pair[0]), remote=str(new.remote))
@@ -523,6 +573,10 @@ class TcpTransport:
                                   local=str(stream.local), remote=str(stream.remote))
                 if stream.initiator and not _is_request(frame.data):
                     stream.inflight = None
+                sa = sa_key(frame.data)
+                if sa is not None:
+                    # A rekey successor the peer created speaks first here (RFC 9329 6).
+                    self._associate(stream, sa)
                 path = stream.engine_path if stream.initiator and stream.engine_path \
                     else stream.path
                 self.on_ike(frame.data, path, now)
@@ -572,8 +626,9 @@ class TcpTransport:
         stream.sock.close()
         self._streams.discard(stream)
         if stream.initiator:
-            if self._initiator.get(stream.pair) is stream:
-                del self._initiator[stream.pair]
+            for sa in stream.sas:
+                if self._initiator.get(sa) is stream:
+                    del self._initiator[sa]
         else:
             key = (stream.local.addr, stream.remote)
             if self._responder.get(key) is stream:
@@ -612,13 +667,16 @@ class TcpTransport:
         for pair, pending in list(self._pending.items()):
             if pair in self._tcp_pairs:
                 self._pending.pop(pair, None)
-            elif now - pending.since >= settings.fallback_after and pair not in self._initiator:
-                self._connect(pair, pending.path, now)
+            elif now - pending.since >= settings.fallback_after \
+                    and not self._streams_of(pair):
+                sa = sa_key(pending.request)
+                if sa is not None:
+                    self._connect(pair, pending.path, sa, now)
         for pair, deadline in list(self._trial.items()):
             if now >= deadline:
                 del self._trial[pair]
         for pair in list(self._tcp_pairs):
-            if pair not in self._initiator and pair not in self._trial:
+            if not self._streams_of(pair) and pair not in self._trial:
                 continue
             if now >= self._next_trial.get(pair, 0.0) and pair not in self._trial:
                 self._trial[pair] = now + UDP_TRIAL

@@ -26,10 +26,14 @@ BIND = ((socket.AF_INET, "127.0.0.1"),)
 UDP_PATH = Path(Endpoint(LO, 4500), Endpoint(LO, 4500))
 
 
-def ike(request: bool, from_initiator: bool, mid: int = 0, body: bytes = b"") -> bytes:
+SPI_I = bytes(range(1, 9))
+
+
+def ike(request: bool, from_initiator: bool, mid: int = 0, body: bytes = b"",
+        spi_i: bytes = SPI_I) -> bytes:
     flags = (0 if request else 0x20) | (0x08 if from_initiator else 0)
     length = 28 + len(body)
-    return (bytes(range(1, 9)) + bytes(range(9, 17)) + bytes((46, 0x20, 37, flags))
+    return (spi_i + bytes(range(9, 17)) + bytes((46, 0x20, 37, flags))
             + mid.to_bytes(4, "big") + length.to_bytes(4, "big") + body)
 
 
@@ -278,9 +282,46 @@ async def test_a_peer_without_tcp_is_asked_less_and_less_often() -> None:
 async def test_a_fallback_connection_is_dropped_when_udp_answered_meanwhile() -> None:
     async with pair_of(TcpMode.FALLBACK, fallback_after=0.2) as (i, r):
         assert not i.transport.send_ike(Datagram(ike(True, True), UDP_PATH), now())
-        i.transport._connect((LO, LO), UDP_PATH, now())  # as the housekeeping would
+        i.transport._connect((LO, LO), UDP_PATH, SPI_I.hex(), now())  # as housekeeping would
         i.transport.udp_ike_received(UDP_PATH, now())  # before the stream is up
         await until(lambda: i.log.named("tcp_stream_closed"))
         assert i.log.named("tcp_stream_closed")[0]["reason"] == "udp_answered"
         assert i.switches == [] and i.transport.transport_of(UDP_PATH) == "udp"
         assert r.ike == []
+
+
+def engine_spi(spi_i: bytes) -> str:
+    return f"{spi_i.hex()}_{bytes(range(9, 17)).hex()}"
+
+
+@in_loop
+async def test_each_ike_sa_gets_its_own_stream() -> None:
+    """RFC 9329 section 6: IKE_SAs between the same two addresses never share a stream,
+    but a rekey successor rides its predecessor's; ESP rides its IKE_SA's."""
+    async with pair_of(TcpMode.ALWAYS) as (i, r):
+        spi_a, spi_b, spi_a2 = b"\xaa" * 8, b"\xbb" * 8, b"\xa2" * 8
+        for spi in (spi_a, spi_b):
+            assert i.transport.send_ike(Datagram(ike(True, True, spi_i=spi), UDP_PATH), now())
+        await until(lambda: len(r.ike) == 2)
+        paths = {data[:8]: path for data, path in r.ike}
+        assert set(paths) == {spi_a, spi_b} and paths[spi_a] != paths[spi_b]
+        assert sorted(len(s["ike_sas"]) for s in i.transport.streams()) == [1, 1]  # type: ignore[arg-type]
+        assert len(r.transport.streams()) == 2
+        # The successor of A (rekeyed by the engine) goes on A's stream.
+        i.transport.rekeyed(engine_spi(spi_a), engine_spi(spi_a2))
+        assert i.transport.send_ike(Datagram(ike(True, True, mid=1, spi_i=spi_a2), UDP_PATH),
+                                    now())
+        await until(lambda: len(r.ike) == 3)
+        assert r.ike[2][1] == paths[spi_a] and len(i.transport.streams()) == 2
+        # A answered, then its stream closed: B's stream still carries B's ESP, and
+        # A's ESP is no longer the transport's to send.
+        assert r.transport.send_ike(Datagram(ike(False, False, mid=1, spi_i=spi_a2),
+                                             paths[spi_a]), now())
+        await until(lambda: i.ike)
+        (stream_a,) = [s for s in r.transport._streams if s.remote == paths[spi_a].remote]
+        r.transport._close(stream_a, "test")
+        await until(lambda: len(i.transport.streams()) == 1)
+        assert not i.transport.send_esp(UDP_PATH, ESP, engine_spi(spi_a2))
+        assert i.transport.send_esp(UDP_PATH, ESP, engine_spi(spi_b))
+        await until(lambda: r.esp)
+        assert r.esp == [ESP]
