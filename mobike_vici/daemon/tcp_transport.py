@@ -3,7 +3,8 @@
 The engine keeps speaking in UDP-shaped paths; TCP is a transport under an
 address pair (local address, peer address). On the TCP initiator's side (the
 original IKE initiator: RFC 9329 says the responder never connects), a pair is
-carried over one stream when ``tcp = always``, or with ``tcp = fallback`` once
+carried over streams, one per IKE_SA (a rekey successor shares its predecessor's),
+each to the first ``tcp_port`` that accepts, when ``tcp = always``, or with ``tcp = fallback`` once
 IKE requests on it went unanswered over UDP for ``fallback_after`` and a stream
 connects; the engine's path stays what it was, its datagrams and the data
 plane's ESP simply leave by the stream, and what arrives on the stream is handed
@@ -175,6 +176,8 @@ class TcpTransport:
         self._retry_after: dict[IPAddress, float] = {}
         self._failures: dict[IPAddress, int] = {}
         """Connection failures to a peer address in a row (reset by a connection)."""
+        self._good_port: dict[IPAddress, int] = {}
+        """The ``tcp_port`` a peer last accepted us on: tried first next time."""
         self._refused = 0
         self._refused_logged_at: float | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -375,15 +378,30 @@ class TcpTransport:
 
     # --- initiator: connect, reopen ---------------------------------------------------------
 
-    def _connect(self, pair: Pair, path: Path, sa: SaKey, now: float) -> Stream | None:
+    def _port_order(self, remote: IPAddress) -> list[int]:
+        """The ``tcp_port``s to try in turn: the one that last worked, then the list's."""
+        ports = list(self.settings.ports)
+        good = self._good_port.get(remote)
+        return ports if good not in ports else [good] + [p for p in ports if p != good]
+
+    def _next_port(self, remote: Endpoint) -> int | None:
+        """The port to try after ``remote``'s failed; None once every port failed."""
+        order = self._port_order(remote.addr)
+        at = order.index(remote.port) + 1 if remote.port in order else len(order)
+        return order[at] if at < len(order) else None
+
+    def _connect(self, pair: Pair, path: Path, sa: SaKey, now: float,
+                 port: int | None = None) -> Stream | None:
+        """Connect for IKE_SA ``sa``: to ``port`` (the next one of a round), or else to
+        the peer's preferred port if it is not waiting out failures."""
         local, remote = pair
-        if now < self._retry_after.get(remote, 0.0) or len(self._streams) >= \
-                self.settings.max_streams:
+        if (port is None and now < self._retry_after.get(remote, 0.0)) or \
+                len(self._streams) >= self.settings.max_streams:
             return None
         family = socket.AF_INET6 if isinstance(remote, ipaddress.IPv6Address) else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         self.counters["connects"] += 1
-        target = Endpoint(remote, self.settings.ports[0])
+        target = Endpoint(remote, port if port is not None else self._port_order(remote)[0])
         try:
             self._tune(sock)
             if self.fwmark is not None:
@@ -399,6 +417,9 @@ class TcpTransport:
             return None
         if err not in (0, errno.EINPROGRESS):
             sock.close()
+            following = self._next_port(target)
+            if following is not None:
+                return self._connect(pair, path, sa, now, following)
             self._connect_failed(local, target, err, now)
             return None
         bound = sock.getsockname()
@@ -421,10 +442,10 @@ class TcpTransport:
         now = self.loop.time()
         err = stream.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self._connect_failed(stream.local.addr, stream.remote, err, now)
-            self._close(stream, "connect_failed", log=False)
+            self._attempt_failed(stream, err, "connect_failed", now)
             return
         stream.connected = True
+        self._good_port[stream.remote.addr] = stream.remote.port
         self._failures.pop(stream.remote.addr, None)
         self._retry_after.pop(stream.remote.addr, None)
         self.loop.add_reader(stream.sock.fileno(), self._on_readable, stream)
@@ -449,6 +470,22 @@ class TcpTransport:
         # new stream (a no-op while none is established on the pair).
         self.on_switch(pair, "tcp", now)
         self._flush(stream)
+
+    def _attempt_failed(self, stream: Stream, err: int, reason: str, now: float) -> None:
+        """A connection refused or timed out: try the next ``tcp_port`` with what the
+        stream held (prefix, queued frames); after the last one, wait (doubling)."""
+        self._close(stream, reason, log=False)
+        following = self._next_port(stream.remote)
+        new = None
+        if following is not None and stream.sa is not None and stream.engine_path is not None:
+            new = self._connect(stream.pair, stream.engine_path, stream.sa, now, following)
+        if new is None:
+            self._connect_failed(stream.local.addr, stream.remote, err, now)
+            return
+        for sa in stream.sas:
+            self._associate(new, sa)
+        new.out[:] = stream.out  # nothing of it was sent: the prefix comes first again
+        new.inflight = stream.inflight
 
     def _connect_failed(self, local: IPAddress, remote: Endpoint, err: int, now: float) -> None:
         # Doubling waits: a peer without TCP (charon) is not asked every second forever.
@@ -652,8 +689,7 @@ class TcpTransport:
         for stream in list(self._streams):
             if not stream.connected:
                 if now - stream.opened_at > CONNECT_TIMEOUT:
-                    self._connect_failed(stream.local.addr, stream.remote, errno.ETIMEDOUT, now)
-                    self._close(stream, "connect_timeout", log=False)
+                    self._attempt_failed(stream, errno.ETIMEDOUT, "connect_timeout", now)
                 continue
             quiet = now - stream.last_frame_at
             slow = not stream.initiator and (stream.decoder.mid_frame or stream.ike_frames == 0

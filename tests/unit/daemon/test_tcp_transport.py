@@ -325,3 +325,64 @@ async def test_each_ike_sa_gets_its_own_stream() -> None:
         assert i.transport.send_esp(UDP_PATH, ESP, engine_spi(spi_b))
         await until(lambda: r.esp)
         assert r.esp == [ESP]
+
+
+@asynccontextmanager
+async def initiator_with_ports(ports: tuple[int, ...], live: int) -> AsyncIterator[
+        tuple[Side, Side]]:
+    """An initiator offered ``ports`` in turn, a responder listening on ``live`` only."""
+    initiator = side(TcpSettings(mode=TcpMode.ALWAYS, ports=ports))
+    responder = side(TcpSettings(mode=TcpMode.ALWAYS, ports=(live,)))
+    loop = asyncio.get_running_loop()
+    responder.transport.open(loop, BIND)
+    initiator.transport.open(loop, ())
+    try:
+        yield initiator, responder
+    finally:
+        initiator.transport.close()
+        responder.transport.close()
+
+
+@in_loop
+async def test_a_refused_port_makes_way_for_the_next_and_the_good_one_is_kept() -> None:
+    refused, live = free_tcp_port(), free_tcp_port()  # nobody listens on ``refused``
+    async with initiator_with_ports((refused, live), live) as (i, r):
+        request = ike(True, True, spi_i=b"\x01" * 8)
+        assert i.transport.send_ike(Datagram(request, UDP_PATH), now())
+        await until(lambda: r.ike)
+        assert r.ike[0][0] == request  # queued on the refused attempt, sent on the next
+        assert i.transport.counters["connects"] == 2
+        assert not i.log.named("tcp_unavailable")
+        # Another IKE_SA to the same peer goes straight to the port that worked.
+        assert i.transport.send_ike(Datagram(ike(True, True, spi_i=b"\x02" * 8), UDP_PATH),
+                                    now())
+        await until(lambda: len(r.ike) == 2)
+        assert i.transport.counters["connects"] == 3
+        assert {s["remote"] for s in i.transport.streams()} == {f"127.0.0.1[{live}]"}
+
+
+@in_loop
+async def test_a_port_that_never_answers_times_out_to_the_next(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tcp_transport, "CONNECT_TIMEOUT", 0.3)
+    # A listener that never accepts, its backlog full: SYNs to it go unanswered.
+    black = socket.socket()
+    black.bind(("127.0.0.1", 0))
+    black.listen(0)
+    filler = []
+    for _ in range(4):
+        conn = socket.socket()
+        conn.setblocking(False)
+        conn.connect_ex(black.getsockname())
+        filler.append(conn)
+    live = free_tcp_port()
+    try:
+        async with initiator_with_ports((black.getsockname()[1], live), live) as (i, r):
+            request = ike(True, True)
+            assert i.transport.send_ike(Datagram(request, UDP_PATH), now())
+            await until(lambda: r.ike)
+            assert r.ike[0][0] == request and i.transport.counters["connects"] == 2
+            assert not i.log.named("tcp_unavailable")
+    finally:
+        for conn in [*filler, black]:
+            conn.close()
