@@ -954,6 +954,8 @@ def run_native(config: Config, events: TextIO, control_path: str | None, *,
                         routing=routing, data_path=data_path,
                         metrics=MetricsServer(metrics) if metrics is not None else None)
         daemon.tcp = tcp_transport(daemon, config, routing.fwmark)
+        if daemon.tcp is not None:
+            engine.set_wire_view(daemon.tcp.wire_path)
         daemon.reload_config, daemon.reopen_events = reload_config, reopen_events
         return asyncio.run(daemon.run())
     except (OSError, ControlError) as exc:

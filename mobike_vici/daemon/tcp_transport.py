@@ -270,6 +270,19 @@ class TcpTransport:
                  "connected": s.connected, "queued": len(s.out)}
                 for s in sorted(self._streams, key=lambda s: (str(s.local), str(s.remote)))]
 
+    def wire_path(self, spi_i: bytes, path: Path, initiator: bool) -> Path:
+        """The engine's ``WireView``: the ends of the stream IKE_SA ``spi_i`` uses on
+        ``path``, which NAT detection must hash (RFC 9329), else ``path``. The original
+        initiator of a pair bound for TCP opens its stream here, so that the
+        IKE_SA_INIT being built already hashes its ports."""
+        sa = spi_i.hex()
+        stream = self._route(path, sa)
+        pair = (path.local.addr, path.remote.addr)
+        if stream is None and initiator and self._loop is not None and (
+                self.settings.mode == TcpMode.ALWAYS or pair in self._tcp_pairs):
+            stream = self._connect(pair, path, sa, self._loop.time())
+        return path if stream is None else stream.path
+
     def send_ike(self, datagram: Datagram, now: float) -> bool:
         """Carry one of the engine's datagrams; False: it is UDP's to send."""
         path, data = datagram.path, datagram.data

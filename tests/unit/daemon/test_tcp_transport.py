@@ -386,3 +386,24 @@ async def test_a_port_that_never_answers_times_out_to_the_next(
     finally:
         for conn in [*filler, black]:
             conn.close()
+
+
+@in_loop
+async def test_wire_path_is_the_streams_for_nat_detection() -> None:
+    """The engine hashes NAT detection over a stream's own ends (RFC 9329): the initiator
+    opens it while building IKE_SA_INIT, the message then goes on that same stream."""
+    async with pair_of(TcpMode.ALWAYS) as (i, r):
+        wire = i.transport.wire_path(SPI_I, UDP_PATH, True)
+        (stream,) = i.transport.streams()
+        assert wire != UDP_PATH and wire.remote.port == i.transport.settings.ports[0]
+        assert (str(wire.local), str(wire.remote)) == (stream["local"], stream["remote"])
+        assert i.transport.send_ike(Datagram(ike(True, True), UDP_PATH), now())
+        await until(lambda: r.ike)
+        rpath = r.ike[0][1]
+        assert (rpath.remote, rpath.local) == (wire.local, wire.remote)  # same ends both sides
+        assert len(i.transport.streams()) == 1
+        # The responder's engine already sees the stream's ends; a pair not bound for a
+        # stream (the peer's side of it as original responder) keeps its path.
+        assert r.transport.wire_path(SPI_I, rpath, False) == rpath
+        assert r.transport.wire_path(SPI_I, UDP_PATH, False) == UDP_PATH and \
+            r.transport.streams()[0]["role"] == "responder" and len(r.transport.streams()) == 1
