@@ -124,6 +124,8 @@ class Stream:
     """Initiator side: the engine's path for this pair, given to what arrives."""
     sa: SaKey | None = None
     """Initiator side: the IKE_SA the stream was opened for."""
+    route: Pair | None = None
+    """Initiator side: the engine's pair it carries (MOBIKE gives an IKE_SA several)."""
     sas: set[SaKey] = field(default_factory=set)
     """The IKE_SAs whose messages went or came on it (the SA and its rekey successors)."""
     inflight: bytes | None = None
@@ -137,7 +139,8 @@ class Stream:
 
     @property
     def pair(self) -> Pair:
-        return (self.local.addr, self.remote.addr)
+        """The engine's pair it carries: an initiator's ``route``, else its own ends."""
+        return self.route if self.route is not None else (self.local.addr, self.remote.addr)
 
 
 @dataclass
@@ -162,8 +165,9 @@ class TcpTransport:
         self._listeners: list[socket.socket] = []
         self._streams: set[Stream] = set()
         self._responder: dict[tuple[IPAddress, Endpoint], Stream] = {}
-        self._initiator: dict[SaKey, Stream] = {}
-        """Initiator streams by IKE_SA (a rekey successor maps to its predecessor's)."""
+        self._initiator: dict[tuple[Pair, SaKey], Stream] = {}
+        """Initiator streams by pair and IKE_SA (a rekey successor maps to its
+        predecessor's)."""
         self._per_source: dict[IPAddress, int] = {}
         self._tcp_pairs: set[Pair] = set()
         """Pairs carried over TCP (fallback mode; ``always`` carries every initiator pair)."""
@@ -338,8 +342,8 @@ class TcpTransport:
 
     def rekeyed(self, ike_spi: str, new_ike_spi: str) -> None:
         """The engine rekeyed an IKE_SA: its successor rides the same stream."""
-        stream = self._initiator.get(sa_key_of(ike_spi))
-        if stream is not None:
+        old = sa_key_of(ike_spi)
+        for stream in [s for s in self._streams if s.initiator and old in s.sas]:
             self._associate(stream, sa_key_of(new_ike_spi))
 
     def _close_if_udp(self, stream: Stream) -> None:
@@ -357,20 +361,20 @@ class TcpTransport:
         pair = (path.local.addr, path.remote.addr)
         if self.settings.mode == TcpMode.ALWAYS or pair in self._tcp_pairs:
             if sa is not None:
-                return self._initiator.get(sa)
+                return self._initiator.get((pair, sa))
             return next(iter(self._streams_of(pair)), None)
         return None
 
     def _streams_of(self, pair: Pair) -> list[Stream]:
         """The initiator streams of a pair, one per IKE_SA."""
-        return [s for s in set(self._initiator.values()) if s.pair == pair]
+        return [s for s in set(self._initiator.values()) if s.route == pair]
 
     def _associate(self, stream: Stream, sa: SaKey) -> None:
         if sa in stream.sas or len(stream.sas) >= MAX_SAS_PER_STREAM:
             return
         stream.sas.add(sa)
-        if stream.initiator and sa not in self._initiator:
-            self._initiator[sa] = stream
+        if stream.route is not None and (stream.route, sa) not in self._initiator:
+            self._initiator[(stream.route, sa)] = stream
 
     def _opens_tcp(self, pair: Pair, data: bytes) -> bool:
         """Whether this datagram makes us connect: only as the original initiator."""
@@ -438,10 +442,10 @@ class TcpTransport:
         bound = sock.getsockname()
         stream = Stream(sock, True, Endpoint(ipaddress.ip_address(bound[0]), bound[1]), target,
                         now, StreamDecoder(expect_prefix=False), last_frame_at=now,
-                        engine_path=path, sa=sa)
+                        engine_path=path, sa=sa, route=pair)
         stream.out += STREAM_PREFIX
         self._streams.add(stream)
-        old = self._initiator.get(sa)
+        old = self._initiator.get((pair, sa))
         if old is not None:
             self._close(old, "replaced")
         self._associate(stream, sa)
@@ -677,8 +681,8 @@ class TcpTransport:
         self._streams.discard(stream)
         if stream.initiator:
             for sa in stream.sas:
-                if self._initiator.get(sa) is stream:
-                    del self._initiator[sa]
+                if stream.route is not None and self._initiator.get((stream.route, sa)) is stream:
+                    del self._initiator[(stream.route, sa)]
         else:
             key = (stream.local.addr, stream.remote)
             if self._responder.get(key) is stream:

@@ -407,3 +407,18 @@ async def test_wire_path_is_the_streams_for_nat_detection() -> None:
         assert r.transport.wire_path(SPI_I, rpath, False) == rpath
         assert r.transport.wire_path(SPI_I, UDP_PATH, False) == UDP_PATH and \
             r.transport.streams()[0]["role"] == "responder" and len(r.transport.streams()) == 1
+
+
+@in_loop
+async def test_one_ike_sa_on_two_pairs_has_a_stream_on_each() -> None:
+    """MOBIKE gives an IKE_SA several paths: a probe on another pair opens that pair's
+    stream and leaves the active one alone."""
+    other = Path(Endpoint(ipaddress.ip_address("127.0.0.2"), 4500), UDP_PATH.remote)
+    async with pair_of(TcpMode.ALWAYS) as (i, r):
+        assert i.transport.send_ike(Datagram(ike(True, True, mid=1), UDP_PATH), now())
+        await until(lambda: r.ike)
+        assert i.transport.send_ike(Datagram(ike(True, True, mid=2), other), now())
+        await until(lambda: len(r.ike) == 2)
+        assert [str(p.remote.addr) for _, p in r.ike] == ["127.0.0.1", "127.0.0.2"]
+        assert len(i.transport.streams()) == 2 and not i.log.named("tcp_stream_closed")
+        assert i.transport.transport_of(UDP_PATH) == i.transport.transport_of(other) == "tcp"
