@@ -109,6 +109,7 @@ from .exchanges.mobike import (
 )
 from .fragments import REASSEMBLY_TIMEOUT, add_fragment, expire
 from .ike_sa import CachedResponse, IkeSa, IkeState, PendingRequest, Probe
+from .nat import WireView
 from .settings import EngineSettings
 from .ts import no_service_names, ts_to_str
 
@@ -190,6 +191,7 @@ class Engine:
         self._ctx = Context(config, self._settings, random_bytes, source_address)
         self._sas: dict[bytes, IkeSa] = {}
         """Every IKE_SA by the SPI we chose (SPIi as initiator, SPIr as responder)."""
+        self._wire: WireView | None = None
         self._half_open: dict[tuple[bytes, Endpoint], IkeSa] = {}
         """Responder SAs before IKE_AUTH, by (SPIi, remote): bounded by half_open_limit."""
         self._by_init: dict[tuple[bytes, Endpoint], IkeSa] = {}
@@ -339,6 +341,10 @@ class Engine:
     # it; a spent one (timed out or superseded) may be copied, since whichever path
     # answers it works, and moving resends the outstanding request on the new path.
 
+    def set_wire_view(self, view: WireView | None) -> None:
+        """How the transport carries our paths (IKE over TCP): NAT detection hashes that."""
+        self._wire = view
+
     def set_wall_clock(self, unix_minus_now: float) -> None:
         """Where ``now`` sits in UNIX time, for certificate validity (the core has no clock)."""
         self._ctx.wall_offset = unix_minus_now
@@ -465,6 +471,7 @@ class Engine:
     # ------------------------------------------------------------------ the index
 
     def _register(self, sa: IkeSa) -> None:
+        sa.wire = self._wire
         self._sas[sa.our_spi] = sa
         self._index.add(sa)
 

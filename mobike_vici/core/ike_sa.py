@@ -20,6 +20,7 @@ from ..types import Endpoint, IPAddress, Path
 from .child_sa import ChildSa, ChildState
 from .fragments import REASSEMBLY_TIMEOUT, Reassembly
 from .fragments import deadline as reassembly_deadline
+from .nat import WireView
 
 if TYPE_CHECKING:
     from .exchanges.base import Task
@@ -128,6 +129,8 @@ class IkeSa:
     init_response: bytes = b""
     nat_local: bool = False
     nat_remote: bool = False
+    wire: WireView | None = field(default=None, repr=False)
+    """The transport's view of our paths (the engine's); None: they are the wire's."""
     peer_sig_hashes: tuple[int, ...] | None = None
     """The peer's SIGNATURE_HASH_ALGORITHMS (RFC 7427); None when it sent none."""
     peer_certreq: bool = False
@@ -232,6 +235,10 @@ class IkeSa:
     @property
     def spi_str(self) -> str:
         return f"{self.spi_i.hex()}_{self.spi_r.hex()}"
+
+    def natd_path(self, path: Path) -> Path:
+        """``path`` as NAT detection hashes it: its ends on the wire."""
+        return path if self.wire is None else self.wire(self.spi_i, path, self.initiator)
 
     @property
     def behind_nat(self) -> bool:

@@ -8,7 +8,7 @@ check all go through here.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..ikev2.constants import NotifyType
@@ -16,6 +16,11 @@ from ..ikev2.payloads import Notify, Payload, notify_data
 from ..types import Endpoint, Path
 
 NAT_HASH_LENGTH = 20  # SHA-1
+
+WireView = Callable[[bytes, Path, bool], Path]
+"""(SPIi, path, we are the original initiator) -> the ends the path has on the wire.
+IKE over TCP (RFC 9329) hashes the stream's addresses and ports, not the engine's
+UDP-shaped ones; the transport knows them."""
 
 
 def nat_hash(spi_i: bytes, spi_r: bytes, endpoint: Endpoint) -> bytes:

@@ -229,7 +229,7 @@ class UserspaceEsp:
                 sendmsg([esp], ancillary, 0, target)
         tcp = getattr(host, "tcp", None)
         if tcp is not None:
-            send = _over_tcp(tcp.send_esp, path, send)
+            send = _over_tcp(tcp.send_esp, path, entry, send)
         self._senders[entry.unique_id] = (path, encap, send)
         return send
 
@@ -404,10 +404,12 @@ def _networks(sel: Selector) -> list[Network]:
     return list(ipaddress.summarize_address_range(first6, last6))
 
 
-def _over_tcp(send_tcp: Callable[[Path, bytes], bool], path: Path, send_udp: Sender) -> Sender:
+def _over_tcp(send_tcp: Callable[[Path, bytes, str], bool], path: Path, entry: ChildEntry,
+              send_udp: Sender) -> Sender:
     """A sender that asks the TCP transport first, per packet: a path may move to a
-    stream (RFC 9329 fallback) and back without the SA changing."""
+    stream (RFC 9329 fallback) and back without the SA changing. The stream is that of
+    the IKE_SA owning the CHILD_SA, read each time (a rekey reparents the CHILD_SA)."""
     def send(esp: bytes) -> None:
-        if not send_tcp(path, esp):
+        if not send_tcp(path, esp, entry.ike_spi):
             send_udp(esp)
     return send

@@ -32,7 +32,7 @@ from ..backends.native import Mobility
 from ..config.model import CloseAction, Config, ConfigError, DpdAction, StartAction
 from ..config.tcp import TcpMode
 from ..core.engine import Datagram, Engine, EngineSettings, IkeStatus
-from ..core.events import Event, IkeSaDeleted, PacketDropped, ProbeResult
+from ..core.events import Event, IkeSaDeleted, IkeSaRekeyed, PacketDropped, ProbeResult
 from ..esp.xfrm import select_data_plane
 from ..eventlog import EventLog, configure, core_event_fields, level_of
 from ..mobike.paths import MAX_PROBE_TIMEOUT
@@ -683,6 +683,8 @@ class Daemon:
                     extra = self.data_plane.on_event(event)
                 except Exception as exc:
                     self.log.emit("engine_error", call="data_plane", error=type(exc).__name__)
+            if self.tcp is not None and isinstance(event, IkeSaRekeyed):
+                self.tcp.rekeyed(event.ike_spi, event.new_ike_spi)
             if self.routing is not None:
                 try:
                     self.routing.on_core_event(event)
@@ -952,6 +954,8 @@ def run_native(config: Config, events: TextIO, control_path: str | None, *,
                         routing=routing, data_path=data_path,
                         metrics=MetricsServer(metrics) if metrics is not None else None)
         daemon.tcp = tcp_transport(daemon, config, routing.fwmark)
+        if daemon.tcp is not None:
+            engine.set_wire_view(daemon.tcp.wire_path)
         daemon.reload_config, daemon.reopen_events = reload_config, reopen_events
         return asyncio.run(daemon.run())
     except (OSError, ControlError) as exc:

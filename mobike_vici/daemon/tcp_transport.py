@@ -3,7 +3,8 @@
 The engine keeps speaking in UDP-shaped paths; TCP is a transport under an
 address pair (local address, peer address). On the TCP initiator's side (the
 original IKE initiator: RFC 9329 says the responder never connects), a pair is
-carried over one stream when ``tcp = always``, or with ``tcp = fallback`` once
+carried over streams, one per IKE_SA (a rekey successor shares its predecessor's),
+each to the first ``tcp_port`` that accepts, when ``tcp = always``, or with ``tcp = fallback`` once
 IKE requests on it went unanswered over UDP for ``fallback_after`` and a stream
 connects; the engine's path stays what it was, its datagrams and the data
 plane's ESP simply leave by the stream, and what arrives on the stream is handed
@@ -50,7 +51,13 @@ from ..types import Endpoint, IPAddress, Path
 from . import udp
 
 Pair = tuple[IPAddress, IPAddress]
-"""(local address, peer address): what a transport decision is made for."""
+"""(local address, peer address): what a fallback decision is made for."""
+SaKey = str
+"""An IKE_SA as the transport knows it: its initiator's SPI in hex (the responder's is
+zero in the first message). RFC 9329 section 6: IKE_SAs never share a stream, but an
+IKE_SA's rekey successor rides its predecessor's."""
+MAX_SAS_PER_STREAM = 8
+"""IKE_SAs remembered on one stream (the SA, its rekey successors; bounds garbage)."""
 
 MAX_QUEUED = 1 << 20
 """Bytes one stream may hold unsent; beyond it the stream is closed (the peer reads nothing)."""
@@ -86,6 +93,16 @@ def _from_original_initiator(data: bytes) -> bool:
     return len(data) >= 28 and bool(data[19] & 0x08)
 
 
+def sa_key(data: bytes) -> SaKey | None:
+    """The IKE_SA an IKE message belongs to, from its header."""
+    return data[:8].hex() if len(data) >= 28 else None
+
+
+def sa_key_of(ike_spi: str) -> SaKey:
+    """The key of an IKE_SA named as the engine does ("spii_spir" in hex)."""
+    return ike_spi[:16]
+
+
 @dataclass(eq=False)
 class Stream:
     """One TCP connection and its framing state."""
@@ -105,6 +122,12 @@ class Stream:
     the engine answered something on it (garbage that looks like IKE gets nothing)."""
     engine_path: Path | None = None
     """Initiator side: the engine's path for this pair, given to what arrives."""
+    sa: SaKey | None = None
+    """Initiator side: the IKE_SA the stream was opened for."""
+    route: Pair | None = None
+    """Initiator side: the engine's pair it carries (MOBIKE gives an IKE_SA several)."""
+    sas: set[SaKey] = field(default_factory=set)
+    """The IKE_SAs whose messages went or came on it (the SA and its rekey successors)."""
     inflight: bytes | None = None
     """Initiator side: the last IKE request sent, resent on a reopened stream."""
     closed: bool = False
@@ -116,7 +139,8 @@ class Stream:
 
     @property
     def pair(self) -> Pair:
-        return (self.local.addr, self.remote.addr)
+        """The engine's pair it carries: an initiator's ``route``, else its own ends."""
+        return self.route if self.route is not None else (self.local.addr, self.remote.addr)
 
 
 @dataclass
@@ -141,7 +165,9 @@ class TcpTransport:
         self._listeners: list[socket.socket] = []
         self._streams: set[Stream] = set()
         self._responder: dict[tuple[IPAddress, Endpoint], Stream] = {}
-        self._initiator: dict[Pair, Stream] = {}
+        self._initiator: dict[tuple[Pair, SaKey], Stream] = {}
+        """Initiator streams by pair and IKE_SA (a rekey successor maps to its
+        predecessor's)."""
         self._per_source: dict[IPAddress, int] = {}
         self._tcp_pairs: set[Pair] = set()
         """Pairs carried over TCP (fallback mode; ``always`` carries every initiator pair)."""
@@ -154,6 +180,8 @@ class TcpTransport:
         self._retry_after: dict[IPAddress, float] = {}
         self._failures: dict[IPAddress, int] = {}
         """Connection failures to a peer address in a row (reset by a connection)."""
+        self._good_port: dict[IPAddress, int] = {}
+        """The ``tcp_port`` a peer last accepted us on: tried first next time."""
         self._refused = 0
         self._refused_logged_at: float | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -242,19 +270,34 @@ class TcpTransport:
         """For ``status``: each stream's ends, role and queue."""
         return [{"local": str(s.local), "remote": str(s.remote),
                  "role": "initiator" if s.initiator else "responder",
+                 "ike_sas": sorted(s.sas),
                  "connected": s.connected, "queued": len(s.out)}
                 for s in sorted(self._streams, key=lambda s: (str(s.local), str(s.remote)))]
+
+    def wire_path(self, spi_i: bytes, path: Path, initiator: bool) -> Path:
+        """The engine's ``WireView``: the ends of the stream IKE_SA ``spi_i`` uses on
+        ``path``, which NAT detection must hash (RFC 9329), else ``path``. The original
+        initiator of a pair bound for TCP opens its stream here, so that the
+        IKE_SA_INIT being built already hashes its ports."""
+        sa = spi_i.hex()
+        stream = self._route(path, sa)
+        pair = (path.local.addr, path.remote.addr)
+        if stream is None and initiator and self._loop is not None and (
+                self.settings.mode == TcpMode.ALWAYS or pair in self._tcp_pairs):
+            stream = self._connect(pair, path, sa, self._loop.time())
+        return path if stream is None else stream.path
 
     def send_ike(self, datagram: Datagram, now: float) -> bool:
         """Carry one of the engine's datagrams; False: it is UDP's to send."""
         path, data = datagram.path, datagram.data
-        stream = self._route(path)
+        sa = sa_key(data)
+        stream = self._route(path, sa)
         pair = (path.local.addr, path.remote.addr)
         if stream is None:
-            if datagram.keepalive or not self._opens_tcp(pair, data):
+            if datagram.keepalive or sa is None or not self._opens_tcp(pair, data):
                 self._note_udp(pair, path, data, now)
                 return False
-            stream = self._connect(pair, path, now)
+            stream = self._connect(pair, path, sa, now)
             if stream is None:
                 return self.settings.mode == TcpMode.ALWAYS  # never leak to UDP there
         if datagram.keepalive:
@@ -264,13 +307,16 @@ class TcpTransport:
             if _is_request(data):
                 stream.inflight = data
         stream.ike_sent += 1
+        if sa is not None:
+            self._associate(stream, sa)
         self._write(stream, encode_ike(data))
         # During a trial a request goes over UDP too: an answer there brings the pair back.
         return not (pair in self._trial and _is_request(data))
 
-    def send_esp(self, path: Path, packet: bytes) -> bool:
-        """Carry one ESP packet of the data plane; False: UDP's (or raw ESP's) to send."""
-        stream = self._route(path)
+    def send_esp(self, path: Path, packet: bytes, ike_spi: str | None = None) -> bool:
+        """Carry one ESP packet of the data plane (of a CHILD_SA of ``ike_spi``, the
+        engine's name of the IKE_SA); False: UDP's (or raw ESP's) to send."""
+        stream = self._route(path, None if ike_spi is None else sa_key_of(ike_spi))
         if stream is None:
             return False
         if len(stream.out) > MAX_QUEUED_ESP:
@@ -291,9 +337,14 @@ class TcpTransport:
             self._tcp_pairs.discard(pair)
             self.log.emit("tcp_path_returned", local=str(pair[0]), remote=str(pair[1]))
             self.on_switch(pair, "udp", now)
-            stream = self._initiator.get(pair)
-            if stream is not None:
+            for stream in self._streams_of(pair):
                 self.loop.call_later(CLOSE_AFTER_RETURN, self._close_if_udp, stream)
+
+    def rekeyed(self, ike_spi: str, new_ike_spi: str) -> None:
+        """The engine rekeyed an IKE_SA: its successor rides the same stream."""
+        old = sa_key_of(ike_spi)
+        for stream in [s for s in self._streams if s.initiator and old in s.sas]:
+            self._associate(stream, sa_key_of(new_ike_spi))
 
     def _close_if_udp(self, stream: Stream) -> None:
         if not stream.closed and stream.pair not in self._tcp_pairs:
@@ -301,14 +352,29 @@ class TcpTransport:
 
     # --- routing -------------------------------------------------------------------------
 
-    def _route(self, path: Path) -> Stream | None:
+    def _route(self, path: Path, sa: SaKey | None = None) -> Stream | None:
+        """The stream for ``path`` (a responder's own path), else for IKE_SA ``sa`` if its
+        pair is on TCP; without ``sa``, any stream of the pair (what status asks)."""
         stream = self._responder.get((path.local.addr, path.remote))
         if stream is not None:
             return stream
         pair = (path.local.addr, path.remote.addr)
         if self.settings.mode == TcpMode.ALWAYS or pair in self._tcp_pairs:
-            return self._initiator.get(pair)
+            if sa is not None:
+                return self._initiator.get((pair, sa))
+            return next(iter(self._streams_of(pair)), None)
         return None
+
+    def _streams_of(self, pair: Pair) -> list[Stream]:
+        """The initiator streams of a pair, one per IKE_SA."""
+        return [s for s in set(self._initiator.values()) if s.route == pair]
+
+    def _associate(self, stream: Stream, sa: SaKey) -> None:
+        if sa in stream.sas or len(stream.sas) >= MAX_SAS_PER_STREAM:
+            return
+        stream.sas.add(sa)
+        if stream.route is not None and (stream.route, sa) not in self._initiator:
+            self._initiator[(stream.route, sa)] = stream
 
     def _opens_tcp(self, pair: Pair, data: bytes) -> bool:
         """Whether this datagram makes us connect: only as the original initiator."""
@@ -329,15 +395,30 @@ class TcpTransport:
 
     # --- initiator: connect, reopen ---------------------------------------------------------
 
-    def _connect(self, pair: Pair, path: Path, now: float) -> Stream | None:
+    def _port_order(self, remote: IPAddress) -> list[int]:
+        """The ``tcp_port``s to try in turn: the one that last worked, then the list's."""
+        ports = list(self.settings.ports)
+        good = self._good_port.get(remote)
+        return ports if good not in ports else [good] + [p for p in ports if p != good]
+
+    def _next_port(self, remote: Endpoint) -> int | None:
+        """The port to try after ``remote``'s failed; None once every port failed."""
+        order = self._port_order(remote.addr)
+        at = order.index(remote.port) + 1 if remote.port in order else len(order)
+        return order[at] if at < len(order) else None
+
+    def _connect(self, pair: Pair, path: Path, sa: SaKey, now: float,
+                 port: int | None = None) -> Stream | None:
+        """Connect for IKE_SA ``sa``: to ``port`` (the next one of a round), or else to
+        the peer's preferred port if it is not waiting out failures."""
         local, remote = pair
-        if now < self._retry_after.get(remote, 0.0) or len(self._streams) >= \
-                self.settings.max_streams:
+        if (port is None and now < self._retry_after.get(remote, 0.0)) or \
+                len(self._streams) >= self.settings.max_streams:
             return None
         family = socket.AF_INET6 if isinstance(remote, ipaddress.IPv6Address) else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         self.counters["connects"] += 1
-        target = Endpoint(remote, self.settings.ports[0])
+        target = Endpoint(remote, port if port is not None else self._port_order(remote)[0])
         try:
             self._tune(sock)
             if self.fwmark is not None:
@@ -353,18 +434,21 @@ class TcpTransport:
             return None
         if err not in (0, errno.EINPROGRESS):
             sock.close()
+            following = self._next_port(target)
+            if following is not None:
+                return self._connect(pair, path, sa, now, following)
             self._connect_failed(local, target, err, now)
             return None
         bound = sock.getsockname()
         stream = Stream(sock, True, Endpoint(ipaddress.ip_address(bound[0]), bound[1]), target,
                         now, StreamDecoder(expect_prefix=False), last_frame_at=now,
-                        engine_path=path)
+                        engine_path=path, sa=sa, route=pair)
         stream.out += STREAM_PREFIX
         self._streams.add(stream)
-        old = self._initiator.get(pair)
+        old = self._initiator.get((pair, sa))
         if old is not None:
             self._close(old, "replaced")
-        self._initiator[pair] = stream
+        self._associate(stream, sa)
         self.loop.add_writer(sock.fileno(), self._on_connected, stream)
         stream.writing = True
         return stream
@@ -375,10 +459,10 @@ class TcpTransport:
         now = self.loop.time()
         err = stream.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self._connect_failed(stream.local.addr, stream.remote, err, now)
-            self._close(stream, "connect_failed", log=False)
+            self._attempt_failed(stream, err, "connect_failed", now)
             return
         stream.connected = True
+        self._good_port[stream.remote.addr] = stream.remote.port
         self._failures.pop(stream.remote.addr, None)
         self._retry_after.pop(stream.remote.addr, None)
         self.loop.add_reader(stream.sock.fileno(), self._on_readable, stream)
@@ -394,7 +478,7 @@ class TcpTransport:
             pending = self._pending.pop(pair, None)
             self._next_trial[pair] = now + self.settings.retry_udp_every
             self.log.emit("tcp_path_fallback", local=str(pair[0]), remote=str(pair[1]))
-            if pending is not None:
+            if pending is not None and sa_key(pending.request) in stream.sas:
                 stream.engine_path = pending.path
                 stream.inflight = pending.request
                 stream.out += encode_ike(pending.request)
@@ -403,6 +487,22 @@ class TcpTransport:
         # new stream (a no-op while none is established on the pair).
         self.on_switch(pair, "tcp", now)
         self._flush(stream)
+
+    def _attempt_failed(self, stream: Stream, err: int, reason: str, now: float) -> None:
+        """A connection refused or timed out: try the next ``tcp_port`` with what the
+        stream held (prefix, queued frames); after the last one, wait (doubling)."""
+        self._close(stream, reason, log=False)
+        following = self._next_port(stream.remote)
+        new = None
+        if following is not None and stream.sa is not None and stream.engine_path is not None:
+            new = self._connect(stream.pair, stream.engine_path, stream.sa, now, following)
+        if new is None:
+            self._connect_failed(stream.local.addr, stream.remote, err, now)
+            return
+        for sa in stream.sas:
+            self._associate(new, sa)
+        new.out[:] = stream.out  # nothing of it was sent: the prefix comes first again
+        new.inflight = stream.inflight
 
     def _connect_failed(self, local: IPAddress, remote: Endpoint, err: int, now: float) -> None:
         # Doubling waits: a peer without TCP (charon) is not asked every second forever.
@@ -422,9 +522,13 @@ class TcpTransport:
         if path is None or old.inflight is None or not (
                 self.settings.mode == TcpMode.ALWAYS or pair in self._tcp_pairs):
             return  # nothing waits: the engine's next message reconnects if need be
-        new = self._connect(pair, path, now)
+        if old.sa is None:
+            return
+        new = self._connect(pair, path, old.sa, now)
         if new is None:
             return
+        for sa in old.sas:
+            self._associate(new, sa)
         new.inflight = old.inflight
         new.out += encode_ike(old.inflight)
         self.log.emit("tcp_stream_reopened", local=str(pair[0]), remote=str(new.remote))
@@ -523,6 +627,10 @@ class TcpTransport:
                                   local=str(stream.local), remote=str(stream.remote))
                 if stream.initiator and not _is_request(frame.data):
                     stream.inflight = None
+                sa = sa_key(frame.data)
+                if sa is not None:
+                    # A rekey successor the peer created speaks first here (RFC 9329 6).
+                    self._associate(stream, sa)
                 path = stream.engine_path if stream.initiator and stream.engine_path \
                     else stream.path
                 self.on_ike(frame.data, path, now)
@@ -572,8 +680,9 @@ class TcpTransport:
         stream.sock.close()
         self._streams.discard(stream)
         if stream.initiator:
-            if self._initiator.get(stream.pair) is stream:
-                del self._initiator[stream.pair]
+            for sa in stream.sas:
+                if stream.route is not None and self._initiator.get((stream.route, sa)) is stream:
+                    del self._initiator[(stream.route, sa)]
         else:
             key = (stream.local.addr, stream.remote)
             if self._responder.get(key) is stream:
@@ -597,8 +706,7 @@ class TcpTransport:
         for stream in list(self._streams):
             if not stream.connected:
                 if now - stream.opened_at > CONNECT_TIMEOUT:
-                    self._connect_failed(stream.local.addr, stream.remote, errno.ETIMEDOUT, now)
-                    self._close(stream, "connect_timeout", log=False)
+                    self._attempt_failed(stream, errno.ETIMEDOUT, "connect_timeout", now)
                 continue
             quiet = now - stream.last_frame_at
             slow = not stream.initiator and (stream.decoder.mid_frame or stream.ike_frames == 0
@@ -612,13 +720,16 @@ class TcpTransport:
         for pair, pending in list(self._pending.items()):
             if pair in self._tcp_pairs:
                 self._pending.pop(pair, None)
-            elif now - pending.since >= settings.fallback_after and pair not in self._initiator:
-                self._connect(pair, pending.path, now)
+            elif now - pending.since >= settings.fallback_after \
+                    and not self._streams_of(pair):
+                sa = sa_key(pending.request)
+                if sa is not None:
+                    self._connect(pair, pending.path, sa, now)
         for pair, deadline in list(self._trial.items()):
             if now >= deadline:
                 del self._trial[pair]
         for pair in list(self._tcp_pairs):
-            if pair not in self._initiator and pair not in self._trial:
+            if not self._streams_of(pair) and pair not in self._trial:
                 continue
             if now >= self._next_trial.get(pair, 0.0) and pair not in self._trial:
                 self._trial[pair] = now + UDP_TRIAL

@@ -39,6 +39,10 @@ def test_always_carries_the_tunnel_and_survives_a_killed_stream(lab: Lab) -> Non
     assert before_a["transport"] == before_b["transport"] == "tcp"
     # Nothing of IKE went over UDP: the initiator's first stream opened before the SA.
     assert a.events.find(named("tcp_stream_opened", role="initiator")) is not None
+    # NAT detection hashed the stream's own ends (RFC 9329): no NAT on this link.
+    for end in (a, b):
+        up = end.events.find(named("ike_sa_established"))
+        assert up is not None and not up["nat_local"] and not up["nat_remote"], up
     old_remote = str(before_b["remote"])
     killed = tunnel.topo.host_a.run("ss", "-K", "-t", "dst", tunnel.topo.b4, "dport", "=",
                                     "4500", check=False)

@@ -62,7 +62,7 @@ def _nat_detection(ctx: Context, conn: ConnectionConfig, spi_i: bytes, spi_r: by
 
 def _detect_nat(sa: IkeSa, payloads: Sequence[Payload], spi_r: bytes, path: Path) -> None:
     """Record which side is behind a NAT, as seen from the peer's hashes."""
-    verdict = nat_verdict(payloads, sa.spi_i, spi_r, path)
+    verdict = nat_verdict(payloads, sa.spi_i, spi_r, sa.natd_path(path))
     if verdict is None:
         return
     sa.natt_supported = True
@@ -124,7 +124,7 @@ class IkeInitTask:
             # §2.6: the COOKIE notify comes first.
             payloads.append(Notify(NotifyType.COOKIE, self.cookie))
         payloads += [SA(proposals), KE(self.group, sa.dh.public), Nonce(sa.nonce_i)]
-        payloads += _nat_detection(ctx, sa.conn, sa.spi_i, ZERO_SPI, sa.path)
+        payloads += _nat_detection(ctx, sa.conn, sa.spi_i, ZERO_SPI, sa.natd_path(sa.path))
         payloads += hash_notify(ctx, sa.conn)
         if sa.conn.fragmentation.announces:
             payloads.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))

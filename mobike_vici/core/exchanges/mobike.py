@@ -53,7 +53,7 @@ ADDRESS_NOTIFIES = (NotifyType.ADDITIONAL_IP4_ADDRESS, NotifyType.ADDITIONAL_IP6
 
 def natd_payloads(sa: IkeSa, path: Path) -> list[Payload]:
     """NAT_DETECTION_SOURCE_IP / _DESTINATION_IP for ``path`` as seen from our side."""
-    return natd_notifies(sa.spi_i, sa.spi_r, path)
+    return natd_notifies(sa.spi_i, sa.spi_r, sa.natd_path(path))
 
 
 def no_nats_data(path: Path) -> bytes:
@@ -128,7 +128,7 @@ def parse_addresses(payloads: Sequence[Payload]) -> tuple[IPAddress, ...] | None
 def _detect(sa: IkeSa, payloads: Sequence[Payload], path: Path) -> bytes | None:
     """Update the NAT flags from the peer's NAT detection hashes for ``path`` (our view);
     the peer's hash of us, or None without NAT detection payloads."""
-    verdict = nat_verdict(payloads, sa.spi_i, sa.spi_r, path)
+    verdict = nat_verdict(payloads, sa.spi_i, sa.spi_r, sa.natd_path(path))
     if verdict is None:
         return None
     sa.nat_remote, sa.nat_local = verdict.remote, verdict.local

@@ -26,10 +26,14 @@ BIND = ((socket.AF_INET, "127.0.0.1"),)
 UDP_PATH = Path(Endpoint(LO, 4500), Endpoint(LO, 4500))
 
 
-def ike(request: bool, from_initiator: bool, mid: int = 0, body: bytes = b"") -> bytes:
+SPI_I = bytes(range(1, 9))
+
+
+def ike(request: bool, from_initiator: bool, mid: int = 0, body: bytes = b"",
+        spi_i: bytes = SPI_I) -> bytes:
     flags = (0 if request else 0x20) | (0x08 if from_initiator else 0)
     length = 28 + len(body)
-    return (bytes(range(1, 9)) + bytes(range(9, 17)) + bytes((46, 0x20, 37, flags))
+    return (spi_i + bytes(range(9, 17)) + bytes((46, 0x20, 37, flags))
             + mid.to_bytes(4, "big") + length.to_bytes(4, "big") + body)
 
 
@@ -278,9 +282,143 @@ async def test_a_peer_without_tcp_is_asked_less_and_less_often() -> None:
 async def test_a_fallback_connection_is_dropped_when_udp_answered_meanwhile() -> None:
     async with pair_of(TcpMode.FALLBACK, fallback_after=0.2) as (i, r):
         assert not i.transport.send_ike(Datagram(ike(True, True), UDP_PATH), now())
-        i.transport._connect((LO, LO), UDP_PATH, now())  # as the housekeeping would
+        i.transport._connect((LO, LO), UDP_PATH, SPI_I.hex(), now())  # as housekeeping would
         i.transport.udp_ike_received(UDP_PATH, now())  # before the stream is up
         await until(lambda: i.log.named("tcp_stream_closed"))
         assert i.log.named("tcp_stream_closed")[0]["reason"] == "udp_answered"
         assert i.switches == [] and i.transport.transport_of(UDP_PATH) == "udp"
         assert r.ike == []
+
+
+def engine_spi(spi_i: bytes) -> str:
+    return f"{spi_i.hex()}_{bytes(range(9, 17)).hex()}"
+
+
+@in_loop
+async def test_each_ike_sa_gets_its_own_stream() -> None:
+    """RFC 9329 section 6: IKE_SAs between the same two addresses never share a stream,
+    but a rekey successor rides its predecessor's; ESP rides its IKE_SA's."""
+    async with pair_of(TcpMode.ALWAYS) as (i, r):
+        spi_a, spi_b, spi_a2 = b"\xaa" * 8, b"\xbb" * 8, b"\xa2" * 8
+        for spi in (spi_a, spi_b):
+            assert i.transport.send_ike(Datagram(ike(True, True, spi_i=spi), UDP_PATH), now())
+        await until(lambda: len(r.ike) == 2)
+        paths = {data[:8]: path for data, path in r.ike}
+        assert set(paths) == {spi_a, spi_b} and paths[spi_a] != paths[spi_b]
+        assert sorted(len(s["ike_sas"]) for s in i.transport.streams()) == [1, 1]  # type: ignore[arg-type]
+        assert len(r.transport.streams()) == 2
+        # The successor of A (rekeyed by the engine) goes on A's stream.
+        i.transport.rekeyed(engine_spi(spi_a), engine_spi(spi_a2))
+        assert i.transport.send_ike(Datagram(ike(True, True, mid=1, spi_i=spi_a2), UDP_PATH),
+                                    now())
+        await until(lambda: len(r.ike) == 3)
+        assert r.ike[2][1] == paths[spi_a] and len(i.transport.streams()) == 2
+        # A answered, then its stream closed: B's stream still carries B's ESP, and
+        # A's ESP is no longer the transport's to send.
+        assert r.transport.send_ike(Datagram(ike(False, False, mid=1, spi_i=spi_a2),
+                                             paths[spi_a]), now())
+        await until(lambda: i.ike)
+        (stream_a,) = [s for s in r.transport._streams if s.remote == paths[spi_a].remote]
+        r.transport._close(stream_a, "test")
+        await until(lambda: len(i.transport.streams()) == 1)
+        assert not i.transport.send_esp(UDP_PATH, ESP, engine_spi(spi_a2))
+        assert i.transport.send_esp(UDP_PATH, ESP, engine_spi(spi_b))
+        await until(lambda: r.esp)
+        assert r.esp == [ESP]
+
+
+@asynccontextmanager
+async def initiator_with_ports(ports: tuple[int, ...], live: int) -> AsyncIterator[
+        tuple[Side, Side]]:
+    """An initiator offered ``ports`` in turn, a responder listening on ``live`` only."""
+    initiator = side(TcpSettings(mode=TcpMode.ALWAYS, ports=ports))
+    responder = side(TcpSettings(mode=TcpMode.ALWAYS, ports=(live,)))
+    loop = asyncio.get_running_loop()
+    responder.transport.open(loop, BIND)
+    initiator.transport.open(loop, ())
+    try:
+        yield initiator, responder
+    finally:
+        initiator.transport.close()
+        responder.transport.close()
+
+
+@in_loop
+async def test_a_refused_port_makes_way_for_the_next_and_the_good_one_is_kept() -> None:
+    refused, live = free_tcp_port(), free_tcp_port()  # nobody listens on ``refused``
+    async with initiator_with_ports((refused, live), live) as (i, r):
+        request = ike(True, True, spi_i=b"\x01" * 8)
+        assert i.transport.send_ike(Datagram(request, UDP_PATH), now())
+        await until(lambda: r.ike)
+        assert r.ike[0][0] == request  # queued on the refused attempt, sent on the next
+        assert i.transport.counters["connects"] == 2
+        assert not i.log.named("tcp_unavailable")
+        # Another IKE_SA to the same peer goes straight to the port that worked.
+        assert i.transport.send_ike(Datagram(ike(True, True, spi_i=b"\x02" * 8), UDP_PATH),
+                                    now())
+        await until(lambda: len(r.ike) == 2)
+        assert i.transport.counters["connects"] == 3
+        assert {s["remote"] for s in i.transport.streams()} == {f"127.0.0.1[{live}]"}
+
+
+@in_loop
+async def test_a_port_that_never_answers_times_out_to_the_next(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tcp_transport, "CONNECT_TIMEOUT", 0.3)
+    # A listener that never accepts, its backlog full: SYNs to it go unanswered.
+    black = socket.socket()
+    black.bind(("127.0.0.1", 0))
+    black.listen(0)
+    filler = []
+    for _ in range(4):
+        conn = socket.socket()
+        conn.setblocking(False)
+        conn.connect_ex(black.getsockname())
+        filler.append(conn)
+    live = free_tcp_port()
+    try:
+        async with initiator_with_ports((black.getsockname()[1], live), live) as (i, r):
+            request = ike(True, True)
+            assert i.transport.send_ike(Datagram(request, UDP_PATH), now())
+            await until(lambda: r.ike)
+            assert r.ike[0][0] == request and i.transport.counters["connects"] == 2
+            assert not i.log.named("tcp_unavailable")
+    finally:
+        for conn in [*filler, black]:
+            conn.close()
+
+
+@in_loop
+async def test_wire_path_is_the_streams_for_nat_detection() -> None:
+    """The engine hashes NAT detection over a stream's own ends (RFC 9329): the initiator
+    opens it while building IKE_SA_INIT, the message then goes on that same stream."""
+    async with pair_of(TcpMode.ALWAYS) as (i, r):
+        wire = i.transport.wire_path(SPI_I, UDP_PATH, True)
+        (stream,) = i.transport.streams()
+        assert wire != UDP_PATH and wire.remote.port == i.transport.settings.ports[0]
+        assert (str(wire.local), str(wire.remote)) == (stream["local"], stream["remote"])
+        assert i.transport.send_ike(Datagram(ike(True, True), UDP_PATH), now())
+        await until(lambda: r.ike)
+        rpath = r.ike[0][1]
+        assert (rpath.remote, rpath.local) == (wire.local, wire.remote)  # same ends both sides
+        assert len(i.transport.streams()) == 1
+        # The responder's engine already sees the stream's ends; a pair not bound for a
+        # stream (the peer's side of it as original responder) keeps its path.
+        assert r.transport.wire_path(SPI_I, rpath, False) == rpath
+        assert r.transport.wire_path(SPI_I, UDP_PATH, False) == UDP_PATH and \
+            r.transport.streams()[0]["role"] == "responder" and len(r.transport.streams()) == 1
+
+
+@in_loop
+async def test_one_ike_sa_on_two_pairs_has_a_stream_on_each() -> None:
+    """MOBIKE gives an IKE_SA several paths: a probe on another pair opens that pair's
+    stream and leaves the active one alone."""
+    other = Path(Endpoint(ipaddress.ip_address("127.0.0.2"), 4500), UDP_PATH.remote)
+    async with pair_of(TcpMode.ALWAYS) as (i, r):
+        assert i.transport.send_ike(Datagram(ike(True, True, mid=1), UDP_PATH), now())
+        await until(lambda: r.ike)
+        assert i.transport.send_ike(Datagram(ike(True, True, mid=2), other), now())
+        await until(lambda: len(r.ike) == 2)
+        assert [str(p.remote.addr) for _, p in r.ike] == ["127.0.0.1", "127.0.0.2"]
+        assert len(i.transport.streams()) == 2 and not i.log.named("tcp_stream_closed")
+        assert i.transport.transport_of(UDP_PATH) == i.transport.transport_of(other) == "tcp"
