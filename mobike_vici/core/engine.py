@@ -617,6 +617,11 @@ class Engine:
         fragments = self._fragment(sa, task.exchange, mid, False, payloads, data, path)
         sa.pending = PendingRequest(mid, task.exchange, data, path, task, now, now + wait,
                                     fragments=fragments)
+        if sa.unanswered_since is None or sa.unanswered_since <= sa.last_received:
+            # The peer spoke since the last request we counted from: count from this one.
+            sa.unanswered_since = now
+            dead_after = self._settings.dead_after
+            sa.dead_at = now + dead_after if dead_after > 0 else None
         self._send_all(sa.pending.datagrams, path, sa, now)
         self._ride(sa, now)
         return True
@@ -1158,6 +1163,9 @@ class Engine:
     def _sa_timer(self, sa: IkeSa, now: float) -> None:
         self._probe_timer(sa, now)
         expire(sa.reassembly, now, REASSEMBLY_TIMEOUT)
+        if sa.dead_at is not None and now >= sa.dead_at and sa.silent_since_asked():
+            self._destroy(sa, "dead_after", now)
+            return
         pending = sa.pending
         settings = self._settings
         if (pending is not None and now >= pending.deadline

@@ -237,3 +237,35 @@ def test_eager_resends_end_with_their_window_then_charons_schedule() -> None:
     # the window's last send is charon's first retransmission: 7.2 s, 12.96 s after it
     assert sends[int(window) + 1] == pytest.approx(window + 7.2)
     assert sends[int(window) + 2] == pytest.approx(window + 7.2 + 12.96)
+
+
+def _dead_after_pair() -> Net:
+    net = make_pair(1, EngineSettings(dead_after=30.0), initiator_extra="dpd_delay = 10s")
+    net.a.initiate("home", None, 0.0)
+    net.pump()
+    net.advance_to(10.0)  # the first DPD is answered
+    assert [s.state for s in net.a.status()] == ["ESTABLISHED"]
+    return net
+
+
+def test_a_peer_silent_for_dead_after_is_dead_long_before_the_retransmit_bound() -> None:
+    net = _dead_after_pair()
+    net.drop = lambda d: True  # the peer is gone on every path
+    net.advance_to(49.9)  # the DPD at 20 s is unanswered: dead at 50 s
+    assert [s.state for s in net.a.status()] == ["ESTABLISHED"]
+    net.advance_to(50.1)
+    (deleted,) = _of(net.events_a, IkeSaDeleted)
+    assert deleted.reason == "dead_after"
+    assert [e.reason for e in _of(net.events_a, ChildSaDeleted)] == ["dead_after"]
+    assert net.a.status() == []
+
+
+def test_dead_after_counts_from_the_first_request_after_the_peer_last_spoke() -> None:
+    net = _dead_after_pair()
+    # The DPD at 20 s is lost, its resend at 24 s answered; the DPD at 34 s never is.
+    net.drop = lambda d: net.now < 23.0 or net.now > 30.0
+    net.advance_to(63.9)
+    assert [s.state for s in net.a.status()] == ["ESTABLISHED"]
+    net.advance_to(64.1)
+    (deleted,) = _of(net.events_a, IkeSaDeleted)
+    assert deleted.reason == "dead_after"
