@@ -17,7 +17,7 @@ from mobike_vici.ikev2.constants import ExchangeType
 from mobike_vici.ikev2.message import decode_header
 from mobike_vici.types import Path
 
-from .harness import ALICE, Net, config_pair, make_pair, of_type, seeded
+from .harness import ALICE, BOB, Net, config_pair, make_pair, of_type, seeded
 
 _of = of_type
 
@@ -269,3 +269,28 @@ def test_dead_after_counts_from_the_first_request_after_the_peer_last_spoke() ->
     net.advance_to(64.1)
     (deleted,) = _of(net.events_a, IkeSaDeleted)
     assert deleted.reason == "dead_after"
+
+
+def _init_to_a_peer_loading_its_config(eager: bool) -> Net:
+    """The peer's daemon is up but its connection not loaded before 3.5 s: it answers
+    NO_PROPOSAL_CHOSEN (charon between its start and swanctl --load-all)."""
+    net = make_pair()
+    loaded = net.b
+    _, unloaded = config_pair("aes256-sha384-modp3072")
+    net.b = Engine(unloaded, seeded(7), lambda r: BOB)
+    net.a.initiate("home", None, 0.0, eager=eager)
+    net.pump()
+    net.advance_to(3.5)
+    net.b = loaded
+    net.advance_to(10.0)
+    return net
+
+
+def test_a_restarting_peer_that_refuses_before_its_config_is_loaded_is_asked_again() -> None:
+    net = _init_to_a_peer_loading_its_config(eager=True)
+    assert len(_of(net.events_a, IkeSaEstablished)) == 1
+    assert not _of(net.events_a, IkeSaDeleted)
+    plain = _init_to_a_peer_loading_its_config(eager=False)
+    (deleted,) = _of(plain.events_a, IkeSaDeleted)  # outside a restart: charon's way
+    assert deleted.reason == "no_proposal_chosen" and not _of(plain.events_a,
+                                                               IkeSaEstablished)
