@@ -130,13 +130,14 @@ tcp_slow_timeout           5s          >0 .. 24h        native: a stream without
                                                         prefix and an IKE message we
                                                         answered, or with a frame left
                                                         unfinished, this long is closed
-dead_after                 30s         0 .. 24h         native: an IKE_SA whose requests the
-                                                        peer has answered on no path for
-                                                        this long is dead (ike_sa_deleted
-                                                        reason dead_after, then dpd_action),
-                                                        well before charon's 165 s
-                                                        retransmission bound (0: that bound
-                                                        only)
+dead_after                 30s         0 .. 24h         native initiator: an IKE_SA whose
+                                                        requests the peer has answered on no
+                                                        path for this long is dead
+                                                        (ike_sa_deleted reason dead_after,
+                                                        then dpd_action), well before
+                                                        charon's 165 s retransmission bound
+                                                        (0: that bound only); a responder
+                                                        keeps to that bound (RFC 4555 3.11)
 =========================  ==========  ===============  ====================================
 
 .. mobike-keys-end

@@ -263,9 +263,12 @@ class IkeSa:
         return Header(self.spi_i, self.spi_r, 0, exchange, flags, message_id)
 
     def silent_since_asked(self) -> bool:
-        """A request of ours is out on a live SA and the peer has sent nothing, on any
-        path, since the first request it left unanswered."""
-        return (self.pending is not None and self.unanswered_since is not None
+        """A request of ours is out on a live SA we initiated and the peer has sent
+        nothing, on any path, since the first request it left unanswered. Only the
+        original initiator: it detects and repairs failures, while a responder keeps
+        retransmitting so that a moving peer has time to come back (RFC 4555 3.11)."""
+        return (self.mobike_initiator and self.pending is not None
+                and self.unanswered_since is not None
                 and self.last_received <= self.unanswered_since
                 and self.state in (IkeState.ESTABLISHED, IkeState.REKEYING))
 

@@ -294,3 +294,17 @@ def test_a_restarting_peer_that_refuses_before_its_config_is_loaded_is_asked_aga
     (deleted,) = _of(plain.events_a, IkeSaDeleted)  # outside a restart: charon's way
     assert deleted.reason == "no_proposal_chosen" and not _of(plain.events_a,
                                                                IkeSaEstablished)
+
+
+def test_a_responder_keeps_retransmitting_past_dead_after() -> None:
+    # RFC 4555 3.11: the initiator detects failures; a responder gives a moving peer time.
+    net = make_pair(1, EngineSettings(dead_after=30.0), responder_extra="dpd_delay = 10s")
+    net.a.initiate("home", None, 0.0)
+    net.pump()
+    net.advance_to(10.0)
+    net.drop = lambda d: True
+    net.advance_to(150.0)
+    assert [s.state for s in net.b.status()] == ["ESTABLISHED"]
+    net.advance_to(200.0)
+    (deleted,) = _of(net.events_b, IkeSaDeleted)
+    assert deleted.reason == "dpd_timeout"
