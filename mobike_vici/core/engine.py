@@ -834,6 +834,7 @@ class Engine:
         sa.last_received = now
         if path != sa.path:
             self._follow_peer(sa, exchange, path, now)
+        path_before = sa.path
         destroy_reason: str | None = None
         critical = unsupported_critical(msg.payloads)
         if critical is not None:
@@ -877,6 +878,7 @@ class Engine:
                                    response_fragments=fragments)
         sa.peer_next_id = mid + 1
         self._send_all(sa.cached.datagrams, path, sa, now)
+        self._resend_after_peer_moved(sa, path_before, now)
         if sa.state != IkeState.CONNECTING:
             self._forget_half_open(sa)
         if sa.initial_contact and sa.state == IkeState.ESTABLISHED:
@@ -891,6 +893,19 @@ class Engine:
             self._kick(sa, now)
         for other in sa.lineage()[1:]:
             self._kick(other, now)
+
+    def _resend_after_peer_moved(self, sa: IkeSa, old: Path, now: float) -> None:
+        """The peer's UPDATE_SA_ADDRESSES moved the IKE_SA off ``old``: our request
+        outstanding there goes to the new addresses now (RFC 4555 3.5), not at its next
+        retransmission. Left on the dead path (a probe of it, a rekey), it would hold
+        back the return routability check queued behind it for seconds, and the
+        CHILD_SAs with it. Not counted as a retransmission."""
+        pending = sa.pending
+        if (sa.path == old or pending is None or pending.path != old
+                or sa.mobike_initiator or isinstance(pending.task, RoutabilityTask)):
+            return
+        pending.path = sa.path
+        self._send_all(pending.datagrams, pending.path, sa, now)
 
     def _follow_peer(self, sa: IkeSa, exchange: ExchangeType, path: Path, now: float) -> None:
         """An authenticated request arrived on another path than the SA's: follow it only
