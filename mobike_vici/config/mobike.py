@@ -116,7 +116,7 @@ tcp                        no          no, fallback,    native: IKE and ESP over
                                                         tcp_port unless this is no
 tcp_port                   4500        list of ports    native: TCP ports: the responder
                                                         listens on all, the initiator
-                                                        connects to the first
+                                                        tries them in turn
 tcp_fallback_after         1s          >0 .. 24h        native, tcp = fallback: IKE requests
                                                         on a path unanswered over UDP this
                                                         long move the path to TCP; UDP is
