@@ -804,6 +804,7 @@ def summarize(pair: Pair, end: float, checks: dict[str, Any],
         "rss_kib_end": pair.samples[-1][1] if pair.samples else None,
         "rss_kib_warm": int(warm[0][1]) if warm else None,
         "rss_slope_kib_per_h": None if slope is None else round(slope, 1),
+        **rss_trend(pair.samples),
         "fds_start": pair.samples[0][2] if pair.samples else None,
         "fds_end": pair.samples[-1][2] if pair.samples else None,
         "fds_max": max((s[2] for s in pair.samples), default=None),
@@ -813,6 +814,22 @@ def summarize(pair: Pair, end: float, checks: dict[str, Any],
         "end": {k: v for k, v in checks.items() if k != "loop_lag"},
         "errors": pair.errors[:20],
     }
+
+
+def rss_trend(samples: list[tuple[float, int, int]]) -> dict[str, Any]:
+    """mob's RSS over the run: the slope of its last half (a growth that levels off
+    is start-up and caches, one that keeps its slope is a leak) and one sample a
+    minute."""
+    if not samples:
+        return {"rss_slope_last_half_kib_per_h": None, "rss_kib_by_minute": []}
+    t0, t1 = samples[0][0], samples[-1][0]
+    half = [(t, float(r)) for t, r, _ in samples if t >= (t0 + t1) / 2]
+    slope = slope_per_hour(half)
+    by_minute: dict[int, int] = {}
+    for t, r, _ in samples:
+        by_minute.setdefault(int((t - t0) // 60), r)
+    return {"rss_slope_last_half_kib_per_h": None if slope is None else round(slope, 1),
+            "rss_kib_by_minute": [by_minute[m] for m in sorted(by_minute)]}
 
 
 def _ranks(samples: list[float]) -> dict[str, Any]:

@@ -116,7 +116,7 @@ tcp                        no          no, fallback,    native: IKE and ESP over
                                                         tcp_port unless this is no
 tcp_port                   4500        list of ports    native: TCP ports: the responder
                                                         listens on all, the initiator
-                                                        connects to the first
+                                                        tries them in turn
 tcp_fallback_after         1s          >0 .. 24h        native, tcp = fallback: IKE requests
                                                         on a path unanswered over UDP this
                                                         long move the path to TCP; UDP is
@@ -130,6 +130,14 @@ tcp_slow_timeout           5s          >0 .. 24h        native: a stream without
                                                         prefix and an IKE message we
                                                         answered, or with a frame left
                                                         unfinished, this long is closed
+dead_after                 30s         0 .. 24h         native initiator: an IKE_SA whose
+                                                        requests the peer has answered on no
+                                                        path for this long is dead
+                                                        (ike_sa_deleted reason dead_after,
+                                                        then dpd_action), well before
+                                                        charon's 165 s retransmission bound
+                                                        (0: that bound only); a responder
+                                                        keeps to that bound (RFC 4555 3.11)
 =========================  ==========  ===============  ====================================
 
 .. mobike-keys-end
@@ -244,6 +252,7 @@ class MobikePolicy:
     drop_log_interval: float = 1.0
     fragment_size: int = 1280
     tcp: TcpSettings = NO_TCP
+    dead_after: float = 30.0
     pool: PoolSettings = field(default_factory=PoolSettings)  # see config/pool.py
 
     def excludes_local(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
@@ -280,7 +289,7 @@ _TOP_KEYS = frozenset({
     "drop_log_interval", "cookie_threshold", "block_threshold", "init_limit_half_open",
     "init_dh_budget",
     "max_ike_sas_per_peer", "max_child_sas_per_peer", "verify_timeout", "repair_timeout",
-    "fragment_size", *TCP_KEYS,
+    "fragment_size", "dead_after", *TCP_KEYS,
 })
 _RULE_KEYS = frozenset({"interface", "prefix", "remote_prefix", "family", "cost"})
 _FAMILIES = {"ipv4": 4, "ipv6": 6, "4": 4, "6": 6, "any": None}
@@ -356,9 +365,11 @@ def _build(raw: Mapping[str, str], locate: Locate) -> MobikePolicy:
             kw[field_name] = _uint(t, key, lo, hi, err)
     for key in ("probe_interval", "probe_timeout", "standby_probe_interval",
                 "stall_timeout", "stall_probe_timeout", "hold_down", "handover_timeout",
-                "escalate_after", "drop_log_interval", "verify_timeout", "repair_timeout"):
+                "escalate_after", "drop_log_interval", "verify_timeout", "repair_timeout",
+                "dead_after"):
         if (t := text(key)) is not None:
-            kw[key] = _time(t, key, err, zero_ok=key in ("hold_down", "verify_timeout"))
+            kw[key] = _time(t, key, err,
+                            zero_ok=key in ("hold_down", "verify_timeout", "dead_after"))
     if (t := text("fragment_size")) is not None:
         size = _uint(t, "fragment_size", 0, 65535, err)
         if 0 < size < _MIN_FRAGMENT_SIZE:

@@ -617,6 +617,11 @@ class Engine:
         fragments = self._fragment(sa, task.exchange, mid, False, payloads, data, path)
         sa.pending = PendingRequest(mid, task.exchange, data, path, task, now, now + wait,
                                     fragments=fragments)
+        if sa.unanswered_since is None or sa.unanswered_since <= sa.last_received:
+            # The peer spoke since the last request we counted from: count from this one.
+            sa.unanswered_since = now
+            dead_after = self._settings.dead_after
+            sa.dead_at = now + dead_after if dead_after > 0 else None
         self._send_all(sa.pending.datagrams, path, sa, now)
         self._ride(sa, now)
         return True
@@ -829,6 +834,7 @@ class Engine:
         sa.last_received = now
         if path != sa.path:
             self._follow_peer(sa, exchange, path, now)
+        path_before = sa.path
         destroy_reason: str | None = None
         critical = unsupported_critical(msg.payloads)
         if critical is not None:
@@ -872,6 +878,7 @@ class Engine:
                                    response_fragments=fragments)
         sa.peer_next_id = mid + 1
         self._send_all(sa.cached.datagrams, path, sa, now)
+        self._resend_after_peer_moved(sa, path_before, now)
         if sa.state != IkeState.CONNECTING:
             self._forget_half_open(sa)
         if sa.initial_contact and sa.state == IkeState.ESTABLISHED:
@@ -886,6 +893,19 @@ class Engine:
             self._kick(sa, now)
         for other in sa.lineage()[1:]:
             self._kick(other, now)
+
+    def _resend_after_peer_moved(self, sa: IkeSa, old: Path, now: float) -> None:
+        """The peer's UPDATE_SA_ADDRESSES moved the IKE_SA off ``old``: our request
+        outstanding there goes to the new addresses now (RFC 4555 3.5), not at its next
+        retransmission. Left on the dead path (a probe of it, a rekey), it would hold
+        back the return routability check queued behind it for seconds, and the
+        CHILD_SAs with it. Not counted as a retransmission."""
+        pending = sa.pending
+        if (sa.path == old or pending is None or pending.path != old
+                or sa.mobike_initiator or isinstance(pending.task, RoutabilityTask)):
+            return
+        pending.path = sa.path
+        self._send_all(pending.datagrams, pending.path, sa, now)
 
     def _follow_peer(self, sa: IkeSa, exchange: ExchangeType, path: Path, now: float) -> None:
         """An authenticated request arrived on another path than the SA's: follow it only
@@ -1158,6 +1178,9 @@ class Engine:
     def _sa_timer(self, sa: IkeSa, now: float) -> None:
         self._probe_timer(sa, now)
         expire(sa.reassembly, now, REASSEMBLY_TIMEOUT)
+        if sa.dead_at is not None and now >= sa.dead_at and sa.silent_since_asked():
+            self._destroy(sa, "dead_after", now)
+            return
         pending = sa.pending
         settings = self._settings
         if (pending is not None and now >= pending.deadline

@@ -40,7 +40,8 @@ class IkeSaEstablished(CoreEvent):
 class IkeSaDeleted(CoreEvent):
     path: Path
     reason: str
-    """deleted_by_peer, deleted_locally, dpd_timeout, retransmits_exceeded, rekeyed, ..."""
+    """deleted_by_peer, deleted_locally, dpd_timeout, retransmits_exceeded, dead_after,
+    rekeyed, ..."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

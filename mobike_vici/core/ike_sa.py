@@ -159,6 +159,12 @@ class IkeSa:
     # Liveness and timers.
     last_received: float = 0.0
     last_sent: float = 0.0
+    unanswered_since: float | None = None
+    """When the first of our requests left that the peer has not answered: nothing
+    from it since (``silent_since_asked``)."""
+    dead_at: float | None = None
+    """``unanswered_since`` plus the engine's ``dead_after``: the SA is dead then if the
+    peer stays silent (None: no bound but the retransmissions')."""
     rekey_at: float | None = None
     rekeyed: bool = False
     ike_collision: IkeRekeyCollision | None = None
@@ -256,6 +262,16 @@ class IkeSa:
             flags |= HeaderFlag.RESPONSE
         return Header(self.spi_i, self.spi_r, 0, exchange, flags, message_id)
 
+    def silent_since_asked(self) -> bool:
+        """A request of ours is out on a live SA we initiated and the peer has sent
+        nothing, on any path, since the first request it left unanswered. Only the
+        original initiator: it detects and repairs failures, while a responder keeps
+        retransmitting so that a moving peer has time to come back (RFC 4555 3.11)."""
+        return (self.mobike_initiator and self.pending is not None
+                and self.unanswered_since is not None
+                and self.last_received <= self.unanswered_since
+                and self.state in (IkeState.ESTABLISHED, IkeState.REKEYING))
+
     def deadline(self, keepalive_interval: float, half_open_timeout: float) -> float | None:
         """The earliest moment anything about this SA must happen."""
         times: list[float] = []
@@ -280,6 +296,8 @@ class IkeSa:
                 times.append(self.last_sent + keepalive_interval)
             if self.rekey_at is not None:
                 times.append(self.rekey_at)
+            if self.dead_at is not None and self.silent_since_asked():
+                times.append(self.dead_at)
             for child in self.children.values():
                 if child.rekey_at is not None and child.state == ChildState.INSTALLED:
                     times.append(child.rekey_at)

@@ -85,6 +85,12 @@ class EngineSettings:
     where RFC 7383 fragmentation was negotiated; larger ones (never IKE_SA_INIT) go as
     fragments. 0: 576 bytes on IPv4, 1280 on IPv6."""
 
+    dead_after: float = 0.0
+    """An established IKE_SA whose requests the peer has answered on no path for this
+    long is destroyed (reason ``dead_after``), long before the retransmission bound
+    (165 s) would: MOBIKE has tried every path by then. 0 (charon's way, the core's
+    default): only that bound. The daemon passes ``mobike { dead_after }``."""
+
     def fragment_limit(self, ip_version: int) -> int:
         """The IP datagram size for ``ip_version`` (the 0 default resolved)."""
         if self.fragment_size:

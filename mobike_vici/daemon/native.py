@@ -892,7 +892,7 @@ def restart_children(children: Sequence[Any], reason: str) -> list[str]:
     """Names of the children to initiate again after an IKE_SA went away for ``reason``."""
     if reason == "deleted_by_peer":
         return [c.name for c in children if c.close_action == CloseAction.START]
-    if reason in ("dpd_timeout", "retransmits_exceeded"):
+    if reason in ("dpd_timeout", "retransmits_exceeded", "dead_after"):
         return [c.name for c in children if c.dpd_action == DpdAction.RESTART]
     return []
 
@@ -913,7 +913,7 @@ def engine_settings(config: Config) -> EngineSettings:
         # The path manager judges misses by its own adaptive timeout; the engine keeps
         # a probe open as long as a late answer may still bring its path back up.
         probe_timeout=MAX_PROBE_TIMEOUT,
-        fragment_size=policy.fragment_size)
+        fragment_size=policy.fragment_size, dead_after=policy.dead_after)
 
 
 def _mobike_conn(config: Config) -> Callable[[str], bool]:

@@ -7,7 +7,9 @@ import signal
 
 import pytest
 
-from .configs import CONN
+from mobike_vici.lab.native import named, start_native
+
+from .configs import CONN, swanctl_conf
 from .support import CHANGE_TIMEOUT, Interop, Tunnel, charon_ike_sas, count_log, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon]
@@ -155,3 +157,21 @@ def test_mobike_with_dpd_still_clears_a_sigkilled_peer(
     assert count_log(tunnel.charon, r"sending DPD request|sending address list update"
                      r"|retransmit \d+ of request") >= 1
     assert count_log(tunnel.charon, r"giving up after \d+ retransmits") >= 1
+
+
+def test_a_peer_gone_without_a_word_is_dead_after_dead_after(interop: Interop) -> None:
+    # charon SIGKILLed: no DELETE, nothing answers on any path. Our probes and moves go
+    # unanswered; mobike { dead_after } ends the IKE_SA long before charon's own
+    # retransmission bound (165 s) would.
+    ours, theirs = interop.sides(native_initiates=True, mobike=True)
+    charon = interop.start_charon(theirs)
+    conf = interop.workdir / "native.conf"
+    conf.write_text(swanctl_conf(ours) + "mobike {\n    dead_after = 3s\n}\n")
+    daemon = start_native(interop.lab, interop.topo.host_a, conf, name="native")
+    interop.natives.append(daemon)
+    tunnel = Tunnel(charon, daemon)
+    tunnel.wait_agree()
+    charon.proc.send_signal(signal.SIGKILL)
+    charon.proc.wait(timeout=10)
+    gone = daemon.wait_event(named("ike_sa_deleted", ike_spi=tunnel.ike_spi), 30.0)
+    assert gone["reason"] == "dead_after", gone

@@ -152,6 +152,10 @@ class IkeInitTask:
             return Outcome.RETRY
         error = first_error(payloads)
         if error is not None:
+            if self.eager_until is not None and now < self.eager_until:
+                # A peer known to be restarting answers before its config is loaded
+                # (charon between its start and swanctl --load-all): ask again.
+                raise DropPacket(f"{notify_name(error.type)} from a restarting peer")
             raise ExchangeAborted(notify_name(error.type))
         sa_payload = _payload(payloads, SA)
         ke = _payload(payloads, KE)

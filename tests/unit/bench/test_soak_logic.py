@@ -59,3 +59,14 @@ def test_a_fault_on_the_other_uplink_does_not_excuse_a_move(soak: ModuleType,
     locations = [(0.0, "10.1.0.2"), (10.5, "10.2.0.2")]
     pair = _pair(soak, tmp_path, [], faults, locations)
     assert len(pair.false_moves()) == 1
+
+
+def test_rss_growth_that_levels_off_has_a_flat_last_half(soak: ModuleType) -> None:
+    # 10 s samples for 20 minutes: 2 MiB of growth in the first 5, flat after.
+    samples = [(t * 10.0, 50_000 + min(t, 30) * 70, 20) for t in range(120)]
+    trend = soak.rss_trend(samples)
+    assert trend["rss_slope_last_half_kib_per_h"] == 0.0
+    assert trend["rss_kib_by_minute"][:2] == [50_000, 50_420]
+    assert len(trend["rss_kib_by_minute"]) == 20
+    leaking = [(t * 10.0, 50_000 + t * 10, 20) for t in range(120)]  # 3.6 MiB/h
+    assert soak.rss_trend(leaking)["rss_slope_last_half_kib_per_h"] == pytest.approx(3600.0)

@@ -304,6 +304,8 @@ ERRORS: list[tuple[str, str, str]] = [
      "unknown value"),
     (MINIMAL + "mobike {\n fragment_size = 100\n}\n", "fragment_size", "out of range"),
     (MINIMAL + "mobike {\n fragment_size = 1k\n}\n", "fragment_size", "not a number"),
+    (MINIMAL + "mobike {\n dead_after = soon\n}\n", "dead_after", "not a time"),
+    (MINIMAL + "mobike {\n dead_after = 25h\n}\n", "dead_after", "out of range"),
     (MINIMAL.replace("192.0.2.1", "192.0.2.1\n pools = nowhere"), "pools", "not defined"),
     (MINIMAL.replace("192.0.2.1", "192.0.2.1\n child { }"), "child {", "unknown section"),
     (MINIMAL.replace("192.0.2.1", "192.0.2.1\n local { auth = xauth }"), "local {", "IKEv1"),
@@ -396,3 +398,10 @@ def test_fragmentation_keeps_swanctls_values_and_default(value: str | None,
 def test_fragment_size(value: str | None, size: int) -> None:
     text = MINIMAL + ("" if value is None else f"mobike {{ fragment_size = {value} }}\n")
     assert load_string(text).mobike.policy.fragment_size == size
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(None, 30.0), ("0", 0.0), ("45s", 45.0),
+                                                ("2m", 120.0)])
+def test_dead_after(value: str | None, seconds: float) -> None:
+    text = MINIMAL + ("" if value is None else f"mobike {{ dead_after = {value} }}\n")
+    assert load_string(text).mobike.policy.dead_after == seconds

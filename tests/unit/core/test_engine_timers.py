@@ -17,7 +17,7 @@ from mobike_vici.ikev2.constants import ExchangeType
 from mobike_vici.ikev2.message import decode_header
 from mobike_vici.types import Path
 
-from .harness import ALICE, Net, config_pair, make_pair, of_type, seeded
+from .harness import ALICE, BOB, Net, config_pair, make_pair, of_type, seeded
 
 _of = of_type
 
@@ -237,3 +237,74 @@ def test_eager_resends_end_with_their_window_then_charons_schedule() -> None:
     # the window's last send is charon's first retransmission: 7.2 s, 12.96 s after it
     assert sends[int(window) + 1] == pytest.approx(window + 7.2)
     assert sends[int(window) + 2] == pytest.approx(window + 7.2 + 12.96)
+
+
+def _dead_after_pair() -> Net:
+    net = make_pair(1, EngineSettings(dead_after=30.0), initiator_extra="dpd_delay = 10s")
+    net.a.initiate("home", None, 0.0)
+    net.pump()
+    net.advance_to(10.0)  # the first DPD is answered
+    assert [s.state for s in net.a.status()] == ["ESTABLISHED"]
+    return net
+
+
+def test_a_peer_silent_for_dead_after_is_dead_long_before_the_retransmit_bound() -> None:
+    net = _dead_after_pair()
+    net.drop = lambda d: True  # the peer is gone on every path
+    net.advance_to(49.9)  # the DPD at 20 s is unanswered: dead at 50 s
+    assert [s.state for s in net.a.status()] == ["ESTABLISHED"]
+    net.advance_to(50.1)
+    (deleted,) = _of(net.events_a, IkeSaDeleted)
+    assert deleted.reason == "dead_after"
+    assert [e.reason for e in _of(net.events_a, ChildSaDeleted)] == ["dead_after"]
+    assert net.a.status() == []
+
+
+def test_dead_after_counts_from_the_first_request_after_the_peer_last_spoke() -> None:
+    net = _dead_after_pair()
+    # The DPD at 20 s is lost, its resend at 24 s answered; the DPD at 34 s never is.
+    net.drop = lambda d: net.now < 23.0 or net.now > 30.0
+    net.advance_to(63.9)
+    assert [s.state for s in net.a.status()] == ["ESTABLISHED"]
+    net.advance_to(64.1)
+    (deleted,) = _of(net.events_a, IkeSaDeleted)
+    assert deleted.reason == "dead_after"
+
+
+def _init_to_a_peer_loading_its_config(eager: bool) -> Net:
+    """The peer's daemon is up but its connection not loaded before 3.5 s: it answers
+    NO_PROPOSAL_CHOSEN (charon between its start and swanctl --load-all)."""
+    net = make_pair()
+    loaded = net.b
+    _, unloaded = config_pair("aes256-sha384-modp3072")
+    net.b = Engine(unloaded, seeded(7), lambda r: BOB)
+    net.a.initiate("home", None, 0.0, eager=eager)
+    net.pump()
+    net.advance_to(3.5)
+    net.b = loaded
+    net.advance_to(10.0)
+    return net
+
+
+def test_a_restarting_peer_that_refuses_before_its_config_is_loaded_is_asked_again() -> None:
+    net = _init_to_a_peer_loading_its_config(eager=True)
+    assert len(_of(net.events_a, IkeSaEstablished)) == 1
+    assert not _of(net.events_a, IkeSaDeleted)
+    plain = _init_to_a_peer_loading_its_config(eager=False)
+    (deleted,) = _of(plain.events_a, IkeSaDeleted)  # outside a restart: charon's way
+    assert deleted.reason == "no_proposal_chosen" and not _of(plain.events_a,
+                                                               IkeSaEstablished)
+
+
+def test_a_responder_keeps_retransmitting_past_dead_after() -> None:
+    # RFC 4555 3.11: the initiator detects failures; a responder gives a moving peer time.
+    net = make_pair(1, EngineSettings(dead_after=30.0), responder_extra="dpd_delay = 10s")
+    net.a.initiate("home", None, 0.0)
+    net.pump()
+    net.advance_to(10.0)
+    net.drop = lambda d: True
+    net.advance_to(150.0)
+    assert [s.state for s in net.b.status()] == ["ESTABLISHED"]
+    net.advance_to(200.0)
+    (deleted,) = _of(net.events_b, IkeSaDeleted)
+    assert deleted.reason == "dpd_timeout"

@@ -49,13 +49,15 @@ def path(local: IPAddress, remote: IPAddress) -> Path:
 
 def setup(mobike_section: str = "", initiator_extra: str = "", responder_extra: str = "",
           alice_addrs: tuple[IPAddress, ...] = (ALICE, ALICE2, ALICE6),
-          nat: dict[Endpoint, Endpoint] | None = None) -> Net:
+          nat: dict[Endpoint, Endpoint] | None = None,
+          settings: EngineSettings | None = None) -> Net:
+    """``settings``: alice's engine tunables (the initiator's)."""
     ca, cb = config_pair(initiator_extra=initiator_extra, responder_extra=responder_extra)
     if mobike_section:
         from mobike_vici.config import load_string  # the policy comes with the config
         text_b = _resp_text(mobike_section)
         cb = load_string(text_b)
-    a = Engine(ca, seeded(1), lambda r: ALICE)
+    a = Engine(ca, seeded(1), lambda r: ALICE, settings)
     b = Engine(cb, seeded(1001), lambda r: BOB)
     net = Net(a, b)
     net.addrs_a = set(alice_addrs) | {EVE}
@@ -722,3 +724,40 @@ def test_a_ridden_copy_answered_for_another_path_is_no_nat_rebinding() -> None:
     assert any(r.probe_id == active and r.ok for r in of_type(net.events_a, ProbeResult))
     assert not of_type(net.events_a, NatMappingChanged)
     assert not of_type(net.events_a, IkeSaMoved)
+
+
+def test_a_responder_request_stuck_on_the_dead_path_follows_the_peers_update_at_once() -> None:
+    # Bob probes the path to alice's dead address; alice moves away before the probe's
+    # retransmission (4 s). Bob's return routability check waits behind that request:
+    # resent on the new path at once, the CHILD_SAs move within round trips, not seconds.
+    net = setup()
+    bob_spi = net.b.status()[0].ike_spi
+    net.down = {ALICE}
+    net.b.probe(bob_spi, path(BOB, ALICE), net.now)
+    net.pump()
+    new = path(ALICE2, BOB)
+    moved_to(net, new)
+    net.advance_to(net.now + 0.5)
+    (pm,) = of_type(net.events_b, PeerMoved)
+    assert pm.new_path == Path(new.remote, new.local)
+    assert of_type(net.events_b, ChildSaUpdated)
+
+
+def test_an_ike_sa_whose_moves_all_fail_is_dead_after_dead_after() -> None:
+    # The same silent peer as above with mobike { dead_after = 30s }: moves and probes on
+    # every path each second never restart the count, so the IKE_SA dies 30 s after its
+    # first unanswered request instead of at charon's bound.
+    net = setup(settings=EngineSettings(dead_after=30.0))
+    s = spi(net)
+    net.drop = lambda d: True
+    paths = [path(ALICE2, BOB), path(ALICE, BOB), path(ALICE6, BOB6)]
+    t = net.now
+    while not of_type(net.events_a, IkeSaDeleted) and t < 100.0:
+        net.a.move(s, paths[int(t) % len(paths)], t)
+        for q in paths:
+            net.a.probe(s, q, t)
+        t += 1.0
+        net.advance_to(t)
+    (gone,) = of_type(net.events_a, IkeSaDeleted)
+    assert gone.reason == "dead_after"
+    assert 30.0 <= t <= 32.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from mobike_vici.config import load_string
 from mobike_vici.config.model import (
     ChildConfig,
     CloseAction,
@@ -14,7 +15,7 @@ from mobike_vici.config.model import (
     StartAction,
 )
 from mobike_vici.core.events import IkeSaDeleted
-from mobike_vici.daemon.native import Daemon, opens_ike_sa, restart_children
+from mobike_vici.daemon.native import Daemon, engine_settings, opens_ike_sa, restart_children
 from mobike_vici.types import Endpoint, Path
 
 from .fakes import SPI, FakeEngine, RecordingLog, free_port
@@ -34,6 +35,13 @@ def test_peer_delete_restarts_close_action_children() -> None:
 def test_dead_peer_restarts_dpd_action_children() -> None:
     assert restart_children(CHILDREN, "dpd_timeout") == ["dpd"]
     assert restart_children(CHILDREN, "retransmits_exceeded") == ["dpd"]
+    assert restart_children(CHILDREN, "dead_after") == ["dpd"]
+
+
+def test_the_engine_gets_the_configured_dead_bound() -> None:
+    text = "connections {\n home {\n  remote_addrs = 192.0.2.1\n }\n}\n"
+    assert engine_settings(load_string(text)).dead_after == 30.0
+    assert engine_settings(load_string(text + "mobike { dead_after = 0 }\n")).dead_after == 0.0
 
 
 def test_own_delete_and_rekey_restart_nothing() -> None:
