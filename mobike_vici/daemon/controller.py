@@ -5,7 +5,9 @@ charon does the IKE/ESP work; this process decides which uplink an IKE_SA should
 use (in the pure ``PathManager``), installs a host route to the peer with that
 source in its own table (``PolicyRouting``), and waits for charon, which follows
 route changes with ``charon.prefer_best_path = yes``, to report the move
-(``ike-update``: same IKE SPIs, new endpoints). A move charon does not make in
+(``ike-update``: same IKE SPIs, new endpoints); the peer's other addresses are routed
+from a source that cannot leave the host meanwhile, so charon's MOBIKE check lands on
+the target alone (``backends.vici.steer``). A move charon does not make in
 time is escalated (``mobike.steer_plan``): reauthentication, then terminate and
 initiate. Every step is an event on the stream.
 
@@ -845,6 +847,34 @@ class Controller:
         if plan is not None and cur_info is not None and self._reached(plan, cur_info.path):
             self._plan_done(cur_info, plan)  # charon was there already (e.g. link down)
 
+    def prearm_roam(self, ike_spi: str, path: Path) -> None:
+        """A stall's burst is about to judge ``path``, charon's (``DataPlane``). charon
+        checks its paths ``CHARON_ROAM_DELAY`` after the first route event, and no VICI
+        command asks for that check; so the route charon already follows there is
+        installed anew now, and charon's check runs just after a failover's routes would
+        be in place, not that long after them. A path that answers loses nothing:
+        charon's check finds it still best and sends nothing."""
+        sa = self.sas.get(ike_spi)
+        out = egress(self.monitor.state, path.local.addr)
+        if sa is None or out is None or sa.info.conn in self.plans:
+            return
+        self._spawn(self._pin(sa.info, path, out))
+
+    async def _pin(self, info: IkeSaInfo, path: Path, out: tuple[str, IPAddress | None]
+                   ) -> None:
+        async with self._steer_lock:
+            if info.conn in self.plans:
+                return  # a move's routes came first: they start charon's timer
+            try:
+                await self._executor(self.routing.pin, path.remote.addr, via=out[1],
+                                     dev=out[0], src=path.local.addr)
+            except (OSError, LookupError, ValueError) as exc:
+                self.log.emit("steer_failed", conn=info.conn, ike_spi=info.ike_spi,
+                              error=str(exc), **_ep(path))
+                return
+        self.log.emit("roam_prearmed", conn=info.conn, ike_spi=info.ike_spi, dev=out[0],
+                      **_ep(path))
+
     def _release(self, conn: str) -> None:
         """The move is over (landed, failed, escalated, given up): charon may use every
         peer address again (reauthentication and initiation need the configured ones)."""
@@ -861,7 +891,7 @@ class Controller:
             try:
                 await self._executor(self.routing.unsteer, peer)
             except OSError as exc:
-                self.log.emit("unsteer_failed", conn=conn, remote=str(peer), error=str(exc))
+                self.log.emit("steer_failed", conn=conn, remote=str(peer), error=str(exc))
         self._routes = await self._executor(self.routing.routes)
 
     def _move_failed(self, conn: str, target: Path, reason: str) -> None:
