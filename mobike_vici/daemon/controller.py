@@ -863,8 +863,10 @@ class Controller:
     async def _pin(self, info: IkeSaInfo, path: Path, out: tuple[str, IPAddress | None]
                    ) -> None:
         async with self._steer_lock:
-            if info.conn in self.plans:
-                return  # a move's routes came first: they start charon's timer
+            now_at = self.client.table.get(info.ike_spi)
+            if info.conn in self.plans or now_at is None or not same_addresses(now_at.path,
+                                                                               path):
+                return  # a move's routes came first, or charon moved: never pull it back
             try:
                 await self._executor(self.routing.pin, path.remote.addr, via=out[1],
                                      dev=out[0], src=path.local.addr)
@@ -966,14 +968,19 @@ class Controller:
             return
         self.plans[conn] = plan
         self._arm_plan(conn, plan)
-        self._release(conn)
         sa = next((s for s in self.sas.values() if s.info.conn == conn), None)
         if sa is None:
+            self._release(conn)
             return
+        self._spawn(self._escalate(sa.info, action))
+
+    async def _escalate(self, info: IkeSaInfo, action: steer_plan.Action) -> None:
+        # The new IKE_SA resolves the configured peer addresses: none may stay isolated.
+        await self._locked_release(info.conn, self._route_gen.get(info.conn, 0))
         if action == steer_plan.Action.REAUTH:
-            self._spawn(self._reauth(sa.info))
+            await self._reauth(info)
         else:
-            self._spawn(self._reinitiate(sa.info))
+            await self._reinitiate(info)
 
     async def _reauth(self, info: IkeSaInfo) -> None:
         try:
