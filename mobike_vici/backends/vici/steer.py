@@ -72,8 +72,9 @@ def egress(state: NetState, local: IPAddress) -> tuple[str, IPAddress | None] | 
 def steer_routes(state: NetState, target: Path, current: Path, peers: Iterable[IPAddress],
                  *, failover: bool) -> list[HostRoute] | None:
     """The routes that move charon from ``current`` to ``target``, in the order to install
-    them (each prefix of the list leaves charon's check with no pair but the target's);
-    None when the target's local address is gone.
+    them: after each one charon either keeps its path (its current peer still routes
+    from its source) or its check finds the pairs the move allows; the current peer's
+    isolation comes last. None when the target's local address is gone.
 
     ``peers``: every address known of the peer. Charon's current peer address, when it
     is not the target's, is isolated (else charon keeps a path whose source still
