@@ -5,7 +5,9 @@ charon does the IKE/ESP work; this process decides which uplink an IKE_SA should
 use (in the pure ``PathManager``), installs a host route to the peer with that
 source in its own table (``PolicyRouting``), and waits for charon, which follows
 route changes with ``charon.prefer_best_path = yes``, to report the move
-(``ike-update``: same IKE SPIs, new endpoints). A move charon does not make in
+(``ike-update``: same IKE SPIs, new endpoints); the peer's other addresses are routed
+from a source that cannot leave the host meanwhile, so charon's MOBIKE check lands on
+the target alone (``backends.vici.steer``). A move charon does not make in
 time is escalated (``mobike.steer_plan``): reauthentication, then terminate and
 initiate. Every step is an event on the stream.
 
@@ -50,7 +52,7 @@ from ..backends.vici import (
 )
 from ..backends.vici.addresses import configured_addresses
 from ..backends.vici.errors import LoadError
-from ..backends.vici.steer import egress
+from ..backends.vici.steer import egress, steer_routes
 from ..backends.vici.tree import Loaded, PartialLoad, load_tree
 from ..config.attach import AttachConfig
 from ..config.errors import ConfigError
@@ -132,6 +134,10 @@ class _Sa:
     last_handover: JsonObject | None = None
     held_plan: float | None = None  # start of the plan whose escalation was held (said once)
 
+
+
+def _str(addr: IPAddress | None) -> str | None:
+    return str(addr) if addr is not None else None
 
 
 def _ep(path: Path) -> dict[str, str]:
@@ -223,6 +229,11 @@ class Controller:
         self.sas: dict[str, _Sa] = {}
         self.plans: dict[str, steer_plan.SteerPlan] = {}  # by connection name
         self._plan_timers: dict[str, asyncio.TimerHandle] = {}
+        # Peer addresses routed from a source that cannot leave (steer_routes), by conn,
+        # while a move is under way; the generation tells a later move's routes apart.
+        self._isolated: dict[str, set[IPAddress]] = {}
+        self._route_gen: dict[str, int] = {}
+        self._steer_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._control: ControlServer | None = None
@@ -560,7 +571,7 @@ class Controller:
         if plan is not None and steered:
             self._plan_done(info, plan)
         else:
-            sa.manager.on_active_path_changed(self._known_path(sa, info.path), now)
+            sa.manager.on_active_path_changed(info.path, now)
         self._pump(sa)
         self.data_plane.moved(sa)
 
@@ -605,11 +616,12 @@ class Controller:
             plan = None  # another IKE_SA's move (of the same connection)
         if plan is not None:
             self.plans.pop(conn, None)
+            self._release(conn)
             handle = self._plan_timers.pop(conn, None)
             if handle is not None:
                 handle.cancel()
         started = plan.started if plan is not None else move.at
-        sa.manager.on_move_completed(self._known_path(sa, path), now)
+        sa.manager.on_move_completed(path, now)
         self._pump(sa, extra={
             "source": "charon", "old_local": str(move.old.local),
             "old_remote": str(move.old.remote),
@@ -618,26 +630,6 @@ class Controller:
             "cancelled_local": str(plan.target.local) if plan is not None else None,
             "cancelled_remote": str(plan.target.remote) if plan is not None else None,
             "cancelled_stage": plan.stage.name.lower() if plan is not None else None})
-
-    def _known_path(self, sa: _Sa, current: Path) -> Path:
-        """The manager's candidate for where charon is now.
-
-        charon may land on a path the manager does not know (the other address family
-        of the same uplink, to an address the gateway announced): that uplink's
-        candidate stands in for it, or the manager would keep "failing over" to it.
-        """
-        candidates = [p.path for p in sa.manager.paths()]
-        if current in candidates or not candidates:
-            return current
-        have = egress(self.monitor.state, current.local.addr)
-        for path in candidates:
-            if path.local.addr == current.local.addr and path.remote.addr == current.remote.addr:
-                return path
-        for path in candidates:
-            want = egress(self.monitor.state, path.local.addr)
-            if have is not None and want is not None and want[0] == have[0]:
-                return path
-        return current
 
     def _reached(self, plan: steer_plan.SteerPlan, current: Path) -> bool:
         """On the target, or on another path of the target's uplink (charon may pick the
@@ -653,6 +645,7 @@ class Controller:
 
     def _plan_done(self, info: IkeSaInfo, plan: steer_plan.SteerPlan) -> None:
         self.plans.pop(info.conn, None)
+        self._release(info.conn)
         handle = self._plan_timers.pop(info.conn, None)
         if handle is not None:
             handle.cancel()
@@ -664,9 +657,9 @@ class Controller:
                           ike_spi=info.ike_spi, stage=plan.stage.name.lower(),
                           old_ike_spi=plan.ike_spi, **_ep(info.path))
         if sa is not None:
-            landed = info.path if steer_plan.reached(plan, info.path) else plan.target
-            sa.manager.on_move_completed(landed, self.now)
-            # Where charon really is: the same uplink may carry the other address family.
+            # Where charon really is (a failover may land on the target uplink's other
+            # family): the active path is always charon's, never the plan's target.
+            sa.manager.on_move_completed(info.path, self.now)
             self._pump(sa, conn=info.conn, ike_spi=info.ike_spi,
                        extra={"source": "controller", "escalation": plan.stage.name.lower(),
                               "charon_local": str(info.path.local),
@@ -807,61 +800,105 @@ class Controller:
         plan = steer_plan.start(info.ike_spi, event.path, event.old_path, self.now,
                                 self.deadlines)
         self.plans[info.conn] = plan
+        self._route_gen[info.conn] = self._route_gen.get(info.conn, 0) + 1
         self._arm_plan(info.conn, plan)
-        self._spawn(self._steer(info, event.path))
+        self._spawn(self._steer(info, event.path, event.reason))
 
-    async def _steer(self, info: IkeSaInfo, target: Path) -> None:
-        out = egress(self.monitor.state, target.local.addr)
-        if out is None:
-            self._move_failed(info.conn, target, "no_local_address")
-            return
-        dev, via = out
-        try:
-            await self._executor(self.routing.steer, target.remote.addr, via=via, dev=dev,
-                                 src=target.local.addr)
-        except (OSError, LookupError, ValueError) as exc:
-            self.log.emit("steer_failed", conn=info.conn, ike_spi=info.ike_spi,
-                          error=str(exc), **_ep(target))
-            self._move_failed(info.conn, target, "route_refused")
-            return
-        self.log.emit("route_steered", conn=info.conn, ike_spi=info.ike_spi, dev=dev,
-                      via=str(via) if via is not None else None, **_ep(target))
+    async def _steer(self, info: IkeSaInfo, target: Path, reason: str) -> None:
+        """Install the move's routes (``steer_routes``): the target's, and the isolating
+        ones that leave charon's MOBIKE check no other pair to land on."""
+        gen = self._route_gen.get(info.conn, 0)
+        async with self._steer_lock:
+            current = self.client.table.get(info.ike_spi)
+            where = current.path if current is not None else info.path
+            routes = steer_routes(self.monitor.state, target, where,
+                                  self.peers.of(info.conn), failover=reason == "failover")
+            if routes is None:
+                self._move_failed(info.conn, target, "no_local_address")
+                return
+            isolated = self._isolated.setdefault(info.conn, set())
+            for route in routes:
+                if info.conn not in self.plans or self._route_gen.get(info.conn) != gen:
+                    break  # the move ended meanwhile, or a later one took over
+                try:
+                    await self._executor(self.routing.steer, route.peer, via=route.via,
+                                         dev=route.dev, src=route.src)
+                except (OSError, LookupError, ValueError) as exc:
+                    self.log.emit("steer_failed", conn=info.conn, ike_spi=info.ike_spi,
+                                  error=str(exc), local=str(route.src), remote=str(route.peer))
+                    if not route.isolating:
+                        self._move_failed(info.conn, target, "route_refused")
+                        break
+                    continue
+                if route.isolating:
+                    isolated.add(route.peer)
+                    self.log.emit("route_steered", conn=info.conn, ike_spi=info.ike_spi,
+                                  dev=route.dev, via=_str(route.via), local=str(route.src),
+                                  remote=str(route.peer), reason="isolate")
+                else:
+                    isolated.discard(route.peer)
+                    self.log.emit("route_steered", conn=info.conn, ike_spi=info.ike_spi,
+                                  dev=route.dev, via=_str(route.via), **_ep(target))
+            if self.plans.get(info.conn) is None:
+                await self._release_isolation(info.conn)
+            self._routes = await self._executor(self.routing.routes)
         cur_info = self.client.table.get(info.ike_spi)
-        if cur_info is not None and cur_info.path.remote.addr.version != \
-                target.remote.addr.version:
-            await self._force_check(info, cur_info.path)
-        self._routes = await self._executor(self.routing.routes)
         plan = self.plans.get(info.conn)
         if plan is not None and cur_info is not None and self._reached(plan, cur_info.path):
             self._plan_done(cur_info, plan)  # charon was there already (e.g. link down)
 
-    async def _force_check(self, info: IkeSaInfo, current: Path) -> None:
-        """A target of the other family: charon follows a route only when the source of
-        its current path changes (then its MOBIKE checks every peer address it knows,
-        the target's by our route). So the current peer is steered via another local
-        address of its family; without one, escalation is left to do it."""
-        for local in self._local_addresses():
-            addr = local.addr
-            if addr.version != current.local.addr.version or addr == current.local.addr \
-                    or self.policy.excludes_local(addr, local.ifname):
-                continue
-            out = egress(self.monitor.state, addr)
-            if out is None:
-                continue
+    def prearm_roam(self, ike_spi: str, path: Path) -> None:
+        """A stall's burst is about to judge ``path``, charon's (``DataPlane``). charon
+        checks its paths ``CHARON_ROAM_DELAY`` after the first route event, and no VICI
+        command asks for that check; so the route charon already follows there is
+        installed anew now, and charon's check runs just after a failover's routes would
+        be in place, not that long after them. A path that answers loses nothing:
+        charon's check finds it still best and sends nothing."""
+        sa = self.sas.get(ike_spi)
+        out = egress(self.monitor.state, path.local.addr)
+        if sa is None or out is None or sa.info.conn in self.plans:
+            return
+        self._spawn(self._pin(sa.info, path, out))
+
+    async def _pin(self, info: IkeSaInfo, path: Path, out: tuple[str, IPAddress | None]
+                   ) -> None:
+        async with self._steer_lock:
+            now_at = self.client.table.get(info.ike_spi)
+            if info.conn in self.plans or now_at is None or not same_addresses(now_at.path,
+                                                                               path):
+                return  # a move's routes came first, or charon moved: never pull it back
             try:
-                await self._executor(self.routing.steer, current.remote.addr, via=out[1],
-                                     dev=out[0], src=addr)
+                await self._executor(self.routing.pin, path.remote.addr, via=out[1],
+                                     dev=out[0], src=path.local.addr)
             except (OSError, LookupError, ValueError) as exc:
                 self.log.emit("steer_failed", conn=info.conn, ike_spi=info.ike_spi,
-                              error=str(exc), local=str(addr), remote=str(current.remote))
-                continue
-            self.log.emit("route_steered", conn=info.conn, ike_spi=info.ike_spi, dev=out[0],
-                          via=str(out[1]) if out[1] is not None else None, local=str(addr),
-                          remote=str(current.remote), reason="force_check")
-            return
+                              error=str(exc), **_ep(path))
+                return
+        self.log.emit("roam_prearmed", conn=info.conn, ike_spi=info.ike_spi, dev=out[0],
+                      **_ep(path))
+
+    def _release(self, conn: str) -> None:
+        """The move is over (landed, failed, escalated, given up): charon may use every
+        peer address again (reauthentication and initiation need the configured ones)."""
+        if self._isolated.get(conn):
+            self._spawn(self._locked_release(conn, self._route_gen.get(conn, 0)))
+
+    async def _locked_release(self, conn: str, gen: int) -> None:
+        async with self._steer_lock:
+            if self._route_gen.get(conn, 0) == gen:  # not when a new move took over
+                await self._release_isolation(conn)
+
+    async def _release_isolation(self, conn: str) -> None:
+        for peer in sorted(self._isolated.pop(conn, set()), key=lambda a: (a.version, a)):
+            try:
+                await self._executor(self.routing.unsteer, peer)
+            except OSError as exc:
+                self.log.emit("steer_failed", conn=conn, remote=str(peer), error=str(exc))
+        self._routes = await self._executor(self.routing.routes)
 
     def _move_failed(self, conn: str, target: Path, reason: str) -> None:
         self.plans.pop(conn, None)
+        self._release(conn)
         handle = self._plan_timers.pop(conn, None)
         if handle is not None:
             handle.cancel()
@@ -908,6 +945,7 @@ class Controller:
                           dropped=dropped)
         if dropped:
             self.plans.pop(conn, None)  # the path manager gave that target up already
+            self._release(conn)
         else:
             self._arm_plan(conn, plan, hold)
         return True
@@ -932,11 +970,17 @@ class Controller:
         self._arm_plan(conn, plan)
         sa = next((s for s in self.sas.values() if s.info.conn == conn), None)
         if sa is None:
+            self._release(conn)
             return
+        self._spawn(self._escalate(sa.info, action))
+
+    async def _escalate(self, info: IkeSaInfo, action: steer_plan.Action) -> None:
+        # The new IKE_SA resolves the configured peer addresses: none may stay isolated.
+        await self._locked_release(info.conn, self._route_gen.get(info.conn, 0))
         if action == steer_plan.Action.REAUTH:
-            self._spawn(self._reauth(sa.info))
+            await self._reauth(info)
         else:
-            self._spawn(self._reinitiate(sa.info))
+            await self._reinitiate(info)
 
     async def _reauth(self, info: IkeSaInfo) -> None:
         try:

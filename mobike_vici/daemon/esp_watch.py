@@ -49,6 +49,11 @@ READ_BATCH = 64  # packets read per wake-up at most: the loop has other work too
 CHECKING = (hm.Phase.WATCHING, hm.Phase.REPAIRING)
 """While a move's data path is checked, its silence is the check's to judge: no burst."""
 RCVBUF = 256 * 1024  # bytes queued in the kernel at most; beyond it the kernel drops
+CHARON_ROAM_DELAY = 0.1
+"""charon's kernel-netlink checks its IKE_SAs' paths this long after the first route,
+address or link event; the events until then join that one check (fixed in charon)."""
+STEER_MARGIN = 0.02
+"""How long the failover's routes get between a burst's verdict and charon's check."""
 
 
 class EspTap:
@@ -131,6 +136,11 @@ def _stall_cap(s: hm.HealthSettings) -> float:
     return s.stall_cap + s.burst_timeout
 
 
+def _verdict_at(burst: hm.Burst) -> float:
+    """When the burst finds its path dead if no probe is answered."""
+    return burst.started + (hm.BURST - 1) * burst.gap + burst.timeout
+
+
 def _drain(sock: socket.socket) -> None:
     for _ in range(10_000):
         try:
@@ -156,6 +166,7 @@ class _Watched:
     rekeyed: int = 0  # CHILD_SAs the last repair rekeyed
     refused: bool = False  # charon refused every rekey of the last repair
     last_inbound: float | None = None  # the peer's last ESP on ``path``: a sign of life
+    prearm_at: float | None = None  # when to start charon's roam timer for this burst
     timer: asyncio.TimerHandle | None = None
 
     def sample(self) -> dict[int, tuple[int, int]]:
@@ -305,6 +316,9 @@ class DataPlane:
             return  # a quiet peer costs at most one burst per REARM_GAP
         w.suspected, w.last_burst = True, now
         w.burst = hm.Burst.at(now, w.srtt, self.settings.burst_timeout)
+        if w.last_inbound is not None and not w.quiet:
+            # The peer was answering: a silence that may well be a death.
+            w.prearm_at = max(now, _verdict_at(w.burst) - CHARON_ROAM_DELAY + STEER_MARGIN)
         sa = self.ctl.sas.get(w.spi)
         since = w.stall.since if w.stall.since is not None else now
         self.ctl.log.emit("inbound_stalled", conn=sa.info.conn if sa is not None else "",
@@ -321,14 +335,19 @@ class DataPlane:
         if burst is not None:
             while burst.due(now):
                 self._send_probe(w)
+            if w.prearm_at is not None and now >= w.prearm_at:
+                w.prearm_at = None
+                self.ctl.prearm_roam(w.spi, w.path)
             if burst.missed(now):
                 w.burst = None
                 self._dead(w, sa, burst.sent, now)
+        else:
+            w.prearm_at = None  # answered: nothing to start
         while (event := w.check.next_event()) is not None:
             self._act(w, sa, event, now)
         times = [t for t in (w.check.get_timer(),
-                             w.burst.deadline() if w.burst is not None else None)
-                 if t is not None]
+                             w.burst.deadline() if w.burst is not None else None,
+                             w.prearm_at) if t is not None]
         when = min(times) if times else None
         if w.timer is not None and (when is None or w.timer.when() != when):
             w.timer.cancel()

@@ -102,6 +102,14 @@ class PolicyRouting:
         self._log.info("route_steered", peer=str(peer), via=str(via) if via else None,
                        dev=dev, src=str(src) if src else None, table=self.table)
 
+    def pin(self, peer: IPAddress, *, via: IPAddress | None, dev: str,
+            src: IPAddress | None) -> None:
+        """Install the route for `peer` anew: the kernel announces it even when nothing
+        changed (it does not for an IPv4 replace with the same route), which starts
+        charon's roam timer without changing where charon's lookup leads."""
+        self.unsteer(peer)
+        self.steer(peer, via=via, dev=dev, src=src)
+
     def unsteer(self, peer: IPAddress) -> bool:
         """Remove the route for `peer`; False when there was none."""
         try:

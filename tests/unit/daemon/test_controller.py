@@ -100,3 +100,50 @@ def test_escalation_finds_children_in_charon_when_the_file_does_not_name_them() 
     assert controller._charon_children("loaded-by-swanctl") == ("net", "dmz")
     assert controller._charon_children("unknown") == ()
     controller.monitor.close()
+
+
+def test_a_move_charon_completes_on_the_targets_other_family_is_recorded_where_charon_is(
+        ) -> None:
+    """The plan's target was m0's IPv4, charon landed on m0's IPv6 (the same uplink): the
+    move is done, and the path manager's active path is charon's, not the target. Before,
+    the controller held m0's IPv4 as active (``handover_completed 10.1.0.2`` beside
+    ``addresses_updated 2001:db8:1::2``) and kept steering from there."""
+    import asyncio
+    import io
+
+    from mobike_vici.backends.vici import IkeSaInfo
+    from mobike_vici.config.attach import AttachConfig
+    from mobike_vici.daemon.controller import Controller, _Sa
+    from mobike_vici.eventlog import EventLog, make_logger
+    from mobike_vici.mobike import steer_plan
+    from mobike_vici.mobike.follow import Follow
+    from mobike_vici.mobike.manager import PathManager
+    from mobike_vici.mobike.paths import LocalAddress
+
+    from ..backends.test_vici_steer import GW4, GW6, M0_V4, M0_V6, M1_V4, _dual_stack, _p
+
+    async def main() -> None:
+        out = io.StringIO()
+        controller = Controller(AttachConfig("swanctl.conf", {"home": ("net",)}),
+                                EventLog(make_logger(out)), uri="unix:///nonexistent")
+        controller.monitor._state = _dual_stack()
+        now = controller.now
+        def sa_on(path: Path) -> IkeSaInfo:
+            return IkeSaInfo(conn="home", ike_spi="a_b", unique_id=1, state="ESTABLISHED",
+                             path=path, initiator=True, local_id="m", remote_id="g")
+
+        on_m1 = sa_on(_p(M1_V4, GW4))
+        locals_ = [LocalAddress(M0_V4, "m0"), LocalAddress(M0_V6, "m0"),
+                   LocalAddress(M1_V4, "m1")]
+        manager = PathManager(controller.policy, on_m1.path, locals_, [GW4, GW6], now=now)
+        controller.sas["a_b"] = _Sa(on_m1, manager, Follow(on_m1.path, now))
+        controller.plans["home"] = steer_plan.start("a_b", _p(M0_V4, GW4), on_m1.path, now)
+        on_m0_v6 = sa_on(_p(M0_V6, GW6))
+        controller._moved(on_m1, on_m0_v6)
+        assert "home" not in controller.plans  # charon reached the target's uplink
+        assert manager.active_path == on_m0_v6.path
+        done = [line for line in out.getvalue().splitlines() if "handover_completed" in line]
+        assert done and '"local": "2001:db8:1::2[4500]"' in done[-1], out.getvalue()
+        controller.monitor.close()
+
+    asyncio.run(main())
