@@ -666,6 +666,19 @@ class PathManager:
             self._fail(self._active, LOST)
         return Choice(best[0].path, "failover")
 
+    def _race_in_flight(self) -> bool:
+        """A candidate's race probe is still unanswered and not yet missed (bounded by
+        its probe timeout): a path up by an older probe may have died with the active one."""
+        race = self._race
+        if race is None:
+            return False
+        for key in self.table.candidate_keys():
+            h = self.table.health(key)
+            if (key != self._active and h.in_flight > 0 and h.last_probe is not None
+                    and h.last_probe >= race.since):
+                return True
+        return False
+
     def _attempt_started(self) -> None:
         """Probes in flight on other paths wait behind the update in the engine: they
         are no verdict on their paths (forgotten, not missed)."""
@@ -698,7 +711,10 @@ class PathManager:
             self._emit(HandoverFailed(path=self._path_of(target), old_path=pending.old,
                                       reason="target_down"))
         ranked, active, ok = self._view(now)
-        choice = self._race_choice(ok, now) or self.selector.choose(
+        choice = self._race_choice(ok, now)
+        if choice is None and not ok and self._race_in_flight():
+            return  # the raced candidates' answers choose, not their last verdicts
+        choice = choice or self.selector.choose(
             ranked, active, ok, now, discretionary=self.initiator)
         if choice is None:
             return

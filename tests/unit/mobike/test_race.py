@@ -9,16 +9,13 @@ uplink (up by its last standby probe, dead in the same fault).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 
 from mobike_vici.mobike.events import HandoverCompleted, MoveRequested, PathDown
-from mobike_vici.mobike.paths import Key
 from mobike_vici.mobike.race import LOST, RACE_FLOOR, Race
 
 from .sim import key
-from .test_never_silent import V4, dual_stack
+from .test_never_silent import P0_6, P1_6, V4, dual_stack
 from .test_stall import (
     P_ETH,
     P_WWAN,
@@ -74,6 +71,23 @@ def test_request_reply_flow_on_a_dead_path_is_outraced_too(death: float) -> None
 
 
 @pytest.mark.parametrize("traffic", [two_way, one_way], ids=["request_reply", "one_way"])
+def test_dual_stack_ipv4_death_waits_for_slow_ipv6_answers_not_the_stale_ipv4(
+        traffic: Traffic) -> None:
+    # IPv6 answers take longer than the stalled path's second probe timeout: the
+    # active path is down before any candidate answered. The other IPv4 uplink is up
+    # by its last standby probe, but its race probe is unanswered: the choice waits
+    # for the race's answers.
+    sim = dual_stack()
+    feed(sim, traffic, 5.0)  # type: ignore[arg-type]
+    for p in (P0_6, P1_6):
+        sim.rtt_of[key(p)] = 0.15
+    sim.dead |= V4
+    feed(sim, traffic, 8.0)  # type: ignore[arg-type]
+    moves = [e.path for _, e in sim.of(MoveRequested)]
+    assert moves and all(p.local.addr.version == 6 for p in moves), moves
+
+
+@pytest.mark.parametrize("traffic", [two_way, one_way], ids=["request_reply", "one_way"])
 @pytest.mark.parametrize("death", [5.0, 5.05, 5.11, 5.17])
 def test_dual_stack_ipv4_death_moves_straight_to_the_ipv6_that_answered(
         traffic: Traffic, death: float) -> None:
@@ -88,33 +102,14 @@ def test_dual_stack_ipv4_death_moves_straight_to_the_ipv6_that_answered(
     assert t_done - death < 0.35
 
 
-@dataclass
-class SlowActiveSim(TimedSim):
-    """The active path's answers take ``slow`` (e.g. a queue on that uplink alone)."""
-
-    slow: dict[Key, float] = field(default_factory=dict)
-
-    def flush(self) -> None:
-        for req in self.mgr.probes_to_send(self.now):
-            self.probes.append((self.now, req.path))
-            k = key(req.path)
-            if k not in self.dead:
-                self.at(self.now + self.slow.get(k, self.rtt), self._replier(req.probe_id))
-        while (ev := self.mgr.next_event()) is not None:
-            self.events.append((self.now, ev))
-            if isinstance(ev, MoveRequested):
-                self._move(ev)
-
-
 def test_an_active_path_answering_within_its_head_start_is_kept() -> None:
     # Answers on the active path take just over the doubled stall probe timeout: the
     # first stall probe is missed, the candidate answers at once, and the active
     # path's late answer comes within its head start: no move, no down.
-    base = make()
-    sim = SlowActiveSim(base.mgr, rtt=0.002)
-    feed(sim, one_way, 5.0)  # type: ignore[arg-type]
-    sim.slow[key(P_ETH)] = 2 * POLICY.stall_probe_timeout + RACE_FLOOR / 2
-    feed(sim, one_way, 35.0)  # type: ignore[arg-type]
+    sim = make()
+    feed(sim, one_way, 5.0)
+    sim.rtt_of[key(P_ETH)] = 2 * POLICY.stall_probe_timeout + RACE_FLOOR / 2
+    feed(sim, one_way, 35.0)
     assert not sim.of(MoveRequested)
     assert not [e for _, e in sim.of(PathDown) if e.path == P_ETH]
     active = {round(t, 6) for t, p in sim.probes if p == P_ETH and t >= 5.0}
