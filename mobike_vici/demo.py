@@ -406,6 +406,9 @@ def _noticed(events: list[dict[str, Any]]) -> str:
     if stall is not None and reason == "probe_timeout":
         return (f"noticed as a stall, nothing back for {float(stall.get('silent_ms', 0)):.0f} ms, "
                 "then unanswered probes, ")
+    if stall is not None and reason == "probe_race":
+        return (f"noticed as a stall, nothing back for {float(stall.get('silent_ms', 0)):.0f} ms, "
+                "then an unanswered probe while the other uplink answered, ")
     return f"noticed as {reason}, "
 
 

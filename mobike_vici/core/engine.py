@@ -105,6 +105,7 @@ from .exchanges.mobike import (
     announced,
     check_mapping,
     moved,
+    redirect_children,
     respond_mobike,
 )
 from .fragments import REASSEMBLY_TIMEOUT, add_fragment, expire
@@ -432,8 +433,9 @@ class Engine:
             pending.path = path
             self._send_all(pending.datagrams, path, sa, now)
         limit = self._settings.move_timeout
-        sa.tasks.appendleft(MoveTask(sa.path, path, now,
-                                     min(timeout, limit) if timeout is not None else None))
+        task = MoveTask(sa.path, path, now, min(timeout, limit) if timeout is not None else None)
+        task.early_encap = redirect_children(self._ctx, sa, path)
+        sa.tasks.appendleft(task)
         self._kick(sa, now)
         self._ride(sa, now)
 

@@ -25,6 +25,9 @@ and a responder moves only when its own address goes.
 Data plane (``on_traffic``, see ``health``): when outbound ESP flows on the active path
 and nothing comes in, the active path is probed at once with a short timeout, so a
 dead path is down after a quick burst of misses; only probe misses make it down.
+When the first probe of a stall is missed, every candidate is probed with the
+active path's next one, and the best candidate that answers wins unless the active
+path answers within a few of that candidate's RTTs (``race``).
 Each move attempt is bounded by the target path's RTT (``failover``); when it fails
 like the path it left, candidates sharing their interface or family are set aside,
 and the next candidate is tried at once: up paths, then unknown ones, then, as a last
@@ -59,7 +62,15 @@ from .events import (
 from .failover import attempt_timeout, shared_failure
 from .health import Flow, Stall
 from .paths import Key, LocalAddress, PathState, PathTable
-from .policy import PathInfo, Selector, addresses_to_announce, rank, with_operator_preference
+from .policy import (
+    Choice,
+    PathInfo,
+    Selector,
+    addresses_to_announce,
+    rank,
+    with_operator_preference,
+)
+from .race import LOST, Race
 
 # A path the peer refused (UNACCEPTABLE_ADDRESSES) is neither probed nor tried for this
 # long; its policy rarely changes, but a restart of the peer's daemon may change it.
@@ -142,6 +153,8 @@ class PathManager:
         self._ids = itertools.count(1)
         self._pending: _Pending | None = None
         self._stall = Stall(policy.stall_timeout, policy.probe_interval)
+        self._race: Race | None = None
+        """The stalled active path against the candidates (see ``race``)."""
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._emit(PathSelected(path=active, reason="initial"))
         self._decide(now)
@@ -270,6 +283,8 @@ class PathManager:
                     due = self._probe_due(key, None)
                     if due is not None:
                         times.append(due)
+        if self._race is not None and self._race.decide_at is not None:
+            times.append(self._race.decide_at)
         if self._pending is not None:
             times.append(self._pending.deadline(self.policy))
         else:
@@ -327,10 +342,13 @@ class PathManager:
         h.outcomes.append(True)
         if probe.key == self._active:
             self._stall.on_alive()
+            self._race = None
         if rtt is None:
             rtt = now - probe.sent
         if h.success(rtt, now):
             self._emit(PathUp(path=self.table.path(probe.key), rtt_ms=rtt * 1000.0))
+        if self._race is not None and probe.key != self._active and now > self._race.since:
+            self._race.on_candidate_answer(now, rtt)
         self._decide(now)
 
     def on_probe_failed(self, probe_id: int, now: float) -> None:
@@ -351,6 +369,8 @@ class PathManager:
         if not self.initiator or self._active not in self.table:
             return False
         h = self.table.health(self._active)
+        if inbound > 0:
+            self._race = None  # the active path lives
         first_out = self._stall.first_out
         if not self._stall.on_traffic(inbound, outbound, now, h.rtt.srtt):
             return False
@@ -468,6 +488,7 @@ class PathManager:
     def _set_active(self, path: Path) -> None:
         if PathTable.key_of(path) != self._active:
             self._stall.reset()
+            self._race = None
         self._active, self._active_path = PathTable.key_of(path), path
         if (path.local.port, path.remote.port) != (self.table.local_port,
                                                    self.table.remote_port):
@@ -525,6 +546,10 @@ class PathManager:
         pending = self._pending
         if self.attempt_bounds and pending is not None and key != pending.target:
             return None  # the update holds the request slot (see the module docstring)
+        race = self._race
+        if race is not None and key != self._active and h.in_flight == 0 and (
+                h.last_probe is None or h.last_probe < race.since):
+            return race.since  # every candidate once, with the active path's next probe
         if h.last_probe is None:
             return self._last_now if now is None else now
         if key == self._active:
@@ -564,6 +589,9 @@ class PathManager:
         h.outcomes.append(False)
         if h.miss(self.policy.probe_misses):
             self._emit(PathDown(path=self.table.path(key), reason="probe_timeout"))
+        elif (key == self._active and self._stall.stalled and self._race is None
+              and self._pending is None and self.initiator):
+            self._race = Race(since=now)
 
     def _fail(self, key: Key, reason: str) -> None:
         if self.table.health(key).fail(reason):
@@ -618,9 +646,43 @@ class PathManager:
                 self._drop_probes(key)
                 self._fail(key, reason)
 
+    def _race_choice(self, active_ok: bool, now: float) -> Choice | None:
+        """The best candidate that answered during the race, once the active path has
+        had its head start (or is down already); the active path is then down."""
+        race = self._race
+        if race is None or (active_ok and not race.due(now)):
+            return None
+        answered = []
+        for key in self.table.candidate_keys():
+            h = self.table.health(key)
+            if (key != self._active and h.state == PathState.UP and h.usable(now)
+                    and h.last_success is not None and h.last_success > race.since):
+                answered.append(self._info(key))
+        best = rank(answered, self.policy)
+        if not best:
+            race.decide_at = None  # that answer no longer counts: wait for another
+            return None
+        if active_ok:
+            self._fail(self._active, LOST)
+        return Choice(best[0].path, "failover")
+
+    def _race_in_flight(self) -> bool:
+        """A candidate's race probe is still unanswered and not yet missed (bounded by
+        its probe timeout): a path up by an older probe may have died with the active one."""
+        race = self._race
+        if race is None:
+            return False
+        for key in self.table.candidate_keys():
+            h = self.table.health(key)
+            if (key != self._active and h.in_flight > 0 and h.last_probe is not None
+                    and h.last_probe >= race.since):
+                return True
+        return False
+
     def _attempt_started(self) -> None:
         """Probes in flight on other paths wait behind the update in the engine: they
         are no verdict on their paths (forgotten, not missed)."""
+        self._race = None  # a move is under way: its own bound decides now
         pending = self._pending
         if not self.attempt_bounds or pending is None:
             return
@@ -649,7 +711,11 @@ class PathManager:
             self._emit(HandoverFailed(path=self._path_of(target), old_path=pending.old,
                                       reason="target_down"))
         ranked, active, ok = self._view(now)
-        choice = self.selector.choose(ranked, active, ok, now, discretionary=self.initiator)
+        choice = self._race_choice(ok, now)
+        if choice is None and not ok and self._race_in_flight():
+            return  # the raced candidates' answers choose, not their last verdicts
+        choice = choice or self.selector.choose(
+            ranked, active, ok, now, discretionary=self.initiator)
         if choice is None:
             return
         old = self._active_path

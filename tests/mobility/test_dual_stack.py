@@ -84,6 +84,8 @@ def test_all_ipv4_dies_the_sa_moves_to_ipv6_and_stays(lab: Lab, start: str) -> N
         time.sleep(0.3)
         before = sa_view(h.mob)
         assert ":" not in str(before["local"])
+        h.mob.events.poll()
+        seen = len(h.mob.events.events)
         h.topo.kill_family(4)
         fault = time.time()
         deadline = fault + RESUME_BOUND
@@ -110,3 +112,9 @@ def test_all_ipv4_dies_the_sa_moves_to_ipv6_and_stays(lab: Lab, start: str) -> N
     mob, gw = h.views()
     assert mob["ike_spi"] == before["ike_spi"] == gw["ike_spi"]
     assert ":" in str(mob["local"]) and ":" in str(gw["remote"]), (mob, gw)
+    # The stall's race probed every candidate before choosing: the move went straight
+    # to IPv6, not first to the other IPv4 uplink (up by its last probe, dead too).
+    h.mob.events.poll()
+    started = [str(e.get("local")) for e in h.mob.events.events[seen:]
+               if e.get("event") == "handover_started"]
+    assert started and ":" in started[0], started

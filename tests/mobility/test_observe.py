@@ -107,7 +107,9 @@ def test_metrics_count_a_handover_and_the_dead_path(metered: Handover, lab: Lab)
     assert value(after, "mobike_path_up", **path1) == 1
     assert value(after, "mobike_path_active", **path1) == 1
     assert value(after, "mobike_path_probe_loss_ratio", **path0) > 0
-    assert value(after, "mobike_path_down_total", conn=CONN, reason="probe_timeout") >= 1
+    # Unanswered probes, either twice or once while m1 answered (the stall's race).
+    assert sum(value(after, "mobike_path_down_total", conn=CONN, reason=reason)
+               for reason in ("probe_timeout", "probe_race")) >= 1
     assert value(after, "mobike_esp_packets_total", conn=CONN, direction="out") > 0
     labels = {k for _, lab_, _ in after for k in lab_}
     assert not any("key" in k or "secret" in k or "spi" in k for k in labels), labels

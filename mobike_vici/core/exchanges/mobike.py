@@ -41,6 +41,8 @@ from ..ike_sa import IkeSa
 from ..nat import nat_verdict, natd_notifies, peer_saw_us
 from .base import ExchangeAborted, Outcome, notify_name
 
+SUPERSEDED = "superseded"
+"""A move replaced by a newer decision (which takes the CHILD_SAs along itself)."""
 COOKIE2_SIZE = 16
 """RFC 4555 §4.2.5 allows 8..64 octets."""
 
@@ -136,8 +138,12 @@ def _detect(sa: IkeSa, payloads: Sequence[Payload], path: Path) -> bytes | None:
 
 
 def moved(ctx: Context, sa: IkeSa, old: Path, new: Path, started: float | None,
-          now: float) -> None:
-    """The IKE_SA and every CHILD_SA now use ``new`` (same SPIs, keys untouched)."""
+          now: float, early_encap: bool | None = None) -> None:
+    """The IKE_SA and every CHILD_SA now use ``new`` (same SPIs, keys untouched).
+    ``early_encap``: how the CHILD_SAs were already sent to ``new`` when the update
+    was decided (``redirect_children``); they are not moved again unless NAT detection
+    changed their encapsulation."""
+    already = sa.esp_path == new and early_encap is not None
     sa.path = new
     sa.esp_path = None
     sa.natd_seen = None  # the peer's hash of us changed with the path: a new baseline
@@ -146,11 +152,31 @@ def moved(ctx: Context, sa: IkeSa, old: Path, new: Path, started: float | None,
                             new_path=new, duration=now - started))
     else:
         ctx.emit(PeerMoved(conn=sa.conn.name, ike_spi=sa.spi_str, old_path=old, new_path=new))
+    if not already or early_encap != _encap(sa):
+        _children_to(ctx, sa, new)
+
+
+def _encap(sa: IkeSa) -> bool:
+    return sa.nat_any or sa.conn.encap
+
+
+def _children_to(ctx: Context, sa: IkeSa, path: Path) -> None:
     for child in sa.children.values():
         ctx.emit(ChildSaUpdated(conn=sa.conn.name, ike_spi=sa.spi_str, child=child.name,
                                 unique_id=child.unique_id, spi_in=child.spi_in_int,
-                                spi_out=child.spi_out_int, path=new,
-                                encap=sa.nat_any or sa.conn.encap))
+                                spi_out=child.spi_out_int, path=path, encap=_encap(sa)))
+
+
+def redirect_children(ctx: Context, sa: IkeSa, path: Path) -> bool | None:
+    """§3.5: the initiator updates its IPsec SAs as soon as it decides on new addresses
+    (no return-routability check of ours), so ESP leaves on ``path`` with the update,
+    a round trip before the answer. Returns the encapsulation sent with (None: the
+    CHILD_SAs were there already)."""
+    if (sa.esp_path or sa.path) == path:
+        return None
+    sa.esp_path = None if path == sa.path else path
+    _children_to(ctx, sa, path)
+    return _encap(sa)
 
 
 def check_mapping(ctx: Context, sa: IkeSa, msg: Message, path: Path) -> None:
@@ -233,6 +259,9 @@ class MoveTask:
         self.cookie2 = b""
         self.failed: str | None = None
         self.sent_at: float | None = None
+        self.early_encap: bool | None = None
+        """How the CHILD_SAs went to ``new`` when the move was decided (None: not moved
+        early, e.g. an update on the same path after a NAT rebinding)."""
 
     def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
         self.cookie2 = ctx.random_bytes(COOKIE2_SIZE)
@@ -256,6 +285,10 @@ class MoveTask:
             self.failed = reason
             ctx.emit(MoveFailed(conn=sa.conn.name, ike_spi=sa.spi_str, path=self.new,
                                 reason=reason))
+            if reason != SUPERSEDED and self.early_encap is not None \
+                    and sa.esp_path == self.new:
+                # The CHILD_SAs went ahead with the update: back to the IKE_SA's path.
+                redirect_children(ctx, sa, sa.path)
 
     def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
         cookie = find_notify(msg.payloads, NotifyType.COOKIE2)
@@ -269,7 +302,7 @@ class MoveTask:
             self.fail(ctx, sa, notify_name(error.type).lower())
             return Outcome.DONE
         seen = _detect(sa, msg.payloads, self.new)
-        moved(ctx, sa, self.old, self.new, self.started, now)
+        moved(ctx, sa, self.old, self.new, self.started, now, self.early_encap)
         # The peer saw us on the new path in this update and follows it: its hash of
         # us is the baseline, so a rebinding before the next liveness check is noticed.
         sa.natd_seen = seen

@@ -761,3 +761,39 @@ def test_an_ike_sa_whose_moves_all_fail_is_dead_after_dead_after() -> None:
     (gone,) = of_type(net.events_a, IkeSaDeleted)
     assert gone.reason == "dead_after"
     assert 30.0 <= t <= 32.0
+
+
+def test_the_initiator_s_child_sas_move_with_the_update_not_after_its_answer() -> None:
+    # RFC 4555 §3.5: the initiator updates its IPsec SAs when it decides on the new
+    # addresses; its ESP then leaves on the new path with the update, a round trip
+    # (and the peer's processing) sooner than when the answer comes.
+    net = setup()
+    new = path(ALICE2, BOB)
+    net.a.move(spi(net), new, net.now)
+    net.collect()  # nothing delivered yet
+    assert not of_type(net.events_a, IkeSaMoved)
+    (early,) = of_type(net.events_a, ChildSaUpdated)
+    assert early.path == new
+    net.pump()
+    assert of_type(net.events_a, IkeSaMoved)
+    # Once per move: the answer changed nothing the data plane had not got already.
+    assert of_type(net.events_a, ChildSaUpdated) == [early]
+    assert net.a.status()[0].path == new
+
+
+def test_a_failed_move_takes_the_child_sas_back_to_the_ike_sa_s_path() -> None:
+    net = setup()
+    net.down.add(ALICE6)
+    net.a.move(spi(net), path(ALICE6, BOB6), net.now, timeout=0.3)
+    net.advance_to(net.now + 0.31)
+    (fail,) = of_type(net.events_a, MoveFailed)
+    assert fail.reason == "timeout"
+    updates = [e.path for e in of_type(net.events_a, ChildSaUpdated)]
+    assert updates == [path(ALICE6, BOB6), path(ALICE, BOB)]
+    # A newer decision replaces the attempt without a detour through the old path.
+    net.a.move(spi(net), path(ALICE6, BOB6), net.now, timeout=0.3)
+    net.a.move(spi(net), path(ALICE2, BOB), net.now)
+    net.pump()
+    updates = [e.path for e in of_type(net.events_a, ChildSaUpdated)]
+    assert updates[2:] == [path(ALICE6, BOB6), path(ALICE2, BOB)]
+    assert net.a.status()[0].path == path(ALICE2, BOB)

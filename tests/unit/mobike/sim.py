@@ -38,6 +38,8 @@ class Sim:
     now: float = 0.0
     dead: set[Key] = field(default_factory=set)
     refuse: dict[Key, str] = field(default_factory=dict)
+    rtt_of: dict[Key, float] = field(default_factory=dict)
+    """Probe round trips of paths slower (or faster) than ``rtt``."""
     events: list[tuple[float, Event]] = field(default_factory=list)
     probes: list[tuple[float, Path]] = field(default_factory=list)
     max_in_flight_seen: int = 0
@@ -52,7 +54,8 @@ class Sim:
         for req in self.mgr.probes_to_send(self.now):
             self.probes.append((self.now, req.path))
             if key(req.path) not in self.dead:
-                self.at(self.now + self.rtt, self._replier(req.probe_id))
+                rtt = self.rtt_of.get(key(req.path), self.rtt)
+                self.at(self.now + rtt, self._replier(req.probe_id))
         self.max_in_flight_seen = max(self.max_in_flight_seen, self.mgr.in_flight())
         while (ev := self.mgr.next_event()) is not None:
             self.events.append((self.now, ev))

@@ -270,6 +270,22 @@ def test_ipv4_dying_while_ipv6_remains_is_left_within_a_second() -> None:
     (t_done, _), = sim.of(HandoverCompleted)
     assert t_done - 4.0 < 1.0
     tried = [e.path for _, e in sim.of(MoveRequested)]
+    # Under traffic the stall's race probes every candidate first: straight to IPv6,
+    # never a dead IPv4 candidate in turn.
+    assert [p.local.addr.version for p in tried] == [6]
+
+
+def test_ipv4_dying_on_an_idle_tunnel_sets_the_family_aside() -> None:
+    # No traffic, no stall race: the probe schedule finds the death and the failed
+    # attempt on the other IPv4 uplink sets what both share aside.
+    policy = MobikePolicy(prefer=(PreferRule("v6", family=6, cost=50),))
+    sim = make(policy, (ETH, WWAN, ETH6, WWAN6), peers=(PEER, PEER2, PEER6))
+    feed(sim, idle, 4.0)
+    v4 = [k for k in sim.mgr.table.candidate_keys() if k[0].version == 4]
+    sim.dead.update(v4)
+    feed(sim, idle, 8.0)
+    assert sim.mgr.active_path.local.addr.version == 6
+    tried = [e.path for _, e in sim.of(MoveRequested)]
     # One failed attempt at most per thing that could have died (the interface, the
     # family), never every IPv4 candidate in turn.
     assert len(tried) <= 3 and tried[-1].local.addr.version == 6
@@ -281,10 +297,10 @@ def test_ipv4_dying_while_ipv6_remains_is_left_within_a_second() -> None:
 def test_a_candidate_set_aside_comes_back_when_probes_answer() -> None:
     policy = MobikePolicy(prefer=(PreferRule("v6", family=6, cost=50),))
     sim = make(policy, (ETH, WWAN, ETH6, WWAN6), peers=(PEER, PEER2, PEER6))
-    feed(sim, two_way, 4.0)
+    feed(sim, idle, 4.0)
     v4 = [k for k in sim.mgr.table.candidate_keys() if k[0].version == 4]
     sim.dead.update(v4)
-    feed(sim, two_way, 6.0)
+    feed(sim, idle, 6.0)
     aside = [e.path for _, e in sim.of(PathDown) if e.reason in (FAMILY_DOWN, INTERFACE_DOWN)]
     assert aside
     sim.dead.clear()
