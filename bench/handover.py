@@ -221,15 +221,7 @@ def controller_confs(config: str) -> tuple[str, str]:
     """(mob, gw) swanctl.conf of the controller's lab for ``config``."""
     if config != "full-tunnel":
         return ctl.mobile_conf(), ctl.gateway_conf()
-    mob = ctl.mobile_conf(remote_ts="0.0.0.0/0, ::/0").replace("vips = 0.0.0.0",
-                                                                "vips = 0.0.0.0, ::")
-    gw = (ctl.gateway_conf()
-          .replace("local_ts = 10.88.0.0/24", "local_ts = 0.0.0.0/0, ::/0")
-          .replace("pools = vpool", "pools = vpool, vpool6")
-          .replace("pools { vpool { addrs = 10.99.0.0/24 } }",
-                   "pools { vpool { addrs = 10.99.0.0/24 }\n"
-                   "    vpool6 { addrs = 2001:db8:99::/120 } }"))
-    return mob, gw
+    return ctl.full_tunnel_confs()
 
 
 def controller_rig(lab: Lab, pair: str, config: str, traffic: str) -> Rig:

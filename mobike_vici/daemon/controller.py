@@ -205,8 +205,7 @@ class Controller:
         self.deadlines = deadlines or steer_plan.Deadlines()
         self._routing_kw: dict[str, Any] = {"netns": netns}
         if table is not None:
-            self._routing_kw["table"] = table
-            self._routing_kw["priority"] = table
+            self._routing_kw["table"] = table  # its rule stays before charon's 220
         # pyroute2's synchronous IPRoute runs its own event loop: it lives on one thread
         # of its own, created there too (not on the running loop).
         self._route_thread = concurrent.futures.ThreadPoolExecutor(

@@ -97,6 +97,20 @@ mobike {{
 """
 
 
+def full_tunnel_confs() -> tuple[str, str]:
+    """(mob, gw) swanctl.conf of a full tunnel: 0.0.0.0/0 and ::/0, virtual IPs of both
+    families (charon then installs ``::/0`` and ``0.0.0.0/0`` into its table 220)."""
+    mob = mobile_conf(remote_ts="0.0.0.0/0, ::/0").replace("vips = 0.0.0.0",
+                                                           "vips = 0.0.0.0, ::")
+    gw = (gateway_conf()
+          .replace("local_ts = 10.88.0.0/24", "local_ts = 0.0.0.0/0, ::/0")
+          .replace("pools = vpool", "pools = vpool, vpool6")
+          .replace("pools { vpool { addrs = 10.99.0.0/24 } }",
+                   "pools { vpool { addrs = 10.99.0.0/24 }\n"
+                   "    vpool6 { addrs = 2001:db8:99::/120 } }"))
+    return mob, gw
+
+
 @dataclass
 class Setup:
     lab: Lab
@@ -234,4 +248,4 @@ def build(lab: Lab, *, mob_conf: str | None = None, gw_conf: str | None = None,
         gw.stop()
 
 
-__all__ = ["LabError", "Setup", "build", "read_events", "snippet_body"]
+__all__ = ["LabError", "Setup", "build", "full_tunnel_confs", "read_events", "snippet_body"]

@@ -8,8 +8,10 @@ protocols) are never read for removal.
 
 Rules, in the order the kernel consults them (``ip rule``)::
 
+     210  fwmark PROBE_FWMARK lookup main                               controller probes
+     215  from all lookup STEERING_TABLE                                controller (run)
+     220  from all lookup 220                                           charon's
     4550  from <uplink addr> fwmark OUTER_FWMARK lookup <uplink table>  native daemon
-    4555  from all lookup STEERING_TABLE                                controller (run)
     4556  not fwmark OUTER_FWMARK lookup TUNNEL_TABLE                   native daemon
    32766  from all lookup main                                          the user's
 
@@ -30,8 +32,16 @@ OUTER_FWMARK = 0x4D56
 with it never consult ``TUNNEL_TABLE`` (nor charon's table 220, see net.probes.bypass)."""
 
 STEERING_TABLE = 4555
-STEERING_PRIORITY = 4555
-"""The controller's table and its catch-all rule, after ``local`` (0), before ``main``."""
+STEERING_PRIORITY = 215
+"""The controller's catch-all rule: before charon's table 220 (priority 220), whose
+routes would otherwise win for the peers' addresses. With a full tunnel, 220 holds
+``::/0``/``0.0.0.0/0`` into the tunnel and a ``throw`` only for the peer address in
+use, so charon's MOBIKE checks to the peer's other family (the IPv6 address it
+announced) went into the tunnel riding the dead IPv4 path. Our table holds host
+routes to peers only, so preceding 220 takes nothing else from the tunnel."""
+
+LEGACY_STEERING_PRIORITIES = frozenset({4555})
+"""Where earlier versions put that rule: still ours to remove at start-up."""
 
 TUNNEL_TABLE = 4556
 TUNNEL_PRIORITY = 4556

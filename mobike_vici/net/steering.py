@@ -3,8 +3,9 @@
 charon picks its source address and uplink by a kernel route lookup to the peer,
 so the controller moves an SA by installing a host route to the peer (via a chosen
 gateway/device, with the chosen source as `src`) in its own table, reached through
-one catch-all rule per IP family that sits before the main table. A lookup that finds
-nothing in our table falls through to the next rule, so only steered peers are affected.
+one catch-all rule per IP family that sits before charon's table 220 and main. A lookup
+that finds nothing in our table falls through to the next rule, so only steered peers
+are affected.
 
 Everything we install carries our own route/rule protocol number (RTPROT_MOBIKE_VICI)
 and lives in our table at our priority, which is how `reconcile_leftovers()` finds
@@ -29,10 +30,16 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..types import IPAddress
-from .numbers import RESERVED_TABLES, RTPROT_MOBIKE_VICI, STEERING_PRIORITY, STEERING_TABLE
+from .numbers import (
+    LEGACY_STEERING_PRIORITIES,
+    RESERVED_TABLES,
+    RTPROT_MOBIKE_VICI,
+    STEERING_PRIORITY,
+    STEERING_TABLE,
+)
 
 DEFAULT_TABLE = STEERING_TABLE  # not 220: that one is charon's
-DEFAULT_PRIORITY = STEERING_PRIORITY  # after `local` (0), before `main` (32766)
+DEFAULT_PRIORITY = STEERING_PRIORITY  # after `local` (0), before charon's 220 and main
 __all__ = ["DEFAULT_PRIORITY", "DEFAULT_TABLE", "RTPROT_MOBIKE_VICI", "PolicyRouting",
            "SteeredRoute"]
 
@@ -163,13 +170,17 @@ class PolicyRouting:
         for msg in self._ipr.get_rules(family=family):
             table = msg.get("FRA_TABLE") or msg["table"]
             proto = msg.get("FRA_PROTOCOL")
-            if (table == self.table and msg.get("FRA_PRIORITY") == self.priority) \
+            priority = msg.get("FRA_PRIORITY")
+            if (table == self.table
+                    and priority in (self.priority, *LEGACY_STEERING_PRIORITIES)) \
                     or (proto == self.protocol and table == self.table):
                 rules.append(msg)
         return rules
 
     def _ensure_rule(self, family: int) -> None:
-        if self._our_rules(family):
+        # Only a rule at our priority counts: one an older version left later than
+        # charon's 220 would not steer.
+        if any(msg.get("FRA_PRIORITY") == self.priority for msg in self._our_rules(family)):
             return
         self._ipr.rule("add", family=family, table=self.table, priority=self.priority,
                        protocol=self.protocol)

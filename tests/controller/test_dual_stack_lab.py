@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mobike_vici.lab.charon_controller import INNER, Setup, build, mobile_conf
+from mobike_vici.lab.charon_controller import INNER, Setup, build, full_tunnel_confs, mobile_conf
 from mobike_vici.lab.netns import Lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon]
@@ -27,15 +27,19 @@ STAY_UP = 15.0
 _REPLY = re.compile(r"icmp_seq=(\d+)")
 
 
-@pytest.fixture(params=["learnt", "configured"])
+@pytest.fixture(params=["learnt", "configured", "full-tunnel"])
 def setup(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Setup]:
     """``learnt``: the controller learns the gateway's IPv6 address only from charon
     (its MOBIKE path check, its move); ``configured``: ``remote_addrs`` names it too,
-    so it is a candidate of the controller's own failover from the start."""
-    conf = mobile_conf()
+    so it is a candidate of the controller's own failover from the start;
+    ``full-tunnel``: learnt, with 0.0.0.0/0 and ::/0 through the tunnel, so charon's
+    table 220 routes the gateway's IPv6 address into the tunnel riding the dead IPv4."""
+    conf, gw_conf = mobile_conf(), None
     if request.param == "configured":
         conf = conf.replace("remote_addrs = 192.0.2.2", f"remote_addrs = 192.0.2.2, {GW6}")
-    yield from build(lab, mob_conf=conf)
+    elif request.param == "full-tunnel":
+        conf, gw_conf = full_tunnel_confs()
+    yield from build(lab, mob_conf=conf, gw_conf=gw_conf)
 
 
 def _answered(log: Path) -> list[int]:
@@ -100,10 +104,16 @@ def test_ipv4_dies_charon_moves_to_ipv6_and_the_controller_keeps_that_ike_sa(
     assert "ike_sa_deleted" not in names, [e for e in events if e["event"] == "ike_sa_deleted"]
     assert setup.controller is not None and setup.controller.poll() is None
     # learnt: charon moved by itself, the controller adopted that once its data path
-    # verified; configured: the controller steered charon there (across families).
-    source = "controller" if setup.conf.read_text().count(GW6) else "charon"
+    # verified; configured: the controller steered charon there (across families);
+    # full tunnel: whichever moves first, once charon's check learnt the address.
+    if setup.conf.read_text().count(GW6):
+        sources = {"controller"}
+    elif "::/0" in setup.conf.read_text():
+        sources = {"controller", "charon"}
+    else:
+        sources = {"charon"}
     done = setup.wait_event(
-        "handover_completed", lambda e: e.get("source") == source, after=mark, timeout=1)
+        "handover_completed", lambda e: e.get("source") in sources, after=mark, timeout=1)
     assert done["ike_spi"] == spi
     assert done["remote"].startswith(GW6)
     assert done["local"].split("[")[0] in V6_LOCALS

@@ -115,3 +115,39 @@ def test_reconcile_removes_what_a_killed_run_left(lab: Lab) -> None:
     assert table(mob, "-4").strip() == "" and table(mob, "-6").strip() == ""
     assert f"lookup {DEFAULT_TABLE}" not in rules(mob, "-4") + rules(mob, "-6")
     assert "dev u0" in route_get(mob, PEER4)
+
+
+def test_steering_wins_over_charons_table_220(lab: Lab) -> None:
+    """A full tunnel puts ``default dev <tunnel>`` into charon's table 220 (rule 220): a
+    steered peer must still leave by its steered uplink, not into the tunnel."""
+    mob = two_uplinks(lab)
+    mob.ip("link", "add", "tun220", "type", "veth", "peer", "name", "tun220p")
+    mob.ip("link", "set", "tun220", "up")
+    mob.ip("link", "set", "tun220p", "up")
+    for family, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
+        mob.ip(family, "route", "add", default, "dev", "tun220", "table", "220")
+        mob.ip(family, "rule", "add", "priority", "220", "lookup", "220")
+    assert "dev tun220" in mob.ip("-6", "route", "get", PEER6).stdout
+    with PolicyRouting(netns=mob.name) as pr:
+        pr.steer(ip(PEER4), via=ip("10.2.0.1"), dev="u1", src=ip("10.2.0.2"))
+        pr.steer(ip(PEER6), via=ip("fd02::1"), dev="u1", src=ip("fd02::2"))
+        assert "via 10.2.0.1 dev u1" in route_get(mob, PEER4)
+        assert "via fd02::1 dev u1" in mob.ip("-6", "route", "get", PEER6).stdout
+        # Everything else still follows table 220.
+        assert "dev tun220" in route_get(mob, "192.0.2.10")
+        pr.clear()
+    assert "dev tun220" in mob.ip("-6", "route", "get", PEER6).stdout
+
+
+def test_a_rule_an_older_version_left_at_4555_is_removed(lab: Lab) -> None:
+    mob = two_uplinks(lab)
+    for family in ("-4", "-6"):
+        mob.ip(family, "rule", "add", "priority", "4555", "lookup", str(DEFAULT_TABLE),
+               "protocol", "145")
+    mob.ip("-4", "rule", "add", "priority", "4555", "lookup", str(DEFAULT_TABLE))
+    with PolicyRouting(netns=mob.name) as pr:
+        assert pr.reconcile_leftovers() == 3
+        pr.steer(ip(PEER4), via=ip("10.2.0.1"), dev="u1", src=ip("10.2.0.2"))
+        assert f"{DEFAULT_PRIORITY}:\tfrom all lookup {DEFAULT_TABLE}" in rules(mob, "-4")
+        assert "4555:" not in rules(mob, "-4") + rules(mob, "-6")
+        assert pr.clear() == 2  # the route and the rule
