@@ -30,9 +30,6 @@ from ...net.events import AddrFlag
 from ...net.state import NetState, usable_addresses
 from ...types import IPAddress, Path
 
-ICMP_ECHO_REQUEST = 8
-ICMP_ECHO_REPLY = 0
-MAX_OUTSTANDING = 1024  # bound on probes awaiting a reply, all paths together
 LOOPBACK_V4 = ipaddress.IPv4Address("127.0.0.1")
 LOOPBACK_V6 = ipaddress.IPv6Address("::1")
 LOOPBACK_DEV = "lo"
