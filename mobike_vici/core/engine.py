@@ -40,7 +40,14 @@ from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
 from ..config.model import ChildConfig, Config, ConnectionConfig, Unique
-from ..ikev2.constants import NATT_KEEPALIVE, ExchangeType, HeaderFlag, NotifyType, PayloadType
+from ..ikev2.constants import (
+    NATT_KEEPALIVE,
+    ExchangeType,
+    HeaderFlag,
+    NotifyType,
+    PayloadType,
+    notify_is_error,
+)
 from ..ikev2.crypto import DH_COST_MS, IntegrityError
 from ..ikev2.message import (
     DecodeError,
@@ -58,7 +65,14 @@ from ..ikev2.message import (
     join_fragments,
     transport_overhead,
 )
-from ..ikev2.payloads import Encrypted, EncryptedFragment, Notify, Payload, encode_payloads
+from ..ikev2.payloads import (
+    Encrypted,
+    EncryptedFragment,
+    Notify,
+    Payload,
+    encode_payloads,
+    find_notify,
+)
 from ..types import Endpoint, IPAddress, Path
 from .child_sa import ChildState
 from .context import Context, candidates
@@ -850,7 +864,7 @@ class Engine:
                     reply += respond_mobike(self._ctx, sa, msg, path, mid, now)
                 if exchange == ExchangeType.CREATE_CHILD_SA:
                     for p in reply:
-                        if isinstance(p, Notify) and int(p.type) < 16384:
+                        if isinstance(p, Notify) and notify_is_error(int(p.type)):
                             self._report(sa, exchange, notify_name(p.type))
             except AuthFailed as exc:
                 reply = [Notify(NotifyType.AUTHENTICATION_FAILED)]
@@ -873,8 +887,7 @@ class Engine:
                 self._report(sa, exchange, f"INVALID_SYNTAX: {exc.reason}")
         self._adopt(now)
         response = self._encode(sa, exchange, mid, True, reply)
-        update = any(isinstance(p, Notify) and p.type == NotifyType.UPDATE_SA_ADDRESSES
-                     for p in msg.payloads)
+        update = find_notify(msg.payloads, NotifyType.UPDATE_SA_ADDRESSES) is not None
         fragments = self._fragment(sa, exchange, mid, True, reply, response, path)
         sa.cached = CachedResponse(mid, data, response, path, update,
                                    response_fragments=fragments)
@@ -940,8 +953,7 @@ class Engine:
         msg = self._open(sa, header, data, path)
         if msg is None:
             return
-        if any(isinstance(p, Notify) and p.type == NotifyType.UPDATE_SA_ADDRESSES
-               for p in msg.payloads):
+        if find_notify(msg.payloads, NotifyType.UPDATE_SA_ADDRESSES) is not None:
             self._ctx.emit(UpdateRejected(conn=sa.conn.name, ike_spi=sa.spi_str, path=path,
                                           reason="stale"))
         else:
