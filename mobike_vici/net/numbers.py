@@ -10,10 +10,13 @@ Rules, in the order the kernel consults them (``ip rule``)::
 
      210  fwmark PROBE_FWMARK lookup main                               controller probes
      215  from all lookup STEERING_TABLE                                controller (run)
-     220  from all lookup 220                                           charon's
+     220  not fwmark 0x4d43 lookup 220                                  charon's
     4550  from <uplink addr> fwmark OUTER_FWMARK lookup <uplink table>  native daemon
     4556  not fwmark OUTER_FWMARK lookup TUNNEL_TABLE                   native daemon
    32766  from all lookup main                                          the user's
+
+(220's ``not fwmark`` comes from the shipped strongswan.d snippet: charon marks its IKE
+packets, so its MOBIKE checks never ride a full tunnel's default route.)
 
 Tables: ``STEERING_TABLE`` 4555 (host routes that steer charon), ``TUNNEL_TABLE`` 4556
 (the TUN's routes for remote traffic selectors, and a ``throw`` route per peer),
