@@ -762,7 +762,7 @@ class Engine:
             if mid != sa.peer_next_id:
                 self._drop(path, f"message ID {mid} outside the window", header)
                 return
-            if not isinstance(exchange, ExchangeType) or exchange not in _allowed(sa):
+            if not isinstance(exchange, ExchangeType) or exchange not in sa.peer_may_start():
                 self._drop(path, f"unexpected {_exchange_name(exchange)} request", header)
                 return
         fragment = self._open_fragment(sa, header, data, path)
@@ -832,7 +832,7 @@ class Engine:
         if not isinstance(exchange, ExchangeType):
             self._drop(path, f"unknown exchange {exchange}", header)
             return
-        if exchange not in _allowed(sa):
+        if exchange not in sa.peer_may_start():
             self._drop(path, f"unexpected {_exchange_name(exchange)} request", header)
             return
         msg = assembled if assembled is not None else self._open(sa, header, data, path)
@@ -1220,22 +1220,11 @@ class Engine:
         sa.leases = ()
         sa.pending = None
         sa.tasks.clear()
-        sa.state = IkeState.DELETED
+        sa.set_state(IkeState.DELETED)
         self._ctx.emit(IkeSaDeleted(conn=sa.conn.name, ike_spi=sa.spi_str, path=sa.path,
                                     reason=reason))
         if successor is not sa and self._sas.get(successor.our_spi) is successor:
             self._kick(successor, now)
-
-
-def _allowed(sa: IkeSa) -> tuple[ExchangeType, ...]:
-    """The exchanges the peer may start in ``sa``'s state."""
-    return {
-        IkeState.CONNECTING: (ExchangeType.IKE_AUTH,) if not sa.initiator else (),
-        IkeState.ESTABLISHED: (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA),
-        IkeState.REKEYING: (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA),
-        IkeState.DELETING: (ExchangeType.INFORMATIONAL,),
-        IkeState.REKEYED: (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA),
-    }.get(sa.state, ())
 
 
 def _first_address(specs: tuple[str, ...]) -> IPAddress | None:

@@ -319,7 +319,7 @@ class IkeAuthTask:
 def establish(ctx: Context, sa: IkeSa, now: float) -> None:
     # Both AUTH payloads are computed and checked: SK_pi/SK_pr have no further use.
     sa.sk_p = None
-    sa.state = IkeState.ESTABLISHED
+    sa.set_state(IkeState.ESTABLISHED)
     sa.established_at = now
     sa.rekey_at = schedule(ctx, sa.conn.rekey_time, sa.conn.rand_time, now)
     ctx.emit(IkeSaEstablished(

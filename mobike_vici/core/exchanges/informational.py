@@ -53,11 +53,11 @@ class DeleteIkeTask:
         self.reason = reason
 
     def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
-        sa.state = IkeState.DELETING
+        sa.set_state(IkeState.DELETING)
         return [Delete(ProtocolId.IKE)]
 
     def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
-        sa.state = IkeState.DELETED
+        sa.set_state(IkeState.DELETED)
         return Outcome.DONE
 
 
@@ -97,7 +97,7 @@ def respond_informational(ctx: Context, sa: IkeSa, msg: Message, now: float) -> 
     for p in msg.payloads:
         if isinstance(p, Notify) and p.type == NotifyType.AUTHENTICATION_FAILED:
             # The initiator rejected our AUTH after we established (RFC 7296 §2.21.2).
-            sa.state = IkeState.DELETED
+            sa.set_state(IkeState.DELETED)
             sa.delete_reason = "authentication_failed"
             return []
         if not isinstance(p, Delete):
@@ -109,7 +109,7 @@ def respond_informational(ctx: Context, sa: IkeSa, msg: Message, now: float) -> 
                 hand_over(ctx, sa, sa.ike_collision.new_sa, now)
                 sa.ike_collision = None
             sa.rekeyed = sa.rekeyed or sa.state == IkeState.REKEYED
-            sa.state = IkeState.DELETED
+            sa.set_state(IkeState.DELETED)
             return []
         if p.protocol != ProtocolId.ESP:
             continue
