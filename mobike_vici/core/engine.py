@@ -612,8 +612,7 @@ class Engine:
             self._failed(sa, task.exchange, ExchangeAborted(f"cannot build request: {exc}"),
                          now)
             return False
-        if task.exchange == ExchangeType.INFORMATIONAL and not payloads and not getattr(
-                task, "liveness", False):
+        if task.exchange == ExchangeType.INFORMATIONAL and not payloads and not task.liveness:
             return False  # e.g. deleting CHILD_SAs that are gone already
         mid = sa.next_request_id
         data = self._encode(sa, task.exchange, mid, False, payloads)
@@ -621,7 +620,7 @@ class Engine:
             sa.init_request = data
         wait = (self._move_resend(task) if isinstance(task, MoveTask)
                 else self._eager_wait(task, now) or self._settings.retransmit.wait(0))
-        path: Path = getattr(task, "path", None) or sa.path
+        path = task.path or sa.path
         fragments = self._fragment(sa, task.exchange, mid, False, payloads, data, path)
         sa.pending = PendingRequest(mid, task.exchange, data, path, task, now, now + wait,
                                     fragments=fragments)
@@ -659,7 +658,7 @@ class Engine:
         if header.exchange == ExchangeType.IKE_SA_INIT:
             sa.init_response = data
         self._probes_answered(sa, header.message_id, path, now)
-        if getattr(task, "liveness", False) and path == pending.path:
+        if task.liveness and path == pending.path:
             # Only the answer to the request on its own path: a copy sent on another
             # path (a probe riding it) may get the peer's cached answer to the first
             # copy it saw, whose NAT detection describes that other path.
@@ -685,7 +684,7 @@ class Engine:
         sa.next_request_id += 1
         successors = sa.lineage()[1:]
         if sa.state == IkeState.DELETED:
-            self._destroy(sa, getattr(task, "reason", "deleted_locally"), now)
+            self._destroy(sa, task.reason, now)
         else:
             self._kick(sa, now)
             self._ride(sa, now)
@@ -1148,7 +1147,7 @@ class Engine:
             if pending.retransmitted >= settings.retransmit.tries:
                 if isinstance(pending.task, DeleteIkeTask):
                     reason = pending.task.reason  # it was going away anyway
-                elif getattr(pending.task, "liveness", False):
+                elif pending.task.liveness:
                     reason = "dpd_timeout"
                 else:
                     reason = "retransmits_exceeded"

@@ -45,7 +45,7 @@ from ..events import ChildSaRekeyed
 from ..ike_sa import IkeRekeyCollision, IkeSa, IkeState
 from ..naming import ike_suite_name
 from ..ts import narrow, resolve
-from .base import DropPacket, ExchangeAborted, Outcome, child_offer, notify_name
+from .base import DropPacket, ExchangeAborted, Outcome, Task, child_offer, notify_name
 from .child import child_proposals, install, make_child, proposal_payloads, schedule
 from .handover import hand_over, migrate_tasks
 from .ike_auth import child_cap_reached
@@ -91,7 +91,7 @@ def lowest_nonce_loses(ours: tuple[bytes, bytes], theirs: tuple[bytes, bytes]) -
 # ---------------------------------------------------------------------------
 
 
-class ChildRekeyTask:
+class ChildRekeyTask(Task):
     """Rekey one CHILD_SA; the old one is deleted once the new one is installed."""
 
     exchange = ExchangeType.CREATE_CHILD_SA
@@ -196,7 +196,7 @@ class ChildRekeyTask:
         return new, _nonce(payloads)
 
 
-class ChildCreateTask:
+class ChildCreateTask(Task):
     """An additional CHILD_SA on an established IKE_SA (no REKEY_SA notify)."""
 
     exchange = ExchangeType.CREATE_CHILD_SA
@@ -311,7 +311,7 @@ def _successor(ctx: Context, old: IkeSa, initiator: bool, spi_i: bytes, spi_r: b
     return new
 
 
-class IkeRekeyTask:
+class IkeRekeyTask(Task):
     exchange = ExchangeType.CREATE_CHILD_SA
 
     def __init__(self, group: DhId | None = None) -> None:

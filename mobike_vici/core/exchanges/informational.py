@@ -11,7 +11,7 @@ from ..child_sa import ChildSa, ChildState
 from ..context import Context
 from ..events import ChildSaDeleted
 from ..ike_sa import IkeSa, IkeState
-from .base import Outcome
+from .base import Outcome, Task
 from .handover import hand_over
 from .mobike import natd_payloads
 
@@ -26,7 +26,7 @@ def child_deleted(ctx: Context, sa: IkeSa, child: ChildSa, reason: str) -> None:
     ))
 
 
-class LivenessTask:
+class LivenessTask(Task):
     """An empty INFORMATIONAL request: DPD, or a check the caller asked for."""
 
     exchange = ExchangeType.INFORMATIONAL
@@ -43,7 +43,7 @@ class LivenessTask:
         return Outcome.DONE
 
 
-class DeleteIkeTask:
+class DeleteIkeTask(Task):
     """Delete(IKE); the engine removes the SA when answered (or when retransmits give up)."""
 
     exchange = ExchangeType.INFORMATIONAL
@@ -61,7 +61,7 @@ class DeleteIkeTask:
         return Outcome.DONE
 
 
-class DeleteChildTask:
+class DeleteChildTask(Task):
     """Delete(ESP) with our inbound SPIs; the peer answers with its inbound SPIs."""
 
     exchange = ExchangeType.INFORMATIONAL
