@@ -48,7 +48,7 @@ from ..ikev2.constants import (
     PayloadType,
     notify_is_error,
 )
-from ..ikev2.crypto import DH_COST_MS, IntegrityError
+from ..ikev2.crypto import IntegrityError
 from ..ikev2.message import (
     DecodeError,
     Fragment,
@@ -74,6 +74,7 @@ from ..ikev2.payloads import (
     find_notify,
 )
 from ..types import Endpoint, IPAddress, Path
+from .admission import Admission, DemandCookie, Refuse
 from .child_sa import ChildState
 from .context import Context, candidates
 from .errors import ProtocolError
@@ -207,18 +208,9 @@ class Engine:
         self._sas: dict[bytes, IkeSa] = {}
         """Every IKE_SA by the SPI we chose (SPIi as initiator, SPIr as responder)."""
         self._wire: WireView | None = None
-        self._half_open: dict[tuple[bytes, Endpoint], IkeSa] = {}
-        """Responder SAs before IKE_AUTH, by (SPIi, remote): bounded by half_open_limit."""
         self._by_init: dict[tuple[bytes, Endpoint], IkeSa] = {}
         """Every responder SA by (SPIi, remote): IKE_SA_INIT retransmits get the cached answer."""
-        self._half_open_from: dict[IPAddress, int] = {}
-        """Half-open SAs per source address (block_threshold); no entry at zero, so it is
-        bounded by half_open_limit."""
-        self._cookies_until: float | None = None
-        """Cookies are demanded until then (cookie_calmdown after the threshold was hit)."""
-        self._dh_tokens = self._settings.dh_budget
-        """Milliseconds of DH work left (dh_budget per second; below 0 only for newcomers)."""
-        self._dh_refilled: float | None = None
+        self._admission = Admission(self._settings, self._ctx.cookies)
         self._ctx.sas = self._sas
         self._index = self._ctx.index
         self._outbox: list[Datagram] = []
@@ -620,8 +612,7 @@ class Engine:
             self._failed(sa, task.exchange, ExchangeAborted(f"cannot build request: {exc}"),
                          now)
             return False
-        if task.exchange == ExchangeType.INFORMATIONAL and not payloads and not getattr(
-                task, "liveness", False):
+        if task.exchange == ExchangeType.INFORMATIONAL and not payloads and not task.liveness:
             return False  # e.g. deleting CHILD_SAs that are gone already
         mid = sa.next_request_id
         data = self._encode(sa, task.exchange, mid, False, payloads)
@@ -629,7 +620,7 @@ class Engine:
             sa.init_request = data
         wait = (self._move_resend(task) if isinstance(task, MoveTask)
                 else self._eager_wait(task, now) or self._settings.retransmit.wait(0))
-        path: Path = getattr(task, "path", None) or sa.path
+        path = task.path or sa.path
         fragments = self._fragment(sa, task.exchange, mid, False, payloads, data, path)
         sa.pending = PendingRequest(mid, task.exchange, data, path, task, now, now + wait,
                                     fragments=fragments)
@@ -667,7 +658,7 @@ class Engine:
         if header.exchange == ExchangeType.IKE_SA_INIT:
             sa.init_response = data
         self._probes_answered(sa, header.message_id, path, now)
-        if getattr(task, "liveness", False) and path == pending.path:
+        if task.liveness and path == pending.path:
             # Only the answer to the request on its own path: a copy sent on another
             # path (a probe riding it) may get the peer's cached answer to the first
             # copy it saw, whose NAT detection describes that other path.
@@ -693,7 +684,7 @@ class Engine:
         sa.next_request_id += 1
         successors = sa.lineage()[1:]
         if sa.state == IkeState.DELETED:
-            self._destroy(sa, getattr(task, "reason", "deleted_locally"), now)
+            self._destroy(sa, task.reason, now)
         else:
             self._kick(sa, now)
             self._ride(sa, now)
@@ -770,7 +761,7 @@ class Engine:
             if mid != sa.peer_next_id:
                 self._drop(path, f"message ID {mid} outside the window", header)
                 return
-            if not isinstance(exchange, ExchangeType) or exchange not in _allowed(sa):
+            if not isinstance(exchange, ExchangeType) or exchange not in sa.peer_may_start():
                 self._drop(path, f"unexpected {_exchange_name(exchange)} request", header)
                 return
         fragment = self._open_fragment(sa, header, data, path)
@@ -840,7 +831,7 @@ class Engine:
         if not isinstance(exchange, ExchangeType):
             self._drop(path, f"unknown exchange {exchange}", header)
             return
-        if exchange not in _allowed(sa):
+        if exchange not in sa.peer_may_start():
             self._drop(path, f"unexpected {_exchange_name(exchange)} request", header)
             return
         msg = assembled if assembled is not None else self._open(sa, header, data, path)
@@ -895,7 +886,7 @@ class Engine:
         self._send_all(sa.cached.datagrams, path, sa, now)
         self._resend_after_peer_moved(sa, path_before, now)
         if sa.state != IkeState.CONNECTING:
-            self._forget_half_open(sa)
+            self._admission.forget(sa)
         if sa.initial_contact and sa.state == IkeState.ESTABLISHED:
             sa.initial_contact = False
             self._initial_contact(sa, now)
@@ -1057,43 +1048,6 @@ class Engine:
         self._ctx.emit(ExchangeFailed(conn=sa.conn.name, ike_spi=sa.spi_str,
                                       exchange=_exchange_name(exchange), reason=reason))
 
-    def _forget_half_open(self, sa: IkeSa) -> None:
-        if sa.init_key is not None and self._half_open.get(sa.init_key) is sa:
-            del self._half_open[sa.init_key]
-            addr = sa.init_key[1].addr
-            left = self._half_open_from.get(addr, 1) - 1
-            if left > 0:
-                self._half_open_from[addr] = left
-            else:
-                self._half_open_from.pop(addr, None)
-
-    def _dh_affordable(self, group: int, newcomer: bool, now: float) -> bool:
-        """Whether the DH budget has room for one responder DH of ``group``; a
-        ``newcomer`` (a source holding no half-open SA) may dig into the reserve."""
-        budget = self._settings.dh_budget
-        if budget <= 0:
-            return True
-        if self._dh_refilled is not None:
-            elapsed = max(0.0, now - self._dh_refilled)
-            self._dh_tokens = min(budget, self._dh_tokens + elapsed * budget)
-        self._dh_refilled = now
-        floor = -self._settings.dh_reserve if newcomer else 0.0
-        return self._dh_tokens - _dh_cost(group) >= floor
-
-    def _dh_charge(self, group: int) -> None:
-        """A DH was done (only then: an INVALID_KE_PAYLOAD answer costs none)."""
-        if self._settings.dh_budget > 0:
-            self._dh_tokens -= _dh_cost(group)
-
-    def _cookie_required(self, now: float) -> bool:
-        """charon's rule: the threshold of half-open SAs switches cookies on; they stay on
-        until it has not been reached for cookie_calmdown seconds."""
-        settings = self._settings
-        if len(self._half_open) >= settings.cookie_threshold:
-            self._cookies_until = now + settings.cookie_calmdown
-            return True
-        return self._cookies_until is not None and now < self._cookies_until
-
     def _initial_contact(self, sa: IkeSa, now: float) -> None:
         """Drop (silently: the peer lost them) older SAs with the same identities."""
         if sa.conn.unique == Unique.NEVER:
@@ -1116,33 +1070,19 @@ class Engine:
             else:
                 self._drop(path, "IKE_SA_INIT for an SA being set up", header)
             return
-        # DoS order as charon's receiver: first the COOKIE (stateless, no DH: a flood
-        # from spoofed sources ends here), then the per-source and global caps, then
-        # the DH budget; all of it before the request is decoded.
-        settings = self._settings
+        # Admission (cookies, caps, DH budget) before the request is decoded.
         try:
             scan = init_scan(header, data)
         except DropPacket as exc:
             self._drop(path, exc.reason, header)
             return
-        source = path.remote.addr
-        if self._cookie_required(now):
-            jar = self._ctx.cookies
-            if scan.cookie is None or not jar.verify(scan.cookie, scan.nonce, source,
-                                                     header.spi_i, now):
-                token = jar.make(scan.nonce, source, header.spi_i, now)
-                self._answer_init(header, [Notify(NotifyType.COOKIE, token)], path, now)
-                return
-        if settings.block_threshold > 0 and self._half_open_from.get(source, 0) >= \
-                settings.block_threshold:
-            self._drop(path, "too many half-open IKE_SAs from this address", header)
+        verdict = self._admission.screen(header.spi_i, path.remote.addr, scan.nonce,
+                                         scan.cookie, scan.ke_group, now)
+        if isinstance(verdict, DemandCookie):
+            self._answer_init(header, [Notify(NotifyType.COOKIE, verdict.token)], path, now)
             return
-        if len(self._half_open) >= settings.half_open_limit:
-            self._drop(path, "too many half-open IKE_SAs", header)
-            return
-        newcomer = source not in self._half_open_from
-        if scan.ke_group is not None and not self._dh_affordable(scan.ke_group, newcomer, now):
-            self._drop(path, "DH budget spent", header)
+        if isinstance(verdict, Refuse):
+            self._drop(path, verdict.reason, header)
             return
         try:
             msg = decode_message(data)
@@ -1166,7 +1106,6 @@ class Engine:
             return
         sa = reply.sa
         assert sa.suite is not None
-        self._dh_charge(sa.suite.dh)
         sa.init_request = data
         response = self._encode(sa, ExchangeType.IKE_SA_INIT, 0, True, reply.payloads)
         sa.init_response = response
@@ -1174,8 +1113,7 @@ class Engine:
         sa.peer_next_id = 1
         sa.last_received = now
         self._register(sa)
-        self._half_open[key] = sa
-        self._half_open_from[path.remote.addr] = self._half_open_from.get(path.remote.addr, 0) + 1
+        self._admission.admit(key, sa, sa.suite.dh)
         self._by_init[key] = sa
         sa.init_key = key
         self._send(response, path, sa, now)
@@ -1209,7 +1147,7 @@ class Engine:
             if pending.retransmitted >= settings.retransmit.tries:
                 if isinstance(pending.task, DeleteIkeTask):
                     reason = pending.task.reason  # it was going away anyway
-                elif getattr(pending.task, "liveness", False):
+                elif pending.task.liveness:
                     reason = "dpd_timeout"
                 else:
                     reason = "retransmits_exceeded"
@@ -1262,7 +1200,7 @@ class Engine:
         if self._sas.get(sa.our_spi) is sa:
             del self._sas[sa.our_spi]
             self._index.remove(sa)
-        self._forget_half_open(sa)
+        self._admission.forget(sa)
         if sa.init_key is not None and self._by_init.get(sa.init_key) is sa:
             del self._by_init[sa.init_key]
         self._ctx.release_ike_spi(sa.our_spi)
@@ -1281,22 +1219,11 @@ class Engine:
         sa.leases = ()
         sa.pending = None
         sa.tasks.clear()
-        sa.state = IkeState.DELETED
+        sa.set_state(IkeState.DELETED)
         self._ctx.emit(IkeSaDeleted(conn=sa.conn.name, ike_spi=sa.spi_str, path=sa.path,
                                     reason=reason))
         if successor is not sa and self._sas.get(successor.our_spi) is successor:
             self._kick(successor, now)
-
-
-def _allowed(sa: IkeSa) -> tuple[ExchangeType, ...]:
-    """The exchanges the peer may start in ``sa``'s state."""
-    return {
-        IkeState.CONNECTING: (ExchangeType.IKE_AUTH,) if not sa.initiator else (),
-        IkeState.ESTABLISHED: (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA),
-        IkeState.REKEYING: (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA),
-        IkeState.DELETING: (ExchangeType.INFORMATIONAL,),
-        IkeState.REKEYED: (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA),
-    }.get(sa.state, ())
 
 
 def _first_address(specs: tuple[str, ...]) -> IPAddress | None:
@@ -1314,14 +1241,6 @@ def _floats(sa: IkeSa, path: Path) -> bool:
     old = sa.path
     return (path.natt and not old.natt and path.local.addr == old.local.addr
             and (path.remote.addr == old.remote.addr or sa.nat_remote))
-
-
-_DH_COST: dict[int, float] = {int(group): ms for group, ms in DH_COST_MS.items()}
-
-
-def _dh_cost(group: int) -> float:
-    """CPU milliseconds of one responder DH of ``group`` (1 for groups not measured)."""
-    return _DH_COST.get(group, 1.0)
 
 
 def _exchange_name(exchange: int) -> str:

@@ -36,6 +36,37 @@ class IkeState(Enum):
     DELETED = "DELETED"
 
 
+# The state machine as data (h11's _state.py): where each state may go, and which
+# exchanges the peer may start in it. IkeSa.set_state is the only writer of
+# IkeSa.state after creation.
+_TRANSITIONS: dict[IkeState, frozenset[IkeState]] = {
+    IkeState.CONNECTING: frozenset({IkeState.ESTABLISHED, IkeState.DELETING,
+                                    IkeState.DELETED}),
+    IkeState.ESTABLISHED: frozenset({IkeState.REKEYING, IkeState.REKEYED,
+                                     IkeState.DELETING, IkeState.DELETED}),
+    # An IKE rekey that fails or meets INVALID_KE_PAYLOAD goes back to ESTABLISHED.
+    IkeState.REKEYING: frozenset({IkeState.ESTABLISHED, IkeState.REKEYED,
+                                  IkeState.DELETING, IkeState.DELETED}),
+    IkeState.REKEYED: frozenset({IkeState.DELETING, IkeState.DELETED}),
+    # A rekey collision (RFC 7296 §2.25.2) can hand a closing SA's children over.
+    IkeState.DELETING: frozenset({IkeState.REKEYED, IkeState.DELETED}),
+    IkeState.DELETED: frozenset(),
+}
+
+_PEER_MAY_START: dict[IkeState, tuple[ExchangeType, ...]] = {
+    IkeState.CONNECTING: (ExchangeType.IKE_AUTH,),  # only when we are the responder
+    IkeState.ESTABLISHED: (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA),
+    IkeState.REKEYING: (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA),
+    IkeState.DELETING: (ExchangeType.INFORMATIONAL,),
+    IkeState.REKEYED: (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA),
+    IkeState.DELETED: (),
+}
+
+
+class InvalidTransition(RuntimeError):
+    """A state change the table does not allow: a bug in the core, never the peer's doing."""
+
+
 @dataclass(slots=True)
 class PendingRequest:
     """Our one outstanding request: resent verbatim until answered or given up."""
@@ -193,6 +224,19 @@ class IkeSa:
     probes: list[Probe] = field(default_factory=list)
     announced: tuple[IPAddress, ...] | None = None
     """Our address list as last sent to the peer (None: never sent)."""
+
+    def set_state(self, new: IkeState) -> None:
+        """Move to ``new`` (staying put is always allowed); raises InvalidTransition
+        for a change ``_TRANSITIONS`` does not list."""
+        if new is not self.state and new not in _TRANSITIONS[self.state]:
+            raise InvalidTransition(f"IKE_SA {self.state.value} -> {new.value}")
+        self.state = new
+
+    def peer_may_start(self) -> tuple[ExchangeType, ...]:
+        """The exchanges the peer may start in this SA's state."""
+        if self.state == IkeState.CONNECTING and self.initiator:
+            return ()
+        return _PEER_MAY_START[self.state]
 
     def set_keys(self, suite: IkeSuite, keys: IkeKeys, *, authenticate: bool) -> None:
         """Keep of ``keys`` what the SA still needs: SK_d, the SK ciphers, and SK_pi/SK_pr

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import Enum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from ...ikev2.constants import ExchangeType, NotifyType
 from ...ikev2.message import Message
 from ...ikev2.payloads import SA, Payload, TSi, TSr, UnknownPayload, find_payload
 
 if TYPE_CHECKING:
+    from ...types import Path
     from ..context import Context
     from ..ike_sa import IkeSa
 
@@ -39,16 +40,24 @@ class ExchangeAborted(Exception):
         self.keep_sa = keep_sa
 
 
-class Task(Protocol):
-    """One exchange we initiate: build the request, process the response."""
+class Task:
+    """One exchange we initiate: build the request, process the response. Every task
+    subclasses this; the engine reads the three attributes below."""
 
     exchange: ExchangeType
+    path: Path | None = None
+    """The path the request goes on; None: the SA's current one."""
+    liveness: bool = False
+    """The request checks that the peer is alive (DPD, a probe): sent even when empty,
+    and its running out of retransmissions is a dpd_timeout."""
+    reason: str = "deleted_locally"
+    """Why the IKE_SA goes when it ends DELETED after this exchange."""
 
     def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
-        ...
+        raise NotImplementedError
 
     def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
-        ...
+        raise NotImplementedError
 
 
 def child_offer(payloads: Sequence[Payload]) -> tuple[SA | None, TSi | None, TSr | None]:

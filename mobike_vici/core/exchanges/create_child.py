@@ -45,7 +45,7 @@ from ..events import ChildSaRekeyed
 from ..ike_sa import IkeRekeyCollision, IkeSa, IkeState
 from ..naming import ike_suite_name
 from ..ts import narrow, resolve
-from .base import DropPacket, ExchangeAborted, Outcome, child_offer, notify_name
+from .base import DropPacket, ExchangeAborted, Outcome, Task, child_offer, notify_name
 from .child import child_proposals, install, make_child, proposal_payloads, schedule
 from .handover import hand_over, migrate_tasks
 from .ike_auth import child_cap_reached
@@ -91,7 +91,7 @@ def lowest_nonce_loses(ours: tuple[bytes, bytes], theirs: tuple[bytes, bytes]) -
 # ---------------------------------------------------------------------------
 
 
-class ChildRekeyTask:
+class ChildRekeyTask(Task):
     """Rekey one CHILD_SA; the old one is deleted once the new one is installed."""
 
     exchange = ExchangeType.CREATE_CHILD_SA
@@ -196,7 +196,7 @@ class ChildRekeyTask:
         return new, _nonce(payloads)
 
 
-class ChildCreateTask:
+class ChildCreateTask(Task):
     """An additional CHILD_SA on an established IKE_SA (no REKEY_SA notify)."""
 
     exchange = ExchangeType.CREATE_CHILD_SA
@@ -304,14 +304,14 @@ def _successor(ctx: Context, old: IkeSa, initiator: bool, spi_i: bytes, spi_r: b
     new.natt_supported = old.natt_supported
     new.peer_fragmentation = old.peer_fragmentation  # negotiated once, kept by rekeys
     new.peer_addrs = old.peer_addrs
-    new.state = IkeState.ESTABLISHED
+    new.set_state(IkeState.ESTABLISHED)
     new.established_at = now
     new.rekey_at = schedule(ctx, old.conn.rekey_time, old.conn.rand_time, now)
     ctx.new_sas.append(new)
     return new
 
 
-class IkeRekeyTask:
+class IkeRekeyTask(Task):
     exchange = ExchangeType.CREATE_CHILD_SA
 
     def __init__(self, group: DhId | None = None) -> None:
@@ -323,7 +323,7 @@ class IkeRekeyTask:
     def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
         if sa.state != IkeState.ESTABLISHED or sa.suite is None:
             raise ExchangeAborted("IKE_SA not established", keep_sa=True)
-        sa.state = IkeState.REKEYING
+        sa.set_state(IkeState.REKEYING)
         group = self.group or sa.suite.dh
         specs = _promote(ike_proposals(sa.conn), group)
         self.dh = dh_generate(group, ctx.random_bytes)
@@ -338,7 +338,7 @@ class IkeRekeyTask:
         except ExchangeAborted:
             ctx.release_ike_spi(self.spi)
             if sa.state == IkeState.REKEYING:
-                sa.state = IkeState.ESTABLISHED
+                sa.set_state(IkeState.ESTABLISHED)
                 sa.rekey_at = now + 60.0
             raise
 
@@ -350,7 +350,7 @@ class IkeRekeyTask:
             groups = [g for s in ike_proposals(sa.conn) for g in s.dh]
             if wanted in groups and wanted != self.group:
                 ctx.release_ike_spi(self.spi)
-                sa.state = IkeState.ESTABLISHED
+                sa.set_state(IkeState.ESTABLISHED)
                 sa.tasks.appendleft(IkeRekeyTask(DhId(wanted)))
                 return Outcome.DONE
         error = first_error(payloads)

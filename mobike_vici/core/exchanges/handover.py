@@ -25,7 +25,7 @@ def hand_over(ctx: Context, old: IkeSa, new: IkeSa, now: float) -> None:
     new.children.update(old.children)
     old.children = {}
     old.successor = new
-    old.state = IkeState.REKEYED
+    old.set_state(IkeState.REKEYED)
     old.rekey_at = None
     old.rekeyed = True
     # Long enough for the peer to retransmit a request whose answer it missed.

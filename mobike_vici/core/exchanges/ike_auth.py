@@ -58,7 +58,7 @@ from ..identity import (
 from ..ike_sa import IkeSa, IkeState
 from ..pool import acquire_from
 from ..ts import narrow, resolve
-from .base import DropPacket, ExchangeAborted, Outcome, child_offer, notify_name
+from .base import DropPacket, ExchangeAborted, Outcome, Task, child_offer, notify_name
 from .child import child_proposals, install, make_child, proposal_payloads, schedule
 from .mobike import address_notifies, announced, parse_addresses
 from .pubkey import (
@@ -168,7 +168,7 @@ def _cp_attribute(addr: IPAddress, request: bool) -> CfgAttribute:
     return CfgAttribute(CfgAttr.INTERNAL_IP6_ADDRESS, value)
 
 
-class IkeAuthTask:
+class IkeAuthTask(Task):
     """The initiator's IKE_AUTH, carrying the first CHILD_SA when one is configured."""
 
     exchange = ExchangeType.IKE_AUTH
@@ -319,7 +319,7 @@ class IkeAuthTask:
 def establish(ctx: Context, sa: IkeSa, now: float) -> None:
     # Both AUTH payloads are computed and checked: SK_pi/SK_pr have no further use.
     sa.sk_p = None
-    sa.state = IkeState.ESTABLISHED
+    sa.set_state(IkeState.ESTABLISHED)
     sa.established_at = now
     sa.rekey_at = schedule(ctx, sa.conn.rekey_time, sa.conn.rand_time, now)
     ctx.emit(IkeSaEstablished(

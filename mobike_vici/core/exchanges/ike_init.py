@@ -35,7 +35,7 @@ from ..context import Context, ike_proposals
 from ..ike_sa import IkeSa
 from ..naming import ike_suite_name
 from ..nat import NAT_HASH_LENGTH, nat_verdict, natd_notifies
-from .base import DropPacket, ExchangeAborted, Outcome, notify_name
+from .base import DropPacket, ExchangeAborted, Outcome, Task, notify_name
 from .pubkey import certreq, hash_notify, peer_hashes, peer_sent_certreq
 
 ZERO_SPI = bytes(8)
@@ -92,7 +92,7 @@ def float_to_natt(path: Path) -> Path:
     return Path(local, remote)
 
 
-class IkeInitTask:
+class IkeInitTask(Task):
     """The initiator's IKE_SA_INIT, repeated with a COOKIE or another DH group on demand."""
 
     exchange = ExchangeType.IKE_SA_INIT

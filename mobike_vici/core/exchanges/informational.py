@@ -11,7 +11,7 @@ from ..child_sa import ChildSa, ChildState
 from ..context import Context
 from ..events import ChildSaDeleted
 from ..ike_sa import IkeSa, IkeState
-from .base import Outcome
+from .base import Outcome, Task
 from .handover import hand_over
 from .mobike import natd_payloads
 
@@ -26,7 +26,7 @@ def child_deleted(ctx: Context, sa: IkeSa, child: ChildSa, reason: str) -> None:
     ))
 
 
-class LivenessTask:
+class LivenessTask(Task):
     """An empty INFORMATIONAL request: DPD, or a check the caller asked for."""
 
     exchange = ExchangeType.INFORMATIONAL
@@ -43,7 +43,7 @@ class LivenessTask:
         return Outcome.DONE
 
 
-class DeleteIkeTask:
+class DeleteIkeTask(Task):
     """Delete(IKE); the engine removes the SA when answered (or when retransmits give up)."""
 
     exchange = ExchangeType.INFORMATIONAL
@@ -53,15 +53,15 @@ class DeleteIkeTask:
         self.reason = reason
 
     def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
-        sa.state = IkeState.DELETING
+        sa.set_state(IkeState.DELETING)
         return [Delete(ProtocolId.IKE)]
 
     def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
-        sa.state = IkeState.DELETED
+        sa.set_state(IkeState.DELETED)
         return Outcome.DONE
 
 
-class DeleteChildTask:
+class DeleteChildTask(Task):
     """Delete(ESP) with our inbound SPIs; the peer answers with its inbound SPIs."""
 
     exchange = ExchangeType.INFORMATIONAL
@@ -97,7 +97,7 @@ def respond_informational(ctx: Context, sa: IkeSa, msg: Message, now: float) -> 
     for p in msg.payloads:
         if isinstance(p, Notify) and p.type == NotifyType.AUTHENTICATION_FAILED:
             # The initiator rejected our AUTH after we established (RFC 7296 §2.21.2).
-            sa.state = IkeState.DELETED
+            sa.set_state(IkeState.DELETED)
             sa.delete_reason = "authentication_failed"
             return []
         if not isinstance(p, Delete):
@@ -109,7 +109,7 @@ def respond_informational(ctx: Context, sa: IkeSa, msg: Message, now: float) -> 
                 hand_over(ctx, sa, sa.ike_collision.new_sa, now)
                 sa.ike_collision = None
             sa.rekeyed = sa.rekeyed or sa.state == IkeState.REKEYED
-            sa.state = IkeState.DELETED
+            sa.set_state(IkeState.DELETED)
             return []
         if p.protocol != ProtocolId.ESP:
             continue

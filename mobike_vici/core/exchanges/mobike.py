@@ -39,7 +39,7 @@ from ..events import (
 )
 from ..ike_sa import IkeSa
 from ..nat import nat_verdict, natd_notifies, peer_saw_us
-from .base import ExchangeAborted, Outcome, notify_name
+from .base import ExchangeAborted, Outcome, Task, notify_name
 
 SUPERSEDED = "superseded"
 """A move replaced by a newer decision (which takes the CHILD_SAs along itself)."""
@@ -198,11 +198,12 @@ def check_mapping(ctx: Context, sa: IkeSa, msg: Message, path: Path) -> None:
 # ---------------------------------------------------------------- our requests
 
 
-class ProbeTask:
+class ProbeTask(Task):
     """An empty INFORMATIONAL on ``path`` (§3.10 path test), with NAT detection."""
 
     exchange = ExchangeType.INFORMATIONAL
     liveness = True
+    path: Path
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -214,7 +215,7 @@ class ProbeTask:
         return Outcome.DONE
 
 
-class AddressListTask:
+class AddressListTask(Task):
     """Our additional addresses (full list) in an INFORMATIONAL, optionally on another
     path than the SA's (a responder whose own address vanished)."""
 
@@ -237,7 +238,7 @@ class AddressListTask:
         return Outcome.DONE
 
 
-class MoveTask:
+class MoveTask(Task):
     """UPDATE_SA_ADDRESSES on ``new`` (§3.5), with COOKIE2 and NAT detection.
 
     ``started`` is None for an update the core decided itself (NAT rebinding).
@@ -309,7 +310,7 @@ class MoveTask:
         return Outcome.DONE
 
 
-class RoutabilityTask:
+class RoutabilityTask(Task):
     """The responder's return-routability check (§3.7): COOKIE2 to the peer's new
     address; the CHILD_SAs move when it comes back."""
 
