@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 
+# A state change the IKE_SA table lacks fails the test (and the daemons tests start,
+# which inherit it) instead of being logged; set before the core is imported.
+os.environ["MOBIKE_VICI_STRICT_STATES"] = "1"
+
 from mobike_vici.lab.charon import charon_available
 from mobike_vici.lab.netns import Lab, is_root, list_namespaces, sweep_stale
 

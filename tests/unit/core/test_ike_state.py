@@ -7,6 +7,7 @@ import ipaddress
 
 import pytest
 
+from mobike_vici.core import ike_sa
 from mobike_vici.core.ike_sa import IkeSa, IkeState, InvalidTransition
 from mobike_vici.ikev2.constants import ExchangeType
 from mobike_vici.types import Endpoint, Path
@@ -53,6 +54,19 @@ def test_a_deleted_sa_stays_deleted() -> None:
     sa.set_state(IkeState.DELETED)
     with pytest.raises(InvalidTransition):
         sa.set_state(IkeState.ESTABLISHED)
+
+
+def test_outside_the_tests_a_change_the_table_lacks_is_made_and_logged(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(ike_sa, "STRICT_TRANSITIONS", False)
+    sa = _sa(IkeState.DELETED)
+    sa.set_state(IkeState.ESTABLISHED)
+    assert sa.state is IkeState.ESTABLISHED
+    assert "DELETED -> ESTABLISHED" in caplog.text
+
+
+def test_the_suite_runs_strict() -> None:
+    assert ike_sa.STRICT_TRANSITIONS
 
 
 def test_only_the_responder_accepts_ike_auth_while_connecting() -> None:
