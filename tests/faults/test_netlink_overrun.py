@@ -71,7 +71,7 @@ def test_enobufs_during_an_address_burst_resyncs_and_the_next_handover_works(
             ns.ip("addr", "flush", "dev", "burst0")
         net = status(mob)["net"]
         assert net["overruns"] > before["overruns"], "no ENOBUFS: the test checked nothing"
-        wait_new(mob, mark, is_event("net_resynced", reason="overrun"), timeout=20)
+        wait_new(mob, mark, is_event("net_resynced", reason="overrun"), timeout=60)
         # The daemon's view converges on the kernel's (the resync may still be under way).
         deadline = time.monotonic() + 20
         while status(mob)["net"]["addresses"] != kernel_addresses(ns) and \
