@@ -167,6 +167,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
+from .bounds import uint_in_range
 from .errors import ConfigError
 from .parser import Section
 from .pool import PoolSettings, pool_settings
@@ -362,7 +363,7 @@ def _build(raw: Mapping[str, str], locate: Locate) -> MobikePolicy:
 
     for key, (field_name, lo, hi) in _LIMIT_KEYS.items():
         if (t := text(key)) is not None:
-            kw[field_name] = _uint(t, key, lo, hi, err)
+            kw[field_name] = uint_in_range(t, key, lo, hi, err)
     for key in ("probe_interval", "probe_timeout", "standby_probe_interval",
                 "stall_timeout", "stall_probe_timeout", "hold_down", "handover_timeout",
                 "escalate_after", "drop_log_interval", "verify_timeout", "repair_timeout",
@@ -371,7 +372,7 @@ def _build(raw: Mapping[str, str], locate: Locate) -> MobikePolicy:
             kw[key] = _time(t, key, err,
                             zero_ok=key in ("hold_down", "verify_timeout", "dead_after"))
     if (t := text("fragment_size")) is not None:
-        size = _uint(t, "fragment_size", 0, 65535, err)
+        size = uint_in_range(t, "fragment_size", 0, 65535, err)
         if 0 < size < _MIN_FRAGMENT_SIZE:
             raise err("fragment_size", f"{size} is out of range (0 or "
                       f"{_MIN_FRAGMENT_SIZE}..65535)")
@@ -379,7 +380,7 @@ def _build(raw: Mapping[str, str], locate: Locate) -> MobikePolicy:
     for key, lo, hi in (("probe_misses", 1, 100), ("max_probes_in_flight", 1, _MAX_IN_FLIGHT),
                         ("max_moves_per_minute", 0, 10_000)):
         if (t := text(key)) is not None:
-            kw[key] = _uint(t, key, lo, hi, err)
+            kw[key] = uint_in_range(t, key, lo, hi, err)
     if (t := text("return_routability")) is not None:
         if t.lower() not in _ROUTABILITY:
             raise err("return_routability", f"'{t}' is not always, nat-only or never")
@@ -407,7 +408,7 @@ def _build(raw: Mapping[str, str], locate: Locate) -> MobikePolicy:
             kw["announce"] = AnnounceMode.PREFIXES
             kw["announce_prefixes"] = _nets(t, "announce", err)
     kw["prefer"] = tuple(_rule(name, keys, err) for name, keys in rules.items())
-    kw["tcp"] = tcp_settings(text, lambda t, k, lo, hi: _uint(t, k, lo, hi, err),
+    kw["tcp"] = tcp_settings(text, lambda t, k, lo, hi: uint_in_range(t, k, lo, hi, err),
                              lambda t, k: _time(t, k, err, zero_ok=False), err)
     if pool:
         kw["pool"] = pool_settings(pool, err, lambda t, key: _time(t, key, err, zero_ok=False))
@@ -432,7 +433,7 @@ def _rule(name: str, keys: Mapping[str, str], err: Callable[[str, str], ConfigEr
     if (t := keys.get("family", "").strip()):
         kw["family"] = _family(t, key("family"), err)
     if (t := keys.get("cost", "").strip()):
-        kw["cost"] = _uint(t, key("cost"), 0, _MAX_COST, err)
+        kw["cost"] = uint_in_range(t, key("cost"), 0, _MAX_COST, err)
     return PreferRule(name=name, **kw)  # type: ignore[arg-type]
 
 
@@ -461,15 +462,6 @@ def _family(text: str, key: str, err: Callable[[str, str], ConfigError]) -> int 
     if text.lower() not in _FAMILIES:
         raise err(key, f"'{text}' is not ipv4, ipv6 or any")
     return _FAMILIES[text.lower()]
-
-
-def _uint(text: str, key: str, lo: int, hi: int, err: Callable[[str, str], ConfigError]) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise err(key, f"'{text}' is not a number")
-    n = int(text)
-    if not lo <= n <= hi:
-        raise err(key, f"{n} is out of range ({lo}..{hi})")
-    return n
 
 
 def _time(text: str, key: str, err: Callable[[str, str], ConfigError], *,

@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..types import IPAddress
+from .bounds import uint_in_range
 from .errors import ConfigError
 
 DEFAULT_METRICS_PORT = 9474
@@ -103,12 +104,12 @@ def pool_settings(raw: Mapping[str, str], err: Err, time: Time) -> PoolSettings:
     kw: dict[str, object] = {}
     port = DEFAULT_METRICS_PORT
     if (t := text("metrics_port")) is not None:
-        port = _int(t, key("metrics_port"), 1, 65535, err)
+        port = uint_in_range(t, key("metrics_port"), 1, 65535, err)
     for k in ("poll_interval", "peer_timeout"):
         if (t := text(k)) is not None:
             kw[k] = time(t, key(k))
     if (t := text("max_ike_sas")) is not None:
-        kw["max_ike_sas"] = _int(t, key("max_ike_sas"), 0, 1_000_000, err)
+        kw["max_ike_sas"] = uint_in_range(t, key("max_ike_sas"), 0, 1_000_000, err)
     if (t := text("rate")) is not None:
         try:
             rate = float(t)
@@ -153,12 +154,3 @@ def _gateways(text: str, port: int, err: Callable[[str], ConfigError]
     if len(out) > MAX_GATEWAYS:
         raise err(f"{len(out)} gateways (at most {MAX_GATEWAYS})")
     return tuple(out)
-
-
-def _int(text: str, key: str, lo: int, hi: int, err: Err) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise err(key, f"'{text}' is not a number")
-    n = int(text)
-    if not lo <= n <= hi:
-        raise err(key, f"{n} is out of range ({lo}..{hi})")
-    return n
