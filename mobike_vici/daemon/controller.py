@@ -84,7 +84,7 @@ from ..net.state import usable_addresses
 from ..net.steering import PolicyRouting, SteeredRoute
 from ..types import IPAddress, Path
 from .control import ControlServer
-from .esp_watch import DataPlane
+from .esp_watch import EspWatch
 from .feed import EventFeed
 from .gateway_rr import GatewayChecks
 from .loop_lag import LoopLag
@@ -223,7 +223,7 @@ class Controller:
         self.client = ViciClient(uri, on_connect=self._on_connect)
         self.prober: IcmpProber | None = None
         # ESP to and from the peers: stalls, verification (the native daemon's model)
-        self.data_plane = DataPlane(self, settings_of(self.policy))
+        self.data_plane = EspWatch(self, settings_of(self.policy))
         self.sibling_check = SiblingCheck(self)
         self.sas: dict[str, _Sa] = {}
         self.plans: dict[str, steer_plan.SteerPlan] = {}  # by connection name
@@ -847,7 +847,7 @@ class Controller:
             self._plan_done(cur_info, plan)  # charon was there already (e.g. link down)
 
     def prearm_roam(self, ike_spi: str, path: Path) -> None:
-        """A stall's burst is about to judge ``path``, charon's (``DataPlane``). charon
+        """A stall's burst is about to judge ``path``, charon's (``EspWatch``). charon
         checks its paths ``CHARON_ROAM_DELAY`` after the first route event, and no VICI
         command asks for that check; so the route charon already follows there is
         installed anew now, and charon's check runs just after a failover's routes would

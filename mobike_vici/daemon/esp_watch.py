@@ -173,7 +173,7 @@ class _Watched:
         return {0: (self.packets_in, self.packets_out)}
 
 
-class DataPlane:
+class EspWatch:
     """The controller's data-plane watch of every tracked IKE_SA (see the module doc)."""
 
     def __init__(self, ctl: Controller, settings: hm.HealthSettings | None = None) -> None:

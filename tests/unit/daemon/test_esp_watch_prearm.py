@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from mobike_vici.backends.vici import IkeSaInfo
-from mobike_vici.daemon.esp_watch import CHARON_ROAM_DELAY, STEER_MARGIN, DataPlane
+from mobike_vici.daemon.esp_watch import CHARON_ROAM_DELAY, STEER_MARGIN, EspWatch
 from mobike_vici.eventlog import EventLog, make_logger
 from mobike_vici.mobike import health as hm
 from mobike_vici.types import Path
@@ -61,7 +61,7 @@ def _run(traffic: str) -> _Ctl:
     clock then moves in 1 ms steps, the data plane's timers run when due."""
     async def main() -> _Ctl:
         ctl = _Ctl()
-        plane = DataPlane(ctl, hm.HealthSettings())  # type: ignore[arg-type]
+        plane = EspWatch(ctl, hm.HealthSettings())  # type: ignore[arg-type]
         plane.available = True
         plane.track(ctl.sas[SPI])
         for i in range(100):
