@@ -34,7 +34,7 @@ from ..config.tcp import TcpMode
 from ..core.engine import Datagram, Engine, EngineSettings, IkeStatus
 from ..core.events import Event, IkeSaDeleted, IkeSaRekeyed, PacketDropped, ProbeResult
 from ..esp.xfrm import select_data_plane
-from ..eventlog import EventLog, configure, core_event_fields, level_of
+from ..eventlog import EventLog, configure, event_fields, level_of
 from ..mobike.paths import MAX_PROBE_TIMEOUT
 from ..net.events import LinkDown, LinkRemoved, LinkUp, NetEvent, Resynced, RouteChanged
 from ..net.monitor import NetlinkMonitor
@@ -705,14 +705,14 @@ class Daemon:
                 if isinstance(event, ProbeResult):
                     continue  # several a second per SA; path_up/path_down tell the story
             if isinstance(event, PacketDropped) and not event.authenticated:
-                name, fields = core_event_fields(event)
+                name, fields = event_fields(event)
                 del fields["reason"]
                 line = self.drops.record(event.reason, fields, self.now())
                 if line is not None:
                     self.log.write(level_of(name), name, line)
                 self._arm_drop_timer()
             elif extra:
-                name, fields = core_event_fields(event)
+                name, fields = event_fields(event)
                 self.log.write(level_of(name), name, {**fields, **extra})
             else:
                 self.log.core_event(event)
