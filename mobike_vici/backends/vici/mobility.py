@@ -42,8 +42,8 @@ from ...net.probes.icmp import IcmpProber
 from ...net.state import usable_addresses
 from ...net.steering import PolicyRouting, SteeredRoute
 from ...types import IPAddress, Path
+from . import commands
 from .addresses import configured_addresses
-from .errors import ViciError
 from .events import IkeSaInfo, PathChecked
 from .session import ViciClient
 from .steer import egress, steer_routes
@@ -344,16 +344,7 @@ class ViciMobility:
         self._rejected.add(info.ike_spi)
         self.log.emit("update_rejected", conn=info.conn, ike_spi=info.ike_spi,
                       reason="peer_address_not_allowed", **_ep(info.path))
-        self.spawn(self._terminate(info, "peer_address_not_allowed"))
-
-    async def _terminate(self, info: IkeSaInfo, reason: str) -> None:
-        try:
-            await self.client.call("terminate", {"ike-id": str(info.unique_id), "timeout": "-1"})
-            self.log.emit("ike_sa_terminated", conn=info.conn, ike_spi=info.ike_spi,
-                          reason=reason)
-        except ViciError as exc:
-            self.log.emit("terminate_failed", conn=info.conn, ike_spi=info.ike_spi,
-                          error=str(exc))
+        self.spawn(commands.terminate(self.client, self.log, info, "peer_address_not_allowed"))
 
     # -- the network --------------------------------------------------------------------
 
@@ -650,37 +641,10 @@ class ViciMobility:
         # The new IKE_SA resolves the configured peer addresses: none may stay isolated.
         await self._locked_release(info.conn, self._route_gen.get(info.conn, 0))
         if action == steer_plan.Action.REAUTH:
-            await self._reauth(info)
+            await commands.reauth(self.client, self.log, info)
         else:
-            await self._reinitiate(info)
-
-    async def _reauth(self, info: IkeSaInfo) -> None:
-        try:
-            await self.client.call("rekey", {"ike-id": str(info.unique_id), "reauth": "yes"})
-        except ViciError as exc:
-            self.log.emit("escalation_failed", conn=info.conn, ike_spi=info.ike_spi,
-                          stage="reauth", error=str(exc))
-
-    async def _reinitiate(self, info: IkeSaInfo) -> None:
-        try:
-            await self.client.call("terminate", {"ike-id": str(info.unique_id), "timeout": "-1"})
-        except ViciError as exc:
-            self.log.emit("escalation_failed", conn=info.conn, ike_spi=info.ike_spi,
-                          stage="terminate", error=str(exc))
-        children = self.config.connections.get(info.conn) or self._charon_children(info.conn)
-        for child in children[:1]:
-            try:
-                await self.client.initiate(child, info.conn, timeout_ms=0)
-            except ViciError as exc:
-                self.log.emit("escalation_failed", conn=info.conn, ike_spi=info.ike_spi,
-                              stage="initiate", error=str(exc))
-
-    def _charon_children(self, conn: str) -> tuple[str, ...]:
-        """The children charon has for ``conn`` (list-conns at the last resync): attached,
-        the file may not name every connection swanctl loaded."""
-        body = self.client.conns.get(conn)
-        children = body.get("children") if isinstance(body, dict) else None
-        return tuple(str(name) for name in children) if isinstance(children, dict) else ()
+            await commands.reinitiate(self.client, self.log, info,
+                                      self.config.connections.get(info.conn, ()))
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)

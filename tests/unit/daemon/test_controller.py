@@ -91,6 +91,7 @@ def test_charon_systemd_reads_its_own_section_first_then_charon(tmp_path: FsPath
 def test_escalation_finds_children_in_charon_when_the_file_does_not_name_them() -> None:
     import io
 
+    from mobike_vici.backends.vici.commands import charon_children
     from mobike_vici.config.attach import AttachConfig
     from mobike_vici.daemon.controller import Controller
     from mobike_vici.eventlog import EventLog, make_logger
@@ -98,8 +99,8 @@ def test_escalation_finds_children_in_charon_when_the_file_does_not_name_them() 
     controller = Controller(AttachConfig("swanctl.conf", {"known": ("a",)}),
                             EventLog(make_logger(io.StringIO())), uri="unix:///nonexistent")
     controller.client.conns = {"loaded-by-swanctl": {"children": {"net": {}, "dmz": {}}}}
-    assert controller.mobility._charon_children("loaded-by-swanctl") == ("net", "dmz")
-    assert controller.mobility._charon_children("unknown") == ()
+    assert charon_children(controller.client, "loaded-by-swanctl") == ("net", "dmz")
+    assert charon_children(controller.client, "unknown") == ()
     controller.monitor.close()
 
 
