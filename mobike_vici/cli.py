@@ -246,7 +246,8 @@ def _cmd_native(args: argparse.Namespace) -> int:
         with _events_stream(args.events) as events:
             return run_native(config, events, args.control or default_path(),
                               level=args.log_level, reload_config=reload_config,
-                              reopen_events=_reopener(events), metrics=args.metrics)
+                              reopen_events=_reopener(events), metrics=args.metrics,
+                              config_file=args.config)
     except EventsFileError as exc:
         return _events_error(exc)
     except OSError as exc:

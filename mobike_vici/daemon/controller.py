@@ -69,6 +69,7 @@ from .metrics import MetricsServer, snapshot_on_loop
 from .operator import operator_request
 from .pool_service import COMMANDS as POOL_COMMANDS
 from .pool_service import PoolService
+from .reload import reloaded, reread
 from .sdnotify import SystemdNotifier
 from .sibling_check import SiblingCheck
 from .status import paths_json, preferred_json
@@ -84,7 +85,6 @@ def prefer_best_path(strongswan_conf: str, daemon: str = "charon") -> bool | Non
     """``prefer_best_path`` as ``daemon`` reads it from ``strongswan_conf`` (includes
     followed): its own section first, then ``charon``'s, the fallback charon-systemd and
     the other charon front ends register. None when the file cannot be read or parsed."""
-    from ..config.errors import ConfigError
     from ..config.parser import parse_file
 
     try:
@@ -235,23 +235,10 @@ class Controller:
             return await self._reload()
 
     async def _reload(self) -> bool:
-        if self._reopen_events is not None:
-            try:
-                self._reopen_events()
-            except OSError as exc:
-                self.log.emit("events_reopen_failed", error=exc.strerror or str(exc))
-        if self._reload_config is None:
+        new = reread(self.log, self.config.file, self._reload_config, self._reopen_events)
+        if new is None:
             return False
-        try:
-            new = self._reload_config()
-        except ConfigError as exc:
-            self.log.emit("config_rejected", file=exc.file, line=exc.line, error=str(exc))
-            return False
-        except OSError as exc:
-            self.log.emit("config_rejected", file=self.config.file, line=0,
-                          error=f"{self.config.file}:0: {exc.strerror or exc}")
-            return False
-        fields: JsonObject = {"file": new.file}
+        unloaded: list[str] = []
         if self.load and self.client.connected:
             # charon first: when it refuses the file, the running policy stays too.
             assert new.tree is not None
@@ -264,15 +251,16 @@ class Controller:
                 self.log.emit("config_rejected", file=new.file, line=0,
                               error=f"{new.file}:0: charon refused it: {exc}")
                 return False
-            fields["unloaded"] = list(self._loaded.unloaded)
+            unloaded = list(self._loaded.unloaded)
         self.config = new
         policy_changed = self.mobility.set_policy(new, self.now)
         if policy_changed:
             self.data_plane.set_settings(settings_of(new.policy))
             self.gateway_rr.set_policy(new.policy)
             self.pool.set_settings(new.policy.pool)
-        self.log.emit("config_reloaded", **fields, policy_changed=policy_changed,
-                      conns=sorted(new.connections))
+        # run applies the file's connections (--load puts them into charon).
+        reloaded(self.log, new.file, policy_changed=policy_changed, conns=new.connections,
+                 connections_unchanged=False, unloaded=unloaded)
         return True
 
     async def _load_into_charon(self) -> Loaded:

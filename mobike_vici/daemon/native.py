@@ -29,7 +29,7 @@ from dataclasses import replace
 from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
 
 from ..backends.native import Mobility
-from ..config.model import CloseAction, Config, ConfigError, DpdAction, StartAction
+from ..config.model import CloseAction, Config, DpdAction, StartAction
 from ..config.tcp import TcpMode
 from ..core.engine import Datagram, Engine, EngineSettings, IkeStatus
 from ..core.events import Event, IkeSaDeleted, IkeSaRekeyed, PacketDropped, ProbeResult
@@ -50,6 +50,7 @@ from .framing import NON_ESP_MARKER, NattKind, classify_natt, frame_natt
 from .loop_lag import LoopLag
 from .metrics import MetricsServer, snapshot_on_loop
 from .operator import operator_request
+from .reload import reloaded, reread
 from .routing import DaemonRouting
 from .status import paths_json, preferred_json, status_json
 from .tcp_transport import Pair, TcpTransport
@@ -153,6 +154,8 @@ class Daemon:
         self.mobility = mobility
         self.reload_config: Callable[[], Config] | None = None
         """SIGHUP re-reads the config with this (set by ``run_native``)."""
+        self.config_file = ""
+        """The file ``reload_config`` reads (for the reload's events)."""
         self.reopen_events: Callable[[], None] | None = None
         """MOBIKE path selection: fed core events and netlink, asked for probes and moves."""
         self.metrics = metrics
@@ -360,22 +363,8 @@ class Daemon:
         to every IKE_SA's path selection (live ones included, their SAs untouched);
         connections are left as they are (``connections_unchanged`` says when the file
         changed them). A bad file keeps the running config (``config_rejected``)."""
-        if self.reopen_events is not None:
-            try:
-                self.reopen_events()
-            except OSError as exc:
-                self.log.emit("events_reopen_failed", error=exc.strerror or str(exc))
-        if self.reload_config is None:
-            self.log.emit("reload_skipped", reason="no config file to re-read")
-            return
-        try:
-            new = self.reload_config()
-        except ConfigError as exc:
-            self.log.emit("config_rejected", file=exc.file, line=exc.line, error=str(exc))
-            return
-        except OSError as exc:
-            self.log.emit("config_rejected", file=exc.filename or "", line=0,
-                          error=f"{exc.filename or ''}:0: {exc.strerror or exc}")
+        new = reread(self.log, self.config_file, self.reload_config, self.reopen_events)
+        if new is None:
             return
         policy_changed = new.mobike.policy != self.config.mobike.policy
         if policy_changed and self.data_path is not None:
@@ -386,9 +375,9 @@ class Daemon:
         same_conns = new.connections == self.config.connections and \
             new.secrets == self.config.secrets and new.pools == self.config.pools
         self.config = replace(self.config, mobike=new.mobike)
-        self.log.emit("config_reloaded", policy_changed=policy_changed,
-                      conns=sorted(c.name for c in self.config.connections),
-                      connections_unchanged=not same_conns)
+        reloaded(self.log, self.config_file, policy_changed=policy_changed,
+                 conns=(c.name for c in self.config.connections),
+                 connections_unchanged=not same_conns)
 
     async def shutdown(self) -> None:
         """Delete every IKE_SA and wait up to ``shutdown_grace`` seconds for the peers."""
@@ -928,7 +917,7 @@ def _mobike_conn(config: Config) -> Callable[[str], bool]:
 def run_native(config: Config, events: TextIO, control_path: str | None, *,
                level: str = "info", reload_config: Callable[[], Config] | None = None,
                reopen_events: Callable[[], None] | None = None,
-               metrics: tuple[str, int] | None = None) -> int:
+               metrics: tuple[str, int] | None = None, config_file: str = "") -> int:
     """``mobike-vici native``: build the real engine and run until told to stop.
 
     Returns the process exit code: 0 after a clean stop, 1 when start-up failed.
@@ -957,6 +946,7 @@ def run_native(config: Config, events: TextIO, control_path: str | None, *,
         if daemon.tcp is not None:
             engine.set_wire_view(daemon.tcp.wire_path)
         daemon.reload_config, daemon.reopen_events = reload_config, reopen_events
+        daemon.config_file = config_file
         return asyncio.run(daemon.run())
     except (OSError, ControlError) as exc:
         print(f"mobike-vici: {exc}", file=sys.stderr)
