@@ -53,7 +53,8 @@ from .operator import operator_request
 from .reload import reloaded, reread
 from .routing import DaemonRouting
 from .status import paths_json, preferred_json, status_json
-from .tcp_transport import Pair, TcpTransport
+from .tcp_stream import Pair
+from .tcp_transport import TcpTransport
 from .traffic import TrafficWatch
 
 
