@@ -237,7 +237,7 @@ def _cmd_native(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"{args.config}:0: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
-    from .daemon.native import run_native
+    from .daemon.native_run import run_native
 
     def reload_config() -> Config:
         return _load_config(args.config)

@@ -14,41 +14,45 @@ anything).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import errno
-import functools
 import ipaddress
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
+from typing import Any, ParamSpec
 
 from ..backends.native import Mobility
-from ..config.model import CloseAction, Config, DpdAction, StartAction
-from ..config.tcp import TcpMode
-from ..core.engine import Datagram, Engine, EngineSettings, IkeStatus
-from ..core.events import Event, IkeSaDeleted, IkeSaRekeyed, PacketDropped, ProbeResult
+from ..config.model import Config, StartAction
+from ..core.engine import Datagram, IkeStatus
+from ..core.events import IkeSaDeleted, IkeSaRekeyed, PacketDropped, ProbeResult
 from ..esp.xfrm import select_data_plane
-from ..eventlog import EventLog, configure, event_fields, level_of
-from ..mobike.paths import MAX_PROBE_TIMEOUT
+from ..eventlog import EventLog, event_fields, level_of
 from ..net.events import LinkDown, LinkRemoved, LinkUp, NetEvent, Resynced, RouteChanged
 from ..net.monitor import NetlinkMonitor
 from ..net.state import usable_addresses
 from ..types import IKE_PORT, NATT_PORT, Endpoint, Path
 from . import udp
-from .control import ControlError, ControlServer, JsonObject
-from .data_path import DataPathWatch, path_flow, path_srtt, settings_of
+from .control import ControlServer, JsonObject
+from .data_path import DataPathWatch, settings_of
 from .drop_log import DropLog
-from .esp_io import UserspaceEsp
 from .feed import EventFeed
 from .framing import NON_ESP_MARKER, NattKind, classify_natt, frame_natt
 from .loop_lag import LoopLag
 from .metrics import MetricsServer, snapshot_on_loop
+from .native_api import (
+    DataPlaneApi,
+    EngineApi,
+    EspHandler,
+    EventHook,
+    in_thread,
+    netlink_rcvbuf,
+    opens_ike_sa,
+    restart_children,
+)
 from .operator import operator_request
 from .reload import reloaded, reread
 from .routing import DaemonRouting
@@ -56,39 +60,6 @@ from .status import paths_json, preferred_json, status_json
 from .tcp_stream import Pair
 from .tcp_transport import TcpTransport
 from .traffic import TrafficWatch
-
-
-class EngineApi(Protocol):
-    """What the daemon uses of ``core.engine.Engine`` (tests pass a fake)."""
-
-    def initiate(self, conn: str, child: str | None, now: float, *,
-                 eager: bool = False) -> None: ...
-    def receive_datagram(self, data: bytes, path: Path, now: float) -> None: ...
-    def datagrams_to_send(self, now: float) -> list[Datagram]: ...
-    def get_timer(self) -> float | None: ...
-    def set_wall_clock(self, unix_minus_now: float) -> None: ...
-    def handle_timer(self, now: float) -> None: ...
-    def next_event(self) -> Event | None: ...
-    def delete_ike(self, ike_spi: str, now: float) -> None: ...
-    def status(self) -> list[IkeStatus]: ...
-
-
-EspHandler = Callable[[bytes, Path, float], None]
-"""Takes one ESP-in-UDP datagram received on ``path`` (the data plane's hook)."""
-
-EventHook = Callable[[Event], None]
-
-
-class DataPlaneApi(Protocol):
-    """What the daemon uses of a userspace data plane (``daemon.esp_io.UserspaceEsp``)."""
-
-    def open(self, host: Any) -> None: ...
-    def close(self) -> None: ...
-    def receive_udp(self, data: bytes, path: Path, now: float) -> None: ...
-    def receive_esp(self, data: bytes, now: float) -> None: ...
-    def on_event(self, event: Event) -> Mapping[str, object]: ...
-    def counters(self) -> Mapping[int, Mapping[str, int]]: ...
-    def totals(self) -> JsonObject: ...
 
 _P = ParamSpec("_P")
 
@@ -277,7 +248,7 @@ class Daemon:
 
     async def _start_monitor(self) -> None:
         # Set before start(): the initial dump's events arrive during start().
-        rcvbuf = _netlink_rcvbuf(os.environ)
+        rcvbuf = netlink_rcvbuf(os.environ)
         self._monitor = (NetlinkMonitor(on_event=self._on_net_event) if rcvbuf is None else
                          NetlinkMonitor(on_event=self._on_net_event, rcvbuf=rcvbuf))
         try:
@@ -324,7 +295,7 @@ class Daemon:
             # Said in the event stream only: the daemon has no kernel data plane to run
             # (the XFRM installer is not driven by its events), so userspace ESP carries
             # the traffic on any kernel, never nothing at all.
-            _in_thread(select_data_plane, self.log, transport=self.xfrm_transport,
+            in_thread(select_data_plane, self.log, transport=self.xfrm_transport,
                        kernel_ready=False)
         self.data_plane.open(self)
         if self.esp_handler is None:
@@ -857,107 +828,3 @@ class Daemon:
             host, port = sock.getsockname()[:2]
             out.append(Endpoint(ipaddress.ip_address(host), port))
         return out
-
-
-_T = TypeVar("_T")
-
-
-def _in_thread(call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """Run a short blocking call that must not see the running loop (pyroute2 starts its own)."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(call, *args, **kwargs).result()
-
-
-NETLINK_RCVBUF_ENV = "MOBIKE_VICI_TEST_NETLINK_RCVBUF"
-"""Test hook: the netlink monitor's receive buffer in bytes (tiny, to force ENOBUFS)."""
-
-
-def opens_ike_sa(data: bytes) -> bool:
-    """An IKE_SA_INIT request (RFC 7296 3.1: responder SPI zero, exchange 34, no R flag)."""
-    return (len(data) >= 28 and data[8:16] == bytes(8) and data[18] == 34
-            and not data[19] & 0x20)
-
-
-def restart_children(children: Sequence[Any], reason: str) -> list[str]:
-    """Names of the children to initiate again after an IKE_SA went away for ``reason``."""
-    if reason == "deleted_by_peer":
-        return [c.name for c in children if c.close_action == CloseAction.START]
-    if reason in ("dpd_timeout", "retransmits_exceeded", "dead_after"):
-        return [c.name for c in children if c.dpd_action == DpdAction.RESTART]
-    return []
-
-
-def _netlink_rcvbuf(environ: Mapping[str, str]) -> int | None:
-    value = environ.get(NETLINK_RCVBUF_ENV, "")
-    return int(value) if value.isdigit() and int(value) > 0 else None
-
-
-def engine_settings(config: Config) -> EngineSettings:
-    """The engine's tunables: charon's defaults, the DoS limits from ``mobike { }``."""
-    policy = config.mobike.policy
-    return EngineSettings(
-        cookie_threshold=policy.cookie_threshold, block_threshold=policy.block_threshold,
-        half_open_limit=policy.half_open_limit, dh_budget=float(policy.dh_budget),
-        max_ike_sas_per_peer=policy.max_ike_sas_per_peer,
-        max_child_sas_per_peer=policy.max_child_sas_per_peer,
-        # The path manager judges misses by its own adaptive timeout; the engine keeps
-        # a probe open as long as a late answer may still bring its path back up.
-        probe_timeout=MAX_PROBE_TIMEOUT,
-        fragment_size=policy.fragment_size, dead_after=policy.dead_after)
-
-
-def _mobike_conn(config: Config) -> Callable[[str], bool]:
-    def mobike(conn: str) -> bool:
-        try:
-            return config.connection(conn).mobike
-        except KeyError:
-            return False
-    return mobike
-
-
-def run_native(config: Config, events: TextIO, control_path: str | None, *,
-               level: str = "info", reload_config: Callable[[], Config] | None = None,
-               reopen_events: Callable[[], None] | None = None,
-               metrics: tuple[str, int] | None = None, config_file: str = "") -> int:
-    """``mobike-vici native``: build the real engine and run until told to stop.
-
-    Returns the process exit code: 0 after a clean stop, 1 when start-up failed.
-    """
-    configure(events, level)
-    log = EventLog.to_stream(events, level)
-    routing = DaemonRouting(config, log)
-    try:
-        engine = Engine(config, os.urandom,
-                        functools.partial(udp.source_address, fwmark=routing.fwmark),
-                        engine_settings(config))
-    except Exception as exc:  # a config the engine cannot run is a start-up failure
-        print(f"mobike-vici: cannot start the native engine: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
-        return 1
-    try:
-        mobility = Mobility(engine, config.mobike.policy, _mobike_conn(config))
-        esp = UserspaceEsp(config, fwmark=routing.fwmark)
-        data_path = DataPathWatch(engine, esp.plane, settings_of(config.mobike.policy),
-                                  path_srtt(mobility.manager), path_flow(mobility.manager))
-        daemon = Daemon(config, engine, log, control_path=control_path,
-                        data_plane=esp, probe_kernel=True, mobility=mobility,
-                        routing=routing, data_path=data_path,
-                        metrics=MetricsServer(metrics) if metrics is not None else None)
-        daemon.tcp = tcp_transport(daemon, config, routing.fwmark)
-        if daemon.tcp is not None:
-            engine.set_wire_view(daemon.tcp.wire_path)
-        daemon.reload_config, daemon.reopen_events = reload_config, reopen_events
-        daemon.config_file = config_file
-        return asyncio.run(daemon.run())
-    except (OSError, ControlError) as exc:
-        print(f"mobike-vici: {exc}", file=sys.stderr)
-        return 1
-
-
-def tcp_transport(daemon: Daemon, config: Config, fwmark: int | None) -> TcpTransport | None:
-    """The daemon's RFC 9329 transport, or None with ``tcp = no``."""
-    settings = config.mobike.policy.tcp
-    if settings.mode == TcpMode.NO:
-        return None
-    return TcpTransport(settings, daemon.log, daemon.tcp_ike, daemon.tcp_esp,
-                        daemon.tcp_switched, fwmark=fwmark)
