@@ -53,10 +53,10 @@ from .native_api import (
     opens_ike_sa,
     restart_children,
 )
+from .native_status import status_answer
 from .operator import operator_request
 from .reload import reloaded, reread
 from .routing import DaemonRouting
-from .status import paths_json, preferred_json, status_json
 from .tcp_stream import Pair
 from .tcp_transport import TcpTransport
 from .traffic import TrafficWatch
@@ -759,40 +759,9 @@ class Daemon:
 
     def status_answer(self) -> JsonObject:
         """The ``status`` answer (also what the metrics read at scrape time)."""
-        counters = self.data_plane.counters() if self.data_plane is not None else None
-        answer = status_json(self.engine.status(), backend="native", counters=counters)
-        answer["pid"] = os.getpid()
-        answer["esp_dropped"] = self.esp_dropped
-        answer["loop_lag"] = self.loop_lag.snapshot()
-        if self.data_plane is not None:
-            answer["esp"] = self.data_plane.totals()
-        mobility = self.mobility
-        if mobility is not None:
-            for sa in answer["ike_sas"]:  # type: ignore[attr-defined]
-                mgr = mobility.manager(str(sa["ike_spi"]))
-                if mgr is not None:
-                    sa["paths"] = paths_json(mgr)
-                    sa["preferred_local"] = preferred_json(mgr)
-        if self._monitor is not None:
-            answer["net"] = self._net_view()
-        if self.tcp is not None:
-            self._tcp_status(answer)
-        return answer
-
-    def _tcp_status(self, answer: JsonObject) -> None:
-        """The transport of each IKE_SA and of each of its paths, and the streams."""
-        assert self.tcp is not None
-        transports = {ike.ike_spi: self.tcp.transport_of(ike.path) for ike in self._status()}
-        for sa in answer["ike_sas"]:  # type: ignore[attr-defined]
-            sa["transport"] = transports.get(str(sa["ike_spi"]), "udp")
-            mgr = self.mobility.manager(str(sa["ike_spi"])) if self.mobility else None
-            if mgr is None:
-                continue
-            by_ends = {(str(p.path.local), str(p.path.remote)): self.tcp.transport_of(p.path)
-                       for p in mgr.paths()}
-            for entry in sa.get("paths", []):
-                entry["transport"] = by_ends.get((entry["local"], entry["remote"]), "udp")
-        answer["tcp"] = {"streams": self.tcp.streams(), **self.tcp.counters}
+        return status_answer(self.engine.status(), self._status, data_plane=self.data_plane,
+                             mobility=self.mobility, monitor=self._monitor, tcp=self.tcp,
+                             loop_lag=self.loop_lag.snapshot(), esp_dropped=self.esp_dropped)
 
     def _control_refused(self, uid: int, pid: int) -> None:
         self.log.emit("control_refused", uid=uid, pid=pid)
@@ -808,18 +777,6 @@ class Daemon:
             self._after_engine()  # log the preference, carry out the move
             return answer
         return {"ok": False, "error": f"unknown command {cmd!r}"}
-
-    def _net_view(self) -> JsonObject:
-        """The netlink monitor's picture of the host (to compare with the kernel's)."""
-        assert self._monitor is not None
-        state = self._monitor.state
-        return {
-            "resyncs": self._monitor.resyncs,
-            "overruns": self._monitor.overruns,
-            "addresses": sorted(f"{a.ifname} {a.address}/{a.prefixlen}"
-                                for a in state.addresses.values()),
-            "usable": [f"{ifname} {addr}" for ifname, addr in usable_addresses(state)],
-        }
 
     def local_endpoints(self) -> list[Endpoint]:
         """Where the daemon listens (for tests and diagnostics)."""
