@@ -252,9 +252,11 @@ class Controller:
                               error=f"{new.file}:0: charon refused it: {exc}")
                 return False
             unloaded = list(self._loaded.unloaded)
+        policy_changed = new.policy != self.policy
         self.config = new
-        policy_changed = self.mobility.set_policy(new, self.now)
+        self.mobility.set_config(new)
         if policy_changed:
+            self.mobility.set_policy(new.policy, self.now)
             self.data_plane.set_settings(settings_of(new.policy))
             self.gateway_rr.set_policy(new.policy)
             self.pool.set_settings(new.policy.pool)

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ...config.attach import AttachConfig
+from ...config.mobike import MobikePolicy
 from ...eventlog import EventLog, event_fields, format_timestamp
 from ...mobike import steer_plan
 from ...mobike.choices import OperatorChoices
@@ -164,18 +165,22 @@ class ViciMobility:
         self._route_thread.shutdown(wait=False)
         return removed
 
-    def set_policy(self, config: AttachConfig, now: float) -> bool:
-        """A reloaded file: its policy for every path manager (live ones included);
-        returns whether the policy changed."""
-        changed = config.policy != self.policy
-        self.config, self.policy = config, config.policy
+    def set_config(self, config: AttachConfig) -> None:
+        """A reloaded file: its connections (for escalation and the operator)."""
+        self.config = config
         # Address books of connections gone from charon and from our SAs: bounded by both.
         self.peers.retain(set(self.client.conns) | {sa.info.conn for sa in self.sas.values()})
-        if changed:
-            for sa in self.sas.values():
-                sa.manager.set_policy(config.policy, now)
-                self.pump(sa)
-        return changed
+
+    def set_policy(self, policy: MobikePolicy, now: float) -> None:
+        """A reloaded policy for every path manager (live ones included)."""
+        self.policy = policy
+        for sa in self.sas.values():
+            sa.manager.set_policy(policy, now)
+            self.pump(sa)
+
+    def manager(self, ike_spi: str) -> PathManager | None:
+        sa = self.sas.get(ike_spi)
+        return sa.manager if sa is not None else None
 
     def forget(self, ike_spi: str) -> None:
         """The IKE_SA is gone (deleted, or rekeyed into a new one)."""
