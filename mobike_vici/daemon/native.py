@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
-import os
 import signal
 import socket
 import time
@@ -31,9 +30,6 @@ from ..core.engine import Datagram, IkeStatus
 from ..core.events import IkeSaDeleted, IkeSaRekeyed, PacketDropped, ProbeResult
 from ..esp.xfrm import select_data_plane
 from ..eventlog import EventLog, event_fields, level_of
-from ..net.events import LinkDown, LinkRemoved, LinkUp, NetEvent, Resynced, RouteChanged
-from ..net.monitor import NetlinkMonitor
-from ..net.state import usable_addresses
 from ..types import IKE_PORT, NATT_PORT, Endpoint, Path
 from . import udp
 from .control import ControlServer, JsonObject
@@ -49,10 +45,10 @@ from .native_api import (
     EspHandler,
     EventHook,
     in_thread,
-    netlink_rcvbuf,
     opens_ike_sa,
     restart_children,
 )
+from .native_net import NetFollow
 from .native_status import status_answer
 from .operator import operator_request
 from .reload import reloaded, reread
@@ -142,7 +138,7 @@ class Daemon:
         self._owns_routes = False
         """Set once this run may touch our tables: a daemon that failed to bind must not
         remove the routes of the one that holds the ports."""
-        self._monitor: NetlinkMonitor | None = None
+        self._net = NetFollow(log, mobility, routing, self._net_changed, self.now)
         self.shutdown_grace = shutdown_grace
         self.esp_dropped = 0
         """ESP datagrams dropped for want of a data plane (a counter for status and tests)."""
@@ -226,7 +222,7 @@ class Daemon:
                 raise
             self._watch_traffic()
         if self._want_monitor:
-            await self._start_monitor()
+            await self._net.start()
         self._started = True
         now = self.now()
         for conn in self.config.connections:
@@ -246,48 +242,9 @@ class Daemon:
         metrics.start(snapshot_on_loop(self.loop, self.status_answer))
         self.log.emit("metrics_listening", address=f"{metrics.host}:{metrics.port}")
 
-    async def _start_monitor(self) -> None:
-        # Set before start(): the initial dump's events arrive during start().
-        rcvbuf = netlink_rcvbuf(os.environ)
-        self._monitor = (NetlinkMonitor(on_event=self._on_net_event) if rcvbuf is None else
-                         NetlinkMonitor(on_event=self._on_net_event, rcvbuf=rcvbuf))
-        try:
-            await self._monitor.start()
-        except OSError as exc:
-            self._monitor = None
-            self.log.emit("net_monitor_unavailable",
-                          error=errno.errorcode.get(exc.errno or 0, str(exc)))
-
-    def _on_net_event(self, event: NetEvent) -> None:
-        """A kernel change: the link hint first, then the whole usable address set."""
-        mobility, monitor = self.mobility, self._monitor
-        if mobility is None:
-            self._follow_net(event)
-            return
-        now = self.now()
-        try:
-            if isinstance(event, LinkDown | LinkRemoved):
-                mobility.on_link(event.ifname, False, now)
-            elif isinstance(event, LinkUp):
-                mobility.on_link(event.ifname, True, now)
-            elif isinstance(event, RouteChanged):
-                mobility.on_route_changed(now)
-            state = monitor.state if monitor is not None else None
-            if state is not None:
-                mobility.on_addresses(usable_addresses(state), now)
-        except Exception as exc:
-            self.log.emit("engine_error", call="mobility_net", error=type(exc).__name__)
+    def _net_changed(self) -> None:
         if self._loop is not None and self._sockets:
-            self._after_engine()
-        self._follow_net(event)
-
-    def _follow_net(self, event: NetEvent) -> None:
-        """Our uplink tables follow the kernel, after the handover's packets are out."""
-        if self.routing is not None and self._monitor is not None:
-            try:
-                self.routing.on_net(self._monitor.state, isinstance(event, Resynced))
-            except Exception as exc:
-                self.log.emit("engine_error", call="routing_net", error=type(exc).__name__)
+            self._after_engine()  # a path manager may want a probe or a move now
 
     def _open_data_plane(self) -> None:
         assert self.data_plane is not None
@@ -386,9 +343,7 @@ class Daemon:
         if self._traffic is not None:
             self._traffic.stop()
             self._traffic = None
-        if self._monitor is not None:
-            self._monitor.close()
-            self._monitor = None
+        self._net.close()
         if self.data_plane is not None:
             self.data_plane.close()
         if self.routing is not None and self._owns_routes:
@@ -760,7 +715,7 @@ class Daemon:
     def status_answer(self) -> JsonObject:
         """The ``status`` answer (also what the metrics read at scrape time)."""
         return status_answer(self.engine.status(), self._status, data_plane=self.data_plane,
-                             mobility=self.mobility, monitor=self._monitor, tcp=self.tcp,
+                             mobility=self.mobility, monitor=self._net.monitor, tcp=self.tcp,
                              loop_lag=self.loop_lag.snapshot(), esp_dropped=self.esp_dropped)
 
     def _control_refused(self, uid: int, pid: int) -> None:
