@@ -37,6 +37,7 @@ def test_finds_a_cycle_it_is_shown(tmp_path: Path) -> None:
     assert ic.long_modules(1, tmp_path) == [("mobike_vici.sub.b", 2)]
 
 
+@pytest.mark.slow  # parses every module of the package
 def test_no_import_cycles() -> None:
     ic = _script()
     found = [c for c in ic.cycles(ic.graph())
@@ -44,6 +45,7 @@ def test_no_import_cycles() -> None:
     assert found == []
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason="core/engine.py, esp/xfrm.py, ikev2/payloads.py, "
                    "mobike/manager.py, esp/dataplane.py are being split by other helpers")
 def test_no_module_over_budget() -> None:
