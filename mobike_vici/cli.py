@@ -237,7 +237,7 @@ def _cmd_native(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"{args.config}:0: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
-    from .daemon.native import run_native
+    from .daemon.native_run import run_native
 
     def reload_config() -> Config:
         return _load_config(args.config)
@@ -246,7 +246,8 @@ def _cmd_native(args: argparse.Namespace) -> int:
         with _events_stream(args.events) as events:
             return run_native(config, events, args.control or default_path(),
                               level=args.log_level, reload_config=reload_config,
-                              reopen_events=_reopener(events), metrics=args.metrics)
+                              reopen_events=_reopener(events), metrics=args.metrics,
+                              config_file=args.config)
     except EventsFileError as exc:
         return _events_error(exc)
     except OSError as exc:

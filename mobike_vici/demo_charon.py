@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from mobike_vici.demo import EXIT_FAILED, EXIT_OK, INNER_ADDR, Pinger, Record, fresh, say
+from mobike_vici.demo_common import EXIT_FAILED, EXIT_OK, INNER_ADDR, Pinger, Record, fresh, say
 from mobike_vici.lab.charon import Charon, charon_available, check_plugins, start_charon
 from mobike_vici.lab.native import Event, EventFile
 from mobike_vici.lab.netns import Lab, LabError

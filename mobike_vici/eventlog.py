@@ -6,7 +6,7 @@ names are an outward contract (README, "Event stream"): add new ones, never rena
 
 Key material never reaches the output: the redaction processor replaces any field whose
 name looks like a key or secret, any raw bytes and any key container (``ChildKeys``,
-``IkeKeys``) with ``"<redacted>"``, however deeply nested. ``core_event_fields`` also
+``IkeKeys``) with ``"<redacted>"``, however deeply nested. ``event_fields`` also
 never copies keys out of ``ChildSaInstalled`` in the first place; redaction is the
 second line of defence.
 """
@@ -50,6 +50,8 @@ from .core.events import (
     UpdateRejected,
 )
 from .ikev2.crypto import ChildKeys, IkeKeys
+from .mobike import events as pe
+from .mobike import health as hm
 from .types import Endpoint, Path
 
 REDACTED = "<redacted>"
@@ -412,8 +414,79 @@ def _path_fields(path: Path) -> Fields:
     return {"local": str(path.local), "remote": str(path.remote)}
 
 
-def core_event_fields(event: Event) -> tuple[str, Fields]:
-    """Map a core event to its stream name and fields. Pure; never copies key material."""
+def event_fields(event: Event | pe.Event | hm.Event, /, **context: object
+                 ) -> tuple[str, Fields]:
+    """The stream name and fields of any event the daemons log: the engine's
+    (``core.events``), a path manager's (``mobike.events``) and a data path check's
+    (``mobike.health``); ``context`` (``conn``, ``ike_spi``) comes first. The one
+    schema of ``docs/events.md``. Pure; never copies key material."""
+    named = _path_event(event) or _check_event(event) or _core_event(event)
+    if named is None:
+        # An event class newer than this table: say so instead of guessing its fields,
+        # which may include keys.
+        family = "path_event" if type(event).__module__ == pe.__name__ else "core_event"
+        named = family, {"type": type(event).__name__}
+    name, fields = named
+    return name, {**context, **fields}
+
+
+def _path_event(event: object) -> tuple[str, Fields] | None:
+    """A path manager's event (``MoveRequested`` is acted on, logged as its handover)."""
+    if not isinstance(event, pe.PathUp | pe.PathDown | pe.PathSelected | pe.HandoverStarted
+                      | pe.MoveRequested | pe.HandoverCompleted | pe.HandoverFailed
+                      | pe.PreferenceChanged | pe.PathStalled):
+        return None
+    base = _path_fields(event.path)
+    match event:
+        case pe.PathUp():
+            return "path_up", {**base, "rtt_ms": round(event.rtt_ms, 3)}
+        case pe.PathDown():
+            return "path_down", {**base, "reason": event.reason}
+        case pe.PathSelected():
+            return "path_selected", {**base, "reason": event.reason}
+        case pe.MoveRequested():
+            return "move_requested", {**base, "reason": event.reason}
+        case pe.PathStalled():
+            return "path_stalled", {**base, "silent_ms": round(event.silent_ms, 3)}
+        case pe.PreferenceChanged():
+            pref = event.preferred_local
+            return "preference_changed", {**base, "source": event.source,
+                                          "preferred_local": None if pref is None else str(pref)}
+    old = {"old_local": str(event.old_path.local), "old_remote": str(event.old_path.remote)}
+    match event:
+        case pe.HandoverStarted():
+            return "handover_started", {**base, **old, "reason": event.reason}
+        case pe.HandoverCompleted():
+            return "handover_completed", {**base, **old,
+                                          "duration_ms": round(event.duration_ms, 3)}
+    return "handover_failed", {**base, **old, "reason": event.reason}
+
+
+def _check_event(event: object) -> tuple[str, Fields] | None:
+    """A data path check's event (after a move: did the peer's ESP follow?)."""
+    match event:
+        case hm.DataPathVerified():
+            return "data_path_verified", {**_path_fields(event.path), "after_ms": event.after_ms}
+        case hm.DataPathUnverified():
+            return "data_path_unverified", {**_path_fields(event.path), "reason": event.reason}
+        case hm.RepairRequested():
+            return "data_path_repair_started", {**_path_fields(event.path),
+                                                "waited_ms": event.waited_ms,
+                                                "attempt": event.attempt}
+        case hm.DataPathRepaired():
+            return "data_path_repaired", {**_path_fields(event.path), "dead_ms": event.dead_ms,
+                                          "repair_ms": event.repair_ms}
+        case hm.DataPathDead():
+            return "handover_failed", {**_path_fields(event.path),
+                                       "old_local": str(event.old_path.local),
+                                       "old_remote": str(event.old_path.remote),
+                                       "reason": event.reason, "rekeyed": event.rekeyed,
+                                       "dead_ms": event.dead_ms}
+    return None
+
+
+def _core_event(event: object) -> tuple[str, Fields] | None:
+    """An engine's event (``core.events``)."""
     match event:
         case IkeSaEstablished():
             return "ike_sa_established", {
@@ -571,9 +644,7 @@ def core_event_fields(event: Event) -> tuple[str, Fields]:
                 "fragments": event.fragments,
                 "length": event.length,
             }
-    # An event class newer than this table: say so instead of guessing its fields,
-    # which may include keys.
-    return "core_event", {"type": type(event).__name__}
+    return None
 
 
 class EventLog:
@@ -602,7 +673,7 @@ class EventLog:
         self._logger.log(_LEVELS.get(level, _LEVELS["info"]), event_name, **fields)
 
     def core_event(self, event: Event) -> None:
-        name, fields = core_event_fields(event)
+        name, fields = event_fields(event)
         self.write(level_of(name), name, fields)
 
 

@@ -49,6 +49,7 @@ from ..core.events import (
     PeerMoved,
     ProbeResult,
 )
+from ..eventlog import event_fields
 from ..mobike import events as pe
 from ..mobike.choices import OperatorChoices
 from ..mobike.manager import PathManager
@@ -81,42 +82,6 @@ class _Sa:
     manager: PathManager
     family: int
     """IP version of the peer address the IKE_SA was set up with (its home family)."""
-
-
-def _path_fields(path: Path) -> Fields:
-    return {"local": str(path.local), "remote": str(path.remote)}
-
-
-def path_event_fields(conn: str, ike_spi: str, event: pe.Event) -> tuple[str, Fields] | None:
-    """The stream name and fields of a path manager event; None for MoveRequested
-    (an instruction, logged as its HandoverStarted)."""
-    base: Fields = {"conn": conn, "ike_spi": ike_spi, **_path_fields(event.path)}
-    match event:
-        case pe.PathUp():
-            return "path_up", {**base, "rtt_ms": round(event.rtt_ms, 3)}
-        case pe.PathDown():
-            return "path_down", {**base, "reason": event.reason}
-        case pe.PathSelected():
-            return "path_selected", {**base, "reason": event.reason}
-        case pe.HandoverStarted():
-            return "handover_started", {**base, "old_local": str(event.old_path.local),
-                                        "old_remote": str(event.old_path.remote),
-                                        "reason": event.reason}
-        case pe.HandoverCompleted():
-            return "handover_completed", {**base, "old_local": str(event.old_path.local),
-                                          "old_remote": str(event.old_path.remote),
-                                          "duration_ms": round(event.duration_ms, 3)}
-        case pe.HandoverFailed():
-            return "handover_failed", {**base, "old_local": str(event.old_path.local),
-                                       "old_remote": str(event.old_path.remote),
-                                       "reason": event.reason}
-        case pe.PathStalled():
-            return "path_stalled", {**base, "silent_ms": round(event.silent_ms, 3)}
-        case pe.PreferenceChanged():
-            pref = event.preferred_local
-            return "preference_changed", {**base, "preferred_local": None if pref is None
-                                          else str(pref), "source": event.source}
-    return None
 
 
 class Mobility:
@@ -347,9 +312,7 @@ class Mobility:
                     self._call("move", partial(self.engine.move, spi, event.path, now,
                                                event.timeout))
                     continue
-                mapped = path_event_fields(sa.conn, spi, event)
-                if mapped is not None:
-                    self._log.append(mapped)
+                self._log.append(event_fields(event, conn=sa.conn, ike_spi=spi))
             self._refresh(spi)
         out, self._log = self._log, []
         return out

@@ -23,6 +23,7 @@ from ..core.events import (
     IkeSaMoved,
     IkeSaRekeyed,
 )
+from ..eventlog import event_fields
 from ..mobike import health as v
 from ..mobike.health import settings_of
 from ..mobike.manager import PathManager
@@ -173,7 +174,7 @@ class DataPathWatch:
 
     def _drain(self, spi: str, conn: str, check: v.MoveCheck, now: float) -> None:
         while (event := check.next_event()) is not None:
-            name, fields = check_event_fields(conn, spi, event)
+            name, fields = event_fields(event, conn=conn, ike_spi=spi)
             if isinstance(event, v.RepairRequested):
                 fields["children"] = self._repair(spi, now)
             self._log.append((name, fields))
@@ -194,28 +195,6 @@ class DataPathWatch:
                 continue
             asked.append(child.unique_id)
         return asked
-
-
-def check_event_fields(conn: str, ike_spi: str, event: v.Event) -> tuple[str, Fields]:
-    """The stream name and fields of a data path check's event."""
-    base: Fields = {"conn": conn, "ike_spi": ike_spi, "local": str(event.path.local),
-                    "remote": str(event.path.remote)}
-    match event:
-        case v.DataPathVerified():
-            return "data_path_verified", {**base, "after_ms": event.after_ms}
-        case v.DataPathUnverified():
-            return "data_path_unverified", {**base, "reason": event.reason}
-        case v.RepairRequested():
-            return "data_path_repair_started", {**base, "waited_ms": event.waited_ms,
-                                                "attempt": event.attempt}
-        case v.DataPathRepaired():
-            return "data_path_repaired", {**base, "dead_ms": event.dead_ms,
-                                          "repair_ms": event.repair_ms}
-        case v.DataPathDead():
-            return "handover_failed", {**base, "old_local": str(event.old_path.local),
-                                       "old_remote": str(event.old_path.remote),
-                                       "reason": event.reason, "rekeyed": event.rekeyed,
-                                       "dead_ms": event.dead_ms}
 
 
 def path_srtt(managers: Callable[[str], PathManager | None]) -> Srtt:

@@ -38,9 +38,11 @@ from ..backends.vici.steer import egress
 from ..mobike import health as hm
 from ..net.esp_bpf import MAX_PEERS, SNAP, esp_filter, pack, parse_addresses
 from ..types import IPAddress, Path
+from .sibling_check import SiblingCheck
 
 if TYPE_CHECKING:
-    from .controller import Controller, _Sa
+    from ..backends.vici.mobility import TrackedSa
+    from .watch_host import WatchHost
 
 ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
@@ -173,11 +175,13 @@ class _Watched:
         return {0: (self.packets_in, self.packets_out)}
 
 
-class DataPlane:
+class EspWatch:
     """The controller's data-plane watch of every tracked IKE_SA (see the module doc)."""
 
-    def __init__(self, ctl: Controller, settings: hm.HealthSettings | None = None) -> None:
+    def __init__(self, ctl: WatchHost, sibling_check: SiblingCheck,
+                 settings: hm.HealthSettings | None = None) -> None:
         self.ctl = ctl
+        self.sibling_check = sibling_check
         self.settings = settings or hm.HealthSettings()
         self.tap = EspTap(self._on_esp)
         self.available = False
@@ -212,7 +216,7 @@ class DataPlane:
 
     # -- the controller's hooks -----------------------------------------------------------
 
-    def track(self, sa: _Sa) -> None:
+    def track(self, sa: TrackedSa) -> None:
         """A newly tracked IKE_SA (charon initiated it)."""
         if not self.available:
             return
@@ -230,7 +234,7 @@ class DataPlane:
             w.timer.cancel()
         self._rebuild()
 
-    def moved(self, sa: _Sa) -> None:
+    def moved(self, sa: TrackedSa) -> None:
         """charon moved the IKE_SA (``ike-update``): verify the data path follows."""
         w = self._sas.get(sa.info.ike_spi)
         if w is None:
@@ -244,7 +248,7 @@ class DataPlane:
         w.path = new
         w.srtt = self._srtt(sa)
         w.burst, w.suspected = None, False
-        if self.ctl.sibling_check.suspect(w.spi, new, now):
+        if self.sibling_check.suspect(w.spi, new, now):
             # charon landed by itself on the uplink whose path just died silently: its
             # probes must answer at once, else this path is dead too and the manager moves.
             w.burst, w.suspected, w.last_burst = hm.Burst.at(
@@ -371,23 +375,23 @@ class DataPlane:
         out = egress(self.ctl.monitor.state, w.path.local.addr)
         if prober is None or out is None:
             return  # unanswered, so counted as a miss when the burst times out
-        wire_id = self.ctl._next_wire_id()
+        wire_id = self.ctl.next_wire_id()
         self._probe_ids[wire_id] = w.spi
         while len(self._probe_ids) > 4 * MAX_PEERS:  # bound: oldest first, long timed out
             self._probe_ids.pop(next(iter(self._probe_ids)))
         if not prober.send(w.path, wire_id, out[0]):
             self._probe_ids.pop(wire_id, None)
 
-    def _dead(self, w: _Watched, sa: _Sa | None, missed: int, now: float) -> None:
+    def _dead(self, w: _Watched, sa: TrackedSa | None, missed: int, now: float) -> None:
         self.ctl.log.write("warning", "data_path_dead", {
             "conn": sa.info.conn if sa is not None else "", "ike_spi": w.spi,
             "local": str(w.path.local), "remote": str(w.path.remote), "missed": missed})
         if sa is not None:
-            self.ctl.sibling_check.silent_death(w.spi, w.path, now)
+            self.sibling_check.silent_death(w.spi, w.path, now)
             sa.manager.on_active_path_failed(now, reason="data_plane")
-            self.ctl._pump(sa)
+            self.ctl.pump(sa)
 
-    def _act(self, w: _Watched, sa: _Sa | None, event: hm.Event, now: float) -> None:
+    def _act(self, w: _Watched, sa: TrackedSa | None, event: hm.Event, now: float) -> None:
         log = self.ctl.log
         conn = sa.info.conn if sa is not None else ""
         where = {"local": str(w.path.local), "remote": str(w.path.remote)}
@@ -404,7 +408,7 @@ class DataPlane:
                     "conn": conn, "ike_spi": w.spi, **where, "waited_ms": event.waited_ms,
                     "attempt": event.attempt})
                 if sa is not None:
-                    self.ctl._spawn(self._repair(w, sa))
+                    self.ctl.spawn(self._repair(w, sa))
             case hm.DataPathRepaired():
                 log.write("warning", "data_path_repaired", {
                     "conn": conn, "ike_spi": w.spi, **where, "dead_ms": event.dead_ms,
@@ -418,7 +422,7 @@ class DataPlane:
                     "reason": "data_path_dead", "dead_ms": event.dead_ms,
                     "detail": "repair_refused" if w.refused else "no_inbound_esp"})
 
-    async def _repair(self, w: _Watched, sa: _Sa) -> None:
+    async def _repair(self, w: _Watched, sa: TrackedSa) -> None:
         """Rekey every CHILD_SA from our side: CREATE_CHILD_SA has its own window, so it
         goes through even while the peer's own request (which blocks its rekey) is out."""
         info = self.ctl.client.table.get(w.spi) or sa.info
@@ -451,7 +455,7 @@ class DataPlane:
         with contextlib.suppress(OSError, ValueError):
             self.tap.set_peers(frozenset(peers))
 
-    def _srtt(self, sa: _Sa) -> float | None:
+    def _srtt(self, sa: TrackedSa) -> float | None:
         """The smoothed RTT of the path charon is on (its uplink's candidate)."""
         for info in sa.manager.paths():
             if info.path.local.addr == sa.info.path.local.addr and info.srtt is not None:

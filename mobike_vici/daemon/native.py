@@ -14,79 +14,48 @@ anything).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import errno
-import functools
 import ipaddress
-import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
+from typing import Any, ParamSpec
 
 from ..backends.native import Mobility
-from ..config.model import CloseAction, Config, ConfigError, DpdAction, StartAction
-from ..config.tcp import TcpMode
-from ..core.engine import Datagram, Engine, EngineSettings, IkeStatus
-from ..core.events import Event, IkeSaDeleted, IkeSaRekeyed, PacketDropped, ProbeResult
+from ..config.model import Config, StartAction
+from ..core.engine import Datagram, IkeStatus
+from ..core.events import IkeSaDeleted, IkeSaRekeyed, PacketDropped, ProbeResult
 from ..esp.xfrm import select_data_plane
-from ..eventlog import EventLog, configure, core_event_fields, level_of
-from ..mobike.paths import MAX_PROBE_TIMEOUT
-from ..net.events import LinkDown, LinkRemoved, LinkUp, NetEvent, Resynced, RouteChanged
-from ..net.monitor import NetlinkMonitor
-from ..net.state import usable_addresses
+from ..eventlog import EventLog, event_fields, level_of
 from ..types import IKE_PORT, NATT_PORT, Endpoint, Path
 from . import udp
-from .control import ControlError, ControlServer, JsonObject
-from .data_path import DataPathWatch, path_flow, path_srtt, settings_of
+from .control import ControlServer, JsonObject
+from .data_path import DataPathWatch, settings_of
 from .drop_log import DropLog
-from .esp_io import UserspaceEsp
 from .feed import EventFeed
 from .framing import NON_ESP_MARKER, NattKind, classify_natt, frame_natt
 from .loop_lag import LoopLag
 from .metrics import MetricsServer, snapshot_on_loop
+from .native_api import (
+    DataPlaneApi,
+    EngineApi,
+    EspHandler,
+    EventHook,
+    in_thread,
+    opens_ike_sa,
+    restart_children,
+)
+from .native_net import NetFollow
+from .native_status import status_answer
 from .operator import operator_request
+from .reload import reloaded, reread
 from .routing import DaemonRouting
-from .status import paths_json, preferred_json, status_json
-from .tcp_transport import Pair, TcpTransport
+from .tcp_stream import Pair
+from .tcp_transport import TcpTransport
 from .traffic import TrafficWatch
-
-
-class EngineApi(Protocol):
-    """What the daemon uses of ``core.engine.Engine`` (tests pass a fake)."""
-
-    def initiate(self, conn: str, child: str | None, now: float, *,
-                 eager: bool = False) -> None: ...
-    def receive_datagram(self, data: bytes, path: Path, now: float) -> None: ...
-    def datagrams_to_send(self, now: float) -> list[Datagram]: ...
-    def get_timer(self) -> float | None: ...
-    def set_wall_clock(self, unix_minus_now: float) -> None: ...
-    def handle_timer(self, now: float) -> None: ...
-    def next_event(self) -> Event | None: ...
-    def delete_ike(self, ike_spi: str, now: float) -> None: ...
-    def status(self) -> list[IkeStatus]: ...
-
-
-EspHandler = Callable[[bytes, Path, float], None]
-"""Takes one ESP-in-UDP datagram received on ``path`` (the data plane's hook)."""
-
-EventHook = Callable[[Event], None]
-
-
-class DataPlaneApi(Protocol):
-    """What the daemon uses of a userspace data plane (``daemon.esp_io.UserspaceEsp``)."""
-
-    def open(self, host: Any) -> None: ...
-    def close(self) -> None: ...
-    def receive_udp(self, data: bytes, path: Path, now: float) -> None: ...
-    def receive_esp(self, data: bytes, now: float) -> None: ...
-    def on_event(self, event: Event) -> Mapping[str, object]: ...
-    def counters(self) -> Mapping[int, Mapping[str, int]]: ...
-    def totals(self) -> JsonObject: ...
 
 _P = ParamSpec("_P")
 
@@ -153,6 +122,8 @@ class Daemon:
         self.mobility = mobility
         self.reload_config: Callable[[], Config] | None = None
         """SIGHUP re-reads the config with this (set by ``run_native``)."""
+        self.config_file = ""
+        """The file ``reload_config`` reads (for the reload's events)."""
         self.reopen_events: Callable[[], None] | None = None
         """MOBIKE path selection: fed core events and netlink, asked for probes and moves."""
         self.metrics = metrics
@@ -167,7 +138,7 @@ class Daemon:
         self._owns_routes = False
         """Set once this run may touch our tables: a daemon that failed to bind must not
         remove the routes of the one that holds the ports."""
-        self._monitor: NetlinkMonitor | None = None
+        self._net = NetFollow(log, mobility, routing, self._net_changed, self.now)
         self.shutdown_grace = shutdown_grace
         self.esp_dropped = 0
         """ESP datagrams dropped for want of a data plane (a counter for status and tests)."""
@@ -251,7 +222,7 @@ class Daemon:
                 raise
             self._watch_traffic()
         if self._want_monitor:
-            await self._start_monitor()
+            await self._net.start()
         self._started = True
         now = self.now()
         for conn in self.config.connections:
@@ -271,48 +242,9 @@ class Daemon:
         metrics.start(snapshot_on_loop(self.loop, self.status_answer))
         self.log.emit("metrics_listening", address=f"{metrics.host}:{metrics.port}")
 
-    async def _start_monitor(self) -> None:
-        # Set before start(): the initial dump's events arrive during start().
-        rcvbuf = _netlink_rcvbuf(os.environ)
-        self._monitor = (NetlinkMonitor(on_event=self._on_net_event) if rcvbuf is None else
-                         NetlinkMonitor(on_event=self._on_net_event, rcvbuf=rcvbuf))
-        try:
-            await self._monitor.start()
-        except OSError as exc:
-            self._monitor = None
-            self.log.emit("net_monitor_unavailable",
-                          error=errno.errorcode.get(exc.errno or 0, str(exc)))
-
-    def _on_net_event(self, event: NetEvent) -> None:
-        """A kernel change: the link hint first, then the whole usable address set."""
-        mobility, monitor = self.mobility, self._monitor
-        if mobility is None:
-            self._follow_net(event)
-            return
-        now = self.now()
-        try:
-            if isinstance(event, LinkDown | LinkRemoved):
-                mobility.on_link(event.ifname, False, now)
-            elif isinstance(event, LinkUp):
-                mobility.on_link(event.ifname, True, now)
-            elif isinstance(event, RouteChanged):
-                mobility.on_route_changed(now)
-            state = monitor.state if monitor is not None else None
-            if state is not None:
-                mobility.on_addresses(usable_addresses(state), now)
-        except Exception as exc:
-            self.log.emit("engine_error", call="mobility_net", error=type(exc).__name__)
+    def _net_changed(self) -> None:
         if self._loop is not None and self._sockets:
-            self._after_engine()
-        self._follow_net(event)
-
-    def _follow_net(self, event: NetEvent) -> None:
-        """Our uplink tables follow the kernel, after the handover's packets are out."""
-        if self.routing is not None and self._monitor is not None:
-            try:
-                self.routing.on_net(self._monitor.state, isinstance(event, Resynced))
-            except Exception as exc:
-                self.log.emit("engine_error", call="routing_net", error=type(exc).__name__)
+            self._after_engine()  # a path manager may want a probe or a move now
 
     def _open_data_plane(self) -> None:
         assert self.data_plane is not None
@@ -320,7 +252,7 @@ class Daemon:
             # Said in the event stream only: the daemon has no kernel data plane to run
             # (the XFRM installer is not driven by its events), so userspace ESP carries
             # the traffic on any kernel, never nothing at all.
-            _in_thread(select_data_plane, self.log, transport=self.xfrm_transport,
+            in_thread(select_data_plane, self.log, transport=self.xfrm_transport,
                        kernel_ready=False)
         self.data_plane.open(self)
         if self.esp_handler is None:
@@ -360,22 +292,8 @@ class Daemon:
         to every IKE_SA's path selection (live ones included, their SAs untouched);
         connections are left as they are (``connections_unchanged`` says when the file
         changed them). A bad file keeps the running config (``config_rejected``)."""
-        if self.reopen_events is not None:
-            try:
-                self.reopen_events()
-            except OSError as exc:
-                self.log.emit("events_reopen_failed", error=exc.strerror or str(exc))
-        if self.reload_config is None:
-            self.log.emit("reload_skipped", reason="no config file to re-read")
-            return
-        try:
-            new = self.reload_config()
-        except ConfigError as exc:
-            self.log.emit("config_rejected", file=exc.file, line=exc.line, error=str(exc))
-            return
-        except OSError as exc:
-            self.log.emit("config_rejected", file=exc.filename or "", line=0,
-                          error=f"{exc.filename or ''}:0: {exc.strerror or exc}")
+        new = reread(self.log, self.config_file, self.reload_config, self.reopen_events)
+        if new is None:
             return
         policy_changed = new.mobike.policy != self.config.mobike.policy
         if policy_changed and self.data_path is not None:
@@ -386,9 +304,9 @@ class Daemon:
         same_conns = new.connections == self.config.connections and \
             new.secrets == self.config.secrets and new.pools == self.config.pools
         self.config = replace(self.config, mobike=new.mobike)
-        self.log.emit("config_reloaded", policy_changed=policy_changed,
-                      conns=sorted(c.name for c in self.config.connections),
-                      connections_unchanged=not same_conns)
+        reloaded(self.log, self.config_file, policy_changed=policy_changed,
+                 conns=(c.name for c in self.config.connections),
+                 connections_unchanged=not same_conns)
 
     async def shutdown(self) -> None:
         """Delete every IKE_SA and wait up to ``shutdown_grace`` seconds for the peers."""
@@ -425,9 +343,7 @@ class Daemon:
         if self._traffic is not None:
             self._traffic.stop()
             self._traffic = None
-        if self._monitor is not None:
-            self._monitor.close()
-            self._monitor = None
+        self._net.close()
         if self.data_plane is not None:
             self.data_plane.close()
         if self.routing is not None and self._owns_routes:
@@ -705,14 +621,14 @@ class Daemon:
                 if isinstance(event, ProbeResult):
                     continue  # several a second per SA; path_up/path_down tell the story
             if isinstance(event, PacketDropped) and not event.authenticated:
-                name, fields = core_event_fields(event)
+                name, fields = event_fields(event)
                 del fields["reason"]
                 line = self.drops.record(event.reason, fields, self.now())
                 if line is not None:
                     self.log.write(level_of(name), name, line)
                 self._arm_drop_timer()
             elif extra:
-                name, fields = core_event_fields(event)
+                name, fields = event_fields(event)
                 self.log.write(level_of(name), name, {**fields, **extra})
             else:
                 self.log.core_event(event)
@@ -798,40 +714,9 @@ class Daemon:
 
     def status_answer(self) -> JsonObject:
         """The ``status`` answer (also what the metrics read at scrape time)."""
-        counters = self.data_plane.counters() if self.data_plane is not None else None
-        answer = status_json(self.engine.status(), backend="native", counters=counters)
-        answer["pid"] = os.getpid()
-        answer["esp_dropped"] = self.esp_dropped
-        answer["loop_lag"] = self.loop_lag.snapshot()
-        if self.data_plane is not None:
-            answer["esp"] = self.data_plane.totals()
-        mobility = self.mobility
-        if mobility is not None:
-            for sa in answer["ike_sas"]:  # type: ignore[attr-defined]
-                mgr = mobility.manager(str(sa["ike_spi"]))
-                if mgr is not None:
-                    sa["paths"] = paths_json(mgr)
-                    sa["preferred_local"] = preferred_json(mgr)
-        if self._monitor is not None:
-            answer["net"] = self._net_view()
-        if self.tcp is not None:
-            self._tcp_status(answer)
-        return answer
-
-    def _tcp_status(self, answer: JsonObject) -> None:
-        """The transport of each IKE_SA and of each of its paths, and the streams."""
-        assert self.tcp is not None
-        transports = {ike.ike_spi: self.tcp.transport_of(ike.path) for ike in self._status()}
-        for sa in answer["ike_sas"]:  # type: ignore[attr-defined]
-            sa["transport"] = transports.get(str(sa["ike_spi"]), "udp")
-            mgr = self.mobility.manager(str(sa["ike_spi"])) if self.mobility else None
-            if mgr is None:
-                continue
-            by_ends = {(str(p.path.local), str(p.path.remote)): self.tcp.transport_of(p.path)
-                       for p in mgr.paths()}
-            for entry in sa.get("paths", []):
-                entry["transport"] = by_ends.get((entry["local"], entry["remote"]), "udp")
-        answer["tcp"] = {"streams": self.tcp.streams(), **self.tcp.counters}
+        return status_answer(self.engine.status(), self._status, data_plane=self.data_plane,
+                             mobility=self.mobility, monitor=self._net.monitor, tcp=self.tcp,
+                             loop_lag=self.loop_lag.snapshot(), esp_dropped=self.esp_dropped)
 
     def _control_refused(self, uid: int, pid: int) -> None:
         self.log.emit("control_refused", uid=uid, pid=pid)
@@ -848,18 +733,6 @@ class Daemon:
             return answer
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
-    def _net_view(self) -> JsonObject:
-        """The netlink monitor's picture of the host (to compare with the kernel's)."""
-        assert self._monitor is not None
-        state = self._monitor.state
-        return {
-            "resyncs": self._monitor.resyncs,
-            "overruns": self._monitor.overruns,
-            "addresses": sorted(f"{a.ifname} {a.address}/{a.prefixlen}"
-                                for a in state.addresses.values()),
-            "usable": [f"{ifname} {addr}" for ifname, addr in usable_addresses(state)],
-        }
-
     def local_endpoints(self) -> list[Endpoint]:
         """Where the daemon listens (for tests and diagnostics)."""
         out = []
@@ -867,106 +740,3 @@ class Daemon:
             host, port = sock.getsockname()[:2]
             out.append(Endpoint(ipaddress.ip_address(host), port))
         return out
-
-
-_T = TypeVar("_T")
-
-
-def _in_thread(call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """Run a short blocking call that must not see the running loop (pyroute2 starts its own)."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(call, *args, **kwargs).result()
-
-
-NETLINK_RCVBUF_ENV = "MOBIKE_VICI_TEST_NETLINK_RCVBUF"
-"""Test hook: the netlink monitor's receive buffer in bytes (tiny, to force ENOBUFS)."""
-
-
-def opens_ike_sa(data: bytes) -> bool:
-    """An IKE_SA_INIT request (RFC 7296 3.1: responder SPI zero, exchange 34, no R flag)."""
-    return (len(data) >= 28 and data[8:16] == bytes(8) and data[18] == 34
-            and not data[19] & 0x20)
-
-
-def restart_children(children: Sequence[Any], reason: str) -> list[str]:
-    """Names of the children to initiate again after an IKE_SA went away for ``reason``."""
-    if reason == "deleted_by_peer":
-        return [c.name for c in children if c.close_action == CloseAction.START]
-    if reason in ("dpd_timeout", "retransmits_exceeded", "dead_after"):
-        return [c.name for c in children if c.dpd_action == DpdAction.RESTART]
-    return []
-
-
-def _netlink_rcvbuf(environ: Mapping[str, str]) -> int | None:
-    value = environ.get(NETLINK_RCVBUF_ENV, "")
-    return int(value) if value.isdigit() and int(value) > 0 else None
-
-
-def engine_settings(config: Config) -> EngineSettings:
-    """The engine's tunables: charon's defaults, the DoS limits from ``mobike { }``."""
-    policy = config.mobike.policy
-    return EngineSettings(
-        cookie_threshold=policy.cookie_threshold, block_threshold=policy.block_threshold,
-        half_open_limit=policy.half_open_limit, dh_budget=float(policy.dh_budget),
-        max_ike_sas_per_peer=policy.max_ike_sas_per_peer,
-        max_child_sas_per_peer=policy.max_child_sas_per_peer,
-        # The path manager judges misses by its own adaptive timeout; the engine keeps
-        # a probe open as long as a late answer may still bring its path back up.
-        probe_timeout=MAX_PROBE_TIMEOUT,
-        fragment_size=policy.fragment_size, dead_after=policy.dead_after)
-
-
-def _mobike_conn(config: Config) -> Callable[[str], bool]:
-    def mobike(conn: str) -> bool:
-        try:
-            return config.connection(conn).mobike
-        except KeyError:
-            return False
-    return mobike
-
-
-def run_native(config: Config, events: TextIO, control_path: str | None, *,
-               level: str = "info", reload_config: Callable[[], Config] | None = None,
-               reopen_events: Callable[[], None] | None = None,
-               metrics: tuple[str, int] | None = None) -> int:
-    """``mobike-vici native``: build the real engine and run until told to stop.
-
-    Returns the process exit code: 0 after a clean stop, 1 when start-up failed.
-    """
-    configure(events, level)
-    log = EventLog.to_stream(events, level)
-    routing = DaemonRouting(config, log)
-    try:
-        engine = Engine(config, os.urandom,
-                        functools.partial(udp.source_address, fwmark=routing.fwmark),
-                        engine_settings(config))
-    except Exception as exc:  # a config the engine cannot run is a start-up failure
-        print(f"mobike-vici: cannot start the native engine: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
-        return 1
-    try:
-        mobility = Mobility(engine, config.mobike.policy, _mobike_conn(config))
-        esp = UserspaceEsp(config, fwmark=routing.fwmark)
-        data_path = DataPathWatch(engine, esp.plane, settings_of(config.mobike.policy),
-                                  path_srtt(mobility.manager), path_flow(mobility.manager))
-        daemon = Daemon(config, engine, log, control_path=control_path,
-                        data_plane=esp, probe_kernel=True, mobility=mobility,
-                        routing=routing, data_path=data_path,
-                        metrics=MetricsServer(metrics) if metrics is not None else None)
-        daemon.tcp = tcp_transport(daemon, config, routing.fwmark)
-        if daemon.tcp is not None:
-            engine.set_wire_view(daemon.tcp.wire_path)
-        daemon.reload_config, daemon.reopen_events = reload_config, reopen_events
-        return asyncio.run(daemon.run())
-    except (OSError, ControlError) as exc:
-        print(f"mobike-vici: {exc}", file=sys.stderr)
-        return 1
-
-
-def tcp_transport(daemon: Daemon, config: Config, fwmark: int | None) -> TcpTransport | None:
-    """The daemon's RFC 9329 transport, or None with ``tcp = no``."""
-    settings = config.mobike.policy.tcp
-    if settings.mode == TcpMode.NO:
-        return None
-    return TcpTransport(settings, daemon.log, daemon.tcp_ike, daemon.tcp_esp,
-                        daemon.tcp_switched, fwmark=fwmark)

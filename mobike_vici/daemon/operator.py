@@ -30,7 +30,7 @@ REFUSALS = {
 
 
 class Operable(Protocol):
-    """What a daemon offers the operator (``backends.native.Mobility`` has it)."""
+    """What a daemon offers the operator (``backends.protocol.MobilityBackend`` has it)."""
 
     def prefer(self, conn: str, local: IPAddress | None, now: float) -> str | None: ...
     def move(self, conn: str, local: IPAddress, now: float) -> str | None: ...

@@ -14,6 +14,7 @@ answer (the path manager's shared-failure rule) and picks the next path.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,8 @@ from ..mobike.follow import same_addresses
 from ..types import Path
 
 if TYPE_CHECKING:
-    from .controller import Controller, _Sa
+    from ..backends.vici.mobility import TrackedSa
+    from .watch_host import WatchHost
 
 WINDOW = 3.0
 """Seconds after a silent death that the dead path's uplink stays suspect (its other
@@ -44,8 +46,9 @@ class _Check:
 class SiblingCheck:
     """The suspect uplinks of the tracked IKE_SAs and the failovers waiting on them."""
 
-    def __init__(self, ctl: Controller) -> None:
+    def __init__(self, ctl: WatchHost, burst_timeout: Callable[[], float]) -> None:
         self.ctl = ctl
+        self._burst_timeout = burst_timeout  # the data-plane watch's, reloaded with it
         self._deaths: dict[str, tuple[str, float]] = {}  # IKE_SA -> (uplink, died at)
         self._checks: dict[str, _Check] = {}
         self._ids: dict[int, str] = {}  # prober wire id -> IKE_SA
@@ -64,7 +67,7 @@ class SiblingCheck:
         out = egress(self.ctl.monitor.state, path.local.addr)
         return out is not None and out[0] == death[0]
 
-    def hold(self, sa: _Sa, event: MoveRequested) -> bool:
+    def hold(self, sa: TrackedSa, event: MoveRequested) -> bool:
         """True when the failover must wait for its target to answer (then checked here)."""
         spi = sa.info.ike_spi
         now = self.ctl.now
@@ -72,7 +75,7 @@ class SiblingCheck:
             return False
         self.forget(spi)
         srtt = next((p.srtt for p in sa.manager.paths() if p.path == event.path), None)
-        check = _Check(event, hm.Burst.at(now, srtt, self.ctl.data_plane.settings.burst_timeout))
+        check = _Check(event, hm.Burst.at(now, srtt, self._burst_timeout()))
         self._checks[spi] = check
         self.ctl.log.emit("failover_target_checked", conn=sa.info.conn, ike_spi=spi,
                           local=str(event.path.local), remote=str(event.path.remote),
@@ -126,7 +129,7 @@ class SiblingCheck:
         if burst.missed(now):
             self.forget(spi)
             sa.manager.on_move_failed(check.event.path, UNANSWERED, now)
-            self.ctl._pump(sa)
+            self.ctl.pump(sa)
             return
         if check.timer is not None:
             check.timer.cancel()
@@ -139,7 +142,7 @@ class SiblingCheck:
         out = egress(self.ctl.monitor.state, path.local.addr)
         if prober is None or out is None:
             return  # unanswered: a miss when the burst times out
-        wire_id = self.ctl._next_wire_id()
+        wire_id = self.ctl.next_wire_id()
         if prober.send(path, wire_id, out[0]):
             self._ids[wire_id] = spi
             check.ids.add(wire_id)

@@ -34,7 +34,7 @@ import errno
 import ipaddress
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..config.tcp import TcpMode, TcpSettings
 from ..core.engine import Datagram
@@ -49,15 +49,16 @@ from ..core.tcp_framing import (
 from ..eventlog import EventLog
 from ..types import Endpoint, IPAddress, Path
 from . import udp
-
-Pair = tuple[IPAddress, IPAddress]
-"""(local address, peer address): what a fallback decision is made for."""
-SaKey = str
-"""An IKE_SA as the transport knows it: its initiator's SPI in hex (the responder's is
-zero in the first message). RFC 9329 section 6: IKE_SAs never share a stream, but an
-IKE_SA's rekey successor rides its predecessor's."""
-MAX_SAS_PER_STREAM = 8
-"""IKE_SAs remembered on one stream (the SA, its rekey successors; bounds garbage)."""
+from .tcp_stream import (
+    MAX_SAS_PER_STREAM,
+    Pair,
+    SaKey,
+    Stream,
+    from_original_initiator,
+    is_request,
+    sa_key,
+    sa_key_of,
+)
 
 MAX_QUEUED = 1 << 20
 """Bytes one stream may hold unsent; beyond it the stream is closed (the peer reads nothing)."""
@@ -83,64 +84,6 @@ IkeSink = Callable[[bytes, Path, float], None]
 EspSink = Callable[[bytes, float], None]
 SwitchSink = Callable[[Pair, str, float], None]
 """Told (pair, "tcp" or "udp", now) when a pair changes transport."""
-
-
-def _is_request(data: bytes) -> bool:
-    return len(data) >= 28 and not data[19] & 0x20
-
-
-def _from_original_initiator(data: bytes) -> bool:
-    return len(data) >= 28 and bool(data[19] & 0x08)
-
-
-def sa_key(data: bytes) -> SaKey | None:
-    """The IKE_SA an IKE message belongs to, from its header."""
-    return data[:8].hex() if len(data) >= 28 else None
-
-
-def sa_key_of(ike_spi: str) -> SaKey:
-    """The key of an IKE_SA named as the engine does ("spii_spir" in hex)."""
-    return ike_spi[:16]
-
-
-@dataclass(eq=False)
-class Stream:
-    """One TCP connection and its framing state."""
-
-    sock: socket.socket
-    initiator: bool
-    local: Endpoint
-    remote: Endpoint
-    opened_at: float
-    decoder: StreamDecoder
-    connected: bool = False
-    out: bytearray = field(default_factory=bytearray)
-    last_frame_at: float = 0.0
-    ike_frames: int = 0
-    ike_sent: int = 0
-    """IKE messages we sent on it: a responder's stream counts as in use only once
-    the engine answered something on it (garbage that looks like IKE gets nothing)."""
-    engine_path: Path | None = None
-    """Initiator side: the engine's path for this pair, given to what arrives."""
-    sa: SaKey | None = None
-    """Initiator side: the IKE_SA the stream was opened for."""
-    route: Pair | None = None
-    """Initiator side: the engine's pair it carries (MOBIKE gives an IKE_SA several)."""
-    sas: set[SaKey] = field(default_factory=set)
-    """The IKE_SAs whose messages went or came on it (the SA and its rekey successors)."""
-    inflight: bytes | None = None
-    """Initiator side: the last IKE request sent, resent on a reopened stream."""
-    closed: bool = False
-    writing: bool = False
-
-    @property
-    def path(self) -> Path:
-        return Path(self.local, self.remote)
-
-    @property
-    def pair(self) -> Pair:
-        """The engine's pair it carries: an initiator's ``route``, else its own ends."""
-        return self.route if self.route is not None else (self.local.addr, self.remote.addr)
 
 
 @dataclass
@@ -304,14 +247,14 @@ class TcpTransport:
             return True  # RFC 9329 7.1: no NAT keepalives on a stream
         if stream.initiator:
             stream.engine_path = path
-            if _is_request(data):
+            if is_request(data):
                 stream.inflight = data
         stream.ike_sent += 1
         if sa is not None:
             self._associate(stream, sa)
         self._write(stream, encode_ike(data))
         # During a trial a request goes over UDP too: an answer there brings the pair back.
-        return not (pair in self._trial and _is_request(data))
+        return not (pair in self._trial and is_request(data))
 
     def send_esp(self, path: Path, packet: bytes, ike_spi: str | None = None) -> bool:
         """Carry one ESP packet of the data plane (of a CHILD_SA of ``ike_spi``, the
@@ -378,14 +321,14 @@ class TcpTransport:
 
     def _opens_tcp(self, pair: Pair, data: bytes) -> bool:
         """Whether this datagram makes us connect: only as the original initiator."""
-        if not _from_original_initiator(data):
+        if not from_original_initiator(data):
             return False
         return self.settings.mode == TcpMode.ALWAYS or pair in self._tcp_pairs
 
     def _note_udp(self, pair: Pair, path: Path, data: bytes, now: float) -> None:
         """Fallback mode: remember requests going unanswered over UDP."""
-        if self.settings.mode != TcpMode.FALLBACK or not _is_request(data) \
-                or not _from_original_initiator(data):
+        if self.settings.mode != TcpMode.FALLBACK or not is_request(data) \
+                or not from_original_initiator(data):
             return
         pending = self._pending.get(pair)
         if pending is None:
@@ -625,7 +568,7 @@ class TcpTransport:
                 if stream.ike_frames == 1 and not stream.initiator:
                     self.log.emit("tcp_stream_opened", role="responder",
                                   local=str(stream.local), remote=str(stream.remote))
-                if stream.initiator and not _is_request(frame.data):
+                if stream.initiator and not is_request(frame.data):
                     stream.inflight = None
                 sa = sa_key(frame.data)
                 if sa is not None:

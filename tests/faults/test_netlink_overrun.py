@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mobike_vici.daemon.native import NETLINK_RCVBUF_ENV
+from mobike_vici.daemon.native_api import NETLINK_RCVBUF_ENV
 from mobike_vici.lab.handover import build
 from mobike_vici.lab.native import NativeDaemon
 from mobike_vici.lab.netns import Lab, Netns

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import mobike_vici.demo as demo
+import mobike_vici.demo_common as demo_common
 from mobike_vici.config import load_string
 from mobike_vici.config.model import StartAction
 from mobike_vici.lab.netns import Netns, list_namespaces
@@ -193,4 +194,4 @@ def test_only_echo_replies_count_as_replies() -> None:
 [1795810483.253783] no answer yet for icmp_seq=2
 [1795810483.263783] 64 bytes from 10.88.0.1: icmp_seq=3 ttl=64 time=0.245 ms
 """
-    assert demo.echo_replies(log) == [1795810483.263783]
+    assert demo_common.echo_replies(log) == [1795810483.263783]

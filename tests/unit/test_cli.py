@@ -17,7 +17,7 @@ import pytest
 
 from mobike_vici import cli
 from mobike_vici.config.model import Config, ConfigError
-from mobike_vici.daemon import native
+from mobike_vici.daemon import native_run as native
 from mobike_vici.daemon.control import ControlServer, JsonObject
 
 REPO = Path(__file__).resolve().parents[2]

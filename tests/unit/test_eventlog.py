@@ -26,7 +26,7 @@ from mobike_vici.core.events import (
 from mobike_vici.eventlog import (
     REDACTED,
     EventLog,
-    core_event_fields,
+    event_fields,
     format_timestamp,
     is_secret_name,
     make_logger,
@@ -162,7 +162,7 @@ def test_child_sa_installed_never_shows_keys() -> None:
 
 
 def test_child_sa_installed_fields_do_not_contain_keys() -> None:
-    _, fields = core_event_fields(child_installed())
+    _, fields = event_fields(child_installed())
     assert not any(isinstance(v, ChildKeys | bytes) for v in fields.values())
     assert "keys" not in fields and "suite" not in fields
 
@@ -205,7 +205,7 @@ CASES: list[tuple[Event, str, dict[str, object]]] = [
 @pytest.mark.parametrize(("event", "name", "expected"), CASES,
                          ids=[c[1] for c in CASES])
 def test_core_event_mapping(event: Event, name: str, expected: dict[str, object]) -> None:
-    got_name, fields = core_event_fields(event)
+    got_name, fields = event_fields(event)
     assert got_name == name
     for key, value in expected.items():
         assert fields[key] == value, key
@@ -235,7 +235,7 @@ def test_packet_dropped_is_a_warning_and_keeps_ike_spi() -> None:
 
 def test_rekey_of_is_reported_when_set() -> None:
     rekeyed = dataclasses.replace(child_installed(), rekey_of=5)
-    assert core_event_fields(rekeyed)[1]["rekey_of"] == 5
+    assert event_fields(rekeyed)[1]["rekey_of"] == 5
 
 
 def test_a_raw_event_object_passed_as_a_field_is_not_expanded() -> None:

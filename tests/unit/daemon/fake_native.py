@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from mobike_vici import cli
 from mobike_vici.config.model import Config
-from mobike_vici.daemon import native
+from mobike_vici.daemon import native_run
 from mobike_vici.types import Endpoint, IPAddress
 from tests.unit.daemon.fakes import FakeEngine
 
@@ -28,5 +28,5 @@ class ProcessFakeEngine(FakeEngine):
 
 
 if __name__ == "__main__":
-    vars(native)["Engine"] = ProcessFakeEngine
+    vars(native_run)["Engine"] = ProcessFakeEngine
     sys.exit(cli.main(sys.argv[1:]))

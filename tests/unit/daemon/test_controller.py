@@ -7,7 +7,8 @@ from pathlib import Path as FsPath
 
 import pytest
 
-from mobike_vici.daemon.controller import path_event_fields, prefer_best_path
+from mobike_vici.daemon.controller import prefer_best_path
+from mobike_vici.eventlog import event_fields
 from mobike_vici.mobike.events import HandoverCompleted, PathDown
 from mobike_vici.types import Endpoint, Path
 
@@ -20,7 +21,7 @@ def _path(local: str) -> Path:
 
 
 def test_handover_completed_carries_old_endpoints_and_duration() -> None:
-    name, fields = path_event_fields(HandoverCompleted(
+    name, fields = event_fields(HandoverCompleted(
         path=_path("10.2.0.2"), old_path=_path("10.1.0.2"), duration_ms=12.3456))
     assert name == "handover_completed"
     assert fields == {"local": "10.2.0.2[4500]", "remote": "192.0.2.2[4500]",
@@ -29,7 +30,7 @@ def test_handover_completed_carries_old_endpoints_and_duration() -> None:
 
 
 def test_path_down_has_its_reason() -> None:
-    name, fields = path_event_fields(PathDown(path=_path("10.1.0.2"), reason="probe_timeout"))
+    name, fields = event_fields(PathDown(path=_path("10.1.0.2"), reason="probe_timeout"))
     assert (name, fields["reason"]) == ("path_down", "probe_timeout")
 
 
@@ -90,6 +91,7 @@ def test_charon_systemd_reads_its_own_section_first_then_charon(tmp_path: FsPath
 def test_escalation_finds_children_in_charon_when_the_file_does_not_name_them() -> None:
     import io
 
+    from mobike_vici.backends.vici.commands import charon_children
     from mobike_vici.config.attach import AttachConfig
     from mobike_vici.daemon.controller import Controller
     from mobike_vici.eventlog import EventLog, make_logger
@@ -97,8 +99,8 @@ def test_escalation_finds_children_in_charon_when_the_file_does_not_name_them() 
     controller = Controller(AttachConfig("swanctl.conf", {"known": ("a",)}),
                             EventLog(make_logger(io.StringIO())), uri="unix:///nonexistent")
     controller.client.conns = {"loaded-by-swanctl": {"children": {"net": {}, "dmz": {}}}}
-    assert controller._charon_children("loaded-by-swanctl") == ("net", "dmz")
-    assert controller._charon_children("unknown") == ()
+    assert charon_children(controller.client, "loaded-by-swanctl") == ("net", "dmz")
+    assert charon_children(controller.client, "unknown") == ()
     controller.monitor.close()
 
 
@@ -112,8 +114,9 @@ def test_a_move_charon_completes_on_the_targets_other_family_is_recorded_where_c
     import io
 
     from mobike_vici.backends.vici import IkeSaInfo
+    from mobike_vici.backends.vici.mobility import TrackedSa
     from mobike_vici.config.attach import AttachConfig
-    from mobike_vici.daemon.controller import Controller, _Sa
+    from mobike_vici.daemon.controller import Controller
     from mobike_vici.eventlog import EventLog, make_logger
     from mobike_vici.mobike import steer_plan
     from mobike_vici.mobike.follow import Follow
@@ -136,11 +139,11 @@ def test_a_move_charon_completes_on_the_targets_other_family_is_recorded_where_c
         locals_ = [LocalAddress(M0_V4, "m0"), LocalAddress(M0_V6, "m0"),
                    LocalAddress(M1_V4, "m1")]
         manager = PathManager(controller.policy, on_m1.path, locals_, [GW4, GW6], now=now)
-        controller.sas["a_b"] = _Sa(on_m1, manager, Follow(on_m1.path, now))
-        controller.plans["home"] = steer_plan.start("a_b", _p(M0_V4, GW4), on_m1.path, now)
+        controller.mobility.sas["a_b"] = TrackedSa(on_m1, manager, Follow(on_m1.path, now))
+        controller.mobility.plans["home"] = steer_plan.start("a_b", _p(M0_V4, GW4), on_m1.path, now)
         on_m0_v6 = sa_on(_p(M0_V6, GW6))
-        controller._moved(on_m1, on_m0_v6)
-        assert "home" not in controller.plans  # charon reached the target's uplink
+        controller.mobility.moved(on_m1, on_m0_v6)
+        assert "home" not in controller.mobility.plans  # charon reached the target's uplink
         assert manager.active_path == on_m0_v6.path
         done = [line for line in out.getvalue().splitlines() if "handover_completed" in line]
         assert done and '"local": "2001:db8:1::2[4500]"' in done[-1], out.getvalue()

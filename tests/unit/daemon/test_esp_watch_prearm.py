@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from mobike_vici.backends.vici import IkeSaInfo
-from mobike_vici.daemon.esp_watch import CHARON_ROAM_DELAY, STEER_MARGIN, DataPlane
+from mobike_vici.daemon.esp_watch import CHARON_ROAM_DELAY, STEER_MARGIN, EspWatch
 from mobike_vici.eventlog import EventLog, make_logger
 from mobike_vici.mobike import health as hm
 from mobike_vici.types import Path
@@ -34,8 +34,6 @@ class _Ctl:
         self.log = EventLog(make_logger(io.StringIO()))
         self.prober = None
         self.monitor = SimpleNamespace(state=_dual_stack())
-        self.sibling_check = SimpleNamespace(suspect=lambda *a: False,
-                                             silent_death=lambda *a: None)
         manager = SimpleNamespace(paths=lambda: [], active_path=PATH,
                                   on_active_path_failed=lambda now, reason: self.dead.append(now))
         info = IkeSaInfo(conn="home", ike_spi=SPI, unique_id=1, state="ESTABLISHED",
@@ -49,10 +47,10 @@ class _Ctl:
     def prearm_roam(self, spi: str, path: Path) -> None:
         self.prearmed.append((self.t, path))
 
-    def _pump(self, sa: Any) -> None:
+    def pump(self, sa: Any) -> None:
         pass
 
-    def _next_wire_id(self) -> int:
+    def next_wire_id(self) -> int:
         return 1
 
 
@@ -61,7 +59,8 @@ def _run(traffic: str) -> _Ctl:
     clock then moves in 1 ms steps, the data plane's timers run when due."""
     async def main() -> _Ctl:
         ctl = _Ctl()
-        plane = DataPlane(ctl, hm.HealthSettings())  # type: ignore[arg-type]
+        plane = EspWatch(ctl, SimpleNamespace(  # type: ignore[arg-type]
+            suspect=lambda *a: False, silent_death=lambda *a: None), hm.HealthSettings())
         plane.available = True
         plane.track(ctl.sas[SPI])
         for i in range(100):

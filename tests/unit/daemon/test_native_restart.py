@@ -15,7 +15,9 @@ from mobike_vici.config.model import (
     StartAction,
 )
 from mobike_vici.core.events import IkeSaDeleted
-from mobike_vici.daemon.native import Daemon, engine_settings, opens_ike_sa, restart_children
+from mobike_vici.daemon.native import Daemon
+from mobike_vici.daemon.native_api import opens_ike_sa, restart_children
+from mobike_vici.daemon.native_run import engine_settings
 from mobike_vici.types import Endpoint, Path
 
 from .fakes import SPI, FakeEngine, RecordingLog, free_port

@@ -16,7 +16,8 @@ from mobike_vici.config.tcp import TcpMode, TcpSettings
 from mobike_vici.core.engine import Datagram
 from mobike_vici.core.tcp_framing import STREAM_PREFIX, encode_ike
 from mobike_vici.daemon import tcp_transport
-from mobike_vici.daemon.tcp_transport import Pair, TcpTransport
+from mobike_vici.daemon.tcp_stream import Pair
+from mobike_vici.daemon.tcp_transport import TcpTransport
 from mobike_vici.types import Endpoint, Path
 
 from .fakes import RecordingLog

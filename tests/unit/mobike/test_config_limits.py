@@ -45,7 +45,7 @@ def test_defaults_are_the_engines() -> None:
 
 def test_the_daemon_hands_them_to_the_engine() -> None:
     from mobike_vici.config import load_string
-    from mobike_vici.daemon.native import engine_settings
+    from mobike_vici.daemon.native_run import engine_settings
 
     config = load_string("mobike {\n  block_threshold = 2\n  init_limit_half_open = 40\n"
                          "  init_dh_budget = 0\n}\n")

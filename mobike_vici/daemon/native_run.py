@@ -1,0 +1,97 @@
+"""``mobike-vici native``'s process: the real engine, data plane, mobility glue and
+transport built from the config around a ``daemon.native.Daemon``, run until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+from ..backends.native import Mobility
+from ..config.model import Config
+from ..config.tcp import TcpMode
+from ..core.engine import Engine, EngineSettings
+from ..eventlog import EventLog, configure
+from ..mobike.paths import MAX_PROBE_TIMEOUT
+from . import udp
+from .control import ControlError
+from .data_path import DataPathWatch, path_flow, path_srtt, settings_of
+from .esp_io import UserspaceEsp
+from .metrics import MetricsServer
+from .native import Daemon
+from .routing import DaemonRouting
+from .tcp_transport import TcpTransport
+
+
+def engine_settings(config: Config) -> EngineSettings:
+    """The engine's tunables: charon's defaults, the DoS limits from ``mobike { }``."""
+    policy = config.mobike.policy
+    return EngineSettings(
+        cookie_threshold=policy.cookie_threshold, block_threshold=policy.block_threshold,
+        half_open_limit=policy.half_open_limit, dh_budget=float(policy.dh_budget),
+        max_ike_sas_per_peer=policy.max_ike_sas_per_peer,
+        max_child_sas_per_peer=policy.max_child_sas_per_peer,
+        # The path manager judges misses by its own adaptive timeout; the engine keeps
+        # a probe open as long as a late answer may still bring its path back up.
+        probe_timeout=MAX_PROBE_TIMEOUT,
+        fragment_size=policy.fragment_size, dead_after=policy.dead_after)
+
+
+def _mobike_conn(config: Config) -> Callable[[str], bool]:
+    def mobike(conn: str) -> bool:
+        try:
+            return config.connection(conn).mobike
+        except KeyError:
+            return False
+    return mobike
+
+
+def run_native(config: Config, events: TextIO, control_path: str | None, *,
+               level: str = "info", reload_config: Callable[[], Config] | None = None,
+               reopen_events: Callable[[], None] | None = None,
+               metrics: tuple[str, int] | None = None, config_file: str = "") -> int:
+    """``mobike-vici native``: build the real engine and run until told to stop.
+
+    Returns the process exit code: 0 after a clean stop, 1 when start-up failed.
+    """
+    configure(events, level)
+    log = EventLog.to_stream(events, level)
+    routing = DaemonRouting(config, log)
+    try:
+        engine = Engine(config, os.urandom,
+                        functools.partial(udp.source_address, fwmark=routing.fwmark),
+                        engine_settings(config))
+    except Exception as exc:  # a config the engine cannot run is a start-up failure
+        print(f"mobike-vici: cannot start the native engine: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return 1
+    try:
+        mobility = Mobility(engine, config.mobike.policy, _mobike_conn(config))
+        esp = UserspaceEsp(config, fwmark=routing.fwmark)
+        data_path = DataPathWatch(engine, esp.plane, settings_of(config.mobike.policy),
+                                  path_srtt(mobility.manager), path_flow(mobility.manager))
+        daemon = Daemon(config, engine, log, control_path=control_path,
+                        data_plane=esp, probe_kernel=True, mobility=mobility,
+                        routing=routing, data_path=data_path,
+                        metrics=MetricsServer(metrics) if metrics is not None else None)
+        daemon.tcp = tcp_transport(daemon, config, routing.fwmark)
+        if daemon.tcp is not None:
+            engine.set_wire_view(daemon.tcp.wire_path)
+        daemon.reload_config, daemon.reopen_events = reload_config, reopen_events
+        daemon.config_file = config_file
+        return asyncio.run(daemon.run())
+    except (OSError, ControlError) as exc:
+        print(f"mobike-vici: {exc}", file=sys.stderr)
+        return 1
+
+
+def tcp_transport(daemon: Daemon, config: Config, fwmark: int | None) -> TcpTransport | None:
+    """The daemon's RFC 9329 transport, or None with ``tcp = no``."""
+    settings = config.mobike.policy.tcp
+    if settings.mode == TcpMode.NO:
+        return None
+    return TcpTransport(settings, daemon.log, daemon.tcp_ike, daemon.tcp_esp,
+                        daemon.tcp_switched, fwmark=fwmark)
