@@ -105,5 +105,7 @@ def test_native_sighup_reload_and_logrotate(lab: Lab, tmp_path: Path) -> None:
     assert reloaded["policy_changed"] is True
     rejected = next(e for e in old if e["event"] == "config_rejected")
     assert rejected["error"].startswith(f"{conf}:2: ")
-    assert [e["event"] for e in new] == ["config_rejected", "routing_removed", "daemon_stopped"]
+    # A netlink resync may land anywhere under load; it is not part of what is checked here.
+    kinds = [e["event"] for e in new if e["event"] != "net_resynced"]
+    assert kinds == ["config_rejected", "routing_removed", "daemon_stopped"]
     assert out.read_text() == ""  # everything went to the events file
