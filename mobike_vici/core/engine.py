@@ -84,9 +84,7 @@ from .events import (
     ExchangeFailed,
     IkeSaDeleted,
     MessageFragmented,
-    MoveFailed,
     PacketDropped,
-    ProbeResult,
     UpdateRejected,
 )
 from .exchanges.base import (
@@ -112,30 +110,15 @@ from .exchanges.informational import (
     LivenessTask,
     respond_informational,
 )
-from .exchanges.mobike import (
-    AddressListTask,
-    MoveTask,
-    ProbeTask,
-    RoutabilityTask,
-    announced,
-    check_mapping,
-    moved,
-    redirect_children,
-    respond_mobike,
-)
+from .exchanges.mobike import MoveTask, ProbeTask, check_mapping, moved, respond_mobike
 from .fragments import REASSEMBLY_TIMEOUT, add_fragment, expire
-from .ike_sa import CachedResponse, IkeSa, IkeState, PendingRequest, Probe
+from .ike_sa import CachedResponse, IkeSa, IkeState, PendingRequest
+from .mobike_paths import PathMobility, floats, peer_addresses
 from .nat import WireView
 from .settings import EngineSettings
 from .ts import no_service_names, ts_to_str
 
 RandomBytes = Callable[[int], bytes]
-
-MAX_PROBES = 64
-"""Probes waiting per IKE_SA; beyond it the oldest is reported failed."""
-MAX_RIDES = 3
-"""Requests one probe is copied onto: its first, and two more for a copy the peer
-dropped (it was still processing the first) or saw after our next request."""
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -214,7 +197,7 @@ class Engine:
         self._ctx.sas = self._sas
         self._index = self._ctx.index
         self._outbox: list[Datagram] = []
-        self._next_probe_id = 1
+        self._paths = PathMobility(self._ctx, self._settings, self._send_all, self._kick)
 
     # ------------------------------------------------------------------ API
 
@@ -332,21 +315,7 @@ class Engine:
         self._kick(sa, now)
 
     # ------------------------------------------------------------------ MOBIKE API
-    #
-    # Message IDs: charon keeps a window of 1, so every request of ours (probes,
-    # updates, DPD, rekeys) shares one slot per IKE_SA. A probe rides whatever request
-    # is outstanding: that very request (same bytes, same message ID) is resent on the
-    # probed path, which RFC 4555 §3.5 allows; the peer answers a copy from its
-    # response cache on that path. A copy that reaches the peer after it has moved on
-    # to our next request is ignored there ("expected N+1"), and one that arrives
-    # while the first copy is being processed is dropped as a duplicate; so a probe
-    # not yet answered rides every request that follows, and a response on its path
-    # to any of its copies proves the path, also one that comes after the request was
-    # answered elsewhere (RFC 7296 §2.3: the window, not the path, orders requests).
-    # With nothing outstanding a waiting probe starts a request of its own. Only an
-    # update in flight is never copied (the peer would move there): probes wait for
-    # it; a spent one (timed out or superseded) may be copied, since whichever path
-    # answers it works, and moving resends the outstanding request on the new path.
+    # (mobike_paths.py: how probes share the message-ID window)
 
     def set_wire_view(self, view: WireView | None) -> None:
         """How the transport carries our paths (IKE over TCP): NAT detection hashes that."""
@@ -364,31 +333,11 @@ class Engine:
         current address is gone sends it from one of the new addresses (RFC 4555
         §3.6), so the initiator learns where to move.
         """
-        self._ctx.local_addresses = tuple(dict.fromkeys(addrs))
-        policy = self._ctx.config.mobike.policy
-        for sa in list(self._sas.values()):
-            if not sa.mobike or sa.state != IkeState.ESTABLISHED:
-                continue
-            local = sa.path.local.addr
-            path: Path | None = None
-            if local not in self._ctx.local_addresses:
-                if sa.mobike_initiator:
-                    continue  # the controller moves us; the update carries the news
-                path = self._responder_path(sa)
-                if path is None:
-                    continue
-                local = path.local.addr
-            listed = announced(policy, self._ctx.local_addresses, local)
-            if path is None and listed == sa.announced:
-                continue
-            sa.tasks = deque(t for t in sa.tasks if not isinstance(t, AddressListTask))
-            sa.tasks.append(AddressListTask(listed, path))
-            self._kick(sa, now)
+        self._paths.set_local_addresses(list(self._sas.values()), addrs, now)
 
     def peer_addresses(self, ike_spi: str) -> tuple[IPAddress, ...]:
         """The peer's current address, then the additional ones it announced."""
-        sa = self._by_name(ike_spi)
-        return tuple(dict.fromkeys((sa.path.remote.addr, *sa.peer_addrs)))
+        return peer_addresses(self._by_name(ike_spi))
 
     @_settles
     def probe(self, ike_spi: str, path: Path, now: float) -> int:
@@ -398,62 +347,14 @@ class Engine:
         failed probe changes nothing else (the IKE_SA lives on). Raises KeyError
         for an unknown SA and ValueError when it is not established.
         """
-        sa = self._by_name(ike_spi)
-        if sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYING):
-            raise ValueError(f"IKE_SA {ike_spi} is not established")
-        probe_id = self._next_probe_id
-        self._next_probe_id += 1
-        probe = Probe(probe_id, path, now, now + self._settings.probe_timeout)
-        sa.probes.append(probe)
-        if len(sa.probes) > MAX_PROBES:
-            self._probe_done(sa, sa.probes[0], None, now=now)
-        self._ride(sa, now)
-        if not probe.message_ids and sa.pending is None and probe in sa.probes:
-            self._probe_done(sa, probe, None, now=now)  # nothing could be sent
-        return probe_id
+        return self._paths.probe(self._by_name(ike_spi), path, now)
 
     @_settles
     def move(self, ike_spi: str, path: Path, now: float, timeout: float | None = None) -> None:
         """As original initiator, move the IKE_SA and all its CHILD_SAs to ``path``
         (UPDATE_SA_ADDRESSES). Outcome: IkeSaMoved + ChildSaUpdated, or MoveFailed.
         ``timeout`` bounds this attempt (at most move_timeout; resent a few times within)."""
-        sa = self._by_name(ike_spi)
-        reason = ("not_mobike" if not sa.mobike else "not_initiator"
-                  if not sa.mobike_initiator
-                  else "not_established"
-                  if sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYING) else None)
-        if reason is not None:
-            self._ctx.emit(MoveFailed(conn=sa.conn.name, ike_spi=sa.spi_str, path=path,
-                                      reason=reason))
-            return
-        # §3.5: a newer decision replaces an update not yet answered.
-        for task in sa.tasks:
-            if isinstance(task, MoveTask):
-                task.fail(self._ctx, sa, "superseded")
-        sa.tasks = deque(t for t in sa.tasks if not isinstance(t, MoveTask))
-        pending = sa.pending
-        if pending is not None:
-            if isinstance(pending.task, MoveTask):
-                pending.task.fail(self._ctx, sa, "superseded")
-            # Whatever is outstanding continues on the new path (§3.5).
-            pending.path = path
-            self._send_all(pending.datagrams, path, sa, now)
-        limit = self._settings.move_timeout
-        task = MoveTask(sa.path, path, now, min(timeout, limit) if timeout is not None else None)
-        task.early_encap = redirect_children(self._ctx, sa, path)
-        sa.tasks.appendleft(task)
-        self._kick(sa, now)
-        self._ride(sa, now)
-
-    def _responder_path(self, sa: IkeSa) -> Path | None:
-        """A path from one of our remaining addresses to one of the peer's."""
-        peers = self.peer_addresses(sa.spi_str)
-        for local in self._ctx.local_addresses:
-            for remote in peers:
-                if local.version == remote.version:
-                    return Path(Endpoint(local, sa.path.local.port),
-                                Endpoint(remote, sa.path.remote.port))
-        return None
+        self._paths.move(self._by_name(ike_spi), path, now, timeout)
 
     def status(self) -> list[IkeStatus]:
         out: list[IkeStatus] = []
@@ -618,7 +519,7 @@ class Engine:
         data = self._encode(sa, task.exchange, mid, False, payloads)
         if task.exchange == ExchangeType.IKE_SA_INIT:
             sa.init_request = data
-        wait = (self._move_resend(task) if isinstance(task, MoveTask)
+        wait = (self._paths.move_resend(task) if isinstance(task, MoveTask)
                 else self._eager_wait(task, now) or self._settings.retransmit.wait(0))
         path = task.path or sa.path
         fragments = self._fragment(sa, task.exchange, mid, False, payloads, data, path)
@@ -630,7 +531,7 @@ class Engine:
             dead_after = self._settings.dead_after
             sa.dead_at = now + dead_after if dead_after > 0 else None
         self._send_all(sa.pending.datagrams, path, sa, now)
-        self._ride(sa, now)
+        self._paths.ride(sa, now)
         return True
 
     def _on_response(self, sa: IkeSa, header: Header, data: bytes, path: Path,
@@ -639,11 +540,11 @@ class Engine:
         pending = sa.pending
         if (pending is None or header.message_id != pending.message_id
                 or header.exchange != pending.exchange):
-            if any(p.path == path and header.message_id in p.message_ids
-                   for p in sa.probes) and self._open(sa, header, data, path) is not None:
+            if (self._paths.rides(sa, header.message_id, path)
+                    and self._open(sa, header, data, path) is not None):
                 # A copy answered after another path had answered the request: the
                 # answer still proves this path (authenticated by the SA's keys).
-                self._probes_answered(sa, header.message_id, path, now)
+                self._paths.answered(sa, header.message_id, path, now)
                 sa.last_received = now
                 return
             self._drop(path, "unexpected response", header)
@@ -657,7 +558,7 @@ class Engine:
         task = pending.task
         if header.exchange == ExchangeType.IKE_SA_INIT:
             sa.init_response = data
-        self._probes_answered(sa, header.message_id, path, now)
+        self._paths.answered(sa, header.message_id, path, now)
         if task.liveness and path == pending.path:
             # Only the answer to the request on its own path: a copy sent on another
             # path (a probe riding it) may get the peer's cached answer to the first
@@ -687,7 +588,7 @@ class Engine:
             self._destroy(sa, task.reason, now)
         else:
             self._kick(sa, now)
-            self._ride(sa, now)
+            self._paths.ride(sa, now)
         for other in successors:
             self._kick(other, now)
 
@@ -810,7 +711,7 @@ class Engine:
                     self._ctx.emit(UpdateRejected(conn=sa.conn.name, ike_spi=sa.spi_str,
                                                   path=path, reason="stale"))
                 elif (header.exchange == ExchangeType.IKE_AUTH and path != sa.path
-                      and _floats(sa, path)):
+                      and floats(sa, path)):
                     # The peer's own IKE_AUTH, after a copy raced from elsewhere was
                     # answered but not followed: now the float happens.
                     if sa.state == IkeState.CONNECTING:
@@ -840,7 +741,7 @@ class Engine:
         # Authenticated from here on.
         sa.last_received = now
         if path != sa.path:
-            self._follow_peer(sa, exchange, path, now)
+            self._paths.follow_peer(sa, exchange, path, now)
         path_before = sa.path
         destroy_reason: str | None = None
         critical = unsupported_critical(msg.payloads)
@@ -884,7 +785,7 @@ class Engine:
                                    response_fragments=fragments)
         sa.peer_next_id = mid + 1
         self._send_all(sa.cached.datagrams, path, sa, now)
-        self._resend_after_peer_moved(sa, path_before, now)
+        self._paths.resend_after_peer_moved(sa, path_before, now)
         if sa.state != IkeState.CONNECTING:
             self._admission.forget(sa)
         if sa.initial_contact and sa.state == IkeState.ESTABLISHED:
@@ -899,36 +800,6 @@ class Engine:
             self._kick(sa, now)
         for other in sa.lineage()[1:]:
             self._kick(other, now)
-
-    def _resend_after_peer_moved(self, sa: IkeSa, old: Path, now: float) -> None:
-        """The peer's UPDATE_SA_ADDRESSES moved the IKE_SA off ``old``: our request
-        outstanding there goes to the new addresses now (RFC 4555 3.5), not at its next
-        retransmission. Left on the dead path (a probe of it, a rekey), it would hold
-        back the return routability check queued behind it for seconds, and the
-        CHILD_SAs with it. Not counted as a retransmission."""
-        pending = sa.pending
-        if (sa.path == old or pending is None or pending.path != old
-                or sa.mobike_initiator or isinstance(pending.task, RoutabilityTask)):
-            return
-        pending.path = sa.path
-        self._send_all(pending.datagrams, pending.path, sa, now)
-
-    def _follow_peer(self, sa: IkeSa, exchange: ExchangeType, path: Path, now: float) -> None:
-        """An authenticated request arrived on another path than the SA's: follow it only
-        where the RFCs say so. Anyone on the path can race a copy from a spoofed source,
-        and integrity alone does not prove where the peer is."""
-        old = sa.path
-        if sa.state == IkeState.CONNECTING:
-            if exchange == ExchangeType.IKE_AUTH and _floats(sa, path):
-                sa.path = path
-            return
-        if sa.mobike or path.local != old.local:
-            # RFC 4555 §3.5: with MOBIKE only UPDATE_SA_ADDRESSES moves an SA.
-            return
-        if sa.nat_remote and not (sa.nat_local and sa.initiator):
-            # RFC 7296 §2.23: a NAT before the peer rebound; the side behind no NAT (or
-            # the responder, when both are) follows the peer's latest authenticated request.
-            moved(self._ctx, sa, old, path, None, now)
 
     def _respond(self, sa: IkeSa, exchange: ExchangeType, msg: Message,
                  now: float) -> list[Payload]:
@@ -951,91 +822,12 @@ class Engine:
             self._drop(path, f"message ID {header.message_id} outside the window", header,
                        authenticated=True)
 
-    def _probes_answered(self, sa: IkeSa, message_id: int, path: Path, now: float) -> None:
-        """A response on ``path`` proves that path for the probes that sent it there."""
-        for probe in list(sa.probes):
-            if probe.path == path and message_id in probe.message_ids:
-                self._probe_done(sa, probe, now - probe.message_ids[message_id], now=now)
-
-    def _probe_done(self, sa: IkeSa, probe: Probe, rtt: float | None, *, now: float) -> None:
-        """Report ``probe``: answered with ``rtt`` (from the copy that was answered), or
-        failed (None)."""
-        sa.probes.remove(probe)
-        self._ctx.emit(ProbeResult(conn=sa.conn.name, ike_spi=sa.spi_str, path=probe.path,
-                                   probe_id=probe.probe_id, ok=rtt is not None,
-                                   rtt=max(0.0, rtt) if rtt is not None else None))
-
-    def _probe_timer(self, sa: IkeSa, now: float) -> None:
-        for probe in list(sa.probes):
-            if now >= probe.deadline:
-                self._probe_done(sa, probe, None, now=now)
-
-    def _ride(self, sa: IkeSa, now: float) -> None:
-        """Put the waiting probes on the outstanding request, one copy per path (see the
-        MOBIKE API notes); with nothing outstanding, a probe that never had a request of
-        its own starts one on its path. Bounded: each probe rides at most ``MAX_RIDES``
-        requests and starts at most one, so probes never make a stream of requests."""
-        if not sa.probes or sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYING):
-            return
-        if sa.pending is None:
-            if sa.tasks:
-                self._kick(sa, now)  # the next request comes and is ridden from there
-                return
-            first = next((p for p in sa.probes if not p.started
-                          and len(p.message_ids) < MAX_RIDES), None)
-            if first is not None:
-                sa.tasks.appendleft(ProbeTask(first.path))
-                self._kick(sa, now)
-            return
-        pending = sa.pending
-        task = pending.task
-        in_flight_update = (isinstance(task, MoveTask) and task.failed is None
-                            ) or isinstance(task, RoutabilityTask)
-        own = isinstance(task, ProbeTask)
-        copied = {pending.path}
-        for probe in sa.probes:
-            if pending.message_id in probe.message_ids or len(probe.message_ids) >= MAX_RIDES:
-                continue
-            left = pending.first_sent  # the request itself, on its own path
-            if probe.path != pending.path:
-                left = now
-                if in_flight_update:
-                    continue  # waits for the slot
-                if probe.path not in copied:
-                    self._send_all(pending.datagrams, probe.path, sa, now)
-                    copied.add(probe.path)
-            probe.message_ids[pending.message_id] = left
-            if own and probe.path == pending.path:
-                probe.started = True
-
-    def _move_timer(self, sa: IkeSa, pending: PendingRequest, task: MoveTask,
-                    now: float) -> None:
-        """An unanswered update is resent every move_retransmit until move_timeout;
-        then it has failed, and the request (its message ID is spent) carries on
-        back on the SA's path, like a liveness check."""
-        settings = self._settings
-        started = task.sent_at if task.sent_at is not None else pending.first_sent
-        limit = task.timeout if task.timeout is not None else settings.move_timeout
-        if now >= started + limit - 1e-9:
-            task.fail(self._ctx, sa, "timeout")
-            pending.path = sa.path
-            pending.first_sent = now
-            pending.deadline = now + settings.retransmit.wait(0)
-        else:
-            pending.deadline = min(now + self._move_resend(task), started + limit)
-        self._send_all(pending.datagrams, pending.path, sa, now)
-
     def _eager_wait(self, task: Task, now: float) -> float | None:
         """The resend interval of an IKE_SA_INIT to a restarting peer, within its window."""
         until = task.eager_until if isinstance(task, IkeInitTask) else None
         if until is None or now >= until:
             return None
         return min(self._settings.eager_resend, until - now)
-
-    def _move_resend(self, task: MoveTask) -> float:
-        """Resend interval of an update: move_retransmit, or a third of a shorter bound."""
-        resend = self._settings.move_retransmit
-        return resend if task.timeout is None else min(resend, task.timeout / 3)
 
     def _adopt(self, now: float) -> None:
         """Register IKE_SAs created by a rekey (CREATE_CHILD_SA) and start their tasks."""
@@ -1128,7 +920,7 @@ class Engine:
     # ------------------------------------------------------------------ timers
 
     def _sa_timer(self, sa: IkeSa, now: float) -> None:
-        self._probe_timer(sa, now)
+        self._paths.probe_timer(sa, now)
         expire(sa.reassembly, now, REASSEMBLY_TIMEOUT)
         if sa.dead_at is not None and now >= sa.dead_at and sa.silent_since_asked():
             self._destroy(sa, "dead_after", now)
@@ -1137,7 +929,7 @@ class Engine:
         settings = self._settings
         if (pending is not None and now >= pending.deadline
                 and isinstance(pending.task, MoveTask) and pending.task.failed is None):
-            self._move_timer(sa, pending, pending.task, now)
+            self._paths.move_timer(sa, pending, pending.task, now)
         elif pending is not None and now >= pending.deadline and (
                 eager := self._eager_wait(pending.task, now)):
             # Not counted as a retransmission: charon's schedule starts after the window.
@@ -1159,7 +951,7 @@ class Engine:
                 # A probe's own path had probe_timeout; the request lives on the SA's.
                 pending.path = sa.path
             self._send_all(pending.datagrams, pending.path, sa, now)
-        self._ride(sa, now)
+        self._paths.ride(sa, now)
         if sa.state == IkeState.CONNECTING:
             if not sa.initiator and now >= sa.created + settings.half_open_timeout:
                 self._destroy(sa, "half_open_timeout", now)
@@ -1233,14 +1025,6 @@ def _first_address(specs: tuple[str, ...]) -> IPAddress | None:
         except ValueError:
             continue
     return None
-
-
-def _floats(sa: IkeSa, path: Path) -> bool:
-    """RFC 4555 §3.3, RFC 7296 §2.23: the initiator moves IKE_AUTH to port 4500. Only
-    the ports change, or the address too when a NAT sits before the peer."""
-    old = sa.path
-    return (path.natt and not old.natt and path.local.addr == old.local.addr
-            and (path.remote.addr == old.remote.addr or sa.nat_remote))
 
 
 def _exchange_name(exchange: int) -> str:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mobike_vici.core.engine import MAX_RIDES, Datagram, Engine
+from mobike_vici.core.engine import Datagram, Engine
 from mobike_vici.core.events import (
     ChildSaInstalled,
     ChildSaUpdated,
@@ -25,6 +25,7 @@ from mobike_vici.core.events import (
 )
 from mobike_vici.core.exchanges import mobike as mobike_mod
 from mobike_vici.core.exchanges.mobike import no_nats_data, parse_addresses
+from mobike_vici.core.mobike_paths import MAX_RIDES
 from mobike_vici.core.settings import EngineSettings
 from mobike_vici.ikev2.constants import ExchangeType, NotifyType
 from mobike_vici.ikev2.message import decode_header
