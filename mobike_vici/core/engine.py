@@ -116,7 +116,7 @@ from .ike_sa import CachedResponse, IkeSa, IkeState, PendingRequest
 from .mobike_paths import PathMobility, floats, peer_addresses
 from .nat import WireView
 from .settings import EngineSettings
-from .ts import no_service_names, ts_to_str
+from .status import ChildStatus, IkeStatus, status_of
 
 RandomBytes = Callable[[int], bytes]
 
@@ -146,33 +146,6 @@ class Datagram:
     data: bytes
     path: Path
     keepalive: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ChildStatus:
-    name: str
-    unique_id: int
-    state: str
-    spi_in: int
-    spi_out: int
-    local_ts: tuple[str, ...]
-    remote_ts: tuple[str, ...]
-    proposal: str
-
-
-@dataclass(frozen=True, slots=True)
-class IkeStatus:
-    conn: str
-    ike_spi: str
-    state: str
-    initiator: bool
-    """RFC 4555's initiator (``IkeSa.mobike_initiator``), as charon's list-sas says."""
-    path: Path
-    local_id: str
-    remote_id: str
-    proposal: str
-    virtual_ips: tuple[str, ...]
-    children: tuple[ChildStatus, ...]
 
 
 class Engine:
@@ -357,25 +330,7 @@ class Engine:
         self._paths.move(self._by_name(ike_spi), path, now, timeout)
 
     def status(self) -> list[IkeStatus]:
-        out: list[IkeStatus] = []
-        for sa in self._sas.values():
-            children = tuple(
-                ChildStatus(
-                    name=c.name, unique_id=c.unique_id, state=c.state.value,
-                    spi_in=c.spi_in_int, spi_out=c.spi_out_int,
-                    local_ts=tuple(ts_to_str(t, no_service_names) for t in c.local_ts),
-                    remote_ts=tuple(ts_to_str(t, no_service_names) for t in c.remote_ts),
-                    proposal=c.proposal,
-                )
-                for c in sa.children.values()
-            )
-            out.append(IkeStatus(
-                conn=sa.conn.name, ike_spi=sa.spi_str, state=sa.state.value,
-                initiator=sa.mobike_initiator, path=sa.path, local_id=sa.local_id,
-                remote_id=sa.remote_id, proposal=sa.proposal,
-                virtual_ips=tuple(str(v) for v in sa.virtual_ips), children=children,
-            ))
-        return out
+        return status_of(self._sas.values())
 
     # ------------------------------------------------------------------ the index
 
