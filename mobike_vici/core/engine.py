@@ -48,29 +48,20 @@ from ..ikev2.constants import (
     PayloadType,
     notify_is_error,
 )
-from ..ikev2.crypto import IntegrityError
 from ..ikev2.message import (
     DecodeError,
-    Fragment,
     Header,
     Message,
     decode_header,
     decode_message,
-    decrypt_fragment,
-    decrypt_message,
-    encode_encrypted,
-    encode_fragments,
     encode_message,
-    fragment_capacity,
     join_fragments,
-    transport_overhead,
 )
 from ..ikev2.payloads import (
     Encrypted,
     EncryptedFragment,
     Notify,
     Payload,
-    encode_payloads,
     find_notify,
 )
 from ..types import Endpoint, IPAddress, Path
@@ -115,6 +106,7 @@ from .fragments import REASSEMBLY_TIMEOUT, add_fragment, expire
 from .ike_sa import CachedResponse, IkeSa, IkeState, PendingRequest
 from .mobike_paths import PathMobility, floats, peer_addresses
 from .nat import WireView
+from .protection import cut_fragments, encode, exchange_name, open_fragment, open_message
 from .settings import EngineSettings
 from .status import ChildStatus, IkeStatus, status_of
 
@@ -408,36 +400,11 @@ class Engine:
 
     def _encode(self, sa: IkeSa, exchange: ExchangeType, message_id: int, response: bool,
                 payloads: list[Payload]) -> bytes:
-        header = sa.header(exchange, message_id, response)
-        if exchange == ExchangeType.IKE_SA_INIT:
-            return encode_message(header, payloads)
-        assert sa.cipher_out is not None
-        iv = self._ctx.random_bytes(sa.cipher_out.iv_length)
-        return encode_encrypted(header, payloads, sa.cipher_out, iv)
+        return encode(self._ctx, sa, exchange, message_id, response, payloads)
 
     def _fragment(self, sa: IkeSa, exchange: ExchangeType, message_id: int, response: bool,
                   payloads: list[Payload], data: bytes, path: Path) -> tuple[bytes, ...]:
-        """``data`` cut into RFC 7383 fragments when it is too large for fragment_size
-        on ``path`` and fragmentation was negotiated (never IKE_SA_INIT, §2.5); else ()."""
-        if exchange == ExchangeType.IKE_SA_INIT or not sa.fragmentation:
-            return ()
-        version = path.remote.addr.version
-        limit = self._settings.fragment_limit(version)
-        if len(data) + transport_overhead(version, path.natt) <= limit:
-            return ()
-        assert sa.cipher_out is not None
-        capacity = fragment_capacity(limit, version, path.natt, sa.cipher_out)
-        try:
-            fragments = tuple(encode_fragments(sa.header(exchange, message_id, response),
-                                               payloads, sa.cipher_out,
-                                               self._ctx.random_bytes, capacity))
-        except ValueError:
-            return ()  # more than 65535 fragments: the whole message then, as it is
-        length = len(encode_payloads(payloads))
-        self._ctx.emit(MessageFragmented(conn=sa.conn.name, ike_spi=sa.spi_str,
-                                         exchange=_exchange_name(exchange), sent=True,
-                                         fragments=len(fragments), length=length, path=path))
-        return fragments
+        return cut_fragments(self._ctx, sa, exchange, message_id, response, payloads, data, path)
 
     # ------------------------------------------------------------------ our requests
 
@@ -563,35 +530,11 @@ class Engine:
 
     def _open(self, sa: IkeSa, header: Header, data: bytes, path: Path) -> Message | None:
         """Decode and, past IKE_SA_INIT, decrypt; None (and packet_dropped) on failure."""
-        try:
-            msg = decode_message(data)
-            if header.exchange == ExchangeType.IKE_SA_INIT:
-                if any(isinstance(p, Encrypted) for p in msg.payloads):
-                    raise DecodeError("SK payload in IKE_SA_INIT")
-                return msg
-            if sa.cipher_in is None:
-                raise DecodeError("no keys yet")
-            if not msg.payloads or not isinstance(msg.payloads[-1], Encrypted):
-                raise DecodeError("unprotected message")
-            return decrypt_message(data, msg, sa.cipher_in)
-        except IntegrityError:
-            self._drop(path, "integrity check failed", header)
-        except (DecodeError, ValueError) as exc:
-            self._drop(path, f"malformed message: {exc}", header)
-        return None
-
-    def _open_fragment(self, sa: IkeSa, header: Header, data: bytes,
-                       path: Path) -> Fragment | None:
-        """Decode and check one fragment on its own; None (and packet_dropped) on failure."""
-        try:
-            if sa.cipher_in is None:
-                raise DecodeError("no keys yet")
-            return decrypt_fragment(data, decode_message(data), sa.cipher_in)
-        except IntegrityError:
-            self._drop(path, "integrity check failed", header)
-        except (DecodeError, ValueError) as exc:
-            self._drop(path, f"malformed fragment: {exc}", header)
-        return None
+        opened = open_message(sa, header, data)
+        if isinstance(opened, str):
+            self._drop(path, opened, header)
+            return None
+        return opened
 
     def _on_fragment(self, sa: IkeSa, header: Header, data: bytes, path: Path,
                      now: float) -> None:
@@ -618,10 +561,11 @@ class Engine:
                 self._drop(path, f"message ID {mid} outside the window", header)
                 return
             if not isinstance(exchange, ExchangeType) or exchange not in sa.peer_may_start():
-                self._drop(path, f"unexpected {_exchange_name(exchange)} request", header)
+                self._drop(path, f"unexpected {exchange_name(exchange)} request", header)
                 return
-        fragment = self._open_fragment(sa, header, data, path)
-        if fragment is None:
+        fragment = open_fragment(sa, data)
+        if isinstance(fragment, str):
+            self._drop(path, fragment, header)
             return
         if retransmit:
             assert cached is not None
@@ -644,7 +588,7 @@ class Engine:
             self._drop(path, f"malformed message: {exc}", header, authenticated=True)
             return
         self._ctx.emit(MessageFragmented(conn=sa.conn.name, ike_spi=sa.spi_str,
-                                         exchange=_exchange_name(exchange), sent=False,
+                                         exchange=exchange_name(exchange), sent=False,
                                          fragments=len(added.done),
                                          length=sum(map(len, added.done)), path=path))
         if response:
@@ -688,7 +632,7 @@ class Engine:
             self._drop(path, f"unknown exchange {exchange}", header)
             return
         if exchange not in sa.peer_may_start():
-            self._drop(path, f"unexpected {_exchange_name(exchange)} request", header)
+            self._drop(path, f"unexpected {exchange_name(exchange)} request", header)
             return
         msg = assembled if assembled is not None else self._open(sa, header, data, path)
         if msg is None:
@@ -793,7 +737,7 @@ class Engine:
 
     def _report(self, sa: IkeSa, exchange: int, reason: str) -> None:
         self._ctx.emit(ExchangeFailed(conn=sa.conn.name, ike_spi=sa.spi_str,
-                                      exchange=_exchange_name(exchange), reason=reason))
+                                      exchange=exchange_name(exchange), reason=reason))
 
     def _initial_contact(self, sa: IkeSa, now: float) -> None:
         """Drop (silently: the peer lost them) older SAs with the same identities."""
@@ -980,10 +924,3 @@ def _first_address(specs: tuple[str, ...]) -> IPAddress | None:
         except ValueError:
             continue
     return None
-
-
-def _exchange_name(exchange: int) -> str:
-    try:
-        return ExchangeType(exchange).name
-    except ValueError:
-        return f"exchange {exchange}"
