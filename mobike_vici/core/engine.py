@@ -46,7 +46,6 @@ from ..ikev2.constants import (
     HeaderFlag,
     NotifyType,
     PayloadType,
-    notify_is_error,
 )
 from ..ikev2.message import (
     DecodeError,
@@ -68,7 +67,6 @@ from ..types import Endpoint, IPAddress, Path
 from .admission import Admission, DemandCookie, Refuse
 from .child_sa import ChildState
 from .context import Context, candidates
-from .errors import ProtocolError
 from .events import (
     ChildSaDeleted,
     Event,
@@ -83,25 +81,23 @@ from .exchanges.base import (
     ExchangeAborted,
     Outcome,
     Task,
-    notify_name,
     unsupported_critical,
 )
 from .exchanges.create_child import (
     ChildCreateTask,
     ChildRekeyTask,
     IkeRekeyTask,
-    respond_create_child,
 )
 from .exchanges.handover import migrate_tasks
-from .exchanges.ike_auth import AuthFailed, IkeAuthTask, respond_auth
+from .exchanges.ike_auth import IkeAuthTask
 from .exchanges.ike_init import ZERO_SPI, IkeInitTask, init_scan, respond_init
 from .exchanges.informational import (
     DeleteChildTask,
     DeleteIkeTask,
     LivenessTask,
-    respond_informational,
 )
-from .exchanges.mobike import MoveTask, ProbeTask, check_mapping, moved, respond_mobike
+from .exchanges.mobike import MoveTask, ProbeTask, check_mapping, moved
+from .exchanges.responder import answer_request
 from .fragments import REASSEMBLY_TIMEOUT, add_fragment, expire
 from .ike_sa import CachedResponse, IkeSa, IkeState, PendingRequest
 from .mobike_paths import PathMobility, floats, peer_addresses
@@ -642,40 +638,8 @@ class Engine:
         if path != sa.path:
             self._paths.follow_peer(sa, exchange, path, now)
         path_before = sa.path
-        destroy_reason: str | None = None
-        critical = unsupported_critical(msg.payloads)
-        if critical is not None:
-            reply: list[Payload] = [Notify(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD,
-                                           bytes([critical.type & 0xFF]))]
-            self._report(sa, exchange, "UNSUPPORTED_CRITICAL_PAYLOAD")
-        else:
-            try:
-                reply = self._respond(sa, exchange, msg, now)
-                if exchange == ExchangeType.INFORMATIONAL and sa.state != IkeState.DELETED:
-                    reply += respond_mobike(self._ctx, sa, msg, path, mid, now)
-                if exchange == ExchangeType.CREATE_CHILD_SA:
-                    for p in reply:
-                        if isinstance(p, Notify) and notify_is_error(int(p.type)):
-                            self._report(sa, exchange, notify_name(p.type))
-            except AuthFailed as exc:
-                reply = [Notify(NotifyType.AUTHENTICATION_FAILED)]
-                self._report(sa, exchange, f"authentication_failed: {exc}")
-                destroy_reason = "authentication_failed"
-            except ProtocolError as exc:
-                reply = [Notify(exc.notify, exc.data)]
-                self._report(sa, exchange, f"{exc.notify.name}: {exc.reason}")
-            except ValueError as exc:
-                # Our config cannot answer it (e.g. an identity we cannot encode).
-                failed = (NotifyType.AUTHENTICATION_FAILED if exchange == ExchangeType.IKE_AUTH
-                          else NotifyType.NO_PROPOSAL_CHOSEN)
-                reply = [Notify(failed)]
-                self._report(sa, exchange, f"{failed.name}: {exc}")
-                if exchange == ExchangeType.IKE_AUTH:
-                    destroy_reason = "authentication_failed"
-            except DropPacket as exc:
-                # Authenticated, so not garbage: a malformed request gets INVALID_SYNTAX.
-                reply = [Notify(NotifyType.INVALID_SYNTAX)]
-                self._report(sa, exchange, f"INVALID_SYNTAX: {exc.reason}")
+        answer = answer_request(self._ctx, sa, exchange, msg, path, mid, now)
+        reply = answer.payloads
         self._adopt(now)
         response = self._encode(sa, exchange, mid, True, reply)
         update = find_notify(msg.payloads, NotifyType.UPDATE_SA_ADDRESSES) is not None
@@ -690,8 +654,8 @@ class Engine:
         if sa.initial_contact and sa.state == IkeState.ESTABLISHED:
             sa.initial_contact = False
             self._initial_contact(sa, now)
-        if destroy_reason is not None:
-            self._destroy(sa, destroy_reason, now)
+        if answer.destroy is not None:
+            self._destroy(sa, answer.destroy, now)
         elif sa.state == IkeState.DELETED:
             reason = sa.delete_reason or ("rekeyed" if sa.rekeyed else "deleted_by_peer")
             self._destroy(sa, reason, now)
@@ -699,14 +663,6 @@ class Engine:
             self._kick(sa, now)
         for other in sa.lineage()[1:]:
             self._kick(other, now)
-
-    def _respond(self, sa: IkeSa, exchange: ExchangeType, msg: Message,
-                 now: float) -> list[Payload]:
-        if exchange == ExchangeType.IKE_AUTH:
-            return respond_auth(self._ctx, sa, msg, now)
-        if exchange == ExchangeType.INFORMATIONAL:
-            return respond_informational(self._ctx, sa, msg, now)
-        return respond_create_child(self._ctx, sa, msg, now)
 
     def _stale_request(self, sa: IkeSa, header: Header, data: bytes, path: Path) -> None:
         """An authentic request older than the window: an old UPDATE_SA_ADDRESSES
@@ -734,10 +690,6 @@ class Engine:
             new = self._ctx.new_sas.pop()
             self._register(new)
             self._kick(new, now)
-
-    def _report(self, sa: IkeSa, exchange: int, reason: str) -> None:
-        self._ctx.emit(ExchangeFailed(conn=sa.conn.name, ike_spi=sa.spi_str,
-                                      exchange=exchange_name(exchange), reason=reason))
 
     def _initial_contact(self, sa: IkeSa, now: float) -> None:
         """Drop (silently: the peer lost them) older SAs with the same identities."""

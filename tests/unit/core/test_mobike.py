@@ -198,7 +198,7 @@ def test_cookie2_mismatch_closes_ike_sa(monkeypatch: pytest.MonkeyPatch) -> None
         return [Notify(NotifyType.COOKIE2, b"\0" * 16) if isinstance(p, Notify)
                 and p.type == NotifyType.COOKIE2 else p for p in reply]
 
-    monkeypatch.setattr("mobike_vici.core.engine.respond_mobike", bad_cookie)
+    monkeypatch.setattr("mobike_vici.core.exchanges.responder.respond_mobike", bad_cookie)
     moved_to(net, path(ALICE2, BOB))
     (gone,) = of_type(net.events_a, IkeSaDeleted)
     assert gone.reason == "cookie2_mismatch"
