@@ -1,6 +1,7 @@
 """DoS admission of IKE_SA_INIT requests (as charon's receiver).
 
-The engine asks :meth:`Admission.screen` before it decodes a request and tells
+The engine hands each new request to :meth:`Admission.screen_request`, which screens
+it before decoding it (:meth:`Admission.screen`), and tells
 it when a half-open SA is created (:meth:`admit`) or leaves that state
 (:meth:`forget`). Order as charon: first the COOKIE (stateless, no DH: a flood
 from spoofed sources ends here), then the per-source and global caps, then the
@@ -15,8 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ikev2.crypto import DH_COST_MS
+from ..ikev2.message import DecodeError, Header, Message, decode_message
+from ..ikev2.payloads import Encrypted, EncryptedFragment
 from ..types import Endpoint, IPAddress
 from .cookies import CookieJar
+from .exchanges.base import DropPacket
+from .exchanges.ike_init import init_scan
 from .ike_sa import IkeSa
 from .settings import EngineSettings
 
@@ -46,6 +51,26 @@ class Admission:
         self._dh_tokens = settings.dh_budget
         """Milliseconds of DH work left (dh_budget per second; below 0 only for newcomers)."""
         self._dh_refilled: float | None = None
+
+    def screen_request(self, header: Header, data: bytes, remote: Endpoint,
+                       now: float) -> Message | DemandCookie | Refuse:
+        """The IKE_SA_INIT request, decoded, when it may be answered; screened first
+        from the few fields read without decoding it."""
+        try:
+            scan = init_scan(header, data)
+        except DropPacket as exc:
+            return Refuse(exc.reason)
+        verdict = self.screen(header.spi_i, remote.addr, scan.nonce, scan.cookie,
+                              scan.ke_group, now)
+        if verdict is not None:
+            return verdict
+        try:
+            msg = decode_message(data)
+        except DecodeError as exc:
+            return Refuse(f"malformed message: {exc}")
+        if any(isinstance(p, Encrypted | EncryptedFragment) for p in msg.payloads):
+            return Refuse("SK payload in IKE_SA_INIT")
+        return msg
 
     def screen(self, spi_i: bytes, source: IPAddress, nonce: bytes, cookie: bytes | None,
                ke_group: int | None, now: float) -> DemandCookie | Refuse | None:

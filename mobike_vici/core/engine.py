@@ -43,7 +43,6 @@ from ..config.model import ChildConfig, Config, ConnectionConfig, Unique
 from ..ikev2.constants import (
     NATT_KEEPALIVE,
     ExchangeType,
-    HeaderFlag,
     NotifyType,
     PayloadType,
 )
@@ -52,13 +51,9 @@ from ..ikev2.message import (
     Header,
     Message,
     decode_header,
-    decode_message,
-    encode_message,
     join_fragments,
 )
 from ..ikev2.payloads import (
-    Encrypted,
-    EncryptedFragment,
     Notify,
     Payload,
     find_notify,
@@ -90,7 +85,7 @@ from .exchanges.create_child import (
 )
 from .exchanges.handover import migrate_tasks
 from .exchanges.ike_auth import IkeAuthTask
-from .exchanges.ike_init import ZERO_SPI, IkeInitTask, init_scan, respond_init
+from .exchanges.ike_init import ZERO_SPI, IkeInitTask, respond_init, stateless_response
 from .exchanges.informational import (
     DeleteChildTask,
     DeleteIkeTask,
@@ -713,27 +708,12 @@ class Engine:
             else:
                 self._drop(path, "IKE_SA_INIT for an SA being set up", header)
             return
-        # Admission (cookies, caps, DH budget) before the request is decoded.
-        try:
-            scan = init_scan(header, data)
-        except DropPacket as exc:
-            self._drop(path, exc.reason, header)
+        msg = self._admission.screen_request(header, data, path.remote, now)
+        if isinstance(msg, DemandCookie):
+            self._answer_init(header, [Notify(NotifyType.COOKIE, msg.token)], path, now)
             return
-        verdict = self._admission.screen(header.spi_i, path.remote.addr, scan.nonce,
-                                         scan.cookie, scan.ke_group, now)
-        if isinstance(verdict, DemandCookie):
-            self._answer_init(header, [Notify(NotifyType.COOKIE, verdict.token)], path, now)
-            return
-        if isinstance(verdict, Refuse):
-            self._drop(path, verdict.reason, header)
-            return
-        try:
-            msg = decode_message(data)
-        except DecodeError as exc:
-            self._drop(path, f"malformed message: {exc}", header)
-            return
-        if any(isinstance(p, Encrypted | EncryptedFragment) for p in msg.payloads):
-            self._drop(path, "SK payload in IKE_SA_INIT", header)
+        if isinstance(msg, Refuse):
+            self._drop(path, msg.reason, header)
             return
         try:
             reply = respond_init(self._ctx, msg, path, candidates(self._ctx.config, path),
@@ -764,9 +744,7 @@ class Engine:
     def _answer_init(self, header: Header, payloads: list[Payload], path: Path,
                      now: float) -> None:
         """A stateless IKE_SA_INIT response (COOKIE, INVALID_KE_PAYLOAD, an error)."""
-        answer = Header(header.spi_i, ZERO_SPI, 0, ExchangeType.IKE_SA_INIT,
-                        HeaderFlag.RESPONSE, 0)
-        self._send(encode_message(answer, payloads), path, None, now)
+        self._send(stateless_response(header, payloads), path, None, now)
 
     # ------------------------------------------------------------------ timers
 
