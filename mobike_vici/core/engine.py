@@ -31,7 +31,6 @@ PeerAddressesUpdated and NatMappingChanged.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import ipaddress
 from collections import deque
@@ -40,24 +39,9 @@ from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
 from ..config.model import ChildConfig, Config, ConnectionConfig, Unique
-from ..ikev2.constants import (
-    NATT_KEEPALIVE,
-    ExchangeType,
-    NotifyType,
-    PayloadType,
-)
-from ..ikev2.message import (
-    DecodeError,
-    Header,
-    Message,
-    decode_header,
-    join_fragments,
-)
-from ..ikev2.payloads import (
-    Notify,
-    Payload,
-    find_notify,
-)
+from ..ikev2.constants import NATT_KEEPALIVE, ExchangeType, NotifyType, PayloadType
+from ..ikev2.message import DecodeError, Header, Message, decode_header
+from ..ikev2.payloads import Notify, Payload, find_notify
 from ..types import Endpoint, IPAddress, Path
 from .admission import Admission, DemandCookie, Refuse
 from .child_sa import ChildState
@@ -67,37 +51,29 @@ from .events import (
     Event,
     ExchangeFailed,
     IkeSaDeleted,
-    MessageFragmented,
     PacketDropped,
     UpdateRejected,
 )
-from .exchanges.base import (
-    DropPacket,
-    ExchangeAborted,
-    Outcome,
-    Task,
-    unsupported_critical,
-)
-from .exchanges.create_child import (
-    ChildCreateTask,
-    ChildRekeyTask,
-    IkeRekeyTask,
-)
+from .exchanges.base import DropPacket, ExchangeAborted, Outcome, Task, unsupported_critical
+from .exchanges.create_child import ChildCreateTask, ChildRekeyTask, IkeRekeyTask
 from .exchanges.handover import migrate_tasks
 from .exchanges.ike_auth import IkeAuthTask
 from .exchanges.ike_init import ZERO_SPI, IkeInitTask, respond_init, stateless_response
-from .exchanges.informational import (
-    DeleteChildTask,
-    DeleteIkeTask,
-    LivenessTask,
-)
+from .exchanges.informational import DeleteChildTask, DeleteIkeTask, LivenessTask
 from .exchanges.mobike import MoveTask, ProbeTask, check_mapping, moved
 from .exchanges.responder import answer_request
-from .fragments import REASSEMBLY_TIMEOUT, add_fragment, expire
+from .fragments import REASSEMBLY_TIMEOUT, expire
 from .ike_sa import CachedResponse, IkeSa, IkeState, PendingRequest
 from .mobike_paths import PathMobility, floats, peer_addresses
 from .nat import WireView
-from .protection import cut_fragments, encode, exchange_name, open_fragment, open_message
+from .protection import (
+    cut_fragments,
+    encode,
+    exchange_name,
+    open_fragment,
+    open_message,
+    reassemble,
+)
 from .settings import EngineSettings
 from .status import ChildStatus, IkeStatus, status_of
 
@@ -565,23 +541,13 @@ class Engine:
             if fragment.number == 1:
                 self._send_all(cached.datagrams, path, sa, now)
             return
-        added = add_fragment(sa.reassembly, response, mid, int(exchange), fragment, now,
-                             REASSEMBLY_TIMEOUT)
-        if added.reason:
-            self._drop(path, added.reason, header, authenticated=True)
+        done = reassemble(self._ctx, sa, header, fragment, path, now)
+        if isinstance(done, str):
+            self._drop(path, done, header, authenticated=True)
             return
-        if added.done is None:
+        if done is None:
             return
-        whole = dataclasses.replace(header, next_payload=added.first_payload)
-        try:
-            msg = join_fragments(whole, added.first_payload, added.done)
-        except DecodeError as exc:
-            self._drop(path, f"malformed message: {exc}", header, authenticated=True)
-            return
-        self._ctx.emit(MessageFragmented(conn=sa.conn.name, ike_spi=sa.spi_str,
-                                         exchange=exchange_name(exchange), sent=False,
-                                         fragments=len(added.done),
-                                         length=sum(map(len, added.done)), path=path))
+        whole, msg = done
         if response:
             self._on_response(sa, whole, data, path, now, msg)
         else:

@@ -4,6 +4,8 @@ packet is dropped; the engine reports them (unauthenticated: nothing changes).""
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..ikev2.constants import ExchangeType
 from ..ikev2.crypto import IntegrityError
 from ..ikev2.message import (
@@ -18,12 +20,14 @@ from ..ikev2.message import (
     encode_fragments,
     encode_message,
     fragment_capacity,
+    join_fragments,
     transport_overhead,
 )
 from ..ikev2.payloads import Encrypted, Payload, encode_payloads
 from ..types import Path
 from .context import Context
 from .events import MessageFragmented
+from .fragments import REASSEMBLY_TIMEOUT, add_fragment
 from .ike_sa import IkeSa
 
 
@@ -93,6 +97,29 @@ def open_fragment(sa: IkeSa, data: bytes) -> Fragment | str:
         return "integrity check failed"
     except (DecodeError, ValueError) as exc:
         return f"malformed fragment: {exc}"
+
+
+def reassemble(ctx: Context, sa: IkeSa, header: Header, piece: Fragment, path: Path,
+               now: float) -> tuple[Header, Message] | str | None:
+    """Keep one checked fragment of the message ``header`` names; the whole message
+    (and its header) once every fragment is in, None until then, or why the fragment
+    is dropped (it was authentic: the reason is reported as such)."""
+    added = add_fragment(sa.reassembly, header.is_response, header.message_id,
+                         int(header.exchange), piece, now, REASSEMBLY_TIMEOUT)
+    if added.reason:
+        return added.reason
+    if added.done is None:
+        return None
+    whole = dataclasses.replace(header, next_payload=added.first_payload)
+    try:
+        msg = join_fragments(whole, added.first_payload, added.done)
+    except DecodeError as exc:
+        return f"malformed message: {exc}"
+    ctx.emit(MessageFragmented(conn=sa.conn.name, ike_spi=sa.spi_str,
+                               exchange=exchange_name(header.exchange), sent=False,
+                               fragments=len(added.done),
+                               length=sum(map(len, added.done)), path=path))
+    return whole, msg
 
 
 def exchange_name(exchange: int) -> str:
