@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ..config.model import Config, ConnectionConfig
 from ..ikev2.constants import ProtocolId
 from ..ikev2.proposals import ProposalSpec, parse_proposals
-from ..types import IPAddress, Path
+from ..types import Endpoint, IPAddress, Path
 from .cookies import CookieJar
 from .events import Event
 from .pool import AddressPool
@@ -155,3 +155,25 @@ def candidates(config: Config, path: Path) -> list[ConnectionConfig]:
     ]
     found.sort(key=lambda c: -(specific(c.local_addrs) + specific(c.remote_addrs)))
     return found
+
+
+def initial_path(ctx: Context, conn: ConnectionConfig) -> Path:
+    """Where an IKE_SA we initiate for ``conn`` starts: its first remote address, from
+    its first local one (or the route's source address for %any). ValueError when
+    neither is known."""
+    remote = _first_address(conn.remote_addrs)
+    if remote is None:
+        raise ValueError(f"connection {conn.name}: no remote address to initiate to")
+    local = _first_address(conn.local_addrs) or ctx.source_address(remote)
+    if local is None:
+        raise ValueError(f"connection {conn.name}: no route to {remote}")
+    return Path(Endpoint(local, conn.local_port), Endpoint(remote, conn.remote_port))
+
+
+def _first_address(specs: tuple[str, ...]) -> IPAddress | None:
+    for spec in specs:
+        try:
+            return ipaddress.ip_address(spec.strip())
+        except ValueError:
+            continue
+    return None

@@ -32,27 +32,25 @@ PeerAddressesUpdated and NatMappingChanged.
 from __future__ import annotations
 
 import functools
-import ipaddress
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
-from ..config.model import ChildConfig, Config, ConnectionConfig, Unique
+from ..config.model import ChildConfig, Config, Unique
 from ..ikev2.constants import NATT_KEEPALIVE, ExchangeType, NotifyType, PayloadType
 from ..ikev2.message import DecodeError, Header, Message, decode_header
 from ..ikev2.payloads import Notify, Payload, find_notify
 from ..types import Endpoint, IPAddress, Path
 from .admission import Admission, DemandCookie, Refuse
 from .child_sa import ChildState
-from .context import Context, candidates
+from .context import Context, candidates, initial_path
 from .events import (
     ChildSaDeleted,
     Event,
     ExchangeFailed,
     IkeSaDeleted,
     PacketDropped,
-    UpdateRejected,
 )
 from .exchanges.base import DropPacket, ExchangeAborted, Outcome, Task, unsupported_critical
 from .exchanges.create_child import ChildCreateTask, ChildRekeyTask, IkeRekeyTask
@@ -60,11 +58,11 @@ from .exchanges.handover import migrate_tasks
 from .exchanges.ike_auth import IkeAuthTask
 from .exchanges.ike_init import ZERO_SPI, IkeInitTask, respond_init, stateless_response
 from .exchanges.informational import DeleteChildTask, DeleteIkeTask, LivenessTask
-from .exchanges.mobike import MoveTask, ProbeTask, check_mapping, moved
+from .exchanges.mobike import MoveTask, ProbeTask, check_mapping
 from .exchanges.responder import answer_request
 from .fragments import REASSEMBLY_TIMEOUT, expire
 from .ike_sa import CachedResponse, IkeSa, IkeState, PendingRequest
-from .mobike_paths import PathMobility, floats, peer_addresses
+from .mobike_paths import PathMobility, peer_addresses
 from .nat import WireView
 from .protection import (
     cut_fragments,
@@ -156,7 +154,7 @@ class Engine:
                     existing.tasks.append(ChildCreateTask(child_cfg))
                     self._kick(existing, now)
                     return
-        path = self._initial_path(cfg)
+        path = initial_path(self._ctx, cfg)
         sa = IkeSa(conn=cfg, initiator=True, spi_i=self._ctx.new_ike_spi(), spi_r=ZERO_SPI,
                    path=path, created=now, last_received=now, last_sent=now)
         self._register(sa)
@@ -308,15 +306,6 @@ class Engine:
                 self._index.refile(one)
 
     # ------------------------------------------------------------------ lookups
-
-    def _initial_path(self, conn: ConnectionConfig) -> Path:
-        remote = _first_address(conn.remote_addrs)
-        if remote is None:
-            raise ValueError(f"connection {conn.name}: no remote address to initiate to")
-        local = _first_address(conn.local_addrs) or self._ctx.source_address(remote)
-        if local is None:
-            raise ValueError(f"connection {conn.name}: no route to {remote}")
-        return Path(Endpoint(local, conn.local_port), Endpoint(remote, conn.remote_port))
 
     def _by_name(self, ike_spi: str) -> IkeSa:
         # The name is "SPIi_SPIr" and the table is keyed by our SPI, one of the two:
@@ -562,18 +551,7 @@ class Engine:
         if cached is not None and mid == cached.message_id:
             if data == cached.request:
                 # A retransmission: the same answer again, never processed twice.
-                if cached.update and path != cached.path:
-                    # An update replayed from elsewhere: answered, never followed.
-                    self._ctx.emit(UpdateRejected(conn=sa.conn.name, ike_spi=sa.spi_str,
-                                                  path=path, reason="stale"))
-                elif (header.exchange == ExchangeType.IKE_AUTH and path != sa.path
-                      and floats(sa, path)):
-                    # The peer's own IKE_AUTH, after a copy raced from elsewhere was
-                    # answered but not followed: now the float happens.
-                    if sa.state == IkeState.CONNECTING:
-                        sa.path = path
-                    else:
-                        moved(self._ctx, sa, sa.path, path, None, now)
+                self._paths.retransmitted(sa, header.exchange, cached, path, now)
                 self._send_all(cached.datagrams, path, sa, now)
             else:
                 self._drop(path, "retransmission differs from the original request", header)
@@ -626,15 +604,10 @@ class Engine:
             self._kick(other, now)
 
     def _stale_request(self, sa: IkeSa, header: Header, data: bytes, path: Path) -> None:
-        """An authentic request older than the window: an old UPDATE_SA_ADDRESSES
-        replayed (or reordered) is reported and never followed (RFC 4555 §3.5)."""
+        """An authentic request older than the window: dropped, unless it is an old
+        UPDATE_SA_ADDRESSES (reported, never followed: RFC 4555 §3.5)."""
         msg = self._open(sa, header, data, path)
-        if msg is None:
-            return
-        if find_notify(msg.payloads, NotifyType.UPDATE_SA_ADDRESSES) is not None:
-            self._ctx.emit(UpdateRejected(conn=sa.conn.name, ike_spi=sa.spi_str, path=path,
-                                          reason="stale"))
-        else:
+        if msg is not None and not self._paths.stale_update(sa, msg, path):
             self._drop(path, f"message ID {header.message_id} outside the window", header,
                        authenticated=True)
 
@@ -811,12 +784,3 @@ class Engine:
                                     reason=reason))
         if successor is not sa and self._sas.get(successor.our_spi) is successor:
             self._kick(successor, now)
-
-
-def _first_address(specs: tuple[str, ...]) -> IPAddress | None:
-    for spec in specs:
-        try:
-            return ipaddress.ip_address(spec.strip())
-        except ValueError:
-            continue
-    return None

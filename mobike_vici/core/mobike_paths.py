@@ -30,10 +30,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
-from ..ikev2.constants import ExchangeType
+from ..ikev2.constants import ExchangeType, NotifyType
+from ..ikev2.message import Message
+from ..ikev2.payloads import find_notify
 from ..types import Endpoint, IPAddress, Path
 from .context import Context
-from .events import MoveFailed, ProbeResult
+from .events import MoveFailed, ProbeResult, UpdateRejected
 from .exchanges.mobike import (
     AddressListTask,
     MoveTask,
@@ -43,7 +45,7 @@ from .exchanges.mobike import (
     moved,
     redirect_children,
 )
-from .ike_sa import IkeSa, IkeState, PendingRequest, Probe
+from .ike_sa import CachedResponse, IkeSa, IkeState, PendingRequest, Probe
 from .settings import EngineSettings
 
 MAX_PROBES = 64
@@ -270,6 +272,30 @@ class PathMobility:
             # RFC 7296 §2.23: a NAT before the peer rebound; the side behind no NAT (or
             # the responder, when both are) follows the peer's latest authenticated request.
             moved(self._ctx, sa, old, path, None, now)
+
+
+    def retransmitted(self, sa: IkeSa, exchange: int, cached: CachedResponse, path: Path,
+                      now: float) -> None:
+        """The peer's request again, on ``path``, answered from the cache: a replayed
+        update is reported and not followed; the peer's own IKE_AUTH after a copy raced
+        from elsewhere was answered but not followed floats now."""
+        if cached.update and path != cached.path:
+            self._ctx.emit(UpdateRejected(conn=sa.conn.name, ike_spi=sa.spi_str, path=path,
+                                          reason="stale"))
+        elif exchange == ExchangeType.IKE_AUTH and path != sa.path and floats(sa, path):
+            if sa.state == IkeState.CONNECTING:
+                sa.path = path
+            else:
+                moved(self._ctx, sa, sa.path, path, None, now)
+
+    def stale_update(self, sa: IkeSa, msg: Message, path: Path) -> bool:
+        """An authentic request older than the window is an UPDATE_SA_ADDRESSES replayed
+        or reordered: reported, never followed (§3.5)."""
+        if find_notify(msg.payloads, NotifyType.UPDATE_SA_ADDRESSES) is None:
+            return False
+        self._ctx.emit(UpdateRejected(conn=sa.conn.name, ike_spi=sa.spi_str, path=path,
+                                      reason="stale"))
+        return True
 
 
 def peer_addresses(sa: IkeSa) -> tuple[IPAddress, ...]:
