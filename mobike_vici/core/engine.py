@@ -40,11 +40,11 @@ from typing import Concatenate, ParamSpec, TypeVar
 from ..config.model import ChildConfig, Config, Unique
 from ..ikev2.constants import NATT_KEEPALIVE, ExchangeType, NotifyType, PayloadType
 from ..ikev2.message import DecodeError, Header, Message, decode_header
-from ..ikev2.payloads import Notify, Payload, find_notify
+from ..ikev2.payloads import Payload, find_notify
 from ..types import Endpoint, IPAddress, Path
-from .admission import Admission, DemandCookie, Refuse
+from .admission import Admission, receive_init
 from .child_sa import ChildState
-from .context import Context, candidates, initial_path
+from .context import Context, initial_path
 from .events import (
     ChildSaDeleted,
     Event,
@@ -56,7 +56,7 @@ from .exchanges.base import DropPacket, ExchangeAborted, Outcome, Task, unsuppor
 from .exchanges.create_child import ChildCreateTask, ChildRekeyTask, IkeRekeyTask
 from .exchanges.handover import migrate_tasks
 from .exchanges.ike_auth import IkeAuthTask
-from .exchanges.ike_init import ZERO_SPI, IkeInitTask, respond_init, stateless_response
+from .exchanges.ike_init import ZERO_SPI, IkeInitTask
 from .exchanges.informational import DeleteChildTask, DeleteIkeTask, LivenessTask
 from .exchanges.mobike import MoveTask, ProbeTask, check_mapping
 from .exchanges.responder import answer_request
@@ -636,54 +636,13 @@ class Engine:
                 self._destroy(other, "initial_contact", now)
 
     def _init_request(self, header: Header, data: bytes, path: Path, now: float) -> None:
-        if header.spi_r != ZERO_SPI or header.message_id != 0:
-            self._drop(path, "IKE_SA_INIT request with responder SPI or message ID", header)
-            return
-        key = (header.spi_i, path.remote)
-        existing = self._by_init.get(key)
-        if existing is not None:
-            if data == existing.init_request:
-                self._send(existing.init_response, path, existing, now)
-            else:
-                self._drop(path, "IKE_SA_INIT for an SA being set up", header)
-            return
-        msg = self._admission.screen_request(header, data, path.remote, now)
-        if isinstance(msg, DemandCookie):
-            self._answer_init(header, [Notify(NotifyType.COOKIE, msg.token)], path, now)
-            return
-        if isinstance(msg, Refuse):
-            self._drop(path, msg.reason, header)
-            return
-        try:
-            reply = respond_init(self._ctx, msg, path, candidates(self._ctx.config, path),
-                                 now)
-        except DropPacket as exc:
-            self._drop(path, exc.reason, header)
-            return
-        if reply.sa is None:
-            # Stateless answer (INVALID_KE_PAYLOAD, NO_PROPOSAL_CHOSEN).
-            self._answer_init(header, reply.payloads, path, now)
-            if reply.reason != "invalid_ke_payload":
-                self._drop(path, reply.reason, header)
-            return
-        sa = reply.sa
-        assert sa.suite is not None
-        sa.init_request = data
-        response = self._encode(sa, ExchangeType.IKE_SA_INIT, 0, True, reply.payloads)
-        sa.init_response = response
-        sa.cached = CachedResponse(0, data, response, path)
-        sa.peer_next_id = 1
-        sa.last_received = now
-        self._register(sa)
-        self._admission.admit(key, sa, sa.suite.dh)
-        self._by_init[key] = sa
-        sa.init_key = key
-        self._send(response, path, sa, now)
-
-    def _answer_init(self, header: Header, payloads: list[Payload], path: Path,
-                     now: float) -> None:
-        """A stateless IKE_SA_INIT response (COOKIE, INVALID_KE_PAYLOAD, an error)."""
-        self._send(stateless_response(header, payloads), path, None, now)
+        out = receive_init(self._ctx, self._admission, self._by_init, header, data, path, now)
+        if out.new and out.sa is not None:
+            self._register(out.sa)
+        if out.response is not None:
+            self._send(out.response, path, out.sa, now)
+        if out.drop is not None:
+            self._drop(path, out.drop, header)
 
     # ------------------------------------------------------------------ timers
 
