@@ -21,12 +21,11 @@ exception escaping them is a bug). ``initiate`` raises KeyError for an unknown
 connection or child name and ValueError when no address to use is known;
 ``rekey_*``/``delete_*`` raise KeyError for an unknown SA.
 
-MOBIKE (RFC 4555, ``exchanges/mobike.py``): ``set_local_addresses``,
-``peer_addresses``, ``probe`` and ``move`` (see each; ``peer_addresses``, ``probe``
-and ``move`` raise KeyError for an unknown SA, ``probe`` ValueError for one not
+MOBIKE (RFC 4555; ``mobike_paths.py`` on our side, ``exchanges/mobike.py`` the
+exchange): ``set_local_addresses``, ``peer_addresses``, ``probe`` and ``move`` (the
+last three raise KeyError for an unknown SA, ``probe`` ValueError for one not
 established). Results come as events: ProbeResult, IkeSaMoved / MoveFailed,
-PeerMoved / UpdateRejected, ChildSaUpdated (one per CHILD_SA that moved),
-PeerAddressesUpdated and NatMappingChanged.
+PeerMoved / UpdateRejected, ChildSaUpdated, PeerAddressesUpdated, NatMappingChanged.
 """
 
 from __future__ import annotations
@@ -37,13 +36,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
-from ..config.model import ChildConfig, Config, Unique
+from ..config.model import ChildConfig, Config
 from ..ikev2.constants import NATT_KEEPALIVE, ExchangeType, NotifyType, PayloadType
 from ..ikev2.message import DecodeError, Header, Message, decode_header
 from ..ikev2.payloads import Payload, find_notify
 from ..types import Endpoint, IPAddress, Path
 from .admission import Admission, receive_init
-from .child_sa import ChildState
 from .context import Context, initial_path
 from .events import (
     ChildSaDeleted,
@@ -57,12 +55,13 @@ from .exchanges.create_child import ChildCreateTask, ChildRekeyTask, IkeRekeyTas
 from .exchanges.handover import migrate_tasks
 from .exchanges.ike_auth import IkeAuthTask
 from .exchanges.ike_init import ZERO_SPI, IkeInitTask
-from .exchanges.informational import DeleteChildTask, DeleteIkeTask, LivenessTask
-from .exchanges.mobike import MoveTask, ProbeTask, check_mapping
+from .exchanges.informational import DeleteChildTask, DeleteIkeTask
+from .exchanges.mobike import check_mapping
 from .exchanges.responder import answer_request
+from .exchanges.scheduled import queue_due
 from .fragments import REASSEMBLY_TIMEOUT, expire
 from .ike_sa import CachedResponse, IkeSa, IkeState, PendingRequest
-from .mobike_paths import PathMobility, peer_addresses
+from .mobike_paths import PathMobility, peer_addresses, update_in_flight
 from .nat import WireView
 from .protection import (
     cut_fragments,
@@ -308,23 +307,7 @@ class Engine:
     # ------------------------------------------------------------------ lookups
 
     def _by_name(self, ike_spi: str) -> IkeSa:
-        # The name is "SPIi_SPIr" and the table is keyed by our SPI, one of the two:
-        # two lookups instead of a walk over every SA on each call.
-        spi_i, sep, spi_r = ike_spi.partition("_")
-        if sep:
-            for half in (spi_i, spi_r):
-                try:
-                    sa = self._sas.get(bytes.fromhex(half))
-                except ValueError:
-                    break
-                if sa is not None and sa.spi_str == ike_spi:
-                    self._ctx.touch(sa)
-                    return sa
-        for sa in self._sas.values():
-            if sa.spi_str == ike_spi:
-                self._ctx.touch(sa)
-                return sa
-        raise KeyError(ike_spi)
+        return self._ctx.sa_named(ike_spi)
 
     def _by_child(self, unique_id: int) -> IkeSa:
         sa = self._index.holder_of_child(unique_id)
@@ -397,8 +380,8 @@ class Engine:
         data = self._encode(sa, task.exchange, mid, False, payloads)
         if task.exchange == ExchangeType.IKE_SA_INIT:
             sa.init_request = data
-        wait = (self._paths.move_resend(task) if isinstance(task, MoveTask)
-                else self._eager_wait(task, now) or self._settings.retransmit.wait(0))
+        wait = (self._paths.update_wait(task) or task.eager_wait(self._settings.eager_resend, now)
+                or self._settings.retransmit.wait(0))
         path = task.path or sa.path
         fragments = self._fragment(sa, task.exchange, mid, False, payloads, data, path)
         sa.pending = PendingRequest(mid, task.exchange, data, path, task, now, now + wait,
@@ -611,13 +594,6 @@ class Engine:
             self._drop(path, f"message ID {header.message_id} outside the window", header,
                        authenticated=True)
 
-    def _eager_wait(self, task: Task, now: float) -> float | None:
-        """The resend interval of an IKE_SA_INIT to a restarting peer, within its window."""
-        until = task.eager_until if isinstance(task, IkeInitTask) else None
-        if until is None or now >= until:
-            return None
-        return min(self._settings.eager_resend, until - now)
-
     def _adopt(self, now: float) -> None:
         """Register IKE_SAs created by a rekey (CREATE_CHILD_SA) and start their tasks."""
         while self._ctx.new_sas:
@@ -627,13 +603,8 @@ class Engine:
 
     def _initial_contact(self, sa: IkeSa, now: float) -> None:
         """Drop (silently: the peer lost them) older SAs with the same identities."""
-        if sa.conn.unique == Unique.NEVER:
-            return
-        for other in self._index.with_remote_id(sa.remote_id):
-            if (other is not sa and other.conn.name == sa.conn.name
-                    and other.state != IkeState.CONNECTING
-                    and (other.local_id, other.remote_id) == (sa.local_id, sa.remote_id)):
-                self._destroy(other, "initial_contact", now)
+        for other in self._ctx.older_twins(sa):
+            self._destroy(other, "initial_contact", now)
 
     def _init_request(self, header: Header, data: bytes, path: Path, now: float) -> None:
         out = receive_init(self._ctx, self._admission, self._by_init, header, data, path, now)
@@ -655,26 +626,20 @@ class Engine:
         pending = sa.pending
         settings = self._settings
         if (pending is not None and now >= pending.deadline
-                and isinstance(pending.task, MoveTask) and pending.task.failed is None):
-            self._paths.move_timer(sa, pending, pending.task, now)
+                and (update := update_in_flight(pending.task)) is not None):
+            self._paths.move_timer(sa, pending, update, now)
         elif pending is not None and now >= pending.deadline and (
-                eager := self._eager_wait(pending.task, now)):
+                eager := pending.task.eager_wait(settings.eager_resend, now)):
             # Not counted as a retransmission: charon's schedule starts after the window.
             pending.deadline = now + eager
             self._send(pending.data, pending.path, sa, now)
         elif pending is not None and now >= pending.deadline:
             if pending.retransmitted >= settings.retransmit.tries:
-                if isinstance(pending.task, DeleteIkeTask):
-                    reason = pending.task.reason  # it was going away anyway
-                elif pending.task.liveness:
-                    reason = "dpd_timeout"
-                else:
-                    reason = "retransmits_exceeded"
-                self._destroy(sa, reason, now)
+                self._destroy(sa, pending.task.exhausted(), now)
                 return
             pending.retransmitted += 1
             pending.deadline = now + settings.retransmit.wait(pending.retransmitted)
-            if isinstance(pending.task, ProbeTask):
+            if pending.task.tests_path:
                 # A probe's own path had probe_timeout; the request lives on the SA's.
                 pending.path = sa.path
             self._send_all(pending.datagrams, pending.path, sa, now)
@@ -688,21 +653,7 @@ class Engine:
             return
         if sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYING):
             return
-        for child in list(sa.children.values()):
-            if child.expire_at is not None and now >= child.expire_at:
-                child.expire_at = None
-                child.rekey_at = None
-                sa.tasks.append(DeleteChildTask([child.unique_id], "expired"))
-            elif (child.rekey_at is not None and now >= child.rekey_at
-                  and child.state == ChildState.INSTALLED):
-                child.rekey_at = None
-                sa.tasks.append(ChildRekeyTask(child.unique_id))
-        if sa.rekey_at is not None and now >= sa.rekey_at:
-            sa.rekey_at = None
-            sa.tasks.append(IkeRekeyTask())
-        if (sa.conn.dpd_delay > 0 and sa.pending is None and not sa.tasks
-                and now >= sa.last_received + sa.conn.dpd_delay):
-            sa.tasks.append(LivenessTask())
+        queue_due(sa, now)
         self._kick(sa, now)
         if sa.nat_local and sa.path.natt and now >= sa.last_sent + settings.keepalive_interval:
             self._outbox.append(Datagram(NATT_KEEPALIVE, sa.path, keepalive=True))

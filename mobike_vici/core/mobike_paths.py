@@ -36,6 +36,7 @@ from ..ikev2.payloads import find_notify
 from ..types import Endpoint, IPAddress, Path
 from .context import Context
 from .events import MoveFailed, ProbeResult, UpdateRejected
+from .exchanges.base import Task
 from .exchanges.mobike import (
     AddressListTask,
     MoveTask,
@@ -236,6 +237,10 @@ class PathMobility:
             pending.deadline = min(now + self.move_resend(task), started + limit)
         self._send_all(pending.datagrams, pending.path, sa, now)
 
+    def update_wait(self, task: Task) -> float | None:
+        """The first resend interval of ``task`` when it is an update (its own schedule)."""
+        return self.move_resend(task) if isinstance(task, MoveTask) else None
+
     def move_resend(self, task: MoveTask) -> float:
         """Resend interval of an update: move_retransmit, or a third of a shorter bound."""
         resend = self._settings.move_retransmit
@@ -296,6 +301,11 @@ class PathMobility:
         self._ctx.emit(UpdateRejected(conn=sa.conn.name, ike_spi=sa.spi_str, path=path,
                                       reason="stale"))
         return True
+
+
+def update_in_flight(task: Task) -> MoveTask | None:
+    """``task`` as an update still waiting for its answer (not timed out or superseded)."""
+    return task if isinstance(task, MoveTask) and task.failed is None else None
 
 
 def peer_addresses(sa: IkeSa) -> tuple[IPAddress, ...]:

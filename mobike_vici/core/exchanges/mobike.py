@@ -203,6 +203,7 @@ class ProbeTask(Task):
 
     exchange = ExchangeType.INFORMATIONAL
     liveness = True
+    tests_path = True
     path: Path
 
     def __init__(self, path: Path) -> None:
