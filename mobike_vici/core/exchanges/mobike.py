@@ -21,11 +21,11 @@ from ...config.mobike import (
     MAX_PEER_ADDRESSES_PER_FAMILY,
     AnnounceMode,
     MobikePolicy,
-    RoutabilityMode,
 )
 from ...ikev2.constants import ExchangeType, NotifyType
 from ...ikev2.message import Message
 from ...ikev2.payloads import Notify, Payload, find_notify, first_error
+from ...return_routability import check_needed
 from ...types import IPAddress, Path
 from ..context import Context
 from ..events import (
@@ -402,7 +402,8 @@ def respond_mobike(ctx: Context, sa: IkeSa, msg: Message, path: Path, message_id
     mode = policy.return_routability
     if path == old and sa.esp_path is None:
         return reply
-    if mode == RoutabilityMode.ALWAYS or (mode == RoutabilityMode.NAT_ONLY and sa.nat_any):
+    # The native responder keeps no verified addresses: every new one is checked.
+    if check_needed(mode, nat=sa.nat_any, verified=False):
         # The CHILD_SAs, new ones too, stay where they were until the check answers
         # (a repeated update to the same address asks again: the last check was voided).
         sa.esp_path = sa.esp_path or old
