@@ -1,6 +1,11 @@
-"""DoS admission of IKE_SA_INIT requests (as charon's receiver).
+"""IKE_SA_INIT requests received: DoS admission (as charon's receiver), then the
+half-open responder SA.
 
-The engine asks :meth:`Admission.screen` before it decodes a request and tells
+:func:`receive_init` takes every IKE_SA_INIT request: a retransmission gets the
+cached answer, a new one is screened, decoded and answered, and the engine is told
+what to send, drop and register.
+The engine hands each new request to :meth:`Admission.screen_request`, which screens
+it before decoding it (:meth:`Admission.screen`), and tells
 it when a half-open SA is created (:meth:`admit`) or leaves that state
 (:meth:`forget`). Order as charon: first the COOKIE (stateless, no DH: a flood
 from spoofed sources ends here), then the per-source and global caps, then the
@@ -14,10 +19,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..ikev2.constants import ExchangeType, NotifyType
 from ..ikev2.crypto import DH_COST_MS
-from ..types import Endpoint, IPAddress
+from ..ikev2.message import DecodeError, Header, Message, decode_message
+from ..ikev2.payloads import Encrypted, EncryptedFragment, Notify
+from ..types import Endpoint, IPAddress, Path
+from .context import Context, candidates
 from .cookies import CookieJar
-from .ike_sa import IkeSa
+from .exchanges.base import DropPacket
+from .exchanges.ike_init import ZERO_SPI, init_scan, respond_init, stateless_response
+from .ike_sa import CachedResponse, IkeSa
+from .protection import encode
 from .settings import EngineSettings
 
 
@@ -33,6 +45,61 @@ class Refuse:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class InitOutcome:
+    """What the engine does with one IKE_SA_INIT request."""
+    response: bytes | None = None
+    """Send this back on the request's path."""
+    sa: IkeSa | None = None
+    """The SA the response belongs to (None: a stateless answer)."""
+    new: bool = False
+    """``sa`` was just created half-open: register it."""
+    drop: str | None = None
+    """Report the request as dropped, for this reason."""
+
+
+InitKey = tuple[bytes, Endpoint]
+
+
+def receive_init(ctx: Context, admission: Admission, by_init: dict[InitKey, IkeSa],
+                 header: Header, data: bytes, path: Path, now: float) -> InitOutcome:
+    """Answer an IKE_SA_INIT request; ``by_init`` (the engine's responder SAs by
+    (SPIi, remote)) gets a new half-open SA."""
+    if header.spi_r != ZERO_SPI or header.message_id != 0:
+        return InitOutcome(drop="IKE_SA_INIT request with responder SPI or message ID")
+    key = (header.spi_i, path.remote)
+    existing = by_init.get(key)
+    if existing is not None:
+        if data == existing.init_request:
+            return InitOutcome(existing.init_response, existing)
+        return InitOutcome(drop="IKE_SA_INIT for an SA being set up")
+    msg = admission.screen_request(header, data, path.remote, now)
+    if isinstance(msg, DemandCookie):
+        return InitOutcome(stateless_response(header, [Notify(NotifyType.COOKIE, msg.token)]))
+    if isinstance(msg, Refuse):
+        return InitOutcome(drop=msg.reason)
+    try:
+        reply = respond_init(ctx, msg, path, candidates(ctx.config, path), now)
+    except DropPacket as exc:
+        return InitOutcome(drop=exc.reason)
+    if reply.sa is None:
+        # Stateless answer (INVALID_KE_PAYLOAD, NO_PROPOSAL_CHOSEN).
+        return InitOutcome(stateless_response(header, reply.payloads),
+                           drop=None if reply.reason == "invalid_ke_payload" else reply.reason)
+    sa = reply.sa
+    assert sa.suite is not None
+    sa.init_request = data
+    response = encode(ctx, sa, ExchangeType.IKE_SA_INIT, 0, True, reply.payloads)
+    sa.init_response = response
+    sa.cached = CachedResponse(0, data, response, path)
+    sa.peer_next_id = 1
+    sa.last_received = now
+    admission.admit(key, sa, sa.suite.dh)
+    by_init[key] = sa
+    sa.init_key = key
+    return InitOutcome(response, sa, new=True)
+
+
 class Admission:
     def __init__(self, settings: EngineSettings, cookies: CookieJar) -> None:
         self._settings = settings
@@ -46,6 +113,26 @@ class Admission:
         self._dh_tokens = settings.dh_budget
         """Milliseconds of DH work left (dh_budget per second; below 0 only for newcomers)."""
         self._dh_refilled: float | None = None
+
+    def screen_request(self, header: Header, data: bytes, remote: Endpoint,
+                       now: float) -> Message | DemandCookie | Refuse:
+        """The IKE_SA_INIT request, decoded, when it may be answered; screened first
+        from the few fields read without decoding it."""
+        try:
+            scan = init_scan(header, data)
+        except DropPacket as exc:
+            return Refuse(exc.reason)
+        verdict = self.screen(header.spi_i, remote.addr, scan.nonce, scan.cookie,
+                              scan.ke_group, now)
+        if verdict is not None:
+            return verdict
+        try:
+            msg = decode_message(data)
+        except DecodeError as exc:
+            return Refuse(f"malformed message: {exc}")
+        if any(isinstance(p, Encrypted | EncryptedFragment) for p in msg.payloads):
+            return Refuse("SK payload in IKE_SA_INIT")
+        return msg
 
     def screen(self, spi_i: bytes, source: IPAddress, nonce: bytes, cookie: bytes | None,
                ke_group: int | None, now: float) -> DemandCookie | Refuse | None:

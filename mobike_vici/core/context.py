@@ -10,12 +10,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..config.model import Config, ConnectionConfig
+from ..config.model import Config, ConnectionConfig, Unique
 from ..ikev2.constants import ProtocolId
 from ..ikev2.proposals import ProposalSpec, parse_proposals
-from ..types import IPAddress, Path
+from ..types import Endpoint, IPAddress, Path
 from .cookies import CookieJar
 from .events import Event
+from .ike_sa import IkeState
 from .pool import AddressPool
 from .sa_index import SaIndex
 
@@ -96,6 +97,37 @@ class Context:
         any SA other than the one they run on and its successors."""
         self.touched[id(sa)] = sa
 
+    def sa_named(self, ike_spi: str) -> IkeSa:
+        """The IKE_SA named ``SPIi_SPIr`` (touched: the caller is about to change it);
+        KeyError when there is none."""
+        # The table is keyed by our SPI, one of the two halves: two lookups instead of a
+        # walk over every SA on each call.
+        spi_i, sep, spi_r = ike_spi.partition("_")
+        if sep:
+            for half in (spi_i, spi_r):
+                try:
+                    sa = self.sas.get(bytes.fromhex(half))
+                except ValueError:
+                    break
+                if sa is not None and sa.spi_str == ike_spi:
+                    self.touch(sa)
+                    return sa
+        for sa in self.sas.values():
+            if sa.spi_str == ike_spi:
+                self.touch(sa)
+                return sa
+        raise KeyError(ike_spi)
+
+    def older_twins(self, sa: IkeSa) -> list[IkeSa]:
+        """The other set-up IKE_SAs of ``sa``'s connection with its identities, which
+        INITIAL_CONTACT replaces (none when the connection's ``unique`` is never)."""
+        if sa.conn.unique == Unique.NEVER:
+            return []
+        return [other for other in self.index.with_remote_id(sa.remote_id)
+                if other is not sa and other.conn.name == sa.conn.name
+                and other.state != IkeState.CONNECTING
+                and (other.local_id, other.remote_id) == (sa.local_id, sa.remote_id)]
+
     def peer_load(self, sa: IkeSa) -> tuple[int, int]:
         """(other live IKE_SAs, CHILD_SAs of all of them and ``sa``) of ``sa``'s
         authenticated peer: the same remote identity at the same address. Counted as
@@ -155,3 +187,25 @@ def candidates(config: Config, path: Path) -> list[ConnectionConfig]:
     ]
     found.sort(key=lambda c: -(specific(c.local_addrs) + specific(c.remote_addrs)))
     return found
+
+
+def initial_path(ctx: Context, conn: ConnectionConfig) -> Path:
+    """Where an IKE_SA we initiate for ``conn`` starts: its first remote address, from
+    its first local one (or the route's source address for %any). ValueError when
+    neither is known."""
+    remote = _first_address(conn.remote_addrs)
+    if remote is None:
+        raise ValueError(f"connection {conn.name}: no remote address to initiate to")
+    local = _first_address(conn.local_addrs) or ctx.source_address(remote)
+    if local is None:
+        raise ValueError(f"connection {conn.name}: no route to {remote}")
+    return Path(Endpoint(local, conn.local_port), Endpoint(remote, conn.remote_port))
+
+
+def _first_address(specs: tuple[str, ...]) -> IPAddress | None:
+    for spec in specs:
+        try:
+            return ipaddress.ip_address(spec.strip())
+        except ValueError:
+            continue
+    return None

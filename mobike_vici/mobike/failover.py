@@ -12,14 +12,35 @@ Candidates sharing it are set aside until a probe proves them again.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
-from .paths import Key, RttEstimator
+from ..config.mobike import MobikePolicy
+from ..types import Path
+from .paths import Key, PathState, PathTable, RttEstimator
 
 MOVE_RTOS = 4
 """An attempt may take this many RTOs (SRTT + 4 RTTVAR) of its target path: the update
 may wait one round trip behind a request still outstanding, then takes its own."""
 INTERFACE_DOWN = "interface_down"
 FAMILY_DOWN = "family_down"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One move attempt under way: to ``target``, leaving ``old``."""
+
+    target: Key
+    old: Path
+    started: float
+    reason: str
+    timeout: float | None = None
+    """The attempt's own bound (from the target's RTT); None: ``handover_timeout``."""
+
+    def deadline(self, policy: MobikePolicy) -> float:
+        # Also when the backend's update waits behind a request of its own that the
+        # dead path never answers: the attempt is over, the next candidate is tried.
+        bound = self.timeout if self.timeout is not None else policy.handover_timeout
+        return self.started + min(bound, policy.handover_timeout)
 
 
 def attempt_timeout(rtt: RttEstimator, floor: float, cap: float) -> float | None:
@@ -51,3 +72,17 @@ def shared_failure(failed: Key, target: Key, ifname: Callable[[Key], str],
     else:
         return None
     return reason, [k for k in others if k not in (failed, target)]
+
+
+def set_aside(table: PathTable, failed: Key, target: Key,
+              since: float) -> tuple[str, list[Key]] | None:
+    """The attempt on ``target`` (begun at ``since``) failed after ``failed`` went down:
+    the reason and the candidates sharing what both share that no probe proved since."""
+    if failed not in table or table.health(failed).state != PathState.DOWN:
+        return None
+    shared = shared_failure(failed, target, table.ifname, table.candidate_keys())
+    if shared is None:
+        return None
+    reason, keys = shared
+    return reason, [k for k in keys
+                    if (last := table.health(k).last_success) is None or last < since]

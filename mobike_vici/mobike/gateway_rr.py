@@ -36,6 +36,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..config.mobike import RoutabilityMode
+from ..return_routability import check_needed
 from ..types import Endpoint, IPAddress
 
 MAX_VERIFIED = 16  # peer addresses remembered as verified, per IKE_SA
@@ -126,9 +127,7 @@ class GatewayRoutability:
             # What is in flight may have gone to the old address: ask again, same deadline.
             check.remote, check.armed, check.skip, check.keyed = remote, False, 0, False
             return self._request(ike_spi, check)
-        if self.mode == RoutabilityMode.NEVER or remote.addr in sa.verified:
-            return []
-        if self.mode == RoutabilityMode.NAT_ONLY and not nat:
+        if not check_needed(self.mode, nat=nat, verified=remote.addr in sa.verified):
             return []
         sa.check = _Check(remote, now, now + self.timeout)
         self._checking.add(ike_spi)

@@ -59,7 +59,7 @@ from .events import (
     PathUp,
     PreferenceChanged,
 )
-from .failover import attempt_timeout, shared_failure
+from .failover import Attempt, attempt_timeout, set_aside
 from .health import Flow, Stall
 from .paths import Key, LocalAddress, PathState, PathTable
 from .policy import (
@@ -102,22 +102,6 @@ class _Probe:
     sent: float
 
 
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    target: Key
-    old: Path
-    started: float
-    reason: str
-    timeout: float | None = None
-    """The attempt's own bound (from the target's RTT); None: ``handover_timeout``."""
-
-    def deadline(self, policy: MobikePolicy) -> float:
-        # Also when the backend's update waits behind a request of its own that the
-        # dead path never answers: the attempt is over, the next candidate is tried.
-        bound = self.timeout if self.timeout is not None else policy.handover_timeout
-        return self.started + min(bound, policy.handover_timeout)
-
-
 class PathManager:
     """Path health and choice for one IKE_SA; see the module docstring for the protocol."""
 
@@ -151,7 +135,7 @@ class PathManager:
         self._probes: dict[int, _Probe] = {}
         self._late: OrderedDict[int, _Probe] = OrderedDict()
         self._ids = itertools.count(1)
-        self._pending: _Pending | None = None
+        self._pending: Attempt | None = None
         self._stall = Stall(policy.stall_timeout, policy.probe_interval)
         self._race: Race | None = None
         """The stalled active path against the candidates (see ``race``)."""
@@ -235,7 +219,7 @@ class PathManager:
         self._prefer(local, "move")
         old = self._active_path
         bound = self._attempt_timeout(PathTable.key_of(target))
-        self._pending = _Pending(PathTable.key_of(target), old, now, OPERATOR, bound)
+        self._pending = Attempt(PathTable.key_of(target), old, now, OPERATOR, bound)
         self._attempt_started()
         self.selector.record_move(now)
         self._emit(PathSelected(path=target, reason=OPERATOR))
@@ -634,15 +618,10 @@ class PathManager:
         """The attempt on ``target`` failed after ``failed`` went down: the candidates
         sharing what both share, and not proven since the attempt began, are down too
         (probes bring each back on its own)."""
-        if failed not in self.table or self.table.health(failed).state != PathState.DOWN:
-            return
-        shared = shared_failure(failed, target, self.table.ifname, self.table.candidate_keys())
-        if shared is None:
-            return
-        reason, keys = shared
-        for key in keys:
-            last = self.table.health(key).last_success
-            if last is None or last < since:
+        aside = set_aside(self.table, failed, target, since)
+        if aside is not None:
+            reason, keys = aside
+            for key in keys:
                 self._drop_probes(key)
                 self._fail(key, reason)
 
@@ -652,32 +631,14 @@ class PathManager:
         race = self._race
         if race is None or (active_ok and not race.due(now)):
             return None
-        answered = []
-        for key in self.table.candidate_keys():
-            h = self.table.health(key)
-            if (key != self._active and h.state == PathState.UP and h.usable(now)
-                    and h.last_success is not None and h.last_success > race.since):
-                answered.append(self._info(key))
-        best = rank(answered, self.policy)
+        best = rank([self._info(k) for k in race.answered(self.table, self._active, now)],
+                    self.policy)
         if not best:
             race.decide_at = None  # that answer no longer counts: wait for another
             return None
         if active_ok:
             self._fail(self._active, LOST)
         return Choice(best[0].path, "failover")
-
-    def _race_in_flight(self) -> bool:
-        """A candidate's race probe is still unanswered and not yet missed (bounded by
-        its probe timeout): a path up by an older probe may have died with the active one."""
-        race = self._race
-        if race is None:
-            return False
-        for key in self.table.candidate_keys():
-            h = self.table.health(key)
-            if (key != self._active and h.in_flight > 0 and h.last_probe is not None
-                    and h.last_probe >= race.since):
-                return True
-        return False
 
     def _attempt_started(self) -> None:
         """Probes in flight on other paths wait behind the update in the engine: they
@@ -712,7 +673,9 @@ class PathManager:
                                       reason="target_down"))
         ranked, active, ok = self._view(now)
         choice = self._race_choice(ok, now)
-        if choice is None and not ok and self._race_in_flight():
+        race = self._race
+        if choice is None and not ok and race is not None and race.in_flight(
+                self.table, self._active):
             return  # the raced candidates' answers choose, not their last verdicts
         choice = choice or self.selector.choose(
             ranked, active, ok, now, discretionary=self.initiator)
@@ -725,7 +688,7 @@ class PathManager:
             # A last resort: the attempt is its probe (no verdict until it ends).
             h.state, h.down_reason = PathState.PROBING, None
         bound = self._attempt_timeout(key)
-        self._pending = _Pending(key, old, now, choice.reason, bound)
+        self._pending = Attempt(key, old, now, choice.reason, bound)
         self._attempt_started()
         self.selector.record_move(now)
         self._emit(PathSelected(path=choice.path, reason=choice.reason))

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .paths import Key, PathState, PathTable
+
 RACE_RTTS = 4.0
 """The active path's head start over a candidate's answer, in that answer's RTTs."""
 RACE_FLOOR = 0.02
@@ -42,6 +44,27 @@ class Race:
         head_start = max(RACE_FLOOR, RACE_RTTS * rtt) if rtt is not None else RACE_FLOOR
         when = max(now, self.since + head_start)
         self.decide_at = when if self.decide_at is None else min(self.decide_at, when)
+
+    def answered(self, table: PathTable, active: Key, now: float) -> list[Key]:
+        """The candidates besides ``active`` that are up by an answer since the race
+        began."""
+        out = []
+        for key in table.candidate_keys():
+            h = table.health(key)
+            if (key != active and h.state == PathState.UP and h.usable(now)
+                    and h.last_success is not None and h.last_success > self.since):
+                out.append(key)
+        return out
+
+    def in_flight(self, table: PathTable, active: Key) -> bool:
+        """A candidate's race probe is still unanswered and not yet missed (bounded by
+        its probe timeout): a path up by an older probe may have died with the active one."""
+        for key in table.candidate_keys():
+            h = table.health(key)
+            if (key != active and h.in_flight > 0 and h.last_probe is not None
+                    and h.last_probe >= self.since):
+                return True
+        return False
 
     def due(self, now: float) -> bool:
         """The active path has had its head start and stayed silent."""

@@ -42,7 +42,7 @@ class ExchangeAborted(Exception):
 
 class Task:
     """One exchange we initiate: build the request, process the response. Every task
-    subclasses this; the engine reads the three attributes below."""
+    subclasses this; the engine reads the attributes below and nothing else of a task."""
 
     exchange: ExchangeType
     path: Path | None = None
@@ -52,6 +52,22 @@ class Task:
     and its running out of retransmissions is a dpd_timeout."""
     reason: str = "deleted_locally"
     """Why the IKE_SA goes when it ends DELETED after this exchange."""
+    tests_path: bool = False
+    """The request tests ``path`` (a probe): its retransmissions go on the SA's path."""
+    eager_until: float | None = None
+    """Until then the request is resent every ``eager_resend``, uncounted (an
+    IKE_SA_INIT to a restarting peer)."""
+
+    def eager_wait(self, resend: float, now: float) -> float | None:
+        """The resend interval while ``eager_until`` lasts; None after it, or without."""
+        until = self.eager_until
+        if until is None or now >= until:
+            return None
+        return min(resend, until - now)
+
+    def exhausted(self) -> str:
+        """Why the IKE_SA goes when this request runs out of retransmissions."""
+        return "dpd_timeout" if self.liveness else "retransmits_exceeded"
 
     def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
         raise NotImplementedError

@@ -60,7 +60,7 @@ from ..pool import acquire_from
 from ..ts import narrow, resolve
 from .base import DropPacket, ExchangeAborted, Outcome, Task, child_offer, notify_name
 from .child import child_proposals, install, make_child, proposal_payloads, schedule
-from .mobike import address_notifies, announced, parse_addresses
+from .mobike import answer_mobike, mobike_answered, mobike_offered, offer_mobike
 from .pubkey import (
     PeerAuthFailed,
     cert_payloads,
@@ -224,10 +224,7 @@ class IkeAuthTask(Task):
         if conn.vips:
             payloads.append(CP(CfgType.CFG_REQUEST,
                                tuple(_cp_attribute(v, True) for v in conn.vips)))
-        if conn.mobike and (self.child is None or self.child.mode == "tunnel"):
-            # RFC 4555 §3.2; like charon, only for tunnel mode.
-            payloads.append(Notify(NotifyType.MOBIKE_SUPPORTED))
-            payloads += _our_addresses(ctx, sa)
+        payloads += offer_mobike(ctx, sa, self.child is None or self.child.mode == "tunnel")
         if self.child is not None:
             self.spi_in = ctx.new_child_spi()
             specs = child_proposals(self.child, pfs=False)
@@ -272,8 +269,7 @@ class IkeAuthTask(Task):
                              "the peer's AUTH does not verify with our PSK", claimed)
                 raise ExchangeAborted("authentication_failed")
         sa.remote_id = identity_to_str(idr.id_type, idr.data)
-        sa.peer_mobike = find_notify(payloads, NotifyType.MOBIKE_SUPPORTED) is not None
-        sa.peer_addrs = parse_addresses(payloads) or ()
+        mobike_answered(sa, payloads)
         cp = find_payload(payloads, CP)
         if isinstance(cp, CP) and cp.cfg_type == CfgType.CFG_REPLY:
             sa.virtual_ips = tuple(_cp_addresses(cp))
@@ -410,7 +406,7 @@ def respond_auth(ctx: Context, sa: IkeSa, msg: Message, now: float) -> list[Payl
     cred = local_pubkey(ctx, conn)
     if cred is None and _local_is_pubkey(conn):
         raise AuthFailed("no certificate and private key for local auth pubkey")
-    sa.peer_mobike = find_notify(payloads, NotifyType.MOBIKE_SUPPORTED) is not None
+    sa.peer_mobike = mobike_offered(payloads)
     sa.initial_contact = find_notify(payloads, NotifyType.INITIAL_CONTACT) is not None
     ike_count, peer_children = ctx.peer_load(sa)
     replaces = sa.initial_contact and conn.unique != Unique.NEVER  # the old ones go
@@ -439,12 +435,7 @@ def respond_auth(ctx: Context, sa: IkeSa, msg: Message, now: float) -> list[Payl
             reply.append(CP(CfgType.CFG_REPLY, tuple(attrs)))
         else:
             cp_failed = True
-    sa.peer_addrs = parse_addresses(payloads) or ()
-    if conn.mobike and sa.peer_mobike and all(c.mode == "tunnel" for c in conn.children):
-        reply.append(Notify(NotifyType.MOBIKE_SUPPORTED))
-        reply += _our_addresses(ctx, sa)
-    else:
-        sa.peer_mobike = False
+    reply += answer_mobike(ctx, sa, conn, payloads)
     establish(ctx, sa, now)
     # The peer's CHILD_SAs are unchanged since the count above unless establishing
     # replaced its old IKE_SAs: one walk over the SAs per IKE_AUTH, not two.
@@ -454,13 +445,6 @@ def respond_auth(ctx: Context, sa: IkeSa, msg: Message, now: float) -> list[Payl
     if child is not None:
         install(ctx, sa, child)
     return reply
-
-
-def _our_addresses(ctx: Context, sa: IkeSa) -> list[Payload]:
-    """Our additional addresses for IKE_AUTH, as the announce policy allows."""
-    listed = announced(ctx.config.mobike.policy, ctx.local_addresses, sa.path.local.addr)
-    sa.announced = listed
-    return address_notifies(listed, False)
 
 
 def _assign(ctx: Context, sa: IkeSa, conn: ConnectionConfig, cp: CP) -> list[CfgAttribute]:

@@ -11,12 +11,13 @@ from ...ikev2.constants import (
     HEADER_LENGTH,
     DhId,
     ExchangeType,
+    HeaderFlag,
     NotifyType,
     PayloadType,
     ProtocolId,
 )
 from ...ikev2.crypto import derive_ike_keys, dh_generate, dh_public_length
-from ...ikev2.message import Header, Message
+from ...ikev2.message import Header, Message, encode_message
 from ...ikev2.payloads import (
     KE,
     SA,
@@ -243,6 +244,14 @@ class InitScan:
     """The COOKIE notify's data when it is the first payload (RFC 7296 §2.6)."""
     ke_group: int | None
     """The KE payload's DH group: what a full answer would cost us."""
+
+
+def stateless_response(header: Header, payloads: list[Payload]) -> bytes:
+    """An IKE_SA_INIT response that creates no state (COOKIE, INVALID_KE_PAYLOAD, an
+    error)."""
+    answer = Header(header.spi_i, ZERO_SPI, 0, ExchangeType.IKE_SA_INIT,
+                    HeaderFlag.RESPONSE, 0)
+    return encode_message(answer, payloads)
 
 
 def init_scan(header: Header, data: bytes) -> InitScan:

@@ -52,6 +52,9 @@ class DeleteIkeTask(Task):
     def __init__(self, reason: str = "deleted_locally") -> None:
         self.reason = reason
 
+    def exhausted(self) -> str:
+        return self.reason  # it was going away anyway
+
     def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
         sa.set_state(IkeState.DELETING)
         return [Delete(ProtocolId.IKE)]

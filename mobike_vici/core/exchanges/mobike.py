@@ -1,10 +1,16 @@
-"""MOBIKE (RFC 4555): address lists, UPDATE_SA_ADDRESSES, COOKIE2, NAT prohibition, probes.
+"""MOBIKE (RFC 4555): negotiation, address lists, UPDATE_SA_ADDRESSES, COOKIE2, NAT
+prohibition, probes.
 
-Both roles. As original initiator we move the IKE_SA (:class:`MoveTask`), announce
-our addresses (:class:`AddressListTask`) and test paths (:class:`ProbeTask`); as
-responder :func:`respond_mobike` answers those requests, follows an accepted
-update and, when the policy asks for it, first checks that the peer answers at
-its new address (:class:`RoutabilityTask`, §3.7).
+Both roles, as charon's ike_mobike. In IKE_AUTH the initiator offers MOBIKE
+(:func:`offer_mobike`, :func:`mobike_answered`) and the responder accepts it
+(:func:`mobike_offered`, :func:`answer_mobike`), each with its address list (§3.2).
+Then, as original initiator, we move the IKE_SA (:class:`MoveTask`), announce our
+addresses (:class:`AddressListTask`) and test paths (:class:`ProbeTask`); as
+responder :func:`respond_mobike` answers those requests (every INFORMATIONAL
+request: ``exchanges/responder.py`` adds its part), follows an accepted update and,
+when the policy asks for it, first checks that the peer answers at its new address
+(:class:`RoutabilityTask`, §3.7). When probes and moves go out is
+``core/mobike_paths.py``.
 
 COOKIE2 bookkeeping lives here, not in ``mobike/routability.py``: core/ must
 not import the layer above it.
@@ -21,11 +27,12 @@ from ...config.mobike import (
     MAX_PEER_ADDRESSES_PER_FAMILY,
     AnnounceMode,
     MobikePolicy,
-    RoutabilityMode,
 )
+from ...config.model import ConnectionConfig
 from ...ikev2.constants import ExchangeType, NotifyType
 from ...ikev2.message import Message
 from ...ikev2.payloads import Notify, Payload, find_notify, first_error
+from ...return_routability import check_needed
 from ...types import IPAddress, Path
 from ..context import Context
 from ..events import (
@@ -195,6 +202,45 @@ def check_mapping(ctx: Context, sa: IkeSa, msg: Message, path: Path) -> None:
         sa.tasks.appendleft(MoveTask(sa.path, sa.path, None))
 
 
+# ---------------------------------------------------------------- IKE_AUTH (§3.2)
+
+
+def offer_mobike(ctx: Context, sa: IkeSa, tunnel: bool) -> list[Payload]:
+    """Our IKE_AUTH request's MOBIKE_SUPPORTED and address list; like charon, only for
+    a tunnel mode CHILD_SA."""
+    if not sa.conn.mobike or not tunnel:
+        return []
+    return [Notify(NotifyType.MOBIKE_SUPPORTED), *_our_addresses(ctx, sa)]
+
+
+def mobike_answered(sa: IkeSa, payloads: Sequence[Payload]) -> None:
+    """The responder's IKE_AUTH answer: whether it supports MOBIKE, and its addresses."""
+    sa.peer_mobike = mobike_offered(payloads)
+    sa.peer_addrs = parse_addresses(payloads) or ()
+
+
+def mobike_offered(payloads: Sequence[Payload]) -> bool:
+    return find_notify(payloads, NotifyType.MOBIKE_SUPPORTED) is not None
+
+
+def answer_mobike(ctx: Context, sa: IkeSa, conn: ConnectionConfig,
+                  payloads: Sequence[Payload]) -> list[Payload]:
+    """Our IKE_AUTH answer's MOBIKE part; the peer's addresses are kept. MOBIKE is on
+    when both want it and every CHILD_SA of ``conn`` is tunnel mode."""
+    sa.peer_addrs = parse_addresses(payloads) or ()
+    if conn.mobike and sa.peer_mobike and all(c.mode == "tunnel" for c in conn.children):
+        return [Notify(NotifyType.MOBIKE_SUPPORTED), *_our_addresses(ctx, sa)]
+    sa.peer_mobike = False
+    return []
+
+
+def _our_addresses(ctx: Context, sa: IkeSa) -> list[Payload]:
+    """Our additional addresses for IKE_AUTH, as the announce policy allows."""
+    listed = announced(ctx.config.mobike.policy, ctx.local_addresses, sa.path.local.addr)
+    sa.announced = listed
+    return address_notifies(listed, False)
+
+
 # ---------------------------------------------------------------- our requests
 
 
@@ -203,6 +249,7 @@ class ProbeTask(Task):
 
     exchange = ExchangeType.INFORMATIONAL
     liveness = True
+    tests_path = True
     path: Path
 
     def __init__(self, path: Path) -> None:
@@ -401,7 +448,8 @@ def respond_mobike(ctx: Context, sa: IkeSa, msg: Message, path: Path, message_id
     mode = policy.return_routability
     if path == old and sa.esp_path is None:
         return reply
-    if mode == RoutabilityMode.ALWAYS or (mode == RoutabilityMode.NAT_ONLY and sa.nat_any):
+    # The native responder keeps no verified addresses: every new one is checked.
+    if check_needed(mode, nat=sa.nat_any, verified=False):
         # The CHILD_SAs, new ones too, stay where they were until the check answers
         # (a repeated update to the same address asks again: the last check was voided).
         sa.esp_path = sa.esp_path or old

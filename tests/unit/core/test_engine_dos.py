@@ -219,16 +219,16 @@ def test_child_cap_applies_to_the_child_of_ike_auth() -> None:
 def test_cookie_demands_do_not_decode_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
     # Under a flood the SA payload is what costs: a request without a valid COOKIE is
     # answered from a walk over the payload headers, never fully decoded.
-    import mobike_vici.core.engine as engine_module
+    import mobike_vici.core.admission as admission_module
 
     decoded = [0]
-    real = engine_module.decode_message
+    real = admission_module.decode_message
 
     def counting(data: bytes) -> Message:
         decoded[0] += 1
         return real(data)
 
-    monkeypatch.setattr(engine_module, "decode_message", counting)
+    monkeypatch.setattr(admission_module, "decode_message", counting)
     responder = _responder(EngineSettings(cookie_threshold=10))
     for i in range(100):
         replies = Initiator(ipaddress.ip_address(f"198.51.100.{i + 1}")).send(responder, 1.0)
@@ -301,17 +301,17 @@ def test_dh_work_is_priced_and_newcomers_keep_a_reserve() -> None:
 def test_refused_requests_are_not_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
     # A source over block_threshold, with valid COOKIEs: refused from the payload
     # headers alone, like requests that find the DH budget spent.
-    import mobike_vici.core.engine as engine_module
+    import mobike_vici.core.admission as admission_module
 
     decoded = [0]
-    real = engine_module.decode_message
+    real = admission_module.decode_message
 
     def counting(data: bytes) -> Message:
         if not data[19] & 0x20:  # requests only (the initiators decode the answers)
             decoded[0] += 1
         return real(data)
 
-    monkeypatch.setattr(engine_module, "decode_message", counting)
+    monkeypatch.setattr(admission_module, "decode_message", counting)
     responder = _responder(EngineSettings(cookie_threshold=0, block_threshold=5))
     for _ in range(40):
         _with_cookie(Initiator(ipaddress.ip_address("198.51.100.7")), responder, 1.0)

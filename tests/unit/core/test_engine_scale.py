@@ -57,7 +57,7 @@ def test_sa_lookup_by_name_does_not_walk_the_table() -> None:
     name = net.b.status()[0].ike_spi
     assert net.a.status()[0].ike_spi == name
     for engine in (net.a, net.b):
-        engine._sas = _NoWalk(engine._sas)  # the table under test
+        engine._sas = engine._ctx.sas = _NoWalk(engine._sas)  # the table under test
         assert engine.peer_addresses(name)  # an O(1) lookup on both sides
     with pytest.raises(AssertionError, match="walked"):
         net.b.peer_addresses("00_00")  # an unknown name still falls back to the walk
@@ -70,7 +70,7 @@ def test_setups_timers_rekeys_and_deletes_never_walk_the_responders_table() -> N
     responder = Engine(cb, seeded(1), lambda r: BOB)
     peers = [Initiator(ALICE) for _ in range(3)]
     assert of_type(_establish(peers[0], responder, 1.0), IkeSaEstablished)
-    responder._sas = _NoWalk(responder._sas)
+    responder._sas = responder._ctx.sas = _NoWalk(responder._sas)
     responder._ctx.sas = responder._sas
     for i, peer in enumerate(peers[1:]):
         assert of_type(_establish(peer, responder, 2.0 + i), IkeSaEstablished)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mobike_vici.core.engine import MAX_RIDES, Datagram, Engine
+from mobike_vici.core.engine import Datagram, Engine
 from mobike_vici.core.events import (
     ChildSaInstalled,
     ChildSaUpdated,
@@ -25,6 +25,7 @@ from mobike_vici.core.events import (
 )
 from mobike_vici.core.exchanges import mobike as mobike_mod
 from mobike_vici.core.exchanges.mobike import no_nats_data, parse_addresses
+from mobike_vici.core.mobike_paths import MAX_RIDES
 from mobike_vici.core.settings import EngineSettings
 from mobike_vici.ikev2.constants import ExchangeType, NotifyType
 from mobike_vici.ikev2.message import decode_header
@@ -197,7 +198,7 @@ def test_cookie2_mismatch_closes_ike_sa(monkeypatch: pytest.MonkeyPatch) -> None
         return [Notify(NotifyType.COOKIE2, b"\0" * 16) if isinstance(p, Notify)
                 and p.type == NotifyType.COOKIE2 else p for p in reply]
 
-    monkeypatch.setattr("mobike_vici.core.engine.respond_mobike", bad_cookie)
+    monkeypatch.setattr("mobike_vici.core.exchanges.responder.respond_mobike", bad_cookie)
     moved_to(net, path(ALICE2, BOB))
     (gone,) = of_type(net.events_a, IkeSaDeleted)
     assert gone.reason == "cookie2_mismatch"
