@@ -23,6 +23,7 @@ is deleted, so nothing in flight is lost.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from bisect import bisect_left, insort
@@ -92,10 +93,17 @@ class Selector:
         return port is not None and self.port_lo <= port <= self.port_hi
 
 
+SELECTOR_CACHE = 4096
+"""Selector texts remembered: a gateway's CHILD_SAs repeat a few (one per virtual IP at
+most), and parsing them again took a few per cent of its CPU per setup and rekey."""
+
+
+@functools.lru_cache(maxsize=SELECTOR_CACHE)
 def parse_selector(text: str) -> Selector:
     """A selector as the core prints it (``10.1.0.0/24``, ``a..b[tcp/80-90]``, ``[icmp/8(0)]``).
 
-    Raises ValueError for anything else.
+    Raises ValueError for anything else (never cached). The result is immutable and
+    may be shared.
     """
     addr_part, bracket, rest = text.partition("[")
     if ".." in addr_part:

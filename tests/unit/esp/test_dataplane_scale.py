@@ -10,7 +10,7 @@ import random
 import pytest
 
 from mobike_vici.core.events import ChildSaInstalled
-from mobike_vici.esp.dataplane import ChildEntry, DataPlane
+from mobike_vici.esp.dataplane import ChildEntry, DataPlane, parse_selector
 
 from .support import iv_source
 from .test_dataplane import B_NET, installed, udp4
@@ -120,3 +120,15 @@ def test_rekey_of_a_wide_sa_does_not_compare_it_with_every_other(
     assert comparisons <= 2
     done = plane.lookup(udp4("10.88.0.1", "10.99.1.7"))
     assert done is not None and done.unique_id == count + 1
+
+
+def test_a_selector_text_repeated_by_every_sa_is_parsed_once() -> None:
+    plane = DataPlane(iv_source(1))
+    entries = [plane.install(_gateway_sa(uid, "", remote="10.99.0.0/23"))
+               for uid in range(1, 51)]
+    assert all(e.remote_ts[0] is entries[0].remote_ts[0] for e in entries)
+    assert all(e.local_ts[0] is entries[0].local_ts[0] for e in entries)
+    # What does not parse is refused each time, never remembered as something.
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            parse_selector("10.1.0.0/33")
