@@ -23,9 +23,10 @@ is deleted, so nothing in flight is lost.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from bisect import insort
+from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -92,10 +93,17 @@ class Selector:
         return port is not None and self.port_lo <= port <= self.port_hi
 
 
+SELECTOR_CACHE = 4096
+"""Selector texts remembered: a gateway's CHILD_SAs repeat a few (one per virtual IP at
+most), and parsing them again took a few per cent of its CPU per setup and rekey."""
+
+
+@functools.lru_cache(maxsize=SELECTOR_CACHE)
 def parse_selector(text: str) -> Selector:
     """A selector as the core prints it (``10.1.0.0/24``, ``a..b[tcp/80-90]``, ``[icmp/8(0)]``).
 
-    Raises ValueError for anything else.
+    Raises ValueError for anything else (never cached). The result is immutable and
+    may be shared.
     """
     addr_part, bracket, rest = text.partition("[")
     if ".." in addr_part:
@@ -350,6 +358,17 @@ def _newest_first(entry: ChildEntry) -> int:
     return -entry.unique_id
 
 
+def _take_out(entries: list[ChildEntry], entry: ChildEntry) -> None:
+    """Remove ``entry`` from a list kept newest first: found by bisection on its unique
+    ID, not by comparing it with every SA before it (a gateway's rekey wave would
+    otherwise cost the square of its SAs)."""
+    at = bisect_left(entries, -entry.unique_id, key=_newest_first)
+    if at < len(entries) and entries[at] is entry:
+        del entries[at]
+    else:  # not filed where its ID says: cannot happen, but never leave it behind
+        entries.remove(entry)
+
+
 class _Outbound:
     """The CHILD_SAs that carry outbound traffic, found by destination.
 
@@ -390,11 +409,11 @@ class _Outbound:
         self.members.discard(entry.unique_id)
         hosts = self._hosts_of(entry)
         if hosts is None:
-            self.wide.remove(entry)
+            _take_out(self.wide, entry)
         else:
             for host in hosts:
                 bucket = self.hosts[host]
-                bucket.remove(entry)
+                _take_out(bucket, entry)
                 if not bucket:
                     del self.hosts[host]
         if not entry.addr_only:

@@ -10,7 +10,7 @@ import random
 import pytest
 
 from mobike_vici.core.events import ChildSaInstalled
-from mobike_vici.esp.dataplane import ChildEntry, DataPlane
+from mobike_vici.esp.dataplane import ChildEntry, DataPlane, parse_selector
 
 from .support import iv_source
 from .test_dataplane import B_NET, installed, udp4
@@ -93,3 +93,42 @@ def test_lookup_agrees_with_a_scan_of_every_sa() -> None:
         for dst in [*rng.sample(hosts, 5), "10.99.1.7", "10.99.3.9"]:
             done = plane.lookup(udp4("10.88.0.1", dst))
             assert (done.unique_id if done else None) == _brute(plane, dst)
+
+
+def test_rekey_of_a_wide_sa_does_not_compare_it_with_every_other(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A gateway whose SAs all have the same wide remote selectors (no virtual IPs):
+    # each rekey we initiate takes the old SA out of the one list of such SAs.
+    plane = DataPlane(iv_source(1))
+    count = 300
+    for uid in range(1, count + 1):
+        plane.install(_gateway_sa(uid, "", remote="10.99.0.0/23"))
+    comparisons = 0
+
+    def counted(self: ChildEntry, other: object) -> bool:
+        nonlocal comparisons
+        comparisons += 1
+        return self is other
+
+    monkeypatch.setattr(ChildEntry, "__eq__", counted, raising=False)
+    # The oldest SA sits last in the newest-first list: the worst case of a scan.
+    rekeyed = dataclasses.replace(_gateway_sa(count + 1, "", remote="10.99.0.0/23",
+                                              rekey_of=1), initiator=True)
+    plane.install(rekeyed)
+    old = plane.get(1)
+    assert old is not None and not old.active
+    assert comparisons <= 2
+    done = plane.lookup(udp4("10.88.0.1", "10.99.1.7"))
+    assert done is not None and done.unique_id == count + 1
+
+
+def test_a_selector_text_repeated_by_every_sa_is_parsed_once() -> None:
+    plane = DataPlane(iv_source(1))
+    entries = [plane.install(_gateway_sa(uid, "", remote="10.99.0.0/23"))
+               for uid in range(1, 51)]
+    assert all(e.remote_ts[0] is entries[0].remote_ts[0] for e in entries)
+    assert all(e.local_ts[0] is entries[0].local_ts[0] for e in entries)
+    # What does not parse is refused each time, never remembered as something.
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            parse_selector("10.1.0.0/33")
