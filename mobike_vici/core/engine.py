@@ -89,6 +89,7 @@ from .events import (
     ProbeResult,
     UpdateRejected,
 )
+from .exchanges import redirect_follow
 from .exchanges.base import (
     DropPacket,
     ExchangeAborted,
@@ -122,6 +123,13 @@ from .exchanges.mobike import (
     moved,
     redirect_children,
     respond_mobike,
+)
+from .exchanges.redirect import (
+    InitPolicy,
+    RedirectTask,
+    can_redirect,
+    init_redirect,
+    respond_redirect,
 )
 from .fragments import REASSEMBLY_TIMEOUT, add_fragment, expire
 from .ike_sa import CachedResponse, IkeSa, IkeState, PendingRequest, Probe
@@ -215,6 +223,7 @@ class Engine:
         self._index = self._ctx.index
         self._outbox: list[Datagram] = []
         self._next_probe_id = 1
+        self._redirect_policy: InitPolicy | None = None
 
     # ------------------------------------------------------------------ API
 
@@ -329,6 +338,23 @@ class Engine:
     def delete_child(self, unique_id: int, now: float) -> None:
         sa = self._by_child(unique_id)
         sa.tasks.append(DeleteChildTask([unique_id]))
+        self._kick(sa, now)
+
+    # ------------------------------------------------------------------ redirect API
+
+    def set_redirect_policy(self, policy: InitPolicy | None) -> None:
+        """As gateway, who gets a REDIRECT in IKE_SA_INIT (RFC 5685; ``exchanges/redirect``)."""
+        self._redirect_policy = policy
+
+    @_settles
+    def redirect(self, ike_spi: str, gateway: IPAddress, now: float) -> None:
+        """As gateway, send the client of ``ike_spi`` to ``gateway`` (INFORMATIONAL
+        REDIRECT). KeyError for an unknown SA, ValueError when it cannot be redirected."""
+        sa = self._by_name(ike_spi)
+        why = can_redirect(sa)
+        if why is not None:
+            raise ValueError(f"IKE_SA {ike_spi}: {why}")
+        sa.tasks.append(RedirectTask(gateway))
         self._kick(sa, now)
 
     # ------------------------------------------------------------------ MOBIKE API
@@ -588,6 +614,10 @@ class Engine:
     def _kick(self, sa: IkeSa, now: float) -> None:
         """Send the next queued request when none is outstanding (window size 1)."""
         self._ctx.touch(sa)
+        if sa.redirect.target is not None or sa.redirect.replaces is not None:
+            for other in redirect_follow.step(self._ctx, sa, now):
+                self._kick(other, now)
+            self._adopt(now)
         if sa.state == IkeState.REKEYED and sa.successor is not None:
             # CHILD_SA work queued here belongs to the IKE_SA that took the CHILD_SAs.
             moved = [t for t in sa.tasks if not isinstance(t, DeleteIkeTask)]
@@ -853,6 +883,7 @@ class Engine:
                 reply = self._respond(sa, exchange, msg, now)
                 if exchange == ExchangeType.INFORMATIONAL and sa.state != IkeState.DELETED:
                     reply += respond_mobike(self._ctx, sa, msg, path, mid, now)
+                    respond_redirect(self._ctx, sa, msg, now)
                 if exchange == ExchangeType.CREATE_CHILD_SA:
                     for p in reply:
                         if isinstance(p, Notify) and notify_is_error(int(p.type)):
@@ -1092,6 +1123,10 @@ class Engine:
         if any(isinstance(p, Encrypted | EncryptedFragment) for p in msg.payloads):
             self._drop(path, "SK payload in IKE_SA_INIT", header)
             return
+        redirected = init_redirect(self._ctx, self._redirect_policy, msg, path, len(self._sas))
+        if redirected is not None:
+            self._answer_init(header, redirected, path, now)
+            return
         try:
             reply = respond_init(self._ctx, msg, path, candidates(self._ctx.config, path),
                                  now)
@@ -1196,6 +1231,7 @@ class Engine:
         # CHILD_SA work still open here continues on the successor of a rekey.
         open_tasks = ([sa.pending.task] if sa.pending is not None else []) + list(sa.tasks)
         migrate_tasks(sa, open_tasks)
+        redirect_follow.abandoned(self._ctx, sa)
         successor = sa.lineage()[-1]
         if self._sas.get(sa.our_spi) is sa:
             del self._sas[sa.our_spi]
