@@ -251,8 +251,8 @@ class RedirectRefused(CoreEvent):
 
     gateway: str
     reason: str
-    """invalid_nonce, not_an_address, loop_detected, new_ike_sa_failed, identity_changed,
-    not_initiator."""
+    """not_an_address, loop_detected, malformed, not_initiator, new_ike_sa_failed,
+    identity_changed (a REDIRECT without our nonce is a packet_dropped instead)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
