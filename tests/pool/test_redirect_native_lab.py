@@ -23,7 +23,9 @@ from typing import Any
 
 import pytest
 
+from mobike_vici.daemon.control import ControlError, request
 from mobike_vici.lab.charon import Charon, start_charon
+from mobike_vici.lab.charon_controller import read_events
 from mobike_vici.lab.native import NativeDaemon, start_native
 from mobike_vici.lab.netns import Lab
 from mobike_vici.lab.pinger import outage, replies
@@ -45,11 +47,6 @@ NATIVE_CLIENTS = int(os.environ.get("MV_POOL_NATIVE_CLIENTS", "2"))
 RATE = float(os.environ.get("MV_POOL_RATE", "10"))
 
 
-def native_client_conf(k: int) -> str:
-    return client_conf(k).replace("esp_proposals = aes128-sha256",
-                                  "esp_proposals = aes128-sha256\n        start_action = start")
-
-
 def _native_where(daemon: NativeDaemon) -> list[tuple[str, str]]:
     answer = daemon.status(as_json=True)
     if answer.returncode != 0:
@@ -59,8 +56,12 @@ def _native_where(daemon: NativeDaemon) -> list[tuple[str, str]]:
             for sa in sas]
 
 
-def build_mixed(lab: Lab) -> tuple[Pool, list[NativeDaemon], list[Charon]]:
-    clients = CHARON_CLIENTS + NATIVE_CLIENTS
+def build_mixed(lab: Lab, *, dial: int = 1, extra_pool: str = "", charon_clients: int = 0,
+                native_clients: int = 0) -> tuple[Pool, list[NativeDaemon], list[Charon]]:
+    """Every client dials gateway ``dial``."""
+    n_charon = charon_clients or CHARON_CLIENTS
+    n_native = native_clients or NATIVE_CLIENTS
+    clients = n_charon + n_native
     rtr = lab.netns("rtr")
     rtr.enable_forwarding()
     gws: list[Charon] = []
@@ -76,7 +77,7 @@ def build_mixed(lab: Lab) -> tuple[Pool, list[NativeDaemon], list[Charon]]:
         ns.add_route("default", via=f"10.20.{n}.1")
         ns.ip("addr", "add", f"{INNER}/32", "dev", "lo")
         conf = lab.workdir / f"gw{n}.conf"
-        conf.write_text(gateway_conf(n, clients))
+        conf.write_text(gateway_conf(n, clients, extra_pool))
         gw_ns.append(ns)
         if n == 3:
             native_gw = start_native(lab, ns, conf, name="gw3", extra_args=(
@@ -96,6 +97,7 @@ def build_mixed(lab: Lab) -> tuple[Pool, list[NativeDaemon], list[Charon]]:
         controls.append(control)
         events.append(ev)
     assert native_gw is not None
+    _peers_up(native_gw.control)
     charon_clients: list[Charon] = []
     natives: list[NativeDaemon] = []
     pings: list[Path] = []
@@ -106,15 +108,19 @@ def build_mixed(lab: Lab) -> tuple[Pool, list[NativeDaemon], list[Charon]]:
         ns.add_address("eth0", f"10.30.{k}.2/24")
         ns.add_route("default", via=f"10.30.{k}.1")
         conf = lab.workdir / f"c{k}.conf"
-        if k <= CHARON_CLIENTS:
-            conf.write_text(client_conf(k))
+        text = client_conf(k).replace(f"remote_addrs = {_gw_addr(1)}",
+                                      f"remote_addrs = {_gw_addr(dial)}")
+        if k <= n_charon:
+            conf.write_text(text)
             charon = start_charon(lab, ns, name=f"c{k}")
             charon.load_all(conf)
             charon.initiate("net", "home")
             charon.wait_established("home")
             charon_clients.append(charon)
         else:
-            conf.write_text(native_client_conf(k))
+            conf.write_text(text.replace("esp_proposals = aes128-sha256",
+                                         "esp_proposals = aes128-sha256\n"
+                                         "        start_action = start"))
             natives.append(start_native(lab, ns, conf, name=f"c{k}"))
         log = lab.workdir / f"ping-c{k}.log"
         lab.spawn(ns, [sys.executable, "-m", "mobike_vici.lab.pinger", INNER, "0.1",
@@ -123,6 +129,21 @@ def build_mixed(lab: Lab) -> tuple[Pool, list[NativeDaemon], list[Charon]]:
         pings.append(log)
     pool = Pool(lab, gws, gw_ns, charon_clients, controls, events, pings)
     return pool, natives, charon_clients
+
+
+def _peers_up(control: Path, timeout: float = 30.0) -> None:
+    """The gateway reads every peer's load (so it may redirect from the first client on)."""
+    deadline = time.monotonic() + timeout
+    peers: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        try:
+            peers = request(str(control), "pool").get("peers") or []
+        except ControlError:
+            peers = []
+        if peers and all(p["up"] for p in peers):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"pool peers not all up at {control}: {peers}")
 
 
 def _where(natives: list[NativeDaemon], charons: list[Charon]) -> list[tuple[str, str]]:
@@ -199,3 +220,21 @@ def test_mixed_pool_drains_charon_and_native_gateways(lab: Lab) -> None:
         "clients": kinds, "rate_per_s": RATE, "drain_gw1_outage_s": first,
         "drain_native_gw3_outage_s": second, "on_native_gw3": on_native}))
     assert max(first + second) < 10.0
+
+
+def test_full_native_gateway_redirects_new_clients_in_ike_sa_init(lab: Lab) -> None:
+    """gw3 (native) takes one IKE_SA: later clients, charon and native, are answered with a
+    REDIRECT in IKE_SA_INIT and set up at the charon gateways instead."""
+    pool, natives, charons = build_mixed(lab, dial=3, extra_pool="max_ike_sas = 1",
+                                         charon_clients=2, native_clients=1)
+    where = _settle(natives, charons, {_gw_addr(1), _gw_addr(2), _gw_addr(3)})
+    assert sum(1 for w, _ in where if w == _gw_addr(3)) == 1, where
+    _pinging(pool.pings, diagnose=natives)
+    redirected = [e for e in read_events(pool.events[2]) if e.get("event") == "client_redirected"]
+    assert len(redirected) >= 2
+    assert {e["gateway"] for e in redirected} <= {_gw_addr(1), _gw_addr(2)}
+    for d in natives:
+        if _where([d], [])[0][0] != _gw_addr(3):
+            d.events.poll()
+            assert any(e.get("event") == "ike_sa_redirected" and e["phase"] == "ike_sa_init"
+                       for e in d.events.events)
