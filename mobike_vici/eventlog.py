@@ -34,11 +34,13 @@ from .core.events import (
     ChildSaInstalled,
     ChildSaRekeyed,
     ChildSaUpdated,
+    ClientRedirected,
     Event,
     ExchangeFailed,
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaMoved,
+    IkeSaRedirected,
     IkeSaRekeyed,
     MessageFragmented,
     MoveFailed,
@@ -47,6 +49,7 @@ from .core.events import (
     PeerAddressesUpdated,
     PeerMoved,
     ProbeResult,
+    RedirectRefused,
     UpdateRejected,
 )
 from .ikev2.crypto import ChildKeys, IkeKeys
@@ -391,6 +394,7 @@ class EventStream:
 # Events that point at trouble; everything else is informational.
 _WARNING_EVENTS = frozenset({
     "packet_dropped", "exchange_failed", "auth_failed", "path_down", "update_rejected",
+    "redirect_refused",
     "send_failed", "receive_failed", "shutdown_incomplete", "reload_skipped",
     "socket_unavailable",
     "vici_disconnected", "config_rejected", "events_reopen_failed", "charon_unreachable",
@@ -644,6 +648,22 @@ def _core_event(event: object) -> tuple[str, Fields] | None:
                 "fragments": event.fragments,
                 "length": event.length,
             }
+        case IkeSaRedirected():
+            redirected: Fields = {"conn": event.conn, "ike_spi": event.ike_spi,
+                                  "new_ike_spi": event.new_ike_spi,
+                                  "gateway": str(event.gateway),
+                                  "from_gateway": str(event.from_gateway),
+                                  "phase": event.phase}
+            if event.outage is not None:
+                redirected["outage_ms"] = round(event.outage * 1000.0, 3)
+            return "ike_sa_redirected", redirected
+        case RedirectRefused():
+            return "redirect_refused", {"conn": event.conn, "ike_spi": event.ike_spi,
+                                        "gateway": event.gateway, "reason": event.reason}
+        case ClientRedirected():
+            return "client_redirected", {"ike_spi": event.ike_spi,
+                                         **_path_fields(event.path),
+                                         "gateway": str(event.gateway)}
     return None
 
 

@@ -28,6 +28,7 @@ from .context import Context, candidates
 from .cookies import CookieJar
 from .exchanges.base import DropPacket
 from .exchanges.ike_init import ZERO_SPI, init_scan, respond_init, stateless_response
+from .exchanges.redirect import InitPolicy, init_redirect
 from .ike_sa import CachedResponse, IkeSa
 from .protection import encode
 from .settings import EngineSettings
@@ -62,9 +63,11 @@ InitKey = tuple[bytes, Endpoint]
 
 
 def receive_init(ctx: Context, admission: Admission, by_init: dict[InitKey, IkeSa],
-                 header: Header, data: bytes, path: Path, now: float) -> InitOutcome:
+                 header: Header, data: bytes, path: Path, now: float, *,
+                 redirect_policy: InitPolicy | None = None, ike_sas: int = 0) -> InitOutcome:
     """Answer an IKE_SA_INIT request; ``by_init`` (the engine's responder SAs by
-    (SPIi, remote)) gets a new half-open SA."""
+    (SPIi, remote)) gets a new half-open SA. ``redirect_policy`` may send the client
+    to another gateway instead (RFC 5685), given the ``ike_sas`` we hold."""
     if header.spi_r != ZERO_SPI or header.message_id != 0:
         return InitOutcome(drop="IKE_SA_INIT request with responder SPI or message ID")
     key = (header.spi_i, path.remote)
@@ -78,6 +81,9 @@ def receive_init(ctx: Context, admission: Admission, by_init: dict[InitKey, IkeS
         return InitOutcome(stateless_response(header, [Notify(NotifyType.COOKIE, msg.token)]))
     if isinstance(msg, Refuse):
         return InitOutcome(drop=msg.reason)
+    redirected = init_redirect(ctx, redirect_policy, msg, path, ike_sas)
+    if redirected is not None:
+        return InitOutcome(stateless_response(header, redirected))
     try:
         reply = respond_init(ctx, msg, path, candidates(ctx.config, path), now)
     except DropPacket as exc:

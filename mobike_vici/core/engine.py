@@ -39,17 +39,12 @@ from typing import Concatenate, ParamSpec, TypeVar
 from ..config.model import ChildConfig, Config
 from ..ikev2.constants import NATT_KEEPALIVE, ExchangeType, NotifyType, PayloadType
 from ..ikev2.message import DecodeError, Header, Message, decode_header
-from ..ikev2.payloads import Payload, find_notify
+from ..ikev2.payloads import find_notify
 from ..types import Endpoint, IPAddress, Path
 from .admission import Admission, receive_init
 from .context import Context, initial_path
-from .events import (
-    ChildSaDeleted,
-    Event,
-    ExchangeFailed,
-    IkeSaDeleted,
-    PacketDropped,
-)
+from .events import ChildSaDeleted, Event, ExchangeFailed, IkeSaDeleted, PacketDropped
+from .exchanges import redirect_follow
 from .exchanges.base import DropPacket, ExchangeAborted, Outcome, Task, unsupported_critical
 from .exchanges.create_child import ChildCreateTask, ChildRekeyTask, IkeRekeyTask
 from .exchanges.handover import migrate_tasks
@@ -57,6 +52,7 @@ from .exchanges.ike_auth import IkeAuthTask
 from .exchanges.ike_init import ZERO_SPI, IkeInitTask
 from .exchanges.informational import DeleteChildTask, DeleteIkeTask
 from .exchanges.mobike import check_mapping
+from .exchanges.redirect import InitPolicy, RedirectTask, can_redirect
 from .exchanges.responder import answer_request
 from .exchanges.scheduled import queue_due
 from .fragments import REASSEMBLY_TIMEOUT, expire
@@ -70,6 +66,7 @@ from .protection import (
     open_fragment,
     open_message,
     reassemble,
+    screen_fragment,
 )
 from .settings import EngineSettings
 from .status import ChildStatus, IkeStatus, status_of
@@ -127,6 +124,7 @@ class Engine:
         self._index = self._ctx.index
         self._outbox: list[Datagram] = []
         self._paths = PathMobility(self._ctx, self._settings, self._send_all, self._kick)
+        self._redirect_policy: InitPolicy | None = None
 
     # ------------------------------------------------------------------ API
 
@@ -243,6 +241,23 @@ class Engine:
         sa.tasks.append(DeleteChildTask([unique_id]))
         self._kick(sa, now)
 
+    # ------------------------------------------------------------------ redirect API
+
+    def set_redirect_policy(self, policy: InitPolicy | None) -> None:
+        """As gateway, who gets a REDIRECT in IKE_SA_INIT (RFC 5685; ``exchanges/redirect``)."""
+        self._redirect_policy = policy
+
+    @_settles
+    def redirect(self, ike_spi: str, gateway: IPAddress, now: float) -> None:
+        """As gateway, send the client of ``ike_spi`` to ``gateway`` (INFORMATIONAL
+        REDIRECT). KeyError for an unknown SA, ValueError when it cannot be redirected."""
+        sa = self._by_name(ike_spi)
+        why = can_redirect(sa)
+        if why is not None:
+            raise ValueError(f"IKE_SA {ike_spi}: {why}")
+        sa.tasks.append(RedirectTask(gateway))
+        self._kick(sa, now)
+
     # ------------------------------------------------------------------ MOBIKE API
     # (mobike_paths.py: how probes share the message-ID window)
 
@@ -337,19 +352,15 @@ class Engine:
         self._ctx.emit(PacketDropped(path=path, reason=reason, ike_spi=spi,
                                      authenticated=authenticated))
 
-    def _encode(self, sa: IkeSa, exchange: ExchangeType, message_id: int, response: bool,
-                payloads: list[Payload]) -> bytes:
-        return encode(self._ctx, sa, exchange, message_id, response, payloads)
-
-    def _fragment(self, sa: IkeSa, exchange: ExchangeType, message_id: int, response: bool,
-                  payloads: list[Payload], data: bytes, path: Path) -> tuple[bytes, ...]:
-        return cut_fragments(self._ctx, sa, exchange, message_id, response, payloads, data, path)
-
     # ------------------------------------------------------------------ our requests
 
     def _kick(self, sa: IkeSa, now: float) -> None:
         """Send the next queued request when none is outstanding (window size 1)."""
         self._ctx.touch(sa)
+        if sa.redirect.target is not None or sa.redirect.replaces is not None:
+            for other in redirect_follow.step(self._ctx, sa, now):
+                self._kick(other, now)
+            self._adopt(now)
         if sa.state == IkeState.REKEYED and sa.successor is not None:
             # CHILD_SA work queued here belongs to the IKE_SA that took the CHILD_SAs.
             moved = [t for t in sa.tasks if not isinstance(t, DeleteIkeTask)]
@@ -377,13 +388,13 @@ class Engine:
         if task.exchange == ExchangeType.INFORMATIONAL and not payloads and not task.liveness:
             return False  # e.g. deleting CHILD_SAs that are gone already
         mid = sa.next_request_id
-        data = self._encode(sa, task.exchange, mid, False, payloads)
+        data = encode(self._ctx, sa, task.exchange, mid, False, payloads)
         if task.exchange == ExchangeType.IKE_SA_INIT:
             sa.init_request = data
         wait = (self._paths.update_wait(task) or task.eager_wait(self._settings.eager_resend, now)
                 or self._settings.retransmit.wait(0))
         path = task.path or sa.path
-        fragments = self._fragment(sa, task.exchange, mid, False, payloads, data, path)
+        fragments = cut_fragments(self._ctx, sa, task.exchange, mid, False, payloads, data, path)
         sa.pending = PendingRequest(mid, task.exchange, data, path, task, now, now + wait,
                                     fragments=fragments)
         if sa.unanswered_since is None or sa.unanswered_since <= sa.last_received:
@@ -477,31 +488,14 @@ class Engine:
 
     def _on_fragment(self, sa: IkeSa, header: Header, data: bytes, path: Path,
                      now: float) -> None:
-        """One RFC 7383 fragment: checked on its own, then kept until its message is whole.
-
-        The message ID and exchange are checked before any cryptography, so only
-        fragments of the one message we expect in each direction cost a decryption.
-        """
-        mid = header.message_id
-        exchange = header.exchange
+        """One RFC 7383 fragment: checked on its own, then kept until its message is whole."""
         response = header.is_response
         cached = sa.cached
-        if exchange == ExchangeType.IKE_SA_INIT:
-            self._drop(path, "fragment in IKE_SA_INIT", header)
+        retransmit = not response and cached is not None and header.message_id == cached.message_id
+        why = screen_fragment(sa, header, retransmit)
+        if why is not None:
+            self._drop(path, why, header)
             return
-        retransmit = not response and cached is not None and mid == cached.message_id
-        if response:
-            pending = sa.pending
-            if pending is None or mid != pending.message_id or exchange != pending.exchange:
-                self._drop(path, "unexpected response", header)
-                return
-        elif not retransmit:
-            if mid != sa.peer_next_id:
-                self._drop(path, f"message ID {mid} outside the window", header)
-                return
-            if not isinstance(exchange, ExchangeType) or exchange not in sa.peer_may_start():
-                self._drop(path, f"unexpected {exchange_name(exchange)} request", header)
-                return
         fragment = open_fragment(sa, data)
         if isinstance(fragment, str):
             self._drop(path, fragment, header)
@@ -563,9 +557,9 @@ class Engine:
         answer = answer_request(self._ctx, sa, exchange, msg, path, mid, now)
         reply = answer.payloads
         self._adopt(now)
-        response = self._encode(sa, exchange, mid, True, reply)
+        response = encode(self._ctx, sa, exchange, mid, True, reply)
         update = find_notify(msg.payloads, NotifyType.UPDATE_SA_ADDRESSES) is not None
-        fragments = self._fragment(sa, exchange, mid, True, reply, response, path)
+        fragments = cut_fragments(self._ctx, sa, exchange, mid, True, reply, response, path)
         sa.cached = CachedResponse(mid, data, response, path, update,
                                    response_fragments=fragments)
         sa.peer_next_id = mid + 1
@@ -607,7 +601,8 @@ class Engine:
             self._destroy(other, "initial_contact", now)
 
     def _init_request(self, header: Header, data: bytes, path: Path, now: float) -> None:
-        out = receive_init(self._ctx, self._admission, self._by_init, header, data, path, now)
+        out = receive_init(self._ctx, self._admission, self._by_init, header, data, path, now,
+                           redirect_policy=self._redirect_policy, ike_sas=len(self._sas))
         if out.new and out.sa is not None:
             self._register(out.sa)
         if out.response is not None:
@@ -666,6 +661,7 @@ class Engine:
         # CHILD_SA work still open here continues on the successor of a rekey.
         open_tasks = ([sa.pending.task] if sa.pending is not None else []) + list(sa.tasks)
         migrate_tasks(sa, open_tasks)
+        redirect_follow.abandoned(self._ctx, sa)
         successor = sa.lineage()[-1]
         if self._sas.get(sa.our_spi) is sa:
             del self._sas[sa.our_spi]

@@ -228,10 +228,47 @@ class ProbeResult(CoreEvent):
     rtt: float | None
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IkeSaRedirected(CoreEvent):
+    """We followed a gateway's REDIRECT (RFC 5685) as the client."""
+
+    gateway: IPAddress
+    """Where we went."""
+    from_gateway: IPAddress
+    """The gateway that sent the REDIRECT."""
+    phase: str
+    """``ike_sa_init`` (before any SA existed: the same IKE_SA starts over there) or
+    ``established`` (a new IKE_SA and its CHILD_SAs are up there; this one, ``ike_spi``,
+    is being deleted)."""
+    new_ike_spi: str
+    outage: float | None = None
+    """Seconds from the REDIRECT to the new IKE_SA being up (``established`` only)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RedirectRefused(CoreEvent):
+    """A REDIRECT we did not follow, or one whose new IKE_SA failed (the old one stays)."""
+
+    gateway: str
+    reason: str
+    """not_an_address, loop_detected, malformed, not_initiator, new_ike_sa_failed,
+    identity_changed (a REDIRECT without our nonce is a packet_dropped instead)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClientRedirected(CoreEvent):
+    """As gateway, we answered an IKE_SA_INIT with a REDIRECT (``conn`` is empty: no
+    connection was chosen)."""
+
+    path: Path
+    gateway: IPAddress
+
+
 Event = (
     IkeSaEstablished | IkeSaDeleted | IkeSaRekeyed | ChildSaInstalled | ChildSaDeleted
     | ChildSaRekeyed | PacketDropped | ExchangeFailed | AuthenticationFailed
     | IkeSaMoved | PeerMoved
     | ChildSaUpdated | MoveFailed | UpdateRejected | PeerAddressesUpdated
     | NatMappingChanged | ProbeResult | MessageFragmented
+    | IkeSaRedirected | RedirectRefused | ClientRedirected
 )

@@ -23,6 +23,7 @@ from .child_sa import ChildSa, ChildState
 from .fragments import REASSEMBLY_TIMEOUT, Reassembly
 from .fragments import deadline as reassembly_deadline
 from .nat import WireView
+from .redirects import RedirectState
 
 if TYPE_CHECKING:
     from .exchanges.base import Task
@@ -232,6 +233,8 @@ class IkeSa:
     probes: list[Probe] = field(default_factory=list)
     announced: tuple[IPAddress, ...] | None = None
     """Our address list as last sent to the peer (None: never sent)."""
+    redirect: RedirectState = field(default_factory=RedirectState)
+    """RFC 5685 (``exchanges/redirect.py``)."""
 
     def set_state(self, new: IkeState) -> None:
         """Move to ``new`` (staying put is always allowed). A change ``_TRANSITIONS``

@@ -99,6 +99,26 @@ def open_fragment(sa: IkeSa, data: bytes) -> Fragment | str:
         return f"malformed fragment: {exc}"
 
 
+def screen_fragment(sa: IkeSa, header: Header, retransmit: bool) -> str | None:
+    """Why an RFC 7383 fragment is dropped before any cryptography, or None to open it:
+    only fragments of the one message we expect in each direction cost a decryption."""
+    mid, exchange = header.message_id, header.exchange
+    if exchange == ExchangeType.IKE_SA_INIT:
+        return "fragment in IKE_SA_INIT"
+    if retransmit:
+        return None
+    if header.is_response:
+        pending = sa.pending
+        if pending is None or mid != pending.message_id or exchange != pending.exchange:
+            return "unexpected response"
+        return None
+    if mid != sa.peer_next_id:
+        return f"message ID {mid} outside the window"
+    if not isinstance(exchange, ExchangeType) or exchange not in sa.peer_may_start():
+        return f"unexpected {exchange_name(exchange)} request"
+    return None
+
+
 def reassemble(ctx: Context, sa: IkeSa, header: Header, piece: Fragment, path: Path,
                now: float) -> tuple[Header, Message] | str | None:
     """Keep one checked fragment of the message ``header`` names; the whole message

@@ -91,6 +91,8 @@ class UserspaceEsp:
         self._raw: dict[socket.AddressFamily, socket.socket] = {}
         self._senders: dict[int, tuple[Path, bool, Sender]] = {}
         self._routes: dict[Network, set[int]] = {}
+        self._route_src: dict[Network, IPAddress | None] = {}
+        """The source address each route was added with."""
         self._vips: dict[str, tuple[IPAddress, ...]] = {}
         self._drops_reported: dict[str, int] = {}
         self._drop_timer: Any = None
@@ -346,16 +348,21 @@ class UserspaceEsp:
         # A selector that covers the peer needs nothing more here: the outer packets are
         # marked and skip the tunnel's table (net.own_routing).
         sources: dict[int, IPAddress | None] = {}
+        vips = self._vips.get(entry.ike_spi, ())
         for sel in entry.remote_ts:
             for net in _networks(sel):
                 users = self._routes.setdefault(net, set())
-                if not users:
-                    # One route per remote selector, shared by the CHILD_SAs behind it: the
-                    # source lookup (a netlink dump) only when a route is really added.
+                # One route per remote selector, shared by the CHILD_SAs behind it: the
+                # source lookup (a netlink dump) only when a route is really added, or when
+                # a new IKE_SA brings its own virtual IP (a redirect's, RFC 5685): the
+                # newest carries the traffic, and the old address goes with the old SA
+                # (the kernel drops a route whose source is deleted).
+                if not users or (vips and self._route_src.get(net) not in vips):
                     if net.version not in sources:
                         sources[net.version] = self._inner_source(entry, net.version)
                     src = sources[net.version]
                     self._net("replace_route", net, self.tun_name, src)
+                    self._route_src[net] = src
                 users.add(entry.unique_id)
 
     def _unroute(self, entry: ChildEntry) -> None:
@@ -369,6 +376,7 @@ class UserspaceEsp:
                 users.discard(entry.unique_id)
                 if not users:
                     del self._routes[net]
+                    self._route_src.pop(net, None)
                     self._net("del_route", net, self.tun_name)
 
     def _inner_source(self, entry: ChildEntry, version: int) -> IPAddress | None:

@@ -44,6 +44,7 @@ from .native_api import (
     EngineApi,
     EspHandler,
     EventHook,
+    Service,
     in_thread,
     opens_ike_sa,
     restart_children,
@@ -119,6 +120,10 @@ class Daemon:
         self.xfrm_transport: Any = None
         """The probe's XFRM netlink (None: the kernel's; tests put a fake kernel here)."""
         self.event_hooks: list[EventHook] = []
+        self.control_handlers: dict[str, Callable[[JsonObject], JsonObject]] = {}
+        """Control commands served by an attached service (the pool's ``drain``, ``pool``)."""
+        self.services: list[Service] = []
+        """Started once the daemon is up, closed with it (the pool)."""
         self.mobility = mobility
         self.reload_config: Callable[[], Config] | None = None
         """SIGHUP re-reads the config with this (set by ``run_native``)."""
@@ -224,6 +229,8 @@ class Daemon:
         if self._want_monitor:
             await self._net.start()
         self._started = True
+        for service in self.services:
+            service.start()
         now = self.now()
         for conn in self.config.connections:
             for child in conn.children:
@@ -340,6 +347,8 @@ class Daemon:
 
     async def close(self) -> None:
         self.loop_lag.stop()
+        for service in self.services:
+            await service.close()
         if self._traffic is not None:
             self._traffic.stop()
             self._traffic = None
@@ -517,6 +526,10 @@ class Daemon:
         if self.data_path is not None:
             ok &= self._guarded("data_path_timer", self.data_path.handle_timer, now)
         self._after_engine(not_before=None if ok else now + ENGINE_ERROR_BACKOFF)
+
+    def after_engine(self) -> None:
+        """For a service that called the engine (a pool's redirect): send, log, re-arm."""
+        self._after_engine()
 
     def _after_engine(self, not_before: float | None = None) -> None:
         """After any call into the engine: send, log events, re-arm the one timer."""
@@ -725,6 +738,9 @@ class Daemon:
         cmd = req.get("cmd")
         if cmd == "status":
             return self.status_answer()
+        handler = self.control_handlers.get(str(cmd))
+        if handler is not None:
+            return handler(req)
         if cmd in ("prefer", "move"):
             if self.mobility is None:
                 return {"ok": False, "error": "MOBIKE path selection is not running"}

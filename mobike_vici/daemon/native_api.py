@@ -38,6 +38,13 @@ EspHandler = Callable[[bytes, Path, float], None]
 EventHook = Callable[[Event], None]
 
 
+class Service(Protocol):
+    """Something run beside the daemon (the pool): started once it is up, closed with it."""
+
+    def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
 class DataPlaneApi(Protocol):
     """What the daemon uses of a userspace data plane (``daemon.esp_io.UserspaceEsp``)."""
 

@@ -22,6 +22,7 @@ from .data_path import DataPathWatch, path_flow, path_srtt, settings_of
 from .esp_io import UserspaceEsp
 from .metrics import MetricsServer
 from .native import Daemon
+from .native_pool import NativePool
 from .routing import DaemonRouting
 from .tcp_transport import TcpTransport
 
@@ -77,6 +78,7 @@ def run_native(config: Config, events: TextIO, control_path: str | None, *,
                         data_plane=esp, probe_kernel=True, mobility=mobility,
                         routing=routing, data_path=data_path,
                         metrics=MetricsServer(metrics) if metrics is not None else None)
+        attach_pool(daemon, engine, config)
         daemon.tcp = tcp_transport(daemon, config, routing.fwmark)
         if daemon.tcp is not None:
             engine.set_wire_view(daemon.tcp.wire_path)
@@ -86,6 +88,21 @@ def run_native(config: Config, events: TextIO, control_path: str | None, *,
     except (OSError, ControlError) as exc:
         print(f"mobike-vici: {exc}", file=sys.stderr)
         return 1
+
+
+def attach_pool(daemon: Daemon, engine: Engine, config: Config) -> NativePool | None:
+    """A gateway of a ``mobike { pool { } }``: drain, max_ike_sas, IKE_SA_INIT redirects."""
+    settings = config.mobike.policy.pool
+    if not settings.gateways:
+        return None
+    metrics = daemon.metrics
+    pool = NativePool(engine, daemon.log, settings, daemon.now, daemon.after_engine,
+                      registry=metrics.registry if metrics is not None else None)
+    daemon.services.append(pool)
+    daemon.event_hooks.append(pool.on_event)
+    for cmd in pool.commands:
+        daemon.control_handlers[cmd] = pool.control
+    return pool
 
 
 def tcp_transport(daemon: Daemon, config: Config, fwmark: int | None) -> TcpTransport | None:

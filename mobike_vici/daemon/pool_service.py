@@ -19,7 +19,7 @@ import ipaddress
 import itertools
 import urllib.request
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -61,6 +61,52 @@ def drain_sas(sas: tuple[IkeSaInfo, ...]) -> list[DrainSa]:
             for sa in sas if not sa.initiator and sa.state == "ESTABLISHED"]
 
 
+class RedirectFailed(Exception):
+    """The backend would not send the redirect (the text says why)."""
+
+
+class RedirectBackend(Protocol):
+    """The gateway whose IKE_SAs the pool moves: charon over VICI, or the native engine."""
+
+    def drain_sas(self) -> list[DrainSa]:
+        """Clients' established IKE_SAs here."""
+        ...
+
+    def established(self, ike_spi: str) -> bool | None:
+        """True: still here and established; False: here, not established; None: gone."""
+        ...
+
+    def ike_sas(self) -> int: ...
+
+    async def redirect(self, sa: DrainSa, gateway: IPAddress) -> None:
+        """Send the client of ``sa`` to ``gateway``; RedirectFailed when refused."""
+        ...
+
+
+class ViciRedirects:
+    """charon's IKE_SAs, redirected with VICI ``redirect``."""
+
+    def __init__(self, client: ViciClient) -> None:
+        self.client = client
+
+    def drain_sas(self) -> list[DrainSa]:
+        return drain_sas(self.client.table.sas())
+
+    def established(self, ike_spi: str) -> bool | None:
+        live = self.client.table.get(ike_spi)
+        return None if live is None else live.state == "ESTABLISHED"
+
+    def ike_sas(self) -> int:
+        return len(self.client.table.sas())
+
+    async def redirect(self, sa: DrainSa, gateway: IPAddress) -> None:
+        try:
+            await self.client.call("redirect", {"ike-id": str(sa.ike_id),
+                                                "gateway": str(gateway)})
+        except ViciError as exc:
+            raise RedirectFailed(str(exc)) from None
+
+
 class PoolMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.redirects = Counter("mobike_redirects", "IKE_SAs redirected (RFC 5685), by "
@@ -76,10 +122,11 @@ class PoolMetrics:
 
 
 class PoolService:
-    def __init__(self, client: ViciClient, log: EventLog, settings: PoolSettings, *,
-                 registry: CollectorRegistry | None = None,
+    def __init__(self, client: ViciClient | RedirectBackend, log: EventLog,
+                 settings: PoolSettings, *, registry: CollectorRegistry | None = None,
                  fetch: Fetch = fetch_page) -> None:
-        self.client = client
+        self.backend: RedirectBackend = (client if not isinstance(client, ViciClient)
+                                         else ViciRedirects(client))
         self.log = log
         self.view = PoolView(settings)
         self.metrics = PoolMetrics(registry) if registry is not None else None
@@ -142,7 +189,7 @@ class PoolService:
             pending = self.view.pending()
             now = loop.time()
             for spi in pending:
-                if self.client.table.get(spi) is None:
+                if self.backend.established(spi) is None:
                     self.view.left(spi, now)
             await asyncio.sleep(DEPARTURE_CHECK if pending else IDLE_WAKE)
 
@@ -210,7 +257,7 @@ class PoolService:
                                             if p["gateway"] in down))
         if not self.settings.gateways:
             return _refused("no_pool", "no mobike { pool { gateways } } in the config")
-        sas = drain_sas(self.client.table.sas())
+        sas = self.backend.drain_sas()
         if sas and self.view.choose(exclude={sa.local for sa in sas}, among=to) is None:
             return _refused("no_target", "no other gateway of the pool answers")
         loop = asyncio.get_running_loop()
@@ -236,8 +283,7 @@ class PoolService:
                 await asyncio.sleep(at - now)
                 continue
             head = drain.queue[0]
-            live = self.client.table.get(head.ike_spi)
-            if live is None or live.state != "ESTABLISHED":
+            if not self.backend.established(head.ike_spi):
                 drain.skip_gone(head)
                 continue
             step = drain.take(self.view, now)
@@ -251,7 +297,7 @@ class PoolService:
         if not announce:
             if drain.stopped and not self._full:
                 self.log.write("warning", "pool_full", {
-                    "ike_sas": len(self.client.table.sas()),
+                    "ike_sas": self.backend.ike_sas(),
                     "max_ike_sas": self.settings.max_ike_sas, "reason": drain.stopped})
             self._full = drain.stopped is not None
         if announce:
@@ -268,7 +314,7 @@ class PoolService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LEAVE_WAIT
         while True:
-            stayed = [spi for spi in drain.sent if self.client.table.get(spi) is not None]
+            stayed = [spi for spi in drain.sent if self.backend.established(spi) is not None]
             if not stayed or loop.time() >= deadline:
                 return stayed
             await asyncio.sleep(0.2)
@@ -279,8 +325,8 @@ class PoolService:
                   "ike_id": sa.ike_id, "remote": str(sa.remote), "gateway": gw,
                   "reason": reason}
         try:
-            await self.client.call("redirect", {"ike-id": str(sa.ike_id), "gateway": gw})
-        except ViciError as exc:
+            await self.backend.redirect(sa, step.gateway.address)
+        except RedirectFailed as exc:
             self.log.emit("sa_redirect_failed", **fields, error=str(exc))
             return False
         drain.sent.append(sa.ike_spi)
@@ -306,7 +352,7 @@ class PoolService:
         if limit <= 0 or any(t is not None and not t.done()
                              for t in (self._drain_task, self._limit_task)):
             return
-        sas = drain_sas(self.client.table.sas())
+        sas = self.backend.drain_sas()
         self._limit_busy &= {sa.ike_id for sa in sas}
         excess = over_limit(sas, limit, self._limit_busy)
         if not excess:

@@ -38,6 +38,7 @@ from ..naming import ike_suite_name
 from ..nat import NAT_HASH_LENGTH, nat_verdict, natd_notifies
 from .base import DropPacket, ExchangeAborted, Outcome, Task, notify_name
 from .pubkey import certreq, hash_notify, peer_hashes, peer_sent_certreq
+from .redirect import follow_init_redirect, offer, peer_supports
 
 ZERO_SPI = bytes(8)
 MAX_RETRIES = 5
@@ -129,10 +130,13 @@ class IkeInitTask(Task):
         payloads += hash_notify(ctx, sa.conn)
         if sa.conn.fragmentation.announces:
             payloads.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
-        return payloads
+        return payloads + offer(sa)
 
     def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
         payloads = msg.payloads
+        if follow_init_redirect(ctx, sa, payloads, now):
+            self.cookie = b""  # the new gateway's, if it wants one
+            return Outcome.RETRY
         cookie = find_notify(payloads, NotifyType.COOKIE)
         if cookie is not None:
             if self.retries >= MAX_RETRIES or not 1 <= len(cookie.data) <= 64:
@@ -344,6 +348,7 @@ def respond_init(
     _detect_nat(sa, payloads, ZERO_SPI, path)
     sa.peer_sig_hashes = peer_hashes(payloads)
     sa.peer_certreq = peer_sent_certreq(payloads)
+    sa.redirect.supported = peer_supports(payloads)
     reply: list[Payload] = [SA((chosen,)), KE(suite.dh, dh.public), Nonce(sa.nonce_r)]
     reply += _nat_detection(ctx, conn, sa.spi_i, sa.spi_r, path)
     # RFC 7427 §4 and a CERTREQ (RFC 7296 §3.7): a peer with send_cert = ifasked

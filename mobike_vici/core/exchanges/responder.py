@@ -21,6 +21,7 @@ from .create_child import respond_create_child
 from .ike_auth import AuthFailed, respond_auth
 from .informational import respond_informational
 from .mobike import respond_mobike
+from .redirect import respond_redirect
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,7 @@ def answer_request(ctx: Context, sa: IkeSa, exchange: ExchangeType, msg: Message
             reply = respond_informational(ctx, sa, msg, now)
             if sa.state != IkeState.DELETED:
                 reply += respond_mobike(ctx, sa, msg, path, message_id, now)
+                respond_redirect(ctx, sa, msg, now)
             return Answer(reply)
         reply = respond_create_child(ctx, sa, msg, now)
         for p in reply:

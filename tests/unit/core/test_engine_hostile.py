@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mobike_vici.core.events import ExchangeFailed, IkeSaEstablished, PacketDropped
 from mobike_vici.core.ike_sa import IkeSa
+from mobike_vici.core.protection import encode
 from mobike_vici.ikev2.constants import ExchangeType, NotifyType
 from mobike_vici.ikev2.message import Message, decode_header, decode_message, decrypt_message
 from mobike_vici.ikev2.payloads import Nonce, Notify, Payload, UnknownPayload
@@ -106,7 +107,7 @@ def _authenticated_request(net: Net, payloads: list[Payload]) -> tuple[IkeSa, by
     """A request alice's engine seals with the real keys (white-box: the SA's own encoder)."""
     sa = next(iter(net.a._sas.values()))
     mid = sa.next_request_id
-    data = net.a._encode(sa, ExchangeType.CREATE_CHILD_SA, mid, False, payloads)
+    data = encode(net.a._ctx, sa, ExchangeType.CREATE_CHILD_SA, mid, False, payloads)
     sa.next_request_id += 1
     return sa, data
 

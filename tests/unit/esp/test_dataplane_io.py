@@ -185,3 +185,36 @@ def test_child_sas_behind_one_selector_share_one_route(
                                     spi_in=0x1000 + uid, spi_out=0x2000 + uid,
                                     reason="deleted_locally"))
     assert calls == ["dump", "add 10.88.0.0/24", "del 10.88.0.0/24"]
+
+
+def test_a_redirected_ike_sa_brings_the_route_to_its_own_virtual_ip(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 5685: the new IKE_SA at the new gateway has another virtual IP; the shared route
+    takes it as source when that CHILD_SA comes, so deleting the old IKE_SA (and its
+    address, which takes the kernel's route with it) leaves traffic flowing."""
+    import ipaddress
+
+    from mobike_vici.core.events import IkeSaEstablished
+    from mobike_vici.net import tun_routes
+    from mobike_vici.types import Endpoint, Path
+
+    calls: list[str] = []
+    monkeypatch.setattr(tun_routes, "local_addresses", lambda: [])
+    monkeypatch.setattr(tun_routes, "add_address", lambda *args: None)
+    monkeypatch.setattr(tun_routes, "del_address", lambda *args: None)
+    monkeypatch.setattr(tun_routes, "replace_route",
+                        lambda *args: calls.append(f"add {args[0]} src {args[2]}"))
+    monkeypatch.setattr(tun_routes, "del_route", lambda *args: calls.append(f"del {args[0]}"))
+    esp, _, _ = adapter()
+    esp.manage_routes = True
+    ends = Path(Endpoint(ipaddress.ip_address("10.30.1.2"), 4500),
+                Endpoint(ipaddress.ip_address("10.20.1.2"), 4500))
+    for uid, (spi, vip) in enumerate((("1_2", "10.99.1.2"), ("3_4", "10.99.2.2")), start=1):
+        esp.on_event(IkeSaEstablished(conn="c", ike_spi=spi, path=ends, initiator=True,
+                                      local_id="a", remote_id="b", proposal="x",
+                                      virtual_ips=(ipaddress.ip_address(vip),)))
+        child = dataclasses.replace(installed(initiator=True, unique_id=uid,
+                                              spi_i=0x1000 + uid, spi_r=0x2000 + uid),
+                                    ike_spi=spi, local_ts=(f"{vip}/32",))
+        esp.on_event(child)
+    assert calls == ["add 10.88.0.0/24 src 10.99.1.2", "add 10.88.0.0/24 src 10.99.2.2"]
