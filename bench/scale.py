@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import socket
 import subprocess
 import sys
@@ -54,7 +53,7 @@ from ike_setup import (
     responder_conf,
 )
 
-from mobike_vici.lab.charon import CHARON, Charon, charon_available, decode
+from mobike_vici.lab.charon import decode, start_charon
 from mobike_vici.lab.native import start_native
 from mobike_vici.lab.netns import Lab, LabError, Netns, is_root
 from mobike_vici.lab.topology import TwoHosts, two_hosts
@@ -105,18 +104,8 @@ def start_native_held(lab: Lab, ns: Netns, opts: Options, addr: str,
 
 def start_charon_held(lab: Lab, ns: Netns, opts: Options, addr: str,
                       rekey_time: float) -> Held:
-    if not charon_available():
-        raise LabError(f"strongSwan charon not installed ({CHARON})")
-    rundir = lab.workdir / "charon-scale"
-    rundir.mkdir(parents=True, exist_ok=True)
-    conf = rundir / "strongswan.conf"
-    conf.write_text(charon_conf(rundir))
-    script = ("mount -t tmpfs none /run && "
-              f"STRONGSWAN_CONF={shlex.quote(str(conf))} exec {shlex.quote(str(CHARON))}")
-    proc = lab.spawn(ns, ["unshare", "-m", "sh", "-c", script], rundir / "charon.stderr")
-    charon = Charon(lab, ns, rundir, proc)
-    charon.wait_ready()
-    swanctl = rundir / "swanctl.conf"
+    charon = start_charon(lab, ns, name="scale", make_conf=charon_conf)
+    swanctl = charon.rundir / "swanctl.conf"
     swanctl.write_text(_with_rekey(responder_conf(opts, addr), rekey_time))
     charon.load_all(swanctl)
     version = charon.session().version()
@@ -140,7 +129,7 @@ def start_charon_held(lab: Lab, ns: Netns, opts: Options, addr: str,
         finally:
             sock.close()
 
-    return Held("charon", text, proc.pid, charon.stop, counts)
+    return Held("charon", text, charon.proc.pid, charon.stop, counts)
 
 
 STARTERS = {"native": start_native_held, "charon": start_charon_held}
