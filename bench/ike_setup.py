@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _machine import machine
 
 from bench._certs import BenchPki
 from mobike_vici.lab.charon import PLUGINS, start_charon
@@ -433,15 +434,7 @@ def run(opts: Options) -> dict[str, Any]:
                              "why": "load test: many SAs of one identity from few "
                                     "addresses; the DoS defaults are not changed"},
         "results": results,
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-            # Other work on the machine skews every number: the 1-minute load
-            # average just before and after the run says how much there was.
-            "loadavg_1m_before": round(load_before[0], 2),
-            "loadavg_1m_after": round(os.getloadavg()[0], 2),
-        },
+        "machine": machine(load_before),
     }
 
 
