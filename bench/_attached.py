@@ -64,6 +64,7 @@ from mobike_vici.lab.topology import TwoHosts
 REPO = Path(__file__).resolve().parents[1]
 HOLD = Path(__file__).resolve().parent / "_hold_moves.py"
 LISTING_TIMEOUT = 300.0
+"""Seconds a listing of every SA may take (10,000 SAs in a busy responder)."""
 FOLLOW_TIMEOUT = 120.0
 """Seconds the controller may take to show what charon has before we call it behind."""
 MATCH_WAIT = 30.0
@@ -93,6 +94,26 @@ def _pct(values: Sequence[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 2)
+
+
+def charon_sa_counts(vici_path: Path) -> tuple[int, int]:
+    """(IKE_SAs, CHILD_SAs) in charon's list-sas, on a VICI session of its own with a long
+    timeout: 10,000 SAs in a busy charon take a while. Every IKE_SA may have the same
+    connection name: entries are counted, not names."""
+    import vici
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(LISTING_TIMEOUT)
+    try:
+        sock.connect(str(vici_path))
+        ike = child = 0
+        for entry in vici.Session(sock).list_sas():
+            for sa in decode(entry).values():
+                ike += 1
+                child += len(sa.get("child-sas") or {})
+        return ike, child
+    finally:
+        sock.close()
 
 
 class Gateway:
@@ -146,21 +167,8 @@ class Gateway:
 
     def count(self) -> tuple[int, int]:
         """(IKE_SAs, CHILD_SAs) in charon's list-sas, on a session of its own."""
-        import vici
-
         assert self.charon is not None
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(LISTING_TIMEOUT)
-        try:
-            sock.connect(str(self.charon.vici_path))
-            ike = child = 0
-            for entry in vici.Session(sock).list_sas():
-                for sa in decode(entry).values():
-                    ike += 1
-                    child += len(sa.get("child-sas") or {})
-            return ike, child
-        finally:
-            sock.close()
+        return charon_sa_counts(self.charon.vici_path)
 
 
 class Controller:

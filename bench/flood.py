@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _machine import machine
 from ike_setup import _cpu_seconds
 
 from mobike_vici.lab.charon import Charon, charon_available, start_charon
@@ -257,13 +257,7 @@ def main(argv: list[str]) -> int:
         "duration_s": args.duration,
         "ping_hz": 100,
         "results": results,
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-            "loadavg_1m_before": round(load_before[0], 2),
-            "loadavg_1m_after": round(os.getloadavg()[0], 2),
-        },
+        "machine": machine(load_before),
         "elapsed_s": round(time.monotonic() - started, 1),
     }, indent=2))
     return 0

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -28,8 +26,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _machine import machine
+
 from bench._certs import BenchPki
-from mobike_vici.lab.charon import CHARON, PLUGINS, Charon, charon_available
+from mobike_vici.lab.charon import PLUGINS, start_charon
 from mobike_vici.lab.native import start_native
 from mobike_vici.lab.netns import Lab, LabError, Netns, is_root
 from mobike_vici.lab.topology import TwoHosts, two_hosts
@@ -233,18 +233,8 @@ def start_native_responder(lab: Lab, ns: Netns, opts: Options, addr: str,
 
 def start_charon_responder(lab: Lab, ns: Netns, opts: Options, addr: str,
                            round_no: int) -> Responder:
-    if not charon_available():
-        raise LabError(f"strongSwan charon not installed ({CHARON})")
-    rundir = lab.workdir / f"charon-responder-{round_no}"
-    rundir.mkdir(parents=True, exist_ok=True)
-    conf = rundir / "strongswan.conf"
-    conf.write_text(charon_conf(rundir))
-    # As lab.charon.start_charon: a private /run for the compiled-in pid file path.
-    script = ("mount -t tmpfs none /run && "
-              f"STRONGSWAN_CONF={shlex.quote(str(conf))} exec {shlex.quote(str(CHARON))}")
-    proc = lab.spawn(ns, ["unshare", "-m", "sh", "-c", script], rundir / "charon.stderr")
-    charon = Charon(lab, ns, rundir, proc)
-    charon.wait_ready()
+    charon = start_charon(lab, ns, name=f"responder-{round_no}", make_conf=charon_conf)
+    rundir = charon.rundir
     swanctl = rundir / "swanctl.conf"
     _credentials(opts, rundir, RESPONDER_ID)
     swanctl.write_text(responder_conf(opts, addr))
@@ -257,7 +247,7 @@ def start_charon_responder(lab: Lab, ns: Netns, opts: Options, addr: str,
         value = stats.get("ikesas", {}).get("total")
         return int(_s(value)) if value is not None else None
 
-    return Responder("charon", proc.pid, charon.stop, text, ike_sas)
+    return Responder("charon", charon.proc.pid, charon.stop, text, ike_sas)
 
 
 def _s(value: Any) -> str:
@@ -444,15 +434,7 @@ def run(opts: Options) -> dict[str, Any]:
                              "why": "load test: many SAs of one identity from few "
                                     "addresses; the DoS defaults are not changed"},
         "results": results,
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-            # Other work on the machine skews every number: the 1-minute load
-            # average just before and after the run says how much there was.
-            "loadavg_1m_before": round(load_before[0], 2),
-            "loadavg_1m_after": round(os.getloadavg()[0], 2),
-        },
+        "machine": machine(load_before),
     }
 
 

@@ -24,9 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -38,7 +35,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _attached import _rss_kib, run_attached
+from _attached import LISTING_TIMEOUT, _rss_kib, charon_sa_counts, run_attached
+from _machine import machine
 from ike_setup import (
     CHARON_LOAD_LIMITS,
     FIRST_SOURCE,
@@ -54,7 +52,7 @@ from ike_setup import (
     responder_conf,
 )
 
-from mobike_vici.lab.charon import CHARON, Charon, charon_available, decode
+from mobike_vici.lab.charon import start_charon
 from mobike_vici.lab.native import start_native
 from mobike_vici.lab.netns import Lab, LabError, Netns, is_root
 from mobike_vici.lab.topology import TwoHosts, two_hosts
@@ -62,7 +60,6 @@ from mobike_vici.lab.topology import TwoHosts, two_hosts
 REPO = Path(__file__).resolve().parents[1]
 HOLD = Path(__file__).resolve().parent / "_hold.py"
 EXIT_NO_ROOT = 2
-LISTING_TIMEOUT = 300.0
 
 
 @dataclass
@@ -105,42 +102,15 @@ def start_native_held(lab: Lab, ns: Netns, opts: Options, addr: str,
 
 def start_charon_held(lab: Lab, ns: Netns, opts: Options, addr: str,
                       rekey_time: float) -> Held:
-    if not charon_available():
-        raise LabError(f"strongSwan charon not installed ({CHARON})")
-    rundir = lab.workdir / "charon-scale"
-    rundir.mkdir(parents=True, exist_ok=True)
-    conf = rundir / "strongswan.conf"
-    conf.write_text(charon_conf(rundir))
-    script = ("mount -t tmpfs none /run && "
-              f"STRONGSWAN_CONF={shlex.quote(str(conf))} exec {shlex.quote(str(CHARON))}")
-    proc = lab.spawn(ns, ["unshare", "-m", "sh", "-c", script], rundir / "charon.stderr")
-    charon = Charon(lab, ns, rundir, proc)
-    charon.wait_ready()
-    swanctl = rundir / "swanctl.conf"
+    charon = start_charon(lab, ns, name="scale", make_conf=charon_conf)
+    swanctl = charon.rundir / "swanctl.conf"
     swanctl.write_text(_with_rekey(responder_conf(opts, addr), rekey_time))
     charon.load_all(swanctl)
     version = charon.session().version()
     text = f"{_s(version.get('daemon'))} {_s(version.get('version'))}".strip()
 
-    def counts() -> tuple[int, int]:
-        # A session of its own with a long timeout: 10,000 SAs in a busy charon take a
-        # while. Every IKE_SA has the same connection name: count entries, not names.
-        import vici
-
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(LISTING_TIMEOUT)
-        try:
-            sock.connect(str(charon.vici_path))
-            ike = child = 0
-            for entry in vici.Session(sock).list_sas():
-                for sa in decode(entry).values():
-                    ike += 1
-                    child += len(sa.get("child-sas") or {})
-            return ike, child
-        finally:
-            sock.close()
-
-    return Held("charon", text, proc.pid, charon.stop, counts)
+    return Held("charon", text, charon.proc.pid, charon.stop,
+                lambda: charon_sa_counts(charon.vici_path))
 
 
 STARTERS = {"native": start_native_held, "charon": start_charon_held}
@@ -306,13 +276,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                     "addresses; the DoS defaults are not changed"},
         "results": results,
         **({"charon_attached": attached} if attached is not None else {}),
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-            "loadavg_1m_before": round(load_before[0], 2),
-            "loadavg_1m_after": round(os.getloadavg()[0], 2),
-        },
+        "machine": machine(load_before),
     }
 
 

@@ -231,26 +231,6 @@ def narrow(
     return remove_redundant(result)
 
 
-def ts_contains(
-    ts: TrafficSelector, addr: IPAddress, proto: int, port: int | None = None
-) -> bool:
-    """Does ``ts`` select a packet to/from ``addr`` with protocol ``proto`` and ``port``?
-
-    ``port`` is None when the packet carries no port (or it is not available,
-    e.g. a non-first fragment): then only any-port or OPAQUE selectors match.
-    For ICMP pass :func:`icmp_port` of type and code.
-    """
-    if addr.version != ts.start_addr.version:
-        return False
-    if not int(ts.start_addr) <= int(addr) <= int(ts.end_addr):
-        return False
-    if ts.ip_protocol not in (0, proto):
-        return False
-    if port is None:
-        return _is_any_port(ts) or _is_opaque(ts)
-    return ts.start_port <= port <= ts.end_port
-
-
 def addr_to_str(addr: IPAddress) -> str:
     """An address as glibc's inet_ntop prints it (IPv4-mapped/compatible in dotted form)."""
     if addr.version == 4:

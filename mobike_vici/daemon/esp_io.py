@@ -32,8 +32,9 @@ from ..core.events import (
     IkeSaEstablished,
     IkeSaRekeyed,
 )
-from ..esp.dataplane import ChildEntry, DataPlane, Limits, RequestKind, Selector, limits_of
+from ..esp.dataplane import ChildEntry, DataPlane, Limits, RequestKind, limits_of
 from ..esp.replay import DEFAULT_WINDOW
+from ..esp.selector import Selector
 from ..esp.tun import DEFAULT_MTU, DEFAULT_NAME, TunDevice
 from ..eventlog import EventLog
 from ..net import tun_routes

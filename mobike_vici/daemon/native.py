@@ -22,13 +22,12 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, ParamSpec
+from typing import ParamSpec
 
 from ..backends.native import Mobility
 from ..config.model import Config, StartAction
 from ..core.engine import Datagram, IkeStatus
 from ..core.events import IkeSaDeleted, IkeSaRekeyed, PacketDropped, ProbeResult
-from ..esp.xfrm import select_data_plane
 from ..eventlog import EventLog, event_fields, level_of
 from ..types import IKE_PORT, NATT_PORT, Endpoint, Path
 from . import udp
@@ -45,7 +44,6 @@ from .native_api import (
     EspHandler,
     EventHook,
     Service,
-    in_thread,
     opens_ike_sa,
     restart_children,
 )
@@ -98,7 +96,6 @@ class Daemon:
         control_path: str | None = None,
         esp_handler: EspHandler | None = None,
         data_plane: DataPlaneApi | None = None,
-        probe_kernel: bool = False,
         shutdown_grace: float = 2.0,
         mobility: Mobility | None = None,
         net_monitor: bool = True,
@@ -115,10 +112,6 @@ class Daemon:
         self.esp_handler = esp_handler
         self.data_plane = data_plane
         """Userspace ESP: opened after the sockets, fed core events, asked for counters."""
-        self.probe_kernel = probe_kernel
-        """Probe the kernel for ESP at start (``data_plane_selected``) before opening the TUN."""
-        self.xfrm_transport: Any = None
-        """The probe's XFRM netlink (None: the kernel's; tests put a fake kernel here)."""
         self.event_hooks: list[EventHook] = []
         self.control_handlers: dict[str, Callable[[JsonObject], JsonObject]] = {}
         """Control commands served by an attached service (the pool's ``drain``, ``pool``)."""
@@ -255,12 +248,9 @@ class Daemon:
 
     def _open_data_plane(self) -> None:
         assert self.data_plane is not None
-        if self.probe_kernel:
-            # Said in the event stream only: the daemon has no kernel data plane to run
-            # (the XFRM installer is not driven by its events), so userspace ESP carries
-            # the traffic on any kernel, never nothing at all.
-            in_thread(select_data_plane, self.log, transport=self.xfrm_transport,
-                       kernel_ready=False)
+        # The native daemon has one data plane, on every kernel: ESP in userspace over TUN.
+        self.log.emit("data_plane_selected", data_plane="userspace",
+                      reason="the native daemon carries ESP in userspace over TUN")
         self.data_plane.open(self)
         if self.esp_handler is None:
             self.esp_handler = self.data_plane.receive_udp

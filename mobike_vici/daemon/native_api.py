@@ -3,18 +3,14 @@ fakes), and the small pure decisions it makes about a datagram or a deleted IKE_
 
 from __future__ import annotations
 
-import concurrent.futures
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, Protocol
 
 from ..config.model import CloseAction, DpdAction
 from ..core.engine import Datagram, IkeStatus
 from ..core.events import Event
 from ..types import Path
 from .control import JsonObject
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 
 class EngineApi(Protocol):
@@ -56,11 +52,6 @@ class DataPlaneApi(Protocol):
     def counters(self) -> Mapping[int, Mapping[str, int]]: ...
     def totals(self) -> JsonObject: ...
 
-
-def in_thread(call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """Run a short blocking call that must not see the running loop (pyroute2 starts its own)."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(call, *args, **kwargs).result()
 
 
 NETLINK_RCVBUF_ENV = "MOBIKE_VICI_TEST_NETLINK_RCVBUF"

@@ -75,7 +75,7 @@ def run_native(config: Config, events: TextIO, control_path: str | None, *,
         data_path = DataPathWatch(engine, esp.plane, settings_of(config.mobike.policy),
                                   path_srtt(mobility.manager), path_flow(mobility.manager))
         daemon = Daemon(config, engine, log, control_path=control_path,
-                        data_plane=esp, probe_kernel=True, mobility=mobility,
+                        data_plane=esp, mobility=mobility,
                         routing=routing, data_path=data_path,
                         metrics=MetricsServer(metrics) if metrics is not None else None)
         attach_pool(daemon, engine, config)

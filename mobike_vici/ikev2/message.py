@@ -12,19 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .buffer import DecodeError, Reader, to_enum
 from .constants import HEADER_LENGTH, IKE_VERSION, ExchangeType, HeaderFlag
 from .crypto import SkCipher
 from .payloads import (
     GENERIC_HEADER_LENGTH,
-    DecodeError,
     Encrypted,
     EncryptedFragment,
     Payload,
-    Reader,
     decode_payloads,
     encode_payloads,
     first_payload_type,
-    to_enum,
 )
 
 __all__ = ["FRAGMENT_HEADER_LENGTH", "MAX_MESSAGE_LENGTH", "DecodeError", "Fragment", "Header",

@@ -12,9 +12,9 @@ import ipaddress
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import ClassVar, TypeVar, assert_never
 
+from .buffer import DecodeError, Reader, to_enum, u8, u16
 from .constants import (
     AuthMethod,
     CfgAttr,
@@ -28,10 +28,6 @@ from .constants import (
     TsType,
     notify_is_error,
 )
-
-
-class DecodeError(ValueError):
-    """The bytes are not a well-formed IKEv2 message or payload."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,82 +217,6 @@ _LAST = 0
 _MORE_PROPOSALS = 2
 _MORE_TRANSFORMS = 3
 
-E = TypeVar("E", bound=IntEnum)
-
-
-def to_enum(cls: type[E], value: int) -> E | int:
-    """The enum member for ``value``, or the plain int when the IANA added it later."""
-    try:
-        return cls(value)
-    except ValueError:
-        return value
-
-
-# ---------------------------------------------------------------------------
-# The buffer type
-# ---------------------------------------------------------------------------
-
-
-class Reader:
-    """Bounds-checked big-endian reads over a byte string; overruns raise DecodeError."""
-
-    __slots__ = ("_data", "_end", "_pos")
-
-    def __init__(self, data: bytes, start: int = 0, end: int | None = None) -> None:
-        self._data = data
-        self._pos = start
-        self._end = len(data) if end is None else end
-
-    @property
-    def position(self) -> int:
-        return self._pos
-
-    @property
-    def remaining(self) -> int:
-        return self._end - self._pos
-
-    def at_end(self) -> bool:
-        return self._pos >= self._end
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or n > self.remaining:
-            raise DecodeError(f"need {n} bytes at offset {self._pos}, have {self.remaining}")
-        chunk = self._data[self._pos:self._pos + n]
-        self._pos += n
-        return chunk
-
-    def rest(self) -> bytes:
-        return self.take(self.remaining)
-
-    def sub(self, n: int) -> Reader:
-        """A reader over the next ``n`` bytes; this reader skips past them."""
-        if n < 0 or n > self.remaining:
-            raise DecodeError(f"need {n} bytes at offset {self._pos}, have {self.remaining}")
-        reader = Reader(self._data, self._pos, self._pos + n)
-        self._pos += n
-        return reader
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u16(self) -> int:
-        return int.from_bytes(self.take(2), "big")
-
-    def u32(self) -> int:
-        return int.from_bytes(self.take(4), "big")
-
-    def skip(self, n: int) -> None:
-        self.take(n)
-
-
-def _u8(value: int) -> bytes:
-    return value.to_bytes(1, "big")
-
-
-def _u16(value: int) -> bytes:
-    return value.to_bytes(2, "big")
-
-
 _RESERVED3 = b"\x00\x00\x00"
 
 
@@ -315,7 +235,7 @@ def _encode_transform(t: Transform, last: bool) -> bytes:
     # ``unknown_attrs`` is not encoded: we never send attributes we do not understand.
     attrs = b""
     if t.key_length is not None:
-        attrs = _u16(_AF_TV | TransformAttr.KEY_LENGTH) + _u16(t.key_length)
+        attrs = u16(_AF_TV | TransformAttr.KEY_LENGTH) + u16(t.key_length)
     return _TRANSFORM_HEAD.pack(_LAST if last else _MORE_TRANSFORMS, 0, 8 + len(attrs),
                                 t.type, 0, t.id) + attrs
 
@@ -414,7 +334,7 @@ def _decode_sa(r: Reader) -> SA:
 
 
 def _encode_ke(p: KE) -> bytes:
-    return _u16(p.group) + b"\x00\x00" + p.data
+    return u16(p.group) + b"\x00\x00" + p.data
 
 
 def _decode_ke(r: Reader) -> KE:
@@ -425,7 +345,7 @@ def _decode_ke(r: Reader) -> KE:
 
 def id_body(p: IDi | IDr) -> bytes:
     """RestOfInitIDPayload / RestOfRespIDPayload (RFC 7296 §2.15), the input to AUTH."""
-    return _u8(p.id_type) + _RESERVED3 + p.data
+    return u8(p.id_type) + _RESERVED3 + p.data
 
 
 def _decode_id(cls: type[IDi] | type[IDr]) -> Callable[[Reader], IDi | IDr]:
@@ -437,7 +357,7 @@ def _decode_id(cls: type[IDi] | type[IDr]) -> Callable[[Reader], IDi | IDr]:
 
 
 def _encode_cert(p: Cert | CertReq) -> bytes:
-    return _u8(p.encoding) + p.data
+    return u8(p.encoding) + p.data
 
 
 def _decode_cert(r: Reader) -> Cert:
@@ -451,7 +371,7 @@ def _decode_certreq(r: Reader) -> CertReq:
 
 
 def _encode_auth(p: Auth) -> bytes:
-    return _u8(p.method) + _RESERVED3 + p.data
+    return u8(p.method) + _RESERVED3 + p.data
 
 
 def _decode_auth(r: Reader) -> Auth:
@@ -465,7 +385,7 @@ def _decode_nonce(r: Reader) -> Nonce:
 
 
 def _encode_notify(p: Notify) -> bytes:
-    return _u8(p.protocol) + _u8(len(p.spi)) + _u16(p.type) + p.spi + p.data
+    return u8(p.protocol) + u8(len(p.spi)) + u16(p.type) + p.spi + p.data
 
 
 def _decode_notify(r: Reader) -> Notify:
@@ -480,7 +400,7 @@ def _encode_delete(p: Delete) -> bytes:
     spi_size = len(p.spis[0]) if p.spis else 0
     if any(len(spi) != spi_size for spi in p.spis):
         raise ValueError("all SPIs of a Delete payload must have the same size")
-    return _u8(p.protocol) + _u8(spi_size) + _u16(len(p.spis)) + b"".join(p.spis)
+    return u8(p.protocol) + u8(spi_size) + u16(len(p.spis)) + b"".join(p.spis)
 
 
 def _decode_delete(r: Reader) -> Delete:
@@ -517,8 +437,8 @@ def _encode_selector(ts: TrafficSelector) -> bytes:
     if ts.start_addr.version != version or ts.end_addr.version != version:
         raise ValueError(f"{ts.ts_type.name} needs IPv{version} addresses")
     addrs = ts.start_addr.packed + ts.end_addr.packed
-    return (_u8(ts.ts_type) + _u8(ts.ip_protocol) + _u16(8 + len(addrs))
-            + _u16(ts.start_port) + _u16(ts.end_port) + addrs)
+    return (u8(ts.ts_type) + u8(ts.ip_protocol) + u16(8 + len(addrs))
+            + u16(ts.start_port) + u16(ts.end_port) + addrs)
 
 
 def _decode_selector(r: Reader) -> TrafficSelector:
@@ -539,7 +459,7 @@ def _decode_selector(r: Reader) -> TrafficSelector:
 
 
 def _encode_ts(p: TSi | TSr) -> bytes:
-    return (_u8(len(p.selectors)) + _RESERVED3
+    return (u8(len(p.selectors)) + _RESERVED3
             + b"".join(_encode_selector(ts) for ts in p.selectors))
 
 
@@ -560,11 +480,11 @@ def _decode_ts(cls: type[TSi] | type[TSr]) -> Callable[[Reader], TSi | TSr]:
 
 
 def _encode_cp(p: CP) -> bytes:
-    out = [_u8(p.cfg_type), _RESERVED3]
+    out = [u8(p.cfg_type), _RESERVED3]
     for attr in p.attributes:
         if not 0 <= attr.type <= 0x7FFF:
             raise ValueError(f"configuration attribute type {attr.type} out of range")
-        out.append(_u16(attr.type) + _u16(len(attr.value)) + attr.value)
+        out.append(u16(attr.type) + u16(len(attr.value)) + attr.value)
     return b"".join(out)
 
 
@@ -629,7 +549,7 @@ def encode_payload_body(p: Payload) -> bytes:
         case Encrypted():
             return p.body
         case EncryptedFragment():
-            return _u16(p.number) + _u16(p.total) + p.body
+            return u16(p.number) + u16(p.total) + p.body
         case Nonce() | VendorId() | EAP() | UnknownPayload():
             return p.data
         case _:
@@ -640,7 +560,7 @@ def _generic_header(next_payload: int, critical: bool, body_length: int) -> byte
     length = GENERIC_HEADER_LENGTH + body_length
     if length > 0xFFFF:
         raise ValueError(f"payload of {length} bytes does not fit the length field")
-    return _u8(next_payload) + _u8(_CRITICAL if critical else 0) + _u16(length)
+    return u8(next_payload) + u8(_CRITICAL if critical else 0) + u16(length)
 
 
 def encode_payloads(payloads: Sequence[Payload]) -> bytes:

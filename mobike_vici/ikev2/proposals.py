@@ -155,16 +155,6 @@ def _default_pair(protocol: ProtocolId) -> tuple[ProposalSpec, ProposalSpec]:
     raise ProposalError(f"no default proposals for {protocol!r}")
 
 
-def default_proposals(protocol: ProtocolId) -> tuple[ProposalSpec, ...]:
-    """What swanctl uses when ``proposals``/``esp_proposals`` is not set at all.
-
-    Unlike the ``default`` keyword (classic first), an omitted ``esp_proposals``
-    puts the AEAD proposal first, as vici_config.c does.
-    """
-    classic, aead = _default_pair(protocol)
-    return (aead, classic) if protocol == ProtocolId.ESP else (classic, aead)
-
-
 # ---------------------------------------------------------------------- parsing
 
 

@@ -13,6 +13,7 @@ import shlex
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,20 @@ def check_plugins(plugin_dir: Path = PLUGIN_DIR) -> None:
         )
 
 
+def _file_log(name: str, rundir: Path) -> str:
+    """charon's log in ``rundir``, flushed per line so a test can read it as it grows."""
+    return f"""    filelog {{
+        {name} {{
+            path = {rundir}/charon.log
+            time_format = %H:%M:%S
+            default = 1
+            ike = 2
+            knl = 2
+            flush_line = yes
+        }}
+    }}"""
+
+
 def strongswan_conf(rundir: Path, extra_charon: str = "") -> str:
     """A strongswan.conf that loads exactly what the lab needs (charon 5.9.8, kernel-libipsec)."""
     return f"""charon {{
@@ -62,16 +77,7 @@ def strongswan_conf(rundir: Path, extra_charon: str = "") -> str:
             socket = unix://{rundir}/charon.vici
         }}
     }}
-    filelog {{
-        log {{
-            path = {rundir}/charon.log
-            time_format = %H:%M:%S
-            default = 1
-            ike = 2
-            knl = 2
-            flush_line = yes
-        }}
-    }}
+{_file_log("log", rundir)}
 }}
 """
 
@@ -103,16 +109,7 @@ def debian_layout(etc: Path, rundir: Path) -> Path:
             load = 20
         }}
     }}
-    filelog {{
-        lab {{
-            path = {rundir}/charon.log
-            time_format = %H:%M:%S
-            default = 1
-            ike = 2
-            knl = 2
-            flush_line = yes
-        }}
-    }}
+{_file_log("lab", rundir)}
 }}
 """)
     return etc / "strongswan.conf"
@@ -250,11 +247,14 @@ class Charon:
 
 
 def start_charon(lab: Lab, ns: Netns, *, extra_charon: str = "", name: str | None = None,
-                 timeout: float = 15.0, conf: Path | None = None) -> Charon:
+                 timeout: float = 15.0, conf: Path | None = None,
+                 make_conf: Callable[[Path], str] | None = None) -> Charon:
     """Start charon in `ns` with a private /run and its own config; wait for VICI.
 
     ``conf``: a strongswan.conf prepared by the caller (``debian_layout``) instead of the
-    lab's own; it must put the VICI socket and the log where ``Charon`` expects them."""
+    lab's own; ``make_conf``: the text of one for charon's run directory (the benches'
+    quieter logging). Either must put the VICI socket and the log where ``Charon``
+    expects them."""
     if not charon_available():
         raise LabError(f"strongSwan charon not installed ({CHARON}, {SWANCTL})")
     check_plugins()
@@ -262,7 +262,8 @@ def start_charon(lab: Lab, ns: Netns, *, extra_charon: str = "", name: str | Non
     rundir.mkdir(parents=True, exist_ok=True)
     if conf is None:
         conf = rundir / "strongswan.conf"
-        conf.write_text(strongswan_conf(rundir, extra_charon))
+        conf.write_text(make_conf(rundir) if make_conf is not None
+                        else strongswan_conf(rundir, extra_charon))
     script = (
         "mount -t tmpfs none /run && "
         f"STRONGSWAN_CONF={shlex.quote(str(conf))} exec {shlex.quote(str(CHARON))}"

@@ -34,12 +34,12 @@ with atheris.instrument_imports(include=["mobike_vici"]):
     from mobike_vici.core.engine import Engine
     from mobike_vici.core.exchanges.pubkey import PeerAuthFailed, verify_peer
     from mobike_vici.daemon.credentials import load_native
+    from mobike_vici.ikev2.buffer import DecodeError
     from mobike_vici.ikev2.constants import IdType
     from mobike_vici.ikev2.payloads import (
         Auth,
         Cert,
         CertReq,
-        DecodeError,
         IDi,
         Payload,
         decode_payloads,

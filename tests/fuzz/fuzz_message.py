@@ -15,8 +15,9 @@ from .harness import main
 from .seeds import charon_messages
 
 with atheris.instrument_imports(include=["mobike_vici"]):
+    from mobike_vici.ikev2.buffer import DecodeError
     from mobike_vici.ikev2.message import decode_header, decode_message
-    from mobike_vici.ikev2.payloads import DecodeError, decode_payloads
+    from mobike_vici.ikev2.payloads import decode_payloads
 
 
 ALLOWED: tuple[type[BaseException], ...] = (DecodeError,)

@@ -24,10 +24,10 @@ from .harness import main
 from .seeds import charon_message
 
 with atheris.instrument_imports(include=["mobike_vici"]):
+    from mobike_vici.ikev2.buffer import DecodeError
     from mobike_vici.ikev2.constants import PayloadType
     from mobike_vici.ikev2.crypto import IntegrityError, SkCipher, derive_ike_keys, sk_ciphers
     from mobike_vici.ikev2.message import decode_message, decrypt_message
-    from mobike_vici.ikev2.payloads import DecodeError
 
     from ..unit.ikev2.test_crypto import CHARON_KEYS, SUITE_CBC
 

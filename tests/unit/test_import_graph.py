@@ -46,9 +46,7 @@ def test_no_import_cycles() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="esp/xfrm.py, ikev2/payloads.py, "
-                   "esp/dataplane.py are being split by other helpers; "
-                   "daemon/native.py (the Daemon's datagram path and event fan-out) is "
-                   "still over")
+@pytest.mark.xfail(strict=False, reason="daemon/native.py (the Daemon's datagram path "
+                   "and event fan-out) is still over")
 def test_no_module_over_budget() -> None:
     assert _script().long_modules(MAX_LINES) == []

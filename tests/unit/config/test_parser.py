@@ -211,7 +211,10 @@ def test_random_syntax_parses_or_raises_config_error(text: str) -> None:
     try:
         parse_string(text, "/nonexistent-dir/fuzz.conf")
     except ConfigError as exc:
-        assert exc.file and exc.line >= 0
+        # Nothing is included (the directory does not exist): the error is this text's,
+        # at one of its lines.
+        assert exc.file == "/nonexistent-dir/fuzz.conf", exc
+        assert 1 <= exc.line <= text.count("\n") + text.count("\r") + 1, exc
 
 
 @pytest.mark.slow

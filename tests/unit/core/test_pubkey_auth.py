@@ -98,7 +98,8 @@ def test_key_kinds(tmp_path: Path, kind: str) -> None:
     alice, bob = pki.leaf("alice", slot=1), pki.leaf("bob", slot=2)
     cas = (pki.root, pki.intermediate)
     net = pair(tmp_path, alice=alice, bob=bob, alice_cas=cas, bob_cas=cas)
-    _ok(net)
+    ea, eb = _ok(net)
+    assert ea.remote_id == dn_str("bob") and eb.remote_id == dn_str("alice")
 
 
 def test_fqdn_and_email_ids_from_subject_alt_names(tmp_path: Path, ec: Pki) -> None:

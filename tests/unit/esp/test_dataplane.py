@@ -15,8 +15,6 @@ from mobike_vici.esp.dataplane import (
     Limits,
     Request,
     RequestKind,
-    Selector,
-    parse_selector,
 )
 from mobike_vici.ikev2.constants import EncrId, IntegId
 from mobike_vici.ikev2.crypto import EspSuite
@@ -256,26 +254,6 @@ def test_responder_successor_activates_when_old_sa_is_deleted() -> None:
     b.remove(1)
     done = b.protect(udp4(B_INNER, A_INNER))
     assert done is not None and done[0].unique_id == 2
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    ("10.1.0.0/24", Selector(4, 0x0A010000, 0x0A0100FF)),
-    ("10.1.0.5..10.1.0.9", Selector(4, 0x0A010005, 0x0A010009)),
-    ("10.1.0.5/32[tcp/80]", Selector(4, 0x0A010005, 0x0A010005, 6, 80, 80)),
-    ("0.0.0.0/0[udp/1000-2000]", Selector(4, 0, 0xFFFFFFFF, 17, 1000, 2000)),
-    ("0.0.0.0/0[icmp/8]", Selector(4, 0, 0xFFFFFFFF, 1, 0x800, 0x800)),
-    ("0.0.0.0/0[icmp/3(1)-3(4)]", Selector(4, 0, 0xFFFFFFFF, 1, 0x301, 0x304)),
-    ("::/0[58]", Selector(6, 0, (1 << 128) - 1, 58)),
-])
-def test_parse_selector(text: str, expected: Selector) -> None:
-    assert parse_selector(text) == expected
-
-
-@pytest.mark.parametrize("text", ["10.1.0.0/33", "10.0.0.1..::1", "1.2.3.4/32[bogus]",
-                                  "1.2.3.4/32[tcp/x]", "1.2.3.4/32[tcp"])
-def test_parse_selector_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_selector(text)
 
 
 def test_narrowed_selector_matches_ports() -> None:

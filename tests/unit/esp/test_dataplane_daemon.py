@@ -119,25 +119,20 @@ def test_data_plane_wiring() -> None:
     asyncio.run(main())
 
 
-def test_kernel_with_esp_still_gets_the_userspace_data_plane() -> None:
-    """The probe finds kernel ESP (a fake kernel that accepts ESP SAs); the daemon has no
-    kernel data plane to drive, so it opens userspace ESP and says why."""
-    from tests.unit.esp.test_xfrm import FakeKernel
+def test_daemon_says_its_data_plane_is_userspace() -> None:
+    """The native daemon has one data plane on every kernel; the event stream says so once."""
 
     async def main() -> None:
         engine = FakeEngine(Endpoint.parse("127.0.0.1", free_port()),
                             Endpoint.parse("127.0.0.1", free_port()))
         log = RecordingLog()
         plane = FakeDataPlane()
-        kernel = FakeKernel()
         daemon = Daemon(Config(), engine, log, ike_port=free_port(), natt_port=free_port(),
-                        bind=V4, data_plane=plane, probe_kernel=True, net_monitor=False)
-        daemon.xfrm_transport = kernel
+                        bind=V4, data_plane=plane, net_monitor=False)
         await daemon.start()
         try:
-            assert kernel.sent, "the kernel was probed"
             [selected] = log.named("data_plane_selected")
-            assert selected["data_plane"] == "userspace" and selected["kernel_esp"] is True
+            assert selected["data_plane"] == "userspace" and "TUN" in selected["reason"]
             assert daemon.data_plane is plane and plane.host is daemon
             assert daemon.esp_handler is not None
         finally:

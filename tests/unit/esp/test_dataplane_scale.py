@@ -10,7 +10,8 @@ import random
 import pytest
 
 from mobike_vici.core.events import ChildSaInstalled
-from mobike_vici.esp.dataplane import ChildEntry, DataPlane, parse_selector
+from mobike_vici.esp.dataplane import ChildEntry, DataPlane
+from mobike_vici.esp.selector import parse_selector
 
 from .support import iv_source
 from .test_dataplane import B_NET, installed, udp4

@@ -13,12 +13,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mobike_vici.core.events import PacketDropped
+from mobike_vici.ikev2.buffer import DecodeError
 from mobike_vici.ikev2.constants import ExchangeType, PayloadType, ProtocolId
 from mobike_vici.ikev2.message import MAX_MESSAGE_LENGTH, decode_header, decode_message
 from mobike_vici.ikev2.payloads import (
     CP,
     SA,
-    DecodeError,
     Delete,
     Payload,
     TSi,

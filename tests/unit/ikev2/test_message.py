@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mobike_vici.ikev2 import crypto
+from mobike_vici.ikev2.buffer import DecodeError
 from mobike_vici.ikev2.constants import (
     DhId,
     EncrId,
@@ -39,7 +40,6 @@ from mobike_vici.ikev2.message import (
 from mobike_vici.ikev2.payloads import (
     KE,
     SA,
-    DecodeError,
     Delete,
     Encrypted,
     Nonce,

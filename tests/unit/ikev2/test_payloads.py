@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mobike_vici.ikev2.buffer import DecodeError, Reader, to_enum
 from mobike_vici.ikev2.constants import (
     AuthMethod,
     CfgAttr,
@@ -28,7 +29,6 @@ from mobike_vici.ikev2.payloads import (
     Cert,
     CertReq,
     CfgAttribute,
-    DecodeError,
     Delete,
     Encrypted,
     IDi,
@@ -37,7 +37,6 @@ from mobike_vici.ikev2.payloads import (
     Notify,
     Payload,
     Proposal,
-    Reader,
     TrafficSelector,
     Transform,
     TSi,
@@ -49,7 +48,6 @@ from mobike_vici.ikev2.payloads import (
     encode_payloads,
     first_payload_type,
     id_body,
-    to_enum,
 )
 
 V4 = ipaddress.IPv4Address
