@@ -27,9 +27,9 @@ from typing import ParamSpec
 from ..backends.native import Mobility
 from ..config.model import Config, StartAction
 from ..core.engine import Datagram, IkeStatus
-from ..core.events import IkeSaDeleted, IkeSaRekeyed, PacketDropped, ProbeResult
-from ..eventlog import EventLog, event_fields, level_of
-from ..types import IKE_PORT, NATT_PORT, Endpoint, Path
+from ..core.events import Event, IkeSaDeleted, IkeSaRekeyed, ProbeResult
+from ..eventlog import EventLog, level_of
+from ..types import IKE_PORT, NATT_PORT, Path
 from . import udp
 from .control import ControlServer, JsonObject
 from .data_path import DataPathWatch, settings_of
@@ -47,6 +47,7 @@ from .native_api import (
     opens_ike_sa,
     restart_children,
 )
+from .native_events import write_core_event
 from .native_net import NetFollow
 from .native_status import status_answer
 from .operator import operator_request
@@ -118,12 +119,12 @@ class Daemon:
         self.services: list[Service] = []
         """Started once the daemon is up, closed with it (the pool)."""
         self.mobility = mobility
+        """MOBIKE path selection: fed core events and netlink, asked for probes and moves."""
         self.reload_config: Callable[[], Config] | None = None
         """SIGHUP re-reads the config with this (set by ``run_native``)."""
         self.config_file = ""
         """The file ``reload_config`` reads (for the reload's events)."""
         self.reopen_events: Callable[[], None] | None = None
-        """MOBIKE path selection: fed core events and netlink, asked for probes and moves."""
         self.metrics = metrics
         """Prometheus endpoint: fed by the event log's tap, reads ``status_answer``."""
         self.routing = routing
@@ -193,32 +194,20 @@ class Daemon:
                 await self._control.start()
             if self.metrics is not None:
                 self._start_metrics(self.metrics)
+            self.log.emit("daemon_started", backend="native", ike_port=self.ike_port,
+                          natt_port=self.natt_port,
+                          control=self._control.path if self._control else None)
+            if self.routing is not None:
+                # Only now: with UDP 500/4500 bound, no other daemon runs in this namespace,
+                # so whatever of ours is in the kernel is a dead run's (removed by start()).
+                self._owns_routes = True
+                await self.routing.start()
+            if self.data_plane is not None:
+                self._open_data_plane()
+                self._watch_traffic()
         except BaseException:
             await self.close()
             raise
-        self.log.emit(
-            "daemon_started",
-            backend="native",
-            ike_port=self.ike_port,
-            natt_port=self.natt_port,
-            control=self._control.path if self._control else None,
-        )
-        if self.routing is not None:
-            # Only now: with UDP 500/4500 bound, no other daemon runs in this namespace,
-            # so whatever of ours is in the kernel is a dead run's (removed by start()).
-            self._owns_routes = True
-            try:
-                await self.routing.start()
-            except BaseException:
-                await self.close()
-                raise
-        if self.data_plane is not None:
-            try:
-                self._open_data_plane()
-            except BaseException:
-                await self.close()
-                raise
-            self._watch_traffic()
         if self._want_monitor:
             await self._net.start()
         self._started = True
@@ -229,7 +218,7 @@ class Daemon:
             for child in conn.children:
                 if _starts(child.start_action):
                     self._guarded("initiate", self.engine.initiate, conn.name, child.name, now)
-        self._after_engine()
+        self.after_engine()
 
     def _attach_feed(self, control: ControlServer) -> None:
         if self.log.tap is not None:
@@ -244,7 +233,7 @@ class Daemon:
 
     def _net_changed(self) -> None:
         if self._loop is not None and self._sockets:
-            self._after_engine()  # a path manager may want a probe or a move now
+            self.after_engine()  # a path manager may want a probe or a move now
 
     def _open_data_plane(self) -> None:
         assert self.data_plane is not None
@@ -297,7 +286,7 @@ class Daemon:
             self.data_path.set_settings(settings_of(new.mobike.policy))
         if policy_changed and self.mobility is not None:
             self.mobility.set_policy(new.mobike.policy, self.now())
-            self._after_engine()  # a live IKE_SA may now want a probe or a move
+            self.after_engine()  # a live IKE_SA may now want a probe or a move
         same_conns = new.connections == self.config.connections and \
             new.secrets == self.config.secrets and new.pools == self.config.pools
         self.config = replace(self.config, mobike=new.mobike)
@@ -312,7 +301,7 @@ class Daemon:
         pending = {ike.ike_spi for ike in self._status()}
         for spi in sorted(pending):
             self._guarded("delete_ike", self.engine.delete_ike, spi, now)
-        self._after_engine()
+        self.after_engine()
         deadline = now + self.shutdown_grace
         while pending:
             pending &= {ike.ike_spi for ike in self._status()}
@@ -330,7 +319,7 @@ class Daemon:
         if self.mobility is None or packets_of is None:
             return
         self._traffic = TrafficWatch(
-            packets_of, self.mobility, self._after_engine,
+            packets_of, self.mobility, self.after_engine,
             on_error=lambda exc: self.log.emit("engine_error", call="traffic",
                                                error=type(exc).__name__))
         self._traffic.start(self.loop)
@@ -408,7 +397,7 @@ class Daemon:
         self.log.emit("child_sa_limit_reached", unique_id=unique_id,
                       action="rekey" if kind == 1 else "delete")
         self._guarded(name, call, unique_id, self.now())
-        self._after_engine()
+        self.after_engine()
 
     def _on_readable(self, sock: socket.socket, port: int) -> None:
         now = self.now()
@@ -437,7 +426,7 @@ class Daemon:
             ike |= self._dispatch(data, Path(local, remote), port, now)
         if ike:
             # A batch of ESP alone changed nothing in the engine: no flush, no re-arm.
-            self._after_engine()
+            self.after_engine()
 
     def _dispatch(self, data: bytes, path: Path, port: int, now: float) -> bool:
         """Hand one datagram on; True if it went to the engine."""
@@ -469,7 +458,7 @@ class Daemon:
     def tcp_ike(self, data: bytes, path: Path, now: float) -> None:
         """An IKE message off a TCP stream (``path``: the engine's view of it)."""
         if self._dispatch(data, path, -1, now):
-            self._after_engine()
+            self.after_engine()
 
     def tcp_esp(self, data: bytes, now: float) -> None:
         """An ESP packet off a TCP stream: the SPI finds the SA, as on UDP 4500."""
@@ -489,7 +478,7 @@ class Daemon:
                 move = getattr(self.engine, "move", None)
                 if move is not None:
                     self._guarded("move", move, ike.ike_spi, ike.path, now)
-        self._after_engine()
+        self.after_engine()
 
     def _esp(self, data: bytes, path: Path, now: float) -> None:
         if self.esp_handler is not None:
@@ -515,14 +504,11 @@ class Daemon:
             ok &= self._guarded("mobility_timer", self.mobility.handle_timer, now)
         if self.data_path is not None:
             ok &= self._guarded("data_path_timer", self.data_path.handle_timer, now)
-        self._after_engine(not_before=None if ok else now + ENGINE_ERROR_BACKOFF)
+        self.after_engine(not_before=None if ok else now + ENGINE_ERROR_BACKOFF)
 
-    def after_engine(self) -> None:
-        """For a service that called the engine (a pool's redirect): send, log, re-arm."""
-        self._after_engine()
-
-    def _after_engine(self, not_before: float | None = None) -> None:
-        """After any call into the engine: send, log events, re-arm the one timer."""
+    def after_engine(self, not_before: float | None = None) -> None:
+        """After any call into the engine (ours, or a service's such as the pool's
+        redirects): send, log events, re-arm the one timer."""
         now = self.now()
         self._flush(now)
         self._drain_events()
@@ -596,67 +582,41 @@ class Daemon:
                 return
             if event is None:
                 return
-            extra: Mapping[str, object] = {}
-            if self.data_plane is not None:
-                try:
-                    extra = self.data_plane.on_event(event)
-                except Exception as exc:
-                    self.log.emit("engine_error", call="data_plane", error=type(exc).__name__)
-            if self.tcp is not None and isinstance(event, IkeSaRekeyed):
-                self.tcp.rekeyed(event.ike_spi, event.new_ike_spi)
-            if self.routing is not None:
-                try:
-                    self.routing.on_core_event(event)
-                except Exception as exc:
-                    self.log.emit("engine_error", call="routing_event", error=type(exc).__name__)
-            if self.data_path is not None:
-                try:
-                    self.data_path.on_core_event(event, self.now())
-                except Exception as exc:
-                    self.log.emit("engine_error", call="data_path_event",
-                                  error=type(exc).__name__)
-            if self.mobility is not None:
-                try:
-                    self.mobility.on_core_event(event, self.now())
-                except Exception as exc:
-                    self.log.emit("engine_error", call="mobility_event",
-                                  error=type(exc).__name__)
-                if isinstance(event, ProbeResult):
-                    continue  # several a second per SA; path_up/path_down tell the story
-            if isinstance(event, PacketDropped) and not event.authenticated:
-                name, fields = event_fields(event)
-                del fields["reason"]
-                line = self.drops.record(event.reason, fields, self.now())
-                if line is not None:
-                    self.log.write(level_of(name), name, line)
-                self._arm_drop_timer()
-            elif extra:
-                name, fields = event_fields(event)
-                self.log.write(level_of(name), name, {**fields, **extra})
-            else:
-                self.log.core_event(event)
-            if isinstance(event, IkeSaDeleted):
-                self._restart_after(event)
-            for hook in self.event_hooks:
-                try:
-                    hook(event)
-                except Exception as exc:
-                    self.log.emit("engine_error", call="event_hook", error=type(exc).__name__)
+            self._deliver(event, self.now())
+
+    def _deliver(self, event: Event, now: float) -> None:
+        """One core event to every part that follows the core, then to the log."""
+        extra: Mapping[str, object] = {}
+        if self.data_plane is not None:
+            try:
+                extra = self.data_plane.on_event(event)
+            except Exception as exc:
+                self.log.emit("engine_error", call="data_plane", error=type(exc).__name__)
+        if self.tcp is not None and isinstance(event, IkeSaRekeyed):
+            self.tcp.rekeyed(event.ike_spi, event.new_ike_spi)
+        if self.routing is not None:
+            self._guarded("routing_event", self.routing.on_core_event, event)
+        if self.data_path is not None:
+            self._guarded("data_path_event", self.data_path.on_core_event, event, now)
+        if self.mobility is not None:
+            self._guarded("mobility_event", self.mobility.on_core_event, event, now)
+            if isinstance(event, ProbeResult):
+                return  # several a second per SA; path_up/path_down tell the story
+        if write_core_event(self.log, self.drops, event, extra, now):
+            self._arm_drop_timer()
+        if isinstance(event, IkeSaDeleted):
+            self._restart_after(event)
+        for hook in self.event_hooks:
+            self._guarded("event_hook", hook, event)
 
     def _restart_after(self, event: IkeSaDeleted) -> None:
         """``close_action = restart`` (the peer deleted the IKE_SA) and ``dpd_action =
         restart`` (it stopped answering): initiate those children again, as charon does.
         A peer whose daemon restarted would otherwise leave the tunnel down for good."""
-        if self._stopping:
+        children = [] if self._stopping else restart_children(self.config, event,
+                                                                   self._status())
+        if not children:
             return
-        try:
-            conn = self.config.connection(event.conn)
-        except KeyError:
-            return
-        children = restart_children(conn.children, event.reason)
-        if not children or any(ike.conn == event.conn and ike.ike_spi != event.ike_spi
-                                and ike.state == "ESTABLISHED" for ike in self._status()):
-            return  # nothing to restart, or another IKE_SA of the conn carries on
         self.log.emit("ike_sa_restarting", conn=event.conn, ike_spi=event.ike_spi,
                       reason=event.reason, children=children)
         # After this drain: the new IKE_SA_INIT leaves at once, not with the next timer.
@@ -668,7 +628,7 @@ class Daemon:
         now = self.now()
         for child in children:
             self._guarded("initiate", self.engine.initiate, conn, child, now, eager=eager)
-        self._after_engine()
+        self.after_engine()
 
     def _arm_drop_timer(self) -> None:
         deadline = self.drops.next_deadline()
@@ -687,15 +647,12 @@ class Daemon:
             self._timer.cancel()
             self._timer = None
         try:
-            deadline = self.engine.get_timer()
+            deadlines = [self.engine.get_timer()]
             if self.mobility is not None:
-                extra = self.mobility.get_timer()
-                if extra is not None:
-                    deadline = extra if deadline is None else min(deadline, extra)
+                deadlines.append(self.mobility.get_timer())
             if self.data_path is not None:
-                check = self.data_path.get_timer()
-                if check is not None:
-                    deadline = check if deadline is None else min(deadline, check)
+                deadlines.append(self.data_path.get_timer())
+            deadline = min((d for d in deadlines if d is not None), default=None)
         except Exception as exc:
             self.log.emit("engine_error", call="get_timer", error=type(exc).__name__)
             deadline = None
@@ -735,14 +692,7 @@ class Daemon:
             if self.mobility is None:
                 return {"ok": False, "error": "MOBIKE path selection is not running"}
             answer = operator_request(self.mobility, req, self.now())
-            self._after_engine()  # log the preference, carry out the move
+            self.after_engine()  # log the preference, carry out the move
             return answer
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
-    def local_endpoints(self) -> list[Endpoint]:
-        """Where the daemon listens (for tests and diagnostics)."""
-        out = []
-        for sock in self._sockets.values():
-            host, port = sock.getsockname()[:2]
-            out.append(Endpoint(ipaddress.ip_address(host), port))
-        return out

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from ..config.model import CloseAction, DpdAction
+from ..config.model import CloseAction, Config, DpdAction
 from ..core.engine import Datagram, IkeStatus
-from ..core.events import Event
+from ..core.events import Event, IkeSaDeleted
 from ..types import Path
 from .control import JsonObject
 
@@ -64,11 +64,20 @@ def opens_ike_sa(data: bytes) -> bool:
             and not data[19] & 0x20)
 
 
-def restart_children(children: Sequence[Any], reason: str) -> list[str]:
-    """Names of the children to initiate again after an IKE_SA went away for ``reason``."""
-    if reason == "deleted_by_peer":
+def restart_children(config: Config, gone: IkeSaDeleted,
+                     live: Sequence[IkeStatus]) -> list[str]:
+    """Names of the children to initiate again after the IKE_SA ``gone`` went away;
+    none when another established IKE_SA of its connection (in ``live``) carries on."""
+    try:
+        children = config.connection(gone.conn).children
+    except KeyError:
+        return []
+    if any(ike.conn == gone.conn and ike.ike_spi != gone.ike_spi
+           and ike.state == "ESTABLISHED" for ike in live):
+        return []
+    if gone.reason == "deleted_by_peer":
         return [c.name for c in children if c.close_action == CloseAction.START]
-    if reason in ("dpd_timeout", "retransmits_exceeded", "dead_after"):
+    if gone.reason in ("dpd_timeout", "retransmits_exceeded", "dead_after"):
         return [c.name for c in children if c.dpd_action == DpdAction.RESTART]
     return []
 

@@ -36,7 +36,7 @@ class NativeRedirects:
         self.engine = engine
         self._now = now
         self._after = after
-        """Flush what the engine sent (the daemon's ``_after_engine``)."""
+        """Flush what the engine sent (the daemon's ``after_engine``)."""
         self._sas: dict[str, DrainSa] = {}
         self._ids = 0
 

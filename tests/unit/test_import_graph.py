@@ -46,7 +46,5 @@ def test_no_import_cycles() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="daemon/native.py (the Daemon's datagram path "
-                   "and event fan-out) is still over")
 def test_no_module_over_budget() -> None:
     assert _script().long_modules(MAX_LINES) == []

@@ -53,7 +53,7 @@ def main() -> int:
             target = Path(Endpoint(source, sa.path.local.port), sa.path.remote)
             log.emit("mover_moving", ike_spi=sa.ike_spi, local=str(target.local))
             engine.move(sa.ike_spi, target, daemon.now())
-            daemon._after_engine()
+            daemon.after_engine()
 
         async def run() -> int:
             asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, move)

@@ -15,6 +15,7 @@ from mobike_vici.config.model import (
     StartAction,
 )
 from mobike_vici.core.events import IkeSaDeleted
+from mobike_vici.core.status import IkeStatus
 from mobike_vici.daemon.native import Daemon
 from mobike_vici.daemon.native_api import opens_ike_sa, restart_children
 from mobike_vici.daemon.native_run import engine_settings
@@ -30,14 +31,35 @@ CHILDREN = (
 )
 
 
+PATH = Path(Endpoint.parse("192.0.2.2", 500), Endpoint.parse("192.0.2.1", 500))
+RESTARTS = Config(connections=(ConnectionConfig(name="c", children=CHILDREN),))
+
+
+def _restart(reason: str, live: tuple[IkeStatus, ...] = (), conn: str = "c") -> list[str]:
+    gone = IkeSaDeleted(conn=conn, ike_spi="aa_bb", path=PATH, reason=reason)
+    return restart_children(RESTARTS, gone, live)
+
+
+def _live(ike_spi: str, state: str = "ESTABLISHED") -> IkeStatus:
+    return IkeStatus(conn="c", ike_spi=ike_spi, state=state, initiator=True, path=PATH,
+                     local_id="", remote_id="", proposal="", virtual_ips=(), children=())
+
+
 def test_peer_delete_restarts_close_action_children() -> None:
-    assert restart_children(CHILDREN, "deleted_by_peer") == ["closes"]
+    assert _restart("deleted_by_peer") == ["closes"]
 
 
 def test_dead_peer_restarts_dpd_action_children() -> None:
-    assert restart_children(CHILDREN, "dpd_timeout") == ["dpd"]
-    assert restart_children(CHILDREN, "retransmits_exceeded") == ["dpd"]
-    assert restart_children(CHILDREN, "dead_after") == ["dpd"]
+    assert _restart("dpd_timeout") == ["dpd"]
+    assert _restart("retransmits_exceeded") == ["dpd"]
+    assert _restart("dead_after") == ["dpd"]
+
+
+def test_nothing_restarts_while_another_ike_sa_of_the_conn_is_up() -> None:
+    assert _restart("deleted_by_peer", (_live("cc_dd"),)) == []
+    assert _restart("deleted_by_peer", (_live("aa_bb"), _live("cc_dd", "CONNECTING"))) \
+        == ["closes"]
+    assert _restart("deleted_by_peer", conn="gone-from-config") == []
 
 
 def test_the_engine_gets_the_configured_dead_bound() -> None:
@@ -48,7 +70,7 @@ def test_the_engine_gets_the_configured_dead_bound() -> None:
 
 def test_own_delete_and_rekey_restart_nothing() -> None:
     for reason in ("deleted_locally", "rekeyed", "half_open_timeout"):
-        assert restart_children(CHILDREN, reason) == []
+        assert _restart(reason) == []
 
 
 CONFIG = Config(connections=(
