@@ -38,6 +38,7 @@ from ..backends.vici.steer import egress
 from ..mobike import health as hm
 from ..net.esp_bpf import MAX_PEERS, SNAP, esp_filter, pack, parse_addresses
 from ..types import IPAddress, Path
+from . import nat_check
 from .sibling_check import SiblingCheck
 
 if TYPE_CHECKING:
@@ -51,11 +52,6 @@ READ_BATCH = 64  # packets read per wake-up at most: the loop has other work too
 CHECKING = (hm.Phase.WATCHING, hm.Phase.REPAIRING)
 """While a move's data path is checked, its silence is the check's to judge: no burst."""
 RCVBUF = 256 * 1024  # bytes queued in the kernel at most; beyond it the kernel drops
-CHARON_ROAM_DELAY = 0.1
-"""charon's kernel-netlink checks its IKE_SAs' paths this long after the first route,
-address or link event; the events until then join that one check (fixed in charon)."""
-STEER_MARGIN = 0.02
-"""How long the failover's routes get between a burst's verdict and charon's check."""
 
 
 class EspTap:
@@ -138,11 +134,6 @@ def _stall_cap(s: hm.HealthSettings) -> float:
     return s.stall_cap + s.burst_timeout
 
 
-def _verdict_at(burst: hm.Burst) -> float:
-    """When the burst finds its path dead if no probe is answered."""
-    return burst.started + (hm.BURST - 1) * burst.gap + burst.timeout
-
-
 def _drain(sock: socket.socket) -> None:
     for _ in range(10_000):
         try:
@@ -168,7 +159,6 @@ class _Watched:
     rekeyed: int = 0  # CHILD_SAs the last repair rekeyed
     refused: bool = False  # charon refused every rekey of the last repair
     last_inbound: float | None = None  # the peer's last ESP on ``path``: a sign of life
-    prearm_at: float | None = None  # when to start charon's roam timer for this burst
     timer: asyncio.TimerHandle | None = None
 
     def sample(self) -> dict[int, tuple[int, int]]:
@@ -285,12 +275,31 @@ class EspWatch:
             return False
         w = self._sas.get(spi)
         if w is not None:
+            if w.burst is not None:
+                self._check_nat_mapping(w)
             # A quiet peer, not a dead path: no more bursts until its ESP comes again or
             # the path manager's next probe is answered (``path_alive``).
             w.burst, w.quiet = None, True
             w.stall.on_alive()
             self._pump(w)
         return True
+
+    def _check_nat_mapping(self, w: _Watched) -> None:
+        """The path answered while the peer's ESP, flowing until the stall, stopped:
+        behind a NAT, charon checks the mapping now, not at its DPD (``nat_check``)."""
+        info = self.ctl.client.table.get(w.spi)
+        if info is None or w.last_inbound is None or w.quiet:
+            return
+        self.ctl.spawn(self._nat_mapping_check(w.spi, w.path, info.unique_id, info.conn,
+                                               self.ctl.now - w.last_inbound))
+
+    async def _nat_mapping_check(self, spi: str, path: Path, unique_id: int, conn: str,
+                                 silent: float) -> None:
+        if not await nat_check.behind_nat(self.ctl.client, spi, unique_id):
+            return
+        self.ctl.log.emit("nat_mapping_check", conn=conn, ike_spi=spi, local=str(path.local),
+                          remote=str(path.remote), silent_ms=round(silent * 1000, 1))
+        self.ctl.prearm_roam(spi, path)
 
     # -- packets ------------------------------------------------------------------------
 
@@ -320,9 +329,9 @@ class EspWatch:
             return  # a quiet peer costs at most one burst per REARM_GAP
         w.suspected, w.last_burst = True, now
         w.burst = hm.Burst.at(now, w.srtt, self.settings.burst_timeout)
-        if w.last_inbound is not None and not w.quiet:
-            # The peer was answering: a silence that may well be a death.
-            w.prearm_at = max(now, _verdict_at(w.burst) - CHARON_ROAM_DELAY + STEER_MARGIN)
+        # No route event before the verdict: charon (``check_current_path``) would send a
+        # DPD on the dying path, and the failover's MOBIKE update would then wait for its
+        # retransmission (4 s), not run 100 ms after the failover's routes.
         sa = self.ctl.sas.get(w.spi)
         since = w.stall.since if w.stall.since is not None else now
         self.ctl.log.emit("inbound_stalled", conn=sa.info.conn if sa is not None else "",
@@ -339,19 +348,14 @@ class EspWatch:
         if burst is not None:
             while burst.due(now):
                 self._send_probe(w)
-            if w.prearm_at is not None and now >= w.prearm_at:
-                w.prearm_at = None
-                self.ctl.prearm_roam(w.spi, w.path)
             if burst.missed(now):
                 w.burst = None
                 self._dead(w, sa, burst.sent, now)
-        else:
-            w.prearm_at = None  # answered: nothing to start
         while (event := w.check.next_event()) is not None:
             self._act(w, sa, event, now)
         times = [t for t in (w.check.get_timer(),
-                             w.burst.deadline() if w.burst is not None else None,
-                             w.prearm_at) if t is not None]
+                             w.burst.deadline() if w.burst is not None else None)
+                 if t is not None]
         when = min(times) if times else None
         if w.timer is not None and (when is None or w.timer.when() != when):
             w.timer.cancel()

@@ -516,12 +516,10 @@ class ViciMobility:
             self._plan_done(cur_info, plan)  # charon was there already (e.g. link down)
 
     def prearm_roam(self, ike_spi: str, path: Path) -> None:
-        """A stall's burst is about to judge ``path``, charon's (``EspWatch``). charon
-        checks its paths ``CHARON_ROAM_DELAY`` after the first route event, and no VICI
-        command asks for that check; so the route charon already follows there is
-        installed anew now, and charon's check runs just after a failover's routes would
-        be in place, not that long after them. A path that answers loses nothing:
-        charon's check finds it still best and sends nothing."""
+        """Make charon check ``path``, its current one, now (``daemon.nat_check``): no
+        VICI command asks for that, so the route charon follows there is installed anew;
+        charon checks its paths 100 ms after a route event, and with
+        ``check_current_path`` checks one it keeps with a DPD (NAT detection included)."""
         sa = self.sas.get(ike_spi)
         out = egress(self.monitor.state, path.local.addr)
         if sa is None or out is None or sa.info.conn in self.plans:

@@ -70,3 +70,15 @@ def test_rss_growth_that_levels_off_has_a_flat_last_half(soak: ModuleType) -> No
     assert len(trend["rss_kib_by_minute"]) == 20
     leaking = [(t * 10.0, 50_000 + t * 10, 20) for t in range(120)]  # 3.6 MiB/h
     assert soak.rss_trend(leaking)["rss_slope_last_half_kib_per_h"] == pytest.approx(3600.0)
+
+
+def test_half_an_hour_leaves_room_for_six_hundred_faults(soak: ModuleType) -> None:
+    # Issue 24: >= 600 faults per pair in 1800 s. The 30-minute run of seed 7 spent
+    # about 1 s per fault beyond the schedule's own hold and pause in the controller
+    # pair (recoveries, restarts, the wait for the ping), so the schedule must leave it.
+    recovery_s = 1.0
+    per_pair = 1800 / (soak.mean_spacing_s() + recovery_s)
+    assert per_pair >= soak.TARGET_FAULTS_PER_HALF_HOUR, per_pair
+    # The kinds' mix is not traded for it: every kind is still drawn and held.
+    assert all(soak.WEIGHTS[k] > 0 for k in soak.KINDS)
+    assert all(soak.HOLD[k][0] >= 1.5 for k in soak.SILENT)  # past detection + move

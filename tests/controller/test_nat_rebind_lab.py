@@ -1,0 +1,78 @@
+"""`mobike-vici run` on the carrier-NAT uplink: the NAT rebinds (a new public port for
+the same flow) while ESP flows both ways.
+
+charon (5.9.8) with MOBIKE makes no implicit address update: the gateway keeps sending
+ESP to the old public port, which the NAT no longer maps, until the mobile charon's own
+NAT detection runs, and that only comes with its DPD (``dpd_delay``; none configured
+here). The controller sees its ESP go out and nothing come back while the path itself
+answers its probes, and makes charon check the path's NAT mapping at once."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mobike_vici.lab.charon_controller import INNER, Setup, build, mobile_conf
+from mobike_vici.lab.faults import RouterFaults
+from mobike_vici.lab.netns import Lab
+
+pytestmark = [pytest.mark.netns, pytest.mark.charon]
+
+M1 = "10.2.0.2"
+RECOVERED_WITHIN_S = 5.0
+"""A functional bound: the probe burst and one MOBIKE exchange, under CI load; before,
+nothing but charon's DPD (here: never) brought the gateway's ESP back."""
+_REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")
+
+
+@pytest.fixture
+def setup(lab: Lab) -> Iterator[Setup]:
+    yield from build(lab, mob_conf=mobile_conf(), nat_backup=True)
+
+
+def _last_reply(log: Path) -> float | None:
+    stamps = [float(m.group(1)) for line in log.read_text().splitlines()
+              if (m := _REPLY.match(line))]
+    return stamps[-1] if stamps else None
+
+
+def _wait_reply_after(log: Path, since: float, timeout: float) -> float | None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        last = _last_reply(log)
+        if last is not None and last > since:
+            return last
+        time.sleep(0.05)
+    return None
+
+
+def test_a_nat_rebind_on_the_active_path_is_recovered_without_dpd(setup: Setup) -> None:
+    setup.start_controller()
+    setup.wait_event("ike_sa_tracked")
+    setup.topo.kill_silently(1, family=6)  # m1's IPv6 (no NAT) is no way out
+    setup.topo.link_down(0)  # charon is moved onto m1's IPv4, behind the carrier NAT
+    setup.wait_local(M1, timeout=30)
+    assert setup.tunnel_ping(), "no traffic through the tunnel on m1"
+    spi = setup.spi()
+    log = setup.lab.workdir / "stream.txt"
+    setup.lab.spawn(setup.topo.mob, ["ping", "-D", "-n", "-i", "0.01", "-I", setup.vip(),
+                                     INNER], log)
+    assert _wait_reply_after(log, time.time(), 10) is not None, log.read_text()[-2000:]
+    time.sleep(2.0)
+    mark = len(setup.event_list())
+    faults = RouterFaults(setup.lab, setup.topo.rtr)
+    faults.nat_rebind("g0", f"{M1}/24", random.Random(24))
+    rebound = time.time()
+    time.sleep(0.5)  # the gateway's ESP to the old port is lost by now
+    back = _wait_reply_after(log, rebound + 0.5, RECOVERED_WITHIN_S)
+    events = setup.event_list()[mark:]
+    assert back is not None, json.dumps([events, setup.sa()])
+    assert setup.spi() == spi  # the same IKE_SA: updated, not set up again
+    names = [e["event"] for e in events]
+    assert "nat_mapping_check" in names, names
