@@ -47,11 +47,11 @@ from ..backends.vici import (
     ViciError,
     ViciEvent,
 )
+from ..backends.vici.charon_settings import DEFAULT_STRONGSWAN_CONF, read_settings, unmet
 from ..backends.vici.errors import LoadError
 from ..backends.vici.mobility import ViciMobility
 from ..backends.vici.tree import Loaded, PartialLoad, load_tree
 from ..config.attach import AttachConfig
-from ..config.errors import ConfigError
 from ..config.mobike import MobikePolicy
 from ..eventlog import EventLog, configure
 from ..mobike import steer_plan
@@ -77,28 +77,6 @@ from .status import paths_json, preferred_json
 JsonObject = dict[str, Any]
 MAX_WIRE_IDS = 4096  # bound on probe ids awaiting a reply, all SAs together
 RECONCILE_WAIT = 10.0  # seconds to wait for charon's SA list before judging leftovers
-DEFAULT_STRONGSWAN_CONF = "/etc/strongswan.conf"
-_YES = frozenset({"yes", "true", "1", "enabled"})
-
-
-def prefer_best_path(strongswan_conf: str, daemon: str = "charon") -> bool | None:
-    """``prefer_best_path`` as ``daemon`` reads it from ``strongswan_conf`` (includes
-    followed): its own section first, then ``charon``'s, the fallback charon-systemd and
-    the other charon front ends register. None when the file cannot be read or parsed."""
-    from ..config.parser import parse_file
-
-    try:
-        root = parse_file(strongswan_conf)
-    except (OSError, ConfigError):
-        return None
-    for name in dict.fromkeys((daemon, "charon")):
-        section = root.sections.get(name)
-        value = section.keys.get("prefer_best_path") if section is not None else None
-        if value is not None:
-            return value.value.strip().lower() in _YES
-    return False
-
-
 def _ep(path: Path) -> dict[str, str]:
     return {"local": str(path.local), "remote": str(path.remote)}
 
@@ -296,22 +274,28 @@ class Controller:
                       table=mob.routing.table)
 
     def _check_charon_settings(self, daemon: str) -> None:
-        # Without prefer_best_path charon ignores our routes while its path "works".
         conf = self.strongswan_conf or os.environ.get("STRONGSWAN_CONF") or \
             DEFAULT_STRONGSWAN_CONF
-        on = prefer_best_path(conf, daemon or "charon")
-        if on is None:
+        values = read_settings(conf, daemon or "charon")
+        if values is None:
             self.log.emit("charon_settings_unknown", file=conf,
                           hint="cannot read it; make sure charon.prefer_best_path = yes")
-        elif on:
-            self.log.emit("charon_settings_checked", file=conf, daemon=daemon,
-                          prefer_best_path=True)
-        else:
-            self.log.write("warning", "prefer_best_path_off", {
-                "file": conf, "daemon": daemon,
-                "hint": "install swanctl/strongswan.d/mobike-vici.conf as "
-                "/etc/strongswan.d/mobike-vici.conf; charon will not follow the "
-                "controller's routes"})
+            return
+        hint = ("install swanctl/strongswan.d/mobike-vici.conf as "
+                "/etc/strongswan.d/mobike-vici.conf and restart strongswan")
+        missing = unmet(values)
+        for setting in missing:
+            if setting.key == "prefer_best_path":
+                self.log.write("warning", "prefer_best_path_off", {
+                    "file": conf, "daemon": daemon, "hint": f"{hint}; {setting.effect}"})
+            else:
+                self.log.write("warning", "charon_setting_off", {
+                    "file": conf, "daemon": daemon, "setting": f"charon.{setting.key}",
+                    "value": values[setting.key], "want": setting.want,
+                    "effect": setting.effect, "hint": hint})
+        self.log.emit("charon_settings_checked", file=conf, daemon=daemon,
+                      prefer_best_path=not any(s.key == "prefer_best_path" for s in missing),
+                      unmet=[f"charon.{s.key}" for s in missing])
 
     async def _shutdown(self) -> None:
         self.mobility.close()

@@ -7,7 +7,7 @@ from pathlib import Path as FsPath
 
 import pytest
 
-from mobike_vici.daemon.controller import prefer_best_path
+from mobike_vici.backends.vici.charon_settings import prefer_best_path, read_settings, unmet
 from mobike_vici.eventlog import event_fields
 from mobike_vici.mobike.events import HandoverCompleted, PathDown
 from mobike_vici.types import Endpoint, Path
@@ -42,6 +42,33 @@ def test_the_shipped_snippet_turns_prefer_best_path_on(tmp_path: FsPath) -> None
     conf.write_text("charon { load_modular = no }\n")
     assert prefer_best_path(str(conf)) is False
     assert prefer_best_path(str(tmp_path / "missing.conf")) is None
+
+
+def test_the_shipped_snippet_gives_every_setting_the_controller_relies_on(
+        tmp_path: FsPath) -> None:
+    snippet = REPO / "swanctl" / "strongswan.d" / "mobike-vici.conf"
+    conf = tmp_path / "strongswan.conf"
+    conf.write_text(f"charon {{ load_modular = no }}\ninclude {snippet}\n")
+    values = read_settings(str(conf))
+    assert values is not None and unmet(values) == []
+
+
+def test_each_missing_setting_is_named(tmp_path: FsPath) -> None:
+    conf = tmp_path / "strongswan.conf"
+    conf.write_text("charon {\n  prefer_best_path = yes\n  check_current_path = yes\n"
+                    "  plugins {\n    socket-default { fwmark = 19779 }\n"
+                    "    kernel-netlink { fwmark = 0x4d43 }\n  }\n}\n")
+    values = read_settings(str(conf))
+    assert values is not None
+    # 19779 is 0x4d43 written in decimal; kernel-netlink's mark must be inverted.
+    assert [s.key for s in unmet(values)] == ["plugins.kernel-netlink.fwmark"]
+    conf.write_text("charon {\n  process_route = no\n}\n")
+    values = read_settings(str(conf))
+    assert values is not None
+    assert [s.key for s in unmet(values)] == [
+        "prefer_best_path", "process_route", "check_current_path",
+        "plugins.socket-default.fwmark", "plugins.kernel-netlink.fwmark"]
+    assert read_settings(str(tmp_path / "missing.conf")) is None
 
 
 def _stock_tree(dest: FsPath) -> FsPath:
