@@ -228,6 +228,11 @@ doc 'systemctl daemon-reload'
 doc 'systemctl enable --now mobike-vici' || fail "systemctl enable --now mobike-vici"
 check "the unit is active (Type=notify: READY came)" systemctl is-active -q mobike-vici
 check "the controller tracks charon's IKE_SA" wait_for 20 has_event ike_sa_tracked
+settings_met() {
+    events_json | jq -s -e 'any(.[]; .event == "charon_settings_checked" and .unmet == [])' >/dev/null
+}
+check "with the drop-in installed, charon has every setting the controller relies on" \
+    settings_met
 
 # Item 8: the server's install carries no plotting stack.
 size=$(du -sm /opt/mobike-vici | cut -f1)
