@@ -234,6 +234,9 @@ def test_full_native_gateway_redirects_new_clients_in_ike_sa_init(lab: Lab) -> N
                                          charon_clients=2, native_clients=1)
     where = _settle(natives, charons, {_gw_addr(1), _gw_addr(2), _gw_addr(3)})
     assert sum(1 for w, _ in where if w == _gw_addr(3)) == 1, where
+    # Spread by load: three clients, three gateways of one each, within one SA of even.
+    counts = [sum(1 for w, _ in where if w == _gw_addr(n)) for n in (1, 2, 3)]
+    assert max(counts) - min(counts) <= 1, where
     _pinging(pool.pings, diagnose=natives)
     redirected = [e for e in read_events(pool.events[2]) if e.get("event") == "client_redirected"]
     assert len(redirected) >= 2
