@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -292,3 +293,34 @@ def test_a_peer_killed_while_the_native_gateway_drains_is_skipped(lab: Lab) -> N
     print("\nPOOL_NATIVE_KILL_MID_DRAIN", json.dumps({
         "to_gw2": len(to_gw2), "to_gw1": len(to_gw1), "stayed": stayed["stayed"],
         "exit": proc.returncode}))
+
+
+def test_a_reload_that_lowers_max_ike_sas_spreads_the_native_gateways_clients(lab: Lab
+                                                                               ) -> None:
+    """gw3 (native) holds all four clients; its file then says ``max_ike_sas = 2`` and
+    a SIGHUP applies it: two clients go on to gw1 and gw2, one each."""
+    pool, natives, charons = build_mixed(lab, dial=3, charon_clients=2, native_clients=2)
+    _settle(natives, charons, {_gw_addr(3)})
+    pool.wait_peers_up(3)
+    conf = lab.workdir / "gw3.conf"
+    conf.write_text(conf.read_text().replace("poll_interval = 500ms",
+                                             "poll_interval = 500ms\n    max_ike_sas = 2"))
+    (gw3,) = [p for p in lab.processes if str(pool.controls[2]) in p.args
+              and "native" in p.args]
+    gw3.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    counts: list[int] = []
+    while time.monotonic() < deadline:
+        where = _where(natives, charons)
+        counts = [sum(1 for w, s in where if w == _gw_addr(n) and s == "ESTABLISHED")
+                  for n in (1, 2, 3)]
+        if counts == [1, 1, 2]:
+            break
+        time.sleep(0.3)
+    assert counts == [1, 1, 2], _where(natives, charons)  # within one SA of even
+    _pinging(pool.pings, diagnose=natives)
+    events = pool.gw_events(3)
+    assert any(e.get("event") == "config_reloaded" and e["policy_changed"] for e in events)
+    moved = [e for e in events if e.get("event") == "sa_redirected"]
+    assert [e["reason"] for e in moved] == ["max_ike_sas"] * 2
+    assert {e["gateway"] for e in moved} == {_gw_addr(1), _gw_addr(2)}
