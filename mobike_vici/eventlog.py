@@ -50,7 +50,6 @@ from .core.events import (
     PeerMoved,
     ProbeResult,
     RedirectRefused,
-    RedirectResolving,
     UpdateRejected,
 )
 from .ikev2.crypto import ChildKeys, IkeKeys
@@ -661,9 +660,6 @@ def _core_event(event: object) -> tuple[str, Fields] | None:
         case RedirectRefused():
             return "redirect_refused", {"conn": event.conn, "ike_spi": event.ike_spi,
                                         "gateway": event.gateway, "reason": event.reason}
-        case RedirectResolving():
-            return "redirect_resolving", {"conn": event.conn, "ike_spi": event.ike_spi,
-                                          "gateway": event.gateway}
         case ClientRedirected():
             return "client_redirected", {"ike_spi": event.ike_spi,
                                          **_path_fields(event.path),

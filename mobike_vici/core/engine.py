@@ -52,8 +52,7 @@ from .exchanges.ike_auth import IkeAuthTask
 from .exchanges.ike_init import ZERO_SPI, IkeInitTask
 from .exchanges.informational import DeleteChildTask, DeleteIkeTask
 from .exchanges.mobike import check_mapping
-from .exchanges.redirect import InitPolicy, RedirectTask, can_redirect
-from .exchanges.redirect import resolved as redirect_resolved
+from .exchanges.redirect import InitPolicy, RedirectTask, can_redirect, follow_resolved
 from .exchanges.responder import answer_request
 from .exchanges.scheduled import queue_due
 from .fragments import REASSEMBLY_TIMEOUT, expire
@@ -250,9 +249,8 @@ class Engine:
 
     @_settles
     def redirect(self, ike_spi: str, gateway: IPAddress | str, now: float) -> None:
-        """As gateway, send the client of ``ike_spi`` to ``gateway`` (an address or an
-        FQDN; INFORMATIONAL REDIRECT). KeyError for an unknown SA, ValueError when it
-        cannot be redirected."""
+        """As gateway, send the client of ``ike_spi`` to ``gateway`` (address or FQDN).
+        KeyError for an unknown SA, ValueError when it cannot be redirected."""
         sa = self._by_name(ike_spi)
         why = can_redirect(sa)
         if why is not None:
@@ -263,10 +261,9 @@ class Engine:
     @_settles
     def redirect_resolved(self, ike_spi: str, name: str, addresses: Sequence[IPAddress],
                           now: float) -> None:
-        """As client, the addresses the daemon found for a REDIRECT's FQDN ``name``
-        (``RedirectResolving``; none: refused). KeyError when the SA is gone."""
+        """As client, the addresses of a REDIRECT's FQDN (none: refused); KeyError: SA gone."""
         sa = self._by_name(ike_spi)
-        if redirect_resolved(self._ctx, sa, name, addresses):
+        if follow_resolved(self._ctx, sa, name, addresses):
             self._kick(sa, now)
 
     # ------------------------------------------------------------------ MOBIKE API

@@ -59,6 +59,8 @@ class RedirectResolver:
     def on_event(self, event: Event) -> None:
         if not isinstance(event, RedirectResolving):
             return
+        self.log.emit("redirect_resolving", conn=event.conn, ike_spi=event.ike_spi,
+                      gateway=event.gateway)
         if len(self._tasks) >= MAX_LOOKUPS:
             self._answer(event, [], f"more than {MAX_LOOKUPS} lookups at once")
             return

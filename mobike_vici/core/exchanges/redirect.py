@@ -175,7 +175,8 @@ def respond_redirect(ctx: Context, sa: IkeSa, msg: Message, now: float) -> None:
         state.target, state.asked_at = gw.address, now
 
 
-def resolved(ctx: Context, sa: IkeSa, name: str, addresses: Sequence[IPAddress]) -> bool:
+def follow_resolved(ctx: Context, sa: IkeSa, name: str, addresses: Sequence[IPAddress]
+                    ) -> bool:
     """The daemon's addresses for the FQDN ``sa`` was redirected to: True when ``sa`` now
     has a target (``redirect_follow.step`` takes it on); none usable is refused."""
     state = sa.redirect

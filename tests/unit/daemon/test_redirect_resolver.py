@@ -66,6 +66,8 @@ def test_the_addresses_go_back_to_the_engine() -> None:
     asyncio.run(_run(resolver, asked("gw-c.example")))
     assert engine.answers == [("a_1", "gw-c.example", [GW])]
     assert flushed == [1] and log.named("redirect_unresolved") == []
+    assert log.named("redirect_resolving") == [
+        {"conn": "home", "ike_spi": "a_1", "gateway": "gw-c.example"}]
 
 
 def test_a_name_that_does_not_resolve_is_said_and_refused() -> None:
