@@ -9,7 +9,7 @@ is what ties that unauthenticated answer to our request (§3, §8).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..types import IPAddress
@@ -78,11 +78,13 @@ def followable(address: IPAddress) -> bool:
                     "255.255.255.255")))
 
 
-def pick_address(addresses: Iterable[IPAddress], family: int) -> IPAddress | None:
+def pick_address(addresses: Iterable[IPAddress], family: int,
+                 reachable: Callable[[IPAddress], bool]) -> IPAddress | None:
     """What an FQDN's addresses lead to: the first followable one of ``family`` (the
-    path's, which our socket can reach), else the first followable one; None: none."""
+    path's), else the first followable one we have a source address for; None: none."""
     usable = [a for a in addresses if followable(a)]
-    return next((a for a in usable if a.version == family), usable[0] if usable else None)
+    same = next((a for a in usable if a.version == family), None)
+    return same or next((a for a in usable if reachable(a)), None)
 
 
 @dataclass(slots=True)

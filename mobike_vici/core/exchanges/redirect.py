@@ -185,7 +185,8 @@ def follow_resolved(ctx: Context, sa: IkeSa, name: str, addresses: Sequence[IPAd
     state.resolving = None
     if sa.state == IkeState.DELETED:
         return False
-    target = pick_address(addresses, sa.path.remote.addr.version)
+    target = pick_address(addresses, sa.path.remote.addr.version,
+                          lambda a: ctx.source_address(a) is not None)
     if target is None:
         _refused(ctx, sa, name, "unresolved")
         return False

@@ -369,7 +369,8 @@ def test_an_fqdn_that_does_not_resolve_is_refused_and_the_old_sa_stays() -> None
     net = established(mesh())
     old, _ = _redirect_to_name(net, "nowhere.example.com")
     loopback = ipaddress.ip_address("127.0.0.1")  # not followable, like no answer
-    net.engines["a"].redirect_resolved(old, "nowhere.example.com", [loopback], net.now)
+    v6 = ipaddress.ip_address("2001:db8::3")  # the client has no IPv6 source address
+    net.engines["a"].redirect_resolved(old, "nowhere.example.com", [loopback, v6], net.now)
     net.pump()
     (refused,) = net.of("a", RedirectRefused)
     assert (refused.gateway, refused.reason) == ("nowhere.example.com", "unresolved")  # type: ignore[attr-defined]
