@@ -52,7 +52,7 @@ from .exchanges.ike_auth import IkeAuthTask
 from .exchanges.ike_init import ZERO_SPI, IkeInitTask
 from .exchanges.informational import DeleteChildTask, DeleteIkeTask
 from .exchanges.mobike import check_mapping
-from .exchanges.redirect import InitPolicy, RedirectTask, can_redirect
+from .exchanges.redirect import InitPolicy, RedirectTask, can_redirect, follow_resolved
 from .exchanges.responder import answer_request
 from .exchanges.scheduled import queue_due
 from .fragments import REASSEMBLY_TIMEOUT, expire
@@ -248,15 +248,23 @@ class Engine:
         self._redirect_policy = policy
 
     @_settles
-    def redirect(self, ike_spi: str, gateway: IPAddress, now: float) -> None:
-        """As gateway, send the client of ``ike_spi`` to ``gateway`` (INFORMATIONAL
-        REDIRECT). KeyError for an unknown SA, ValueError when it cannot be redirected."""
+    def redirect(self, ike_spi: str, gateway: IPAddress | str, now: float) -> None:
+        """As gateway, send the client of ``ike_spi`` to ``gateway`` (address or FQDN).
+        KeyError for an unknown SA, ValueError when it cannot be redirected."""
         sa = self._by_name(ike_spi)
         why = can_redirect(sa)
         if why is not None:
             raise ValueError(f"IKE_SA {ike_spi}: {why}")
         sa.tasks.append(RedirectTask(gateway))
         self._kick(sa, now)
+
+    @_settles
+    def redirect_resolved(self, ike_spi: str, name: str, addresses: Sequence[IPAddress],
+                          now: float) -> None:
+        """As client, the addresses of a REDIRECT's FQDN (none: refused); KeyError: SA gone."""
+        sa = self._by_name(ike_spi)
+        if follow_resolved(self._ctx, sa, name, addresses):
+            self._kick(sa, now)
 
     # ------------------------------------------------------------------ MOBIKE API
     # (mobike_paths.py: how probes share the message-ID window)

@@ -251,8 +251,17 @@ class RedirectRefused(CoreEvent):
 
     gateway: str
     reason: str
-    """not_an_address, loop_detected, malformed, not_initiator, new_ike_sa_failed,
-    identity_changed (a REDIRECT without our nonce is a packet_dropped instead)."""
+    """not_an_address, unresolved, loop_detected, malformed, not_initiator,
+    new_ike_sa_failed, identity_changed (a REDIRECT without our nonce is a packet_dropped
+    instead)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RedirectResolving(CoreEvent):
+    """An established IKE_SA was redirected to an FQDN: the daemon resolves ``gateway``
+    and answers with ``Engine.redirect_resolved`` (the core does no I/O)."""
+
+    gateway: str
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -270,5 +279,5 @@ Event = (
     | IkeSaMoved | PeerMoved
     | ChildSaUpdated | MoveFailed | UpdateRejected | PeerAddressesUpdated
     | NatMappingChanged | ProbeResult | MessageFragmented
-    | IkeSaRedirected | RedirectRefused | ClientRedirected
+    | IkeSaRedirected | RedirectRefused | RedirectResolving | ClientRedirected
 )

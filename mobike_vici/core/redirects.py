@@ -9,6 +9,7 @@ is what ties that unauthenticated answer to our request (§3, §8).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..types import IPAddress
@@ -29,7 +30,8 @@ class GatewayIdentityError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class GatewayIdentity:
-    """The new (or original) gateway: an address, or an FQDN (never resolved here)."""
+    """The new (or original) gateway: an address, or an FQDN (resolved by the daemon,
+    never here)."""
 
     address: IPAddress | None
     fqdn: str | None = None
@@ -37,10 +39,15 @@ class GatewayIdentity:
     """The Ni echoed in an IKE_SA_INIT response's REDIRECT; empty elsewhere."""
 
 
-def encode_gateway(address: IPAddress, nonce: bytes = b"") -> bytes:
-    kind = GW_IPV4 if address.version == 4 else GW_IPV6
-    packed = address.packed
-    return bytes((kind, len(packed))) + packed + nonce
+def encode_gateway(gateway: IPAddress | str, nonce: bytes = b"") -> bytes:
+    """An address, or an FQDN (ASCII, at most 255 octets: ValueError otherwise)."""
+    if isinstance(gateway, str):
+        kind, body = GW_FQDN, gateway.encode("ascii")
+        if not 0 < len(body) <= 255:
+            raise ValueError(f"gateway FQDN of {len(body)} octets")
+    else:
+        kind, body = (GW_IPV4 if gateway.version == 4 else GW_IPV6), gateway.packed
+    return bytes((kind, len(body))) + body + nonce
 
 
 def decode_gateway(data: bytes) -> GatewayIdentity:
@@ -71,6 +78,15 @@ def followable(address: IPAddress) -> bool:
                     "255.255.255.255")))
 
 
+def pick_address(addresses: Iterable[IPAddress], family: int,
+                 reachable: Callable[[IPAddress], bool]) -> IPAddress | None:
+    """What an FQDN's addresses lead to: the first followable one of ``family`` (the
+    path's), else the first followable one we have a source address for; None: none."""
+    usable = [a for a in addresses if followable(a)]
+    same = next((a for a in usable if a.version == family), None)
+    return same or next((a for a in usable if reachable(a)), None)
+
+
 @dataclass(slots=True)
 class RedirectState:
     """Redirect bookkeeping of one IKE_SA (``IkeSa.redirect``)."""
@@ -85,6 +101,8 @@ class RedirectState:
     """Initiator: the gateway that sent us here (REDIRECTED_FROM in IKE_SA_INIT)."""
     target: IPAddress | None = None
     """An established IKE_SA told to go to this gateway (waits for a MOBIKE move)."""
+    resolving: str | None = None
+    """Told to go to this FQDN: the daemon resolves it (``Engine.redirect_resolved``)."""
     asked_at: float = 0.0
     """When that REDIRECT arrived (the outage reported is counted from it)."""
     successor: bytes | None = None

@@ -287,6 +287,8 @@ class Daemon:
         if policy_changed and self.mobility is not None:
             self.mobility.set_policy(new.mobike.policy, self.now())
             self.after_engine()  # a live IKE_SA may now want a probe or a move
+        for service in self.services:  # the pool's peers and limit
+            service.reload(new)
         same_conns = new.connections == self.config.connections and \
             new.secrets == self.config.secrets and new.pools == self.config.pools
         self.config = replace(self.config, mobike=new.mobike)

@@ -35,10 +35,12 @@ EventHook = Callable[[Event], None]
 
 
 class Service(Protocol):
-    """Something run beside the daemon (the pool): started once it is up, closed with it."""
+    """Something run beside the daemon (the pool): started once it is up, closed with it,
+    handed each config a SIGHUP applies."""
 
     def start(self) -> None: ...
     async def close(self) -> None: ...
+    def reload(self, config: Config) -> None: ...
 
 
 class DataPlaneApi(Protocol):

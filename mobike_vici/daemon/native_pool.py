@@ -14,6 +14,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
+from ..config.model import Config
 from ..config.pool import PoolSettings
 from ..core.events import Event, IkeSaDeleted, IkeSaEstablished, IkeSaMoved, IkeSaRekeyed
 from ..eventlog import EventLog
@@ -104,6 +105,12 @@ class NativePool:
 
     def set_settings(self, settings: PoolSettings) -> None:
         self.service.set_settings(settings)
+
+    def reload(self, config: Config) -> None:
+        """SIGHUP: the file's ``pool { }`` (peers, limit, rate) from now on; a drain under
+        way keeps its own rate. A gateway started without a pool needs a restart for one."""
+        if config.mobike.policy.pool != self.service.settings:
+            self.set_settings(config.mobike.policy.pool)
 
     def on_event(self, event: Event) -> None:
         self.backend.on_event(event)

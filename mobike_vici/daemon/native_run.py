@@ -23,6 +23,7 @@ from .esp_io import UserspaceEsp
 from .metrics import MetricsServer
 from .native import Daemon
 from .native_pool import NativePool
+from .redirect_resolver import RedirectResolver
 from .routing import DaemonRouting
 from .tcp_transport import TcpTransport
 
@@ -79,6 +80,9 @@ def run_native(config: Config, events: TextIO, control_path: str | None, *,
                         routing=routing, data_path=data_path,
                         metrics=MetricsServer(metrics) if metrics is not None else None)
         attach_pool(daemon, engine, config)
+        resolver = RedirectResolver(engine, log, daemon.now, daemon.after_engine)
+        daemon.services.append(resolver)
+        daemon.event_hooks.append(resolver.on_event)
         daemon.tcp = tcp_transport(daemon, config, routing.fwmark)
         if daemon.tcp is not None:
             engine.set_wire_view(daemon.tcp.wire_path)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -234,6 +236,9 @@ def test_full_native_gateway_redirects_new_clients_in_ike_sa_init(lab: Lab) -> N
                                          charon_clients=2, native_clients=1)
     where = _settle(natives, charons, {_gw_addr(1), _gw_addr(2), _gw_addr(3)})
     assert sum(1 for w, _ in where if w == _gw_addr(3)) == 1, where
+    # Spread by load: three clients, three gateways of one each, within one SA of even.
+    counts = [sum(1 for w, _ in where if w == _gw_addr(n)) for n in (1, 2, 3)]
+    assert max(counts) - min(counts) <= 1, where
     _pinging(pool.pings, diagnose=natives)
     redirected = [e for e in read_events(pool.events[2]) if e.get("event") == "client_redirected"]
     assert len(redirected) >= 2
@@ -243,3 +248,79 @@ def test_full_native_gateway_redirects_new_clients_in_ike_sa_init(lab: Lab) -> N
             d.events.poll()
             assert any(e.get("event") == "ike_sa_redirected" and e["phase"] == "ike_sa_init"
                        for e in d.events.events)
+
+
+def test_a_peer_killed_while_the_native_gateway_drains_is_skipped(lab: Lab) -> None:
+    """Every client dials gw3 (native); gw3 is drained at 1/s, and after its first redirect
+    to gw2, gw2 dies whole (charon and controller): the rest of the drain goes to gw1."""
+    pool, natives, charons = build_mixed(lab, dial=3, charon_clients=2, native_clients=2)
+    _settle(natives, charons, {_gw_addr(3)})
+    _pinging(pool.pings, diagnose=natives)
+    pool.wait_peers_up(3)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mobike_vici", "drain", "--rate", "1", "--control",
+         str(pool.controls[2])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(
+                e.get("event") == "sa_redirected" and e["gateway"] == _gw_addr(2)
+                for e in pool.gw_events(3)):
+            time.sleep(0.05)
+        for p in [p for p in lab.processes if str(pool.controls[1]) in p.args]:
+            lab.stop(p, grace=1.0)
+        pool.gws[1].stop()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    events = pool.gw_events(3)
+    moved = [e for e in events if e.get("event") == "sa_redirected"]
+    to_gw2 = [e["remote"] for e in moved if e["gateway"] == _gw_addr(2)]
+    to_gw1 = [e["remote"] for e in moved if e["gateway"] == _gw_addr(1)]
+    assert any(e.get("event") == "pool_peer_down" and e["gateway"] == _gw_addr(2)
+               for e in events)
+    # At most the redirect in flight at the kill went to gw2; the rest to the survivor.
+    assert 1 <= len(to_gw2) <= 2 and len(moved) == len(pool.pings), moved
+    assert len(to_gw1) == len(moved) - len(to_gw2)
+    clients = [*charons, *natives]
+    survivors = [c for k, c in enumerate(clients, 1) if f"10.30.{k}.2" in to_gw1]
+    _settle([d for d in natives if d in survivors], [c for c in charons if c in survivors],
+            {_gw_addr(1)})
+    stayed = next(e for e in events if e.get("event") == "drain_completed")
+    assert (proc.returncode == 0) == (stayed["stayed"] == 0 and stayed["failed"] == 0), \
+        out + err
+    print("\nPOOL_NATIVE_KILL_MID_DRAIN", json.dumps({
+        "to_gw2": len(to_gw2), "to_gw1": len(to_gw1), "stayed": stayed["stayed"],
+        "exit": proc.returncode}))
+
+
+def test_a_reload_that_lowers_max_ike_sas_spreads_the_native_gateways_clients(lab: Lab
+                                                                               ) -> None:
+    """gw3 (native) holds all four clients; its file then says ``max_ike_sas = 2`` and
+    a SIGHUP applies it: two clients go on to gw1 and gw2, one each."""
+    pool, natives, charons = build_mixed(lab, dial=3, charon_clients=2, native_clients=2)
+    _settle(natives, charons, {_gw_addr(3)})
+    pool.wait_peers_up(3)
+    conf = lab.workdir / "gw3.conf"
+    conf.write_text(conf.read_text().replace("poll_interval = 500ms",
+                                             "poll_interval = 500ms\n    max_ike_sas = 2"))
+    (gw3,) = [p for p in lab.processes if str(pool.controls[2]) in p.args
+              and "native" in p.args]
+    gw3.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    counts: list[int] = []
+    while time.monotonic() < deadline:
+        where = _where(natives, charons)
+        counts = [sum(1 for w, s in where if w == _gw_addr(n) and s == "ESTABLISHED")
+                  for n in (1, 2, 3)]
+        if counts == [1, 1, 2]:
+            break
+        time.sleep(0.3)
+    assert counts == [1, 1, 2], _where(natives, charons)  # within one SA of even
+    _pinging(pool.pings, diagnose=natives)
+    events = pool.gw_events(3)
+    assert any(e.get("event") == "config_reloaded" and e["policy_changed"] for e in events)
+    moved = [e for e in events if e.get("event") == "sa_redirected"]
+    assert [e["reason"] for e in moved] == ["max_ike_sas"] * 2
+    assert {e["gateway"] for e in moved} == {_gw_addr(1), _gw_addr(2)}

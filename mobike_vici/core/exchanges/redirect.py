@@ -20,7 +20,7 @@ from ...ikev2.message import Message
 from ...ikev2.payloads import Nonce, Notify, Payload, find_notify, find_payload
 from ...types import Endpoint, IPAddress, Path
 from ..context import Context
-from ..events import ClientRedirected, IkeSaRedirected, RedirectRefused
+from ..events import ClientRedirected, IkeSaRedirected, RedirectRefused, RedirectResolving
 from ..ike_sa import IkeSa, IkeState
 from ..redirects import (
     GatewayIdentity,
@@ -28,6 +28,7 @@ from ..redirects import (
     decode_gateway,
     encode_gateway,
     followable,
+    pick_address,
 )
 from .base import DropPacket, ExchangeAborted, Outcome, Task
 
@@ -123,8 +124,10 @@ class RedirectTask(Task):
 
     exchange = ExchangeType.INFORMATIONAL
 
-    def __init__(self, gateway: IPAddress) -> None:
+    def __init__(self, gateway: IPAddress | str) -> None:
         self.gateway = gateway
+        """An address, or an FQDN the client resolves."""
+        encode_gateway(gateway)  # a name that cannot be sent fails here, not in build
 
     def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
         return [Notify(NotifyType.REDIRECT, encode_gateway(self.gateway))]
@@ -156,17 +159,39 @@ def respond_redirect(ctx: Context, sa: IkeSa, msg: Message, now: float) -> None:
         _refused(ctx, sa, "?", "malformed")
         return
     shown = gw.fqdn or str(gw.address)
+    state = sa.redirect
     if not sa.mobike_initiator:
         _refused(ctx, sa, shown, "not_initiator")
-    elif gw.address is None or not followable(gw.address):
+    elif gw.address is not None and not followable(gw.address):
         _refused(ctx, sa, shown, "not_an_address")
-    elif sa.redirect.successor is not None or sa.redirect.target is not None:
+    elif state.successor is not None or state.target is not None or state.resolving:
         return  # already on its way
-    elif not sa.redirect.allows(now):
+    elif not state.allows(now):
         _refused(ctx, sa, shown, "loop_detected")
+    elif gw.address is None:  # an FQDN: the daemon resolves it, then redirect_resolved
+        state.resolving, state.asked_at = shown, now
+        ctx.emit(RedirectResolving(conn=sa.conn.name, ike_spi=sa.spi_str, gateway=shown))
     else:
-        sa.redirect.target = gw.address
-        sa.redirect.asked_at = now
+        state.target, state.asked_at = gw.address, now
+
+
+def follow_resolved(ctx: Context, sa: IkeSa, name: str, addresses: Sequence[IPAddress]
+                    ) -> bool:
+    """The daemon's addresses for the FQDN ``sa`` was redirected to: True when ``sa`` now
+    has a target (``redirect_follow.step`` takes it on); none usable is refused."""
+    state = sa.redirect
+    if state.resolving != name:
+        return False  # a stale answer: the SA was rekeyed away or redirected anew
+    state.resolving = None
+    if sa.state == IkeState.DELETED:
+        return False
+    target = pick_address(addresses, sa.path.remote.addr.version,
+                          lambda a: ctx.source_address(a) is not None)
+    if target is None:
+        _refused(ctx, sa, name, "unresolved")
+        return False
+    state.target = target
+    return True
 
 
 def _refused(ctx: Context, sa: IkeSa, gateway: str, reason: str) -> None:

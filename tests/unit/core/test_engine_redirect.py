@@ -22,6 +22,7 @@ from mobike_vici.core.events import (
     IkeSaRedirected,
     PacketDropped,
     RedirectRefused,
+    RedirectResolving,
 )
 from mobike_vici.core.redirects import (
     GatewayIdentityError,
@@ -336,3 +337,54 @@ def test_init_redirect_echoes_the_request_nonce() -> None:
     notify = find_notify(decode_message(answer.data).payloads, NotifyType.REDIRECT)
     assert nonce is not None and notify is not None
     assert decode_gateway(notify.data).nonce == nonce.data
+
+
+def _redirect_to_name(net: Mesh, name: str) -> tuple[str, RedirectResolving]:
+    old = net.engines["a"].status()[0].ike_spi
+    net.now = 1.0
+    net.engines["b"].redirect(net.engines["b"].status()[0].ike_spi, name, net.now)
+    net.pump()
+    (asked,) = net.of("a", RedirectResolving)
+    assert (asked.ike_spi, asked.gateway) == (old, name)  # type: ignore[attr-defined]
+    assert not net.of("a", RedirectRefused)
+    return old, asked  # type: ignore[return-value]
+
+
+def test_redirect_to_an_fqdn_is_followed_once_the_daemon_resolves_it() -> None:
+    net = established(mesh())
+    old, _ = _redirect_to_name(net, "gw-c.example.com")
+    assert [s.path.remote.addr for s in net.engines["a"].status()] == [GW_B]  # waits
+    v6 = ipaddress.ip_address("2001:db8::3")
+    net.now = 1.5  # the answer: an address of the path's family is preferred
+    net.engines["a"].redirect_resolved(old, "gw-c.example.com", [v6, GW_C], net.now)
+    net.pump()
+    (moved,) = net.of("a", IkeSaRedirected)
+    assert (moved.ike_spi, moved.gateway) == (old, GW_C)  # type: ignore[attr-defined]
+    assert [(s.path.remote.addr, s.state) for s in net.engines["a"].status()] == [
+        (GW_C, "ESTABLISHED")]
+    assert moved.outage == pytest.approx(0.5)  # type: ignore[attr-defined]
+
+
+def test_an_fqdn_that_does_not_resolve_is_refused_and_the_old_sa_stays() -> None:
+    net = established(mesh())
+    old, _ = _redirect_to_name(net, "nowhere.example.com")
+    loopback = ipaddress.ip_address("127.0.0.1")  # not followable, like no answer
+    v6 = ipaddress.ip_address("2001:db8::3")  # the client has no IPv6 source address
+    net.engines["a"].redirect_resolved(old, "nowhere.example.com", [loopback, v6], net.now)
+    net.pump()
+    (refused,) = net.of("a", RedirectRefused)
+    assert (refused.gateway, refused.reason) == ("nowhere.example.com", "unresolved")  # type: ignore[attr-defined]
+    assert [(s.ike_spi, s.state) for s in net.engines["a"].status()] == [(old, "ESTABLISHED")]
+    # A late answer for the same name changes nothing; a new REDIRECT is taken again.
+    net.engines["a"].redirect_resolved(old, "nowhere.example.com", [GW_C], net.now)
+    net.pump()
+    assert not net.of("a", IkeSaRedirected)
+    net.engines["b"].redirect(net.engines["b"].status()[0].ike_spi, GW_C, net.now)
+    net.pump()
+    assert [s.path.remote.addr for s in net.engines["a"].status()] == [GW_C]
+
+
+def test_an_fqdn_too_long_for_the_notify_is_refused_at_the_gateway() -> None:
+    net = established(mesh())
+    with pytest.raises(ValueError, match="FQDN"):
+        net.engines["b"].redirect(net.engines["b"].status()[0].ike_spi, "x" * 256, net.now)

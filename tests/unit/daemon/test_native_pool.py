@@ -139,3 +139,35 @@ def test_no_limit_never_redirects_at_init() -> None:
     pool, _, _ = make(max_ike_sas=0)
     pool.service.view.on_answer(B, 0, 0.0)
     assert pool.init_policy(PATH, 10_000) is None
+
+
+def test_sighup_hands_the_new_pool_to_the_native_pool() -> None:
+    """The native daemon's one SIGHUP path (``daemon.reload``) applies a changed
+    ``pool { }``: the new limit and peer list act on the next IKE_SA_INIT."""
+    from mobike_vici.config import load_string
+    from mobike_vici.daemon.native import Daemon
+    from tests.unit.daemon.fakes import FakeEngine as ScriptEngine
+
+    def conf(limit: int, gateways: str) -> str:
+        return f"mobike {{ pool {{ gateways = {gateways}\n max_ike_sas = {limit} }} }}\n"
+
+    async def run() -> tuple[RecordingLog, NativePool]:
+        first = load_string(conf(0, f"{ME}, {B}"), "a.conf")
+        log = RecordingLog()
+        daemon = Daemon(first, ScriptEngine(Endpoint(ME, 500), Endpoint(CLIENT, 500)), log)
+        engine = FakeEngine()
+        pool = NativePool(engine, log, first.mobike.policy.pool, lambda: 100.0, lambda: None)
+        daemon.services.append(pool)
+        pool.start()
+        daemon.config_file = "a.conf"
+        daemon.reload_config = lambda: load_string(conf(2, f"{ME}, {B}, {C}"), "a.conf")
+        daemon._on_sighup()
+        pool.service.view.on_answer(C, 0, 50.0)
+        assert pool.init_policy(PATH, 2) == C  # the new limit, to the new peer
+        await pool.close()
+        return log, pool
+
+    log, pool = asyncio.run(run())
+    assert pool.service.settings.max_ike_sas == 2
+    assert [g.address for g in pool.service.settings.gateways] == [ME, B, C]
+    assert log.named("config_reloaded")[0]["policy_changed"] is True

@@ -65,3 +65,25 @@ def test_an_unreadable_file_is_rejected_with_its_name() -> None:
         {"file": "gone.conf", "line": 0, "error": "gone.conf:0: No such file or directory"}]
     assert reread(log, "gone.conf", None, None) is None
     assert log.named("reload_skipped") == [{"reason": "no config file to re-read"}]
+
+
+def test_the_controller_applies_a_changed_pool_on_reload() -> None:
+    """``run``'s SIGHUP hands the file's ``pool { }`` to its pool service too."""
+    from mobike_vici.config.pool import parse_gateway
+
+    pool = dataclasses.replace(MobikePolicy().pool, max_ike_sas=3, gateways=tuple(
+        parse_gateway(a) for a in ("10.20.1.2", "10.20.2.2")))
+    new = AttachConfig("a.conf", {"home": ("net",)},
+                       policy=dataclasses.replace(MobikePolicy(), pool=pool))
+
+    async def main() -> Controller:
+        ctl = Controller(AttachConfig("a.conf", {"home": ("net",)}), RecordingLog(),
+                         uri="unix:///nonexistent", reload_config=lambda: new)
+        try:
+            assert await ctl.reload()
+            await ctl.pool.close()
+            return ctl
+        finally:
+            ctl.monitor.close()
+
+    assert asyncio.run(main()).pool.settings == pool
