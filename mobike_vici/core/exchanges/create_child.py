@@ -432,7 +432,7 @@ def respond_create_child(ctx: Context, sa: IkeSa, msg: Message, now: float) -> l
     install(ctx, sa, new, rekey_of=old.unique_id)
     if old.state == ChildState.REKEYING:
         # Collision: remember the peer's exchange; our response decides who lost.
-        nonce_r = next(p.data for p in reply if isinstance(p, Nonce))
+        nonce_r = _nonce(reply)
         old.collision = RekeyCollision((nonce, nonce_r), new.unique_id)
     else:
         old.state = ChildState.REKEYED
