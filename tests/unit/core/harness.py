@@ -11,6 +11,7 @@ from typing import TypeVar
 from mobike_vici.config import Config, load_string
 from mobike_vici.core.engine import Datagram, Engine
 from mobike_vici.core.events import Event, IkeSaEstablished
+from mobike_vici.core.ike_sa import IkeState
 from mobike_vici.core.settings import EngineSettings
 from mobike_vici.types import Endpoint, IPAddress, Path
 
@@ -172,6 +173,17 @@ def established_pair(seed: int = 1, settings: EngineSettings | None = None, *,
         net.events_a.clear()
         net.events_b.clear()
     return net
+
+
+def rekey_ike(engine: Engine, ike_spi: str, now: float) -> None:
+    """Start a rekey of an established IKE_SA the way the product does: its rekey time
+    comes now and the engine's timer runs (the engine has no call for it)."""
+    sa = engine._ctx.sa_named(ike_spi)
+    if sa.state != IkeState.ESTABLISHED:
+        return
+    sa.rekey_at = now
+    engine._index.refile(sa)
+    engine.handle_timer(now)
 
 
 T = TypeVar("T")

@@ -15,7 +15,7 @@ from mobike_vici.core.events import (
 from mobike_vici.core.exchanges.create_child import lowest_nonce_loses
 from mobike_vici.ikev2.message import decode_header
 
-from .harness import established_pair, make_pair, of_type
+from .harness import established_pair, make_pair, of_type, rekey_ike
 
 _of = of_type
 
@@ -58,7 +58,7 @@ def test_ike_rekey_either_side_moves_children(side: str) -> None:
     us, peer = (net.a, net.b) if side == "a" else (net.b, net.a)
     children = _child_ids(us)
     old_spi = us.status()[0].ike_spi
-    us.rekey_ike(old_spi, 1.0)
+    rekey_ike(us, old_spi, 1.0)
     net.pump()
     ours_ev, peer_ev = ((net.events_a, net.events_b) if side == "a"
                         else (net.events_b, net.events_a))
@@ -120,7 +120,7 @@ def test_replaced_sa_retired_when_peer_never_deletes_it() -> None:
     net = established_pair(clear_events=True)
     # The Delete for the old IKE_SA gets lost for good.
     net.drop = lambda d: decode_header(d.data).exchange == 37
-    net.a.rekey_ike(net.a.status()[0].ike_spi, 1.0)
+    rekey_ike(net.a, net.a.status()[0].ike_spi, 1.0)
     net.pump()
     assert sorted(s.state for s in net.b.status()) == ["ESTABLISHED", "REKEYED"]
     net.b.handle_timer(166.0)
@@ -139,8 +139,8 @@ def test_ike_rekey_collision_leaves_one_sa(seed: int) -> None:
     net.a.initiate("home", None, 0.0)
     net.pump()
     children = _child_ids(net.a)
-    net.a.rekey_ike(net.a.status()[0].ike_spi, 1.0)
-    net.b.rekey_ike(net.b.status()[0].ike_spi, 1.0)
+    rekey_ike(net.a, net.a.status()[0].ike_spi, 1.0)
+    rekey_ike(net.b, net.b.status()[0].ike_spi, 1.0)
     net.pump()
     (sa,) = net.a.status()
     (sb,) = net.b.status()
