@@ -14,7 +14,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from .config.attach import DEFAULT_SWANCTL_CONF, AttachConfig
 from .config.model import Config, ConfigError
@@ -32,6 +32,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
+_C = TypeVar("_C")
+
 
 def _load_config(path: str) -> Config:
     """The native daemon's config loader: the file, what the native core cannot honour
@@ -45,6 +47,17 @@ def _load_attach(path: str) -> AttachConfig:
     from .config.attach import load_attach
 
     return load_attach(path)
+
+
+def _loaded(load: Callable[[str], _C], path: str) -> _C | None:
+    """``load(path)``, or None once its error is printed (a usage error for the caller)."""
+    try:
+        return load(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+    except OSError as exc:
+        print(f"{path}:0: {exc.strerror or exc}", file=sys.stderr)
+    return None
 
 
 def version() -> str:
@@ -229,13 +242,8 @@ def _events_error(exc: Exception) -> int:
 
 
 def _cmd_native(args: argparse.Namespace) -> int:
-    try:
-        config = _load_config(args.config)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:
-        print(f"{args.config}:0: {exc.strerror or exc}", file=sys.stderr)
+    config = _loaded(_load_config, args.config)
+    if config is None:
         return EXIT_USAGE
     from .daemon.native_run import run_native
 
@@ -256,13 +264,8 @@ def _cmd_native(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    try:
-        config = _load_attach(args.config)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:
-        print(f"{args.config}:0: {exc.strerror or exc}", file=sys.stderr)
+    config = _loaded(_load_attach, args.config)
+    if config is None:
         return EXIT_USAGE
     from .daemon.controller import run_controller
 

@@ -122,10 +122,6 @@ class Mobility:
         return sa.manager if sa is not None else None
 
     @property
-    def ike_spis(self) -> list[str]:
-        return list(self._sas)
-
-    @property
     def local_addresses(self) -> tuple[LocalAddress, ...]:
         return self._local
 

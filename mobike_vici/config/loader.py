@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Iterable
 
 from ..ikev2.constants import ProtocolId
-from ..ikev2.proposals import ProposalError, ProposalSpec, parse_proposals
+from ..ikev2.proposals import ProposalError, ProposalSpec, absent_default, parse_proposals
 from . import values as val
 from .mobike import from_section as mobike_policy
 from .model import (
@@ -145,9 +145,10 @@ def _flatten(sec: Section, prefix: str = "") -> Iterable[tuple[str, str]]:
 
 
 def _proposals(v: Value | None, sec: Section, protocol: ProtocolId) -> tuple[ProposalSpec, ...]:
-    text = v.value if v is not None else "default"
+    if v is None:
+        return absent_default(protocol)
     try:
-        return parse_proposals(text, protocol)
+        return parse_proposals(v.value, protocol)
     except ProposalError as exc:
         file, line = (v.file, v.line) if v is not None else (sec.file, sec.line)
         key = "proposals" if protocol == ProtocolId.IKE else "esp_proposals"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..config.model import Config, ConnectionConfig, Unique
 from ..ikev2.constants import ProtocolId
-from ..ikev2.proposals import ProposalSpec, parse_proposals
+from ..ikev2.proposals import ProposalSpec, absent_default, parse_proposals
 from ..types import Endpoint, IPAddress, Path
 from .cookies import CookieJar
 from .events import Event
@@ -145,7 +145,7 @@ def ike_proposals(conn: ConnectionConfig) -> tuple[ProposalSpec, ...]:
 
 
 def esp_proposals(specs: tuple[ProposalSpec, ...]) -> tuple[ProposalSpec, ...]:
-    return specs or parse_proposals("default", ProtocolId.ESP)
+    return specs or absent_default(ProtocolId.ESP)
 
 
 def addr_matches(specs: tuple[str, ...], addr: IPAddress) -> bool:

@@ -46,7 +46,7 @@ from .context import Context, initial_path
 from .events import ChildSaDeleted, Event, ExchangeFailed, IkeSaDeleted, PacketDropped
 from .exchanges import redirect_follow
 from .exchanges.base import DropPacket, ExchangeAborted, Outcome, Task, unsupported_critical
-from .exchanges.create_child import ChildCreateTask, ChildRekeyTask, IkeRekeyTask
+from .exchanges.create_child import ChildCreateTask, ChildRekeyTask
 from .exchanges.handover import migrate_tasks
 from .exchanges.ike_auth import IkeAuthTask
 from .exchanges.ike_init import ZERO_SPI, IkeInitTask
@@ -211,13 +211,6 @@ class Engine:
 
     def next_event(self) -> Event | None:
         return self._ctx.events.popleft() if self._ctx.events else None
-
-    @_settles
-    def rekey_ike(self, ike_spi: str, now: float) -> None:
-        sa = self._by_name(ike_spi)
-        if sa.state == IkeState.ESTABLISHED:
-            sa.tasks.append(IkeRekeyTask())
-            self._kick(sa, now)
 
     @_settles
     def rekey_child(self, unique_id: int, now: float) -> None:

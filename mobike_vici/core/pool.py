@@ -210,13 +210,6 @@ class AddressPool:
             entry.offline.append(offset)
         return True
 
-    def lease_of(self, identity: str) -> IPAddress | None:
-        """The identity's current online address, if any."""
-        entry = self._leases.get(identity)
-        if entry is None or not entry.online:
-            return None
-        return self._address(entry.online[-1].offset)
-
     def leases(self) -> list[Lease]:
         """All leases, online ones of an identity first, then its offline ones."""
         out: list[Lease] = []

@@ -93,11 +93,6 @@ class StreamDecoder:
         return len(self._buf)
 
     @property
-    def prefix_pending(self) -> bool:
-        """The responder has not yet seen the whole prefix."""
-        return self._need_prefix
-
-    @property
     def mid_frame(self) -> bool:
         """Some bytes of a frame (or of the prefix) arrived and the rest has not."""
         return bool(self._buf)

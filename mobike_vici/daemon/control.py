@@ -290,18 +290,25 @@ def _events_request(line: bytes) -> JsonObject | None:
     return None
 
 
+def _connect(path: str, timeout: float) -> socket.socket:
+    """A connected client socket, or ControlError that says the daemon may be down."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise ControlError(
+            f"cannot connect to control socket {path}: {exc.strerror or exc}"
+            " (is the daemon running?)"
+        ) from exc
+    return sock
+
+
 def follow_events(path: str, names: list[str], follow: bool,
                   timeout: float = 5.0) -> Iterator[JsonObject]:
     """Events from the daemon at ``path`` as they come (see the module docstring)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except OSError as exc:
-            raise ControlError(
-                f"cannot connect to control socket {path}: {exc.strerror or exc}"
-                " (is the daemon running?)"
-            ) from exc
+    with _connect(path, timeout) as sock:
         req = {"cmd": "events", "follow": follow, "event": names}
         first = True
         try:
@@ -330,15 +337,7 @@ def follow_events(path: str, names: list[str], follow: bool,
 def request(path: str, cmd: str, timeout: float = 5.0,
             args: JsonObject | None = None) -> JsonObject:
     """Ask the daemon at ``path`` one command; raise ControlError when it cannot answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except OSError as exc:
-            raise ControlError(
-                f"cannot connect to control socket {path}: {exc.strerror or exc}"
-                " (is the daemon running?)"
-            ) from exc
+    with _connect(path, timeout) as sock:
         try:
             sock.sendall(json.dumps({**(args or {}), "cmd": cmd}).encode() + b"\n")
             buf = bytearray()  # grows in place: a 10,000-SA status is megabytes

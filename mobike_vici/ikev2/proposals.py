@@ -155,6 +155,13 @@ def _default_pair(protocol: ProtocolId) -> tuple[ProposalSpec, ProposalSpec]:
     raise ProposalError(f"no default proposals for {protocol!r}")
 
 
+def absent_default(protocol: ProtocolId) -> tuple[ProposalSpec, ...]:
+    """What charon configures when the key is absent (vici_config.c): for IKE the
+    ``default`` keyword's order, for ESP the AEAD proposal first, then the classic one."""
+    classic, aead = _default_pair(protocol)
+    return (aead, classic) if protocol == ProtocolId.ESP else (classic, aead)
+
+
 # ---------------------------------------------------------------------- parsing
 
 

@@ -8,7 +8,6 @@ protocols) are never read for removal.
 
 Rules, in the order the kernel consults them (``ip rule``)::
 
-     210  fwmark PROBE_FWMARK lookup main                               controller probes
      215  from all lookup STEERING_TABLE                                controller (run)
      220  not fwmark 0x4d43 lookup 220                                  charon's
     4550  from <uplink addr> fwmark OUTER_FWMARK lookup <uplink table>  native daemon

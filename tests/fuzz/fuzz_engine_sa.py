@@ -32,6 +32,7 @@ with atheris.instrument_imports(include=["mobike_vici"]):
     from mobike_vici.ikev2.crypto import SkCipher
     from mobike_vici.types import Endpoint, Path
 
+    from ..unit.core.harness import rekey_ike
     from ..unit.core.test_mobike import ALICE2, BOB6
     from .engine_support import (
         EXCHANGES,
@@ -116,7 +117,7 @@ def _seeds_of(op: str) -> list[bytes]:
     elif op == "rekey_child_b":
         net.b.rekey_child(next(iter(sa_b.children)), net.now)
     elif op == "rekey_ike":
-        net.a.rekey_ike(sa_a.spi_str, net.now)
+        rekey_ike(net.a, sa_a.spi_str, net.now)
     elif op == "delete_child":
         net.a.delete_child(uid, net.now)
     elif op == "delete_ike":

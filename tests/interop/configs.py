@@ -34,7 +34,7 @@ class Side:
     remote_ts: str
     """CHILD's traffic selectors."""
     proposals: str = "aes128-sha256-x25519"
-    esp_proposals: str = "aes128-sha256"
+    esp_proposals: str | None = "aes128-sha256"
     initiator: bool = False
     vips: str | None = None
     pool: str | None = None
@@ -51,8 +51,9 @@ class Side:
 
 
 def _child(side: Side) -> str:
-    lines = [f"local_ts = {side.local_ts}", f"remote_ts = {side.remote_ts}",
-             f"esp_proposals = {side.esp_proposals}"]
+    lines = [f"local_ts = {side.local_ts}", f"remote_ts = {side.remote_ts}"]
+    if side.esp_proposals is not None:
+        lines.append(f"esp_proposals = {side.esp_proposals}")
     if side.child_rekey_time is not None:
         lines.append(f"rekey_time = {side.child_rekey_time}")
     if side.child_rand_time is not None:

@@ -61,6 +61,21 @@ def test_establish_with_suite(interop: Interop, native_initiates: bool, ike: str
 
 @pytest.mark.parametrize("native_initiates", [True, False],
                          ids=["native-initiator", "charon-initiator"])
+def test_esp_default_without_the_key_is_aead_first_on_both(interop: Interop,
+                                                           native_initiates: bool) -> None:
+    # Neither side names esp_proposals: charon then offers its AEAD proposal first, and
+    # so must we. Each responder picks in its own order, so each direction checks one.
+    ours, theirs = interop.sides(native_initiates=native_initiates, esp_proposals=None)
+    tunnel = interop.establish(ours, theirs)
+    sa = tunnel.charon_sa(tunnel.ike_spi)
+    assert sa is not None
+    child = next(iter(sa["child-sas"].values()))
+    assert (child.get("encr-alg"), child.get("encr-keysize")) == ("AES_GCM_16", "128"), child
+    assert tunnel.child_event["proposal"].startswith("aes128gcm16"), tunnel.child_event
+
+
+@pytest.mark.parametrize("native_initiates", [True, False],
+                         ids=["native-initiator", "charon-initiator"])
 def test_establish_over_ipv6(interop: Interop, native_initiates: bool) -> None:
     tunnel = interop.establish(*interop.sides(native_initiates=native_initiates, ipv6=True))
     sa = tunnel.charon_sa(tunnel.ike_spi)

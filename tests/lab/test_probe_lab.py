@@ -12,11 +12,13 @@ import pytest
 
 from mobike_vici.lab import topology
 from mobike_vici.lab.netns import Lab, Netns
-from mobike_vici.net.probes.bypass import PROBE_FWMARK, PROBE_RULE_PRIORITY, ProbeRule
+from mobike_vici.net.probes.bypass import PROBE_FWMARK
 
 pytestmark = pytest.mark.netns
 
 KEY = b"lab-probe-key-0123456789"
+RULE_PRIORITY = 210
+"""Before charon's table 220 (priority 220)."""
 
 
 def probe(ns: Netns, mode: str, *args: str) -> dict[str, Any]:
@@ -108,18 +110,22 @@ def test_probes_bypass_a_full_tunnel_route_in_table_220(lab: Lab) -> None:
     caught = probe(t.mob, "icmp", "--local", m0.addr4, "--peer", t.gw4, "--no-mark")
     assert caught["replies"] == {}, "the simulated tunnel route must catch unmarked probes"
 
-    rule = ProbeRule(netns=t.mob.name)
-    rule.install()
-    rule.install()  # idempotent
+    # A rule before table 220 for the probes' mark (the daemon installs none: the
+    # controller's probes rely on SO_BINDTODEVICE; this checks the mark alone).
+    rule = ("rule", "add", "pref", str(RULE_PRIORITY), "fwmark", str(PROBE_FWMARK),
+            "lookup", "main")
+    for fam in ("-4", "-6"):
+        t.mob.ip(fam, *rule)
     try:
         rules = t.mob.ip("-4", "rule", "show").stdout
-        assert f"{PROBE_RULE_PRIORITY}:\tfrom all fwmark {PROBE_FWMARK:#x} lookup main" in rules
+        assert f"{RULE_PRIORITY}:\tfrom all fwmark {PROBE_FWMARK:#x} lookup main" in rules
         for up in t.uplinks:
             for local, peer in ((up.addr4, t.gw4), (up.addr6, t.gw6)):
                 for dev in ((), ("--dev", up.ifname)):
                     res = probe(t.mob, "icmp", "--local", local, "--peer", peer, *dev)
                     assert set(res["replies"]) == {"1", "2", "3"}, (local, dev, res)
     finally:
-        assert rule.remove() == 2
+        for fam in ("-4", "-6"):
+            t.mob.ip(fam, "rule", "del", "pref", str(RULE_PRIORITY))
     assert str(PROBE_FWMARK) not in t.mob.ip("-4", "rule", "show").stdout
     assert probe(t.mob, "icmp", "--local", m0.addr4, "--peer", t.gw4)["replies"] == {}

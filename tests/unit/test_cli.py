@@ -9,7 +9,7 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -126,12 +126,10 @@ def test_clients_look_where_the_units_daemon_binds(
     assert f"control socket {daemon}:" in capsys.readouterr().err
 
 
-@pytest.fixture
-def control_socket(tmp_path: Path) -> Iterator[str]:
-    """A control server answering STATUS, on its own loop in a thread."""
-    path = str(tmp_path / "ctl")
+def _serving(path: str, answer: Callable[[JsonObject], JsonObject]) -> Iterator[str]:
+    """A control server at ``path`` on its own loop in a thread, until closed."""
     loop = asyncio.new_event_loop()
-    server = ControlServer(path, lambda req: STATUS if req["cmd"] == "status" else {"ok": False})
+    server = ControlServer(path, answer)
     loop.run_until_complete(server.start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -142,6 +140,13 @@ def control_socket(tmp_path: Path) -> Iterator[str]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+@pytest.fixture
+def control_socket(tmp_path: Path) -> Iterator[str]:
+    """A control server answering STATUS."""
+    yield from _serving(str(tmp_path / "ctl"),
+                        lambda req: STATUS if req["cmd"] == "status" else {"ok": False})
 
 
 def test_status_json_prints_the_answer(
@@ -221,19 +226,7 @@ VICI_STATUS: JsonObject = {
 
 
 def _serve(tmp_path: Path, answer: JsonObject) -> Iterator[str]:
-    path = str(tmp_path / "vctl")
-    loop = asyncio.new_event_loop()
-    server = ControlServer(path, lambda req: answer)
-    loop.run_until_complete(server.start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield path
-    finally:
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
+    yield from _serving(str(tmp_path / "vctl"), lambda req: answer)
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ from ...config.model import (
     Unique,
 )
 from ...ikev2.constants import DhId, EncrId, EsnId, IntegId, PrfId, ProtocolId
-from ...ikev2.proposals import ProposalSpec, parse_proposals
+from ...ikev2.proposals import ProposalSpec, absent_default, parse_proposals
 from .errors import CommandFailed, LoadError
 
 Message = dict[str, Any]
@@ -179,7 +179,7 @@ def _child_section(child: ChildConfig, base_dir: str) -> Message:
         body["local_ts"] = [_ts(t) for t in child.local_ts]
     if child.remote_ts != dynamic:
         body["remote_ts"] = [_ts(t) for t in child.remote_ts]
-    if child.esp_proposals and child.esp_proposals != parse_proposals("default", ProtocolId.ESP):
+    if child.esp_proposals and child.esp_proposals != absent_default(ProtocolId.ESP):
         body["esp_proposals"] = proposal_list(child.esp_proposals, ProtocolId.ESP)
     if child.mode != "tunnel":
         body["mode"] = child.mode

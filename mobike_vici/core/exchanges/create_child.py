@@ -91,17 +91,39 @@ def lowest_nonce_loses(ours: tuple[bytes, bytes], theirs: tuple[bytes, bytes]) -
 # ---------------------------------------------------------------------------
 
 
-class ChildRekeyTask(Task):
-    """Rekey one CHILD_SA; the old one is deleted once the new one is installed."""
+class _ChildOfferTask(Task):
+    """A CREATE_CHILD_SA of ours that offers a new CHILD_SA: its SPI, nonce and DH."""
 
     exchange = ExchangeType.CREATE_CHILD_SA
 
-    def __init__(self, unique_id: int, group: DhId | None = None) -> None:
-        self.unique_id = unique_id
+    def __init__(self, group: DhId | None) -> None:
         self.group = group
         self.spi_in = b""
         self.nonce = b""
         self.dh: DhExchange | None = None
+
+    def _offer(self, ctx: Context, config: ChildConfig) -> list[Payload]:
+        """SA, Nonce and (with PFS) KE for ``config``; the task's group, if it has one
+        (the peer asked for it), goes first."""
+        specs = child_proposals(config, pfs=True)
+        group = self.group or preferred_dh(specs)
+        if group is not None:
+            specs = tuple(_promote(specs, group))
+            self.dh = dh_generate(group, ctx.random_bytes)
+        self.spi_in = ctx.new_child_spi()
+        self.nonce = ctx.random_bytes(ctx.settings.nonce_size)
+        payloads: list[Payload] = [SA(proposal_payloads(specs, self.spi_in)), Nonce(self.nonce)]
+        if self.dh is not None:
+            payloads.append(KE(self.dh.group, self.dh.public))
+        return payloads
+
+
+class ChildRekeyTask(_ChildOfferTask):
+    """Rekey one CHILD_SA; the old one is deleted once the new one is installed."""
+
+    def __init__(self, unique_id: int, group: DhId | None = None) -> None:
+        super().__init__(group)
+        self.unique_id = unique_id
         self.replaced: ChildSa | None = None
 
     def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
@@ -112,22 +134,8 @@ class ChildRekeyTask(Task):
         old.rekey_at = None  # this exchange is the rekey; a failure schedules a retry
         old.collision = None
         self.replaced = old
-        specs = child_proposals(old.config, pfs=True)
-        group = self.group or preferred_dh(specs)
-        if group is not None:
-            specs = tuple(_promote(specs, group))
-            self.dh = dh_generate(group, ctx.random_bytes)
-        self.spi_in = ctx.new_child_spi()
-        self.nonce = ctx.random_bytes(ctx.settings.nonce_size)
-        payloads: list[Payload] = [
-            Notify(NotifyType.REKEY_SA, b"", ProtocolId.ESP, old.spi_in),
-            SA(proposal_payloads(specs, self.spi_in)),
-            Nonce(self.nonce),
-        ]
-        if self.dh is not None:
-            payloads.append(KE(self.dh.group, self.dh.public))
-        payloads += [TSi(old.local_ts), TSr(old.remote_ts)]
-        return payloads
+        return [Notify(NotifyType.REKEY_SA, b"", ProtocolId.ESP, old.spi_in),
+                *self._offer(ctx, old.config), TSi(old.local_ts), TSr(old.remote_ts)]
 
     def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
         # An IKE_SA rekey may have moved the CHILD_SA on while we waited.
@@ -196,34 +204,20 @@ class ChildRekeyTask(Task):
         return new, _nonce(payloads)
 
 
-class ChildCreateTask(Task):
+class ChildCreateTask(_ChildOfferTask):
     """An additional CHILD_SA on an established IKE_SA (no REKEY_SA notify)."""
 
-    exchange = ExchangeType.CREATE_CHILD_SA
-
     def __init__(self, config: ChildConfig, group: DhId | None = None) -> None:
+        super().__init__(group)
         self.config = config
-        self.group = group
-        self.spi_in = b""
-        self.nonce = b""
-        self.dh: DhExchange | None = None
         self.tsi: list[TrafficSelector] = []
         self.tsr: list[TrafficSelector] = []
 
     def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
-        specs = child_proposals(self.config, pfs=True)
-        group = self.group or preferred_dh(specs)
-        if group is not None:
-            specs = tuple(_promote(specs, group))
-            self.dh = dh_generate(group, ctx.random_bytes)
-        self.spi_in = ctx.new_child_spi()
-        self.nonce = ctx.random_bytes(ctx.settings.nonce_size)
+        offer = self._offer(ctx, self.config)
         self.tsi = resolve(self.config.local_ts, sa.path.local.addr, sa.virtual_ips)
         self.tsr = resolve(self.config.remote_ts, sa.path.remote.addr)
-        payloads: list[Payload] = [SA(proposal_payloads(specs, self.spi_in)), Nonce(self.nonce)]
-        if self.dh is not None:
-            payloads.append(KE(self.dh.group, self.dh.public))
-        return [*payloads, TSi(tuple(self.tsi)), TSr(tuple(self.tsr))]
+        return [*offer, TSi(tuple(self.tsi)), TSr(tuple(self.tsr))]
 
     def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
         try:
@@ -432,7 +426,7 @@ def respond_create_child(ctx: Context, sa: IkeSa, msg: Message, now: float) -> l
     install(ctx, sa, new, rekey_of=old.unique_id)
     if old.state == ChildState.REKEYING:
         # Collision: remember the peer's exchange; our response decides who lost.
-        nonce_r = next(p.data for p in reply if isinstance(p, Nonce))
+        nonce_r = _nonce(reply)
         old.collision = RekeyCollision((nonce, nonce_r), new.unique_id)
     else:
         old.state = ChildState.REKEYED

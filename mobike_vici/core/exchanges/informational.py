@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from ...ikev2.constants import ExchangeType, NotifyType, ProtocolId
 from ...ikev2.message import Message
-from ...ikev2.payloads import Delete, Notify, Payload
+from ...ikev2.payloads import Delete, Payload, find_notify
 from ..child_sa import ChildSa, ChildState
 from ..context import Context
 from ..events import ChildSaDeleted
@@ -96,13 +96,13 @@ class DeleteChildTask(Task):
 def respond_informational(ctx: Context, sa: IkeSa, msg: Message, now: float) -> list[Payload]:
     """Answer deletes and liveness checks. A Delete(IKE) marks the SA DELETED; the
     engine sends the answer and then removes it."""
+    if find_notify(msg.payloads, NotifyType.AUTHENTICATION_FAILED) is not None:
+        # The initiator rejected our AUTH after we established (RFC 7296 §2.21.2).
+        sa.set_state(IkeState.DELETED)
+        sa.delete_reason = "authentication_failed"
+        return []
     reply: list[Payload] = []
     for p in msg.payloads:
-        if isinstance(p, Notify) and p.type == NotifyType.AUTHENTICATION_FAILED:
-            # The initiator rejected our AUTH after we established (RFC 7296 §2.21.2).
-            sa.set_state(IkeState.DELETED)
-            sa.delete_reason = "authentication_failed"
-            return []
         if not isinstance(p, Delete):
             continue
         if p.protocol == ProtocolId.IKE:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ...config.model import AuthClass, ConnectionConfig
 from ...ikev2.constants import IdType, NotifyType
-from ...ikev2.payloads import Auth, Cert, CertReq, Notify, Payload, find_notify
+from ...ikev2.payloads import Auth, Cert, CertReq, Notify, Payload, find_notify, find_payload
 from ...ikev2.signature import (
     OUR_HASHES,
     HashAlg,
@@ -206,4 +206,4 @@ def peer_hashes(payloads: Sequence[Payload]) -> tuple[int, ...] | None:
 
 
 def peer_sent_certreq(payloads: Sequence[Payload]) -> bool:
-    return any(isinstance(p, CertReq) for p in payloads)
+    return find_payload(payloads, CertReq) is not None

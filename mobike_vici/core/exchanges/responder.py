@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...ikev2.constants import ExchangeType, NotifyType, notify_is_error
+from ...ikev2.constants import ExchangeType, NotifyType
 from ...ikev2.message import Message
-from ...ikev2.payloads import Notify, Payload
+from ...ikev2.payloads import Notify, Payload, first_error
 from ...types import Path
 from ..context import Context
 from ..errors import ProtocolError
@@ -49,9 +49,9 @@ def answer_request(ctx: Context, sa: IkeSa, exchange: ExchangeType, msg: Message
                 respond_redirect(ctx, sa, msg, now)
             return Answer(reply)
         reply = respond_create_child(ctx, sa, msg, now)
-        for p in reply:
-            if isinstance(p, Notify) and notify_is_error(int(p.type)):
-                report(ctx, sa, exchange, notify_name(p.type))
+        error = first_error(reply)
+        if error is not None:
+            report(ctx, sa, exchange, notify_name(error.type))
         return Answer(reply)
     except AuthFailed as exc:
         report(ctx, sa, exchange, f"authentication_failed: {exc}")

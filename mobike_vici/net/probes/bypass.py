@@ -1,14 +1,14 @@
-"""What keeps a probe out of the tunnel and on its uplink: socket options and one rule.
+"""What keeps a probe out of the tunnel and on its uplink: socket options.
 
-Three independent mechanisms, because the two data planes catch packets differently:
+Three independent mechanisms, because the data planes catch packets differently:
 
 * ``SO_BINDTODEVICE`` + ``bind(local)``: the probe leaves through the uplink it tests,
-  whatever the main table's default route says.
-* ``SO_MARK`` with ``PROBE_FWMARK`` and the rule ``fwmark PROBE_FWMARK lookup main`` at
-  priority ``PROBE_RULE_PRIORITY`` (before charon's table 220): with kernel-libipsec,
-  charon routes the remote traffic selectors through ``ipsec0`` in table 220 (a
-  full tunnel ``0.0.0.0/0`` there would swallow a probe to the peer's outer address);
-  the marked probe never consults table 220.
+  whatever the main table's default route says (the controller relies on this alone
+  against charon's table 220, where kernel-libipsec routes the remote traffic selectors,
+  a full tunnel ``0.0.0.0/0`` included, through ``ipsec0``).
+* ``SO_MARK`` with ``PROBE_FWMARK``: the native daemon's rules send marked packets to
+  the uplink tables, never to its tunnel table; a rule ``fwmark PROBE_FWMARK lookup
+  main`` before table 220 would do the same beside charon (nothing installs one).
 * A per-socket XFRM policy with action ALLOW in both directions (``IP_XFRM_POLICY`` /
   ``IPV6_XFRM_POLICY``, the way charon exempts its IKE sockets): with the kernel XFRM
   data plane, the SPD would otherwise encrypt a probe whose addresses match a TS.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Any
 
 from ..numbers import OUTER_FWMARK
 
@@ -34,9 +33,6 @@ _XFRM_INF = (1 << 64) - 1
 PROBE_FWMARK = OUTER_FWMARK
 """The fwmark of every probe ("MV", the same as the native daemon's IKE and ESP);
 configurable per prober."""
-PROBE_RULE_PRIORITY = 210
-"""Before charon's table 220 (priority 220) and the steering rules of net/steering."""
-MAIN_TABLE = 254
 
 
 def xfrm_bypass_policy(direction: int, family: int = socket.AF_INET) -> bytes:
@@ -65,43 +61,3 @@ def apply_socket_bypass(sock: socket.socket, *, family: int, ifname: str | None,
                       else (socket.IPPROTO_IPV6, IPV6_XFRM_POLICY))
         for direction in (XFRM_POLICY_IN, XFRM_POLICY_OUT):
             sock.setsockopt(level, opt, xfrm_bypass_policy(direction, family))
-
-
-class ProbeRule:
-    """Installs and removes ``fwmark X lookup main`` (IPv4 and IPv6), idempotently."""
-
-    def __init__(self, fwmark: int = PROBE_FWMARK, priority: int = PROBE_RULE_PRIORITY,
-                 *, netns: str | None = None) -> None:
-        self.fwmark = fwmark
-        self.priority = priority
-        self.netns = netns
-
-    def _ipr(self) -> Any:
-        from pyroute2 import IPRoute, NetNS
-
-        return NetNS(self.netns) if self.netns else IPRoute()
-
-    def _rules(self, ipr: Any, family: int) -> list[Any]:
-        found = []
-        for rule in ipr.get_rules(family=family):
-            if (rule.get_attr("FRA_FWMARK") == self.fwmark
-                    and rule.get_attr("FRA_PRIORITY") == self.priority):
-                found.append(rule)
-        return found
-
-    def install(self) -> None:
-        with self._ipr() as ipr:
-            for family in (socket.AF_INET, socket.AF_INET6):
-                if not self._rules(ipr, family):
-                    ipr.rule("add", family=family, fwmark=self.fwmark, table=MAIN_TABLE,
-                             priority=self.priority)
-
-    def remove(self) -> int:
-        removed = 0
-        with self._ipr() as ipr:
-            for family in (socket.AF_INET, socket.AF_INET6):
-                for _ in self._rules(ipr, family):
-                    ipr.rule("del", family=family, fwmark=self.fwmark, table=MAIN_TABLE,
-                             priority=self.priority)
-                    removed += 1
-        return removed

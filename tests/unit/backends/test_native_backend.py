@@ -202,7 +202,7 @@ def test_rekeyed_ike_sa_keeps_its_manager_and_deleted_one_is_forgotten() -> None
     assert "path_up" in names(mob.pump(0.11))
     mob.on_core_event(IkeSaDeleted(conn="c", ike_spi=new, path=p, reason="deleted_by_peer"),
                       0.2)
-    assert mob.ike_spis == []
+    assert mob.conn_spis("c") == []
     assert mob.get_timer() is None
 
 
@@ -336,7 +336,7 @@ def test_the_watched_sas_follow_events_without_a_walk() -> None:
     mob.on_core_event(IkeSaRekeyed(conn="c", ike_spi=ours, new_ike_spi=renewed), 1.0)
     assert mob.watched() == {renewed}
     walks = table.walks
-    assert mob.watched() == {spi for spi in mob.ike_spis  # the brute-force answer
+    assert mob.watched() == {spi for spi in mob.conn_spis("c")  # the brute-force answer
                              if (m := mob.manager(spi)) is not None and m.initiator}
     table.walks = walks
     mob.on_core_event(IkeSaDeleted(conn="c", ike_spi=renewed, path=path(M0),

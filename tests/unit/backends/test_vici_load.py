@@ -188,6 +188,15 @@ def test_default_set_is_folded_back_into_the_keyword() -> None:
     assert proposal_list(esp, ProtocolId.ESP) == ["default"]
 
 
+@pytest.mark.parametrize(("line", "sent"), [("", None), ("esp_proposals = default", ["default"])])
+def test_esp_default_reaches_charon_in_the_order_the_config_gives(line: str,
+                                                                  sent: list[str] | None) -> None:
+    # Absent, charon itself puts the AEAD proposal first; the keyword puts it second.
+    config = load_string(f"connections {{ c {{ children {{ x {{ {line} }} }} }} }}")
+    child = conn_message(config.connection("c"))["c"]["children"]["x"]
+    assert child.get("esp_proposals") == sent
+
+
 @pytest.mark.parametrize(("addrs", "expected"), [
     ("10.10.8.0/24", "10.10.8.0/24"),
     ("10.3.0.10-10.3.0.20", "10.3.0.10-10.3.0.20"),

@@ -21,7 +21,7 @@ from mobike_vici.config.model import (
     TrafficSelectorSpec,
     Unique,
 )
-from mobike_vici.ikev2.constants import ProtocolId
+from mobike_vici.ikev2.constants import EncrId, ProtocolId
 from mobike_vici.ikev2.proposals import parse_proposals
 
 MINIMAL = """
@@ -72,7 +72,8 @@ def test_connection_and_child_defaults_are_swanctls() -> None:
     assert conn.local[0].id is None and conn.remote[0].id is None
     (child,) = conn.children
     assert child.local_ts == child.remote_ts == (TrafficSelectorSpec(None),)
-    assert child.esp_proposals == parse_proposals("default", ProtocolId.ESP)
+    classic, aead = parse_proposals("default", ProtocolId.ESP)
+    assert child.esp_proposals == (aead, classic)  # charon's order without the key, below
     assert child.mode == "tunnel"
     assert child.start_action is StartAction.NONE
     assert child.dpd_action is DpdAction.CLEAR
@@ -210,6 +211,22 @@ secrets {
     assert (child.life_time, child.rand_time) == (7200, 3600)
     assert child.replay_window == 0
     assert child.extra == (("updown", "/usr/local/bin/updown"),)
+
+
+@pytest.mark.parametrize("line", ["", "esp_proposals =", "esp_proposals = default"])
+def test_default_esp_proposals_order_is_charons(line: str) -> None:
+    # charon 5.9.8 (vici_config.c): a child without esp_proposals gets
+    # proposal_create_default_aead(PROTO_ESP) and then proposal_create_default(PROTO_ESP);
+    # the keyword "default" expands to the classic proposal first, then the AEAD one.
+    # IKE has classic first either way.
+    conn = load_string(MINIMAL.replace("net { }", f"net {{ {line} }}")).connection("c")
+    classic, aead = parse_proposals("default", ProtocolId.ESP)
+    assert [e for e, _ in classic.encr] == [EncrId.AES_CBC] * 3
+    assert [e for e, _ in aead.encr] == [EncrId.AES_GCM_16] * 3
+    expected = (classic, aead) if "default" in line else (aead, classic)
+    assert conn.children[0].esp_proposals == expected
+    assert conn.proposals == parse_proposals("default", ProtocolId.IKE)
+    assert [e for e, _ in conn.proposals[0].encr] == [EncrId.AES_CBC] * 3
 
 
 def test_empty_value_restores_the_default() -> None:

@@ -13,7 +13,7 @@ from mobike_vici.core.engine import Engine
 
 from .index_check import assert_index_matches
 
-CALLS = ("initiate", "receive_datagram", "handle_timer", "rekey_ike", "rekey_child",
+CALLS = ("initiate", "receive_datagram", "handle_timer", "rekey_child",
          "delete_ike", "delete_child", "set_local_addresses", "probe", "move")
 """The public calls that may change SAs."""
 

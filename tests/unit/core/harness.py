@@ -10,7 +10,8 @@ from typing import TypeVar
 
 from mobike_vici.config import Config, load_string
 from mobike_vici.core.engine import Datagram, Engine
-from mobike_vici.core.events import Event
+from mobike_vici.core.events import Event, IkeSaEstablished
+from mobike_vici.core.ike_sa import IkeState
 from mobike_vici.core.settings import EngineSettings
 from mobike_vici.types import Endpoint, IPAddress, Path
 
@@ -158,6 +159,31 @@ def make_pair(seed: int = 1, settings: EngineSettings | None = None, **kw: str) 
     a = Engine(ca, seeded(seed), lambda r: ALICE, settings)
     b = Engine(cb, seeded(seed + 1000), lambda r: BOB, settings)
     return Net(a, b)
+
+
+def established_pair(seed: int = 1, settings: EngineSettings | None = None, *,
+                     clear_events: bool = False, **kw: str) -> Net:
+    """A pair whose first IKE_SA and CHILD_SA are up (alice initiated at time 0);
+    ``clear_events`` forgets the setup's events so a test sees only its own."""
+    net = make_pair(seed, settings, **kw)
+    net.a.initiate("home", None, 0.0)
+    net.pump()
+    assert of_type(net.events_a, IkeSaEstablished) and of_type(net.events_b, IkeSaEstablished)
+    if clear_events:
+        net.events_a.clear()
+        net.events_b.clear()
+    return net
+
+
+def rekey_ike(engine: Engine, ike_spi: str, now: float) -> None:
+    """Start a rekey of an established IKE_SA the way the product does: its rekey time
+    comes now and the engine's timer runs (the engine has no call for it)."""
+    sa = engine._ctx.sa_named(ike_spi)
+    if sa.state != IkeState.ESTABLISHED:
+        return
+    sa.rekey_at = now
+    engine._index.refile(sa)
+    engine.handle_timer(now)
 
 
 T = TypeVar("T")

@@ -19,7 +19,7 @@ from mobike_vici.ikev2.constants import ExchangeType, PayloadType
 from mobike_vici.ikev2.message import decode_header, transport_overhead
 from mobike_vici.types import Endpoint, Path
 
-from .harness import ALICE, BOB, Net, config_pair, make_pair, of_type, seeded
+from .harness import ALICE, BOB, Net, config_pair, make_pair, of_type, rekey_ike, seeded
 
 SMALL = EngineSettings(fragment_size=250)
 """Small enough that a PSK IKE_AUTH request and its response both need two fragments."""
@@ -198,7 +198,7 @@ def test_an_ike_rekey_keeps_fragmentation() -> None:
     tiny = EngineSettings(fragment_size=150)
     net = start(make_pair(settings=tiny))
     old = net.a.status()[0].ike_spi
-    net.a.rekey_ike(old, net.now)
+    rekey_ike(net.a, old, net.now)
     net.pump()
     (sa,) = net.a.status()
     assert sa.ike_spi != old

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mobike_vici.core.events import ExchangeFailed, IkeSaEstablished, PacketDropped
+from mobike_vici.core.events import ExchangeFailed, PacketDropped
 from mobike_vici.core.ike_sa import IkeSa
 from mobike_vici.core.protection import encode
 from mobike_vici.ikev2.constants import ExchangeType, NotifyType
@@ -16,18 +16,9 @@ from mobike_vici.ikev2.message import Message, decode_header, decode_message, de
 from mobike_vici.ikev2.payloads import Nonce, Notify, Payload, UnknownPayload
 from mobike_vici.types import Path
 
-from .harness import Net, make_pair
+from .harness import Net, established_pair, make_pair
 
-
-def _established() -> Net:
-    net = make_pair()
-    net.a.initiate("home", None, 0.0)
-    net.pump()
-    assert any(isinstance(e, IkeSaEstablished) for e in net.events_b)
-    return net
-
-
-NET = _established()
+NET = established_pair()
 AUTH_REQ = next(d for d in NET.log if decode_header(d.data).exchange == 35)
 BACK = Path(AUTH_REQ.path.remote, AUTH_REQ.path.local)
 

@@ -8,7 +8,7 @@ import pytest
 
 from mobike_vici.core.engine import Engine
 
-from .harness import make_pair
+from .harness import make_pair, rekey_ike
 
 
 def _mirror(engine: Engine) -> dict[str, list[tuple[int, int]]]:
@@ -25,7 +25,7 @@ def _op(rng: random.Random, engine: Engine, now: float, initiator: bool) -> None
     if choice < 4 and sa.children:
         engine.rekey_child(rng.choice(sa.children).unique_id, now)
     elif choice < 7:
-        engine.rekey_ike(sa.ike_spi, now)
+        rekey_ike(engine, sa.ike_spi, now)
     elif choice < 8 and sa.children:
         engine.delete_child(rng.choice(sa.children).unique_id, now)
     elif choice < 9 and initiator:

@@ -10,25 +10,14 @@ from mobike_vici.core.events import (
     ChildSaInstalled,
     ChildSaRekeyed,
     IkeSaDeleted,
-    IkeSaEstablished,
     IkeSaRekeyed,
 )
 from mobike_vici.core.exchanges.create_child import lowest_nonce_loses
 from mobike_vici.ikev2.message import decode_header
 
-from .harness import Net, make_pair, of_type
+from .harness import established_pair, make_pair, of_type, rekey_ike
 
 _of = of_type
-
-
-def _established(**kw: str) -> Net:
-    net = make_pair(1, None, **kw)
-    net.a.initiate("home", None, 0.0)
-    net.pump()
-    assert _of(net.events_a, IkeSaEstablished) and _of(net.events_b, IkeSaEstablished)
-    net.events_a.clear()
-    net.events_b.clear()
-    return net
 
 
 def _child_ids(engine: Engine) -> list[tuple[int, int]]:
@@ -39,7 +28,7 @@ def _child_ids(engine: Engine) -> list[tuple[int, int]]:
                                  "aes256gcm16-x25519"])
 @pytest.mark.parametrize("side", ["a", "b"])
 def test_child_rekey_either_side(esp: str, side: str) -> None:
-    net = _established(esp=esp)
+    net = established_pair(clear_events=True, esp=esp)
     us, peer = (net.a, net.b) if side == "a" else (net.b, net.a)
     (old,) = _child_ids(us)
     uid = us.status()[0].children[0].unique_id
@@ -65,11 +54,11 @@ def test_child_rekey_either_side(esp: str, side: str) -> None:
 
 @pytest.mark.parametrize("side", ["a", "b"])
 def test_ike_rekey_either_side_moves_children(side: str) -> None:
-    net = _established()
+    net = established_pair(clear_events=True)
     us, peer = (net.a, net.b) if side == "a" else (net.b, net.a)
     children = _child_ids(us)
     old_spi = us.status()[0].ike_spi
-    us.rekey_ike(old_spi, 1.0)
+    rekey_ike(us, old_spi, 1.0)
     net.pump()
     ours_ev, peer_ev = ((net.events_a, net.events_b) if side == "a"
                         else (net.events_b, net.events_a))
@@ -97,7 +86,7 @@ def test_ike_rekey_either_side_moves_children(side: str) -> None:
 
 
 def test_child_rekey_collision_leaves_one_sa() -> None:
-    net = _established(esp="aes128-sha256")
+    net = established_pair(clear_events=True, esp="aes128-sha256")
     ua = net.a.status()[0].children[0].unique_id
     ub = net.b.status()[0].children[0].unique_id
     # Both start a rekey before either hears from the other.
@@ -116,8 +105,10 @@ def test_lowest_nonce_loses() -> None:
 
 
 def test_rekey_timers_fire_between_rekey_and_rand_time() -> None:
-    net = _established(child_initiator="rekey_time = 100s\n life_time = 200s\n rand_time = 10s",
-                       child_responder="rekey_time = 1000s")
+    net = established_pair(
+        clear_events=True,
+        child_initiator="rekey_time = 100s\n life_time = 200s\n rand_time = 10s",
+        child_responder="rekey_time = 1000s")
     t = net.a.get_timer()
     assert t is not None and 90.0 <= t <= 100.0
     net.advance_to(101.0)
@@ -126,10 +117,10 @@ def test_rekey_timers_fire_between_rekey_and_rand_time() -> None:
 
 
 def test_replaced_sa_retired_when_peer_never_deletes_it() -> None:
-    net = _established()
+    net = established_pair(clear_events=True)
     # The Delete for the old IKE_SA gets lost for good.
     net.drop = lambda d: decode_header(d.data).exchange == 37
-    net.a.rekey_ike(net.a.status()[0].ike_spi, 1.0)
+    rekey_ike(net.a, net.a.status()[0].ike_spi, 1.0)
     net.pump()
     assert sorted(s.state for s in net.b.status()) == ["ESTABLISHED", "REKEYED"]
     net.b.handle_timer(166.0)
@@ -148,8 +139,8 @@ def test_ike_rekey_collision_leaves_one_sa(seed: int) -> None:
     net.a.initiate("home", None, 0.0)
     net.pump()
     children = _child_ids(net.a)
-    net.a.rekey_ike(net.a.status()[0].ike_spi, 1.0)
-    net.b.rekey_ike(net.b.status()[0].ike_spi, 1.0)
+    rekey_ike(net.a, net.a.status()[0].ike_spi, 1.0)
+    rekey_ike(net.b, net.b.status()[0].ike_spi, 1.0)
     net.pump()
     (sa,) = net.a.status()
     (sb,) = net.b.status()
@@ -165,7 +156,7 @@ def test_ike_rekey_collision_leaves_one_sa(seed: int) -> None:
 
 @pytest.mark.parametrize("esp", ["aes128-sha256", "aes128-sha256-modp2048"])
 def test_additional_child_sa_on_established_ike_sa(esp: str) -> None:
-    net = _established(esp=esp)
+    net = established_pair(clear_events=True, esp=esp)
     (ike,) = net.a.status()
     net.a.initiate("home", "net", 1.0)
     net.pump()

@@ -17,17 +17,9 @@ from mobike_vici.ikev2.constants import ExchangeType
 from mobike_vici.ikev2.message import decode_header
 from mobike_vici.types import Path
 
-from .harness import ALICE, BOB, Net, config_pair, make_pair, of_type, seeded
+from .harness import ALICE, BOB, Net, config_pair, established_pair, make_pair, of_type, seeded
 
 _of = of_type
-
-
-def _established(**kw: str) -> Net:
-    net = make_pair(1, None, **kw)
-    net.a.initiate("home", None, 0.0)
-    net.pump()
-    assert _of(net.events_a, IkeSaEstablished) and _of(net.events_b, IkeSaEstablished)
-    return net
 
 
 def test_charon_retransmit_schedule() -> None:
@@ -96,7 +88,7 @@ def test_retransmitted_request_answered_from_cache() -> None:
 
 
 def test_old_and_future_message_ids_dropped() -> None:
-    net = _established()
+    net = established_pair()
     (sa,) = net.a.status()
     auth_request = next(d for d in net.log if decode_header(d.data).exchange == 35)
     # A request with a message ID from the future: dropped, SA unchanged.
@@ -111,7 +103,7 @@ def test_old_and_future_message_ids_dropped() -> None:
 
 
 def test_dpd_liveness_check() -> None:
-    net = _established(initiator_extra="dpd_delay = 30s")
+    net = established_pair(initiator_extra="dpd_delay = 30s")
     assert net.a.get_timer() == pytest.approx(30.0)
     net.advance_to(30.0)
     infos = [d for d in net.log if decode_header(d.data).exchange == ExchangeType.INFORMATIONAL]
@@ -127,7 +119,7 @@ def test_dpd_liveness_check() -> None:
 
 
 def test_delete_child_then_ike() -> None:
-    net = _established()
+    net = established_pair()
     (ca,) = _of(net.events_a, ChildSaInstalled)
     net.a.delete_child(ca.unique_id, 1.0)
     net.pump()
@@ -158,7 +150,7 @@ def test_half_open_sa_times_out() -> None:
 
 
 def test_late_init_retransmit_answered_from_cache_after_establishment() -> None:
-    net = _established()
+    net = established_pair()
     first = net.log[0]
     assert decode_header(first.data).exchange == ExchangeType.IKE_SA_INIT
     before = net.b.status()
@@ -169,7 +161,7 @@ def test_late_init_retransmit_answered_from_cache_after_establishment() -> None:
 
 
 def test_initial_contact_replaces_stale_sa() -> None:
-    net = _established()
+    net = established_pair()
     (old,) = net.b.status()
     # Alice restarts (a fresh engine, same config) and connects again.
     ca, _ = config_pair()

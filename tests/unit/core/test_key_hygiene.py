@@ -21,7 +21,7 @@ from mobike_vici.core.ike_sa import IkeSa
 from mobike_vici.ikev2 import crypto
 from mobike_vici.ikev2.crypto import IkeKeys
 
-from .harness import Net, make_pair, of_type, seeded
+from .harness import Net, make_pair, of_type, rekey_ike, seeded
 
 _DH_CLASSES = (crypto._ModpExchange, crypto._EcpExchange, crypto._X25519Exchange)
 _OPAQUE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType,
@@ -84,7 +84,7 @@ def test_established_sas_drop_the_dh_private_value_and_sk_p(
     _assert_no_auth_secrets(net, derived)
 
     # An IKE rekey derives new keys from the kept SK_d; the new SA keeps no SK_p either.
-    net.a.rekey_ike(net.a.status()[0].ike_spi, net.now)
+    rekey_ike(net.a, net.a.status()[0].ike_spi, net.now)
     net.pump()
     assert of_type(net.events_a, IkeSaRekeyed) and of_type(net.events_b, IkeSaRekeyed)
     assert len(derived) == 4

@@ -32,7 +32,7 @@ from mobike_vici.ikev2.message import decode_header
 from mobike_vici.ikev2.payloads import Notify, Payload
 from mobike_vici.types import Endpoint, IPAddress, Path
 
-from .harness import ALICE, BOB, Net, config_pair, of_type, seeded
+from .harness import ALICE, BOB, Net, config_pair, of_type, rekey_ike, seeded
 
 ALICE2 = ipaddress.ip_address("198.51.100.7")
 ALICE6 = ipaddress.ip_address("2001:db8:a::1")
@@ -145,7 +145,7 @@ def test_the_first_initiator_still_moves_after_either_side_rekeyed_the_ike_sa(
     # RFC 4555 §2: "initiator" is who started the first IKE_SA of the rekey series, not
     # RFC 7296's original initiator, which the responder becomes by rekeying it.
     net = setup()
-    (net.a if rekeyed_by == "a" else net.b).rekey_ike(spi(net), net.now)
+    rekey_ike(net.a if rekeyed_by == "a" else net.b, spi(net), net.now)
     net.pump()
     assert spi(net) == net.b.status()[0].ike_spi
     assert net.a.status()[0].initiator and not net.b.status()[0].initiator
@@ -659,7 +659,7 @@ def test_nat_rebinding_right_after_an_ike_rekey_is_detected() -> None:
     net = setup(nat={Endpoint(ALICE, 500): ep(EVE, 500), private: ep(EVE, 40000)})
     net.a.probe(spi(net), path(ALICE, BOB), net.now)
     net.pump()
-    net.a.rekey_ike(spi(net), net.now)
+    rekey_ike(net.a, spi(net), net.now)
     net.pump()
     net.nat[private] = ep(EVE, 40001)  # the NAT rebinds right after the rekey
     net.a.probe(spi(net), path(ALICE, BOB), net.now)

@@ -47,9 +47,9 @@ def test_same_identity_and_peer_share_an_online_lease() -> None:
     assert p.acquire("alice", peer="192.0.2.10") == a
     assert p.online == 2  # two references, as charon counts them
     assert p.release("alice", a)
-    assert p.lease_of("alice") == a  # still online: one SA left
+    assert p.leases() == [Lease("alice", a, True)]  # still online: one SA left
     assert p.release("alice", a)
-    assert p.lease_of("alice") is None
+    assert p.leases() == [Lease("alice", a, False)]
     assert p.offline == 1
 
 

@@ -273,28 +273,37 @@ def test_control_status_round_trip(tmp_path: FsPath) -> None:
     assert not os.path.exists(ctl)
 
 
-def test_sigterm_deletes_sas_and_waits_for_the_answer() -> None:
-    async def main() -> tuple[int, FakeEngine, RecordingLog]:
-        peer = Peer()
-        ike_port, natt_port = free_port(), free_port()
-        engine = FakeEngine(Endpoint.parse("127.0.0.1", ike_port), peer.endpoint)
-        engine.add_sa()
-        log = RecordingLog()
-        daemon = Daemon(Config(), engine, log, ike_port=ike_port, natt_port=natt_port,
-                        bind=V4, shutdown_grace=TIMEOUT)
-        running = asyncio.create_task(daemon.run())
-        try:
-            await log.wait_for("daemon_started")
-            os.kill(os.getpid(), signal.SIGTERM)
-            data, source = await peer.recv()
-            assert data == b"DELETE " + SPI.encode()
-            peer.send(b"DELETE-ACK", str(source.addr), source.port)
-            code = await asyncio.wait_for(running, TIMEOUT)
-        finally:
-            peer.close()
-        return code, engine, log
+Stop = Callable[[Daemon, Peer, asyncio.Task[int]], Awaitable[int]]
 
-    code, engine, log = asyncio.run(main())
+
+async def stopped_with_one_sa(grace: float, stop: Stop) -> tuple[int, FakeEngine, RecordingLog]:
+    """A daemon holding one IKE_SA with ``Peer()`` at its other end, ended by ``stop``
+    (which returns the daemon's exit code)."""
+    peer = Peer()
+    ike_port, natt_port = free_port(), free_port()
+    engine = FakeEngine(Endpoint.parse("127.0.0.1", ike_port), peer.endpoint)
+    engine.add_sa()
+    log = RecordingLog()
+    daemon = Daemon(Config(), engine, log, ike_port=ike_port, natt_port=natt_port,
+                    bind=V4, shutdown_grace=grace)
+    running = asyncio.create_task(daemon.run())
+    try:
+        await log.wait_for("daemon_started")
+        code = await stop(daemon, peer, running)
+    finally:
+        peer.close()
+    return code, engine, log
+
+
+def test_sigterm_deletes_sas_and_waits_for_the_answer() -> None:
+    async def stop(daemon: Daemon, peer: Peer, running: asyncio.Task[int]) -> int:
+        os.kill(os.getpid(), signal.SIGTERM)
+        data, source = await peer.recv()
+        assert data == b"DELETE " + SPI.encode()
+        peer.send(b"DELETE-ACK", str(source.addr), source.port)
+        return await asyncio.wait_for(running, TIMEOUT)
+
+    code, engine, log = asyncio.run(stopped_with_one_sa(TIMEOUT, stop))
     assert code == 0
     assert engine.deleted == [SPI]
     assert log.named("ike_sa_deleted")[0]["ike_spi"] == SPI
@@ -303,24 +312,11 @@ def test_sigterm_deletes_sas_and_waits_for_the_answer() -> None:
 
 
 def test_silent_peer_shutdown_gives_up_after_grace() -> None:
-    async def main() -> tuple[int, RecordingLog]:
-        peer = Peer()
-        ike_port, natt_port = free_port(), free_port()
-        engine = FakeEngine(Endpoint.parse("127.0.0.1", ike_port), peer.endpoint)
-        engine.add_sa()
-        log = RecordingLog()
-        daemon = Daemon(Config(), engine, log, ike_port=ike_port, natt_port=natt_port,
-                        bind=V4, shutdown_grace=0.05)
-        running = asyncio.create_task(daemon.run())
-        try:
-            await log.wait_for("daemon_started")
-            daemon.request_stop()
-            code = await asyncio.wait_for(running, TIMEOUT)
-        finally:
-            peer.close()
-        return code, log
+    async def stop(daemon: Daemon, peer: Peer, running: asyncio.Task[int]) -> int:
+        daemon.request_stop()
+        return await asyncio.wait_for(running, TIMEOUT)
 
-    code, log = asyncio.run(main())
+    code, _, log = asyncio.run(stopped_with_one_sa(0.05, stop))
     assert code == 0
     assert log.named("shutdown_incomplete") == [{"ike_sas": [SPI]}]
 
@@ -419,27 +415,15 @@ def test_both_families_bound_by_default_shape() -> None:
 
 
 def test_second_stop_request_ends_the_wait_for_peers() -> None:
-    async def main() -> RecordingLog:
-        peer = Peer()
-        ike_port, natt_port = free_port(), free_port()
-        engine = FakeEngine(Endpoint.parse("127.0.0.1", ike_port), peer.endpoint)
-        engine.add_sa()
-        log = RecordingLog()
-        # A grace far beyond the test's timeout: only the second request can end it.
-        daemon = Daemon(Config(), engine, log, ike_port=ike_port, natt_port=natt_port,
-                        bind=V4, shutdown_grace=1000.0)
-        running = asyncio.create_task(daemon.run())
-        try:
-            await log.wait_for("daemon_started")
-            daemon.request_stop()
-            await peer.recv()  # the DELETE went out: the daemon is waiting for the answer
-            daemon.request_stop()
-            assert await asyncio.wait_for(running, TIMEOUT) == 0
-        finally:
-            peer.close()
-        return log
+    async def stop(daemon: Daemon, peer: Peer, running: asyncio.Task[int]) -> int:
+        daemon.request_stop()
+        await peer.recv()  # the DELETE went out: the daemon is waiting for the answer
+        daemon.request_stop()
+        return await asyncio.wait_for(running, TIMEOUT)
 
-    log = asyncio.run(main())
+    # A grace far beyond the test's timeout: only the second request can end it.
+    code, _, log = asyncio.run(stopped_with_one_sa(1000.0, stop))
+    assert code == 0
     assert log.named("shutdown_incomplete") == [{"ike_sas": [SPI]}]
 
 

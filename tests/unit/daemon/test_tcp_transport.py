@@ -93,10 +93,10 @@ async def until(check: Callable[[], object], timeout: float = 5.0) -> None:
 
 
 @asynccontextmanager
-async def pair_of(mode: TcpMode, **kw: object) -> AsyncIterator[tuple[Side, Side]]:
-    port = free_tcp_port()
-    settings = replace(TcpSettings(mode=mode, ports=(port,)), **kw)  # type: ignore[arg-type]
-    initiator, responder = side(settings), side(settings)
+async def opened(initiator_settings: TcpSettings, responder_settings: TcpSettings
+                 ) -> AsyncIterator[tuple[Side, Side]]:
+    """An initiator and a responder (bound to BIND), closed on the way out."""
+    initiator, responder = side(initiator_settings), side(responder_settings)
     loop = asyncio.get_running_loop()
     responder.transport.open(loop, BIND)
     initiator.transport.open(loop, ())
@@ -105,6 +105,14 @@ async def pair_of(mode: TcpMode, **kw: object) -> AsyncIterator[tuple[Side, Side
     finally:
         initiator.transport.close()
         responder.transport.close()
+
+
+@asynccontextmanager
+async def pair_of(mode: TcpMode, **kw: object) -> AsyncIterator[tuple[Side, Side]]:
+    port = free_tcp_port()
+    settings = replace(TcpSettings(mode=mode, ports=(port,)), **kw)  # type: ignore[arg-type]
+    async with opened(settings, settings) as pair:
+        yield pair
 
 
 def now() -> float:
@@ -332,16 +340,9 @@ async def test_each_ike_sa_gets_its_own_stream() -> None:
 async def initiator_with_ports(ports: tuple[int, ...], live: int) -> AsyncIterator[
         tuple[Side, Side]]:
     """An initiator offered ``ports`` in turn, a responder listening on ``live`` only."""
-    initiator = side(TcpSettings(mode=TcpMode.ALWAYS, ports=ports))
-    responder = side(TcpSettings(mode=TcpMode.ALWAYS, ports=(live,)))
-    loop = asyncio.get_running_loop()
-    responder.transport.open(loop, BIND)
-    initiator.transport.open(loop, ())
-    try:
-        yield initiator, responder
-    finally:
-        initiator.transport.close()
-        responder.transport.close()
+    async with opened(TcpSettings(mode=TcpMode.ALWAYS, ports=ports),
+                      TcpSettings(mode=TcpMode.ALWAYS, ports=(live,))) as pair:
+        yield pair
 
 
 @in_loop
