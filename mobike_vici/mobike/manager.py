@@ -100,6 +100,8 @@ class ProbeRequest:
 class _Probe:
     key: Key
     sent: float
+    up: bool = True
+    """The path was up when the probe left (a late answer then says it is slow)."""
 
 
 class PathManager:
@@ -244,8 +246,8 @@ class PathManager:
             if due is None or due > now:
                 continue
             probe_id = next(self._ids)
-            self._probes[probe_id] = _Probe(key, now)
             h = self.table.health(key)
+            self._probes[probe_id] = _Probe(key, now, h.state == PathState.UP)
             h.last_probe, h.in_flight = now, h.in_flight + 1
             if h.state == PathState.UNKNOWN:
                 h.state = PathState.PROBING
@@ -329,7 +331,10 @@ class PathManager:
             self._race = None
         if rtt is None:
             rtt = now - probe.sent
-        if h.success(rtt, now):
+        # A late answer proves the path; its RTT is the path's own only when the probe
+        # left a working path (a slow one). One sent into an outage waited it out in
+        # a queue (ARP after a link flap): no sample, or bursts stretch to seconds.
+        if h.success(None if late and not probe.up else rtt, now):
             self._emit(PathUp(path=self.table.path(probe.key), rtt_ms=rtt * 1000.0))
         if self._race is not None and probe.key != self._active and now > self._race.since:
             self._race.on_candidate_answer(now, rtt)
