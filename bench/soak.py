@@ -262,7 +262,7 @@ def _wall(ts: str) -> float:
 class Fault:
     kind: str
     at: float
-    """Wall clock (time.time(), as ping -D stamps) when the fault took effect."""
+    """Wall clock (time.time(), as ping -D stamps) when its injection began."""
     target: str | None = None
     undone: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
@@ -392,7 +392,10 @@ class Pair:
         """Inject ``kind`` now; returns what undoes it."""
         topo = self.topo
         index = self.uplink_of(self.mob_local())
-        fault = Fault(kind, 0.0, target=topo.uplinks[index].ifname)
+        # Stamped before the first action: a stop (peer_restart) takes a second and more,
+        # a blackhole is two nft calls, and the tunnel breaks at the first of them; a
+        # stamp after would hand that silence to the previous fault's window.
+        fault = Fault(kind, time.time(), target=topo.uplinks[index].ifname)
         undo: Callable[[], None] | None = None
         if kind == "link_down":
             topo.link_down(index)
@@ -425,14 +428,12 @@ class Pair:
             fault.target = "gw"
             assert self.gw is not None
             self.gw.stop()
-            fault.at = time.time()  # the outage starts with the stop, not the new start
             self.start_gw()
         elif kind == "charon_restart":
             fault.target = "mob charon"
             assert self.mob_charon is not None
             with self.lock:
                 self.mob_charon.stop()
-            fault.at = time.time()
             self.mob_charon = start_charon(self.lab, topo.mob, name="mob",
                                            extra_charon=snippet_body()
                                            if self.controller is not None else "")
@@ -440,7 +441,6 @@ class Pair:
                 self.mob_charon.load_all(self.lab.workdir / "mob.conf")
         else:
             raise ValueError(kind)
-        fault.at = fault.at or time.time()
         self.faults.append(fault)
 
         def undo_and_stamp() -> None:
