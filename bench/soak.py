@@ -771,18 +771,27 @@ def _charon_view(end: Charon) -> dict[str, Any] | None:
                                  for k in ("spi-in", "spi-out"))}
 
 
+def forced_sas(established: list[float], restarts: list[float], slack: float) -> int:
+    """New IKE_SAs a restart excuses: the first one after each (within 3 minutes);
+    ``slack``: how much earlier than the restart a stamp may say (whole-second logs)."""
+    forced = 0
+    pending = sorted(restarts)
+    for t in sorted(established):
+        while pending and t > pending[0] + 180.0:
+            pending.pop(0)  # a restart nothing followed excuses no later IKE_SA
+        if pending and pending[0] - slack <= t:
+            pending.pop(0)
+            forced += 1
+    return forced
+
+
 def summarize(pair: Pair, end: float, checks: dict[str, Any],
               keep_log: bool = False) -> dict[str, Any]:
     outages = pair.outages(end)
     est = pair.establishments()
     restarts = [f.at for f in pair.faults if f.kind in RESTARTS]
-    # Each restart excuses the first new IKE_SA after it (within 3 minutes).
-    forced = 0
-    pending = sorted(restarts)
-    for t in sorted(est[1:]):
-        if pending and pending[0] <= t <= pending[0] + 180.0:
-            pending.pop(0)
-            forced += 1
+    # charon's log stamps whole seconds: its IKE_SA may seem to come before the restart.
+    forced = forced_sas(est[1:], restarts, slack=0.0 if pair.mob_native else 1.0)
     # The first minute is start-up (imports, caches, the first rekeys): not a trend.
     t0 = pair.samples[0][0] if pair.samples else 0.0
     warm = [(t, float(r)) for t, r, _ in pair.samples if t >= t0 + WARMUP]
