@@ -100,8 +100,7 @@ class ProbeRequest:
 class _Probe:
     key: Key
     sent: float
-    up: bool = True
-    """The path was up when the probe left (a late answer then says it is slow)."""
+    up: bool = True  # the path was up when it left: a late answer says it is slow
 
 
 class PathManager:
@@ -331,9 +330,8 @@ class PathManager:
             self._race = None
         if rtt is None:
             rtt = now - probe.sent
-        # A late answer proves the path; its RTT is the path's own only when the probe
-        # left a working path (a slow one). One sent into an outage waited it out in
-        # a queue (ARP after a link flap): no sample, or bursts stretch to seconds.
+        # A late answer to a probe sent into an outage (queued for ARP after a link
+        # flap) proves the path, but its RTT is the outage's: no sample.
         if h.success(None if late and not probe.up else rtt, now):
             self._emit(PathUp(path=self.table.path(probe.key), rtt_ms=rtt * 1000.0))
         if self._race is not None and probe.key != self._active and now > self._race.since:
