@@ -9,6 +9,13 @@ the same uplink is probed first (a burst, ``mobike.health.Burst``): its first an
 the move go ahead; none, and the move fails as unanswered (``handover_failed`` reason
 ``timeout``), which sets the uplink's other candidates aside until their own probes
 answer (the path manager's shared-failure rule) and picks the next path.
+
+A return to the preferred path is checked the same way, always: it rests on a standby
+probe up to 2 s old, and a fault in between (soak: IPv4 death 80 ms before the return)
+sends charon's MOBIKE check onto a dead path, where it holds every later move of
+charon's until its retransmission, about 2 s. The check costs one round trip; none
+answered, the target is down (``handover_failed`` reason ``target_down``) and the
+IKE_SA stays where it is.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ WINDOW = 3.0
 paths' standby probes come every 2 s: by then each has answered or failed)."""
 UNANSWERED = "timeout"
 """The move failure reason: the target did not answer (the manager sets siblings aside)."""
+RETURN_UNANSWERED = "target_down"
+"""The failure of an unanswered return: the target alone is down (the path left is not)."""
 
 
 @dataclass(slots=True)
@@ -68,18 +77,23 @@ class SiblingCheck:
         return out is not None and out[0] == death[0]
 
     def hold(self, sa: TrackedSa, event: MoveRequested) -> bool:
-        """True when the failover must wait for its target to answer (then checked here)."""
+        """True when the move must wait for its target to answer (then checked here): a
+        return to the preferred path, or a failover onto a silently dead uplink."""
         spi = sa.info.ike_spi
         now = self.ctl.now
-        if event.reason != "failover" or not self.suspect(spi, event.path, now):
+        self.forget(spi)  # a later move supersedes one still held
+        if event.reason == "preferred":
+            reason = "return_unproven"
+        elif event.reason == "failover" and self.suspect(spi, event.path, now):
+            reason = "uplink_died_silently"
+        else:
             return False
-        self.forget(spi)
         srtt = next((p.srtt for p in sa.manager.paths() if p.path == event.path), None)
         check = _Check(event, hm.Burst.at(now, srtt, self._burst_timeout()))
         self._checks[spi] = check
         self.ctl.log.emit("failover_target_checked", conn=sa.info.conn, ike_spi=spi,
                           local=str(event.path.local), remote=str(event.path.remote),
-                          reason="uplink_died_silently")
+                          reason=reason)
         self._pump(spi)
         return True
 
@@ -128,7 +142,9 @@ class SiblingCheck:
             self._send(spi, check)
         if burst.missed(now):
             self.forget(spi)
-            sa.manager.on_move_failed(check.event.path, UNANSWERED, now)
+            sa.manager.on_move_failed(check.event.path, RETURN_UNANSWERED
+                                      if check.event.reason == "preferred" else UNANSWERED,
+                                      now)
             self.ctl.pump(sa)
             return
         if check.timer is not None:

@@ -303,6 +303,16 @@ table inet {NFT_TABLE} {{
         if peer is not None:
             router.run("nft", "add", "element", "inet", NFT_TABLE, *_bh_element(peer, addr))
 
+    def blackhole_all(self, router: Netns, addrs: Sequence[str], *, heal: bool = False) -> None:
+        """blackhole() (heal() with ``heal``) every one of ``addrs`` in one nftables
+        transaction: an uplink's two families die together, not a subprocess apart."""
+        self._ensure_nft(router)
+        verb = "delete" if heal else "add"
+        script = "".join(f"{verb} element inet {NFT_TABLE} {' '.join(_bh_element(a, None))}\n"
+                         for a in addrs)
+        if script:
+            router.run("nft", "-f", "-", input_text=script)
+
     def heal(self, router: Netns, addr: str, peer: str | None = None) -> None:
         """Undo one blackhole() call."""
         self._ensure_nft(router)

@@ -114,23 +114,21 @@ class Mobile:
     def kill_silently(self, index: int, family: int | None = None) -> None:
         """Uplink `index` stays up but rtr drops everything from and to it (only its
         IPv4 or IPv6 address with `family` 4 or 6)."""
-        for addr in self._addrs(index, family):
-            self.lab.blackhole(self.rtr, addr)
+        self.lab.blackhole_all(self.rtr, self._addrs(index, family))
 
     def revive(self, index: int, family: int | None = None) -> None:
         """Undo kill_silently(index, family)."""
-        for addr in self._addrs(index, family):
-            self.lab.heal(self.rtr, addr)
+        self.lab.blackhole_all(self.rtr, self._addrs(index, family), heal=True)
 
     def kill_family(self, family: int) -> None:
         """Every uplink's IPv4 (4) or IPv6 (6) dies silently; the other family stays."""
-        for index in range(len(self.uplinks)):
-            self.kill_silently(index, family)
+        self.lab.blackhole_all(self.rtr, [a for i in range(len(self.uplinks))
+                                          for a in self._addrs(i, family)])
 
     def revive_family(self, family: int) -> None:
         """Undo kill_family(family)."""
-        for index in range(len(self.uplinks)):
-            self.revive(index, family)
+        self.lab.blackhole_all(self.rtr, [a for i in range(len(self.uplinks))
+                                          for a in self._addrs(i, family)], heal=True)
 
     def _addrs(self, index: int, family: int | None) -> list[str]:
         up = self.uplinks[index]

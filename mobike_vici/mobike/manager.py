@@ -100,6 +100,7 @@ class ProbeRequest:
 class _Probe:
     key: Key
     sent: float
+    up: bool = True  # the path was up when it left: a late answer says it is slow
 
 
 class PathManager:
@@ -244,8 +245,8 @@ class PathManager:
             if due is None or due > now:
                 continue
             probe_id = next(self._ids)
-            self._probes[probe_id] = _Probe(key, now)
             h = self.table.health(key)
+            self._probes[probe_id] = _Probe(key, now, h.state == PathState.UP)
             h.last_probe, h.in_flight = now, h.in_flight + 1
             if h.state == PathState.UNKNOWN:
                 h.state = PathState.PROBING
@@ -329,7 +330,9 @@ class PathManager:
             self._race = None
         if rtt is None:
             rtt = now - probe.sent
-        if h.success(rtt, now):
+        # A late answer to a probe sent into an outage (queued for ARP after a link
+        # flap) proves the path, but its RTT is the outage's: no sample.
+        if h.success(None if late and not probe.up else rtt, now):
             self._emit(PathUp(path=self.table.path(probe.key), rtt_ms=rtt * 1000.0))
         if self._race is not None and probe.key != self._active and now > self._race.since:
             self._race.on_candidate_answer(now, rtt)

@@ -90,7 +90,7 @@ class PolicyRouting:
     def steer(self, peer: IPAddress, *, via: IPAddress | None, dev: str,
               src: IPAddress | None) -> None:
         """Route `peer` via `via` on `dev` with source `src`; replaces an earlier
-        steer of the same peer. Idempotent."""
+        steer of the same peer. Idempotent. OSError: the kernel refused the route."""
         family = _family(peer)
         for addr in (via, src):
             if addr is not None and _family(addr) != family:
@@ -105,7 +105,10 @@ class PolicyRouting:
             spec["gateway"] = str(via)
         if src is not None:
             spec["prefsrc"] = str(src)
-        self._ipr.route("replace", **spec)
+        try:
+            self._ipr.route("replace", **spec)
+        except NetlinkError as exc:  # e.g. ENETUNREACH: the uplink went down meanwhile
+            raise OSError(exc.code, f"route to {peer} via {dev}: {exc}") from exc
         self._log.info("route_steered", peer=str(peer), via=str(via) if via else None,
                        dev=dev, src=str(src) if src else None, table=self.table)
 

@@ -151,3 +151,13 @@ def test_a_rule_an_older_version_left_at_4555_is_removed(lab: Lab) -> None:
         assert f"{DEFAULT_PRIORITY}:\tfrom all lookup {DEFAULT_TABLE}" in rules(mob, "-4")
         assert "4555:" not in rules(mob, "-4") + rules(mob, "-6")
         assert pr.clear() == 2  # the route and the rule
+
+
+def test_a_gateway_on_a_down_link_is_an_oserror(lab: Lab) -> None:
+    # The kernel refuses a route via a gateway it cannot reach (ENETUNREACH) when the
+    # uplink went down under a move; callers handle OSError, and pyroute2's own error
+    # escaped them (the controller's steering task died with the move half-installed).
+    mob = two_uplinks(lab)
+    mob.ip("link", "set", "u1", "down")
+    with PolicyRouting(netns=mob.name) as pr, pytest.raises(OSError):
+        pr.steer(ip(PEER4), via=ip("10.2.0.1"), dev="u1", src=ip("10.2.0.2"))

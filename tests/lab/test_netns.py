@@ -47,6 +47,17 @@ def test_silent_kill_drops_one_uplink_only_and_revives(lab: Lab) -> None:
     assert topo.mob.ping(topo.gw4, source="10.1.0.2")
 
 
+
+def test_ipv4_death_kills_every_uplinks_ipv4_only_and_revives(lab: Lab) -> None:
+    topo = mobile(lab)
+    topo.kill_family(4)  # one nftables transaction for both uplinks
+    for up in topo.uplinks:
+        assert not topo.mob.ping(topo.gw4, source=up.addr4, wait=1), up
+        assert topo.mob.ping(topo.gw6, source=up.addr6), up
+    topo.revive_family(4)
+    for up in topo.uplinks:
+        assert topo.mob.ping(topo.gw4, source=up.addr4), up
+
 def test_pair_blackhole_drops_only_that_pair(lab: Lab) -> None:
     topo = mobile(lab)
     lab.blackhole(topo.rtr, "10.1.0.2", topo.gw4)

@@ -82,3 +82,14 @@ def test_half_an_hour_leaves_room_for_six_hundred_faults(soak: ModuleType) -> No
     # The kinds' mix is not traded for it: every kind is still drawn and held.
     assert all(soak.WEIGHTS[k] > 0 for k in soak.KINDS)
     assert all(soak.HOLD[k][0] >= 1.5 for k in soak.SILENT)  # past detection + move
+
+
+def test_an_ike_sa_in_the_restarts_own_second_is_forced(soak: ModuleType) -> None:
+    # Soak 24: charon restarted at 07:20:18.705 and its new IKE_SA was up in the same
+    # second; charon's log says 07:20:18, before the restart: one "lost" IKE_SA.
+    restarts = [1000.705, 1100.2]
+    est = [1000.0, 1101.0]
+    assert soak.forced_sas(est, restarts, slack=1.0) == 2
+    assert soak.forced_sas(est, restarts, slack=0.0) == 1  # exact stamps: no excuse
+    # An IKE_SA long after a restart nothing followed is no forced one.
+    assert soak.forced_sas([1500.0], [1000.0], slack=1.0) == 0

@@ -365,3 +365,44 @@ def test_target_lost_during_move_is_replaced() -> None:
     assert failed and failed[0].path == P_ETH1 and failed[0].reason == "target_down"
     assert [e.path for e in evs if isinstance(e, MoveRequested)] == [P_WWAN]
     assert mgr.wanted_path == P_WWAN
+
+
+def _until(mgr: PathManager, now: float, stop: float, done: object) -> tuple[float, list[int]]:
+    """Run the manager's probes and timers without answering them."""
+    sent: list[int] = []
+    while not done() and now < stop:  # type: ignore[operator]
+        now += 0.01
+        sent += [r.probe_id for r in mgr.probes_to_send(now)]
+        mgr.handle_timer(now)
+    return now, sent
+
+
+def test_late_reply_to_a_probe_sent_into_an_outage_is_no_rtt_sample() -> None:
+    # A link flap: the first probe after the link came back waited a second for ARP
+    # and was answered after it timed out. That measured the outage, not the path: an
+    # SRTT of a second would stretch the next silent death's burst to seconds.
+    mgr = PathManager(POLICY, P_ETH, (ETH,), now=0.0)
+    (req,) = mgr.probes_to_send(0.0)
+    mgr.on_probe_reply(req.probe_id, 0.001)
+    h = mgr.table.health(key(P_ETH))
+    mgr.on_link_down("eth0", 1.0)
+    mgr.on_link_up("eth0", 1.5)
+    now, sent = _until(mgr, 1.5, 10.0, lambda: h.last_probe is not None and h.last_probe >= 1.5)
+    assert sent and h.state != PathState.UP
+    now, _ = _until(mgr, now, now + 1.0, lambda: False)  # the probe times out
+    drain(mgr)
+    mgr.on_probe_reply(sent[0], now)
+    assert h.state == PathState.UP
+    assert PathUp(path=P_ETH, rtt_ms=pytest.approx(1000.0, abs=100.0)) in drain(mgr)
+    assert h.rtt.srtt == pytest.approx(0.001)
+
+
+def test_a_slow_path_learns_its_rtt_from_late_replies() -> None:
+    # A path slower than probe_timeout answers every probe late: those RTTs are its
+    # own and stretch its timeout, or it would flap for ever.
+    sim = make(locals_=(ETH,))
+    sim.rtt = 2 * POLICY.probe_timeout
+    sim.run_until(20.0)
+    h = sim.mgr.table.health(key(P_ETH))
+    assert h.rtt.srtt is not None and h.rtt.srtt > POLICY.probe_timeout
+    assert h.state == PathState.UP
