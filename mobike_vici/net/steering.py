@@ -163,7 +163,11 @@ class PolicyRouting:
     # --- internals ----------------------------------------------------------------
 
     def _ifindex(self, dev: str) -> int:
-        found = self._ipr.link_lookup(ifname=dev)
+        # A dump read to its end, not link_lookup(ifname=...): pyroute2 0.9 answers that
+        # from the first reply of a "get" and leaves the kernel's ACK that follows in a
+        # queue nobody reads, one message (and its receive buffer) per steer, forever.
+        found = [msg["index"] for msg in self._ipr.get_links()
+                 if msg.get("IFLA_IFNAME") == dev]
         if not found:
             raise LookupError(f"no such device: {dev}")
         return int(found[0])

@@ -161,3 +161,20 @@ def test_a_gateway_on_a_down_link_is_an_oserror(lab: Lab) -> None:
     mob.ip("link", "set", "u1", "down")
     with PolicyRouting(netns=mob.name) as pr, pytest.raises(OSError):
         pr.steer(ip(PEER4), via=ip("10.2.0.1"), dev="u1", src=ip("10.2.0.2"))
+
+
+def test_steering_leaves_no_unread_netlink_replies(lab: Lab) -> None:
+    """The controller keeps one IPRoute for its whole life and steers on every move: a
+    reply pyroute2 never reads stays in its catch-all queue (with its receive buffer),
+    which grew the daemon's memory by a few KiB per move for ever."""
+    mob = two_uplinks(lab)
+    with PolicyRouting(netns=mob.name) as pr:
+        unread = pr._ipr.asyncore.msg_queue.root  # replies no request is waiting for
+        for _ in range(50):
+            pr.steer(ip(PEER4), via=ip("10.2.0.1"), dev="u1", src=ip("10.2.0.2"))
+            pr.pin(ip(PEER6), via=ip("fd02::1"), dev="u1", src=ip("fd02::2"))
+            pr.routes()
+            assert pr.unsteer(ip(PEER4))
+        assert f"{PEER6} via fd02::1 dev u1 proto 145" in table(mob, "-6")
+        assert unread.qsize() == 0
+        pr.clear()
