@@ -396,7 +396,7 @@ def _story(lab: Lab, topo: Mobile, sides: list[_Side], record: Record,
     record.detail(f"full tunnel: {_route(topo, ELSEWHERE)}; "
                   f"IKE and ESP from m1: {_route(topo, topo.gw4, m1.addr4, mark=True)}")
     say(out, f"pinging {INNER_ADDR} on gw through the tunnel every 10 ms")
-    pinger = Pinger(lab, topo, record.path.with_name("ping.log"))
+    pinger = Pinger(lab, topo, record.path.with_name("ping.log"), target=INNER_ADDR)
     pinger_out.append(pinger)
     if pinger.wait(time.time() - 60.0, timeout) is None:
         print("mobike-vici demo: FAILED: no echo reply through the tunnel", file=err)

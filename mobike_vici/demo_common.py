@@ -77,16 +77,17 @@ def echo_replies(log: bytes) -> list[float]:
 class Pinger:
     """``ping -D`` every 10 ms through the tunnel; reply times on the wall clock.
 
-    ``source``: the address to ping from (a virtual IP); ``unanswered``: ``-O``, a
-    line for every echo left unanswered, so the log shows how long it ran."""
+    ``target``: the address to ping (the gateway's inner one); ``source``: the address
+    to ping from (a virtual IP); ``unanswered``: ``-O``, a line for every echo left
+    unanswered, so the log shows how long it ran."""
 
-    def __init__(self, lab: Lab, topo: Mobile, log: Path, *, source: str | None = None,
-                 unanswered: bool = False) -> None:
+    def __init__(self, lab: Lab, topo: Mobile, log: Path, *, target: str = INNER_ADDR,
+                 source: str | None = None, unanswered: bool = False) -> None:
         self.log = fresh(log)
         argv = ["ping", "-n", "-D", "-i", PING_INTERVAL]
         argv += ["-I", source] if source is not None else []
         argv += ["-O"] if unanswered else []
-        self.proc = lab.spawn(topo.mob, [*argv, INNER_ADDR], self.log)
+        self.proc = lab.spawn(topo.mob, [*argv, target], self.log)
 
     def replies(self) -> list[float]:
         return echo_replies(self.log.read_bytes()) if self.log.exists() else []
