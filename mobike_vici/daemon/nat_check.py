@@ -11,7 +11,7 @@ peer: inbound ESP stopped while ours flows (a stall), the path's burst of probes
 answered (the path works), and the peer had been sending until the stall (not a
 download that ended: then nothing of ours flows either). When charon then says its
 IKE_SA is behind a NAT on our side, the controller starts charon's path check by a
-route event (``Controller.prearm_roam``); with ``charon.check_current_path = yes`` (the
+route event (``ViciMobility.prearm_roam``); with ``charon.check_current_path = yes`` (the
 shipped strongswan.d snippet) charon checks the unchanged path with a DPD that carries
 NAT detection, and a changed mapping makes it send UPDATE_SA_ADDRESSES. A mapping that
 did not change costs one empty INFORMATIONAL exchange, at most once per answered burst
