@@ -133,6 +133,30 @@ class Pool:
             capture_output=True, text=True, timeout=timeout, check=False,
             env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
 
+    def drain_killing(self, n: int, victim: int) -> tuple[int, str]:
+        """Drain gw``n`` at one SA a second; after its first redirect to gw``victim``,
+        kill gw``victim`` whole (charon and controller). Returns the drain's exit
+        status and output."""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mobike_vici", "drain", "--rate", "1", "--control",
+             str(self.controls[n - 1])], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(
+                    e.get("event") == "sa_redirected" and e["gateway"] == _gw_addr(victim)
+                    for e in self.gw_events(n)):
+                time.sleep(0.05)
+            control = str(self.controls[victim - 1])
+            for p in [p for p in self.lab.processes if control in p.args]:
+                self.lab.stop(p, grace=1.0)
+            self.gws[victim - 1].stop()
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        return proc.returncode, out + err
+
 
 def build(lab: Lab, clients: int = CLIENTS, extra_pool: str = "",
           no_follow: frozenset[int] = frozenset()) -> Pool:
@@ -322,24 +346,8 @@ def test_a_peer_killed_mid_drain_is_skipped(lab: Lab) -> None:
     pool = build(lab)
     _wait_pinging(pool)
     pool.wait_peers_up(1)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mobike_vici", "drain", "--rate", "1", "--control",
-         str(pool.controls[0])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
-    try:
-        # After the first redirect to gw3, gw3 dies whole: its charon and its controller.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any(
-                e.get("event") == "sa_redirected" and e["gateway"] == _gw_addr(3)
-                for e in pool.gw_events(1)):
-            time.sleep(0.05)
-        for p in [p for p in pool.lab.processes if str(pool.controls[2]) in p.args]:
-            pool.lab.stop(p, grace=1.0)
-        pool.gws[2].stop()
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # After the first redirect to gw3, gw3 dies whole: its charon and its controller.
+    returncode, output = pool.drain_killing(1, victim=3)
     moved = [e for e in pool.gw_events(1) if e.get("event") == "sa_redirected"]
     to_gw3 = [e for e in moved if e["gateway"] == _gw_addr(3)]
     assert any(e.get("event") == "pool_peer_down" and e["gateway"] == _gw_addr(3)
@@ -354,9 +362,9 @@ def test_a_peer_killed_mid_drain_is_skipped(lab: Lab) -> None:
     # Those sent to gw3 before it died made it there (and lost it with gw3): the drain
     # says whether any redirected SA stayed behind, in its exit status.
     stayed = next(e for e in pool.gw_events(1) if e.get("event") == "drain_completed")
-    assert (proc.returncode == 0) == (stayed["stayed"] == 0), out + err
+    assert (returncode == 0) == (stayed["stayed"] == 0), output
     print("\nPOOL_KILL_MID_DRAIN", json.dumps({"to_gw3": len(to_gw3), "stayed":
-          stayed["stayed"], "exit": proc.returncode}))
+          stayed["stayed"], "exit": returncode}))
 
 
 def test_a_client_that_does_not_follow_redirects_fails_the_drain(lab: Lab) -> None:

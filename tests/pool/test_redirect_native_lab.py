@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -257,23 +256,7 @@ def test_a_peer_killed_while_the_native_gateway_drains_is_skipped(lab: Lab) -> N
     _settle(natives, charons, {_gw_addr(3)})
     _pinging(pool.pings, diagnose=natives)
     pool.wait_peers_up(3)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mobike_vici", "drain", "--rate", "1", "--control",
-         str(pool.controls[2])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any(
-                e.get("event") == "sa_redirected" and e["gateway"] == _gw_addr(2)
-                for e in pool.gw_events(3)):
-            time.sleep(0.05)
-        for p in [p for p in lab.processes if str(pool.controls[1]) in p.args]:
-            lab.stop(p, grace=1.0)
-        pool.gws[1].stop()
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    returncode, output = pool.drain_killing(3, victim=2)
     events = pool.gw_events(3)
     moved = [e for e in events if e.get("event") == "sa_redirected"]
     to_gw2 = [e["remote"] for e in moved if e["gateway"] == _gw_addr(2)]
@@ -288,11 +271,10 @@ def test_a_peer_killed_while_the_native_gateway_drains_is_skipped(lab: Lab) -> N
     _settle([d for d in natives if d in survivors], [c for c in charons if c in survivors],
             {_gw_addr(1)})
     stayed = next(e for e in events if e.get("event") == "drain_completed")
-    assert (proc.returncode == 0) == (stayed["stayed"] == 0 and stayed["failed"] == 0), \
-        out + err
+    assert (returncode == 0) == (stayed["stayed"] == 0 and stayed["failed"] == 0), output
     print("\nPOOL_NATIVE_KILL_MID_DRAIN", json.dumps({
         "to_gw2": len(to_gw2), "to_gw1": len(to_gw1), "stayed": stayed["stayed"],
-        "exit": proc.returncode}))
+        "exit": returncode}))
 
 
 def test_a_reload_that_lowers_max_ike_sas_spreads_the_native_gateways_clients(lab: Lab
