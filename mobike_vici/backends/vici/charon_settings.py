@@ -91,8 +91,3 @@ def unmet(values: dict[str, str | None]) -> list[Setting]:
     """The needed settings ``values`` (from ``read_settings``) does not give."""
     return [s for s in NEEDED if not s.holds(values.get(s.key))]
 
-
-def prefer_best_path(strongswan_conf: str, daemon: str = "charon") -> bool | None:
-    """``prefer_best_path`` as ``daemon`` reads it; None when the file cannot be read."""
-    values = read_settings(strongswan_conf, daemon)
-    return None if values is None else NEEDED[0].holds(values["prefer_best_path"])

@@ -7,7 +7,7 @@ from pathlib import Path as FsPath
 
 import pytest
 
-from mobike_vici.backends.vici.charon_settings import prefer_best_path, read_settings, unmet
+from mobike_vici.backends.vici.charon_settings import read_settings, unmet
 from mobike_vici.eventlog import event_fields
 from mobike_vici.mobike.events import HandoverCompleted, PathDown
 from mobike_vici.types import Endpoint, Path
@@ -32,6 +32,14 @@ def test_handover_completed_carries_old_endpoints_and_duration() -> None:
 def test_path_down_has_its_reason() -> None:
     name, fields = event_fields(PathDown(path=_path("10.1.0.2"), reason="probe_timeout"))
     assert (name, fields["reason"]) == ("path_down", "probe_timeout")
+
+
+def prefer_best_path(strongswan_conf: str, daemon: str = "charon") -> bool | None:
+    """Whether ``daemon`` reads ``prefer_best_path = yes``; None: the file is unreadable."""
+    values = read_settings(strongswan_conf, daemon)
+    if values is None:
+        return None
+    return "prefer_best_path" not in [s.key for s in unmet(values)]
 
 
 def test_the_shipped_snippet_turns_prefer_best_path_on(tmp_path: FsPath) -> None:
