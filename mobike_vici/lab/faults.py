@@ -4,7 +4,8 @@
   drops the tunnel's inner prefixes in the clear (so a ping that leaks outside the
   tunnel never counts as an answer), random loss (the kernels here have no netem:
   ``numgen random mod 100 < P drop``), and a carrier NAT's rebinding (a new port range
-  and a conntrack flush: the next packet gets a new public port).
+  and a conntrack flush: the next packet gets a new public port), and a latency spike:
+  one uplink's packets routed through a userspace delay line (``lab.delay_line``).
 - ``proc_sample``: a process's resident memory and open descriptors, from /proc.
 - ``slope_per_hour``: the least-squares trend of such samples.
 - ``routing_snapshot``: a namespace's rules, routes of every table and links, to
@@ -15,12 +16,19 @@ from __future__ import annotations
 
 import os
 import random
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from mobike_vici.lab.netns import Lab, Netns
+from mobike_vici.lab.netns import Lab, LabError, Netns
 
 TABLE = "mvsoak"
+DELAY_DEVICE = "mvdelay"
+DELAY_TABLE = "77"
+DELAY_RULE_PREF = "90"
+DELAY_MARK = "0x4d4c"
+DELAY_ADDRESS = "169.254.77.1/32"
 
 
 class RouterFaults:
@@ -30,6 +38,7 @@ class RouterFaults:
         self.lab = lab
         self.router = router
         self.loss_percent = 0
+        self.delayed_if: str | None = None
 
     def install(self, inner_prefixes: Sequence[str]) -> None:
         """The guard against inner prefixes in the clear, and an empty loss chain."""
@@ -38,6 +47,9 @@ class RouterFaults:
         script = f"""
 table inet {TABLE} {{
     chain loss {{
+    }}
+    chain untracked {{
+        type filter hook prerouting priority raw; policy accept;
     }}
     chain forward {{
         type filter hook forward priority -5; policy accept;
@@ -60,6 +72,49 @@ table inet {TABLE} {{
     def loss_off(self) -> None:
         self.router.run("nft", "flush", "chain", "inet", TABLE, "loss")
         self.loss_percent = 0
+
+    def install_delay_line(self, delay: float) -> None:
+        """Start the delay line (``delay`` seconds) and its routing table; no traffic
+        goes through it before ``latency_on``."""
+        self.lab.spawn(self.router, [sys.executable, "-m", "mobike_vici.lab.delay_line",
+                                     DELAY_DEVICE, str(delay)],
+                       self.lab.workdir / f"{self.router.name}-delay-line.out")
+        deadline = time.monotonic() + 10.0
+        while self.router.run("ip", "link", "show", DELAY_DEVICE, check=False).returncode:
+            if time.monotonic() > deadline:
+                raise LabError(f"no {DELAY_DEVICE} in {self.router.name} after 10 s")
+            time.sleep(0.05)
+        # Packets come back out of the device with their original source: the strict
+        # reverse-path filter (routes back through the uplink) would drop them, and so
+        # would the loose one on a device without an IPv4 address.
+        self.router.sysctl(f"net.ipv4.conf.{DELAY_DEVICE}.rp_filter", "2")
+        self.router.ip("addr", "add", DELAY_ADDRESS, "dev", DELAY_DEVICE)
+        for family in ("-4", "-6"):
+            self.router.ip(family, "route", "replace", "default", "dev", DELAY_DEVICE,
+                           "table", DELAY_TABLE)
+
+    def latency_on(self, in_if: str) -> None:
+        """Everything the router receives on ``in_if`` (both families) crosses the delay
+        line before it is forwarded; the other direction is not delayed."""
+        self.latency_off()
+        # Untracked on the way into the line, tracked (and NATed) on the way out of it:
+        # else conntrack would bind the flow to the delay device, without the NAT. A mark,
+        # not ``iif``, picks the table: the reverse-path check of the answers looks up
+        # their source as if they had come in on the uplink, and must not find the line.
+        self.router.run("nft", "add", "rule", "inet", TABLE, "untracked", "iifname",
+                        in_if, "notrack", "meta", "mark", "set", DELAY_MARK)
+        for family in ("-4", "-6"):
+            self.router.ip(family, "rule", "add", "fwmark", DELAY_MARK, "lookup",
+                           DELAY_TABLE, "pref", DELAY_RULE_PREF)
+        self.delayed_if = in_if
+
+    def latency_off(self) -> None:
+        if self.delayed_if is None:
+            return
+        for family in ("-4", "-6"):
+            self.router.ip(family, "rule", "del", "pref", DELAY_RULE_PREF, check=False)
+        self.router.run("nft", "flush", "chain", "inet", TABLE, "untracked")
+        self.delayed_if = None
 
     def nat_rebind(self, out_if: str, source: str, rng: random.Random) -> tuple[int, int]:
         """The NAT for ``source`` maps to a fresh port range and forgets every mapping:

@@ -53,6 +53,18 @@ def test_a_move_to_a_worse_path_without_a_fault_is_false(soak: ModuleType,
     assert pair.false_moves() == [{"at": 30.0, "from": "10.1.0.2", "to": "2001:db8:1::2"}]
 
 
+def test_a_move_off_a_latency_spike_is_counted_apart(soak: ModuleType,
+                                                     tmp_path: Path) -> None:
+    faults = [soak.Fault("latency_spike", 10.0, target="m0", undone=12.0),
+              soak.Fault("latency_spike", 20.0, target="m1", undone=22.0)]
+    locations = [(0.0, "10.1.0.2"), (10.5, "10.2.0.2"),  # off the spiked m0
+                 (15.0, "10.1.0.2"),                      # back
+                 (21.0, "2001:db8:1::2")]                 # m1's spike excuses no m0 move
+    pair = _pair(soak, tmp_path, [], faults, locations)
+    assert pair.spike_moves() == [{"at": 10.5, "from": "10.1.0.2", "to": "10.2.0.2"}]
+    assert pair.false_moves() == [{"at": 21.0, "from": "10.1.0.2", "to": "2001:db8:1::2"}]
+
+
 def test_a_fault_on_the_other_uplink_does_not_excuse_a_move(soak: ModuleType,
                                                            tmp_path: Path) -> None:
     faults = [soak.Fault("link_down", 10.0, target="m1", undone=11.0)]
