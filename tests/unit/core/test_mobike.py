@@ -847,3 +847,48 @@ def test_the_voided_check_s_answer_does_not_move_the_child_sas() -> None:
     net.advance_to(net.now + 5.0)  # the new check's retransmission is answered
     (pm,) = of_type(net.events_b, PeerMoved)
     assert pm.new_path == Path(new.remote, new.local)
+
+
+def test_a_lost_check_is_resent_like_an_update_not_after_charons_4_s() -> None:
+    # The CHILD_SAs wait for the check on alice's old address, here a dead one: a lost
+    # check resent only after charon's 4 s would hold the traffic that long.
+    net = setup()
+    lost: list[Datagram] = []
+
+    def lose_first_check(d: Datagram) -> bool:
+        if d.path.local.addr == BOB and not decode_header(d.data).is_response and not lost:
+            lost.append(d)
+            return True
+        return False
+
+    net.drop = lose_first_check
+    net.down = {ALICE}
+    new = path(ALICE2, BOB)
+    moved_to(net, new)
+    assert lost and not of_type(net.events_b, PeerMoved)
+    net.advance_to(net.now + 1.5)
+    (pm,) = of_type(net.events_b, PeerMoved)
+    assert pm.new_path == Path(new.remote, new.local)
+    assert [u.path for u in of_type(net.events_b, ChildSaUpdated)] == [pm.new_path]
+
+
+def test_an_unanswered_check_falls_back_to_charons_schedule() -> None:
+    # Resent every move_retransmit only for move_timeout: an address that never
+    # answers does not get a check each second for ever.
+    settings = EngineSettings()
+    net = setup()
+    net.drop = lambda d: d.path.local.addr == BOB and not decode_header(d.data).is_response
+    start = net.now
+    moved_to(net, path(ALICE2, BOB))
+
+    def checks_sent_until(until: float) -> int:
+        net.log.clear()
+        net.advance_to(start + until)
+        return sum(1 for d in net.log if d.path.local.addr == BOB
+                   and not decode_header(d.data).is_response)
+
+    window = settings.move_timeout
+    assert checks_sent_until(window - 0.5) >= 8
+    assert checks_sent_until(window + 0.5) == 1  # the window's end: charon's first resend
+    assert checks_sent_until(window + settings.retransmit.wait(1) - 0.5) == 0
+    assert not of_type(net.events_b, PeerMoved)
