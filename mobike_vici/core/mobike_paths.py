@@ -253,11 +253,19 @@ class PathMobility:
         outstanding there goes to the new addresses now (§3.5), not at its next
         retransmission. Left on the dead path (a probe of it, a rekey), it would hold
         back the return routability check queued behind it for seconds, and the
-        CHILD_SAs with it. Not counted as a retransmission."""
+        CHILD_SAs with it. That request may be the check of an address the peer has
+        left since (the update voided it): it goes too, its answer only frees the
+        window. A check still in force stays on the address it checks. Not counted
+        as a retransmission."""
         pending = sa.pending
-        if (sa.path == old or pending is None or pending.path != old
-                or sa.mobike_initiator or isinstance(pending.task, RoutabilityTask)):
+        if pending is None or sa.mobike_initiator or pending.path == sa.path:
             return
+        task = pending.task
+        if isinstance(task, RoutabilityTask):
+            if not task.superseded:
+                return
+        elif pending.path != old:
+            return  # sent elsewhere on purpose (a probe of another path)
         pending.path = sa.path
         self._send_all(pending.datagrams, pending.path, sa, now)
 

@@ -359,7 +359,11 @@ class MoveTask(Task):
 
 class RoutabilityTask(Task):
     """The responder's return-routability check (§3.7): COOKIE2 to the peer's new
-    address; the CHILD_SAs move when it comes back."""
+    address; the CHILD_SAs move when it comes back.
+
+    The CHILD_SAs wait on the old address meanwhile, often a dead one, so a lost check
+    is resent like the initiator's update (every move_retransmit for move_timeout,
+    uncounted), not after charon's 4 s; then charon's schedule."""
 
     exchange = ExchangeType.INFORMATIONAL
     liveness = False
@@ -370,10 +374,17 @@ class RoutabilityTask(Task):
         self.path = new
         self.cookie2 = b""
         self.superseded = False
+        self.resend = 0.0
 
     def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
         self.cookie2 = ctx.random_bytes(COOKIE2_SIZE)
+        self.resend = ctx.settings.move_retransmit
+        self.eager_until = now + ctx.settings.move_timeout
         return [Notify(NotifyType.COOKIE2, self.cookie2)]
+
+    def eager_wait(self, resend: float, now: float) -> float | None:
+        """The update's resend interval (not the restarting peer's ``resend``)."""
+        return super().eager_wait(self.resend, now)
 
     def process(self, ctx: Context, sa: IkeSa, msg: Message, now: float) -> Outcome:
         cookie = find_notify(msg.payloads, NotifyType.COOKIE2)

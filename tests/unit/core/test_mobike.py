@@ -798,3 +798,97 @@ def test_a_failed_move_takes_the_child_sas_back_to_the_ike_sa_s_path() -> None:
     updates = [e.path for e in of_type(net.events_a, ChildSaUpdated)]
     assert updates[2:] == [path(ALICE6, BOB6), path(ALICE2, BOB)]
     assert net.a.status()[0].path == path(ALICE2, BOB)
+
+
+def _check_lost_then_address_gone(net: Net) -> None:
+    """Bob's check of alice's new address is lost (a lossy link), then that address
+    becomes unreachable (its NAT mapping flushed) and alice moves on again: the
+    voided check is bob's request outstanding, on a path that will never answer."""
+    net.drop = lambda d: d.path.local.addr == BOB and not decode_header(d.data).is_response
+    moved_to(net, path(ALICE2, BOB))
+    assert not of_type(net.events_b, PeerMoved)
+    net.drop = lambda d: False
+    net.down = {ALICE2}
+
+
+def test_a_check_voided_by_a_newer_update_goes_to_the_new_address_at_once() -> None:
+    # The soak's native gateway: its CHILD_SAs stayed on alice's old address, behind a
+    # voided check retransmitting (every 4 s and more) to an address gone for good.
+    net = setup()
+    _check_lost_then_address_gone(net)
+    new = path(ALICE6, BOB6)
+    moved_to(net, new)
+    net.advance_to(net.now + 0.5)
+    (pm,) = of_type(net.events_b, PeerMoved)
+    assert pm.new_path == Path(new.remote, new.local)
+    assert [u.path for u in of_type(net.events_b, ChildSaUpdated)] == [pm.new_path]
+
+
+def test_the_voided_check_s_answer_does_not_move_the_child_sas() -> None:
+    # Only the check of the new address proves it (§3.7): when its answer is lost, the
+    # answer to the voided check, resent on the same path, moves nothing.
+    net = setup()
+    _check_lost_then_address_gone(net)
+    answers: list[Datagram] = []
+
+    def lose_second_answer(d: Datagram) -> bool:
+        if d.path.local.addr != ALICE6 or not decode_header(d.data).is_response:
+            return False
+        answers.append(d)
+        return len(answers) == 2  # the voided check's answer passes, the new one's not
+
+    net.drop = lose_second_answer
+    new = path(ALICE6, BOB6)
+    net.a.move(spi(net), new, net.now)
+    net.pump()
+    assert len(answers) == 2
+    assert not of_type(net.events_b, PeerMoved)
+    assert not of_type(net.events_b, ChildSaUpdated)
+    net.advance_to(net.now + 5.0)  # the new check's retransmission is answered
+    (pm,) = of_type(net.events_b, PeerMoved)
+    assert pm.new_path == Path(new.remote, new.local)
+
+
+def test_a_lost_check_is_resent_like_an_update_not_after_charons_4_s() -> None:
+    # The CHILD_SAs wait for the check on alice's old address, here a dead one: a lost
+    # check resent only after charon's 4 s would hold the traffic that long.
+    net = setup()
+    lost: list[Datagram] = []
+
+    def lose_first_check(d: Datagram) -> bool:
+        if d.path.local.addr == BOB and not decode_header(d.data).is_response and not lost:
+            lost.append(d)
+            return True
+        return False
+
+    net.drop = lose_first_check
+    net.down = {ALICE}
+    new = path(ALICE2, BOB)
+    moved_to(net, new)
+    assert lost and not of_type(net.events_b, PeerMoved)
+    net.advance_to(net.now + 1.5)
+    (pm,) = of_type(net.events_b, PeerMoved)
+    assert pm.new_path == Path(new.remote, new.local)
+    assert [u.path for u in of_type(net.events_b, ChildSaUpdated)] == [pm.new_path]
+
+
+def test_an_unanswered_check_falls_back_to_charons_schedule() -> None:
+    # Resent every move_retransmit only for move_timeout: an address that never
+    # answers does not get a check each second for ever.
+    settings = EngineSettings()
+    net = setup()
+    net.drop = lambda d: d.path.local.addr == BOB and not decode_header(d.data).is_response
+    start = net.now
+    moved_to(net, path(ALICE2, BOB))
+
+    def checks_sent_until(until: float) -> int:
+        net.log.clear()
+        net.advance_to(start + until)
+        return sum(1 for d in net.log if d.path.local.addr == BOB
+                   and not decode_header(d.data).is_response)
+
+    window = settings.move_timeout
+    assert checks_sent_until(window - 0.5) >= 8
+    assert checks_sent_until(window + 0.5) == 1  # the window's end: charon's first resend
+    assert checks_sent_until(window + settings.retransmit.wait(1) - 0.5) == 0
+    assert not of_type(net.events_b, PeerMoved)
