@@ -69,6 +69,7 @@ from .protection import (
     screen_fragment,
 )
 from .settings import EngineSettings
+from .state_check import StateCheck
 from .status import ChildStatus, IkeStatus, status_of
 
 RandomBytes = Callable[[int], bytes]
@@ -124,6 +125,8 @@ class Engine:
         self._index = self._ctx.index
         self._outbox: list[Datagram] = []
         self._paths = PathMobility(self._ctx, self._settings, self._send_all, self._kick)
+        self._state_check = StateCheck(self._ctx, self._settings, self._register,
+                                       self._unregister, self._kick, self._send_all)
         self._redirect_policy: InitPolicy | None = None
 
     # ------------------------------------------------------------------ API
@@ -302,7 +305,7 @@ class Engine:
         self._paths.move(self._by_name(ike_spi), path, now, timeout)
 
     def status(self) -> list[IkeStatus]:
-        return status_of(self._sas.values())
+        return status_of(sa for sa in self._sas.values() if sa.check_of is None)
 
     # ------------------------------------------------------------------ the index
 
@@ -310,6 +313,12 @@ class Engine:
         sa.wire = self._wire
         self._sas[sa.our_spi] = sa
         self._index.add(sa)
+
+    def _unregister(self, sa: IkeSa) -> None:
+        if self._sas.get(sa.our_spi) is sa:
+            del self._sas[sa.our_spi]
+            self._index.remove(sa)
+            self._ctx.release_ike_spi(sa.our_spi)
 
     def _settle(self) -> None:
         """Re-file every SA the call touched, and their successors (exchanges change
@@ -403,6 +412,7 @@ class Engine:
             sa.unanswered_since = now
             dead_after = self._settings.dead_after
             sa.dead_at = now + dead_after if dead_after > 0 else None
+            self._state_check.arm(sa, now)
         self._send_all(sa.pending.datagrams, path, sa, now)
         self._paths.ride(sa, now)
         return True
@@ -410,6 +420,11 @@ class Engine:
     def _on_response(self, sa: IkeSa, header: Header, data: bytes, path: Path,
                      now: float, assembled: Message | None = None) -> None:
         """The peer's response; ``assembled``: already reassembled from fragments."""
+        if sa.check_of is not None:
+            # A state check's IKE_SA_INIT: any answer is all it asked for.
+            if header.exchange == ExchangeType.IKE_SA_INIT and header.message_id == 0:
+                self._state_check.answered(sa, path, now)
+            return
         pending = sa.pending
         if (pending is None or header.message_id != pending.message_id
                 or header.exchange != pending.exchange):
@@ -619,6 +634,9 @@ class Engine:
         if sa.dead_at is not None and now >= sa.dead_at and sa.silent_since_asked():
             self._destroy(sa, "dead_after", now)
             return
+        if self._state_check.lost(sa, now):
+            self._destroy(sa, "peer_lost_state", now)
+            return
         pending = sa.pending
         settings = self._settings
         if (pending is not None and now >= pending.deadline
@@ -659,6 +677,10 @@ class Engine:
 
     def _destroy(self, sa: IkeSa, reason: str, now: float) -> None:
         """Remove ``sa`` and its CHILD_SAs, releasing SPIs and virtual IP leases."""
+        if sa.check_of is not None:
+            self._state_check.forget(sa)  # a state check gave up: never reported
+            return
+        self._state_check.forget(sa.state_check)
         # CHILD_SA work still open here continues on the successor of a rekey.
         open_tasks = ([sa.pending.task] if sa.pending is not None else []) + list(sa.tasks)
         migrate_tasks(sa, open_tasks)
