@@ -125,8 +125,8 @@ class Engine:
         self._index = self._ctx.index
         self._outbox: list[Datagram] = []
         self._paths = PathMobility(self._ctx, self._settings, self._send_all, self._kick)
-        self._state_check = StateCheck(self._ctx, self._settings, self._register,
-                                       self._unregister, self._kick, self._send_all)
+        self._state_check = StateCheck(self._ctx, self._settings, self._sas, self._register,
+                                       self._kick, self._send_all)
         self._redirect_policy: InitPolicy | None = None
 
     # ------------------------------------------------------------------ API
@@ -314,12 +314,6 @@ class Engine:
         self._sas[sa.our_spi] = sa
         self._index.add(sa)
 
-    def _unregister(self, sa: IkeSa) -> None:
-        if self._sas.get(sa.our_spi) is sa:
-            del self._sas[sa.our_spi]
-            self._index.remove(sa)
-            self._ctx.release_ike_spi(sa.our_spi)
-
     def _settle(self) -> None:
         """Re-file every SA the call touched, and their successors (exchanges change
         the CHILD_SAs and tasks they hand on)."""
@@ -410,9 +404,7 @@ class Engine:
         if sa.unanswered_since is None or sa.unanswered_since <= sa.last_received:
             # The peer spoke since the last request we counted from: count from this one.
             sa.unanswered_since = now
-            dead_after = self._settings.dead_after
-            sa.dead_at = now + dead_after if dead_after > 0 else None
-            self._state_check.arm(sa, now)
+            self._state_check.arm(sa, now)  # dead_after and the state check count from now
         self._send_all(sa.pending.datagrams, path, sa, now)
         self._paths.ride(sa, now)
         return True
@@ -420,10 +412,8 @@ class Engine:
     def _on_response(self, sa: IkeSa, header: Header, data: bytes, path: Path,
                      now: float, assembled: Message | None = None) -> None:
         """The peer's response; ``assembled``: already reassembled from fragments."""
-        if sa.check_of is not None:
-            # A state check's IKE_SA_INIT: any answer is all it asked for.
-            if header.exchange == ExchangeType.IKE_SA_INIT and header.message_id == 0:
-                self._state_check.answered(sa, path, now)
+        if sa.check_of is not None:  # a state check's IKE_SA_INIT: any answer will do
+            self._state_check.answered(sa, header, now)
             return
         pending = sa.pending
         if (pending is None or header.message_id != pending.message_id
@@ -631,11 +621,8 @@ class Engine:
     def _sa_timer(self, sa: IkeSa, now: float) -> None:
         self._paths.probe_timer(sa, now)
         expire(sa.reassembly, now, REASSEMBLY_TIMEOUT)
-        if sa.dead_at is not None and now >= sa.dead_at and sa.silent_since_asked():
-            self._destroy(sa, "dead_after", now)
-            return
-        if self._state_check.lost(sa, now):
-            self._destroy(sa, "peer_lost_state", now)
+        if (dead := self._state_check.verdict(sa, now)) is not None:
+            self._destroy(sa, dead, now)  # dead_after, peer_lost_state
             return
         pending = sa.pending
         settings = self._settings
@@ -677,10 +664,8 @@ class Engine:
 
     def _destroy(self, sa: IkeSa, reason: str, now: float) -> None:
         """Remove ``sa`` and its CHILD_SAs, releasing SPIs and virtual IP leases."""
-        if sa.check_of is not None:
-            self._state_check.forget(sa)  # a state check gave up: never reported
-            return
-        self._state_check.forget(sa.state_check)
+        if self._state_check.dropped(sa):
+            return  # a state check that gave up: never reported
         # CHILD_SA work still open here continues on the successor of a rekey.
         open_tasks = ([sa.pending.task] if sa.pending is not None else []) + list(sa.tasks)
         migrate_tasks(sa, open_tasks)

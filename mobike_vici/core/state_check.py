@@ -15,12 +15,15 @@ resent on its path at once. If the peer still says nothing to the IKE_SA within
 the IKE_SA (reason ``peer_lost_state``). A peer that answers nothing at all, or that
 answers the IKE_SA too (an outage that ended), keeps it, until ``dead_after`` as
 before. One check per silence; the peer keeps a half-open SA until its own timeout.
+Both bounds count from the same request (``arm``), so ``dead_after`` lives here too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ..ikev2.constants import ExchangeType
+from ..ikev2.message import Header
 from ..types import Endpoint, Path
 from .context import Context
 from .exchanges.ike_init import ZERO_SPI, IkeInitTask
@@ -35,42 +38,57 @@ LOST_RTTS = 4.0
 
 SendAll = Callable[[Sequence[bytes], Path, IkeSa, float], None]
 Kick = Callable[[IkeSa, float], None]
-Table = Callable[[IkeSa], None]
+Register = Callable[[IkeSa], None]
 
 
 class StateCheck:
-    """The engine's checks; it calls ``arm`` when a silence starts, ``lost`` from the
-    SA's timer, ``answered`` for a check's response and ``forget`` to drop a check."""
+    """The engine's checks, and its ``dead_after`` bound: it calls ``arm`` when a silence
+    starts, ``verdict`` from the SA's timer, ``answered`` for a check's response and
+    ``dropped`` when it destroys an SA."""
 
-    def __init__(self, ctx: Context, settings: EngineSettings, register: Table,
-                 unregister: Table, kick: Kick, send_all: SendAll) -> None:
+    def __init__(self, ctx: Context, settings: EngineSettings, sas: dict[bytes, IkeSa],
+                 register: Register, kick: Kick, send_all: SendAll) -> None:
         self._ctx = ctx
         self._settings = settings
+        self._sas = sas
         self._register = register
-        self._unregister = unregister
         self._kick = kick
         self._send_all = send_all
 
     def arm(self, sa: IkeSa, now: float) -> None:
         """A request of ours starts counting the peer's silence at ``now``."""
+        dead_after = self._settings.dead_after
+        sa.dead_at = now + dead_after if dead_after > 0 else None
         self.forget(sa.state_check)
         sa.lost_at = None
         after = self._settings.state_check_after
         sa.state_check_at = now + after if after > 0 else None
 
-    def lost(self, sa: IkeSa, now: float) -> bool:
-        """True when the peer lost ``sa``; starts the check when it is due."""
+    def verdict(self, sa: IkeSa, now: float) -> str | None:
+        """Why the silent ``sa`` is dead now (None: not yet); starts the check when due."""
         if not sa.silent_since_asked():
-            return False
+            return None
+        if sa.dead_at is not None and now >= sa.dead_at:
+            return "dead_after"
         if sa.lost_at is not None and now >= sa.lost_at:
-            return True
+            return "peer_lost_state"
         if (sa.state_check is None and sa.state_check_at is not None
                 and now >= sa.state_check_at):
             self._start(sa, now)
+        return None
+
+    def dropped(self, sa: IkeSa) -> bool:
+        """``sa`` is being destroyed: True when it is a check (dropped quietly here)."""
+        if sa.check_of is not None:
+            self.forget(sa)
+            return True
+        self.forget(sa.state_check)
         return False
 
-    def answered(self, check: IkeSa, path: Path, now: float) -> None:
-        """The peer answered the check's IKE_SA_INIT (on ``path``)."""
+    def answered(self, check: IkeSa, header: Header, now: float) -> None:
+        """A response to the check: any answer to its IKE_SA_INIT will do."""
+        if header.exchange != ExchangeType.IKE_SA_INIT or header.message_id != 0:
+            return
         sa = check.check_of
         rtt = max(0.0, now - check.last_sent)
         self.forget(check)
@@ -99,7 +117,10 @@ class StateCheck:
         check.pending = None
         check.tasks.clear()
         check.set_state(IkeState.DELETED)
-        self._unregister(check)
+        if self._sas.get(check.our_spi) is check:
+            del self._sas[check.our_spi]
+            self._ctx.index.remove(check)
+            self._ctx.release_ike_spi(check.our_spi)
 
     def _start(self, sa: IkeSa, now: float) -> None:
         conn = sa.conn
