@@ -10,7 +10,7 @@ So an IKE_SA we initiated whose requests the peer has answered on no path for
 IKE_SA_INIT of a half-open IKE_SA of its own (never reported, never authenticated,
 dropped at the first answer). Any answer (a response, COOKIE, INVALID_KE_PAYLOAD)
 shows the peer's daemon up and reachable there; the IKE_SA's outstanding request is
-resent on its path at once. If the peer still says nothing to the IKE_SA within
+resent on its path at once (``LAST_COPIES`` copies). If the peer still says nothing to the IKE_SA within
 ``LOST_RTTS`` times the IKE_SA_INIT's round trip (at least ``LOST_FLOOR``), it lost
 the IKE_SA (reason ``peer_lost_state``). A peer that answers nothing at all, or that
 answers the IKE_SA too (an outage that ended), keeps it, until ``dead_after`` as
@@ -35,6 +35,9 @@ LOST_FLOOR = 0.2
 """Seconds the IKE_SA's resent request gets at least after the peer answered the check."""
 LOST_RTTS = 4.0
 """... or this many round trips of the check's IKE_SA_INIT, whichever is longer."""
+LAST_COPIES = 3
+"""Copies of the IKE_SA's request sent then (the peer answers each from its cache): on
+a lossy path one lost copy or answer must not cost a live IKE_SA."""
 
 SendAll = Callable[[Sequence[bytes], Path, IkeSa, float], None]
 Kick = Callable[[IkeSa, float], None]
@@ -104,7 +107,8 @@ class StateCheck:
         # Its last chance on the path where the peer's daemon just answered: an outage
         # that ended is told from a lost IKE_SA by this answer.
         sa.lost_at = now + max(LOST_FLOOR, LOST_RTTS * rtt)
-        self._send_all(pending.datagrams, sa.path, sa, now)
+        for _ in range(LAST_COPIES):
+            self._send_all(pending.datagrams, sa.path, sa, now)
 
     def forget(self, check: IkeSa | None) -> None:
         """Drop a check quietly (its IKE_SA_INIT was only a question)."""

@@ -349,3 +349,23 @@ def test_an_outage_that_ends_keeps_the_ike_sa_when_the_peer_still_knows_it() -> 
     inits = [d for d in net.log if d.path.local.addr == ALICE
              and decode_header(d.data).exchange == ExchangeType.IKE_SA_INIT]
     assert len(inits) >= 2  # the setup's and at least one check's
+
+
+def test_a_lossy_way_to_a_peer_that_still_knows_the_ike_sa_does_not_cost_it() -> None:
+    # Everything lost from 19 s to 23.5 s; then the IKE_SA's retransmission at 24 s and
+    # the first copy of it sent on the check's answer are lost too: the others get through.
+    net = _state_check_pair()
+    seen: list[int] = []
+
+    def drop(d: Datagram) -> bool:
+        if 19.0 < net.now < 23.5:
+            return True
+        if net.now >= 23.5 and d.path.local.addr == ALICE and not decode_header(
+                d.data).exchange == ExchangeType.IKE_SA_INIT:
+            seen.append(1)
+            return len(seen) <= 2
+        return False
+    net.drop = drop
+    net.advance_to(40.0)
+    assert seen and not _of(net.events_a, IkeSaDeleted)
+    assert [s.state for s in net.a.status()] == ["ESTABLISHED"]
