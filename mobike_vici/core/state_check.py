@@ -11,11 +11,12 @@ IKE_SA_INIT of a half-open IKE_SA of its own (never reported, never authenticate
 dropped at the first answer). Any answer (a response, COOKIE, INVALID_KE_PAYLOAD)
 shows the peer's daemon up and reachable there; the IKE_SA's outstanding request is
 resent on its path at once (``LAST_COPIES`` copies). If the peer still says nothing to
-the IKE_SA within ``LOST_RTTS`` times the IKE_SA_INIT's round trip (at least ``LOST_FLOOR``), it lost
-the IKE_SA (reason ``peer_lost_state``). A peer that answers nothing at all, or that
-answers the IKE_SA too (an outage that ended), keeps it, until ``dead_after`` as
-before. One check per silence; the peer keeps a half-open SA until its own timeout.
-Both bounds count from the same request (``arm``), so ``dead_after`` lives here too.
+the IKE_SA within ``LOST_RTTS`` times the IKE_SA_INIT's round trip (at least
+``LOST_FLOOR``), it lost the IKE_SA (reason ``peer_lost_state``). A peer that answers
+nothing at all, or that answers the IKE_SA too (an outage that ended), keeps it, until
+``dead_after`` as before. One check per silence; the peer keeps a half-open SA until
+its own timeout. Both bounds count from the same request (``arm``), so ``dead_after``
+lives here too.
 """
 
 from __future__ import annotations
