@@ -69,6 +69,7 @@ from .protection import (
     screen_fragment,
 )
 from .settings import EngineSettings
+from .state_check import StateCheck
 from .status import ChildStatus, IkeStatus, status_of
 
 RandomBytes = Callable[[int], bytes]
@@ -124,6 +125,8 @@ class Engine:
         self._index = self._ctx.index
         self._outbox: list[Datagram] = []
         self._paths = PathMobility(self._ctx, self._settings, self._send_all, self._kick)
+        self._state_check = StateCheck(self._ctx, self._settings, self._sas, self._register,
+                                       self._kick, self._send_all)
         self._redirect_policy: InitPolicy | None = None
 
     # ------------------------------------------------------------------ API
@@ -302,7 +305,7 @@ class Engine:
         self._paths.move(self._by_name(ike_spi), path, now, timeout)
 
     def status(self) -> list[IkeStatus]:
-        return status_of(self._sas.values())
+        return status_of(sa for sa in self._sas.values() if sa.check_of is None)
 
     # ------------------------------------------------------------------ the index
 
@@ -401,8 +404,7 @@ class Engine:
         if sa.unanswered_since is None or sa.unanswered_since <= sa.last_received:
             # The peer spoke since the last request we counted from: count from this one.
             sa.unanswered_since = now
-            dead_after = self._settings.dead_after
-            sa.dead_at = now + dead_after if dead_after > 0 else None
+            self._state_check.arm(sa, now)  # dead_after and the state check count from now
         self._send_all(sa.pending.datagrams, path, sa, now)
         self._paths.ride(sa, now)
         return True
@@ -410,6 +412,9 @@ class Engine:
     def _on_response(self, sa: IkeSa, header: Header, data: bytes, path: Path,
                      now: float, assembled: Message | None = None) -> None:
         """The peer's response; ``assembled``: already reassembled from fragments."""
+        if sa.check_of is not None:  # a state check's IKE_SA_INIT: any answer will do
+            self._state_check.answered(sa, header, now)
+            return
         pending = sa.pending
         if (pending is None or header.message_id != pending.message_id
                 or header.exchange != pending.exchange):
@@ -616,8 +621,8 @@ class Engine:
     def _sa_timer(self, sa: IkeSa, now: float) -> None:
         self._paths.probe_timer(sa, now)
         expire(sa.reassembly, now, REASSEMBLY_TIMEOUT)
-        if sa.dead_at is not None and now >= sa.dead_at and sa.silent_since_asked():
-            self._destroy(sa, "dead_after", now)
+        if (dead := self._state_check.verdict(sa, now)) is not None:
+            self._destroy(sa, dead, now)  # dead_after, peer_lost_state
             return
         pending = sa.pending
         settings = self._settings
@@ -659,6 +664,8 @@ class Engine:
 
     def _destroy(self, sa: IkeSa, reason: str, now: float) -> None:
         """Remove ``sa`` and its CHILD_SAs, releasing SPIs and virtual IP leases."""
+        if self._state_check.dropped(sa):
+            return  # a state check that gave up: never reported
         # CHILD_SA work still open here continues on the successor of a rekey.
         open_tasks = ([sa.pending.task] if sa.pending is not None else []) + list(sa.tasks)
         migrate_tasks(sa, open_tasks)

@@ -205,6 +205,15 @@ class IkeSa:
     dead_at: float | None = None
     """``unanswered_since`` plus the engine's ``dead_after``: the SA is dead then if the
     peer stays silent (None: no bound but the retransmissions')."""
+    state_check_at: float | None = None
+    """When to ask the peer's IKE port whether it still knows this SA, if it stays
+    silent (``EngineSettings.state_check_after``; None: never)."""
+    state_check: IkeSa | None = field(default=None, repr=False)
+    """The half-open IKE_SA whose IKE_SA_INIT asks it (see ``core/state_check.py``)."""
+    check_of: IkeSa | None = field(default=None, repr=False)
+    """On such a half-open IKE_SA: the silent IKE_SA it asks for."""
+    lost_at: float | None = None
+    """The peer answered the check: lost, if still silent then (None: no verdict due)."""
     rekey_at: float | None = None
     rekeyed: bool = False
     ike_collision: IkeRekeyCollision | None = None
@@ -354,8 +363,10 @@ class IkeSa:
                 times.append(self.last_sent + keepalive_interval)
             if self.rekey_at is not None:
                 times.append(self.rekey_at)
-            if self.dead_at is not None and self.silent_since_asked():
-                times.append(self.dead_at)
+            if self.silent_since_asked():
+                times.extend(t for t in (self.dead_at, self.lost_at) if t is not None)
+                if self.state_check_at is not None and self.state_check is None:
+                    times.append(self.state_check_at)
             for child in self.children.values():
                 if child.rekey_at is not None and child.state == ChildState.INSTALLED:
                     times.append(child.rekey_at)

@@ -90,6 +90,12 @@ class EngineSettings:
     long is destroyed (reason ``dead_after``), long before the retransmission bound
     (165 s) would: MOBIKE has tried every path by then. 0 (charon's way, the core's
     default): only that bound. The daemon passes ``mobike { dead_after }``."""
+    state_check_after: float = 0.0
+    """An established IKE_SA we initiated whose requests the peer has answered on no
+    path for this long asks the peer's IKE port with a new IKE_SA_INIT whether it is
+    up: a peer that answers it but not the IKE_SA lost it (a restart without DELETE),
+    and the IKE_SA goes (reason ``peer_lost_state``) long before ``dead_after``. A peer
+    that answers nothing keeps it until then. 0 (the core's default): no such check."""
 
     def fragment_limit(self, ip_version: int) -> int:
         """The IP datagram size for ``ip_version`` (the 0 default resolved)."""

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ..core.events import (
+    ChildSaDeleted,
     ChildSaRekeyed,
     Event,
     ExchangeFailed,
@@ -33,6 +34,14 @@ from ..types import Path
 Fields = dict[str, object]
 
 __all__ = ["DataPathWatch", "path_flow", "path_srtt", "settings_of"]
+
+DELETE_OVERDUE = 0.5
+"""Seconds after a CHILD_SA rekey that the old CHILD_SA may still live: a rekey's
+initiator deletes it right after the answer (RFC 7296 §2.8), so one older than this at
+a move means that side's exchange is stuck (a request or its answer was lost), and it
+starts no other until its retransmission (``MoveCheck``'s ``peer_busy``)."""
+MAX_REKEYED = 256
+"""Rekeyed CHILD_SAs remembered at most (each is forgotten when it is deleted)."""
 
 REFUSED_FOR_NOW = "TEMPORARY_FAILURE"
 """In an ``ExchangeFailed`` reason: the peer refused our rekey while its own IKE_SA rekey
@@ -92,6 +101,8 @@ class DataPathWatch:
         self._checks: dict[str, tuple[str, v.MoveCheck]] = {}
         """ike_spi -> (conn, its check), only while a check runs."""
         self._log: list[tuple[str, Fields]] = []
+        self._rekeyed_at: dict[int, float] = {}
+        """unique_id of a rekeyed CHILD_SA not deleted yet -> when it was rekeyed."""
         self.calls = 0
         """Calls into the engine so far: the daemon flushes after they grew."""
         self.errors = 0
@@ -113,6 +124,9 @@ class DataPathWatch:
             case IkeSaMoved() if event.new_path != event.old_path:
                 self._moved(event, now)
             case ChildSaRekeyed():
+                if len(self._rekeyed_at) >= MAX_REKEYED:
+                    del self._rekeyed_at[next(iter(self._rekeyed_at))]
+                self._rekeyed_at[event.old_unique_id] = now
                 found = self._checks.get(event.ike_spi)
                 if found is not None:
                     found[1].on_rekeyed(now)
@@ -121,6 +135,8 @@ class DataPathWatch:
                 found = self._checks.get(event.ike_spi)
                 if found is not None:
                     found[1].on_repair_refused(now)
+            case ChildSaDeleted():
+                self._rekeyed_at.pop(event.unique_id, None)
             case IkeSaRekeyed():
                 found = self._checks.pop(event.ike_spi, None)
                 if found is not None:
@@ -160,9 +176,14 @@ class DataPathWatch:
         check.on_moved(event.new_path, event.old_path, started=now - event.duration,
                        srtt=self._srtt(event.ike_spi, event.new_path),
                        sample=self._sample(event.ike_spi), flow=self._flows(event.ike_spi),
-                       now=now)
+                       now=now, peer_busy=self._delete_overdue(event.ike_spi, now))
         self._checks[event.ike_spi] = (event.conn, check)
         self._drain(event.ike_spi, event.conn, check, now)
+
+    def _delete_overdue(self, ike_spi: str, now: float) -> bool:
+        """A CHILD_SA of the IKE_SA was rekeyed over DELETE_OVERDUE ago and still lives."""
+        return any(now - at > DELETE_OVERDUE for child in self.plane.children_of(ike_spi)
+                   if (at := self._rekeyed_at.get(child.unique_id)) is not None)
 
     def _sample(self, ike_spi: str) -> dict[int, tuple[int, int]]:
         """The counters of the IKE_SA's CHILD_SAs."""

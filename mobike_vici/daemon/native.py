@@ -622,9 +622,9 @@ class Daemon:
         self.log.emit("ike_sa_restarting", conn=event.conn, ike_spi=event.ike_spi,
                       reason=event.reason, children=children)
         # After this drain: the new IKE_SA_INIT leaves at once, not with the next timer.
-        # A peer that deleted the IKE_SA is restarting: resend fast until it is back.
+        # A peer that deleted (or lost) the IKE_SA is restarting: resend fast till back.
         self.loop.call_soon(self._initiate, event.conn, children,
-                            event.reason == "deleted_by_peer")
+                            event.reason in ("deleted_by_peer", "peer_lost_state"))
 
     def _initiate(self, conn: str, children: Sequence[str], eager: bool = False) -> None:
         now = self.now()

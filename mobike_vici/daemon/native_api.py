@@ -79,7 +79,7 @@ def restart_children(config: Config, gone: IkeSaDeleted,
         return []
     if gone.reason == "deleted_by_peer":
         return [c.name for c in children if c.close_action == CloseAction.START]
-    if gone.reason in ("dpd_timeout", "retransmits_exceeded", "dead_after"):
+    if gone.reason in ("dpd_timeout", "retransmits_exceeded", "dead_after", "peer_lost_state"):
         return [c.name for c in children if c.dpd_action == DpdAction.RESTART]
     return []
 

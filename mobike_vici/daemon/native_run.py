@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from ..backends.native import Mobility
+from ..config.mobike import MobikePolicy
 from ..config.model import Config
 from ..config.tcp import TcpMode
 from ..core.engine import Engine, EngineSettings
@@ -39,7 +40,24 @@ def engine_settings(config: Config) -> EngineSettings:
         # The path manager judges misses by its own adaptive timeout; the engine keeps
         # a probe open as long as a late answer may still bring its path back up.
         probe_timeout=MAX_PROBE_TIMEOUT,
-        fragment_size=policy.fragment_size, dead_after=policy.dead_after)
+        fragment_size=policy.fragment_size, dead_after=policy.dead_after,
+        state_check_after=state_check_after(policy))
+
+
+STATE_CHECK_FLOOR = 1.0
+"""Seconds of silence before asking a peer whether it lost the IKE_SA, at least: the
+silent faults MOBIKE moves around (one dead path) end well before; a restarted peer
+costs this plus a round trip or two instead of ``dead_after``."""
+
+
+def state_check_after(policy: MobikePolicy) -> float:
+    """The engine's ``state_check_after``: once a silently dead path is detected (and at
+    least STATE_CHECK_FLOOR), within ``dead_after``; none when ``dead_after`` is 0
+    (charon's way: only its retransmission bound ends an IKE_SA)."""
+    if policy.dead_after <= 0:
+        return 0.0
+    detect = policy.probe_interval * policy.probe_misses + policy.probe_timeout
+    return min(max(STATE_CHECK_FLOOR, detect), policy.dead_after)
 
 
 def _mobike_conn(config: Config) -> Callable[[str], bool]:

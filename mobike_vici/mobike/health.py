@@ -37,6 +37,12 @@ never had anything back (one-way out) does not, nor an idle tunnel. Then:
   IKE_SA's current path). A rekey the
   peer refuses for now (TEMPORARY_FAILURE: its own IKE_SA rekey is in flight) is asked
   again at RTT pace (``on_repair_refused``), not after the peer's 4 s retransmission.
+  A peer whose own exchange is stuck (``peer_busy``: it rekeyed a CHILD_SA and its
+  DELETE of the old one is long overdue, so its request or our answer was lost) starts
+  no exchange until its retransmission gets through (charon: 4 s); where following
+  the move takes one (charon over kernel-libipsec when the NAT state changes, which it
+  does by a CHILD_SA rekey), its ESP comes back only after our rekey. Its bound is
+  ``BUSY_RTTS`` SRTTs (``BUSY_FLOOR`` at least) instead: a needless rekey is cheap.
   Then ``DataPathRepaired`` when the peer's ESP arrives, else after the repair bound
   ``DataPathDead``; ESP that still comes within ``LATE_WATCH`` after that verdict is a
   late ``DataPathRepaired`` whose ``dead_ms`` is the whole outage.
@@ -88,6 +94,10 @@ POLL_STEPS = 10
 POLL_MIN = 0.005
 POLL_MAX = 0.05
 """Sampling pace limits (seconds) of the check."""
+BUSY_RTTS = 2.0
+BUSY_FLOOR = 0.02
+"""The verify bound after a move while the peer's own exchange is stuck (``peer_busy``):
+this many SRTTs of the new path, at least BUSY_FLOOR seconds (our ESP must have left)."""
 LATE_WATCH = 30.0
 """Seconds after a DataPathDead verdict that the peer's ESP is still watched for (charon's
 retransmissions come 4, 11 and 24 s after its request)."""
@@ -398,10 +408,12 @@ class MoveCheck:
     # -- inputs -----------------------------------------------------------------------
 
     def on_moved(self, path: Path, old_path: Path, *, started: float, srtt: float | None,
-                 sample: Sample, flow: Flow | None, now: float) -> None:
+                 sample: Sample, flow: Flow | None, now: float,
+                 peer_busy: bool = False) -> None:
         """A move to ``path`` completed at ``now`` (begun at ``started``); ``sample`` is
         the CHILD_SAs' counters now, ``flow`` the traffic's history (None: unknown, so
-        nothing is expected back). A check still running for an earlier move is replaced."""
+        nothing is expected back); ``peer_busy``: the peer's own exchange is stuck. A
+        check still running for an earlier move is replaced."""
         s = self.settings
         self._events.clear()
         self.phase = Phase.DONE
@@ -413,6 +425,8 @@ class MoveCheck:
         self._path, self._old = path, old_path
         self._started, self._moved = min(started, now), now
         self._bound = max(s.verify_timeout, RTT_FACTOR * rtt, wait)
+        if peer_busy:
+            self._bound = min(self._bound, max(BUSY_FLOOR, BUSY_RTTS * rtt))
         self._repair_bound = max(s.repair_timeout, RTT_FACTOR * rtt, wait)
         self._retry_gap = max(REPAIR_RETRY_FLOOR, 2 * rtt)
         self._step = min(max(self._bound / POLL_STEPS, POLL_MIN), POLL_MAX)

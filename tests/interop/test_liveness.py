@@ -175,3 +175,24 @@ def test_a_peer_gone_without_a_word_is_dead_after_dead_after(interop: Interop) -
     charon.proc.wait(timeout=10)
     gone = daemon.wait_event(named("ike_sa_deleted", ike_spi=tunnel.ike_spi), 30.0)
     assert gone["reason"] == "dead_after", gone
+
+
+def test_a_peer_restarted_without_a_delete_is_noticed_long_before_dead_after(
+        interop: Interop) -> None:
+    # charon SIGKILLed and started again: no DELETE came, and the new charon drops our
+    # requests for the SPI it no longer knows (it sends no INVALID_IKE_SPI). Its IKE
+    # port answers a new IKE_SA_INIT though: the IKE_SA is lost there, and goes at
+    # once (peer_lost_state), not after dead_after (30 s).
+    ours, theirs = interop.sides(native_initiates=True, mobike=True)
+    charon = interop.start_charon(theirs)
+    conf = interop.workdir / "native.conf"
+    conf.write_text(swanctl_conf(ours) + "mobike {\n    dead_after = 30s\n}\n")
+    daemon = start_native(interop.lab, interop.topo.host_a, conf, name="native")
+    interop.natives.append(daemon)
+    tunnel = Tunnel(charon, daemon)
+    tunnel.wait_agree()
+    charon.proc.send_signal(signal.SIGKILL)
+    charon.proc.wait(timeout=10)
+    interop.start_charon(theirs)
+    gone = daemon.wait_event(named("ike_sa_deleted", ike_spi=tunnel.ike_spi), 20.0)
+    assert gone["reason"] == "peer_lost_state", gone

@@ -300,3 +300,72 @@ def test_a_responder_keeps_retransmitting_past_dead_after() -> None:
     net.advance_to(200.0)
     (deleted,) = _of(net.events_b, IkeSaDeleted)
     assert deleted.reason == "dpd_timeout"
+
+
+def _state_check_pair() -> Net:
+    settings = EngineSettings(dead_after=30.0, state_check_after=1.0)
+    net = make_pair(1, settings, initiator_extra="dpd_delay = 10s")
+    net.a.initiate("home", None, 0.0)
+    net.pump()
+    net.advance_to(10.0)  # the first DPD is answered
+    assert [s.state for s in net.a.status()] == ["ESTABLISHED"]
+    return net
+
+
+def test_a_peer_that_restarted_without_delete_is_noticed_by_its_answer_to_a_new_init() -> None:
+    # The peer's daemon stopped with an exchange of its own in flight: no DELETE; the
+    # new one drops our requests (unknown SPI) but answers an IKE_SA_INIT.
+    net = _state_check_pair()
+    _, fresh = config_pair()
+    net.b = Engine(fresh, seeded(77), lambda r: BOB, EngineSettings())
+    net.advance_to(25.0)  # the DPD at 20 s goes unanswered
+    (deleted,) = _of(net.events_a, IkeSaDeleted)
+    assert deleted.reason == "peer_lost_state"
+    assert [e.reason for e in _of(net.events_a, ChildSaDeleted)] == ["peer_lost_state"]
+    assert net.a.status() == []
+    # The check's own half-open SA was dropped quietly, never reported.
+    assert len(_of(net.events_a, IkeSaDeleted)) == 1
+
+
+def test_a_silent_peer_still_costs_the_ike_sa_only_after_dead_after() -> None:
+    net = _state_check_pair()
+    net.drop = lambda d: True  # the peer (or the way to it) answers nothing
+    net.advance_to(49.9)
+    assert [s.state for s in net.a.status()] == ["ESTABLISHED"]
+    assert not _of(net.events_a, IkeSaDeleted)
+    net.advance_to(50.1)
+    (deleted,) = _of(net.events_a, IkeSaDeleted)
+    assert deleted.reason == "dead_after"
+
+
+def test_an_outage_that_ends_keeps_the_ike_sa_when_the_peer_still_knows_it() -> None:
+    # The way to the peer is cut from 19 s to 23.5 s: the check's IKE_SA_INIT is
+    # answered once it heals, and so is the old IKE_SA's request resent then.
+    net = _state_check_pair()
+    net.drop = lambda d: 19.0 < net.now < 23.5
+    net.advance_to(40.0)
+    assert not _of(net.events_a, IkeSaDeleted)
+    assert [s.state for s in net.a.status()] == ["ESTABLISHED"]
+    inits = [d for d in net.log if d.path.local.addr == ALICE
+             and decode_header(d.data).exchange == ExchangeType.IKE_SA_INIT]
+    assert len(inits) >= 2  # the setup's and at least one check's
+
+
+def test_a_lossy_way_to_a_peer_that_still_knows_the_ike_sa_does_not_cost_it() -> None:
+    # Everything lost from 19 s to 23.5 s; then the IKE_SA's retransmission at 24 s and
+    # the first copy of it sent on the check's answer are lost too: the others get through.
+    net = _state_check_pair()
+    seen: list[int] = []
+
+    def drop(d: Datagram) -> bool:
+        if 19.0 < net.now < 23.5:
+            return True
+        init = decode_header(d.data).exchange == ExchangeType.IKE_SA_INIT
+        if net.now >= 23.5 and d.path.local.addr == ALICE and not init:
+            seen.append(1)
+            return len(seen) <= 2
+        return False
+    net.drop = drop
+    net.advance_to(40.0)
+    assert seen and not _of(net.events_a, IkeSaDeleted)
+    assert [s.state for s in net.a.status()] == ["ESTABLISHED"]

@@ -307,3 +307,39 @@ def test_metrics_count_each_verdict_once() -> None:
                result="completed") == 1
     assert get(got, "mobike_handovers_total", conn="home", reason="unknown",
                result="failed") is None
+
+
+def _peer_rekeyed(lab: Lab, at: float) -> None:
+    """The peer rekeyed CHILD_SA 1 into 2 at ``at`` (we answered) and its DELETE of 1
+    never came: its own exchange is outstanding, and it starts no other until its
+    retransmission gets through (charon: 4 s)."""
+    lab.ours.install(installed(initiator=True, unique_id=2, spi_i=0x1002, spi_r=0x2002,
+                               rekey_of=1, seed=2, rekey_initiator=False))
+    lab.peer.install(installed(initiator=False, unique_id=2, spi_i=0x1002, spi_r=0x2002,
+                               rekey_of=1, seed=2, rekey_initiator=True))
+    lab.watch.on_core_event(ChildSaRekeyed(conn="c", ike_spi=SPI, child="net",
+                                           old_unique_id=1, new_unique_id=2,
+                                           old_spi_in=0x1000, new_spi_in=0x1002), at)
+
+
+@pytest.mark.parametrize(("rekeyed_at", "early"), [
+    (6.5, True),   # its DELETE is 3.5 s late: the peer's window is stuck
+    (9.99, False),  # a rekey just before the move: its DELETE is still on its way
+])
+def test_a_move_while_the_peers_own_exchange_is_stuck_is_repaired_at_once(
+        rekeyed_at: float, early: bool) -> None:
+    # A peer that must rekey to follow a move (charon over kernel-libipsec when the
+    # NAT state changes) cannot while its own request is outstanding: waiting out the
+    # verify bound only adds to the outage.
+    lab = Lab()
+    lab.steady(6.0, 6.4)
+    _peer_rekeyed(lab, rekeyed_at)
+    lab.steady(8.0, 9.5)
+    lab.peer_reaches_us = False
+    lab.move(10.0)
+    lab.run(20.0, rekey_after=10.0)
+    assert lab.names() == ["data_path_repair_started", "data_path_repaired"]
+    started = lab.log[0][1]
+    assert started["children"] == [2]
+    assert isinstance(started["waited_ms"], float)
+    assert (started["waited_ms"] < 100.0) is early

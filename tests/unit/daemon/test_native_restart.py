@@ -53,6 +53,7 @@ def test_dead_peer_restarts_dpd_action_children() -> None:
     assert _restart("dpd_timeout") == ["dpd"]
     assert _restart("retransmits_exceeded") == ["dpd"]
     assert _restart("dead_after") == ["dpd"]
+    assert _restart("peer_lost_state") == ["dpd"]  # it restarted without DELETE
 
 
 def test_nothing_restarts_while_another_ike_sa_of_the_conn_is_up() -> None:
@@ -66,6 +67,18 @@ def test_the_engine_gets_the_configured_dead_bound() -> None:
     text = "connections {\n home {\n  remote_addrs = 192.0.2.1\n }\n}\n"
     assert engine_settings(load_string(text)).dead_after == 30.0
     assert engine_settings(load_string(text + "mobike { dead_after = 0 }\n")).dead_after == 0.0
+
+
+def test_the_engine_asks_a_silent_peer_whether_it_lost_the_ike_sa_within_dead_after() -> None:
+    text = "connections {\n home {\n  remote_addrs = 192.0.2.1\n }\n}\n"
+    assert engine_settings(load_string(text)).state_check_after == 1.0
+    slow = "mobike { probe_interval = 1s\n probe_timeout = 1s }\n"
+    assert engine_settings(load_string(text + slow)).state_check_after == 3.0
+    short = "mobike { dead_after = 500ms }\n"
+    assert engine_settings(load_string(text + short)).state_check_after == 0.5
+    # dead_after = 0 is charon's way: only the retransmission bound ends an IKE_SA.
+    off = "mobike { dead_after = 0 }\n"
+    assert engine_settings(load_string(text + off)).state_check_after == 0.0
 
 
 def test_own_delete_and_rekey_restart_nothing() -> None:
