@@ -64,7 +64,7 @@ from .control import ControlServer
 from .esp_watch import EspWatch
 from .feed import EventFeed
 from .gateway_rr import GatewayChecks
-from .heap_trim import HeapTrim
+from .heap_trim import HeapTrim, share_one_arena
 from .loop_lag import LoopLag
 from .metrics import MetricsServer, snapshot_on_loop
 from .operator import operator_request
@@ -143,6 +143,7 @@ class Controller:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        share_one_arena()  # before the first worker thread: see heap_trim
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)

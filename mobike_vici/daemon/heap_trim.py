@@ -10,7 +10,12 @@ Python heap was flat. ``malloc_trim(0)`` releases every whole free page of
 every arena (``MADV_DONTNEED``); it takes well under a millisecond at this
 size, so one call a minute on the loop costs nothing and keeps the RSS flat.
 
-Not glibc (musl, macOS): no ``malloc_trim``, the trimmer does nothing.
+Each of those threads would otherwise get an arena of its own, and what one frees
+is of no use to another; with the GIL they never allocate at the same time anyway,
+so ``share_one_arena`` caps glibc at one arena (``M_ARENA_MAX``) before any thread
+starts, unless ``MALLOC_ARENA_MAX`` in the environment says otherwise.
+
+Not glibc (musl, macOS): no ``malloc_trim`` nor ``mallopt``, both do nothing.
 """
 
 from __future__ import annotations
@@ -18,27 +23,53 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import os
 from collections.abc import Callable
+from typing import Any
 
 INTERVAL = 60.0
 """Seconds between trims: the churn between two is a few hundred KiB at most."""
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+
 Trim = Callable[[int], int]
+
+
+def _libc_function(name: str) -> Any:
+    """A C library function by name (ctypes), or None."""
+    path = ctypes.util.find_library("c")
+    if path is None:
+        return None
+    try:
+        return getattr(ctypes.CDLL(path), name)
+    except (OSError, AttributeError):
+        return None
 
 
 def glibc_trim() -> Trim | None:
     """libc's ``malloc_trim``, or None where the C library has none."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        fn = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
+    fn = _libc_function("malloc_trim")
+    if fn is None:
         return None
     fn.argtypes = [ctypes.c_size_t]
     fn.restype = ctypes.c_int
     trim: Trim = fn
     return trim
+
+
+def share_one_arena() -> bool:
+    """Every thread allocates from glibc's main arena (call before threads start).
+
+    False where there is no ``mallopt``, or when ``MALLOC_ARENA_MAX`` is set (the
+    operator's choice stands)."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    fn = _libc_function("mallopt")
+    if fn is None:
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return bool(fn(M_ARENA_MAX, 1))
 
 
 class HeapTrim:

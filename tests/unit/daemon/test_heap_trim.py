@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -72,3 +74,38 @@ def test_without_malloc_trim_nothing_is_scheduled() -> None:
         assert not trimmer.available and trimmer.trims == 0 and not trimmer.trim_now()
 
     asyncio.run(main())
+
+
+ARENA_PROBE = """
+import ctypes, sys, threading
+from mobike_vici.daemon.heap_trim import share_one_arena
+shared = share_one_arena()
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+got = []
+worker = threading.Thread(target=lambda: got.append(libc.malloc(5000)))
+worker.start()
+worker.join()
+start, end = (int(x, 16) for x in next(
+    line for line in open("/proc/self/maps") if "[heap]" in line).split()[0].split("-"))
+print(shared, start <= got[0] < end)
+"""
+
+
+def _probe_arena(env: dict[str, str]) -> str:
+    """In a fresh process (the setting is process-wide): share_one_arena's answer, and
+    whether a new thread's malloc comes from the main arena (the brk heap)."""
+    return subprocess.run([sys.executable, "-c", ARENA_PROBE], env=env, check=True,
+                          capture_output=True, text=True, timeout=60).stdout.strip()
+
+
+@pytest.mark.skipif(glibc_trim() is None, reason="not glibc")
+def test_worker_threads_share_the_main_arena() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    assert _probe_arena(env) == "True True"
+
+
+@pytest.mark.skipif(glibc_trim() is None, reason="not glibc")
+def test_an_operators_malloc_arena_max_stands() -> None:
+    env = {**os.environ, "MALLOC_ARENA_MAX": "4"}
+    assert _probe_arena(env) == "False False"
