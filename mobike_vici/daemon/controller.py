@@ -64,6 +64,7 @@ from .control import ControlServer
 from .esp_watch import EspWatch
 from .feed import EventFeed
 from .gateway_rr import GatewayChecks
+from .heap_trim import HeapTrim, share_one_arena
 from .loop_lag import LoopLag
 from .metrics import MetricsServer, snapshot_on_loop
 from .operator import operator_request
@@ -95,6 +96,7 @@ class Controller:
         self.strongswan_conf = strongswan_conf
         self.metrics = metrics
         self.loop_lag = LoopLag()
+        self.heap_trim = HeapTrim()  # worker threads' glibc arenas: free pages back
         self.config = config
         self.load = load  # --load: put the file into charon (else swanctl did)
         self._reload_config = reload_config
@@ -141,12 +143,14 @@ class Controller:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        share_one_arena()  # before the first worker thread: see heap_trim
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self.loop_lag.start(loop)
+        self.heap_trim.start(loop)
         if self.metrics is not None:  # first: a port in use stops us before anything changed
             if self.log.tap is not None:
                 self.log.tap.subscribe(self.metrics.events.on_event)
@@ -180,6 +184,7 @@ class Controller:
             await self._stop.wait()
         finally:
             self.loop_lag.stop()
+            self.heap_trim.stop()
             events_task.cancel()
             await self.client.close()
             client_task.cancel()
