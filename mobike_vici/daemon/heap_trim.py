@@ -1,14 +1,15 @@
 """Hand glibc's free heap pages back to the kernel now and then (``malloc_trim``).
 
-The controller's worker threads (pyroute2's steering calls, the loop's default
-executor for netlink dumps, the VICI reader) each allocate from a glibc arena of
-their own. Every netlink dump or VICI answer parses into short-lived objects
-larger than pymalloc's 512 bytes, so these arenas churn; what is freed in the
-middle of an arena stays resident (glibc only returns the top of a heap by
-itself), and the process's RSS crept up by a few MiB an hour although the
-Python heap was flat. ``malloc_trim(0)`` releases every whole free page of
-every arena (``MADV_DONTNEED``); it takes well under a millisecond at this
-size, so one call a minute on the loop costs nothing and keeps the RSS flat.
+The daemons' worker threads (the controller's pyroute2 steering calls, the loop's
+default executor for netlink dumps, the VICI reader; the native daemon's routing and
+TUN route workers) each allocate from a glibc arena of their own. Every netlink dump
+or VICI answer parses into short-lived objects larger than pymalloc's 512 bytes, so
+these arenas churn; what is freed in the middle of an arena stays resident (glibc
+only returns the top of a heap by itself), and the process's RSS crept up by a few
+MiB an hour although the Python heap was flat. ``malloc_trim(0)`` releases every
+whole free page of every arena (``MADV_DONTNEED``); it takes well under a
+millisecond at this size, so one call a minute on the loop costs nothing and keeps
+the RSS flat.
 
 Each of those threads would otherwise get an arena of its own, and what one frees
 is of no use to another; with the GIL they never allocate at the same time anyway,
@@ -109,3 +110,19 @@ class HeapTrim:
         assert self._loop is not None
         self.trim_now()
         self._handle = self._loop.call_later(self.interval, self._tick)
+
+
+class HeapTrimService:
+    """``HeapTrim`` as a service of the native daemon (``native_api.Service``)."""
+
+    def __init__(self, heap_trim: HeapTrim | None = None) -> None:
+        self.heap_trim = heap_trim if heap_trim is not None else HeapTrim()
+
+    def start(self) -> None:
+        self.heap_trim.start(asyncio.get_running_loop())
+
+    async def close(self) -> None:
+        self.heap_trim.stop()
+
+    def reload(self, config: object) -> None:
+        """Nothing in the config concerns it."""

@@ -21,6 +21,7 @@ from . import udp
 from .control import ControlError
 from .data_path import DataPathWatch, path_flow, path_srtt, settings_of
 from .esp_io import UserspaceEsp
+from .heap_trim import HeapTrimService, share_one_arena
 from .metrics import MetricsServer
 from .native import Daemon
 from .native_pool import NativePool
@@ -77,6 +78,7 @@ def run_native(config: Config, events: TextIO, control_path: str | None, *,
 
     Returns the process exit code: 0 after a clean stop, 1 when start-up failed.
     """
+    share_one_arena()  # before the first worker thread: see heap_trim
     configure(events, level)
     log = EventLog.to_stream(events, level)
     routing = DaemonRouting(config, log)
@@ -98,6 +100,7 @@ def run_native(config: Config, events: TextIO, control_path: str | None, *,
                         routing=routing, data_path=data_path,
                         metrics=MetricsServer(metrics) if metrics is not None else None)
         attach_pool(daemon, engine, config)
+        daemon.services.append(HeapTrimService())  # the worker threads' freed pages
         resolver = RedirectResolver(engine, log, daemon.now, daemon.after_engine)
         daemon.services.append(resolver)
         daemon.event_hooks.append(resolver.on_event)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mobike_vici.daemon.heap_trim import HeapTrim, glibc_trim
+from mobike_vici.daemon.heap_trim import HeapTrim, HeapTrimService, glibc_trim
 
 FRAGMENT = """
 import concurrent.futures, os
@@ -68,6 +68,23 @@ def test_the_trimmer_runs_on_the_loop_until_stopped() -> None:
 
     asyncio.run(main())
     assert set(calls) == {0}  # malloc_trim(0): keep no padding at the top
+
+
+def test_the_native_daemons_service_trims_until_closed() -> None:
+    calls: list[int] = []
+
+    async def main() -> None:
+        service = HeapTrimService(HeapTrim(interval=0.001,
+                                           trim=lambda pad: calls.append(pad) or 1))
+        service.start()
+        while not calls:
+            await asyncio.sleep(0.001)
+        await service.close()
+        closed_at = len(calls)
+        await asyncio.sleep(0.01)
+        assert len(calls) == closed_at
+
+    asyncio.run(main())
 
 
 def test_without_malloc_trim_nothing_is_scheduled() -> None:
