@@ -76,7 +76,6 @@ from .sibling_check import SiblingCheck
 from .status import paths_json, preferred_json
 
 JsonObject = dict[str, Any]
-MAX_WIRE_IDS = 4096  # bound on probe ids awaiting a reply, all SAs together
 RECONCILE_WAIT = 10.0  # seconds to wait for charon's SA list before judging leftovers
 def _ep(path: Path) -> dict[str, str]:
     return {"local": str(path.local), "remote": str(path.remote)}

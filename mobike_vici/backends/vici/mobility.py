@@ -51,6 +51,10 @@ from .steer import egress, steer_routes
 
 JsonObject = dict[str, Any]
 MAX_WIRE_IDS = 4096  # bound on probe ids awaiting a reply, all SAs together
+WIRE_ID_TTL = 30.0
+"""Seconds a probe's id waits for its reply (the path manager gave up on it at 3 s at
+most). Every probe sent into a dead path stays unanswered: kept until the count bound,
+their entries (each with its path) grew the controller by about a MiB an hour."""
 
 
 @dataclass
@@ -118,8 +122,8 @@ class ViciMobility:
         self.leftovers: list[SteeredRoute] = []
         self.adopted: list[SteeredRoute] = []
         self._rejected: set[str] = set()  # IKE_SAs already being terminated for policy
-        # prober id -> (IKE_SA, manager's id, the probe's path)
-        self._wire_ids: dict[int, tuple[str, int, Path]] = {}
+        # prober id -> (IKE_SA, manager's id, the probe's path, when sent); oldest first
+        self._wire_ids: dict[int, tuple[str, int, Path, float]] = {}
         self.peers = PeerAddresses()  # every address known of each initiated conn's peer
         self._wire_seq = 0
         self.prober: IcmpProber | None = None
@@ -388,7 +392,7 @@ class ViciMobility:
         sa = self.sas.get(entry[0]) if entry is not None else None
         if entry is None or sa is None:
             return
-        _, probe_id, path = entry
+        _, probe_id, path, _ = entry
         sa.probes.discard(probe_id)
         now = self.now
         sa.follow.on_alive(path, now)
@@ -410,7 +414,7 @@ class ViciMobility:
             for req in requests:
                 out = egress(self.monitor.state, req.path.local.addr)
                 wire_id = self.next_wire_id()
-                self._wire_ids[wire_id] = (sa.info.ike_spi, req.probe_id, req.path)
+                self._wire_ids[wire_id] = (sa.info.ike_spi, req.probe_id, req.path, now)
                 ok = (out is not None and self.prober is not None
                       and self.prober.send(req.path, wire_id, out[0]))
                 if not ok:
@@ -443,9 +447,17 @@ class ViciMobility:
 
     def next_wire_id(self) -> int:
         self._wire_seq += 1
-        while len(self._wire_ids) >= MAX_WIRE_IDS:  # oldest first: long since timed out
-            self._wire_ids.pop(next(iter(self._wire_ids)))
+        self.forget_old_wire_ids(self.now)
         return self._wire_seq
+
+    def forget_old_wire_ids(self, now: float) -> None:
+        """Drop the ids of probes long unanswered (oldest first), and any beyond the bound."""
+        ids = self._wire_ids
+        while ids:
+            oldest = next(iter(ids))
+            if len(ids) < MAX_WIRE_IDS and ids[oldest][3] > now - WIRE_ID_TTL:
+                break
+            del ids[oldest]
 
     def _on_timer(self, ike_spi: str) -> None:
         sa = self.sas.get(ike_spi)
