@@ -346,6 +346,8 @@ class EspWatch:
                           ike_spi=w.spi, local=str(w.path.local), remote=str(w.path.remote),
                           silent_ms=round((now - since) * 1000, 1))
         self._pump(w)
+        if sa is not None:
+            self.sibling_check.stalled(sa, w.path)
 
     # -- the model ----------------------------------------------------------------------
 

@@ -80,7 +80,8 @@ def _run(traffic: str, nat_local: bool = False) -> _Ctl:
             ctl.prober = SimpleNamespace(send=lambda path, wire_id, dev: sent.append(wire_id)
                                          or True)
         plane = EspWatch(ctl, SimpleNamespace(  # type: ignore[arg-type]
-            suspect=lambda *a: False, silent_death=lambda *a: None), hm.HealthSettings())
+            suspect=lambda *a: False, silent_death=lambda *a: None, stalled=lambda *a: None),
+            hm.HealthSettings())
         plane.available = True
         plane.track(ctl.sas[SPI])
         for i in range(100):
@@ -140,7 +141,8 @@ def _track(nat_local: bool, forget_first: bool = False) -> _Ctl:
     async def main() -> _Ctl:
         ctl = _Ctl(nat_local)
         plane = EspWatch(ctl, SimpleNamespace(  # type: ignore[arg-type]
-            suspect=lambda *a: False, silent_death=lambda *a: None), hm.HealthSettings())
+            suspect=lambda *a: False, silent_death=lambda *a: None, stalled=lambda *a: None),
+            hm.HealthSettings())
         plane.available = True
         plane.track(ctl.sas[SPI])
         if forget_first:
