@@ -32,7 +32,7 @@ from ...config.mobike import MobikePolicy
 from ...eventlog import EventLog, event_fields, format_timestamp
 from ...mobike import steer_plan
 from ...mobike.choices import OperatorChoices
-from ...mobike.events import HandoverCompleted, MoveRequested
+from ...mobike.events import HandoverCompleted, MoveRequested, PathDown
 from ...mobike.follow import Follow, same_addresses
 from ...mobike.manager import PathManager
 from ...mobike.paths import LocalAddress
@@ -85,6 +85,7 @@ class SiblingGate(Protocol):
     """What the glue asks the sibling check (``daemon.sibling_check.SiblingCheck``)."""
 
     def hold(self, sa: TrackedSa, event: MoveRequested) -> bool: ...
+    def silent_death(self, spi: str, path: Path, now: float) -> None: ...
     def on_reply(self, wire_id: int) -> bool: ...
     def forget(self, spi: str) -> None: ...
 
@@ -427,6 +428,11 @@ class ViciMobility:
             if isinstance(event, MoveRequested):
                 self._start_move(sa, event)
                 continue
+            if isinstance(event, PathDown) and event.reason == "probe_timeout" \
+                    and same_addresses(event.path, sa.info.path):
+                # charon's path went silent with its link up, found before the data plane
+                # did: its uplink's other paths must answer before a failover onto them.
+                self.sibling_check.silent_death(sa.info.ike_spi, event.path, now)
             name, fields = event_fields(event)
             if isinstance(event, HandoverCompleted):
                 if extra:
