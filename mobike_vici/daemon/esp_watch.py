@@ -215,6 +215,8 @@ class EspWatch:
         self._sas[spi] = _Watched(spi, hm.Stall(s.stall_timeout, _stall_cap(s)),
                                   hm.MoveCheck(s), sa.info.path)
         self._rebuild()
+        info = self.ctl.client.table.get(spi) or sa.info
+        self.ctl.spawn(self._nat_baseline(spi, sa.info.path, info.unique_id))
 
     def forget(self, spi: str) -> None:
         w = self._sas.pop(spi, None)
@@ -299,7 +301,13 @@ class EspWatch:
             return
         self.ctl.log.emit("nat_mapping_check", conn=conn, ike_spi=spi, local=str(path.local),
                           remote=str(path.remote), silent_ms=round(silent * 1000, 1))
-        self.ctl.prearm_roam(spi, path)
+        self.ctl.prearm_roam(spi, path, reason="nat_check")
+
+    async def _nat_baseline(self, spi: str, path: Path, unique_id: int) -> None:
+        """A new IKE_SA behind a NAT: charon's first check only records the mapping
+        (``nat_check``), so it is made now, while the mapping is the one charon uses."""
+        if spi in self._sas and await nat_check.behind_nat(self.ctl.client, spi, unique_id):
+            self.ctl.prearm_roam(spi, path, reason="nat_baseline")
 
     # -- packets ------------------------------------------------------------------------
 
@@ -338,6 +346,8 @@ class EspWatch:
                           ike_spi=w.spi, local=str(w.path.local), remote=str(w.path.remote),
                           silent_ms=round((now - since) * 1000, 1))
         self._pump(w)
+        if sa is not None:
+            self.sibling_check.stalled(sa, w.path)
 
     # -- the model ----------------------------------------------------------------------
 

@@ -16,6 +16,12 @@ shipped strongswan.d snippet) charon checks the unchanged path with a DPD that c
 NAT detection, and a changed mapping makes it send UPDATE_SA_ADDRESSES. A mapping that
 did not change costs one empty INFORMATIONAL exchange, at most once per answered burst
 (bursts are at most one per ``health.REARM_GAP``).
+
+charon compares the DPD's NAT detection with what the last INFORMATIONAL exchange of the
+IKE_SA brought back and keeps none from IKE_SA_INIT: the first check of an IKE_SA set up
+(or rekeyed) behind a NAT only records the mapping, a rebind's new one included, and
+sends no update. So a new IKE_SA behind a NAT is checked once as soon as it is tracked
+(``EspWatch.track``): one more empty INFORMATIONAL exchange per such IKE_SA.
 """
 
 from __future__ import annotations

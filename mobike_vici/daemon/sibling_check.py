@@ -10,6 +10,10 @@ the move go ahead; none, and the move fails as unanswered (``handover_failed`` r
 ``timeout``), which sets the uplink's other candidates aside until their own probes
 answer (the path manager's shared-failure rule) and picks the next path.
 
+The dead path's siblings are probed already while its own burst runs (``stalled``):
+a silent death of the whole uplink then fails its sibling as the failover's target at
+once, not one more burst later, and an answer lets the failover go ahead unheld.
+
 A return to the preferred path is checked the same way, always: it rests on a standby
 probe up to 2 s old, and a fault in between (soak: IPv4 death 80 ms before the return)
 sends charon's MOBIKE check onto a dead path, where it holds every later move of
@@ -44,11 +48,27 @@ RETURN_UNANSWERED = "target_down"
 """The failure of an unanswered return: the target alone is down (the path left is not)."""
 
 
+EARLY_FOR = 1.0
+"""Seconds an early burst (``stalled``) stands for its path's check: its stall's burst
+ends in a verdict well within it."""
+
+
 @dataclass(slots=True)
 class _Check:
     event: MoveRequested
     burst: hm.Burst
     ids: set[int] = field(default_factory=set)
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(slots=True)
+class _Early:
+    """A sibling's burst, sent beside the stalled path's own."""
+
+    path: Path
+    burst: hm.Burst
+    ids: set[int] = field(default_factory=set)
+    answered: bool = False
     timer: asyncio.TimerHandle | None = None
 
 
@@ -61,12 +81,37 @@ class SiblingCheck:
         self._deaths: dict[str, tuple[str, float]] = {}  # IKE_SA -> (uplink, died at)
         self._checks: dict[str, _Check] = {}
         self._ids: dict[int, str] = {}  # prober wire id -> IKE_SA
+        self._early: dict[str, list[_Early]] = {}  # IKE_SA -> its stalled path's siblings
+        self._early_ids: dict[int, tuple[str, _Early]] = {}
 
     def silent_death(self, spi: str, path: Path, now: float) -> None:
         """The data plane found ``path`` dead (a burst went unanswered)."""
         out = egress(self.ctl.monitor.state, path.local.addr)
         if out is not None:
             self._deaths[spi] = (out[0], now)
+
+    def stalled(self, sa: TrackedSa, path: Path) -> None:
+        """The data plane bursts on ``path``, charon's, after a stall: the other paths of
+        its uplink get a burst of their own now, the answer a failover onto them needs."""
+        spi = sa.info.ike_spi
+        self._drop_early(spi)
+        state = self.ctl.monitor.state
+        out = egress(state, path.local.addr)
+        if out is None:
+            return
+        now = self.ctl.now
+        early = []
+        for info in sa.manager.paths():
+            if same_addresses(info.path, path):
+                continue
+            there = egress(state, info.path.local.addr)
+            if there is not None and there[0] == out[0]:
+                early.append(_Early(info.path, hm.Burst.at(now, info.srtt,
+                                                           self._burst_timeout())))
+        if early:
+            self._early[spi] = early
+            for e in early:
+                self._pump_early(spi, e)
 
     def suspect(self, spi: str, path: Path, now: float) -> bool:
         """``path`` is on the uplink of the IKE_SA's last silent death, within WINDOW."""
@@ -88,20 +133,36 @@ class SiblingCheck:
             reason = "uplink_died_silently"
         else:
             return False
-        srtt = next((p.srtt for p in sa.manager.paths() if p.path == event.path), None)
-        check = _Check(event, hm.Burst.at(now, srtt, self._burst_timeout()))
-        self._checks[spi] = check
         self.ctl.log.emit("failover_target_checked", conn=sa.info.conn, ike_spi=spi,
                           local=str(event.path.local), remote=str(event.path.remote),
                           reason=reason)
-        self._pump(spi)
+        early = self._take_early(spi, event.path, now)
+        if early is not None and early.answered:
+            return False  # it answered during the dead path's own burst
+        if early is not None:
+            check = _Check(event, early.burst, early.ids)
+            self._ids.update(dict.fromkeys(early.ids, spi))
+        else:
+            srtt = next((p.srtt for p in sa.manager.paths() if p.path == event.path), None)
+            check = _Check(event, hm.Burst.at(now, srtt, self._burst_timeout()))
+        self._checks[spi] = check
+        if check.burst.missed(now):  # already unanswered: fail it outside the caller's move
+            check.timer = asyncio.get_running_loop().call_later(0, self._pump, spi)
+        else:
+            self._pump(spi)
         return True
 
     def on_reply(self, wire_id: int) -> bool:
         """True when the reply answered a check's probe: the held move goes ahead."""
+        hit = self._early_ids.pop(wire_id, None)
+        if hit is not None:
+            hit[1].answered = True
+            if hit[1].timer is not None:
+                hit[1].timer.cancel()
+                hit[1].timer = None
         spi = self._ids.pop(wire_id, None)
         if spi is None:
-            return False
+            return hit is not None
         check = self._checks.pop(spi, None)
         if check is None:
             return True
@@ -120,7 +181,43 @@ class SiblingCheck:
     def close(self) -> None:
         for spi in list(self._checks):
             self.forget(spi)
+        for spi in list(self._early):
+            self._drop_early(spi)
         self._deaths.clear()
+
+    def _take_early(self, spi: str, path: Path, now: float) -> _Early | None:
+        """The early burst of ``path`` from the last stall, recent enough; it becomes the
+        check's (its probes answer the check from now on)."""
+        for e in self._early.get(spi, []):
+            if same_addresses(e.path, path) and now - e.burst.started <= EARLY_FOR:
+                self._early[spi].remove(e)
+                if e.timer is not None:
+                    e.timer.cancel()
+                for wire_id in e.ids:
+                    self._early_ids.pop(wire_id, None)
+                return e
+        return None
+
+    def _drop_early(self, spi: str) -> None:
+        for e in self._early.pop(spi, []):
+            if e.timer is not None:
+                e.timer.cancel()
+            for wire_id in e.ids:
+                self._early_ids.pop(wire_id, None)
+
+    def _pump_early(self, spi: str, e: _Early) -> None:
+        e.timer = None
+        if e.answered:
+            return
+        now = self.ctl.now
+        while e.burst.due(now):
+            wire_id = self._probe(e.path)
+            if wire_id is not None:
+                e.ids.add(wire_id)
+                self._early_ids[wire_id] = (spi, e)
+        if not e.burst.missed(now):
+            e.timer = asyncio.get_running_loop().call_at(
+                max(e.burst.deadline(), now + 0.001), self._pump_early, spi, e)
 
     def _drop(self, check: _Check) -> None:
         if check.timer is not None:
@@ -153,12 +250,17 @@ class SiblingCheck:
             max(burst.deadline(), now + 0.001), self._pump, spi)
 
     def _send(self, spi: str, check: _Check) -> None:
-        prober = self.ctl.prober
-        path = check.event.path
-        out = egress(self.ctl.monitor.state, path.local.addr)
-        if prober is None or out is None:
-            return  # unanswered: a miss when the burst times out
-        wire_id = self.ctl.next_wire_id()
-        if prober.send(path, wire_id, out[0]):
+        wire_id = self._probe(check.event.path)
+        if wire_id is not None:
             self._ids[wire_id] = spi
             check.ids.add(wire_id)
+
+    def _probe(self, path: Path) -> int | None:
+        """One probe on ``path``; its wire id, None when it could not go out (then it
+        is a miss when its burst times out)."""
+        prober = self.ctl.prober
+        out = egress(self.ctl.monitor.state, path.local.addr)
+        if prober is None or out is None:
+            return None
+        wire_id = self.ctl.next_wire_id()
+        return wire_id if prober.send(path, wire_id, out[0]) else None

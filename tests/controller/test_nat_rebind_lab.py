@@ -76,3 +76,32 @@ def test_a_nat_rebind_on_the_active_path_is_recovered_without_dpd(setup: Setup) 
     assert setup.spi() == spi  # the same IKE_SA: updated, not set up again
     names = [e["event"] for e in events]
     assert "nat_mapping_check" in names, names
+
+
+def test_a_nat_rebind_under_an_ike_sa_set_up_behind_the_nat_is_recovered(setup: Setup) -> None:
+    """charon compares a DPD's NAT detection with the one its last INFORMATIONAL exchange
+    brought back; an IKE_SA set up behind the NAT has none yet (IKE_SA_INIT's is not kept),
+    so its first check only records the mapping, the new one after a rebind. The
+    controller has charon check the path once as soon as it tracks such an IKE_SA."""
+    setup.topo.kill_silently(1, family=6)  # m1's IPv6 (no NAT) is no way out
+    setup.topo.link_down(0)  # charon sets the IKE_SA up on m1's IPv4, behind the NAT
+    setup.start_controller()
+    setup.wait_event("ike_sa_tracked")
+    setup.wait_local(M1, timeout=30)
+    assert setup.tunnel_ping(), "no traffic through the tunnel on m1"
+    spi = setup.spi()
+    log = setup.lab.workdir / "stream.txt"
+    setup.lab.spawn(setup.topo.mob, ["ping", "-D", "-n", "-i", "0.01", "-I", setup.vip(),
+                                     INNER], log)
+    assert _wait_reply_after(log, time.time(), 10) is not None, log.read_text()[-2000:]
+    time.sleep(2.0)
+    mark = len(setup.event_list())
+    faults = RouterFaults(setup.lab, setup.topo.rtr)
+    faults.nat_rebind("g0", f"{M1}/24", random.Random(25))
+    rebound = time.time()
+    time.sleep(0.5)
+    back = _wait_reply_after(log, rebound + 0.5, RECOVERED_WITHIN_S)
+    events = setup.event_list()[mark:]
+    assert back is not None, json.dumps([events, setup.mob.log_text()[-4000:]])
+    assert setup.spi() == spi  # the same IKE_SA: updated, not set up again
+    assert setup.sa().get("local-host") == M1

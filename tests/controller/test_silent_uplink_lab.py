@@ -84,3 +84,31 @@ def test_a_silently_dead_uplinks_other_family_is_not_chosen_without_an_answer(
     # The controller's active path is where charon is, after every move.
     done = [e for e in setup.event_list() if e["event"] == "handover_completed"]
     assert done and all(e["local"] == e.get("charon_local", e["local"]) for e in done), done
+
+
+def test_an_idle_tunnels_silently_dead_uplink_is_left_for_the_other_uplink(
+        setup: Setup) -> None:
+    """No traffic: the path manager's probes, not the data plane, find charon's path dead
+    (probe_timeout). That is a silent death too: m0's IPv4 path, up from its last standby
+    probe, must answer before charon is steered onto it."""
+    setup.start_controller()
+    setup.wait_event("ike_sa_tracked")
+    setup.wait_local(M0_V4)
+    setup.wait_event("path_up", lambda e: e["local"].startswith(M0_V6))
+    got = move_when_free(setup, M0_V6)
+    assert got.returncode == 0, got.stderr
+    setup.wait_local(M0_V6)
+    time.sleep(2.5)  # m0's IPv4 path answers its standby probes meanwhile: up
+    mark = len(setup.event_list())
+
+    setup.topo.kill_silently(0)
+
+    setup.wait_local(M1_ANY, timeout=BACK_WITHIN)
+    events = setup.event_list()[mark:]
+    dead = [e for e in events if e["event"] == "path_down"]
+    assert dead and dead[0]["local"].split("[")[0] == M0_V6, events
+    assert dead[0]["reason"] == "probe_timeout", dead[0]
+    onto_m0 = [e for e in events if e["event"] == "route_steered"
+               and str(e.get("local", "")).split("[")[0] in (M0_V4, M0_V6)]
+    assert not onto_m0, f"charon was steered onto the dead uplink: {onto_m0}"
+    assert setup.tunnel_ping(), "no traffic through the tunnel on m1"

@@ -32,7 +32,7 @@ from ...config.mobike import MobikePolicy
 from ...eventlog import EventLog, event_fields, format_timestamp
 from ...mobike import steer_plan
 from ...mobike.choices import OperatorChoices
-from ...mobike.events import HandoverCompleted, MoveRequested
+from ...mobike.events import HandoverCompleted, MoveRequested, PathDown
 from ...mobike.follow import Follow, same_addresses
 from ...mobike.manager import PathManager
 from ...mobike.paths import LocalAddress
@@ -85,6 +85,7 @@ class SiblingGate(Protocol):
     """What the glue asks the sibling check (``daemon.sibling_check.SiblingCheck``)."""
 
     def hold(self, sa: TrackedSa, event: MoveRequested) -> bool: ...
+    def silent_death(self, spi: str, path: Path, now: float) -> None: ...
     def on_reply(self, wire_id: int) -> bool: ...
     def forget(self, spi: str) -> None: ...
 
@@ -427,6 +428,11 @@ class ViciMobility:
             if isinstance(event, MoveRequested):
                 self._start_move(sa, event)
                 continue
+            if isinstance(event, PathDown) and event.reason == "probe_timeout" \
+                    and same_addresses(event.path, sa.info.path):
+                # charon's path went silent with its link up, found before the data plane
+                # did: its uplink's other paths must answer before a failover onto them.
+                self.sibling_check.silent_death(sa.info.ike_spi, event.path, now)
             name, fields = event_fields(event)
             if isinstance(event, HandoverCompleted):
                 if extra:
@@ -527,7 +533,7 @@ class ViciMobility:
         if plan is not None and cur_info is not None and self._reached(plan, cur_info.path):
             self._plan_done(cur_info, plan)  # charon was there already (e.g. link down)
 
-    def prearm_roam(self, ike_spi: str, path: Path) -> None:
+    def prearm_roam(self, ike_spi: str, path: Path, reason: str) -> None:
         """Make charon check ``path``, its current one, now (``daemon.nat_check``): no
         VICI command asks for that, so the route charon follows there is installed anew;
         charon checks its paths 100 ms after a route event, and with
@@ -536,10 +542,10 @@ class ViciMobility:
         out = egress(self.monitor.state, path.local.addr)
         if sa is None or out is None or sa.info.conn in self.plans:
             return
-        self.spawn(self._pin(sa.info, path, out))
+        self.spawn(self._pin(sa.info, path, out, reason))
 
-    async def _pin(self, info: IkeSaInfo, path: Path, out: tuple[str, IPAddress | None]
-                   ) -> None:
+    async def _pin(self, info: IkeSaInfo, path: Path, out: tuple[str, IPAddress | None],
+                   reason: str) -> None:
         async with self._steer_lock:
             now_at = self.client.table.get(info.ike_spi)
             if info.conn in self.plans or now_at is None or not same_addresses(now_at.path,
@@ -553,7 +559,7 @@ class ViciMobility:
                               error=str(exc), **_ep(path))
                 return
         self.log.emit("roam_prearmed", conn=info.conn, ike_spi=info.ike_spi, dev=out[0],
-                      **_ep(path))
+                      reason=reason, **_ep(path))
 
     def _release(self, conn: str) -> None:
         """The move is over (landed, failed, escalated, given up): charon may use every

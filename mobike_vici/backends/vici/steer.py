@@ -96,9 +96,12 @@ def steer_routes(state: NetState, target: Path, current: Path, peers: Iterable[I
 def _isolating(state: NetState, peer: IPAddress, current: Path) -> list[HostRoute]:
     """The isolating route for ``peer`` (none without a local address of its family:
     charon has no source to send from then). It leaves by charon's current uplink when
-    that is of the peer's family, so the current path's own traffic keeps its way."""
-    locals_ = [current.local.addr] if current.local.addr.version == peer.version else []
-    locals_ += [addr for _, addr in usable_addresses(state) if addr.version == peer.version]
+    that is of the peer's family, so the current path's own traffic keeps its way; not
+    when that uplink's link is down (the kernel refuses a route by it, and its routes
+    may still be in the snapshot when the move starts)."""
+    usable = [addr for _, addr in usable_addresses(state) if addr.version == peer.version]
+    locals_ = [current.local.addr] if current.local.addr in usable else []
+    locals_ += usable
     for local in locals_:
         out = egress(state, local)
         if out is None:

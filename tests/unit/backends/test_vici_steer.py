@@ -121,6 +121,18 @@ def test_a_failover_isolates_only_the_dead_paths_peer() -> None:
     assert [(r.peer, r.isolating) for r in routes] == [(GW4, False), (GW6, True)]
 
 
+def test_a_failover_from_a_downed_link_isolates_the_dead_peer_by_a_link_that_is_up() -> None:
+    # m0 just went down; its routes are still in the snapshot (their removal comes after
+    # the link's event), but the kernel refuses a route by m0: charon's MOBIKE check would
+    # then find the gateway's IPv4 address from m1 and land there, not on the target.
+    state = _dual_stack()
+    state.links[2] = Link(ifindex=2, ifname="m0", admin_up=True, oper=OperState.DOWN,
+                          carrier=False)
+    routes = steer_routes(state, _p(M1_V6, GW6), _p(M0_V4, GW4), [GW4, GW6], failover=True)
+    assert routes is not None
+    assert routes[-1] == HostRoute(GW4, "m1", _ip("10.2.0.1"), LOOPBACK_V4, True)
+
+
 def test_ipv6_without_a_router_or_link_local_is_isolated_on_loopback() -> None:
     state = _dual_stack()
     on_link = NetState(links=state.links, routes={}, addresses={

@@ -33,7 +33,7 @@ class _Ctl:
         self.t = 100.0
         self.spawned: list[Any] = []
         self.listed: list[dict[str, Any]] = []
-        self.prearmed: list[tuple[float, Path]] = []
+        self.prearmed: list[tuple[float, Path, str]] = []
         self.dead: list[float] = []
         self.log = EventLog(make_logger(io.StringIO()))
         self.prober: Any = None
@@ -59,8 +59,8 @@ class _Ctl:
     def now(self) -> float:
         return self.t
 
-    def prearm_roam(self, spi: str, path: Path) -> None:
-        self.prearmed.append((self.t, path))
+    def prearm_roam(self, spi: str, path: Path, reason: str) -> None:
+        self.prearmed.append((self.t, path, reason))
 
     def pump(self, sa: Any) -> None:
         pass
@@ -80,7 +80,8 @@ def _run(traffic: str, nat_local: bool = False) -> _Ctl:
             ctl.prober = SimpleNamespace(send=lambda path, wire_id, dev: sent.append(wire_id)
                                          or True)
         plane = EspWatch(ctl, SimpleNamespace(  # type: ignore[arg-type]
-            suspect=lambda *a: False, silent_death=lambda *a: None), hm.HealthSettings())
+            suspect=lambda *a: False, silent_death=lambda *a: None, stalled=lambda *a: None),
+            hm.HealthSettings())
         plane.available = True
         plane.track(ctl.sas[SPI])
         for i in range(100):
@@ -108,21 +109,24 @@ def _run(traffic: str, nat_local: bool = False) -> _Ctl:
 def test_a_stall_of_a_two_way_flow_makes_no_route_event_before_the_verdict() -> None:
     ctl = _run("two-way")  # nothing answers the burst (no prober): the path is dead
     assert len(ctl.dead) == 1
-    assert ctl.prearmed == [] and ctl.spawned == []
+    assert ctl.prearmed == [] and len(ctl.listed) == 1  # only the new IKE_SA's NAT question
 
 
 def test_an_answered_burst_behind_a_nat_makes_charon_check_the_mapping() -> None:
     ctl = _run("probed", nat_local=True)
     assert ctl.dead == []
-    assert [p for _, p in ctl.prearmed] == [PATH]  # once, for the one answered burst
-    assert ctl.listed == [{"command": "list-sas", "ike-id": "1", "noblock": "yes"}]
+    # the new IKE_SA's baseline, then once for the one answered burst
+    assert [(p, r) for _, p, r in ctl.prearmed] == [(PATH, "nat_baseline"),
+                                                     (PATH, "nat_check")]
+    assert ctl.listed == [{"command": "list-sas", "ike-id": "1", "noblock": "yes"}] * 2
 
 
 def test_an_answered_burst_without_a_nat_or_a_quiet_peer_starts_nothing() -> None:
     no_nat = _run("probed", nat_local=False)  # charon asked, and it sees no NAT here
-    assert no_nat.prearmed == [] and len(no_nat.listed) == 1 and no_nat.dead == []
+    assert no_nat.prearmed == [] and len(no_nat.listed) == 2 and no_nat.dead == []
     answered = _run("answered", nat_local=True)  # the peer's ESP itself came back
-    assert answered.prearmed == [] and answered.listed == [] and answered.dead == []
+    assert [r for _, _, r in answered.prearmed] == ["nat_baseline"]
+    assert len(answered.listed) == 1 and answered.dead == []
 
 
 def test_nat_here_reads_charons_own_flag_for_that_ike_sa() -> None:
@@ -131,3 +135,32 @@ def test_nat_here_reads_charons_own_flag_for_that_ike_sa() -> None:
     assert not nat_check.nat_here(entries, "a_b")
     assert nat_check.nat_here(entries, "c_d")
     assert not nat_check.nat_here(entries, "e_f")
+
+
+def _track(nat_local: bool, forget_first: bool = False) -> _Ctl:
+    async def main() -> _Ctl:
+        ctl = _Ctl(nat_local)
+        plane = EspWatch(ctl, SimpleNamespace(  # type: ignore[arg-type]
+            suspect=lambda *a: False, silent_death=lambda *a: None, stalled=lambda *a: None),
+            hm.HealthSettings())
+        plane.available = True
+        plane.track(ctl.sas[SPI])
+        if forget_first:
+            plane.forget(SPI)
+        for coro in ctl.spawned:
+            await coro
+        plane.close()
+        return ctl
+
+    return asyncio.run(main())
+
+
+def test_a_new_ike_sa_behind_a_nat_has_charon_record_its_mapping_at_once() -> None:
+    """charon keeps no NAT detection of IKE_SA_INIT: its first check of a new IKE_SA only
+    records the mapping, so a rebind before that check would go unnoticed by it."""
+    ctl = _track(nat_local=True)
+    assert [(p, r) for _, p, r in ctl.prearmed] == [(PATH, "nat_baseline")]
+    assert ctl.listed == [{"command": "list-sas", "ike-id": "1", "noblock": "yes"}]
+    assert _track(nat_local=False).prearmed == []  # no NAT here: nothing to record
+    gone = _track(nat_local=True, forget_first=True)  # rekeyed or deleted meanwhile
+    assert gone.prearmed == [] and gone.listed == []

@@ -18,10 +18,11 @@ from mobike_vici.eventlog import EventLog, make_logger
 from mobike_vici.mobike.events import MoveRequested
 from mobike_vici.types import Path
 
-from ..backends.test_vici_steer import GW4, M0_V4, M1_V4, _dual_stack, _p
+from ..backends.test_vici_steer import GW4, GW6, M0_V4, M0_V6, M1_V4, _dual_stack, _p
 
 SPI = "a_b"
 M0, M1 = _p(M0_V4, GW4), _p(M1_V4, GW4)
+M0_SIX = _p(M0_V6, GW6)  # m0's other family: the sibling of M0
 
 
 class _Ctl:
@@ -116,3 +117,55 @@ def test_a_later_move_supersedes_a_held_return() -> None:
 
     ctl = asyncio.run(main())
     assert ctl.failed == []  # the held return's check ended with the later move
+
+
+def _silent_death(sibling_answers: bool) -> tuple[_Ctl, bool, int]:
+    """charon on M0; its inbound ESP stalls and the data plane bursts on M0 (the check is
+    told, ``stalled``); no answer on M0, the path is dead, the path manager fails over
+    onto M0's sibling on the same uplink. Returns (ctl, whether the failover was held,
+    probes sent on the sibling after the failover was asked for)."""
+    async def main() -> tuple[_Ctl, bool, int]:
+        ctl = _Ctl()
+        ctl.sa.manager.paths = lambda: [SimpleNamespace(path=M0, srtt=0.001),
+                                        SimpleNamespace(path=M0_SIX, srtt=0.001),
+                                        SimpleNamespace(path=M1, srtt=0.001)]
+        check = SiblingCheck(ctl, lambda: 0.05)  # type: ignore[arg-type]
+        check.stalled(ctl.sa, M0)  # type: ignore[arg-type]
+        assert {p for _, p in ctl.sent} == {M0_SIX}  # the same uplink's other path only
+        for _ in range(30):  # the dead path's burst runs its course (0.3 s)
+            ctl.t += 0.01
+            if sibling_answers:
+                for wire_id, _ in ctl.sent:
+                    check.on_reply(wire_id)
+            for e in list(check._early.get(SPI, [])):
+                check._pump_early(SPI, e)
+        check.silent_death(SPI, M0, ctl.t)
+        ctl.sa.manager.wanted_path = M0_SIX
+        before = len(ctl.sent)
+        held = check.hold(ctl.sa, MoveRequested(path=M0_SIX, old_path=M0,  # type: ignore[arg-type]
+                                                reason="failover"))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the loop runs what the check left to it
+        sent_after = len(ctl.sent) - before
+        check.close()
+        return ctl, held, sent_after
+
+    return asyncio.run(main())
+
+
+def test_a_silent_deaths_sibling_unanswered_in_its_burst_fails_the_failover_at_once() -> None:
+    """The whole uplink died: its other path's early burst went unanswered beside the
+    dead path's own, so the failover onto it fails now, with no burst of its own."""
+    ctl, held, sent_after = _silent_death(sibling_answers=False)
+    assert held and sent_after == 0
+    assert ctl.failed == [(M0_SIX, "timeout")]
+    assert ctl.begun == []
+
+
+def test_a_silent_deaths_sibling_that_answered_its_burst_takes_the_failover_unheld() -> None:
+    """One family died (IPv4): the uplink's IPv6 path answered during the dead path's
+    burst, so the failover onto it goes ahead without waiting for another answer."""
+    ctl, held, sent_after = _silent_death(sibling_answers=True)
+    assert not held and sent_after == 0
+    assert ctl.failed == [] and ctl.begun == []  # not held: the caller moves on its own
+    assert '"reason": "uplink_died_silently"' in ctl.out.getvalue()
