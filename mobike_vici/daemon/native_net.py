@@ -1,9 +1,16 @@
 """The native daemon's view of the kernel: the netlink monitor's changes go to the path
 managers (the link hint first, then the whole usable address set) and, after the
-handover's packets are out, to our uplink tables."""
+handover's packets are out, to our uplink tables.
+
+A link that comes back brings a burst of messages (the link, its addresses, its
+routes), read in one go. Each hint reaches the managers at once; the rest (the
+address set, a pump of the managers, the uplink tables) runs once after the burst,
+on the final state, not once per message: per message it held the loop, and the
+userspace tunnel's packets with it, for several milliseconds per burst."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 from collections.abc import Callable
@@ -29,6 +36,8 @@ class NetFollow:
         self._changed = changed
         self._now = now
         self.monitor: NetlinkMonitor | None = None
+        self._settle: asyncio.Handle | None = None
+        self._full = False  # a Resynced since the last settle: re-install every entry
 
     async def start(self) -> None:
         # Set before start(): the initial dump's events arrive during start().
@@ -37,42 +46,59 @@ class NetFollow:
                         NetlinkMonitor(on_event=self.on_event, rcvbuf=rcvbuf))
         try:
             await self.monitor.start()
+            self._settle_now()  # the initial state is in place before start() returns
         except OSError as exc:
             self.monitor = None
             self.log.emit("net_monitor_unavailable",
                           error=errno.errorcode.get(exc.errno or 0, str(exc)))
 
     def close(self) -> None:
+        if self._settle is not None:
+            self._settle.cancel()
+            self._settle = None
         if self.monitor is not None:
             self.monitor.close()
             self.monitor = None
 
     def on_event(self, event: NetEvent) -> None:
-        """A kernel change: the link hint first, then the whole usable address set."""
-        mobility, monitor = self.mobility, self.monitor
-        if mobility is None:
-            self._follow(event)
-            return
-        now = self._now()
-        try:
-            if isinstance(event, LinkDown | LinkRemoved):
-                mobility.on_link(event.ifname, False, now)
-            elif isinstance(event, LinkUp):
-                mobility.on_link(event.ifname, True, now)
-            elif isinstance(event, RouteChanged):
-                mobility.on_route_changed(now)
-            state = monitor.state if monitor is not None else None
-            if state is not None:
-                mobility.on_addresses(usable_addresses(state), now)
-        except Exception as exc:
-            self.log.emit("engine_error", call="mobility_net", error=type(exc).__name__)
-        self._changed()
-        self._follow(event)
+        """A kernel change: the link hint now, the rest once the burst is read."""
+        self._full |= isinstance(event, Resynced)
+        mobility = self.mobility
+        if mobility is not None:
+            now = self._now()
+            try:
+                if isinstance(event, LinkDown | LinkRemoved):
+                    mobility.on_link(event.ifname, False, now)
+                elif isinstance(event, LinkUp):
+                    mobility.on_link(event.ifname, True, now)
+                elif isinstance(event, RouteChanged):
+                    mobility.on_route_changed(now)
+            except Exception as exc:
+                self.log.emit("engine_error", call="mobility_net", error=type(exc).__name__)
+        if self._settle is None:
+            self._settle = asyncio.get_running_loop().call_soon(self._settle_now)
 
-    def _follow(self, event: NetEvent) -> None:
+    def _settle_now(self) -> None:
+        """The whole usable address set to the managers, a pump, then our uplink tables."""
+        if self._settle is not None:
+            self._settle.cancel()
+            self._settle = None
+        full, self._full = self._full, False
+        mobility, monitor = self.mobility, self.monitor
+        if monitor is None:
+            return
+        if mobility is not None:
+            try:
+                mobility.on_addresses(usable_addresses(monitor.state), self._now())
+            except Exception as exc:
+                self.log.emit("engine_error", call="mobility_net", error=type(exc).__name__)
+            self._changed()
+        self._follow(full)
+
+    def _follow(self, full: bool) -> None:
         """Our uplink tables follow the kernel, after the handover's packets are out."""
         if self.routing is not None and self.monitor is not None:
             try:
-                self.routing.on_net(self.monitor.state, isinstance(event, Resynced))
+                self.routing.on_net(self.monitor.state, full)
             except Exception as exc:
                 self.log.emit("engine_error", call="routing_net", error=type(exc).__name__)

@@ -1,12 +1,18 @@
-"""RtnlWriter: route and rule requests sent from the event loop's own thread, answered later.
+"""RtnlWriter: route and rule requests encoded on the event loop, sent by a small thread,
+answered later.
 
-The uplink tables change right when a handover runs (a link goes down). Doing that
-netlink work on a second thread made the loop wait for the GIL behind it, tens of
-milliseconds on a busy host, in the middle of the handover; so requests are encoded
-here (pyroute2's message classes, as rtnl.py does for dumps), sent on a non-blocking
-NETLINK_ROUTE socket and never waited for. The kernel's acknowledgements are read
-when the socket is readable (``attach``) or by ``flush``; an error the caller did not
-expect is reported, never raised.
+The uplink tables change right when a handover runs (a link goes down or comes
+back). Doing the pyroute2 work on a second thread made the loop wait for the GIL
+behind it, tens of milliseconds on a busy host; so requests are encoded here on the
+loop (pyroute2's message classes, as rtnl.py does for dumps). Sending them is
+another matter: the kernel handles a NETLINK_ROUTE request inside ``send()`` under
+its routing lock, even on a non-blocking socket, and while a link comes up that lock
+is busy (address configuration), so a few sends held the loop, and the tunnel's
+packets with it, for 10-70 ms. Once attached to a loop, the encoded bytes go to one
+sender thread, in order, which does nothing but ``send()`` (the GIL is released
+there). The kernel's acknowledgements are read on the loop when the socket is
+readable (``attach``) or by ``flush``; an error the caller did not expect is
+reported, never raised.
 
 Bounded: at most ``MAX_PENDING`` requests are remembered while unanswered; beyond
 that the oldest is forgotten (its error, if any, is then reported without a name).
@@ -17,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import queue
 import select
 import socket
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
@@ -51,6 +59,7 @@ RTN_UNICAST = 1
 RTN_THROW = 9
 FR_ACT_TO_TBL = 1
 ALL_BITS = 0xFFFFFFFF
+STOP_WAIT = 1.0  # seconds close() waits for the sender to send what is queued
 
 
 def _af(version: int) -> int:
@@ -112,6 +121,10 @@ def throw_msg(mtype: int, peer: IPAddress) -> Message:
     return msg, mtype, flags
 
 
+_Queued = tuple[int, str, bytes] | threading.Event | None
+"""A request (sequence number, name, bytes), a flush marker, or the sender's stop."""
+
+
 class RtnlWriter:
     """One non-blocking NETLINK_ROUTE socket for our requests and their answers."""
 
@@ -121,13 +134,19 @@ class RtnlWriter:
         self._seq = 0
         self._pending: OrderedDict[int, tuple[str, Collection[int]]] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: queue.SimpleQueue[_Queued] = queue.SimpleQueue()
+        self._sender: threading.Thread | None = None
         self.sent = 0
         self.failed = 0
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read answers on ``loop``; from now on requests are sent by the sender thread."""
         if self._loop is None:
             self._loop = loop
             loop.add_reader(self._sock.fileno(), self._read)
+            self._sender = threading.Thread(target=self._send_queued, name="rtnl-writer",
+                                            daemon=True)
+            self._sender.start()
 
     def send(self, message: Message, what: str, ok: Collection[int]) -> None:
         """Send one request; ``ok`` are error codes that are no failure (EEXIST, ...)."""
@@ -137,21 +156,26 @@ class RtnlWriter:
         msg["header"]["flags"] = flags
         msg["header"]["sequence_number"] = self._seq
         msg.encode()
-        try:
-            self._sock.send(msg.data)
-        except OSError as exc:
-            self.failed += 1
-            self._report("route_failed", {"call": what, "error": errno.errorcode.get(
-                exc.errno or 0, "OSError")})
-            return
-        self.sent += 1
         self._pending[self._seq] = (what, ok)
         while len(self._pending) > MAX_PENDING:
             self._pending.popitem(last=False)
+        if self._sender is not None:
+            self._queue.put((self._seq, what, bytes(msg.data)))
+            return
+        try:
+            self._sock.send(msg.data)
+        except OSError as exc:
+            self._send_failed(self._seq, what, exc.errno)
+            return
+        self.sent += 1
 
     def flush(self, timeout: float = 5.0) -> None:
         """Read answers until none is outstanding or ``timeout`` passed."""
         deadline = time.monotonic() + timeout
+        if self._sender is not None:
+            sent = threading.Event()  # everything queued before it has been sent
+            self._queue.put(sent)
+            sent.wait(timeout)
         while self._pending:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -164,8 +188,41 @@ class RtnlWriter:
         if self._loop is not None:
             self._loop.remove_reader(self._sock.fileno())
             self._loop = None
+        if self._sender is not None:
+            self._queue.put(None)
+            self._sender.join(STOP_WAIT)
+            self._sender = None
         self.flush(1.0)
         self._sock.close()
+
+    def _send_queued(self) -> None:
+        """The sender thread: nothing but ``send()``, in the order the loop queued."""
+        loop = self._loop
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            seq, what, data = item
+            try:
+                self._sock.send(data)
+            except OSError as exc:
+                if loop is None or loop.is_closed():
+                    continue
+                try:
+                    loop.call_soon_threadsafe(self._send_failed, seq, what, exc.errno)
+                except RuntimeError:  # the loop closed meanwhile
+                    continue
+            else:
+                self.sent += 1  # a counter for tests and status; only this thread adds
+
+    def _send_failed(self, seq: int, what: str, code: int | None) -> None:
+        self._pending.pop(seq, None)
+        self.failed += 1
+        self._report("route_failed", {"call": what, "error": errno.errorcode.get(
+            code or 0, "OSError")})
 
     def _read(self) -> None:
         while True:
