@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +53,22 @@ def _wait_reply_after(log: Path, since: float, timeout: float) -> float | None:
     return None
 
 
+def _rebind_under_stream(setup: Setup, seed: int) -> tuple[float | None, list[dict[str, Any]]]:
+    """A 100 Hz ping through the tunnel on m1, then the carrier NAT rebinds: when the
+    replies came back (None: not within RECOVERED_WITHIN_S), and the events since."""
+    log = setup.lab.workdir / "stream.txt"
+    setup.lab.spawn(setup.topo.mob, ["ping", "-D", "-n", "-i", "0.01", "-I", setup.vip(),
+                                     INNER], log)
+    assert _wait_reply_after(log, time.time(), 10) is not None, log.read_text()[-2000:]
+    time.sleep(2.0)
+    mark = len(setup.event_list())
+    RouterFaults(setup.lab, setup.topo.rtr).nat_rebind("g0", f"{M1}/24", random.Random(seed))
+    rebound = time.time()
+    time.sleep(0.5)  # the gateway's ESP to the old port is lost by now
+    back = _wait_reply_after(log, rebound + 0.5, RECOVERED_WITHIN_S)
+    return back, setup.event_list()[mark:]
+
+
 def test_a_nat_rebind_on_the_active_path_is_recovered_without_dpd(setup: Setup) -> None:
     setup.start_controller()
     setup.wait_event("ike_sa_tracked")
@@ -60,18 +77,7 @@ def test_a_nat_rebind_on_the_active_path_is_recovered_without_dpd(setup: Setup) 
     setup.wait_local(M1, timeout=30)
     assert setup.tunnel_ping(), "no traffic through the tunnel on m1"
     spi = setup.spi()
-    log = setup.lab.workdir / "stream.txt"
-    setup.lab.spawn(setup.topo.mob, ["ping", "-D", "-n", "-i", "0.01", "-I", setup.vip(),
-                                     INNER], log)
-    assert _wait_reply_after(log, time.time(), 10) is not None, log.read_text()[-2000:]
-    time.sleep(2.0)
-    mark = len(setup.event_list())
-    faults = RouterFaults(setup.lab, setup.topo.rtr)
-    faults.nat_rebind("g0", f"{M1}/24", random.Random(24))
-    rebound = time.time()
-    time.sleep(0.5)  # the gateway's ESP to the old port is lost by now
-    back = _wait_reply_after(log, rebound + 0.5, RECOVERED_WITHIN_S)
-    events = setup.event_list()[mark:]
+    back, events = _rebind_under_stream(setup, seed=24)
     assert back is not None, json.dumps([events, setup.sa()])
     assert setup.spi() == spi  # the same IKE_SA: updated, not set up again
     names = [e["event"] for e in events]
@@ -90,18 +96,7 @@ def test_a_nat_rebind_under_an_ike_sa_set_up_behind_the_nat_is_recovered(setup: 
     setup.wait_local(M1, timeout=30)
     assert setup.tunnel_ping(), "no traffic through the tunnel on m1"
     spi = setup.spi()
-    log = setup.lab.workdir / "stream.txt"
-    setup.lab.spawn(setup.topo.mob, ["ping", "-D", "-n", "-i", "0.01", "-I", setup.vip(),
-                                     INNER], log)
-    assert _wait_reply_after(log, time.time(), 10) is not None, log.read_text()[-2000:]
-    time.sleep(2.0)
-    mark = len(setup.event_list())
-    faults = RouterFaults(setup.lab, setup.topo.rtr)
-    faults.nat_rebind("g0", f"{M1}/24", random.Random(25))
-    rebound = time.time()
-    time.sleep(0.5)
-    back = _wait_reply_after(log, rebound + 0.5, RECOVERED_WITHIN_S)
-    events = setup.event_list()[mark:]
+    back, events = _rebind_under_stream(setup, seed=25)
     assert back is not None, json.dumps([events, setup.mob.log_text()[-4000:]])
     assert setup.spi() == spi  # the same IKE_SA: updated, not set up again
     assert setup.sa().get("local-host") == M1

@@ -7,9 +7,9 @@ import signal
 
 import pytest
 
-from mobike_vici.lab.native import named, start_native
+from mobike_vici.lab.native import NativeDaemon, named, start_native
 
-from .configs import CONN, swanctl_conf
+from .configs import CONN, Side, swanctl_conf
 from .support import CHANGE_TIMEOUT, Interop, Tunnel, charon_ike_sas, count_log, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon]
@@ -159,20 +159,28 @@ def test_mobike_with_dpd_still_clears_a_sigkilled_peer(
     assert count_log(tunnel.charon, r"giving up after \d+ retransmits") >= 1
 
 
-def test_a_peer_gone_without_a_word_is_dead_after_dead_after(interop: Interop) -> None:
-    # charon SIGKILLed: no DELETE, nothing answers on any path. Our probes and moves go
-    # unanswered; mobike { dead_after } ends the IKE_SA long before charon's own
-    # retransmission bound (165 s) would.
+def _charon_killed_under_native(interop: Interop, dead_after: str
+                                ) -> tuple[NativeDaemon, Tunnel, Side]:
+    """Our daemon (``mobike { dead_after }``) initiates to charon, then charon is
+    SIGKILLed: returns our daemon, the tunnel and charon's side (to start it again)."""
     ours, theirs = interop.sides(native_initiates=True, mobike=True)
     charon = interop.start_charon(theirs)
     conf = interop.workdir / "native.conf"
-    conf.write_text(swanctl_conf(ours) + "mobike {\n    dead_after = 3s\n}\n")
+    conf.write_text(swanctl_conf(ours) + f"mobike {{\n    dead_after = {dead_after}\n}}\n")
     daemon = start_native(interop.lab, interop.topo.host_a, conf, name="native")
     interop.natives.append(daemon)
     tunnel = Tunnel(charon, daemon)
     tunnel.wait_agree()
     charon.proc.send_signal(signal.SIGKILL)
     charon.proc.wait(timeout=10)
+    return daemon, tunnel, theirs
+
+
+def test_a_peer_gone_without_a_word_is_dead_after_dead_after(interop: Interop) -> None:
+    # charon SIGKILLed: no DELETE, nothing answers on any path. Our probes and moves go
+    # unanswered; mobike { dead_after } ends the IKE_SA long before charon's own
+    # retransmission bound (165 s) would.
+    daemon, tunnel, _ = _charon_killed_under_native(interop, dead_after="3s")
     gone = daemon.wait_event(named("ike_sa_deleted", ike_spi=tunnel.ike_spi), 30.0)
     assert gone["reason"] == "dead_after", gone
 
@@ -183,16 +191,7 @@ def test_a_peer_restarted_without_a_delete_is_noticed_long_before_dead_after(
     # requests for the SPI it no longer knows (it sends no INVALID_IKE_SPI). Its IKE
     # port answers a new IKE_SA_INIT though: the IKE_SA is lost there, and goes at
     # once (peer_lost_state), not after dead_after (30 s).
-    ours, theirs = interop.sides(native_initiates=True, mobike=True)
-    charon = interop.start_charon(theirs)
-    conf = interop.workdir / "native.conf"
-    conf.write_text(swanctl_conf(ours) + "mobike {\n    dead_after = 30s\n}\n")
-    daemon = start_native(interop.lab, interop.topo.host_a, conf, name="native")
-    interop.natives.append(daemon)
-    tunnel = Tunnel(charon, daemon)
-    tunnel.wait_agree()
-    charon.proc.send_signal(signal.SIGKILL)
-    charon.proc.wait(timeout=10)
+    daemon, tunnel, theirs = _charon_killed_under_native(interop, dead_after="30s")
     interop.start_charon(theirs)
     gone = daemon.wait_event(named("ike_sa_deleted", ike_spi=tunnel.ike_spi), 20.0)
     assert gone["reason"] == "peer_lost_state", gone
