@@ -231,8 +231,9 @@ def test_eager_resends_end_with_their_window_then_charons_schedule() -> None:
     assert sends[int(window) + 2] == pytest.approx(window + 7.2 + 12.96)
 
 
-def _dead_after_pair() -> Net:
-    net = make_pair(1, EngineSettings(dead_after=30.0), initiator_extra="dpd_delay = 10s")
+def _dead_after_pair(state_check_after: float = 0.0) -> Net:
+    settings = EngineSettings(dead_after=30.0, state_check_after=state_check_after)
+    net = make_pair(1, settings, initiator_extra="dpd_delay = 10s")
     net.a.initiate("home", None, 0.0)
     net.pump()
     net.advance_to(10.0)  # the first DPD is answered
@@ -302,20 +303,10 @@ def test_a_responder_keeps_retransmitting_past_dead_after() -> None:
     assert deleted.reason == "dpd_timeout"
 
 
-def _state_check_pair() -> Net:
-    settings = EngineSettings(dead_after=30.0, state_check_after=1.0)
-    net = make_pair(1, settings, initiator_extra="dpd_delay = 10s")
-    net.a.initiate("home", None, 0.0)
-    net.pump()
-    net.advance_to(10.0)  # the first DPD is answered
-    assert [s.state for s in net.a.status()] == ["ESTABLISHED"]
-    return net
-
-
 def test_a_peer_that_restarted_without_delete_is_noticed_by_its_answer_to_a_new_init() -> None:
     # The peer's daemon stopped with an exchange of its own in flight: no DELETE; the
     # new one drops our requests (unknown SPI) but answers an IKE_SA_INIT.
-    net = _state_check_pair()
+    net = _dead_after_pair(state_check_after=1.0)
     _, fresh = config_pair()
     net.b = Engine(fresh, seeded(77), lambda r: BOB, EngineSettings())
     net.advance_to(25.0)  # the DPD at 20 s goes unanswered
@@ -328,7 +319,7 @@ def test_a_peer_that_restarted_without_delete_is_noticed_by_its_answer_to_a_new_
 
 
 def test_a_silent_peer_still_costs_the_ike_sa_only_after_dead_after() -> None:
-    net = _state_check_pair()
+    net = _dead_after_pair(state_check_after=1.0)
     net.drop = lambda d: True  # the peer (or the way to it) answers nothing
     net.advance_to(49.9)
     assert [s.state for s in net.a.status()] == ["ESTABLISHED"]
@@ -341,7 +332,7 @@ def test_a_silent_peer_still_costs_the_ike_sa_only_after_dead_after() -> None:
 def test_an_outage_that_ends_keeps_the_ike_sa_when_the_peer_still_knows_it() -> None:
     # The way to the peer is cut from 19 s to 23.5 s: the check's IKE_SA_INIT is
     # answered once it heals, and so is the old IKE_SA's request resent then.
-    net = _state_check_pair()
+    net = _dead_after_pair(state_check_after=1.0)
     net.drop = lambda d: 19.0 < net.now < 23.5
     net.advance_to(40.0)
     assert not _of(net.events_a, IkeSaDeleted)
@@ -354,7 +345,7 @@ def test_an_outage_that_ends_keeps_the_ike_sa_when_the_peer_still_knows_it() -> 
 def test_a_lossy_way_to_a_peer_that_still_knows_the_ike_sa_does_not_cost_it() -> None:
     # Everything lost from 19 s to 23.5 s; then the IKE_SA's retransmission at 24 s and
     # the first copy of it sent on the check's answer are lost too: the others get through.
-    net = _state_check_pair()
+    net = _dead_after_pair(state_check_after=1.0)
     seen: list[int] = []
 
     def drop(d: Datagram) -> bool:
