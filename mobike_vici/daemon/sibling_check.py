@@ -191,19 +191,20 @@ class SiblingCheck:
         for e in self._early.get(spi, []):
             if same_addresses(e.path, path) and now - e.burst.started <= EARLY_FOR:
                 self._early[spi].remove(e)
-                if e.timer is not None:
-                    e.timer.cancel()
-                for wire_id in e.ids:
-                    self._early_ids.pop(wire_id, None)
+                self._retire_early(e)
                 return e
         return None
 
     def _drop_early(self, spi: str) -> None:
         for e in self._early.pop(spi, []):
-            if e.timer is not None:
-                e.timer.cancel()
-            for wire_id in e.ids:
-                self._early_ids.pop(wire_id, None)
+            self._retire_early(e)
+
+    def _retire_early(self, e: _Early) -> None:
+        """No more probes of ``e``, and its replies no longer count as early ones."""
+        if e.timer is not None:
+            e.timer.cancel()
+        for wire_id in e.ids:
+            self._early_ids.pop(wire_id, None)
 
     def _pump_early(self, spi: str, e: _Early) -> None:
         e.timer = None
