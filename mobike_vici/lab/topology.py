@@ -122,13 +122,14 @@ class Mobile:
 
     def kill_family(self, family: int) -> None:
         """Every uplink's IPv4 (4) or IPv6 (6) dies silently; the other family stays."""
-        self.lab.blackhole_all(self.rtr, [a for i in range(len(self.uplinks))
-                                          for a in self._addrs(i, family)])
+        self.lab.blackhole_all(self.rtr, self._family_addrs(family))
 
     def revive_family(self, family: int) -> None:
         """Undo kill_family(family)."""
-        self.lab.blackhole_all(self.rtr, [a for i in range(len(self.uplinks))
-                                          for a in self._addrs(i, family)], heal=True)
+        self.lab.blackhole_all(self.rtr, self._family_addrs(family), heal=True)
+
+    def _family_addrs(self, family: int) -> list[str]:
+        return [a for i in range(len(self.uplinks)) for a in self._addrs(i, family)]
 
     def _addrs(self, index: int, family: int | None) -> list[str]:
         up = self.uplinks[index]
