@@ -3,9 +3,9 @@
 - ``RouterFaults``: in the router (e.g. the mobile topology's ``rtr``), a guard that
   drops the tunnel's inner prefixes in the clear (so a ping that leaks outside the
   tunnel never counts as an answer), random loss (the kernels here have no netem:
-  ``numgen random mod 100 < P drop``), and a carrier NAT's rebinding (a new port range
-  and a conntrack flush: the next packet gets a new public port), and a latency spike:
-  one uplink's packets routed through a userspace delay line (``lab.delay_line``).
+  ``numgen random mod 100 < P drop``), a carrier NAT's rebinding (a new port range and
+  a conntrack flush: the next packet gets a new public port), and a latency spike (one
+  uplink's packets routed through a userspace delay line, ``lab.delay_line``).
 - ``proc_sample``: a process's resident memory and open descriptors, from /proc.
 - ``slope_per_hour``: the least-squares trend of such samples.
 - ``routing_snapshot``: a namespace's rules, routes of every table and links, to
