@@ -44,7 +44,7 @@ from ..types import Endpoint, IPAddress, Path
 from .admission import Admission, receive_init
 from .context import Context, initial_path
 from .events import ChildSaDeleted, Event, ExchangeFailed, IkeSaDeleted, PacketDropped
-from .exchanges import redirect_follow
+from .exchanges import closing, redirect_follow
 from .exchanges.base import DropPacket, ExchangeAborted, Outcome, Task, unsupported_critical
 from .exchanges.create_child import ChildCreateTask, ChildRekeyTask
 from .exchanges.handover import migrate_tasks
@@ -224,23 +224,10 @@ class Engine:
     @_settles
     def delete_ike(self, ike_spi: str, now: float) -> None:
         sa = self._by_name(ike_spi)
-        if sa.state != IkeState.ESTABLISHED and sa.state != IkeState.REKEYING:
+        if closing.queue_delete(self._ctx, sa, now, self._send_all):
+            self._kick(sa, now)
+        else:  # not established: nothing to tell the peer
             self._destroy(sa, "deleted_locally", now)
-            return
-        self._close(sa, now)
-
-    def _close(self, sa: IkeSa, now: float) -> None:
-        """Queue the DELETE of an established IKE_SA, first of all its work. Behind an
-        outstanding request of ours it waits (window size 1, RFC 7296 §2.3), at most
-        ``delete_wait``: the request is resent now, so an answer the peer sent and the
-        path lost comes back from its cache within a round trip."""
-        sa.tasks.clear()
-        sa.tasks.append(DeleteIkeTask())
-        pending = sa.pending
-        if pending is not None and not isinstance(pending.task, DeleteIkeTask):
-            sa.delete_by = now + self._settings.delete_wait
-            self._send_all(pending.datagrams, pending.path, sa, now)
-        self._kick(sa, now)
 
     @_settles
     def delete_child(self, unique_id: int, now: float) -> None:
@@ -372,15 +359,8 @@ class Engine:
     def _kick(self, sa: IkeSa, now: float) -> None:
         """Send the next queued request when none is outstanding (window size 1)."""
         self._ctx.touch(sa)
-        if sa.delete_by is not None and sa.pending is None:
-            # The request the DELETE waited for is over: nothing queued since (a
-            # rekey's DELETE of the old CHILD_SA) goes first; the CHILD_SAs die with us.
-            sa.delete_by = None
-            sa.tasks = deque(t for t in sa.tasks if isinstance(t, DeleteIkeTask))
-            successor = sa.lineage()[-1]
-            if successor is not sa and successor.state in (IkeState.ESTABLISHED,
-                                                           IkeState.REKEYING):
-                self._close(successor, now)  # an IKE_SA rekey ended meanwhile
+        if (closed_too := closing.step(self._ctx, sa, now, self._send_all)) is not None:
+            self._kick(closed_too, now)
         if sa.redirect.target is not None or sa.redirect.replaces is not None:
             for other in redirect_follow.step(self._ctx, sa, now):
                 self._kick(other, now)
@@ -646,9 +626,7 @@ class Engine:
             return
         pending = sa.pending
         settings = self._settings
-        if pending is not None and sa.delete_by is not None and now >= sa.delete_by:
-            self._give_up_for_delete(sa, pending.task, now)
-        elif (pending is not None and now >= pending.deadline
+        if (pending is not None and now >= pending.deadline
                 and (update := update_in_flight(pending.task)) is not None):
             self._paths.move_timer(sa, pending, update, now)
         elif pending is not None and now >= pending.deadline and (
@@ -681,19 +659,6 @@ class Engine:
         if sa.nat_local and sa.path.natt and now >= sa.last_sent + settings.keepalive_interval:
             self._outbox.append(Datagram(NATT_KEEPALIVE, sa.path, keepalive=True))
             sa.last_sent = now
-
-    def _give_up_for_delete(self, sa: IkeSa, task: Task, now: float) -> None:
-        """The request a DELETE waited behind stayed unanswered for ``delete_wait``: the
-        DELETE goes now with the next message ID. A peer that took the request (only
-        its answer got lost) expects that ID and deletes the SA; one that did not drops
-        it, as it would a DELETE that never came. Bending the window only on the way
-        out is what gets a peer told promptly when we stop."""
-        sa.pending = None
-        sa.next_request_id += 1
-        self._ctx.emit(ExchangeFailed(conn=sa.conn.name, ike_spi=sa.spi_str,
-                                      exchange=task.exchange.name,
-                                      reason="unanswered while deleting the IKE_SA"))
-        self._kick(sa, now)
 
     # ------------------------------------------------------------------ teardown
 
