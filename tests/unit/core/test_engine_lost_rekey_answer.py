@@ -11,11 +11,19 @@ the CHILD_SA it made is deleted, so both ends keep one pair.
 from __future__ import annotations
 
 from mobike_vici.core.engine import Datagram, Engine
-from mobike_vici.core.events import ChildSaInstalled, ChildSaRekeyed, ExchangeFailed
+from mobike_vici.core.events import (
+    ChildSaInstalled,
+    ChildSaRekeyed,
+    ChildSaUpdated,
+    ExchangeFailed,
+)
 from mobike_vici.ikev2.constants import ExchangeType
 from mobike_vici.ikev2.message import decode_header
 
-from .harness import ALICE, Net, established_pair, of_type
+from .harness import ALICE, BOB, Net, established_pair, of_type
+from .test_mobike import ALICE2
+from .test_mobike import path as mobike_path
+from .test_mobike import setup as mobike_setup
 
 
 def _pairs(engine: Engine) -> set[tuple[int, int]]:
@@ -81,3 +89,16 @@ def test_rekey_of_an_sa_the_peer_lacks_for_another_reason_still_fails() -> None:
     net.pump()
     # Here the peer knows it: an ordinary rekey.
     assert len(of_type(net.events_a, ChildSaRekeyed)) == before + 1
+
+
+def test_a_move_after_the_lost_answer_moves_both_child_sas() -> None:
+    net = mobike_setup()
+    net.events_a.clear()
+    net.events_b.clear()
+    old, unknown = _gateway_rekey_answer_lost(net)
+    new = mobike_path(ALICE2, BOB)
+    net.a.move(net.a.status()[0].ike_spi, new, net.now)
+    net.pump()
+    # The old CHILD_SA, the only one the peer has, follows the move as well.
+    assert {e.unique_id for e in of_type(net.events_a, ChildSaUpdated)
+            if e.path == new} == {old, unknown}
