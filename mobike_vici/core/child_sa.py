@@ -45,6 +45,9 @@ class ChildSa:
     rekey_at: float | None = None
     expire_at: float | None = None
     collision: RekeyCollision | None = None
+    answers_rekey_of: int | None = None
+    """Made by our answer to the peer's rekey of this unique_id: until the peer deletes
+    that one, our answer may not have reached it (then it knows only that one)."""
 
     @property
     def name(self) -> str:

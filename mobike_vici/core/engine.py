@@ -44,7 +44,7 @@ from ..types import Endpoint, IPAddress, Path
 from .admission import Admission, receive_init
 from .context import Context, initial_path
 from .events import ChildSaDeleted, Event, ExchangeFailed, IkeSaDeleted, PacketDropped
-from .exchanges import redirect_follow
+from .exchanges import closing, redirect_follow
 from .exchanges.base import DropPacket, ExchangeAborted, Outcome, Task, unsupported_critical
 from .exchanges.create_child import ChildCreateTask, ChildRekeyTask
 from .exchanges.handover import migrate_tasks
@@ -224,12 +224,10 @@ class Engine:
     @_settles
     def delete_ike(self, ike_spi: str, now: float) -> None:
         sa = self._by_name(ike_spi)
-        if sa.state != IkeState.ESTABLISHED and sa.state != IkeState.REKEYING:
+        if closing.queue_delete(self._ctx, sa, now, self._send_all):
+            self._kick(sa, now)
+        else:  # not established: nothing to tell the peer
             self._destroy(sa, "deleted_locally", now)
-            return
-        sa.tasks.clear()
-        sa.tasks.append(DeleteIkeTask())
-        self._kick(sa, now)
 
     @_settles
     def delete_child(self, unique_id: int, now: float) -> None:
@@ -361,6 +359,8 @@ class Engine:
     def _kick(self, sa: IkeSa, now: float) -> None:
         """Send the next queued request when none is outstanding (window size 1)."""
         self._ctx.touch(sa)
+        if (closed_too := closing.step(self._ctx, sa, now, self._send_all)) is not None:
+            self._kick(closed_too, now)
         if sa.redirect.target is not None or sa.redirect.replaces is not None:
             for other in redirect_follow.step(self._ctx, sa, now):
                 self._kick(other, now)

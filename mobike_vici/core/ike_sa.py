@@ -224,6 +224,9 @@ class IkeSa:
     """The peer sent INITIAL_CONTACT: its older IKE_SAs with the same identities are stale."""
     init_key: tuple[bytes, Endpoint] | None = None
     """(SPIi, remote) of the IKE_SA_INIT that created us as responder."""
+    delete_by: float | None = None
+    """``delete_ike`` queued the DELETE behind an outstanding request: when it goes
+    anyway, answered or not (``EngineSettings.delete_wait``)."""
     delete_reason: str = ""
     """Why the peer's request ended this SA, when it was not a plain Delete."""
     retire_at: float | None = None
@@ -344,6 +347,8 @@ class IkeSa:
         times: list[float] = []
         if self.pending is not None:
             times.append(self.pending.deadline)
+            if self.delete_by is not None:
+                times.append(self.delete_by)
         times.extend(p.deadline for p in self.probes)
         if (reassembly := reassembly_deadline(self.reassembly, REASSEMBLY_TIMEOUT)) is not None:
             times.append(reassembly)

@@ -85,6 +85,11 @@ class EngineSettings:
     where RFC 7383 fragmentation was negotiated; larger ones (never IKE_SA_INIT) go as
     fragments. 0: 576 bytes on IPv4, 1280 on IPv6."""
 
+    delete_wait: float = 0.5
+    """How long a DELETE of the IKE_SA (``Engine.delete_ike``) waits behind a request of
+    ours still unanswered, resent at once (a peer that lost its answer sends it again
+    from its cache), before it goes anyway with the next message ID: a peer that took
+    that request expects that ID, and the DELETE reaches it while we shut down."""
     dead_after: float = 0.0
     """An established IKE_SA whose requests the peer has answered on no path for this
     long is destroyed (reason ``dead_after``), long before the retransmission bound

@@ -119,17 +119,26 @@ class _ChildOfferTask(Task):
 
 
 class ChildRekeyTask(_ChildOfferTask):
-    """Rekey one CHILD_SA; the old one is deleted once the new one is installed."""
+    """Rekey one CHILD_SA; the old one is deleted once the new one is installed.
 
-    def __init__(self, unique_id: int, group: DhId | None = None) -> None:
+    ``answer_lost``: the CHILD_SA was REKEYED by the peer, but our answer never reached
+    it (it did not know the SA that answer made), so it is the one to rekey."""
+
+    def __init__(self, unique_id: int, group: DhId | None = None, *,
+                 answer_lost: bool = False) -> None:
         super().__init__(group)
         self.unique_id = unique_id
+        self.answer_lost = answer_lost
         self.replaced: ChildSa | None = None
+        self.was = ChildState.INSTALLED
 
     def build(self, ctx: Context, sa: IkeSa, now: float) -> list[Payload]:
         old = sa.children.get(self.unique_id)
-        if old is None or old.state != ChildState.INSTALLED:
+        usable = (ChildState.INSTALLED, ChildState.REKEYED) if self.answer_lost else (
+            ChildState.INSTALLED,)
+        if old is None or old.state not in usable:
             raise ExchangeAborted("CHILD_SA to rekey is gone", keep_sa=True)
+        self.was = old.state
         old.state = ChildState.REKEYING
         old.rekey_at = None  # this exchange is the rekey; a failure schedules a retry
         old.collision = None
@@ -146,9 +155,10 @@ class ChildRekeyTask(_ChildOfferTask):
         except ExchangeAborted:
             ctx.release_child_spi(self.spi_in)
             if old is not None and old.state == ChildState.REKEYING:
-                old.state = ChildState.INSTALLED
-                # Try again later, as charon does after a failed rekey.
-                old.rekey_at = now + 60.0
+                old.state = self.was
+                if self.was == ChildState.INSTALLED:
+                    # Try again later, as charon does after a failed rekey.
+                    old.rekey_at = now + 60.0
             raise
 
     def _process(self, ctx: Context, sa: IkeSa, owner: IkeSa, msg: Message,
@@ -160,10 +170,22 @@ class ChildRekeyTask(_ChildOfferTask):
             groups = [g for s in child_proposals(old.config, True) for g in s.dh]
             if wanted in groups and wanted != self.group:
                 ctx.release_child_spi(self.spi_in)
-                old.state = ChildState.INSTALLED
+                old.state = self.was
                 # A new exchange (new message ID) with the group the peer wants.
-                owner.tasks.appendleft(ChildRekeyTask(self.unique_id, DhId(wanted)))
+                owner.tasks.appendleft(ChildRekeyTask(self.unique_id, DhId(wanted),
+                                                      answer_lost=self.answer_lost))
                 return Outcome.DONE
+        if (find_notify(payloads, NotifyType.CHILD_SA_NOT_FOUND) is not None
+                and old is not None and not self.answer_lost
+                and (known := _known_instead(owner, old)) is not None):
+            # The peer lacks the SA our answer to its rekey made: that answer got lost,
+            # and until its retransmission it has only the SA it rekeyed. Rekey that
+            # one; its retransmission later meets our DELETE of it, and the SA our
+            # answer made goes (§2.8.1: it resolves the collision as usual).
+            ctx.release_child_spi(self.spi_in)
+            old.state = ChildState.INSTALLED
+            owner.tasks.appendleft(ChildRekeyTask(known.unique_id, answer_lost=True))
+            return Outcome.DONE
         error = first_error(payloads)
         if error is not None:
             raise ExchangeAborted(f"CHILD_SA rekey: {notify_name(error.type)}", keep_sa=True)
@@ -246,6 +268,15 @@ class ChildCreateTask(_ChildOfferTask):
                                    "CREATE_CHILD_SA response incomplete")
         install(ctx, owner, new)
         return Outcome.DONE
+
+
+def _known_instead(sa: IkeSa, child: ChildSa) -> ChildSa | None:
+    """The CHILD_SA the peer rekeyed into ``child`` through our answer, when the peer
+    still has it (never deleted it, as it would on getting that answer)."""
+    if child.answers_rekey_of is None:
+        return None
+    original = sa.children.get(child.answers_rekey_of)
+    return original if original is not None and original.state == ChildState.REKEYED else None
 
 
 def _child_from_response(
@@ -423,6 +454,7 @@ def respond_create_child(ctx: Context, sa: IkeSa, msg: Message, now: float) -> l
                             old.local_ts, old.remote_ts, now)
     if new is None:
         return reply
+    new.answers_rekey_of = old.unique_id
     install(ctx, sa, new, rekey_of=old.unique_id)
     if old.state == ChildState.REKEYING:
         # Collision: remember the peer's exchange; our response decides who lost.

@@ -264,3 +264,34 @@ def test_narrowed_selector_matches_ports() -> None:
     assert a.protect(udp4(A_INNER, B_INNER, dport=80, proto=6)) is not None
     assert a.protect(udp4(A_INNER, B_INNER, dport=81, proto=6)) is None
     assert a.protect(udp4(A_INNER, B_INNER, dport=80, proto=17)) is None
+
+
+def test_lost_rekey_answer_then_our_rekey_of_the_old_sa() -> None:
+    """B rekeyed SA 1 and A's answer (SA 2) got lost; A then rekeyed SA 1 itself (SA 3)
+    and deleted it. A sends on SA 1, then on SA 3, never on SA 2 (B may not have it),
+    and takes what B sends on any of the three."""
+    a, b = pair()
+    x = dict(unique_id=2, spi_i=0x3000, spi_r=0x4000, seed=2, rekey_of=1)
+    r = dict(unique_id=3, spi_i=0x5000, spi_r=0x6000, seed=3, rekey_of=1)
+    a.install(installed(initiator=True, rekey_initiator=False, **x))  # type: ignore[arg-type]
+    out = a.protect(udp4(A_INNER, B_INNER))
+    assert out is not None and out[0].unique_id == 1
+    a.install(installed(initiator=True, rekey_initiator=True, **r))  # type: ignore[arg-type]
+    b.install(installed(initiator=False, rekey_initiator=False, **r))  # type: ignore[arg-type]
+    out = a.protect(udp4(A_INNER, B_INNER))
+    assert out is not None and out[0].unique_id == 3
+    on_old = b.protect(udp4(B_INNER, A_INNER))
+    assert on_old is not None and on_old[0].unique_id == 1
+    assert a.unprotect(on_old[1])[1] is not None
+    b.remove(1)  # A's DELETE of SA 1: B sends on SA 3
+    on_new = b.protect(udp4(B_INNER, A_INNER))
+    assert on_new is not None and on_new[0].unique_id == 3
+    assert a.unprotect(on_new[1])[1] is not None
+    a.remove(1)
+    out = a.protect(udp4(A_INNER, B_INNER))
+    assert out is not None and out[0].unique_id == 3  # the newest, not the lost one
+    # B's retransmission got A's cached answer: what it sends on SA 2 is taken too.
+    late = DataPlane(iv_source(3))
+    late.install(installed(initiator=False, rekey_initiator=True, **x))  # type: ignore[arg-type]
+    on_lost = late.protect(udp4(B_INNER, A_INNER))
+    assert on_lost is not None and a.unprotect(on_lost[1])[1] is not None
