@@ -51,6 +51,7 @@ from .events import (
     RouteChanged,
     link_event,
 )
+from .rtnl_decode import decode
 from .state import NetState, apply
 
 GROUPS = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
@@ -106,8 +107,9 @@ _MARSHAL = MarshalRtnl()  # for the event loop's thread; dumps bring their own
 
 
 def parse(data: bytes, marshal: MarshalRtnl | None = None) -> list[Any]:
-    """pyroute2 messages in one datagram."""
-    return list((marshal or _MARSHAL).parse(data))
+    """The messages in one datagram: links, addresses and routes by the lean decoder
+    (`rtnl_decode`), anything else as pyroute2 messages."""
+    return decode(data, lambda rest: list((marshal or _MARSHAL).parse(rest)))
 
 
 def to_events(msg: Any, links: NetState | None = None,
