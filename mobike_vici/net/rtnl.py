@@ -3,7 +3,8 @@
 Everything that knows pyroute2's message classes lives here (and in `steering.py`);
 the rest of the project sees only `net.events`. Sockets are plain non-blocking
 `socket.socket`s so asyncio can watch them with `add_reader`; pyroute2 is used to
-create them inside a named network namespace, to encode requests and to parse replies.
+create them inside a named network namespace, to encode requests and to parse replies
+other than links, addresses and routes (those `rtnl_decode` reads, for speed).
 """
 
 from __future__ import annotations
