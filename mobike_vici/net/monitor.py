@@ -10,7 +10,12 @@ consumer gets `diff(previous, result)` followed by `Resynced`, so nothing is los
 and nothing is reported twice. On ENOBUFS (the kernel dropped messages because we
 read too slowly) the same resync runs again. Because IPv4 flushes routes silently
 when a link goes down or an address goes away, such events also schedule a short
-delayed "refresh" resync.
+delayed "refresh" resync. The refresh dumps routes only (links and addresses are
+always announced), of the main table only when the kernel can filter, and reads the
+dump on the event loop: a full dump parsed on a worker thread held the GIL against
+the loop, and the userspace tunnel's packets with it, for tens of milliseconds right
+after a link went down or came back. Its protocol is the same, for routes: what is
+queued before the dump is applied first, what arrives during it on top of it.
 
 Exceptions: `start()` raises OSError when the sockets cannot be opened (no such
 namespace, no permission). A failure of a background resync ends iteration with
@@ -32,6 +37,7 @@ from typing import Any
 import structlog
 
 from .events import (
+    MAIN_TABLE,
     AddressRemoved,
     LinkDown,
     LinkRemoved,
@@ -43,11 +49,15 @@ from .rtnl import (
     DUMP_ATTEMPTS,
     GROUPS,
     RECV_SIZE,
+    DumpInterrupted,
+    DumpReplies,
     RouteFilter,
     dump_state,
     is_main_default_route,
     open_socket,
     parse,
+    route_dump_request,
+    strict_dumps,
     to_events,
 )
 from .state import NetState, apply, diff
@@ -55,6 +65,7 @@ from .state import NetState, apply, diff
 DEFAULT_QUEUE_SIZE = 4096  # events held for a slow consumer before it is resynced
 READ_BURST = 64  # datagrams read per wake-up, so a flood cannot starve the loop
 REFRESH_DELAY = 0.2  # seconds after a down/removal event before the route refresh
+REFRESH_SEQ_FIRST = 1000  # refresh dumps number their requests apart from full dumps (1-3)
 
 EventCallback = Callable[[NetEvent], None]
 
@@ -91,6 +102,8 @@ class NetlinkMonitor:
         self._reading = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._refresh: asyncio.TimerHandle | None = None
+        self._dump_table = 0  # the table a refresh asks the kernel for (0: every table)
+        self._dump_seq = REFRESH_SEQ_FIRST
         self._closed = False
         self.failure: BaseException | None = None
         self.resyncs = 0  # completed resyncs, initial one included (for tests and status)
@@ -111,6 +124,8 @@ class NetlinkMonitor:
         try:
             self._events_sock = open_socket(self.netns, groups=GROUPS, rcvbuf=self._rcvbuf)
             self._dump_sock = open_socket(self.netns, groups=0)
+            if self._route_filter is is_main_default_route and strict_dumps(self._dump_sock):
+                self._dump_table = MAIN_TABLE
             await self.resync(ResyncReason.INITIAL)
         except BaseException:
             self.close()  # `async with` does not call __aexit__ when __aenter__ fails
@@ -181,7 +196,11 @@ class NetlinkMonitor:
                 return
             self._pause()
             try:
-                new = await self._dump_and_drain()
+                new = None
+                if reason is ResyncReason.REFRESH:
+                    new = await self._refresh_routes()
+                if new is None:
+                    new = await self._dump_and_drain()
             finally:
                 self._resume()
             events = diff(self._state, new)
@@ -218,6 +237,48 @@ class NetlinkMonitor:
                     state = apply(state, event)
             return state
         raise OSError(errno.ENOBUFS, "netlink socket keeps overrunning during resync")
+
+    async def _refresh_routes(self) -> NetState | None:
+        """The state with the routes of a fresh route dump; None after an overrun of the
+        event socket (then only a full dump can tell what was lost)."""
+        assert self._dump_sock is not None
+        try:
+            for msg in self._drain():  # older than the dump: applied first, as events
+                for event in to_events(msg, self._state, self._route_filter):
+                    self._feed(event)
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+            self.overruns += 1
+            return None
+        if self._closed:  # an on_event callback closed us
+            return self._state
+        loop = asyncio.get_running_loop()
+        for _attempt in range(DUMP_ATTEMPTS):
+            self._dump_seq += 1
+            replies = DumpReplies(self._dump_seq)
+            routes = NetState(links=self._state.links, addresses=self._state.addresses)
+            await loop.sock_sendall(self._dump_sock,
+                                    route_dump_request(replies.seq, self._dump_table))
+            try:
+                while not replies.done:
+                    for msg in replies.feed(await loop.sock_recv(self._dump_sock, RECV_SIZE)):
+                        for event in to_events(msg, routes, self._route_filter):
+                            routes = apply(routes, event)
+            except DumpInterrupted:
+                continue
+            try:
+                pending = self._drain()
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                self.overruns += 1
+                return None
+            for msg in pending:
+                for event in to_events(msg, routes, self._route_filter):
+                    routes = apply(routes, event)
+            return routes
+        raise DumpInterrupted(errno.EAGAIN, "netlink route dump interrupted repeatedly")
 
     def _drain(self, *, discard: bool = False) -> list[Any]:
         """Every message queued on the event socket, read without blocking."""

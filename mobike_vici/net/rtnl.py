@@ -3,7 +3,8 @@
 Everything that knows pyroute2's message classes lives here (and in `steering.py`);
 the rest of the project sees only `net.events`. Sockets are plain non-blocking
 `socket.socket`s so asyncio can watch them with `add_reader`; pyroute2 is used to
-create them inside a named network namespace, to encode requests and to parse replies.
+create them inside a named network namespace, to encode requests and to parse replies
+other than links, addresses and routes (those `rtnl_decode` reads, for speed).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from .events import (
     RouteChanged,
     link_event,
 )
+from .rtnl_decode import decode
 from .state import NetState, apply
 
 GROUPS = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
@@ -62,6 +64,7 @@ IFF_LOWER_UP = 0x10000
 RTN_UNICAST = 1
 RTM_F_CLONED = 0x200
 SOL_NETLINK = 270
+NETLINK_GET_STRICT_CHK = 12
 SO_RCVBUFFORCE = 33
 DUMP_ATTEMPTS = 5  # a dump interrupted by concurrent changes is retried this often
 
@@ -105,8 +108,9 @@ _MARSHAL = MarshalRtnl()  # for the event loop's thread; dumps bring their own
 
 
 def parse(data: bytes, marshal: MarshalRtnl | None = None) -> list[Any]:
-    """pyroute2 messages in one datagram."""
-    return list((marshal or _MARSHAL).parse(data))
+    """The messages in one datagram: links, addresses and routes by the lean decoder
+    (`rtnl_decode`), anything else as pyroute2 messages."""
+    return decode(data, lambda rest: list((marshal or _MARSHAL).parse(rest)))
 
 
 def to_events(msg: Any, links: NetState | None = None,
@@ -189,14 +193,64 @@ def _route_events(msg: Any, links: NetState | None, *, removed: bool) -> Iterato
         )
 
 
-def _request(cls: Any, mtype: int, seq: int) -> bytes:
+def _request(cls: Any, mtype: int, seq: int, **fields: int) -> bytes:
     msg = cls()
     msg["header"]["type"] = mtype
     msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
     msg["header"]["sequence_number"] = seq
     msg["family"] = socket.AF_UNSPEC
+    for key, value in fields.items():
+        msg[key] = value
     msg.encode()
     return bytes(msg.data)
+
+
+def strict_dumps(sock: socket.socket) -> bool:
+    """Ask the kernel to honour the filters in our dump requests (Linux 4.20 on);
+    False when it cannot, and then it dumps everything (the caller filters anyway)."""
+    try:
+        sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+    except OSError:
+        return False
+    return True
+
+
+def route_dump_request(seq: int, table: int = 0) -> bytes:
+    """A dump of the routes of both families; of one table only (``table``) on a socket
+    with `strict_dumps`, else of every table."""
+    return _request(rtmsg, RTM_GETROUTE, seq, table=table)
+
+
+class DumpReplies:
+    """The answer to one dump request, read datagram by datagram (so a blocking thread
+    and the event loop can read it alike)."""
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.done = False
+        self._interrupted = False
+        self._marshal = MarshalRtnl()
+
+    def feed(self, data: bytes) -> list[Any]:
+        """The messages of this dump in one datagram. Sets `done` at its end; raises
+        DumpInterrupted there when the kernel flagged the dump as inconsistent."""
+        out = []
+        for msg in parse(data, self._marshal):
+            header = msg["header"]
+            if header["sequence_number"] != self.seq:
+                continue  # a late reply to an abandoned earlier dump
+            if header["flags"] & NLM_F_DUMP_INTR:
+                self._interrupted = True
+            if header["type"] == NLMSG_DONE:
+                self.done = True
+                if self._interrupted:
+                    raise DumpInterrupted(errno.EINTR, "netlink dump interrupted")
+                break
+            if header["type"] == NLMSG_ERROR or header.get("error") is not None:
+                code = abs(int(getattr(header.get("error"), "code", 0) or errno.EIO))
+                raise OSError(code, f"netlink dump failed: {errno.errorcode.get(code, code)}")
+            out.append(msg)
+        return out
 
 
 def dump_state(sock: socket.socket, route_filter: RouteFilter = is_main_default_route,
@@ -214,14 +268,13 @@ def dump_state(sock: socket.socket, route_filter: RouteFilter = is_main_default_
 
 def _dump_once(sock: socket.socket, route_filter: RouteFilter, timeout: float) -> NetState:
     state = NetState()
-    marshal = MarshalRtnl()
     sock.settimeout(timeout)
     try:
         for seq, (cls, mtype) in enumerate(
                 ((ifinfmsg, RTM_GETLINK), (ifaddrmsg, RTM_GETADDR), (rtmsg, RTM_GETROUTE)),
                 start=1):
             sock.send(_request(cls, mtype, seq))
-            for msg in _dump_replies(sock, marshal, seq):
+            for msg in _dump_replies(sock, seq):
                 for event in to_events(msg, state, route_filter):
                     state = apply(state, event)
     finally:
@@ -229,20 +282,7 @@ def _dump_once(sock: socket.socket, route_filter: RouteFilter, timeout: float) -
     return state
 
 
-def _dump_replies(sock: socket.socket, marshal: MarshalRtnl, seq: int) -> Iterator[Any]:
-    interrupted = False
-    while True:
-        for msg in parse(sock.recv(RECV_SIZE), marshal):
-            header = msg["header"]
-            if header["sequence_number"] != seq:
-                continue  # a late reply to an abandoned earlier dump
-            if header["flags"] & NLM_F_DUMP_INTR:
-                interrupted = True
-            if header["type"] == NLMSG_DONE:
-                if interrupted:
-                    raise DumpInterrupted(errno.EINTR, "netlink dump interrupted")
-                return
-            if header["type"] == NLMSG_ERROR or header.get("error") is not None:
-                code = abs(int(getattr(header.get("error"), "code", 0) or errno.EIO))
-                raise OSError(code, f"netlink dump failed: {errno.errorcode.get(code, code)}")
-            yield msg
+def _dump_replies(sock: socket.socket, seq: int) -> Iterator[Any]:
+    replies = DumpReplies(seq)
+    while not replies.done:
+        yield from replies.feed(sock.recv(RECV_SIZE))

@@ -7,6 +7,7 @@ test changes the namespace with `ip` and waits (generously) for the events.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -26,7 +27,15 @@ from mobike_vici.net.events import (
     Scope,
 )
 from mobike_vici.net.monitor import NetlinkMonitor
-from mobike_vici.net.rtnl import dump_state, open_socket
+from mobike_vici.net.rtnl import (
+    RECV_SIZE,
+    DumpReplies,
+    dump_state,
+    open_socket,
+    route_dump_request,
+    strict_dumps,
+    to_events,
+)
 from mobike_vici.net.state import NetState, usable_addresses
 
 pytestmark = pytest.mark.netns
@@ -159,6 +168,72 @@ def test_default_route_add_remove_and_silent_flush_on_link_down(lab: Lab) -> Non
             assert mon.state.default_routes() == []
 
     run(scenario())
+
+
+class NoThreads(concurrent.futures.ThreadPoolExecutor):
+    """A default executor that counts what is handed to it (and runs it)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.submitted = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_refresh_reads_routes_on_the_loop_and_keeps_what_raced_it(lab: Lab) -> None:
+    """The refresh after a link goes down finds the silently flushed route without a
+    worker thread (one would hold the GIL against the loop); an address change queued
+    when it starts is reported once, and the state ends equal to the kernel's."""
+    ns, _ = setup(lab)
+
+    async def scenario() -> None:
+        async with NetlinkMonitor(netns=ns.name, refresh_delay=0.3) as mon:
+            await until(mon, is_resynced(ResyncReason.INITIAL))
+            executor = NoThreads()
+            asyncio.get_running_loop().set_default_executor(executor)
+            ns.add_route("default", via="10.5.0.1", metric=100)
+            await until(mon, lambda e: isinstance(e, RouteChanged) and e.added)
+            seen: list[NetEvent] = []
+            ns.set_link("u0", False)
+            await until(mon, lambda e: isinstance(e, LinkDown) and e.ifname == "u0", seen)
+            # Queued on the socket, unread, when the refresh starts.
+            ns.add_address("u0", "10.5.0.9/24")
+            await asyncio.sleep(0.4)  # no await on the monitor: the refresh runs meanwhile
+            await until(mon, is_resynced(ResyncReason.REFRESH), seen)
+            gone = [e for e in seen if isinstance(e, RouteChanged)]
+            assert len(gone) == 1 and not gone[0].added and gone[0].ifname == "u0"
+            assert sum(has_addr(AddressAdded, "10.5.0.9")(e) for e in seen) == 1
+            assert executor.submitted == 0
+            assert mon.state == fresh_dump(ns)
+            executor.shutdown()
+
+    run(scenario())
+
+
+def test_route_dump_of_the_main_table_only(lab: Lab) -> None:
+    """A strict socket's route dump of one table leaves the others (and their routes,
+    the bulk in a daemon's namespace) in the kernel."""
+    ns, _ = setup(lab)
+    ns.add_route("default", via="10.5.0.1", metric=100)
+    ns.ip("route", "add", "default", "via", "10.5.0.1", "table", "4560")
+    sock = open_socket(ns.name)
+    try:
+        assert strict_dumps(sock)
+        sock.setblocking(True)
+        sock.send(route_dump_request(77, 254))
+        replies = DumpReplies(77)
+        msgs = []
+        while not replies.done:
+            msgs += replies.feed(sock.recv(RECV_SIZE))
+    finally:
+        sock.close()
+    tables = {m.get("RTA_TABLE") for m in msgs}
+    assert tables == {254}
+    events = [e for m in msgs for e in to_events(m)]
+    assert [(e.table, e.metric, str(e.gateway)) for e in events if isinstance(e, RouteChanged)] \
+        == [(254, 100, "10.5.0.1")]
 
 
 def test_requested_resync_does_not_double_report_a_racing_change(lab: Lab) -> None:

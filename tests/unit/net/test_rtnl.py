@@ -1,11 +1,16 @@
-"""pyroute2 messages (encoded, then parsed back as from the socket) become the right net events."""
+"""pyroute2 messages (encoded, then parsed back as from the socket) become the right net
+events; a dump's answer is read to its end, its own only."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
+import struct
 from typing import Any
 
+import pytest
+from pyroute2.netlink import NLMSG_DONE, NLMSG_ERROR, nlmsg
 from pyroute2.netlink.rtnl import (
     RTM_DELADDR,
     RTM_DELLINK,
@@ -29,7 +34,15 @@ from mobike_vici.net.events import (
     RouteChanged,
     Scope,
 )
-from mobike_vici.net.rtnl import RTN_UNICAST, parse, to_events
+from mobike_vici.net.rtnl import (
+    NLM_F_DUMP_INTR,
+    RTN_UNICAST,
+    DumpInterrupted,
+    DumpReplies,
+    parse,
+    route_dump_request,
+    to_events,
+)
 from mobike_vici.net.state import NetState, apply
 
 
@@ -112,3 +125,51 @@ def test_default_route_messages_and_the_default_filter() -> None:
     (ev,) = to_events(subnet, route_filter=lambda r: True)
     assert isinstance(ev, RouteChanged) and ev.dst == ipaddress.ip_network("10.1.0.0/24")
     assert to_events(local, route_filter=lambda r: True) == []
+
+
+def dump_part(seq: int, *, flags: int = 0, done: bool = False,
+              error: int | None = None) -> bytes:
+    """One datagram of a route dump: a default route, then NLMSG_DONE or an error."""
+    route = rtmsg()
+    route["header"]["type"] = RTM_NEWROUTE
+    route["header"]["sequence_number"] = seq
+    route["header"]["flags"] = flags
+    for key, value in {"family": socket.AF_INET, "table": 254, "type": RTN_UNICAST}.items():
+        route[key] = value
+    route["attrs"] = [("RTA_TABLE", 254), ("RTA_GATEWAY", "10.1.0.1"), ("RTA_OIF", 7)]
+    route.encode()
+    data = bytes(route.data)
+    if error is not None:
+        # nlmsghdr, the negative errno, then the header of the request it answers.
+        request = route_dump_request(seq)
+        data += struct.pack("=IHHIIi", 20 + len(request), NLMSG_ERROR, 0, seq, 0, -error)
+        data += request
+    elif done:
+        end = nlmsg()
+        end["header"]["type"] = NLMSG_DONE
+        end["header"]["sequence_number"] = seq
+        end["header"]["flags"] = flags
+        end.encode()
+        data += bytes(end.data)
+    return data
+
+
+def test_dump_replies_keep_their_own_sequence_and_stop_at_done() -> None:
+    replies = DumpReplies(5)
+    assert replies.feed(dump_part(4, done=True)) == []  # an abandoned dump's answer
+    assert not replies.done
+    (msg,) = replies.feed(dump_part(5))
+    assert not replies.done
+    assert [e.gateway for e in to_events(msg)] == [ipaddress.ip_address("10.1.0.1")]
+    assert len(replies.feed(dump_part(5, done=True))) == 1
+    assert replies.done
+
+
+def test_dump_replies_raise_on_an_interrupted_dump_and_on_errors() -> None:
+    replies = DumpReplies(5)
+    replies.feed(dump_part(5, flags=NLM_F_DUMP_INTR))
+    with pytest.raises(DumpInterrupted):
+        replies.feed(dump_part(5, done=True))
+    with pytest.raises(OSError) as info:
+        DumpReplies(6).feed(dump_part(6, error=errno.EINVAL))
+    assert info.value.errno == errno.EINVAL
