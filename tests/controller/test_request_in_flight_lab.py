@@ -1,0 +1,63 @@
+"""`mobike-vici run` beside charon: a request of charon's own is in flight on the uplink
+that dies silently.
+
+charon runs one exchange at a time. A CHILD_SA rekey sent into a silently dead uplink
+holds the MOBIKE update the controller's route asks for; charon retransmits it from the
+IKE_SA's old address (only a MOBIKE exchange re-resolves its source), so while the
+uplink stays dead no retransmission is answered, and the IKE_SA stays on the dead path
+until charon gives up on it. The controller sends charon's request once more itself,
+over the path it steers charon to: the peer answers there, the rekey completes and
+charon's update follows."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from mobike_vici.lab.charon_controller import INNER, Setup, build
+from mobike_vici.lab.netns import Lab
+
+pytestmark = [pytest.mark.netns, pytest.mark.charon]
+
+M0_V4, M1_V4 = "10.1.0.2", "10.2.0.2"
+BACK_WITHIN = 30.0  # generous: the functional bound (charon alone: 136 s of retransmits)
+_REKEY_SENT = re.compile(r"generating CREATE_CHILD_SA request (\d+) \[ N\(REKEY_SA\)")
+
+
+@pytest.fixture
+def setup(lab: Lab) -> Iterator[Setup]:
+    yield from build(lab)
+
+
+def _rekeys_sent(setup: Setup) -> list[int]:
+    return [int(m.group(1)) for m in _REKEY_SENT.finditer(setup.mob.log_text())]
+
+
+def test_a_child_sa_rekey_lost_on_a_silently_dead_uplink_does_not_hold_the_move(
+        setup: Setup) -> None:
+    setup.start_controller()
+    setup.wait_event("ike_sa_tracked")
+    setup.wait_local(M0_V4)
+    setup.wait_event("path_up", lambda e: e["local"].startswith(M1_V4))
+    assert setup.tunnel_ping(), "no traffic through the tunnel on m0"
+    stream = setup.lab.workdir / "stream.txt"
+    setup.lab.spawn(setup.topo.mob, ["ping", "-n", "-i", "0.02", "-I", setup.vip(), INNER],
+                    stream)
+    time.sleep(1.0)
+    before = _rekeys_sent(setup)
+    mark = len(setup.event_list())
+
+    setup.topo.kill_silently(0)
+    setup.mob.swanctl("--rekey", "--child", "net")  # its request leaves into the dead uplink
+
+    setup.wait_local(M1_V4, timeout=BACK_WITHIN)
+    rekeys = _rekeys_sent(setup)[len(before):]
+    assert rekeys, "charon sent no CHILD_SA rekey"
+    events = setup.event_list()[mark:]
+    relayed = [e for e in events if e["event"] == "ike_request_relayed"]
+    assert any(e["message_id"] == rekeys[0] and e["local"].startswith(M1_V4)
+               for e in relayed), (rekeys, relayed)
+    assert setup.tunnel_ping(), "no traffic through the tunnel on m1"
