@@ -17,7 +17,10 @@ the response on any of its addresses, finishes the exchange, and its MOBIKE upda
 follows at once. Until the move ends, every request charon sends elsewhere (the next one
 of that exchange, a delete after a rekey) is copied over the new path too.
 
-A copy the peer had answered already costs it a cached response that charon ignores.
+A copy the peer had answered already costs it a cached response that charon ignores. A
+copy of an UPDATE_SA_ADDRESSES charon sent on a path that died (a move's earlier target)
+moves the peer onto the new path one exchange before charon, whose own update there
+follows at once: the controller's route asks charon for it.
 """
 
 from __future__ import annotations
