@@ -29,6 +29,7 @@ from mobike_vici.lab.netns import Lab
 from mobike_vici.lab.pinger import outage, replies
 
 M0_V4, M1_V4 = "10.1.0.2", "10.2.0.2"
+M0_ANY = (M0_V4, "2001:db8:1::2")  # back on m0: the controller keeps either family
 KINDS = ("rekey", "dpd")
 
 
@@ -54,7 +55,7 @@ def run_kind(kind: str, reps: int, hold: float) -> dict[str, object]:
             lab.spawn(setup.topo.mob, [sys.executable, "-m", "mobike_vici.lab.pinger", INNER,
                                        "0.01", str(log)], lab.workdir / "pinger.out")
             for rep in range(reps):
-                setup.wait_local(M0_V4, timeout=60.0)
+                setup.wait_local(M0_ANY, timeout=60.0)
                 time.sleep(3.0)  # standby probes of m1 answered, charon settled
                 start = time.monotonic()
                 setup.topo.kill_silently(0)
