@@ -50,6 +50,7 @@ from ..backends.vici import (
 from ..backends.vici.charon_settings import DEFAULT_STRONGSWAN_CONF, read_settings, unmet
 from ..backends.vici.errors import LoadError
 from ..backends.vici.mobility import ViciMobility
+from ..backends.vici.relay_hook import NoRelay
 from ..backends.vici.tree import Loaded, PartialLoad, load_tree
 from ..config.attach import AttachConfig
 from ..config.mobike import MobikePolicy
@@ -314,7 +315,7 @@ class Controller:
         self.mobility.ike_relay = self.ike_relay
 
     async def _shutdown(self) -> None:
-        self.mobility.ike_relay = None
+        self.mobility.ike_relay = NoRelay()
         self.ike_relay.close()
         self.mobility.close()
         self.gateway_rr.close()

@@ -46,6 +46,7 @@ from ...types import IPAddress, Path
 from . import commands
 from .addresses import configured_addresses
 from .events import IkeSaInfo, PathChecked
+from .relay_hook import NoRelay, RequestRelay
 from .session import ViciClient
 from .steer import egress, steer_routes
 
@@ -88,14 +89,6 @@ class SiblingGate(Protocol):
     def silent_death(self, spi: str, path: Path, now: float) -> None: ...
     def on_reply(self, wire_id: int) -> bool: ...
     def forget(self, spi: str) -> None: ...
-
-
-class RequestRelay(Protocol):
-    """What the glue tells the relay of charon's requests (``daemon.ike_relay.IkeRelay``)."""
-
-    def relay(self, conn: str, ike_spi: str, target: Path) -> None: ...
-    def stop(self, conn: str) -> None: ...
-    def forget(self, ike_spi: str) -> None: ...
 
 
 def _str(addr: IPAddress | None) -> str | None:
@@ -146,7 +139,7 @@ class ViciMobility:
         self._route_gen: dict[str, int] = {}
         self._steer_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.ike_relay: RequestRelay | None = None  # the controller's, once its socket opened
+        self.ike_relay: RequestRelay = NoRelay()  # the controller's, once its socket opened
 
     def attach(self, data_plane: DataWatch, sibling_check: SiblingGate) -> None:
         self.data_plane = data_plane
@@ -203,8 +196,7 @@ class ViciMobility:
             gone.timer.cancel()
         self.data_plane.forget(ike_spi)
         self.sibling_check.forget(ike_spi)
-        if self.ike_relay is not None:
-            self.ike_relay.forget(ike_spi)
+        self.ike_relay.forget(ike_spi)
 
     def close(self) -> None:
         for sa in self.sas.values():
@@ -536,8 +528,7 @@ class ViciMobility:
                     isolated.discard(route.peer)
                     self.log.emit("route_steered", conn=info.conn, ike_spi=info.ike_spi,
                                   dev=route.dev, via=_str(route.via), **_ep(target))
-                    if self.ike_relay is not None:  # charon's request held on the old path
-                        self.ike_relay.relay(info.conn, info.ike_spi, target)
+                    self.ike_relay.relay(info.conn, info.ike_spi, target)  # one held there
             if self.plans.get(info.conn) is None:
                 await self._release_isolation(info.conn)
             self.routes = await self.executor(self.routing.routes)
@@ -577,8 +568,7 @@ class ViciMobility:
     def _release(self, conn: str) -> None:
         """The move is over (landed, failed, escalated, given up): charon may use every
         peer address again (reauthentication and initiation need the configured ones)."""
-        if self.ike_relay is not None:
-            self.ike_relay.stop(conn)
+        self.ike_relay.stop(conn)
         if self._isolated.get(conn):
             self.spawn(self._locked_release(conn, self._route_gen.get(conn, 0)))
 
