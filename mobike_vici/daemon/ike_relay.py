@@ -111,6 +111,7 @@ class IkeRelay:
         self.relayed = 0
         self._send: Sender = send if send is not None else send_from
         self._moves: dict[str, _Move] = {}  # by IKE_SA
+        self._retired: set[str] = set()  # IKE_SAs an escalated move is replacing
         self._sock: socket.socket | None = None
         self._filter_buf: Any = None  # the kernel copies it; kept alive with the socket
 
@@ -162,6 +163,8 @@ class IkeRelay:
     def relay(self, conn: str, ike_spi: str, target: Path) -> None:
         """A move of ``ike_spi`` onto ``target`` has its route: send charon's unanswered
         request there, and every later one it sends elsewhere, until ``stop(conn)``."""
+        if ike_spi in self._retired:
+            return
         move = _Move(conn, target, set())
         self._moves[ike_spi] = move
         for request in self.ledger.pending(ike_spi):
@@ -172,8 +175,18 @@ class IkeRelay:
         for spi in [s for s, m in self._moves.items() if m.conn == conn]:
             del self._moves[spi]
 
+    def retire(self, conn: str) -> None:
+        """The move was escalated: charon replaces the IKE_SA (a reauthentication deletes
+        it first, then sets its successor up from the old address: a delete answered
+        through the relay would start that successor on the dead path). Its requests are
+        left to charon from now on, in later moves too."""
+        for spi in [s for s, m in self._moves.items() if m.conn == conn]:
+            del self._moves[spi]
+            self._retired.add(spi)
+
     def forget(self, ike_spi: str) -> None:
         self._moves.pop(ike_spi, None)
+        self._retired.discard(ike_spi)
         self.ledger.forget(ike_spi)
 
     # -- the decisions ------------------------------------------------------------------

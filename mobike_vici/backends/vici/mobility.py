@@ -664,6 +664,7 @@ class ViciMobility:
         self.spawn(self._escalate(sa.info, action))
 
     async def _escalate(self, info: IkeSaInfo, action: steer_plan.Action) -> None:
+        self.ike_relay.retire(info.conn)  # a reauth's delete must not end the old SA early
         # The new IKE_SA resolves the configured peer addresses: none may stay isolated.
         await self._locked_release(info.conn, self._route_gen.get(info.conn, 0))
         if action == steer_plan.Action.REAUTH:

@@ -12,6 +12,7 @@ from ...types import Path
 class RequestRelay(Protocol):
     def relay(self, conn: str, ike_spi: str, target: Path) -> None: ...
     def stop(self, conn: str) -> None: ...
+    def retire(self, conn: str) -> None: ...
     def forget(self, ike_spi: str) -> None: ...
 
 
@@ -22,6 +23,9 @@ class NoRelay:
         return None
 
     def stop(self, conn: str) -> None:
+        return None
+
+    def retire(self, conn: str) -> None:
         return None
 
     def forget(self, ike_spi: str) -> None:

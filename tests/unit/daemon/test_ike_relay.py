@@ -109,3 +109,17 @@ def test_a_send_that_fails_is_reported_not_raised() -> None:
     (failed,) = log.named("ike_relay_failed")
     assert failed["message_id"] == 3 and "unreachable" in str(failed["error"])
     assert relay.relayed == 0
+
+
+def test_an_escalated_move_leaves_the_ike_sas_requests_to_charon_in_later_moves_too() -> None:
+    r = Relay()
+    r.relay.relay("home", SPI, NEW)
+    r.relay.retire("home")
+    r.out(dgram(2))  # a reauthentication's delete of the IKE_SA, from the dead address
+    r.relay.relay("home", SPI, NEW)  # the path manager's next move of the same IKE_SA
+    r.out(dgram(2))
+    assert r.sent == []
+    r.relay.forget(SPI)  # gone: a new IKE_SA of the same SPIs would be relayed again
+    r.out(dgram(3))
+    r.relay.relay("home", SPI, NEW)
+    assert r.sent == [(NEW, dgram(3).payload)]
