@@ -50,6 +50,7 @@ from ..backends.vici import (
 from ..backends.vici.charon_settings import DEFAULT_STRONGSWAN_CONF, read_settings, unmet
 from ..backends.vici.errors import LoadError
 from ..backends.vici.mobility import ViciMobility
+from ..backends.vici.relay_hook import NoRelay
 from ..backends.vici.tree import Loaded, PartialLoad, load_tree
 from ..config.attach import AttachConfig
 from ..config.mobike import MobikePolicy
@@ -65,6 +66,7 @@ from .esp_watch import EspWatch
 from .feed import EventFeed
 from .gateway_rr import GatewayChecks
 from .heap_trim import HeapTrim, share_one_arena
+from .ike_relay import IkeRelay
 from .loop_lag import LoopLag
 from .metrics import MetricsServer, snapshot_on_loop
 from .operator import operator_request
@@ -121,6 +123,7 @@ class Controller:
         self.data_plane = EspWatch(self.mobility, self.sibling_check,
                                    settings_of(config.policy))
         self.mobility.attach(self.data_plane, self.sibling_check)
+        self.ike_relay = IkeRelay(log)  # charon's requests held on a path it leaves
         self._stop = asyncio.Event()
         self._control: ControlServer | None = None
         self.gateway_rr = GatewayChecks(self.client, log, config.policy, self.mobility.spawn)
@@ -164,6 +167,7 @@ class Controller:
         self.mobility.prober = IcmpProber(self.mobility.on_probe_reply, random_bytes=os.urandom,
                                           fwmark=None)
         self.data_plane.start()
+        self._open_ike_relay()
         await self.monitor.start()
         if self.control_path:
             self._control = ControlServer(
@@ -301,7 +305,18 @@ class Controller:
                       prefer_best_path=not any(s.key == "prefer_best_path" for s in missing),
                       unmet=[f"charon.{s.key}" for s in missing])
 
+    def _open_ike_relay(self) -> None:
+        try:
+            self.ike_relay.open()
+        except OSError as exc:
+            self.log.write("warning", "ike_relay_unavailable",
+                           {"error": exc.strerror or str(exc)})
+            return
+        self.mobility.ike_relay = self.ike_relay
+
     async def _shutdown(self) -> None:
+        self.mobility.ike_relay = NoRelay()
+        self.ike_relay.close()
         self.mobility.close()
         self.gateway_rr.close()
         await self.pool.close()

@@ -224,11 +224,13 @@ class Setup:
 
 
 def build(lab: Lab, *, mob_conf: str | None = None, gw_conf: str | None = None,
-          prefer_best_path: bool = True, nat_backup: bool = False
+          prefer_best_path: bool = True, nat_backup: bool = False, mob_charon: str = ""
           ) -> Generator[Setup, None, None]:
+    """``mob_charon``: settings after the snippet's in the mobile charon's section (a
+    key set twice: the later wins)."""
     topo = mobile(lab, nat_backup=nat_backup)
     topo.gw.ip("addr", "add", f"{INNER}/32", "dev", "lo")
-    extra = snippet_body() if prefer_best_path else ""
+    extra = (snippet_body() if prefer_best_path else "") + mob_charon
     gw = start_charon(lab, topo.gw, name="gw")
     mob = start_charon(lab, topo.mob, name="mob", extra_charon=extra)
     gw_file = lab.workdir / "gw-swanctl.conf"

@@ -46,6 +46,7 @@ from ...types import IPAddress, Path
 from . import commands
 from .addresses import configured_addresses
 from .events import IkeSaInfo, PathChecked
+from .relay_hook import NoRelay, RequestRelay
 from .session import ViciClient
 from .steer import egress, steer_routes
 
@@ -138,6 +139,7 @@ class ViciMobility:
         self._route_gen: dict[str, int] = {}
         self._steer_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.ike_relay: RequestRelay = NoRelay()  # the controller's, once its socket opened
 
     def attach(self, data_plane: DataWatch, sibling_check: SiblingGate) -> None:
         self.data_plane = data_plane
@@ -194,6 +196,7 @@ class ViciMobility:
             gone.timer.cancel()
         self.data_plane.forget(ike_spi)
         self.sibling_check.forget(ike_spi)
+        self.ike_relay.forget(ike_spi)
 
     def close(self) -> None:
         for sa in self.sas.values():
@@ -525,6 +528,7 @@ class ViciMobility:
                     isolated.discard(route.peer)
                     self.log.emit("route_steered", conn=info.conn, ike_spi=info.ike_spi,
                                   dev=route.dev, via=_str(route.via), **_ep(target))
+                    self.ike_relay.relay(info.conn, info.ike_spi, target)  # one held there
             if self.plans.get(info.conn) is None:
                 await self._release_isolation(info.conn)
             self.routes = await self.executor(self.routing.routes)
@@ -564,6 +568,7 @@ class ViciMobility:
     def _release(self, conn: str) -> None:
         """The move is over (landed, failed, escalated, given up): charon may use every
         peer address again (reauthentication and initiation need the configured ones)."""
+        self.ike_relay.stop(conn)
         if self._isolated.get(conn):
             self.spawn(self._locked_release(conn, self._route_gen.get(conn, 0)))
 
@@ -659,6 +664,7 @@ class ViciMobility:
         self.spawn(self._escalate(sa.info, action))
 
     async def _escalate(self, info: IkeSaInfo, action: steer_plan.Action) -> None:
+        self.ike_relay.retire(info.conn)  # a reauth's delete must not end the old SA early
         # The new IKE_SA resolves the configured peer addresses: none may stay isolated.
         await self._locked_release(info.conn, self._route_gen.get(info.conn, 0))
         if action == steer_plan.Action.REAUTH:
