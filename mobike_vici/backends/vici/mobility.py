@@ -382,6 +382,10 @@ class ViciMobility:
 
     def on_net(self, event: NetEvent) -> None:
         now = self.now
+        if isinstance(event, AddressRemoved) and self.prober is not None \
+                and not any(a.address == event.address
+                            for a in self.monitor.state.addresses.values()):
+            self.prober.forget_local(event.address)  # its probe sockets: none left behind
         addrs = (self.local_addresses() if isinstance(event, AddressAdded | AddressRemoved)
                  else [])  # once per event, not once per SA
         for sa in list(self.sas.values()):
