@@ -46,6 +46,7 @@ from ...types import IPAddress, Path
 from . import commands
 from .addresses import configured_addresses
 from .events import IkeSaInfo, PathChecked
+from .left_path import LeftPaths
 from .relay_hook import NoRelay, RequestRelay
 from .session import ViciClient
 from .steer import egress, steer_routes
@@ -56,14 +57,6 @@ WIRE_ID_TTL = 30.0
 """Seconds a probe's id waits for its reply (the path manager gave up on it at 3 s at
 most). Every probe sent into a dead path stays unanswered: kept until the count bound,
 their entries (each with its path) grew the controller by about a MiB an hour."""
-LEFT_PATH_HOLD = 12.0
-"""Seconds at most the peer address a move left keeps its route after charon landed.
-charon on kernel-libipsec cannot move a CHILD_SA in place: the peer rekeys it after the
-update, and until then both ends send its ESP on the path the move left. A lost message
-of that rekey costs the peer's retransmission (4 s by charon's default, then 7 s more),
-so the old path must carry the ESP that long: released at once when ESP from the peer
-arrives on the new path (the rekeyed CHILD_SA is in place)."""
-LEFT_PATH_POLL = 0.1
 
 
 @dataclass
@@ -145,10 +138,8 @@ class ViciMobility:
         # while a move is under way; the generation tells a later move's routes apart.
         self._isolated: dict[str, set[IPAddress]] = {}
         self._route_gen: dict[str, int] = {}
-        # The peer address a landed move left, still routed by its old uplink until the
-        # CHILD_SAs followed (``_hold_left``), with the move's route generation; by conn.
-        self._left: dict[str, tuple[IPAddress, int]] = {}
         self._steer_lock = asyncio.Lock()
+        self.left = LeftPaths(self, self._steer_lock)  # the sources moves leave, pinned
         self._tasks: set[asyncio.Task[Any]] = set()
         self.ike_relay: RequestRelay = NoRelay()  # the controller's, once its socket opened
 
@@ -341,7 +332,6 @@ class ViciMobility:
 
     def _plan_done(self, info: IkeSaInfo, plan: steer_plan.SteerPlan) -> None:
         self.plans.pop(info.conn, None)
-        self._hold_left(info, plan)
         self._release(info.conn)
         handle = self._plan_timers.pop(info.conn, None)
         if handle is not None:
@@ -382,10 +372,6 @@ class ViciMobility:
 
     def on_net(self, event: NetEvent) -> None:
         now = self.now
-        if isinstance(event, AddressRemoved) and self.prober is not None \
-                and not any(a.address == event.address
-                            for a in self.monitor.state.addresses.values()):
-            self.prober.forget_local(event.address)  # its probe sockets: none left behind
         addrs = (self.local_addresses() if isinstance(event, AddressAdded | AddressRemoved)
                  else [])  # once per event, not once per SA
         for sa in list(self.sas.values()):
@@ -505,7 +491,6 @@ class ViciMobility:
         plan = steer_plan.start(info.ike_spi, event.path, event.old_path, self.now,
                                 self.deadlines)
         self.plans[info.conn] = plan
-        self._left.pop(info.conn, None)  # this move's routes and release take it over
         self._route_gen[info.conn] = self._route_gen.get(info.conn, 0) + 1
         self._arm_plan(info.conn, plan)
         self.spawn(self._steer(info, event.path, event.reason))
@@ -522,6 +507,8 @@ class ViciMobility:
             if routes is None:
                 self._move_failed(info.conn, target, "no_local_address")
                 return
+            if info.conn in self.plans and self._route_gen.get(info.conn) == gen:
+                await self.left.pin(info, where, egress(self.monitor.state, where.local.addr))
             isolated = self._isolated.setdefault(info.conn, set())
             for route in routes:
                 if info.conn not in self.plans or self._route_gen.get(info.conn) != gen:
@@ -586,6 +573,7 @@ class ViciMobility:
         """The move is over (landed, failed, escalated, given up): charon may use every
         peer address again (reauthentication and initiation need the configured ones)."""
         self.ike_relay.stop(conn)
+        self.left.hold(conn)
         if self._isolated.get(conn):
             self.spawn(self._locked_release(conn, self._route_gen.get(conn, 0)))
 
@@ -595,51 +583,12 @@ class ViciMobility:
                 await self._release_isolation(conn)
 
     async def _release_isolation(self, conn: str) -> None:
-        isolated = self._isolated.pop(conn, set())
-        held = self._left.get(conn)
-        if held is not None and held[0] in isolated:
-            isolated.discard(held[0])  # released by ``_release_left``
-            self._isolated[conn] = {held[0]}
-        for peer in sorted(isolated, key=lambda a: (a.version, a)):
+        for peer in sorted(self._isolated.pop(conn, set()), key=lambda a: (a.version, a)):
             try:
                 await self.executor(self.routing.unsteer, peer)
             except OSError as exc:
                 self.log.emit("steer_failed", conn=conn, remote=str(peer), error=str(exc))
         self.routes = await self.executor(self.routing.routes)
-
-    def _hold_left(self, info: IkeSaInfo, plan: steer_plan.SteerPlan) -> None:
-        """Keep the route of the peer address the move left (its isolating one, by the
-        uplink charon was on) until the CHILD_SAs followed: without it that address
-        falls back to the main table, whose default route may leave by another uplink,
-        and the ESP charon still sends from the old address until the peer's rekey is
-        done is dropped there (a strict reverse-path filter, or a NAT that never saw it)."""
-        left = plan.old.remote.addr
-        if left == info.path.remote.addr or left not in self._isolated.get(info.conn, ()):
-            return
-        gen = self._route_gen.get(info.conn, 0)
-        self._left[info.conn] = (left, gen)
-        self.spawn(self._release_left(info.conn, info.ike_spi, left, gen))
-
-    async def _release_left(self, conn: str, ike_spi: str, peer: IPAddress, gen: int) -> None:
-        start = self.now
-        why = "bound"
-        while self.now < start + LEFT_PATH_HOLD:
-            if self._left.get(conn) != (peer, gen):
-                return  # a later move took the route over, or an escalation released it
-            if ike_spi not in self.sas:
-                why = "ike_sa_gone"
-                break
-            if self.data_plane.last_inbound(ike_spi) is not None:
-                why = "esp_on_new_path"
-                break
-            await asyncio.sleep(LEFT_PATH_POLL)
-        async with self._steer_lock:
-            if self._left.get(conn) != (peer, gen):
-                return
-            del self._left[conn]
-            await self._release_isolation(conn)
-        self.log.emit("left_path_released", conn=conn, ike_spi=ike_spi, remote=str(peer),
-                      reason=why, after_ms=round((self.now - start) * 1000, 1))
 
     def _move_failed(self, conn: str, target: Path, reason: str) -> None:
         self.plans.pop(conn, None)
@@ -722,7 +671,7 @@ class ViciMobility:
     async def _escalate(self, info: IkeSaInfo, action: steer_plan.Action) -> None:
         self.ike_relay.retire(info.conn)  # a reauth's delete must not end the old SA early
         # The new IKE_SA resolves the configured peer addresses: none may stay isolated.
-        self._left.pop(info.conn, None)
+        await self.left.locked_unpin(info.conn)
         await self._locked_release(info.conn, self._route_gen.get(info.conn, 0))
         if action == steer_plan.Action.REAUTH:
             await commands.reauth(self.client, self.log, info)
