@@ -162,7 +162,7 @@ class Controller:
         # A crashed run may have left routes charon now follows: keep those that match
         # where an SA is (adopted once charon lists it), remove the rest after the first sync.
         await self.mobility.open_routing()
-        await self.mobility.left.open(self.monitor.netns)  # pins a crashed run left: gone
+        await self.mobility.left.open(self.mobility.routing.ipr)
         # SO_BINDTODEVICE keeps probes on their uplink and out of charon's table 220;
         # no fwmark rule to install (and clean up) beside our own table.
         self.mobility.prober = IcmpProber(self.mobility.on_probe_reply, random_bytes=os.urandom,

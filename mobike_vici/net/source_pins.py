@@ -12,14 +12,14 @@ that name the old source match (charon's own lookup for a new path names none).
 
 Tables ``PIN_TABLE_FIRST`` .. ``+ MAX_PINS - 1``, one per pin, rules at
 ``PIN_PRIORITY``, all with ``RTPROT_MOBIKE_VICI``: what a crashed run left is found by
-those. Synchronous (pyroute2's IPRoute): call it from an executor in async code.
+those. Synchronous, on the steering's IPRoute (``PolicyRouting.ipr``: each IPRoute
+costs four descriptors): call it from that executor thread in async code.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
-from types import TracebackType
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -32,21 +32,11 @@ PIN_TABLES = range(PIN_TABLE_FIRST, PIN_TABLE_FIRST + MAX_PINS)
 
 
 class SourcePins:
-    """Owner of the pin rules and tables in one namespace."""
+    """Owner of the pin rules and tables in the namespace of ``ipr`` (not its owner)."""
 
-    def __init__(self, *, netns: str | None = None) -> None:
-        self._ipr = IPRoute(netns=netns, flags=0) if netns is not None else IPRoute()
+    def __init__(self, ipr: IPRoute) -> None:
+        self._ipr = ipr
         self._pins: dict[tuple[IPAddress, IPAddress], int] = {}  # (src, peer) -> table
-
-    def __enter__(self) -> SourcePins:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._ipr.close()
 
     @property
     def pinned(self) -> list[tuple[IPAddress, IPAddress]]:

@@ -16,6 +16,8 @@ import asyncio
 from collections.abc import Coroutine, Mapping
 from typing import Any, Protocol
 
+from pyroute2 import IPRoute
+
 from ...eventlog import EventLog
 from ...net.source_pins import SourcePins
 from ...types import IPAddress, Path
@@ -62,16 +64,16 @@ class LeftPaths:
         self._pins: SourcePins | None = None
         self._left: dict[str, _Left] = {}
 
-    async def open(self, netns: str | None) -> None:
-        self._pins = await self.host.executor(lambda: SourcePins(netns=netns))
-        await self.host.executor(self._pins.clear)  # what a crashed run left
+    async def open(self, ipr: IPRoute) -> None:
+        """On the steering's netlink socket; what a crashed run left is removed."""
+        self._pins = SourcePins(ipr)
+        await self.host.executor(self._pins.clear)
 
     async def close(self) -> int:
-        """Remove every pin; returns how many rules and routes."""
+        """Remove every pin (before the steering closes its socket); how many."""
         if self._pins is None:
             return 0
         removed: int = await self.host.executor(self._pins.clear)
-        await self.host.executor(self._pins.close)
         return removed
 
     async def pin(self, info: IkeSaInfo, where: Path,
