@@ -40,7 +40,10 @@ moves of mob's IKE_SA to a worse path (m0 IPv4 best, then m0 IPv6, m1 IPv4, m1 I
 while the path it left was not under a fault (nor within 2 s after one ended), sampled
 every 0.5 s (``latency_spike_moves``: such moves away from a path with a latency spike,
 which kept working); RSS and open fds of mob's daemon every 10 s, the RSS's
-least-squares slope after the first minute (start-up growth is not a trend);
+least-squares slope after the first minute (start-up growth is not a trend), and the
+fds likewise: ``fds_warm`` is the first sample after that minute (the controller opens a
+probe socket per local address at its first probe, the IPv6 ones a second or two in;
+``fds_start`` is the very first sample), so ``fds_warm`` to ``fds_end`` is the trend;
 ``loop_lag_p99_ms`` from the daemon's ``status`` (``loop_lag``, the last 5 minutes);
 events written and the events file's invalid lines after two logrotates (rename +
 SIGHUP) during the run.
@@ -845,6 +848,7 @@ def summarize(pair: Pair, end: float, checks: dict[str, Any],
         "rss_slope_kib_per_h": None if slope is None else round(slope, 1),
         **rss_trend(pair.samples),
         "fds_start": pair.samples[0][2] if pair.samples else None,
+        "fds_warm": next((fds for t, _, fds in pair.samples if t >= t0 + WARMUP), None),
         "fds_end": pair.samples[-1][2] if pair.samples else None,
         "fds_max": max((s[2] for s in pair.samples), default=None),
         "loop_lag_p99_ms": lag,

@@ -57,7 +57,7 @@ from ..config.mobike import MobikePolicy
 from ..eventlog import EventLog, configure
 from ..mobike import steer_plan
 from ..mobike.health import settings_of
-from ..net.events import NetEvent
+from ..net.events import AddressRemoved, NetEvent
 from ..net.monitor import NetlinkMonitor
 from ..net.probes.icmp import IcmpProber
 from ..types import Path
@@ -162,6 +162,7 @@ class Controller:
         # A crashed run may have left routes charon now follows: keep those that match
         # where an SA is (adopted once charon lists it), remove the rest after the first sync.
         await self.mobility.open_routing()
+        await self.mobility.left.open(self.mobility.routing.ipr)
         # SO_BINDTODEVICE keeps probes on their uplink and out of charon's table 220;
         # no fwmark rule to install (and clean up) beside our own table.
         self.mobility.prober = IcmpProber(self.mobility.on_probe_reply, random_bytes=os.urandom,
@@ -327,7 +328,8 @@ class Controller:
             await self._control.close()
         if self.metrics is not None:
             self.metrics.close()
-        removed = await self.mobility.close_routing()
+        removed = await self.mobility.left.close()
+        removed += await self.mobility.close_routing()
         self.log.emit("steering_cleared", removed=removed, table=self.mobility.routing.table)
 
     async def _on_connect(self, client: ViciClient) -> None:
@@ -400,6 +402,11 @@ class Controller:
         self.mobility.sa_seen(info)
 
     def _on_net(self, event: NetEvent) -> None:
+        prober = self.mobility.prober
+        if isinstance(event, AddressRemoved) and prober is not None \
+                and not any(a.address == event.address
+                            for a in self.monitor.state.addresses.values()):
+            prober.forget_local(event.address)  # its probe sockets: none left behind
         self.mobility.on_net(event)
 
     # -- status -------------------------------------------------------------------------

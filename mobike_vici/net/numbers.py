@@ -8,6 +8,7 @@ protocols) are never read for removal.
 
 Rules, in the order the kernel consults them (``ip rule``)::
 
+     214  from <old src> to <peer> lookup <pin table>                   controller (run)
      215  from all lookup STEERING_TABLE                                controller (run)
      220  not fwmark 0x4d43 lookup 220                                  charon's
     4550  from <uplink addr> fwmark OUTER_FWMARK lookup <uplink table>  native daemon
@@ -20,8 +21,9 @@ packets, so its MOBIKE checks never ride a full tunnel's default route.)
 Tables: ``STEERING_TABLE`` 4555 (host routes that steer charon), ``TUNNEL_TABLE`` 4556
 (the TUN's routes for remote traffic selectors, and a ``throw`` route per peer),
 ``UPLINK_TABLE_FIRST`` .. ``+ MAX_UPLINKS - 1`` (4560-4591, one per uplink: its
-connected prefixes and its default routes, mirrored from main). charon's 220 is
-never touched.
+connected prefixes and its default routes, mirrored from main), ``PIN_TABLE_FIRST`` ..
+``+ MAX_PINS - 1`` (4600-4631, the controller's: one host route each, for the source a
+move left). charon's 220 is never touched.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ routes would otherwise win for the peers' addresses. With a full tunnel, 220 hol
 use, so charon's MOBIKE checks to the peer's other family (the IPv6 address it
 announced) went into the tunnel riding the dead IPv4 path. Our table holds host
 routes to peers only, so preceding 220 takes nothing else from the tunnel."""
+
+PIN_PRIORITY = 214
+PIN_TABLE_FIRST = 4600
+MAX_PINS = 32
+"""The controller's pins (``net.source_pins``): ``from OLD_SRC to PEER`` before the
+steering rule, so the traffic still sent from the address a move left keeps its uplink
+until the CHILD_SAs followed. At most that many at once; beyond, a move pins nothing."""
 
 LEGACY_STEERING_PRIORITIES = frozenset({4555})
 """Where earlier versions put that rule: still ours to remove at start-up."""

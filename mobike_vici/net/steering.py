@@ -81,6 +81,11 @@ class PolicyRouting:
                  tb: TracebackType | None) -> None:
         self.close()
 
+    @property
+    def ipr(self) -> IPRoute:
+        """The netlink socket, for `SourcePins` beside it (same thread, one socket)."""
+        return self._ipr
+
     def close(self) -> None:
         """Release the netlink socket; what was installed stays (see `clear`)."""
         self._ipr.close()

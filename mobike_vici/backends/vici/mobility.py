@@ -46,9 +46,10 @@ from ...types import IPAddress, Path
 from . import commands
 from .addresses import configured_addresses
 from .events import IkeSaInfo, PathChecked
+from .left_path import LeftPaths
 from .relay_hook import NoRelay, RequestRelay
 from .session import ViciClient
-from .steer import egress, steer_routes
+from .steer import egress, landed, steer_routes
 
 JsonObject = dict[str, Any]
 MAX_WIRE_IDS = 4096  # bound on probe ids awaiting a reply, all SAs together
@@ -138,6 +139,7 @@ class ViciMobility:
         self._isolated: dict[str, set[IPAddress]] = {}
         self._route_gen: dict[str, int] = {}
         self._steer_lock = asyncio.Lock()
+        self.left = LeftPaths(self, self._steer_lock)  # the sources moves leave, pinned
         self._tasks: set[asyncio.Task[Any]] = set()
         self.ike_relay: RequestRelay = NoRelay()  # the controller's, once its socket opened
 
@@ -236,7 +238,7 @@ class ViciMobility:
                 self.log.emit("steering_adopted", conn=info.conn, ike_spi=info.ike_spi,
                               **_ep(info.path))
         plan = self.plans.get(info.conn)
-        if plan is not None and self._reached(plan, info.path):
+        if plan is not None and landed(self.monitor.state, plan, info.path):
             self._plan_done(info, plan)
         self.pump(sa)
 
@@ -251,7 +253,7 @@ class ViciMobility:
         # charon may land on a peer address it learnt through MOBIKE: a path of ours now.
         self._learn(info.conn, [info.path.remote.addr], "charon")
         plan = self.plans.get(info.conn)
-        steered = plan is not None and self._reached(plan, info.path)
+        steered = plan is not None and landed(self.monitor.state, plan, info.path)
         sa.follow.on_moved(old.path, info.path, now, steered=steered)
         if plan is not None and steered:
             self._plan_done(info, plan)
@@ -315,18 +317,6 @@ class ViciMobility:
             "cancelled_local": str(plan.target.local) if plan is not None else None,
             "cancelled_remote": str(plan.target.remote) if plan is not None else None,
             "cancelled_stage": plan.stage.name.lower() if plan is not None else None})
-
-    def _reached(self, plan: steer_plan.SteerPlan, current: Path) -> bool:
-        """On the target, or on another path of the target's uplink (charon may pick the
-        other address family of the same link, e.g. after the gateway announced it); never
-        on the path the move leaves (the other family of the target's own uplink)."""
-        if steer_plan.reached(plan, current):
-            return True
-        if same_addresses(current, plan.old):
-            return False
-        want = egress(self.monitor.state, plan.target.local.addr)
-        have = egress(self.monitor.state, current.local.addr)
-        return want is not None and have is not None and want[0] == have[0]
 
     def _plan_done(self, info: IkeSaInfo, plan: steer_plan.SteerPlan) -> None:
         self.plans.pop(info.conn, None)
@@ -505,6 +495,8 @@ class ViciMobility:
             if routes is None:
                 self._move_failed(info.conn, target, "no_local_address")
                 return
+            if info.conn in self.plans and self._route_gen.get(info.conn) == gen:
+                await self.left.pin(info, where, egress(self.monitor.state, where.local.addr))
             isolated = self._isolated.setdefault(info.conn, set())
             for route in routes:
                 if info.conn not in self.plans or self._route_gen.get(info.conn) != gen:
@@ -534,7 +526,8 @@ class ViciMobility:
             self.routes = await self.executor(self.routing.routes)
         cur_info = self.client.table.get(info.ike_spi)
         plan = self.plans.get(info.conn)
-        if plan is not None and cur_info is not None and self._reached(plan, cur_info.path):
+        if plan is not None and cur_info is not None \
+                and landed(self.monitor.state, plan, cur_info.path):
             self._plan_done(cur_info, plan)  # charon was there already (e.g. link down)
 
     def prearm_roam(self, ike_spi: str, path: Path, reason: str) -> None:
@@ -569,6 +562,7 @@ class ViciMobility:
         """The move is over (landed, failed, escalated, given up): charon may use every
         peer address again (reauthentication and initiation need the configured ones)."""
         self.ike_relay.stop(conn)
+        self.left.hold(conn)
         if self._isolated.get(conn):
             self.spawn(self._locked_release(conn, self._route_gen.get(conn, 0)))
 
@@ -666,6 +660,7 @@ class ViciMobility:
     async def _escalate(self, info: IkeSaInfo, action: steer_plan.Action) -> None:
         self.ike_relay.retire(info.conn)  # a reauth's delete must not end the old SA early
         # The new IKE_SA resolves the configured peer addresses: none may stay isolated.
+        await self.left.locked_unpin(info.conn)
         await self._locked_release(info.conn, self._route_gen.get(info.conn, 0))
         if action == steer_plan.Action.REAUTH:
             await commands.reauth(self.client, self.log, info)

@@ -26,6 +26,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ...mobike import steer_plan
+from ...mobike.follow import same_addresses
 from ...net.events import AddrFlag
 from ...net.state import NetState, usable_addresses
 from ...types import IPAddress, Path
@@ -64,6 +66,20 @@ def egress(state: NetState, local: IPAddress) -> tuple[str, IPAddress | None] | 
         if route.table == 254 and (route.ifname == ifname or state.ifname(route.oif) == ifname):
             return ifname, route.gateway
     return ifname, None
+
+
+def landed(state: NetState, plan: steer_plan.SteerPlan, current: Path) -> bool:
+    """Whether charon, now on ``current``, made the move of ``plan``: on the target, or
+    on another path of the target's uplink (charon may pick the other address family of
+    the same link, e.g. after the gateway announced it); never on the path the move
+    leaves (the other family of the target's own uplink)."""
+    if steer_plan.reached(plan, current):
+        return True
+    if same_addresses(current, plan.old):
+        return False
+    want = egress(state, plan.target.local.addr)
+    have = egress(state, current.local.addr)
+    return want is not None and have is not None and want[0] == have[0]
 
 
 def steer_routes(state: NetState, target: Path, current: Path, peers: Iterable[IPAddress],

@@ -51,8 +51,9 @@ class _Sock:
 class IcmpProber:
     """Sends echo requests for (path, probe_id) and reports replies to `on_reply`.
 
-    One raw socket per (local address, interface), opened on first use. Must be
-    used from a running asyncio loop (it registers readers).
+    One raw socket per (local address, interface), opened on first use and closed when
+    the address leaves the host (``forget_local``). Must be used from a running asyncio
+    loop (it registers readers).
     """
 
     def __init__(self, on_reply: ReplyCallback, *, random_bytes: Callable[[int], bytes],
@@ -91,6 +92,22 @@ class IcmpProber:
             return False
         self.counters.sent += 1
         return True
+
+    @property
+    def open_sockets(self) -> int:
+        return len(self._socks)
+
+    def forget_local(self, local: IPAddress) -> int:
+        """Close the sockets bound to ``local``, an address that left the host; returns
+        how many. Kept, they would add one per address the host ever had (a new lease,
+        IPv6 temporary addresses); a later probe from it opens one anew."""
+        loop = asyncio.get_running_loop()
+        gone = [key for key in self._socks if key[0] == local]
+        for key in gone:
+            entry = self._socks.pop(key)
+            loop.remove_reader(entry.sock.fileno())
+            entry.sock.close()
+        return len(gone)
 
     def close(self) -> None:
         loop = asyncio.get_event_loop()
