@@ -209,13 +209,13 @@ def _init_sends(eager: bool, peer_back: float) -> tuple[list[float], float | Non
     return sends, up
 
 
-def test_ike_sa_init_to_a_restarting_peer_is_resent_every_second() -> None:
+def test_ike_sa_init_to_a_restarting_peer_is_resent_every_quarter_second() -> None:
     # The peer deleted the IKE_SA as it stopped: it answers as soon as it is up again.
     # Charon's schedule (4 s, then 11.2 s) would leave the tunnel down up to 7 s longer.
-    sends, up = _init_sends(eager=True, peer_back=6.5)
-    assert sends[:8] == pytest.approx([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
-    assert up == pytest.approx(7.0)
-    plain, plain_up = _init_sends(eager=False, peer_back=6.5)
+    sends, up = _init_sends(eager=True, peer_back=6.6)
+    assert sends[:8] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
+    assert up == pytest.approx(6.75)  # the first resend after the peer is back
+    plain, plain_up = _init_sends(eager=False, peer_back=6.6)
     assert plain[:3] == pytest.approx([0.0, 4.0, 11.2])
     assert plain_up == pytest.approx(11.2)
 
@@ -224,11 +224,12 @@ def test_eager_resends_end_with_their_window_then_charons_schedule() -> None:
     settings = EngineSettings()
     sends, up = _init_sends(eager=True, peer_back=1000.0)
     assert up is None
-    window = settings.eager_window
-    assert sends[int(window)] == pytest.approx(window)  # one a second within the window
+    window, resend = settings.eager_window, settings.eager_resend
+    last = round(window / resend)
+    assert sends[last] == pytest.approx(window)  # every eager_resend within the window
     # the window's last send is charon's first retransmission: 7.2 s, 12.96 s after it
-    assert sends[int(window) + 1] == pytest.approx(window + 7.2)
-    assert sends[int(window) + 2] == pytest.approx(window + 7.2 + 12.96)
+    assert sends[last + 1] == pytest.approx(window + 7.2)
+    assert sends[last + 2] == pytest.approx(window + 7.2 + 12.96)
 
 
 def _dead_after_pair(state_check_after: float = 0.0) -> Net:
