@@ -150,8 +150,8 @@ class StateProbe:
             sock.sendto(probe_message(spi_i), (str(remote), IKE_PORT))
         except OSError as exc:
             sock.close()
-            self.log.emit("state_check_failed", conn=info.conn, ike_spi=info.ike_spi,
-                          error=str(exc))
+            self.log.write("warning", "state_check_failed", {
+                "conn": info.conn, "ike_spi": info.ike_spi, "error": str(exc)})
             return
         self._probes[info.ike_spi] = sock
         asyncio.get_running_loop().add_reader(
