@@ -192,7 +192,8 @@ class StateProbe:
     def _lost(self, info: IkeSaInfo) -> None:
         self._ending.add(info.ike_spi)
         self.log.emit("ike_sa_deleted", conn=info.conn, ike_spi=info.ike_spi,
-                      reason="peer_lost_state")
+                      reason="peer_lost_state", local=str(info.path.local),
+                      remote=str(info.path.remote))
         self.spawn(self._replace(info))
 
     async def _replace(self, info: IkeSaInfo) -> None:
