@@ -127,7 +127,7 @@ class Controller:
         self.ike_relay = IkeRelay(log)  # charon's requests held on a path it leaves
         # an IKE_SA the peer lost in a restart without a DELETE (reads the relay's ledger)
         self.state_probe = StateProbe(
-            log, self.client, self.ike_relay.ledger,
+            log, self.client, self.ike_relay,
             lambda: {spi: sa.info for spi, sa in self.mobility.sas.items()},
             self.mobility.spawn, lambda: self.mobility.config)
         self._stop = asyncio.Event()

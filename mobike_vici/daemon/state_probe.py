@@ -4,11 +4,12 @@ and set up again, in seconds rather than after charon's DPD gives up.
 The decision is ``mobike.lost_state``; this is its I/O. Every ``TICK`` it reads charon's
 unanswered request of each IKE_SA charon initiated from the IKE relay's ledger. The
 probe is an IKE_SA_INIT with a fresh SPI from an ephemeral UDP port on the IKE_SA's
-local address to the peer's port 500; any answer to that SPI (a response, COOKIE,
-INVALID_KE_PAYLOAD, NO_PROPOSAL_CHOSEN) counts. The resend is charon's request once
-more (``LAST_COPIES`` copies) on the IKE_SA's path, from charon's address and port (the
-relay's raw socket); the peer answers it from its cache if it still has the IKE_SA, and
-the ledger sees the response. A verdict ends the IKE_SA over VICI (``ike_sa_deleted``,
+address charon's request left from to the peer's port 500 where it went; any answer to
+that SPI (a response, COOKIE, INVALID_KE_PAYLOAD, NO_PROPOSAL_CHOSEN) counts. The
+resend is charon's request once more (``LAST_COPIES`` copies), unchanged, from charon's
+address and port (the relay's raw socket); the peer answers it from its cache if it
+still has the IKE_SA, and the ledger sees the response. No check while a move of the
+IKE_SA is under way. A verdict ends the IKE_SA over VICI (``ike_sa_deleted``,
 reason ``peer_lost_state``) and initiates it again when a child of the connection
 restarts on DPD or starts on load.
 """
@@ -34,7 +35,9 @@ from ..ikev2.message import DecodeError, Header, decode_header, encode_message
 from ..ikev2.payloads import KE, SA, Nonce, Payload
 from ..ikev2.proposals import parse_proposals, to_payload
 from ..mobike.lost_state import LostStateCheck, Step
-from .ike_relay import RequestLedger, Sender, send_from
+from ..net.ike_wire import IkeDatagram
+from ..types import Endpoint, Path
+from .ike_relay import IkeRelay, Sender, send_from
 
 TICK = 0.25
 IKE_PORT = 500
@@ -90,12 +93,13 @@ class StateProbe:
     """The controller's checks; ``start``/``stop`` from a running loop. ``sas`` gives the
     IKE_SAs charon initiated, by SPI."""
 
-    def __init__(self, log: EventLog, client: ViciClient, ledger: RequestLedger,
+    def __init__(self, log: EventLog, client: ViciClient, relay: IkeRelay,
                  sas: Callable[[], dict[str, IkeSaInfo]], spawn: Spawn,
                  config: Callable[[], AttachConfig], send: Sender = send_from) -> None:
         self.log = log
         self.client = client
-        self.ledger = ledger
+        self.relay = relay
+        self.ledger = relay.ledger
         self.sas = sas
         self.spawn = spawn
         self.config = config
@@ -129,24 +133,26 @@ class StateProbe:
         for spi in [s for s in self._probes if s not in sas]:
             self._close(spi)
         for spi, info in sas.items():
-            pending = self.ledger.pending(spi)
+            # A move under way has its own bounds (steer_plan), and a resent MOBIKE
+            # update would finish it behind charon's back: no check meanwhile.
+            pending = [] if self.relay.moving(spi) else self.ledger.pending(spi)
             step = self.check.observe(spi, pending[0].message_id if pending else None, now)
             if step is Step.PROBE:
-                self._probe(info)
+                self._probe(info, pending[0])
             elif step is Step.LOST:
                 self._lost(info)
 
     # -- the probe ----------------------------------------------------------------------
 
-    def _probe(self, info: IkeSaInfo) -> None:
+    def _probe(self, info: IkeSaInfo, request: IkeDatagram) -> None:
         self._close(info.ike_spi)
-        local, remote = info.path.local.addr, info.path.remote.addr
+        local, remote = request.src, request.dst  # the path charon asks on
         family = socket.AF_INET if local.version == 4 else socket.AF_INET6
         spi_i = os.urandom(8)
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
-            sock.bind((str(local), 0))  # on the IKE_SA's path, as charon's request
+            sock.bind((str(local), 0))
             sock.sendto(probe_message(spi_i), (str(remote), IKE_PORT))
         except OSError as exc:
             sock.close()
@@ -175,9 +181,11 @@ class StateProbe:
         self.log.emit("state_check_answered", conn=info.conn, ike_spi=ike_spi,
                       resent=len(pending) * LAST_COPIES)
         for _ in range(LAST_COPIES):
-            for request in pending:
+            for request in pending:  # unchanged: as charon's own retransmission
+                path = Path(Endpoint(request.src, request.sport),
+                            Endpoint(request.dst, request.dport))
                 with contextlib.suppress(OSError):
-                    self.send(info.path, request.payload)
+                    self.send(path, request.payload)
 
     def _close(self, ike_spi: str) -> None:
         sock = self._probes.pop(ike_spi, None)
