@@ -75,6 +75,7 @@ from .pool_service import PoolService
 from .reload import reloaded, reread
 from .sdnotify import SystemdNotifier
 from .sibling_check import SiblingCheck
+from .state_probe import StateProbe
 from .status import paths_json, preferred_json
 
 JsonObject = dict[str, Any]
@@ -124,6 +125,11 @@ class Controller:
                                    settings_of(config.policy))
         self.mobility.attach(self.data_plane, self.sibling_check)
         self.ike_relay = IkeRelay(log)  # charon's requests held on a path it leaves
+        # an IKE_SA the peer lost in a restart without a DELETE (reads the relay's ledger)
+        self.state_probe = StateProbe(
+            log, self.client, self.ike_relay,
+            lambda: {spi: sa.info for spi, sa in self.mobility.sas.items()},
+            self.mobility.spawn, lambda: self.mobility.config)
         self._stop = asyncio.Event()
         self._control: ControlServer | None = None
         self.gateway_rr = GatewayChecks(self.client, log, config.policy, self.mobility.spawn)
@@ -314,8 +320,10 @@ class Controller:
                            {"error": exc.strerror or str(exc)})
             return
         self.mobility.ike_relay = self.ike_relay
+        self.state_probe.start()
 
     async def _shutdown(self) -> None:
+        self.state_probe.stop()
         self.mobility.ike_relay = NoRelay()
         self.ike_relay.close()
         self.mobility.close()

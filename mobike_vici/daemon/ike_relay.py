@@ -184,6 +184,10 @@ class IkeRelay:
             del self._moves[spi]
             self._retired.add(spi)
 
+    def moving(self, ike_spi: str) -> bool:
+        """True while a move of ``ike_spi`` is under way (its requests are relayed)."""
+        return ike_spi in self._moves
+
     def forget(self, ike_spi: str) -> None:
         self._moves.pop(ike_spi, None)
         self._retired.discard(ike_spi)
