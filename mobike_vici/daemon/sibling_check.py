@@ -33,6 +33,7 @@ from ..backends.vici.steer import egress
 from ..mobike import health as hm
 from ..mobike.events import MoveRequested
 from ..mobike.follow import same_addresses
+from ..mobike.policy import recent_rtt
 from ..types import Path
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ class SiblingCheck:
                 continue
             there = egress(state, info.path.local.addr)
             if there is not None and there[0] == out[0]:
-                early.append(_Early(info.path, hm.Burst.at(now, info.srtt,
+                early.append(_Early(info.path, hm.Burst.at(now, recent_rtt(info),
                                                            self._burst_timeout())))
         if early:
             self._early[spi] = early
@@ -143,7 +144,8 @@ class SiblingCheck:
             check = _Check(event, early.burst, early.ids)
             self._ids.update(dict.fromkeys(early.ids, spi))
         else:
-            srtt = next((p.srtt for p in sa.manager.paths() if p.path == event.path), None)
+            srtt = next((recent_rtt(p) for p in sa.manager.paths() if p.path == event.path),
+                        None)
             check = _Check(event, hm.Burst.at(now, srtt, self._burst_timeout()))
         self._checks[spi] = check
         if check.burst.missed(now):  # already unanswered: fail it outside the caller's move

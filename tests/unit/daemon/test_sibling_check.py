@@ -126,9 +126,9 @@ def _silent_death(sibling_answers: bool) -> tuple[_Ctl, bool, int]:
     probes sent on the sibling after the failover was asked for)."""
     async def main() -> tuple[_Ctl, bool, int]:
         ctl = _Ctl()
-        ctl.sa.manager.paths = lambda: [SimpleNamespace(path=M0, srtt=0.001),
-                                        SimpleNamespace(path=M0_SIX, srtt=0.001),
-                                        SimpleNamespace(path=M1, srtt=0.001)]
+        ctl.sa.manager.paths = lambda: [SimpleNamespace(path=M0, srtt=0.001, last_rtt=None),
+                                        SimpleNamespace(path=M0_SIX, srtt=0.001, last_rtt=None),
+                                        SimpleNamespace(path=M1, srtt=0.001, last_rtt=None)]
         check = SiblingCheck(ctl, lambda: 0.05)  # type: ignore[arg-type]
         check.stalled(ctl.sa, M0)  # type: ignore[arg-type]
         assert {p for _, p in ctl.sent} == {M0_SIX}  # the same uplink's other path only
