@@ -14,7 +14,8 @@ Every other candidate is probed already while the dead path's own burst runs
 (``stalled``), the controller's race of the candidates: a silent death of the whole
 uplink then fails its sibling as the failover's target at once, not one more burst
 later, and an answer lets the failover go ahead unheld. A failover onto another uplink
-right after the death waits for its target's burst too (``path_died_silently``): an
+right after the death, when some candidate answered, waits for its target's burst too
+(``path_died_silently``): an
 IPv4 death takes the other uplink's IPv4 path as well, and the path manager's probes
 would take most of a second to say so; unanswered, the target alone fails
 (``target_down``: the other family of its uplink stays a candidate) and the next path,
@@ -161,12 +162,17 @@ class SiblingCheck:
         return True
 
     def _raced(self, spi: str, path: Path, now: float) -> bool:
-        """A silent death of the IKE_SA's path within EARLY_FOR, and ``path`` had an early
-        burst beside the dead path's own."""
+        """A silent death of the IKE_SA's path within EARLY_FOR, ``path`` had an early
+        burst beside the dead path's own, and some candidate answered one: failing the
+        target then leaves a path known to work. With none answered the move goes ahead
+        unheld, as before the race: charon's own MOBIKE check of every address it knows
+        (some the path manager may not) is then the last way out."""
         death = self._deaths.get(spi)
-        return death is not None and now - death[1] <= EARLY_FOR and any(
-            same_addresses(e.path, path) and now - e.burst.started <= EARLY_FOR
-            for e in self._early.get(spi, []))
+        if death is None or now - death[1] > EARLY_FOR:
+            return False
+        early = [e for e in self._early.get(spi, []) if now - e.burst.started <= EARLY_FOR]
+        return any(same_addresses(e.path, path) for e in early) and any(
+            e.answered for e in early)
 
     def on_reply(self, wire_id: int) -> bool:
         """True when the reply answered a check's probe: the held move goes ahead."""
