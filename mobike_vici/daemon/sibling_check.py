@@ -15,11 +15,10 @@ Every other candidate is probed already while the dead path's own burst runs
 uplink then fails its sibling as the failover's target at once, not one more burst
 later, and an answer lets the failover go ahead unheld. A failover onto another uplink
 right after the death, when some candidate answered, waits for its target's burst too
-(``path_died_silently``): an
-IPv4 death takes the other uplink's IPv4 path as well, and the path manager's probes
-would take most of a second to say so; unanswered, the target alone fails
-(``target_down``: the other family of its uplink stays a candidate) and the next path,
-which answered beside it, is taken at once.
+(``path_died_silently``): an IPv4 death takes the other uplink's IPv4 path as well, and
+the path manager's probes would take most of a second to say so; unanswered, the target
+alone fails (``target_down``: the other family of its uplink stays a candidate) and the
+next path, which answered beside it, is taken at once.
 
 A return to the preferred path is checked the same way, always: it rests on a standby
 probe up to 2 s old, and a fault in between (soak: IPv4 death 80 ms before the return)
