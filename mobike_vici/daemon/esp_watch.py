@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from ..backends.vici import ViciError
 from ..backends.vici.steer import egress
 from ..mobike import health as hm
+from ..mobike.policy import recent_rtt
 from ..net.esp_bpf import MAX_PEERS, SNAP, esp_filter, pack, parse_addresses
 from ..types import IPAddress, Path
 from . import nat_check
@@ -52,6 +53,11 @@ READ_BATCH = 64  # packets read per wake-up at most: the loop has other work too
 CHECKING = (hm.Phase.WATCHING, hm.Phase.REPAIRING)
 """While a move's data path is checked, its silence is the check's to judge: no burst."""
 RCVBUF = 256 * 1024  # bytes queued in the kernel at most; beyond it the kernel drops
+SRTT_REFRESH = 0.05
+"""Seconds between two reads of the path manager's RTT for a watched path: the stall
+threshold and the burst follow its probes (every probe interval on the active path), not
+the RTT it had when charon moved there (soak: a latency spike's 155 ms, kept for
+seconds after the spike ended, made a blackhole's stall wait 0.63 s, not 0.12 s)."""
 
 
 class EspTap:
@@ -156,6 +162,7 @@ class _Watched:
     quiet: bool = False  # a burst was answered and no ESP from the peer came since
     last_burst: float | None = None
     srtt: float | None = None
+    srtt_at: float | None = None  # when ``srtt`` was read from the path manager
     rekeyed: int = 0  # CHILD_SAs the last repair rekeyed
     refused: bool = False  # charon refused every rekey of the last repair
     last_inbound: float | None = None  # the peer's last ESP on ``path``: a sign of life
@@ -238,7 +245,7 @@ class EspWatch:
         if w.path != new:
             w.last_inbound = None  # the old path's ESP says nothing of the new one
         w.path = new
-        w.srtt = self._srtt(sa)
+        w.srtt, w.srtt_at = self._srtt(sa), now
         w.burst, w.suspected = None, False
         if self.sibling_check.suspect(w.spi, new, now):
             # charon landed by itself on the uplink whose path just died silently: its
@@ -327,9 +334,10 @@ class EspWatch:
                 self._pump(w)
             return
         w.packets_out += 1
-        if w.srtt is None:
+        if w.srtt is None or w.srtt_at is None or now - w.srtt_at >= SRTT_REFRESH:
             sa = self.ctl.sas.get(w.spi)
-            w.srtt = self._srtt(sa) if sa is not None else None
+            if sa is not None:
+                w.srtt, w.srtt_at = self._srtt(sa), now
         w.stall.on_traffic(0, 1, now, w.srtt)
         if not w.stall.stalled or w.suspected or w.check.phase in CHECKING:
             return  # per packet: nothing more unless a new stall wants its burst
@@ -470,12 +478,14 @@ class EspWatch:
             self.tap.set_peers(frozenset(peers))
 
     def _srtt(self, sa: TrackedSa) -> float | None:
-        """The smoothed RTT of the path charon is on (its uplink's candidate)."""
-        for info in sa.manager.paths():
+        """The RTT of the path charon is on (its uplink's candidate), as recent as the
+        path manager's probes have it (``recent_rtt``)."""
+        paths = sa.manager.paths()
+        for info in paths:
             if info.path.local.addr == sa.info.path.local.addr and info.srtt is not None:
-                return info.srtt
+                return recent_rtt(info)
         active = sa.manager.active_path
-        for info in sa.manager.paths():
+        for info in paths:
             if info.path == active:
-                return info.srtt
+                return recent_rtt(info)
         return None

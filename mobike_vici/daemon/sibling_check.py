@@ -10,9 +10,15 @@ the move go ahead; none, and the move fails as unanswered (``handover_failed`` r
 ``timeout``), which sets the uplink's other candidates aside until their own probes
 answer (the path manager's shared-failure rule) and picks the next path.
 
-The dead path's siblings are probed already while its own burst runs (``stalled``):
-a silent death of the whole uplink then fails its sibling as the failover's target at
-once, not one more burst later, and an answer lets the failover go ahead unheld.
+Every other candidate is probed already while the dead path's own burst runs
+(``stalled``), the controller's race of the candidates: a silent death of the whole
+uplink then fails its sibling as the failover's target at once, not one more burst
+later, and an answer lets the failover go ahead unheld. A failover onto another uplink
+right after the death, when some candidate answered, waits for its target's burst too
+(``path_died_silently``): an IPv4 death takes the other uplink's IPv4 path as well, and
+the path manager's probes would take most of a second to say so; unanswered, the target
+alone fails (``target_down``: the other family of its uplink stays a candidate) and the
+next path, which answered beside it, is taken at once.
 
 A return to the preferred path is checked the same way, always: it rests on a standby
 probe up to 2 s old, and a fault in between (soak: IPv4 death 80 ms before the return)
@@ -33,6 +39,7 @@ from ..backends.vici.steer import egress
 from ..mobike import health as hm
 from ..mobike.events import MoveRequested
 from ..mobike.follow import same_addresses
+from ..mobike.policy import recent_rtt
 from ..types import Path
 
 if TYPE_CHECKING:
@@ -50,7 +57,8 @@ RETURN_UNANSWERED = "target_down"
 
 EARLY_FOR = 1.0
 """Seconds an early burst (``stalled``) stands for its path's check: its stall's burst
-ends in a verdict well within it."""
+ends in a verdict well within it. Also how recent a silent death must be for a failover
+onto another uplink to wait for its target's early burst."""
 
 
 @dataclass(slots=True)
@@ -91,23 +99,20 @@ class SiblingCheck:
             self._deaths[spi] = (out[0], now)
 
     def stalled(self, sa: TrackedSa, path: Path) -> None:
-        """The data plane bursts on ``path``, charon's, after a stall: the other paths of
-        its uplink get a burst of their own now, the answer a failover onto them needs."""
+        """The data plane bursts on ``path``, charon's, after a stall: every other
+        candidate gets a burst of its own now, the answer a failover onto it needs."""
         spi = sa.info.ike_spi
         self._drop_early(spi)
         state = self.ctl.monitor.state
-        out = egress(state, path.local.addr)
-        if out is None:
+        if egress(state, path.local.addr) is None:
             return
         now = self.ctl.now
         early = []
         for info in sa.manager.paths():
-            if same_addresses(info.path, path):
+            if same_addresses(info.path, path) or egress(state, info.path.local.addr) is None:
                 continue
-            there = egress(state, info.path.local.addr)
-            if there is not None and there[0] == out[0]:
-                early.append(_Early(info.path, hm.Burst.at(now, info.srtt,
-                                                           self._burst_timeout())))
+            early.append(_Early(info.path, hm.Burst.at(now, recent_rtt(info),
+                                                       self._burst_timeout())))
         if early:
             self._early[spi] = early
             for e in early:
@@ -131,6 +136,8 @@ class SiblingCheck:
             reason = "return_unproven"
         elif event.reason == "failover" and self.suspect(spi, event.path, now):
             reason = "uplink_died_silently"
+        elif event.reason == "failover" and self._raced(spi, event.path, now):
+            reason = "path_died_silently"
         else:
             return False
         self.ctl.log.emit("failover_target_checked", conn=sa.info.conn, ike_spi=spi,
@@ -143,7 +150,8 @@ class SiblingCheck:
             check = _Check(event, early.burst, early.ids)
             self._ids.update(dict.fromkeys(early.ids, spi))
         else:
-            srtt = next((p.srtt for p in sa.manager.paths() if p.path == event.path), None)
+            srtt = next((recent_rtt(p) for p in sa.manager.paths() if p.path == event.path),
+                        None)
             check = _Check(event, hm.Burst.at(now, srtt, self._burst_timeout()))
         self._checks[spi] = check
         if check.burst.missed(now):  # already unanswered: fail it outside the caller's move
@@ -151,6 +159,19 @@ class SiblingCheck:
         else:
             self._pump(spi)
         return True
+
+    def _raced(self, spi: str, path: Path, now: float) -> bool:
+        """A silent death of the IKE_SA's path within EARLY_FOR, ``path`` had an early
+        burst beside the dead path's own, and some candidate answered one: failing the
+        target then leaves a path known to work. With none answered the move goes ahead
+        unheld, as before the race: charon's own MOBIKE check of every address it knows
+        (some the path manager may not) is then the last way out."""
+        death = self._deaths.get(spi)
+        if death is None or now - death[1] > EARLY_FOR:
+            return False
+        early = [e for e in self._early.get(spi, []) if now - e.burst.started <= EARLY_FOR]
+        return any(same_addresses(e.path, path) for e in early) and any(
+            e.answered for e in early)
 
     def on_reply(self, wire_id: int) -> bool:
         """True when the reply answered a check's probe: the held move goes ahead."""
@@ -240,9 +261,12 @@ class SiblingCheck:
             self._send(spi, check)
         if burst.missed(now):
             self.forget(spi)
-            sa.manager.on_move_failed(check.event.path, RETURN_UNANSWERED
-                                      if check.event.reason == "preferred" else UNANSWERED,
-                                      now)
+            # Only an unanswered target on the dead path's own uplink says the uplink
+            # died (its other paths are set aside); elsewhere, the target alone is down.
+            shared = check.event.reason != "preferred" and self.suspect(
+                spi, check.event.path, now)
+            sa.manager.on_move_failed(check.event.path,
+                                      UNANSWERED if shared else RETURN_UNANSWERED, now)
             self.ctl.pump(sa)
             return
         if check.timer is not None:

@@ -49,9 +49,12 @@ class RttEstimator:
 
     srtt: float | None = None
     rttvar: float = 0.0
+    last: float | None = None
+    """The newest sample: ``srtt`` lags it by many samples after a latency spike ends."""
 
     def sample(self, rtt: float) -> None:
         rtt = max(rtt, 0.0)
+        self.last = rtt
         if self.srtt is None:
             self.srtt, self.rttvar = rtt, rtt / 2
             return

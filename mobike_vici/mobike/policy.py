@@ -46,6 +46,19 @@ class PathInfo:
     """Probe loss ratio over the last probes (status and metrics only; never ranks)."""
     down_reason: str | None = None
     """Why a DOWN path is down (``probe_timeout``: only probes said so)."""
+    last_rtt: float | None = None
+    """The newest RTT sample (``srtt`` is the smoothed one; see ``recent_rtt``)."""
+
+
+def recent_rtt(info: PathInfo) -> float | None:
+    """The path's RTT for a data-plane check now: the smoothed one, or the newest sample
+    when lower. A latency spike that has ended keeps ``srtt`` high for many probes (a
+    standby path, probed every few seconds, for tens of seconds), and a check's waits,
+    several RTTs long, would then eat a silent fault's whole outage budget. A spike that
+    starts weighs as before (through ``srtt``, then the lower of the two)."""
+    if info.srtt is None or info.last_rtt is None:
+        return info.srtt
+    return min(info.srtt, info.last_rtt)
 
 
 @dataclass(frozen=True, slots=True)

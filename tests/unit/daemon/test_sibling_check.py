@@ -126,12 +126,12 @@ def _silent_death(sibling_answers: bool) -> tuple[_Ctl, bool, int]:
     probes sent on the sibling after the failover was asked for)."""
     async def main() -> tuple[_Ctl, bool, int]:
         ctl = _Ctl()
-        ctl.sa.manager.paths = lambda: [SimpleNamespace(path=M0, srtt=0.001),
-                                        SimpleNamespace(path=M0_SIX, srtt=0.001),
-                                        SimpleNamespace(path=M1, srtt=0.001)]
+        ctl.sa.manager.paths = lambda: [SimpleNamespace(path=M0, srtt=0.001, last_rtt=None),
+                                        SimpleNamespace(path=M0_SIX, srtt=0.001, last_rtt=None),
+                                        SimpleNamespace(path=M1, srtt=0.001, last_rtt=None)]
         check = SiblingCheck(ctl, lambda: 0.05)  # type: ignore[arg-type]
         check.stalled(ctl.sa, M0)  # type: ignore[arg-type]
-        assert {p for _, p in ctl.sent} == {M0_SIX}  # the same uplink's other path only
+        assert {p for _, p in ctl.sent} == {M0_SIX, M1}  # every other candidate
         for _ in range(30):  # the dead path's burst runs its course (0.3 s)
             ctl.t += 0.01
             if sibling_answers:
@@ -169,3 +169,58 @@ def test_a_silent_deaths_sibling_that_answered_its_burst_takes_the_failover_unhe
     assert not held and sent_after == 0
     assert ctl.failed == [] and ctl.begun == []  # not held: the caller moves on its own
     assert '"reason": "uplink_died_silently"' in ctl.out.getvalue()
+
+
+def _ipv4_death(six_answers: bool = True) -> _Ctl:
+    """charon on M0 (IPv4); IPv4 dies everywhere: M0's burst and M1's early one go
+    unanswered, M0's IPv6 path answers its early burst. The path manager fails over onto
+    M1 (another uplink), then, M1 failed, onto M0_SIX."""
+    async def main() -> _Ctl:
+        ctl = _Ctl()
+        ctl.sa.manager.paths = lambda: [SimpleNamespace(path=p, srtt=0.001, last_rtt=None)
+                                        for p in (M0, M0_SIX, M1)]
+        check = SiblingCheck(ctl, lambda: 0.05)  # type: ignore[arg-type]
+        check.stalled(ctl.sa, M0)  # type: ignore[arg-type]
+        for _ in range(30):  # the dead path's burst runs its course (0.3 s)
+            ctl.t += 0.01
+            for wire_id, path in ctl.sent:
+                if path == M0_SIX and six_answers:
+                    check.on_reply(wire_id)
+            for e in list(check._early.get(SPI, [])):
+                check._pump_early(SPI, e)
+        check.silent_death(SPI, M0, ctl.t)
+        ctl.sa.manager.wanted_path = M1
+        held = check.hold(ctl.sa, MoveRequested(path=M1, old_path=M0,  # type: ignore[arg-type]
+                                                reason="failover"))
+        assert held == six_answers
+        if not held:
+            check.close()
+            return ctl
+        for _ in range(3):
+            await asyncio.sleep(0)  # the loop runs what the check left to it
+        ctl.sa.manager.wanted_path = M0_SIX
+        assert not check.hold(ctl.sa, MoveRequested(  # type: ignore[arg-type]
+            path=M0_SIX, old_path=M0, reason="failover"))
+        check.close()
+        return ctl
+
+    return asyncio.run(main())
+
+
+def test_an_ipv4_death_fails_the_other_uplinks_ipv4_path_by_its_early_burst() -> None:
+    """The failover onto the other uplink's IPv4 path is held on the burst it had beside
+    the dead path's, unanswered: it fails at once (not after the path manager's probes,
+    0.6 s), as the target alone (its uplink's IPv6 path stays), and the next target,
+    which answered beside it, is taken unheld."""
+    ctl = _ipv4_death()
+    assert ctl.failed == [(M1, "target_down")]
+    assert '"reason": "path_died_silently"' in ctl.out.getvalue()
+    assert ctl.begun == []  # the second failover was not held: the caller moves itself
+
+
+def test_an_unanswered_race_lets_the_failover_go_unheld() -> None:
+    """No candidate answered beside the dead path: failing the target would leave the
+    IKE_SA on the dead path; charon's own check of every address it knows (some learnt
+    through MOBIKE, unknown to the path manager) is the way out, as before the race."""
+    ctl = _ipv4_death(six_answers=False)
+    assert ctl.failed == [] and ctl.begun == []
