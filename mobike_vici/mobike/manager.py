@@ -558,9 +558,8 @@ class PathManager:
 
     def _info(self, key: Key) -> PathInfo:
         h = self.table.health(key)
-        return PathInfo(self.table.path(key), self.table.ifname(key), h.state,
-                        h.rtt.srtt, h.healthy_since, h.loss_ratio(), h.down_reason,
-                        h.rtt.last)
+        return PathInfo(self.table.path(key), self.table.ifname(key), h.state, h.rtt.srtt,
+                        h.healthy_since, h.loss_ratio(), h.down_reason, h.rtt.last)
 
     def _view(self, now: float | None) -> tuple[list[PathInfo], PathInfo | None, bool]:
         t = self._last_now if now is None else now
