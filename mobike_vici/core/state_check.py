@@ -32,8 +32,10 @@ from .ike_sa import IkeSa, IkeState
 from .mobike_paths import update_in_flight
 from .settings import EngineSettings
 
-LOST_FLOOR = 0.2
-"""Seconds the IKE_SA's resent request gets at least after the peer answered the check."""
+LOST_FLOOR = 1.0
+"""Seconds the IKE_SA's resent request gets at least after the peer answered the check:
+a peer busy with the request answers it late (charon runs the updown script while it
+installs a CHILD_SA), and a live IKE_SA ended for that costs more than this wait."""
 LOST_RTTS = 4.0
 """... or this many round trips of the check's IKE_SA_INIT, whichever is longer."""
 LAST_COPIES = 3

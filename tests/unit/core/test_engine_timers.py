@@ -343,6 +343,29 @@ def test_an_outage_that_ends_keeps_the_ike_sa_when_the_peer_still_knows_it() -> 
     assert len(inits) >= 2  # the setup's and at least one check's
 
 
+def test_a_peer_busy_with_our_request_for_a_while_keeps_the_ike_sa() -> None:
+    # The peer answers the IKE_SA_INIT at once but our DPD of 20 s only at 21.8 s, busy
+    # with it (charon runs an updown script while it installs a CHILD_SA): not a restart.
+    net = _dead_after_pair(state_check_after=1.0)
+    held: list[Datagram] = []
+
+    def drop(d: Datagram) -> bool:
+        header = decode_header(d.data)
+        busy = header.is_response and header.exchange != ExchangeType.IKE_SA_INIT
+        if busy and d.path.local.addr == BOB and 19.5 < net.now < 21.8:
+            held.append(d)
+            return True
+        return False
+    net.drop = drop
+    net.advance_to(21.8)
+    assert held
+    net.a.receive_datagram(held[0].data, Path(held[0].path.remote, held[0].path.local),
+                           net.now)
+    net.advance_to(40.0)
+    assert not _of(net.events_a, IkeSaDeleted)
+    assert [s.state for s in net.a.status()] == ["ESTABLISHED"]
+
+
 def test_a_lossy_way_to_a_peer_that_still_knows_the_ike_sa_does_not_cost_it() -> None:
     # Everything lost from 19 s to 23.5 s; then the IKE_SA's retransmission at 24 s and
     # the first copy of it sent on the check's answer are lost too: the others get through.
