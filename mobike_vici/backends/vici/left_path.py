@@ -29,7 +29,6 @@ its retransmission: 4 s by charon's default, then 7 s more."""
 LEFT_PATH_POLL = 0.1
 
 
-
 class _Watch(Protocol):
     def last_inbound(self, spi: str) -> float | None: ...
 
@@ -85,8 +84,8 @@ class LeftPaths:
         if out is None or self._pins is None:
             return
         try:
-            pinned = await self.host.executor(self._pins.pin, where.local.addr, where.remote.addr,
-                                         via=out[1], dev=out[0])
+            pinned = await self.host.executor(self._pins.pin, where.local.addr,
+                                              where.remote.addr, via=out[1], dev=out[0])
         except (OSError, LookupError, ValueError):
             return  # its link is down (a failover): nothing left to keep there
         if pinned:
