@@ -14,8 +14,9 @@ charon onto a new path, that request, unanswered and sent elsewhere, goes out ag
 the new path from charon's address and port there, unchanged: the peer answers a request
 from wherever it came (its response to a retransmission from its cache), charon takes
 the response on any of its addresses, finishes the exchange, and its MOBIKE update
-follows at once. Until the move ends, every request charon sends elsewhere (the next one
-of that exchange, a delete after a rekey) is copied over the new path too.
+follows at once. Until the move ends, every request charon sends on the path the move
+leaves (the next one of that exchange, a delete after a rekey) is copied over the new
+path too; what it sends on a path of its own choice (its MOBIKE update) is not.
 
 A copy the peer had answered already costs it a cached response that charon ignores. A
 copy of an UPDATE_SA_ADDRESSES charon sent on a path that died (a move's earlier target)
@@ -94,7 +95,13 @@ class RequestLedger:
 class _Move:
     conn: str
     target: Path
+    left: Path  # the path the move leaves: only what charon sends there is copied
     relayed: set[tuple[int, bytes]]  # (message ID, datagram) on the target already
+
+
+def sent_on(request: IkeDatagram, path: Path) -> bool:
+    """True when ``request`` went out from ``path``'s local to its remote address."""
+    return (request.src, request.dst) == (path.local.addr, path.remote.addr)
 
 
 def _key(request: IkeDatagram) -> tuple[int, bytes]:
@@ -160,12 +167,15 @@ class IkeRelay:
 
     # -- what the glue calls ------------------------------------------------------------
 
-    def relay(self, conn: str, ike_spi: str, target: Path) -> None:
-        """A move of ``ike_spi`` onto ``target`` has its route: send charon's unanswered
-        request there, and every later one it sends elsewhere, until ``stop(conn)``."""
+    def relay(self, conn: str, ike_spi: str, target: Path, left: Path) -> None:
+        """A move of ``ike_spi`` from ``left`` onto ``target`` has its route: send
+        charon's unanswered request sent on ``left`` there, and every later one it sends
+        on ``left``, until ``stop(conn)``. What charon sends on a path of its own choice
+        (its MOBIKE update where it found a way) is its own: a copy of that update from
+        the target's address would move the peer there, and charon elsewhere."""
         if ike_spi in self._retired:
             return
-        move = _Move(conn, target, set())
+        move = _Move(conn, target, left, set())
         self._moves[ike_spi] = move
         for request in self.ledger.pending(ike_spi):
             self._copy(move, request)
@@ -201,16 +211,16 @@ class IkeRelay:
             move = self._moves.get(seen.ike_spi)
             if move is None:
                 return
-            if needs_relay(seen, move.target):
+            if not needs_relay(seen, move.target):
+                move.relayed.add(_key(seen))  # charon sent it there itself: no copy
+            elif sent_on(seen, move.left):
                 self._copy(move, seen)
-            else:  # charon sent it there itself (a MOBIKE check of every path): no copy
-                move.relayed.add(_key(seen))
         elif not outgoing and seen.response:
             self.ledger.answered(seen)
 
     def _copy(self, move: _Move, request: IkeDatagram) -> None:
         target = move.target
-        if not needs_relay(request, target):
+        if not needs_relay(request, target) or not sent_on(request, move.left):
             return
         key = _key(request)
         if key in move.relayed:

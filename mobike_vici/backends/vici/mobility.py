@@ -520,7 +520,7 @@ class ViciMobility:
                     isolated.discard(route.peer)
                     self.log.emit("route_steered", conn=info.conn, ike_spi=info.ike_spi,
                                   dev=route.dev, via=_str(route.via), **_ep(target))
-                    self.ike_relay.relay(info.conn, info.ike_spi, target)  # one held there
+                    self.ike_relay.relay(info.conn, info.ike_spi, target, where)
             if self.plans.get(info.conn) is None:
                 await self._release_isolation(info.conn)
             self.routes = await self.executor(self.routing.routes)

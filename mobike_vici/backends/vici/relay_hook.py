@@ -10,7 +10,7 @@ from ...types import Path
 
 
 class RequestRelay(Protocol):
-    def relay(self, conn: str, ike_spi: str, target: Path) -> None: ...
+    def relay(self, conn: str, ike_spi: str, target: Path, left: Path) -> None: ...
     def stop(self, conn: str) -> None: ...
     def retire(self, conn: str) -> None: ...
     def forget(self, ike_spi: str) -> None: ...
@@ -19,7 +19,7 @@ class RequestRelay(Protocol):
 class NoRelay:
     """No packet socket (no CAP_NET_RAW, a unit test): charon retransmits by itself."""
 
-    def relay(self, conn: str, ike_spi: str, target: Path) -> None:
+    def relay(self, conn: str, ike_spi: str, target: Path, left: Path) -> None:
         return None
 
     def stop(self, conn: str) -> None:

@@ -61,7 +61,7 @@ def test_needs_relay_compares_both_endpoints() -> None:
 def test_a_move_sends_the_unanswered_request_over_the_new_path_once() -> None:
     r = Relay()
     r.out(dgram(5))
-    r.relay.relay("home", SPI, NEW)
+    r.relay.relay("home", SPI, NEW, OLD)
     assert r.sent == [(NEW, dgram(5).payload)]
     r.out(dgram(5))  # charon's own retransmission from the old address: copied already
     assert len(r.sent) == 1
@@ -74,15 +74,15 @@ def test_an_answered_request_or_one_sent_on_the_new_path_is_not_sent_again() -> 
     r = Relay()
     r.out(dgram(5))
     r.back(dgram(5, response=True))
-    r.relay.relay("home", SPI, NEW)
+    r.relay.relay("home", SPI, NEW, OLD)
     r.out(dgram(6, NEW))
-    r.relay.relay("home", SPI, NEW)
+    r.relay.relay("home", SPI, NEW, OLD)
     assert r.sent == []
 
 
 def test_during_the_move_later_requests_sent_elsewhere_are_copied_until_it_ends() -> None:
     r = Relay()
-    r.relay.relay("home", SPI, NEW6)
+    r.relay.relay("home", SPI, NEW6, OLD)
     r.out(dgram(7))  # e.g. the delete after a rekey, from the IKE_SA's old address
     r.out(dgram(8, NEW6))  # a MOBIKE check charon sends on the new path itself ...
     r.out(dgram(8))  # ... and on the old one: one copy on the new path is enough
@@ -93,8 +93,20 @@ def test_during_the_move_later_requests_sent_elsewhere_are_copied_until_it_ends(
     r.relay.stop("home")
     r.out(dgram(10))
     r.relay.forget(SPI)
-    r.relay.relay("home", SPI, NEW6)
+    r.relay.relay("home", SPI, NEW6, OLD)
     assert len(r.sent) == 2  # no move, then nothing remembered
+
+
+def test_a_request_charon_sends_on_a_path_of_its_own_choice_is_not_copied() -> None:
+    # The controller steers onto m1's IPv4 (NEW), charon's MOBIKE update goes out on
+    # m1's IPv6 (NEW6), where it found a way: a copy from NEW's address would move the
+    # peer onto NEW and leave charon on NEW6 (soak: 37 s without ESP).
+    r = Relay()
+    r.relay.relay("home", SPI, NEW, OLD)
+    r.out(dgram(6, NEW6))
+    assert r.sent == []
+    r.out(dgram(7))  # sent on the path it leaves: copied
+    assert r.sent == [(NEW, dgram(7).payload)]
 
 
 def test_a_send_that_fails_is_reported_not_raised() -> None:
@@ -105,7 +117,7 @@ def test_a_send_that_fails_is_reported_not_raised() -> None:
 
     relay = IkeRelay(log, send=refuse)
     relay.on_datagram(dgram(3), outgoing=True)
-    relay.relay("home", SPI, NEW)
+    relay.relay("home", SPI, NEW, OLD)
     (failed,) = log.named("ike_relay_failed")
     assert failed["message_id"] == 3 and "unreachable" in str(failed["error"])
     assert relay.relayed == 0
@@ -113,13 +125,13 @@ def test_a_send_that_fails_is_reported_not_raised() -> None:
 
 def test_an_escalated_move_leaves_the_ike_sas_requests_to_charon_in_later_moves_too() -> None:
     r = Relay()
-    r.relay.relay("home", SPI, NEW)
+    r.relay.relay("home", SPI, NEW, OLD)
     r.relay.retire("home")
     r.out(dgram(2))  # a reauthentication's delete of the IKE_SA, from the dead address
-    r.relay.relay("home", SPI, NEW)  # the path manager's next move of the same IKE_SA
+    r.relay.relay("home", SPI, NEW, OLD)  # the path manager's next move of the same IKE_SA
     r.out(dgram(2))
     assert r.sent == []
     r.relay.forget(SPI)  # gone: a new IKE_SA of the same SPIs would be relayed again
     r.out(dgram(3))
-    r.relay.relay("home", SPI, NEW)
+    r.relay.relay("home", SPI, NEW, OLD)
     assert r.sent == [(NEW, dgram(3).payload)]
