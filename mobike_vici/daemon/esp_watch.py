@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import socket
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,7 +35,8 @@ from ..backends.vici import ViciError
 from ..backends.vici.steer import egress
 from ..mobike import health as hm
 from ..mobike.policy import recent_rtt
-from ..net.esp_bpf import MAX_PEERS, SNAP, esp_filter, pack, parse_addresses
+from ..net.esp_bpf import MAX_PEERS, SNAP, esp_filter, parse_addresses
+from ..net.sock_filter import attach_filter
 from ..types import IPAddress, Path
 from . import nat_check
 from .sibling_check import SiblingCheck
@@ -47,7 +46,6 @@ if TYPE_CHECKING:
     from .watch_host import WatchHost
 
 ETH_P_ALL = 0x0003
-SO_ATTACH_FILTER = 26
 PACKET_OUTGOING = 4
 READ_BATCH = 64  # packets read per wake-up at most: the loop has other work too
 CHECKING = (hm.Phase.WATCHING, hm.Phase.REPAIRING)
@@ -102,12 +100,7 @@ class EspTap:
         self._sock = None
 
     def _attach(self, sock: socket.socket, peers: frozenset[IPAddress]) -> None:
-        program = esp_filter(peers)
-        code = pack(program)
-        buf = ctypes.create_string_buffer(code, len(code))
-        fprog = struct.pack("HL", len(program), ctypes.addressof(buf))
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-        self._filter_buf = buf
+        self._filter_buf = attach_filter(sock, esp_filter(peers))
         self._peers = peers
 
     def _read(self) -> None:

@@ -28,21 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import socket
-import struct
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..eventlog import EventLog
-from ..net.esp_bpf import pack
 from ..net.ike_wire import IkeDatagram, ike_filter, parse, udp_segment
+from ..net.sock_filter import attach_filter
 from ..types import Path
 
 ETH_P_ALL = 0x0003
-SO_ATTACH_FILTER = 26
 PACKET_OUTGOING = 4
 RCVBUF = 1 << 20
 READ_BATCH = 64
@@ -129,12 +126,7 @@ class IkeRelay:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-            program = ike_filter()
-            code = pack(program)
-            buf = ctypes.create_string_buffer(code, len(code))
-            fprog = struct.pack("HL", len(program), ctypes.addressof(buf))
-            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-            self._filter_buf = buf
+            self._filter_buf = attach_filter(sock, ike_filter())
             sock.setblocking(False)
             asyncio.get_running_loop().add_reader(sock.fileno(), self._read)
         except BaseException:
