@@ -224,33 +224,22 @@ class NetlinkMonitor:
             self._drain(discard=True)
             snapshot = await loop.run_in_executor(
                 None, dump_state, self._dump_sock, self._route_filter)
-            try:
-                pending = self._drain()
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                self.overruns += 1
+            pending = self._drain_counted()
+            if pending is None:
                 continue
-            state = snapshot
-            for msg in pending:
-                for event in to_events(msg, state, self._route_filter):
-                    state = apply(state, event)
-            return state
+            return self._replayed(snapshot, pending)
         raise OSError(errno.ENOBUFS, "netlink socket keeps overrunning during resync")
 
     async def _refresh_routes(self) -> NetState | None:
         """The state with the routes of a fresh route dump; None after an overrun of the
         event socket (then only a full dump can tell what was lost)."""
         assert self._dump_sock is not None
-        try:
-            for msg in self._drain():  # older than the dump: applied first, as events
-                for event in to_events(msg, self._state, self._route_filter):
-                    self._feed(event)
-        except OSError as exc:
-            if exc.errno != errno.ENOBUFS:
-                raise
-            self.overruns += 1
+        older = self._drain_counted()
+        if older is None:
             return None
+        for msg in older:  # older than the dump: applied first, as events
+            for event in to_events(msg, self._state, self._route_filter):
+                self._feed(event)
         if self._closed:  # an on_event callback closed us
             return self._state
         loop = asyncio.get_running_loop()
@@ -262,23 +251,30 @@ class NetlinkMonitor:
                                     route_dump_request(replies.seq, self._dump_table))
             try:
                 while not replies.done:
-                    for msg in replies.feed(await loop.sock_recv(self._dump_sock, RECV_SIZE)):
-                        for event in to_events(msg, routes, self._route_filter):
-                            routes = apply(routes, event)
+                    data = await loop.sock_recv(self._dump_sock, RECV_SIZE)
+                    routes = self._replayed(routes, replies.feed(data))
             except DumpInterrupted:
                 continue
-            try:
-                pending = self._drain()
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                self.overruns += 1
-                return None
-            for msg in pending:
-                for event in to_events(msg, routes, self._route_filter):
-                    routes = apply(routes, event)
-            return routes
+            pending = self._drain_counted()
+            return None if pending is None else self._replayed(routes, pending)
         raise DumpInterrupted(errno.EAGAIN, "netlink route dump interrupted repeatedly")
+
+    def _drain_counted(self) -> list[Any] | None:
+        """``_drain()``, or None (counted in ``overruns``) when the event socket overran."""
+        try:
+            return self._drain()
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+            self.overruns += 1
+            return None
+
+    def _replayed(self, state: NetState, messages: list[Any]) -> NetState:
+        """``state`` with ``messages`` (newer than it) applied."""
+        for msg in messages:
+            for event in to_events(msg, state, self._route_filter):
+                state = apply(state, event)
+        return state
 
     def _drain(self, *, discard: bool = False) -> list[Any]:
         """Every message queued on the event socket, read without blocking."""
