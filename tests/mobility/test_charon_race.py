@@ -110,6 +110,18 @@ def _check_off(mob: NativeDaemon) -> None:
     assert reloaded["policy_changed"] is True
 
 
+def _settled_both_ways(h: Handover, back: Path) -> None:
+    """Both ends agree on one CHILD_SA on m1, the ping resumes and the stream from gw
+    flows again, within SETTLE_TIMEOUT."""
+    _wait_agreed(h, M1)
+    after = time.monotonic()
+    assert h.wait_resumed(after, SETTLE_TIMEOUT) is not None
+    deadline = after + SETTLE_TIMEOUT
+    while outage(_arrivals(back), after) is None:
+        assert time.monotonic() < deadline, "the stream from gw stopped again"
+        time.sleep(0.05)
+
+
 def _watch(gw: Charon, back: Path, fault: float, retransmits_before: int
            ) -> tuple[float | None, bool, float | None]:
     """Polled until both are known: the first arrival from gw of a packet sent after the
@@ -232,13 +244,7 @@ def test_charons_request_lost_on_the_dead_path(lab: Lab, trigger: str, check: bo
             assert after_retransmit, "no tail: the race did not happen"
         # Whatever charon's queued tasks do after its retransmission, both ends end up
         # agreeing on one CHILD_SA on the new path, and traffic flows both ways.
-        _wait_agreed(h, M1)
-        after = time.monotonic()
-        assert h.wait_resumed(after, SETTLE_TIMEOUT) is not None
-        deadline = after + SETTLE_TIMEOUT
-        while outage(_arrivals(back), after) is None:
-            assert time.monotonic() < deadline, "the stream from gw stopped again"
-            time.sleep(0.05)
+        _settled_both_ways(h, back)
         if trigger != "ike_rekey":
             assert not mob.events.find(named("handover_failed"))
     finally:

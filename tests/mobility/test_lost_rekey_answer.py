@@ -21,13 +21,13 @@ import time
 import pytest
 
 from mobike_vici.lab.charon import Charon
-from mobike_vici.lab.handover import build, outage
+from mobike_vici.lab.handover import build
 from mobike_vici.lab.native import NativeDaemon, named
 from mobike_vici.lab.netns import NFT_TABLE, Lab, LabError
 from mobike_vici.lab.tunnel import CHILD
 
-from .test_charon_race import RETRANSMIT, _arrivals, _back_stream, _watch
-from .test_handover import M0, M1, RESUME_TIMEOUT, SETTLE_TIMEOUT, _wait_agreed
+from .test_charon_race import RETRANSMIT, _back_stream, _settled_both_ways, _watch
+from .test_handover import M0, M1, RESUME_TIMEOUT
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon]
 
@@ -72,13 +72,7 @@ def test_lost_answer_to_charons_rekey_then_a_move(lab: Lab) -> None:
         mob.wait_event(lambda ev: named("child_sa_rekeyed", old_unique_id=old["unique_id"])(ev)
                        and ev.get("new_unique_id") != made["unique_id"], RESUME_TIMEOUT)
         # Once charon's retransmission got our cached answer, one CHILD_SA on m1.
-        _wait_agreed(h, M1)
-        after = time.monotonic()
-        assert h.wait_resumed(after, SETTLE_TIMEOUT) is not None
-        deadline = after + SETTLE_TIMEOUT
-        while outage(_arrivals(back), after) is None:
-            assert time.monotonic() < deadline, "the stream from gw stopped again"
-            time.sleep(0.05)
+        _settled_both_ways(h, back)
         assert not mob.events.find(named("handover_failed"))
     finally:
         h.close()
