@@ -121,7 +121,9 @@ class DataPathWatch:
 
     def on_core_event(self, event: Event, now: float) -> None:
         match event:
-            case IkeSaMoved() if event.new_path != event.old_path:
+            case IkeSaMoved():
+                # Also an update on the same path: the NAT before us rebound (RFC 4555
+                # §3.8), and the peer's ESP goes to the old public port until it updates.
                 self._moved(event, now)
             case ChildSaRekeyed():
                 if len(self._rekeyed_at) >= MAX_REKEYED:
