@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..backends.vici import ViciError
@@ -133,6 +133,10 @@ def _stall_cap(s: hm.HealthSettings) -> float:
     return s.stall_cap + s.burst_timeout
 
 
+def _pair(path: Path) -> tuple[IPAddress, IPAddress]:
+    return path.local.addr, path.remote.addr
+
+
 def _drain(sock: socket.socket) -> None:
     for _ in range(10_000):
         try:
@@ -160,6 +164,8 @@ class _Watched:
     refused: bool = False  # charon refused every rekey of the last repair
     last_inbound: float | None = None  # the peer's last ESP on ``path``: a sign of life
     timer: asyncio.TimerHandle | None = None
+    dead_row: dict[tuple[IPAddress, IPAddress], int] = field(default_factory=dict)
+    """(local, remote) -> ``DataPathDead`` verdicts in a row on that path (its hold)."""
 
     def sample(self) -> dict[int, tuple[int, int]]:
         return {0: (self.packets_in, self.packets_out)}
@@ -412,6 +418,7 @@ class EspWatch:
         where = {"local": str(w.path.local), "remote": str(w.path.remote)}
         match event:
             case hm.DataPathVerified():
+                w.dead_row.pop(_pair(event.path), None)
                 log.emit("data_path_verified", conn=conn, ike_spi=w.spi, **where,
                          after_ms=event.after_ms)
                 self.ctl.data_path_works(w.spi, w.path)
@@ -425,6 +432,7 @@ class EspWatch:
                 if sa is not None:
                     self.ctl.spawn(self._repair(w, sa))
             case hm.DataPathRepaired():
+                w.dead_row.pop(_pair(event.path), None)
                 log.write("warning", "data_path_repaired", {
                     "conn": conn, "ike_spi": w.spi, **where, "dead_ms": event.dead_ms,
                     "repair_ms": event.repair_ms, "rekeyed": w.rekeyed})
@@ -436,6 +444,20 @@ class EspWatch:
                     "old_remote": str(event.old_path.remote),
                     "reason": "data_path_dead", "dead_ms": event.dead_ms,
                     "detail": "repair_refused" if w.refused else "no_inbound_esp"})
+                if sa is not None:
+                    self._leave_dead_path(w, sa, event.path, now)
+
+    def _leave_dead_path(self, w: _Watched, sa: TrackedSa, path: Path, now: float) -> None:
+        """IKE and probes pass on the path, the peer's ESP does not even after the repair:
+        probes alone would keep it up for good (soak: 35 s with no move). The path manager
+        hears it failed and holds it out of the choice (``health.dead_hold``, longer for
+        each verdict in a row), so the IKE_SA moves to another candidate; a move makes
+        charon send UPDATE_SA_ADDRESSES, which also sets the peer's CHILD_SAs right."""
+        if _pair(sa.manager.active_path) != _pair(path):
+            return  # charon or the manager moved on meanwhile: that move has its own check
+        row = w.dead_row[_pair(path)] = w.dead_row.get(_pair(path), 0) + 1
+        sa.manager.on_active_path_failed(now, reason="data_path_dead", hold=hm.dead_hold(row))
+        self.ctl.pump(sa)
 
     async def _repair(self, w: _Watched, sa: TrackedSa) -> None:
         """Rekey every CHILD_SA from our side: CREATE_CHILD_SA has its own window, so it
