@@ -152,6 +152,7 @@ class _Watched:
     check: hm.MoveCheck
     path: Path  # charon's current path: where its ESP travels
     old: Path | None = None  # where it was before the move being verified
+    moved_at: float = 0.0  # when charon last moved the IKE_SA
     packets_in: int = 0  # ESP seen on charon's current path, both ways (the check's sample)
     packets_out: int = 0
     burst: hm.Burst | None = None
@@ -183,6 +184,8 @@ class EspWatch:
         self.available = False
         self._sas: dict[str, _Watched] = {}
         self._by_path: dict[tuple[IPAddress, IPAddress], str] = {}
+        self._by_old: dict[tuple[IPAddress, IPAddress], str] = {}
+        """The path each IKE_SA left at its last move (not another SA's current path)."""
         self._probe_ids: dict[int, str] = {}  # prober wire id -> IKE_SA of a burst probe
 
     def set_settings(self, settings: hm.HealthSettings) -> None:
@@ -243,7 +246,7 @@ class EspWatch:
         new = sa.info.path
         if w.path != new:
             w.last_inbound = None  # the old path's ESP says nothing of the new one
-        w.path = new
+        w.path, w.moved_at = new, now
         w.srtt, w.srtt_at = self._srtt(sa), now
         w.burst, w.suspected = None, False
         if self.sibling_check.suspect(w.spi, new, now):
@@ -321,6 +324,8 @@ class EspWatch:
         spi = self._by_path.get((local, remote))
         w = self._sas.get(spi) if spi is not None else None
         if w is None:
+            if not inbound:
+                self._left_behind(local, remote)
             return  # another path of a peer we watch (e.g. charon not there yet)
         now = self.ctl.now
         if inbound:
@@ -355,6 +360,20 @@ class EspWatch:
         self._pump(w)
         if sa is not None:
             self.sibling_check.stalled(sa, w.path)
+
+    def _left_behind(self, local: IPAddress, remote: IPAddress) -> None:
+        """Our ESP still leaves by the path the last move left: charon's CHILD_SA stayed
+        there (over kernel-libipsec charon moves none whose encapsulation changes: its new
+        one's outbound half waits for the rekey, or for the peer's DELETE of the old one,
+        which charon may drop; soak: 2 s until a blackhole healed). Once that lasted the
+        verify bound (charon's own rekey takes a round trip or two), it counts as ours
+        sent while the move's check watches: nothing back on the new path within the
+        bound is then a repair (a rekey on the new path), not an idle tunnel."""
+        spi = self._by_old.get((local, remote))
+        w = self._sas.get(spi) if spi is not None else None
+        if w is not None and w.check.phase is hm.Phase.WATCHING and \
+                self.ctl.now - w.moved_at >= self.settings.verify_timeout:
+            w.packets_out += 1
 
     # -- the model ----------------------------------------------------------------------
 
@@ -483,6 +502,8 @@ class EspWatch:
     def _rebuild(self) -> None:
         self._by_path = {(w.path.local.addr, w.path.remote.addr): spi
                          for spi, w in self._sas.items()}
+        self._by_old = {_pair(w.old): spi for spi, w in self._sas.items()
+                        if w.old is not None and _pair(w.old) not in self._by_path}
         peers: set[IPAddress] = set()
         for spi, w in self._sas.items():
             peers.add(w.path.remote.addr)

@@ -1,0 +1,79 @@
+"""After charon moved the IKE_SA, our ESP that still leaves by the path it left counts as
+sent for the move's check: nothing back on the new path within the bound is a repair.
+
+Soak (seed 41, a 2.03 s blackhole): charon moved from m0's IPv6 to m1's IPv4 behind the
+NAT; over kernel-libipsec its CHILD_SA cannot change encapsulation in place, so our ESP
+kept leaving from m0's IPv6 address until the new CHILD_SA's outbound half was installed,
+which waited for the gateway's DELETE of the old one, and charon had dropped that DELETE.
+The check saw nothing either way on the new path and called the tunnel idle; the outage
+lasted until the blackhole healed. Driven on a fake clock: the loop's timers are not
+waited for."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+from types import SimpleNamespace
+
+from mobike_vici.daemon.esp_watch import EspWatch
+from mobike_vici.eventlog import EventLog, make_logger
+from mobike_vici.mobike import health as hm
+
+from ..backends.test_vici_steer import GW4, M0_V4, M1_V4, _p
+from .test_esp_watch_roam import SPI
+from .test_esp_watch_roam import _Ctl as _WatchCtl
+
+NEW = _p(M1_V4, GW4)
+
+
+def _after_move(ours_left_behind: bool) -> list[dict[str, object]]:
+    """A two-way flow on m0 for a second, then charon moves to m1: nothing comes back,
+    and ours leaves every 10 ms by m0 (``ours_left_behind``) or not at all."""
+    async def main() -> list[dict[str, object]]:
+        ctl = _WatchCtl()
+        out = io.StringIO()
+        ctl.log = EventLog(make_logger(out))
+        ctl.data_path_works = lambda *a: None  # type: ignore[attr-defined]
+        plane = EspWatch(ctl, SimpleNamespace(  # type: ignore[arg-type]
+            suspect=lambda *a: False, silent_death=lambda *a: None, stalled=lambda *a: None),
+            hm.HealthSettings())
+        plane.available = True
+        sa = ctl.sas[SPI]
+        plane.track(sa)
+        for i in range(100):
+            ctl.t = 100.0 + i * 0.01
+            plane._on_esp(M0_V4, GW4, False)
+            plane._on_esp(M0_V4, GW4, True)
+        ctl.t = 101.0
+        sa.info = dataclasses.replace(sa.info, path=NEW)
+        plane.moved(sa)
+        for step in range(1, 600):
+            ctl.t = 101.0 + step * 0.001
+            if ours_left_behind and step % 10 == 0:
+                plane._on_esp(M0_V4, GW4, False)
+            plane._on_timer(SPI)
+        for coro in ctl.spawned:
+            coro.close()  # the NAT question and the repair's rekey: not run here
+        plane.close()
+        return [json.loads(line) for line in out.getvalue().splitlines()]
+
+    return asyncio.run(main())
+
+
+def test_our_esp_left_on_the_old_path_with_nothing_back_is_repaired() -> None:
+    events = _after_move(ours_left_behind=True)
+    names = [e["event"] for e in events]
+    assert "data_path_repair_started" in names, events
+    assert "data_path_unverified" not in names
+    started = next(e for e in events if e["event"] == "data_path_repair_started")
+    assert started["local"] == str(NEW.local)
+
+
+def test_nothing_either_way_after_the_move_is_still_an_idle_tunnel() -> None:
+    events = _after_move(ours_left_behind=False)
+    names = [e["event"] for e in events]
+    assert "data_path_repair_started" not in names, events
+    unverified = [e for e in events if e["event"] == "data_path_unverified"]
+    assert [e["reason"] for e in unverified] == ["idle"]
