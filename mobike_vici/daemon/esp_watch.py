@@ -260,6 +260,22 @@ class EspWatch:
         self._rebuild()
         self._pump(w)
 
+    def rekey_undone(self, spi: str, unique_id: int) -> None:
+        """charon reported a CHILD_SA rekeyed, then took it down instead: its own rekey
+        of it, refused for now by the peer and asked again, met the peer's DELETE of it
+        (charon 5.9.8 then never installs the new CHILD_SA's outbound half; with
+        kernel-libipsec its route went with the old one, so our traffic leaves in the
+        clear; soak: 2.9 s, until the next move's rekey). A rekey of the CHILD_SAs from
+        our side installs both halves at once."""
+        w, sa = self._sas.get(spi), self.ctl.sas.get(spi)
+        if w is None or sa is None:
+            return
+        self.ctl.log.write("warning", "data_path_repair_started", {
+            "conn": sa.info.conn, "ike_spi": spi, "local": str(w.path.local),
+            "remote": str(w.path.remote), "waited_ms": 0.0, "attempt": 1,
+            "reason": "rekey_undone", "child": unique_id})
+        self.ctl.spawn(self._repair(w, sa))
+
     def last_inbound(self, spi: str) -> float | None:
         """When ESP from the peer last arrived on the IKE_SA's current path (None:
         not since it was tracked or moved, or not watched)."""

@@ -1,5 +1,7 @@
-"""After charon moved the IKE_SA, our ESP that still leaves by the path it left counts as
-sent for the move's check: nothing back on the new path within the bound is a repair.
+"""Repairs of charon's CHILD_SAs it does not make itself. After charon moved the IKE_SA,
+our ESP that still leaves by the path it left counts as sent for the move's check:
+nothing back on the new path within the bound is a repair. A rekey charon reported and
+then undid is repaired by a rekey from our side.
 
 Soak (seed 41, a 2.03 s blackhole): charon moved from m0's IPv6 to m1's IPv4 behind the
 NAT; over kernel-libipsec its CHILD_SA cannot change encapsulation in place, so our ESP
@@ -17,6 +19,7 @@ import io
 import json
 from types import SimpleNamespace
 
+from mobike_vici.backends.vici import ChildSaInfo
 from mobike_vici.daemon.esp_watch import EspWatch
 from mobike_vici.eventlog import EventLog, make_logger
 from mobike_vici.mobike import health as hm
@@ -77,3 +80,45 @@ def test_nothing_either_way_after_the_move_is_still_an_idle_tunnel() -> None:
     assert "data_path_repair_started" not in names, events
     unverified = [e for e in events if e["event"] == "data_path_unverified"]
     assert [e["reason"] for e in unverified] == ["idle"]
+
+
+def test_a_rekey_charon_undid_is_repaired_by_a_rekey_from_our_side() -> None:
+    """Soak (seed 41, link_down 2.94 s): after a rekey collision charon's new CHILD_SA
+    had no outbound half and the route went with the old one; the tunnel was dead until
+    the next move's rekey. The table's ``rekey_undone`` now makes the controller rekey
+    the IKE_SA's CHILD_SAs through VICI at once."""
+    async def main() -> tuple[list[tuple[str, dict[str, str]]], list[dict[str, object]]]:
+        ctl = _WatchCtl()
+        out = io.StringIO()
+        ctl.log = EventLog(make_logger(out))
+        calls: list[tuple[str, dict[str, str]]] = []
+
+        async def call(command: str, message: dict[str, str]) -> dict[str, str]:
+            calls.append((command, message))
+            return {"success": "yes"}
+
+        child = ChildSaInfo(name="net", unique_id=5, state="INSTALLED", mode="TUNNEL",
+                            protocol="ESP", encap=True, spi_in="d950b601",
+                            spi_out="f31b13fb", local_ts=("10.99.0.1/32",),
+                            remote_ts=("10.88.0.0/24",))
+        sa = ctl.sas[SPI]
+        sa.info = dataclasses.replace(sa.info, children=(child,))
+        ctl.client.table = {SPI: sa.info}
+        ctl.client.call = call  # type: ignore[attr-defined]
+        plane = EspWatch(ctl, SimpleNamespace(  # type: ignore[arg-type]
+            suspect=lambda *a: False, silent_death=lambda *a: None, stalled=lambda *a: None),
+            hm.HealthSettings())
+        plane.available = True
+        plane.track(sa)
+        plane.rekey_undone(SPI, 2)
+        plane.rekey_undone("unknown_spi", 2)  # an IKE_SA not watched: nothing
+        for coro in ctl.spawned:
+            await coro
+        plane.close()
+        return calls, [json.loads(line) for line in out.getvalue().splitlines()]
+
+    calls, events = asyncio.run(main())
+    assert calls == [("rekey", {"child-id": "5"})]
+    started = [e for e in events if e["event"] == "data_path_repair_started"]
+    assert len(started) == 1 and started[0]["reason"] == "rekey_undone"
+    assert started[0]["child"] == 2
