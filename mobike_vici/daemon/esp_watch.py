@@ -35,7 +35,7 @@ from ..backends.vici import ViciError
 from ..backends.vici.steer import egress
 from ..mobike import health as hm
 from ..mobike.policy import recent_rtt
-from ..net.esp_bpf import MAX_PEERS, SNAP, esp_filter, parse_addresses
+from ..net.esp_bpf import MAX_PEERS, SNAP, esp_filter, parse_addresses, parse_spi
 from ..net.sock_filter import attach_filter
 from ..types import IPAddress, Path
 from . import nat_check
@@ -51,6 +51,13 @@ READ_BATCH = 64  # packets read per wake-up at most: the loop has other work too
 CHECKING = (hm.Phase.WATCHING, hm.Phase.REPAIRING)
 """While a move's data path is checked, its silence is the check's to judge: no burst."""
 RCVBUF = 256 * 1024  # bytes queued in the kernel at most; beyond it the kernel drops
+FOREIGN_FOR = 0.5
+"""Seconds the peer's ESP may come only on SPIs charon does not list before the CHILD_SAs
+are rekeyed (charon's event for a new CHILD_SA comes a few ms after the peer may use it)."""
+FOREIGN_GAP = 5.0
+"""Seconds between two such repairs at least: bounded if the rekeys do not help."""
+VALID_SPIS = 4
+"""Inbound SPIs remembered per IKE_SA once charon listed them (``_Watched.valid_spis``)."""
 SRTT_REFRESH = 0.05
 """Seconds between two reads of the path manager's RTT for a watched path: the stall
 threshold and the burst follow its probes (every probe interval on the active path), not
@@ -59,10 +66,11 @@ seconds after the spike ended, made a blackhole's stall wait 0.63 s, not 0.12 s)
 
 
 class EspTap:
-    """The packet socket: ``on_esp(local, remote, inbound)`` for every ESP packet that
+    """The packet socket: ``on_esp(local, remote, inbound, spi)`` for every ESP packet that
     passes the filter for the current peers. Must be used from a running loop."""
 
-    def __init__(self, on_esp: Callable[[IPAddress, IPAddress, bool], None]) -> None:
+    def __init__(self, on_esp: Callable[[IPAddress, IPAddress, bool, int | None], None]
+                 ) -> None:
         self.on_esp = on_esp
         self.packets = 0
         self.dropped = 0  # not IPv4/IPv6, or no peer address in it (filter raced a change)
@@ -121,9 +129,9 @@ class EspTap:
             src, dst = addrs
             self.packets += 1
             if addr[2] == PACKET_OUTGOING:
-                self.on_esp(src, dst, False)
+                self.on_esp(src, dst, False, None)
             else:
-                self.on_esp(dst, src, True)
+                self.on_esp(dst, src, True, parse_spi(data))
 
 
 def _stall_cap(s: hm.HealthSettings) -> float:
@@ -162,6 +170,11 @@ class _Watched:
     srtt: float | None = None
     srtt_at: float | None = None  # when ``srtt`` was read from the path manager
     rekeyed: int = 0  # CHILD_SAs the last repair rekeyed
+    foreign_since: float | None = None  # the peer's ESP on SPIs charon lacks, since then
+    foreign_repair: float | None = None  # when that last made a repair
+    valid_spis: list[int] = field(default_factory=list)
+    """The last inbound SPIs seen listed by charon: still valid while the peer moves to a
+    rekeyed one (charon's table drops the old CHILD_SA at the rekey)."""
     refused: bool = False  # charon refused every rekey of the last repair
     last_inbound: float | None = None  # the peer's last ESP on ``path``: a sign of life
     timer: asyncio.TimerHandle | None = None
@@ -336,7 +349,8 @@ class EspWatch:
 
     # -- packets ------------------------------------------------------------------------
 
-    def _on_esp(self, local: IPAddress, remote: IPAddress, inbound: bool) -> None:
+    def _on_esp(self, local: IPAddress, remote: IPAddress, inbound: bool,
+                spi_in: int | None = None) -> None:
         spi = self._by_path.get((local, remote))
         w = self._sas.get(spi) if spi is not None else None
         if w is None:
@@ -344,6 +358,8 @@ class EspWatch:
                 self._left_behind(local, remote)
             return  # another path of a peer we watch (e.g. charon not there yet)
         now = self.ctl.now
+        if inbound and spi_in is not None:
+            self._note_spi(w, spi_in, now)
         if inbound:
             w.packets_in += 1
             w.last_inbound = now
@@ -376,6 +392,40 @@ class EspWatch:
         self._pump(w)
         if sa is not None:
             self.sibling_check.stalled(sa, w.path)
+
+    def _note_spi(self, w: _Watched, spi_in: int, now: float) -> None:
+        """The peer's ESP must come on an inbound SPI of the IKE_SA's CHILD_SAs. Soak
+        (seed 51, a blackhole of 35.6 s and an IKE_SA lost): after a rekey collision under
+        loss, charon had destroyed the CHILD_SA the gateway then completed (charon's own
+        rekey of it got CHILD_SA_NOT_FOUND, so it made a new one beside it), and the
+        gateway sent on that one: ESP came both ways on the path, none of it usable. Only
+        such SPIs for FOREIGN_FOR: the CHILD_SAs are rekeyed (the peer then sends on the
+        new one), at most once per FOREIGN_GAP."""
+        if spi_in in w.valid_spis:
+            w.foreign_since = None
+            return
+        info = self.ctl.client.table.get(w.spi)
+        if info is None or not info.children:
+            return
+        wire = f"{spi_in:08x}"
+        if any(c.spi_in.lower() == wire for c in info.children):
+            w.foreign_since = None
+            w.valid_spis = [*w.valid_spis[-(VALID_SPIS - 1):], spi_in]
+            return
+        if w.foreign_since is None:
+            w.foreign_since = now
+        if now - w.foreign_since < FOREIGN_FOR or (
+                w.foreign_repair is not None and now - w.foreign_repair < FOREIGN_GAP):
+            return
+        sa = self.ctl.sas.get(w.spi)
+        if sa is None:
+            return
+        w.foreign_repair = now
+        self.ctl.log.write("warning", "data_path_repair_started", {
+            "conn": info.conn, "ike_spi": w.spi, "local": str(w.path.local),
+            "remote": str(w.path.remote), "waited_ms": round((now - w.foreign_since) * 1000, 1),
+            "attempt": 1, "reason": "unknown_spi", "spi": wire})
+        self.ctl.spawn(self._repair(w, sa))
 
     def _left_behind(self, local: IPAddress, remote: IPAddress) -> None:
         """Our ESP still leaves by the path the last move left: charon's CHILD_SA stayed

@@ -122,3 +122,71 @@ def test_a_rekey_charon_undid_is_repaired_by_a_rekey_from_our_side() -> None:
     started = [e for e in events if e["event"] == "data_path_repair_started"]
     assert len(started) == 1 and started[0]["reason"] == "rekey_undone"
     assert started[0]["child"] == 2
+
+
+def _foreign(spi_in: int, seconds: float = 1.0, rekey_at: float | None = None
+             ) -> tuple[list[tuple[str, dict[str, str]]], list[dict[str, object]]]:
+    """A two-way flow on charon's path for ``seconds``, the peer's ESP on ``spi_in``;
+    charon's CHILD_SA has inbound SPI 9eaafd94 (from ``rekey_at`` seconds on, a rekeyed
+    one with 11112222 instead)."""
+    async def main() -> tuple[list[tuple[str, dict[str, str]]], list[dict[str, object]]]:
+        ctl = _WatchCtl()
+        out = io.StringIO()
+        ctl.log = EventLog(make_logger(out))
+        calls: list[tuple[str, dict[str, str]]] = []
+
+        async def call(command: str, message: dict[str, str]) -> dict[str, str]:
+            calls.append((command, message))
+            return {"success": "yes"}
+
+        child = ChildSaInfo(name="net", unique_id=9, state="INSTALLED", mode="TUNNEL",
+                            protocol="ESP", encap=True, spi_in="9eaafd94",
+                            spi_out="5f7640ec", local_ts=("10.99.0.1/32",),
+                            remote_ts=("10.88.0.0/24",))
+        sa = ctl.sas[SPI]
+        sa.info = dataclasses.replace(sa.info, children=(child,))
+        ctl.client.table = {SPI: sa.info}
+        ctl.client.call = call  # type: ignore[attr-defined]
+        plane = EspWatch(ctl, SimpleNamespace(  # type: ignore[arg-type]
+            suspect=lambda *a: False, silent_death=lambda *a: None, stalled=lambda *a: None),
+            hm.HealthSettings())
+        plane.available = True
+        plane.track(sa)
+        for i in range(int(seconds * 100)):
+            ctl.t = 100.0 + i * 0.01
+            if rekey_at is not None and i == int(rekey_at * 100):
+                sa.info = dataclasses.replace(sa.info, children=(
+                    dataclasses.replace(child, unique_id=10, spi_in="11112222"),))
+                ctl.client.table = {SPI: sa.info}
+            plane._on_esp(M0_V4, GW4, False)
+            plane._on_esp(M0_V4, GW4, True, spi_in)
+        for coro in ctl.spawned:
+            await coro
+        plane.close()
+        return calls, [json.loads(line) for line in out.getvalue().splitlines()]
+
+    return asyncio.run(main())
+
+
+def test_the_peers_esp_only_on_an_spi_charon_lacks_is_repaired_by_a_rekey() -> None:
+    """Soak (seed 51, blackhole 35.6 s, an IKE_SA lost): the gateway sent on a CHILD_SA
+    charon had destroyed; ESP flowed both ways, none of it usable, and nothing moved."""
+    calls, events = _foreign(0xACD3378F, seconds=8.0)
+    started = [e for e in events if e["event"] == "data_path_repair_started"]
+    assert [e["reason"] for e in started] == ["unknown_spi", "unknown_spi"]  # every 5 s
+    assert started[0]["spi"] == "acd3378f"
+    assert calls[0] == ("rekey", {"child-id": "9"})
+
+
+def test_the_peers_esp_on_charons_spi_repairs_nothing() -> None:
+    calls, events = _foreign(0x9EAAFD94)
+    assert calls == []
+    assert "data_path_repair_started" not in [e["event"] for e in events]
+
+
+def test_the_peers_esp_on_an_spi_charon_listed_before_its_rekey_repairs_nothing() -> None:
+    """The peer moves to the rekeyed CHILD_SA only once its exchange completes (a lost
+    DELETE: a second or more); its old SPI stays valid meanwhile."""
+    calls, events = _foreign(0x9EAAFD94, seconds=3.0, rekey_at=1.0)
+    assert calls == []
+    assert "data_path_repair_started" not in [e["event"] for e in events]
