@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from ..backends.vici import (
+    ChildRemoved,
     IkeSaInfo,
     PathChecked,
     SaAdded,
@@ -397,6 +398,8 @@ class Controller:
                 self._sa_seen(event.new)
             case PathChecked():
                 self.mobility.path_checked(event)
+            case ChildRemoved(reason="rekey_undone"):
+                self.data_plane.rekey_undone(event.ike_spi, event.child.unique_id)
             case SaRemoved():
                 self.gateway_rr.removed(event.ike_spi)
                 self.mobility.forget(event.ike_spi)

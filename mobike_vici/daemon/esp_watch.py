@@ -28,14 +28,14 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..backends.vici import ViciError
 from ..backends.vici.steer import egress
 from ..mobike import health as hm
 from ..mobike.policy import recent_rtt
-from ..net.esp_bpf import MAX_PEERS, SNAP, esp_filter, parse_addresses
+from ..net.esp_bpf import MAX_PEERS, SNAP, esp_filter, parse_addresses, parse_spi
 from ..net.sock_filter import attach_filter
 from ..types import IPAddress, Path
 from . import nat_check
@@ -51,6 +51,13 @@ READ_BATCH = 64  # packets read per wake-up at most: the loop has other work too
 CHECKING = (hm.Phase.WATCHING, hm.Phase.REPAIRING)
 """While a move's data path is checked, its silence is the check's to judge: no burst."""
 RCVBUF = 256 * 1024  # bytes queued in the kernel at most; beyond it the kernel drops
+FOREIGN_FOR = 0.5
+"""Seconds the peer's ESP may come only on SPIs charon does not list before the CHILD_SAs
+are rekeyed (charon's event for a new CHILD_SA comes a few ms after the peer may use it)."""
+FOREIGN_GAP = 5.0
+"""Seconds between two such repairs at least: bounded if the rekeys do not help."""
+VALID_SPIS = 4
+"""Inbound SPIs remembered per IKE_SA once charon listed them (``_Watched.valid_spis``)."""
 SRTT_REFRESH = 0.05
 """Seconds between two reads of the path manager's RTT for a watched path: the stall
 threshold and the burst follow its probes (every probe interval on the active path), not
@@ -59,10 +66,11 @@ seconds after the spike ended, made a blackhole's stall wait 0.63 s, not 0.12 s)
 
 
 class EspTap:
-    """The packet socket: ``on_esp(local, remote, inbound)`` for every ESP packet that
+    """The packet socket: ``on_esp(local, remote, inbound, spi)`` for every ESP packet that
     passes the filter for the current peers. Must be used from a running loop."""
 
-    def __init__(self, on_esp: Callable[[IPAddress, IPAddress, bool], None]) -> None:
+    def __init__(self, on_esp: Callable[[IPAddress, IPAddress, bool, int | None], None]
+                 ) -> None:
         self.on_esp = on_esp
         self.packets = 0
         self.dropped = 0  # not IPv4/IPv6, or no peer address in it (filter raced a change)
@@ -121,9 +129,9 @@ class EspTap:
             src, dst = addrs
             self.packets += 1
             if addr[2] == PACKET_OUTGOING:
-                self.on_esp(src, dst, False)
+                self.on_esp(src, dst, False, None)
             else:
-                self.on_esp(dst, src, True)
+                self.on_esp(dst, src, True, parse_spi(data))
 
 
 def _stall_cap(s: hm.HealthSettings) -> float:
@@ -131,6 +139,10 @@ def _stall_cap(s: hm.HealthSettings) -> float:
     a burst's wait: its regular answers re-arm the watch (``path_alive``), so a silence
     just over one interval means a probe went unanswered, not that the cadence jittered."""
     return s.stall_cap + s.burst_timeout
+
+
+def _pair(path: Path) -> tuple[IPAddress, IPAddress]:
+    return path.local.addr, path.remote.addr
 
 
 def _drain(sock: socket.socket) -> None:
@@ -148,6 +160,7 @@ class _Watched:
     check: hm.MoveCheck
     path: Path  # charon's current path: where its ESP travels
     old: Path | None = None  # where it was before the move being verified
+    moved_at: float = 0.0  # when charon last moved the IKE_SA
     packets_in: int = 0  # ESP seen on charon's current path, both ways (the check's sample)
     packets_out: int = 0
     burst: hm.Burst | None = None
@@ -157,9 +170,16 @@ class _Watched:
     srtt: float | None = None
     srtt_at: float | None = None  # when ``srtt`` was read from the path manager
     rekeyed: int = 0  # CHILD_SAs the last repair rekeyed
+    foreign_since: float | None = None  # the peer's ESP on SPIs charon lacks, since then
+    foreign_repair: float | None = None  # when that last made a repair
+    valid_spis: list[int] = field(default_factory=list)
+    """The last inbound SPIs seen listed by charon: still valid while the peer moves to a
+    rekeyed one (charon's table drops the old CHILD_SA at the rekey)."""
     refused: bool = False  # charon refused every rekey of the last repair
     last_inbound: float | None = None  # the peer's last ESP on ``path``: a sign of life
     timer: asyncio.TimerHandle | None = None
+    dead_row: dict[tuple[IPAddress, IPAddress], int] = field(default_factory=dict)
+    """(local, remote) -> ``DataPathDead`` verdicts in a row on that path (its hold)."""
 
     def sample(self) -> dict[int, tuple[int, int]]:
         return {0: (self.packets_in, self.packets_out)}
@@ -177,6 +197,8 @@ class EspWatch:
         self.available = False
         self._sas: dict[str, _Watched] = {}
         self._by_path: dict[tuple[IPAddress, IPAddress], str] = {}
+        self._by_old: dict[tuple[IPAddress, IPAddress], str] = {}
+        """The path each IKE_SA left at its last move (not another SA's current path)."""
         self._probe_ids: dict[int, str] = {}  # prober wire id -> IKE_SA of a burst probe
 
     def set_settings(self, settings: hm.HealthSettings) -> None:
@@ -237,7 +259,7 @@ class EspWatch:
         new = sa.info.path
         if w.path != new:
             w.last_inbound = None  # the old path's ESP says nothing of the new one
-        w.path = new
+        w.path, w.moved_at = new, now
         w.srtt, w.srtt_at = self._srtt(sa), now
         w.burst, w.suspected = None, False
         if self.sibling_check.suspect(w.spi, new, now):
@@ -250,6 +272,22 @@ class EspWatch:
                          flow=w.stall.flow, now=now)
         self._rebuild()
         self._pump(w)
+
+    def rekey_undone(self, spi: str, unique_id: int) -> None:
+        """charon reported a CHILD_SA rekeyed, then took it down instead: its own rekey
+        of it, refused for now by the peer and asked again, met the peer's DELETE of it
+        (charon 5.9.8 then never installs the new CHILD_SA's outbound half; with
+        kernel-libipsec its route went with the old one, so our traffic leaves in the
+        clear; soak: 2.9 s, until the next move's rekey). A rekey of the CHILD_SAs from
+        our side installs both halves at once."""
+        w, sa = self._sas.get(spi), self.ctl.sas.get(spi)
+        if w is None or sa is None:
+            return
+        self.ctl.log.write("warning", "data_path_repair_started", {
+            "conn": sa.info.conn, "ike_spi": spi, "local": str(w.path.local),
+            "remote": str(w.path.remote), "waited_ms": 0.0, "attempt": 1,
+            "reason": "rekey_undone", "child": unique_id})
+        self.ctl.spawn(self._repair(w, sa))
 
     def last_inbound(self, spi: str) -> float | None:
         """When ESP from the peer last arrived on the IKE_SA's current path (None:
@@ -311,12 +349,17 @@ class EspWatch:
 
     # -- packets ------------------------------------------------------------------------
 
-    def _on_esp(self, local: IPAddress, remote: IPAddress, inbound: bool) -> None:
+    def _on_esp(self, local: IPAddress, remote: IPAddress, inbound: bool,
+                spi_in: int | None = None) -> None:
         spi = self._by_path.get((local, remote))
         w = self._sas.get(spi) if spi is not None else None
         if w is None:
+            if not inbound:
+                self._left_behind(local, remote)
             return  # another path of a peer we watch (e.g. charon not there yet)
         now = self.ctl.now
+        if inbound and spi_in is not None:
+            self._note_spi(w, spi_in, now)
         if inbound:
             w.packets_in += 1
             w.last_inbound = now
@@ -349,6 +392,54 @@ class EspWatch:
         self._pump(w)
         if sa is not None:
             self.sibling_check.stalled(sa, w.path)
+
+    def _note_spi(self, w: _Watched, spi_in: int, now: float) -> None:
+        """The peer's ESP must come on an inbound SPI of the IKE_SA's CHILD_SAs. Soak
+        (seed 51, a blackhole of 35.6 s and an IKE_SA lost): after a rekey collision under
+        loss, charon had destroyed the CHILD_SA the gateway then completed (charon's own
+        rekey of it got CHILD_SA_NOT_FOUND, so it made a new one beside it), and the
+        gateway sent on that one: ESP came both ways on the path, none of it usable. Only
+        such SPIs for FOREIGN_FOR: the CHILD_SAs are rekeyed (the peer then sends on the
+        new one), at most once per FOREIGN_GAP."""
+        if spi_in in w.valid_spis:
+            w.foreign_since = None
+            return
+        info = self.ctl.client.table.get(w.spi)
+        if info is None or not info.children:
+            return
+        wire = f"{spi_in:08x}"
+        if any(c.spi_in.lower() == wire for c in info.children):
+            w.foreign_since = None
+            w.valid_spis = [*w.valid_spis[-(VALID_SPIS - 1):], spi_in]
+            return
+        if w.foreign_since is None:
+            w.foreign_since = now
+        if now - w.foreign_since < FOREIGN_FOR or (
+                w.foreign_repair is not None and now - w.foreign_repair < FOREIGN_GAP):
+            return
+        sa = self.ctl.sas.get(w.spi)
+        if sa is None:
+            return
+        w.foreign_repair = now
+        self.ctl.log.write("warning", "data_path_repair_started", {
+            "conn": info.conn, "ike_spi": w.spi, "local": str(w.path.local),
+            "remote": str(w.path.remote), "waited_ms": round((now - w.foreign_since) * 1000, 1),
+            "attempt": 1, "reason": "unknown_spi", "spi": wire})
+        self.ctl.spawn(self._repair(w, sa))
+
+    def _left_behind(self, local: IPAddress, remote: IPAddress) -> None:
+        """Our ESP still leaves by the path the last move left: charon's CHILD_SA stayed
+        there (over kernel-libipsec charon moves none whose encapsulation changes: its new
+        one's outbound half waits for the rekey, or for the peer's DELETE of the old one,
+        which charon may drop; soak: 2 s until a blackhole healed). Once that lasted the
+        verify bound (charon's own rekey takes a round trip or two), it counts as ours
+        sent while the move's check watches: nothing back on the new path within the
+        bound is then a repair (a rekey on the new path), not an idle tunnel."""
+        spi = self._by_old.get((local, remote))
+        w = self._sas.get(spi) if spi is not None else None
+        if w is not None and w.check.phase is hm.Phase.WATCHING and \
+                self.ctl.now - w.moved_at >= self.settings.verify_timeout:
+            w.packets_out += 1
 
     # -- the model ----------------------------------------------------------------------
 
@@ -412,6 +503,7 @@ class EspWatch:
         where = {"local": str(w.path.local), "remote": str(w.path.remote)}
         match event:
             case hm.DataPathVerified():
+                w.dead_row.pop(_pair(event.path), None)
                 log.emit("data_path_verified", conn=conn, ike_spi=w.spi, **where,
                          after_ms=event.after_ms)
                 self.ctl.data_path_works(w.spi, w.path)
@@ -425,6 +517,7 @@ class EspWatch:
                 if sa is not None:
                     self.ctl.spawn(self._repair(w, sa))
             case hm.DataPathRepaired():
+                w.dead_row.pop(_pair(event.path), None)
                 log.write("warning", "data_path_repaired", {
                     "conn": conn, "ike_spi": w.spi, **where, "dead_ms": event.dead_ms,
                     "repair_ms": event.repair_ms, "rekeyed": w.rekeyed})
@@ -436,6 +529,20 @@ class EspWatch:
                     "old_remote": str(event.old_path.remote),
                     "reason": "data_path_dead", "dead_ms": event.dead_ms,
                     "detail": "repair_refused" if w.refused else "no_inbound_esp"})
+                if sa is not None:
+                    self._leave_dead_path(w, sa, event.path, now)
+
+    def _leave_dead_path(self, w: _Watched, sa: TrackedSa, path: Path, now: float) -> None:
+        """IKE and probes pass on the path, the peer's ESP does not even after the repair:
+        probes alone would keep it up for good (soak: 35 s with no move). The path manager
+        hears it failed and holds it out of the choice (``health.dead_hold``, longer for
+        each verdict in a row), so the IKE_SA moves to another candidate; a move makes
+        charon send UPDATE_SA_ADDRESSES, which also sets the peer's CHILD_SAs right."""
+        if _pair(sa.manager.active_path) != _pair(path):
+            return  # charon or the manager moved on meanwhile: that move has its own check
+        row = w.dead_row[_pair(path)] = w.dead_row.get(_pair(path), 0) + 1
+        sa.manager.on_active_path_failed(now, reason="data_path_dead", hold=hm.dead_hold(row))
+        self.ctl.pump(sa)
 
     async def _repair(self, w: _Watched, sa: TrackedSa) -> None:
         """Rekey every CHILD_SA from our side: CREATE_CHILD_SA has its own window, so it
@@ -461,6 +568,8 @@ class EspWatch:
     def _rebuild(self) -> None:
         self._by_path = {(w.path.local.addr, w.path.remote.addr): spi
                          for spi, w in self._sas.items()}
+        self._by_old = {_pair(w.old): spi for spi, w in self._sas.items()
+                        if w.old is not None and _pair(w.old) not in self._by_path}
         peers: set[IPAddress] = set()
         for spi, w in self._sas.items():
             peers.add(w.path.remote.addr)

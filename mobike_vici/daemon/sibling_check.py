@@ -97,6 +97,7 @@ class SiblingCheck:
         out = egress(self.ctl.monitor.state, path.local.addr)
         if out is not None:
             self._deaths[spi] = (out[0], now)
+        self._target_silent(spi)
 
     def stalled(self, sa: TrackedSa, path: Path) -> None:
         """The data plane bursts on ``path``, charon's, after a stall: every other
@@ -240,6 +241,27 @@ class SiblingCheck:
         if not e.burst.missed(now):
             e.timer = asyncio.get_running_loop().call_at(
                 max(e.burst.deadline(), now + 0.001), self._pump_early, spi, e)
+        else:
+            self._target_silent(spi)
+
+    def _target_silent(self, spi: str) -> None:
+        """A move already under way (charon steered) when the path it leaves died
+        silently: its target missed its early burst while another candidate answered
+        one, so it is down too (``target_down``) and the next path, which answered, is
+        chosen now rather than at the target's probe timeout (soak: every IPv4 died 36 ms
+        after a return to m0's IPv4 began; the failover to IPv6 waited 0.6 s for that)."""
+        sa, death, now = self.ctl.sas.get(spi), self._deaths.get(spi), self.ctl.now
+        if sa is None or death is None or now - death[1] > EARLY_FOR or spi in self._checks:
+            return
+        wanted = sa.manager.wanted_path
+        early = [e for e in self._early.get(spi, []) if now - e.burst.started <= EARLY_FOR]
+        target = next((e for e in early if wanted is not None
+                       and same_addresses(e.path, wanted)), None)
+        if wanted is None or target is None or target.answered \
+                or not target.burst.missed(now) or not any(e.answered for e in early):
+            return
+        sa.manager.on_move_failed(wanted, RETURN_UNANSWERED, now)
+        self.ctl.pump(sa)
 
     def _drop(self, check: _Check) -> None:
         if check.timer is not None:

@@ -113,6 +113,13 @@ REARM_GAP = 0.5
 """Seconds between two bursts at least: a quiet peer costs little."""
 MAX_EVENTS = 16
 """The backend drains events after every call; the bound only guards against one that does not."""
+DEAD_HOLD = 2.0
+DEAD_HOLD_CAP = 60.0
+"""Seconds a path whose data path was found dead after a move (``DataPathDead``: IKE and
+probes answer there, the peer's ESP does not come) stays out of the choice, so the IKE_SA
+moves to another candidate: DEAD_HOLD after the first verdict, doubled for each verdict in
+a row on that path, DEAD_HOLD_CAP at most (``dead_hold``). Its probes would bring it back
+at once, and the move back would find it as dead."""
 
 Sample = Mapping[int, tuple[int, int]]
 """unique_id of each CHILD_SA of the IKE_SA -> (packets in, packets out) since installed."""
@@ -544,6 +551,12 @@ class MoveCheck:
         self._events.append(event)
         self.phase = Phase.DONE
         self._next = None
+
+
+def dead_hold(verdicts: int) -> float:
+    """Seconds a path stays out of the choice after its ``verdicts``-th ``DataPathDead`` in
+    a row (a verified or repaired data path on it ends the row)."""
+    return min(DEAD_HOLD * 2.0 ** max(0, min(verdicts, 32) - 1), DEAD_HOLD_CAP)
 
 
 def _ms(seconds: float) -> float:

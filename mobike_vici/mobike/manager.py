@@ -4,38 +4,36 @@ Modelled on aioquic's connection: after every input (``on_*`` with ``now``, or
 ``handle_timer(now)`` when the timer from ``get_timer()`` fires) the backend drains
 ``probes_to_send(now)`` and ``next_event()`` and re-arms that one timer.
 
-A probe is an empty protected INFORMATIONAL request on that path (RFC 4555 §3.5;
-by §3.8 it changes nothing at the peer); the backend sends it and reports the
-reply by probe id. On a ``MoveRequested`` event the backend moves the SA and reports back with
-``on_move_completed`` or ``on_move_failed``.
+A probe is an empty protected INFORMATIONAL request on that path (RFC 4555 §3.5; by §3.8 it
+changes nothing at the peer); the backend sends it and reports the reply by probe id. On a
+``MoveRequested`` event the backend moves the SA and reports back with ``on_move_completed``
+or ``on_move_failed``.
 
-Probing (bounded: at most ``max_probes_in_flight`` probes per IKE_SA in flight):
-the active path every ``probe_interval``; a new or unresolved path at the same
-pace until it has a verdict, one probe at a time; idle standby paths every
-``standby_probe_interval``; all paths at the fast pace while the active path is
-not healthy. While no path works, every path (down ones too) is probed at the fast
-pace, the longest unprobed first, so each pair is tried every ``probe_interval`` +
-``probe_timeout`` or so. A probe answered after its timeout still brings its path up
-(the last ``LATE_PROBES`` are remembered). While a move attempt with its own bound is
-in flight (``attempt_bounds``), only its target is probed: the engine's one request
-slot is the update's until it is answered or given up. A responder
-(``initiator=False``) does not probe: RFC 4555 lets only the initiator choose paths,
-and a responder moves only when its own address goes.
+Probing (bounded: at most ``max_probes_in_flight`` probes per IKE_SA in flight): the active
+path every ``probe_interval``; a new or unresolved path at the same pace until it has a
+verdict, one probe at a time; idle standby paths every ``standby_probe_interval``; all paths
+at the fast pace while the active path is not healthy. While no path works, every path (down
+ones too) is probed at the fast pace, the longest unprobed first, so each pair is tried
+every ``probe_interval`` + ``probe_timeout`` or so. A probe answered after its timeout still
+brings its path up (the last ``LATE_PROBES`` are remembered). While a move attempt with its
+own bound is in flight (``attempt_bounds``), only its target is probed: the engine's one
+request slot is the update's until it is answered or given up. A responder
+(``initiator=False``) does not probe: RFC 4555 lets only the initiator choose paths, and a
+responder moves only when its own address goes.
 
-Data plane (``on_traffic``, see ``health``): when outbound ESP flows on the active path
-and nothing comes in, the active path is probed at once with a short timeout, so a
-dead path is down after a quick burst of misses; only probe misses make it down.
-When the first probe of a stall is missed, every candidate is probed with the
-active path's next one, and the best candidate that answers wins unless the active
-path answers within a few of that candidate's RTTs (``race``).
-Each move attempt is bounded by the target path's RTT (``failover``); when it fails
-like the path it left, candidates sharing their interface or family are set aside,
+Data plane (``on_traffic``, see ``health``): when outbound ESP flows on the active path and
+nothing comes in, the active path is probed at once with a short timeout, so a dead path is
+down after a quick burst of misses; only probe misses make it down. When the first probe of
+a stall is missed, every candidate is probed with the active path's next one, and the best
+candidate that answers wins unless the active path answers within a few of that candidate's
+RTTs (``race``). Each move attempt is bounded by the target path's RTT (``failover``); when
+it fails like the path it left, candidates sharing their interface or family are set aside,
 and the next candidate is tried at once: up paths, then unknown ones, then, as a last
-resort, paths only probes had marked down (they may have been lost before the
-network settled).
+resort, paths only probes had marked down (they may have been lost before the network
+settled).
 
-No exception escapes a public method for any input; unknown probe ids, paths or
-interfaces are ignored.
+No exception escapes a public method for any input; unknown probe ids, paths or interfaces
+are ignored.
 """
 
 from __future__ import annotations
@@ -72,17 +70,15 @@ from .policy import (
 )
 from .race import LOST, Race
 
-# A path the peer refused (UNACCEPTABLE_ADDRESSES) is neither probed nor tried for this
-# long; its policy rarely changes, but a restart of the peer's daemon may change it.
+# A path the peer refused (UNACCEPTABLE_ADDRESSES) is neither probed nor tried for this long;
+# its policy rarely changes, but a restart of the peer's daemon may change it.
 UNACCEPTABLE_RETRY = 60.0
-# The backend drains events after every call; the bound only guards against one that
-# does not (oldest events are dropped first).
+# The backend drains events after every call; the bound guards against one that does not.
 MAX_EVENTS = 256
 UNMEASURED_ATTEMPT = 2
 """Probe timeouts a move attempt to a path no probe has measured may take."""
 LATE_PROBES = 32
 """Timed-out probes remembered per IKE_SA: a late answer still brings the path up."""
-
 UNACCEPTABLE = "unacceptable_addresses"
 OPERATOR = "operator"
 ATTEMPT_TIMEOUT = "attempt_timeout"
@@ -418,11 +414,15 @@ class PathManager:
 
     # -- inputs: the IKE_SA ---------------------------------------------------------------
 
-    def on_active_path_failed(self, now: float, reason: str = "ike_retransmit") -> None:
+    def on_active_path_failed(self, now: float, reason: str = "ike_retransmit",
+                              hold: float = 0.0) -> None:
         """IKE retransmissions on the active path went unanswered (or, ``data_plane``,
-        inbound ESP stopped and a burst of probes went unanswered)."""
+        inbound ESP stopped and a burst of probes went unanswered). ``hold``: seconds it
+        stays out of the choice, unprobed (ESP died there while IKE and probes pass)."""
         if self._active in self.table:
             self._fail(self._active, reason)
+            if hold > 0:
+                self.table.health(self._active).unusable_until = now + hold
         self._decide(now)
 
     def on_active_path_changed(self, path: Path, now: float) -> None:

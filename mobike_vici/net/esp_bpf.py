@@ -160,3 +160,25 @@ def parse_addresses(packet: bytes) -> tuple[IPAddress, IPAddress] | None:
     if version == 6 and len(packet) >= 40:
         return (ipaddress.IPv6Address(packet[8:24]), ipaddress.IPv6Address(packet[24:40]))
     return None
+
+
+def parse_spi(packet: bytes) -> int | None:
+    """The SPI of an ESP packet as the filter passes it (plain ESP, or ESP in UDP on port
+    4500), from a capture of its headers; None when it is too short or neither."""
+    if not packet:
+        return None
+    version = packet[0] >> 4
+    if version == 4 and len(packet) >= 20:
+        offset, proto = (packet[0] & 0x0F) * 4, packet[9]
+    elif version == 6 and len(packet) >= 40:
+        offset, proto = 40, packet[6]
+    else:
+        return None
+    if proto == UDP_PROTO:
+        offset += 8
+    elif proto != ESP_PROTO:
+        return None
+    if len(packet) < offset + 4:
+        return None
+    spi: int = struct.unpack_from("!I", packet, offset)[0]
+    return spi

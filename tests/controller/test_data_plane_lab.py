@@ -205,3 +205,48 @@ def test_one_way_traffic_stays_watched_after_its_first_answered_burst(fast: Setu
     down = setup.wait_event("path_down", lambda e: e["local"].startswith(M0), after=mark)
     assert down["reason"] == "data_plane", setup.event_list()[mark:]
     setup.wait_local(M1_ANY)
+
+
+M1_V6 = "2001:db8:2::2"
+GW6 = "2001:db8:ff::2"
+
+
+@pytest.fixture
+def dual(lab: Lab) -> Iterator[Setup]:
+    """The default probe schedule, the gateway's IPv6 address a candidate from the start,
+    and IPv4 first on a cost tie: m0 dies, the failover lands on m1's IPv4, and m1's IPv6
+    is the one candidate left."""
+    conf = mobile_conf().replace("remote_addrs = 192.0.2.2",
+                                 f"remote_addrs = 192.0.2.2, {GW6}")
+    conf = conf.replace("mobike {\n", "mobike {\n    family = ipv4\n")
+    yield from build(lab, mob_conf=conf)
+
+
+def test_a_data_path_still_dead_after_the_repair_moves_the_sa_to_another_candidate(
+        dual: Setup) -> None:
+    """IKE and probes pass on m1's IPv4, the gateway's ESP does not, even after the
+    repair: the verdict fails that path and holds it out of the choice, so the IKE_SA
+    moves to m1's IPv6, where the data path works. Before, the path answered its probes,
+    so it stayed the active one with no ESP (soak, seed 41: 35 s with no move at all)."""
+    setup = dual
+    spi = _up(setup)
+    _drop_gateway_esp_to_m1(setup)  # IPv4 only
+    _ping_stream(setup)
+    time.sleep(1.0)
+    mark = len(setup.event_list())
+    setup.topo.kill_silently(0)
+    failed = setup.wait_event("handover_failed", lambda e: e["reason"] == "data_path_dead",
+                              after=mark, timeout=20)
+    assert failed["local"].startswith(M1), failed
+    events = setup.event_list()
+    at = next(i for i, e in enumerate(events) if e == failed)
+    moved = setup.wait_event("handover_completed",
+                             lambda e: e["local"].startswith(M1_V6), after=at, timeout=15)
+    assert moved["ike_spi"] == spi
+    verified = setup.wait_event("data_path_verified", lambda e: e["local"].startswith(M1_V6),
+                                after=at, timeout=15)
+    assert verified["ike_spi"] == spi
+    assert setup.tunnel_ping(timeout=5)
+    down = setup.wait_event("path_down", lambda e: e["reason"] == "data_path_dead", after=at)
+    assert down["local"].startswith(M1)
+    assert setup.spi() == spi  # the same IKE_SA all along: nothing set up anew

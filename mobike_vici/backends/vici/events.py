@@ -145,7 +145,8 @@ class ChildAdded(SaEvent):
 class ChildRemoved(SaEvent):
     child: ChildSaInfo
     reason: str
-    """``down``, ``rekeyed``, ``resync`` or ``ike_removed`` (its IKE_SA went away)."""
+    """``down``, ``rekeyed``, ``resync``, ``ike_removed`` (its IKE_SA went away) or
+    ``rekey_undone`` (charon had reported it rekeyed, then took it down instead)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

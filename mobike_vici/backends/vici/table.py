@@ -32,6 +32,8 @@ IKE_UP_STATES = frozenset({"ESTABLISHED", "REKEYING"})
 CHILD_UP_STATES = frozenset({"INSTALLED", "REKEYING", "UPDATING"})
 SA_EVENTS = ("ike-updown", "ike-rekey", "ike-update", "child-updown", "child-rekey")
 ZERO_SPI = "0" * 16
+REKEYED_AWAY = 64
+"""CHILD_SAs remembered after charon reported them rekeyed away (``rekey_undone``)."""
 
 
 class ParseError(ValueError):
@@ -211,6 +213,7 @@ class SaTable:
     def __init__(self) -> None:
         self._sas: dict[str, IkeSaInfo] = {}
         self._vips: dict[str, int] = {}  # virtual IP -> IKE_SAs that have it
+        self._rekeyed_away: dict[int, None] = {}  # unique ids, oldest first (bounded)
 
     def virtual_ips(self) -> frozenset[str]:
         """Every virtual IP of every IKE_SA, kept as SAs come and go (no walk of the table)."""
@@ -334,6 +337,15 @@ class SaTable:
             if child.unique_id in gone:
                 events.append(ChildRemoved(conn=conn, ike_spi=old.ike_spi, child=child,
                                            reason="down"))
+        held = {c.unique_id for c in old.children}
+        for child in sa.children:
+            if child.unique_id not in held and child.unique_id in self._rekeyed_away:
+                # Reported rekeyed, now down instead of replaced: the rekey never finished
+                # (charon 5.9.8: its own retried rekey met the peer's DELETE), so the new
+                # CHILD_SA may lack its outbound half.
+                del self._rekeyed_away[child.unique_id]
+                events.append(ChildRemoved(conn=conn, ike_spi=old.ike_spi, child=child,
+                                           reason="rekey_undone"))
         keep = tuple(c for c in old.children if c.unique_id not in gone)
         self._set(dataclasses.replace(old, children=keep))
         return events
@@ -356,6 +368,9 @@ class SaTable:
             events = []
         children = {c.unique_id: c for c in sa.children}
         for old, new in pairs:
+            self._rekeyed_away[old.unique_id] = None
+            while len(self._rekeyed_away) > REKEYED_AWAY:
+                del self._rekeyed_away[next(iter(self._rekeyed_away))]
             known = children.pop(old.unique_id, None)
             children[new.unique_id] = new
             events.append(ChildRekeyed(conn=conn, ike_spi=spi, old=known or old, new=new))

@@ -334,3 +334,45 @@ def test_the_sas_carry_the_algorithms_as_swanctl_writes_them() -> None:
     assert proposal_text({"encr-alg": "AES_GCM_16", "encr-keysize": "256",
                           "dh-group": "ECP_256"}) == "AES_GCM_16-256/ECP_256"
     assert proposal_text({}) == ""
+
+
+def _child_down(child: dict[str, Any], state: str = "DELETED") -> dict[str, Any]:
+    """A child-updown event (down) for ``child`` of the recorded IKE_SA."""
+    _name, up = RECORD[1]
+    section = {k: v for k, v in up["home"].items() if k != "child-sas"}
+    section["child-sas"] = {f"net-{child['uniqueid']}": {**child, "state": state}}
+    return {"home": section}
+
+
+def test_a_child_reported_rekeyed_and_then_down_is_a_rekey_undone() -> None:
+    """Soak (seed 41, link_down 2.94 s): charon answered the gateway's rekey (child-rekey,
+    old -> new), then its own retried rekey of the old CHILD_SA met the gateway's DELETE of
+    it: charon took the old one down (child-updown) and never installed the new one's
+    outbound half. The table had dropped the old one at the rekey, so that down event
+    said nothing before."""
+    table = SaTable()
+    _replay(table, 4)  # established, child 1 rekeyed to child 2
+    old = _section(3)["child-sas"]["net"]["old"]
+    events = table.apply("child-updown", _child_down(old))
+    assert [(type(e), getattr(e, "reason", None)) for e in events] == [
+        (ChildRemoved, "rekey_undone")]
+    event = events[0]
+    assert isinstance(event, ChildRemoved)
+    assert event.child.unique_id == 1 and event.ike_spi == _key(_section(0))
+    (sa,) = table.sas()
+    assert [c.unique_id for c in sa.children] == [2]  # the new one stays
+    assert table.apply("child-updown", _child_down(old)) == []  # said once
+
+
+def test_a_live_child_going_down_is_no_rekey_undone() -> None:
+    table = SaTable()
+    _replay(table, 4)
+    new = _section(3)["child-sas"]["net"]["new"]
+    events = table.apply("child-updown", _child_down(new))
+    assert [(type(e), getattr(e, "reason", None)) for e in events] == [(ChildRemoved, "down")]
+
+
+def test_the_recorded_story_has_no_rekey_undone() -> None:
+    table = SaTable()
+    for events in _replay(table, len(RECORD)):
+        assert not [e for e in events if getattr(e, "reason", None) == "rekey_undone"]

@@ -224,3 +224,39 @@ def test_an_unanswered_race_lets_the_failover_go_unheld() -> None:
     through MOBIKE, unknown to the path manager) is the way out, as before the race."""
     ctl = _ipv4_death(six_answers=False)
     assert ctl.failed == [] and ctl.begun == []
+
+
+def _death_under_a_return(target_answers: bool, six_answers: bool = True) -> _Ctl:
+    """Soak (seed 41, IPv4 death 0.87 s): a return from M1 to M0 (IPv4) was under way,
+    charon steered, when every IPv4 died. charon's path M1 stalls, its burst and M0's
+    early one go unanswered, M0's IPv6 path answers its own (``six_answers``)."""
+    async def main() -> _Ctl:
+        ctl = _Ctl()
+        ctl.sa.manager.paths = lambda: [SimpleNamespace(path=p, srtt=0.001, last_rtt=None)
+                                        for p in (M0, M0_SIX, M1)]
+        ctl.sa.manager.wanted_path = M0  # the return, begun (not held here any more)
+        check = SiblingCheck(ctl, lambda: 0.05)  # type: ignore[arg-type]
+        check.stalled(ctl.sa, M1)  # type: ignore[arg-type]
+        for _ in range(30):  # the dead path's burst runs its course (0.3 s)
+            ctl.t += 0.01
+            for wire_id, path in ctl.sent:
+                if (path == M0_SIX and six_answers) or (path == M0 and target_answers):
+                    check.on_reply(wire_id)
+            for e in list(check._early.get(SPI, [])):
+                check._pump_early(SPI, e)
+        check.silent_death(SPI, M1, ctl.t)
+        check.close()
+        return ctl
+
+    return asyncio.run(main())
+
+
+def test_a_move_under_way_whose_target_missed_its_burst_fails_at_the_silent_death() -> None:
+    ctl = _death_under_a_return(target_answers=False)
+    assert ctl.failed == [(M0, "target_down")]  # the next path is chosen now
+
+
+def test_a_move_under_way_stays_when_its_target_answered_or_nothing_did() -> None:
+    assert _death_under_a_return(target_answers=True).failed == []
+    # nothing answered anywhere: charon's own checks are the last way out, as before
+    assert _death_under_a_return(target_answers=False, six_answers=False).failed == []

@@ -17,6 +17,7 @@ import pytest
 from mobike_vici.config.mobike import MobikePolicy
 from mobike_vici.mobike.health import (
     BURST,
+    DEAD_HOLD_CAP,
     MAX_REPAIR_RETRIES,
     REPAIR_RETRY_FLOOR,
     DataPathDead,
@@ -30,6 +31,7 @@ from mobike_vici.mobike.health import (
     Phase,
     RepairRequested,
     Stall,
+    dead_hold,
     settings_of,
 )
 from mobike_vici.mobike.health import Burst as ProbeBurst
@@ -381,3 +383,12 @@ def test_settings_come_from_the_policy_for_both_backends() -> None:
     assert (s.verify_timeout, s.repair_timeout, s.stall_timeout, s.stall_cap) == \
         (0.3, 4.0, 0.15, 0.5)
     assert s.active_window == pytest.approx(3.5)  # detection (2.5 s) + 1 s
+
+
+def test_a_dead_data_path_is_held_longer_for_each_verdict_in_a_row_up_to_a_cap() -> None:
+    holds = [dead_hold(n) for n in range(1, 12)]
+    assert holds[:3] == [2.0, 4.0, 8.0]
+    assert all(a <= b for a, b in itertools.pairwise(holds))
+    assert holds[-1] == DEAD_HOLD_CAP
+    assert dead_hold(10**9) == DEAD_HOLD_CAP  # no overflow, still bounded
+    assert dead_hold(0) == dead_hold(1)

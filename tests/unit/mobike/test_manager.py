@@ -229,6 +229,26 @@ def test_active_path_failed_from_ike_retransmits() -> None:
     assert [e.reason for _, e in sim.of(PathDown)] == ["ike_retransmit"]
 
 
+def test_a_path_failed_with_a_hold_is_neither_probed_nor_chosen_until_it_ends() -> None:
+    """A data path found dead while IKE and probes pass there (``data_path_dead``): its
+    answered probes would bring it back after hold-down, and the move back would find it
+    as dead, so it stays out of the choice, unprobed, for the hold; then it is chosen again
+    (the retry)."""
+    sim = make()
+    sim.run_until(3.0)
+    sim.mgr.on_active_path_failed(3.0, reason="data_path_dead", hold=10.0)
+    sim.flush()
+    (t, mv), = moves(sim)
+    assert t == 3.0 and mv.path == P_WWAN
+    assert [e.reason for _, e in sim.of(PathDown)] == ["data_path_dead"]
+    sim.run_until(12.9)
+    assert len(moves(sim)) == 1
+    assert not [p for t, p in sim.probes if t > 3.0 and p == P_ETH]
+    sim.run_until(13.0 + POLICY.hold_down + 2.0)
+    back = moves(sim)[1:]
+    assert back and back[0][1].path == P_ETH and back[0][0] >= 13.0 + POLICY.hold_down
+
+
 def test_address_removed_drops_paths_and_fails_over() -> None:
     sim = make()
     sim.run_until(3.0)

@@ -9,7 +9,15 @@ import struct
 import pytest
 
 from mobike_vici.net import esp_bpf
-from mobike_vici.net.esp_bpf import MAX_PEERS, SNAP, Insn, esp_filter, pack, parse_addresses
+from mobike_vici.net.esp_bpf import (
+    MAX_PEERS,
+    SNAP,
+    Insn,
+    esp_filter,
+    pack,
+    parse_addresses,
+    parse_spi,
+)
 
 GW4 = ipaddress.ip_address("192.0.2.2")
 GW6 = ipaddress.ip_address("2001:db8:ff::2")
@@ -158,3 +166,13 @@ def test_parse_addresses_reads_both_families_and_refuses_short_input() -> None:
     assert parse_addresses(b"\x45" * 10) is None
     assert parse_addresses(b"") is None
     assert parse_addresses(b"\x20" * 60) is None
+
+
+def test_parse_spi_reads_plain_and_udp_encapsulated_esp_of_both_families() -> None:
+    assert parse_spi(ipv4(GW4, ME4, 50, ESP_BODY)) == 0xC0FFEE01
+    assert parse_spi(ipv4(GW4, ME4, 17, udp(4500, 4500, ESP_BODY))) == 0xC0FFEE01
+    assert parse_spi(ipv6(GW6, ME6, 17, udp(4500, 4500, ESP_BODY))) == 0xC0FFEE01
+    assert parse_spi(ipv6(GW6, ME6, 50, ESP_BODY)) == 0xC0FFEE01
+    assert parse_spi(ipv4(GW4, ME4, 6, ESP_BODY)) is None  # not ESP
+    assert parse_spi(ipv4(GW4, ME4, 17, b"\x11\x94")) is None  # cut short
+    assert parse_spi(b"") is None and parse_spi(b"\x45" * 10) is None
