@@ -234,6 +234,7 @@ class PathMobility:
             pending.first_sent = now
             pending.deadline = now + settings.retransmit.wait(0)
         else:
+            task.resent += 1
             pending.deadline = min(now + self.move_resend(task), started + limit)
         self._send_all(pending.datagrams, pending.path, sa, now)
 
@@ -242,8 +243,13 @@ class PathMobility:
         return self.move_resend(task) if isinstance(task, MoveTask) else None
 
     def move_resend(self, task: MoveTask) -> float:
-        """Resend interval of an update: move_retransmit, or a third of a shorter bound."""
+        """Resend interval of an update: move_retransmit, or a third of a shorter bound.
+        The first resend of an update on the SA's own path after a NAT rebinding comes
+        after probe_timeout: the answer that showed the new mapping proved the path a
+        moment ago, and the peer's ESP goes to the old port until the update is through."""
         resend = self._settings.move_retransmit
+        if task.new == task.old and not task.resent:
+            resend = min(resend, self._settings.probe_timeout)
         return resend if task.timeout is None else min(resend, task.timeout / 3)
 
     # ------------------------------------------------------------------ the peer's moves

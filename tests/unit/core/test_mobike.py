@@ -682,6 +682,35 @@ def test_nat_rebinding_right_after_a_move_is_detected() -> None:
     assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 41001))
 
 
+def test_a_lost_update_after_a_nat_rebinding_is_resent_soon() -> None:
+    # The path was proven by the very answer that showed the new mapping: an update on
+    # it that goes unanswered is resent after probe_timeout, not move_retransmit (1 s),
+    # since the peer's ESP goes to the old port until it follows; then the usual pace.
+    settings = EngineSettings()
+    private = ep(ALICE)
+    net = setup(nat={Endpoint(ALICE, 500): ep(EVE, 500), private: ep(EVE, 40000)})
+    net.a.probe(spi(net), path(ALICE, BOB), net.now)
+    net.pump()
+    requests: list[float] = []
+
+    def lose_the_update(d: Datagram) -> bool:
+        if d.path.local.addr != ALICE or decode_header(d.data).is_response:
+            return False
+        requests.append(net.now)
+        return len(requests) == 2  # the probe's request passes, the update is lost
+
+    net.drop = lose_the_update
+    net.nat[private] = ep(EVE, 40001)  # the NAT rebinds
+    start = net.now
+    net.a.probe(spi(net), path(ALICE, BOB), net.now)
+    net.pump()
+    assert of_type(net.events_a, NatMappingChanged)
+    assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 40000))  # the update was lost
+    net.advance_to(start + settings.probe_timeout + 0.01)
+    assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 40001))
+    assert requests[2] - requests[1] == pytest.approx(settings.probe_timeout)
+
+
 def test_an_ike_sa_whose_moves_all_fail_is_declared_dead_within_charons_bound() -> None:
     # The peer lost the IKE_SA silently: every move and probe goes unanswered. The path
     # manager keeps trying every pair (a move or a probe each second here), yet the
