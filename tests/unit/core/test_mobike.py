@@ -711,6 +711,47 @@ def test_a_lost_update_after_a_nat_rebinding_is_resent_soon() -> None:
     assert requests[2] - requests[1] == pytest.approx(settings.probe_timeout)
 
 
+def test_a_lost_check_after_a_nat_rebinding_is_sent_again_by_the_next_probe() -> None:
+    # The answer to the liveness check that would show the new mapping is lost: the next
+    # probe of the path sends the outstanding request there again (the peer answers from
+    # its cache), instead of riding it in silence until its retransmission 4 s later.
+    private = ep(ALICE)
+    net = setup(nat={Endpoint(ALICE, 500): ep(EVE, 500), private: ep(EVE, 40000)})
+    s = spi(net)
+    net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    answers: list[Datagram] = []
+
+    def lose_the_first_answer(d: Datagram) -> bool:
+        if d.path.local.addr != BOB or not decode_header(d.data).is_response:
+            return False
+        answers.append(d)
+        return len(answers) == 1
+
+    net.drop = lose_the_first_answer
+    net.nat[private] = ep(EVE, 40001)  # the NAT rebinds
+    net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    assert answers and not of_type(net.events_a, NatMappingChanged)
+    net.advance_to(net.now + 0.15)
+    net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    assert of_type(net.events_a, NatMappingChanged)
+    assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 40001))
+
+
+def test_a_request_answered_in_time_is_not_sent_again_for_a_probe() -> None:
+    net = setup()
+    s = spi(net)
+    net.drop = lambda d: d.path.local.addr == BOB  # nothing comes back: all outstanding
+    net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    net.log.clear()
+    net.a.probe(s, path(ALICE, BOB), net.now + 0.01)  # too soon to be overdue
+    net.pump()
+    assert not [d for d in net.log if d.path.local.addr == ALICE]
+
+
 def test_an_ike_sa_whose_moves_all_fail_is_declared_dead_within_charons_bound() -> None:
     # The peer lost the IKE_SA silently: every move and probe goes unanswered. The path
     # manager keeps trying every pair (a move or a probe each second here), yet the
