@@ -17,8 +17,8 @@ processed is dropped as a duplicate; so a probe not yet answered rides every req
 that follows, and a response on its path to any of its copies proves the path, also
 one that comes after the request was answered elsewhere (RFC 7296 §2.3: the window,
 not the path, orders requests). On the request's own path a probe sends nothing,
-unless the request is overdue there (a third of probe_timeout without an answer: lost,
-or a NAT that rebound under it lost the answer); then a probe that came after it sends
+unless the request is overdue there (``overdue_after`` without an answer: lost, or a
+NAT that rebound under it lost the answer); then a probe that came after it sends
 it there again, so the path is tested now, not at its retransmission. With nothing
 outstanding a waiting probe starts a request of its own. Only an update in flight is
 never copied (the peer would move there): probes wait for it; a spent one (timed out
@@ -57,10 +57,6 @@ MAX_PROBES = 64
 MAX_RIDES = 3
 """Requests one probe is copied onto: its first, and two more for a copy the peer
 dropped (it was still processing the first) or saw after our next request."""
-
-OVERDUE_SHARE = 1 / 3
-"""A request out this share of probe_timeout on its path without an answer is overdue
-there (a peer answers in milliseconds): a later probe of that path sends it again."""
 
 SendAll = Callable[[Sequence[bytes], Path, IkeSa, float], None]
 Kick = Callable[[IkeSa, float], None]
@@ -183,7 +179,7 @@ class PathMobility:
         copied = {pending.path}
         resent = False
         # Overdue on its own path: a probe that comes after it sends it there again.
-        overdue = now - pending.first_sent >= self._settings.probe_timeout * OVERDUE_SHARE
+        overdue = now - pending.first_sent >= self._settings.overdue_after
         for probe in sa.probes:
             if pending.message_id in probe.message_ids or len(probe.message_ids) >= MAX_RIDES:
                 continue
@@ -263,11 +259,11 @@ class PathMobility:
     def move_resend(self, task: MoveTask) -> float:
         """Resend interval of an update: move_retransmit, or a third of a shorter bound.
         The first resend of an update on the SA's own path after a NAT rebinding comes
-        after probe_timeout: the answer that showed the new mapping proved the path a
+        after rebind_resend: the answer that showed the new mapping proved the path a
         moment ago, and the peer's ESP goes to the old port until the update is through."""
         resend = self._settings.move_retransmit
         if task.new == task.old and not task.resent:
-            resend = min(resend, self._settings.probe_timeout)
+            resend = min(resend, self._settings.rebind_resend)
         return resend if task.timeout is None else min(resend, task.timeout / 3)
 
     # ------------------------------------------------------------------ the peer's moves

@@ -682,13 +682,19 @@ def test_nat_rebinding_right_after_a_move_is_detected() -> None:
     assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 41001))
 
 
+DAEMON_ENGINE = EngineSettings(probe_timeout=3.0)
+"""The engine as the daemon runs it: its probes stay open for late answers (the path
+manager judges misses by its own timeouts)."""
+
+
 def test_a_lost_update_after_a_nat_rebinding_is_resent_soon() -> None:
     # The path was proven by the very answer that showed the new mapping: an update on
-    # it that goes unanswered is resent after probe_timeout, not move_retransmit (1 s),
+    # it that goes unanswered is resent after rebind_resend, not move_retransmit (1 s),
     # since the peer's ESP goes to the old port until it follows; then the usual pace.
-    settings = EngineSettings()
+    settings = DAEMON_ENGINE
     private = ep(ALICE)
-    net = setup(nat={Endpoint(ALICE, 500): ep(EVE, 500), private: ep(EVE, 40000)})
+    net = setup(nat={Endpoint(ALICE, 500): ep(EVE, 500), private: ep(EVE, 40000)},
+                settings=settings)
     net.a.probe(spi(net), path(ALICE, BOB), net.now)
     net.pump()
     requests: list[float] = []
@@ -706,9 +712,9 @@ def test_a_lost_update_after_a_nat_rebinding_is_resent_soon() -> None:
     net.pump()
     assert of_type(net.events_a, NatMappingChanged)
     assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 40000))  # the update was lost
-    net.advance_to(start + settings.probe_timeout + 0.01)
+    net.advance_to(start + settings.rebind_resend + 0.01)
     assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 40001))
-    assert requests[2] - requests[1] == pytest.approx(settings.probe_timeout)
+    assert requests[2] - requests[1] == pytest.approx(settings.rebind_resend)
 
 
 def test_a_lost_check_after_a_nat_rebinding_is_sent_again_by_the_next_probe() -> None:
@@ -716,7 +722,8 @@ def test_a_lost_check_after_a_nat_rebinding_is_sent_again_by_the_next_probe() ->
     # probe of the path sends the outstanding request there again (the peer answers from
     # its cache), instead of riding it in silence until its retransmission 4 s later.
     private = ep(ALICE)
-    net = setup(nat={Endpoint(ALICE, 500): ep(EVE, 500), private: ep(EVE, 40000)})
+    net = setup(nat={Endpoint(ALICE, 500): ep(EVE, 500), private: ep(EVE, 40000)},
+                settings=DAEMON_ENGINE)
     s = spi(net)
     net.a.probe(s, path(ALICE, BOB), net.now)
     net.pump()
@@ -733,7 +740,7 @@ def test_a_lost_check_after_a_nat_rebinding_is_sent_again_by_the_next_probe() ->
     net.a.probe(s, path(ALICE, BOB), net.now)
     net.pump()
     assert answers and not of_type(net.events_a, NatMappingChanged)
-    net.advance_to(net.now + 0.15)
+    net.advance_to(net.now + DAEMON_ENGINE.overdue_after + 0.01)
     net.a.probe(s, path(ALICE, BOB), net.now)
     net.pump()
     assert of_type(net.events_a, NatMappingChanged)
@@ -741,7 +748,7 @@ def test_a_lost_check_after_a_nat_rebinding_is_sent_again_by_the_next_probe() ->
 
 
 def test_a_request_answered_in_time_is_not_sent_again_for_a_probe() -> None:
-    net = setup()
+    net = setup(settings=DAEMON_ENGINE)
     s = spi(net)
     net.drop = lambda d: d.path.local.addr == BOB  # nothing comes back: all outstanding
     net.a.probe(s, path(ALICE, BOB), net.now)
