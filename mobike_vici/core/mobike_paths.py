@@ -16,11 +16,14 @@ ignored there ("expected N+1"), and one that arrives while the first copy is bei
 processed is dropped as a duplicate; so a probe not yet answered rides every request
 that follows, and a response on its path to any of its copies proves the path, also
 one that comes after the request was answered elsewhere (RFC 7296 §2.3: the window,
-not the path, orders requests). With nothing outstanding a waiting probe starts a
-request of its own. Only an update in flight is never copied (the peer would move
-there): probes wait for it; a spent one (timed out or superseded) may be copied,
-since whichever path answers it works, and moving resends the outstanding request on
-the new path.
+not the path, orders requests). On the request's own path a probe sends nothing,
+unless the request is overdue there (``overdue_after`` without an answer: lost, or a
+NAT that rebound under it lost the answer); then a probe that came after it sends
+it there again, so the path is tested now, not at its retransmission. With nothing
+outstanding a waiting probe starts a request of its own. Only an update in flight is
+never copied (the peer would move there): probes wait for it; a spent one (timed out
+or superseded) may be copied, since whichever path answers it works, and moving
+resends the outstanding request on the new path.
 
 Bounds: ``MAX_PROBES`` waiting probes per IKE_SA, ``MAX_RIDES`` requests per probe.
 """
@@ -174,11 +177,22 @@ class PathMobility:
                             ) or isinstance(task, RoutabilityTask)
         own = isinstance(task, ProbeTask)
         copied = {pending.path}
+        resent = False
+        # Overdue on its own path: a probe that comes after it sends it there again.
+        overdue = now - pending.first_sent >= self._settings.overdue_after
         for probe in sa.probes:
             if pending.message_id in probe.message_ids or len(probe.message_ids) >= MAX_RIDES:
                 continue
             left = pending.first_sent  # the request itself, on its own path
-            if probe.path != pending.path:
+            if probe.path == pending.path and overdue and not in_flight_update \
+                    and probe.sent > pending.first_sent and not resent:
+                # The request or its answer may be lost (a NAT that rebound under it):
+                # the peer answers a copy from its cache, and the path is tested now,
+                # not at the request's next retransmission (charon's: 4 s).
+                self._send_all(pending.datagrams, pending.path, sa, now)
+                resent = True
+                left = now
+            elif probe.path != pending.path:
                 left = now
                 if in_flight_update:
                     continue  # waits for the slot
@@ -234,6 +248,7 @@ class PathMobility:
             pending.first_sent = now
             pending.deadline = now + settings.retransmit.wait(0)
         else:
+            task.resent += 1
             pending.deadline = min(now + self.move_resend(task), started + limit)
         self._send_all(pending.datagrams, pending.path, sa, now)
 
@@ -242,8 +257,13 @@ class PathMobility:
         return self.move_resend(task) if isinstance(task, MoveTask) else None
 
     def move_resend(self, task: MoveTask) -> float:
-        """Resend interval of an update: move_retransmit, or a third of a shorter bound."""
+        """Resend interval of an update: move_retransmit, or a third of a shorter bound.
+        The first resend of an update on the SA's own path after a NAT rebinding comes
+        after rebind_resend: the answer that showed the new mapping proved the path a
+        moment ago, and the peer's ESP goes to the old port until the update is through."""
         resend = self._settings.move_retransmit
+        if task.new == task.old and not task.resent:
+            resend = min(resend, self._settings.rebind_resend)
         return resend if task.timeout is None else min(resend, task.timeout / 3)
 
     # ------------------------------------------------------------------ the peer's moves

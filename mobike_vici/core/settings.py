@@ -74,6 +74,13 @@ class EngineSettings:
     """MOBIKE: an UPDATE_SA_ADDRESSES unanswered this long fails (MoveFailed timeout)."""
     move_retransmit: float = 1.0
     """MOBIKE: resend interval of an unanswered UPDATE_SA_ADDRESSES."""
+    rebind_resend: float = 0.2
+    """MOBIKE: the first resend of the update on the same path after a NAT rebinding (the
+    path answered the check that showed the new mapping a moment before); then
+    move_retransmit."""
+    overdue_after: float = 0.1
+    """MOBIKE: a request unanswered this long on its own path is sent there again by the
+    next probe of that path (the peer answers in milliseconds: it or its answer is lost)."""
     eager_resend: float = 0.25
     """Resend interval of an IKE_SA_INIT to a peer known to be restarting (it deleted
     the IKE_SA, so its daemon is coming back), for ``eager_window``; then charon's

@@ -348,17 +348,21 @@ table inet {NFT_TABLE}_frag {{
         comes from the prefix `source` (a carrier NAT on one uplink)."""
         to = f" to :{ports[0]}-{ports[1]}" if ports else ""
         match = f"oifname \"{out_if}\"" + (f" ip saddr {source}" if source else "")
+        chain = f"ip {NFT_TABLE}_nat postrouting"
+        # One transaction that replaces the rules of a chain kept in place, so a call
+        # can change the port range. Deleting the table and adding it again took the NAT
+        # away for a moment: the flows it had translated went with it and left
+        # untranslated until the new table was in (a rebinding seen as three).
         script = f"""
 table ip {NFT_TABLE}_nat {{
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        {match} meta l4proto {{ tcp, udp }} masquerade{to}
-        {match} masquerade
     }}
 }}
+flush chain {chain}
+add rule {chain} {match} meta l4proto {{ tcp, udp }} masquerade{to}
+add rule {chain} {match} masquerade
 """
-        # Replace any previous NAT table so a call can change the port range.
-        router.run("nft", "delete", "table", "ip", f"{NFT_TABLE}_nat", check=False)
         router.run("nft", "-f", "-", input_text=script)
 
     def flush_conntrack(self, router: Netns) -> None:

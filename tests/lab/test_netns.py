@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import signal
 import sys
 import time
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mobike_vici.lab.faults import RouterFaults
 from mobike_vici.lab.netns import Lab, LabError, list_namespaces, sweep_stale
 from mobike_vici.lab.topology import mobile, two_hosts
 
@@ -86,6 +89,50 @@ def test_nat_router_hides_uplink_addresses(lab: Lab) -> None:
     assert topo.mob.ping(topo.gw4, source="10.2.0.2")
     lab.flush_conntrack(topo.rtr)
     assert topo.mob.ping(topo.gw4, source="10.1.0.2")
+
+
+_UDP_SINK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 4500))
+print("ready", flush=True)
+while True:
+    _, (host, port) = s.recvfrom(64)
+    print(host, port, flush=True)
+"""
+_UDP_SOURCE = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 4500))
+while True:
+    s.sendto(b"x", (sys.argv[2], 4500))
+    time.sleep(0.001)
+"""
+
+
+def test_a_nat_rebinding_changes_the_port_once_and_never_leaks(lab: Lab) -> None:
+    """The carrier NAT on m1 rebinds (``RouterFaults.nat_rebind``): a flow through it
+    gets one new public port, from the new range; at no moment does it leave
+    untranslated (a NAT that vanishes for a moment is no rebinding)."""
+    topo = mobile(lab, nat_backup=True)
+    seen = lab.workdir / "sources.txt"
+    sink = lab.spawn(topo.gw, [sys.executable, "-c", _UDP_SINK], seen)
+    deadline = time.monotonic() + 10
+    while "ready" not in seen.read_text():
+        assert time.monotonic() < deadline and sink.poll() is None, seen.read_text()
+        time.sleep(0.02)
+    lab.spawn(topo.mob, [sys.executable, "-c", _UDP_SOURCE, topo.uplinks[1].addr4,
+                         topo.gw4], lab.workdir / "source.txt")
+    time.sleep(0.5)
+    low, high = RouterFaults(lab, topo.rtr).nat_rebind("g0", f"{topo.uplinks[1].addr4}/24",
+                                                        random.Random(7))
+    time.sleep(0.5)
+    sources = [tuple(line.split()) for line in seen.read_text().splitlines()[1:]]
+    assert {host for host, _ in sources} == {topo.rtr_wan4}, sorted(set(sources))
+    ports = [int(port) for _, port in sources]
+    changes = [b for a, b in itertools.pairwise(ports) if a != b]
+    assert len(changes) == 1 and low <= changes[0] <= high, sorted(set(ports))
+    assert low <= ports[-1] <= high
 
 
 def test_close_kills_processes_and_removes_namespaces(tmp_path: Path) -> None:

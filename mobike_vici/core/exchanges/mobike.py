@@ -306,6 +306,8 @@ class MoveTask(Task):
         """This attempt's bound (from the path's RTT); None: the engine's move_timeout."""
         self.cookie2 = b""
         self.failed: str | None = None
+        self.resent = 0
+        """Resends so far (its own schedule, not counted as retransmissions)."""
         self.sent_at: float | None = None
         self.early_encap: bool | None = None
         """How the CHILD_SAs went to ``new`` when the move was decided (None: not moved

@@ -682,6 +682,83 @@ def test_nat_rebinding_right_after_a_move_is_detected() -> None:
     assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 41001))
 
 
+DAEMON_ENGINE = EngineSettings(probe_timeout=3.0)
+"""The engine as the daemon runs it: its probes stay open for late answers (the path
+manager judges misses by its own timeouts)."""
+
+
+def test_a_lost_update_after_a_nat_rebinding_is_resent_soon() -> None:
+    # The path was proven by the very answer that showed the new mapping: an update on
+    # it that goes unanswered is resent after rebind_resend, not move_retransmit (1 s),
+    # since the peer's ESP goes to the old port until it follows; then the usual pace.
+    settings = DAEMON_ENGINE
+    private = ep(ALICE)
+    net = setup(nat={Endpoint(ALICE, 500): ep(EVE, 500), private: ep(EVE, 40000)},
+                settings=settings)
+    net.a.probe(spi(net), path(ALICE, BOB), net.now)
+    net.pump()
+    requests: list[float] = []
+
+    def lose_the_update(d: Datagram) -> bool:
+        if d.path.local.addr != ALICE or decode_header(d.data).is_response:
+            return False
+        requests.append(net.now)
+        return len(requests) == 2  # the probe's request passes, the update is lost
+
+    net.drop = lose_the_update
+    net.nat[private] = ep(EVE, 40001)  # the NAT rebinds
+    start = net.now
+    net.a.probe(spi(net), path(ALICE, BOB), net.now)
+    net.pump()
+    assert of_type(net.events_a, NatMappingChanged)
+    assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 40000))  # the update was lost
+    net.advance_to(start + settings.rebind_resend + 0.01)
+    assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 40001))
+    assert requests[2] - requests[1] == pytest.approx(settings.rebind_resend)
+
+
+def test_a_lost_check_after_a_nat_rebinding_is_sent_again_by_the_next_probe() -> None:
+    # The answer to the liveness check that would show the new mapping is lost: the next
+    # probe of the path sends the outstanding request there again (the peer answers from
+    # its cache), instead of riding it in silence until its retransmission 4 s later.
+    private = ep(ALICE)
+    net = setup(nat={Endpoint(ALICE, 500): ep(EVE, 500), private: ep(EVE, 40000)},
+                settings=DAEMON_ENGINE)
+    s = spi(net)
+    net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    answers: list[Datagram] = []
+
+    def lose_the_first_answer(d: Datagram) -> bool:
+        if d.path.local.addr != BOB or not decode_header(d.data).is_response:
+            return False
+        answers.append(d)
+        return len(answers) == 1
+
+    net.drop = lose_the_first_answer
+    net.nat[private] = ep(EVE, 40001)  # the NAT rebinds
+    net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    assert answers and not of_type(net.events_a, NatMappingChanged)
+    net.advance_to(net.now + DAEMON_ENGINE.overdue_after + 0.01)
+    net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    assert of_type(net.events_a, NatMappingChanged)
+    assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 40001))
+
+
+def test_a_request_answered_in_time_is_not_sent_again_for_a_probe() -> None:
+    net = setup(settings=DAEMON_ENGINE)
+    s = spi(net)
+    net.drop = lambda d: d.path.local.addr == BOB  # nothing comes back: all outstanding
+    net.a.probe(s, path(ALICE, BOB), net.now)
+    net.pump()
+    net.log.clear()
+    net.a.probe(s, path(ALICE, BOB), net.now + 0.01)  # too soon to be overdue
+    net.pump()
+    assert not [d for d in net.log if d.path.local.addr == ALICE]
+
+
 def test_an_ike_sa_whose_moves_all_fail_is_declared_dead_within_charons_bound() -> None:
     # The peer lost the IKE_SA silently: every move and probe goes unanswered. The path
     # manager keeps trying every pair (a move or a probe each second here), yet the
