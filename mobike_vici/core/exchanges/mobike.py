@@ -156,13 +156,15 @@ def moved(ctx: Context, sa: IkeSa, old: Path, new: Path, started: float | None,
     sa.path = new
     sa.esp_path = None
     sa.natd_seen = None  # the peer's hash of us changed with the path: a new baseline
+    if not already or early_encap != _encap(sa):
+        # First: the data plane follows these alone, and the move's other followers
+        # (peer routes, path managers, the log) need not hold the ESP back.
+        _children_to(ctx, sa, new)
     if started is not None:
         ctx.emit(IkeSaMoved(conn=sa.conn.name, ike_spi=sa.spi_str, old_path=old,
                             new_path=new, duration=now - started))
     else:
         ctx.emit(PeerMoved(conn=sa.conn.name, ike_spi=sa.spi_str, old_path=old, new_path=new))
-    if not already or early_encap != _encap(sa):
-        _children_to(ctx, sa, new)
 
 
 def _encap(sa: IkeSa) -> bool:

@@ -951,9 +951,10 @@ def test_a_voided_check_s_answer_verifies_no_address() -> None:
     assert len(of_type(net.events_b, PeerMoved)) == 1
 
 
-def test_the_responder_s_child_sas_move_before_it_reports_the_new_address_list() -> None:
+def test_the_responder_s_child_sas_move_before_the_rest_of_the_update_is_reported() -> None:
     # The daemon hands events on in order: the data plane takes the new path before the
-    # path managers redo their sets for the list the update carried (§3.6).
+    # peer routes and path managers follow the move and redo their sets for the list
+    # the update carried (§3.6).
     net = setup()
     moved_to(net, path(ALICE2, BOB))
     _bob_requests_lost(net)
@@ -961,4 +962,4 @@ def test_the_responder_s_child_sas_move_before_it_reports_the_new_address_list()
     moved_to(net, path(ALICE, BOB))
     kinds = [type(e) for e in net.events_b
              if isinstance(e, PeerMoved | ChildSaUpdated | PeerAddressesUpdated)]
-    assert kinds == [PeerMoved, ChildSaUpdated, PeerAddressesUpdated]
+    assert kinds == [ChildSaUpdated, PeerMoved, PeerAddressesUpdated]
