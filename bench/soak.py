@@ -18,7 +18,8 @@ while. Pairs (mob end - gw end):
 Faults, one at a time, kinds drawn by a ``random.Random(seed)`` (the same sequence of
 kinds for every pair), each held for a while and undone, a short pause after each:
 
-- ``link_down``: the active uplink's link goes down in mob, then up again;
+- ``link_down``: the active uplink's link goes down in mob (one netlink request of the
+  bench's, stamped right before it: ``lab.link_switch``), then up again;
 - ``blackhole``: rtr silently drops everything of the active uplink, then heals it;
 - ``nat_rebind``: the carrier NAT on m1 gets a new port range and forgets its mappings
   (the public port of every m1 flow changes);
@@ -89,6 +90,7 @@ from mobike_vici.lab.faults import (
     slope_per_hour,
     snapshot_diff,
 )
+from mobike_vici.lab.link_switch import LinkSwitch
 from mobike_vici.lab.native import NativeDaemon, named, start_native
 from mobike_vici.lab.netns import Lab, LabError, is_root, list_namespaces
 from mobike_vici.lab.topology import Mobile, mobile
@@ -282,6 +284,8 @@ class Pair:
         self.rng = random.Random(seed)
         self.topo: Mobile = mobile(lab, nat_backup=True)
         self.faults_router = RouterFaults(lab, self.topo.rtr)
+        # A link goes down by our own netlink request: stamped within microseconds of it.
+        self.links = LinkSwitch(self.topo.mob.name)
         self.lock = threading.Lock()
         self.faults: list[Fault] = []
         self.locations: list[tuple[float, str | None]] = []
@@ -403,7 +407,7 @@ class Pair:
         fault = Fault(kind, time.time(), target=topo.uplinks[index].ifname)
         undo: Callable[[], None] | None = None
         if kind == "link_down":
-            topo.link_down(index)
+            fault.at = self.links.set(topo.uplinks[index].ifname, False)
             undo = lambda: topo.link_up(index)  # noqa: E731
         elif kind == "blackhole":
             topo.kill_silently(index)
@@ -905,6 +909,8 @@ def run_pair(name: str, duration: float, seed: int,
         except (LabError, OSError, subprocess.SubprocessError, AssertionError) as exc:
             result = {"error": str(exc)[:2000], "faults_total": len(pair.faults),
                       "errors": pair.errors[:20]}
+        finally:
+            pair.links.close()
     left = [ns for ns in list_namespaces() if ns.startswith(prefix)]
     result["leftover_namespaces"] = left
     return result

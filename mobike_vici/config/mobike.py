@@ -66,6 +66,10 @@ repair_timeout             2s          >0 .. 24h        after that rekey, the pe
                                                         SRTTs), else handover_failed
 return_routability         always      always,          RFC 4555 3.7: when a new peer
                                        nat-only, never  address must answer a COOKIE2 check
+                                                        (native responder: an address and
+                                                        port that set the IKE_SA up or
+                                                        answered a check, the last 16, is
+                                                        not checked again)
 family                     any         any, ipv4, ipv6  which family wins a cost tie
 exclude                    (none)      list             interface globs and local prefixes
                                                         never used

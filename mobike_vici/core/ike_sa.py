@@ -242,6 +242,10 @@ class IkeSa:
     """Message ID of the newest UPDATE_SA_ADDRESSES accepted from the peer (§3.5)."""
     natd_seen: bytes | None = None
     """The peer's last NAT_DETECTION_DESTINATION_IP hash of us (§3.8 rebinding)."""
+    verified_peers: dict[Endpoint, None] = field(default_factory=dict)
+    """Peer endpoints shown to receive what we send there (§3.7): where the IKE_SA was
+    set up, and where a return routability check was answered; oldest first, bounded
+    (``exchanges.mobike.remember_verified``). An update back to one needs no check."""
     probes: list[Probe] = field(default_factory=list)
     announced: tuple[IPAddress, ...] | None = None
     """Our address list as last sent to the peer (None: never sent)."""

@@ -1,9 +1,8 @@
 """The native daemon: the sans-I/O engine wired to UDP sockets, one timer, signals,
 the control socket and the event log.
 
-The adapter stays thin: receive, feed, flush, re-arm one timer. The
-engine's clock is the loop's clock (``loop.time()``, i.e. ``time.monotonic``), so
-its deadlines go straight into ``loop.call_at``.
+The adapter stays thin: receive, feed, flush, re-arm one timer. The engine's clock is
+the loop's (``time.monotonic``): its deadlines go straight into ``loop.call_at``.
 
 Nothing the engine raises may take the daemon down: a failure while feeding a
 datagram is logged as ``packet_dropped`` with reason ``internal_error``, any other
@@ -60,9 +59,7 @@ from .traffic import TrafficWatch
 _P = ParamSpec("_P")
 
 WILDCARDS: tuple[tuple[socket.AddressFamily, str], ...] = (
-    (socket.AF_INET, "0.0.0.0"),
-    (socket.AF_INET6, "::"),
-)
+    (socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::"))
 
 MAX_BATCH = 64
 """Datagrams read per wakeup of one socket, so one busy socket cannot starve the rest."""
@@ -519,7 +516,6 @@ class Daemon:
         for _ in range(4):
             if self.mobility is None or not self._pump_mobility(now):
                 break
-            self._flush(now)
             self._drain_events()
         if self.data_path is not None:
             for name, fields in self.data_path.take_log():
@@ -530,7 +526,8 @@ class Daemon:
         self._changed.set()
 
     def _pump_mobility(self, now: float) -> bool:
-        """Run the path managers; True when they called the engine."""
+        """Run the path managers; True when they called the engine. What they asked for
+        leaves before their events are written (a handover's update first)."""
         assert self.mobility is not None
         before = self.mobility.calls
         try:
@@ -538,12 +535,14 @@ class Daemon:
         except Exception as exc:
             self.log.emit("engine_error", call="mobility", error=type(exc).__name__)
             return False
+        if called := self.mobility.calls != before:
+            self._flush(now)
         for name, fields in out:
             transport = self.tcp.transport_of_fields(fields) if self.tcp is not None else None
             if transport is not None:
                 fields = {**fields, "transport": transport}
             self.log.emit(name, **fields)
-        return self.mobility.calls != before
+        return called
 
     def _flush(self, now: float) -> None:
         try:

@@ -329,6 +329,7 @@ def _successor(ctx: Context, old: IkeSa, initiator: bool, spi_i: bytes, spi_r: b
     new.natt_supported = old.natt_supported
     new.peer_fragmentation = old.peer_fragmentation  # negotiated once, kept by rekeys
     new.peer_addrs = old.peer_addrs
+    new.verified_peers = dict(old.verified_peers)
     new.set_state(IkeState.ESTABLISHED)
     new.established_at = now
     new.rekey_at = schedule(ctx, old.conn.rekey_time, old.conn.rand_time, now)

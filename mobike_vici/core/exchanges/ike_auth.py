@@ -60,7 +60,13 @@ from ..pool import acquire_from
 from ..ts import narrow, resolve
 from .base import DropPacket, ExchangeAborted, Outcome, Task, child_offer, notify_name
 from .child import child_proposals, install, make_child, proposal_payloads, schedule
-from .mobike import answer_mobike, mobike_answered, mobike_offered, offer_mobike
+from .mobike import (
+    answer_mobike,
+    mobike_answered,
+    mobike_offered,
+    offer_mobike,
+    remember_verified,
+)
 from .pubkey import (
     PeerAuthFailed,
     cert_payloads,
@@ -318,6 +324,8 @@ def establish(ctx: Context, sa: IkeSa, now: float) -> None:
     sa.set_state(IkeState.ESTABLISHED)
     sa.established_at = now
     sa.rekey_at = schedule(ctx, sa.conn.rekey_time, sa.conn.rand_time, now)
+    # The peer set the IKE_SA up from this address: its AUTH signs what we sent there.
+    remember_verified(sa, sa.path.remote)
     ctx.emit(IkeSaEstablished(
         conn=sa.conn.name, ike_spi=sa.spi_str, path=sa.path, initiator=sa.initiator,
         local_id=sa.local_id, remote_id=sa.remote_id, proposal=sa.proposal,

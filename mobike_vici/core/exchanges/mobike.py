@@ -21,7 +21,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ...config.mobike import (
     MAX_PEER_ADDRESSES_PER_FAMILY,
@@ -33,7 +33,7 @@ from ...ikev2.constants import ExchangeType, NotifyType
 from ...ikev2.message import Message
 from ...ikev2.payloads import Notify, Payload, find_notify, first_error
 from ...return_routability import check_needed
-from ...types import IPAddress, Path
+from ...types import Endpoint, IPAddress, Path
 from ..context import Context
 from ..events import (
     ChildSaUpdated,
@@ -52,6 +52,8 @@ SUPERSEDED = "superseded"
 """A move replaced by a newer decision (which takes the CHILD_SAs along itself)."""
 COOKIE2_SIZE = 16
 """RFC 4555 §4.2.5 allows 8..64 octets."""
+MAX_VERIFIED_PEERS = 16
+"""Peer endpoints remembered as verified per IKE_SA (as the controller's checks keep)."""
 
 ADDRESS_NOTIFIES = (NotifyType.ADDITIONAL_IP4_ADDRESS, NotifyType.ADDITIONAL_IP6_ADDRESS,
                     NotifyType.NO_ADDITIONAL_ADDRESSES)
@@ -154,13 +156,15 @@ def moved(ctx: Context, sa: IkeSa, old: Path, new: Path, started: float | None,
     sa.path = new
     sa.esp_path = None
     sa.natd_seen = None  # the peer's hash of us changed with the path: a new baseline
+    if not already or early_encap != _encap(sa):
+        # First: the data plane follows these alone, and the move's other followers
+        # (peer routes, path managers, the log) need not hold the ESP back.
+        _children_to(ctx, sa, new)
     if started is not None:
         ctx.emit(IkeSaMoved(conn=sa.conn.name, ike_spi=sa.spi_str, old_path=old,
                             new_path=new, duration=now - started))
     else:
         ctx.emit(PeerMoved(conn=sa.conn.name, ike_spi=sa.spi_str, old_path=old, new_path=new))
-    if not already or early_encap != _encap(sa):
-        _children_to(ctx, sa, new)
 
 
 def _encap(sa: IkeSa) -> bool:
@@ -184,6 +188,14 @@ def redirect_children(ctx: Context, sa: IkeSa, path: Path) -> bool | None:
     sa.esp_path = None if path == sa.path else path
     _children_to(ctx, sa, path)
     return _encap(sa)
+
+
+def remember_verified(sa: IkeSa, remote: Endpoint) -> None:
+    """``remote`` received what we sent there (§3.7): newest last, the oldest forgotten."""
+    sa.verified_peers.pop(remote, None)
+    sa.verified_peers[remote] = None
+    while len(sa.verified_peers) > MAX_VERIFIED_PEERS:
+        del sa.verified_peers[next(iter(sa.verified_peers))]
 
 
 def check_mapping(ctx: Context, sa: IkeSa, msg: Message, path: Path) -> None:
@@ -392,7 +404,10 @@ class RoutabilityTask(Task):
         cookie = find_notify(msg.payloads, NotifyType.COOKIE2)
         if cookie is None or not hmac.compare_digest(cookie.data, self.cookie2):
             raise ExchangeAborted("cookie2_mismatch")
-        if not self.superseded and sa.path == self.new:
+        if self.superseded:
+            return Outcome.DONE  # maybe resent elsewhere since: it proves no address
+        remember_verified(sa, self.new.remote)  # only ever sent there
+        if sa.path == self.new:
             moved(ctx, sa, self.old, self.new, None, now)
         return Outcome.DONE
 
@@ -435,20 +450,34 @@ def respond_mobike(ctx: Context, sa: IkeSa, msg: Message, path: Path, message_id
     addrs = parse_addresses(payloads)
     if addrs is not None:
         # §3.6: the set is the request's source address plus the list (replaced whole).
-        addrs = tuple(dict.fromkeys((path.remote.addr, *addrs)))
-        sa.peer_addrs = addrs
-        ctx.emit(PeerAddressesUpdated(conn=sa.conn.name, ike_spi=sa.spi_str, addresses=addrs))
-    if not update:
-        return reply
+        sa.peer_addrs = tuple(dict.fromkeys((path.remote.addr, *addrs)))
+    if update:
+        _follow_update(ctx, sa, payloads, path, message_id, has_natd, reply, reject, now)
+    if addrs is not None:
+        # After the update's own events: the CHILD_SAs' new path reaches the data
+        # plane before the path managers' bookkeeping of the list.
+        ctx.emit(PeerAddressesUpdated(conn=sa.conn.name, ike_spi=sa.spi_str,
+                                      addresses=sa.peer_addrs))
+    return reply
+
+
+def _follow_update(ctx: Context, sa: IkeSa, payloads: Sequence[Payload], path: Path,
+                   message_id: int, has_natd: bool, reply: list[Payload],
+                   reject: Callable[[str], object], now: float) -> None:
+    """An authenticated UPDATE_SA_ADDRESSES: the IKE_SA follows it at once, the CHILD_SAs
+    too unless the new address must answer a return routability check first."""
     if sa.mobike_initiator:
-        return reject("not_initiator")  # only the initiator decides (§3.1), rekeyed or not
+        reject("not_initiator")  # only the initiator decides (§3.1), rekeyed or not
+        return
     if message_id <= sa.last_update_id:
-        return reject("stale")
+        reject("stale")
+        return
     sa.last_update_id = message_id
     policy = ctx.config.mobike.policy
     if not _allowed(policy, path.remote.addr):
         reply.append(Notify(NotifyType.UNACCEPTABLE_ADDRESSES))
-        return reject("unacceptable_addresses")
+        reject("unacceptable_addresses")
+        return
     if has_natd:
         _detect(sa, payloads, path)
     old = sa.path
@@ -458,15 +487,14 @@ def respond_mobike(ctx: Context, sa: IkeSa, msg: Message, path: Path, message_id
     sa.tasks = deque(t for t in sa.tasks if not isinstance(t, RoutabilityTask))
     if sa.pending is not None and isinstance(sa.pending.task, RoutabilityTask):
         sa.pending.task.superseded = True
-    mode = policy.return_routability
     if path == old and sa.esp_path is None:
-        return reply
-    # The native responder keeps no verified addresses: every new one is checked.
-    if check_needed(mode, nat=sa.nat_any, verified=False):
+        return
+    # An endpoint that set the IKE_SA up or answered a check before is not asked again.
+    if check_needed(policy.return_routability, nat=sa.nat_any,
+                    verified=path.remote in sa.verified_peers):
         # The CHILD_SAs, new ones too, stay where they were until the check answers
         # (a repeated update to the same address asks again: the last check was voided).
         sa.esp_path = sa.esp_path or old
         sa.tasks.appendleft(RoutabilityTask(sa.esp_path, path))
     else:
         moved(ctx, sa, old, path, None, now)
-    return reply

@@ -969,3 +969,74 @@ def test_an_unanswered_check_falls_back_to_charons_schedule() -> None:
     assert checks_sent_until(window + 0.5) == 1  # the window's end: charon's first resend
     assert checks_sent_until(window + settings.retransmit.wait(1) - 0.5) == 0
     assert not of_type(net.events_b, PeerMoved)
+
+
+def _bob_requests_lost(net: Net) -> None:
+    net.drop = lambda d: (d.path.local.addr in (BOB, BOB6)
+                          and not decode_header(d.data).is_response)
+
+
+def test_an_update_back_to_a_verified_address_moves_the_child_sas_at_once() -> None:
+    # The soak's mob flips between its uplinks: the gateway's CHILD_SAs waited for a
+    # check of an address that had answered one a few seconds earlier (§3.7 asks for
+    # a check of the new address, not of one already proven).
+    net = setup()
+    moved_to(net, path(ALICE2, BOB))  # checked and answered: verified
+    assert len(of_type(net.events_b, ChildSaUpdated)) == 1
+    _bob_requests_lost(net)  # from here no check of bob's can be answered
+    moved_to(net, path(ALICE, BOB))  # where the IKE_SA was set up
+    moved_to(net, path(ALICE2, BOB))
+    assert [u.path for u in of_type(net.events_b, ChildSaUpdated)] == [
+        path(BOB, ALICE2), path(BOB, ALICE), path(BOB, ALICE2)]
+    moved_to(net, path(ALICE6, BOB6))  # never checked: still asked first
+    assert net.b.status()[0].path == path(BOB6, ALICE6)
+    assert len(of_type(net.events_b, ChildSaUpdated)) == 3
+
+
+def test_a_port_the_address_never_answered_from_is_checked() -> None:
+    # Behind a carrier NAT one address holds many peers: the endpoint is what answered.
+    net = setup()
+    moved_to(net, path(ALICE2, BOB))
+    _bob_requests_lost(net)
+    moved_to(net, Path(ep(ALICE2, 4501), ep(BOB)))
+    assert len(of_type(net.events_b, ChildSaUpdated)) == 1
+
+
+def test_verified_addresses_outlive_an_ike_rekey() -> None:
+    net = setup()
+    moved_to(net, path(ALICE2, BOB))
+    rekey_ike(net.a, spi(net), net.now)
+    net.pump()
+    _bob_requests_lost(net)
+    moved_to(net, path(ALICE, BOB))
+    moved_to(net, path(ALICE2, BOB))
+    assert [u.path for u in of_type(net.events_b, ChildSaUpdated)][-2:] == [
+        path(BOB, ALICE), path(BOB, ALICE2)]
+
+
+def test_a_voided_check_s_answer_verifies_no_address() -> None:
+    # It may have been resent to the newer address (resend_after_peer_moved): its
+    # answer does not show that the address it was first sent to receives.
+    net = setup()
+    _check_lost_then_address_gone(net)
+    moved_to(net, path(ALICE6, BOB6))
+    net.advance_to(net.now + 0.5)
+    assert len(of_type(net.events_b, PeerMoved)) == 1
+    net.down = set()
+    _bob_requests_lost(net)
+    moved_to(net, path(ALICE2, BOB))  # the voided check's address
+    assert len(of_type(net.events_b, PeerMoved)) == 1
+
+
+def test_the_responder_s_child_sas_move_before_the_rest_of_the_update_is_reported() -> None:
+    # The daemon hands events on in order: the data plane takes the new path before the
+    # peer routes and path managers follow the move and redo their sets for the list
+    # the update carried (§3.6).
+    net = setup()
+    moved_to(net, path(ALICE2, BOB))
+    _bob_requests_lost(net)
+    net.events_b.clear()
+    moved_to(net, path(ALICE, BOB))
+    kinds = [type(e) for e in net.events_b
+             if isinstance(e, PeerMoved | ChildSaUpdated | PeerAddressesUpdated)]
+    assert kinds == [ChildSaUpdated, PeerMoved, PeerAddressesUpdated]

@@ -11,12 +11,13 @@ import asyncio
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path as FsPath
 
 import pytest
 
 from mobike_vici.config.model import ChildConfig, Config, ConnectionConfig, StartAction
+from mobike_vici.core.engine import Datagram
 from mobike_vici.daemon.control import request
 from mobike_vici.daemon.drop_log import DropLog
 from mobike_vici.daemon.framing import KEEPALIVE, NON_ESP_MARKER
@@ -502,5 +503,54 @@ def test_unauthenticated_drops_are_counted_not_logged_one_by_one() -> None:
         # Authenticated drops are logged one by one.
         stale = [d for d in drops if d["reason"] == "message ID outside the window"]
         assert len(stale) == 3 and all("count" not in d for d in stale)
+
+    run_rig(scenario)
+
+
+class _HandoverMobility:
+    """Path managers that decide one handover: an update for the engine, and its story."""
+
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine, self.calls, self.decided = engine, 0, False
+
+    def pump(self, now: float) -> list[tuple[str, dict[str, object]]]:
+        if self.decided:
+            return []
+        self.decided, self.calls = True, self.calls + 1
+        self.engine.outbox.append(Datagram(b"UPDATE", Path(self.engine.local,
+                                                           self.engine.peer)))
+        return [("path_selected", {"reason": "failover"}),
+                ("handover_started", {"reason": "failover"})]
+
+    def get_timer(self) -> float | None:
+        return None
+
+
+def test_a_handover_s_update_leaves_before_its_events_are_written() -> None:
+    # Seven event lines (JSON, a write each) came between the decision and the update:
+    # under load each costs, and the tunnel is down until the update is answered.
+    order: list[str] = []
+
+    async def scenario(rig: Rig) -> None:
+        sent = rig.engine.datagrams_to_send
+
+        def recorded(now: float) -> list[Datagram]:
+            out = sent(now)
+            order.extend(d.data.decode() for d in out)
+            return out
+
+        rig.engine.datagrams_to_send = recorded  # type: ignore[method-assign]
+        written = rig.log.write
+
+        def write(level: str, name: str, fields: Mapping[str, object]) -> None:
+            order.append(name)
+            written(level, name, fields)
+
+        rig.log.write = write  # type: ignore[method-assign]
+        rig.daemon.mobility = _HandoverMobility(rig.engine)  # type: ignore[assignment]
+        rig.daemon.after_engine()
+        data, _ = await rig.peer.recv()
+        assert data == b"UPDATE"
+        assert order == ["UPDATE", "path_selected", "handover_started"]
 
     run_rig(scenario)

@@ -1,6 +1,7 @@
 """NetFollow: a burst of netlink messages (a link coming back: the link, its addresses,
 its routes) gives each link hint to the path managers at once, but the address set,
-the pump and the uplink tables only once, on the final state, after the burst."""
+the pump and the uplink tables only once, on the final state, after the burst; after a
+burst that only took things away, the tables a moment later."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
+import pytest
+
+from mobike_vici.daemon import native_net
 from mobike_vici.daemon.native_net import NetFollow
 from mobike_vici.eventlog import EventLog, make_logger
 from mobike_vici.net.events import (
     AddressAdded,
+    AddressRemoved,
     AddrFlag,
     LinkDown,
     LinkUp,
@@ -123,3 +128,68 @@ def test_close_drops_a_pending_settle() -> None:
     asyncio.run(scenario())
     assert mobility.calls == [("link", "m0", True)]
     assert (changed[0], routing.calls) == (0, [])
+
+
+def _loss(ifname: str = "m0") -> list[NetEvent]:
+    link = {"ifindex": 2, "ifname": ifname, "admin_up": False, "carrier": False}
+    return [LinkDown(**link, oper=OperState.DOWN),  # type: ignore[arg-type]
+            AddressRemoved(ifindex=2, ifname=ifname, address=ipaddress.ip_address(
+                "2001:db8:1::2"), prefixlen=64, flags=AddrFlag(0), scope=0)]
+
+
+def test_a_burst_that_only_took_things_away_leaves_the_tables_for_later(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The soak's link_down: the managers hear of it and pump at once (the handover's
+    # update leaves), the tables' few milliseconds wait until its answer is in.
+    monkeypatch.setattr(native_net, "FOLLOW_AFTER_LOSS", 0.01)
+    net, mobility, routing, changed, monitor = _follow()
+
+    async def scenario() -> tuple[int, int]:
+        for event in _loss():
+            monitor.state = apply(monitor.state, event)
+            net.on_event(event)
+        await asyncio.sleep(0)
+        settled = (changed[0], len(routing.calls))
+        await asyncio.sleep(0.2)
+        return settled
+
+    assert asyncio.run(scenario()) == (1, 0)
+    assert mobility.calls[0] == ("link", "m0", False)
+    assert routing.calls == [(monitor.state, False)]
+
+
+def test_a_gain_follows_at_once_and_takes_the_put_off_follow_with_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native_net, "FOLLOW_AFTER_LOSS", 0.05)
+    net, _mobility, routing, changed, monitor = _follow()
+
+    async def scenario() -> int:
+        for event in _loss():
+            net.on_event(event)
+        await asyncio.sleep(0)
+        for event in _burst()[1:]:  # the link is back, with its addresses
+            monitor.state = apply(monitor.state, event)
+            net.on_event(event)
+        await asyncio.sleep(0)
+        at_once = len(routing.calls)
+        await asyncio.sleep(0.3)
+        return at_once
+
+    assert asyncio.run(scenario()) == 1
+    assert routing.calls == [(monitor.state, False)]  # the put-off one never ran
+    assert changed[0] == 2
+
+
+def test_close_drops_a_put_off_follow(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native_net, "FOLLOW_AFTER_LOSS", 0.01)
+    net, _mobility, routing, _changed, _monitor = _follow()
+
+    async def scenario() -> None:
+        for event in _loss():
+            net.on_event(event)
+        await asyncio.sleep(0)
+        net.close()
+        await asyncio.sleep(0.2)
+
+    asyncio.run(scenario())
+    assert routing.calls == []
