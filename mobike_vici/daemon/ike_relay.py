@@ -58,14 +58,25 @@ def needs_relay(request: IkeDatagram, target: Path) -> bool:
 
 class RequestLedger:
     """The last request charon sent on each IKE_SA (every datagram of it: IKEv2
-    fragments share its message ID), until its response comes. Pure."""
+    fragments share its message ID), until its response comes. Pure.
+
+    A copy of a request seen leaving after its response came (one of the copies a
+    MOBIKE path check sends on every path, held back by neighbour resolution on an
+    address just added) is settled already: the peer ignores it as old, so it must not
+    wait here (soak: a state check judged such a copy unanswered and ended a live
+    IKE_SA as ``peer_lost_state``)."""
 
     def __init__(self, limit: int = MAX_SAS) -> None:
         self._limit = limit
         self._last: OrderedDict[str, list[IkeDatagram]] = OrderedDict()
+        self._answered: OrderedDict[str, int] = OrderedDict()
+        """The highest message ID answered on each IKE_SA (charon's own requests)."""
 
     def sent(self, request: IkeDatagram) -> None:
         spi = request.ike_spi
+        done = self._answered.get(spi)
+        if done is not None and request.message_id <= done:
+            return
         last = self._last.get(spi)
         if last is not None and last[0].message_id == request.message_id:
             if len(last) < MAX_FRAGMENTS and all(d.payload != request.payload for d in last):
@@ -77,15 +88,21 @@ class RequestLedger:
             self._last.popitem(last=False)
 
     def answered(self, response: IkeDatagram) -> None:
-        last = self._last.get(response.ike_spi)
+        spi = response.ike_spi
+        self._answered[spi] = max(response.message_id, self._answered.get(spi, 0))
+        self._answered.move_to_end(spi)
+        while len(self._answered) > self._limit:
+            self._answered.popitem(last=False)
+        last = self._last.get(spi)
         if last is not None and last[0].message_id == response.message_id:
-            del self._last[response.ike_spi]
+            del self._last[spi]
 
     def pending(self, ike_spi: str) -> list[IkeDatagram]:
         return list(self._last.get(ike_spi, ()))
 
     def forget(self, ike_spi: str) -> None:
         self._last.pop(ike_spi, None)
+        self._answered.pop(ike_spi, None)
 
 
 @dataclass(slots=True)

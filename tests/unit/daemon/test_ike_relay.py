@@ -52,6 +52,22 @@ def test_the_ledger_keeps_the_last_request_until_its_response() -> None:
     assert ledger.pending(f"{0:016x}_{0:016x}") == []  # the oldest IKE_SA went first
 
 
+def test_a_copy_leaving_after_its_answer_is_not_pending() -> None:
+    # charon's path check went out on two paths; the answer came on one, then the other
+    # copy left (held by neighbour resolution on an address just added). The peer
+    # ignores it as old: nothing waits.
+    ledger = RequestLedger()
+    ledger.sent(dgram(5, NEW6))
+    ledger.answered(dgram(5, NEW6, response=True))
+    ledger.sent(dgram(5, OLD))
+    assert ledger.pending(SPI) == []
+    ledger.sent(dgram(6, NEW6))  # the next request waits as before
+    assert [d.message_id for d in ledger.pending(SPI)] == [6]
+    ledger.forget(SPI)
+    ledger.sent(dgram(0))  # a new IKE_SA under the same SPIs starts over
+    assert [d.message_id for d in ledger.pending(SPI)] == [0]
+
+
 def test_needs_relay_compares_both_endpoints() -> None:
     assert needs_relay(dgram(1, OLD), NEW)
     assert not needs_relay(dgram(1, NEW), NEW)
