@@ -7,7 +7,7 @@ from ..context import Context
 from ..events import IkeSaRekeyed
 from ..ike_sa import IkeSa, IkeState
 from .base import Task
-from .mobike import ProbeTask
+from .mobike import MoveTask
 
 
 def hand_over(ctx: Context, old: IkeSa, new: IkeSa, now: float) -> None:
@@ -32,10 +32,13 @@ def hand_over(ctx: Context, old: IkeSa, new: IkeSa, now: float) -> None:
     old.retire_at = now + ctx.settings.retransmit.give_up_after()
     ctx.emit(IkeSaRekeyed(conn=old.conn.name, ike_spi=old.spi_str, new_ike_spi=new.spi_str))
     if new.mobike and new.mobike_initiator and new.nat_local and new.natt_supported:
-        # The peer's NAT hash of us changes with the SPIs: the new IKE_SA needs its own
-        # baseline now, or a NAT that rebinds before its first liveness check goes
-        # unnoticed (RFC 4555 §3.8) and the peer's ESP keeps going to the old port.
-        new.tasks.append(ProbeTask(new.path))
+        # The peer's NAT hash of us changes with the SPIs, so no check can tell whether
+        # the NAT rebound around the rekey (RFC 4555 §3.8); one that rebound just before
+        # it left the peer's ESP going to the old public port (soak: 35.8 s). An update
+        # on the same path makes the peer follow the mapping as it is now (charon
+        # changes nothing when it did not change), and its answer's NAT detection is
+        # the new IKE_SA's baseline.
+        new.tasks.append(MoveTask(new.path, new.path, None))
 
 
 def migrate_tasks(old: IkeSa, tasks: list[Task]) -> None:

@@ -668,6 +668,21 @@ def test_nat_rebinding_right_after_an_ike_rekey_is_detected() -> None:
     assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 40001))
 
 
+def test_nat_rebinding_right_before_an_ike_rekey_is_followed() -> None:
+    # The NAT rebinds after the old IKE_SA's last check and before the rekey: the new
+    # IKE_SA's first NAT detection already shows the new mapping, so no check can see
+    # a change (soak: the peer's ESP went to the old public port for 35.8 s). The update
+    # after the rekey makes the peer follow.
+    private = ep(ALICE)
+    net = setup(nat={Endpoint(ALICE, 500): ep(EVE, 500), private: ep(EVE, 40000)})
+    net.a.probe(spi(net), path(ALICE, BOB), net.now)
+    net.pump()
+    net.nat[private] = ep(EVE, 40001)
+    rekey_ike(net.a, spi(net), net.now)
+    net.pump()
+    assert _peer_path_of_a(net) == Path(ep(BOB), ep(EVE, 40001))
+
+
 def test_nat_rebinding_right_after_a_move_is_detected() -> None:
     # The update's answer carries the peer's hash of us on the new path: the baseline,
     # so a rebinding before the next liveness check is noticed by that check.
