@@ -29,6 +29,35 @@ from .test_esp_watch_roam import SPI
 from .test_esp_watch_roam import _Ctl as _WatchCtl
 
 NEW = _p(M1_V4, GW4)
+Calls = list[tuple[str, dict[str, str]]]
+
+
+def _plane(ctl: _WatchCtl) -> EspWatch:
+    """The watch over ``ctl``, with a sibling check that never steps in."""
+    plane = EspWatch(ctl, SimpleNamespace(  # type: ignore[arg-type]
+        suspect=lambda *a: False, silent_death=lambda *a: None, stalled=lambda *a: None),
+        hm.HealthSettings())
+    plane.available = True
+    return plane
+
+
+def _with_child(ctl: _WatchCtl, unique_id: int, spi_in: str, spi_out: str
+                ) -> tuple[ChildSaInfo, Calls]:
+    """charon lists one CHILD_SA of the IKE_SA; its VICI calls are recorded (answered)."""
+    calls: Calls = []
+
+    async def call(command: str, message: dict[str, str]) -> dict[str, str]:
+        calls.append((command, message))
+        return {"success": "yes"}
+
+    child = ChildSaInfo(name="net", unique_id=unique_id, state="INSTALLED", mode="TUNNEL",
+                        protocol="ESP", encap=True, spi_in=spi_in, spi_out=spi_out,
+                        local_ts=("10.99.0.1/32",), remote_ts=("10.88.0.0/24",))
+    sa = ctl.sas[SPI]
+    sa.info = dataclasses.replace(sa.info, children=(child,))
+    ctl.client.table = {SPI: sa.info}
+    ctl.client.call = call  # type: ignore[attr-defined]
+    return child, calls
 
 
 def _after_move(ours_left_behind: bool) -> list[dict[str, object]]:
@@ -39,10 +68,7 @@ def _after_move(ours_left_behind: bool) -> list[dict[str, object]]:
         out = io.StringIO()
         ctl.log = EventLog(make_logger(out))
         ctl.data_path_works = lambda *a: None  # type: ignore[attr-defined]
-        plane = EspWatch(ctl, SimpleNamespace(  # type: ignore[arg-type]
-            suspect=lambda *a: False, silent_death=lambda *a: None, stalled=lambda *a: None),
-            hm.HealthSettings())
-        plane.available = True
+        plane = _plane(ctl)
         sa = ctl.sas[SPI]
         plane.track(sa)
         for i in range(100):
@@ -87,29 +113,13 @@ def test_a_rekey_charon_undid_is_repaired_by_a_rekey_from_our_side() -> None:
     had no outbound half and the route went with the old one; the tunnel was dead until
     the next move's rekey. The table's ``rekey_undone`` now makes the controller rekey
     the IKE_SA's CHILD_SAs through VICI at once."""
-    async def main() -> tuple[list[tuple[str, dict[str, str]]], list[dict[str, object]]]:
+    async def main() -> tuple[Calls, list[dict[str, object]]]:
         ctl = _WatchCtl()
         out = io.StringIO()
         ctl.log = EventLog(make_logger(out))
-        calls: list[tuple[str, dict[str, str]]] = []
-
-        async def call(command: str, message: dict[str, str]) -> dict[str, str]:
-            calls.append((command, message))
-            return {"success": "yes"}
-
-        child = ChildSaInfo(name="net", unique_id=5, state="INSTALLED", mode="TUNNEL",
-                            protocol="ESP", encap=True, spi_in="d950b601",
-                            spi_out="f31b13fb", local_ts=("10.99.0.1/32",),
-                            remote_ts=("10.88.0.0/24",))
-        sa = ctl.sas[SPI]
-        sa.info = dataclasses.replace(sa.info, children=(child,))
-        ctl.client.table = {SPI: sa.info}
-        ctl.client.call = call  # type: ignore[attr-defined]
-        plane = EspWatch(ctl, SimpleNamespace(  # type: ignore[arg-type]
-            suspect=lambda *a: False, silent_death=lambda *a: None, stalled=lambda *a: None),
-            hm.HealthSettings())
-        plane.available = True
-        plane.track(sa)
+        _, calls = _with_child(ctl, 5, "d950b601", "f31b13fb")
+        plane = _plane(ctl)
+        plane.track(ctl.sas[SPI])
         plane.rekey_undone(SPI, 2)
         plane.rekey_undone("unknown_spi", 2)  # an IKE_SA not watched: nothing
         for coro in ctl.spawned:
@@ -125,32 +135,17 @@ def test_a_rekey_charon_undid_is_repaired_by_a_rekey_from_our_side() -> None:
 
 
 def _foreign(spi_in: int, seconds: float = 1.0, rekey_at: float | None = None
-             ) -> tuple[list[tuple[str, dict[str, str]]], list[dict[str, object]]]:
+             ) -> tuple[Calls, list[dict[str, object]]]:
     """A two-way flow on charon's path for ``seconds``, the peer's ESP on ``spi_in``;
     charon's CHILD_SA has inbound SPI 9eaafd94 (from ``rekey_at`` seconds on, a rekeyed
     one with 11112222 instead)."""
-    async def main() -> tuple[list[tuple[str, dict[str, str]]], list[dict[str, object]]]:
+    async def main() -> tuple[Calls, list[dict[str, object]]]:
         ctl = _WatchCtl()
         out = io.StringIO()
         ctl.log = EventLog(make_logger(out))
-        calls: list[tuple[str, dict[str, str]]] = []
-
-        async def call(command: str, message: dict[str, str]) -> dict[str, str]:
-            calls.append((command, message))
-            return {"success": "yes"}
-
-        child = ChildSaInfo(name="net", unique_id=9, state="INSTALLED", mode="TUNNEL",
-                            protocol="ESP", encap=True, spi_in="9eaafd94",
-                            spi_out="5f7640ec", local_ts=("10.99.0.1/32",),
-                            remote_ts=("10.88.0.0/24",))
+        child, calls = _with_child(ctl, 9, "9eaafd94", "5f7640ec")
+        plane = _plane(ctl)
         sa = ctl.sas[SPI]
-        sa.info = dataclasses.replace(sa.info, children=(child,))
-        ctl.client.table = {SPI: sa.info}
-        ctl.client.call = call  # type: ignore[attr-defined]
-        plane = EspWatch(ctl, SimpleNamespace(  # type: ignore[arg-type]
-            suspect=lambda *a: False, silent_death=lambda *a: None, stalled=lambda *a: None),
-            hm.HealthSettings())
-        plane.available = True
         plane.track(sa)
         for i in range(int(seconds * 100)):
             ctl.t = 100.0 + i * 0.01
