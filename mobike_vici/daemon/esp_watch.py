@@ -283,11 +283,7 @@ class EspWatch:
         w, sa = self._sas.get(spi), self.ctl.sas.get(spi)
         if w is None or sa is None:
             return
-        self.ctl.log.write("warning", "data_path_repair_started", {
-            "conn": sa.info.conn, "ike_spi": spi, "local": str(w.path.local),
-            "remote": str(w.path.remote), "waited_ms": 0.0, "attempt": 1,
-            "reason": "rekey_undone", "child": unique_id})
-        self.ctl.spawn(self._repair(w, sa))
+        self._repair_for(w, sa, "rekey_undone", 0.0, child=unique_id)
 
     def last_inbound(self, spi: str) -> float | None:
         """When ESP from the peer last arrived on the IKE_SA's current path (None:
@@ -421,10 +417,17 @@ class EspWatch:
         if sa is None:
             return
         w.foreign_repair = now
+        self._repair_for(w, sa, "unknown_spi", round((now - w.foreign_since) * 1000, 1),
+                         spi=wire)
+
+    def _repair_for(self, w: _Watched, sa: TrackedSa, reason: str, waited_ms: float,
+                    **detail: object) -> None:
+        """A repair no move's check asked for (``reason`` says what showed it): every
+        CHILD_SA of the IKE_SA is rekeyed now."""
         self.ctl.log.write("warning", "data_path_repair_started", {
-            "conn": info.conn, "ike_spi": w.spi, "local": str(w.path.local),
-            "remote": str(w.path.remote), "waited_ms": round((now - w.foreign_since) * 1000, 1),
-            "attempt": 1, "reason": "unknown_spi", "spi": wire})
+            "conn": sa.info.conn, "ike_spi": w.spi, "local": str(w.path.local),
+            "remote": str(w.path.remote), "waited_ms": waited_ms, "attempt": 1,
+            "reason": reason, **detail})
         self.ctl.spawn(self._repair(w, sa))
 
     def _left_behind(self, local: IPAddress, remote: IPAddress) -> None:
