@@ -158,6 +158,13 @@ def charons_request_lost(h: Handover) -> None:
     h.topo.rtr.run("nft", "add", "rule", "inet", NFT_TABLE, "forward", "ip", "saddr",
                    h.topo.gw4, "ip", "daddr", m0, "udp", "sport", "4500",
                    "@th,64,32", "0", "@th,248,8", "&", "0x20", "==", "0", "drop")
+    address_update_sent(h)
+
+
+def address_update_sent(h: Handover) -> None:
+    """An address appears in gw; returns once charon has sent its address-list
+    INFORMATIONAL (100 ms after the kernel event)."""
+    assert isinstance(h.gw, Charon)
     before = h.gw.log_text().count(ADDRESS_UPDATE)
     h.topo.gw.ip("-4", "addr", "add", GW_EXTRA, "dev", "eth0")
     deadline = time.monotonic() + RESUME_TIMEOUT

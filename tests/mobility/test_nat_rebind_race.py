@@ -23,16 +23,9 @@ import pytest
 from mobike_vici.lab.charon import Charon
 from mobike_vici.lab.handover import Handover, build
 from mobike_vici.lab.native import NativeDaemon, named
-from mobike_vici.lab.netns import Lab, LabError
+from mobike_vici.lab.netns import Lab
 
-from .test_charon_race import (
-    ADDRESS_UPDATE,
-    DELAYED,
-    GW_EXTRA,
-    RETRANSMIT,
-    _back_stream,
-    _watch,
-)
+from .test_charon_race import DELAYED, RETRANSMIT, _back_stream, _watch, address_update_sent
 from .test_handover import RESUME_TIMEOUT, SETTLE_TIMEOUT
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon]
@@ -74,14 +67,7 @@ def test_nat_rebinding_while_charons_request_is_lost(lab: Lab) -> None:
         back = _back_stream(h)
         retransmits_before = gw.log_text().count(RETRANSMIT)
         _drop_charons_requests(h)
-        updates_before = gw.log_text().count(ADDRESS_UPDATE)
-        h.topo.gw.ip("-4", "addr", "add", GW_EXTRA, "dev", "eth0")
-        deadline = time.monotonic() + RESUME_TIMEOUT
-        while gw.log_text().count(ADDRESS_UPDATE) == updates_before:
-            if time.monotonic() > deadline:
-                raise LabError("charon sent no address-list update")
-            time.sleep(0.01)
-        time.sleep(0.02)  # its packet is out (and dropped) just after the line
+        address_update_sent(h)
         h.lab.masquerade(h.topo.rtr, "g0", ports=NEW_PORTS)
         h.lab.flush_conntrack(h.topo.rtr)
         # From here no mapping leads to the old port: what gw sends there is lost.
