@@ -184,11 +184,9 @@ class Daemon:
         self.engine.set_wall_clock(time.time() - self.now())
         try:
             self._open_sockets()
+            self._attach_feed()  # now: the backlog holds daemon_started
             if self.tcp is not None:
                 self.tcp.open(self.loop, self._bind)
-            if self._control is not None:
-                self._attach_feed(self._control)
-                await self._control.start()
             if self.metrics is not None:
                 self._start_metrics(self.metrics)
             self.log.emit("daemon_started", backend="native", ike_port=self.ike_port,
@@ -202,12 +200,15 @@ class Daemon:
             if self.data_plane is not None:
                 self._open_data_plane()
                 self._watch_traffic()
+            if self._want_monitor:
+                await self._net.start()
+            self._started = True
+            # The control socket last: whoever reaches it finds IKE_SA_INIT accepted.
+            if self._control is not None:
+                await self._control.start()
         except BaseException:
             await self.close()
             raise
-        if self._want_monitor:
-            await self._net.start()
-        self._started = True
         for service in self.services:
             service.start()
         now = self.now()
@@ -217,10 +218,10 @@ class Daemon:
                     self._guarded("initiate", self.engine.initiate, conn.name, child.name, now)
         self.after_engine()
 
-    def _attach_feed(self, control: ControlServer) -> None:
-        if self.log.tap is not None:
-            control.feed = EventFeed(self.loop)
-            self.log.tap.subscribe(control.feed.publish)
+    def _attach_feed(self) -> None:
+        if self._control is not None and self.log.tap is not None:
+            self._control.feed = EventFeed(self.loop)
+            self.log.tap.subscribe(self._control.feed.publish)
 
     def _start_metrics(self, metrics: MetricsServer) -> None:
         if self.log.tap is not None:

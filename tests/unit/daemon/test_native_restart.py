@@ -4,6 +4,9 @@ IKE_SA went away (a peer whose daemon restarted deletes it, or stops answering).
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path as FsPath
+from typing import cast
 
 from mobike_vici.config import load_string
 from mobike_vici.config.model import (
@@ -19,6 +22,7 @@ from mobike_vici.core.status import IkeStatus
 from mobike_vici.daemon.native import Daemon
 from mobike_vici.daemon.native_api import opens_ike_sa, restart_children
 from mobike_vici.daemon.native_run import engine_settings
+from mobike_vici.daemon.routing import DaemonRouting
 from mobike_vici.types import Endpoint, Path
 
 from .fakes import SPI, FakeEngine, RecordingLog, free_port
@@ -170,3 +174,48 @@ def test_a_starting_daemon_takes_no_new_ike_sa_until_its_data_plane_is_open() ->
         assert opens_ike_sa(data)
 
     run_rig(scenario)
+
+
+class SlowRouting:
+    """Routing whose start() waits for the test: meanwhile the daemon is mid-start."""
+
+    fwmark = None
+
+    def __init__(self) -> None:
+        self.entered, self.release = asyncio.Event(), asyncio.Event()
+
+    async def start(self) -> None:
+        self.entered.set()
+        await self.release.wait()
+
+    async def close(self) -> None:
+        pass
+
+
+def test_the_control_socket_answers_only_once_ike_sa_init_is_taken(tmp_path: FsPath) -> None:
+    """A CI run's charon initiated as soon as the control socket answered, while the
+    daemon still set up its routes: the IKE_SA_INIT was dropped as `starting` and the
+    tunnel came up 4 s late, on charon's retransmission. The socket is opened last."""
+    ctl = str(tmp_path / "ctl")
+
+    async def main() -> None:
+        routing = SlowRouting()
+        engine = FakeEngine(Endpoint.parse("127.0.0.1", 500), Endpoint.parse("127.0.0.1", 4500))
+        daemon = Daemon(Config(), engine, RecordingLog(), ike_port=free_port(),
+                        natt_port=free_port(), bind=V4, control_path=ctl, net_monitor=False,
+                        routing=cast(DaemonRouting, routing))
+        starting = asyncio.create_task(daemon.start())
+        try:
+            await asyncio.wait_for(routing.entered.wait(), 5.0)
+            assert not os.path.exists(ctl)
+            routing.release.set()
+            await asyncio.wait_for(starting, 5.0)
+            assert os.path.exists(ctl)
+            assert daemon._dispatch(_ike_sa_init(), Path(engine.local, engine.peer),
+                                    daemon.ike_port, 0.0)
+        finally:
+            routing.release.set()
+            await asyncio.gather(starting, return_exceptions=True)
+            await daemon.close()
+
+    asyncio.run(main())
