@@ -177,6 +177,7 @@ class _Watched:
     rekeyed one (charon's table drops the old CHILD_SA at the rekey)."""
     refused: bool = False  # charon refused every rekey of the last repair
     last_inbound: float | None = None  # the peer's last ESP on ``path``: a sign of life
+    last_outbound: float | None = None  # our last ESP on ``path``: charon's CHILD_SA moved
     timer: asyncio.TimerHandle | None = None
     dead_row: dict[tuple[IPAddress, IPAddress], int] = field(default_factory=dict)
     """(local, remote) -> ``DataPathDead`` verdicts in a row on that path (its hold)."""
@@ -258,7 +259,8 @@ class EspWatch:
             w.old = w.path
         new = sa.info.path
         if w.path != new:
-            w.last_inbound = None  # the old path's ESP says nothing of the new one
+            # the old path's ESP says nothing of the new one
+            w.last_inbound = w.last_outbound = None
         w.path, w.moved_at = new, now
         w.srtt, w.srtt_at = self._srtt(sa), now
         w.burst, w.suspected = None, False
@@ -290,6 +292,12 @@ class EspWatch:
         not since it was tracked or moved, or not watched)."""
         w = self._sas.get(spi)
         return w.last_inbound if w is not None else None
+
+    def last_outbound(self, spi: str) -> float | None:
+        """When our ESP last left on the IKE_SA's current path (None: not since it was
+        tracked or moved, or not watched): charon's outbound CHILD_SA is there."""
+        w = self._sas.get(spi)
+        return w.last_outbound if w is not None else None
 
     def path_alive(self, spi: str, path: Path) -> None:
         """The path manager's probe on ``path`` was answered. Where charon has the IKE_SA
@@ -366,6 +374,7 @@ class EspWatch:
                 self._pump(w)
             return
         w.packets_out += 1
+        w.last_outbound = now
         if w.srtt is None or w.srtt_at is None or now - w.srtt_at >= SRTT_REFRESH:
             sa = self.ctl.sas.get(w.spi)
             if sa is not None:
