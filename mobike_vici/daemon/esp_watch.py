@@ -57,6 +57,9 @@ are rekeyed (charon's event for a new CHILD_SA comes a few ms after the peer may
 FOREIGN_GAP = 5.0
 """Seconds between two such repairs at least: bounded if the rekeys do not help."""
 VALID_SPIS = 4
+REKEY_GAP = 0.05
+"""Seconds at most between the old IKE_SA's watch going and the new one's coming for the
+new one to count as its rekey on the same path (both follow one VICI event)."""
 """Inbound SPIs remembered per IKE_SA once charon listed them (``_Watched.valid_spis``)."""
 SRTT_REFRESH = 0.05
 """Seconds between two reads of the path manager's RTT for a watched path: the stall
@@ -177,6 +180,9 @@ class _Watched:
     rekeyed one (charon's table drops the old CHILD_SA at the rekey)."""
     refused: bool = False  # charon refused every rekey of the last repair
     last_inbound: float | None = None  # the peer's last ESP on ``path``: a sign of life
+    last_outbound: float | None = None  # our last ESP on ``path``: charon's CHILD_SA moved
+    before_rekey: float | None = None
+    """The peer's last ESP on ``path`` under the IKE_SA this one rekeyed, until a move."""
     timer: asyncio.TimerHandle | None = None
     dead_row: dict[tuple[IPAddress, IPAddress], int] = field(default_factory=dict)
     """(local, remote) -> ``DataPathDead`` verdicts in a row on that path (its hold)."""
@@ -199,6 +205,8 @@ class EspWatch:
         self._by_path: dict[tuple[IPAddress, IPAddress], str] = {}
         self._by_old: dict[tuple[IPAddress, IPAddress], str] = {}
         """The path each IKE_SA left at its last move (not another SA's current path)."""
+        self._gone: dict[tuple[IPAddress, IPAddress], tuple[float, float]] = {}
+        """Path -> (when its IKE_SA's watch went, the peer's last ESP there): for a rekey."""
         self._probe_ids: dict[int, str] = {}  # prober wire id -> IKE_SA of a burst probe
 
     def set_settings(self, settings: hm.HealthSettings) -> None:
@@ -234,8 +242,11 @@ class EspWatch:
             return
         spi = sa.info.ike_spi
         s = self.settings
-        self._sas[spi] = _Watched(spi, hm.Stall(s.stall_timeout, _stall_cap(s)),
-                                  hm.MoveCheck(s), sa.info.path)
+        w = self._sas[spi] = _Watched(spi, hm.Stall(s.stall_timeout, _stall_cap(s)),
+                                      hm.MoveCheck(s), sa.info.path)
+        gone = self._gone.pop(_pair(sa.info.path), None)
+        if gone is not None and self.ctl.now - gone[0] <= REKEY_GAP:
+            w.before_rekey = gone[1]
         self._rebuild()
         info = self.ctl.client.table.get(spi) or sa.info
         self.ctl.spawn(self._nat_baseline(spi, sa.info.path, info.unique_id))
@@ -246,6 +257,10 @@ class EspWatch:
             return
         if w.timer is not None:
             w.timer.cancel()
+        now = self.ctl.now
+        self._gone = {k: v for k, v in self._gone.items() if now - v[0] <= REKEY_GAP}
+        if w.last_inbound is not None:
+            self._gone[_pair(w.path)] = (now, w.last_inbound)
         self._rebuild()
 
     def moved(self, sa: TrackedSa) -> None:
@@ -257,8 +272,10 @@ class EspWatch:
         if w.check.phase is hm.Phase.DONE or w.old is None:
             w.old = w.path
         new = sa.info.path
+        w.before_rekey = None  # the move's UPDATE_SA_ADDRESSES gave the peer our mapping
         if w.path != new:
-            w.last_inbound = None  # the old path's ESP says nothing of the new one
+            # the old path's ESP says nothing of the new one
+            w.last_inbound = w.last_outbound = None
         w.path, w.moved_at = new, now
         w.srtt, w.srtt_at = self._srtt(sa), now
         w.burst, w.suspected = None, False
@@ -290,6 +307,12 @@ class EspWatch:
         not since it was tracked or moved, or not watched)."""
         w = self._sas.get(spi)
         return w.last_inbound if w is not None else None
+
+    def last_outbound(self, spi: str) -> float | None:
+        """When our ESP last left on the IKE_SA's current path (None: not since it was
+        tracked or moved, or not watched): charon's outbound CHILD_SA is there."""
+        w = self._sas.get(spi)
+        return w.last_outbound if w is not None else None
 
     def path_alive(self, spi: str, path: Path) -> None:
         """The path manager's probe on ``path`` was answered. Where charon has the IKE_SA
@@ -324,10 +347,14 @@ class EspWatch:
         """The path answered while the peer's ESP, flowing until the stall, stopped:
         behind a NAT, charon checks the mapping now, not at its DPD (``nat_check``)."""
         info = self.ctl.client.table.get(w.spi)
-        if info is None or w.last_inbound is None or w.quiet:
+        if info is None or w.quiet:
             return
-        self.ctl.spawn(self._nat_mapping_check(w.spi, w.path, info.unique_id, info.conn,
-                                               self.ctl.now - w.last_inbound))
+        if w.last_inbound is None and w.before_rekey is not None:
+            self.ctl.spawn(self._stale_since_rekey(w.spi, w.path, info.unique_id, info.conn,
+                                                   self.ctl.now - w.before_rekey))
+        elif w.last_inbound is not None:
+            self.ctl.spawn(self._nat_mapping_check(w.spi, w.path, info.unique_id, info.conn,
+                                                   self.ctl.now - w.last_inbound))
 
     async def _nat_mapping_check(self, spi: str, path: Path, unique_id: int, conn: str,
                                  silent: float) -> None:
@@ -336,6 +363,24 @@ class EspWatch:
         self.ctl.log.emit("nat_mapping_check", conn=conn, ike_spi=spi, local=str(path.local),
                           remote=str(path.remote), silent_ms=round(silent * 1000, 1))
         self.ctl.prearm_roam(spi, path, reason="nat_check")
+
+    async def _stale_since_rekey(self, spi: str, path: Path, unique_id: int, conn: str,
+                                 silent: float) -> None:
+        """The peer's ESP stopped before the IKE rekey that made this IKE_SA and has not
+        come on it: the NAT rebound first, and charon's baseline (``_nat_baseline``) took
+        the new mapping, so no check of charon's sees a change, and charon sends no
+        UPDATE_SA_ADDRESSES on an unchanged path (soak: 2.18 s, until a move by chance).
+        The path is left as dead for the data plane (``_leave_dead_path``): the move away
+        and the one back both tell the peer where we are."""
+        if not await nat_check.behind_nat(self.ctl.client, spi, unique_id):
+            return
+        w, sa = self._sas.get(spi), self.ctl.sas.get(spi)
+        if w is None or sa is None or w.last_inbound is not None or w.path != path:
+            return  # its ESP came meanwhile, or charon moved
+        self.ctl.log.emit("nat_mapping_check", conn=conn, ike_spi=spi, local=str(path.local),
+                          remote=str(path.remote), silent_ms=round(silent * 1000, 1),
+                          rekeyed=True)
+        self._leave_dead_path(w, sa, path, self.ctl.now)
 
     async def _nat_baseline(self, spi: str, path: Path, unique_id: int) -> None:
         """A new IKE_SA behind a NAT: charon's first check only records the mapping
@@ -366,6 +411,7 @@ class EspWatch:
                 self._pump(w)
             return
         w.packets_out += 1
+        w.last_outbound = now
         if w.srtt is None or w.srtt_at is None or now - w.srtt_at >= SRTT_REFRESH:
             sa = self.ctl.sas.get(w.spi)
             if sa is not None:

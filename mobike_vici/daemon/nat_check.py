@@ -21,7 +21,10 @@ charon compares the DPD's NAT detection with what the last INFORMATIONAL exchang
 IKE_SA brought back and keeps none from IKE_SA_INIT: the first check of an IKE_SA set up
 (or rekeyed) behind a NAT only records the mapping, a rebind's new one included, and
 sends no update. So a new IKE_SA behind a NAT is checked once as soon as it is tracked
-(``EspWatch.track``): one more empty INFORMATIONAL exchange per such IKE_SA.
+(``EspWatch.track``): one more empty INFORMATIONAL exchange per such IKE_SA. A rebind
+just before charon's IKE rekey is past that: the baseline takes the new mapping while the
+peer keeps the old one, and charon sends no UPDATE_SA_ADDRESSES on an unchanged path. The
+watch then leaves the path (``EspWatch._stale_since_rekey``).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from mobike_vici.daemon.control import request
+from mobike_vici.lab.charon import Charon
 from mobike_vici.lab.charon_controller import INNER, Setup, build
 from mobike_vici.lab.netns import Lab
 
@@ -56,13 +57,15 @@ def _move(setup: Setup, local: str) -> None:
 CREATE_CHILD_SA, INFORMATIONAL = 36, 37
 
 
-def _drop(setup: Setup, src: str, dst: str, exchange: int) -> None:
+def _drop(setup: Setup, src: str, dst: str, exchange: int, flags: int | None = None) -> None:
     """Drop IKE messages of ``exchange`` (its type byte after the non-ESP marker) from
-    ``src`` to ``dst`` in the router, counted; the test removes the rule after the first."""
+    ``src`` to ``dst`` in the router, counted; the test removes the rule after the first.
+    ``flags``: only those with this flags byte (0: the requests of the original responder)."""
     family = "ip6" if ":" in src else "ip"
+    match = f"@th,240,8 {exchange}" + ("" if flags is None else f" @th,248,8 {flags}")
     script = f"""table inet {TABLE} {{
     chain drops {{ type filter hook forward priority -10; policy accept;
-        {family} saddr {src} {family} daddr {dst} udp dport 4500 @th,240,8 {exchange} counter drop
+        {family} saddr {src} {family} daddr {dst} udp dport 4500 {match} counter drop
     }}
 }}
 """
@@ -94,9 +97,12 @@ def _on_m1(setup: Setup, lab: Lab) -> Path:
     return log
 
 
-def _answered_while_held(setup: Setup, log: Path, charon_mark: int, held_until: str) -> None:
-    """From the drop until charon's log says ``held_until`` (the dropped message sent
-    again), the stream must have been answered: ESP on the path the move left."""
+def _answered_while_held(setup: Setup, log: Path, charon_mark: int, held_until: str,
+                         charon: Charon | None = None) -> None:
+    """From the drop until ``charon``'s log (mob's) says ``held_until`` (the dropped
+    message sent again), the stream must have been answered: ESP on the path the move
+    left."""
+    charon = charon or setup.mob
     deadline = time.monotonic() + 20
     while _dropped(setup) == 0:
         assert time.monotonic() < deadline, "nothing was dropped"
@@ -104,7 +110,7 @@ def _answered_while_held(setup: Setup, log: Path, charon_mark: int, held_until: 
     lost_at = time.time()
     setup.topo.rtr.run("nft", "delete", "table", "inet", TABLE)
     deadline = time.monotonic() + 30
-    while held_until not in setup.mob.log_text()[charon_mark:]:
+    while held_until not in charon.log_text()[charon_mark:]:
         assert time.monotonic() < deadline, f"charon never logged {held_until!r}"
         time.sleep(0.02)
     again_at = time.time()
@@ -159,4 +165,21 @@ def test_a_move_within_ipv4_keeps_esp_on_the_old_uplink_until_charon_moved(
     _move(setup, M0)
     _answered_while_held(setup, log, charon_mark, "path probing attempt")
     setup.wait_local(M0, timeout=30)
+    _released(setup, mark, M1, M0)
+
+
+def test_a_lost_delete_of_the_peers_rekey_keeps_esp_on_the_old_uplink(
+        setup: Setup, lab: Lab) -> None:
+    """The gateway's ESP comes on the new path as soon as its rekey is answered, but
+    charon, the rekey's responder, sends on the old CHILD_SA from the old source until
+    the gateway's DELETE of it comes: that DELETE lost, the pin must stay until its
+    retransmission (the 30-minute soak's 3.92 s in a `loss` fault: the pin went at the
+    peer's first ESP)."""
+    log = _on_m1(setup, lab)
+    _drop(setup, GW4, M0, INFORMATIONAL, flags=0)
+    gw_mark = len(setup.gw.log_text())
+    mark = len(setup.event_list())
+    _move(setup, M0)
+    setup.wait_local(M0, timeout=30)
+    _answered_while_held(setup, log, gw_mark, "retransmit", charon=setup.gw)
     _released(setup, mark, M1, M0)

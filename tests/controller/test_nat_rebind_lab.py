@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from mobike_vici.daemon.control import request
 from mobike_vici.lab.charon_controller import INNER, Setup, build, mobile_conf
 from mobike_vici.lab.faults import RouterFaults
 from mobike_vici.lab.netns import Lab
@@ -100,3 +101,41 @@ def test_a_nat_rebind_under_an_ike_sa_set_up_behind_the_nat_is_recovered(setup: 
     assert back is not None, json.dumps([events, setup.mob.log_text()[-4000:]])
     assert setup.spi() == spi  # the same IKE_SA: updated, not set up again
     assert setup.sa().get("local-host") == M1
+
+
+def test_a_nat_rebind_just_before_an_ike_rekey_is_recovered(setup: Setup) -> None:
+    """The NAT rebinds, then charon rekeys the IKE_SA before anything checked the
+    mapping (the 30-minute soak's 2.18 s, 250 ms apart): the new IKE_SA's first check
+    records the new mapping, so charon never sees a change and never tells the gateway,
+    which keeps sending ESP to the old port. The controller leaves the path (to m1's
+    IPv6 here); each move is a MOBIKE update from where we are."""
+    setup.start_controller()
+    setup.wait_event("ike_sa_tracked")
+    setup.topo.link_down(0)
+    setup.wait_local(("2001:db8:2::2", M1), timeout=30)
+    deadline = time.monotonic() + 20
+    while True:  # onto m1's IPv4, behind the carrier NAT (its IPv6 stays a way out)
+        got = request(str(setup.control), "move", args={"conn": "home", "local": M1})
+        if got.get("ok") or got.get("reason") == "already_active" \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert got.get("ok") or got.get("reason") == "already_active", got
+    setup.wait_local(M1, timeout=30)
+    assert setup.tunnel_ping(), "no traffic through the tunnel on m1's IPv4"
+    log = setup.lab.workdir / "stream.txt"
+    setup.lab.spawn(setup.topo.mob, ["ping", "-D", "-n", "-i", "0.01", "-I", setup.vip(),
+                                     INNER], log)
+    assert _wait_reply_after(log, time.time(), 10) is not None, log.read_text()[-2000:]
+    time.sleep(2.0)
+    mark = len(setup.event_list())
+    RouterFaults(setup.lab, setup.topo.rtr).nat_rebind("g0", f"{M1}/24", random.Random(26))
+    rebound = time.time()
+    setup.mob.swanctl("--rekey", "--ike", "home")
+    time.sleep(0.5)  # the gateway's ESP to the old port is lost by now
+    back = _wait_reply_after(log, rebound + 0.5, RECOVERED_WITHIN_S)
+    events = setup.event_list()[mark:]
+    assert "ike_sa_rekeyed" in [e["event"] for e in events], events
+    assert back is not None, json.dumps([events, setup.mob.log_text()[-4000:]])
+    checks = [e for e in setup.event_list()[mark:] if e["event"] == "nat_mapping_check"]
+    assert [e.get("rekeyed") for e in checks] == [True], checks

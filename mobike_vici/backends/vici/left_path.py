@@ -5,9 +5,15 @@ The move's host route to the peer takes every packet to it, the ESP charon still
 from the old address included, out of the target's uplink. charon on kernel-libipsec
 cannot move a CHILD_SA in place: the peer rekeys it after the MOBIKE update, and until
 that is done both ends send its ESP on the old path. So the old source is pinned when
-the move's routes go in, and released when ESP from the peer arrives on the new path
-(the rekeyed CHILD_SA is in place), when the IKE_SA goes, when a later move takes over,
-or after ``LEFT_PATH_HOLD``; ``left_path_released`` says which.
+the move's routes go in, and released when ESP travels the new path both ways (the
+rekeyed CHILD_SA is in place at both ends), when the IKE_SA goes, when a later move takes
+over, or after ``LEFT_PATH_HOLD``; ``left_path_released`` says which.
+
+The peer's ESP alone does not show it: as the rekey's responder charon installs the new
+CHILD_SA's outbound half only when the peer's DELETE of the old one comes, and sends on
+the old one from the old source until then (soak, a `loss` fault: the gateway's DELETE
+lost, its ESP on the new path at once, the pin released, and our ESP from the old source
+dropped for 3.9 s, until the DELETE's retransmission).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ LEFT_PATH_POLL = 0.1
 
 class _Watch(Protocol):
     def last_inbound(self, spi: str) -> float | None: ...
+    def last_outbound(self, spi: str) -> float | None: ...
 
 
 class Host(Protocol):
@@ -108,7 +115,7 @@ class LeftPaths:
 
     def hold(self, conn: str) -> None:
         """The move is over (landed, failed, dropped): the pin stays until the CHILD_SAs
-        followed, or charon's path (where it stayed) carries the peer's ESP."""
+        followed, or charon's path (where it stayed) carries ESP both ways."""
         left = self._left.get(conn)
         if left is not None:
             self.host.spawn(self._release(conn, left))
@@ -123,7 +130,9 @@ class LeftPaths:
             if left.ike_spi not in self.host.sas:
                 why = "ike_sa_gone"
                 break
-            if self.host.data_plane.last_inbound(left.ike_spi) is not None:
+            plane = self.host.data_plane
+            if plane.last_inbound(left.ike_spi) is not None \
+                    and plane.last_outbound(left.ike_spi) is not None:
                 why = "esp_on_new_path"
                 break
             await asyncio.sleep(LEFT_PATH_POLL)

@@ -185,3 +185,36 @@ def test_the_peers_esp_on_an_spi_charon_listed_before_its_rekey_repairs_nothing(
     calls, events = _foreign(0x9EAAFD94, seconds=3.0, rekey_at=1.0)
     assert calls == []
     assert "data_path_repair_started" not in [e["event"] for e in events]
+
+
+def test_our_esp_on_the_new_path_is_told_apart_from_the_old_one() -> None:
+    """The pin on the path a move left (``left_path``) needs ESP on the new path both
+    ways: ours from the old source (charon's old CHILD_SA, the rekey's DELETE not yet
+    there) is not ours on the new path."""
+    async def main() -> None:
+        ctl = _WatchCtl()
+        ctl.data_path_works = lambda *a: None  # type: ignore[attr-defined]
+        plane = _plane(ctl)
+        sa = ctl.sas[SPI]
+        plane.track(sa)
+        plane._on_esp(M0_V4, GW4, False)
+        plane._on_esp(M0_V4, GW4, True)
+        assert plane.last_outbound(SPI) == 100.0
+        ctl.t = 101.0
+        sa.info = dataclasses.replace(sa.info, path=NEW)
+        plane.moved(sa)
+        assert plane.last_outbound(SPI) is None and plane.last_inbound(SPI) is None
+        ctl.t = 101.1
+        plane._on_esp(M1_V4, GW4, True)  # the peer's, on its new CHILD_SA
+        plane._on_esp(M0_V4, GW4, False)  # ours, still on the old one
+        assert plane.last_inbound(SPI) == 101.1
+        assert plane.last_outbound(SPI) is None
+        ctl.t = 101.2
+        plane._on_esp(M1_V4, GW4, False)
+        assert plane.last_outbound(SPI) == 101.2
+        assert plane.last_outbound("not watched") is None
+        for coro in ctl.spawned:
+            coro.close()
+        plane.close()
+
+    asyncio.run(main())

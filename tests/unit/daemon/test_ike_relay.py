@@ -68,6 +68,21 @@ def test_a_copy_leaving_after_its_answer_is_not_pending() -> None:
     assert [d.message_id for d in ledger.pending(SPI)] == [0]
 
 
+
+def test_a_copy_leaving_after_the_next_exchange_is_not_pending() -> None:
+    """Both IKE_SAs the 30-minute soak (seed 51, code before this ledger kept the highest
+    answered ID) lost outside restarts: a link_down of m0, charon's path check 40 on m0's
+    IPv4 and m1's IPv6, answered on IPv6, then its UPDATE_SA_ADDRESSES 41, answered; the
+    copy of 40 left m0 a second later (neighbour resolution), the gateway logged "received
+    message ID 40, expected 42, ignored", and the state check ended the live IKE_SA."""
+    ledger = RequestLedger()
+    ledger.sent(dgram(40, NEW6))
+    ledger.answered(dgram(40, NEW6, response=True))
+    ledger.sent(dgram(41, NEW6))
+    ledger.answered(dgram(41, NEW6, response=True))
+    ledger.sent(dgram(40, OLD))
+    assert ledger.pending(SPI) == []
+
 def test_needs_relay_compares_both_endpoints() -> None:
     assert needs_relay(dgram(1, OLD), NEW)
     assert not needs_relay(dgram(1, NEW), NEW)
