@@ -57,10 +57,10 @@ are rekeyed (charon's event for a new CHILD_SA comes a few ms after the peer may
 FOREIGN_GAP = 5.0
 """Seconds between two such repairs at least: bounded if the rekeys do not help."""
 VALID_SPIS = 4
+"""Inbound SPIs remembered per IKE_SA once charon listed them (``_Watched.valid_spis``)."""
 REKEY_GAP = 0.05
 """Seconds at most between the old IKE_SA's watch going and the new one's coming for the
 new one to count as its rekey on the same path (both follow one VICI event)."""
-"""Inbound SPIs remembered per IKE_SA once charon listed them (``_Watched.valid_spis``)."""
 SRTT_REFRESH = 0.05
 """Seconds between two reads of the path manager's RTT for a watched path: the stall
 threshold and the burst follow its probes (every probe interval on the active path), not
