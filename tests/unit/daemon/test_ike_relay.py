@@ -68,7 +68,6 @@ def test_a_copy_leaving_after_its_answer_is_not_pending() -> None:
     assert [d.message_id for d in ledger.pending(SPI)] == [0]
 
 
-
 def test_a_copy_leaving_after_the_next_exchange_is_not_pending() -> None:
     """Both IKE_SAs the 30-minute soak (seed 51, code before this ledger kept the highest
     answered ID) lost outside restarts: a link_down of m0, charon's path check 40 on m0's
@@ -82,6 +81,7 @@ def test_a_copy_leaving_after_the_next_exchange_is_not_pending() -> None:
     ledger.answered(dgram(41, NEW6, response=True))
     ledger.sent(dgram(40, OLD))
     assert ledger.pending(SPI) == []
+
 
 def test_needs_relay_compares_both_endpoints() -> None:
     assert needs_relay(dgram(1, OLD), NEW)
