@@ -9,17 +9,14 @@ failover onto m0's other family waited 5 of them (0.61 s) for its burst's verdic
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
-from mobike_vici.daemon.esp_watch import EspWatch
 from mobike_vici.daemon.sibling_check import SiblingCheck
-from mobike_vici.mobike import health as hm
 from mobike_vici.mobike.events import MoveRequested
 from mobike_vici.mobike.paths import PathState
 from mobike_vici.mobike.policy import PathInfo, recent_rtt
 
 from ..backends.test_vici_steer import GW4, M0_V4
-from .test_esp_watch_roam import PATH, SPI
+from .test_esp_watch_roam import PATH, SPI, _plane
 from .test_esp_watch_roam import _Ctl as _WatchCtl
 from .test_sibling_check import M0, M0_SIX
 from .test_sibling_check import _Ctl as _CheckCtl
@@ -47,10 +44,7 @@ def _stall_silence() -> float:
         infos = [_info(PATH, SPIKE, SPIKE)]
         sa = ctl.sas[SPI]
         sa.manager.paths = lambda: infos
-        plane = EspWatch(ctl, SimpleNamespace(  # type: ignore[arg-type]
-            suspect=lambda *a: False, silent_death=lambda *a: None, stalled=lambda *a: None),
-            hm.HealthSettings())
-        plane.available = True
+        plane = _plane(ctl)
         plane.track(sa)
         plane.moved(sa)
         infos[0] = _info(PATH, 0.03, 0.005)  # the manager's probes after the move

@@ -17,28 +17,16 @@ import asyncio
 import dataclasses
 import io
 import json
-from types import SimpleNamespace
 
 from mobike_vici.backends.vici import ChildSaInfo
-from mobike_vici.daemon.esp_watch import EspWatch
 from mobike_vici.eventlog import EventLog, make_logger
-from mobike_vici.mobike import health as hm
 
 from ..backends.test_vici_steer import GW4, M0_V4, M1_V4, _p
-from .test_esp_watch_roam import SPI
+from .test_esp_watch_roam import SPI, _plane
 from .test_esp_watch_roam import _Ctl as _WatchCtl
 
 NEW = _p(M1_V4, GW4)
 Calls = list[tuple[str, dict[str, str]]]
-
-
-def _plane(ctl: _WatchCtl) -> EspWatch:
-    """The watch over ``ctl``, with a sibling check that never steps in."""
-    plane = EspWatch(ctl, SimpleNamespace(  # type: ignore[arg-type]
-        suspect=lambda *a: False, silent_death=lambda *a: None, stalled=lambda *a: None),
-        hm.HealthSettings())
-    plane.available = True
-    return plane
 
 
 def _with_child(ctl: _WatchCtl, unique_id: int, spi_in: str, spi_out: str

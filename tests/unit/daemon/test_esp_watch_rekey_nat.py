@@ -15,12 +15,11 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
-from mobike_vici.daemon.esp_watch import EspWatch
 from mobike_vici.eventlog import EventLog, make_logger
 from mobike_vici.mobike import health as hm
 
 from ..backends.test_vici_steer import GW4, M0_V4
-from .test_esp_watch_roam import PATH, SPI
+from .test_esp_watch_roam import PATH, SPI, _flow, _plane
 from .test_esp_watch_roam import _Ctl as _WatchCtl
 
 
@@ -50,15 +49,9 @@ def _run(rekey: bool, peer_back: bool = False) -> _Ctl:
         sent: list[int] = []
         ctl.prober = SimpleNamespace(send=lambda path, wire_id, dev: sent.append(wire_id)
                                      or True)
-        plane = EspWatch(ctl, SimpleNamespace(  # type: ignore[arg-type]
-            suspect=lambda *a: False, silent_death=lambda *a: None, stalled=lambda *a: None),
-            hm.HealthSettings())
-        plane.available = True
+        plane = _plane(ctl)
         plane.track(ctl.sas[SPI])
-        for i in range(100):
-            ctl.t = 100.0 + i * 0.01
-            plane._on_esp(M0_V4, GW4, False)
-            plane._on_esp(M0_V4, GW4, True)
+        _flow(ctl, plane, two_way=True)
         ctl.t = 101.0
         if rekey:
             plane.forget(SPI)

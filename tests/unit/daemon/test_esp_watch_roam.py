@@ -69,6 +69,24 @@ class _Ctl:
         return 1
 
 
+def _plane(ctl: _Ctl) -> EspWatch:
+    """The watch over ``ctl``, with a sibling check that never steps in."""
+    plane = EspWatch(ctl, SimpleNamespace(  # type: ignore[arg-type]
+        suspect=lambda *a: False, silent_death=lambda *a: None, stalled=lambda *a: None),
+        hm.HealthSettings())
+    plane.available = True
+    return plane
+
+
+def _flow(ctl: _Ctl, plane: EspWatch, two_way: bool) -> None:
+    """Our ESP every 10 ms for a second from t=100 on PATH, and (``two_way``) the peer's."""
+    for i in range(100):
+        ctl.t = 100.0 + i * 0.01
+        plane._on_esp(M0_V4, GW4, False)
+        if two_way:
+            plane._on_esp(M0_V4, GW4, True)
+
+
 def _run(traffic: str, nat_local: bool = False) -> _Ctl:
     """Two-way (or one-way) ESP every 10 ms for a second, then only ours goes out; the
     clock then moves in 1 ms steps, the data plane's timers run when due. ``probed``:
@@ -79,16 +97,9 @@ def _run(traffic: str, nat_local: bool = False) -> _Ctl:
         if traffic == "probed":
             ctl.prober = SimpleNamespace(send=lambda path, wire_id, dev: sent.append(wire_id)
                                          or True)
-        plane = EspWatch(ctl, SimpleNamespace(  # type: ignore[arg-type]
-            suspect=lambda *a: False, silent_death=lambda *a: None, stalled=lambda *a: None),
-            hm.HealthSettings())
-        plane.available = True
+        plane = _plane(ctl)
         plane.track(ctl.sas[SPI])
-        for i in range(100):
-            ctl.t = 100.0 + i * 0.01
-            plane._on_esp(M0_V4, GW4, False)
-            if traffic in ("two-way", "probed"):
-                plane._on_esp(M0_V4, GW4, True)
+        _flow(ctl, plane, two_way=traffic in ("two-way", "probed"))
         for step in range(1, 600):
             ctl.t = 101.0 + step * 0.001
             if step % 10 == 0:
@@ -140,10 +151,7 @@ def test_nat_here_reads_charons_own_flag_for_that_ike_sa() -> None:
 def _track(nat_local: bool, forget_first: bool = False) -> _Ctl:
     async def main() -> _Ctl:
         ctl = _Ctl(nat_local)
-        plane = EspWatch(ctl, SimpleNamespace(  # type: ignore[arg-type]
-            suspect=lambda *a: False, silent_death=lambda *a: None, stalled=lambda *a: None),
-            hm.HealthSettings())
-        plane.available = True
+        plane = _plane(ctl)
         plane.track(ctl.sas[SPI])
         if forget_first:
             plane.forget(SPI)
