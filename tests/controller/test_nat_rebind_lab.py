@@ -13,7 +13,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +54,11 @@ def _wait_reply_after(log: Path, since: float, timeout: float) -> float | None:
     return None
 
 
-def _rebind_under_stream(setup: Setup, seed: int) -> tuple[float | None, list[dict[str, Any]]]:
-    """A 100 Hz ping through the tunnel on m1, then the carrier NAT rebinds: when the
-    replies came back (None: not within RECOVERED_WITHIN_S), and the events since."""
+def _rebind_under_stream(setup: Setup, seed: int, then: Callable[[], object] | None = None
+                         ) -> tuple[float | None, list[dict[str, Any]]]:
+    """A 100 Hz ping through the tunnel on m1, then the carrier NAT rebinds (and ``then``
+    runs at once): when the replies came back (None: not within RECOVERED_WITHIN_S), and
+    the events since."""
     log = setup.lab.workdir / "stream.txt"
     setup.lab.spawn(setup.topo.mob, ["ping", "-D", "-n", "-i", "0.01", "-I", setup.vip(),
                                      INNER], log)
@@ -65,6 +67,8 @@ def _rebind_under_stream(setup: Setup, seed: int) -> tuple[float | None, list[di
     mark = len(setup.event_list())
     RouterFaults(setup.lab, setup.topo.rtr).nat_rebind("g0", f"{M1}/24", random.Random(seed))
     rebound = time.time()
+    if then is not None:
+        then()
     time.sleep(0.5)  # the gateway's ESP to the old port is lost by now
     back = _wait_reply_after(log, rebound + 0.5, RECOVERED_WITHIN_S)
     return back, setup.event_list()[mark:]
@@ -123,19 +127,9 @@ def test_a_nat_rebind_just_before_an_ike_rekey_is_recovered(setup: Setup) -> Non
     assert got.get("ok") or got.get("reason") == "already_active", got
     setup.wait_local(M1, timeout=30)
     assert setup.tunnel_ping(), "no traffic through the tunnel on m1's IPv4"
-    log = setup.lab.workdir / "stream.txt"
-    setup.lab.spawn(setup.topo.mob, ["ping", "-D", "-n", "-i", "0.01", "-I", setup.vip(),
-                                     INNER], log)
-    assert _wait_reply_after(log, time.time(), 10) is not None, log.read_text()[-2000:]
-    time.sleep(2.0)
-    mark = len(setup.event_list())
-    RouterFaults(setup.lab, setup.topo.rtr).nat_rebind("g0", f"{M1}/24", random.Random(26))
-    rebound = time.time()
-    setup.mob.swanctl("--rekey", "--ike", "home")
-    time.sleep(0.5)  # the gateway's ESP to the old port is lost by now
-    back = _wait_reply_after(log, rebound + 0.5, RECOVERED_WITHIN_S)
-    events = setup.event_list()[mark:]
+    back, events = _rebind_under_stream(
+        setup, seed=26, then=lambda: setup.mob.swanctl("--rekey", "--ike", "home"))
     assert "ike_sa_rekeyed" in [e["event"] for e in events], events
     assert back is not None, json.dumps([events, setup.mob.log_text()[-4000:]])
-    checks = [e for e in setup.event_list()[mark:] if e["event"] == "nat_mapping_check"]
+    checks = [e for e in events if e["event"] == "nat_mapping_check"]
     assert [e.get("rekeyed") for e in checks] == [True], checks
