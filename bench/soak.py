@@ -72,7 +72,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,9 @@ DOWN_FOR = 30.0
 MOVE_GRACE = 2.0
 UPLINK_RANK = {"10.1.0.2": 0, "2001:db8:1::2": 1, "10.2.0.2": 2, "2001:db8:2::2": 3}
 _REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")
-_CHARON_EST = re.compile(rf"^(\d\d:\d\d:\d\d) .*IKE_SA {CONN}\[\d+\] established between")
+_CHARON_EST = re.compile(rf"^\d\d:\d\d:\d\d .*IKE_SA {CONN}\[\d+\] established between")
+_CHARON_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d) ")
+HALF_DAY = 43200
 
 
 def gateway_conf() -> str:
@@ -302,6 +304,7 @@ class Pair:
         self.control = lab.workdir / "mob-ctl.sock"
         self.routing_before: dict[str, list[str]] = {}
         self._stop = threading.Event()
+        self.started = time.time()  # before mob's charon writes its first line
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -622,13 +625,8 @@ class Pair:
             return [_wall(ev["timestamp"]) for ev in self.all_events()
                     if ev.get("event") == "ike_sa_established" and ev.get("initiator")]
         assert self.mob_charon is not None
-        day = datetime.now().strftime("%Y-%m-%d")
-        out = []
-        for line in self.mob_charon.log_path.read_text(errors="replace").splitlines():
-            m = _CHARON_EST.match(line)
-            if m:
-                out.append(datetime.fromisoformat(f"{day}T{m.group(1)}").timestamp())
-        return out
+        lines = self.mob_charon.log_path.read_text(errors="replace").splitlines()
+        return charon_times(lines, self.started, _CHARON_EST)
 
     def event_files(self) -> list[Path]:
         files = [self.events_path.with_name(r["file"]) for r in self.rotations]
@@ -792,6 +790,28 @@ def _charon_view(end: Charon) -> dict[str, Any] | None:
     return {"ike_spi": spi, "count": len(sas),
             "child_spis": sorted(f"{int(c[k], 16):08x}" for c in kids
                                  for k in ("spi-in", "spi-out"))}
+
+
+def charon_times(lines: list[str], since: float, pattern: re.Pattern[str]) -> list[float]:
+    """Wall-clock times of the ``lines`` matching ``pattern`` in a charon log that stamps
+    the local time of day only, its first line written after ``since``: the date is
+    ``since``'s, one day later each time the clock goes back by half a day or more (a
+    run across midnight)."""
+    start = datetime.fromtimestamp(since)
+    day = datetime(start.year, start.month, start.day)
+    last = start.hour * 3600 + start.minute * 60 + start.second
+    out = []
+    for line in lines:
+        m = _CHARON_TIME.match(line)
+        if m is None:
+            continue
+        seconds = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + int(m.group(3))
+        if seconds <= last - HALF_DAY:
+            day += timedelta(days=1)
+        last = seconds
+        if pattern.match(line):
+            out.append((day + timedelta(seconds=seconds)).timestamp())
+    return out
 
 
 def forced_sas(established: list[float], restarts: list[float], slack: float) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -105,3 +107,24 @@ def test_an_ike_sa_in_the_restarts_own_second_is_forced(soak: ModuleType) -> Non
     assert soak.forced_sas(est, restarts, slack=0.0) == 1  # exact stamps: no excuse
     # An IKE_SA long after a restart nothing followed is no forced one.
     assert soak.forced_sas([1500.0], [1000.0], slack=1.0) == 0
+
+
+def test_charon_stamps_across_midnight_keep_their_order(soak: ModuleType) -> None:
+    # Soak of seed 61, started at 23:47: charon's log stamps the time of day only, and
+    # every IKE_SA after midnight got the run's last day, 24 h late: no restart was
+    # found before it, and the controller pair showed 37 "lost" IKE_SAs of 87 forced.
+    since = datetime(2026, 12, 7, 23, 59, 50).timestamp()
+    lines = ["23:59:51 00[DMN] Starting IKE charon daemon",
+             "23:59:58 10[IKE] IKE_SA soak[1] established between 10.1.0.2[mob]...",
+             "00:00:03 12[IKE] IKE_SA soak[2] established between 10.1.0.2[mob]...",
+             "00:00:01 05[IKE] a line out of order by two seconds stays on its day",
+             "01:30:00 07[IKE] IKE_SA soak[3] established between 10.2.0.2[mob]..."]
+    times = soak.charon_times(lines, since, re.compile(r"^\S+ \S+ IKE_SA .* established"))
+    assert [t - since for t in times] == [8.0, 13.0, 5410.0]
+
+
+def test_charon_stamps_within_a_day_are_the_runs_date(soak: ModuleType) -> None:
+    since = datetime(2026, 12, 7, 9, 0, 0).timestamp()
+    times = soak.charon_times(["09:00:01 x", "08:59:59 y", "10:00:00 x"], since,
+                              re.compile(r"^\S+ x"))
+    assert [t - since for t in times] == [1.0, 3600.0]
