@@ -66,6 +66,7 @@ from .control import ControlServer
 from .esp_watch import EspWatch
 from .feed import EventFeed
 from .gateway_rr import GatewayChecks
+from .gc_freeze import freeze_startup
 from .heap_trim import HeapTrim, share_one_arena
 from .ike_relay import IkeRelay
 from .loop_lag import LoopLag
@@ -186,6 +187,7 @@ class Controller:
                 self.log.tap.subscribe(self._control.feed.publish)
             await self._control.start()
         self.pool.start()
+        freeze_startup()  # before charon's SAs are read: see gc_freeze
         client_task = asyncio.ensure_future(self.client.run())
         events_task = asyncio.ensure_future(self._consume())
         try:

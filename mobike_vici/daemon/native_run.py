@@ -21,6 +21,7 @@ from . import udp
 from .control import ControlError
 from .data_path import DataPathWatch, path_flow, path_srtt, settings_of
 from .esp_io import UserspaceEsp
+from .gc_freeze import GcFreezeService
 from .heap_trim import HeapTrimService, share_one_arena
 from .metrics import MetricsServer
 from .native import Daemon
@@ -109,6 +110,7 @@ def run_native(config: Config, events: TextIO, control_path: str | None, *,
             engine.set_wire_view(daemon.tcp.wire_path)
         daemon.reload_config, daemon.reopen_events = reload_config, reopen_events
         daemon.config_file = config_file
+        daemon.services.append(GcFreezeService())  # last: all of start-up is built
         return asyncio.run(daemon.run())
     except (OSError, ControlError) as exc:
         print(f"mobike-vici: {exc}", file=sys.stderr)
