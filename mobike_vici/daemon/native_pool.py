@@ -22,6 +22,13 @@ from ..pool.drain import DrainSa
 from ..types import IPAddress, Path
 from .pool_service import COMMANDS, JsonObject, PoolService, RedirectFailed
 
+INIT_SETUP = 2.0
+"""Seconds a client redirected in IKE_SA_INIT takes, as a rule, to have its IKE_SA up at
+the target (IKE_SA_INIT and IKE_AUTH there, on a busy host). A read of the target's load
+sent sooner may not count it yet, so it does not settle the redirect (``pool.view``):
+with the redirect's own time as its leaving, a read 0.5 s later on a loaded host reset
+the target's load to what it was, and the next client went there too."""
+
 
 class RedirectingEngine(Protocol):
     def redirect(self, ike_spi: str, gateway: IPAddress, now: float) -> None: ...
@@ -130,7 +137,7 @@ class NativePool:
         key = f"init-{self._seq}"
         now = self._now()
         view.assign(target.address, key, now)
-        view.left(key, now)  # never here: the target's next settled read counts it
+        view.left(key, now + INIT_SETUP)  # never here; at the target once set up there
         metrics = self.service.metrics
         if metrics is not None:
             metrics.redirects.labels("out", "max_ike_sas").inc()

@@ -9,7 +9,8 @@ import ipaddress
 
 from mobike_vici.config.pool import PoolGateway, PoolSettings
 from mobike_vici.core.events import IkeSaDeleted, IkeSaEstablished, IkeSaRekeyed
-from mobike_vici.daemon.native_pool import NativePool
+from mobike_vici.daemon.native_pool import INIT_SETUP, NativePool
+from mobike_vici.pool.view import SETTLE_MARGIN
 from mobike_vici.types import Endpoint, IPAddress, Path
 from tests.unit.daemon.fakes import RecordingLog
 
@@ -171,3 +172,22 @@ def test_sighup_hands_the_new_pool_to_the_native_pool() -> None:
     assert pool.service.settings.max_ike_sas == 2
     assert [g.address for g in pool.service.settings.gateways] == [ME, B, C]
     assert log.named("config_reloaded")[0]["policy_changed"] is True
+
+
+def test_a_client_sent_away_at_init_counts_there_until_its_set_up_can_show() -> None:
+    # CI on a loaded host: a read of B sent 0.5-2 s after the redirect there, before the
+    # client had its IKE_SA up at B, reset B's load to 0 and forgot the redirect; the
+    # next client went to B as well, leaving C empty.
+    clock = [100.0]
+    pool = NativePool(FakeEngine(), RecordingLog(), settings(max_ike_sas=1),
+                      lambda: clock[0], lambda: None)
+    view = pool.service.view
+    view.on_answer(B, 0, 99.0)
+    view.on_answer(C, 0, 99.0)
+    assert pool.init_policy(PATH, 1) == B
+    clock[0] = 100.8
+    view.on_answer(B, 0, 100.7)  # sent before the client got there
+    assert pool.init_policy(PATH, 1) == C
+    # A read sent once the set-up had time counts the client: counted once, not twice.
+    view.on_answer(B, 1, 100.0 + INIT_SETUP + SETTLE_MARGIN)
+    assert view.peers[B].effective_load == 1
