@@ -111,8 +111,8 @@ def test_an_ike_sa_in_the_restarts_own_second_is_forced(soak: ModuleType) -> Non
 
 def test_charon_stamps_across_midnight_keep_their_order(soak: ModuleType) -> None:
     # Soak of seed 61, started at 23:47: charon's log stamps the time of day only, and
-    # every IKE_SA after midnight got the run's last day, 24 h late: no restart was
-    # found before it, and the controller pair showed 37 "lost" IKE_SAs of 87 forced.
+    # every IKE_SA set up before midnight got the date the run ended, 24 h late: no
+    # restart was found before it, and the controller pair showed 37 of 87 as lost.
     since = datetime(2026, 12, 7, 23, 59, 50).timestamp()
     lines = ["23:59:51 00[DMN] Starting IKE charon daemon",
              "23:59:58 10[IKE] IKE_SA soak[1] established between 10.1.0.2[mob]...",
